@@ -1,0 +1,72 @@
+"""Known model names and OpenAI aliases, read from the packaged ``models/catalogue.json``."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Optional
+
+RANDOM_TAG = "random"  # store-name suffix for ``--pretrained none``
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """An open_clip architecture plus where its weights come from."""
+
+    architecture: str
+    pretrained: Optional[str]  # open_clip tag, checkpoint path, or None for random weights
+
+
+@lru_cache(maxsize=1)
+def load_catalogue() -> dict[str, Any]:
+    text = resources.files("clip_rt_models").joinpath("catalogue.json").read_text(encoding="utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def architectures() -> dict[str, list[str]]:
+    return dict(load_catalogue()["architectures"])
+
+
+def resolve_alias(name: str) -> Optional[ModelRef]:
+    """``ViT-B/32`` -> ``ModelRef('ViT-B-32', 'openai')``; None when *name* is no alias."""
+    entry = load_catalogue()["aliases"].get(name)
+    if entry is None:
+        return None
+    return ModelRef(entry["architecture"], entry["pretrained"])
+
+
+def store_name(architecture: str, tag: Optional[str]) -> str:
+    """The store folder name for an export: ``ViT-B-32-openai``, ``ViT-B-32-random``."""
+    suffix = tag if tag else RANDOM_TAG
+    return f"{architecture}-{sanitize(suffix)}"
+
+
+def sanitize(text: str) -> str:
+    """A file-name-safe form of *text* (checkpoint stems, tags)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._")
+    return cleaned or "model"
+
+
+def store_name_for_alias(name: str) -> Optional[str]:
+    """``ViT-B/32`` -> ``ViT-B-32-openai``; a bare architecture -> its OpenAI/first-tag name."""
+    ref = resolve_alias(name)
+    if ref is not None:
+        return store_name(ref.architecture, ref.pretrained)
+    return None
+
+
+def split_store_name(name: str) -> tuple[Optional[str], Optional[str]]:
+    """``ViT-B-32-openai`` -> (``ViT-B-32``, ``openai``): the longest known architecture prefix."""
+    best = None
+    for arch in architectures():
+        if name == arch:
+            return arch, None
+        if name.startswith(arch + "-") and (best is None or len(arch) > len(best)):
+            best = arch
+    if best is None:
+        return None, None
+    tag = name[len(best) + 1 :]
+    return best, (None if tag == RANDOM_TAG else tag)

@@ -1,0 +1,5 @@
+"""clip-rt's export stage (installed as ``clip_rt_export``; needs the ``[export]`` extra).
+
+torch and open_clip are imported inside functions only, so listing or importing this
+package stays cheap.
+"""
