@@ -27,3 +27,7 @@ def main() -> None:
 
 # Each command lives in its own module and registers itself on `main`.
 from . import bundle_cmds  # noqa: E402,F401  export, info, models
+from . import classify_cmd  # noqa: E402,F401
+from . import index_cmd  # noqa: E402,F401
+from . import video_cmd  # noqa: E402,F401
+from . import similarity_cmd  # noqa: E402,F401

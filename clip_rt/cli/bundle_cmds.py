@@ -1,4 +1,193 @@
-"""`clip-rt export`, `clip-rt info`, `clip-rt models` (being written)."""
+"""`clip-rt export`, `clip-rt info`, `clip-rt models`: making bundles and seeing what is in them."""
 from __future__ import annotations
 
-from . import main  # noqa: F401
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from ..errors import BundleError, InputError
+from . import main
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # unreachable; keeps type checkers content
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("--pretrained", "-p", default=None, metavar="TAG|PATH|none",
+              help="open_clip pretrained tag, a checkpoint file, or `none` for random weights. "
+                   "Default: `openai` where open_clip has it.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Graph precision to write; repeat for several. Default: fp32.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Bundle directory to write. Default: the store ($CLIP_RT_HOME/models/<arch>-<tag>).")
+@click.option("--model-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="An open_clip model config JSON; MODEL is then the name it is known by.")
+@click.option("--seed", type=int, default=None, help="Seed for random weights (deterministic exports).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at the target.")
+@click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
+@click.pass_context
+def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
+               output: Optional[Path], model_config: Optional[Path], seed: Optional[int], force: bool,
+               quiet: bool) -> None:
+    """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
+
+    Every graph is checked against the torch model before the bundle is written; the bundle
+    appears atomically, or not at all.
+    """
+    missing = [m for m in ("torch", "open_clip") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"`clip-rt export` needs {' and '.join(missing)}: pip install 'clip-rt[export]'"
+        )
+    from clip_rt_export import ExportInterrupted, export_bundle
+
+    try:
+        path = export_bundle(
+            model,
+            pretrained=pretrained,
+            precisions=precisions or ("fp32",),
+            output=output,
+            model_config=model_config,
+            seed=seed,
+            force=force,
+            log=None if quiet else _err,
+        )
+    except InputError as exc:
+        raise click.UsageError(str(exc), ctx) from exc
+    except ExportInterrupted as exc:
+        _err(f"Aborted: {exc}")
+        ctx.exit(exc.exit_code)
+    click.echo(str(path))
+
+
+def _manifest_summary(path: Path) -> dict[str, Any]:
+    from ..manifest import read_manifest
+
+    m = read_manifest(path)
+    sizes = {p: sum(m.files[g.file].bytes for g in m.graphs[p].values() if g.file in m.files) for p in m.precisions}
+    return {"manifest": m, "sizes": sizes}
+
+
+@main.command("info")
+@click.argument("bundle", metavar="NAME|DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--verify", is_flag=True, help="Also check every file's size and sha256.")
+def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
+    """What is in a bundle: model, preprocessing, graphs, and their parity with torch."""
+    from ..manifest import verify_files
+    from ..store import resolve_bundle
+
+    path = resolve_bundle(bundle)
+    summary = _manifest_summary(path)
+    m = summary["manifest"]
+    if verify:
+        verify_files(path, m)
+    if as_json:
+        data = m.to_dict()
+        data["path"] = str(path)
+        click.echo(json.dumps(data, indent=2))
+        return
+    weights = m.pretrained or "random weights"
+    lines = [
+        f"bundle:        {m.name}",
+        f"path:          {path}",
+        f"architecture:  {m.architecture}",
+        f"pretrained:    {weights}" + (f" (sha256 {m.checkpoint_sha256[:16]}...)" if m.checkpoint_sha256 else ""),
+        f"embed dim:     {m.embed_dim}",
+        f"logit scale:   {m.logit_scale:.4f}" + (f", bias {m.logit_bias:.4f}" if m.logit_bias is not None else ""),
+        f"image:         {m.image.size[0]}x{m.image.size[1]}, {m.image.interpolation}, resize {m.image.resize_mode}, "
+        f"mean {tuple(round(x, 4) for x in m.image.mean)}, std {tuple(round(x, 4) for x in m.image.std)}",
+        f"text:          context {m.text.context_length}, vocab {m.text.vocab_size}, "
+        f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
+        f"fingerprint:   {m.fingerprint}",
+        f"created:       {m.created}",
+        f"format:        {m.format_version}",
+        "versions:      " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
+        "",
+        "precision  encoder  file                 size      max|diff|   min cosine  samples  tolerance       ok",
+    ]
+    for precision in m.precisions:
+        for encoder, graph in m.graphs[precision].items():
+            entry = m.files.get(graph.file)
+            size = _human_bytes(entry.bytes + sum(m.files[f].bytes for f in graph.external_data if f in m.files)) \
+                if entry else "?"
+            fig = m.parity.get(precision, {}).get(encoder)
+            if fig is None:
+                figures = f"{'-':>10}  {'-':>11}  {'-':>7}  {'-':<14}  -"
+            else:
+                tol = ", ".join(f"{k.replace('max_abs_diff', 'diff<=').replace('min_cosine', 'cos>=')}{v:g}"
+                                for k, v in fig.tolerance.items())
+                figures = (f"{fig.max_abs_diff:>10.2e}  {fig.min_cosine:>11.6f}  {fig.samples:>7}  {tol:<14}  "
+                           f"{'yes' if fig.passed else 'NO'}")
+            lines.append(f"{precision:<9}  {encoder:<7}  {graph.file:<19}  {size:>8}  {figures}")
+    if verify:
+        lines += ["", f"checksums:     ok ({len(m.files)} files)"]
+    if m.notes:
+        lines += ["", "notes:"] + [f"  - {note}" for note in m.notes]
+    click.echo("\n".join(lines))
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.option("--available", is_flag=True, help="List the names `clip-rt export` knows instead.")
+def models_cmd(as_json: bool, available: bool) -> None:
+    """Bundles in the store ($CLIP_RT_HOME/models)."""
+    from ..catalogue import architectures, load_catalogue
+    from ..store import list_bundles, models_dir
+
+    if available:
+        aliases = load_catalogue()["aliases"]
+        if as_json:
+            click.echo(json.dumps({"aliases": aliases, "architectures": architectures()}, indent=2))
+            return
+        click.echo("OpenAI aliases:")
+        for name, ref in aliases.items():
+            click.echo(f"  {name:<16} {ref['architecture']} --pretrained {ref['pretrained']}")
+        click.echo("open_clip architectures (pretrained tags):")
+        for arch, tags in architectures().items():
+            click.echo(f"  {arch:<32} {', '.join(tags) if tags else '-'}")
+        return
+    rows: list[dict[str, Any]] = []
+    for path in list_bundles():
+        try:
+            summary = _manifest_summary(path)
+        except BundleError as exc:  # one broken bundle does not hide the others
+            rows.append({"name": path.name, "path": str(path), "error": str(exc)})
+            continue
+        m = summary["manifest"]
+        rows.append({
+            "name": m.name if m.name == path.name else path.name,
+            "path": str(path),
+            "architecture": m.architecture,
+            "pretrained": m.pretrained,
+            "precisions": m.precisions,
+            "bytes": sum(e.bytes for e in m.files.values()),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no bundles in {models_dir()}; export one with `clip-rt export ViT-B/32` "
+                   f"(or `clip-rt export ViT-B-32 --pretrained none` offline)")
+        return
+    click.echo(f"{'name':<32} {'architecture':<20} {'pretrained':<22} {'precisions':<16} size")
+    for row in rows:
+        if "error" in row:
+            click.echo(f"{row['name']:<32} unreadable: {row['error']}")
+            continue
+        click.echo(f"{row['name']:<32} {row['architecture']:<20} {str(row['pretrained'] or 'random'):<22} "
+                   f"{','.join(row['precisions']):<16} {_human_bytes(row['bytes'])}")

@@ -1,0 +1,93 @@
+"""Shared benchmark plumbing: machine facts, interleaved timing, result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"  # generated photos and graphs; git-ignored
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, ISA flags that matter for int8/bf16, and library versions."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name") and "cpu_model" not in info:
+            info["cpu_model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and "isa" not in info:
+            flags = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+            info["isa"] = [f for f in wanted if f in flags]
+    versions = {}
+    for mod in ("onnxruntime", "numpy", "torch", "open_clip", "PIL", "onnx", "openvino"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            continue
+    info["versions"] = versions
+    return info
+
+
+@dataclass
+class Timer:
+    """Runs candidates round-robin so shared-machine noise hits them alike; keeps every sample."""
+
+    rounds: int
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def run(self, candidates: dict[str, Callable[[], Any]], warmup: int = 1) -> dict[str, float]:
+        for fn in candidates.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(self.rounds):
+            for name, fn in candidates.items():
+                t0 = time.perf_counter()
+                fn()
+                self.samples.setdefault(name, []).append(time.perf_counter() - t0)
+        return self.medians()
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.samples.items()}
+
+
+def ratio(a: float, b: float) -> Optional[float]:
+    return round(a / b, 3) if b else None
+
+
+def target(name: str, measured: Optional[float], goal: float, higher_is_better: bool = True, unit: str = "") -> dict:
+    """One target row: measured value, goal, met?, and the gap when not met."""
+    if measured is None:
+        return {"target": name, "goal": goal, "unit": unit, "measured": None, "met": False, "gap": "not measured"}
+    met = measured >= goal if higher_is_better else measured <= goal
+    gap = None if met else round(goal / measured if higher_is_better else measured / goal, 2)
+    return {"target": name, "goal": goal, "unit": unit, "measured": round(measured, 4), "met": met,
+            "gap_factor": gap}
+
+
+def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **payload}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,49 @@
+"""Parity of each bundle precision with open_clip fp32 on real photos.
+
+Weights are random (seeded), so absolute zero-shot accuracy means nothing here; what is
+measured is agreement between precisions of the *same* model on the *same* inputs: embedding
+max abs diff and min cosine, and whether the zero-shot top-1 label (LABELS x SIMPLE) matches.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .common import log, target, write_result
+from .context import PRECISIONS, BenchContext
+from .photos import LABELS
+from .reference import SIMPLE, compare, ensemble, zeroshot_top1
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    import clip_rt
+
+    ref = ctx.reference
+    prompts = [t.format(label) for label in LABELS for t in SIMPLE]
+    rows = []
+    for precision in PRECISIONS:
+        log(f"parity {precision}")
+        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False)
+        # The image graph on open_clip's own pixels: the graph alone.
+        graph_img = model.session("image").run({"pixel_values": ref.pixels})[0]
+        text = model.encode_text(prompts)
+        # The whole runtime: clip_rt decoding + preprocessing + tokeniser + both graphs.
+        rt_img = model.encode_image(ref.paths)
+        rt_top1 = zeroshot_top1(rt_img, ensemble(text, len(SIMPLE)))
+        rows.append({
+            "precision": precision,
+            "image": {**compare(graph_img, ref.image_embeds), "samples": len(graph_img)},
+            "text": {**compare(text, ref.text_embeds), "samples": len(text)},
+            "runtime_image": compare(rt_img, ref.image_embeds),
+            "top1_agreement": round(float(np.mean(rt_top1 == ref.top1)), 4),
+            "images": len(rt_top1),
+        })
+    int8 = next(r for r in rows if r["precision"] == "int8")
+    targets = [
+        target("int8 top-1 agreement with torch fp32", int8["top1_agreement"], 0.99),
+        target("int8 image min cosine", int8["image"]["min_cosine"], 0.99),
+    ]
+    result = {**ctx.result_meta(), "labels": len(LABELS), "templates": "SIMPLE", "rows": rows, "targets": targets}
+    write_result("parity", result, ctx.out_dir)
+    return result

@@ -1,0 +1,79 @@
+"""Cold start (fresh process: import, load, first result) and peak RSS, int8 bundle."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import log, target, write_result
+from .context import BenchContext
+from .photos import LABELS
+
+_CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import clip_rt
+bundle, precision, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+model = clip_rt.load(bundle, precision=precision, threads=2, draft=True)
+t_load = time.perf_counter()
+labels = %r
+results = model.classify(paths, labels)
+t_end = time.perf_counter()
+try:
+    import psutil
+    rss_now = psutil.Process().memory_info().rss
+except ImportError:
+    rss_now = None
+print(json.dumps({"import_load_s": t_load - t0, "in_process_s": t_end - t0, "first_label": results[0].label,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_end_mb": None if rss_now is None else rss_now / 2**20}))
+""" % (list(LABELS),)
+
+
+def _child(bundle: Path, precision: str, paths: list[Path], home: str) -> dict[str, Any]:
+    env = dict(os.environ, CLIP_RT_HOME=home, PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), precision, *map(str, paths)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = wall
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    bundle, photos = ctx.bundle, ctx.photo_paths
+    repeats = 1 if ctx.quick else 3
+    rows: dict[str, list[dict[str, Any]]] = {"first run (empty CLIP_RT_HOME)": [], "repeat run (warm store)": []}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="clip-rt-bench-home-") as home:
+            log("cold start: fresh process, fresh home, then again with the same home")
+            rows["first run (empty CLIP_RT_HOME)"].append(_child(bundle, "int8", photos[:1], home))
+            rows["repeat run (warm store)"].append(_child(bundle, "int8", photos[:1], home))
+    with tempfile.TemporaryDirectory(prefix="clip-rt-bench-home-") as home:
+        log(f"peak RSS: int8 classify of {len(photos)} JPEGs")
+        folder = _child(bundle, "int8", photos, home)
+
+    def med(rs: list[dict[str, Any]], key: str) -> float:
+        vals = sorted(r[key] for r in rs)
+        return vals[len(vals) // 2]
+
+    summary = {name: {k: med(rs, k) for k in ("process_wall_s", "in_process_s", "import_load_s", "maxrss_mb")}
+               for name, rs in rows.items()}
+    first = summary["first run (empty CLIP_RT_HOME)"]
+    targets = [
+        target("cold start, one image, int8 (fresh process, empty home)", first["process_wall_s"], 2.0,
+               higher_is_better=False, unit="s"),
+        target("peak RSS, int8, folder classify", folder["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
+    ]
+    result = {**ctx.result_meta(), "runs": rows, "median": summary, "folder": {"images": len(photos), **folder},
+              "targets": targets}
+    write_result("startup", result, ctx.out_dir)
+    return result

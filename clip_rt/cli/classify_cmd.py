@@ -1,0 +1,153 @@
+"""`clip-rt classify`: zero-shot classification of many images, streamed records, resume, report."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import click
+import numpy as np
+
+from .. import records as rec_mod
+from ..inputs import discover, display_path
+from ..records import Record, RecordWriter
+from . import main
+from .common import (
+    echo_err,
+    label_options,
+    model_from_options,
+    model_identity,
+    model_options,
+    parse_labels,
+    progress_bar,
+    resolve_templates,
+)
+
+
+@main.command("classify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@label_options
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Also list the K best labels (table; `top_k` key in JSON/JSONL).")
+@click.option("--format", "fmt", type=click.Choice(rec_mod.FORMATS), default=None,
+              help="Output format; default: from -o's extension, else table.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write records here instead of stdout.")
+@click.option("--resume", is_flag=True, help="Skip inputs already recorded in -o (CSV or JSONL) and append the rest.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write results.csv, summary.json and charts to this folder (needs clip-rt[report]).")
+@click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Images in the report's contact sheet.")
+@click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
+@model_options()
+def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
+                 template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
+                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
+                 model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                 batch_size: int) -> None:
+    """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
+    to read paths from stdin, one per line.
+
+    Exit status: 0 all images classified, 1 some could not be read (each still gets a record
+    with its `error`) or a model/input error, 2 bad usage.
+    """
+    label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
+    labels = list(label_spec)
+    templates = resolve_templates(template_list, template_set)
+    fmt = rec_mod.infer_format(output, fmt)
+    if resume and not output:
+        raise click.UsageError("--resume needs --output FILE (the run to continue)")
+    if resume and fmt not in rec_mod.RESUMABLE:
+        raise click.UsageError(f"--resume works with csv or jsonl output, not {fmt}")
+    if top_k > len(labels):
+        raise click.UsageError(f"--top-k {top_k} is more than the {len(labels)} labels given")
+    if report_dir:
+        from ..charts import require_matplotlib
+
+        require_matplotlib()  # fail before hours of inference, not after
+    inputs = discover(paths)
+
+    model = model_from_options(model_name, provider, precision, threads)
+    classifier = model.classifier(label_spec, templates)
+    identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
+
+    done: list[Record] = []
+    append = False
+    if resume and output and os.path.exists(output):
+        rec_mod.check_sidecar(output, identity)
+        done = rec_mod.resume_jsonl(output) if fmt == "jsonl" else rec_mod.resume_csv(output, labels)
+        append = os.path.getsize(output) > 0
+    done_paths = {r.path for r in done}
+    todo = [p for p in inputs if p not in done_paths]
+
+    # Truncate first, then describe: a kill in between leaves an empty output whose old
+    # description makes --resume refuse, never old records under a new description.
+    stream = rec_mod.open_output(output, append) if output else rec_mod.stdout_stream()
+    if output:
+        rec_mod.write_sidecar(output, identity)
+    writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
+    new: list[Record] = []
+    try:
+        with progress_bar(len(todo), "classifying") as bar:
+            for batch in _batches(model.iter_images(todo, batch_size=batch_size), batch_size):
+                out = _classify_batch(classifier, batch, top_k)
+                writer.write_batch(out)
+                new.extend(out)
+                bar.update(len(out))
+        writer.close()
+    finally:
+        if output:
+            stream.close()
+        else:
+            rec_mod.release_stdout(stream)
+
+    by_path = {r.path: r for r in done + new}
+    everything = [by_path[p] for p in inputs if p in by_path]
+    failed = [r for r in everything if not r.ok]
+    skipped = f", {len(done_paths & set(inputs))} already done" if done else ""
+    echo_err(f"{len(everything)} processed, {len(failed)} failed{skipped}")
+    for r in failed[:10]:
+        echo_err(f"  failed: {display_path(r.path)}: {rec_mod.error_reason(r.path, r.error or '')}")
+    if len(failed) > 10:
+        echo_err(f"  ... and {len(failed) - 10} more (see the records' error field)")
+    if report_dir:
+        from ..report import write_report
+
+        write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
+        echo_err(f"report written to {display_path(report_dir)}")
+    if failed:
+        sys.exit(1)
+
+
+def _batches(items: Any, size: int) -> Any:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _classify_batch(classifier: Any, items: Sequence[Any], top_k: int) -> list[Record]:
+    ok = [it for it in items if it.embedding is not None and it.error is None]
+    found = classifier.classify_embeddings(np.stack([it.embedding for it in ok]), top_k=top_k) if ok else []
+    results = iter(found)
+    out = []
+    for it in items:
+        path = os.fspath(it.source)
+        if it.embedding is None or it.error is not None:
+            out.append(Record(path=path, width=it.width, height=it.height, error=it.error or "no embedding"))
+            continue
+        c = next(results)
+        out.append(Record(
+            path=path,
+            label=c.label,
+            score=round(float(c.score), 6),
+            scores={k: round(float(v), 6) for k, v in c.scores.items()},
+            width=it.width,
+            height=it.height,
+            top_k=[(lab, round(float(s), 6)) for lab, s in c.top_k],
+        ))
+    return out

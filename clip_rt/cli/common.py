@@ -1,0 +1,158 @@
+"""Options and helpers shared by the inference commands (classify, similarity, index, search, video)."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+import click
+
+from ..errors import InputError
+
+DEFAULT_MODEL = "ViT-B-32-openai"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: Optional[str] = None,
+               threads: Optional[int] = None) -> Any:
+    """The one place commands load a model (tests replace it with a fake)."""
+    from ..store import resolve_bundle
+
+    bundle = resolve_bundle(name_or_path)  # a missing model: the error says how to export it
+    from ..model import load  # onnxruntime is imported only when a command runs
+
+    return load(bundle, providers=[provider] if provider else None, precision=precision, threads=threads)
+
+
+def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool = True) -> Callable[[F], F]:
+    """``--model --provider --precision --threads [--batch-size]``."""
+
+    def decorate(f: F) -> F:
+        opts = [
+            click.option("--model", "-m", "model_name", default=default_model, show_default=bool(default_model),
+                         metavar="NAME|DIR", help="Bundle name in the store, alias, or bundle directory."),
+            click.option("--provider", default=None, metavar="NAME",
+                         help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
+            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                         help="Graph precision; default: the bundle's best for the provider."),
+            click.option("--threads", type=click.IntRange(min=1), default=None,
+                         help="Intra-op threads for ONNX Runtime."),
+        ]
+        if batch_size:
+            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                                     help="Images per inference batch."))
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
+                       threads: Optional[int]) -> Any:
+    # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
+    return load_model(model_name, provider=provider, precision=precision, threads=threads)
+
+
+def label_options(f: F) -> F:
+    """``--labels a,b,c | --labels-file F`` and template choice."""
+    opts = [
+        click.option("--labels", "-l", "labels_csv", default=None, metavar="A,B,...",
+                     help="Comma-separated class labels."),
+        click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="One label per line (blank lines and # comments ignored), or a .json "
+                          'object {"label": ["own prompt", ...] or null}.'),
+        click.option("--template", "template_list", multiple=True, metavar="TEXT",
+                     help='Prompt template with {} for the label, e.g. "a photo of a {}." (repeatable).'),
+        click.option("--templates", "template_set", type=click.Choice(["simple", "imagenet"]), default=None,
+                     help="Built-in template set (default: simple)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list[str] | dict[str, Any]":
+    """Label names, or for a ``.json`` labels file a mapping ``{name: [own prompts] | null}``
+    (a label with its own prompts is not put through the templates)."""
+    if bool(labels_csv) == bool(labels_file):
+        raise click.UsageError("give exactly one of --labels A,B,... or --labels-file FILE")
+    if labels_file and labels_file.lower().endswith(".json"):
+        return _labels_json(labels_file)
+    if labels_csv:
+        raw = labels_csv.split(",")
+    else:
+        with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
+            raw = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+    labels = [lab.strip() for lab in raw if lab.strip()]
+    if not labels:
+        raise click.UsageError("no labels given: expected at least one non-empty label")
+    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dupes:
+        raise click.UsageError(f"duplicate labels: {', '.join(dupes)}")
+    return labels
+
+
+def _labels_json(path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--labels-file {path!r} is not valid JSON ({exc})") from exc
+    def good_prompts(v: Any) -> bool:
+        return v is None or (isinstance(v, list) and bool(v) and all(isinstance(p, str) and p.strip() for p in v))
+
+    if not (isinstance(data, dict) and data and all(k.strip() and good_prompts(v) for k, v in data.items())):
+        raise click.UsageError(f"--labels-file {path!r}: expected a JSON object "
+                               '{"label": ["own prompt", ...] or null, ...} with at least one label')
+    return data
+
+
+def resolve_templates(template_list: Sequence[str], template_set: Optional[str]) -> tuple[str, ...]:
+    from .. import templates
+
+    if template_list and template_set:
+        raise click.UsageError("give --template or --templates, not both")
+    if template_list:
+        bad = [t for t in template_list if "{}" not in t]
+        if bad:
+            raise click.UsageError(f"template {bad[0]!r} has no {{}} placeholder for the label")
+        return tuple(template_list)
+    return templates.by_name(template_set or "simple")
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_bar(length: int, label: str) -> Any:
+    """A progress bar on stderr when it is a terminal (``with bar: bar.update(n)``); silent otherwise."""
+    if not stderr_is_tty():
+        return _NullBar()
+    return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
+class _NullBar:
+    def __enter__(self) -> "_NullBar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    return {"model": model.manifest.name, "fingerprint": model.manifest.fingerprint, "precision": model.precision}
+
+
+def echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def check_not_dir(path: str, option: str) -> None:
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path!r} is a folder; expected a file path")

@@ -1,0 +1,67 @@
+"""`clip-rt index DIR -o INDEX` and `clip-rt search INDEX "text" | --image Q`."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from ..inputs import display_path, walk_images
+from ..records import dumps_json, error_reason
+from ..search_index import SearchIndex, check_model, default_model, update_index
+from . import main
+from .common import echo_err, model_from_options, model_options, progress_bar
+
+
+@main.command("index")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", "index_dir", required=True, type=click.Path(dir_okay=True, file_okay=False),
+              help="Index folder (created, or updated in place).")
+@click.option("--rebuild", is_flag=True, help="Start over: ignore what the index holds (also allows another model).")
+@model_options()
+def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provider: Optional[str],
+              precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+    """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
+    new or changed files and drops deleted ones. Exit status 1 if some images could not be read
+    (they are left out of the index and listed)."""
+    model = model_from_options(model_name, provider, precision, threads)
+    total = len(walk_images(folder))
+    with progress_bar(total, "indexing") as bar:
+        index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
+                                    on_progress=bar.update)
+    echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
+             f"{stats.removed} removed, {stats.unchanged} unchanged), {len(stats.failed)} failed")
+    for path, reason in stats.failed[:10]:
+        echo_err(f"  failed: {display_path(path)}: {error_reason(path, reason)}")
+    if len(stats.failed) > 10:
+        echo_err(f"  ... and {len(stats.failed) - 10} more")
+    if stats.failed:
+        sys.exit(1)
+
+
+@main.command("search")
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
+@click.argument("text", required=False)
+@click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Search with an image instead of a text.")
+@click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@model_options(default_model=None, batch_size=False)
+def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str,
+               model_name: Optional[str], provider: Optional[str], precision: Optional[str],
+               threads: Optional[int]) -> None:
+    """Rank the images in INDEX by cosine similarity to TEXT (or to --image). The model defaults
+    to the one that built the index; another bundle is refused."""
+    if bool(text) == bool(image_path):
+        raise click.UsageError("give a query TEXT or --image FILE (one of them)")
+    index = SearchIndex.load(index_dir)
+    model = model_from_options(model_name or default_model(index), provider, precision or index.precision, threads)
+    check_model(index, model, index_dir)
+    query = model.encode_text([text])[0] if text else model.encode_image([image_path])[0]
+    hits = index.search(query, top_k)
+    if fmt == "json":
+        click.echo(dumps_json([{"rank": i, "score": round(s, 6), "path": p} for i, (s, p) in enumerate(hits, 1)]))
+        return
+    click.echo(f"{'rank':>4}  {'score':>7}  path")
+    for i, (score, path) in enumerate(hits, 1):
+        click.echo(f"{i:>4}  {score:7.4f}  {display_path(path)}")

@@ -1,0 +1,47 @@
+"""`clip-rt similarity IMAGE TEXT...`: softmax probabilities of one image against texts."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..inputs import display_path
+from ..records import dumps_json
+from . import main
+from .common import echo_err, model_from_options, model_options
+
+
+@main.command("similarity")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: the image beside a bar chart of the probabilities (needs clip-rt[report]).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@model_options(batch_size=False)
+def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str], fmt: str, model_name: str,
+                   provider: Optional[str], precision: Optional[str], threads: Optional[int]) -> None:
+    """Probability of IMAGE matching each TEXT: softmax over the texts of the model's scaled
+    cosine similarities (they sum to 1; add texts to compare against)."""
+    if any(not t.strip() for t in texts):
+        raise click.UsageError("TEXT arguments must not be empty")
+    if plot_path:
+        from ..charts import require_matplotlib
+
+        require_matplotlib()
+    model = model_from_options(model_name, provider, precision, threads)
+    probs = [float(p) for p in model.similarity(image, list(texts))]
+    if fmt == "json":
+        click.echo(dumps_json({"image": image, "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)}}))
+    else:
+        click.echo(f"{'prob':>7}  text")
+        for text, p in zip(texts, probs):
+            click.echo(f"{100 * p:6.2f}%  {text}")
+    if plot_path:
+        from PIL import Image, ImageOps
+
+        from ..charts import image_with_bars
+
+        with Image.open(image) as im:
+            shown = ImageOps.exif_transpose(im).convert("RGB")
+        image_with_bars(plot_path, shown, list(texts), probs, title=display_path(image))
+        echo_err(f"plot written to {display_path(plot_path)}")

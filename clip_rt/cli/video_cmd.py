@@ -1,0 +1,93 @@
+"""`clip-rt video VIDEO --labels ...`: classify frames sampled every N seconds, report segments."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import click
+import numpy as np
+
+from ..inputs import display_path
+from ..records import dumps_json
+from . import main
+from .common import (
+    echo_err,
+    label_options,
+    model_from_options,
+    model_options,
+    parse_labels,
+    resolve_templates,
+)
+
+
+@main.command("video")
+@click.argument("video_path", metavar="VIDEO", type=click.Path(exists=True, dir_okay=False))
+@label_options
+@click.option("--every", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Seconds between sampled frames.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--frames", "show_frames", is_flag=True, help="Also list every sampled frame (table format).")
+@model_options()
+def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[str], template_list: tuple[str, ...],
+              template_set: Optional[str], every: float, fmt: str, show_frames: bool, model_name: str,
+              provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+    """Classify frames of VIDEO sampled every --every seconds (needs clip-rt[video]). Prints the
+    labelled segments (consecutive frames with the same top label: start, end, label, mean
+    score) and the overall label (highest mean probability over all sampled frames)."""
+    from .. import video
+
+    label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
+    labels = list(label_spec)
+    templates = resolve_templates(template_list, template_set)
+    video.require_av()
+    model = model_from_options(model_name, provider, precision, threads)
+    classifier = model.classifier(label_spec, templates)
+
+    times: list[float] = []
+    tops: list[str] = []
+    top_scores: list[float] = []
+    probs: list[np.ndarray] = []
+    batch: list[Any] = []
+
+    def flush() -> None:
+        embs = model.encode_image([f.image for f in batch])
+        for f, c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
+            times.append(f.time)
+            tops.append(c.label)
+            top_scores.append(float(c.score))
+            probs.append(np.array([c.scores[lab] for lab in labels], dtype=np.float64))
+        batch.clear()
+
+    for frame in video.sample_frames(video_path, every):
+        batch.append(frame)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    if not times:
+        raise click.ClickException(f"no frames could be decoded from {display_path(video_path)!r}")
+
+    duration = video.video_duration(video_path) or times[-1]
+    segs = video.segments(times, tops, top_scores, duration)
+    label, score, mean_probs = video.overall(np.stack(probs), labels)
+    if fmt == "json":
+        click.echo(dumps_json({
+            "video": video_path, "every": every, "duration": duration,
+            "overall": {"label": label, "score": round(score, 6),
+                        "scores": {k: round(v, 6) for k, v in mean_probs.items()}},
+            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "label": s.label,
+                          "mean_score": round(s.mean_score, 6), "frames": s.frames} for s in segs],
+            "frames": [{"time": round(t, 3), "label": lab, "score": round(sc, 6)}
+                       for t, lab, sc in zip(times, tops, top_scores)],
+        }, indent=2))
+    else:
+        width = max(len(lab) for lab in labels + ["label"])
+        if show_frames:
+            click.echo(f"{'time':>8}  {'label':<{width}}  score")
+            for t, lab, sc in zip(times, tops, top_scores):
+                click.echo(f"{t:8.2f}  {lab:<{width}}  {sc:.3f}")
+            click.echo("")
+        click.echo(f"{'start':>8}  {'end':>8}  {'label':<{width}}  {'mean':>5}  frames")
+        for s in segs:
+            click.echo(f"{s.start:8.2f}  {s.end:8.2f}  {s.label:<{width}}  {s.mean_score:5.3f}  {s.frames}")
+        click.echo(f"overall: {label} ({score:.3f})")
+    echo_err(f"{len(times)} frames sampled every {every:g}s from {duration:.2f}s of video, {len(segs)} segments")

@@ -1,0 +1,266 @@
+"""Persistent + in-memory cache of text embeddings.
+
+One SQLite file, ``store.cache_dir() / "prompts.sqlite"``, shared by every bundle and every
+process: rows are keyed by (bundle fingerprint, precision, exact text) and hold a float32 blob.
+WAL mode lets readers run beside a writer; writes are short ``INSERT OR IGNORE`` transactions
+(two processes computing the same prompt store the same vector, the first one wins).
+
+The cache never breaks inference: a corrupt file is moved aside and rebuilt (with a warning),
+and a store that cannot be written is used read-only or not at all (warned once per path).
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+
+from . import store
+
+CACHE_FILE = "prompts.sqlite"
+BUSY_TIMEOUT_MS = 10_000
+_SQL_VARS = 500  # per IN (...) query; far below SQLite's limit
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS text_embeddings (
+    fingerprint TEXT NOT NULL,
+    precision   TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    dim         INTEGER NOT NULL,
+    embedding   BLOB NOT NULL,
+    PRIMARY KEY (fingerprint, precision, text)
+) WITHOUT ROWID
+"""
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_UNWRITABLE = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL"}
+_warned_paths: set[str] = set()  # "warn once" is per process and cache file
+
+
+def default_path() -> Path:
+    return store.cache_dir() / CACHE_FILE
+
+
+def _errorname(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)  # Python >= 3.11
+    if name:
+        return "_".join(str(name).split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
+    msg = str(exc).lower()
+    if "not a database" in msg:
+        return "SQLITE_NOTADB"
+    if "malformed" in msg:
+        return "SQLITE_CORRUPT"
+    if "readonly" in msg or "read-only" in msg:
+        return "SQLITE_READONLY"
+    if "unable to open" in msg:
+        return "SQLITE_CANTOPEN"
+    return "SQLITE_ERROR"
+
+
+def _warn_once(path: Path, message: str) -> None:
+    key = f"{path}:{message[:40]}"
+    if key not in _warned_paths:
+        _warned_paths.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class PromptCache:
+    """Text embeddings of one bundle at one precision.
+
+    ``get_many`` returns the hits only; ``put_many`` stores new vectors. The in-memory layer
+    (an LRU of *memory_entries* vectors) answers repeated prompts without touching SQLite.
+    """
+
+    def __init__(
+        self,
+        fingerprint: str,
+        precision: str,
+        *,
+        dim: Optional[int] = None,
+        path: Optional[Path] = None,
+        persistent: bool = True,
+        memory_entries: int = 20_000,
+    ) -> None:
+        self.fingerprint = fingerprint
+        self.precision = precision
+        self.dim = dim
+        self.path = Path(path) if path is not None else default_path()
+        self.persistent = persistent
+        self.writable = persistent
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memory_entries = max(0, int(memory_entries))
+        self._lock = threading.RLock()
+        self._conn: Optional[sqlite3.Connection] = None
+        self._conn_pid = -1
+        self._inode: Optional[int] = None  # of the file the connection opened
+
+    # -- public API -----------------------------------------------------------
+    def get_many(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(texts))
+        with self._lock:
+            found: dict[str, np.ndarray] = {}
+            missing: list[str] = []
+            for text in wanted:
+                vec = self._memory.get(text)
+                if vec is None:
+                    missing.append(text)
+                else:
+                    self._memory.move_to_end(text)
+                    found[text] = vec
+            if missing and self.persistent:
+                from_disk = self._with_db(lambda conn: self._select(conn, missing), default={})
+                for text, vec in from_disk.items():
+                    self._remember(text, vec)
+                found.update(from_disk)
+            return found
+
+    def put_many(self, embeddings: Mapping[str, np.ndarray]) -> None:
+        rows = []
+        with self._lock:
+            for text, vec in embeddings.items():
+                arr = np.ascontiguousarray(vec, dtype=np.float32).reshape(-1)
+                if self.dim is not None and arr.size != self.dim:
+                    raise ValueError(f"embedding for {text!r} has {arr.size} values, expected {self.dim}")
+                arr.setflags(write=False)
+                self._remember(text, arr)
+                rows.append((self.fingerprint, self.precision, text, int(arr.size), arr.tobytes()))
+            if rows and self.writable:
+                self._with_db(lambda conn: self._insert(conn, rows), default=None, write=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "PromptCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------
+    def _remember(self, text: str, vec: np.ndarray) -> None:
+        if self._memory_entries == 0:
+            return
+        self._memory[text] = vec
+        self._memory.move_to_end(text)
+        while len(self._memory) > self._memory_entries:
+            self._memory.popitem(last=False)
+
+    def _select(self, conn: sqlite3.Connection, texts: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(texts), _SQL_VARS):
+            chunk = texts[start:start + _SQL_VARS]
+            marks = ",".join("?" * len(chunk))
+            cur = conn.execute(
+                f"SELECT text, dim, embedding FROM text_embeddings "
+                f"WHERE fingerprint = ? AND precision = ? AND text IN ({marks})",
+                (self.fingerprint, self.precision, *chunk),
+            )
+            for text, dim, blob in cur:
+                # A row whose size disagrees with its dim (or the model's) is treated as a miss.
+                if len(blob) != 4 * dim or (self.dim is not None and dim != self.dim):
+                    continue
+                vec = np.frombuffer(blob, dtype=np.float32)
+                out[text] = vec
+        return out
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so the
+        # transaction never has to be retried half-way; it only lasts for the inserts.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO text_embeddings (fingerprint, precision, text, dim, embedding) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error below says what went wrong
+            raise
+        conn.execute("COMMIT")
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._conn_pid == os.getpid():
+            return self._conn
+        # A connection inherited through fork() must not be used by the child.
+        self._conn = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            self._inode = None
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable against crashes of the process
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._conn_pid = conn, os.getpid()
+        return conn
+
+    def _with_db(self, op, *, default, write: bool = False):  # type: ignore[no-untyped-def]
+        """Run *op* on the connection; on corruption rebuild once, on an unwritable store
+        degrade (read-only, then memory-only) with a warning, never raise."""
+        for attempt in (1, 2):
+            try:
+                return op(self._connect())
+            except OSError as exc:  # the cache directory cannot be created
+                self._disable(f"cannot create the prompt cache directory {self.path.parent} ({exc})")
+                return default
+            except sqlite3.Error as exc:
+                kind = _errorname(exc)
+                if kind in _CORRUPT and attempt == 1:
+                    self._quarantine(exc)
+                    continue
+                if kind == "SQLITE_BUSY" or "locked" in str(exc).lower():
+                    # Another process held the lock past busy_timeout: skip this write/read.
+                    _warn_once(self.path, f"prompt cache {self.path} is busy ({exc}); continuing without it for now")
+                    return default
+                if write and kind in _UNWRITABLE:
+                    self.writable = False
+                    _warn_once(self.path, f"prompt cache {self.path} is not writable ({exc}); "
+                                          "new text embeddings are kept in memory only")
+                    return default
+                if kind in _UNWRITABLE or kind in _CORRUPT:
+                    self._disable(f"prompt cache {self.path} cannot be used ({exc})")
+                    return default
+                raise
+        return default
+
+    def _disable(self, why: str) -> None:
+        self.close()
+        self.persistent = self.writable = False
+        _warn_once(self.path, f"{why}; text embeddings are kept in memory only")
+
+    def _quarantine(self, exc: sqlite3.Error) -> None:
+        """Move a corrupt cache file (and its WAL files) aside so the next connect rebuilds it."""
+        self.close()
+        try:
+            if self._inode is not None and os.stat(self.path).st_ino != self._inode:
+                return  # another process has already replaced the corrupt file with a new one
+        except FileNotFoundError:
+            return  # moved aside by another process; the next connect creates a new one
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            try:
+                os.replace(src, Path(str(aside) + suffix))
+            except FileNotFoundError:
+                pass  # another process moved it already, or there was no WAL
+        warnings.warn(f"prompt cache {self.path} was corrupt ({exc}); moved it to {aside.name} and "
+                      "started a new one", RuntimeWarning, stacklevel=4)

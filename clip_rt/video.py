@@ -1,0 +1,113 @@
+"""Video frame sampling (PyAV: the [video] extra) and labelled segments for `clip-rt video`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ClipRtError, InputError
+from .inputs import display_path
+
+
+def require_av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise ClipRtError("video needs PyAV, which is not installed: pip install 'clip-rt[video]'") from None
+    return av
+
+
+@dataclass
+class Frame:
+    time: float  # seconds from the start of the stream
+    image: Any  # PIL.Image.Image, RGB
+
+
+@dataclass
+class Segment:
+    start: float  # time of its first sampled frame
+    end: float  # time of the first frame after it (or the video's end)
+    label: str
+    mean_score: float
+    frames: int
+
+
+def sample_frames(path: str, every: float) -> Iterator[Frame]:
+    """Decoded frames about *every* seconds apart: the first frame at or after 0, every, 2*every...
+
+    Frames are decoded in order (no seeking): exact on any codec, at the cost of decoding
+    the frames that are skipped.
+    """
+    if every <= 0:
+        raise InputError(f"--every must be a positive number of seconds, got {every}")
+    av = require_av()
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError) as exc:
+        raise InputError(f"cannot open video {display_path(path)!r}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise InputError(f"{display_path(path)!r} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_time = 0.0
+        try:
+            for frame in container.decode(stream):
+                t = _frame_time(frame, stream)
+                if t + 1e-6 < next_time:
+                    continue
+                yield Frame(time=t, image=frame.to_image())
+                # Next sample on the grid after t, so a late frame does not shift every later one.
+                next_time = (int(t / every + 1e-6) + 1) * every
+        except av.FFmpegError as exc:
+            raise InputError(f"cannot decode video {display_path(path)!r}: {exc}") from exc
+
+
+def _frame_time(frame: Any, stream: Any) -> float:
+    if frame.time is not None:
+        return float(frame.time)
+    if frame.pts is not None and stream.time_base is not None:
+        return float(frame.pts * stream.time_base)
+    raise InputError("video frame has no timestamp")
+
+
+def video_duration(path: str) -> float | None:
+    av = require_av()
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+    return None
+
+
+def segments(times: Sequence[float], labels: Sequence[str], scores: Sequence[float], end_time: float) -> list[Segment]:
+    """Runs of consecutive frames with the same top label. A segment ends where the next one
+    starts; the last ends at *end_time* (the video's duration when known)."""
+    out: list[Segment] = []
+    i = 0
+    while i < len(labels):
+        j = i
+        while j + 1 < len(labels) and labels[j + 1] == labels[i]:
+            j += 1
+        end = times[j + 1] if j + 1 < len(times) else max(end_time, times[j])
+        out.append(Segment(start=float(times[i]), end=float(end), label=labels[i],
+                           mean_score=float(np.mean(scores[i:j + 1])), frames=j - i + 1))
+        i = j + 1
+    return out
+
+
+def overall(probabilities: np.ndarray, names: Sequence[str]) -> tuple[str, float, dict[str, float]]:
+    """The video's label: argmax of the mean of the frames' probability vectors."""
+    mean = probabilities.mean(axis=0)
+    best = int(np.argmax(mean))
+    return names[best], float(mean[best]), {n: float(p) for n, p in zip(names, mean)}
+
+
+def is_video(path: str) -> bool:
+    from .inputs import VIDEO_EXTENSIONS
+
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS

@@ -1,0 +1,204 @@
+"""``export_bundle``: open_clip model -> checked ONNX graphs + tokenizer + manifest, atomically."""
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from clip_rt.catalogue import store_name
+from clip_rt.errors import ExportError, InputError
+from clip_rt.manifest import PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, TextConfig
+from clip_rt.store import models_dir
+
+from .bundle import StagingDir, check_target, interrupt_handlers
+from .load import LoadedModel, WeightsSource, load_model, resolve
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def normalize_precisions(precisions: Iterable[str]) -> list[str]:
+    """The requested precisions, deduplicated, in the format's order (fp32, fp16, int8)."""
+    wanted = {str(p).lower() for p in precisions}
+    unknown = sorted(wanted - set(PRECISIONS))
+    if unknown:
+        raise InputError(f"unknown precision {', '.join(unknown)}: expected any of {', '.join(PRECISIONS)}")
+    if not wanted:
+        raise InputError(f"no precision given: expected one or more of {', '.join(PRECISIONS)}")
+    return [p for p in PRECISIONS if p in wanted]
+
+
+def default_output(arch: str, source: WeightsSource) -> Path:
+    return models_dir() / store_name(arch, source.store_tag)
+
+
+def export_bundle(
+    model: str,
+    pretrained: Optional[str] = None,
+    precisions: Iterable[str] = ("fp32",),
+    output: Optional[Path] = None,
+    model_config: Optional[Path] = None,
+    seed: Optional[int] = None,
+    force: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Export *model* to a bundle directory and return its path.
+
+    *model*: an open_clip architecture (``ViT-B-32``) or OpenAI alias (``ViT-B/32``); with
+    *model_config*, the name to give that open_clip config JSON. *pretrained*: an open_clip tag,
+    a checkpoint file, ``"none"`` for random weights, or None for the default (``openai`` where
+    open_clip has it; random for *model_config*). *output*: default the store,
+    ``models_dir()/<arch>-<tag>``. Raises InputError for bad arguments, ExportError (ParityError)
+    when the weights cannot be had or a graph disagrees with torch; nothing is written then.
+    SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
+    """
+    say = log or (lambda _msg: None)
+    wanted = normalize_precisions(precisions)
+    arch, source = resolve(model, pretrained, model_config)
+    target = Path(output).expanduser() if output is not None else default_output(arch, source)
+    check_target(target.absolute(), force)  # before minutes of work, not after
+    with interrupt_handlers(), StagingDir(target, force) as stage:
+        loaded = load_model(arch, source, seed=seed, log=say)
+        manifest = _build(loaded, wanted, stage.path, say)
+        manifest.name = target.name
+        manifest.files = stage.file_entries()
+        path = stage.commit(manifest)
+    say(f"wrote {path}")
+    return path
+
+
+def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None]) -> Manifest:
+    from . import convert, graphs, validate
+
+    model = loaded.model
+    cfg = model.visual.preprocess_cfg
+    size = _pair(cfg["size"])
+    refs = validate.torch_references(model, loaded.tokenizer)
+    context_length = int(refs.input_ids.shape[1])
+    dynamic = graphs.supports_dynamic_sequence(model)
+    notes = list(loaded.notes)
+    notes.append(
+        f"parity inputs: {len(refs.pixel_values)} procedurally generated scenes, "
+        f"{len(refs.input_ids)} prompts" + (f" (also trimmed to {refs.longest_prompt} tokens)" if dynamic else "")
+    )
+
+    fp32 = {"image": work / "image_fp32.onnx", "text": work / "text_fp32.onnx"}
+    external: dict[str, list[str]] = {}
+    say(f"exporting the image graph ({size[0]}x{size[1]})")
+    external["image"] = _quiet(graphs.export_image_graph, model, size, fp32["image"])
+    say(f"exporting the text graph (context {context_length}, dynamic sequence: {dynamic})")
+    external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"])
+
+    graph_entries: dict[str, dict[str, GraphEntry]] = {}
+    parity: dict[str, dict[str, ParityFigure]] = {}
+    for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
+        graph_entries[precision], parity[precision] = {}, {}
+        for encoder, src in fp32.items():
+            path = work / f"{encoder}_{precision}.onnx"
+            big = bool(external[encoder])
+            if precision == "int8":
+                convert.to_int8(src, path, external_data=big)
+            elif precision == "fp16":
+                convert.to_fp16(src, path, external_data=big)
+            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text")
+            say(
+                f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
+                f"min cosine {figure.min_cosine:.6f} ({figure.samples} samples)"
+            )
+            companions = tuple(sorted(p.name for p in work.iterdir() if p.name.startswith(path.name + ".")))
+            graph_entries[precision][encoder] = GraphEntry(file=path.name, external_data=companions)
+            parity[precision][encoder] = figure
+    if "int8" in precisions:
+        notes.append(convert.int8_note())
+    if "fp16" in precisions:
+        notes.append(convert.FP16_NOTE)
+    if "fp32" not in precisions:  # fp32 was only the source of the others
+        for entry in graph_entries.pop("fp32").values():
+            for name in (entry.file, *entry.external_data):
+                (work / name).unlink()
+        parity.pop("fp32")
+
+    _write_tokenizer(work / TOKENIZER_FILE, context_length)
+    tokenizer = loaded.tokenizer
+    return Manifest(
+        name="",  # set by the caller, which knows the target
+        architecture=loaded.architecture,
+        pretrained=_manifest_pretrained(loaded.source),
+        checkpoint_sha256=loaded.checkpoint_sha256,
+        embed_dim=int(refs.image_embeds.shape[1]),
+        logit_scale=float(model.logit_scale.exp().item()),
+        logit_bias=None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item()),
+        image=ImageConfig(
+            size=size,
+            mean=tuple(float(x) for x in cfg["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in cfg["std"]),  # type: ignore[arg-type]
+            interpolation=str(cfg["interpolation"]),
+            resize_mode=str(cfg["resize_mode"]),
+            fill_color=int(cfg["fill_color"]),
+        ),
+        text=TextConfig(
+            context_length=context_length,
+            vocab_size=int(tokenizer.vocab_size),
+            tokenizer_file=TOKENIZER_FILE,
+            sot_token_id=int(tokenizer.sot_token_id),
+            eot_token_id=int(tokenizer.eot_token_id),
+            pad_token_id=0,  # open_clip pads with zeros
+            dynamic_sequence=dynamic,
+        ),
+        graphs=graph_entries,
+        files={},  # filled once every file is written
+        parity=parity,
+        versions=_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        notes=notes,
+    )
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def _manifest_pretrained(source: WeightsSource) -> Optional[str]:
+    return {"tag": source.value, "checkpoint": "checkpoint"}.get(source.kind)
+
+
+def _quiet(fn: Callable[..., Any], *args: Any) -> Any:
+    # The dynamo exporter prints progress to stdout; a CLI's stdout is for its result.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
+
+
+def _write_tokenizer(path: Path, context_length: int) -> None:
+    try:
+        from .tokenizer_build import write_tokenizer
+    except ImportError as exc:
+        raise ExportError(
+            f"cannot write {path.name}: clip_rt_export.tokenizer_build is not available ({exc})"
+        ) from exc
+    write_tokenizer(path, context_length)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import open_clip
+    import torch
+
+    try:
+        clip_rt_version = metadata.version("clip-rt")
+    except metadata.PackageNotFoundError:
+        clip_rt_version = "unknown"
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "open_clip": str(open_clip.__version__),
+        "onnx": str(onnx.__version__),
+        "onnxruntime": str(onnxruntime.__version__),
+        "clip_rt": clip_rt_version,
+    }

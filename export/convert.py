@@ -1,0 +1,90 @@
+"""Derive the int8 and fp16 graphs from an fp32 graph (ONNX Runtime's own tools)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clip_rt.errors import ExportError
+
+
+def int8_note() -> str:
+    from .optimize import RECOMMENDED_INT8
+
+    return (
+        f"int8: {RECOMMENDED_INT8} (clip_rt_export.optimize: onnxruntime quantize_dynamic, QInt8 weights, "
+        f"per-channel scales, MatMul/Gemm only; Conv and the rest stay fp32)"
+    )
+
+
+# ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
+# fp32 normalisation is more accurate anyway: they stay fp32 behind Casts.
+FP16_KEEP_FP32_OPS = ("LayerNormalization",)
+FP16_NOTE = (
+    "fp16: onnxruntime.transformers.float16 convert_float_to_float16(keep_io_types=True), "
+    f"{', '.join(FP16_KEEP_FP32_OPS)} kept fp32"
+)
+
+
+def to_int8(src: Path, dst: Path, external_data: bool = False) -> None:
+    """The int8 variant the benchmarks recommend (clip_rt_export.optimize.RECOMMENDED_INT8)."""
+    from .optimize import RECOMMENDED_INT8, optimize_graph
+
+    if RECOMMENDED_INT8.startswith("int8-static"):
+        raise ExportError(f"int8 variant {RECOMMENDED_INT8!r} needs calibration data, which the export does not have")
+    if external_data:
+        # optimize_graph writes single-file graphs; models over 2 GB need the external-data writer.
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=True,
+        )
+        return
+    optimize_graph(src, dst, kind=RECOMMENDED_INT8)
+
+
+def to_fp16(src: Path, dst: Path, external_data: bool = False) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    # keep_io_types: the runtime feeds float32 and reads float32 whatever the precision.
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        disable_shape_infer=external_data,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS),
+    )
+    topological_sort(converted.graph)
+    if external_data:
+        onnx.save_model(converted, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(converted, str(dst))
+
+
+def topological_sort(graph: Any) -> None:
+    """Reorder *graph*'s nodes so each comes after its inputs' producers.
+
+    The fp16 converter appends the input Casts at the end, which the ONNX checker rejects.
+    """
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in known for name in node.input):
+                ordered.append(node)
+                known.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            missing = sorted({n for node in waiting for n in node.input if n not in known})
+            raise ValueError(f"graph has nodes whose inputs nobody produces: {missing[:5]}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)

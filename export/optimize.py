@@ -1,0 +1,167 @@
+"""Graph variants for speed: transformer fusion and int8 quantisation of an exported fp32 graph.
+
+``optimize_graph(onnx_path, out_path, kind, ...)`` turns a clip-rt fp32 graph (image or text,
+contract in ARCHITECTURE.md) into one of ``KINDS``. The variants and their measured speed and
+parity on this project's reference CPU are in ``docs/bench.md`` (``python -m bench``); the
+export stage calls ``optimize_graph(..., kind=RECOMMENDED_INT8)`` for the ``int8`` precision.
+
+Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from clip_rt.errors import ExportError, InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+KINDS: tuple[str, ...] = (
+    "fused",  # fp32, onnxruntime.transformers fusions (LayerNorm/Gelu/...)
+    "int8-dynamic",  # quantize_dynamic: int8 weights, activations quantised at run time
+    "int8-dynamic-fused",  # fusions first, then quantize_dynamic
+    "int8-static",  # quantize_static QDQ, activations calibrated on calibration_inputs
+    "int8-static-fused",
+)
+# What the export stage should write for the bundle's ``int8`` precision (see docs/bench.md).
+RECOMMENDED_INT8 = "int8-dynamic"
+
+# Quantising MatMul/Gemm captures nearly all of a ViT's/text tower's FLOPs; the patch-embedding
+# Conv is one small op whose integer kernel (ConvInteger) is slower than fp32 on CPU.
+_QUANT_OPS = ("MatMul", "Gemm")
+_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def optimize_graph(
+    onnx_path: PathLike,
+    out_path: PathLike,
+    kind: str,
+    *,
+    calibration_inputs: Optional[Union[np.ndarray, Iterable[dict[str, np.ndarray]]]] = None,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    calibration_method: str = "minmax",
+    op_types: Sequence[str] = _QUANT_OPS,
+) -> Path:
+    """Write the *kind* variant of the fp32 graph *onnx_path* to *out_path*; return *out_path*.
+
+    ``calibration_inputs`` (static kinds only): a float32 array batched on axis 0 for the
+    graph's single input (e.g. preprocessed images), or an iterable of feed dicts.
+    ``num_heads``/``hidden_size``: the tower's attention heads and width for the fusions
+    (0 lets onnxruntime read them from the graph). ``per_channel``/``reduce_range`` apply to
+    int8 weights: per-channel scales with the full 8-bit range suit VNNI/AVX-512 CPUs, where
+    u8 x s8 products do not saturate.
+    """
+    src, dst = Path(onnx_path), Path(out_path)
+    if kind not in KINDS:
+        raise InputError(f"unknown graph variant {kind!r}; expected one of: {', '.join(KINDS)}")
+    if not src.is_file():
+        raise InputError(f"no ONNX graph at {src}")
+    if calibration_method not in _CALIBRATION_METHODS:
+        raise InputError(
+            f"calibration_method must be one of {', '.join(_CALIBRATION_METHODS)}, got {calibration_method!r}"
+        )
+    static = kind.startswith("int8-static")
+    if static and calibration_inputs is None:
+        raise InputError(f"graph variant {kind!r} needs calibration_inputs (a batch of model inputs)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
+        stage = src
+        if kind == "fused" or kind.endswith("-fused"):
+            stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size)
+            if kind == "fused":
+                os.replace(stage, dst)
+                return dst
+        if static:
+            _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method, op_types)
+        else:
+            _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types)
+    return dst
+
+
+def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # opt_level=0: only the transformer-pattern fusions; onnxruntime's own graph optimiser runs
+    # at session creation anyway, and baking its CPU-specific rewrites into the file would tie
+    # the graph to one execution provider.
+    model = optimize_model(
+        str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+    )
+    model.save_model_to_file(str(dst))
+    return dst
+
+
+def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: bool, op_types: Sequence[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an array (one sample per call) or feed dicts."""
+
+    def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]):
+        if isinstance(data, np.ndarray):
+            if data.ndim < 1 or len(data) == 0:
+                raise InputError(f"calibration_inputs must be a non-empty batch, got shape {data.shape}")
+            self._it = iter({input_name: data[i : i + 1]} for i in range(len(data)))
+        else:
+            self._it = iter(data)
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        return next(self._it, None)
+
+
+def _quantize_static(
+    src: Path,
+    dst: Path,
+    data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]],
+    per_channel: bool,
+    reduce_range: bool,
+    method: str,
+    op_types: Sequence[str],
+) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    graph_inputs = onnx.load(str(src), load_external_data=False).graph.input
+    if len(graph_inputs) != 1 and isinstance(data, np.ndarray):
+        raise InputError(f"{src} has {len(graph_inputs)} inputs; pass calibration_inputs as feed dicts")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            _Reader(graph_inputs[0].name, data),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            # u8 activations x s8 weights: the VNNI fast path on x86.
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"MatMulConstBOnly": True},
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(f"static int8 quantisation of {src} failed: {exc}") from exc

@@ -1,0 +1,75 @@
+"""Shared test set-up. Every test gets its own clip-rt home, so nothing touches ~/.cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Hubs are unreachable in CI: make any accidental download fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("clip-rt-home")
+    monkeypatch.setenv("CLIP_RT_HOME", str(home))
+    return home
+
+
+# -- exported bundles (export stage; skipped where torch / open_clip are not installed) -------
+TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
+TINY_ARCH = "tiny-clip"
+
+
+def _save_random_checkpoint(arch: str, path: Path, seed: int, model_config: Path | None = None) -> Path:
+    """open_clip *arch* with seeded random weights, saved as ``torch.save(model.state_dict())``."""
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    if model_config is not None:
+        from clip_rt_export.load import resolve
+
+        resolve(arch, "none", model_config)  # registers the config with open_clip
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random checkpoint of the tiny test architecture (tests/data/tiny-clip.json)."""
+    return _save_random_checkpoint(TINY_ARCH, tmp_path_factory.mktemp("tiny-ckpt") / "tiny.pt", 0, TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """The tiny architecture exported from ``tiny_checkpoint`` in fp32, int8 and fp16 (about 20 s)."""
+    from clip_rt_export import export_bundle
+
+    out = tmp_path_factory.mktemp("tiny-bundle") / "tiny-clip-tiny"
+    return export_bundle(
+        TINY_ARCH,
+        pretrained=str(tiny_checkpoint),
+        precisions=("fp32", "int8", "fp16"),
+        output=out,
+        model_config=TINY_CONFIG,
+    )
+
+
+@pytest.fixture(scope="session")
+def vitb32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real ViT-B-32 architecture, random weights (seed 0), saved with torch.save(state_dict)."""
+    return _save_random_checkpoint("ViT-B-32", tmp_path_factory.mktemp("vitb32-ckpt") / "vitb32.pt", 0)
+
+
+@pytest.fixture(scope="session")
+def vitb32_bundle_dir(tmp_path_factory: pytest.TempPathFactory, vitb32_checkpoint: Path) -> Path:
+    """ViT-B-32 exported (fp32) from ``vitb32_checkpoint`` (about a minute on 2 cores)."""
+    from clip_rt_export import export_bundle
+
+    out = tmp_path_factory.mktemp("vitb32-bundle") / "ViT-B-32-random"
+    return export_bundle("ViT-B-32", pretrained=str(vitb32_checkpoint), precisions=("fp32",), output=out)

@@ -1,0 +1,164 @@
+"""`clip-rt index` / `clip-rt search`: incremental updates, deletions, model refusal, queries."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clip_rt.cli import common, main
+from clip_rt.search_index import INDEX_FILE, SearchIndex
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: E402,F401  (fixture)
+
+
+def invoke(args: list[str]):  # noqa: ANN201
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def colour_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, colour in {"red.png": (230, 10, 10), "green.png": (10, 220, 10), "blue.png": (10, 10, 230),
+                         "sub/yellow.jpg": (220, 220, 10)}.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 24), colour).save(folder / name)
+    return folder
+
+
+class CountingFake(FakeModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedded: list[str] = []
+
+    def iter_images(self, sources, batch_size=32):  # noqa: ANN001, ANN201
+        self.embedded.extend(os.path.basename(s) for s in sources)
+        return super().iter_images(sources, batch_size)
+
+
+def test_index_then_search_text_and_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    r = invoke(["index", str(imgs), "-o", str(idx)])
+    assert r.exit_code == 0, r.output
+    assert "4 images indexed (4 new" in r.stderr
+    meta = json.loads((idx / INDEX_FILE).read_text())
+    assert meta["fingerprint"] == "f" * 32 and meta["precision"] == "fp32" and meta["count"] == 4
+    emb = np.load(idx / meta["embeddings"])
+    assert emb.dtype == np.float32 and emb.shape == (4, 8)
+
+    r = invoke(["search", str(idx), "a blue square", "--top-k", "2"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "path"]
+    assert lines[1].split()[0] == "1" and lines[1].endswith("blue.png") and len(lines) == 3
+    r = invoke(["search", str(idx), "--image", str(imgs / "sub" / "yellow.jpg"), "--format", "json"])
+    hits = json.loads(r.stdout)
+    assert hits[0]["path"].endswith("yellow.jpg") and hits[0]["score"] > 0.99 and len(hits) == 4
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[3]["score"]
+
+
+def test_reindex_embeds_only_new_and_changed_drops_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    fake = CountingFake()
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: fake)
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    assert sorted(fake.embedded) == ["blue.png", "green.png", "red.png", "yellow.jpg"]
+
+    fake.embedded.clear()
+    (imgs / "green.png").unlink()
+    Image.new("RGB", (10, 10), (250, 0, 250)).save(imgs / "magenta.png")
+    Image.new("RGB", (40, 24), (10, 10, 200)).save(imgs / "blue.png")  # changed size
+    r = invoke(["index", str(imgs), "-o", idx])
+    assert r.exit_code == 0, r.output
+    assert sorted(fake.embedded) == ["blue.png", "magenta.png"]
+    assert "1 new, 1 changed, 1 removed, 2 unchanged" in r.stderr
+    index = SearchIndex.load(idx)
+    assert [e.path for e in index.entries] == ["blue.png", "magenta.png", "red.png", "sub/yellow.jpg"]
+    assert (index.entries[0].width, index.entries[0].height) == (40, 24)
+    assert len(list(Path(idx).glob("embeddings-*.npy"))) == 1  # the old generation is gone
+
+    fake.embedded.clear()
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    assert fake.embedded == []
+
+
+def test_other_bundle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: FakeModel(name="other", fingerprint="0" * 32))
+    r = invoke(["index", str(imgs), "-o", idx])
+    assert r.exit_code == 1 and "fingerprint" in r.output and "--rebuild" in r.output
+    r = invoke(["search", idx, "red", "--model", "other"])
+    assert r.exit_code == 1 and "was built with bundle 'fake-bundle'" in r.output
+    r = invoke(["index", str(imgs), "-o", idx, "--rebuild"])
+    assert r.exit_code == 0 and SearchIndex.load(idx).fingerprint == "0" * 32
+
+
+def test_unreadable_image_is_left_out_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    (imgs / "broken.png").write_bytes(b"garbage")
+    r = invoke(["index", str(imgs), "-o", str(tmp_path / "idx")])
+    assert r.exit_code == 1
+    assert "4 images indexed" in r.stderr and "1 failed" in r.stderr and "broken.png" in r.stderr
+    assert len(SearchIndex.load(str(tmp_path / "idx")).entries) == 4
+
+
+def test_search_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    assert invoke(["search", idx]).exit_code == 2  # no query
+    assert invoke(["search", idx, "red", "--image", str(imgs / "red.png")]).exit_code == 2
+    assert invoke(["search", idx, "red", "--top-k", "0"]).exit_code == 2
+    r = invoke(["search", str(imgs), "red"])
+    assert r.exit_code == 1 and "not a clip-rt index" in r.output
+
+
+def test_missing_model_hint(tmp_path: Path) -> None:
+    imgs = colour_dir(tmp_path / "imgs")
+    r = CliRunner().invoke(main, ["index", str(imgs), "-o", str(tmp_path / "idx")])
+    assert r.exit_code == 1 and "clip-rt export" in r.output
+
+
+def test_real_bundle_index_and_search(real_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    r = CliRunner().invoke(main, ["index", str(imgs), "-o", idx, "--model", str(real_bundle)])
+    assert r.exit_code == 0, r.output
+    # No --model: search uses the bundle directory recorded in the index.
+    r = CliRunner().invoke(main, ["search", idx, "--image", str(imgs / "red.png"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.stdout)
+    assert hits[0]["path"].endswith("red.png") and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+    r = CliRunner().invoke(main, ["search", idx, "a photo of a red car", "-k", "2"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="non-UTF-8 file names are a POSIX byte-name feature")
+def test_non_utf8_names_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    raw = os.path.join(os.fsencode(imgs), b"caf\xe9.png")
+    Image.new("RGB", (8, 8), (250, 0, 250)).save(os.fsdecode(raw), format="PNG")
+    idx = str(tmp_path / "idx")
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    (tmp_path / "idx" / INDEX_FILE).read_bytes().decode("utf-8")  # still valid UTF-8
+    index = SearchIndex.load(idx)
+    assert os.fsencode(index.abs_path(index.entries[1])) == raw  # sorted: blue, caf\xe9, green...
+    r = invoke(["index", str(imgs), "-o", idx])
+    assert "5 unchanged" in r.stderr  # the odd name matched its stored entry
+    r = invoke(["search", idx, "--image", os.fsdecode(raw), "-k", "1"])
+    assert "caf\\xe9.png" in r.stdout

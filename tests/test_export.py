@@ -1,0 +1,310 @@
+"""The export stage: bundles, parity checks, atomic writes, offline behaviour."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_rt.errors import ExportError, InputError, ParityError
+from clip_rt.manifest import read_manifest, sha256_file, verify_files
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+ort = pytest.importorskip("onnxruntime")
+
+from clip_rt_export import export_bundle, normalize_precisions  # noqa: E402
+from clip_rt_export import convert, load, validate  # noqa: E402
+
+TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"  # as in conftest.py
+TINY_ARCH = "tiny-clip"
+
+pytestmark = pytest.mark.torch
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+
+
+def _tiny_model(checkpoint: Path):
+    load.resolve(TINY_ARCH, "none", TINY_CONFIG)
+    model = open_clip.create_model(TINY_ARCH, pretrained=str(checkpoint)).eval()
+    return model, open_clip.get_tokenizer(TINY_ARCH)
+
+
+# -- the bundle ---------------------------------------------------------------------------------
+def test_manifest_describes_the_bundle(tiny_bundle_dir: Path, tiny_checkpoint: Path) -> None:
+    m = read_manifest(tiny_bundle_dir)
+    assert m.name == tiny_bundle_dir.name
+    assert m.architecture == TINY_ARCH
+    assert m.pretrained == "checkpoint"
+    assert m.checkpoint_sha256 == sha256_file(tiny_checkpoint)
+    assert m.embed_dim == 32
+    assert m.image.size == (64, 64)
+    assert m.image.resize_mode == "shortest" and m.image.interpolation == "bicubic"
+    assert m.text.context_length == 77 and m.text.vocab_size == 49408
+    assert (m.text.sot_token_id, m.text.eot_token_id, m.text.pad_token_id) == (49406, 49407, 0)
+    assert m.text.dynamic_sequence is True
+    assert m.precisions == ["fp32", "fp16", "int8"]
+    model, _ = _tiny_model(tiny_checkpoint)
+    assert m.logit_scale == pytest.approx(model.logit_scale.exp().item())
+    assert m.logit_bias is None
+    assert set(m.versions) >= {"torch", "open_clip", "onnx", "onnxruntime", "clip_rt"}
+    assert datetime.fromisoformat(m.created).utcoffset().total_seconds() == 0
+    assert any(n.startswith("int8:") for n in m.notes) and any(n.startswith("fp16:") for n in m.notes)
+
+
+def test_files_map_covers_every_file_with_checksums(tiny_bundle_dir: Path) -> None:
+    m = read_manifest(tiny_bundle_dir)
+    on_disk = {p.name for p in tiny_bundle_dir.iterdir()} - {"manifest.json"}
+    assert set(m.files) == on_disk
+    for name, entry in m.files.items():
+        path = tiny_bundle_dir / name
+        assert entry.bytes == path.stat().st_size
+        assert entry.sha256 == sha256_file(path)
+    verify_files(tiny_bundle_dir, m)
+    graph_files = {g.file for encs in m.graphs.values() for g in encs.values()}
+    assert graph_files | {"tokenizer.json"} == on_disk
+    assert not [p for p in tiny_bundle_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_parity_figures_are_recorded_within_tolerance(tiny_bundle_dir: Path) -> None:
+    m = read_manifest(tiny_bundle_dir)
+    for precision in ("fp32", "fp16", "int8"):
+        for encoder in ("image", "text"):
+            fig = m.parity[precision][encoder]
+            assert fig.passed
+            assert fig.tolerance == validate.TOLERANCES[precision]
+            assert fig.samples == (8 if encoder == "image" else 20)  # text: full and trimmed
+            assert fig.min_cosine >= validate.TOLERANCES[precision].get("min_cosine", 0.0)
+    assert m.parity["fp32"]["image"].max_abs_diff <= 1e-4
+    assert m.parity["fp32"]["text"].max_abs_diff <= 1e-4
+    # quantisation really happened: int8 is not a copy of fp32
+    assert m.parity["int8"]["image"].max_abs_diff > m.parity["fp32"]["image"].max_abs_diff
+
+
+def test_checkpoint_export_equals_torch(tiny_bundle_dir: Path, tiny_checkpoint: Path) -> None:
+    model, tokenizer = _tiny_model(tiny_checkpoint)
+    m = read_manifest(tiny_bundle_dir)
+    gen = torch.Generator().manual_seed(7)
+    pixels = torch.randn(3, 3, 64, 64, generator=gen)
+    prompts = ["a cat", "two dogs playing in the snow", "x"]
+    ids = tokenizer(prompts)
+    with torch.no_grad():
+        want_img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
+        want_txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1).numpy()
+    image = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "image").file), providers=["CPUExecutionProvider"])
+    text = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "text").file), providers=["CPUExecutionProvider"])
+    assert np.abs(image.run(None, {"pixel_values": pixels.numpy()})[0] - want_img).max() <= 1e-4
+    assert np.abs(image.run(None, {"pixel_values": pixels.numpy()[:1]})[0] - want_img[:1]).max() <= 1e-4
+    ids_np = ids.numpy()
+    assert np.abs(text.run(None, {"input_ids": ids_np})[0] - want_txt).max() <= 1e-4
+    longest = int((ids_np != 0).sum(axis=1).max())
+    assert np.abs(text.run(None, {"input_ids": ids_np[:, :longest]})[0] - want_txt).max() <= 1e-4
+    for precision in ("fp16", "int8"):
+        sess = ort.InferenceSession(str(tiny_bundle_dir / m.graph(precision, "text").file), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"input_ids": ids_np[:, :longest]})[0]
+        assert got.dtype == np.float32
+        assert float(np.min(np.sum(got * want_txt, axis=1))) >= validate.TOLERANCES[precision]["min_cosine"]
+
+
+def test_fp16_graphs_load_with_all_optimisations(tiny_bundle_dir: Path) -> None:
+    # ORT 1.32 crashed (SIGSEGV) building fp16 LayerNormalization at level ALL: a subprocess
+    # keeps a regression from taking the test run down.
+    m = read_manifest(tiny_bundle_dir)
+    code = (
+        "import onnxruntime as ort, sys\n"
+        "o = ort.SessionOptions(); o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL\n"
+        "for f in sys.argv[1:]: ort.InferenceSession(f, o, providers=['CPUExecutionProvider'])\n"
+    )
+    files = [str(tiny_bundle_dir / g.file) for g in m.graphs["fp16"].values()]
+    assert subprocess.run([sys.executable, "-c", code, *files], timeout=120).returncode == 0
+
+
+# -- failures leave nothing ---------------------------------------------------------------------
+def test_parity_failure_raises_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(validate.TOLERANCES, "fp32", {"max_abs_diff": 0.0})
+    out = tmp_path / "out" / "tiny"
+    with pytest.raises(ParityError) as err:
+        export_bundle(TINY_ARCH, "none", output=out, model_config=TINY_CONFIG, seed=0)
+    msg = str(err.value)
+    assert "fp32 image" in msg and "max abs diff" in msg and "tolerance 0" in msg
+    assert _leftovers(out.parent) == []
+
+
+def test_corrupted_int8_graph_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    def broken_int8(src: Path, dst: Path, external_data: bool = False) -> None:
+        model = onnx.load(str(src))
+        for init in model.graph.initializer:  # scramble the weights: a wrong graph, still loadable
+            arr = numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.ndim == 2:
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr[::-1]), init.name))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(convert, "to_int8", broken_int8)
+    out = tmp_path / "tiny"
+    with pytest.raises(ParityError, match=r"int8 image graph .*min cosine .* < tolerance 0\.99"):
+        export_bundle(TINY_ARCH, "none", precisions=("int8",), output=out, model_config=TINY_CONFIG, seed=0)
+    assert _leftovers(tmp_path) == []
+
+
+def test_offline_tag_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, clip_home: Path) -> None:
+    load.resolve("ViT-B-32", "none")  # warm imports: the figure is the export's own time
+    for offline in ("1", None):
+        if offline:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        else:  # no offline flag: the reachability probe must answer quickly on its own
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+            monkeypatch.setattr(load, "_hub_host", lambda: "hub.clip-rt-test.invalid")
+        start = time.monotonic()
+        with pytest.raises(ExportError) as err:
+            export_bundle("ViT-B-32", "laion2b_s34b_b79k")
+        elapsed = time.monotonic() - start
+        assert elapsed < 10, f"offline failure took {elapsed:.1f} s"
+        assert not isinstance(err.value, ParityError)
+        msg = str(err.value)
+        assert "could not fetch the weights" in msg and "--pretrained PATH" in msg
+    assert _leftovers(clip_home / "models") == []
+
+
+def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH, "--model-config", str(TINY_CONFIG),
+           "--pretrained", "none", "--seed", "0", "-o", str(out), "--precision", "fp32", "--precision", "fp16",
+           "--precision", "int8"]
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        staging = tmp_path / f".bundle.tmp-{proc.pid}"
+        deadline = time.monotonic() + 180
+        while not (staging.is_dir() and any(staging.iterdir())) and proc.poll() is None:
+            assert time.monotonic() < deadline, "export never started writing"
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == code, stderr
+        assert "interrupted" in stderr
+        assert _leftovers(tmp_path) == []
+
+
+def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bundle_dir: Path,
+                                                        tiny_checkpoint: Path) -> None:
+    target = tmp_path / "b"
+    shutil.copytree(tiny_bundle_dir, target)
+    with pytest.raises(ExportError, match="already exists .*--force"):
+        export_bundle(TINY_ARCH, str(tiny_checkpoint), output=target, model_config=TINY_CONFIG)
+    stranger = tmp_path / "not-a-bundle"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not a clip-rt bundle"):
+        export_bundle(TINY_ARCH, str(tiny_checkpoint), output=stranger, model_config=TINY_CONFIG, force=True)
+    assert (stranger / "notes.txt").read_text() == "mine"
+    export_bundle(TINY_ARCH, str(tiny_checkpoint), output=target, model_config=TINY_CONFIG, force=True)
+    m = read_manifest(target)
+    assert m.precisions == ["fp32"]
+    assert sorted(p.name for p in target.iterdir()) == ["image_fp32.onnx", "manifest.json", "text_fp32.onnx",
+                                                        "tokenizer.json"]
+    assert _leftovers(tmp_path) == ["b", "not-a-bundle"]
+
+
+# -- argument handling --------------------------------------------------------------------------
+def test_precisions_are_checked_and_ordered() -> None:
+    assert normalize_precisions(["int8", "fp32", "fp16", "int8"]) == ["fp32", "fp16", "int8"]
+    with pytest.raises(InputError, match="bf16"):
+        normalize_precisions(["bf16"])
+    with pytest.raises(InputError):
+        normalize_precisions([])
+
+
+def test_model_names_and_default_tags() -> None:
+    assert load.resolve_model_name("ViT-B/32", None) == ("ViT-B-32", "openai")
+    assert load.resolve_model_name("ViT-B-32", None) == ("ViT-B-32", "openai")
+    assert load.resolve_model_name("RN50", "none") == ("RN50", "none")
+    with pytest.raises(InputError, match="laion2b_s13b_b82k"):
+        load.resolve_model_name("convnext_base_w", None)
+    with pytest.raises(InputError, match="unknown model"):
+        load.resolve_model_name("ViT-Q-99", None)
+    with pytest.raises(InputError, match="neither a tag"):
+        load.resolve("ViT-B-32", "no-such-tag-or-file")
+    arch, source = load.resolve("ViT-B/32", "none")
+    assert (arch, source.kind, source.store_tag) == ("ViT-B-32", "random", "random")
+    arch, source = load.resolve("RN50", __file__)
+    assert (source.kind, source.store_tag) == ("checkpoint", "test_export")
+
+
+def test_default_output_is_the_store(tiny_checkpoint: Path, clip_home: Path) -> None:
+    from clip_rt_export.api import default_output
+
+    arch, source = load.resolve(TINY_ARCH, str(tiny_checkpoint), TINY_CONFIG)
+    assert default_output(arch, source) == clip_home / "models" / "tiny-clip-tiny"
+    arch, source = load.resolve("ViT-B/32", "openai")
+    assert default_output(arch, source) == clip_home / "models" / "ViT-B-32-openai"
+
+
+def test_unsupported_tokenizers_are_refused(tmp_path: Path) -> None:
+    for name in ("ViT-B-16-SigLIP", "xlm-roberta-base-ViT-B-32"):
+        with pytest.raises(ExportError, match="not supported yet"):
+            export_bundle(name, "none", output=tmp_path / name)
+    assert _leftovers(tmp_path) == []
+
+
+def test_bad_model_config_is_an_input_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"embed_dim": 8}))
+    with pytest.raises(InputError, match="vision_cfg"):
+        export_bundle("bad-arch", model_config=bad, output=tmp_path / "o")
+    with pytest.raises(InputError, match="no such file"):
+        export_bundle("bad-arch", model_config=tmp_path / "missing.json", output=tmp_path / "o")
+
+
+def test_text_tower_without_causal_mask_exports_full_context(tmp_path: Path) -> None:
+    cfg = json.loads(TINY_CONFIG.read_text())
+    cfg["text_cfg"].update({"no_causal_mask": True, "pool_type": "last", "context_length": 16})
+    path = tmp_path / "nocausal.json"
+    path.write_text(json.dumps(cfg))
+    bundle = export_bundle("tiny-nocausal", "none", output=tmp_path / "b", model_config=path, seed=1)
+    m = read_manifest(bundle)
+    assert m.text.dynamic_sequence is False and m.text.context_length == 16
+    sess = ort.InferenceSession(str(bundle / "text_fp32.onnx"), providers=["CPUExecutionProvider"])
+    assert [d for d in sess.get_inputs()[0].shape][1] == 16
+
+
+def test_seeded_random_exports_are_deterministic(tmp_path: Path) -> None:
+    a = export_bundle(TINY_ARCH, "none", output=tmp_path / "a", model_config=TINY_CONFIG, seed=3)
+    b = export_bundle(TINY_ARCH, "none", output=tmp_path / "b", model_config=TINY_CONFIG, seed=3)
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert ma.parity == mb.parity
+    assert ma.logit_scale == mb.logit_scale
+    assert "random weights (seed 3)" in ma.notes
+
+
+# -- real architectures -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_vitb32_bundle(vitb32_bundle_dir: Path, vitb32_checkpoint: Path) -> None:
+    m = read_manifest(vitb32_bundle_dir)
+    assert (m.architecture, m.embed_dim, m.image.size) == ("ViT-B-32", 512, (224, 224))
+    assert m.text.dynamic_sequence and m.parity["fp32"]["image"].max_abs_diff <= 1e-4
+    assert m.checkpoint_sha256 == sha256_file(vitb32_checkpoint)
+
+
+@pytest.mark.slow
+def test_rn50_random_export_all_precisions(tmp_path: Path) -> None:
+    start = time.monotonic()
+    bundle = export_bundle("RN50", "none", precisions=("fp32", "int8", "fp16"), output=tmp_path / "rn50", seed=0)
+    elapsed = time.monotonic() - start
+    m = read_manifest(bundle)
+    assert m.precisions == ["fp32", "fp16", "int8"]
+    assert m.embed_dim == 1024 and m.image.size == (224, 224)
+    assert all(fig.passed for encs in m.parity.values() for fig in encs.values())
+    print(f"RN50 fp32+fp16+int8 export: {elapsed:.0f} s")
