@@ -35,7 +35,7 @@ class Reference:
 def compare(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     cos = np.sum(unit(got.astype(np.float64)) * unit(want.astype(np.float64)), axis=-1)
-    return {"max_abs_diff": round(float(np.abs(got - want).max()), 6), "min_cosine": round(float(cos.min()), 6)}
+    return {"max_abs_diff": float(f"{np.abs(got - want).max():.3g}"), "min_cosine": round(float(cos.min()), 6)}
 
 
 def zeroshot_top1(image_embeds: np.ndarray, class_embeds: np.ndarray) -> np.ndarray:

@@ -81,8 +81,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         r = results["startup"]
         parts += ["", "### Cold start and memory (int8, fresh process)", ""]
         rows = [[n, v["process_wall_s"], v["in_process_s"], v["maxrss_mb"]] for n, v in r["median"].items()]
-        f = r["folder"]
-        rows.append([f"classify {f['images']} JPEGs", f["process_wall_s"], f["in_process_s"], f["maxrss_mb"]])
+        for label, f in r["folder"].items():
+            rows.append([f"{label}: classify {f['images']} JPEGs", f["process_wall_s"], f["in_process_s"], f["maxrss_mb"]])
         parts.append(_table(["run", "process wall s", "import+load+classify s", "peak RSS MB"], rows))
     if "parity" in results:
         r = results["parity"]

@@ -11,7 +11,6 @@ import io
 import os
 import stat
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Optional, Union
@@ -180,11 +179,7 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
     """Identify, optionally draft, and fully decode; the caller closes *fp*."""
     start = fp.tell()
     try:
-        with warnings.catch_warnings():
-            # Past MAX_IMAGE_PIXELS PIL only warns; past twice that it raises. Both are errors
-            # here: a silent multi-gigabyte allocation is worse than a clear refusal.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+        img = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise load_error(label, _too_large(exc)) from None
     except UnidentifiedImageError:
@@ -192,7 +187,10 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
         raise load_error(label, _sniff(fp.read(512))) from None
     except _DECODE_ERRORS as exc:
         raise load_error(label, f"corrupt image header ({_describe(exc)})") from exc
-    _check_pixel_limit(img, label)  # in case another thread changed the warning filters
+    # Past MAX_IMAGE_PIXELS (but under 2x) PIL only warns. Refuse here as well: a multi-gigabyte
+    # allocation is worse than a clear error. (Not warnings.catch_warnings: it is process-wide
+    # and racy in the decoding threads.) Under `-W error` PIL raises the warning: caught above.
+    _check_pixel_limit(img, label)
     notes: list[str] = []
     fmt = img.format
     full_size = img.size
@@ -203,9 +201,7 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
             notes.append(f"animated image: first frame of {frames} used")
         if draft is not None and fmt == "JPEG":
             _apply_draft(img, draft, exif_transpose, notes)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
+        img.load()
         if frames > 1:
             img = img.copy()  # detach the frame from the (about to be closed) file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

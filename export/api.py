@@ -100,7 +100,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             path = work / f"{encoder}_{precision}.onnx"
             big = bool(external[encoder])
             if precision == "int8":
-                convert.to_int8(src, path, external_data=big)
+                convert.to_int8(src, path, encoder, external_data=big)
             elif precision == "fp16":
                 convert.to_fp16(src, path, external_data=big)
             figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text")

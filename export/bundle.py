@@ -39,8 +39,13 @@ def interrupt_handlers() -> Iterator[None]:
         yield  # signal handlers can only be set from the main thread
         return
 
+    interrupted: list[int] = []
+
     def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
-        raise ExportInterrupted(signum)
+        # A second signal while the first one's cleanup runs must not cut that cleanup short.
+        if not interrupted:
+            interrupted.append(signum)
+            raise ExportInterrupted(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -10,10 +10,12 @@ from clip_rt.errors import ExportError
 def int8_note() -> str:
     from .optimize import RECOMMENDED_INT8
 
-    return (
-        f"int8: {RECOMMENDED_INT8} (clip_rt_export.optimize: onnxruntime quantize_dynamic, QInt8 weights, "
-        f"per-channel scales, MatMul/Gemm only; Conv and the rest stay fp32)"
-    )
+    parts = [
+        f"{encoder} {cfg['kind']} (per_channel={cfg.get('per_channel')}, reduce_range={cfg.get('reduce_range')}, "
+        f"ops={'/'.join(cfg.get('op_types', ()))})"
+        for encoder, cfg in RECOMMENDED_INT8.items()
+    ]
+    return "int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_dynamic, QInt8 weights): " + "; ".join(parts)
 
 
 # ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
@@ -25,12 +27,14 @@ FP16_NOTE = (
 )
 
 
-def to_int8(src: Path, dst: Path, external_data: bool = False) -> None:
-    """The int8 variant the benchmarks recommend (clip_rt_export.optimize.RECOMMENDED_INT8)."""
+def to_int8(src: Path, dst: Path, encoder: str, external_data: bool = False) -> None:
+    """The int8 variant the benchmarks recommend for *encoder* (clip_rt_export.optimize.RECOMMENDED_INT8)."""
     from .optimize import RECOMMENDED_INT8, optimize_graph
 
-    if RECOMMENDED_INT8.startswith("int8-static"):
-        raise ExportError(f"int8 variant {RECOMMENDED_INT8!r} needs calibration data, which the export does not have")
+    settings = dict(RECOMMENDED_INT8[encoder])
+    kind = settings.pop("kind")
+    if kind.startswith("int8-static"):
+        raise ExportError(f"int8 variant {kind!r} needs calibration data, which the export does not have")
     if external_data:
         # optimize_graph writes single-file graphs; models over 2 GB need the external-data writer.
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -39,12 +43,13 @@ def to_int8(src: Path, dst: Path, external_data: bool = False) -> None:
             str(src),
             str(dst),
             weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=bool(settings.get("per_channel", True)),
+            reduce_range=bool(settings.get("reduce_range", False)),
+            op_types_to_quantize=list(settings.get("op_types", ("MatMul", "Gemm"))),
             use_external_data_format=True,
         )
         return
-    optimize_graph(src, dst, kind=RECOMMENDED_INT8)
+    optimize_graph(src, dst, kind=kind, **settings)
 
 
 def to_fp16(src: Path, dst: Path, external_data: bool = False) -> None:

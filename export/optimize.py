@@ -3,12 +3,13 @@
 ``optimize_graph(onnx_path, out_path, kind, ...)`` turns a clip-rt fp32 graph (image or text,
 contract in ARCHITECTURE.md) into one of ``KINDS``. The variants and their measured speed and
 parity on this project's reference CPU are in ``docs/bench.md`` (``python -m bench``); the
-export stage calls ``optimize_graph(..., kind=RECOMMENDED_INT8)`` for the ``int8`` precision.
+export stage calls ``optimize_graph(src, dst, **RECOMMENDED_INT8[encoder])`` for ``int8``.
 
 Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -27,12 +28,20 @@ KINDS: tuple[str, ...] = (
     "int8-static",  # quantize_static QDQ, activations calibrated on calibration_inputs
     "int8-static-fused",
 )
-# What the export stage should write for the bundle's ``int8`` precision (see docs/bench.md).
-RECOMMENDED_INT8 = "int8-dynamic"
-
 # Quantising MatMul/Gemm captures nearly all of a ViT's/text tower's FLOPs; the patch-embedding
 # Conv is one small op whose integer kernel (ConvInteger) is slower than fp32 on CPU.
 _QUANT_OPS = ("MatMul", "Gemm")
+# The text tower's token embedding (a Gather on a vocab x width table: 100 MB of ViT-B/32's
+# 250 MB text graph) costs no time but dominates memory; int8 rows cut the graph and the
+# session's peak RSS by ~110 MB at unchanged parity (docs/bench.md).
+TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
+
+# What the export stage should write for the bundle's ``int8`` precision, per encoder:
+# ``optimize_graph(fp32_path, int8_path, **RECOMMENDED_INT8[encoder])`` (see docs/bench.md).
+RECOMMENDED_INT8: dict[str, dict] = {
+    "image": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": _QUANT_OPS},
+    "text": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": TEXT_QUANT_OPS},
+}
 _CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -72,6 +81,9 @@ def optimize_graph(
         raise InputError(f"graph variant {kind!r} needs calibration_inputs (a batch of model inputs)")
     dst.parent.mkdir(parents=True, exist_ok=True)
 
+    quant_logger = logging.getLogger("onnxruntime.quantization")  # logs every skipped node
+    level = quant_logger.level
+    quant_logger.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
         stage = src
         if kind == "fused" or kind.endswith("-fused"):
@@ -79,10 +91,13 @@ def optimize_graph(
             if kind == "fused":
                 os.replace(stage, dst)
                 return dst
-        if static:
-            _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method, op_types)
-        else:
-            _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types)
+        try:
+            if static:
+                _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method, op_types)
+            else:
+                _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types)
+        finally:
+            quant_logger.setLevel(level)
     return dst
 
 

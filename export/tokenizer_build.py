@@ -2,15 +2,15 @@
 
 Built from open_clip's own BPE file (``bpe_simple_vocab_16e6.txt.gz``), no network. What the
 JSON does: pre-tokenise with open_clip's regex, map bytes to unicode (GPT-2 table, the same as
-CLIP's ``bytes_to_unicode``), BPE with a ``</w>`` end-of-word suffix, add SOT/EOT. What it does
-not do: text cleaning (ftfy, HTML unescaping, whitespace, lower-casing), truncation, padding and
-recognising literal ``<start_of_text>`` in user text; ``clip_rt.tokenizer`` does those in Python,
-exactly as open_clip does.
+CLIP's ``bytes_to_unicode``), BPE with a ``</w>`` end-of-word suffix, add SOT/EOT, truncate and
+pad to ``context_length`` as ``open_clip.tokenize``. What it does not do: text cleaning (ftfy,
+HTML unescaping, whitespace, lower-casing) and recognising literal ``<start_of_text>`` in user
+text; ``clip_rt.tokenizer`` does those in Python, exactly as open_clip does.
 
 Why the regex is spelled out codepoint by codepoint: open_clip splits with the ``regex`` module
 (its own, recent Unicode database, ``IGNORECASE``), ``tokenizers`` with Oniguruma (an older
 Unicode database, and different case-folding of classes). ``\\p{L}`` differs between the two on
-thousands of recently assigned codepoints, so the classes are evaluated here with open_clip's
+recently assigned codepoints, so the classes are evaluated here with open_clip's
 own compiled pattern semantics and written as explicit ranges.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import gzip
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -34,7 +34,7 @@ def _all_codepoints() -> str:
     return "".join(chr(cp) for cp in range(_MAX_CODEPOINT) if not 0xD800 <= cp < 0xE000)
 
 
-def _ranges(pattern, text: str) -> list[tuple[int, int]]:
+def _ranges(pattern: Any, text: str) -> list[tuple[int, int]]:
     """Codepoint ranges of the single characters *pattern* matches in *text*."""
     out: list[tuple[int, int]] = []
     for m in pattern.finditer(text):

@@ -374,3 +374,25 @@ def test_vitb32_matches_open_clip_on_real_photos(vitb32: tuple[Path, Path], tmp_
     np.testing.assert_allclose(m.encode_image(photos), want_img, atol=1e-4, rtol=0)  # PIL input too
     want_probs = torch.softmax(torch.from_numpy(scale * want_img @ want_txt.T), dim=-1).numpy()
     np.testing.assert_allclose(m.similarity(files, PARITY_TEXTS), want_probs, atol=1e-4)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_every_precision_of_a_real_export_runs(request: pytest.FixtureRequest) -> None:
+    pytest.importorskip("torch")
+    try:
+        bundle_dir = Path(request.getfixturevalue("tiny_bundle_dir"))
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no tiny_bundle_dir fixture")
+    photos = [np.asarray(__import__("skimage.data", fromlist=["x"]).chelsea()), images(1)[0]]
+    texts = ["a photo of a cat.", "a dog", ""]
+    ref = clip_rt.load(bundle_dir, precision="fp32", cache=False)
+    want_img, want_txt = ref.encode_image(photos), ref.encode_text(texts)
+    for precision in ("fp16", "int8"):
+        m = clip_rt.load(bundle_dir, precision=precision)
+        got_img, got_txt = m.encode_image(photos), m.encode_text(texts)
+        for enc, got, want in (("image", got_img, want_img), ("text", got_txt, want_txt)):
+            cos = float(np.min(np.sum(got * want, axis=1)))
+            figure = m.manifest.parity[precision][enc]
+            assert cos >= figure.tolerance.get("min_cosine", 0.99) - 1e-3
+        np.testing.assert_array_equal(m.encode_text(texts), got_txt)  # cached per precision

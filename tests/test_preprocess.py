@@ -185,13 +185,34 @@ def test_exif_orientation_6(tmp_path: Path) -> None:
 
 @pytest.mark.torch
 def test_torchvision_size_rules() -> None:
-    F = pytest.importorskip("torchvision.transforms.functional")
-    from torchvision.transforms.functional import _compute_resized_output_size
+    functional = pytest.importorskip("torchvision.transforms.functional")
+    compute = functional._compute_resized_output_size  # the rule Resize(int) uses on PIL images
 
     for h in (1, 2, 3, 10, 223, 224, 225, 299, 300, 451, 1000, 20000):
         for w in (1, 7, 224, 333, 512, 4000):
-            assert list(shortest_edge_size(h, w, 224)) == _compute_resized_output_size((h, w), [224])
-    del F
+            assert list(shortest_edge_size(h, w, 224)) == compute((h, w), [224])
+
+
+def test_cropped_resize_matches_the_full_resize(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The huge-resize shortcut (resize only the crop), forced on for ordinary extreme shapes."""
+    import clip_rt.preprocess as preprocess
+
+    worst: dict[str, float] = {}
+    step = 1.0 / 255.0 / min(OPENAI_STD)
+    for cfg in (CONFIGS["ViT-B-32"], CONFIGS["nonsquare-shortest"]):  # Resize(int); ResizeKeepRatio
+        for w, h in ((10, 1000), (1000, 10), (7, 1501), (1, 999), (13, 2345), (2500, 60)):
+            for mode in ("RGB", "L", "P", "1", "CMYK", "I;16", "F", "LA", "RGBA"):
+                img = make_image(w, h, mode, seed=w * h)
+                monkeypatch.setattr(preprocess, "HUGE_RESIZE_PIXELS", 1 << 60)
+                full = Preprocessor(cfg)(img)
+                monkeypatch.setattr(preprocess, "HUGE_RESIZE_PIXELS", 0)
+                cropped = Preprocessor(cfg)(img)
+                kind = "alpha" if mode in ("LA", "RGBA") else "no alpha"
+                worst[kind] = max(worst.get(kind, 0.0), float(np.abs(full - cropped).max()))
+    for kind, value in worst.items():
+        _REPORT[f"huge-resize shortcut forced, 108 cases, {kind}: worst"] = value
+    assert worst["no alpha"] <= 2 * step + 1e-6  # Pillow's float32 box coordinates: 1-2 levels
+    assert worst["alpha"] <= 32 * step  # unpremultiplying amplifies a level where alpha is small
 
 
 def test_high_bit_images_are_scaled_not_clipped() -> None:
@@ -208,8 +229,10 @@ def test_high_bit_images_are_scaled_not_clipped() -> None:
     _REPORT["high-bit: F [0,1] default vs 8-bit L"] = float(np.abs(as_float - eight).max())
     _REPORT["high-bit: I;16 strict (open_clip) vs 8-bit L"] = float(np.abs(clipped - eight).max())
     _REPORT["high-bit: I;16 strict, share of white pixels"] = float(np.mean(np.isclose(clipped, white[:, None, None])))
-    assert np.abs(sixteen - eight).max() <= 2 * step  # rounding at resize, in 16 bits then 8
-    assert np.abs(as_float - eight).max() <= 2 * step
+    # Resizing in 16-bit/float keeps precision that the 8-bit resize rounds away (PIL rounds
+    # between its two passes), so a few levels differ here and there, none systematically.
+    for scaled in (sixteen, as_float):
+        assert np.abs(scaled - eight).max() <= 5 * step and np.abs(scaled - eight).mean() <= 0.5 * step
     assert np.mean(np.isclose(clipped, white[:, None, None])) > 0.9
 
 

@@ -18,6 +18,7 @@ from .common import (
     model_from_options,
     model_identity,
     model_options,
+    one_line_warnings,
     parse_labels,
     progress_bar,
     resolve_templates,
@@ -40,6 +41,7 @@ from .common import (
               help="Images in the report's contact sheet.")
 @click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
 @model_options()
+@one_line_warnings
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
@@ -86,13 +88,17 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if output:
         rec_mod.write_sidecar(output, identity)
     writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
+    # Every new record is kept only for --report; otherwise only the failed ones, so that
+    # memory stays flat over millions of images.
     new: list[Record] = []
+    n_new = 0
     try:
         with progress_bar(len(todo), "classifying") as bar:
             for batch in _batches(model.iter_images(todo, batch_size=batch_size), batch_size):
                 out = _classify_batch(classifier, batch, top_k)
                 writer.write_batch(out)
-                new.extend(out)
+                n_new += len(out)
+                new.extend(out if report_dir else [r for r in out if not r.ok])
                 bar.update(len(out))
         writer.close()
     finally:
@@ -104,8 +110,9 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     by_path = {r.path: r for r in done + new}
     everything = [by_path[p] for p in inputs if p in by_path]
     failed = [r for r in everything if not r.ok]
-    skipped = f", {len(done_paths & set(inputs))} already done" if done else ""
-    echo_err(f"{len(everything)} processed, {len(failed)} failed{skipped}")
+    n_done = len(done_paths & set(inputs))
+    skipped = f", {n_done} already done" if done else ""
+    echo_err(f"{n_done + n_new} processed, {len(failed)} failed{skipped}")
     for r in failed[:10]:
         echo_err(f"  failed: {display_path(r.path)}: {rec_mod.error_reason(r.path, r.error or '')}")
     if len(failed) > 10:

@@ -1,9 +1,12 @@
 """Options and helpers shared by the inference commands (classify, similarity, index, search, video)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence, TypeVar
+import warnings
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
@@ -75,11 +78,11 @@ def label_options(f: F) -> F:
 def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list[str] | dict[str, Any]":
     """Label names, or for a ``.json`` labels file a mapping ``{name: [own prompts] | null}``
     (a label with its own prompts is not put through the templates)."""
-    if bool(labels_csv) == bool(labels_file):
+    if (labels_csv is None) == (labels_file is None):  # `-l ""` is given-but-empty: "no labels" below
         raise click.UsageError("give exactly one of --labels A,B,... or --labels-file FILE")
     if labels_file and labels_file.lower().endswith(".json"):
         return _labels_json(labels_file)
-    if labels_csv:
+    if labels_csv is not None:
         raw = labels_csv.split(",")
     else:
         with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
@@ -156,3 +159,25 @@ def echo_err(msg: str) -> None:
 def check_not_dir(path: str, option: str) -> None:
     if os.path.isdir(path):
         raise InputError(f"{option} {path!r} is a folder; expected a file path")
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Python warnings (truncated prompts, provider fallback, cache trouble) as one
+    ``warning: ...`` line on stderr, not the default file:line plus a line of clip-rt's source."""
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        echo_err(f"warning: {message}")
+
+    with warnings.catch_warnings():  # restores the previous display afterwards
+        warnings.showwarning = show
+        yield
+
+
+def one_line_warnings(f: F) -> F:
+    """Decorator for a command: its warnings are shown by :func:`warnings_as_lines`."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings_as_lines():
+            return f(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
