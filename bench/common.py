@@ -41,6 +41,8 @@ def machine_info() -> dict[str, Any]:
         except ImportError:
             continue
     info["versions"] = versions
+    # The machine is shared: the load when the figure was written says how noisy it is.
+    info["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
     return info
 
 

@@ -65,7 +65,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(2)
-    paths = ctx.photo_paths[: 6 if ctx.quick else 24]
+    paths = ctx.photo_paths[: 6 if ctx.quick else 12]
     cands: dict[str, Callable[[list], list[str]]] = {
         "origin loop (open_clip fp32)": lambda ps: origin_loop(ctx, ps),
         "clip-rt int8 tuned, draft": _runtime(ctx, "int8", True, tuned=True),

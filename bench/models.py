@@ -1,4 +1,4 @@
-"""The models under test: the seeded open_clip model (torch baselines) and its fp32 ONNX graphs.
+"""The models under test: the seeded open_clip model (torch baselines) and ONNX Runtime sessions.
 
 Real weights are not downloadable here, so every benchmark uses ``pretrained=None`` weights
 drawn from a fixed seed: the same model on both sides, so parity figures stay meaningful.
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .common import WORK_DIR, log
 
 
 @dataclass
@@ -24,10 +23,6 @@ class TorchModel:
     def image_size(self) -> tuple[int, int]:
         size = self.model.visual.image_size
         return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
-
-    @property
-    def context_length(self) -> int:
-        return int(self.model.context_length)
 
     @property
     def vision_heads_width(self) -> tuple[int, int]:
@@ -47,22 +42,6 @@ def load_torch(arch: str = "ViT-B-32", seed: int = 0, model_cfg: Optional[dict] 
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)
     return TorchModel(arch, seed, model, preprocess, tokenizer)
-
-
-def fp32_graphs(tm: TorchModel, work_dir: Path = WORK_DIR) -> dict[str, Path]:
-    """The fp32 image and (dynamic-sequence) text graphs, exported once per arch and seed."""
-    from clip_rt_export.graphs import export_image_graph, export_text_graph, supports_dynamic_sequence
-
-    out = work_dir / f"{tm.arch}-seed{tm.seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"image": out / "image_fp32.onnx", "text": out / "text_fp32.onnx"}
-    if not paths["image"].exists():
-        log(f"exporting {tm.arch} image graph")
-        export_image_graph(tm.model, tm.image_size, paths["image"])
-    if not paths["text"].exists():
-        log(f"exporting {tm.arch} text graph")
-        export_text_graph(tm.model, tm.context_length, supports_dynamic_sequence(tm.model), paths["text"])
-    return paths
 
 
 def ort_session(path: Path, threads: int = 2, spinning: bool = False) -> Any:

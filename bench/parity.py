@@ -22,6 +22,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ref = ctx.reference
     prompts = [t.format(label) for label in LABELS for t in SIMPLE]
     rows = []
+    sims = np.sort(ref.image_embeds @ ref.class_embeds.T, axis=1)
+    margins = sims[:, -1] - sims[:, -2]
     variants = [(p, p, ctx.bundle) for p in PRECISIONS] + [("int8 tuned", "int8", ctx.tuned)]
     for label, precision, bundle in variants:
         log(f"parity {label}")
@@ -32,6 +34,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         # The whole runtime: clip_rt decoding + preprocessing + tokeniser + both graphs.
         rt_img = model.encode_image(ref.paths)
         rt_top1 = zeroshot_top1(rt_img, ensemble(text, len(SIMPLE)))
+        # Random weights put the classes close together (cosine margins down to 1e-4), so a
+        # flip is reported with the torch fp32 margin it had to overcome.
+        flips = [{"photo": ref.paths[i].name, "fp32_label": LABELS[ref.top1[i]], "label": LABELS[rt_top1[i]],
+                  "fp32_top1_margin": round(float(margins[i]), 5)} for i in np.flatnonzero(rt_top1 != ref.top1)]
         rows.append({
             "precision": label,
             "image": {**compare(graph_img, ref.image_embeds), "samples": len(graph_img)},
@@ -39,12 +45,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "runtime_image": compare(rt_img, ref.image_embeds),
             "top1_agreement": round(float(np.mean(rt_top1 == ref.top1)), 4),
             "images": len(rt_top1),
+            "top1_flips": flips,
         })
     int8 = next(r for r in rows if r["precision"] == "int8 tuned")
     targets = [
         target("int8 (tuned) top-1 agreement with torch fp32", int8["top1_agreement"], 0.99),
         target("int8 (tuned) image min cosine", int8["image"]["min_cosine"], 0.99),
     ]
-    result = {**ctx.result_meta(), "labels": len(LABELS), "templates": "SIMPLE", "rows": rows, "targets": targets}
+    result = {**ctx.result_meta(), "labels": len(LABELS), "templates": "SIMPLE", "rows": rows, "targets": targets,
+              "fp32_top1_margin": {"min": round(float(margins.min()), 5), "median": round(float(np.median(margins)), 5)}}
     write_result("parity", result, ctx.out_dir)
     return result

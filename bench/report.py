@@ -41,7 +41,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         f"Measured {first['when']} with `{first['command']}` on {m.get('cpu_model', '?')}, "
         f"{m.get('cpu_count')} cores (ISA: {', '.join(m.get('isa', []))}); "
         + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-        + f". Model: {first.get('arch')} with {first.get('weights')}.",
+        + f". Model: {first.get('arch')} with {first.get('weights')}. Load average at the end of each "
+        "benchmark (1/5/15 min; 2 cores shared with other jobs): "
+        + "; ".join(f"{k} {r['machine'].get('load_average_1_5_15min')}" for k, r in results.items()) + ".",
         "",
         "### Targets",
         "",
@@ -92,6 +94,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                  p["text"]["min_cosine"], p["runtime_image"]["min_cosine"], p["top1_agreement"]] for p in r["rows"]]
         parts.append(_table(["precision", "image max abs", "image min cos", "text max abs", "text min cos",
                              "runtime image min cos", "top-1 agreement"], rows))
+        m = r.get("fp32_top1_margin", {})
+        flips = [f"{p['precision']}: {f['photo']} {f['fp32_label']} -> {f['label']} (fp32 margin {f['fp32_top1_margin']})"
+                 for p in r["rows"] for f in p.get("top1_flips", [])]
+        parts.append(f"\nWith random weights the classes sit close together: torch fp32 top-1 margins (cosine, "
+                     f"top-1 minus top-2) are {m.get('min')} at least, {m.get('median')} median, so near-ties flip "
+                     "under any perturbation. Flips: " + ("; ".join(flips) if flips else "none") + ".")
     if "variants" in results:
         r = results["variants"]
         parts += ["", f"### Image graph variants (batch {r['batch']}, same process, round-robin)", ""]

@@ -56,7 +56,7 @@ def image(ctx: BenchContext) -> dict[str, Any]:
         log(f"image throughput, batch {batch}, {rounds} rounds")
         timer = Timer(rounds)
         with torch.inference_mode():
-            timer.run(cands)
+            timer.run(cands, warmup=1 if batch < 32 else 0)  # batch 32: already warm, and slow
         out[str(batch)] = _summary(timer, batch)
     b8 = out["8"]
     best = b8["clip-rt int8"]["items_per_s"]
@@ -98,11 +98,11 @@ def text(ctx: BenchContext) -> dict[str, Any]:
             "clip-rt int8 tuned": lambda p=prompts: tuned.encode_text(p),
             "clip-rt int8 tuned, cached": lambda p=prompts, m=cached: m.encode_text(p),
         }
-        rounds = 5 if len(prompts) <= 100 else (2 if not ctx.quick else 1)
+        rounds = 5 if len(prompts) <= 100 else 1
         log(f"text speed, {name}, {rounds} rounds")
         timer = Timer(rounds)
         with torch.inference_mode():
-            timer.run(cands)
+            timer.run(cands, warmup=1 if len(prompts) <= 100 else 0)
         out[name] = _summary(timer, len(prompts))
     t80 = out["80 ImageNet templates"]
     base = t80["open_clip fp32"]["items_per_s"]

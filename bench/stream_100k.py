@@ -59,7 +59,7 @@ def _distinct_images(count: int, seed: int) -> list[tuple[str, bytes]]:
 def make_images(folder: Path, n: int, *, broken_every: int = 0, seed: int = 0) -> dict[str, int]:
     """N image names under *folder* (hard links to a few hundred files); returns counts."""
     folder.mkdir(parents=True, exist_ok=True)
-    sources = folder / "_sources"  # not an image folder walk would miss: names without extensions
+    sources = folder / "_sources"  # the originals, named *.bin so that the folder walk skips them
     sources.mkdir(exist_ok=True)
     distinct = _distinct_images(min(DISTINCT, max(n, 1)), seed)
     src_paths = []
@@ -67,9 +67,9 @@ def make_images(folder: Path, n: int, *, broken_every: int = 0, seed: int = 0) -
         p = sources / f"src{i:04d}{ext}.bin"  # .bin: not picked up by the folder walk
         p.write_bytes(data)
         src_paths.append((ext, p))
+    jpeg = next(data for ext, data in distinct if ext == ".jpg")
     broken_src = sources / "broken.jpg.bin"
-    broken_src.write_bytes(distinct[0][1][: len(distinct[0][1]) // 3] if distinct[0][0] == ".jpg"
-                           else distinct[1][1][: len(distinct[1][1]) // 3])
+    broken_src.write_bytes(jpeg[: len(jpeg) // 3])  # a truncated JPEG: decoding fails
     broken = 0
     for i in range(n):
         sub = folder / f"d{i // PER_FOLDER:04d}"
@@ -224,49 +224,109 @@ def _thin(samples: list[tuple[float, float, int]], keep: int) -> list[list[float
     return [list(samples[round(i * step)]) for i in range(keep)]
 
 
+def run_parallel(folders: list[Path], bundle: Path, work: Path, labels: list[str], *, batch_size: int,
+                 threads: Optional[int], env: dict[str, str]) -> dict[str, Any]:
+    """One classify process per folder, all at once, sharing one CLIP_RT_HOME (store + prompt cache)."""
+    import threading
+
+    results: list[Optional[dict[str, Any]]] = [None] * len(folders)
+
+    def one(i: int) -> None:
+        results[i] = run_stream(folders[i], bundle, work / f"out{i}.jsonl", labels=labels[i],
+                                batch_size=batch_size, threads=threads, env=env)
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(len(folders))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - t0
+    from clip_rt.templates import SIMPLE  # classify's default templates
+
+    expected = {t.replace("{}", lab) for labs in labels for lab in labs.split(",") for t in SIMPLE}
+    done = [r for r in results if r is not None]
+    records = sum(r["records_written"] for r in done)
+    for r in done:
+        r["samples"] = _thin(r["samples"], 40)
+    return {"processes": len(folders), "wall_s": round(wall, 2), "records_written": records,
+            "errors": sum(r["errors"] for r in done), "exit_codes": [r["exit_code"] for r in done],
+            "images_per_s": round(records / wall, 1), "rss_growth_mb_max": max(r["rss_growth_mb"] or 0 for r in done),
+            "cache": {**check_cache(Path(env["CLIP_RT_HOME"])), "expected_texts": len(expected)},
+            "per_process": done}
+
+
+def check_cache(home: Path) -> dict[str, Any]:
+    """The shared prompt cache after the run: SQLite's integrity check and what it holds."""
+    import sqlite3
+
+    con = sqlite3.connect(home / "cache" / "prompts.sqlite")
+    try:
+        integrity = con.execute("PRAGMA integrity_check").fetchall()
+        rows, texts = con.execute("SELECT COUNT(*), COUNT(DISTINCT text) FROM text_embeddings").fetchone()
+    finally:
+        con.close()
+    return {"integrity_check": [r[0] for r in integrity], "rows": rows, "distinct_texts": texts}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.stream_100k", description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100_000, help="images to classify")
+    ap.add_argument("--n", type=int, default=100_000, help="images to classify (in all)")
     ap.add_argument("--bundle", default=None, help="tiny | fake | a bundle directory (default: tiny when torch "
                                                    "and open_clip are installed, else fake)")
     ap.add_argument("--broken-every", type=int, default=1000, help="every K-th file is a truncated JPEG (0: none)")
     ap.add_argument("--labels", default=LABELS, help="comma-separated labels (more labels: bigger records)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="P > 1: split the images into P folders and run P classify processes at once, "
+                         "sharing one store and prompt cache (each adds a label of its own)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"default: {DEFAULT_OUT} (with --processes P: stream_Pproc.json beside it)")
     args = ap.parse_args(argv)
+    out_path = args.out or (DEFAULT_OUT if args.processes == 1 else RESULTS_DIR / f"stream_{args.processes}proc.json")
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="clip-rt-stream-"))
     try:
         kind = args.bundle or default_bundle_kind()
         bundle, described = make_bundle(kind, work)
-        t0 = time.perf_counter()
-        counts = make_images(work / "images", args.n, broken_every=args.broken_every)
-        gen_s = time.perf_counter() - t0
-        print(f"{args.n} images generated in {gen_s:.1f} s; classifying with the {kind} bundle...", flush=True)
         env = {**os.environ, "CLIP_RT_HOME": str(work / "home")}
-        result = run_stream(work / "images", bundle, work / "out.jsonl", labels=args.labels,
-                            batch_size=args.batch_size,
-                            threads=args.threads, env=env)
+        t0 = time.perf_counter()
+        if args.processes == 1:
+            counts = make_images(work / "images", args.n, broken_every=args.broken_every)
+        else:
+            share = args.n // args.processes
+            folders = [work / "images" / f"p{i}" for i in range(args.processes)]
+            parts = [make_images(f, share, broken_every=args.broken_every, seed=i) for i, f in enumerate(folders)]
+            counts = {k: sum(p[k] for p in parts) for k in parts[0]}
+        gen_s = time.perf_counter() - t0
+        print(f"{counts['images']} images generated in {gen_s:.1f} s; classifying with the {kind} bundle "
+              f"in {args.processes} process(es)...", flush=True)
+        if args.processes == 1:
+            result = run_stream(work / "images", bundle, work / "out.jsonl", labels=args.labels,
+                                batch_size=args.batch_size, threads=args.threads, env=env)
+        else:
+            labels = [f"{args.labels},extra{i}" for i in range(args.processes)]
+            result = run_parallel(folders, bundle, work, labels, batch_size=args.batch_size, threads=args.threads,
+                                  env=env)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     from .common import machine_info
 
-    report = {"benchmark": "stream_100k", "n": args.n, "bundle": described, **counts,
+    report = {"benchmark": "stream_100k", "n": counts["images"], "bundle": described, **counts,
               "generate_s": round(gen_s, 2), **result,
               "rss_growth_definition": f"rss_end_mb - rss_after_1000_mb (first sample with >= "
                                        f"{BASELINE_RECORDS} records on disk)",
               "rerun": "python -m bench.stream_100k " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine_info()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    summary = {k: report[k] for k in ("n", "records_written", "errors", "exit_code", "wall_s", "images_per_s",
-                                      "rss_start_mb", "rss_after_1000_mb", "rss_end_mb", "rss_max_mb",
-                                      "rss_growth_mb")}
-    print(json.dumps(summary, indent=2))
-    print(f"written to {args.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    keys = ("n", "records_written", "errors", "exit_code", "exit_codes", "wall_s", "images_per_s", "rss_start_mb",
+            "rss_after_1000_mb", "rss_end_mb", "rss_max_mb", "rss_growth_mb", "rss_growth_mb_max", "cache")
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
+    print(f"written to {out_path}")
     return 0
 
 

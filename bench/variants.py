@@ -15,7 +15,7 @@ import numpy as np
 
 from .common import Timer, log, ratio, write_result
 from .context import BenchContext
-from .models import fp32_graphs, ort_session
+from .models import ort_session
 
 # name -> optimize_graph keyword arguments (None: the fp32 export as is).
 GRAPH_VARIANTS: dict[str, Any] = {
@@ -52,12 +52,14 @@ def build_variant(name: str, fp32: Path, out_dir: Path, calibration: np.ndarray,
 
 def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     import torch
+    from clip_rt.manifest import read_manifest
     from clip_rt_export.sample_inputs import preprocessed_images
 
     tm, ref, quick = ctx.torch_model, ctx.reference, ctx.quick
     rounds = 3 if quick else 6
-    fp32 = fp32_graphs(tm, ctx.work_dir)["image"]
-    out_dir = fp32.parent
+    fp32 = ctx.bundle / read_manifest(ctx.bundle).graph("fp32", "image").file
+    out_dir = ctx.work_dir / f"variants-{ctx.arch}-seed{ctx.seed}"
+    out_dir.mkdir(parents=True, exist_ok=True)
     calibration = preprocessed_images(tm.model).numpy()
     names = QUICK_VARIANTS if quick else tuple(GRAPH_VARIANTS)
     x = ref.pixels[:batch] if len(ref.pixels) >= batch else np.resize(ref.pixels, (batch, *ref.pixels.shape[1:]))

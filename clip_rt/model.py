@@ -126,7 +126,9 @@ class ClipModel:
         self._requested = list(providers) if providers else None
         # Resolved now so that a missing provider fails at load, not at the first image.
         self._entries = resolve_providers(self._requested, available_providers())
-        self.precision = precision or default_precision(manifest, provider_name(self._entries[0]))
+        if precision is not None and not isinstance(precision, str):
+            raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
+        self.precision = precision.lower() if precision else default_precision(manifest, provider_name(self._entries[0]))
         if self.precision not in manifest.precisions:
             raise BundleError(f"bundle {manifest.name!r} has no {self.precision!r} graphs; it has: "
                               f"{', '.join(manifest.precisions)}")

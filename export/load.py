@@ -161,9 +161,12 @@ def _hub_cached_file(hub: str) -> Optional[str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+    # The same files, in the same order, as open_clip.download_pretrained_from_hf tries.
     repo, filename = os.path.split(hub)
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    for name in names:
+    filename = filename or HF_WEIGHTS_NAME
+    for name in [*_get_safe_alternatives(filename), filename]:
         try:
             return str(hf_hub_download(repo_id=repo, filename=name, local_files_only=True))
         except LocalEntryNotFoundError:

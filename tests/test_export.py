@@ -178,6 +178,22 @@ def test_offline_tag_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, cli
     assert _leftovers(clip_home / "models") == []
 
 
+def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    code = (
+        "from clip_rt_export.load import fetch_tag_weights\n"
+        "print(fetch_tag_weights('ViT-B-32', 'laion2b_s34b_b79k', print))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(snapshot / "open_clip_pytorch_model.bin")
+
+
 def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH, "--model-config", str(TINY_CONFIG),
@@ -216,6 +232,23 @@ def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bun
     assert sorted(p.name for p in target.iterdir()) == ["image_fp32.onnx", "manifest.json", "text_fp32.onnx",
                                                         "tokenizer.json"]
     assert _leftovers(tmp_path) == ["b", "not-a-bundle"]
+
+
+def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_rt_export import graphs
+
+    monkeypatch.setattr(graphs, "EXTERNAL_DATA_THRESHOLD", 0)  # treat the tiny model as a > 2 GB one
+    bundle = export_bundle(TINY_ARCH, "none", precisions=("fp32", "fp16", "int8"), output=tmp_path / "big",
+                           model_config=TINY_CONFIG, seed=0)
+    m = read_manifest(bundle)
+    verify_files(bundle, m)
+    for precision in m.precisions:
+        for encoder, graph in m.graphs[precision].items():
+            assert graph.external_data == (f"{graph.file}.data",)
+            assert set(graph.external_data) <= set(m.files)
+            assert m.parity[precision][encoder].passed
+            sess = ort.InferenceSession(str(bundle / graph.file), providers=["CPUExecutionProvider"])
+            assert sess.get_outputs()[0].name in ("image_embeds", "text_embeds")
 
 
 # -- argument handling --------------------------------------------------------------------------

@@ -380,11 +380,13 @@ def test_vitb32_matches_open_clip_on_real_photos(vitb32: tuple[Path, Path], tmp_
 @pytest.mark.slow
 def test_every_precision_of_a_real_export_runs(request: pytest.FixtureRequest) -> None:
     pytest.importorskip("torch")
+    import skimage.data
+
     try:
         bundle_dir = Path(request.getfixturevalue("tiny_bundle_dir"))
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py has no tiny_bundle_dir fixture")
-    photos = [np.asarray(__import__("skimage.data", fromlist=["x"]).chelsea()), images(1)[0]]
+    photos = [skimage.data.chelsea(), images(1)[0]]
     texts = ["a photo of a cat.", "a dog", ""]
     ref = clip_rt.load(bundle_dir, precision="fp32", cache=False)
     want_img, want_txt = ref.encode_image(photos), ref.encode_text(texts)
@@ -393,6 +395,5 @@ def test_every_precision_of_a_real_export_runs(request: pytest.FixtureRequest) -
         got_img, got_txt = m.encode_image(photos), m.encode_text(texts)
         for enc, got, want in (("image", got_img, want_img), ("text", got_txt, want_txt)):
             cos = float(np.min(np.sum(got * want, axis=1)))
-            figure = m.manifest.parity[precision][enc]
-            assert cos >= figure.tolerance.get("min_cosine", 0.99) - 1e-3
+            assert cos >= {"fp16": 0.999, "int8": 0.99}[precision], (precision, enc, cos)
         np.testing.assert_array_equal(m.encode_text(texts), got_txt)  # cached per precision

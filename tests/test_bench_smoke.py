@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark harness (`python -m bench`) on a tiny random-weights model."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+pytest.importorskip("skimage")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
+
+from bench import __main__ as bench_main  # noqa: E402
+from bench.context import BenchContext  # noqa: E402
+from bench.report import NAMES, load_results, write_readme  # noqa: E402
+
+TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    ctx = BenchContext(arch="tiny-clip", model_config=TINY_CONFIG, quick=True, work_dir=root / "work",
+                       out_dir=root / "results", photos=3, megapixels=0.3)
+    bench_main.run(list(bench_main.BENCHMARKS), ctx)
+    return root / "results"
+
+
+def test_every_benchmark_writes_figures(results: Path) -> None:
+    got = load_results(results)
+    assert set(got) == set(NAMES)
+    for name, r in got.items():
+        assert r["machine"]["cpu_count"] >= 1 and "onnxruntime" in r["machine"]["versions"], name
+        assert r["arch"] == "tiny-clip"
+    img = got["image_speed"]["batches"]["8"]
+    assert img["clip-rt int8"]["items_per_s"] > 0 and img["torch fp32"]["items_per_s"] > 0
+    text = got["text_speed"]["sets"]["80 ImageNet templates"]
+    # The cached path reads memory only: it must beat re-encoding by a wide margin.
+    assert text["clip-rt int8 tuned, cached"]["median_s"] < text["clip-rt int8 tuned"]["median_s"]
+    rows = got["end_to_end"]["rows"]
+    assert rows["clip-rt fp32"]["top1_same_as_origin"] == 1.0  # same weights, same pixels: same labels
+    assert got["startup"]["folder"]["int8 tuned"]["maxrss_mb"] > 0
+
+
+def test_parity_is_measured_against_torch(results: Path) -> None:
+    parity = {r["precision"]: r for r in load_results(results)["parity"]["rows"]}
+    assert set(parity) == {"fp32", "fp16", "int8", "int8 tuned"}
+    assert parity["fp32"]["image"]["max_abs_diff"] < 1e-4 and parity["fp32"]["text"]["min_cosine"] > 0.9999
+    assert 0 < parity["int8"]["image"]["max_abs_diff"] < 0.1  # quantised: close, not identical
+
+
+def test_variants_and_targets_are_recorded(results: Path) -> None:
+    got = load_results(results)
+    variants = {v["graph"] for v in got["variants"]["variants"]}
+    assert {"fp32", "int8-dynamic", "int8-static-minmax", "torch-fp32", "torch-bf16"} <= variants
+    targets = [t for r in got.values() for t in r.get("targets", [])]
+    assert len(targets) >= 8
+    for t in targets:
+        assert isinstance(t["met"], bool) and (t["met"] or t.get("gap_factor") or t.get("gap"))
+
+
+def test_readme_block_is_rendered_and_replaced(results: Path, tmp_path: Path) -> None:
+    doc = tmp_path / "bench.md"
+    doc.write_text("# Benchmarks\n\nintro\n", encoding="utf-8")
+    write_readme(doc, results)
+    write_readme(doc, results)  # a second render replaces the block, not appends
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks\n\nintro\n") and text.count("<!-- bench:begin -->") == 1
+    assert "| target |" in text and "tiny-clip" in text
+    assert json.loads((results / "variants.json").read_text())["benchmark"] == "variants"
