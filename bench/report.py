@@ -25,6 +25,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def len_of(set_name: str) -> int:
+    return int(set_name.split()[0])
+
+
 def _fmt(v: Optional[float], unit: str = "") -> str:
     if v is None:
         return "n/a"
@@ -65,16 +69,19 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         parts.append(_table([""] + names, rows))
     if "text_speed" in results:
         r = results["text_speed"]
-        parts += ["", "### Text encoder (prompts/s, median)", ""]
+        parts += ["", "### Text encoder (prompts/s, median; best in brackets)", ""]
         names = list(next(iter(r["sets"].values())))
-        rows = [[s] + [f"{c[n]['items_per_s']} ({c[n]['median_s']} s)" for n in names] for s, c in r["sets"].items()]
+        rows = [[s] + [f"{c[n]['items_per_s']} ({round(len_of(s) / c[n]['best_s'], 1)})" for n in names]
+                for s, c in r["sets"].items()]
         parts.append(_table([""] + names, rows))
     if "end_to_end" in results:
         r = results["end_to_end"]
         parts += ["", f"### End-to-end classify: {r['images']} JPEGs of {r['megapixels']:g} MP, "
                   f"{r['labels']} labels x {r['templates']} templates, decode included", ""]
-        rows = [[n, v["median_s"], v["images_per_s"], v["x_origin"], v["top1_same_as_origin"]] for n, v in r["rows"].items()]
-        parts.append(_table(["pipeline", "seconds", "images/s", "x origin", "top-1 = origin"], rows))
+        rows = [[n, v["median_s"], v["best_s"], v["images_per_s"], v["x_origin"], v.get("x_origin_best"),
+                 v["top1_same_as_origin"]] for n, v in r["rows"].items()]
+        parts.append(_table(["pipeline", "median s", "best s", "images/s (median)", "x origin (median)",
+                             "x origin (best)", "top-1 = origin"], rows))
         d = r["draft_effect"]
         parts.append(f"\nDraft decoding vs full decode: max pixel difference {d['max_abs_diff_levels']} levels "
                      f"(mean {d['mean_abs_diff_levels']}) of 255 after preprocessing; top-1 identical on "
@@ -104,10 +111,13 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         r = results["variants"]
         parts += ["", f"### Image graph variants (batch {r['batch']}, same process, round-robin)", ""]
         rows = [[v.get("graph"), json.dumps(v["session"]) if v.get("session") else "", v.get("images_per_s"),
-                 v.get("best_images_per_s"), v.get("x_torch_fp32"), v.get("x_torch_bf16"), v.get("min_cosine", ""),
-                 v.get("top1_agreement", "")] for v in r["variants"]]
-        parts.append(_table(["graph", "session", "img/s", "best img/s", "x torch fp32", "x torch bf16",
-                             "min cos", "top-1 agr."], rows))
+                 v.get("best_images_per_s"), v.get("x_torch_fp32"), v.get("x_torch_fp32_best"), v.get("x_torch_bf16"),
+                 v.get("min_cosine", ""), v.get("top1_agreement", "")] for v in r["variants"]]
+        parts.append(_table(["graph", "session", "img/s (median)", "img/s (best)", "x torch fp32 (median)",
+                             "x torch fp32 (best)", "x torch bf16 (median)", "min cos", "top-1 agr."], rows))
+        ops = [f"{v['graph']}: " + ", ".join(f"{k} {n}" for k, n in v["ops"].items())
+               for v in r["variants"] if v.get("ops") and not v.get("session")]
+        parts.append("\nOps per graph: " + "; ".join(ops) + ".")
     return "\n".join(parts) + "\n"
 
 

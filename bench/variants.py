@@ -70,7 +70,7 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         path = build_variant(name, fp32, out_dir, calibration, tm.vision_heads_width)
         sess = ort_session(path)
         emb = sess.run(None, {"pixel_values": ref.pixels})[0]
-        rows[name] = {"graph": name, "bytes": path.stat().st_size, **ref.image_parity(emb)}
+        rows[name] = {"graph": name, "bytes": path.stat().st_size, "ops": _notable_ops(path), **ref.image_parity(emb)}
         candidates[name] = lambda s=sess: s.run(None, {"pixel_values": x})
     # Session settings on the recommended graph.
     rec = build_variant("int8-dynamic", fp32, out_dir, calibration, tm.vision_heads_width)
@@ -81,6 +81,7 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
             candidates[label] = lambda s=s: s.run(None, {"pixel_values": x})
             rows[label] = dict(rows["int8-dynamic"], graph="int8-dynamic", session=kw)
 
+    _add_openvino(rows, candidates, fp32, out_dir / "image_int8-static-minmax.onnx", ref, x)
     torch.set_num_threads(2)
     xt = torch.from_numpy(x)
     model_bf16 = _bf16_copy(tm.model)
@@ -94,14 +95,48 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         row = rows.setdefault(name, {"graph": name})
         row["images_per_s"] = round(batch / sec, 2)
         row["best_images_per_s"] = round(batch / min(timer.samples[name]), 2)
-    base, bf16 = rows["torch-fp32"]["images_per_s"], rows["torch-bf16"]["images_per_s"]
+    base, bf16 = rows["torch-fp32"], rows["torch-bf16"]
     for row in rows.values():
-        row["x_torch_fp32"] = ratio(row["images_per_s"], base)
-        row["x_torch_bf16"] = ratio(row["images_per_s"], bf16)
+        row["x_torch_fp32"] = ratio(row["images_per_s"], base["images_per_s"])
+        row["x_torch_bf16"] = ratio(row["images_per_s"], bf16["images_per_s"])
+        row["x_torch_fp32_best"] = ratio(row["best_images_per_s"], base["best_images_per_s"])
     result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": "export/sample_inputs procedural scenes",
               "parity_inputs": f"{len(ref.pixels)} photos", "variants": list(rows.values())}
     write_result("variants", result, ctx.out_dir)
     return result
+
+
+_NOTABLE = ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Attention",
+            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf")
+
+
+def _notable_ops(path: Path) -> dict[str, int]:
+    """Op counts that show what a fusion or quantiser did (e.g. Attention: 0 means no match)."""
+    import collections
+
+    import onnx
+
+    counts = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return {op: counts[op] for op in _NOTABLE if counts[op]} | {"Attention": counts["Attention"]}
+
+
+def _add_openvino(rows: dict, candidates: dict, fp32: Path, qdq: Path, ref: Any, x: np.ndarray) -> None:
+    """OpenVINO's CPU plugin on the fp32 and static-QDQ graphs, when ``openvino`` is importable
+    (an optional extra: run the benchmark from an environment that has it)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    for name, path in (("openvino fp32", fp32), ("openvino int8-static-minmax (QDQ)", qdq)):
+        if not path.exists():
+            continue
+        req = core.compile_model(str(path), "CPU", config).create_infer_request()
+        emb = np.concatenate([req.infer({0: ref.pixels[i:i + 8]})[0] for i in range(0, len(ref.pixels), 8)])
+        rows[name] = {"graph": name, "bytes": path.stat().st_size, "session": {"openvino": ov.__version__, **config},
+                      **ref.image_parity(emb)}
+        candidates[name] = lambda r=req: r.infer({0: x})
 
 
 def _bf16_copy(model: Any) -> Any:

@@ -89,6 +89,7 @@ def load(
     strict: bool = False,
     draft: bool = False,
     allow_fallback: bool = False,
+    provider_options: Optional[dict[str, dict[str, Any]]] = None,
 ) -> "ClipModel":
     """Load a bundle by store name, alias (``ViT-B/32``) or directory.
 
@@ -97,12 +98,15 @@ def load(
     *allow_fallback*. *precision*: ``fp32`` | ``fp16`` | ``int8``; default fp16 when CUDA comes
     first and the bundle has it, else fp32. *cache*: True (SQLite + memory), ``"memory"``,
     or False (every prompt is encoded). *verify*: check the sha256 of the files used.
+    *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
+    (docs/gpu.md).
     """
     bundle_dir = resolve_bundle(name_or_path)
     manifest = read_manifest(bundle_dir)
     return ClipModel(bundle_dir, manifest, providers=providers, precision=precision, threads=threads,
                      session_options=session_options, cache=cache, verify=verify,
-                     exif_transpose=exif_transpose, strict=strict, draft=draft, allow_fallback=allow_fallback)
+                     exif_transpose=exif_transpose, strict=strict, draft=draft, allow_fallback=allow_fallback,
+                     provider_options=provider_options)
 
 
 def default_precision(manifest: Manifest, first_provider: str) -> str:
@@ -120,7 +124,8 @@ class ClipModel:
     def __init__(self, bundle_dir: Path, manifest: Manifest, *, providers: Optional[Sequence[str]] = None,
                  precision: Optional[str] = None, threads: Optional[int] = None, session_options: Any = None,
                  cache: Union[bool, str] = True, verify: bool = True, exif_transpose: bool = True,
-                 strict: bool = False, draft: bool = False, allow_fallback: bool = False) -> None:
+                 strict: bool = False, draft: bool = False, allow_fallback: bool = False,
+                 provider_options: Optional[dict[str, dict[str, Any]]] = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self._requested = list(providers) if providers else None
@@ -142,6 +147,7 @@ class ClipModel:
         self._session_options = session_options
         self._verify = verify
         self._allow_fallback = allow_fallback
+        self._provider_options = provider_options
         self._cache_mode = cache
         self._exif_transpose, self._strict, self._draft = exif_transpose, strict, draft
         self._lock = threading.RLock()
@@ -182,7 +188,8 @@ class ClipModel:
                 graph = self.manifest.graph(self.precision, encoder)
                 self._check_files([graph.file, *graph.external_data])
                 sess = OrtSession(self.bundle_dir / graph.file, self._requested, intra_op_threads=self._threads,
-                                  session_options=self._session_options, allow_fallback=self._allow_fallback)
+                                  session_options=self._session_options, allow_fallback=self._allow_fallback,
+                                  options=self._provider_options)
                 want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
                 if sess.input_names != [want_in] or want_out not in sess.output_names:
                     raise BundleError(f"{graph.file}: expected input {want_in!r} and output {want_out!r}, "
@@ -280,6 +287,19 @@ class ClipModel:
         for item in self._iter(items, batch_size, raise_errors=True):
             out[item.index] = item.embedding
         return out
+
+    def encode_pixels(self, pixel_values: Any, output: str = "numpy") -> Any:
+        """Embeddings of one preprocessed batch, (N, 3, H, W) float32 (numpy, or an OrtValue
+        already on the device). *output* ``"numpy"``: a host array; ``"ortvalue"``: an
+        ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip)."""
+        session = self.session("image")
+        if output == "numpy":
+            if not isinstance(pixel_values, np.ndarray):
+                return session.run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
+            return session.run({IMAGE_INPUT: pixel_values})[0]
+        if output == "ortvalue":
+            return session.run_binding({IMAGE_INPUT: pixel_values})[0]
+        raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
 
     def iter_images(self, sources: Iterable[Any], batch_size: int = 32, *,
                     workers: Optional[int] = None) -> Iterator[ImageEmbedding]:

@@ -198,6 +198,59 @@ class OrtSession:
         """All outputs, in ``output_names`` order."""
         return list(self._session.run(None, dict(feeds)))
 
+    @property
+    def inference_session(self) -> Any:
+        """The underlying ``onnxruntime.InferenceSession`` (for IO binding set-ups such as
+        :class:`clip_rt.gpu.FixedShapeRunner`)."""
+        return self._session
+
+    @property
+    def device(self) -> tuple[str, int]:
+        """``("cuda", device_id)`` when the session runs on CUDA, else ``("cpu", 0)``."""
+        if CUDA not in self.providers:
+            return ("cpu", 0)
+        for entry in self.requested:
+            if provider_name(entry) == CUDA and not isinstance(entry, str):
+                return ("cuda", int(entry[1].get("device_id", 0)))
+        return ("cuda", 0)
+
+    def run_binding(self, feeds: Mapping[str, Any], output_device: Optional[str] = None) -> list[Any]:
+        """All outputs as ``onnxruntime.OrtValue``s on *output_device* (``"cpu"``, ``"cuda"``,
+        ``"cuda:N"``; default the session's device), through IO binding.
+
+        A numpy feed is copied to the device once per call; an OrtValue feed (e.g. one already
+        on the GPU) is bound as is. Outputs left on the GPU never bounce through the host:
+        ``value.numpy()`` copies them back when wanted, ``value.data_ptr()`` hands them on.
+        """
+        device_type, device_id = self._output_device(output_device)
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            if name not in self.input_names:
+                raise InputError(f"{self.path.name}: no input named {name!r}; inputs: {self.input_names}")
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            elif hasattr(value, "device_name") and hasattr(value, "data_ptr"):  # an OrtValue
+                binding.bind_ortvalue_input(name, value)
+            else:
+                raise InputError(f"{self.path.name}: feed {name!r} must be a numpy array or an onnxruntime "
+                                 f"OrtValue, got {type(value).__name__}")
+        for name in self.output_names:
+            binding.bind_output(name, device_type, device_id)
+        self._session.run_with_iobinding(binding)
+        return list(binding.get_outputs())
+
+    def _output_device(self, spec: Optional[str]) -> tuple[str, int]:
+        own_type, own_id = self.device
+        if spec is None:
+            return own_type, own_id
+        base, _, index = str(spec).strip().lower().partition(":")
+        if base not in ("cpu", "cuda") or (index and not index.isdigit()) or (base == "cpu" and index):
+            raise InputError(f"output_device must be 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+        if base == "cuda" and own_type != "cuda":
+            raise ProviderError(f"{self.path.name}: outputs on {spec!r} need a CUDA session; this one runs on "
+                                f"{', '.join(self.providers)}")
+        return base, int(index) if index else (own_id if base == "cuda" else 0)
+
     def __repr__(self) -> str:
         return f"OrtSession({self.path.name!r}, providers={self.providers})"
 

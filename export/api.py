@@ -22,6 +22,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def normalize_precisions(precisions: Iterable[str]) -> list[str]:
     """The requested precisions, deduplicated, in the format's order (fp32, fp16, int8)."""
+    if isinstance(precisions, str):  # "fp16" means ("fp16",), not its letters
+        precisions = [precisions]
     wanted = {str(p).lower() for p in precisions}
     unknown = sorted(wanted - set(PRECISIONS))
     if unknown:

@@ -254,6 +254,7 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.Monk
 # -- argument handling --------------------------------------------------------------------------
 def test_precisions_are_checked_and_ordered() -> None:
     assert normalize_precisions(["int8", "fp32", "fp16", "int8"]) == ["fp32", "fp16", "int8"]
+    assert normalize_precisions("FP16") == ["fp16"]
     with pytest.raises(InputError, match="bf16"):
         normalize_precisions(["bf16"])
     with pytest.raises(InputError):
