@@ -84,7 +84,12 @@ def target(name: str, measured: Optional[float], goal: float, higher_is_better: 
 
 def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+    exe = Path(sys.executable)
+    if exe.is_relative_to(Path.cwd()):  # a project venv (e.g. bench/work/venv-ov for OpenVINO)
+        exe = exe.relative_to(Path.cwd())
+    else:
+        exe = Path(exe.name)
+    payload = {"benchmark": name, "command": " ".join([str(exe), "-m", "bench", *sys.argv[1:]]),
                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **payload}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

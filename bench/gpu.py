@@ -8,7 +8,7 @@ Candidates, at each batch size (default 1 and 512), timed round-robin in one pro
   ort-<p>-iob-hostin          IO binding: host input copied once per batch, output left on the GPU
   ort-<p>-iob-devin           IO binding: input and output on the GPU
   ort-fused-<p>[...]          the same on export/gpu_optimize.fuse_for_gpu's fused graph
-  ort-fused-<p>-cudagraph     fused graph, CUDA graph capture/replay (FixedShapeRunner, host input)
+  ort-[fused-]<p>-cudagraph   fixed-batch copy, CUDA graph capture/replay (FixedShapeRunner, host input)
 Parity: every candidate's output vs open_clip fp32 on the same (seeded) inputs, min cosine.
 The torch model is built from the manifest's architecture with ``--checkpoint`` weights, or
 random weights from ``--seed`` (what ``clip-rt export --pretrained none --seed N`` used).
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+from clip_rt.errors import ProviderError
 
 from .common import RESULTS_DIR, WORK_DIR, Timer, log, machine_info, target
 
@@ -51,17 +53,22 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="random-weights seed when no --checkpoint (default 0)")
     ap.add_argument("--model-config", type=Path, help="open_clip config JSON (custom/tiny architectures)")
     ap.add_argument("--out", type=Path, help="result file (default bench/results/gpu-<device>.json)")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 512])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="default 1 512 (--dry-run: 1 2)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds per candidate (x10 at batch 1)")
     ap.add_argument("--device-id", type=int, default=0)
     ap.add_argument("--work-dir", type=Path, default=WORK_DIR / "gpu", help="where the fused graph is written")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch baseline and parity")
     ap.add_argument("--no-fused", action="store_true", help="skip the fused-graph candidates")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke run of the harness (no measurement)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 2] if args.dry_run else [1, 512]
+    if min(args.batch_sizes) < 1 or args.rounds < 1:
+        ap.error("--batch-sizes and --rounds must be positive")
+    return args
 
 
-def check_cuda(device_id: int) -> list[str]:
+def check_cuda() -> list[str]:
     """The onnxruntime providers, after ``preload_dlls()``; GpuBenchError when CUDA is absent."""
     import onnxruntime
 
@@ -134,39 +141,66 @@ def torch_reference(model: Any, device: Any, pixels: np.ndarray) -> np.ndarray:
 
 
 def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict, pixels: np.ndarray,
-                   on_gpu: bool, device_id: int) -> tuple[dict[str, Callable[[], np.ndarray]], dict[str, Any]]:
-    """For each graph: plain run, IO binding with host / device input, and (fused graph) the
-    fixed-shape runner (CUDA graphs on the GPU). Every callable returns host embeddings."""
+                   on_gpu: bool, device_id: int, work_dir: Path,
+                   skipped: dict[str, str]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """For each graph: plain run, IO binding with host / device input, and the fixed-shape
+    runner on a fixed-batch copy (CUDA graphs on the GPU). A candidate whose
+    session fails to come up or to run is left out, its error recorded in *skipped*: one
+    failing variant must not cost the others their figures on a lent machine."""
     import onnxruntime
 
     from clip_rt.gpu import FixedShapeRunner, cuda_options
     from clip_rt.manifest import IMAGE_INPUT
     from clip_rt.session import OrtSession
+    from clip_rt_export.gpu_optimize import fix_batch
 
-    cands: dict[str, Callable[[], np.ndarray]] = {}
+    cands: dict[str, Callable[[], Any]] = {}
+    keep: dict[str, Any] = {}  # sessions and device buffers stay alive while timed
     # CPU smoke run: one thread, so idle onnxruntime pools do not spin against torch.
     threads = None if on_gpu else 1
-    keep: dict[str, Any] = {}  # sessions and device buffers stay alive while timed
     out_device = "cuda" if on_gpu else "cpu"
     dev_input = onnxruntime.OrtValue.ortvalue_from_numpy(pixels, out_device, device_id)
-    for label, path in graphs.items():
+    keep["dev_input"] = dev_input
+    batch = len(pixels)
+
+    def plain(label: str, path: Path) -> dict[str, Callable[[], Any]]:
         sess = OrtSession(path, providers, options=options, intra_op_threads=threads)
         keep[label] = sess
-        cands[label] = lambda s=sess: s.run({IMAGE_INPUT: pixels})[0]
-        # Outputs stay on the device while timed; the host copy below is for parity only.
-        cands[f"{label}-iob-hostin"] = _keep_on_device(lambda s=sess: s.run_binding({IMAGE_INPUT: pixels}, out_device))
-        cands[f"{label}-iob-devin"] = _keep_on_device(lambda s=sess: s.run_binding({IMAGE_INPUT: dev_input}, out_device))
-        if label.startswith("ort-fused"):
-            graph_opts = options
-            if on_gpu:
-                graph_opts = {"cuda": {**options.get("cuda", {}), **cuda_options(cuda_graph=True)["cuda"]}}
-            graph_sess = OrtSession(path, providers, options=graph_opts, intra_op_threads=threads)
-            runner = FixedShapeRunner(graph_sess, pixels.shape)
-            keep[f"{label}-runner"] = (graph_sess, runner)
-            cands[f"{label}-{'cudagraph' if on_gpu else 'fixedshape'}"] = _keep_on_device(
-                lambda r=runner: r.run(pixels))
-    keep["dev_input"] = dev_input
+        return {label: lambda: sess.run({IMAGE_INPUT: pixels})[0],
+                # Outputs stay on the device while timed; the host copy is for parity only.
+                f"{label}-iob-hostin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: pixels}, out_device)),
+                f"{label}-iob-devin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: dev_input}, out_device))}
+
+    def fixed(label: str, path: Path) -> dict[str, Callable[[], Any]]:
+        static = fix_batch(path, Path(work_dir) / f"{path.stem}-b{batch}.onnx", batch)
+        graph_opts = options
+        if on_gpu:
+            graph_opts = {"cuda": {**options.get("cuda", {}), **cuda_options(cuda_graph=True)["cuda"]}}
+        sess = OrtSession(static, providers, options=graph_opts, intra_op_threads=threads)
+        runner = FixedShapeRunner(sess, pixels.shape)
+        keep[label] = (sess, runner)
+        return {label: _keep_on_device(lambda: runner.run(pixels))}
+
+    for label, path in graphs.items():
+        builders = [(label, plain), (f"{label}-{'cudagraph' if on_gpu else 'fixedshape'}", fixed)]
+        for name, build in builders:
+            try:
+                made = build(name, path)
+                for fn in made.values():
+                    fn()  # first run: CUDA graph capture, cuDNN algorithm search
+            except (ProviderError, *_ort_errors()) as exc:
+                skipped[f"{name} (batch {batch})"] = f"{type(exc).__name__}: {exc}"
+                log(f"{name} batch {batch} skipped: {exc}")
+                continue
+            cands.update(made)
     return cands, keep
+
+
+def _ort_errors() -> tuple[type, ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in ("Fail", "RuntimeException", "InvalidArgument", "NotImplemented",
+                                             "InvalidGraph", "EPFail") if hasattr(state, n))
 
 
 class _keep_on_device:
@@ -188,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clip_rt.manifest import read_manifest
 
     on_gpu = not args.dry_run
-    providers = check_cuda(args.device_id) if on_gpu else []
+    available = check_cuda() if on_gpu else None
     bundle = args.bundle.resolve()
     if not (bundle / "manifest.json").is_file():
         raise GpuBenchError(f"{bundle} is not a clip-rt bundle (no manifest.json); export one first (docs/gpu.md)")
@@ -211,7 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine_info(), "bundle": bundle.name,
                               "architecture": manifest.architecture, "precision": precision,
                               "inputs": f"seeded standard-normal pixel_values (seed {args.seed})",
-                              "skipped": {}, "rows": []}
+                              "ort_available_providers": available, "skipped": {}, "rows": []}
     graphs = {f"ort-{precision}": bundle / manifest.graph(precision, "image").file}
     fused_path = Path(args.work_dir) / f"{bundle.name}-image-fused-{precision}.onnx"
 
@@ -241,7 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for batch in args.batch_sizes:
         pixels = np.ascontiguousarray(all_pixels[:batch])
-        cands, keep = ort_candidates(graphs, ep, options, pixels, on_gpu, args.device_id)
+        cands, keep = ort_candidates(graphs, ep, options, pixels, on_gpu, args.device_id, args.work_dir,
+                                     result["skipped"])
         timed: dict[str, Callable[[], Any]] = dict(cands)
         if base is not None:
             timed.update(_torch_candidates(base, tdevice, pixels, on_gpu))

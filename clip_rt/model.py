@@ -292,14 +292,16 @@ class ClipModel:
         """Embeddings of one preprocessed batch, (N, 3, H, W) float32 (numpy, or an OrtValue
         already on the device). *output* ``"numpy"``: a host array; ``"ortvalue"``: an
         ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip)."""
+        if output not in ("numpy", "ortvalue"):
+            raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
+        if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
+            raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
         session = self.session("image")
         if output == "numpy":
             if not isinstance(pixel_values, np.ndarray):
                 return session.run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
             return session.run({IMAGE_INPUT: pixel_values})[0]
-        if output == "ortvalue":
-            return session.run_binding({IMAGE_INPUT: pixel_values})[0]
-        raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
+        return session.run_binding({IMAGE_INPUT: pixel_values})[0]
 
     def iter_images(self, sources: Iterable[Any], batch_size: int = 32, *,
                     workers: Optional[int] = None) -> Iterator[ImageEmbedding]:

@@ -198,8 +198,6 @@ def resolve(model: str, pretrained: Optional[str], model_config: Optional[Path] 
 
     Cheap (no weights are read), so the export can check its target before any real work.
     """
-    import open_clip
-
     if model_config is not None:
         with tempfile.TemporaryDirectory(prefix="clip-rt-config-") as workdir:
             register_model_config(model, Path(model_config), Path(workdir))

@@ -149,6 +149,8 @@ def test_encode_pixels_numpy_and_ortvalue(bundle: Path, pixels: np.ndarray) -> N
     np.testing.assert_array_equal(model.encode_pixels(onnxruntime.OrtValue.ortvalue_from_numpy(pixels)), expected)
     with pytest.raises(InputError, match="output must be"):
         model.encode_pixels(pixels, output="torch")
+    with pytest.raises(InputError, match=r"float32 \(N, 3, H, W\)"):
+        model.encode_pixels(pixels[0])
 
 
 def test_fixed_shape_runner_reuses_its_buffers(bundle: Path, pixels: np.ndarray) -> None:
@@ -176,12 +178,15 @@ def test_gpu_fusions_match_the_unfused_graph(tiny_bundle_dir: Path, tmp_path: Pa
     x = np.random.default_rng(1).standard_normal((4, 3, 64, 64), dtype=np.float32)
     ref = onnxruntime.InferenceSession(str(src), providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
 
-    stats = fuse_for_gpu(src, tmp_path / "fused32.onnx", fp16=False)
+    vision = json.loads((REPO / "tests" / "data" / "tiny-clip.json").read_text())["vision_cfg"]
+    heads = vision["width"] // vision.get("head_width", 64)
+    stats = fuse_for_gpu(src, tmp_path / "fused32.onnx", num_heads=heads, hidden_size=vision["width"], fp16=False)
+    assert stats.get("Attention") == vision["layers"], stats  # every block, by fuse_open_clip_attention
     assert stats.get("SkipLayerNormalization", 0) > 0 and stats.get("BiasGelu", 0) > 0, stats
     fused = onnxruntime.InferenceSession(str(tmp_path / "fused32.onnx"), providers=[CPU])
     assert np.abs(fused.run(None, {IMAGE_INPUT: x})[0] - ref).max() < 1e-5
 
-    fuse_for_gpu(src, tmp_path / "fused16.onnx", fp16=True)
+    fuse_for_gpu(src, tmp_path / "fused16.onnx", num_heads=heads, hidden_size=vision["width"], fp16=True)
     model = onnx.load(str(tmp_path / "fused16.onnx"))
     onnx.checker.check_model(model)
     io_types = {v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
@@ -204,6 +209,16 @@ def test_fuse_for_gpu_rejects_bad_arguments(bundle: Path, tmp_path: Path) -> Non
         fuse_for_gpu(tmp_path / "missing.onnx", tmp_path / "x.onnx")
 
 
+def test_attention_fusion_leaves_other_graphs_alone(bundle: Path, tmp_path: Path) -> None:
+    from clip_rt_export.gpu_optimize import fuse_for_gpu
+
+    stats = fuse_for_gpu(bundle / "image_fp32.onnx", tmp_path / "x.onnx", num_heads=2, fp16=False)
+    assert "Attention" not in stats  # no attention block in the fake graph: nothing replaced
+    x = np.random.default_rng(2).standard_normal((2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    run = lambda p: onnxruntime.InferenceSession(str(p), providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
+    np.testing.assert_allclose(run(tmp_path / "x.onnx"), run(bundle / "image_fp32.onnx"), atol=1e-6)
+
+
 # -- the GPU benchmark -------------------------------------------------------------------------
 def test_gpu_bench_refuses_without_cuda(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if CUDA in onnxruntime.get_available_providers():
@@ -222,10 +237,11 @@ def test_gpu_bench_dry_run_without_torch(bundle: Path, tmp_path: Path) -> None:
     assert result["dry_run"] and result["device"].startswith("cpu (dry run)") and result["targets"] is None
     names = {(r["candidate"], r["batch"]) for r in result["rows"]}
     for batch in (1, 4):
-        for name in ("ort-fp32", "ort-fp32-iob-hostin", "ort-fp32-iob-devin", "ort-fused-fp32",
-                     "ort-fused-fp32-fixedshape"):
+        for name in ("ort-fp32", "ort-fp32-iob-hostin", "ort-fp32-iob-devin", "ort-fp32-fixedshape",
+                     "ort-fused-fp32", "ort-fused-fp32-iob-devin", "ort-fused-fp32-fixedshape"):
             assert (name, batch) in names
     assert all(r["median_s"] > 0 for r in result["rows"])
+    assert result["skipped"] == {"torch": "--no-torch"}  # every ORT variant came up and ran
 
 
 @pytest.mark.torch
@@ -240,3 +256,16 @@ def test_gpu_bench_dry_run_with_torch(tiny_bundle_dir: Path, tiny_checkpoint: Pa
     assert {r["candidate"] for r in rows} >= {"torch-fp32-eager-cpu", "ort-fp32-iob-devin", "ort-fused-fp32-fixedshape"}
     for r in rows:  # same weights on both sides: fp32 ORT and fp32 torch agree
         assert r["min_cosine_vs_torch_fp32"] > 0.9999, r
+
+
+def test_fix_batch_pins_the_batch_axis(bundle: Path, tmp_path: Path, pixels: np.ndarray) -> None:
+    from clip_rt_export.gpu_optimize import fix_batch
+
+    fixed = fix_batch(bundle / "image_fp32.onnx", tmp_path / "b3.onnx", batch=len(pixels))
+    sess = onnxruntime.InferenceSession(str(fixed), providers=[CPU])
+    assert sess.get_inputs()[0].shape[0] == len(pixels) and sess.get_outputs()[0].shape[0] == len(pixels)
+    dynamic = onnxruntime.InferenceSession(str(bundle / "image_fp32.onnx"), providers=[CPU])
+    np.testing.assert_array_equal(sess.run(None, {IMAGE_INPUT: pixels})[0],
+                                  dynamic.run(None, {IMAGE_INPUT: pixels})[0])
+    with pytest.raises(InputError, match="batch must be a positive integer"):
+        fix_batch(bundle / "image_fp32.onnx", tmp_path / "b0.onnx", batch=0)

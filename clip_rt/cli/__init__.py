@@ -10,11 +10,14 @@ from ..errors import ClipRtError
 
 
 class ClipRtGroup(click.Group):
-    """Turns clip-rt's domain errors into a one-line message and exit code 1."""
+    """Turns clip-rt's domain errors into a one-line message and exit code 1, warnings into one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .common import warnings_as_lines
+
         try:
-            return super().invoke(ctx)
+            with warnings_as_lines():  # every command: a warning is one `warning: ...` line
+                return super().invoke(ctx)
         except ClipRtError as exc:
             raise click.ClickException(str(exc)) from exc
 

@@ -18,7 +18,6 @@ from .common import (
     model_from_options,
     model_identity,
     model_options,
-    one_line_warnings,
     parse_labels,
     progress_bar,
     resolve_templates,
@@ -41,7 +40,6 @@ from .common import (
               help="Images in the report's contact sheet.")
 @click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
 @model_options()
-@one_line_warnings
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
@@ -71,6 +69,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
     model = model_from_options(model_name, provider, precision, threads)
     classifier = model.classifier(label_spec, templates)
+    model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
 
     done: list[Record] = []

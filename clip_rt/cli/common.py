@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import warnings
@@ -171,13 +170,3 @@ def warnings_as_lines() -> Iterator[None]:
     with warnings.catch_warnings():  # restores the previous display afterwards
         warnings.showwarning = show
         yield
-
-
-def one_line_warnings(f: F) -> F:
-    """Decorator for a command: its warnings are shown by :func:`warnings_as_lines`."""
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings_as_lines():
-            return f(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
