@@ -120,6 +120,9 @@ def histogram(path: Path, values: Sequence[float], *, title: str, xlabel: str) -
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 images
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 

@@ -21,15 +21,15 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def normalize_precisions(precisions: Iterable[str]) -> list[str]:
-    """The requested precisions, deduplicated, in the format's order (fp32, fp16, int8)."""
+    """The requested precisions plus fp32 (always exported: the reference the others are
+    checked against, and the runtime's exact path), deduplicated, in the format's order."""
     if isinstance(precisions, str):  # "fp16" means ("fp16",), not its letters
         precisions = [precisions]
     wanted = {str(p).lower() for p in precisions}
     unknown = sorted(wanted - set(PRECISIONS))
     if unknown:
         raise InputError(f"unknown precision {', '.join(unknown)}: expected any of {', '.join(PRECISIONS)}")
-    if not wanted:
-        raise InputError(f"no precision given: expected one or more of {', '.join(PRECISIONS)}")
+    wanted.add("fp32")
     return [p for p in PRECISIONS if p in wanted]
 
 

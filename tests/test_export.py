@@ -252,13 +252,13 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 # -- argument handling --------------------------------------------------------------------------
-def test_precisions_are_checked_and_ordered() -> None:
+def test_precisions_are_checked_and_ordered_and_include_fp32() -> None:
     assert normalize_precisions(["int8", "fp32", "fp16", "int8"]) == ["fp32", "fp16", "int8"]
-    assert normalize_precisions("FP16") == ["fp16"]
+    assert normalize_precisions("FP16") == ["fp32", "fp16"]
+    assert normalize_precisions(["int8"]) == ["fp32", "int8"]
+    assert normalize_precisions([]) == ["fp32"]
     with pytest.raises(InputError, match="bf16"):
         normalize_precisions(["bf16"])
-    with pytest.raises(InputError):
-        normalize_precisions([])
 
 
 def test_model_names_and_default_tags() -> None:

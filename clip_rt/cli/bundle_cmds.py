@@ -33,7 +33,7 @@ def _err(message: str) -> None:
               help="open_clip pretrained tag, a checkpoint file, or `none` for random weights. "
                    "Default: `openai` where open_clip has it.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Graph precision to write; repeat for several. Default: fp32.")
+              help="Extra graph precision to write (fp16, int8); repeat for several. fp32 is always written.")
 @click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Bundle directory to write. Default: the store ($CLIP_RT_HOME/models/<arch>-<tag>).")
 @click.option("--model-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
