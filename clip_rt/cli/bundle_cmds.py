@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,16 @@ def _human_bytes(n: int) -> str:
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
+
+
+class _DropKnownNoise(logging.Filter):
+    """open_clip and onnxruntime.quantization log these on the root logger; the export's own
+    log already says the same thing (random weights) or does it (quantisation set-up)."""
+
+    NOISE = ("No pretrained weights loaded", "Please consider to run pre-processing before quantization")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOISE)
 
 
 @main.command("export")
@@ -57,6 +68,8 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
         )
     from clip_rt_export import ExportInterrupted, export_bundle
 
+    noise = _DropKnownNoise()
+    logging.getLogger().addFilter(noise)
     try:
         path = export_bundle(
             model,
@@ -73,6 +86,8 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
     except ExportInterrupted as exc:
         _err(f"Aborted: {exc}")
         ctx.exit(exc.exit_code)
+    finally:
+        logging.getLogger().removeFilter(noise)
     click.echo(str(path))
 
 
