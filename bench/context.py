@@ -22,7 +22,7 @@ class BenchContext:
     quick: bool = False
     work_dir: Path = WORK_DIR
     out_dir: Path = RESULTS_DIR
-    photos: int = 24  # multi-megapixel JPEGs for parity and end-to-end
+    photos: int = 48  # multi-megapixel JPEGs: all for parity, the first 12 end-to-end, 24 for peak RSS
     megapixels: float = 6.0
     _torch: Optional[TorchModel] = field(default=None, repr=False)
     _ref: Optional[Reference] = field(default=None, repr=False)

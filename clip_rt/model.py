@@ -7,7 +7,6 @@ not hash hundreds of megabytes again.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import warnings
@@ -19,12 +18,12 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import store
 from . import templates as _templates
 from .errors import BundleError, ClipRtError, InputError
-from .manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest, verify_files
+from .manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
 from .session import CUDA, OrtSession, available_providers, provider_name, resolve_providers
 from .store import resolve_bundle
+from .verify import verify_bundle_files
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -36,7 +35,6 @@ from .zeroshot import (
 )
 
 DEFAULT_TEXT_BATCH = 64
-VERIFIED_FILE = "verified.json"  # in store.cache_dir(): {path: [size, mtime_ns, sha256]}
 
 
 @dataclass
@@ -416,44 +414,3 @@ def _is_single_source(images: Any) -> bool:
 
 def _as_image_list(images: Any) -> list[Any]:
     return [images] if _is_single_source(images) else list(images)
-
-
-# -- checksum memo ---------------------------------------------------------------------------
-def _read_memo(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # missing or damaged memo: files are simply hashed again
-    return data if isinstance(data, dict) else {}
-
-
-def verify_bundle_files(bundle_dir: Path, manifest: Manifest, names: Sequence[str]) -> None:
-    """:func:`manifest.verify_files` for *names*, skipping files whose (size, mtime_ns) were
-    verified against the same sha256 before."""
-    memo_path = store.cache_dir() / VERIFIED_FILE
-    memo = _read_memo(memo_path)
-    verified = []
-    for name in names:
-        path = (bundle_dir / name).resolve()
-        entry = manifest.files.get(name)
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
-        key = [st.st_size, st.st_mtime_ns, entry.sha256] if st is not None and entry is not None else None
-        if key is not None and memo.get(str(path)) == key:
-            continue
-        verify_files(bundle_dir, manifest, [name])  # raises BundleError / ChecksumError
-        if key is not None:
-            verified.append((str(path), key))
-    if not verified:
-        return
-    memo = _read_memo(memo_path)  # re-read: another process may have added entries meanwhile
-    memo.update(dict(verified))
-    tmp = memo_path.with_name(f"{VERIFIED_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(memo), encoding="utf-8")
-        os.replace(tmp, memo_path)
-    except OSError:
-        pass  # an unwritable store only costs hashing again next time

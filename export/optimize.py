@@ -57,6 +57,7 @@ def optimize_graph(
     reduce_range: bool = False,
     calibration_method: str = "minmax",
     op_types: Sequence[str] = _QUANT_OPS,
+    external_data: bool = False,
 ) -> Path:
     """Write the *kind* variant of the fp32 graph *onnx_path* to *out_path*; return *out_path*.
 
@@ -65,7 +66,8 @@ def optimize_graph(
     ``num_heads``/``hidden_size``: the tower's attention heads and width for the fusions
     (0 lets onnxruntime read them from the graph). ``per_channel``/``reduce_range`` apply to
     int8 weights: per-channel scales with the full 8-bit range suit VNNI/AVX-512 CPUs, where
-    u8 x s8 products do not saturate.
+    u8 x s8 products do not saturate. ``external_data``: write weights to a companion file
+    (graphs over protobuf's 2 GB limit).
     """
     src, dst = Path(onnx_path), Path(out_path)
     if kind not in KINDS:
@@ -84,24 +86,25 @@ def optimize_graph(
     quant_logger = logging.getLogger("onnxruntime.quantization")  # logs every skipped node
     level = quant_logger.level
     quant_logger.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
-        stage = src
-        if kind == "fused" or kind.endswith("-fused"):
-            stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size)
-            if kind == "fused":
-                os.replace(stage, dst)
-                return dst
-        try:
+    try:
+        with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
+            stage = src
+            if kind == "fused" or kind.endswith("-fused"):
+                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data)
+                if kind == "fused":
+                    os.replace(stage, dst)
+                    return dst
             if static:
-                _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method, op_types)
+                _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method,
+                                 op_types, external_data)
             else:
-                _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types)
-        finally:
-            quant_logger.setLevel(level)
+                _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types, external_data)
+    finally:
+        quant_logger.setLevel(level)
     return dst
 
 
-def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
+def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # opt_level=0: only the transformer-pattern fusions; onnxruntime's own graph optimiser runs
@@ -110,11 +113,12 @@ def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int) -> Path:
     model = optimize_model(
         str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
     )
-    model.save_model_to_file(str(dst))
+    model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return dst
 
 
-def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: bool, op_types: Sequence[str]) -> None:
+def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: bool, op_types: Sequence[str],
+                      external_data: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -124,6 +128,7 @@ def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: boo
         per_channel=per_channel,
         reduce_range=reduce_range,
         weight_type=QuantType.QInt8,
+        use_external_data_format=external_data,
         extra_options={"MatMulConstBOnly": True},
     )
 
@@ -151,6 +156,7 @@ def _quantize_static(
     reduce_range: bool,
     method: str,
     op_types: Sequence[str],
+    external_data: bool,
 ) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -176,6 +182,7 @@ def _quantize_static(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
+            use_external_data_format=external_data,
             extra_options={"MatMulConstBOnly": True},
         )
     except (ValueError, RuntimeError) as exc:

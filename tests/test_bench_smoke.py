@@ -74,3 +74,26 @@ def test_readme_block_is_rendered_and_replaced(results: Path, tmp_path: Path) ->
     assert text.startswith("# Benchmarks\n\nintro\n") and text.count("<!-- bench:begin -->") == 1
     assert "| target |" in text and "tiny-clip" in text
     assert json.loads((results / "variants.json").read_text())["benchmark"] == "variants"
+
+
+def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from clip_rt.errors import InputError
+    from clip_rt_export.optimize import optimize_graph
+
+    fp32 = results.parent / "work" / "bundle-tiny-clip-seed0" / "image_fp32.onnx"
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+
+    def embed(path: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"pixel_values": x})[0]
+
+    want = embed(fp32)
+    for kind in ("fused", "int8-dynamic-fused"):
+        got = embed(optimize_graph(fp32, tmp_path / f"{kind}.onnx", kind, num_heads=2, hidden_size=64))
+        assert np.sum(got * want, axis=1).min() > 0.99, kind
+    with pytest.raises(InputError, match="unknown graph variant"):
+        optimize_graph(fp32, tmp_path / "x.onnx", "int4")
+    with pytest.raises(InputError, match="needs calibration_inputs"):
+        optimize_graph(fp32, tmp_path / "x.onnx", "int8-static")

@@ -221,6 +221,21 @@ def test_damaged_bundle_cli_exit_1_one_line(bundle_copy: Path, tmp_path: Path, c
     assert not out.exists() or out.read_text() == ""  # no records from a broken model
 
 
+def test_damaged_image_graph_leaves_an_existing_output_untouched(bundle: Path, bundle_copy: Path,
+                                                                 tmp_path: Path) -> None:
+    """The image graph is opened before -o is truncated: a rerun without --resume against a
+    damaged bundle must not wipe the records of the earlier run."""
+    folder = make_folder(tmp_path / "imgs", 3, seed=1)
+    out = tmp_path / "run.jsonl"
+    assert cli(["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out)]).exit_code == 0
+    before = out.read_bytes()
+    assert before.count(b"\n") == 3
+    _flip_byte(bundle_copy / "image_fp32.onnx")
+    r = cli(["classify", str(folder), "-l", "cat,dog", "-m", str(bundle_copy), "-o", str(out)])
+    assert r.exit_code == 1 and "image_fp32.onnx" in r.stderr, r.stderr
+    assert out.read_bytes() == before
+
+
 def test_damage_to_an_encoder_not_needed_is_found_when_it_is(bundle_copy: Path) -> None:
     """Files are verified when their encoder is first used: text-only use of a bundle with a
     damaged image graph works; the first image then fails with the file named."""
