@@ -35,6 +35,9 @@ from .zeroshot import (
 )
 
 DEFAULT_TEXT_BATCH = 64
+# Images per batch on the CPU: batch 8 measured 2x the throughput of 32 on a 2-core CPU and
+# less peak memory (bench/results, docs/bench.md). Pass a larger batch_size for a GPU.
+DEFAULT_IMAGE_BATCH = 8
 
 
 @dataclass
@@ -231,6 +234,12 @@ class ClipModel:
                                               persistent=self._cache_mode is True)
             return self._cache_obj
 
+    def release(self, encoder: str) -> None:
+        """Free an encoder's session (its weights and arena); it is re-created on next use.
+        A folder classify needs the text graph only to build the class embeddings."""
+        with self._lock:
+            self._sessions.pop(encoder, None)
+
     def close(self) -> None:
         """Release the prompt cache's database connection (sessions are freed with the model)."""
         with self._lock:
@@ -278,7 +287,7 @@ class ClipModel:
         return {t: out[i] for i, t in enumerate(texts)}
 
     # -- images -------------------------------------------------------------------
-    def encode_image(self, images: Any, batch_size: int = 32) -> np.ndarray:
+    def encode_image(self, images: Any, batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; raises on the first image that cannot be read."""
         items = _as_image_list(images)
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
@@ -301,7 +310,7 @@ class ClipModel:
             return session.run({IMAGE_INPUT: pixel_values})[0]
         return session.run_binding({IMAGE_INPUT: pixel_values})[0]
 
-    def iter_images(self, sources: Iterable[Any], batch_size: int = 32, *,
+    def iter_images(self, sources: Iterable[Any], batch_size: int = DEFAULT_IMAGE_BATCH, *,
                     workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
         """Embeddings in input order, one per source; an unreadable image yields an item with
         ``error`` set and the stream goes on. *sources* may be a generator: at most about
@@ -373,7 +382,7 @@ class ClipModel:
                                  error=None if d.error is None else str(d.error), notes=d.notes)
 
     # -- similarity and zero-shot ---------------------------------------------------
-    def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = 32) -> np.ndarray:
+    def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
         """Probabilities over *texts*: ``softmax(logit_scale * cos)``; shape (T,) for one image,
         (N, T) for a list."""
         single = _is_single_source(images)
@@ -392,7 +401,7 @@ class ClipModel:
         return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps)
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-                 top_k: int = 5, batch_size: int = 32) -> list[Classification]:
+                 top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
         """One :class:`Classification` per image; raises on the first unreadable image."""
         clf = self.classifier(labels, templates)
         return clf.classify_embeddings(self.encode_image(images, batch_size=batch_size), top_k=top_k)

@@ -112,6 +112,9 @@ class FakeModel:
     def session(self, encoder: str) -> None:
         """The real model opens (and checksums) the graph here; the fake has none."""
 
+    def release(self, encoder: str) -> None:
+        """The real model frees the session here."""
+
     def similarity(self, image: Any, texts: list[str]) -> np.ndarray:
         logits = 100.0 * self.encode_text(texts) @ self.encode_image([image])[0]
         p = np.exp(logits - logits.max())

@@ -69,6 +69,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
     model = model_from_options(model_name, provider, precision, threads)
     classifier = model.classifier(label_spec, templates)
+    model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
 

@@ -41,8 +41,8 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
                          help="Intra-op threads for ONNX Runtime."),
         ]
         if batch_size:
-            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-                                     help="Images per inference batch."))
+            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                                     help="Images per inference batch (8 suits a CPU; use more on a GPU)."))
         for opt in reversed(opts):
             f = opt(f)
         return f
