@@ -31,8 +31,12 @@ _SWAPS_AXES = (5, 6, 7, 8)  # orientations that rotate by 90 degrees
 _PATH_MAX = 4096
 
 # What PIL's decoders raise on corrupt data. The set is wide because each plugin has its own
-# habits (SyntaxError for bad headers, struct.error / IndexError on short tables ...).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError)
+# habits (SyntaxError for bad headers, struct.error / IndexError on short tables, TypeError
+# "Missing dimensions" from a TIFF whose IFD is damaged, ZeroDivisionError on zero-sized
+# tiles or resolutions, OverflowError on absurd sizes, AttributeError on a tag of the wrong
+# type ...). MemoryError is deliberately absent: it is the process's problem, not the file's.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
+                  TypeError, ZeroDivisionError, OverflowError, AttributeError)
 
 
 @dataclass
@@ -57,6 +61,35 @@ def load_error(source: str, reason: str) -> ImageLoadError:
     err = ImageLoadError(f"{source}: {reason}")
     err.source = source  # type: ignore[attr-defined]
     err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def source_label(source: Any) -> str:
+    """The printable label :func:`open_image` uses for *source* in its error messages."""
+    if isinstance(source, LoadedImage):
+        return source.source
+    if isinstance(source, Image.Image):
+        return display_path(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+    if isinstance(source, np.ndarray):
+        return _array_label(source)
+    if isinstance(source, bytes) and _looks_like_path(source):
+        return display_path(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        return display_path(source)
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        return display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
+    return f"<{type(source).__name__}>"
+
+
+def unexpected_load_error(source: Any, exc: Exception) -> ImageLoadError:
+    """An exception no decoder is known to raise, from one image, as that image's
+    ImageLoadError: one odd file must not end a stream of thousands. The original exception
+    stays available as ``__cause__`` and is named in the message."""
+    err = load_error(source_label(source), f"unexpected error while reading the image ({_describe(exc)})")
+    err.__cause__ = exc
     return err
 
 

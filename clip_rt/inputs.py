@@ -19,13 +19,32 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def walk_images(folder: str) -> list[str]:
+def path_key(path: str) -> str:
+    """*path* made absolute (against the current directory) and normalised, so that
+    ``photos/a.jpg``, ``./photos/a.jpg`` and ``/home/me/photos/a.jpg`` compare equal. Symlinks are
+    not resolved. Works on surrogate-escaped ``str`` (non-UTF-8 names) like any other."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+def listing_error(exc: OSError) -> tuple[str, str]:
+    """``(folder, reason)`` for a folder the walk could not list."""
+    folder = exc.filename if isinstance(exc.filename, str) else os.fsdecode(exc.filename or "")
+    return folder, f"cannot list folder: {exc.strerror or exc}"
+
+
+def walk_images(folder: str, errors: Optional[list[tuple[str, str]]] = None) -> list[str]:
     """Every image under *folder* (recursive, extension case-insensitive), sorted by path.
 
-    Sorting is on the encoded bytes so the order does not depend on the locale.
+    Sorting is on the encoded bytes so the order does not depend on the locale. A folder that
+    cannot be listed (permissions, I/O error) is appended to *errors* as ``(folder, reason)``
+    instead of vanishing silently; the rest of the tree is still walked.
     """
+    def on_error(exc: OSError) -> None:
+        if errors is not None:
+            errors.append(listing_error(exc))
+
     found: list[str] = []
-    for root, dirs, files in os.walk(folder, onerror=None):
+    for root, dirs, files in os.walk(folder, onerror=on_error):
         dirs.sort()
         found.extend(os.path.join(root, f) for f in files if is_image_name(f))
     return sorted(found, key=os.fsencode)
@@ -41,34 +60,37 @@ def read_path_list(stream: IO[bytes]) -> list[str]:
     return out
 
 
-def discover(args: Iterable[str], stdin: Optional[IO[bytes]] = None) -> list[str]:
+def discover(args: Iterable[str], stdin: Optional[IO[bytes]] = None,
+             errors: Optional[list[tuple[str, str]]] = None) -> list[str]:
     """Expand PATH arguments: a file is taken as given (whatever its extension, and even if it
     does not exist, so that it gets an error record instead of vanishing or stopping the run),
-    a folder is walked, ``-`` reads paths from *stdin*. Duplicates are dropped, first
-    occurrence wins; argument order is kept.
+    a folder is walked, ``-`` reads paths from *stdin*. Duplicates (by :func:`path_key`, so
+    ``a.jpg`` and ``./a.jpg`` are one) are dropped, first occurrence wins; argument order is
+    kept. Folders that could not be listed are appended to *errors* as ``(folder, reason)``.
     """
     seen: set[str] = set()
     result: list[str] = []
 
     def add(path: str) -> None:
-        if path not in seen:
-            seen.add(path)
+        key = path_key(path)
+        if key not in seen:
+            seen.add(key)
             result.append(path)
+
+    def add_arg(path: str) -> None:
+        if os.path.isdir(path):
+            for q in walk_images(path, errors):
+                add(q)
+        else:
+            add(path)  # a file, or a missing one: it gets a record with the loader's error
 
     for arg in args:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
             for p in read_path_list(stream):
-                if os.path.isdir(p):
-                    for q in walk_images(p):
-                        add(q)
-                else:
-                    add(p)
-        elif os.path.isdir(arg):
-            for q in walk_images(arg):
-                add(q)
+                add_arg(p)
         else:
-            add(arg)  # a file, or a missing one: it gets a record with the loader's error
+            add_arg(arg)
     return result
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import templates as _templates
 from .errors import BundleError, ClipRtError, InputError
 from .manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
-from .session import CUDA, OrtSession, available_providers, provider_name, resolve_providers
+from .session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
 from .store import resolve_bundle
 from .verify import verify_bundle_files
 from .zeroshot import (
@@ -80,7 +80,7 @@ class _Decoded:
 def load(
     name_or_path: Union[str, "os.PathLike[str]"],
     *,
-    providers: Optional[Sequence[str]] = None,
+    providers: Union[str, Sequence[str], None] = None,
     precision: Optional[str] = None,
     threads: Optional[int] = None,
     session_options: Any = None,
@@ -94,11 +94,13 @@ def load(
 ) -> "ClipModel":
     """Load a bundle by store name, alias (``ViT-B/32``) or directory.
 
-    *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``...; default CUDA when available, else CPU.
+    *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``, ``"cuda,cpu"``...; default CUDA
+    when available, else CPU.
     A named provider that is missing or does not come up raises ProviderError unless
     *allow_fallback*. *precision*: ``fp32`` | ``fp16`` | ``int8``; default fp16 when CUDA comes
-    first and the bundle has it, else fp32. *cache*: True (SQLite + memory), ``"memory"``,
-    or False (every prompt is encoded). *verify*: check the sha256 of the files used.
+    first and the bundle has it, else fp32; when CUDA then falls back to the CPU (automatic choice,
+    or *allow_fallback*), the CPU default is used instead, before any embedding is computed.
+    *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded). *verify*: check the sha256 of the files used.
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
     """
@@ -122,19 +124,24 @@ def default_precision(manifest: Manifest, first_provider: str) -> str:
 class ClipModel:
     """A loaded bundle. Thread-safe: sessions are created once, ONNX Runtime runs concurrently."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, *, providers: Optional[Sequence[str]] = None,
+    def __init__(self, bundle_dir: Path, manifest: Manifest, *, providers: Union[str, Sequence[str], None] = None,
                  precision: Optional[str] = None, threads: Optional[int] = None, session_options: Any = None,
                  cache: Union[bool, str] = True, verify: bool = True, exif_transpose: bool = True,
                  strict: bool = False, draft: bool = False, allow_fallback: bool = False,
                  provider_options: Optional[dict[str, dict[str, Any]]] = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
+        if isinstance(providers, str):  # "cpu" is one provider, not ["c", "p", "u"]; "cuda,cpu" as in the CLI
+            providers = [p for p in providers.split(",") if p.strip()]
         self._requested = list(providers) if providers else None
         # Resolved now so that a missing provider fails at load, not at the first image.
         self._entries = resolve_providers(self._requested, available_providers())
         if precision is not None and not isinstance(precision, str):
             raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
         self.precision = precision.lower() if precision else default_precision(manifest, provider_name(self._entries[0]))
+        # A defaulted precision follows the provider; it is only known once a session came up on
+        # CUDA (or fell back to the CPU). Until then nothing may be computed or cached with it.
+        self._precision_settled = not (precision is None and provider_name(self._entries[0]) == CUDA)
         if self.precision not in manifest.precisions:
             raise BundleError(f"bundle {manifest.name!r} has no {self.precision!r} graphs; it has: "
                               f"{', '.join(manifest.precisions)}")
@@ -186,17 +193,35 @@ class ClipModel:
         """The ONNX Runtime session of ``"image"`` or ``"text"`` (created and verified on first use)."""
         with self._lock:
             if encoder not in self._sessions:
-                graph = self.manifest.graph(self.precision, encoder)
-                self._check_files([graph.file, *graph.external_data])
-                sess = OrtSession(self.bundle_dir / graph.file, self._requested, intra_op_threads=self._threads,
-                                  session_options=self._session_options, allow_fallback=self._allow_fallback,
-                                  options=self._provider_options)
+                sess = self._open_session(encoder)
+                if not self._precision_settled:
+                    if sess.fell_back and CUDA not in sess.providers:
+                        sess = self._fall_back_to_cpu_precision(encoder, sess)
+                    self._precision_settled = True
                 want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
                 if sess.input_names != [want_in] or want_out not in sess.output_names:
-                    raise BundleError(f"{graph.file}: expected input {want_in!r} and output {want_out!r}, "
+                    raise BundleError(f"{sess.path.name}: expected input {want_in!r} and output {want_out!r}, "
                                       f"found inputs {sess.input_names} and outputs {sess.output_names}")
                 self._sessions[encoder] = sess
             return self._sessions[encoder]
+
+    def _open_session(self, encoder: str) -> OrtSession:
+        graph = self.manifest.graph(self.precision, encoder)
+        self._check_files([graph.file, *graph.external_data])
+        return OrtSession(self.bundle_dir / graph.file, self._requested, intra_op_threads=self._threads,
+                          session_options=self._session_options, allow_fallback=self._allow_fallback,
+                          options=self._provider_options)
+
+    def _fall_back_to_cpu_precision(self, encoder: str, sess: OrtSession) -> OrtSession:
+        """CUDA came up on the CPU: the defaulted precision (fp16) was chosen for CUDA and is slow
+        on the CPU, so the CPU's default precision is used instead."""
+        cpu_precision = default_precision(self.manifest, CPU)
+        if cpu_precision == self.precision:
+            return sess
+        warnings.warn(f"{self.manifest.name}: using the {cpu_precision} graphs instead of {self.precision} "
+                      "(the default for CUDA) since the session runs on the CPU", RuntimeWarning, stacklevel=3)
+        self.precision = cpu_precision
+        return self._open_session(encoder)
 
     def _check_files(self, names: list[str]) -> None:
         if self._verify:
@@ -226,6 +251,8 @@ class ClipModel:
             return self._preprocessor_obj
 
     def _cache(self) -> Any:
+        if not self._precision_settled and self._cache_mode:
+            self.session("text")  # the cache is keyed by precision, which a CPU fallback changes
         with self._lock:
             if self._cache_obj is None and self._cache_mode:
                 from .prompt_cache import PromptCache
@@ -325,6 +352,12 @@ class ClipModel:
             pixels = pre(loaded)
         except ClipRtError as exc:  # unreadable image, bad array: reported on this item only
             return _Decoded(index, source, None, None, None, exc, [])
+        except MemoryError:
+            raise
+        except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
+            from .images import unexpected_load_error
+
+            return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
         return _Decoded(index, source, pixels, loaded.width, loaded.height, None, list(loaded.notes))
 
     def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ClipRtError, ImageLoadError, InputError
-from .images import ImageSource, LoadedImage, load_error, open_image
+from .images import ImageSource, LoadedImage, load_error, open_image, unexpected_load_error
 from .manifest import ImageConfig
 
 RESIZE_MODES = ("shortest", "longest", "squash")
@@ -93,6 +93,11 @@ class Preprocessor:
                 self._into(loaded, out[len(indices)])
             except ClipRtError as err:  # ImageLoadError / InputError: this item only
                 failures.append((i, err))
+                continue
+            except MemoryError:
+                raise
+            except Exception as exc:  # a decoder quirk no one listed: still this item's failure only
+                failures.append((i, unexpected_load_error(item, exc)))
                 continue
             if loaded.notes:
                 notes[i] = list(loaded.notes)

@@ -36,9 +36,21 @@ CREATE TABLE IF NOT EXISTS text_embeddings (
     PRIMARY KEY (fingerprint, precision, text)
 ) WITHOUT ROWID
 """
+# Recorded in ``PRAGMA user_version``; a file of another (older, unknown) layout is moved aside
+# and rebuilt, one written by a newer clip-rt is left alone (persistence off in this process).
+SCHEMA_VERSION = 1
+_COLUMNS = ("fingerprint", "precision", "text", "dim", "embedding")
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 _UNWRITABLE = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL"}
 _warned_paths: set[str] = set()  # "warn once" is per process and cache file
+
+
+class _SchemaMismatch(sqlite3.DatabaseError):
+    """The file holds a ``text_embeddings`` table of another layout, or another schema version."""
+
+    def __init__(self, message: str, *, newer: bool) -> None:
+        super().__init__(message)
+        self.newer = newer
 
 
 def default_path() -> Path:
@@ -203,9 +215,10 @@ class PromptCache:
                                check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = _check_not_newer(conn)  # before WAL mode, which rewrites the file header
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable against crashes of the process
-            conn.execute(_SCHEMA)
+            _open_schema(conn, version)
         except BaseException:
             conn.close()
             raise
@@ -221,10 +234,16 @@ class PromptCache:
             except OSError as exc:  # the cache directory cannot be created
                 self._disable(f"cannot create the prompt cache directory {self.path.parent} ({exc})")
                 return default
+            except _SchemaMismatch as exc:
+                if exc.newer or attempt == 2:
+                    self._disable(f"prompt cache {self.path} {exc}")
+                    return default
+                self._quarantine(f"has {exc}", label="old-schema")
+                continue
             except sqlite3.Error as exc:
                 kind = _errorname(exc)
                 if kind in _CORRUPT and attempt == 1:
-                    self._quarantine(exc)
+                    self._quarantine(f"was corrupt ({exc})", label="corrupt")
                     continue
                 if kind == "SQLITE_BUSY" or "locked" in str(exc).lower():
                     # Another process held the lock past busy_timeout: skip this write/read.
@@ -235,10 +254,10 @@ class PromptCache:
                     _warn_once(self.path, f"prompt cache {self.path} is not writable ({exc}); "
                                           "new text embeddings are kept in memory only")
                     return default
-                if kind in _UNWRITABLE or kind in _CORRUPT:
-                    self._disable(f"prompt cache {self.path} cannot be used ({exc})")
-                    return default
-                raise
+                # Corrupt again after a rebuild, unusable, or an error nobody foresaw: the
+                # cache must never break inference, so stop using the file.
+                self._disable(f"prompt cache {self.path} cannot be used ({kind}: {exc})")
+                return default
         return default
 
     def _disable(self, why: str) -> None:
@@ -246,8 +265,9 @@ class PromptCache:
         self.persistent = self.writable = False
         _warn_once(self.path, f"{why}; text embeddings are kept in memory only")
 
-    def _quarantine(self, exc: sqlite3.Error) -> None:
-        """Move a corrupt cache file (and its WAL files) aside so the next connect rebuilds it."""
+    def _quarantine(self, what: str, *, label: str) -> None:
+        """Move a corrupt or foreign cache file (and its WAL files) aside so the next connect
+        rebuilds it; *what* completes "prompt cache PATH ..." in the warning."""
         self.close()
         try:
             if self._inode is not None and os.stat(self.path).st_ino != self._inode:
@@ -255,12 +275,39 @@ class PromptCache:
         except FileNotFoundError:
             return  # moved aside by another process; the next connect creates a new one
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.{label}-{stamp}-{os.getpid()}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             try:
                 os.replace(src, Path(str(aside) + suffix))
             except FileNotFoundError:
                 pass  # another process moved it already, or there was no WAL
-        warnings.warn(f"prompt cache {self.path} was corrupt ({exc}); moved it to {aside.name} and "
+        warnings.warn(f"prompt cache {self.path} {what}; moved it to {aside.name} and "
                       "started a new one", RuntimeWarning, stacklevel=4)
+
+
+def _check_not_newer(conn: sqlite3.Connection) -> int:
+    """The file's schema version; _SchemaMismatch(newer=True) if a newer clip-rt wrote it, so
+    that this one changes nothing in it."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise _SchemaMismatch(f"has schema version {version}, this clip-rt uses {SCHEMA_VERSION} "
+                              "(written by a newer clip-rt?)", newer=True)
+    return version
+
+
+def _open_schema(conn: sqlite3.Connection, version: int) -> None:
+    """Create the table if needed; raise _SchemaMismatch unless the file is ours, of this
+    SCHEMA_VERSION. Stamps the version on a file that has the right table but no version yet
+    (new, or from before versioning)."""
+    conn.execute(_SCHEMA)
+    columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(text_embeddings)"))
+    if version not in (0, SCHEMA_VERSION) or sorted(columns) != sorted(_COLUMNS):
+        raise _SchemaMismatch(f"schema version {version} with columns {', '.join(columns) or 'none'} "
+                              f"(expected version {SCHEMA_VERSION} with {', '.join(_COLUMNS)})", newer=False)
+    if version == 0:
+        try:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            if _errorname(exc) not in _UNWRITABLE:
+                raise  # a read-only file stays readable unstamped; anything else is handled by _with_db

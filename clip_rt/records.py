@@ -237,10 +237,20 @@ def _read_text(path: str) -> str:
 
 
 def _truncate(path: str, text_kept: str) -> None:
+    """Cut *path* down to *text_kept*, its intact beginning. Never truncates past the end
+    (that pads with NUL bytes): kept text longer than the file is written out instead."""
     size = len(text_kept.encode("utf-8", "surrogateescape"))
-    if size != os.path.getsize(path):
+    on_disk = os.path.getsize(path)
+    if size > on_disk:
+        _rewrite(path, text_kept)
+    elif size < on_disk:
         with open(path, "r+b") as f:
             f.truncate(size)
+
+
+def _rewrite(path: str, text: str) -> None:
+    with open(path, "wb") as f:
+        f.write(text.encode("utf-8", "surrogateescape"))
 
 
 def resume_jsonl(path: str) -> list[Record]:
@@ -267,9 +277,16 @@ def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:
     text = _read_text(path)
     bom = "\ufeff" if text.startswith("\ufeff") else ""
     header = csv_header(labels)
+    header_line = _csv_line(header)
+    body = text[len(bom):]
+    if body and "\n" not in body and header_line.startswith(body):
+        # Killed while the header was written (or just before its newline): complete it, so
+        # the appended rows do not run on from it and nothing is padded.
+        _rewrite(path, bom + header_line)
+        return []
     kept = bom
     records: list[Record] = []
-    rows = csv.reader(io.StringIO(text[len(bom):], newline=""), strict=True)
+    rows = csv.reader(io.StringIO(body, newline=""), strict=True)
     try:
         first = next(rows, None)
         if first is None:
@@ -279,7 +296,10 @@ def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:
             raise InputError(
                 f"cannot resume {display_path(path)!r}: its header {first!r} is not this run's {header!r}"
             )
-        kept += _csv_line(first)
+        if not text.startswith(header_line, len(kept)):  # same names, other quoting or line ending
+            raise InputError(f"cannot resume {display_path(path)!r}: its header line is not as clip-rt "
+                             "writes it (edited and saved by another program?); run without --resume")
+        kept += header_line
         for row in rows:
             line = _csv_line(row)
             if not text.startswith(line, len(kept)) or len(row) != len(header):

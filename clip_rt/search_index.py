@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 from .errors import InputError
-from .inputs import display_path, walk_images
+from .inputs import display_path, path_key, walk_images
 from .records import dumps_json
 
 INDEX_FORMAT = 1
 INDEX_FILE = "index.json"
+LOCK_FILE = ".lock"
+REBUILD_HINT = "rebuild it with `clip-rt index DIR -o INDEX --rebuild`"
 
 
 @dataclass
@@ -44,7 +48,8 @@ class UpdateStats:
     changed: int = 0
     removed: int = 0
     unchanged: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); a folder: not listable
+    unlisted: int = 0  # entries kept as they were because their folder could not be listed
 
 
 @dataclass
@@ -62,34 +67,49 @@ class SearchIndex:
     # -- storage ---------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str) -> "SearchIndex":
-        meta_path = os.path.join(folder, INDEX_FILE)
+        """Read the index in *folder*. A damaged index is an :class:`InputError` that says how to
+        rebuild it, never a traceback."""
+        meta = _read_meta(folder)
         try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
+            emb = _load_embeddings(folder, meta)
         except FileNotFoundError:
-            raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
-                             "(make one with `clip-rt index DIR -o INDEX`)") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{display_path(meta_path)!r} is not valid JSON ({exc})") from exc
-        if meta.get("format") != INDEX_FORMAT:
-            raise InputError(f"{display_path(meta_path)!r}: index format {meta.get('format')!r}, "
-                             f"this clip-rt reads {INDEX_FORMAT}; rebuild it with `clip-rt index --rebuild`")
-        emb = np.load(os.path.join(folder, meta["embeddings"]), allow_pickle=False)
-        entries = [Entry(**e) for e in meta["entries"]]
-        if emb.shape != (len(entries), meta["embed_dim"]):
-            raise InputError(f"{display_path(folder)!r}: embeddings {emb.shape} do not match "
-                             f"{len(entries)} entries of size {meta['embed_dim']}; rebuild with --rebuild")
-        return cls(root=meta["root"], model=meta["model"], fingerprint=meta["fingerprint"],
-                   precision=meta["precision"], embed_dim=int(meta["embed_dim"]), entries=entries,
-                   embeddings=emb.astype(np.float32, copy=False), generation=int(meta.get("generation", 0)),
-                   bundle_dir=meta.get("bundle_dir"))
+            # An update may have replaced index.json and deleted the embeddings file it named
+            # between our two reads: the new index.json names the new file. Retry once.
+            meta = _read_meta(folder)
+            try:
+                emb = _load_embeddings(folder, meta)
+            except FileNotFoundError:
+                raise _damaged(folder, f"its embeddings file {meta['embeddings']!r} is missing") from None
+        try:
+            entries = [Entry(**e) for e in meta["entries"]]
+            embed_dim = int(meta["embed_dim"])
+            index = cls(root=meta["root"], model=meta["model"], fingerprint=meta["fingerprint"],
+                        precision=meta["precision"], embed_dim=embed_dim, entries=entries,
+                        embeddings=emb.astype(np.float32, copy=False), generation=int(meta.get("generation", 0)),
+                        bundle_dir=meta.get("bundle_dir"))
+        except KeyError as exc:
+            raise _damaged(folder, f"{INDEX_FILE} has no {exc} field") from None
+        except (TypeError, ValueError) as exc:  # an entry with missing/extra keys, a non-numeric size
+            raise _damaged(folder, f"{INDEX_FILE} holds a malformed value ({exc})") from None
+        if emb.shape != (len(entries), embed_dim):
+            raise _damaged(folder, f"embeddings {emb.shape} do not match {len(entries)} entries of size {embed_dim}")
+        return index
 
     def save(self, folder: str) -> None:
+        """Write the next generation: embeddings file, then ``index.json`` (atomic replace), then
+        delete the previous embeddings file. Concurrent writers must hold :func:`index_lock`
+        (``update_index`` does); readers need no lock."""
         os.makedirs(folder, exist_ok=True)
         old = os.path.join(folder, f"embeddings-{self.generation}.npy")
         self.generation += 1
         emb_name = f"embeddings-{self.generation}.npy"
-        np.save(os.path.join(folder, emb_name), self.embeddings.astype(np.float32, copy=False))
+        # Temp names unique per process and thread: a half-written file never sits under a name
+        # that a reader (or another writer that ignored the lock) uses.
+        suffix = f".{os.getpid()}-{threading.get_ident()}.tmp"
+        emb_tmp = os.path.join(folder, f".{emb_name}{suffix}")
+        with open(emb_tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+            np.save(f, self.embeddings.astype(np.float32, copy=False))
+        os.replace(emb_tmp, os.path.join(folder, emb_name))
         meta = {
             "format": INDEX_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
             "precision": self.precision, "embed_dim": self.embed_dim, "root": self.root,
@@ -97,7 +117,7 @@ class SearchIndex:
             "count": len(self.entries),
             "entries": [asdict(e) for e in self.entries],
         }
-        tmp = os.path.join(folder, INDEX_FILE + ".tmp")
+        tmp = os.path.join(folder, f".{INDEX_FILE}{suffix}")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(dumps_json(meta) + "\n")
         os.replace(tmp, os.path.join(folder, INDEX_FILE))
@@ -142,7 +162,15 @@ def check_model(index: SearchIndex, model: Any, folder: str) -> None:
 def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, rebuild: bool = False,
                  on_progress: Optional[Callable[[int], None]] = None) -> tuple[SearchIndex, UpdateStats]:
     """Create or refresh the index in *folder* for the images under *root*: embeds only new or
-    changed files, drops deleted ones. Unreadable images are left out and listed in the stats."""
+    changed files, drops deleted ones. Unreadable images are left out and listed in the stats.
+    Holds :func:`index_lock` throughout, so overlapping updates run one after the other."""
+    os.makedirs(folder, exist_ok=True)
+    with index_lock(folder):
+        return _update_locked(folder, root, model, batch_size=batch_size, rebuild=rebuild, on_progress=on_progress)
+
+
+def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebuild: bool,
+                   on_progress: Optional[Callable[[int], None]]) -> tuple[SearchIndex, UpdateStats]:
     root_abs = os.path.abspath(root)
     old: Optional[SearchIndex] = None
     if not rebuild and os.path.exists(os.path.join(folder, INDEX_FILE)):
@@ -154,7 +182,8 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
     stats = UpdateStats()
     known = {e.path: (i, e) for i, e in enumerate(old.entries)} if old else {}
     current: list[tuple[str, os.stat_result]] = []
-    for p in walk_images(root_abs):
+    listing_errors: list[tuple[str, str]] = []
+    for p in walk_images(root_abs, listing_errors):
         try:
             current.append((os.path.relpath(p, root_abs), os.stat(p)))
         except OSError as exc:  # vanished or unreadable between walk and stat
@@ -171,7 +200,16 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
             if hit:
                 stats.changed += 1
     seen = {rel for rel, _ in current}
-    stats.removed = sum(1 for rel in known if rel not in seen)
+    # A folder that could not be listed says nothing about its files: keep their entries as
+    # they were (a permission glitch must not wipe part of the index) and report the folder.
+    stats.failed.extend(listing_errors)
+    unlisted_dirs = [path_key(d) for d, _ in listing_errors]
+    preserved = [rel for rel in known if rel not in seen and _under_any(os.path.join(root_abs, rel), unlisted_dirs)]
+    for rel in preserved:
+        i, entry = known[rel]
+        keep[rel] = (entry, old.embeddings[i])  # type: ignore[union-attr]
+    stats.unlisted = len(preserved)
+    stats.removed = sum(1 for rel in known if rel not in seen) - len(preserved)
 
     by_rel = dict(todo)
     for item in model.iter_images([os.path.join(root_abs, rel) for rel, _ in todo], batch_size=batch_size):
@@ -187,7 +225,10 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
         if on_progress:
             on_progress(1)
 
-    rows = [keep[rel] for rel, _ in current if rel in keep]  # sorted like the folder walk
+    order = [rel for rel, _ in current] + preserved
+    if preserved:  # sorted like the folder walk (inputs.walk_images)
+        order.sort(key=lambda rel: os.fsencode(os.path.join(root_abs, rel)))
+    rows = [keep[rel] for rel in order if rel in keep]
     dim = int(model.manifest.embed_dim) if hasattr(model.manifest, "embed_dim") else (
         rows[0][1].shape[0] if rows else (old.embed_dim if old else 0))
     emb = np.stack([r[1] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
@@ -199,6 +240,21 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
     return index, stats
 
 
+@contextmanager
+def index_lock(folder: str) -> Iterator[None]:
+    """An exclusive lock on the index in *folder* (``flock`` on ``folder/.lock``), for a whole
+    read-modify-write. Blocks until any other holder (process or thread) is done. On a platform
+    without ``fcntl`` it locks nothing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; updates are not serialised there
+        yield
+        return
+    with open(os.path.join(folder, LOCK_FILE), "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def default_model(index: SearchIndex) -> str:
     """The bundle to search with when --model is not given: the directory that built the index
     if it is still there, else its store name."""
@@ -207,6 +263,48 @@ def default_model(index: SearchIndex) -> str:
     if index.bundle_dir and is_bundle(Path(index.bundle_dir)):
         return index.bundle_dir
     return index.model
+
+
+def _damaged(folder: str, what: str) -> InputError:
+    return InputError(f"index {display_path(folder)!r} is damaged: {what}; {REBUILD_HINT}")
+
+
+def _read_meta(folder: str) -> dict[str, Any]:
+    meta_path = os.path.join(folder, INDEX_FILE)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
+                         "(make one with `clip-rt index DIR -o INDEX`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(folder, f"{INDEX_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(folder, f"{INDEX_FILE} holds a {type(meta).__name__}, expected a JSON object")
+    if meta.get("format") != INDEX_FORMAT:
+        raise InputError(f"{display_path(meta_path)!r}: index format {meta.get('format')!r}, "
+                         f"this clip-rt reads {INDEX_FORMAT}; {REBUILD_HINT}")
+    return meta
+
+
+def _load_embeddings(folder: str, meta: dict[str, Any]) -> np.ndarray:
+    """The embeddings file *meta* names; FileNotFoundError passes through (load retries it)."""
+    name = meta.get("embeddings")
+    if not isinstance(name, str) or os.path.basename(name) != name or not name:
+        raise _damaged(folder, f"{INDEX_FILE} names no valid embeddings file (got {name!r})")
+    try:
+        emb = np.load(os.path.join(folder, name), allow_pickle=False)
+    except (ValueError, EOFError) as exc:  # not an .npy, truncated, or a pickled object
+        raise _damaged(folder, f"{name} is not a readable .npy file ({exc})") from None
+    if emb.ndim != 2:
+        raise _damaged(folder, f"{name} holds an array of shape {emb.shape}, expected (images, size)")
+    return emb
+
+
+def _under_any(path: str, folders: list[str]) -> bool:
+    """Whether *path* lies in one of *folders* (``path_key`` form)."""
+    key = path_key(path)
+    return any(key.startswith(d.rstrip(os.sep) + os.sep) for d in folders)
 
 
 def _bundle_dir(model: Any) -> Optional[str]:

@@ -1,7 +1,9 @@
 """Writing a bundle atomically: a hidden staging folder beside the target, renamed into place
 only once every graph has passed its parity check and the manifest is written.
 
-SIGINT/SIGTERM while staging remove the staging folder and leave no trace.
+SIGINT/SIGTERM while staging remove the staging folder and leave no trace. During the final
+swap (``--force``: old bundle aside, new one in, old one deleted) they are held back until the
+swap is done; should the swap still fail half-way, the old bundle is put back.
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ class ExportInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived during an export (a KeyboardInterrupt, so callers that stop on
     Ctrl-C stop on this too). ``exit_code`` is the shell's 128 + signal number."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, written: Optional[Path] = None) -> None:
         self.signum = signum
-        super().__init__(f"export interrupted by {signal.Signals(signum).name}; nothing was written")
+        name = signal.Signals(signum).name
+        super().__init__(f"export interrupted by {name}; nothing was written" if written is None else
+                         f"export interrupted by {name} just after the bundle was written to {written}")
 
     @property
     def exit_code(self) -> int:
@@ -50,6 +54,29 @@ def interrupt_handlers() -> Iterator[None]:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM back for the duration: the yielded list receives the first one that
+    arrived, for the caller to re-raise once it is safe. (A Python-level handler rather than
+    pthread_sigmask: a signal delivered to another thread still runs its Python handler in the
+    main thread.) Main thread only; elsewhere no handler can interrupt us anyway."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def record(signum: int, _frame: Optional[FrameType]) -> None:
+        if not pending:
+            pending.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield pending
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -81,6 +108,7 @@ class StagingDir:
         self.force = force
         self.path = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}"
         self.committed = False
+        self._aside: Optional[Path] = None  # the previous bundle while the swap is under way
 
     def __enter__(self) -> "StagingDir":
         check_target(self.target, self.force)
@@ -96,8 +124,15 @@ class StagingDir:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        if not self.committed:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self.committed:
+            return
+        if self._aside is not None and self._aside.exists() and not self.target.exists():
+            try:
+                os.replace(self._aside, self.target)  # the swap did not finish: put the old bundle back
+            except OSError as err:
+                raise ExportError(f"the export failed while replacing {self.target}, and the previous bundle "
+                                  f"could not be put back ({err}); it is in {self._aside}") from err
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def file_entries(self) -> dict[str, FileEntry]:
         """sha256 and size of every file in the staging folder except the manifest."""
@@ -117,15 +152,20 @@ class StagingDir:
         for path in self.path.iterdir():
             _fsync_file(path)
         _fsync_dir(self.path)
-        old: Optional[Path] = None
-        if self.target.exists():  # --force: move the old bundle aside, then swap
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.replace(self.target, old)
-        os.replace(self.path, self.target)
-        self.committed = True
-        _fsync_dir(self.target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with signals_deferred() as deferred:
+            if self.target.exists():  # --force: move the old bundle aside, then swap
+                self._aside = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+                os.replace(self.target, self._aside)
+            os.replace(self.path, self.target)
+            self.committed = True
+            _fsync_dir(self.target.parent)
+            if self._aside is not None:
+                shutil.rmtree(self._aside, ignore_errors=True)
+        if deferred:  # the bundle is in place: now let the signal do what it would have done
+            try:
+                signal.raise_signal(deferred[0])
+            except ExportInterrupted as exc:
+                raise ExportInterrupted(exc.signum, written=self.target) from None
         return self.target
 
 

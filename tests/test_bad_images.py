@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -214,3 +215,152 @@ def test_lazy_pil_image_with_truncated_data_is_an_image_load_error(corpus: dict[
     with pytest.raises(ImageLoadError, match="cannot decode the image data"):
         open_image(lazy)
     lazy.close()
+
+
+# -- damaged files found by byte flips (review: a corrupt TIFF ended the stream) ------------------
+def small_image_bytes(fmt: str) -> bytes:
+    """A 20x17 noise image encoded as *fmt* (small: the headers are a large share of the file)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (17, 20, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def damaged_tiff() -> bytes:
+    """The 20x17 TIFF with one bit flipped in its first IFD's entry count (byte 8): Pillow 13
+    then reads a bogus 11th tag and raises ``TypeError: Missing dimensions`` from n_frames."""
+    data = bytearray(small_image_bytes("TIFF"))
+    data[8] ^= 1
+    return bytes(data)
+
+
+def flipped_variants(data: bytes, count: int, seed: int) -> list[bytes]:
+    """*count* copies of *data*, each with 1-3 random bits flipped in its first 200 bytes
+    (headers, IFDs, chunk and marker tables: where a flip reaches the parsers, not just pixels)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        buf = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            buf[rng.randrange(min(len(buf), 200))] ^= 1 << rng.randrange(8)
+        out.append(bytes(buf))
+    return out
+
+
+def raw_pillow_error(data: bytes) -> "type[BaseException] | None":
+    """What plain Pillow raises for *data* when opened and read the way open_image does."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            getattr(img, "n_frames", 1)
+            img.load()
+    except Exception as exc:  # the point: see which exception types Pillow really raises
+        return type(exc)
+    return None
+
+
+FUZZ_FORMATS = ("PNG", "JPEG", "TIFF", "GIF")
+FUZZ_PER_FORMAT = 50  # 200 variants in all, ~1 s
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the bogus TIFF tags it skips
+def test_tiff_with_a_damaged_ifd_is_an_image_load_error(tmp_path: Path) -> None:
+    data = damaged_tiff()
+    assert raw_pillow_error(data) is TypeError  # the case under test: not one of Pillow's usual errors
+    with pytest.raises(ImageLoadError, match=r"<bytes>: .*TIFF.*TypeError: Missing dimensions"):
+        open_image(data)
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(data)
+    with pytest.raises(ImageLoadError, match="damaged.tif: "):
+        open_image(path)
+    result = Preprocessor(CFG).try_batch([photo(), str(path), photo()])
+    assert result.indices == [0, 2] and [i for i, _ in result.failures] == [1]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_byte_flipped_images_load_or_fail_with_image_load_error() -> None:
+    pre = Preprocessor(CFG)
+    raw_errors: set[type] = set()
+    outcomes = {"loaded": 0, "failed": 0}
+    variants: list[bytes] = []
+    for n, fmt in enumerate(FUZZ_FORMATS):
+        variants += flipped_variants(small_image_bytes(fmt), FUZZ_PER_FORMAT, seed=n)
+    for data in variants:
+        raw = raw_pillow_error(data)
+        if raw is not None:
+            raw_errors.add(raw)
+        try:
+            pixels = pre(open_image(data))
+        except ImageLoadError:
+            outcomes["failed"] += 1
+            continue
+        assert pixels.shape == (3, 224, 224) and np.isfinite(pixels).all()
+        outcomes["loaded"] += 1
+    # The corpus reaches the odd cases (TypeError from TIFF) and both outcomes, or it tests nothing.
+    assert TypeError in raw_errors, raw_errors
+    assert outcomes["loaded"] > 0 and outcomes["failed"] > 0, outcomes
+    result = pre.try_batch(variants)
+    assert len(result.indices) == outcomes["loaded"] and len(result.failures) == outcomes["failed"]
+    assert all(isinstance(err, ImageLoadError) for _, err in result.failures)
+
+
+def test_try_batch_reports_an_unexpected_decoder_exception_on_its_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_rt.preprocess as preprocess_mod
+
+    real_open = preprocess_mod.open_image
+
+    def open_or_explode(source, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(source, str) and source == "explodes.png":
+            raise RuntimeError("decoder bug")
+        return real_open(source, **kwargs)
+
+    monkeypatch.setattr(preprocess_mod, "open_image", open_or_explode)
+    result = Preprocessor(CFG).try_batch([photo(), "explodes.png", photo()])
+    assert result.indices == [0, 2]
+    ((index, err),) = result.failures
+    assert index == 1 and isinstance(err, ImageLoadError)
+    assert str(err) == "explodes.png: unexpected error while reading the image (RuntimeError: decoder bug)"
+    assert isinstance(err.__cause__, RuntimeError)
+
+    def out_of_memory(source, **kwargs):  # type: ignore[no-untyped-def]
+        raise MemoryError
+
+    monkeypatch.setattr(preprocess_mod, "open_image", out_of_memory)
+    with pytest.raises(MemoryError):  # the machine's problem, not the file's: not swallowed
+        Preprocessor(CFG).try_batch([photo()])
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    import clip_rt
+    from fake_bundle import build_fake_bundle
+
+    return clip_rt.load(build_fake_bundle(tmp_path_factory.mktemp("fake") / "fake-clip"), cache=False)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_iter_images_goes_on_after_a_damaged_tiff(fake_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(damaged_tiff())
+    good = [photo(), photo()]
+    items = list(fake_model.iter_images([good[0], str(damaged), good[1]], batch_size=2))
+    assert [it.ok for it in items] == [True, False, True]
+    assert items[1].embedding is None and "damaged.tif" in (items[1].error or "")
+    np.testing.assert_allclose(np.stack([items[0].embedding, items[2].embedding]),
+                               fake_model.encode_image(good), atol=1e-6)
+
+
+def test_iter_images_goes_on_after_an_unexpected_decoder_exception(
+        fake_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    pre = fake_model._preprocessor()
+    real_load = pre.load
+
+    def load_or_explode(source):  # type: ignore[no-untyped-def]
+        if isinstance(source, str) and source == "explodes.png":
+            raise ZeroDivisionError("division by zero")
+        return real_load(source)
+
+    monkeypatch.setattr(pre, "load", load_or_explode)
+    items = list(fake_model.iter_images([photo(), "explodes.png", photo()], batch_size=1))
+    assert [it.ok for it in items] == [True, False, True]
+    assert items[1].error == ("explodes.png: unexpected error while reading the image "
+                              "(ZeroDivisionError: division by zero)")

@@ -355,3 +355,152 @@ def test_end_to_end_with_real_bundle(real_bundle: Path, tmp_path: Path) -> None:
     before = out.read_bytes()
     r = CliRunner().invoke(main, args + ["--resume"])
     assert r.exit_code == 1 and out.read_bytes() == before
+
+
+# -- review fixes: path spellings on resume, unlistable folders, CSV header, .json label keys --
+@pytest.mark.parametrize("spelling", ["dot", "absolute"])
+def test_resume_matches_other_spellings_of_the_same_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         spelling: str) -> None:
+    install_fake(monkeypatch)
+    make_images(tmp_path / "photos")
+    if sys.platform == "linux":  # a non-UTF-8 name (surrogate-escaped str) must match too
+        raw = os.path.join(os.fsencode(tmp_path / "photos"), b"z_caf\xe9_red.png")
+        Image.new("RGB", (8, 8), (250, 0, 0)).save(os.fsdecode(raw), format="PNG")
+    monkeypatch.chdir(tmp_path)
+    labels = ["-l", "red,green,blue"]
+    assert invoke(["classify", "photos", *labels, "-o", "r.jsonl"]).exit_code == 0
+    full = Path("r.jsonl").read_bytes()
+    other = "./photos" if spelling == "dot" else str(tmp_path / "photos")
+    # A complete output: nothing is new.
+    r = invoke(["classify", other, *labels, "-o", "r.jsonl", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert Path("r.jsonl").read_bytes() == full
+    n = full.count(b"\n")
+    assert f"{n} processed, 0 failed, {n} already done" in r.stderr
+    # Killed after two records: only the rest is appended, under the spelling given now.
+    Path("r.jsonl").write_bytes(b"".join(full.splitlines(keepends=True)[:2]))
+    r = invoke(["classify", other, *labels, "-o", "r.jsonl", "--resume"])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in Path("r.jsonl").read_text().splitlines()]
+    assert len(recs) == n
+    assert [os.path.basename(x["path"]) for x in recs] == [
+        os.path.basename(json.loads(line)["path"]) for line in full.decode().splitlines()]
+    assert all(x["path"].startswith(other + os.sep) for x in recs[2:])
+
+
+def test_discover_dedupes_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_rt.inputs import discover
+
+    make_images(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    found = discover(["photos", "./photos/a_red.png", str(tmp_path / "photos" / "sub")])
+    assert [os.path.relpath(p) for p in found] == [
+        "photos/a_red.png", "photos/b_green.JPG", "photos/c_blue.jpeg", "photos/sub/d_red.webp"]
+
+
+def fail_listing(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make os.walk's listing of *folder* fail as an unreadable folder does (root ignores modes)."""
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if os.path.abspath(os.fspath(path)) == str(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_unlistable_subfolder_is_a_failed_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    make_images(tmp_path / "imgs")
+    fail_listing(monkeypatch, tmp_path / "imgs" / "sub")
+    out = tmp_path / "r.jsonl"
+    args = ["classify", str(tmp_path / "imgs"), "-l", "red,green,blue", "-o", str(out)]
+    r = invoke(args)
+    assert r.exit_code == 1, r.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert recs[0] == {"path": str(tmp_path / "imgs" / "sub"), "label": None, "score": None, "scores": {},
+                       "width": None, "height": None, "error": "cannot list folder: Permission denied"}
+    assert [os.path.basename(x["path"]) for x in recs[1:]] == ["a_red.png", "b_green.JPG", "c_blue.jpeg"]
+    assert "4 processed, 1 failed" in r.stderr
+    assert f"failed: {tmp_path / 'imgs' / 'sub'}: cannot list folder: Permission denied" in r.stderr
+    # Still unlistable on --resume: no second record, still exit 1.
+    before = out.read_bytes()
+    r = invoke(args + ["--resume"])
+    assert r.exit_code == 1 and out.read_bytes() == before
+
+
+def test_unreadable_folder_with_real_permissions(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    from clip_rt.inputs import discover
+
+    root = Path(tempfile.mkdtemp(prefix="clip-rt-walk-"))  # not under pytest's 0700 tmp: nobody reaches it
+    try:
+        os.chmod(root, 0o755)
+        make_images(root / "imgs")
+        os.chmod(root / "imgs", 0o755)
+        os.chmod(root / "imgs" / "sub", 0)
+        errors: list[tuple[str, str]] = []
+        if os.geteuid() == 0:  # root lists anything: drop to nobody for the walk
+            os.seteuid(65534)
+            try:
+                found = discover([str(root / "imgs")], errors=errors)
+            finally:
+                os.seteuid(0)
+        else:
+            found = discover([str(root / "imgs")], errors=errors)
+        assert [os.path.basename(p) for p in found] == ["a_red.png", "b_green.JPG", "c_blue.jpeg"]
+        assert errors == [(str(root / "imgs" / "sub"), "cannot list folder: Permission denied")]
+    finally:
+        os.chmod(root / "imgs" / "sub", 0o755)
+        shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("cut", ["newline", "half"])
+def test_csv_resume_after_kill_in_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bom: bool, cut: str) -> None:
+    install_fake(monkeypatch)
+    make_images(tmp_path / "imgs")
+    args = [str(tmp_path / "imgs"), "-l", "red,green,blue"] + (["--csv-bom"] if bom else [])
+    full, part = tmp_path / "full.csv", tmp_path / "part.csv"
+    assert invoke(["classify", *args, "-o", str(full)]).exit_code == 0
+    data = full.read_bytes()
+    header = data.splitlines()[0]  # BOM included, newline not
+    part.write_bytes(header if cut == "newline" else header[: len(header) // 2])
+    Path(str(part) + ".clip-rt.json").write_bytes(Path(str(full) + ".clip-rt.json").read_bytes())
+    r = invoke(["classify", *args, "-o", str(part), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert b"\x00" not in part.read_bytes()
+    assert part.read_bytes() == data
+
+
+def test_json_labels_keys_are_stripped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = make_images(tmp_path / "imgs")
+    spec = tmp_path / "labels.json"
+    spec.write_text(json.dumps({" red": None, "blue ": ["something blue"]}))
+    out = tmp_path / "r.csv"
+    r = invoke(["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "--labels-file", str(spec),
+                "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0])[-2:] == ["score_red", "score_blue"]
+    assert [row["label"] for row in rows] == ["red", "blue"]
+    assert all(row["score_red"] and row["score_blue"] for row in rows)
+
+
+@pytest.mark.parametrize("text, named", [
+    ('{"  ": null, "red": null}', "'  '"),
+    ('{" red": null, "red": ["a red thing"]}', "' red' and 'red'"),
+    ('{"red": null, "red": ["a red thing"]}', "'red'"),
+])
+def test_json_labels_blank_or_colliding_keys_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                                                    named: str) -> None:
+    install_fake(monkeypatch)
+    imgs = make_images(tmp_path / "imgs")
+    spec = tmp_path / "labels.json"
+    spec.write_text(text)
+    r = invoke(["classify", str(imgs["a_red.png"]), "--labels-file", str(spec)])
+    assert r.exit_code == 2 and named in r.output, r.output

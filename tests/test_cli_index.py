@@ -162,3 +162,143 @@ def test_non_utf8_names_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "5 unchanged" in r.stderr  # the odd name matched its stored entry
     r = invoke(["search", idx, "--image", os.fsdecode(raw), "-k", "1"])
     assert "caf\\xe9.png" in r.stdout
+
+
+@pytest.mark.parametrize("damage", ["json_missing_key", "json_list", "entry_keys", "npy_missing", "npy_garbage",
+                                    "npy_empty"])
+def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    assert invoke(["index", str(imgs), "-o", str(idx)]).exit_code == 0
+    meta_path = idx / INDEX_FILE
+    meta = json.loads(meta_path.read_text())
+    npy = idx / meta["embeddings"]
+    if damage == "json_missing_key":
+        del meta["entries"]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "json_list":
+        meta_path.write_text("[1, 2]")
+    elif damage == "entry_keys":
+        meta["entries"][0] = {"path": "red.png"}
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "npy_missing":
+        npy.unlink()
+    elif damage == "npy_garbage":
+        npy.write_bytes(b"not an npy file at all")
+    else:
+        npy.write_bytes(b"")
+    for args in (["search", str(idx), "red"], ["index", str(imgs), "-o", str(idx)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1, (args, r.output, r.exc_info)
+        assert isinstance(r.exception, SystemExit)  # a ClickException, not a traceback
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and "damaged" in lines[0] and "--rebuild" in lines[0], r.output
+    r = invoke(["index", str(imgs), "-o", str(idx), "--rebuild"])  # the hint works
+    assert r.exit_code == 0 and len(SearchIndex.load(str(idx)).entries) == 4
+
+
+def test_load_retries_when_an_update_replaced_the_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search that read index.json just before an update replaced it (and deleted the
+    embeddings file it named) re-reads index.json instead of crashing."""
+    import clip_rt.search_index as si
+
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    assert invoke(["index", str(imgs), "-o", str(idx)]).exit_code == 0
+    current = (idx / INDEX_FILE).read_text()
+    stale = json.loads(current)
+    stale["embeddings"], stale["generation"] = "embeddings-0.npy", 0  # the generation the update deleted
+    (idx / INDEX_FILE).write_text(json.dumps(stale))
+    real_load = np.load
+    calls: list[str] = []
+
+    def load_then_finish_update(path, *a, **k):  # noqa: ANN001, ANN202
+        calls.append(os.path.basename(path))
+        if len(calls) == 1:
+            (idx / INDEX_FILE).write_text(current)  # the update commits while we read
+        return real_load(path, *a, **k)
+
+    monkeypatch.setattr(si.np, "load", load_then_finish_update)
+    index = SearchIndex.load(str(idx))
+    assert calls == ["embeddings-0.npy", "embeddings-1.npy"]
+    assert index.generation == 1 and len(index.entries) == 4
+
+
+class RendezvousFake(FakeModel):
+    """Waits (up to 1 s) inside the update for the other update to get there too: without a
+    lock both read the same generation; with it the second waits for the first to finish."""
+
+    def __init__(self, here: "threading.Event", other: "threading.Event") -> None:
+        super().__init__()
+        self.here, self.other = here, other
+
+    def iter_images(self, sources, batch_size=32):  # noqa: ANN001, ANN201
+        self.here.set()
+        self.other.wait(1.0)
+        return super().iter_images(sources, batch_size)
+
+
+def test_overlapping_updates_are_serialised(tmp_path: Path) -> None:
+    import threading
+
+    from clip_rt.search_index import update_index
+
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    update_index(idx, str(imgs), FakeModel())  # generation 1
+    Image.new("RGB", (10, 10), (250, 0, 250)).save(imgs / "magenta.png")
+    a, b = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run(model: FakeModel) -> None:
+        try:
+            update_index(idx, str(imgs), model)
+        except BaseException as exc:  # noqa: BLE001  (reported by the assert below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(RendezvousFake(a, b),)),
+               threading.Thread(target=run, args=(RendezvousFake(b, a),))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    index = SearchIndex.load(idx)
+    assert index.generation == 3  # two updates, one after the other, each a new generation
+    assert [e.path for e in index.entries] == ["blue.png", "green.png", "magenta.png", "red.png", "sub/yellow.jpg"]
+    leftovers = sorted(p.name for p in Path(idx).iterdir())
+    assert leftovers == [".lock", "embeddings-3.npy", INDEX_FILE]
+
+
+def test_unlistable_folder_keeps_its_entries_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder that cannot be listed on a re-index is named and exits 1; the entries indexed
+    under it earlier stay (its files are not known to be gone)."""
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = str(tmp_path / "idx")
+    assert invoke(["index", str(imgs), "-o", idx]).exit_code == 0
+    before = SearchIndex.load(idx)
+    Image.new("RGB", (10, 10), (250, 0, 250)).save(imgs / "magenta.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # noqa: ANN001, ANN202  (root ignores permission bits: fail the listing here)
+        if os.path.abspath(os.fspath(path)) == str(imgs / "sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    r = invoke(["index", str(imgs), "-o", idx])
+    assert r.exit_code == 1, r.output
+    assert f"failed: {imgs / 'sub'}: cannot list folder: Permission denied" in r.stderr
+    assert "0 removed" in r.stderr and "1 kept from folders that could not be listed" in r.stderr
+    index = SearchIndex.load(idx)
+    assert [e.path for e in index.entries] == ["blue.png", "green.png", "magenta.png", "red.png", "sub/yellow.jpg"]
+    old_row = before.embeddings[[e.path for e in before.entries].index("sub/yellow.jpg")]
+    assert np.array_equal(index.embeddings[4], old_row)
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    (imgs / "sub" / "yellow.jpg").unlink()  # listable again: a deleted file is dropped as usual
+    r = invoke(["index", str(imgs), "-o", idx])
+    assert r.exit_code == 0 and "1 removed" in r.stderr
+    assert [e.path for e in SearchIndex.load(idx).entries] == ["blue.png", "green.png", "magenta.png", "red.png"]

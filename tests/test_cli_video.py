@@ -107,3 +107,20 @@ def test_real_bundle_video(real_bundle: Path, colour_video: Path) -> None:  # no
     out = json.loads(r.stdout)
     assert len(out["frames"]) == 5 and sum(s["frames"] for s in out["segments"]) == 5
     assert out["segments"][0]["start"] == 0.0 and out["segments"][-1]["end"] == pytest.approx(4.5)
+
+
+def test_json_labels_file_with_spaced_keys(colour_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .json labels file's keys are stripped like every other label name (a raw " red" key
+    used to raise KeyError when the per-label means were gathered)."""
+    install_fake(monkeypatch)
+    spec = tmp_path / "labels.json"
+    spec.write_text(json.dumps({" red": None, "green ": None, "blue": ["something blue"]}))
+    r = CliRunner().invoke(main, ["video", str(colour_video), "--labels-file", str(spec), "--every", "1",
+                                  "--format", "json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out["overall"]["scores"]) == {"red", "green", "blue"}
+    assert [s["label"] for s in out["segments"]] == ["red", "blue", "green"]
+    spec.write_text(json.dumps({"red": None, "red ": None}))
+    r = CliRunner().invoke(main, ["video", str(colour_video), "--labels-file", str(spec)])
+    assert r.exit_code == 2 and "'red' and 'red '" in r.output

@@ -353,3 +353,70 @@ def test_rn50_random_export_all_precisions(tmp_path: Path) -> None:
     assert m.embed_dim == 1024 and m.image.size == (224, 224)
     assert all(fig.passed for encs in m.parity.values() for fig in encs.values())
     print(f"RN50 fp32+fp16+int8 export: {elapsed:.0f} s")
+
+
+def _old_bundle_and_stage(tmp_path: Path):  # noqa: ANN202
+    """A previous bundle at tmp_path/bundle and a finished staging folder for --force."""
+    from types import SimpleNamespace
+
+    from clip_rt_export.bundle import StagingDir
+
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "manifest.json").write_text('{"old": true}')
+    (target / "graph.onnx").write_bytes(b"old graph")
+    stage = StagingDir(target, force=True)
+    manifest = SimpleNamespace(write=lambda d: (d / "manifest.json").write_text('{"new": true}'))  # duck-typed
+    return target, stage, manifest
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, "ExportInterrupted", OSError])
+def test_interrupted_force_swap_puts_the_old_bundle_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        interrupt: object) -> None:
+    from clip_rt_export.bundle import ExportInterrupted
+
+    exc_type = ExportInterrupted if interrupt == "ExportInterrupted" else interrupt
+    target, stage, manifest = _old_bundle_and_stage(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_interrupted_at_second(src, dst):  # noqa: ANN001, ANN202
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # old bundle already aside, new one not yet in place
+            raise exc_type(signal.SIGINT) if exc_type is ExportInterrupted else exc_type("interrupted")
+        return real_replace(src, dst)
+
+    with pytest.raises(exc_type):
+        with stage:
+            (stage.path / "graph.onnx").write_bytes(b"new graph")
+            monkeypatch.setattr(os, "replace", replace_interrupted_at_second)
+            stage.commit(manifest)
+    monkeypatch.undo()
+    assert calls[:2] == [("bundle", f".bundle.old-{os.getpid()}"), (f".bundle.tmp-{os.getpid()}", "bundle")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert (target / "manifest.json").read_text() == '{"old": true}'
+    assert (target / "graph.onnx").read_bytes() == b"old graph"
+
+
+def test_signal_during_force_swap_waits_for_the_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_rt_export.bundle import ExportInterrupted, interrupt_handlers
+
+    target, stage, manifest = _old_bundle_and_stage(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_with_sigint_between(src, dst):  # noqa: ANN001, ANN202
+        calls.append(Path(dst).name)
+        out = real_replace(src, dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives with the old bundle aside
+        return out
+
+    with pytest.raises(ExportInterrupted, match="just after the bundle was written"):
+        with interrupt_handlers(), stage:
+            (stage.path / "graph.onnx").write_bytes(b"new graph")
+            monkeypatch.setattr(os, "replace", replace_with_sigint_between)
+            stage.commit(manifest)
+    monkeypatch.undo()
+    assert len(calls) == 2  # the signal did not cut the swap in two
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+    assert (target / "graph.onnx").read_bytes() == b"new graph"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

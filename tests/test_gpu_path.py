@@ -95,9 +95,56 @@ def test_cuda_listed_but_session_comes_up_on_cpu_is_an_error(bundle: Path, monke
     model = clip_rt.load(bundle, providers=["cuda"])
     with pytest.raises(ProviderError, match="CUDAExecutionProvider did not come up.*fell back to: CPUExecutionProvider"):
         model.session("image")
-    with pytest.warns(RuntimeWarning, match="did not come up"):
+    with pytest.warns(RuntimeWarning, match="did not come up"), \
+            pytest.warns(RuntimeWarning, match="using the fp32 graphs instead of fp16"):
         sess = clip_rt.load(bundle, providers=["cuda"], allow_fallback=True).session("image")
-    assert sess.fell_back and sess.device == ("cpu", 0)
+    assert sess.fell_back and sess.device == ("cpu", 0) and sess.path.name == "image_fp32.onnx"
+
+
+@pytest.fixture()
+def cuda_that_falls_back(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """onnxruntime lists CUDA, but every session comes up on the CPU (a broken CUDA install);
+    returns the file names of the graphs sessions were created for."""
+    made: list[str] = []
+
+    def factory(path: str, so: Any, providers: list) -> PretendCuda:
+        made.append(Path(path).name)
+        return PretendCuda(path, so, providers, [CPU])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(WITH_CUDA))
+    monkeypatch.setattr(session_mod, "_default_factory", factory)
+    return made
+
+
+@pytest.mark.filterwarnings("ignore:.*did not come up:RuntimeWarning")
+def test_automatic_cuda_falling_back_to_cpu_uses_fp32_before_caching(
+        bundle: Path, cuda_that_falls_back: list, pixels: np.ndarray) -> None:
+    prompts = ["a photo of a cat", "a red car"]
+    on_cpu = clip_rt.load(bundle, providers=["cpu"], cache=False)
+    model = clip_rt.load(bundle)  # cache on: its key holds the precision
+    assert model.precision == "fp16"  # the CUDA default, until a session shows where it runs
+    with pytest.warns(RuntimeWarning, match="using the fp32 graphs instead of fp16"):
+        text = model.encode_text(prompts)
+    assert model.precision == "fp32" and model.providers == [CPU]
+    assert model.session("text").path.name == "text_fp32.onnx"
+    assert model.session("image").path.name == "image_fp32.onnx"
+    assert cuda_that_falls_back == ["text_fp16.onnx", "text_fp32.onnx", "image_fp32.onnx"]
+    np.testing.assert_array_equal(text, on_cpu.encode_text(prompts))
+    assert model._cache().precision == "fp32"  # nothing was ever stored under fp16
+    np.testing.assert_array_equal(model.encode_pixels(pixels), on_cpu.encode_pixels(pixels))
+
+    images_first = clip_rt.load(bundle, cache=False)  # the image session settles it just the same
+    with pytest.warns(RuntimeWarning, match="using the fp32 graphs"):
+        emb = images_first.encode_pixels(pixels)
+    assert images_first.precision == "fp32"
+    np.testing.assert_array_equal(emb, on_cpu.encode_pixels(pixels))
+
+
+@pytest.mark.filterwarnings("ignore:.*did not come up:RuntimeWarning")
+def test_precision_given_by_the_user_is_kept_on_fallback(bundle: Path, cuda_that_falls_back: list) -> None:
+    model = clip_rt.load(bundle, precision="fp16")
+    model.encode_text(["a photo of a cat"])
+    assert model.precision == "fp16" and model.session("text").path.name == "text_fp16.onnx"
 
 
 def test_cuda_on_a_build_without_it_lists_what_there_is(bundle: Path) -> None:

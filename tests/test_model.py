@@ -92,6 +92,19 @@ def test_default_precision_follows_the_first_provider(bundle: Path, monkeypatch:
     assert clip_rt.load(bundle, providers=["cpu", "cuda"]).precision == "fp32"
 
 
+def test_providers_may_be_one_string(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = clip_rt.load(bundle, providers="cpu")  # one provider, not the letters c, p, u
+    assert model.providers == [CPU]
+    model.encode_text(["a photo of a cat"])
+    assert model.providers == [CPU] and model.session("text").providers == [CPU]
+    assert clip_rt.load(bundle, providers="CPU").providers == [CPU]
+    monkeypatch.setattr(model_mod, "available_providers", lambda: [CUDA, CPU])
+    assert clip_rt.load(bundle, providers="cuda").providers == [CUDA, CPU]  # no session created yet
+    assert clip_rt.load(bundle, providers="cpu,cuda").providers == [CPU, CUDA]  # as the CLI's --providers
+    with pytest.raises(InputError, match="unknown execution provider 'tpu'"):
+        clip_rt.load(bundle, providers="tpu")
+
+
 def test_missing_provider_fails_at_load(bundle: Path) -> None:
     with pytest.raises(ProviderError, match="available: .*CPUExecutionProvider"):
         clip_rt.load(bundle, providers=["cuda"])

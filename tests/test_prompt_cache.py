@@ -261,3 +261,73 @@ def test_read_only_database_is_still_read(monkeypatch: pytest.MonkeyPatch) -> No
     assert not c.writable and c.persistent
     monkeypatch.undo()
     assert PromptCache("fp", "fp32", dim=DIM).get_many(["new"]) == {}
+
+
+def test_table_of_another_layout_is_moved_aside_and_rebuilt() -> None:
+    """A prompts.sqlite from another tool/version (other columns) must not break encode_text."""
+    path = cache_dir() / "prompts.sqlite"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE text_embeddings (id INTEGER PRIMARY KEY, model TEXT, prompt TEXT, vec BLOB)")
+        conn.execute("INSERT INTO text_embeddings (model, prompt, vec) VALUES ('m', 'p', x'00')")
+    conn.close()
+    c = PromptCache("fp", "fp32", dim=DIM)
+    with pytest.warns(RuntimeWarning, match="columns id, model, prompt, vec.*moved it to"):
+        assert c.get_many(["a"]) == {}
+    c.put_many({"a": vec("a")})
+    c.close()
+    assert [p.name for p in path.parent.iterdir() if ".old-schema-" in p.name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(PromptCache("fp", "fp32", dim=DIM).get_many(["a"])["a"], vec("a"))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == pc.SCHEMA_VERSION
+    conn.close()
+
+
+def test_unversioned_file_of_this_layout_is_kept_and_stamped() -> None:
+    path = cache_dir() / "prompts.sqlite"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:  # a cache written before the schema was versioned
+        conn.execute(pc._SCHEMA)
+        conn.execute("INSERT INTO text_embeddings VALUES ('fp', 'fp32', 'old', ?, ?)", (DIM, vec("old").tobytes()))
+    conn.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(PromptCache("fp", "fp32", dim=DIM).get_many(["old"])["old"], vec("old"))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == pc.SCHEMA_VERSION
+    conn.close()
+
+
+def test_file_of_a_newer_schema_is_left_alone() -> None:
+    path = cache_dir() / "prompts.sqlite"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE text_embeddings (key TEXT PRIMARY KEY, embedding BLOB)")
+        conn.execute(f"PRAGMA user_version = {pc.SCHEMA_VERSION + 1}")
+    conn.close()
+    before = path.read_bytes()
+    c = PromptCache("fp", "fp32", dim=DIM)
+    with pytest.warns(RuntimeWarning, match="newer clip-rt.*in memory only"):
+        assert c.get_many(["a"]) == {}
+    c.put_many({"a": vec("a")})
+    np.testing.assert_array_equal(c.get_many(["a"])["a"], vec("a"))
+    assert not c.persistent and path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["prompts.sqlite"]
+
+
+def test_unexpected_sqlite_error_disables_persistence_never_raises() -> None:
+    path = cache_dir() / "prompts.sqlite"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:  # right columns and version, but a view: every INSERT fails
+        conn.execute("CREATE TABLE t (fingerprint, precision, text, dim, embedding)")
+        conn.execute("CREATE VIEW text_embeddings AS SELECT * FROM t")
+        conn.execute(f"PRAGMA user_version = {pc.SCHEMA_VERSION}")
+    conn.close()
+    c = PromptCache("fp", "fp32", dim=DIM)
+    assert c.get_many(["a"]) == {}
+    with pytest.warns(RuntimeWarning, match="cannot be used.*in memory only"):
+        c.put_many({"a": vec("a")})
+    assert not c.persistent
+    np.testing.assert_array_equal(c.get_many(["a"])["a"], vec("a"))

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from .. import records as rec_mod
-from ..inputs import discover, display_path
+from ..inputs import discover, display_path, path_key
 from ..records import Record, RecordWriter
 from . import main
 from .common import (
@@ -49,7 +49,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
-    with its `error`) or a model/input error, 2 bad usage.
+    with its `error`; so does a folder that could not be listed) or a model/input error, 2 bad usage.
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
@@ -65,7 +65,11 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         from ..charts import require_matplotlib
 
         require_matplotlib()  # fail before hours of inference, not after
-    inputs = discover(paths)
+    walk_errors: list[tuple[str, str]] = []
+    inputs = discover(paths, errors=walk_errors)
+    unlisted_folders: dict[str, tuple[str, str]] = {}  # by path_key: a folder named twice fails once
+    for folder, reason in walk_errors:
+        unlisted_folders.setdefault(path_key(folder), (folder, reason))
 
     model = model_from_options(model_name, provider, precision, threads)
     classifier = model.classifier(label_spec, templates)
@@ -79,8 +83,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         rec_mod.check_sidecar(output, identity)
         done = rec_mod.resume_jsonl(output) if fmt == "jsonl" else rec_mod.resume_csv(output, labels)
         append = os.path.getsize(output) > 0
-    done_paths = {r.path for r in done}
-    todo = [p for p in inputs if p not in done_paths]
+    # Keys, not raw strings: `photos/a.jpg` recorded by one run is `./photos/a.jpg` in the next.
+    done_keys = {path_key(r.path) for r in done}
+    todo = [p for p in inputs if path_key(p) not in done_keys]
+    # A folder that could not be listed gets a failed record (first, as it is known before any
+    # inference), so the run exits 1 instead of silently classifying less.
+    unlisted = [Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items()
+                if key not in done_keys]
 
     # Truncate first, then describe: a kill in between leaves an empty output whose old
     # description makes --resume refuse, never old records under a new description.
@@ -93,6 +102,9 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     new: list[Record] = []
     n_new = 0
     try:
+        writer.write_batch(unlisted)
+        n_new += len(unlisted)
+        new.extend(unlisted)
         with progress_bar(len(todo), "classifying") as bar:
             for batch in _batches(model.iter_images(todo, batch_size=batch_size), batch_size):
                 out = _classify_batch(classifier, batch, top_k)
@@ -107,10 +119,11 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         else:
             rec_mod.release_stdout(stream)
 
-    by_path = {r.path: r for r in done + new}
-    everything = [by_path[p] for p in inputs if p in by_path]
+    by_key = {path_key(r.path): r for r in done + new}
+    wanted = list(unlisted_folders) + [path_key(p) for p in inputs]
+    everything = [by_key[k] for k in wanted if k in by_key]
     failed = [r for r in everything if not r.ok]
-    n_done = len(done_paths & set(inputs))
+    n_done = len(done_keys.intersection(wanted))
     skipped = f", {n_done} already done" if done else ""
     echo_err(f"{n_done + n_new} processed, {len(failed)} failed{skipped}")
     for r in failed[:10]:

@@ -108,18 +108,41 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
 def _labels_json(path: str) -> dict[str, Any]:
     import json
 
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # json.load would keep the last of two equal keys silently, dropping a label's prompts.
+        keys = [k for k, _ in pairs]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise click.UsageError(f"--labels-file {path!r}: duplicate label(s) {', '.join(map(repr, dupes))}")
+        return dict(pairs)
+
     try:
         with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise click.UsageError(f"--labels-file {path!r} is not valid JSON ({exc})") from exc
+            data = json.load(f, object_pairs_hook=unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"--labels-file {path!r} is not valid UTF-8 JSON ({exc})") from exc
+
     def good_prompts(v: Any) -> bool:
         return v is None or (isinstance(v, list) and bool(v) and all(isinstance(p, str) and p.strip() for p in v))
 
-    if not (isinstance(data, dict) and data and all(k.strip() and good_prompts(v) for k, v in data.items())):
+    if not (isinstance(data, dict) and data and all(good_prompts(v) for v in data.values())):
         raise click.UsageError(f"--labels-file {path!r}: expected a JSON object "
                                '{"label": ["own prompt", ...] or null, ...} with at least one label')
-    return data
+    # Label names are stripped (as --labels and text files are), so " cat" is the label "cat"
+    # everywhere: the CSV column, the scores keys, the video's per-label means.
+    blank = [k for k in data if not k.strip()]
+    if blank:
+        raise click.UsageError(f"--labels-file {path!r}: blank label name(s) {', '.join(map(repr, blank))}; "
+                               "expected a class name")
+    by_name: dict[str, list[str]] = {}
+    for k in data:
+        by_name.setdefault(k.strip(), []).append(k)
+    clashes = [keys for keys in by_name.values() if len(keys) > 1]
+    if clashes:
+        detail = "; ".join(" and ".join(map(repr, keys)) for keys in clashes)
+        raise click.UsageError(f"--labels-file {path!r}: labels that are the same once spaces are "
+                               f"stripped: {detail}")
+    return {k.strip(): v for k, v in data.items()}
 
 
 def resolve_templates(template_list: Sequence[str], template_set: Optional[str]) -> tuple[str, ...]:

@@ -23,14 +23,16 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
               precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
     """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
-    (they are left out of the index and listed)."""
+    (they are left out of the index and listed) or a folder could not be listed (its earlier
+    entries are kept, and it is listed)."""
     model = model_from_options(model_name, provider, precision, threads)
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
         index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
                                     on_progress=bar.update)
+    kept = f", {stats.unlisted} kept from folders that could not be listed" if stats.unlisted else ""
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
-             f"{stats.removed} removed, {stats.unchanged} unchanged), {len(stats.failed)} failed")
+             f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
     for path, reason in stats.failed[:10]:
         echo_err(f"  failed: {display_path(path)}: {error_reason(path, reason)}")
     if len(stats.failed) > 10:
