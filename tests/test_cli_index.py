@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -241,7 +242,6 @@ class RendezvousFake(FakeModel):
 
 
 def test_overlapping_updates_are_serialised(tmp_path: Path) -> None:
-    import threading
 
     from clip_rt.search_index import update_index
 
