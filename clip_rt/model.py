@@ -435,8 +435,14 @@ class ClipModel:
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
                  top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
-        """One :class:`Classification` per image; raises on the first unreadable image."""
+        """One :class:`Classification` per image; raises on the first unreadable image.
+
+        With the prompt cache on, the text session is freed once the class embeddings exist
+        (the next call finds them in the cache): a folder then peaks at the image graph's
+        memory alone (docs/bench.md)."""
         clf = self.classifier(labels, templates)
+        if self._cache_mode:
+            self.release("text")
         return clf.classify_embeddings(self.encode_image(images, batch_size=batch_size), top_k=top_k)
 
 

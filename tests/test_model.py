@@ -132,6 +132,18 @@ def test_text_only_use_never_touches_the_image_graph(fresh_bundle: Path) -> None
         m.encode_image(images(1))
 
 
+def test_classify_frees_the_text_session_when_prompts_are_cached(bundle: Path) -> None:
+    cached = clip_rt.load(bundle)
+    first = cached.classify(images(2), ["cat", "dog"])
+    assert set(cached._sessions) == {"image"}  # text graph freed: its embeddings are in the cache
+    again = cached.classify(images(2), ["cat", "dog"])  # served from the cache, no text session
+    assert set(cached._sessions) == {"image"}
+    assert [r.scores for r in again] == [r.scores for r in first]
+    uncached = clip_rt.load(bundle, cache=False)
+    uncached.classify(images(1), ["cat", "dog"])
+    assert set(uncached._sessions) == {"image", "text"}  # no cache: keep it for the next call
+
+
 def test_checksum_verification_is_memoised(fresh_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: list[str] = []
     real = manifest_mod.sha256_file
