@@ -35,21 +35,7 @@ def to_int8(src: Path, dst: Path, encoder: str, external_data: bool = False) -> 
     kind = settings.pop("kind")
     if kind.startswith("int8-static"):
         raise ExportError(f"int8 variant {kind!r} needs calibration data, which the export does not have")
-    if external_data:
-        # optimize_graph writes single-file graphs; models over 2 GB need the external-data writer.
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=QuantType.QInt8,
-            per_channel=bool(settings.get("per_channel", True)),
-            reduce_range=bool(settings.get("reduce_range", False)),
-            op_types_to_quantize=list(settings.get("op_types", ("MatMul", "Gemm"))),
-            use_external_data_format=True,
-        )
-        return
-    optimize_graph(src, dst, kind=kind, **settings)
+    optimize_graph(src, dst, kind=kind, external_data=external_data, **settings)
 
 
 def to_fp16(src: Path, dst: Path, external_data: bool = False) -> None:

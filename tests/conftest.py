@@ -13,6 +13,25 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture
+def hide_module(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """``hide_module("av")``: importing that package (or a submodule) raises ImportError, as
+    where an optional extra is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def hide(name: str) -> None:
+        def fake_import(mod: str, *args: object, **kwargs: object) -> object:
+            if mod == name or mod.startswith(name + "."):
+                raise ImportError(f"No module named {name!r}")
+            return real_import(mod, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", fake_import)
+
+    return hide
+
+
 @pytest.fixture(autouse=True)
 def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("clip-rt-home")

@@ -1,7 +1,6 @@
 """`clip-rt video`: frame sampling with PyAV on a generated video, segments, overall label."""
 from __future__ import annotations
 
-import builtins
 import json
 import sys
 from pathlib import Path
@@ -85,15 +84,8 @@ def test_video_errors(colour_video: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert r.exit_code == 1 and "cannot open video" in r.output
 
 
-def test_missing_pyav_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = builtins.__import__
-
-    def no_av(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "av" or name.startswith("av."):
-            raise ImportError("No module named 'av'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_av)
+def test_missing_pyav_names_the_extra(tmp_path: Path, hide_module: Any) -> None:
+    hide_module("av")
     f = tmp_path / "x.mp4"
     f.write_bytes(b"")
     r = CliRunner().invoke(main, ["video", str(f), "-l", "a,b"])

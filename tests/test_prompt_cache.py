@@ -280,9 +280,15 @@ def test_table_of_another_layout_is_moved_aside_and_rebuilt() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(PromptCache("fp", "fp32", dim=DIM).get_many(["a"])["a"], vec("a"))
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == pc.SCHEMA_VERSION
-    conn.close()
+    assert _user_version(path) == pc.SCHEMA_VERSION
+
+
+def _user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def test_unversioned_file_of_this_layout_is_kept_and_stamped() -> None:
@@ -295,9 +301,7 @@ def test_unversioned_file_of_this_layout_is_kept_and_stamped() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(PromptCache("fp", "fp32", dim=DIM).get_many(["old"])["old"], vec("old"))
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == pc.SCHEMA_VERSION
-    conn.close()
+    assert _user_version(path) == pc.SCHEMA_VERSION
 
 
 def test_file_of_a_newer_schema_is_left_alone() -> None:

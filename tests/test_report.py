@@ -1,7 +1,6 @@
 """`classify --report`: summary figures, aspect-ratio types, charts, missing matplotlib."""
 from __future__ import annotations
 
-import builtins
 import csv
 import json
 import sys
@@ -94,15 +93,9 @@ def test_report_without_contact_sheet(tmp_path: Path) -> None:
     assert "contact_sheet.png" not in s["charts"] and not (tmp_path / "r" / "contact_sheet.png").exists()
 
 
-def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = builtins.__import__
-
-    def no_mpl(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "matplotlib" or name.startswith("matplotlib."):
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_mpl)
+def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             hide_module: Any) -> None:
+    hide_module("matplotlib")
     with pytest.raises(ClipRtError, match=r"pip install 'clip-rt\[report\]'"):
         write_report(str(tmp_path / "r"), [Record("x.png", "a", 1.0, {"a": 1.0}, 10, 10)], ["a"])
     install_fake(monkeypatch)
