@@ -51,7 +51,7 @@ class BenchContext:
     def bundle(self) -> Path:
         """A bundle with all three precisions, exported once per arch and seed by the export stage."""
         if self._bundle is None:
-            from clip_rt.store import is_bundle
+            from clip_rt.bundle.store import is_bundle
             from clip_rt_export import export_bundle
 
             path = self.work_dir / f"bundle-{self.arch}-seed{self.seed}"
@@ -80,8 +80,8 @@ def tuned_bundle(ctx: BenchContext) -> Path:
     import os
     import shutil
 
-    from clip_rt.manifest import FileEntry, read_manifest, sha256_file
-    from clip_rt.store import is_bundle
+    from clip_rt.bundle.manifest import FileEntry, read_manifest, sha256_file
+    from clip_rt.bundle.store import is_bundle
     from clip_rt_export.optimize import RECOMMENDED_INT8, optimize_graph
 
     src = ctx.bundle

@@ -50,8 +50,8 @@ def _runtime(ctx: BenchContext, precision: str, draft: bool, tuned: bool = False
 
 
 def draft_pixel_effect(ctx: BenchContext, paths: list) -> dict[str, float]:
-    from clip_rt.manifest import read_manifest
-    from clip_rt.preprocess import Preprocessor
+    from clip_rt.bundle.manifest import read_manifest
+    from clip_rt.inputs.preprocess import Preprocessor
 
     cfg = read_manifest(ctx.bundle).image
     full, draft = Preprocessor(cfg), Preprocessor(cfg, draft=True)

@@ -149,9 +149,9 @@ def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict,
     failing variant must not cost the others their figures on a lent machine."""
     import onnxruntime
 
-    from clip_rt.gpu import FixedShapeRunner, cuda_options
-    from clip_rt.manifest import IMAGE_INPUT
-    from clip_rt.session import OrtSession
+    from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
+    from clip_rt.bundle.manifest import IMAGE_INPUT
+    from clip_rt.engine.session import OrtSession
     from clip_rt_export.gpu_optimize import fix_batch
 
     cands: dict[str, Callable[[], Any]] = {}
@@ -219,7 +219,7 @@ class _keep_on_device:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from clip_rt.manifest import read_manifest
+    from clip_rt.bundle.manifest import read_manifest
 
     on_gpu = not args.dry_run
     available = check_cuda() if on_gpu else None

@@ -52,7 +52,7 @@ def build_variant(name: str, fp32: Path, out_dir: Path, calibration: np.ndarray,
 
 def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     import torch
-    from clip_rt.manifest import read_manifest
+    from clip_rt.bundle.manifest import read_manifest
     from clip_rt_export.sample_inputs import preprocessed_images
 
     tm, ref, quick = ctx.torch_model, ctx.reference, ctx.quick

@@ -20,10 +20,10 @@ import numpy as np
 
 from . import templates as _templates
 from .errors import BundleError, ClipRtError, InputError
-from .manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
-from .session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
-from .store import resolve_bundle
-from .verify import verify_bundle_files
+from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
+from .engine.session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
+from .bundle.store import resolve_bundle
+from .bundle.verify import verify_bundle_files
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -234,7 +234,7 @@ class ClipModel:
     def _tokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer_obj is None:
-                from .tokenizer import ClipTokenizer
+                from .inputs.tokenizer import ClipTokenizer
 
                 self._check_files([self.manifest.text.tokenizer_file])
                 path = self.bundle_dir / self.manifest.text.tokenizer_file
@@ -244,7 +244,7 @@ class ClipModel:
     def _preprocessor(self) -> Any:
         with self._lock:
             if self._preprocessor_obj is None:
-                from .preprocess import Preprocessor
+                from .inputs.preprocess import Preprocessor
 
                 self._preprocessor_obj = Preprocessor(self.manifest.image, exif_transpose=self._exif_transpose,
                                                       strict=self._strict, draft=self._draft)
@@ -255,7 +255,7 @@ class ClipModel:
             self.session("text")  # the cache is keyed by precision, which a CPU fallback changes
         with self._lock:
             if self._cache_obj is None and self._cache_mode:
-                from .prompt_cache import PromptCache
+                from .engine.prompt_cache import PromptCache
 
                 self._cache_obj = PromptCache(self.manifest.fingerprint, self.precision, dim=self.embed_dim,
                                               persistent=self._cache_mode is True)
@@ -355,7 +355,7 @@ class ClipModel:
         except MemoryError:
             raise
         except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
-            from .images import unexpected_load_error
+            from .inputs.images import unexpected_load_error
 
             return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
         return _Decoded(index, source, pixels, loaded.width, loaded.height, None, list(loaded.notes))

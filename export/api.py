@@ -9,10 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from clip_rt.catalogue import store_name
+from clip_rt.bundle.catalogue import store_name
 from clip_rt.errors import ExportError, InputError
-from clip_rt.manifest import PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, TextConfig
-from clip_rt.store import models_dir
+from clip_rt.bundle.manifest import PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, TextConfig
+from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve

@@ -17,8 +17,8 @@ from types import FrameType, TracebackType
 from typing import Iterator, Optional
 
 from clip_rt.errors import ExportError
-from clip_rt.manifest import FileEntry, Manifest, sha256_file
-from clip_rt.store import MANIFEST_NAME
+from clip_rt.bundle.manifest import FileEntry, Manifest, sha256_file
+from clip_rt.bundle.store import MANIFEST_NAME
 
 
 class ExportInterrupted(KeyboardInterrupt):

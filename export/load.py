@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
-from clip_rt.catalogue import RANDOM_TAG, resolve_alias, sanitize
+from clip_rt.bundle.catalogue import RANDOM_TAG, resolve_alias, sanitize
 from clip_rt.errors import ExportError, InputError
-from clip_rt.manifest import sha256_file
+from clip_rt.bundle.manifest import sha256_file
 
 NONE_TAG = "none"
 # How long the reachability probe may take before a tag download is declared impossible.

@@ -5,7 +5,7 @@ JSON does: pre-tokenise with open_clip's regex, map bytes to unicode (GPT-2 tabl
 CLIP's ``bytes_to_unicode``), BPE with a ``</w>`` end-of-word suffix, add SOT/EOT, truncate and
 pad to ``context_length`` as ``open_clip.tokenize``. What it does not do: text cleaning (ftfy,
 HTML unescaping, whitespace, lower-casing) and recognising literal ``<start_of_text>`` in user
-text; ``clip_rt.tokenizer`` does those in Python, exactly as open_clip does.
+text; ``clip_rt.inputs.tokenizer`` does those in Python, exactly as open_clip does.
 
 Why the regex is spelled out codepoint by codepoint: open_clip splits with the ``regex`` module
 (its own, recent Unicode database, ``IGNORECASE``), ``tokenizers`` with Oniguruma (an older
@@ -122,7 +122,7 @@ def build_tokenizer_json(context_length: int) -> str:
         ]
     )
     # SOT/EOT are deliberately *not* added tokens: HF would then match them anywhere in the
-    # text, open_clip only where its regex scan starts a match (see clip_rt.tokenizer).
+    # text, open_clip only where its regex scan starts a match (see clip_rt.inputs.tokenizer).
     tok.post_processor = processors.TemplateProcessing(
         single=f"{SOT_TOKEN} $A {EOT_TOKEN}",
         special_tokens=[(SOT_TOKEN, vocab[SOT_TOKEN]), (EOT_TOKEN, vocab[EOT_TOKEN])],

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from clip_rt.errors import ParityError
-from clip_rt.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
+from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 
 # Per precision: the figures a graph must meet (documented in models/README.md).
 # fp32 must reproduce torch to float rounding; fp16/int8 change the numbers, so what is held

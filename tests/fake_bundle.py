@@ -1,6 +1,6 @@
 """A tiny, torch-free clip-rt bundle for fast runtime tests.
 
-Real manifest (``clip_rt.manifest.Manifest``), real ONNX graphs built with ``onnx.helper``
+Real manifest (``clip_rt.bundle.manifest.Manifest``), real ONNX graphs built with ``onnx.helper``
 (small enough to run in microseconds), a ``tokenizers`` WordLevel tokenizer.json, and correct
 sha256 entries. The graphs follow the bundle contract:
 
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from clip_rt.manifest import (
+from clip_rt.bundle.manifest import (
     IMAGE_INPUT,
     IMAGE_OUTPUT,
     TEXT_INPUT,

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from clip_rt.errors import ImageLoadError, InputError
-from clip_rt.images import LoadedImage, array_to_pil, open_image
-from clip_rt.manifest import ImageConfig
-from clip_rt.preprocess import Preprocessor
+from clip_rt.inputs.images import LoadedImage, array_to_pil, open_image
+from clip_rt.bundle.manifest import ImageConfig
+from clip_rt.inputs.preprocess import Preprocessor
 
 from badfiles import Case, encode, make_corpus, photo
 
@@ -304,7 +304,7 @@ def test_byte_flipped_images_load_or_fail_with_image_load_error() -> None:
 
 
 def test_try_batch_reports_an_unexpected_decoder_exception_on_its_item(monkeypatch: pytest.MonkeyPatch) -> None:
-    import clip_rt.preprocess as preprocess_mod
+    import clip_rt.inputs.preprocess as preprocess_mod
 
     real_open = preprocess_mod.open_image
 

@@ -332,7 +332,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path: Path, monkeypat
 @pytest.fixture(scope="module")
 def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The torch-free tiny bundle (real manifest, ONNX graphs, tokenizer) run by the real runtime."""
-    pytest.importorskip("clip_rt.tokenizer")
+    pytest.importorskip("clip_rt.inputs.tokenizer")
     from fake_bundle import build_fake_bundle
 
     return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
@@ -389,7 +389,7 @@ def test_resume_matches_other_spellings_of_the_same_paths(tmp_path: Path, monkey
 
 
 def test_discover_dedupes_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_rt.inputs import discover
+    from clip_rt.inputs.discover import discover
 
     make_images(tmp_path / "photos")
     monkeypatch.chdir(tmp_path)
@@ -434,7 +434,7 @@ def test_unreadable_folder_with_real_permissions(tmp_path: Path) -> None:
     import shutil
     import tempfile
 
-    from clip_rt.inputs import discover
+    from clip_rt.inputs.discover import discover
 
     root = Path(tempfile.mkdtemp(prefix="clip-rt-walk-"))  # not under pytest's 0700 tmp: nobody reaches it
     try:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_rt.cli import common, main
-from clip_rt.search_index import INDEX_FILE, SearchIndex
+from clip_rt.outputs.search_index import INDEX_FILE, SearchIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: E402,F401  (fixture)
@@ -202,7 +202,7 @@ def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
 def test_load_retries_when_an_update_replaced_the_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A search that read index.json just before an update replaced it (and deleted the
     embeddings file it named) re-reads index.json instead of crashing."""
-    import clip_rt.search_index as si
+    import clip_rt.outputs.search_index as si
 
     install_fake(monkeypatch)
     imgs = colour_dir(tmp_path / "imgs")
@@ -243,7 +243,7 @@ class RendezvousFake(FakeModel):
 
 def test_overlapping_updates_are_serialised(tmp_path: Path) -> None:
 
-    from clip_rt.search_index import update_index
+    from clip_rt.outputs.search_index import update_index
 
     imgs = colour_dir(tmp_path / "imgs")
     idx = str(tmp_path / "idx")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clip_rt import video
+from clip_rt.inputs import video
 from clip_rt.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

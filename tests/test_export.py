@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from clip_rt.errors import ExportError, InputError, ParityError
-from clip_rt.manifest import read_manifest, sha256_file, verify_files
+from clip_rt.bundle.manifest import read_manifest, sha256_file, verify_files
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")

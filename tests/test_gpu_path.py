@@ -13,11 +13,11 @@ import onnxruntime
 import pytest
 
 import clip_rt
-from clip_rt import session as session_mod
+from clip_rt.engine import session as session_mod
 from clip_rt.errors import InputError, ProviderError
-from clip_rt.gpu import FixedShapeRunner, cuda_options
-from clip_rt.manifest import IMAGE_INPUT
-from clip_rt.session import CPU, CUDA, OrtSession
+from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
+from clip_rt.bundle.manifest import IMAGE_INPUT
+from clip_rt.engine.session import CPU, CUDA, OrtSession
 
 from fake_bundle import build_fake_bundle
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import clip_rt
-from clip_rt import manifest as manifest_mod
+from clip_rt.bundle import manifest as manifest_mod
 from clip_rt import model as model_mod
 from clip_rt.errors import BundleError, ChecksumError, ImageLoadError, InputError, ProviderError
-from clip_rt.session import CPU, CUDA
-from clip_rt.store import models_dir
+from clip_rt.engine.session import CPU, CUDA
+from clip_rt.bundle.store import models_dir
 from clip_rt.zeroshot import softmax
 
 from fake_bundle import build_fake_bundle

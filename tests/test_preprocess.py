@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from clip_rt.errors import ImageLoadError, InputError
-from clip_rt.manifest import ImageConfig
-from clip_rt.preprocess import HIGH_BIT_MODES, Preprocessor, keep_ratio_size, shortest_edge_size
+from clip_rt.bundle.manifest import ImageConfig
+from clip_rt.inputs.preprocess import HIGH_BIT_MODES, Preprocessor, keep_ratio_size, shortest_edge_size
 
 from badfiles import encode, exif_rotated_jpeg
 
@@ -195,7 +195,7 @@ def test_torchvision_size_rules() -> None:
 
 def test_cropped_resize_matches_the_full_resize(monkeypatch: pytest.MonkeyPatch) -> None:
     """The huge-resize shortcut (resize only the crop), forced on for ordinary extreme shapes."""
-    import clip_rt.preprocess as preprocess
+    import clip_rt.inputs.preprocess as preprocess
 
     worst: dict[str, float] = {}
     step = 1.0 / 255.0 / min(OPENAI_STD)
@@ -325,7 +325,7 @@ def test_any_size_matches_open_clip(w: int, h: int, mode: str, config: str, seed
 
 
 def test_importing_images_and_preprocess_does_not_import_torch() -> None:
-    code = "import sys, clip_rt.images, clip_rt.preprocess; print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    code = "import sys, clip_rt.inputs.images, clip_rt.inputs.preprocess; print('torch' in sys.modules, 'open_clip' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_rt import prompt_cache as pc
-from clip_rt.prompt_cache import PromptCache
-from clip_rt.store import cache_dir
+from clip_rt.engine import prompt_cache as pc
+from clip_rt.engine.prompt_cache import PromptCache
+from clip_rt.bundle.store import cache_dir
 
 DIM = 16
 
@@ -104,7 +104,7 @@ def test_many_keys_beyond_the_sql_variable_chunk() -> None:
 WRITER = """
 import hashlib, sys
 import numpy as np
-from clip_rt.prompt_cache import PromptCache
+from clip_rt.engine.prompt_cache import PromptCache
 sys.path.insert(0, {tests!r})
 from test_prompt_cache import vec
 worker = int(sys.argv[1]) if len(sys.argv) > 1 else {worker}
@@ -170,7 +170,7 @@ def test_corrupt_file_is_moved_aside_and_rebuilt(damage: str) -> None:
 KILLED_WRITER = """
 import sys, time
 import numpy as np
-from clip_rt.prompt_cache import PromptCache
+from clip_rt.engine.prompt_cache import PromptCache
 c = PromptCache("fp", "fp32", dim={dim})
 c.put_many({{"committed": np.ones({dim}, np.float32)}})
 conn = c._connect()
@@ -201,7 +201,7 @@ def test_writer_killed_mid_transaction_leaves_cache_usable() -> None:
 
 LOOPING_WRITER = """
 import numpy as np
-from clip_rt.prompt_cache import PromptCache
+from clip_rt.engine.prompt_cache import PromptCache
 i = 0
 while True:
     c = PromptCache("fp", "fp32", dim={dim})

@@ -14,8 +14,8 @@ from PIL import Image
 
 from clip_rt.cli import main
 from clip_rt.errors import ClipRtError
-from clip_rt.records import Record
-from clip_rt.report import ASPECT_TOLERANCE, aspect_type, summarise, write_report
+from clip_rt.outputs.records import Record
+from clip_rt.outputs.report import ASPECT_TOLERANCE, aspect_type, summarise, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cli_classify import install_fake  # noqa: E402
@@ -105,7 +105,7 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
 
 
 def test_cjk_labels_have_glyphs(tmp_path: Path) -> None:
-    from clip_rt import charts
+    from clip_rt.outputs import charts
 
     charts.require_matplotlib()
     if charts.missing_glyph_fonts():

@@ -1,4 +1,4 @@
-"""Provider selection and verification (clip_rt.session), GPU paths simulated on the CPU."""
+"""Provider selection and verification (clip_rt.engine.session), GPU paths simulated on the CPU."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import onnxruntime
 import pytest
 
 from clip_rt.errors import InputError, ProviderError
-from clip_rt.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
+from clip_rt.engine.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
 
 from fake_bundle import build_fake_bundle
 

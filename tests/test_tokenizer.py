@@ -1,4 +1,4 @@
-"""clip_rt.tokenizer: parity with open_clip's SimpleTokenizer, invariants, input validation.
+"""clip_rt.inputs.tokenizer: parity with open_clip's SimpleTokenizer, invariants, input validation.
 
 The parity tests build the tokenizer JSON from open_clip's vocab (skipped without open_clip).
 Run with ``-s`` to see the agreement figures (``pytest tests/test_tokenizer.py -s -k agreement``).
@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clip_rt.errors import BundleError, InputError
-from clip_rt.manifest import TextConfig
-from clip_rt.tokenizer import ClipTokenizer, TokenBatch, fix_text_lite
+from clip_rt.bundle.manifest import TextConfig
+from clip_rt.inputs.tokenizer import ClipTokenizer, TokenBatch, fix_text_lite
 from tokenizer_corpus import corpus
 
 VOCAB_SIZE = 49408
@@ -293,7 +293,7 @@ def _run(code: str) -> str:
 
 def test_import_pulls_in_neither_torch_nor_open_clip_nor_ftfy():
     loaded = _run(
-        "import sys, clip_rt.tokenizer; "
+        "import sys, clip_rt.inputs.tokenizer; "
         "print(sorted(m for m in ('torch', 'open_clip', 'ftfy', 'regex') if m in sys.modules))"
     )
     assert loaded == "[]"
@@ -302,7 +302,7 @@ def test_import_pulls_in_neither_torch_nor_open_clip_nor_ftfy():
 def test_falls_back_to_lite_cleaning_when_ftfy_is_missing(tiny_json):
     uses = _run(
         "import sys; sys.modules['ftfy'] = None\n"
-        "from clip_rt.tokenizer import ClipTokenizer\nfrom clip_rt.manifest import TextConfig\n"
+        "from clip_rt.inputs.tokenizer import ClipTokenizer\nfrom clip_rt.bundle.manifest import TextConfig\n"
         f"t = ClipTokenizer.from_file({str(tiny_json)!r}, TextConfig(6, 7, sot_token_id=5, eot_token_id=6))\n"
         "print(t.uses_ftfy, t.clean('\\uff21 \\u201cCat\\u201d &amp;amp; \\ufb01'))"
     )

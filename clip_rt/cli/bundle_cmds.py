@@ -92,7 +92,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
 
 
 def _manifest_summary(path: Path) -> dict[str, Any]:
-    from ..manifest import read_manifest
+    from ..bundle.manifest import read_manifest
 
     m = read_manifest(path)
     sizes = {p: sum(m.files[g.file].bytes for g in m.graphs[p].values() if g.file in m.files) for p in m.precisions}
@@ -105,8 +105,8 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
 @click.option("--verify", is_flag=True, help="Also check every file's size and sha256.")
 def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
     """What is in a bundle: model, preprocessing, graphs, and their parity with torch."""
-    from ..manifest import verify_files
-    from ..store import resolve_bundle
+    from ..bundle.manifest import verify_files
+    from ..bundle.store import resolve_bundle
 
     path = resolve_bundle(bundle)
     summary = _manifest_summary(path)
@@ -163,8 +163,8 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
 @click.option("--available", is_flag=True, help="List the names `clip-rt export` knows instead.")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..catalogue import architectures, load_catalogue
-    from ..store import list_bundles, models_dir
+    from ..bundle.catalogue import architectures, load_catalogue
+    from ..bundle.store import list_bundles, models_dir
 
     if available:
         aliases = load_catalogue()["aliases"]

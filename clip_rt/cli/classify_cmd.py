@@ -8,9 +8,9 @@ from typing import Any, Optional, Sequence
 import click
 import numpy as np
 
-from .. import records as rec_mod
-from ..inputs import discover, display_path, path_key
-from ..records import Record, RecordWriter
+from ..outputs import records as rec_mod
+from ..inputs.discover import discover, display_path, path_key
+from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
     echo_err,
@@ -62,7 +62,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if top_k > len(labels):
         raise click.UsageError(f"--top-k {top_k} is more than the {len(labels)} labels given")
     if report_dir:
-        from ..charts import require_matplotlib
+        from ..outputs.charts import require_matplotlib
 
         require_matplotlib()  # fail before hours of inference, not after
     walk_errors: list[tuple[str, str]] = []
@@ -131,7 +131,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if len(failed) > 10:
         echo_err(f"  ... and {len(failed) - 10} more (see the records' error field)")
     if report_dir:
-        from ..report import write_report
+        from ..outputs.report import write_report
 
         write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
         echo_err(f"report written to {display_path(report_dir)}")

@@ -19,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: Optional[str] = None,
                threads: Optional[int] = None) -> Any:
     """The one place commands load a model (tests replace it with a fake)."""
-    from ..store import resolve_bundle
+    from ..bundle.store import resolve_bundle
 
     bundle = resolve_bundle(name_or_path)  # a missing model: the error says how to export it
     from ..model import load  # onnxruntime is imported only when a command runs

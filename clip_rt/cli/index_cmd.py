@@ -6,9 +6,9 @@ from typing import Optional
 
 import click
 
-from ..inputs import display_path, walk_images
-from ..records import dumps_json, error_reason
-from ..search_index import SearchIndex, check_model, default_model, update_index
+from ..inputs.discover import display_path, walk_images
+from ..outputs.records import dumps_json, error_reason
+from ..outputs.search_index import SearchIndex, check_model, default_model, update_index
 from . import main
 from .common import echo_err, model_from_options, model_options, progress_bar
 

@@ -5,8 +5,8 @@ from typing import Optional
 
 import click
 
-from ..inputs import display_path
-from ..records import dumps_json
+from ..inputs.discover import display_path
+from ..outputs.records import dumps_json
 from . import main
 from .common import echo_err, model_from_options, model_options
 
@@ -25,7 +25,7 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     if any(not t.strip() for t in texts):
         raise click.UsageError("TEXT arguments must not be empty")
     if plot_path:
-        from ..charts import require_matplotlib
+        from ..outputs.charts import require_matplotlib
 
         require_matplotlib()
     model = model_from_options(model_name, provider, precision, threads)
@@ -39,7 +39,7 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     if plot_path:
         from PIL import Image, ImageOps
 
-        from ..charts import image_with_bars
+        from ..outputs.charts import image_with_bars
 
         with Image.open(image) as im:
             shown = ImageOps.exif_transpose(im).convert("RGB")

@@ -6,8 +6,8 @@ from typing import Any, Optional
 import click
 import numpy as np
 
-from ..inputs import display_path
-from ..records import dumps_json
+from ..inputs.discover import display_path
+from ..outputs.records import dumps_json
 from . import main
 from .common import (
     echo_err,
@@ -33,7 +33,7 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     """Classify frames of VIDEO sampled every --every seconds (needs clip-rt[video]). Prints the
     labelled segments (consecutive frames with the same top label: start, end, label, mean
     score) and the overall label (highest mean probability over all sampled frames)."""
-    from .. import video
+    from ..inputs import video
 
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)

@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import BundleError, InputError
-from .manifest import TextConfig
+from ..errors import BundleError, InputError
+from ..bundle.manifest import TextConfig
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import store
+from ..bundle import store
 
 CACHE_FILE = "prompts.sqlite"
 BUSY_TIMEOUT_MS = 10_000

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import ClipRtError
+from ..errors import ClipRtError
 
 # Tried in order, per glyph. Debian: fonts-noto-cjk or fonts-wqy-zenhei provide the CJK ones.
 FONT_FALLBACK = (

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import BundleError, ChecksumError
+from ..errors import BundleError, ChecksumError
 from .store import MANIFEST_NAME
 
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .session import OrtSession
 
 # cudnn_conv_algo_search: onnxruntime's default (EXHAUSTIVE) benchmarks every conv algorithm

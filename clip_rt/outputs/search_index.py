@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import InputError
-from .inputs import display_path, path_key, walk_images
+from ..errors import InputError
+from ..inputs.discover import display_path, path_key, walk_images
 from .records import dumps_json
 
 INDEX_FORMAT = 1
@@ -258,7 +258,7 @@ def index_lock(folder: str) -> Iterator[None]:
 def default_model(index: SearchIndex) -> str:
     """The bundle to search with when --model is not given: the directory that built the index
     if it is still there, else its store name."""
-    from .store import is_bundle
+    from ..bundle.store import is_bundle
 
     if index.bundle_dir and is_bundle(Path(index.bundle_dir)):
         return index.bundle_dir

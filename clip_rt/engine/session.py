@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import BundleError, InputError, ProviderError
+from ..errors import BundleError, InputError, ProviderError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -206,7 +206,7 @@ class OrtSession:
     @property
     def inference_session(self) -> Any:
         """The underlying ``onnxruntime.InferenceSession`` (for IO binding set-ups such as
-        :class:`clip_rt.gpu.FixedShapeRunner`)."""
+        :class:`clip_rt.engine.gpu.FixedShapeRunner`)."""
         return self._session
 
     @property

@@ -18,9 +18,9 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ClipRtError, ImageLoadError, InputError
+from ..errors import ClipRtError, ImageLoadError, InputError
 from .images import ImageSource, LoadedImage, load_error, open_image, unexpected_load_error
-from .manifest import ImageConfig
+from ..bundle.manifest import ImageConfig
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 # open_clip accepts bicubic, bilinear and 'random' (bicubic at inference); no nearest.

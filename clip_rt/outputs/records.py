@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional, Sequence
 
-from .errors import InputError
-from .inputs import display_path
+from ..errors import InputError
+from ..inputs.discover import display_path
 
 FORMATS = ("table", "csv", "json", "jsonl")
 RESUMABLE = ("csv", "jsonl")

@@ -7,8 +7,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ClipRtError, InputError
-from .inputs import display_path
+from ..errors import ClipRtError, InputError
+from .discover import display_path
 
 
 def require_av() -> Any:
@@ -108,6 +108,6 @@ def overall(probabilities: np.ndarray, names: Sequence[str]) -> tuple[str, float
 
 
 def is_video(path: str) -> bool:
-    from .inputs import VIDEO_EXTENSIONS
+    from .discover import VIDEO_EXTENSIONS
 
     return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
