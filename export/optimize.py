@@ -36,13 +36,20 @@ _QUANT_OPS = ("MatMul", "Gemm")
 # session's peak RSS by ~110 MB at unchanged parity (docs/bench.md).
 TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
 
-# What the export stage should write for the bundle's ``int8`` precision, per encoder:
-# ``optimize_graph(fp32_path, int8_path, **RECOMMENDED_INT8[encoder])`` (see docs/bench.md).
+# What the export stage writes for the bundle's ``int8`` precision, per encoder:
+# ``optimize_graph(fp32_path, int8_path, calibration_inputs=..., **RECOMMENDED_INT8[encoder])``
+# (measurements in docs/bench.md and docs/export.md). Static: calibrated activation scales, so
+# an input's embedding does not depend on the rest of its batch.
 RECOMMENDED_INT8: dict[str, dict] = {
-    "image": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": _QUANT_OPS},
-    "text": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": TEXT_QUANT_OPS},
+    "image": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+              "op_types": _QUANT_OPS},
+    "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+             "op_types": TEXT_QUANT_OPS},
 }
-_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Ops quantised with a fixed scale per weight tensor and no activation scale at all (the
+# token-embedding Gather): weight-only, so static and dynamic graphs treat them alike.
+_WEIGHT_ONLY_OPS = ("Gather",)
 
 
 def optimize_graph(
@@ -74,9 +81,9 @@ def optimize_graph(
         raise InputError(f"unknown graph variant {kind!r}; expected one of: {', '.join(KINDS)}")
     if not src.is_file():
         raise InputError(f"no ONNX graph at {src}")
-    if calibration_method not in _CALIBRATION_METHODS:
+    if calibration_method not in CALIBRATION_METHODS:
         raise InputError(
-            f"calibration_method must be one of {', '.join(_CALIBRATION_METHODS)}, got {calibration_method!r}"
+            f"calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration_method!r}"
         )
     static = kind.startswith("int8-static")
     if static and calibration_inputs is None:
@@ -95,8 +102,13 @@ def optimize_graph(
                     os.replace(stage, dst)
                     return dst
             if static:
-                _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method,
-                                 op_types, external_data)
+                activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
+                weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
+                static_dst = Path(tmp) / "static.onnx" if weight_only else dst
+                _quantize_static(stage, static_dst, calibration_inputs, per_channel, reduce_range, calibration_method,
+                                 activation_ops, external_data)
+                if weight_only:
+                    _quantize_dynamic(static_dst, dst, per_channel, reduce_range, weight_only, external_data)
             else:
                 _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types, external_data)
     finally:
@@ -134,15 +146,29 @@ def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: boo
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over an array (one sample per call) or feed dicts."""
+    """onnxruntime CalibrationDataReader over an array (one sample per call) or feed dicts,
+    readable in chunks of ``stride`` samples (``set_range``)."""
+
+    MAX_STRIDE = 8
 
     def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]):
         if isinstance(data, np.ndarray):
             if data.ndim < 1 or len(data) == 0:
                 raise InputError(f"calibration_inputs must be a non-empty batch, got shape {data.shape}")
-            self._it = iter({input_name: data[i : i + 1]} for i in range(len(data)))
+            self._feeds = [{input_name: data[i : i + 1]} for i in range(len(data))]
         else:
-            self._it = iter(data)
+            self._feeds = list(data)
+            if not self._feeds:
+                raise InputError("calibration_inputs must hold at least one feed dict")
+        # onnxruntime wants the chunk size to divide the sample count.
+        self.stride = max(d for d in range(1, self.MAX_STRIDE + 1) if len(self._feeds) % d == 0)
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._feeds[start_index:end_index])
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         return next(self._it, None)
@@ -169,11 +195,12 @@ def _quantize_static(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
+    reader = _Reader(graph_inputs[0].name, data)
     try:
         quantize_static(
             str(src),
             str(dst),
-            _Reader(graph_inputs[0].name, data),
+            reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             per_channel=per_channel,
@@ -183,7 +210,18 @@ def _quantize_static(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             use_external_data_format=external_data,
-            extra_options={"MatMulConstBOnly": True},
+            extra_options={
+                "MatMulConstBOnly": True,
+                # The MatMul/Gemm outputs stay float: onnxruntime then runs each as one
+                # u8 x s8 kernel with a float result (MatMulIntegerToFloat, QGemm) instead of
+                # re-quantising it, which is both faster and more exact (docs/export.md).
+                "OpTypesToExcludeOutputQuantization": list(op_types),
+                # Calibrate a few samples at a time (ranges/histograms are merged between
+                # chunks): the histogram methods keep every activation tensor of a chunk,
+                # ~100 MB per ViT-B/32 image. (CalibMaxIntermediateOutputs drops the data of
+                # full chunks in onnxruntime 1.32's MinMax calibrator: not used.)
+                "CalibStridedMinMax": reader.stride,
+            },
         )
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"static int8 quantisation of {src} failed: {exc}") from exc
