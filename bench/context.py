@@ -24,6 +24,10 @@ class BenchContext:
     out_dir: Path = RESULTS_DIR
     photos: int = 48  # multi-megapixel JPEGs: all for parity, the first 12 end-to-end, 24 for peak RSS
     megapixels: float = 6.0
+    result_suffix: str = ""  # e.g. "_amx_hidden" for the ONEDNN_MAX_CPU_ISA re-run
+    clock_ghz: Optional[float] = None  # for % of peak; default: the CPU's reported clock
+    threads: int = 2  # cores the candidates use (for the peak)
+    int8_min_cosine: Optional[float] = None  # export gate override (the tiny smoke-test model only)
     _torch: Optional[TorchModel] = field(default=None, repr=False)
     _ref: Optional[Reference] = field(default=None, repr=False)
     _bundle: Optional[Path] = field(default=None, repr=False)
@@ -61,7 +65,8 @@ class BenchContext:
             if not is_bundle(path) or stale:
                 log(f"exporting bundle {path.name} ({', '.join(PRECISIONS)})")
                 export_bundle(self.arch, pretrained="none", precisions=PRECISIONS, output=path,
-                              model_config=self.model_config, seed=self.seed, log=log, force=stale)
+                              model_config=self.model_config, seed=self.seed, log=log, force=stale,
+                              int8_min_cosine=self.int8_min_cosine)
             self._bundle = path
         return self._bundle
 

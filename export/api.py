@@ -49,6 +49,7 @@ def export_bundle(
     force: bool = False,
     log: Optional[Callable[[str], None]] = None,
     calibration_method: Optional[str] = None,
+    int8_min_cosine: Optional[float] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -58,6 +59,8 @@ def export_bundle(
     open_clip has it; random for *model_config*). *output*: default the store,
     ``models_dir()/<arch>-<tag>``. *calibration_method*: the int8 activation calibration
     (``minmax``, ``percentile``, ``entropy``; default the measured best, ``RECOMMENDED_INT8``).
+    *int8_min_cosine*: replaces the int8 gate's min cosine (default 0.999) for models whose int8
+    rounding is known to be coarser (small widths); recorded in the manifest's parity tolerance.
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
@@ -72,12 +75,19 @@ def export_bundle(
                              f"got {calibration_method!r}")
         if "int8" not in wanted:
             raise InputError("a calibration method only applies to int8: add --precision int8")
+    if int8_min_cosine is not None:
+        if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) \
+                or not 0.0 < float(int8_min_cosine) <= 1.0:
+            raise InputError(f"the int8 min cosine must be a number in (0, 1], got {int8_min_cosine!r}")
+        if "int8" not in wanted:
+            raise InputError("an int8 min cosine only applies to int8: add --precision int8")
     arch, source = resolve(model, pretrained, model_config)
     target = Path(output).expanduser() if output is not None else default_output(arch, source)
     check_target(target.absolute(), force)  # before minutes of work, not after
     with interrupt_handlers(), StagingDir(target, force) as stage:
         loaded = load_model(arch, source, seed=seed, log=say)
-        manifest = _build(loaded, wanted, stage.path, say, calibration_method)
+        overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
+        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides)
         manifest.name = target.name
         manifest.files = stage.file_entries()
         path = stage.commit(manifest)
@@ -86,7 +96,7 @@ def export_bundle(
 
 
 def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None],
-           calibration_method: Optional[str] = None) -> Manifest:
+           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None) -> Manifest:
     from . import calibration, convert, graphs, validate
 
     model = loaded.model
@@ -126,7 +136,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
                                          calibration_method=calibration_method)
             elif precision == "fp16":
                 convert.to_fp16(src, path, external_data=big)
-            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text")
+            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
+                                          (overrides or {}).get(precision))
             say(
                 f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
                 f"min cosine {figure.min_cosine:.6f}, top-1 agreement {figure.top1_agreement:.3f}, "
