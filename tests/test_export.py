@@ -83,7 +83,7 @@ def test_parity_figures_are_recorded_within_tolerance(tiny_bundle_dir: Path) -> 
             fig = m.parity[precision][encoder]
             assert fig.passed
             # the tiny model's int8 cosine bound is relaxed by the fixture (conftest.tiny_bundle_dir)
-            want = dict(validate.TOLERANCES[precision], **({"min_cosine": 0.995} if precision == "int8" else {}))
+            want = dict(validate.tolerance_for(precision, encoder), **({"min_cosine": 0.995} if precision == "int8" else {}))
             assert fig.tolerance == want
             # images: 8 scenes + 12 held-out photos + a crop of each; text: 10 prompts + 20 labels, full and trimmed
             assert fig.samples == (32 if encoder == "image" else 60)
