@@ -30,8 +30,10 @@ GRAPH_VARIANTS: dict[str, Any] = {
     "int8-static-percentile": {"kind": "int8-static", "calibration_method": "percentile"},
     "int8-static-entropy": {"kind": "int8-static", "calibration_method": "entropy"},
     "int8-static-fused": {"kind": "int8-static-fused", "calibration_method": "minmax"},
+    "fused-mha": {"kind": "fused-mha"},
+    "int8-static-fused-mha": {"kind": "int8-static-fused-mha", "calibration_method": "minmax"},
 }
-QUICK_VARIANTS = ("fp32", "int8-dynamic", "int8-static-minmax")
+QUICK_VARIANTS = ("fp32", "int8-dynamic", "int8-static-minmax", "int8-static-fused-mha")
 
 
 def build_variant(name: str, fp32: Path, out_dir: Path, calibration: list, heads_width: tuple[int, int]) -> Path:
@@ -112,7 +114,8 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
 
 
 _NOTABLE = ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Attention",
-            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf")
+            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf",
+            "Transpose", "Reshape")
 
 
 def _notable_ops(path: Path) -> dict[str, int]:

@@ -27,6 +27,8 @@ KINDS: tuple[str, ...] = (
     "int8-dynamic-fused",  # fusions first, then quantize_dynamic
     "int8-static",  # quantize_static QDQ, activations calibrated on calibration_inputs
     "int8-static-fused",
+    "fused-mha",  # fp32: the fusions plus open_clip attention as com.microsoft.MultiHeadAttention
+    "int8-static-fused-mha",  # ... then quantize_static (the QKV/out projections stay quantisable MatMuls)
 )
 # Quantising MatMul/Gemm captures nearly all of a ViT's/text tower's FLOPs; the patch-embedding
 # Conv is one small op whose integer kernel (ConvInteger) is slower than fp32 on CPU.
@@ -96,9 +98,13 @@ def optimize_graph(
     try:
         with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
             stage = src
-            if kind == "fused" or kind.endswith("-fused"):
-                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data)
-                if kind == "fused":
+            if kind in ("fused", "fused-mha") or kind.endswith(("-fused", "-fused-mha")):
+                mha = kind.endswith("mha")
+                if mha and num_heads <= 0:
+                    raise InputError(f"graph variant {kind!r} needs num_heads (the tower's attention heads)")
+                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data,
+                              mha_heads=num_heads if mha else 0)
+                if kind in ("fused", "fused-mha"):
                     os.replace(stage, dst)
                     return dst
             if static:
@@ -166,15 +172,21 @@ def quantize_gather_rows(src: Path, dst: Path, external_data: bool = False) -> i
     return done
 
 
-def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool) -> Path:
+def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool, mha_heads: int = 0) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from .gpu_optimize import _reduce_l2_shape_inference, fuse_open_clip_attention
 
     # opt_level=0: only the transformer-pattern fusions; onnxruntime's own graph optimiser runs
     # at session creation anyway, and baking its CPU-specific rewrites into the file would tie
     # the graph to one execution provider.
-    model = optimize_model(
-        str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
-    )
+    with _reduce_l2_shape_inference():
+        model = optimize_model(
+            str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+        )
+    if mha_heads:
+        # onnxruntime's own attention fusions never match the open_clip export (docs/bench.md).
+        fuse_open_clip_attention(model, mha_heads, op="MultiHeadAttention")
     model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return dst
 

@@ -81,6 +81,8 @@ def test_variants_and_targets_are_recorded(results: Path) -> None:
     static = next(v for v in got["variants"]["variants"] if v["graph"] == "int8-static-minmax")
     dynamic = next(v for v in got["variants"]["variants"] if v["graph"] == "int8-dynamic")
     assert static["batch_max_abs_diff"] <= 1e-5 < dynamic["batch_max_abs_diff"]
+    mha = next(v for v in got["variants"]["variants"] if v["graph"] == "int8-static-fused-mha")
+    assert mha["ops"]["MultiHeadAttention"] == 2 and mha["batch_max_abs_diff"] <= 1e-5 and mha["min_cosine"] > 0.999
     targets = [t for r in got.values() for t in r.get("targets", [])]
     assert len(targets) >= 8
     for t in targets:
@@ -112,7 +114,7 @@ def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> 
         return sess.run(None, {"pixel_values": x})[0]
 
     want = embed(fp32)
-    for kind in ("fused", "int8-dynamic-fused"):
+    for kind in ("fused", "int8-dynamic-fused", "fused-mha"):
         got = embed(optimize_graph(fp32, tmp_path / f"{kind}.onnx", kind, num_heads=2, hidden_size=64))
         assert np.sum(got * want, axis=1).min() > 0.99, kind
     with pytest.raises(InputError, match="unknown graph variant"):
