@@ -27,6 +27,8 @@ class Candidate:
     precision: str
     unit: Optional[str]  # bench.isa unit, e.g. "amx_int8"; None when unknown (emulated bf16)
     notes: dict[str, Any] = field(default_factory=dict)
+    # pixels (N, 3, H, W) -> embeddings, for the accuracy and batch-independence columns
+    embed: Optional[Callable[[np.ndarray], np.ndarray]] = field(default=None, repr=False)
 
     def meta(self) -> dict[str, Any]:
         return {"library": self.library, "precision": self.precision, "unit": self.unit, **self.notes}
@@ -78,12 +80,14 @@ def image_candidates(ctx: Any, batch: int, x: np.ndarray, bf16_model: Any) -> di
     meta = runtime_meta(default)
     out["clip-rt default"] = Candidate(lambda s=default.session("image"): s.run({"pixel_values": x}), meta["library"],
                                        meta["precision"], _unit_for(meta["library"], meta["precision"], lv),
-                                       {"what": "clip_rt.load(bundle) defaults"})
+                                       {"what": "clip_rt.load(bundle) defaults"},
+                                       embed=lambda px, s=default.session("image"): s.run({"pixel_values": px})[0])
     for precision in ("int8", "fp32"):
         model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False, session_options=session_options(2))
         out[f"clip-rt {precision} (onnxruntime)"] = Candidate(
             lambda s=model.session("image"): s.run({"pixel_values": x}), "onnxruntime", precision,
-            _unit_for("onnxruntime", precision, lv))
+            _unit_for("onnxruntime", precision, lv),
+            embed=lambda px, s=model.session("image"): s.run({"pixel_values": px})[0])
     out.update(openvino_candidates(ctx.bundle, "image", {0: x}, batch, lv))
     return out
 
@@ -110,7 +114,9 @@ def openvino_candidates(bundle: Path, encoder: str, feed: dict, batch: int, lv: 
         request = compiled.create_infer_request()
         out[f"openvino {precision}"] = Candidate(lambda r=request: r.infer(feed), "openvino", precision,
                                                  _unit_for("openvino", precision, lv),
-                                                 {"config": {k: str(v) for k, v in config.items()}})
+                                                 {"config": {k: str(v) for k, v in config.items()},
+                                                  "graph": file},
+                                                 embed=lambda px, r=request: r.infer({0: px})[0].copy())
         if batch >= 2 and encoder == "image":
             tconfig = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, **hint}
             queue = ov.AsyncInferQueue(core.compile_model(str(bundle / file), "CPU", tconfig), 2)
@@ -124,7 +130,7 @@ def openvino_candidates(bundle: Path, encoder: str, feed: dict, batch: int, lv: 
 
             out[f"openvino {precision}, 2 streams"] = Candidate(
                 throughput, "openvino", precision, _unit_for("openvino", precision, lv),
-                {"config": {k: str(v) for k, v in tconfig.items()}})
+                {"config": {k: str(v) for k, v in tconfig.items()}, "graph": file})
     return out
 
 

@@ -149,9 +149,10 @@ def _speed_tables(r: dict[str, Any], title: str, unit: str, prefix: str, groups:
             peak = v.get("peak") or {}
             table.append([name, v.get("library", ""), v.get("precision", ""), v.get("unit") or "",
                           f"{v.get('best_items_per_s')} ({v.get('items_per_s')})",
-                          *[v.get(k) for k, _ in ratios], f"{peak['percent']}%" if peak else ""])
+                          *[v.get(k) for k, _ in ratios], f"{peak['percent']}%" if peak else "",
+                          v.get("min_cosine", ""), v.get("batch_max_abs_diff", "")])
         out += [_table(["candidate", "library", "precision", "ISA unit", unit, *[lbl for _, lbl in ratios],
-                        "% of peak"], table), ""]
+                        "% of peak", "min cos vs torch fp32", "alone vs batch"], table), ""]
     derivations = sorted({(v["peak"]["unit"], v["peak"]["derivation"]) for rows in groups.values()
                           for v in rows.values() if v.get("peak")})
     if derivations:

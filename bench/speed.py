@@ -75,12 +75,28 @@ def image(ctx: BenchContext) -> dict[str, Any]:
         for row_name, row in rows.items():
             row["x_torch_fp32"] = _x(rows, row_name, "torch fp32")
             row["x_torch_bf16"] = _x(rows, row_name, "torch bf16")
+            if batch == 8 and cands[row_name].embed is not None:
+                row.update(_accuracy(cands[row_name].embed, ctx))
         out[str(batch)] = rows
     targets = image_targets(out, host)
     result = {**ctx.result_meta(), "unit": "images/s", "host": host, "macs_per_image": macs, "batches": out,
               "targets": targets}
     write_result("image_speed" + ctx.result_suffix, result, ctx.out_dir)
     return result
+
+
+def _accuracy(embed: Any, ctx: BenchContext) -> dict[str, Any]:
+    """Min cosine vs torch fp32 on the photos, and an image alone vs in a batch of 8: the
+    same graph can round differently on another library (OpenVINO runs float parts in bf16
+    on AMX hosts by default)."""
+    ref = ctx.reference
+    got = np.concatenate([embed(ref.pixels[i:i + 8]) for i in range(0, len(ref.pixels), 8)])
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    cos = np.sum(unit(got.astype(np.float64)) * unit(ref.image_embeds.astype(np.float64)), axis=-1)
+    x = ref.pixels[:8]
+    alone = np.concatenate([embed(x[i:i + 1]) for i in range(len(x))])
+    return {"min_cosine": round(float(cos.min()), 6),
+            "batch_max_abs_diff": float(f"{np.abs(embed(x) - alone).max():.3g}")}
 
 
 def image_targets(out: dict[str, Any], host: dict[str, Any]) -> list[dict]:
