@@ -3,7 +3,7 @@
 ``optimize_graph(onnx_path, out_path, kind, ...)`` turns a clip-rt fp32 graph (image or text,
 contract in ARCHITECTURE.md) into one of ``KINDS``. The variants and their measured speed and
 parity on this project's reference CPU are in ``docs/bench.md`` (``python -m bench``); the
-export stage calls ``optimize_graph(src, dst, **RECOMMENDED_INT8[encoder])`` for ``int8``.
+export stage calls ``optimize_graph(src, dst, calibration_inputs=..., **RECOMMENDED_INT8[encoder])`` for ``int8``.
 
 Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
 """
