@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI (a VNNI-only host for torch/OpenVINO; onnxruntime "
                          "still uses AMX); results *_amx_hidden.json")
     ap.add_argument("--result-suffix", default="", help=argparse.SUPPRESS)  # set by --hide-amx's child
+    ap.add_argument("--variants", nargs="+", default=(), metavar="NAME",
+                    help="image-graph variants for the variants benchmark (default: all; see bench/variants.py)")
     ap.add_argument("--clock-ghz", type=float, help="CPU clock for the %% of peak (default: the reported clock)")
     ap.add_argument("--write-readme", type=Path, metavar="MD",
                     help="render the results in --out into this markdown file (no benchmark is run)")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = BenchContext(arch=args.arch, seed=args.seed, model_config=args.model_config, quick=args.quick,
                        work_dir=args.work_dir, out_dir=args.out, photos=6 if args.quick else args.photos,
                        result_suffix=args.result_suffix, clock_ghz=args.clock_ghz,
-                       int8_min_cosine=args.int8_min_cosine)
+                       int8_min_cosine=args.int8_min_cosine, variants=tuple(args.variants))
     t0 = time.perf_counter()
     run(list(args.only or BENCHMARKS), ctx)
     if args.hide_amx:

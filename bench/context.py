@@ -28,6 +28,7 @@ class BenchContext:
     clock_ghz: Optional[float] = None  # for % of peak; default: the CPU's reported clock
     threads: int = 2  # cores the candidates use (for the peak)
     int8_min_cosine: Optional[float] = None  # export gate override (the tiny smoke-test model only)
+    variants: tuple[str, ...] = ()  # image-graph variants to build and time (default: all)
     _torch: Optional[TorchModel] = field(default=None, repr=False)
     _ref: Optional[Reference] = field(default=None, repr=False)
     _bundle: Optional[Path] = field(default=None, repr=False)

@@ -65,7 +65,10 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The export's own calibration set (real photos other than the benchmark's, crops, scenes).
     calibration = image_calibration(tm.model).feeds
-    names = QUICK_VARIANTS if quick else tuple(GRAPH_VARIANTS)
+    names = tuple(ctx.variants) if ctx.variants else (QUICK_VARIANTS if quick else tuple(GRAPH_VARIANTS))
+    unknown = sorted(set(names) - set(GRAPH_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(GRAPH_VARIANTS)}")
     x = ref.pixels[:batch] if len(ref.pixels) >= batch else np.resize(ref.pixels, (batch, *ref.pixels.shape[1:]))
 
     rows: dict[str, dict[str, Any]] = {}
@@ -82,7 +85,7 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     # Session settings on the recommended graph.
     rec = build_variant("int8-dynamic", fp32, out_dir, calibration, tm.vision_heads_width)
     settings = {"int8-dynamic/spin": dict(spinning=True), "int8-dynamic/1-thread": dict(threads=1)}
-    if not quick:
+    if not quick and not ctx.variants:
         for label, kw in settings.items():
             s = ort_session(rec, **kw)
             candidates[label] = lambda s=s: s.run(None, {"pixel_values": x})
