@@ -71,7 +71,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for key in ("text_speed", "text_speed_amx_hidden"):
         if key in results:
             r = results[key]
-            sets = {f"{n} (trimmed to {v['trimmed_tokens']} tokens)": v["rows"] for n, v in r["sets"].items()}
+            sets = {(f"{n} (trimmed to {v['trimmed_tokens']} tokens)" if "trimmed_tokens" in v else n): v.get("rows", v)
+                    for n, v in r["sets"].items()}  # results from before the rows/trimmed_tokens layout too
             parts += _speed_tables(r, "Text encoder", "prompts/s", "", sets, ("x_open_clip", "x open_clip"),
                                    ("x_torch_bf16_trimmed", "x torch bf16 trimmed"))
     if "end_to_end" in results:
@@ -135,6 +136,14 @@ def _isa_line(machine: dict[str, Any]) -> str:
             f"bf16 {lv.get('onednn_bf16')}" + (f" (ONEDNN_MAX_CPU_ISA={hidden})" if hidden else ""))
 
 
+def _best(row: dict[str, Any], group: str) -> Any:
+    """Best-sample rate of a result written before ``best_items_per_s`` existed."""
+    try:
+        return round(int(str(group).split()[0]) / row["best_s"], 1)
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+
+
 def _speed_tables(r: dict[str, Any], title: str, unit: str, prefix: str, groups: dict[str, dict],
                   *ratios: tuple[str, str]) -> list[str]:
     host = r.get("host", {})
@@ -148,7 +157,7 @@ def _speed_tables(r: dict[str, Any], title: str, unit: str, prefix: str, groups:
         for name, v in rows.items():
             peak = v.get("peak") or {}
             table.append([name, v.get("library", ""), v.get("precision", ""), v.get("unit") or "",
-                          f"{v.get('best_items_per_s')} ({v.get('items_per_s')})",
+                          f"{v.get('best_items_per_s', _best(v, group))} ({v.get('items_per_s')})",
                           *[v.get(k) for k, _ in ratios], f"{peak['percent']}%" if peak else "",
                           v.get("min_cosine", ""), v.get("batch_max_abs_diff", "")])
         out += [_table(["candidate", "library", "precision", "ISA unit", unit, *[lbl for _, lbl in ratios],
