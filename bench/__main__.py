@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--write-readme", type=Path, metavar="MD",
                     help="render the results in --out into this markdown file (no benchmark is run)")
     ap.add_argument("--int8-min-cosine", type=float, help=argparse.SUPPRESS)  # export gate override (tiny test models)
+    ap.add_argument("--megapixels", type=float, default=6.0, help=argparse.SUPPRESS)  # photo size (smoke tests)
     return ap
 
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from .context import BenchContext
 
     ctx = BenchContext(arch=args.arch, seed=args.seed, model_config=args.model_config, quick=args.quick,
-                       work_dir=args.work_dir, out_dir=args.out, photos=6 if args.quick else args.photos,
+                       work_dir=args.work_dir, out_dir=args.out,
+                       photos=min(6, args.photos) if args.quick else args.photos, megapixels=args.megapixels,
                        result_suffix=args.result_suffix, clock_ghz=args.clock_ghz,
                        int8_min_cosine=args.int8_min_cosine, variants=tuple(args.variants))
     t0 = time.perf_counter()
