@@ -3,7 +3,10 @@ key, SIGTERM with requests in flight, a model that fails to load, and the comman
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,9 +99,9 @@ def test_batch_size_one_disables_batching(bundle: Path, tmp_path: Path) -> None:
 # -- overload ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tight(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A small queue, two requests at a time, and batches that wait 1.5 s to fill."""
+    """A small queue, two requests at a time, and batches that wait 4 s to fill."""
     with Server([str(bundle), "--max-queue", "4", "--max-items", "4", "--max-concurrency", "2",
-                 "--max-batch-size", "64", "--max-wait-ms", "1500"], tmp_path_factory.mktemp("home")) as server:
+                 "--max-batch-size", "64", "--max-wait-ms", "4000"], tmp_path_factory.mktemp("home")) as server:
         yield server
 
 
@@ -156,10 +159,12 @@ def test_api_key(bundle: Path, tmp_path: Path) -> None:
 
 # -- SIGTERM ---------------------------------------------------------------------------------------
 def test_sigterm_finishes_requests_in_flight(bundle: Path, tmp_path: Path) -> None:
-    """Requests queued when SIGTERM arrives are all answered; new connections are refused; exit 0."""
+    """SIGTERM with 8 requests queued and one still sending its body: the listening socket
+    closes, the queued batches run at once (not after --max-wait-ms), the half-sent request is
+    answered when its body arrives, and the process exits 0."""
     model = clip_rt.load(bundle, cache=False)
     images = [png_bytes(seed=20 + i) for i in range(6)]
-    server = Server([str(bundle), "--max-batch-size", "64", "--max-wait-ms", "2500"], tmp_path / "home").start()
+    server = Server([str(bundle), "--max-batch-size", "64", "--max-wait-ms", "30000"], tmp_path / "home").start()
     try:
         results: list[Any] = [None] * 8
 
@@ -172,17 +177,31 @@ def test_sigterm_finishes_requests_in_flight(bundle: Path, tmp_path: Path) -> No
             t.start()
         wait_for_metric(server, "clip_rt_queue_depth", 6, model="fake-clip", encoder="image")
         wait_for_metric(server, "clip_rt_queue_depth", 2, model="fake-clip", encoder="text")
+        slow_body = json.dumps({"input": "a slow cat"}).encode()
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(slow_body) + slow_body[:5])
+        wait_for_metric(server, "clip_rt_requests_in_flight", 9)
         assert server.proc is not None
-        server.proc.send_signal(15)
-        time.sleep(0.6)  # uvicorn closes its listening socket within a tick
-        assert server.proc.poll() is None  # still finishing the queued batches
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
+        assert time.monotonic() - sent < 20  # drained at once, not after the 30 s wait
+        time.sleep(0.3)
+        assert server.proc.poll() is None  # still serving the half-sent request
+        with pytest.raises(OSError):  # ... but accepting no new connection
+            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+        slow.sendall(slow_body[5:])
+        resp = http.client.HTTPResponse(slow)
+        resp.begin()
+        slow_out = json.loads(resp.read())
+        slow.close()
         assert server.proc.wait(60) == 0, server.output()
     finally:
         server.kill()
+    assert resp.status == 200
+    assert np.array_equal(vec(slow_out["data"][0]), model.encode_text(["a slow cat"])[0])
     for i, (status, _, out) in enumerate(results):
         assert status == 200, out
         want = model.encode_image([images[i]])[0] if i < 6 else model.encode_text([f"a photo of {i}"])[0]

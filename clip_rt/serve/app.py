@@ -27,6 +27,7 @@ def create_app(state: ServiceState, on_fatal: Optional[Callable[[str], None]] = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         for served in state.models.values():
             served.image.start()
             served.text.start()

@@ -71,6 +71,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task[None]] = None
         self._closing = False
+        self._draining = False  # shutting down: run batches at once instead of waiting to fill
         self._batch_seconds = 0.05  # running mean of one batch's inference time, for Retry-After
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clip-rt-{name}")
 
@@ -78,6 +79,13 @@ class DynamicBatcher(Generic[T, R]):
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def drain(self) -> None:
+        """Stop waiting for batches to fill (the service is stopping): what is queued runs now.
+        Inputs are still admitted: a request accepted before the stop must be answered."""
+        self._draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def close(self) -> None:
         """Refuse new inputs, finish every one already submitted, stop the inference thread."""
@@ -142,7 +150,7 @@ class DynamicBatcher(Generic[T, R]):
                 await self._wakeup.wait()
             deadline = self._pending[0].enqueued + self.max_wait_s
             # Wait for more only while the batch is not full; on shutdown, run what is there.
-            while len(self._pending) < self.max_batch_size and not self._closing:
+            while len(self._pending) < self.max_batch_size and not (self._closing or self._draining):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

@@ -49,6 +49,13 @@ class ServiceState:
     ready: bool = False
     failure: Optional[str] = None
     loading: list[str] = field(default_factory=list)
+    loop: Optional[asyncio.AbstractEventLoop] = None  # set at startup, for the signal handler
+
+    def drain(self) -> None:
+        """The service is stopping: queued inputs run now rather than wait for fuller batches."""
+        for served in self.models.values():
+            served.image.drain()
+            served.text.drain()
 
     def model(self, name: Optional[str]) -> "ServedModel":
         if name is None:

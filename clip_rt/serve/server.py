@@ -60,7 +60,7 @@ class _Server:
     then exits 0 (uvicorn would re-raise the signal after its graceful shutdown)."""
 
     @staticmethod
-    def make(config: Any) -> Any:
+    def make(config: Any, on_stop: Callable[[], None]) -> Any:
         import uvicorn
 
         class GracefulServer(uvicorn.Server):
@@ -68,6 +68,7 @@ class _Server:
 
             def handle_exit(self, sig: int, frame: Any) -> None:
                 super().handle_exit(sig, frame)
+                on_stop()
                 captured = getattr(self, "_captured_signals", None)
                 if sig == signal.SIGTERM and isinstance(captured, list) and sig in captured:
                     captured.remove(sig)  # a graceful stop is a success
@@ -95,7 +96,12 @@ def make_server(state: ServiceState, *, sock: Any = None) -> tuple[Any, Any]:
         timeout_graceful_shutdown=cfg.graceful_timeout, server_header=False,
         # A backstop only: the app answers past max_concurrency with a JSON 503 itself.
         limit_concurrency=cfg.max_concurrency * 2 + 16, loop="asyncio", http="h11")
-    server = _Server.make(uv_config)
+    def on_stop() -> None:  # in the signal handler: hand over to the event loop
+        loop = state.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(state.drain)
+
+    server = _Server.make(uv_config, on_stop)
     holder["server"] = server
     if sock is None:
         sock = uv_config.bind_socket()
