@@ -78,8 +78,9 @@ def test_concurrent_requests_are_batched(bundle: Path, tmp_path: Path) -> None:
         assert server.stop() == 0
     for (status, _, out), img in zip(results, images):
         assert status == 200, out
-        # Batched with others or not, each embedding equals the in-process one for that image.
-        assert np.array_equal(vec(out["data"][0]), model.encode_image([img])[0])
+        # Batched with others, each embedding is the in-process one for that image, up to the
+        # last bit ONNX Runtime's kernels may round differently for another batch size.
+        np.testing.assert_allclose(vec(out["data"][0]), model.encode_image([img])[0], rtol=0, atol=1e-6)
     labels = {"model": "fake-clip", "encoder": "image"}
     batches = metric(text, "clip_rt_batch_size_count", **labels)
     assert metric(text, "clip_rt_batch_size_sum", **labels) == 16
@@ -205,7 +206,7 @@ def test_sigterm_finishes_requests_in_flight(bundle: Path, tmp_path: Path) -> No
     for i, (status, _, out) in enumerate(results):
         assert status == 200, out
         want = model.encode_image([images[i]])[0] if i < 6 else model.encode_text([f"a photo of {i}"])[0]
-        assert np.array_equal(vec(out["data"][0]), want)
+        np.testing.assert_allclose(vec(out["data"][0]), want, rtol=0, atol=1e-6)  # batched: see above
 
 
 def test_model_that_fails_to_load_exits_1(bundle: Path, tmp_path: Path) -> None:
