@@ -52,9 +52,14 @@ def photo_jpeg(size: tuple[int, int] = (640, 480)) -> bytes:
     return buf.getvalue()
 
 
-def load(port: int, clients: int, requests: int, body: bytes, timeout: float) -> dict[str, Any]:
-    """*clients* threads send *requests* in all; throughput and latency percentiles."""
+def load(port: int, clients: int, requests: int, body: bytes, timeout: float,
+         reference: Any = None) -> dict[str, Any]:
+    """*clients* threads send *requests* in all; throughput and latency percentiles, and the
+    largest difference of any answer from *reference* (every request sends the same photo)."""
+    import numpy as np
+
     latencies: list[float] = []
+    diffs: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     remaining = [requests]
@@ -74,6 +79,10 @@ def load(port: int, clients: int, requests: int, body: bytes, timeout: float) ->
                 resp = conn.getresponse()
                 payload = resp.read()
                 ok = resp.status == 200 and len(json.loads(payload)["data"]) == 1
+                if ok and reference is not None:
+                    emb = np.frombuffer(base64.b64decode(json.loads(payload)["data"][0]["embedding"]), "<f4")
+                    with lock:
+                        diffs.append(float(np.abs(emb - reference).max()))
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 ok, payload = False, repr(exc).encode()
                 conn.close()
@@ -100,7 +109,8 @@ def load(port: int, clients: int, requests: int, body: bytes, timeout: float) ->
             "error_samples": errors[:3], "seconds": round(wall, 3),
             "throughput_rps": round(len(lat) / wall, 2) if wall else None,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "mean_ms": round(statistics.mean(lat) * 1000, 1) if lat else None}
+            "mean_ms": round(statistics.mean(lat) * 1000, 1) if lat else None,
+            "max_abs_diff_vs_in_process": max(diffs) if diffs else None}
 
 
 def batch_stats(port: int) -> dict[str, float]:
@@ -136,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     from serve_util import Server  # the tests' subprocess launcher: one way to start a server
 
     photo = photo_jpeg()
+    import clip_rt
+
+    # The in-process embedding of the photo (batch of one): what every answer should be.
+    reference = clip_rt.load(args.bundle, precision=args.precision, cache=False).encode_image([photo])[0]
     body = json.dumps({"input": [{"image": base64.b64encode(photo).decode()}],
                        "encoding_format": "base64"}).encode()
     modes = {"batching": ["--max-batch-size", str(args.max_batch_size)], "one_at_a_time": ["--max-batch-size", "1"]}
@@ -153,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             for clients in CLIENTS:
                 for mode, s in servers.items():
                     n = max(24, clients * args.requests_per_client)
-                    res = load(s.port, clients, n, body, args.timeout)
+                    res = load(s.port, clients, n, body, args.timeout, reference)
                     res["round"] = rnd
                     runs.setdefault((mode, clients), []).append(res)
                     log(f"round {rnd} {mode:>14} {clients:>2} clients: {res['throughput_rps']} req/s, "
                         f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, {res['errors']} errors")
         stats = {mode: batch_stats(s.port) for mode, s in servers.items()}
+        alone = load(servers["batching"].port, 1, 1, body, args.timeout, reference)["max_abs_diff_vs_in_process"]
     finally:
         codes = {mode: s.stop() if s.proc is not None else None for mode, s in servers.items()}
         for s in servers.values():
@@ -179,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         "request": "POST /v1/embeddings, one image (base64), encoding_format base64",
         "modes": {m: " ".join(x) for m, x in modes.items()}, "rounds": args.rounds,
         "results": sorted(table, key=lambda r: (r["clients"], r["mode"])),
-        "batching_speedup": ratios, "mean_image_batch": mean_batch, "server_exit_codes": codes,
+        "batching_speedup": ratios,
+        "parity": {"one_request_alone_max_abs_diff": alone,
+                   "note": "0 = bit for bit; concurrent answers (batches > 1) are in results[].max_abs_diff_vs_in_process"}, "mean_image_batch": mean_batch, "server_exit_codes": codes,
         "targets": [target("serve throughput, 32 clients x 1 image, batching on / one at a time",
                            ratios.get(32), GOAL, unit="x")],
         "seconds": round(time.perf_counter() - started, 1),
