@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
               for c in CLIENTS if by[("one_at_a_time", c)]["throughput_rps"]}
     mean_batch = {mode: round(s.get("clip_rt_batch_size_sum", 0) / s["clip_rt_batch_size_count"], 2)
                   for mode, s in stats.items() if s.get("clip_rt_batch_size_count")}
-    command = "flock /work/locks/heavy python -m bench.serve " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    given = " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = f"flock /work/locks/heavy python -m bench.serve {given}"
     payload = {
         "benchmark": "serve", "command": command.strip(), "machine": machine_info(),
         "bundle": str(args.bundle), "precision": args.precision, "photo": "skimage astronaut 640x480 JPEG q90",
@@ -196,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": sorted(table, key=lambda r: (r["clients"], r["mode"])),
         "batching_speedup": ratios,
         "parity": {"one_request_alone_max_abs_diff": alone,
-                   "note": "0 = bit for bit; concurrent answers (batches > 1) are in results[].max_abs_diff_vs_in_process"}, "mean_image_batch": mean_batch, "server_exit_codes": codes,
+                   "note": "0 = bit for bit; answers computed in batches > 1 are in "
+                           "results[].max_abs_diff_vs_in_process"},
+        "mean_image_batch": mean_batch, "server_exit_codes": codes,
         "targets": [target("serve throughput, 32 clients x 1 image, batching on / one at a time",
                            ratios.get(32), GOAL, unit="x")],
         "seconds": round(time.perf_counter() - started, 1),

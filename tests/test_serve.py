@@ -78,7 +78,8 @@ def test_health_ready_models(env: dict[str, Any]) -> None:
     assert info["id"] == "fake-clip" and info["embed_dim"] == 8 and info["precision"] == "fp32"
     assert call(s, "GET", "/v1/models/fake-clip")[2]["id"] == "fake-clip"
     status, _, err = call(s, "GET", "/v1/models/nope")
-    assert status == 404 and "unknown model 'nope'" in err["error"]["message"] and "fake-clip" in err["error"]["message"]
+    message = err["error"]["message"]
+    assert status == 404 and "unknown model 'nope'" in message and "fake-clip" in message
 
 
 # -- embeddings ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import json
 import socket
 import struct
 import zlib
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest

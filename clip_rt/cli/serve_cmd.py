@@ -103,5 +103,6 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
 
     state = build_state(config, load)
     names = ", ".join(state.models)
-    code = serve(state, announce=lambda url: echo_err(f"clip-rt serve: {names} on {url} (ready when GET /readyz answers 200)"))
+    code = serve(state, announce=lambda url: echo_err(
+        f"clip-rt serve: {names} on {url} (ready when GET /readyz answers 200)"))
     sys.exit(code)

@@ -85,7 +85,12 @@ async def body_of(request: "Request", allowed: Sequence[str]) -> dict[str, Any]:
     state = state_of(request)
     state.check_ready()
     check_content_type(request.headers.get("content-type"))
-    raw = await read_body(dict(request.headers), request.stream(), state.config.max_body_bytes)
+    from starlette.requests import ClientDisconnect
+
+    try:
+        raw = await read_body(dict(request.headers), request.stream(), state.config.max_body_bytes)
+    except ClientDisconnect:  # nobody will read the answer; this keeps a traceback out of the log
+        raise bad_request("the client closed the connection before sending the whole body") from None
     if len(raw) > JSON_LIMIT_IN_LOOP:
         body = await asyncio.get_running_loop().run_in_executor(state.pool, parse_json, raw)
     else:
