@@ -9,7 +9,7 @@ by round, so the shared machine's noise hits both alike; per configuration the b
 throughput is kept and the latencies of all its requests give p50/p99.
 
 Bounded: fixed request counts, a timeout per request, loopback only, servers stopped (SIGTERM)
-at the end. Writes bench/results/serve.json.
+at the end. Writes bench/results/serve.json (serve_int8.json, serve_fp16.json for --precision).
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                            ratios.get(32), GOAL, unit="x")],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = write_result("serve", payload, args.out)
+    path = write_result("serve" if args.precision == "fp32" else f"serve_{args.precision}", payload, args.out)
     log(f"speed-up from batching: {ratios}; mean batch {mean_batch}; written to {path}")
     return 0
 
