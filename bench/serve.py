@@ -126,6 +126,22 @@ def batch_stats(port: int) -> dict[str, float]:
     return out
 
 
+def markdown(payload: dict[str, Any]) -> str:
+    """The results as a markdown table (docs/serve.md, README)."""
+    rows = ["| clients | mode | requests/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in payload["results"]:
+        mode = "dynamic batching" if r["mode"] == "batching" else "one request at a time"
+        rows.append(f"| {r['clients']} | {mode} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+                    f"{r['errors']} |")
+    ratios = ", ".join(f"{c} clients {v}x" for c, v in payload["batching_speedup"].items())
+    m = payload["machine"]
+    return "\n".join(rows) + (
+        f"\n\nThroughput from batching: {ratios}; mean image batch {payload['mean_image_batch']}. "
+        f"{payload['precision']}, {m.get('cpu_model', '?')}, {m.get('cpu_count')} CPUs, ISA "
+        f"{' '.join(m.get('isa', []))}, load average {m.get('load_average_1_5_15min')} at the end; "
+        f"`{payload['command']}` ({payload['when']}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default=os.environ.get("CLIP_RT_BENCH_BUNDLE", DEFAULT_BUNDLE),
@@ -138,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=8, help="batching-on server's --max-batch-size")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--table", action="store_true", help="print --out's serve.json as markdown (runs nothing)")
     args = ap.parse_args(argv)
+    if args.table:
+        name = "serve" if args.precision == "fp32" else f"serve_{args.precision}"
+        print(markdown(json.loads((args.out / f"{name}.json").read_text(encoding="utf-8"))))
+        return 0
     if not (Path(args.bundle) / "manifest.json").is_file():
         ap.error(f"no bundle at {args.bundle}: pass --bundle DIR")
 
