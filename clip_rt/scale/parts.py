@@ -69,10 +69,12 @@ def schema(identity: dict[str, Any]) -> Any:
 
 
 def identity(kind: str, manifest: Any, precision: str, labels: Optional[Sequence[str]] = None,
-             label_spec: Any = None, templates: Sequence[str] = ()) -> dict[str, Any]:
+             label_spec: Any = None, templates: Sequence[str] = (), bundle_dir: Optional[str] = None) -> dict[str, Any]:
+    """The job description; ``bundle_dir`` (where the driver loaded the model: search's default
+    model) is recorded but a rerun from another directory with the same fingerprint is fine."""
     ident: dict[str, Any] = {"format": JOB_FORMAT, "kind": kind, "model": manifest.name,
                              "fingerprint": manifest.fingerprint, "precision": precision,
-                             "embed_dim": int(manifest.embed_dim)}
+                             "embed_dim": int(manifest.embed_dim), "bundle_dir": bundle_dir}
     if kind == "classify":
         ident.update({"labels": list(labels or []), "label_spec": label_spec, "templates": list(templates)})
     return ident
@@ -94,7 +96,7 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
                          f"({', '.join(sorted(foreign)[:3])}...); use an empty or new folder")
     if job.exists() and not overwrite:
         stored = read_job(out)
-        diffs = [k for k in ident if k != "label_spec" and stored.get(k) != ident[k]]
+        diffs = [k for k in ident if k not in ("label_spec", "bundle_dir") and stored.get(k) != ident[k]]
         if stored.get("label_spec") != ident.get("label_spec") and "labels" not in diffs and ident["kind"] == "classify":
             diffs.append("label_spec")
         if diffs:

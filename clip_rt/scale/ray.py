@@ -228,7 +228,7 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
     with ``int(cpus_per_actor)`` threads. *ray_remote_args*: passed to ``map_batches``
     (e.g. ``{"num_gpus": 1}`` with ``providers=["cuda"]``)."""
     bundle_dir, manifest, precision = _bundle(model, precision)
-    ident = parts.identity("embed", manifest, precision)
+    ident = parts.identity("embed", manifest, precision, bundle_dir=bundle_dir)
     return _map(input_dataset(source), bundle_dir, ident, classifier=None, actors=actors,
                 cpus_per_actor=cpus_per_actor, batch_size=batch_size, draft=draft, providers=providers,
                 ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
@@ -264,7 +264,7 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
     parsed = parse_labels(labels)
     spec = {lab.name: (list(lab.prompts) if lab.prompts else None) for lab in parsed}
     ident = parts.identity("classify", manifest, precision, labels=classifier.names, label_spec=spec,
-                           templates=list(check_templates(templates)))
+                           templates=list(check_templates(templates)), bundle_dir=bundle_dir)
     return classifier, ident
 
 
@@ -284,7 +284,7 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
     if labels is not None:
         classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates)
     else:
-        classifier, ident = None, parts.identity("embed", manifest, precision)
+        classifier, ident = None, parts.identity("embed", manifest, precision, bundle_dir=bundle_dir)
     parts.prepare_output(out, ident, overwrite=overwrite)
     done = parts.done_paths(out)
     walk_errors: list[tuple[str, str]] = []
