@@ -58,10 +58,11 @@ def _ray() -> Any:
 def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
          object_store_mb: int = DEFAULT_OBJECT_STORE_MB, quiet: bool = True) -> bool:
     """Connect to Ray. *address*: a cluster (``"auto"``, ``"10.0.0.5:6379"``,
-    ``"ray://head:10001"``); None starts a local Ray on this machine, bound to 127.0.0.1, with
+    ``"ray://head:10001"``; default ``$RAY_ADDRESS``); none starts a local Ray on this machine, bound to 127.0.0.1, with
     *num_cpus* (default: all cores) and an object store of *object_store_mb*. Already
     connected: nothing is done. Returns True if this call started (and so owns) a local Ray."""
     global _started_here
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # Read by Ray at import and by the processes it starts: a local node then uses the
         # loopback address, so every server (GCS, raylet, workers) listens on 127.0.0.1 only.

@@ -1,0 +1,84 @@
+"""Exact search against clip-rt's ANN index (clip_rt.outputs.ann, its default spec) as the
+collection grows: where the ANN index starts to pay.
+
+For each size N (a prefix of the synthetic set of bench/scale_ann.py, regenerated here):
+exact search time per query (vectors in memory: ``vectors @ q`` + top-10), and the one-off
+cost a ``clip-rt search`` process pays to get the vectors (``np.load`` of the .npy, warm page
+cache); the ANN index's build time, open time (``faiss.read_index``, warm cache), per-query
+time and recall@10 against exact, for image-like and text-like queries.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import scale_ann
+
+
+def _median_ms(fn: Any, queries: np.ndarray) -> tuple[float, list[Any]]:
+    out, times = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        out.append(fn(q))
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1e3, 3), out
+
+
+def run(work: Path, sizes: list[int], n_queries: int = 200) -> dict[str, Any]:
+    import faiss
+
+    from clip_rt.outputs import ann
+
+    work.mkdir(parents=True, exist_ok=True)
+    faiss.omp_set_num_threads(2)
+    gen = scale_ann._Generator(scale_ann.DIM, 0)
+    rng = np.random.default_rng(1)
+    base = np.concatenate([gen.image_like(rng, min(100_000, max(sizes) - s)) for s in range(0, max(sizes), 100_000)])
+    qrng = np.random.default_rng(2)
+    queries = {"image": gen.image_like(qrng, n_queries), "text": gen.text_like(qrng, n_queries)}
+    spec = ann.DEFAULT_SPEC
+    rows = []
+    for n in sizes:
+        vecs = np.ascontiguousarray(base[:n])
+        npy = work / "vectors.npy"
+        np.save(npy, vecs)
+        np.load(npy)  # warm the page cache, as for a repeated search
+        t0 = time.perf_counter()
+        np.load(npy)
+        load_s = time.perf_counter() - t0
+        faiss.omp_set_num_threads(2)
+        t0 = time.perf_counter()
+        index = faiss.index_factory(scale_ann.DIM, spec.factory, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec.ef_construction
+        index.add(vecs)
+        build_s = time.perf_counter() - t0
+        path = work / "ann.faiss"
+        faiss.write_index(index, str(path))
+        faiss.read_index(str(path))
+        t0 = time.perf_counter()
+        index = faiss.read_index(str(path))
+        open_s = time.perf_counter() - t0
+        faiss.omp_set_num_threads(1)
+        params = faiss.SearchParametersHNSW(efSearch=spec.ef_search)
+        row: dict[str, Any] = {"n": n, "npy_load_s": round(load_s, 3), "ann_build_s": round(build_s, 1),
+                               "ann_open_s": round(open_s, 3), "ann_file_mb": round(path.stat().st_size / 2**20)}
+        for name, q in queries.items():
+            exact_ms, truth = _median_ms(lambda v: ann.exact_search(vecs, v, 10)[1], q)
+            ann_ms, found = _median_ms(lambda v: index.search(v.reshape(1, -1), 10, params=params)[1][0], q)
+            row[f"exact_ms_{name}"] = exact_ms
+            row[f"ann_ms_{name}"] = ann_ms
+            row[f"recall10_{name}"] = round(scale_ann.recall_at_k(np.array(found), np.array(truth)), 4)
+        # A one-off `clip-rt search`: exact needs the vectors loaded; ANN opens its index.
+        row["one_off_exact_ms"] = round(load_s * 1e3 + row["exact_ms_text"], 1)
+        row["one_off_ann_ms"] = round(open_s * 1e3 + row["ann_ms_text"], 1)
+        rows.append(row)
+        path.unlink()
+        npy.unlink()
+        print(row, flush=True)
+    return {"spec": {"factory": spec.factory, "ef_construction": spec.ef_construction,
+                     "ef_search": spec.ef_search}, "queries_per_set": n_queries, "rows": rows,
+            "method": __doc__.strip()}
