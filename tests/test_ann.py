@@ -178,3 +178,12 @@ def test_exact_search_ties_and_small_k() -> None:
     vecs = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
     scores, rows = ann.exact_search(vecs, np.array([1, 0], np.float32), 5)
     assert rows.tolist() == [0, 1, 2] and scores.tolist() == [1, 1, 0]
+
+
+def test_cli_and_modules_import_no_optional_extra() -> None:
+    import subprocess
+
+    code = ("import sys, clip_rt.cli, clip_rt.outputs.ann, clip_rt.outputs.collection, clip_rt.scale.parts, "
+            "clip_rt.scale.ray; print([m for m in ('ray', 'pyarrow', 'faiss', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
