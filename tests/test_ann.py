@@ -42,13 +42,15 @@ def test_recall_at_10_against_exact(tmp_path: Path) -> None:
     base = clustered(6000, 32)
     coll = open_collection(str(write_index(tmp_path, base)))
     queries = clustered(200, 32, seed=1)
+    spec = ann.AnnSpec(nprobe=8, rows_per_list=100)  # 64 lists, 8 probed: a real approximation
+    assert spec.nlist(6000) == 64
     hits = 0
     for q in queries:
-        approx, how = ann.search(coll, q, 10, mode="ann")
+        approx, how = ann.search(coll, q, 10, mode="ann", spec=spec)
         exact, how_exact = ann.search(coll, q, 10, mode="exact")
         assert how == "ann" and how_exact == "exact"
         hits += len({p for _, p in approx} & {p for _, p in exact})
-        # Scores of what HNSW finds are exact inner products (full float32 vectors are stored).
+        # Scores of what the index finds are exact inner products (full float32 vectors are stored).
         by_path = dict((p, s) for s, p in exact)
         for s, p in approx:
             if p in by_path:
@@ -66,7 +68,8 @@ def test_format_is_documented_versioned_and_rebuilt_when_stale(tmp_path: Path) -
     assert any("building the ANN index over 3000" in m for m in messages)
     meta = json.loads((folder / "ann" / ann.ANN_FILE).read_text())
     assert meta["format"] == ann.ANN_FORMAT and meta["backend"] == "faiss" and meta["metric"] == "inner_product"
-    assert meta["factory"] == "HNSW32,Flat" and meta["count"] == 3000 and meta["dim"] == 16
+    assert meta["factory"] == "IVF8,Flat" and meta["params"]["nlist"] == 8 and meta["params"]["nprobe"] == 64
+    assert meta["count"] == 3000 and meta["dim"] == 16
     assert (folder / "ann" / meta["file"]).stat().st_size == meta["bytes"]
 
     messages.clear()  # current: opened, not rebuilt
