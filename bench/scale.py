@@ -49,7 +49,8 @@ def run_ann(args: argparse.Namespace) -> None:
 def run_crossover(args: argparse.Namespace) -> None:
     from . import scale_crossover
 
-    merge_section("crossover", scale_crossover.run(args.work_dir / "crossover", args.sizes))
+    merge_section("crossover", scale_crossover.run(args.work_dir / "crossover", args.sizes,
+                                                   exact_only=tuple(args.exact_only)))
 
 
 def run_ray(args: argparse.Namespace) -> None:
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--keys", nargs="+", default=["faiss-hnsw", "faiss-ivf", "hnswlib", "usearch-i8"])
     a.add_argument("--threads", type=int, default=2)
     c = sub.add_parser("crossover", help="exact vs ANN search time as the collection grows")
-    c.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
+    c.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000])
+    c.add_argument("--exact-only", type=int, nargs="*", default=[1_000_000],
+                   help="sizes measured for exact search only (the ANN side at 1M: the `ann` section)")
     r = sub.add_parser("ray", help="clip-rt ray embed (1 and 2 actors) against clip-rt index")
     r.add_argument("--bundle", default="/work/bundles/ViT-B-32-random")
     r.add_argument("--images", type=int, default=96)

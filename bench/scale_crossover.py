@@ -28,7 +28,7 @@ def _median_ms(fn: Any, queries: np.ndarray) -> tuple[float, list[Any]]:
     return round(statistics.median(times) * 1e3, 3), out
 
 
-def run(work: Path, sizes: list[int], n_queries: int = 200) -> dict[str, Any]:
+def run(work: Path, sizes: list[int], n_queries: int = 200, exact_only: tuple[int, ...] = ()) -> dict[str, Any]:
     import faiss
 
     from clip_rt.outputs import ann
@@ -36,7 +36,8 @@ def run(work: Path, sizes: list[int], n_queries: int = 200) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     gen = scale_ann._Generator(scale_ann.DIM, 0)
     rng = np.random.default_rng(1)
-    base = np.concatenate([gen.image_like(rng, min(100_000, max(sizes) - s)) for s in range(0, max(sizes), 100_000)])
+    top = max([*sizes, *exact_only])
+    base = np.concatenate([gen.image_like(rng, min(100_000, top - s)) for s in range(0, top, 100_000)])
     qrng = np.random.default_rng(2)
     queries = {"image": gen.image_like(qrng, n_queries), "text": gen.text_like(qrng, n_queries)}
     spec = ann.DEFAULT_SPEC
@@ -73,6 +74,13 @@ def run(work: Path, sizes: list[int], n_queries: int = 200) -> dict[str, Any]:
         rows.append(row)
         path.unlink()
         npy.unlink()
+        print(row, flush=True)
+    for n in exact_only:  # the exact side only (the ANN side at this size: the "ann" section)
+        vecs = base[:n]
+        row = {"n": n, "exact_only": True}
+        for name, q in queries.items():
+            row[f"exact_ms_{name}"], _ = _median_ms(lambda v: ann.exact_search(vecs, v, 10)[1], q)
+        rows.append(row)
         print(row, flush=True)
     return {"spec": {"nprobe": spec.nprobe, "rows_per_list": spec.rows_per_list, "max_train": spec.max_train,
                      "factories": {n: spec.factory(n) for n in sizes}}, "queries_per_set": n_queries, "rows": rows,
