@@ -276,6 +276,8 @@ def _fallback(encoder: str, manifest: Any, cpu: CpuIsa, backend: Optional[str], 
              else f"nothing measured on {cpu.isa_class}")
     why = f"{where}; {chosen_backend} with " + (f"precision {name} as asked" if precision else
                                                 f"the fastest precision that passed its parity gate ({name})")
+    if explicit:
+        why = f"asked for ({_asked(backend, precision)}); {why}"
     compute = "bf16" if name == "bf16" else ("f32" if chosen_backend == "openvino" else "graph")
     return EncoderChoice(encoder, chosen_backend, name, gp, compute,
                          "throughput" if chosen_backend == "openvino" else "latency", why, None,
