@@ -307,7 +307,7 @@ def add_ratios(block: dict[str, Any], bases: tuple[str, ...]) -> None:
                 s[f"x {base} (best)"] = round(s["items_per_s_best"] / b, 3)
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace, tm: Any = None) -> Path:
     import torch
 
     from clip_rt.bundle.manifest import read_manifest
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> Path:
 
     torch.set_num_threads(args.threads)
     manifest = read_manifest(args.bundle)
-    tm = load_torch("ViT-B-32", 0)
+    tm = tm or load_torch("ViT-B-32", 0)
     label = _isa_label()
     result: dict[str, Any] = {
         "benchmark": "backends", "isa_class": label,
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> Path:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "bundle": str(args.bundle), "static_int8": {"image": args.static_image, "text": args.static_text},
         "threads": args.threads, "stream_batches": args.stream_batches,
-        "weights": "ViT-B-32 random (pretrained=None, seed 0)",
+        "weights": f"{tm.arch} random (pretrained=None, seed {tm.seed})",
     }
     if "image" in args.only:
         result["image"] = image(args, tm, manifest)
@@ -344,7 +344,15 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def run_ctx(ctx: Any) -> Path:
+    """``python -m bench --only backends``: on the bench's own bundle (its int8 graphs, static
+    where the export made them static), default settings, results beside the others."""
+    args = _parser().parse_args(["--bundle", str(ctx.bundle), "--out", str(ctx.out_dir)]
+                                + (["--rounds", "2", "--only", "image"] if ctx.quick else []))
+    return run(args, ctx.torch_model)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, default=BUNDLE, help="a ViT-B-32 seed-0 bundle (fp32, int8)")
@@ -357,7 +365,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--ort-only", action="store_true", help="skip OpenVINO")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--write-table", action="store_true", help="only rebuild the runtime's choices.json")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
     if args.write_table:
         from .backend_table import write_table
 
