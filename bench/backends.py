@@ -76,9 +76,11 @@ def _graphs(bundle: Path, args: argparse.Namespace, encoder: str) -> dict[str, P
     m = read_manifest(bundle)
     graphs = {"fp32": bundle / m.graph("fp32", encoder).file}
     if "int8" in m.precisions:
-        graphs["int8-dynamic"] = bundle / m.graph("int8", encoder).file
+        from clip_rt.engine.backends.choose import int8_scheme
+
+        graphs[f"int8-{int8_scheme(m, encoder)}"] = bundle / m.graph("int8", encoder).file
     static = getattr(args, f"static_{encoder}")
-    if static:
+    if static and "int8-static" not in graphs:
         graphs["int8-static"] = Path(static)
     return graphs
 

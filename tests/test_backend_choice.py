@@ -56,8 +56,8 @@ def manifest(precisions: tuple[str, ...] = ("fp32", "int8"), *, passed: Optional
     graphs = {p: {e: GraphEntry(f"{e}_{p}.onnx") for e in ("image", "text")} for p in precisions}
     parity = {p: {e: ParityFigure(0.0, 1.0, 8, {}, ok) for e in ("image", "text")} for p, ok in passed.items()}
     m = SimpleNamespace(name="m", graphs=graphs, parity=parity, precisions=list(precisions))
-    if scheme:
-        m.quantization = {"int8": {e: {"activations": scheme} for e in ("image", "text")}}
+    if scheme:  # the manifest's quantisation record (clip_rt.bundle.manifest.Manifest.quantization_of)
+        m.quantization_of = lambda precision, encoder: SimpleNamespace(kind=scheme) if precision == "int8" else None
     return m
 
 

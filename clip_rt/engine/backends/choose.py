@@ -144,21 +144,13 @@ def load_table(path: Optional[Path] = None) -> dict[str, Any]:
 
 
 def int8_scheme(manifest: Any, encoder: str) -> str:
-    """``static`` or ``dynamic``: how the bundle's int8 *encoder* graph quantises activations.
-    Read from the manifest's quantisation record where the export wrote one; bundles without
-    it were all exported with dynamic int8."""
-    record = getattr(manifest, "quantization", None) or {}
-    entry = record.get(encoder) if isinstance(record, dict) else None
-    if entry is None and isinstance(record, dict):
-        entry = (record.get("int8") or {}).get(encoder) if isinstance(record.get("int8"), dict) else None
-    if isinstance(entry, dict):
-        for key in ("activations", "scheme", "method", "mode", "kind"):
-            value = str(entry.get(key, "")).lower()
-            if "static" in value:
-                return "static"
-            if "dynamic" in value:
-                return "dynamic"
-    return "dynamic"
+    """``static`` or ``dynamic``: how the bundle's int8 *encoder* graph quantises activations,
+    from the manifest's quantisation record (``manifest.quantization_of``); bundles without a
+    record were all exported with onnxruntime's dynamic int8."""
+    record_of = getattr(manifest, "quantization_of", None)
+    record = record_of("int8", encoder) if callable(record_of) else None
+    kind = getattr(record, "kind", None)
+    return kind if kind in ("static", "dynamic") else "dynamic"
 
 
 def gate_passed(manifest: Any, precision: str, encoder: str) -> Optional[bool]:
