@@ -206,7 +206,11 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     with torch.inference_mode():
         timer.run(fns)
     speed = _speeds(timer, len(ids), {})
-    shapes = _text_shapes(args, cands, ids) if not args.ort_only else None
+    try:
+        shapes = _text_shapes(args, cands, ids) if not args.ort_only else None
+    except Exception as exc:  # noqa: BLE001 - an extra figure; the main ones must still be written
+        log(f"dynamic-vs-reshape measurement failed: {exc!r}")
+        shapes = {"error": repr(exc)}
     return {"rows": rows, "speed": {"80": speed}, "tokens": length, "dynamic_vs_reshape": shapes}
 
 

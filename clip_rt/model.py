@@ -25,7 +25,7 @@ from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT,
 from .engine.backends import Backend, EncoderChoice, Pending, RuntimePlan, open_backend, plan_runtime
 from .engine.cpu import CpuIsa, detect_cpu
 from .engine.session import CPU, CUDA, available_providers, provider_name, resolve_providers
-from .bundle.store import resolve_bundle
+from .bundle.store import cache_dir, resolve_bundle
 from .bundle.verify import verify_bundle_files
 from .zeroshot import (
     Classification,
@@ -260,7 +260,8 @@ class ClipModel:
         self._check_files([graph.file, *graph.external_data])
         return open_backend(choice, self.bundle_dir / graph.file, native_bf16=self._cpu.native_bf16,
                             providers=self._requested, threads=self._threads, session_options=self._session_options,
-                            allow_fallback=self._allow_fallback, provider_options=self._provider_options)
+                            allow_fallback=self._allow_fallback, provider_options=self._provider_options,
+                            cache_dir=cache_dir() / "openvino")
 
     def _known_evidence(self) -> dict[str, dict[str, bool]]:
         from .engine.runtime_info import known_evidence

@@ -139,7 +139,7 @@ def test_open_backend_follows_the_choice(bundle: Path) -> None:
 
 # -- the model ---------------------------------------------------------------------------------
 @needs_ov
-def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path) -> None:
+def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path, clip_home: Path) -> None:
     from PIL import Image
 
     paths = []
@@ -162,6 +162,7 @@ def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path) -> N
     assert "throughput" in rt["image"]["running"]  # iter_images compiled the throughput model
     with pytest.raises(InputError, match="needs the onnxruntime backend"):
         ov_m.encode_pixels(pixels(1), output="ortvalue")
+    assert any((clip_home / "cache" / "openvino").iterdir())  # compiled models kept for the next start
 
 
 @needs_ov

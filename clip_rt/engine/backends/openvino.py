@@ -44,11 +44,15 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], *, compute: str = "f32", threads: Optional[int] = None,
-                 streams: Optional[int] = None, native_bf16: bool = True, core: Any = None) -> None:
+                 streams: Optional[int] = None, native_bf16: bool = True, cache_dir: Optional[Path] = None,
+                 core: Any = None) -> None:
         """*compute*: ``f32`` or ``bf16`` (the inference precision hint). *threads*: inference
         threads (default: OpenVINO's, all cores). *streams*: throughput streams (default:
         OpenVINO's choice for THROUGHPUT). *native_bf16*: whether this CPU does bf16 in hardware;
-        a bf16 hint without it raises, since it runs emulated (measured 0.04x)."""
+        a bf16 hint without it raises, since it runs emulated (measured 0.04x). *cache_dir*:
+        where OpenVINO keeps compiled models (a repeat compile of the static int8 ViT-B/32 image
+        graph took 0.8 s instead of 6.3 s on a busy 2-core host; the blob is about the graph's
+        size)."""
         if compute not in COMPUTE_HINTS:
             raise InputError(f"openvino compute precision must be one of {', '.join(COMPUTE_HINTS)}, got {compute!r}")
         if compute == "bf16" and not native_bf16:
@@ -63,6 +67,8 @@ class OpenVinoBackend(Backend):
         self.threads = threads
         self.streams = streams
         self._core = core if core is not None else ov.Core()
+        if cache_dir is not None:
+            self._core.set_property({"CACHE_DIR": str(cache_dir)})
         self._lock = threading.Lock()
         self._compiled: dict[str, Any] = {}
         self._idle: dict[str, list[Any]] = {"latency": [], "throughput": []}
