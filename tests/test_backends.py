@@ -158,6 +158,8 @@ def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path, clip
     np.testing.assert_allclose(single, want[:3], atol=1e-5)
     np.testing.assert_allclose(ov_m.encode_text(PROMPTS), ort_m.encode_text(PROMPTS), atol=1e-5)
     rt = ov_m.runtime
+    text = ov_m.describe()
+    assert "image:" in text and "openvino fp32" in text and "why: asked for (backend openvino)" in text
     assert rt["image"]["backend"] == "openvino" and rt["image"]["running"]["backend"] == "openvino"
     assert "throughput" in rt["image"]["running"]  # iter_images compiled the throughput model
     with pytest.raises(InputError, match="needs the onnxruntime backend"):
@@ -290,9 +292,12 @@ def test_outputs_record_what_ran(bundle: Path, tmp_path: Path) -> None:
     for i in range(3):
         Image.fromarray((np.random.default_rng(i).random((20, 20, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run.jsonl"
+    report = tmp_path / "report"
     res = CliRunner().invoke(main, ["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out),
-                                    "--backend", "onnxruntime"])
+                                    "--backend", "onnxruntime", "--report", str(report), "--contact-sheet", "0"])
     assert res.exit_code == 0, res.output
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["run"]["runtime"]["text"]["backend"] == "onnxruntime"
     side = json.loads(Path(str(out) + ".run.json").read_text()) if Path(str(out) + ".run.json").exists() else None
     if side is None:  # the sidecar's name belongs to records.py
         from clip_rt.outputs.records import sidecar_path
