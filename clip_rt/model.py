@@ -122,12 +122,15 @@ def load(
 
 
 def default_precision(manifest: Manifest, first_provider: str) -> str:
-    have = manifest.precisions
-    if not have:
+    """onnxruntime's default with nothing measured for the CPU: fp16 first on CUDA where the
+    bundle has it; on the CPU the fastest precision whose export parity passed (int8, fp32)."""
+    from .engine.backends.choose import choose_encoder
+
+    if not manifest.precisions:
         raise BundleError(f"bundle {manifest.name!r} lists no graphs")
-    if first_provider == CUDA and "fp16" in have:
-        return "fp16"
-    return "fp32" if "fp32" in have else have[0]
+    accelerator = None if first_provider == CPU else first_provider
+    return choose_encoder("image", manifest, CpuIsa("generic", frozenset()), installed=("onnxruntime",),
+                          accelerator=accelerator, table={"rows": []}).precision
 
 
 class ClipModel:
