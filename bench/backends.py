@@ -96,8 +96,11 @@ def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_on
         from clip_rt.engine.backends.openvino import OpenVinoBackend
     except ImportError:
         return cands
+    # With AMX hidden from oneDNN there is no bf16 arithmetic left: OpenVINO would emulate it
+    # (0.04x, issue 10), which only makes the run long.
+    hidden = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("AVX512_CORE_VNNI", "AVX512_CORE", "AVX2")
     for g, p in graphs.items():
-        for compute in ("f32", "bf16"):
+        for compute in ("f32",) if hidden else ("f32", "bf16"):
             if g == "int8-dynamic" and compute == "bf16":
                 continue  # MatMulInteger graphs: measured far behind the static graph in f32 already
             try:
