@@ -25,11 +25,15 @@ def runtime_dict(plan: RuntimePlan, live: Optional[dict[str, dict[str, Any]]] = 
     live = live or {}
     out: dict[str, Any] = {"cpu": plan.cpu.to_dict(), "installed_backends": list(plan.installed),
                            "table": plan.table}
+    from .backends.choose import load_table
+
+    sources = load_table().get("sources", {})
     for enc in ("image", "text"):
         entry = plan.encoder(enc).to_dict()
         if enc in live:
             entry["running"] = live[enc]
         out[enc] = entry
+    out["sources"] = {c.source: sources[c.source] for c in (plan.image, plan.text) if c.source in sources}
     return out
 
 
@@ -56,7 +60,10 @@ def describe_lines(runtime: dict[str, Any]) -> list[str]:
         for note in c.get("notes", []):
             lines.append(f"{'':<15}- {note}")
         if c.get("source"):
-            lines.append(f"{'':<15}measured: {c['source']}")
+            src = runtime.get("sources", {}).get(c["source"], {})
+            where = f"{src.get('file', c['source'])} (`{src['command']}`, {src.get('when', '?')})" if src.get("command") \
+                else c["source"]
+            lines.append(f"{'':<15}measured: {where}")
     return lines
 
 

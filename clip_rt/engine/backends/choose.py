@@ -217,6 +217,9 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
         if gp not in manifest.graphs:
             continue
         if gp == "int8" and row["graph"] != f"int8-{int8_scheme(manifest, encoder)}":
+            if precision is None and backend is None and row["graph"] == "int8-static":
+                skipped.append(f"{row['backend']} int8 (static) would be faster: the bundle's int8 {encoder} graph "
+                               "is dynamic (re-export for a static one)")
             continue  # measured on the other int8 scheme
         if precision is None and not _qualifies(manifest, gp, encoder):
             skipped.append(f"{label}: the bundle's {gp} {encoder} graph has no passed parity gate")
