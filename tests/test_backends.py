@@ -148,7 +148,7 @@ def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path, clip
         Image.fromarray((np.random.default_rng(i).random((20 + i, 24, 3)) * 255).astype(np.uint8)).save(p)
         paths.append(p)
     ort_m = clip_rt.load(bundle, backend="onnxruntime", cache=False)
-    ov_m = clip_rt.load(bundle, backend="openvino", cache=False)
+    ov_m = clip_rt.load(bundle, backend="openvino", precision="fp32", cache=False)
     assert ov_m.plan.image.backend == "openvino" and ov_m.plan.image.folders == "throughput"
     want = ort_m.encode_image(paths)
     np.testing.assert_allclose(ov_m.encode_image(paths), want, atol=1e-5)
@@ -159,7 +159,7 @@ def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path, clip
     np.testing.assert_allclose(ov_m.encode_text(PROMPTS), ort_m.encode_text(PROMPTS), atol=1e-5)
     rt = ov_m.runtime
     text = ov_m.describe()
-    assert "image:" in text and "openvino fp32" in text and "why: asked for (backend openvino)" in text
+    assert "image:" in text and "openvino fp32" in text and "why: asked for (backend openvino, precision fp32)" in text
     assert rt["image"]["backend"] == "openvino" and rt["image"]["running"]["backend"] == "openvino"
     assert "throughput" in rt["image"]["running"]  # iter_images compiled the throughput model
     with pytest.raises(InputError, match="needs the onnxruntime backend"):
@@ -175,7 +175,7 @@ def test_queue_survives_bad_images_and_early_stop(bundle: Path, tmp_path: Path) 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(good)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    m = clip_rt.load(bundle, backend="openvino", cache=False)
+    m = clip_rt.load(bundle, backend="openvino", precision="fp32", cache=False)
     items = list(m.iter_images([good, bad, good, bad, bad, good], batch_size=2))
     assert [it.ok for it in items] == [True, False, True, False, False, True]
     stream = m.iter_images([good] * 20, batch_size=2)
@@ -188,7 +188,7 @@ def test_queue_survives_bad_images_and_early_stop(bundle: Path, tmp_path: Path) 
 def test_prompt_cache_keeps_backends_apart(bundle: Path) -> None:
     ort_m = clip_rt.load(bundle, backend="onnxruntime")
     ort_m.encode_text(PROMPTS)
-    ov_m = clip_rt.load(bundle, backend="openvino")
+    ov_m = clip_rt.load(bundle, backend="openvino", precision="fp32")
     assert ov_m.plan.text.cache_key == "fp32+openvino" and ort_m.plan.text.cache_key == "fp32"
     ov_m.encode_text(PROMPTS)
     assert "text" in ov_m._sessions  # not served from the onnxruntime entries
@@ -304,8 +304,9 @@ def test_outputs_record_what_ran(bundle: Path, tmp_path: Path) -> None:
 
         side = json.loads(Path(sidecar_path(str(out))).read_text())
     assert side["runtime"]["image"]["backend"] == "onnxruntime" and side["runtime"]["cpu"]
+    other = ["--backend", "openvino"] if HAVE_OV else []
     res = CliRunner().invoke(main, ["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out),
-                                    "--resume"])
+                                    "--resume", "--precision", "fp32", *other])
     assert res.exit_code == 0, res.output  # the runtime record is not part of the run's identity
     idx = tmp_path / "idx"
     res = CliRunner().invoke(main, ["index", str(folder), "-o", str(idx), "-m", str(bundle)])
