@@ -239,7 +239,7 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
         return EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
                              row.get("folders", "latency"), why, row.get("source"),
                              needs_evidence=derived and precision is None and verdict is None,
-                             explicit=explicit, notes=tuple(skipped))
+                             explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
     return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, bool(rows), explicit)
 
 
@@ -276,7 +276,7 @@ def _fallback(encoder: str, manifest: Any, cpu: CpuIsa, backend: Optional[str], 
     compute = "bf16" if name == "bf16" else ("f32" if chosen_backend == "openvino" else "graph")
     return EncoderChoice(encoder, chosen_backend, name, gp, compute,
                          "throughput" if chosen_backend == "openvino" else "latency", why, None,
-                         explicit=explicit, notes=tuple(skipped))
+                         explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
 
 
 def _accelerator_choice(encoder: str, manifest: Any, accelerator: str, backend: Optional[str],
