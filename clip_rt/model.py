@@ -20,10 +20,12 @@ import numpy as np
 
 from . import templates as _templates
 from .errors import BundleError, ClipRtError, InputError
-from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
+from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
+from .engine.contract import check_external_data, check_session
 from .engine.session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
 from .bundle.store import resolve_bundle
 from .bundle.verify import verify_bundle_files
+from .inputs.texts import check_utf8
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -198,16 +200,23 @@ class ClipModel:
                     if sess.fell_back and CUDA not in sess.providers:
                         sess = self._fall_back_to_cpu_precision(encoder, sess)
                     self._precision_settled = True
-                want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
-                if sess.input_names != [want_in] or want_out not in sess.output_names:
-                    raise BundleError(f"{sess.path.name}: expected input {want_in!r} and output {want_out!r}, "
-                                      f"found inputs {sess.input_names} and outputs {sess.output_names}")
+                check_session(sess, encoder, self.manifest)  # the graph agrees with its manifest
                 self._sessions[encoder] = sess
             return self._sessions[encoder]
+
+    def prepare(self, encoders: Sequence[str] = ("image", "text")) -> None:
+        """Create and check the sessions of *encoders* now (files verified, graph checked against
+        the manifest): a damaged or mismatched bundle then fails here, before a caller opens its
+        output files, rather than after."""
+        for encoder in encoders:
+            if encoder not in ("image", "text"):
+                raise InputError(f"encoder must be 'image' or 'text', got {encoder!r}")
+            self.session(encoder)
 
     def _open_session(self, encoder: str) -> OrtSession:
         graph = self.manifest.graph(self.precision, encoder)
         self._check_files([graph.file, *graph.external_data])
+        check_external_data(self.bundle_dir, graph)  # before onnxruntime opens anything it names
         return OrtSession(self.bundle_dir / graph.file, self._requested, intra_op_threads=self._threads,
                           session_options=self._session_options, allow_fallback=self._allow_fallback,
                           options=self._provider_options)
@@ -257,9 +266,18 @@ class ClipModel:
             if self._cache_obj is None and self._cache_mode:
                 from .engine.prompt_cache import PromptCache
 
-                self._cache_obj = PromptCache(self.manifest.fingerprint, self.precision, dim=self.embed_dim,
+                self._cache_obj = PromptCache(self._prompt_fingerprint(), self.precision, dim=self.embed_dim,
                                               persistent=self._cache_mode is True)
             return self._cache_obj
+
+    def _prompt_fingerprint(self) -> str:
+        """What cached text embeddings are keyed by: the bundle's files and text settings, and
+        the text cleaner in use (ftfy repairs mojibake that the built-in cleaner leaves alone)."""
+        import hashlib
+        import importlib.util
+
+        cleaner = "ftfy" if importlib.util.find_spec("ftfy") is not None else "lite"
+        return hashlib.sha256(f"{self.manifest.text_fingerprint}:{cleaner}".encode()).hexdigest()[:32]
 
     def release(self, encoder: str) -> None:
         """Free an encoder's session (its weights and arena); it is re-created on next use.
@@ -278,9 +296,10 @@ class ClipModel:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
         items = [texts] if isinstance(texts, str) else list(texts)
         _check_batch_size(batch_size)
-        for t in items:
+        for i, t in enumerate(items):
             if not isinstance(t, str):
-                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r}")
+                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
+            check_utf8(t, f"text #{i}")
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         unique = list(dict.fromkeys(items))
