@@ -112,6 +112,9 @@ class FakeModel:
     def session(self, encoder: str) -> None:
         """The real model opens (and checksums) the graph here; the fake has none."""
 
+    def prepare(self, encoders: Any = ("image", "text")) -> None:
+        """The real model creates and checks its sessions here; the fake has none."""
+
     def release(self, encoder: str) -> None:
         """The real model frees the session here."""
 
