@@ -367,17 +367,16 @@ class ClipModel:
     def _decode(self, index: int, source: Any) -> _Decoded:
         pre = self._preprocessor()
         try:
-            loaded = pre.load(source)  # with the model's EXIF and draft settings
-            pixels = pre(loaded)
-        except ClipRtError as exc:  # unreadable image, bad array: reported on this item only
+            # With the model's EXIF and draft settings, inside the process-wide decode memory
+            # budget; the decoded image is dropped as soon as it is preprocessed.
+            done = pre.convert(source)
+        except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
             return _Decoded(index, source, None, None, None, exc, [])
-        except MemoryError:
-            raise
         except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
             from .inputs.images import unexpected_load_error
 
             return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
-        return _Decoded(index, source, pixels, loaded.width, loaded.height, None, list(loaded.notes))
+        return _Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
 
     def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
@@ -432,6 +431,20 @@ class ClipModel:
                 emb, row = embs[row], row + 1  # type: ignore[index]
             yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
                                  error=None if d.error is None else str(d.error), notes=d.notes)
+
+    @property
+    def draft(self) -> bool:
+        """Whether images may be decoded at reduced scale (``load(draft=True)``, CLI ``--draft``)."""
+        return self._draft
+
+    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+        """The smallest (width, height) a *width* x *height* image may be decoded or converted at
+        in draft mode: twice what the resize step makes of it (docs/images.md)."""
+        return self._preprocessor().draft_size(width, height)
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """One image as the image graph takes it: float32 ``(3, H, W)`` (see :meth:`encode_pixels`)."""
+        return self._preprocessor()(image)
 
     # -- similarity and zero-shot ---------------------------------------------------
     def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:

@@ -106,6 +106,15 @@ class FakeModel:
             out.append(v / np.linalg.norm(v))
         return np.stack(out).astype(np.float32)
 
+    draft = False
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The real model's pixels; here the embedding itself, which encode_pixels passes on."""
+        return self._embed(image)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(pixels, dtype=np.float32)
+
     def classifier(self, labels: list[str], templates: tuple[str, ...]) -> FakeClassifier:
         return FakeClassifier(self, labels, templates)
 
