@@ -124,8 +124,8 @@ class Str(Spec):
         if self.choices is not None and value not in self.choices:
             raise SchemaError(path, f"expected one of {', '.join(self.choices)}, got {describe(value)}")
         if not self.min_len <= len(value) <= self.max_len:
-            raise SchemaError(path, f"expected {self.what} of {self.min_len} to {self.max_len} characters, "
-                                    f"got {len(value)} characters")
+            size = (f"{self.max_len}" if self.min_len == self.max_len else f"{self.min_len} to {self.max_len}")
+            raise SchemaError(path, f"expected {self.what} ({size} characters), got {len(value)} characters")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise SchemaError(path, f"expected {self.what}, got {describe(value)}")
         return value

@@ -96,7 +96,7 @@ def _check_image(session: OrtSession, dims: list[Any], out_dims: list[Any], mani
     if all(isinstance(d, int) for d in (dims[2], dims[3], out_dims[1])):
         return  # everything the manifest says is fixed in the graph: nothing left to try
     _probe(session, IMAGE_INPUT, np.zeros((1, 3, height, width), np.float32), manifest,
-           f"a 1x3x{height}x{width} input (image.size)")
+           f"a 1x3x{height}x{width} input (image.size {list(manifest.image.size)})")
 
 
 def _check_text(session: OrtSession, dims: list[Any], manifest: Manifest) -> None:
@@ -113,12 +113,16 @@ def _check_text(session: OrtSession, dims: list[Any], manifest: Manifest) -> Non
     ids = [text.sot_token_id, top, text.eot_token_id] if text.context_length >= 3 else [top, text.eot_token_id]
     row = ids if text.dynamic_sequence else ids + [text.pad_token_id] * (text.context_length - len(ids))
     _probe(session, TEXT_INPUT, np.array([row], np.int64), manifest,
-           f"token id {top} (the manifest's text.vocab_size is {text.vocab_size})")
+           f"token ids up to {top} (text.vocab_size {text.vocab_size})")
 
 
 def _probe(session: OrtSession, input_name: str, feed: np.ndarray, manifest: Manifest, what: str) -> None:
+    import onnxruntime
+
+    quiet = onnxruntime.RunOptions()
+    quiet.log_severity_level = 4  # the failure is reported below, in one line; not also by onnxruntime's log
     try:
-        result = session.run({input_name: feed})
+        result = session.inference_session.run(None, {input_name: feed}, quiet)
     except ort_graph_errors() as exc:
         raise BundleError(f"{session.path}: the graph fails on {what} ({ort_reason(exc)}); it does not match "
                           "its manifest") from None

@@ -174,6 +174,9 @@ def ort_reason(exc: BaseException, limit: int = 400) -> str:
                     cut = i + 1
                     break
         text = rest[cut:].strip() if cut else rest
+    text = re.sub(r"(?:[\w-]+/)*[\w-]+\.(?:h|hpp|cc|cpp):\d+ (?:\w+ )?", "", text)  # "file.cc:2201 Function "
+    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ",
+                  r"\1: ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
