@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 import click
 
 from ..errors import InputError
+from ..inputs.texts import decode_utf8, decode_utf8_lines
 
 DEFAULT_MODEL = "ViT-B-32-openai"
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
@@ -105,15 +107,29 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if labels_csv is not None:
         raw = labels_csv.split(",")
     else:
-        with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
-            raw = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+        lines = decode_utf8_lines(_read_labels_file(labels_file), f"--labels-file {labels_file!r}")  # type: ignore[arg-type]
+        raw = [line for line in lines if not line.lstrip().startswith("#")]
     labels = [lab.strip() for lab in raw if lab.strip()]
     if not labels:
         raise click.UsageError("no labels given: expected at least one non-empty label")
-    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    dupes = duplicates(labels)
     if dupes:
-        raise click.UsageError(f"duplicate labels: {', '.join(dupes)}")
+        raise click.UsageError(f"duplicate labels: {', '.join(sorted(dupes))}")
     return labels
+
+
+def duplicates(items: Sequence[str]) -> list[str]:
+    """The items that occur more than once, each once, in first-seen order (linear time)."""
+    counts = Counter(items)
+    return [item for item, n in counts.items() if n > 1]
+
+
+def _read_labels_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"--labels-file {path!r}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _labels_json(path: str) -> dict[str, Any]:
@@ -121,16 +137,17 @@ def _labels_json(path: str) -> dict[str, Any]:
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         # json.load would keep the last of two equal keys silently, dropping a label's prompts.
-        keys = [k for k, _ in pairs]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        dupes = sorted(duplicates([k for k, _ in pairs]))
         if dupes:
             raise click.UsageError(f"--labels-file {path!r}: duplicate label(s) {', '.join(map(repr, dupes))}")
         return dict(pairs)
 
+    text = decode_utf8(_read_labels_file(path), f"--labels-file {path!r}")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f, object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise click.UsageError(f"--labels-file {path!r} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError
         raise click.UsageError(f"--labels-file {path!r} is not valid UTF-8 JSON ({exc})") from exc
 
     def good_prompts(v: Any) -> bool:

@@ -26,6 +26,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
     (they are left out of the index and listed) or a folder could not be listed (its earlier
     entries are kept, and it is listed)."""
     model = model_from_options(model_name, provider, precision, threads)
+    model.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
         index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,

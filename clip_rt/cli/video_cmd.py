@@ -46,19 +46,24 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     tops: list[str] = []
     top_scores: list[float] = []
     probs: list[np.ndarray] = []
-    batch: list[Any] = []
+    batch: list[tuple[float, np.ndarray]] = []  # (time, preprocessed pixels): no full frame is kept
 
     def flush() -> None:
-        embs = model.encode_image([f.image for f in batch])
-        for f, c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
-            times.append(f.time)
+        embs = model.encode_pixels(np.stack([pixels for _, pixels in batch]))
+        for (t, _), c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
+            times.append(t)
             tops.append(c.label)
             top_scores.append(float(c.score))
             probs.append(np.array([c.scores[lab] for lab in labels], dtype=np.float64))
         batch.clear()
 
-    for frame in video.sample_frames(video_path, every):
-        batch.append(frame)
+    from PIL import Image
+
+    # Frames get the images' pixel limit; with --draft they are scaled down while converted.
+    frames = video.sample_frames(video_path, every, max_pixels=Image.MAX_IMAGE_PIXELS,
+                                 shrink=model.draft_size if model.draft else None)
+    for frame in frames:
+        batch.append((frame.time, model.preprocess(frame.image).pixels))
         if len(batch) >= batch_size:
             flush()
     if batch:
