@@ -18,6 +18,7 @@ from .errors import (
     ImageLoadError,
     InputError,
     ModelNotFoundError,
+    OutputError,
     ProviderError,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ImageLoadError",
     "InputError",
     "ModelNotFoundError",
+    "OutputError",
     "ProviderError",
     "__version__",
 ]

@@ -8,8 +8,11 @@ from typing import Any, Optional, Sequence
 import click
 import numpy as np
 
+from ..errors import OutputError
+from ..inputs.discover import discover, display_path, path_key, printable
 from ..outputs import records as rec_mod
-from ..inputs.discover import discover, display_path, path_key
+from ..outputs.files import stdout_sink
+from ..outputs.record_output import RecordOutput
 from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
@@ -77,12 +80,11 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
 
-    done: list[Record] = []
-    append = False
-    if resume and output and os.path.exists(output):
-        rec_mod.check_sidecar(output, identity)
-        done = rec_mod.resume_jsonl(output) if fmt == "jsonl" else rec_mod.resume_csv(output, labels)
-        append = os.path.getsize(output) > 0
+    target = RecordOutput(output, fmt, resume=resume) if output else None
+    if target:  # checks the folder, the sidecar, the lock; reads what --resume skips; truncates nothing
+        target.prepare(identity, labels)
+    done: list[Record] = target.done if target else []
+    append = bool(target and target.append)
     # Keys, not raw strings: `photos/a.jpg` recorded by one run is `./photos/a.jpg` in the next.
     done_keys = {path_key(r.path) for r in done}
     todo = [p for p in inputs if path_key(p) not in done_keys]
@@ -91,17 +93,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     unlisted = [Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items()
                 if key not in done_keys]
 
-    # Truncate first, then describe: a kill in between leaves an empty output whose old
-    # description makes --resume refuse, never old records under a new description.
-    stream = rec_mod.open_output(output, append) if output else rec_mod.stdout_stream()
-    if output:
-        rec_mod.write_sidecar(output, identity)
-    writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
     # Every new record is kept only for --report; otherwise only the failed ones, so that
     # memory stays flat over millions of images.
     new: list[Record] = []
     n_new = 0
     try:
+        stream = target.open() if target else stdout_sink()
+        writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
         writer.write_batch(unlisted)
         n_new += len(unlisted)
         new.extend(unlisted)
@@ -113,11 +111,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                 new.extend(out if report_dir else [r for r in out if not r.ok])
                 bar.update(len(out))
         writer.close()
+        if target:
+            target.commit()
+    except OutputError as exc:
+        raise (target.fail(exc, written=n_new) if target else exc) from None
     finally:
-        if output:
-            stream.close()
-        else:
-            rec_mod.release_stdout(stream)
+        if target:
+            target.release()
 
     by_key = {path_key(r.path): r for r in done + new}
     wanted = list(unlisted_folders) + [path_key(p) for p in inputs]
@@ -127,7 +127,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     skipped = f", {n_done} already done" if done else ""
     echo_err(f"{n_done + n_new} processed, {len(failed)} failed{skipped}")
     for r in failed[:10]:
-        echo_err(f"  failed: {display_path(r.path)}: {rec_mod.error_reason(r.path, r.error or '')}")
+        echo_err(f"  failed: {display_path(r.path)}: {printable(rec_mod.error_reason(r.path, r.error or ''))}")
     if len(failed) > 10:
         echo_err(f"  ... and {len(failed) - 10} more (see the records' error field)")
     if report_dir:
