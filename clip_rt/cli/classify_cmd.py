@@ -24,6 +24,7 @@ from .common import (
     parse_labels,
     progress_bar,
     resolve_templates,
+    warn_if_single_label,
 )
 
 
@@ -41,11 +42,14 @@ from .common import (
               help="Also write results.csv, summary.json and charts to this folder (needs clip-rt[report]).")
 @click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images in the report's contact sheet.")
-@click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
+@click.option("--csv-bom/--no-csv-bom", default=None,
+              help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
+                   "report's results.csv, a BOM when a label is not ASCII.")
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
-                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
+                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
+                 csv_bom: Optional[bool],
                  model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
@@ -56,6 +60,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
+    warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     fmt = rec_mod.infer_format(output, fmt)
     if resume and not output:
@@ -80,6 +85,10 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
 
+    if report_dir:  # the folder can be written: checked before any inference, too
+        from ..outputs.report import prepare_report
+
+        prepare_report(report_dir)
     target = RecordOutput(output, fmt, resume=resume) if output else None
     if target:  # checks the folder, the sidecar, the lock; reads what --resume skips; truncates nothing
         target.prepare(identity, labels)
@@ -99,7 +108,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     n_new = 0
     try:
         stream = target.open() if target else stdout_sink()
-        writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
+        writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=bool(csv_bom))
         writer.write_batch(unlisted)
         n_new += len(unlisted)
         new.extend(unlisted)
@@ -133,8 +142,10 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-        write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
-        echo_err(f"report written to {display_path(report_dir)}")
+        summary = write_report(everything, report_dir, labels, identity=identity, contact_sheet=contact_n,
+                               bom=csv_bom)
+        fonts = ", ".join(summary["fonts"]["families"])
+        echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed:
         sys.exit(1)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
@@ -12,6 +13,9 @@ import click
 from ..errors import InputError
 
 DEFAULT_MODEL = "ViT-B-32-openai"
+# --labels separators: the comma, and the full-width comma and ideographic comma that CJK
+# input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
+LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,7 +96,7 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if labels_file and labels_file.lower().endswith(".json"):
         return _labels_json(labels_file)
     if labels_csv is not None:
-        raw = labels_csv.split(",")
+        raw = LABEL_SEPARATORS.split(labels_csv)
     else:
         with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
             raw = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
@@ -103,6 +107,13 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if dupes:
         raise click.UsageError(f"duplicate labels: {', '.join(dupes)}")
     return labels
+
+
+def warn_if_single_label(labels: Sequence[str]) -> None:
+    """Softmax over one label is always 100 %: say so, once (it is allowed, e.g. to get scores)."""
+    if len(labels) == 1:
+        warnings.warn(f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
+                      "separated by commas (, ， 、)", stacklevel=2)
 
 
 def _labels_json(path: str) -> dict[str, Any]:
