@@ -15,7 +15,7 @@ from PIL import Image
 from clip_rt.cli import main
 from clip_rt.errors import ClipRtError
 from clip_rt.outputs.records import Record
-from clip_rt.outputs import charts, report
+from clip_rt.outputs import charts
 from clip_rt.outputs.report import ASPECT_TOLERANCE, aspect_type, orientation, summarise, write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
