@@ -293,7 +293,7 @@ def test_read_only_folder_is_one_error_line_and_the_output_survives(tmp_path: Pa
             line = one_error_line(r)
             assert "r.jsonl" in line and ("Read-only file system" in line or "Permission denied" in line), line
             assert (ro / "r.jsonl").read_bytes() == before
-        r = invoke(["classify", str(folder), "-l", "red", "--report", str(ro / "rep")])
+        r = invoke(["classify", str(folder), "-l", "red,green", "--report", str(ro / "rep")])
         assert r.exit_code == 1 and "rep" in one_error_line(r)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -99,13 +100,15 @@ def remove_stale_temps(path: str) -> None:
     """Delete temporary files a killed writer of *path* left behind. Call it while holding the
     output's :class:`OutputLock` (no live writer then owns one)."""
     folder, base = os.path.split(path)
-    prefix = f".{base}."
+    # Ours only: `.<name>.<pid>.<8 hex>.tmp` and the sidecar's, not another output's whose
+    # name merely starts with this one's.
+    ours = re.compile(r"\." + re.escape(base) + r"(\.clip-rt\.json)?\.\d+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
     try:
         names = os.listdir(folder or ".")
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix) and name.endswith(TEMP_SUFFIX) and name.count(".") >= 4:
+        if ours.fullmatch(name):
             _unlink(os.path.join(folder, name))
 
 
@@ -278,12 +281,14 @@ class RecordSink:
     def abort(self) -> None:
         """After a failed write: drop what is pending, cut a torn batch, close without flushing."""
         self._pending.clear()
+        if self.closed:
+            return
         if self.truncatable:
             try:
                 self.raw.truncate(self.good)
             except OSError:
                 pass
-        if self.owned and not self.closed:
+        if self.owned:
             try:
                 self.raw.close()
             except OSError:

@@ -102,6 +102,7 @@ class RecordOutput:
         self._sink: Optional[RecordSink] = None
         self._tmp: Optional[str] = None  # JSON/table: written here, renamed at the end
         self._kept = False  # an earlier output was moved aside
+        self._created = False  # this run made the file (it did not exist, or was empty)
         folder, base = os.path.split(path)
         self._previous = os.path.join(folder, f".{base}{PREVIOUS_SUFFIX}")
 
@@ -134,27 +135,27 @@ class RecordOutput:
 
     # -- writing -----------------------------------------------------------------------
     def open(self) -> RecordSink:
-        """The stream to write records to. May move the earlier output aside (see the module)."""
+        """The stream to write records to. May move the earlier output aside (see the module).
+        Call it inside the ``try`` whose ``except OutputError`` calls :meth:`fail`."""
         if self.special:
             self._sink = open_sink(self.path, "wb", truncatable=False)
             return self._sink
-        try:
-            if not self.streaming:
-                self._tmp = temp_name(self.path)
-                self._sink = open_sink(self._tmp, "wb", truncatable=False)
-                self._sink.label = self.path
-            elif self.append:
-                self._sink = open_sink(self.path, "ab", truncatable=True)
-            else:
-                self._keep_previous()
-                self._sink = open_sink(self.path, "wb", truncatable=True)
-                if self._kept:
-                    _copymode(self._previous, self.path)
-                # Truncate first, then describe: a kill in between leaves an empty output
-                # with no description (resume refuses it), never old records under a new one.
-                write_sidecar(self.path, self._identity)
-        except OutputError as exc:
-            raise self.fail(exc) from None
+        # An OutputError here goes to fail() like one from a later write.
+        if not self.streaming:
+            self._tmp = temp_name(self.path)
+            self._sink = open_sink(self._tmp, "wb", truncatable=False)
+            self._sink.label = self.path
+        elif self.append:
+            self._sink = open_sink(self.path, "ab", truncatable=True)
+        else:
+            self._keep_previous()
+            self._created = not os.path.exists(self.path)
+            self._sink = open_sink(self.path, "wb", truncatable=True)
+            if self._kept:
+                _copymode(self._previous, self.path)
+            # Truncate first, then describe: a kill in between leaves an empty output with
+            # no description (resume refuses it), never old records under a new one.
+            write_sidecar(self.path, self._identity)
         return self._sink
 
     def _keep_previous(self) -> None:
@@ -206,7 +207,8 @@ class RecordOutput:
         if self._tmp is not None:
             _unlink(self._tmp)
             self._tmp = None
-            return OutputError(f"{exc}; {where!r} was left as it was")
+            kept = "was left as it was" if os.path.exists(self.path) else "was not written"
+            return OutputError(f"{exc}; {where!r} {kept}")
         if self._kept:
             _unlink(sidecar_path(self.path))
             try:
@@ -222,6 +224,9 @@ class RecordOutput:
         if total:
             return OutputError(f"{exc}; the {total} record(s) written before it are in {where!r}: "
                                "make room and continue with --resume")
+        if self._created:  # nothing in it, and no description: leave nothing behind
+            _unlink(self.path)
+            _unlink(sidecar_path(self.path))
         return exc
 
     def release(self) -> None:

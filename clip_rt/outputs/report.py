@@ -62,8 +62,9 @@ def _stats(values: Sequence[float]) -> dict[str, Optional[float]]:
     if not len(values):
         return {"min": None, "mean": None, "median": None, "max": None}
     arr = np.asarray(values, dtype=np.float64)
-    return {"min": float(arr.min()), "mean": float(arr.mean()), "median": float(np.median(arr)),
-            "max": float(arr.max())}
+    whole = all(isinstance(v, (int, np.integer)) for v in values)  # pixels: min and max stay integers
+    lo, hi = (int(arr.min()), int(arr.max())) if whole else (float(arr.min()), float(arr.max()))
+    return {"min": lo, "mean": float(arr.mean()), "median": float(np.median(arr)), "max": hi}
 
 
 def summarise(records: Sequence[Record], labels: Sequence[str],
