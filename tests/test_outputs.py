@@ -437,3 +437,12 @@ def test_stdout_on_a_full_device_is_one_error_line(tmp_path: Path) -> None:
     assert p.returncode == 1 and err.startswith("Error: cannot write to standard output: No space left"), err
     assert "Traceback" not in err
 
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.json"])
+def test_symlinked_output_is_written_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    folder, out, _ = first_run(tmp_path, monkeypatch, name=name)
+    link = tmp_path / f"link-{name}"
+    link.symlink_to(out)
+    assert invoke(["classify", str(folder), "-l", "red,cyan", "-o", str(link)]).exit_code == 0
+    assert link.is_symlink() and '"cyan"' in out.read_text()

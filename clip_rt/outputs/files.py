@@ -59,6 +59,12 @@ def is_special(st: Optional[os.stat_result]) -> bool:
     return st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
 
 
+def through_link(path: str) -> str:
+    """The file a symbolic link points to, so that replacing the output replaces that file
+    (as writing through the link did), not the link itself."""
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def check_target(path: str, what: str = "output") -> Optional[os.stat_result]:
     """Check that *path* can be an output file before anything is opened: its folder exists,
     and it is not itself a folder. Returns its ``stat`` (``None`` when it does not exist)."""
@@ -150,7 +156,8 @@ def _sync_and_replace(tmp: str, path: str) -> None:
 def atomic_file(path: str, mode: str = "w", what: str = "", *, encoding: Optional[str] = "utf-8",
                 errors: Optional[str] = None, newline: Optional[str] = None) -> Iterator[IO[Any]]:
     """``with atomic_file(path) as f:`` writes *path* whole or not at all. A special file
-    (``/dev/null``, a FIFO) is opened and written directly."""
+    (``/dev/null``, a FIFO) is opened and written directly; a symbolic link is written through."""
+    path = through_link(path)
     st = check_target(path, what or "output")
     binary = "b" in mode
     kw: dict[str, Any] = {} if binary else {"encoding": encoding, "errors": errors, "newline": newline}
@@ -191,7 +198,7 @@ class StagedFiles:
 
     def path(self, name: str) -> str:
         """A temporary path to write *name* to (created empty, so the name is ours)."""
-        final = os.path.join(self.folder, name)
+        final = through_link(os.path.join(self.folder, name))
         check_regular_or_absent(final, self.what)
         tmp = temp_name(final)
         try:

@@ -36,6 +36,7 @@ from .files import (
     output_error,
     remove_stale_temps,
     temp_name,
+    through_link,
 )
 from .records import RESUMABLE, Record, csv_header, csv_line, dumps_json, unneutralise
 
@@ -92,7 +93,9 @@ class RecordOutput:
     """
 
     def __init__(self, path: str, fmt: str, *, resume: bool = False) -> None:
-        self.path, self.fmt, self.resume = path, fmt, resume
+        # A symbolic link: the file it points to is the output (its sidecar, lock and kept
+        # earlier version live beside it), as when writing through the link.
+        self.path, self.fmt, self.resume = through_link(path), fmt, resume
         self.streaming = fmt in RESUMABLE  # records appear in the real file as they come
         self.special = False
         self.done: list[Record] = []
