@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import ClipRtError, ImageLoadError, InputError
 from ..inputs.discover import display_path, printable
-from .fonts import FontChoice, choose_fonts
+from .fonts import INSTALL_HINT, FontChoice, choose_fonts
 
 BAR_COLOUR = "#3b75af"
 MEAN_COLOUR = "#d62728"
@@ -281,11 +281,5 @@ def warn_missing_glyphs(texts: Iterable[str], what: str) -> FontChoice:
     if choice.missing:
         shown = ", ".join(repr(c) for c in choice.missing[:8]) + (" ..." if len(choice.missing) > 8 else "")
         warnings.warn(f"no installed font has {len(choice.missing)} character(s) of {what} ({shown}): they show "
-                      f"as boxes in the charts; install a font that has them ({_hint()})", stacklevel=3)
+                      f"as boxes in the charts; install a font that has them ({INSTALL_HINT})", stacklevel=3)
     return choice
-
-
-def _hint() -> str:
-    from .fonts import INSTALL_HINT
-
-    return INSTALL_HINT

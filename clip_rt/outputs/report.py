@@ -13,6 +13,7 @@ that fails (full disk ...) leaves the folder's previous files as they were.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -27,6 +28,7 @@ from ..errors import InputError, OutputError
 from ..inputs.discover import display_path
 from . import charts
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
+from .fonts import INSTALL_HINT
 from .records import Record, RecordWriter, dumps_json
 
 ASPECT_TYPES: tuple[tuple[str, float], ...] = (("1:1", 1.0), ("4:3", 4 / 3), ("3:2", 1.5), ("16:9", 16 / 9))
@@ -132,11 +134,11 @@ def as_records(results: Iterable[Any], paths: Optional[Sequence[Any]] = None) ->
             raise InputError(f"result {i}: expected a Record, a JSON record (dict) or a classification result "
                              f"with label/score/scores; got {type(item).__name__}")
         if given is not None and rec.path != given:
-            rec = Record(**{**rec.__dict__, "path": given})
+            rec = dataclasses.replace(rec, path=given)
         if rec.ok and (rec.width is None or rec.height is None):
             size = image_size(rec.path)
             if size:
-                rec = Record(**{**rec.__dict__, "width": size[0], "height": size[1]})
+                rec = dataclasses.replace(rec, width=size[0], height=size[1])
         out.append(rec)
     return out
 
@@ -233,7 +235,7 @@ def _write_files(folder: str, summary: dict[str, Any], records: Sequence[Record]
         summary["fonts"] = choice.to_json()
         if choice.missing:
             summary["notes"] = [f"no installed font has these characters, so they show as boxes: "
-                                f"{choice.missing} ({charts._hint()})"]
+                                f"{choice.missing} ({INSTALL_HINT})"]
         with open(staged.path("summary.json"), "w", encoding="utf-8") as f:
             f.write(dumps_json(summary, indent=2) + "\n")
         staged.commit()
@@ -255,7 +257,6 @@ def _charts(staged: StagedFiles, summary: dict[str, Any], shown: list[str], note
     classes = summary["classes"]
     aspect = summary["aspect_ratio"]
     sized = [r for r in records if r.width and r.height]
-    made = []
     with charts.chart_style(texts):
         charts.bar_chart(staged.path("class_distribution.png"), shown, [classes[lab]["count"] for lab in shown],
                          title=f"Images per class ({summary['classified']} classified{note})", xlabel="images",
