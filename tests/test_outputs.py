@@ -297,6 +297,31 @@ def test_read_only_folder_is_one_error_line_and_the_output_survives(tmp_path: Pa
         assert r.exit_code == 1 and "rep" in one_error_line(r)
 
 
+def gated_cmd(args: list[str], gate: Path, after: int) -> list[str]:
+    """The CLI with the fake model in a subprocess that stops before image *after* until the
+    file *gate* exists (at most 60 s): the run is surely half-way while the test acts."""
+    code = (f"import os, sys, time; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t\n"
+            "real = t.FakeModel.iter_images\n"
+            "def gated(self, sources, batch_size=32):\n"
+            "    for i, item in enumerate(real(self, sources, batch_size)):\n"
+            f"        if i == {after}:\n"
+            "            end = time.time() + 60\n"
+            f"            while not os.path.exists({str(gate)!r}) and time.time() < end:\n"
+            "                time.sleep(0.02)\n"
+            "        yield item\n"
+            "t.FakeModel.iter_images = gated\n"
+            "t.run_cli_with_fake(0)\n")
+    return [sys.executable, "-c", code, *args]
+
+
+def wait_for_lines(path: Path, n: int, also: Path | None = None) -> None:
+    """Until *path* has *n* lines (and *also* exists), at most 60 s."""
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((also is None or also.exists()) and path.exists()
+                                          and path.read_bytes().count(b"\n") >= n):
+        time.sleep(0.02)
+
+
 def limited_run(args: list[str], limit: int) -> subprocess.CompletedProcess[bytes]:
     """The CLI with the fake model in a process whose files cannot grow past *limit* bytes
     (``ulimit -f``; SIGXFSZ ignored, so a write past it fails with EFBIG as on a full disk)."""
@@ -361,18 +386,15 @@ def test_killed_replacing_run_keeps_the_earlier_output_aside(tmp_path: Path, mon
     """A run that replaces an earlier output streams into the real path (resumable) and keeps the
     earlier output as .<name>.previous until it ends; a completed run removes it."""
     folder, out, before = first_run(tmp_path, monkeypatch, n=40)
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t; t.run_cli_with_fake(0.05)"
-    cmd = [sys.executable, "-c", code, "classify", str(folder), "-l", "red,green,cyan", "-o", str(out),
-           "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["classify", str(folder), "-l", "red,green,cyan", "-o", str(out), "--batch-size", "2"]
+    proc = subprocess.Popen(gated_cmd(args, tmp_path / "never", after=8), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     previous = tmp_path / ".r.jsonl.previous"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (previous.exists() and out.exists() and out.read_bytes().count(b"\n") >= 4):
-        time.sleep(0.02)
+    wait_for_lines(out, 8, also=previous)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert previous.read_bytes() == before
-    assert 4 <= out.read_bytes().count(b"\n") < 40
+    assert out.read_bytes().count(b"\n") == 8
     r = invoke(["classify", str(folder), "-l", "red,green,cyan", "-o", str(out), "--resume"])
     assert r.exit_code == 0 and "already done" in r.stderr, r.output
     assert not previous.exists() and len(out.read_bytes().splitlines()) == 40
@@ -393,14 +415,12 @@ def test_two_resume_runs_at_once_never_duplicate(tmp_path: Path, monkeypatch: py
     install_fake(monkeypatch)
     folder = colour_folder(tmp_path / "imgs", 24)
     out = tmp_path / "r.jsonl"
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t; t.run_cli_with_fake(0.25)"
-    cmd = [sys.executable, "-c", code, "classify", str(folder), "-l", "red,green", "-o", str(out), "--resume",
-           "--batch-size", "2"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 2):
-        time.sleep(0.02)
-    second = subprocess.run(cmd, capture_output=True, timeout=120)
+    args = ["classify", str(folder), "-l", "red,green", "-o", str(out), "--resume", "--batch-size", "2"]
+    gate = tmp_path / "gate"
+    first = subprocess.Popen(gated_cmd(args, gate, after=4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_lines(out, 4)
+    second = subprocess.run(gated_cmd(args, gate, after=4), capture_output=True, timeout=120)
+    gate.touch()
     first.wait(120)
     assert first.returncode == 0, first.stderr.read() if first.stderr else ""
     assert second.returncode == 1 and b"being written by another clip-rt run" in second.stderr
