@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
+import re
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
@@ -14,6 +15,9 @@ from ..errors import InputError
 from ..inputs.texts import decode_utf8, decode_utf8_lines
 
 DEFAULT_MODEL = "ViT-B-32-openai"
+# --labels separators: the comma, and the full-width comma and ideographic comma that CJK
+# input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
+LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,7 +109,7 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if labels_file and labels_file.lower().endswith(".json"):
         return _labels_json(labels_file)
     if labels_csv is not None:
-        raw = labels_csv.split(",")
+        raw = LABEL_SEPARATORS.split(labels_csv)
     else:
         lines = decode_utf8_lines(_read_labels_file(labels_file), f"--labels-file {labels_file!r}")  # type: ignore[arg-type]
         raw = [line for line in lines if not line.lstrip().startswith("#")]
@@ -130,6 +134,13 @@ def _read_labels_file(path: str) -> bytes:
             return f.read()
     except OSError as exc:
         raise InputError(f"--labels-file {path!r}: cannot read it ({exc.strerror or exc})") from None
+
+
+def warn_if_single_label(labels: Sequence[str]) -> None:
+    """Softmax over one label is always 100 %: say so, once (it is allowed, e.g. to get scores)."""
+    if len(labels) == 1:
+        warnings.warn(f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
+                      "separated by commas (, ， 、)", stacklevel=2)
 
 
 def _labels_json(path: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Optional
 import click
 import numpy as np
 
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
 from . import main
 from .common import (
@@ -16,6 +16,7 @@ from .common import (
     model_options,
     parse_labels,
     resolve_templates,
+    warn_if_single_label,
 )
 
 
@@ -37,6 +38,7 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
 
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
+    warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     video.require_av()
     model = model_from_options(model_name, provider, precision, threads)
@@ -85,14 +87,15 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
                        for t, lab, sc in zip(times, tops, top_scores)],
         }, indent=2))
     else:
-        width = max(len(lab) for lab in labels + ["label"])
+        shown = {lab: printable(lab) for lab in labels}
+        width = max(display_width(x) for x in list(shown.values()) + ["label"])  # CJK: 2 columns
         if show_frames:
-            click.echo(f"{'time':>8}  {'label':<{width}}  score")
+            click.echo(f"{'time':>8}  {pad('label', width)}  score")
             for t, lab, sc in zip(times, tops, top_scores):
-                click.echo(f"{t:8.2f}  {lab:<{width}}  {sc:.3f}")
+                click.echo(f"{t:8.2f}  {pad(shown[lab], width)}  {sc:.3f}")
             click.echo("")
-        click.echo(f"{'start':>8}  {'end':>8}  {'label':<{width}}  {'mean':>5}  frames")
+        click.echo(f"{'start':>8}  {'end':>8}  {pad('label', width)}  {'mean':>5}  frames")
         for s in segs:
-            click.echo(f"{s.start:8.2f}  {s.end:8.2f}  {s.label:<{width}}  {s.mean_score:5.3f}  {s.frames}")
-        click.echo(f"overall: {label} ({score:.3f})")
+            click.echo(f"{s.start:8.2f}  {s.end:8.2f}  {pad(shown[s.label], width)}  {s.mean_score:5.3f}  {s.frames}")
+        click.echo(f"overall: {printable(label)} ({score:.3f})")
     echo_err(f"{len(times)} frames sampled every {every:g}s from {duration:.2f}s of video, {len(segs)} segments")
