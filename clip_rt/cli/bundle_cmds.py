@@ -44,7 +44,11 @@ class _DropKnownNoise(logging.Filter):
               help="open_clip pretrained tag, a checkpoint file, or `none` for random weights. "
                    "Default: `openai` where open_clip has it.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Extra graph precision to write (fp16, int8); repeat for several. fp32 is always written.")
+              help="Extra graph precision to write (fp16, int8); repeat for several. fp32 is written too "
+                   "unless --no-fp32.")
+@click.option("--no-fp32", "no_fp32", is_flag=True,
+              help="Slim bundle for small devices: keep only the --precision graphs (fp32 is still exported "
+                   "and checked against torch, as their source, then left out).")
 @click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Bundle directory to write. Default: the store ($CLIP_RT_HOME/models/<arch>-<tag>).")
 @click.option("--model-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -54,13 +58,20 @@ class _DropKnownNoise(logging.Filter):
 @click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
-               output: Optional[Path], model_config: Optional[Path], seed: Optional[int], force: bool,
-               quiet: bool) -> None:
+               no_fp32: bool, output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
+               force: bool, quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
 
     Every graph is checked against the torch model before the bundle is written; the bundle
     appears atomically, or not at all.
     """
+    if no_fp32:  # a usage error before the (slow) torch check and imports
+        from clip_rt_export.api import normalize_precisions
+
+        try:
+            normalize_precisions(precisions, include_fp32=False)
+        except InputError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
     missing = [m for m in ("torch", "open_clip") if importlib.util.find_spec(m) is None]
     if missing:
         raise click.ClickException(
@@ -80,6 +91,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             seed=seed,
             force=force,
             log=None if quiet else _err,
+            include_fp32=not no_fp32,
         )
     except InputError as exc:
         raise click.UsageError(str(exc), ctx) from exc
@@ -113,9 +125,11 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
     m = summary["manifest"]
     if verify:
         verify_files(path, m)
+    slim = "fp32" not in m.precisions
     if as_json:
         data = m.to_dict()
         data["path"] = str(path)
+        data["slim"] = slim
         click.echo(json.dumps(data, indent=2))
         return
     weights = m.pretrained or "random weights"
@@ -130,6 +144,8 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         f"mean {tuple(round(x, 4) for x in m.image.mean)}, std {tuple(round(x, 4) for x in m.image.std)}",
         f"text:          context {m.text.context_length}, vocab {m.text.vocab_size}, "
         f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
+        f"precisions:    {', '.join(m.precisions)}" + (
+            " (slim bundle: no fp32 graphs; its parity figures below are against torch)" if slim else ""),
         f"fingerprint:   {m.fingerprint}",
         f"created:       {m.created}",
         f"format:        {m.format_version}",
