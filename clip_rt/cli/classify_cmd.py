@@ -13,6 +13,7 @@ from ..inputs.discover import discover, display_path, path_key
 from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
+    check_precision_follows,
     echo_err,
     label_options,
     model_from_options,
@@ -71,7 +72,10 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))
 
-    model = model_from_options(model_name, provider, precision, threads)
+    # A resumed run continues in the precision its output was written with (as `search` does).
+    recorded = rec_mod.recorded_precision(output) if resume and output and os.path.exists(output) else None
+    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}")
+    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     classifier = model.classifier(label_spec, templates)
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
-from ..errors import InputError
+from ..errors import BundleError, InputError
 
 DEFAULT_MODEL = "ViT-B-32-openai"
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
@@ -61,9 +61,26 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
 
 
 def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
-                       threads: Optional[int]) -> Any:
+                       threads: Optional[int], *, follow_precision: Optional[str] = None) -> Any:
+    """The model the options name. *follow_precision*: the precision of the output or index this
+    run continues, used when --precision is not given (an explicit one the caller checks)."""
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
-    return load_model(model_name, provider=provider, precision=precision, threads=threads)
+    if precision is not None or follow_precision is None:
+        return load_model(model_name, provider=provider, precision=precision, threads=threads)
+    try:
+        return load_model(model_name, provider=provider, precision=follow_precision, threads=threads)
+    except BundleError:
+        # This bundle lacks that precision, so it is not the one that wrote the output: load it as
+        # asked, and the caller's identity check says what differs (or the bundle's own error recurs).
+        return load_model(model_name, provider=provider, precision=None, threads=threads)
+
+
+def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str) -> None:
+    """Refuse an explicit --precision that differs from the one *what* (an output, an index) holds."""
+    if precision is not None and recorded is not None and precision != recorded:
+        raise InputError(f"{what} holds {recorded} results and this run asks for --precision {precision}: "
+                         f"leave --precision out (a continued run follows the {recorded} it finds), "
+                         f"or start over (another output, or --rebuild for an index)")
 
 
 def label_options(f: F) -> F:

@@ -8,9 +8,9 @@ import click
 
 from ..inputs.discover import display_path, walk_images
 from ..outputs.records import dumps_json, error_reason
-from ..outputs.search_index import SearchIndex, check_model, default_model, update_index
+from ..outputs.search_index import SearchIndex, check_model, default_model, recorded_precision, update_index
 from . import main
-from .common import echo_err, model_from_options, model_options, progress_bar
+from .common import check_precision_follows, echo_err, model_from_options, model_options, progress_bar
 
 
 @main.command("index")
@@ -25,7 +25,10 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
     (they are left out of the index and listed) or a folder could not be listed (its earlier
     entries are kept, and it is listed)."""
-    model = model_from_options(model_name, provider, precision, threads)
+    # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
+    recorded = None if rebuild else recorded_precision(index_dir)
+    check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}")
+    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
         index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
