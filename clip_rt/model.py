@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import templates as _templates
-from .errors import BundleError, ClipRtError, InputError
+from .errors import BundleError, ClipRtError, InputError, ModelNotFoundError
 from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
 from .engine.session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
 from .bundle.store import resolve_bundle
@@ -78,7 +78,7 @@ class _Decoded:
 
 
 def load(
-    name_or_path: Union[str, "os.PathLike[str]"],
+    name_or_path: Union[str, "os.PathLike[str]", None] = None,
     *,
     providers: Union[str, Sequence[str], None] = None,
     precision: Optional[str] = None,
@@ -92,7 +92,9 @@ def load(
     allow_fallback: bool = False,
     provider_options: Optional[dict[str, dict[str, Any]]] = None,
 ) -> "ClipModel":
-    """Load a bundle by store name, alias (``ViT-B/32``) or directory.
+    """Load a bundle by store name, alias (``ViT-B/32``) or directory; None: the configured
+    default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
+    ``ViT-B-32-openai``; see :mod:`clip_rt.settings`).
 
     *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``, ``"cuda,cpu"``...; default CUDA
     when available, else CPU.
@@ -104,7 +106,16 @@ def load(
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
     """
-    bundle_dir = resolve_bundle(name_or_path)
+    if name_or_path is None:
+        from .settings import default_model
+
+        setting = default_model()
+        try:
+            bundle_dir = resolve_bundle(setting.value)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}): {exc}") from exc
+    else:
+        bundle_dir = resolve_bundle(name_or_path)
     manifest = read_manifest(bundle_dir)
     return ClipModel(bundle_dir, manifest, providers=providers, precision=precision, threads=threads,
                      session_options=session_options, cache=cache, verify=verify,

@@ -112,15 +112,25 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
 
 
 @main.command("info")
-@click.argument("bundle", metavar="NAME|DIR")
+@click.argument("bundle", metavar="[NAME|DIR]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--verify", is_flag=True, help="Also check every file's size and sha256.")
-def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
-    """What is in a bundle: model, preprocessing, graphs, and their parity with torch."""
+def info_cmd(bundle: Optional[str], as_json: bool, verify: bool) -> None:
+    """What is in a bundle: model, preprocessing, graphs, and their parity with torch. Without
+    NAME|DIR: the default model, and where that setting came from ($CLIP_RT_MODEL, the config
+    file, or the built-in default)."""
     from ..bundle.manifest import verify_files
     from ..bundle.store import resolve_bundle
+    from ..errors import ModelNotFoundError
+    from ..settings import default_model
 
-    path = resolve_bundle(bundle)
+    setting = default_model() if bundle is None else None
+    try:
+        path = resolve_bundle(setting.value if setting else str(bundle))
+    except ModelNotFoundError as exc:
+        if setting is None:
+            raise
+        raise ModelNotFoundError(f"default model {setting.describe()}: {exc}") from exc
     summary = _manifest_summary(path)
     m = summary["manifest"]
     if verify:
@@ -130,10 +140,13 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         data = m.to_dict()
         data["path"] = str(path)
         data["slim"] = slim
+        if setting is not None:
+            data["default_model"] = {"value": setting.value, "source": setting.source}
         click.echo(json.dumps(data, indent=2))
         return
     weights = m.pretrained or "random weights"
-    lines = [
+    lines = [f"default model: {setting.describe()}"] if setting is not None else []
+    lines += [
         f"bundle:        {m.name}",
         f"path:          {path}",
         f"architecture:  {m.architecture}",
@@ -176,23 +189,33 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
 
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-@click.option("--available", is_flag=True, help="List the names `clip-rt export` knows instead.")
+@click.option("--available", is_flag=True,
+              help="List the names `clip-rt export` accepts instead (and, apart, the architectures it refuses, "
+                   "with the reason).")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import architectures, load_catalogue
+    from ..bundle.catalogue import architectures, exportable_architectures, load_catalogue, unsupported
     from ..bundle.store import list_bundles, models_dir
 
     if available:
         aliases = load_catalogue()["aliases"]
+        refused = {arch: {"reason": reason, "tags": architectures().get(arch, [])}
+                   for arch, reason in unsupported().items()}
         if as_json:
-            click.echo(json.dumps({"aliases": aliases, "architectures": architectures()}, indent=2))
+            click.echo(json.dumps({"aliases": aliases, "architectures": exportable_architectures(),
+                                   "unsupported": refused}, indent=2))
             return
         click.echo("OpenAI aliases:")
         for name, ref in aliases.items():
             click.echo(f"  {name:<16} {ref['architecture']} --pretrained {ref['pretrained']}")
-        click.echo("open_clip architectures (pretrained tags):")
-        for arch, tags in architectures().items():
+        click.echo("open_clip architectures `clip-rt export` supports (pretrained tags; `--pretrained none` "
+                   "always works):")
+        for arch, tags in exportable_architectures().items():
             click.echo(f"  {arch:<32} {', '.join(tags) if tags else '-'}")
+        if refused:
+            click.echo(f"not supported yet ({len(refused)} architectures; export refuses them):")
+            for arch, entry in refused.items():
+                click.echo(f"  {arch:<32} {entry['reason']}")
         return
     rows: list[dict[str, Any]] = []
     for path in list_bundles():

@@ -9,9 +9,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, ModelNotFoundError
 
-DEFAULT_MODEL = "ViT-B-32-openai"
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,13 +30,18 @@ def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: 
                 draft=draft)
 
 
-def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool = True) -> Callable[[F], F]:
-    """``--model --provider --precision --threads [--batch-size]``."""
+MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
+                      "(`clip-rt info` shows which).")
+
+
+def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool = True) -> Callable[[F], F]:
+    """``--model --provider --precision --threads [--batch-size]``. --model is None when not
+    given: :func:`model_from_options` then uses the configured default (clip_rt.settings)."""
 
     def decorate(f: F) -> F:
         opts = [
-            click.option("--model", "-m", "model_name", default=default_model, show_default=bool(default_model),
-                         metavar="NAME|DIR", help="Bundle name in the store, alias, or bundle directory."),
+            click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
+                         help="Bundle name in the store, alias, or bundle directory. " + model_default_help),
             click.option("--provider", default=None, metavar="NAME",
                          help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
             click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
@@ -60,10 +64,25 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
     return decorate
 
 
-def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
+def model_from_options(model_name: Optional[str], provider: Optional[str], precision: Optional[str],
                        threads: Optional[int], *, follow_precision: Optional[str] = None) -> Any:
-    """The model the options name. *follow_precision*: the precision of the output or index this
-    run continues, used when --precision is not given (an explicit one the caller checks)."""
+    """The model the options name (None: the configured default). *follow_precision*: the
+    precision of the output or index this run continues, used when --precision is not given
+    (an explicit one the caller checks)."""
+    if model_name is None:
+        from ..settings import default_model
+
+        setting = default_model()
+        try:
+            return _load_following(setting.value, provider, precision, threads, follow_precision)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
+                                     f"another): {exc}") from exc
+    return _load_following(model_name, provider, precision, threads, follow_precision)
+
+
+def _load_following(model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                    follow_precision: Optional[str]) -> Any:
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
     if precision is not None or follow_precision is None:
         return load_model(model_name, provider=provider, precision=precision, threads=threads)

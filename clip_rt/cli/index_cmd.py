@@ -51,7 +51,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
               help="Search with an image instead of a text.")
 @click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@model_options(default_model=None, batch_size=False)
+@model_options(model_default_help="Default: the bundle that built the index.", batch_size=False)
 def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str,
                model_name: Optional[str], provider: Optional[str], precision: Optional[str],
                threads: Optional[int]) -> None:
