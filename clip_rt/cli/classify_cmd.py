@@ -22,6 +22,7 @@ from .common import (
     parse_labels,
     progress_bar,
     resolve_templates,
+    skip_errors_option,
 )
 
 
@@ -40,17 +41,19 @@ from .common import (
 @click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images in the report's contact sheet.")
 @click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
+@skip_errors_option
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
-                 model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                 skip_errors: bool, model_name: Optional[str], provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
     to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
-    with its `error`; so does a folder that could not be listed) or a model/input error, 2 bad usage.
+    with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a
+    model/input error, 2 bad usage.
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
@@ -139,7 +142,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
         write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
         echo_err(f"report written to {display_path(report_dir)}")
-    if failed:
+    if failed and not skip_errors:
         sys.exit(1)
 
 

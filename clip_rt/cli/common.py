@@ -102,6 +102,15 @@ def check_precision_follows(precision: Optional[str], recorded: Optional[str], w
                          f"or start over (another output, or --rebuild for an index)")
 
 
+def skip_errors_option(f: F) -> F:
+    """``--skip-errors``: the same flag, with the same meaning, for classify and index."""
+    return click.option(
+        "--skip-errors", is_flag=True,
+        help="Exit 0 even when some files could not be read (they are still listed on stderr and, for "
+             "classify, recorded with their error), so `index ... && search ...` chains go on. "
+             "Default: exit 1.")(f)
+
+
 def label_options(f: F) -> F:
     """``--labels a,b,c | --labels-file F`` and template choice."""
     opts = [

@@ -10,7 +10,14 @@ from ..inputs.discover import display_path, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import SearchIndex, check_model, default_model, recorded_precision, update_index
 from . import main
-from .common import check_precision_follows, echo_err, model_from_options, model_options, progress_bar
+from .common import (
+    check_precision_follows,
+    echo_err,
+    model_from_options,
+    model_options,
+    progress_bar,
+    skip_errors_option,
+)
 
 
 @main.command("index")
@@ -18,13 +25,14 @@ from .common import check_precision_follows, echo_err, model_from_options, model
 @click.option("--output", "-o", "index_dir", required=True, type=click.Path(dir_okay=True, file_okay=False),
               help="Index folder (created, or updated in place).")
 @click.option("--rebuild", is_flag=True, help="Start over: ignore what the index holds (also allows another model).")
+@skip_errors_option
 @model_options()
-def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provider: Optional[str],
-              precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, model_name: Optional[str],
+              provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
     """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
     (they are left out of the index and listed) or a folder could not be listed (its earlier
-    entries are kept, and it is listed)."""
+    entries are kept, and it is listed), unless --skip-errors."""
     # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
     recorded = None if rebuild else recorded_precision(index_dir)
     check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}")
@@ -40,7 +48,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
         echo_err(f"  failed: {display_path(path)}: {error_reason(path, reason)}")
     if len(stats.failed) > 10:
         echo_err(f"  ... and {len(stats.failed) - 10} more")
-    if stats.failed:
+    if stats.failed and not skip_errors:
         sys.exit(1)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Iterable, Optional
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, Iterator, Optional
 
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -98,3 +99,26 @@ def display_path(path: str) -> str:
     """*path* printable on any terminal: undecodable bytes shown as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
+
+
+@dataclass(frozen=True)
+class UnlistedFolder:
+    """A folder :func:`expand_folders` could not list: the API reports it as a failed item."""
+
+    path: str
+    reason: str
+
+
+def expand_folders(sources: Iterable[Any]) -> Iterator[Any]:
+    """*sources* as given, except that a path (``str`` / ``os.PathLike``) naming a folder becomes
+    the images under it (recursive, sorted as :func:`walk_images`), followed by an
+    :class:`UnlistedFolder` for each folder in it that could not be listed. Lazy: a generator of
+    sources is read as the caller consumes the result."""
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+            errors: list[tuple[str, str]] = []
+            yield from walk_images(os.fspath(source), errors)
+            for folder, reason in errors:
+                yield UnlistedFolder(folder, reason)
+        else:
+            yield source
