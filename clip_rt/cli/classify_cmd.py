@@ -77,7 +77,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
     # A resumed run continues in the precision its output was written with (as `search` does).
     recorded = rec_mod.recorded_precision(output) if resume and output and os.path.exists(output) else None
-    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}")
+    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}",
+                            "start a new output (another -o, or without --resume)")
     model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     classifier = model.classifier(label_spec, templates)
     model.release("text")  # class embeddings are ready: free the text graph's memory

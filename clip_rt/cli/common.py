@@ -94,12 +94,12 @@ def _load_following(model_name: str, provider: Optional[str], precision: Optiona
         return load_model(model_name, provider=provider, precision=None, threads=threads)
 
 
-def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str) -> None:
-    """Refuse an explicit --precision that differs from the one *what* (an output, an index) holds."""
+def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str, restart: str) -> None:
+    """Refuse an explicit --precision that differs from the one *what* (an output, an index)
+    holds; *restart* says how to start over instead."""
     if precision is not None and recorded is not None and precision != recorded:
         raise InputError(f"{what} holds {recorded} results and this run asks for --precision {precision}: "
-                         f"leave --precision out (a continued run follows the {recorded} it finds), "
-                         f"or start over (another output, or --rebuild for an index)")
+                         f"leave --precision out (a continued run follows the {recorded} it finds), or {restart}")
 
 
 def skip_errors_option(f: F) -> F:

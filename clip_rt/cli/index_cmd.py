@@ -35,7 +35,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
     entries are kept, and it is listed), unless --skip-errors."""
     # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
     recorded = None if rebuild else recorded_precision(index_dir)
-    check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}")
+    check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}", "rebuild it with --rebuild")
     model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
