@@ -10,7 +10,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 import click
 
 from ..errors import BundleError, InputError, ModelNotFoundError
+from ..settings import BUILTIN_MODEL
 
+# The built-in default only: the default a command uses is settings.default_model() (--model >
+# CLIP_RT_MODEL > config.toml > this), which model_from_options applies when --model is absent.
+DEFAULT_MODEL = BUILTIN_MODEL
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 F = TypeVar("F", bound=Callable[..., Any])
 
