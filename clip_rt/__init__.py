@@ -47,6 +47,11 @@ if TYPE_CHECKING:
     from .outputs.report import write_report
 
 
+def __dir__() -> list[str]:
+    # The lazy names are attributes too: dir(clip_rt) and tab completion list them.
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> Any:
     # Lazy so that `import clip_rt` does not pay for onnxruntime.
     if name in ("load", "ClipModel"):

@@ -20,14 +20,23 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import templates as _templates
-from .errors import BundleError, ClipRtError, InputError
+from .errors import BundleError, ClipRtError, InputError, ModelNotFoundError
 from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
 from .engine.backends import Backend, EncoderChoice, Pending, RuntimePlan, open_backend, plan_runtime
 from .engine.contract import check_external_data, check_session
 from .engine.cpu import CpuIsa, detect_cpu
-from .engine.session import CPU, CUDA, available_providers, provider_name, resolve_providers
+from .engine.session import (
+    CPU,
+    CUDA,
+    available_providers,
+    provider_name,
+    resolve_providers,
+    unavailable_providers,
+    without_options_for,
+)
 from .bundle.store import cache_dir, resolve_bundle
 from .bundle.verify import verify_bundle_files
+from .inputs.discover import UnlistedFolder, expand_folders
 from .inputs.texts import check_utf8
 from .zeroshot import (
     Classification,
@@ -72,6 +81,48 @@ class ImageEmbedding:
 
 
 @dataclass
+class ClassifiedImage:
+    """One item of :meth:`ClipModel.iter_classify`: an image's classification, or why there is
+    none. *source* is the image as given, or for a file found in a folder its path."""
+
+    index: int  # position in the input stream, folders expanded
+    source: Any
+    result: Optional[Classification]
+    width: Optional[int] = None
+    height: Optional[int] = None
+    error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def path(self) -> Optional[str]:
+        """The file path for a path source, else None (PIL images, arrays, bytes)."""
+        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
+
+    @property
+    def label(self) -> Optional[str]:
+        return self.result.label if self.result else None
+
+    @property
+    def score(self) -> Optional[float]:
+        return self.result.score if self.result else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields of a `clip-rt classify` JSON record, plus ``index``, ``top_k`` and ``notes``."""
+        res = self.result
+        return {
+            "index": self.index,
+            "path": self.path if self.path is not None else f"<{type(self.source).__name__}>",
+            "label": res.label if res else None, "score": res.score if res else None,
+            "scores": dict(res.scores) if res else {}, "width": self.width, "height": self.height,
+            "error": self.error, "top_k": [[n, p] for n, p in res.top_k] if res else [], "notes": list(self.notes),
+        }
+
+
+@dataclass
 class PreprocessedImage:
     """One image ready for :meth:`ClipModel.encode_pixels`: ``pixels`` float32 ``(3, H, W)``, and
     the image's size after EXIF orientation (before any resizing)."""
@@ -94,7 +145,7 @@ class _Decoded:
 
 
 def load(
-    name_or_path: Union[str, "os.PathLike[str]"],
+    name_or_path: Union[str, "os.PathLike[str]", None] = None,
     *,
     providers: Union[str, Sequence[str], None] = None,
     precision: Optional[str] = None,
@@ -109,7 +160,9 @@ def load(
     provider_options: Optional[dict[str, dict[str, Any]]] = None,
     backend: Optional[str] = None,
 ) -> "ClipModel":
-    """Load a bundle by store name, alias (``ViT-B/32``) or directory.
+    """Load a bundle by store name, alias (``ViT-B/32``) or directory; None: the configured
+    default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
+    ``ViT-B-32-openai``; see :mod:`clip_rt.settings`).
 
     *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``, ``"cuda,cpu"``...; default CUDA
     when available, else CPU.
@@ -126,7 +179,16 @@ def load(
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
     """
-    bundle_dir = resolve_bundle(name_or_path)
+    if name_or_path is None:
+        from .settings import default_model
+
+        setting = default_model()
+        try:
+            bundle_dir = resolve_bundle(setting.value)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}): {exc}") from exc
+    else:
+        bundle_dir = resolve_bundle(name_or_path)
     manifest = read_manifest(bundle_dir)
     return ClipModel(bundle_dir, manifest, providers=providers, precision=precision, threads=threads,
                      session_options=session_options, cache=cache, verify=verify,
@@ -160,8 +222,16 @@ class ClipModel:
         if isinstance(providers, str):  # "cpu" is one provider, not ["c", "p", "u"]; "cuda,cpu" as in the CLI
             providers = [p for p in providers.split(",") if p.strip()]
         self._requested = list(providers) if providers else None
-        # Resolved now so that a missing provider fails at load, not at the first image.
-        self._entries = resolve_providers(self._requested, available_providers())
+        # Resolved now so that a missing provider fails at load, not at the first image; with
+        # allow_fallback, one this onnxruntime build lacks (CUDA on the CPU-only package) is left
+        # out here, with one warning, and the sessions are asked for the rest.
+        available = available_providers()
+        self._dropped = unavailable_providers(self._requested, available) if self._requested and allow_fallback else []
+        self._entries = resolve_providers(self._requested, available, allow_fallback=allow_fallback)
+        if self._dropped:
+            self._requested = [p for p in self._requested if p not in self._dropped] or ["cpu"]  # type: ignore[union-attr]
+        if precision is not None and not isinstance(precision, str):
+            raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
         if not manifest.precisions:
             raise BundleError(f"bundle {manifest.name!r} lists no graphs")
         first = provider_name(self._entries[0])
@@ -183,7 +253,7 @@ class ClipModel:
         self._session_options = session_options
         self._verify = verify
         self._allow_fallback = allow_fallback
-        self._provider_options = provider_options
+        self._provider_options = without_options_for(provider_options, self._dropped, available)
         self._cache_mode = cache
         self._exif_transpose, self._strict, self._draft = exif_transpose, strict, draft
         self._lock = threading.RLock()
@@ -273,6 +343,8 @@ class ClipModel:
     def _open_session(self, encoder: str) -> Backend:
         choice = self._plan.encoder(encoder)
         backend = self._open_backend(choice)
+        if self._dropped and hasattr(backend, "fell_back"):
+            backend.fell_back = True  # a provider asked for was left out at load (allow_fallback)
         if choice.needs_evidence:
             backend = self._settle_evidence(choice, backend)
         return backend
@@ -478,6 +550,8 @@ class ClipModel:
         return self._iter(sources, batch_size, raise_errors=False, workers=workers)
 
     def _decode(self, index: int, source: Any) -> _Decoded:
+        if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
+            return _Decoded(index, source.path, None, None, None, InputError(f"{source.path}: {source.reason}"), [])
         pre = self._preprocessor()
         try:
             # With the model's EXIF and draft settings, inside the process-wide decode memory
@@ -579,15 +653,45 @@ class ClipModel:
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
                  top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
-        """One :class:`Classification` per image; raises on the first unreadable image.
+        """One :class:`Classification` per image; raises on the first unreadable image. A folder
+        path stands for the images under it (as in the CLI). :meth:`iter_classify` instead
+        reports a bad image on its own item and goes on.
 
         With the prompt cache on, the text session is freed once the class embeddings exist
         (the next call finds them in the cache): a folder then peaks at the image graph's
         memory alone (docs/bench.md)."""
+        clf = self._zero_shot(labels, templates)
+        sources = list(expand_folders(_as_image_list(images)))
+        return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)
+
+    def iter_classify(self, images: Any, labels: LabelsArg,
+                      templates: Union[str, Sequence[str]] = _templates.SIMPLE, top_k: int = 5,
+                      batch_size: int = DEFAULT_IMAGE_BATCH, *, workers: Optional[int] = None
+                      ) -> Iterator[ClassifiedImage]:
+        """Classify images the way `clip-rt classify` does: one :class:`ClassifiedImage` per image,
+        in input order, carrying its source (the path, for files); a folder path stands for the
+        images under it (recursive, sorted; a folder that cannot be listed is a failed item). An
+        unreadable image gives an item with ``error`` set and ``result=None``, and the stream goes
+        on. *images* may be a generator; memory stays bounded as in :meth:`iter_images`."""
+        clf = self._zero_shot(labels, templates)  # bad labels, a damaged graph: raised here, not at next()
+        sources = expand_folders([images] if _is_single_source(images) else images)
+        return self._classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
+
+    @staticmethod
+    def _classified(items: Iterator[ImageEmbedding], clf: ZeroShotClassifier, top_k: int) -> Iterator[ClassifiedImage]:
+        for item in items:
+            result = None
+            if item.embedding is not None and item.error is None:
+                result = clf.classify_embeddings(item.embedding[None, :], top_k=top_k)[0]
+            yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
+                                  height=item.height, error=item.error or (None if result else "no embedding"),
+                                  notes=item.notes)
+
+    def _zero_shot(self, labels: LabelsArg, templates: Union[str, Sequence[str]]) -> ZeroShotClassifier:
         clf = self.classifier(labels, templates)
         if self._cache_mode:
             self.release("text")
-        return clf.classify_embeddings(self.encode_image(images, batch_size=batch_size), top_k=top_k)
+        return clf
 
 
 def _submit(session: Backend, batch: list[_Decoded], queued: bool) -> tuple[list[_Decoded], Optional[Pending]]:

@@ -51,6 +51,7 @@ def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> str:
 def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("clip-rt-home")
     monkeypatch.setenv("CLIP_RT_HOME", str(home))
+    monkeypatch.delenv("CLIP_RT_MODEL", raising=False)  # the built-in default model, unless a test sets one
     return home
 
 

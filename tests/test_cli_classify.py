@@ -108,9 +108,12 @@ class FakeModel:
 
     draft = False
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """The real model's pixels; here the embedding itself, which encode_pixels passes on."""
-        return self._embed(image)
+    def preprocess(self, image: Image.Image) -> Any:
+        """The real model's PreprocessedImage; its pixels here are the embedding itself, which
+        encode_pixels passes on."""
+        from clip_rt.model import PreprocessedImage
+
+        return PreprocessedImage(self._embed(image), image.width, image.height, [])
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(pixels, dtype=np.float32)

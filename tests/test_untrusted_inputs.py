@@ -12,6 +12,7 @@ import resource
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,33 +41,50 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "fake-clip", precisions=("fp32",))
 
 
+# The child's own peak: `ru_maxrss` from wait4 is no good here, since Linux carries the
+# pre-exec high-water mark of the forked copy of this (large, late in a test session) pytest
+# process into the child's figure. VmHWM belongs to the address space exec made: the wrapper
+# writes it at exit.
+_MEASURED = (
+    "import atexit, os, sys\n"
+    "def _peak():\n"
+    "    with open('/proc/self/status') as f:\n"
+    "        kb = next(line.split()[1] for line in f if line.startswith('VmHWM:'))\n"
+    "    with open(os.environ['CLIP_RT_TEST_PEAK'], 'w') as out:\n"
+    "        out.write(kb)\n"
+    "atexit.register(_peak)\n"
+    "code, sys.argv = sys.argv[1], ['-c', *sys.argv[2:]]\n"
+    "exec(compile(code, '<string>', 'exec'), {'__name__': '__main__'})\n"
+)
+
+
 def run_measured(args: list[Any], *, limit_mb: int, env: Optional[dict[str, str]] = None,
                  timeout: float = 300) -> tuple[int, str, str, float]:
-    """Run a child process under an address-space limit; (exit code, stdout, stderr, peak RSS MB)."""
+    """Run ``[python, "-c", code, *argv]`` under an address-space limit; (exit code, stdout,
+    stderr, peak RSS MB of the child's own address space)."""
+    if len(args) < 3 or args[1] != "-c":
+        raise ValueError(f"run_measured runs python -c CODE ...; got {args[:2]}")
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit,
-                            env={**os.environ, **(env or {})})
-    out, err = [], []
-    readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read())) for s, b in
-               ((proc.stdout, out), (proc.stderr, err))]
-    for r in readers:
-        r.start()
-    deadline = time.time() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.time() > deadline:
+    fd, peak_file = tempfile.mkstemp(prefix="clip-rt-peak-")
+    os.close(fd)
+    try:
+        proc = subprocess.Popen([args[0], "-c", _MEASURED, *args[2:]], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, preexec_fn=limit,
+                                env={**os.environ, **(env or {}), "CLIP_RT_TEST_PEAK": peak_file})
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            pytest.fail(f"{args} did not finish in {timeout} s")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for r in readers:
-        r.join()
-    return (proc.returncode, out[0].decode(errors="replace"), err[0].decode(errors="replace"),
-            usage.ru_maxrss / 1024)
+            proc.communicate()
+            pytest.fail(f"{args[:2]} did not finish in {timeout} s")
+        text = Path(peak_file).read_text().strip()
+    finally:
+        os.unlink(peak_file)
+    if not text:
+        pytest.fail(f"the child did not report its peak memory (exit {proc.returncode}): {err.decode()[-2000:]}")
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), int(text) / 1024
 
 
 def cli(*args: str) -> Any:

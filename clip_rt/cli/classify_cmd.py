@@ -12,10 +12,11 @@ from ..errors import OutputError
 from ..inputs.discover import discover, display_path, path_key, printable
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
-from ..outputs.record_output import RecordOutput
+from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
+    check_precision_follows,
     echo_err,
     label_options,
     model_from_options,
@@ -25,6 +26,7 @@ from .common import (
     progress_bar,
     resolve_templates,
     runtime_summary,
+    skip_errors_option,
     warn_if_single_label,
 )
 
@@ -46,18 +48,20 @@ from .common import (
 @click.option("--csv-bom/--no-csv-bom", default=None,
               help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
                    "report's results.csv, a BOM when a label is not ASCII.")
+@skip_errors_option
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
-                 csv_bom: Optional[bool],
-                 model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                 csv_bom: Optional[bool], skip_errors: bool,
+                 model_name: Optional[str], provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
     to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
-    with its `error`; so does a folder that could not be listed) or a model/input error, 2 bad usage.
+    with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a
+    model/input error, 2 bad usage.
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
@@ -80,7 +84,11 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))
 
-    model = model_from_options(model_name, provider, precision, threads)
+    # A resumed run continues in the precision its output was written with (as `search` does).
+    recorded = recorded_precision(output) if resume and output and os.path.exists(output) else None
+    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}",
+                            "start a new output (another -o, or without --resume)")
+    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     classifier = model.classifier(label_spec, templates)
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
@@ -150,7 +158,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                                bom=csv_bom)
         fonts = ", ".join(summary["fonts"]["families"])
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
-    if failed:
+    if failed and not skip_errors:
         sys.exit(1)
 
 

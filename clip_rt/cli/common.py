@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
 import re
+from collections import Counter
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
-from ..errors import InputError
+from ..errors import BundleError, InputError, ModelNotFoundError
 from ..inputs.texts import decode_utf8, decode_utf8_lines
+from ..settings import BUILTIN_MODEL
 
-DEFAULT_MODEL = "ViT-B-32-openai"
+# The built-in default only: the default a command uses is settings.default_model() (--model >
+# CLIP_RT_MODEL > config.toml > this), which model_from_options applies when --model is absent.
+DEFAULT_MODEL = BUILTIN_MODEL
 # --labels separators: the comma, and the full-width comma and ideographic comma that CJK
 # input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
 LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
@@ -38,13 +41,18 @@ def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: 
                 draft=draft, backend=backend)
 
 
-def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool = True) -> Callable[[F], F]:
-    """``--model --provider --precision --threads [--batch-size]``."""
+MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
+                      "(`clip-rt info` shows which).")
+
+
+def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool = True) -> Callable[[F], F]:
+    """``--model --provider --precision --threads [--batch-size]``. --model is None when not
+    given: :func:`model_from_options` then uses the configured default (clip_rt.settings)."""
 
     def decorate(f: F) -> F:
         opts = [
-            click.option("--model", "-m", "model_name", default=default_model, show_default=bool(default_model),
-                         metavar="NAME|DIR", help="Bundle name in the store, alias, or bundle directory."),
+            click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
+                         help="Bundle name in the store, alias, or bundle directory. " + model_default_help),
             click.option("--provider", default=None, metavar="NAME",
                          help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
             click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
@@ -74,13 +82,55 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
     return decorate
 
 
-def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
-                       threads: Optional[int]) -> Any:
+def model_from_options(model_name: Optional[str], provider: Optional[str], precision: Optional[str],
+                       threads: Optional[int], *, follow_precision: Optional[str] = None) -> Any:
+    """The model the options name (None: the configured default). *follow_precision*: the
+    precision of the output or index this run continues, used when --precision is not given
+    (an explicit one the caller checks)."""
+    if model_name is None:
+        from ..settings import default_model
+
+        setting = default_model()
+        try:
+            return _load_following(setting.value, provider, precision, threads, follow_precision)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
+                                     f"another): {exc}") from exc
+    return _load_following(model_name, provider, precision, threads, follow_precision)
+
+
+def _load_following(model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                    follow_precision: Optional[str]) -> Any:
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
     ctx = click.get_current_context(silent=True)
     backend = ctx.meta.get(BACKEND_KEY) if ctx is not None else None
-    return load_model(model_name, provider=provider, precision=precision, threads=threads,
-                      backend=None if backend == "auto" else backend)
+    backend = None if backend == "auto" else backend
+    if precision is not None or follow_precision is None:
+        return load_model(model_name, provider=provider, precision=precision, threads=threads, backend=backend)
+    try:
+        return load_model(model_name, provider=provider, precision=follow_precision, threads=threads,
+                          backend=backend)
+    except BundleError:
+        # This bundle lacks that precision, so it is not the one that wrote the output: load it as
+        # asked, and the caller's identity check says what differs (or the bundle's own error recurs).
+        return load_model(model_name, provider=provider, precision=None, threads=threads, backend=backend)
+
+
+def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str, restart: str) -> None:
+    """Refuse an explicit --precision that differs from the one *what* (an output, an index)
+    holds; *restart* says how to start over instead."""
+    if precision is not None and recorded is not None and precision != recorded:
+        raise InputError(f"{what} holds {recorded} results and this run asks for --precision {precision}: "
+                         f"leave --precision out (a continued run follows the {recorded} it finds), or {restart}")
+
+
+def skip_errors_option(f: F) -> F:
+    """``--skip-errors``: the same flag, with the same meaning, for classify and index."""
+    return click.option(
+        "--skip-errors", is_flag=True,
+        help="Exit 0 even when some files could not be read (they are still listed on stderr and, for "
+             "classify, recorded with their error), so `index ... && search ...` chains go on. "
+             "Default: exit 1.")(f)
 
 
 def label_options(f: F) -> F:

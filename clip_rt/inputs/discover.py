@@ -10,7 +10,8 @@ import os
 import re
 import sys
 import unicodedata
-from typing import IO, Iterable, Optional
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, Iterator, Optional
 
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -141,3 +142,26 @@ def pad(text: str, width: int, align: str = "<") -> str:
     """*text* padded with spaces to *width* display columns (``<`` left, ``>`` right aligned)."""
     fill = " " * max(0, width - display_width(text))
     return text + fill if align == "<" else fill + text
+
+
+@dataclass(frozen=True)
+class UnlistedFolder:
+    """A folder :func:`expand_folders` could not list: the API reports it as a failed item."""
+
+    path: str
+    reason: str
+
+
+def expand_folders(sources: Iterable[Any]) -> Iterator[Any]:
+    """*sources* as given, except that a path (``str`` / ``os.PathLike``) naming a folder becomes
+    the images under it (recursive, sorted as :func:`walk_images`), followed by an
+    :class:`UnlistedFolder` for each folder in it that could not be listed. Lazy: a generator of
+    sources is read as the caller consumes the result."""
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+            errors: list[tuple[str, str]] = []
+            yield from walk_images(os.fspath(source), errors)
+            for folder, reason in errors:
+                yield UnlistedFolder(folder, reason)
+        else:
+            yield source

@@ -54,6 +54,18 @@ def write_sidecar(output: str, identity: dict[str, Any]) -> None:
         f.write(dumps_json(identity) + "\n")
 
 
+def recorded_precision(output: str) -> Optional[str]:
+    """The precision *output*'s run description records; None when it has none (a missing or
+    unreadable description is reported by :func:`check_sidecar`)."""
+    try:
+        with open(sidecar_path(output), encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return None
+    value = stored.get("precision") if isinstance(stored, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def check_sidecar(output: str, identity: dict[str, Any]) -> None:
     """Refuse to resume *output* if it was written by another model, precision, labels or templates."""
     side = sidecar_path(output)

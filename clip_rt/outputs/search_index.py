@@ -169,8 +169,20 @@ def check_model(index: SearchIndex, model: Any, folder: str) -> None:
     if index.precision != prec:
         raise InputError(
             f"index {display_path(folder)!r} holds {index.precision} embeddings, the model runs {prec}: "
-            f"pass --precision {index.precision} or rebuild with --rebuild"
+            f"leave --precision out (it then follows the index) or rebuild with --rebuild"
         )
+
+
+def recorded_precision(folder: str) -> Optional[str]:
+    """The precision of the index in *folder* from its ``index.json`` alone (the embeddings are
+    not read); None when there is no readable index (``SearchIndex.load`` reports why)."""
+    try:
+        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    value = meta.get("precision") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, rebuild: bool = False,
