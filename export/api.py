@@ -58,6 +58,7 @@ def export_bundle(
     calibration_method: Optional[str] = None,
     int8_min_cosine: Optional[float] = None,
     include_fp32: bool = True,
+    int8_method: Optional[str] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -69,6 +70,9 @@ def export_bundle(
     (``minmax``, ``percentile``, ``entropy``; default the measured best, ``RECOMMENDED_INT8``).
     *int8_min_cosine*: replaces the int8 gate's min cosine (default 0.999) for models whose int8
     rounding is known to be coarser (small widths); recorded in the manifest's parity tolerance.
+    *int8_method*: the int8 quantiser, ``nncf`` (default; ``nncf.quantize``, the graph OpenVINO
+    runs fastest) or ``onnxruntime`` (onnxruntime.quantization's static QDQ; the default when
+    *calibration_method* is given, since those are its calibrators).
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
@@ -86,6 +90,11 @@ def export_bundle(
                              f"got {calibration_method!r}")
         if "int8" not in wanted:
             raise InputError("a calibration method only applies to int8: add --precision int8")
+    if int8_method is not None and "int8" not in wanted:
+        raise InputError("an int8 method only applies to int8: add --precision int8")
+    from .convert import resolve_int8_method
+
+    method = resolve_int8_method(int8_method, calibration_method)
     if int8_min_cosine is not None:
         if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) \
                 or not 0.0 < float(int8_min_cosine) <= 1.0:
@@ -98,7 +107,7 @@ def export_bundle(
     with interrupt_handlers(), StagingDir(target, force) as stage:
         loaded = load_model(arch, source, seed=seed, log=say)
         overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
-        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides)
+        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides, method)
         manifest.name = target.name
         manifest.files = stage.file_entries()
         path = stage.commit(manifest)
@@ -107,7 +116,8 @@ def export_bundle(
 
 
 def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None],
-           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None) -> Manifest:
+           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None,
+           int8_method: str = "nncf") -> Manifest:
     from . import calibration, convert, graphs, validate
 
     model = loaded.model
@@ -142,9 +152,10 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             big = bool(external[encoder])
             if precision == "int8":
                 cal = calibrations[encoder]
-                say(f"quantising the {encoder} graph to int8 (static; calibrating on {len(cal.feeds)} {cal.source.split(':')[0]})")
+                say(f"quantising the {encoder} graph to int8 ({int8_method}, static; calibrating on "
+                    f"{len(cal.feeds)} {cal.source.split(':')[0]})")
                 record = convert.to_int8(src, path, encoder, cal, external_data=big,
-                                         calibration_method=calibration_method)
+                                         calibration_method=calibration_method, method=int8_method)
             elif precision == "fp16":
                 convert.to_fp16(src, path, external_data=big)
             figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
@@ -161,7 +172,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             graph_entries[precision][encoder] = GraphEntry(file=path.name, external_data=companions)
             parity[precision][encoder] = figure
     if "int8" in precisions:
-        notes.append(convert.int8_note(calibration_method))
+        notes.append(convert.int8_note(calibration_method, int8_method))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
     if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others

@@ -1,0 +1,118 @@
+"""Static int8 with NNCF (``nncf.quantize``, ONNX backend): the export's default int8 quantiser.
+
+NNCF writes a QDQ ONNX graph (QuantizeLinear/DequantizeLinear pairs around the matrix
+multiplies, int8 per-channel weights, activation scales calibrated on the export's calibration
+sets) whose quantisation points OpenVINO's CPU plugin folds into int8 kernels more completely
+than onnxruntime.quantization's graph (measured in bench/results/backends-x86-amx-nncf.json).
+The bundle keeps ONNX only: the runtime reads the graph with onnxruntime or OpenVINO.
+
+``NNCF_INT8[encoder]`` holds the settings the export uses; ``quantize_nncf`` applies them and
+returns the manifest's description of the graph. Only onnx/nncf/numpy are needed here.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_rt.errors import ExportError
+
+# Measured on ViT-B/32 (random weights, seed 0) on an AMX host: the exp/ sweeps of
+# docs/export.md; bench/results/backends-x86-amx-nncf.json has the chosen graphs' speed.
+# preset: "mixed" = symmetric int8 weights, asymmetric (uint8) activations; "performance" =
+# symmetric both. smooth_quant: the MatMul SmoothQuant alpha, -1 = off.
+NNCF_INT8: dict[str, dict[str, Any]] = {
+    "image": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+              "ignored_types": ()},
+    "text": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+             "ignored_types": ()},
+}
+PRESETS = ("mixed", "performance")
+
+
+def nncf_available() -> bool:
+    return importlib.util.find_spec("nncf") is not None
+
+
+def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: dict[str, Any],
+                  external_data: bool = False) -> dict[str, Any]:
+    """Quantise the fp32 graph *src* to *dst* with ``nncf.quantize`` on the calibration *feeds*
+    (one feed dict per input; all of them are used). Returns what the graph holds:
+    ``{"ops": weight-quantised op types, "activations": "uint8" | "int8" | "int8/uint8",
+    "parameters": the settings as text}``."""
+    if not nncf_available():
+        raise ExportError("int8 method 'nncf' needs the nncf package: pip install 'clip-rt[export]' "
+                          "(or export with --int8-method onnxruntime)")
+    import logging
+
+    import nncf
+    import onnx
+    from nncf.parameters import ModelType
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    preset = settings.get("preset", "mixed")
+    if preset not in PRESETS:
+        raise ExportError(f"nncf preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    model_type = settings.get("model_type")
+    alpha = float(settings.get("smooth_quant", -1.0))
+    ignored = tuple(settings.get("ignored_types", ()))
+    model = onnx.load(str(src))
+    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
+    try:
+        quantized = nncf.quantize(
+            model, nncf.Dataset(feeds),
+            preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
+            subset_size=len(feeds),
+            fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
+            ignored_scope=nncf.IgnoredScope(types=list(ignored), validate=False) if ignored else None,
+            advanced_parameters=advanced,
+        )
+    except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
+        raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
+    if external_data:
+        onnx.save_model(quantized, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(quantized, str(dst))
+    described = describe_qdq(quantized)
+    described["parameters"] = {
+        "nncf": str(nncf.__version__), "preset": preset, "model_type": str(model_type or "none"),
+        "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
+        "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
+        "subset_size": str(len(feeds)), "ignored_types": ",".join(ignored) or "none",
+    }
+    return described
+
+
+def describe_qdq(model: Any) -> dict[str, Any]:
+    """The op types whose weights are int8 (a DequantizeLinear of an initializer feeds them) and
+    the activation types (QuantizeLinear outputs on computed tensors) of a QDQ graph."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weight_ops: set[str] = set()
+    activations: set[str] = set()
+    names = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8"}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weight_ops.update(c.op_type for c in consumers.get(node.output[0], ()) if c.op_type != "Transpose")
+            for c in consumers.get(node.output[0], ()):  # weights transposed before their MatMul
+                if c.op_type == "Transpose":
+                    weight_ops.update(cc.op_type for cc in consumers.get(c.output[0], ()))
+        elif node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) > 2:
+            zp = inits.get(node.input[2])
+            if zp is not None:
+                activations.add(names.get(zp.data_type, str(zp.data_type)))
+    if not weight_ops:
+        raise ExportError("nncf left no weight quantised: the int8 graph would be an fp32 graph with extra ops")
+    return {"ops": tuple(sorted(weight_ops)), "activations": "/".join(sorted(activations)) or "int8"}
+
+
+def settings_for(encoder: str, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    return dict(NNCF_INT8[encoder], **(overrides or {}))
