@@ -352,6 +352,11 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
         add_ratios(result["text"]["speed"], ("torch bf16 trimmed", "open_clip fp32 (context 77)"))
     if "ort" in args.only:
         result["onnxruntime_options"] = ort_options(args, manifest)
+    from . import isa
+    from .backend_goals import format_goals, goals
+
+    result["goals"] = goals(result, isa.vit_image_macs(tm.model), isa.clock_ghz()[0], args.threads)
+    log(format_goals(result["goals"]))
     out = args.out / f"backends-{label}{'-' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -56,3 +56,26 @@ def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
     assert (c.backend, c.precision, c.folders) == ("openvino", "int8", "throughput")
     ort = choose_encoder("image", nncf, AMX, installed=("onnxruntime",), table=table)
     assert (ort.backend, ort.precision) == ("onnxruntime", "fp32")  # 0.9x fp32 beats 0.5x on the NNCF graph
+
+
+def test_goals_report_met_and_unmet_with_peak() -> None:
+    from bench.backend_goals import format_goals, goals
+
+    data = _result({}, "x86-amx")
+    data["image"]["rows"][2]["alone_vs_batch8_max_abs"] = 0.0
+    data["image"]["rows"][1]["alone_vs_batch8_max_abs"] = 2e-3  # batch-dependent: not met
+    lines = goals(data, image_macs=4.41e9, ghz=2.0, cores=2)
+    by = {g["target"]: g for g in lines}
+    fp32 = by["image batch 8 >= 6x torch fp32"]
+    # The best runtime candidate is the bf16-compute row (999/s); baselines never count.
+    assert fp32["candidate"] == "openvino int8-static-nncf bf16" and fp32["met"] is True
+    assert fp32["percent_of_peak"] == round(100 * 999.0 / (2 * 2.0e9 * 1024 / 4.41e9), 1)
+    b1 = by["image batch 1 >= 3x torch bf16"]
+    assert (b1["measured"], b1["met"]) == (round(110 / 35, 3), True)
+    cos = [g for g in lines if g["target"].startswith("onnxruntime int8-static-nncf:")]
+    assert cos and cos[0]["met"] is False
+    text = format_goals(lines)
+    assert "NOT MET  onnxruntime int8-static-nncf" in text and "% of amx_int8 peak" in text
+    vnni = goals(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni"), 4.41e9, 2.0, 2)
+    assert [g["target"] for g in vnni][0] == "image batch 8 >= 3x torch fp32"
+    assert all("onnxruntime" not in g["candidate"] for g in vnni)
