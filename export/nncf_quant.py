@@ -19,14 +19,18 @@ from clip_rt.errors import ExportError
 
 # Measured on ViT-B/32 (random weights, seed 0) on an AMX host: the exp/ sweeps of
 # docs/export.md; bench/results/backends-x86-amx-nncf.json has the chosen graphs' speed.
-# preset: "mixed" = symmetric int8 weights, asymmetric (uint8) activations; "performance" =
-# symmetric both. smooth_quant: the MatMul SmoothQuant alpha, -1 = off.
+# preset: "mixed" = symmetric int8 weights, asymmetric activations; "performance" = symmetric
+# both. smooth_quant: the MatMul SmoothQuant alpha, -1 = off. keep_fp32: weighted ops (MatMul,
+# Gemm, Conv with a constant weight) left in float, by position in the graph ("first": the
+# patch embedding, "last": the output projection) so the rule holds for any architecture;
+# "attention": the activation x activation MatMuls (Q.K^T, softmax.V).
 NNCF_INT8: dict[str, dict[str, Any]] = {
     "image": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-              "ignored_types": ()},
+              "ignored_types": (), "keep_fp32": ()},
     "text": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-             "ignored_types": ()},
+             "ignored_types": (), "keep_fp32": ()},
 }
+KEEP_FP32 = ("first", "last", "attention")
 PRESETS = ("mixed", "performance")
 
 
@@ -56,7 +60,12 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
     model_type = settings.get("model_type")
     alpha = float(settings.get("smooth_quant", -1.0))
     ignored = tuple(settings.get("ignored_types", ()))
+    keep = tuple(settings.get("keep_fp32", ()))
+    unknown = sorted(set(keep) - set(KEEP_FP32))
+    if unknown:
+        raise ExportError(f"nncf keep_fp32 entries must be among {', '.join(KEEP_FP32)}, got {unknown}")
     model = onnx.load(str(src))
+    names = kept_in_float(model, keep)
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
     logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
     try:
@@ -66,7 +75,8 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
             model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
             subset_size=len(feeds),
             fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
-            ignored_scope=nncf.IgnoredScope(types=list(ignored), validate=False) if ignored else None,
+            ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
+            if ignored or names else None,
             advanced_parameters=advanced,
         )
     except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
@@ -81,8 +91,34 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
         "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
         "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
         "subset_size": str(len(feeds)), "ignored_types": ",".join(ignored) or "none",
+        "keep_fp32": ",".join(keep) or "none",
     }
     return described
+
+
+def kept_in_float(model: Any, keep: tuple[str, ...]) -> list[str]:
+    """Node names for NNCF's ignored scope from the position rules of *keep* (KEEP_FP32)."""
+    if not keep:
+        return []
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def constant(name: str) -> bool:  # an initializer, maybe transposed/reshaped/cast first
+        node = producer.get(name)
+        return name in inits or (node is not None and node.op_type in ("Transpose", "Reshape", "Cast")
+                                 and bool(node.input) and node.input[0] in inits)
+
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    weighted = [n for n in matmuls if any(constant(i) for i in n.input[:2])]
+    names: list[str] = []
+    if "first" in keep and weighted:
+        names.append(weighted[0].name)
+    if "last" in keep and weighted:
+        names.append(weighted[-1].name)
+    if "attention" in keep:
+        names += [n.name for n in matmuls if n.op_type == "MatMul" and not any(constant(i) for i in n.input[:2])]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def describe_qdq(model: Any) -> dict[str, Any]:
