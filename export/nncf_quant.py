@@ -23,14 +23,17 @@ from clip_rt.errors import ExportError
 # both. smooth_quant: the MatMul SmoothQuant alpha, -1 = off. keep_fp32: weighted ops (MatMul,
 # Gemm, Conv with a constant weight) left in float, by position in the graph ("first": the
 # patch embedding, "last": the output projection) so the rule holds for any architecture;
-# "attention": the activation x activation MatMuls (Q.K^T, softmax.V).
+# "attention": the activation x activation MatMuls (Q.K^T, softmax.V). activation_ranges:
+# "minmax" = the extremes over every calibration input (as onnxruntime's MinMax calibrator),
+# "mean_minmax" = NNCF's default, the mean of each input's extremes (clips unusual inputs).
 NNCF_INT8: dict[str, dict[str, Any]] = {
-    "image": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-              "ignored_types": (), "keep_fp32": ()},
-    "text": {"preset": "mixed", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-             "ignored_types": (), "keep_fp32": ()},
+    "image": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+              "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
+    "text": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+             "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
 }
 KEEP_FP32 = ("first", "last", "attention")
+ACTIVATION_RANGES = ("minmax", "mean_minmax")
 PRESETS = ("mixed", "performance")
 
 
@@ -64,9 +67,16 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
     unknown = sorted(set(keep) - set(KEEP_FP32))
     if unknown:
         raise ExportError(f"nncf keep_fp32 entries must be among {', '.join(KEEP_FP32)}, got {unknown}")
+    ranges = settings.get("activation_ranges", "mean_minmax")
+    if ranges not in ACTIVATION_RANGES:
+        raise ExportError(f"nncf activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}, got {ranges!r}")
     model = onnx.load(str(src))
     names = kept_in_float(model, keep)
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+    if ranges == "minmax":
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
     try:
         quantized = nncf.quantize(
@@ -91,7 +101,7 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
         "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
         "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
         "subset_size": str(len(feeds)), "ignored_types": ",".join(ignored) or "none",
-        "keep_fp32": ",".join(keep) or "none",
+        "keep_fp32": ",".join(keep) or "none", "activation_ranges": ranges,
     }
     return described
 

@@ -32,7 +32,8 @@ def test_int8_graphs_are_static_and_recorded(tiny_bundle_dir: Path) -> None:
         assert q.kind == "static" and q.per_channel is True and q.batch_independent is True
         # The default quantiser is NNCF (symmetric int8 weights; its activations are int8 QDQ).
         assert q.method == "nncf" and q.weights == "int8" and q.activations in ("int8", "uint8", "int8/uint8")
-        assert q.parameters["preset"] == "mixed" and q.parameters["model_type"] == "transformer"
+        assert q.parameters["preset"] == "performance" and q.parameters["model_type"] == "transformer"
+        assert q.parameters["activation_ranges"] == "minmax" and q.parameters["smooth_quant_matmul_alpha"] == "-1 (off)"
         assert q.parameters["subset_size"] == str(q.calibration.samples if q.calibration else -1)
         assert q.calibration is not None and q.calibration.method == "nncf"
         assert q.calibration.samples >= len(q.calibration.inputs) > 0

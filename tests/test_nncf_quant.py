@@ -74,6 +74,8 @@ def test_bad_settings_and_missing_nncf_are_export_errors(tmp_path: Path, hide_mo
             nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"preset": "fast"})
         with pytest.raises(ExportError, match="keep_fp32 entries must be among first, last, attention"):
             nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"keep_fp32": ("middle",)})
+        with pytest.raises(ExportError, match="activation_ranges must be one of minmax, mean_minmax"):
+            nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"activation_ranges": "entropy"})
     monkeypatch.setattr(nncf_quant, "nncf_available", lambda: False)
     with pytest.raises(ExportError, match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
         nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, nncf_quant.settings_for("image"))
