@@ -245,11 +245,11 @@ class ClipModel:
     def _tokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer_obj is None:
-                from .inputs.tokenizer import ClipTokenizer
+                from .inputs.hf_tokenizer import open_tokenizer
 
                 self._check_files([self.manifest.text.tokenizer_file])
                 path = self.bundle_dir / self.manifest.text.tokenizer_file
-                self._tokenizer_obj = ClipTokenizer.from_file(path, self.manifest.text)
+                self._tokenizer_obj = open_tokenizer(path, self.manifest.text)
             return self._tokenizer_obj
 
     def _preprocessor(self) -> Any:

@@ -204,9 +204,11 @@ def text_calibration(tokenizer, dynamic_sequence: bool, trim: bool = True) -> Ca
     equal shapes: *trim* False gives full-context inputs."""
     from clip_rt.bundle.manifest import TEXT_INPUT
 
+    from .validate import lengths_of, pad_id_of
+
     prompts = calibration_prompts()
     ids = tokenizer(prompts).numpy().astype(np.int64)
-    lengths = ids.argmax(axis=1) + 1  # EOT is CLIP BPE's largest id
+    lengths = lengths_of(ids, pad_id_of(tokenizer))
     feeds = [{TEXT_INPUT: ids[i:i + 1, : max(2, int(n))] if dynamic_sequence and trim else ids[i:i + 1]}
              for i, n in enumerate(lengths)]
     source = (f"prompts: every {_TEMPLATE_STEP}th of the 80 ImageNet templates x {len(CALIBRATION_CLASSES)} class "

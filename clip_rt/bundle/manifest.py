@@ -11,7 +11,11 @@ from typing import Any, Optional
 from ..errors import BundleError, ChecksumError
 from .store import MANIFEST_NAME
 
-FORMAT_VERSION = 1
+# The newest layout this clip-rt reads. A bundle says the oldest layout that reads it right:
+# 1 for CLIP BPE + softmax bundles (every older runtime reads them), 2 when it needs what an
+# older runtime would silently ignore (a Hugging Face tokenizer, sigmoid scoring):
+# see required_format_version.
+FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 ENCODERS = ("image", "text")
 
@@ -20,6 +24,16 @@ IMAGE_INPUT = "pixel_values"  # float32 (N, 3, H, W), already normalised
 IMAGE_OUTPUT = "image_embeds"  # float32 (N, D), L2-normalised
 TEXT_INPUT = "input_ids"  # int64 (N, L); L == context_length unless text.dynamic_sequence
 TEXT_OUTPUT = "text_embeds"  # float32 (N, D), L2-normalised
+
+# How text becomes ids (``text.tokenizer_kind``): open_clip's CLIP BPE (SimpleTokenizer, the
+# default, what every bundle before it had) or a Hugging Face tokenizer as open_clip's
+# HFTokenizer runs it (SigLIP, SigLIP2, XLM-R, NLLB, RoBERTa ... towers).
+TOKENIZER_KINDS = ("clip_bpe", "hf")
+# open_clip's text cleaning functions (open_clip.tokenizer.get_clean_fn).
+CLEAN_FUNCTIONS = ("lower", "whitespace", "canonicalize")
+# How zero-shot probabilities are made from logits (``scoring``): CLIP's softmax over the
+# labels, or SigLIP's independent per-label sigmoid of ``logit_scale * cos + logit_bias``.
+SCORINGS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -37,13 +51,30 @@ class TextConfig:
     context_length: int
     vocab_size: int
     tokenizer_file: str = "tokenizer.json"
-    sot_token_id: int = 49406
-    eot_token_id: int = 49407
+    # CLIP BPE: SOT + tokens + EOT. Hugging Face tokenizers: their bos/cls and eos/sep ids
+    # (informational, None where the tokenizer has none: its post-processor adds the specials).
+    sot_token_id: Optional[int] = 49406
+    eot_token_id: Optional[int] = 49407
     pad_token_id: int = 0
     # True when the text graph accepts any L <= context_length and gives the same
-    # embedding as at full length (causal tower pooled at EOT): the runtime then only
-    # encodes up to the longest prompt in a batch.
+    # embedding as at full length (causal tower pooled at EOT, or a tower that masks padding
+    # out of attention and pooling): the runtime then only encodes up to the longest prompt
+    # in a batch.
     dynamic_sequence: bool = False
+    # -- optional, from clip-rt 0.2 (older bundles: CLIP BPE, the defaults) --------------------
+    tokenizer_kind: str = "clip_bpe"  # TOKENIZER_KINDS
+    clean: str = "lower"  # open_clip's text cleaning (CLEAN_FUNCTIONS) before tokenising
+    # hf: the tokenizer.json's own post-processor adds the special tokens; the runtime then
+    # truncates to context_length on *truncation_side* and pads with pad_token_id on
+    # *padding_side*, as transformers does for ``padding="max_length", truncation=True``.
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    # open_clip's HFTokenizer(strip_sep_token=True): sep_token_id ids are replaced by 0.
+    strip_sep_token: bool = False
+    sep_token_id: Optional[int] = None
+    # How the text tower pools (informational: the graph does it): "argmax"/"eos" (EOT token),
+    # "last", "first", "mean", "cls" ... None when not recorded.
+    pooling: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +156,8 @@ class Manifest:
     notes: list[str] = field(default_factory=list)
     # precision -> encoder -> how the graph was quantised (int8 only; optional, see LEGACY_INT8)
     quantization: dict[str, dict[str, Quantization]] = field(default_factory=dict)
+    # SCORINGS: how zero-shot scores are made (optional; older bundles are CLIP models: softmax)
+    scoring: str = "softmax"
 
     # -- identity -------------------------------------------------------------
     @property
@@ -199,7 +232,7 @@ class Manifest:
                     resize_mode=str(img.get("resize_mode", "shortest")),
                     fill_color=int(img.get("fill_color", 0)),
                 ),
-                text=TextConfig(**txt),
+                text=_text_config(txt),
                 graphs={
                     prec: {
                         enc: GraphEntry(file=g["file"], external_data=tuple(g.get("external_data", ())))
@@ -220,9 +253,34 @@ class Manifest:
                     prec: {enc: _quantization(q) for enc, q in encs.items()}
                     for prec, encs in d.get("quantization", {}).items()
                 },
+                scoring=_choice(d.get("scoring", "softmax"), SCORINGS, "scoring"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def required_format_version(manifest: "Manifest") -> int:
+    """The lowest format version whose readers use *manifest* correctly: 2 when it needs a
+    Hugging Face tokenizer or sigmoid scoring (a version-1 reader would tokenise with CLIP BPE
+    or score with a softmax, without an error), else 1."""
+    if manifest.text.tokenizer_kind != "clip_bpe" or manifest.scoring != "softmax":
+        return 2
+    return 1
+
+
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _text_config(d: dict[str, Any]) -> TextConfig:
+    text = TextConfig(**d)
+    _choice(text.tokenizer_kind, TOKENIZER_KINDS, "text.tokenizer_kind")
+    _choice(text.clean, CLEAN_FUNCTIONS, "text.clean")
+    _choice(text.padding_side, ("right", "left"), "text.padding_side")
+    _choice(text.truncation_side, ("right", "left"), "text.truncation_side")
+    return text
 
 
 def _quantization(d: dict[str, Any]) -> Quantization:

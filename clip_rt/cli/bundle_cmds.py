@@ -55,13 +55,16 @@ class _DropKnownNoise(logging.Filter):
 @click.option("--int8-min-cosine", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Accept int8 graphs down to this min cosine vs torch (default gate: 0.999 image, 0.998 text); "
                    "recorded in the manifest. For small models whose int8 rounding is coarser.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="The model's Hugging Face tokenizer: a tokenizer.json or a tokenizer folder (models whose "
+                   "tokenizer is not CLIP BPE: SigLIP, XLM-R, ...). Default: the Hugging Face cache.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the target.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
                output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
-               calibration_method: Optional[str], int8_min_cosine: Optional[float], force: bool,
-               quiet: bool) -> None:
+               calibration_method: Optional[str], int8_min_cosine: Optional[float], tokenizer: Optional[Path],
+               force: bool, quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
 
     Every graph is checked against the torch model before the bundle is written; the bundle
@@ -88,6 +91,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             log=None if quiet else _err,
             calibration_method=calibration_method,
             int8_min_cosine=int8_min_cosine,
+            tokenizer=tokenizer,
         )
     except InputError as exc:
         raise click.UsageError(str(exc), ctx) from exc
@@ -141,6 +145,12 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         f"mean {tuple(round(x, 4) for x in m.image.mean)}, std {tuple(round(x, 4) for x in m.image.std)}",
         f"text:          context {m.text.context_length}, vocab {m.text.vocab_size}, "
         f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
+        f"tokenizer:     " + ("CLIP BPE" if m.text.tokenizer_kind == "clip_bpe" else
+                              f"Hugging Face (clean {m.text.clean}, pad id {m.text.pad_token_id}, "
+                              f"{m.text.padding_side} padding)")
+        + (f", pooling {m.text.pooling}" if m.text.pooling else ""),
+        f"scoring:       " + ("softmax over the labels" if m.scoring == "softmax" else
+                              "sigmoid per label (sigmoid(logit_scale * cos + logit_bias))"),
         f"fingerprint:   {m.fingerprint}",
         f"created:       {m.created}",
         f"format:        {m.format_version}",

@@ -78,11 +78,10 @@ class ServedModel:
     def tokenizer(self) -> Any:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
         if self._tokenizer is None:
-            from ..inputs.tokenizer import ClipTokenizer
+            from ..inputs.hf_tokenizer import open_tokenizer
 
             manifest = self.model.manifest
-            self._tokenizer = ClipTokenizer.from_file(self.model.bundle_dir / manifest.text.tokenizer_file,
-                                                      manifest.text)
+            self._tokenizer = open_tokenizer(self.model.bundle_dir / manifest.text.tokenizer_file, manifest.text)
         return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> int:
