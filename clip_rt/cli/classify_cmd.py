@@ -76,6 +76,14 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
+    scoring = getattr(model, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
+    if scoring != "softmax":
+        # Scores of another kind than the CLIP softmax: say so in the run description beside the
+        # output (older descriptions have no such key: they are all softmax).
+        identity["scoring"] = scoring
+    from ..zeroshot import describe_scoring
+
+    echo_err(f"scores: {describe_scoring(scoring)}")
 
     done: list[Record] = []
     append = False
@@ -133,7 +141,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-        write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
+        write_report(report_dir, everything, labels, identity={**identity, "scoring": scoring},
+                     contact_sheet=contact_n)
         echo_err(f"report written to {display_path(report_dir)}")
     if failed:
         sys.exit(1)
