@@ -89,7 +89,12 @@ def text_wrapper(model: Any, dynamic_sequence: bool) -> Any:
                 x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
             return F.normalize(x, dim=-1)
 
-    return (DynamicTextEncoder() if dynamic_sequence else FullContextTextEncoder()).eval()
+    import open_clip
+
+    # open_clip CLIP towers are sized by the context length (positions, mask): sliced here. HF
+    # towers take any length already (their mask and positions come from the ids).
+    sliced = dynamic_sequence and isinstance(model, open_clip.CLIP)
+    return (DynamicTextEncoder() if sliced else FullContextTextEncoder()).eval()
 
 
 def parameter_bytes(module: Any) -> int:

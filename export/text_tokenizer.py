@@ -205,13 +205,16 @@ def _first(*values: Optional[int]) -> Optional[int]:
 
 
 def hf_model_config(hf_model_name: str, workdir: Path) -> Path:
-    """A folder with the ``config.json`` HFTextEncoder builds the tower from, offline: the Hugging
-    Face cache's copy when it has one, else ``hf_text.json``'s values through transformers'
-    config classes."""
+    """A folder with the ``config.json`` HFTextEncoder builds the tower from, offline: the folder
+    *hf_model_name* itself when it is a local one, the Hugging Face cache's copy when it has
+    one, else ``hf_text.json``'s values through transformers' config classes."""
     try:
         from transformers import AutoConfig
     except ImportError as exc:
         raise ExportError(f"Hugging Face text towers need transformers ({exc}); pip install 'clip-rt[export]'") from exc
+    local = Path(hf_model_name).expanduser()
+    if (local / "config.json").is_file():  # a local model folder (e.g. a small test tower)
+        return local
     folder = workdir / "hf-config"
     folder.mkdir(parents=True, exist_ok=True)
     try:
