@@ -155,7 +155,9 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             graph_entries[precision][encoder] = GraphEntry(file=path.name, external_data=companions)
             parity[precision][encoder] = figure
     if "int8" in precisions:
-        notes.append(convert.int8_note(calibration_method))
+        from .optimize import int8_settings
+
+        notes.append(convert.int8_note(calibration_method, {e: int8_settings(e, src) for e, src in fp32.items()}))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
     if "fp32" not in precisions:  # fp32 was only the source of the others

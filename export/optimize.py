@@ -48,7 +48,24 @@ RECOMMENDED_INT8: dict[str, dict] = {
     "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
              "op_types": TEXT_QUANT_OPS},
 }
+# Convolutional image towers (RN50, ConvNeXt, MobileCLIP's FastViT): their time is in Conv, which
+# the settings above leave in float. A graph whose Conv nodes are more than CONV_TOWER_SHARE of
+# its Conv/MatMul/Gemm nodes (a ViT has one patch-embedding Conv among ~50 MatMuls) gets
+# CONV_INT8 instead: BatchNorm folded first, Conv quantised too (onnxruntime QLinearConv),
+# depthwise convolutions kept in float. Measured per family in bench/results/conv_int8.json
+# (docs/models.md).
+CONV_TOWER_SHARE = 0.2
+CONV_INT8: dict = {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+                   "op_types": ("Conv", "MatMul", "Gemm"), "exclude": "depthwise", "prepare": True}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def int8_settings(encoder: str, fp32_path: Optional[Path] = None) -> dict:
+    """The optimize_graph settings the export uses for *encoder*'s int8 graph: CONV_INT8 for a
+    convolutional image tower (see CONV_TOWER_SHARE), else RECOMMENDED_INT8[encoder]."""
+    if encoder == "image" and fp32_path is not None and conv_share(Path(fp32_path)) > CONV_TOWER_SHARE:
+        return dict(CONV_INT8)
+    return dict(RECOMMENDED_INT8[encoder])
 # Ops quantised with a fixed scale per weight tensor and no activation scale at all (the
 # token-embedding Gather): weight-only, so static and dynamic graphs treat them alike.
 _WEIGHT_ONLY_OPS = ("Gather",)
@@ -68,6 +85,7 @@ def optimize_graph(
     op_types: Sequence[str] = _QUANT_OPS,
     external_data: bool = False,
     exclude: str = "",
+    prepare: bool = False,
 ) -> Path:
     """Write the *kind* variant of the fp32 graph *onnx_path* to *out_path*; return *out_path*.
 
@@ -79,6 +97,8 @@ def optimize_graph(
     u8 x s8 products do not saturate. ``external_data``: write weights to a companion file
     (graphs over protobuf's 2 GB limit). *exclude*: ``"depthwise"`` keeps depthwise and
     grouped convolutions (``group > 1``) in float when Conv is among *op_types* (CONV_EXCLUDES).
+    *prepare*: run onnxruntime's quantisation pre-processing first (BatchNorm folded into the
+    convolutions; prepare_for_conv_int8).
     """
     src, dst = Path(onnx_path), Path(out_path)
     if kind not in KINDS:
@@ -109,6 +129,8 @@ def optimize_graph(
                 if kind in ("fused", "fused-mha"):
                     os.replace(stage, dst)
                     return dst
+            if prepare:
+                stage = prepare_for_conv_int8(stage, Path(tmp) / "prepared.onnx", external_data)
             if static:
                 activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
                 weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
