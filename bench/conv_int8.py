@@ -86,6 +86,8 @@ def measure_arch(arch: str, rounds: int, batch: int, work: Path) -> dict[str, An
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     paths = {"fp32": fp32}
     for name, spec in VARIANTS.items():
+        if spec["exclude"] == "depthwise" and not facts["prep"]["grouped_conv"]:
+            continue  # the same graph as without the exclusion
         out = work / f"image_{name}.onnx"
         if not out.exists():
             log(f"{arch}: building {name}")
