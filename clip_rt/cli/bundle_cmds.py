@@ -195,25 +195,52 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
     click.echo("\n".join(lines))
 
 
+def _echo_families(families: dict[str, Any]) -> None:
+    """Per family: the architecture exported here, its tokenizer and scoring, the parity and the
+    int8 speed-up measured (models/families.json, docs/models.md)."""
+    rows = families.get("families", {})
+    if not rows:
+        return
+    click.echo(f"Model families exported and measured here ({families.get('measured', '?')}, random weights; "
+               "docs/models.md):")
+    click.echo(f"  {'family':<20} {'architecture':<28} {'scoring':<8} {'fp32 diff':>9} {'int8 cos img/txt':>17} "
+               f"{'int8 speed-up img/txt':>22}  tokenizer")
+
+    def pair(values: Any, fmt: str) -> str:
+        return "-" if not values else "/".join("-" if v is None else format(v, fmt) for v in values)
+
+    for family, row in rows.items():
+        click.echo(f"  {family:<20} {row['architecture']:<28} {row['scoring']:<8} "
+                   f"{max(row['fp32_max_abs_diff']):>9.1e} {pair(row.get('int8_min_cosine'), '.4f'):>17} "
+                   f"{pair(row.get('int8_speedup'), '.2f') + 'x':>22}  {row['tokenizer']}")
+    click.echo("")
+
+
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.option("--available", is_flag=True, help="List the names `clip-rt export` knows instead.")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import architectures, load_catalogue
+    from ..bundle.catalogue import architectures, family_of, load_catalogue, load_families
     from ..bundle.store import list_bundles, models_dir
 
     if available:
         aliases = load_catalogue()["aliases"]
+        families = load_families()
         if as_json:
-            click.echo(json.dumps({"aliases": aliases, "architectures": architectures()}, indent=2))
+            click.echo(json.dumps({"aliases": aliases, "architectures": architectures(),
+                                   "families": families.get("families", {}),
+                                   "family_of": {a: family_of(a) for a in architectures()}}, indent=2,
+                                  ensure_ascii=False))
             return
+        _echo_families(families)
         click.echo("OpenAI aliases:")
         for name, ref in aliases.items():
             click.echo(f"  {name:<16} {ref['architecture']} --pretrained {ref['pretrained']}")
-        click.echo("open_clip architectures (pretrained tags):")
+        click.echo("open_clip architectures [family] (pretrained tags):")
         for arch, tags in architectures().items():
-            click.echo(f"  {arch:<32} {', '.join(tags) if tags else '-'}")
+            family = family_of(arch)
+            click.echo(f"  {arch:<32} {'[' + family + ']' if family else '':<22} {', '.join(tags) if tags else '-'}")
         return
     rows: list[dict[str, Any]] = []
     for path in list_bundles():
