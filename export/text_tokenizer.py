@@ -185,7 +185,13 @@ def hf_text_fields(tokenizer: Any, vocab_rows: int) -> dict[str, Any]:
     if hf.pad_token_id is None:
         raise ExportError("the tokenizer has no padding token, so open_clip cannot pad its ids; pass a tokenizer "
                           "folder whose tokenizer_config.json names pad_token")
-    clean = tokenizer.clean_fn.__name__.replace("_clean_", "")
+    from open_clip.tokenizer import get_clean_fn
+
+    from clip_rt.bundle.manifest import CLEAN_FUNCTIONS
+
+    clean = next((name for name in CLEAN_FUNCTIONS if tokenizer.clean_fn is get_clean_fn(name)), None)
+    if clean is None:
+        raise ExportError(f"the tokenizer cleans text with {tokenizer.clean_fn!r}, which clip-rt does not reproduce")
     return {
         "tokenizer_kind": "hf",
         "clean": clean,

@@ -118,3 +118,24 @@ def test_report_summary_names_the_scoring(sigmoid_bundle: Path, photo: Path, tmp
     assert r.exit_code == 0, r.output
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["run"]["scoring"] == "sigmoid"
+
+
+def test_server_says_which_scores_it_shows(sigmoid_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from serve_util import Server, call, data_url, png_bytes
+
+    model = clip_rt.load(sigmoid_bundle, cache=False)
+    img = png_bytes(seed=2)
+    texts = ["a photo of a cat", "a red car"]
+    with Server([str(sigmoid_bundle)], tmp_path / "home-server") as server:
+        status, _, out = call(server, "POST", "/similarity", {"image": data_url(img), "texts": texts})
+        assert status == 200 and out["scoring"] == "sigmoid"
+        got = np.asarray([r["probability"] for r in out["results"]], dtype=np.float32)
+        assert np.array_equal(got, model.similarity(img, texts))
+        status, _, out = call(server, "POST", "/classify", {"images": [data_url(img)], "labels": ["cat", "car"]})
+        assert status == 200 and out["scoring"] == "sigmoid"
+        want = model.classify([img], labels=["cat", "car"])[0]
+        assert out["results"][0]["scores"] == want.scores
+        status, _, out = call(server, "GET", "/v1/models")
+        assert status == 200 and out["data"][0]["scoring"] == "sigmoid"

@@ -237,4 +237,7 @@ def open_tokenizer(path: Path, text_config: TextConfig, use_ftfy: Optional[bool]
         return HfTokenizer.from_file(path, text_config, use_ftfy)
     from .tokenizer import ClipTokenizer
 
+    if text_config.clean != "lower":
+        raise BundleError(f"{path}: text.clean {text_config.clean!r} with the CLIP BPE tokenizer; clip-rt's CLIP "
+                          "tokenizer cleans as open_clip's default ('lower') only")
     return ClipTokenizer.from_file(path, text_config, use_ftfy)
