@@ -33,6 +33,16 @@ def hide_module(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 
 @pytest.fixture(autouse=True)
+def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs as on an AVX2 CPU (a class with nothing measured: onnxruntime, the
+    bundle's fastest gated precision), so the automatic backend choice is the same on every
+    host; tests of the choice set CLIP_RT_CPU_FLAGS themselves."""
+    flags = "x86_64: avx2 fma"
+    monkeypatch.setenv("CLIP_RT_CPU_FLAGS", flags)
+    return flags
+
+
+@pytest.fixture(autouse=True)
 def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("clip-rt-home")
     monkeypatch.setenv("CLIP_RT_HOME", str(home))

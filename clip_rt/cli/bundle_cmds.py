@@ -114,12 +114,34 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
     return {"manifest": m, "sizes": sizes}
 
 
+def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str]) -> Any:
+    """What ``load()`` would choose on this machine, without creating a session."""
+    from ..engine.backends import plan_runtime
+    from ..engine.cpu import detect_cpu
+    from ..engine.runtime_info import known_evidence, runtime_dict
+    from ..engine.session import CPU, available_providers, provider_name, resolve_providers
+
+    first = provider_name(resolve_providers([provider] if provider else None, available_providers())[0])
+    cpu = detect_cpu()
+    plan = plan_runtime(manifest, cpu, accelerator=None if first == CPU else first,
+                        backend=None if backend == "auto" else backend, precision=precision,
+                        evidence=known_evidence(manifest.fingerprint, cpu))
+    return runtime_dict(plan)
+
+
 @main.command("info")
 @click.argument("bundle", metavar="NAME|DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (and the runtime choice) as JSON.")
 @click.option("--verify", is_flag=True, help="Also check every file's size and sha256.")
-def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
-    """What is in a bundle: model, preprocessing, graphs, and their parity with torch."""
+@click.option("--provider", default=None, metavar="NAME", help="Show the choice for this execution provider.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
+              help="Show the choice with this backend forced.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+              help="Show the choice with this precision forced.")
+def info_cmd(bundle: str, as_json: bool, verify: bool, provider: Optional[str], backend: Optional[str],
+             precision: Optional[str]) -> None:
+    """What is in a bundle: model, preprocessing, graphs, their parity with torch, and what would
+    run each encoder on this CPU (backend, precision, mode) and why."""
     from ..bundle.manifest import verify_files
     from ..bundle.store import resolve_bundle
 
@@ -128,9 +150,13 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
     m = summary["manifest"]
     if verify:
         verify_files(path, m)
+    from ..engine.runtime_info import describe_lines
+
+    runtime = _runtime_plan(m, provider, backend, precision)
     if as_json:
         data = m.to_dict()
         data["path"] = str(path)
+        data["runtime"] = runtime
         click.echo(json.dumps(data, indent=2))
         return
     weights = m.pretrained or "random weights"
@@ -192,6 +218,8 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         lines += ["", f"checksums:     ok ({len(m.files)} files)"]
     if m.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in m.notes]
+    lines += ["", "on this machine (clip_rt.load's choice; --backend/--precision override):"]
+    lines += describe_lines(runtime)
     click.echo("\n".join(lines))
 
 

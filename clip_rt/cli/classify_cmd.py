@@ -21,6 +21,7 @@ from .common import (
     parse_labels,
     progress_bar,
     resolve_templates,
+    runtime_summary,
 )
 
 
@@ -76,6 +77,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
+<<<<<<< HEAD
     scoring = getattr(model, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
     if scoring != "softmax":
         # Scores of another kind than the CLIP softmax: say so in the run description beside the
@@ -84,6 +86,11 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     from ..zeroshot import describe_scoring
 
     echo_err(f"scores: {describe_scoring(scoring)}")
+=======
+    # What ran is recorded with the run, but a resume on another backend is still the same run.
+    runtime = runtime_summary(model)
+    described = {**identity, "runtime": runtime} if runtime else identity
+>>>>>>> main
 
     done: list[Record] = []
     append = False
@@ -103,7 +110,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     # description makes --resume refuse, never old records under a new description.
     stream = rec_mod.open_output(output, append) if output else rec_mod.stdout_stream()
     if output:
-        rec_mod.write_sidecar(output, identity)
+        rec_mod.write_sidecar(output, described)
     writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
     # Every new record is kept only for --report; otherwise only the failed ones, so that
     # memory stays flat over millions of images.
@@ -141,8 +148,12 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
+<<<<<<< HEAD
         write_report(report_dir, everything, labels, identity={**identity, "scoring": scoring},
                      contact_sheet=contact_n)
+=======
+        write_report(report_dir, everything, labels, identity=described, contact_sheet=contact_n)
+>>>>>>> main
         echo_err(f"report written to {display_path(report_dir)}")
     if failed:
         sys.exit(1)

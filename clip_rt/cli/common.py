@@ -13,11 +13,12 @@ from ..errors import InputError
 
 DEFAULT_MODEL = "ViT-B-32-openai"
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
+BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: Optional[str] = None,
-               threads: Optional[int] = None) -> Any:
+               threads: Optional[int] = None, backend: Optional[str] = None) -> Any:
     """The one place commands load a model (tests replace it with a fake)."""
     from ..bundle.store import resolve_bundle
 
@@ -28,7 +29,7 @@ def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: 
     draft = bool(ctx.meta.get(DRAFT_KEY, False)) if ctx is not None else False
 
     return load(bundle, providers=[provider] if provider else None, precision=precision, threads=threads,
-                draft=draft)
+                draft=draft, backend=backend)
 
 
 def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool = True) -> Callable[[F], F]:
@@ -40,8 +41,15 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
                          metavar="NAME|DIR", help="Bundle name in the store, alias, or bundle directory."),
             click.option("--provider", default=None, metavar="NAME",
                          help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
-            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-                         help="Graph precision; default: the bundle's best for the provider."),
+            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+                         help="Precision (bf16: the fp32 graph computed in bf16 by OpenVINO); default: per "
+                              "encoder, the fastest measured on this CPU whose export parity passed "
+                              "(`clip-rt info MODEL` shows it)."),
+            click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
+                         callback=lambda ctx, _param, value: ctx.meta.__setitem__(BACKEND_KEY, value),
+                         expose_value=False,
+                         help="Inference backend for the CPU; default (auto): chosen per CPU and encoder "
+                              "from measurements. openvino needs clip-rt[openvino]."),
             click.option("--threads", type=click.IntRange(min=1), default=None,
                          help="Intra-op threads for ONNX Runtime."),
         ]
@@ -63,7 +71,10 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
 def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
                        threads: Optional[int]) -> Any:
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
-    return load_model(model_name, provider=provider, precision=precision, threads=threads)
+    ctx = click.get_current_context(silent=True)
+    backend = ctx.meta.get(BACKEND_KEY) if ctx is not None else None
+    return load_model(model_name, provider=provider, precision=precision, threads=threads,
+                      backend=None if backend == "auto" else backend)
 
 
 def label_options(f: F) -> F:
@@ -182,6 +193,17 @@ class _NullBar:
 
 def model_identity(model: Any) -> dict[str, Any]:
     return {"model": model.manifest.name, "fingerprint": model.manifest.fingerprint, "precision": model.precision}
+
+
+def runtime_summary(model: Any) -> Optional[dict[str, Any]]:
+    """Which backend/precision/mode ran each encoder (outputs' metadata); None for a model
+    without a runtime description (test fakes)."""
+    runtime = getattr(model, "runtime", None)
+    if not isinstance(runtime, dict):
+        return None
+    from ..engine.runtime_info import summary
+
+    return summary(runtime)
 
 
 def echo_err(msg: str) -> None:

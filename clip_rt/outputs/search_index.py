@@ -63,6 +63,7 @@ class SearchIndex:
     embeddings: np.ndarray
     generation: int = 0
     bundle_dir: Optional[str] = None  # where the model was loaded from, if known (search's default)
+    runtime: Optional[dict[str, Any]] = None  # which backend/precision/mode embedded the images (last update)
 
     # -- storage ---------------------------------------------------------------------
     @classmethod
@@ -86,7 +87,7 @@ class SearchIndex:
             index = cls(root=meta["root"], model=meta["model"], fingerprint=meta["fingerprint"],
                         precision=meta["precision"], embed_dim=embed_dim, entries=entries,
                         embeddings=emb.astype(np.float32, copy=False), generation=int(meta.get("generation", 0)),
-                        bundle_dir=meta.get("bundle_dir"))
+                        bundle_dir=meta.get("bundle_dir"), runtime=meta.get("runtime"))
         except KeyError as exc:
             raise _damaged(folder, f"{INDEX_FILE} has no {exc} field") from None
         except (TypeError, ValueError) as exc:  # an entry with missing/extra keys, a non-numeric size
@@ -113,7 +114,8 @@ class SearchIndex:
         meta = {
             "format": INDEX_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
             "precision": self.precision, "embed_dim": self.embed_dim, "root": self.root,
-            "bundle_dir": self.bundle_dir, "generation": self.generation, "embeddings": emb_name,
+            "bundle_dir": self.bundle_dir, "runtime": self.runtime, "generation": self.generation,
+            "embeddings": emb_name,
             "count": len(self.entries),
             "entries": [asdict(e) for e in self.entries],
         }
@@ -235,7 +237,7 @@ def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebui
     index = SearchIndex(root=root_abs, model=model.manifest.name, fingerprint=model.manifest.fingerprint,
                         precision=model.precision, embed_dim=dim, entries=[r[0] for r in rows], embeddings=emb,
                         generation=old.generation if old else _existing_generation(folder),
-                        bundle_dir=_bundle_dir(model))
+                        bundle_dir=_bundle_dir(model), runtime=_runtime(model))
     index.save(folder)
     return index, stats
 
@@ -305,6 +307,15 @@ def _under_any(path: str, folders: list[str]) -> bool:
     """Whether *path* lies in one of *folders* (``path_key`` form)."""
     key = path_key(path)
     return any(key.startswith(d.rstrip(os.sep) + os.sep) for d in folders)
+
+
+def _runtime(model: Any) -> Optional[dict[str, Any]]:
+    runtime = getattr(model, "runtime", None)
+    if not isinstance(runtime, dict):
+        return None
+    from ..engine.runtime_info import summary
+
+    return summary(runtime)
 
 
 def _bundle_dir(model: Any) -> Optional[str]:
