@@ -77,7 +77,6 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
-<<<<<<< HEAD
     scoring = getattr(model, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
     if scoring != "softmax":
         # Scores of another kind than the CLIP softmax: say so in the run description beside the
@@ -86,11 +85,9 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     from ..zeroshot import describe_scoring
 
     echo_err(f"scores: {describe_scoring(scoring)}")
-=======
     # What ran is recorded with the run, but a resume on another backend is still the same run.
     runtime = runtime_summary(model)
     described = {**identity, "runtime": runtime} if runtime else identity
->>>>>>> main
 
     done: list[Record] = []
     append = False
@@ -148,12 +145,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-<<<<<<< HEAD
-        write_report(report_dir, everything, labels, identity={**identity, "scoring": scoring},
+        write_report(report_dir, everything, labels, identity={**described, "scoring": scoring},
                      contact_sheet=contact_n)
-=======
-        write_report(report_dir, everything, labels, identity=described, contact_sheet=contact_n)
->>>>>>> main
         echo_err(f"report written to {display_path(report_dir)}")
     if failed:
         sys.exit(1)
