@@ -21,12 +21,14 @@ import numpy as np
 
 from . import templates as _templates
 from .errors import BundleError, ClipRtError, InputError
-from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
+from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
 from .engine.backends import Backend, EncoderChoice, Pending, RuntimePlan, open_backend, plan_runtime
+from .engine.contract import check_external_data, check_session
 from .engine.cpu import CpuIsa, detect_cpu
 from .engine.session import CPU, CUDA, available_providers, provider_name, resolve_providers
 from .bundle.store import cache_dir, resolve_bundle
 from .bundle.verify import verify_bundle_files
+from .inputs.texts import check_utf8
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -261,12 +263,18 @@ class ClipModel:
                     if getattr(sess, "fell_back", False) and CUDA not in getattr(sess, "providers", ()):
                         sess = self._fall_back_to_cpu_precision(encoder, sess)
                     self._precision_settled = True
-                want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
-                if sess.input_names != [want_in] or want_out not in sess.output_names:
-                    raise BundleError(f"{sess.path.name}: expected input {want_in!r} and output {want_out!r}, "
-                                      f"found inputs {sess.input_names} and outputs {sess.output_names}")
+                check_session(sess, encoder, self.manifest)  # the graph agrees with its manifest
                 self._sessions[encoder] = sess
             return self._sessions[encoder]
+
+    def prepare(self, encoders: Sequence[str] = ("image", "text")) -> None:
+        """Create and check the sessions of *encoders* now (files verified, graph checked against
+        the manifest): a damaged or mismatched bundle then fails here, before a caller opens its
+        output files, rather than after."""
+        for encoder in encoders:
+            if encoder not in ("image", "text"):
+                raise InputError(f"encoder must be 'image' or 'text', got {encoder!r}")
+            self.session(encoder)
 
     def _open_session(self, encoder: str) -> Backend:
         choice = self._plan.encoder(encoder)
@@ -278,6 +286,7 @@ class ClipModel:
     def _open_backend(self, choice: EncoderChoice) -> Backend:
         graph = self.manifest.graph(choice.graph_precision, choice.encoder)
         self._check_files([graph.file, *graph.external_data])
+        check_external_data(self.bundle_dir, graph)  # before the backend opens anything it names
         return open_backend(choice, self.bundle_dir / graph.file, native_bf16=self._cpu.native_bf16,
                             providers=self._requested, threads=self._threads, session_options=self._session_options,
                             allow_fallback=self._allow_fallback, provider_options=self._provider_options,
@@ -360,9 +369,18 @@ class ClipModel:
             if self._cache_obj is None and self._cache_mode:
                 from .engine.prompt_cache import PromptCache
 
-                self._cache_obj = PromptCache(self.manifest.fingerprint, self._plan.text.cache_key, dim=self.embed_dim,
+                self._cache_obj = PromptCache(self._prompt_fingerprint(), self._plan.text.cache_key, dim=self.embed_dim,
                                               persistent=self._cache_mode is True)
             return self._cache_obj
+
+    def _prompt_fingerprint(self) -> str:
+        """What cached text embeddings are keyed by: the bundle's files and text settings, and
+        the text cleaner in use (ftfy repairs mojibake that the built-in cleaner leaves alone)."""
+        import hashlib
+        import importlib.util
+
+        cleaner = "ftfy" if importlib.util.find_spec("ftfy") is not None else "lite"
+        return hashlib.sha256(f"{self.manifest.text_fingerprint}:{cleaner}".encode()).hexdigest()[:32]
 
     def release(self, encoder: str) -> None:
         """Free an encoder's session (its weights and arena); it is re-created on next use.
@@ -383,9 +401,10 @@ class ClipModel:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
         items = [texts] if isinstance(texts, str) else list(texts)
         _check_batch_size(batch_size)
-        for t in items:
+        for i, t in enumerate(items):
             if not isinstance(t, str):
-                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r}")
+                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
+            check_utf8(t, f"text #{i}")
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         unique = list(dict.fromkeys(items))
@@ -467,17 +486,16 @@ class ClipModel:
     def _decode(self, index: int, source: Any) -> _Decoded:
         pre = self._preprocessor()
         try:
-            loaded = pre.load(source)  # with the model's EXIF and draft settings
-            pixels = pre(loaded)
-        except ClipRtError as exc:  # unreadable image, bad array: reported on this item only
+            # With the model's EXIF and draft settings, inside the process-wide decode memory
+            # budget; the decoded image is dropped as soon as it is preprocessed.
+            done = pre.convert(source)
+        except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
             return _Decoded(index, source, None, None, None, exc, [])
-        except MemoryError:
-            raise
         except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
             from .inputs.images import unexpected_load_error
 
             return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
-        return _Decoded(index, source, pixels, loaded.width, loaded.height, None, list(loaded.notes))
+        return _Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
 
     def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
@@ -535,6 +553,16 @@ class ClipModel:
                             job.result()
                         except Exception:  # noqa: BLE001 - already leaving with the first error
                             pass
+
+    @property
+    def draft(self) -> bool:
+        """Whether images may be decoded at reduced scale (``load(draft=True)``, CLI ``--draft``)."""
+        return self._draft
+
+    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+        """The smallest (width, height) a *width* x *height* image may be decoded or converted at
+        in draft mode: twice what the resize step makes of it (docs/images.md)."""
+        return self._preprocessor().draft_size(width, height)
 
     # -- similarity and zero-shot ---------------------------------------------------
     def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:

@@ -8,6 +8,12 @@ import pytest
 
 # Hubs are unreachable in CI: make any accidental download fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The automatic backend choice depends on the CPU: tests run as on an AVX2 CPU (nothing measured:
+# onnxruntime, the bundle's fastest gated precision) so that it is the same on every host. Set
+# here, not only in the fixture below, so that module-scoped fixtures and the servers, Ray
+# workers and subprocesses they start see it too.
+TEST_CPU_FLAGS = "x86_64: avx2 fma"
+os.environ["CLIP_RT_CPU_FLAGS"] = TEST_CPU_FLAGS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -37,9 +43,8 @@ def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs as on an AVX2 CPU (a class with nothing measured: onnxruntime, the
     bundle's fastest gated precision), so the automatic backend choice is the same on every
     host; tests of the choice set CLIP_RT_CPU_FLAGS themselves."""
-    flags = "x86_64: avx2 fma"
-    monkeypatch.setenv("CLIP_RT_CPU_FLAGS", flags)
-    return flags
+    monkeypatch.setenv("CLIP_RT_CPU_FLAGS", TEST_CPU_FLAGS)  # undoes a test's own setting
+    return TEST_CPU_FLAGS
 
 
 @pytest.fixture(autouse=True)

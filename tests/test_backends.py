@@ -298,11 +298,9 @@ def test_outputs_record_what_ran(bundle: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads((report / "summary.json").read_text())
     assert summary["run"]["runtime"]["text"]["backend"] == "onnxruntime"
-    side = json.loads(Path(str(out) + ".run.json").read_text()) if Path(str(out) + ".run.json").exists() else None
-    if side is None:  # the sidecar's name belongs to records.py
-        from clip_rt.outputs.records import sidecar_path
+    from clip_rt.outputs.record_output import sidecar_path
 
-        side = json.loads(Path(sidecar_path(str(out))).read_text())
+    side = json.loads(Path(sidecar_path(str(out))).read_text())
     assert side["runtime"]["image"]["backend"] == "onnxruntime" and side["runtime"]["cpu"]
     other = ["--backend", "openvino"] if HAVE_OV else []
     res = CliRunner().invoke(main, ["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out),

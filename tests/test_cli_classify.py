@@ -107,11 +107,23 @@ class FakeModel:
             out.append(v / np.linalg.norm(v))
         return np.stack(out).astype(np.float32)
 
+    draft = False
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The real model's pixels; here the embedding itself, which encode_pixels passes on."""
+        return self._embed(image)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(pixels, dtype=np.float32)
+
     def classifier(self, labels: list[str], templates: tuple[str, ...]) -> FakeClassifier:
         return FakeClassifier(self, labels, templates)
 
     def session(self, encoder: str) -> None:
         """The real model opens (and checksums) the graph here; the fake has none."""
+
+    def prepare(self, encoders: Any = ("image", "text")) -> None:
+        """The real model creates and checks its sessions here; the fake has none."""
 
     def release(self, encoder: str) -> None:
         """The real model frees the session here."""

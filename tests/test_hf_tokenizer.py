@@ -113,6 +113,12 @@ def test_long_texts_are_cut_exactly(pairs: dict[str, Pair], kind: str) -> None:
     assert got.truncated.all()
 
 
+def test_a_huge_run_without_spaces_is_refused(pairs: dict[str, Pair]) -> None:
+    with pytest.raises(InputError, match="text #1 .* has a run of over 100000 characters without a space"):
+        pairs["xlmr"].clip_rt.encode_batch(["ok", "猫" * 150_000])
+    assert pairs["xlmr"].clip_rt.encode_batch(["猫" * 50_000]).truncated.all()  # long, but tokenised whole
+
+
 def test_cut_is_disabled_where_a_token_could_span_a_space() -> None:
     from tokenizers import Tokenizer, models, normalizers
 

@@ -275,7 +275,7 @@ def models_cmd(as_json: bool, available: bool) -> None:
         try:
             summary = _manifest_summary(path)
         except BundleError as exc:  # one broken bundle does not hide the others
-            rows.append({"name": path.name, "path": str(path), "error": str(exc)})
+            _err(f"warning: skipped a broken bundle: {exc}")
             continue
         m = summary["manifest"]
         rows.append({
@@ -295,8 +295,5 @@ def models_cmd(as_json: bool, available: bool) -> None:
         return
     click.echo(f"{'name':<32} {'architecture':<20} {'pretrained':<22} {'precisions':<16} size")
     for row in rows:
-        if "error" in row:
-            click.echo(f"{row['name']:<32} unreadable: {row['error']}")
-            continue
         click.echo(f"{row['name']:<32} {row['architecture']:<20} {str(row['pretrained'] or 'random'):<22} "
                    f"{','.join(row['precisions']):<16} {_human_bytes(row['bytes'])}")

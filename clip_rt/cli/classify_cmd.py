@@ -8,8 +8,11 @@ from typing import Any, Optional, Sequence
 import click
 import numpy as np
 
+from ..errors import OutputError
+from ..inputs.discover import discover, display_path, path_key, printable
 from ..outputs import records as rec_mod
-from ..inputs.discover import discover, display_path, path_key
+from ..outputs.files import stdout_sink
+from ..outputs.record_output import RecordOutput
 from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
@@ -22,6 +25,7 @@ from .common import (
     progress_bar,
     resolve_templates,
     runtime_summary,
+    warn_if_single_label,
 )
 
 
@@ -39,11 +43,14 @@ from .common import (
               help="Also write results.csv, summary.json and charts to this folder (needs clip-rt[report]).")
 @click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images in the report's contact sheet.")
-@click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
+@click.option("--csv-bom/--no-csv-bom", default=None,
+              help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
+                   "report's results.csv, a BOM when a label is not ASCII.")
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
-                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
+                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
+                 csv_bom: Optional[bool],
                  model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
@@ -54,6 +61,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
+    warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     fmt = rec_mod.infer_format(output, fmt)
     if resume and not output:
@@ -89,12 +97,15 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     runtime = runtime_summary(model)
     described = {**identity, "runtime": runtime} if runtime else identity
 
-    done: list[Record] = []
-    append = False
-    if resume and output and os.path.exists(output):
-        rec_mod.check_sidecar(output, identity)
-        done = rec_mod.resume_jsonl(output) if fmt == "jsonl" else rec_mod.resume_csv(output, labels)
-        append = os.path.getsize(output) > 0
+    if report_dir:  # the folder can be written: checked before any inference, too
+        from ..outputs.report import prepare_report
+
+        prepare_report(report_dir)
+    target = RecordOutput(output, fmt, resume=resume) if output else None
+    if target:  # checks the folder, the sidecar, the lock; reads what --resume skips; truncates nothing
+        target.prepare(identity, labels, described)
+    done: list[Record] = target.done if target else []
+    append = bool(target and target.append)
     # Keys, not raw strings: `photos/a.jpg` recorded by one run is `./photos/a.jpg` in the next.
     done_keys = {path_key(r.path) for r in done}
     todo = [p for p in inputs if path_key(p) not in done_keys]
@@ -103,17 +114,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     unlisted = [Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items()
                 if key not in done_keys]
 
-    # Truncate first, then describe: a kill in between leaves an empty output whose old
-    # description makes --resume refuse, never old records under a new description.
-    stream = rec_mod.open_output(output, append) if output else rec_mod.stdout_stream()
-    if output:
-        rec_mod.write_sidecar(output, described)
-    writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
     # Every new record is kept only for --report; otherwise only the failed ones, so that
     # memory stays flat over millions of images.
     new: list[Record] = []
     n_new = 0
     try:
+        stream = target.open() if target else stdout_sink()
+        writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=bool(csv_bom))
         writer.write_batch(unlisted)
         n_new += len(unlisted)
         new.extend(unlisted)
@@ -125,11 +132,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                 new.extend(out if report_dir else [r for r in out if not r.ok])
                 bar.update(len(out))
         writer.close()
+        if target:
+            target.commit()
+    except OutputError as exc:
+        raise (target.fail(exc, written=n_new) if target else exc) from None
     finally:
-        if output:
-            stream.close()
-        else:
-            rec_mod.release_stdout(stream)
+        if target:
+            target.release()
 
     by_key = {path_key(r.path): r for r in done + new}
     wanted = list(unlisted_folders) + [path_key(p) for p in inputs]
@@ -139,15 +148,16 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     skipped = f", {n_done} already done" if done else ""
     echo_err(f"{n_done + n_new} processed, {len(failed)} failed{skipped}")
     for r in failed[:10]:
-        echo_err(f"  failed: {display_path(r.path)}: {rec_mod.error_reason(r.path, r.error or '')}")
+        echo_err(f"  failed: {display_path(r.path)}: {printable(rec_mod.error_reason(r.path, r.error or ''))}")
     if len(failed) > 10:
         echo_err(f"  ... and {len(failed) - 10} more (see the records' error field)")
     if report_dir:
         from ..outputs.report import write_report
 
-        write_report(report_dir, everything, labels, identity={**described, "scoring": scoring},
-                     contact_sheet=contact_n)
-        echo_err(f"report written to {display_path(report_dir)}")
+        summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring}, contact_sheet=contact_n,
+                               bom=csv_bom)
+        fonts = ", ".join(summary["fonts"]["families"])
+        echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed:
         sys.exit(1)
 

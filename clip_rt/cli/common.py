@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
+import re
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
@@ -10,8 +12,12 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 import click
 
 from ..errors import InputError
+from ..inputs.texts import decode_utf8, decode_utf8_lines
 
 DEFAULT_MODEL = "ViT-B-32-openai"
+# --labels separators: the comma, and the full-width comma and ideographic comma that CJK
+# input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
+LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,17 +109,38 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if labels_file and labels_file.lower().endswith(".json"):
         return _labels_json(labels_file)
     if labels_csv is not None:
-        raw = labels_csv.split(",")
+        raw = LABEL_SEPARATORS.split(labels_csv)
     else:
-        with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
-            raw = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+        lines = decode_utf8_lines(_read_labels_file(labels_file), f"--labels-file {labels_file!r}")  # type: ignore[arg-type]
+        raw = [line for line in lines if not line.lstrip().startswith("#")]
     labels = [lab.strip() for lab in raw if lab.strip()]
     if not labels:
         raise click.UsageError("no labels given: expected at least one non-empty label")
-    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    dupes = duplicates(labels)
     if dupes:
-        raise click.UsageError(f"duplicate labels: {', '.join(dupes)}")
+        raise click.UsageError(f"duplicate labels: {', '.join(sorted(dupes))}")
     return labels
+
+
+def duplicates(items: Sequence[str]) -> list[str]:
+    """The items that occur more than once, each once, in first-seen order (linear time)."""
+    counts = Counter(items)
+    return [item for item, n in counts.items() if n > 1]
+
+
+def _read_labels_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"--labels-file {path!r}: cannot read it ({exc.strerror or exc})") from None
+
+
+def warn_if_single_label(labels: Sequence[str]) -> None:
+    """Softmax over one label is always 100 %: say so, once (it is allowed, e.g. to get scores)."""
+    if len(labels) == 1:
+        warnings.warn(f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
+                      "separated by commas (, ， 、)", stacklevel=2)
 
 
 def _labels_json(path: str) -> dict[str, Any]:
@@ -121,16 +148,17 @@ def _labels_json(path: str) -> dict[str, Any]:
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         # json.load would keep the last of two equal keys silently, dropping a label's prompts.
-        keys = [k for k, _ in pairs]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        dupes = sorted(duplicates([k for k, _ in pairs]))
         if dupes:
             raise click.UsageError(f"--labels-file {path!r}: duplicate label(s) {', '.join(map(repr, dupes))}")
         return dict(pairs)
 
+    text = decode_utf8(_read_labels_file(path), f"--labels-file {path!r}")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f, object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise click.UsageError(f"--labels-file {path!r} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError
         raise click.UsageError(f"--labels-file {path!r} is not valid UTF-8 JSON ({exc})") from exc
 
     def good_prompts(v: Any) -> bool:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, walk_images
+from ..inputs.discover import display_path, printable, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, update_index
 from . import main
@@ -26,6 +26,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
     (they are left out of the index and listed) or a folder could not be listed (its earlier
     entries are kept, and it is listed)."""
     model = model_from_options(model_name, provider, precision, threads)
+    model.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
         index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
@@ -34,7 +35,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
              f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
     for path, reason in stats.failed[:10]:
-        echo_err(f"  failed: {display_path(path)}: {error_reason(path, reason)}")
+        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, reason))}")
     if len(stats.failed) > 10:
         echo_err(f"  ... and {len(stats.failed) - 10} more")
     if stats.failed:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, printable
 from ..outputs.records import error_reason
 from . import main
 from .common import DEFAULT_MODEL, echo_err, label_options, parse_labels, resolve_templates
@@ -91,7 +91,7 @@ def _run(kw: dict[str, Any], *, labels: Any, templates: Any) -> None:
     echo_err(f"{result['rows']} images in {display_path(result['output'])} ({result['new']} new, "
              f"{result['done_before']} already done), {result['failed']} failed, {result['parts']} parts")
     for path, error in result["failed_examples"]:
-        echo_err(f"  failed: {display_path(path)}: {error_reason(path, error or '')}")
+        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, error or ''))}")
     if result["failed"] > len(result["failed_examples"]):
         echo_err(f"  ... and {result['failed'] - len(result['failed_examples'])} more (the error column)")
     if result["failed"]:

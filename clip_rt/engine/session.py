@@ -11,6 +11,7 @@ onnxruntime is imported inside functions, so importing this module stays cheap; 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -147,14 +148,51 @@ def build_session_options(
     return so
 
 
+def ort_graph_errors() -> tuple[type[BaseException], ...]:
+    """The onnxruntime exceptions that mean "this graph file cannot be used": unreadable or not
+    ONNX, newer opset or IR version, unknown operator, failed shape inference, external data
+    refused, a kernel that cannot be built. EPFail (a provider that failed) is not among them."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+             "NotImplemented", "RuntimeException", "ModelLoaded", "NotFound")
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+
+
+def ort_reason(exc: BaseException, limit: int = 400) -> str:
+    """onnxruntime's message without its code prefix, C++ source location and signature."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip())
+    text = re.sub(r"^Load model from .*? failed:", "", text)
+    loc = re.match(r"\S+\.(?:h|hpp|cc|cpp):\d+ ", text)
+    if loc:  # "file.cc:46 void ns::Func(args...) message": drop through the signature's ")"
+        rest, depth, cut = text[loc.end():], 0, 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            if ch == ")":
+                depth -= 1
+                if depth == 0:
+                    cut = i + 1
+                    break
+        text = rest[cut:].strip() if cut else rest
+    text = re.sub(r"(?:[\w-]+/)*[\w-]+\.(?:h|hpp|cc|cpp):\d+ (?:\w+ )?", "", text)  # "file.cc:2201 Function "
+    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ",
+                  r"\1: ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _default_factory(path: str, so: Any, providers: list[ProviderEntry]) -> Any:
     import onnxruntime
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
     try:
         return onnxruntime.InferenceSession(path, sess_options=so, providers=providers)
-    except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the machine
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc}); re-export the bundle") from exc
+    except EPFail as exc:  # the machine's provider, not the file
+        raise ProviderError(f"{path}: an execution provider failed while creating the session "
+                            f"({ort_reason(exc)})") from exc
+    except ort_graph_errors() as exc:  # the file: named, one line, no traceback
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({ort_reason(exc)}); "
+                          "the bundle is damaged, hostile, or needs a newer onnxruntime") from exc
 
 
 class OrtSession:

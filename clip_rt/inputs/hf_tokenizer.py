@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import os
-import re
 import string
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,11 +24,8 @@ import numpy as np
 
 from ..bundle.manifest import TextConfig
 from ..errors import BundleError, InputError
-from .tokenizer import _PLAIN_ASCII_RE, TokenBatch, _default_fix_text, _load_hf_tokenizer
-
-LONG_TEXT = 4096  # characters; longer texts are cut first (only the first tokens are used)
-_MAX_SEGMENT = 1_000_000  # ftfy's max_decode_length: it fixes a text in lines of at most this
-_WHITESPACE_CUT = re.compile("[ \t\n\f]")
+from .tokenizer import (_CUT_RE, _MAX_SEGMENT, _PLAIN_ASCII_RE, LONG_TEXT, MAX_WORD, TokenBatch, _cut_point,
+                        _default_fix_text, _Fd2Capture, _load_hf_tokenizer, _segment_end, is_rust_panic)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 # Characters tokenizers use to mark a word start after replacing the space (SentencePiece's
 # U+2581, byte-level BPE's U+0120) and the space itself.
@@ -66,6 +62,11 @@ class HfTokenizer:
         self.sot_token_id = text_config.sot_token_id
         self.eot_token_id = text_config.eot_token_id
         self._fix_text, self.uses_ftfy = _default_fix_text(use_ftfy)
+        self._max_segment = _MAX_SEGMENT
+        if self.uses_ftfy:  # the segment length ftfy.fix_text uses (see _long_part)
+            import ftfy
+
+            self._max_segment = ftfy.TextFixerConfig().max_decode_length
         self._added = int(self._tok.num_special_tokens_to_add(False))
         if self.context_length <= self._added:
             raise BundleError(f"{source}: text.context_length {self.context_length} leaves no room for text "
@@ -125,7 +126,7 @@ class HfTokenizer:
         if self.config.strip_sep_token:
             ids[ids == self.config.sep_token_id] = 0
         return TokenBatch(ids=ids, lengths=lengths, truncated=counts > length, token_counts=counts,
-                          **_cut_field(cut))
+                          cut=np.array(cut, dtype=bool))
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Ids each text needs with its special tokens, before truncation (a lower bound for a
@@ -149,13 +150,25 @@ class HfTokenizer:
 
     def _contents(self, texts: Sequence[str]) -> tuple[list[Any], list[bool]]:
         """Per text: its ``tokenizers`` Encoding without special tokens (untruncated, or the
-        start of a long text), and whether the text was cut before tokenising."""
+        start of a long text), and whether the text was cut before tokenising. A panic inside
+        tokenizers (a hostile or broken tokenizer.json) is a BundleError."""
         checked = self._validated(texts)
-        cut = [False] * len(checked)
+        with _Fd2Capture() as capture:
+            try:
+                return self._contents_unchecked(checked)
+            except BaseException as exc:
+                if not is_rust_panic(exc):
+                    raise
+                capture.panicked = True
+                raise BundleError(f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
+                                  "bundle's tokenizer is broken or hostile") from None
+
+    def _contents_unchecked(self, texts: list[str]) -> tuple[list[Any], list[bool]]:
+        cut = [False] * len(texts)
         cleaned: list[str] = []
-        for i, text in enumerate(checked):
+        for i, text in enumerate(texts):
             if len(text) > LONG_TEXT and self._cut_safe:
-                part = self._long_part(text)
+                part = self._long_part(text, i)
                 if part is not None:
                     cleaned.append(part)
                     cut[i] = True
@@ -164,46 +177,38 @@ class HfTokenizer:
         encoded = self._tok.encode_batch(cleaned, add_special_tokens=False) if cleaned else []
         return list(encoded), cut
 
-    def _long_part(self, text: str) -> Optional[str]:
+    def _long_part(self, text: str, index: int) -> Optional[str]:
         """The cleaned start of a long *text* that has more tokens than the context keeps, cut
         where the cut changes none of its tokens; None when the whole text is needed.
 
-        Why the cut is exact: (1) ftfy fixes text in independent segments (lines), so fixing
-        the first whole segments gives the start of fixing all of it; (2) the cut is made just
-        after a space, tab, newline or form feed, which no HTML entity contains and which
-        ``str.split`` treats as whitespace, so cleaning the part gives the start of cleaning the
-        whole, followed there by a space; (3) the tokenizer was checked (``_cut_is_safe``) to
-        never put the two sides of a space into one token.
+        Why the cut is exact (as for CLIP BPE, tokenizer.LONG_TEXT): (1) ftfy fixes text in
+        independent segments (lines), so fixing the first whole segments gives the start of
+        fixing all of it; (2) the cut is made just after a space, tab, newline or form feed,
+        which no HTML entity contains and which ``str.split`` treats as whitespace, so cleaning
+        the part gives the start of cleaning the whole, followed there by a space; (3) the
+        tokenizer was checked (``_cut_is_safe``) never to put the two sides of a space into one
+        token, and a part ending in a word-start marker is not used.
         """
         keep = self.context_length - self._added
         plain = text.isascii() and _PLAIN_ASCII_RE.fullmatch(text) is not None
         target = max(LONG_TEXT, 16 * self.context_length)
-        while target < len(text):
-            end = target if plain else _segment_end(text, target)
+        while True:
+            end = min(len(text), target) if plain else _segment_end(text, target, self._max_segment)
             if end >= len(text):
                 return None
             fixed = text[:end] if plain else self._fix_text(text[:end])
-            match = _WHITESPACE_CUT.search(fixed, max(0, min(target, len(fixed)) - 1))
-            at = match.end() if match is not None else 0
+            at = _cut_point(fixed, target)
+            if (max(map(len, _CUT_RE.split(fixed[:at]))) if at else len(fixed)) > MAX_WORD:
+                raise InputError(f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
+                                 "characters without a space or line break; expected text (only the first "
+                                 f"{keep} tokens of a text are used)")
             if at > 0:
                 part = fixed[:at] if plain else html.unescape(html.unescape(fixed[:at]))
                 cleaned = _after_basic_clean(part.strip(), self.config.clean)
                 if cleaned and cleaned[-1] not in _SPACE_MARKERS:
-                    n = len(self._tok.encode(cleaned, add_special_tokens=False).ids)
-                    if n > keep:
+                    if len(self._tok.encode(cleaned, add_special_tokens=False).ids) > keep:
                         return cleaned
             target = 2 * end
-        return None
-
-
-def _segment_end(text: str, at_least: int) -> int:
-    """The first end of one of ftfy's segments (a line, at most _MAX_SEGMENT characters) at or
-    after *at_least*, or len(text)."""
-    pos = 0
-    while pos < at_least and pos < len(text):
-        nl = text.find("\n", pos) + 1 or len(text)
-        pos = min(nl, pos + _MAX_SEGMENT)
-    return pos
 
 
 def _cut_is_safe(tok: Any) -> bool:
@@ -223,12 +228,6 @@ def _cut_is_safe(tok: Any) -> bool:
         if any(m in stripped for m in _SPACE_MARKERS):
             return False
     return True
-
-
-def _cut_field(cut: list[bool]) -> dict[str, Any]:
-    """TokenBatch's ``cut`` field where this clip-rt's TokenBatch has one."""
-    fields = getattr(TokenBatch, "__dataclass_fields__", {})
-    return {"cut": np.array(cut, dtype=bool)} if "cut" in fields else {}
 
 
 def open_tokenizer(path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> Any:
