@@ -128,7 +128,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     calibrations = {}
     if "int8" in precisions:
         calibrations = {"image": calibration.image_calibration(model),
-                        "text": calibration.text_calibration(loaded.tokenizer, dynamic)}
+                        "text": calibration.text_calibration(loaded.tokenizer, dynamic,
+                                                             short_prompts=graphs.text_pooling(model) == "mean")}
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
         graph_entries[precision], parity[precision] = {}, {}
         for encoder, src in fp32.items():
