@@ -105,7 +105,7 @@ def test_cli_says_which_scores_it_shows(sigmoid_bundle: Path, photo: Path, tmp_p
                              "-o", str(results)])
     assert r.exit_code == 0, r.output
     assert "scores: sigmoid per label" in r.stderr
-    from clip_rt.outputs.records import sidecar_path
+    from clip_rt.outputs.record_output import sidecar_path
 
     assert json.loads(Path(sidecar_path(str(results))).read_text())["scoring"] == "sigmoid"
 
