@@ -40,6 +40,9 @@ FAMILY_PATTERNS: list[tuple[str, str]] = [
     ("mT5 multilingual", r"^mt5-"),
     ("CoCa", r"^coca_"),
     ("EVA", r"^EVA"),
+    ("Perception Encoder", r"^PE-"),
+    ("ViTamin", r"^ViTamin"),
+    ("timm image towers", r"^(swin|vit)_"),
     ("ViT (CLIP)", r"^ViT-"),
 ]
 
