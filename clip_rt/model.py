@@ -45,7 +45,7 @@ from .zeroshot import (
     check_templates,
     class_embeddings,
     parse_labels,
-    softmax,
+    scores_from_logits,
 )
 
 DEFAULT_TEXT_BATCH = 64
@@ -276,6 +276,12 @@ class ClipModel:
         return self.manifest.logit_bias
 
     @property
+    def scoring(self) -> str:
+        """``softmax`` (CLIP: probabilities over the labels) or ``sigmoid`` (SigLIP: each label's
+        own probability); the bundle's ``scoring``."""
+        return self.manifest.scoring
+
+    @property
     def precision(self) -> str:
         """The precision that runs: one name, or ``IMAGE/TEXT`` when the encoders differ."""
         return self._plan.precision
@@ -412,11 +418,11 @@ class ClipModel:
     def _tokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer_obj is None:
-                from .inputs.tokenizer import ClipTokenizer
+                from .inputs.hf_tokenizer import open_tokenizer
 
                 self._check_files([self.manifest.text.tokenizer_file])
                 path = self.bundle_dir / self.manifest.text.tokenizer_file
-                self._tokenizer_obj = ClipTokenizer.from_file(path, self.manifest.text)
+                self._tokenizer_obj = open_tokenizer(path, self.manifest.text)
             return self._tokenizer_obj
 
     def _preprocessor(self) -> Any:
@@ -634,14 +640,19 @@ class ClipModel:
 
     # -- similarity and zero-shot ---------------------------------------------------
     def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
-        """Probabilities over *texts*: ``softmax(logit_scale * cos)``; shape (T,) for one image,
-        (N, T) for a list."""
+        """Probabilities of the image(s) matching each of *texts*, by the model's :attr:`scoring`:
+        ``softmax(logit_scale * cos)`` over the texts (CLIP), or each text's own
+        ``sigmoid(logit_scale * cos + logit_bias)`` (SigLIP). Shape (T,) for one image, (N, T)
+        for a list."""
         single = _is_single_source(images)
         text_list = [texts] if isinstance(texts, str) else list(texts)
         if not text_list:
             raise InputError("no texts given: expected at least one")
         img = self.encode_image(images, batch_size=batch_size)
-        probs = softmax(self.logit_scale * (img @ self.encode_text(text_list).T))
+        logits = self.logit_scale * (img @ self.encode_text(text_list).T)
+        if self.scoring == "sigmoid" and self.logit_bias is not None:
+            logits = logits + np.float32(self.logit_bias)
+        probs = scores_from_logits(logits, self.scoring)
         return probs[0] if single else probs
 
     def classifier(self, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE) -> ZeroShotClassifier:
@@ -649,7 +660,7 @@ class ClipModel:
         parsed = parse_labels(labels)
         temps = check_templates(templates)
         embs = class_embeddings(parsed, temps, self.encode_text)
-        return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps)
+        return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps, scoring=self.scoring)
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
                  top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:

@@ -78,11 +78,10 @@ class ServedModel:
     def tokenizer(self) -> Any:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
         if self._tokenizer is None:
-            from ..inputs.tokenizer import ClipTokenizer
+            from ..inputs.hf_tokenizer import open_tokenizer
 
             manifest = self.model.manifest
-            self._tokenizer = ClipTokenizer.from_file(self.model.bundle_dir / manifest.text.tokenizer_file,
-                                                      manifest.text)
+            self._tokenizer = open_tokenizer(self.model.bundle_dir / manifest.text.tokenizer_file, manifest.text)
         return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> int:
@@ -140,7 +139,8 @@ class ServedModel:
                            f"limit is {self.config.max_prompts} per request (--max-prompts)", param="labels")
         embeddings = await self.embed_texts(prompts)
         built = ZeroShotClassifier(parsed, class_embeddings(parsed, temps, lambda _: embeddings),
-                                   self.model.logit_scale, self.model.logit_bias, temps)
+                                   self.model.logit_scale, self.model.logit_bias, temps,
+                                   scoring=self.model.scoring)
         self.classifiers[key] = built
         while len(self.classifiers) > CLASSIFIERS_KEPT:
             self.classifiers.popitem(last=False)
@@ -151,7 +151,7 @@ class ServedModel:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "clip-rt",
                 "bundle": m.name, "architecture": m.architecture, "precision": self.model.precision,
                 "providers": self.model.providers, "embed_dim": m.embed_dim, "image_size": list(m.image.size),
-                "context_length": m.text.context_length, "fingerprint": m.fingerprint}
+                "context_length": m.text.context_length, "fingerprint": m.fingerprint, "scoring": m.scoring}
 
 
 def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:
