@@ -428,16 +428,29 @@ class ClipModel:
             out[item.index] = item.embedding
         return out
 
-    def encode_pixels(self, pixel_values: Any, output: str = "numpy") -> Any:
+    @property
+    def image_streams(self) -> int:
+        """How many image batches may usefully run at once: the backend's throughput queue depth
+        where the plan runs batches in throughput mode (OpenVINO streams), else 1. Creates the
+        image session."""
+        if self._plan.image.folders != "throughput":
+            return 1
+        return max(1, int(self.session("image").queue_depth))
+
+    def encode_pixels(self, pixel_values: Any, output: str = "numpy", *, queued: bool = False) -> Any:
         """Embeddings of one preprocessed batch, (N, 3, H, W) float32 (numpy, or an OrtValue
         already on the device). *output* ``"numpy"``: a host array; ``"ortvalue"``: an
-        ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip)."""
+        ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip).
+        *queued*: through the backend's throughput queue (thread-safe; callers running up to
+        :attr:`image_streams` batches at once get the streams' throughput; same embeddings)."""
         if output not in ("numpy", "ortvalue"):
             raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
         if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
             raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
         session = self.session("image")
         if output == "numpy" and isinstance(pixel_values, np.ndarray):
+            if queued:
+                return session.submit({IMAGE_INPUT: pixel_values}).result()[0]
             return session.run({IMAGE_INPUT: pixel_values})[0]
         run_binding = getattr(session, "run_binding", None)
         if run_binding is None:
