@@ -7,26 +7,63 @@ from typing import Any, Optional
 from clip_rt.bundle.manifest import Calibration, Quantization
 from clip_rt.errors import InputError
 
+INT8_METHODS = ("nncf", "onnxruntime")
+_INT8_METHOD_ALIASES = {"nncf": "nncf", "onnxruntime": "onnxruntime", "ort": "onnxruntime"}
 
-def int8_note(calibration_method: Optional[str] = None, method: str = "onnxruntime") -> str:
-    if method == "nncf":
-        from .nncf_quant import NNCF_INT8
 
-        parts = [f"{encoder} " + ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in cfg.items())
-                 for encoder, cfg in NNCF_INT8.items()]
-        return ("int8: nncf.quantize (ONNX backend, QDQ graph: symmetric per-channel int8 weights, activation "
-                "scales calibrated on every calibration input; clip_rt_export.nncf_quant.NNCF_INT8): "
-                + "; ".join(parts) + "; calibration inputs, settings and batch independence in `quantization`")
+def resolve_int8_method(method: Optional[str], calibration_method: Optional[str]) -> Optional[str]:
+    """The int8 quantiser asked for: ``nncf``, ``onnxruntime`` (``ort``), or None for the default
+    per encoder (int8_method_for). An onnxruntime calibration method (minmax/percentile/entropy
+    are its calibrators) implies ``onnxruntime``."""
+    if method is None:
+        return "onnxruntime" if calibration_method is not None else None
+    key = method.strip().lower() if isinstance(method, str) else None
+    if key not in _INT8_METHOD_ALIASES:
+        raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)} (or ort), got {method!r}")
+    resolved = _INT8_METHOD_ALIASES[key]
+    if resolved == "nncf" and calibration_method is not None:
+        raise InputError(f"calibration method {calibration_method!r} is an onnxruntime.quantization calibrator; "
+                         "with --int8-method nncf leave it out (NNCF estimates the ranges itself), or use "
+                         "--int8-method onnxruntime")
+    return resolved
+
+
+def int8_method_for(encoder: str, src: Path, asked: Optional[str]) -> str:
+    """*asked*, else NNCF, except for convolutional image towers (RN50, ConvNeXt, FastViT):
+    onnxruntime's CONV_INT8 was measured on those (bench/results/conv_int8.json), NNCF was not."""
+    if asked is not None:
+        return asked
+    from .optimize import CONV_TOWER_SHARE, conv_share
+
+    return "onnxruntime" if encoder == "image" and conv_share(Path(src)) > CONV_TOWER_SHARE else "nncf"
+
+
+def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict] = None) -> str:
+    """onnxruntime.quantization's graphs. *settings*: encoder -> the optimize_graph settings used
+    (default RECOMMENDED_INT8)."""
     from .optimize import RECOMMENDED_INT8
 
     parts = [
         f"{encoder} {cfg['kind']} (per_channel={cfg.get('per_channel')}, reduce_range={cfg.get('reduce_range')}, "
-        f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))})"
-        for encoder, cfg in RECOMMENDED_INT8.items()
+        f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))}"
+        + (f", {cfg['exclude']} convolutions kept float" if cfg.get("exclude") else "")
+        + (", BatchNorm folded first" if cfg.get("prepare") else "") + ")"
+        for encoder, cfg in (settings or RECOMMENDED_INT8).items()
     ]
     return ("int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_static QDQ, uint8 activations with "
             "calibrated scales, int8 weights; the token-embedding Gather weight-only): " + "; ".join(parts)
             + "; calibration inputs and batch independence in `quantization`")
+
+
+def nncf_note(encoders: tuple[str, ...] = ("image", "text")) -> str:
+    """NNCF's graphs, for *encoders*."""
+    from .nncf_quant import NNCF_INT8
+
+    parts = [f"{encoder} " + ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in cfg.items())
+             for encoder, cfg in NNCF_INT8.items() if encoder in encoders]
+    return ("int8: nncf.quantize (ONNX backend, QDQ graph: symmetric per-channel int8 weights, activation "
+            "scales calibrated on every calibration input; clip_rt_export.nncf_quant.NNCF_INT8): "
+            + "; ".join(parts) + "; calibration inputs, settings and batch independence in `quantization`")
 
 
 # ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
@@ -38,31 +75,11 @@ FP16_NOTE = (
 )
 
 
-INT8_METHODS = ("nncf", "onnxruntime")
-_INT8_METHOD_ALIASES = {"nncf": "nncf", "onnxruntime": "onnxruntime", "ort": "onnxruntime"}
-
-
-def resolve_int8_method(method: Optional[str], calibration_method: Optional[str]) -> str:
-    """The int8 quantiser: *method* as asked (``nncf``, ``onnxruntime``/``ort``); by default NNCF,
-    except with an onnxruntime calibration method (minmax/percentile/entropy are its calibrators)."""
-    if method is None:
-        return "onnxruntime" if calibration_method is not None else "nncf"
-    key = str(method).strip().lower() if isinstance(method, str) else None
-    if key not in _INT8_METHOD_ALIASES:
-        raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)} (or ort), got {method!r}")
-    resolved = _INT8_METHOD_ALIASES[key]
-    if resolved == "nncf" and calibration_method is not None:
-        raise InputError(f"calibration method {calibration_method!r} is an onnxruntime.quantization calibrator; "
-                         "with --int8-method nncf leave it out (NNCF estimates the ranges itself), or use "
-                         "--int8-method onnxruntime")
-    return resolved
-
-
 def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data: bool = False,
             calibration_method: Optional[str] = None, method: str = "nncf") -> Quantization:
     """The int8 graph of *encoder*, calibrated on *calibration* (a calibration.CalibrationData):
     *method* ``nncf`` (nncf_quant.NNCF_INT8 settings) or ``onnxruntime`` (the variant the
-    benchmarks recommend, clip_rt_export.optimize.RECOMMENDED_INT8). Returns its manifest record
+    benchmarks recommend, clip_rt_export.optimize.int8_settings). Returns its manifest record
     (``batch_independent`` is set by the caller once the gate has measured it)."""
     if method == "nncf":
         from .nncf_quant import quantize_nncf, settings_for
@@ -76,9 +93,9 @@ def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data:
         )
     if method != "onnxruntime":
         raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
-    from .optimize import CALIBRATION_METHODS, RECOMMENDED_INT8, optimize_graph
+    from .optimize import CALIBRATION_METHODS, int8_settings, optimize_graph
 
-    settings = dict(RECOMMENDED_INT8[encoder])
+    settings = int8_settings(encoder, src)
     kind = settings.pop("kind")
     static = kind.startswith("int8-static")
     if calibration_method is not None:

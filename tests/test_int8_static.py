@@ -122,7 +122,7 @@ def test_calibration_method_is_checked_and_recorded(tmp_path: Path) -> None:
 def test_int8_method_is_checked() -> None:
     from clip_rt_export.convert import resolve_int8_method
 
-    assert resolve_int8_method(None, None) == "nncf"
+    assert resolve_int8_method(None, None) is None  # the default per encoder: int8_method_for
     assert resolve_int8_method(None, "percentile") == "onnxruntime"  # its calibrators imply onnxruntime
     assert resolve_int8_method("ort", None) == resolve_int8_method("ONNXRuntime", "minmax") == "onnxruntime"
     with pytest.raises(InputError, match="int8 method must be one of nncf, onnxruntime"):

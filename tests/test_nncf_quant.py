@@ -80,3 +80,20 @@ def test_bad_settings_and_missing_nncf_are_export_errors(tmp_path: Path, hide_mo
     with pytest.raises(ExportError, match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
         nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, nncf_quant.settings_for("image"))
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_default_method_per_encoder(tmp_path: Path) -> None:
+    """NNCF by default; a convolutional image tower keeps onnxruntime's conv int8 (measured there)."""
+    from clip_rt_export.convert import int8_method_for
+
+    conv_tower = tmp_path / "conv.onnx"
+    onnx.save(_model(), str(conv_tower))  # 1 Conv among 4 weighted/matmul ops: 0.25 > CONV_TOWER_SHARE
+    vit = tmp_path / "vit.onnx"
+    m = _model()
+    extra = [helper.make_node("MatMul", ["y", "w1"], [f"y{i}"], name=f"mm{i}") for i in range(8)]
+    m.graph.node.extend(extra)
+    onnx.save(m, str(vit))
+    assert int8_method_for("image", conv_tower, None) == "onnxruntime"
+    assert int8_method_for("image", vit, None) == "nncf"
+    assert int8_method_for("text", conv_tower, None) == "nncf"
+    assert int8_method_for("image", conv_tower, "nncf") == "nncf"  # asked for: as asked
