@@ -11,7 +11,9 @@ returns the manifest's description of the graph. Only onnx/nncf/numpy are needed
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,16 +81,18 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
         advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
     try:
-        quantized = nncf.quantize(
-            model, nncf.Dataset(feeds),
-            preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-            model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
-            subset_size=len(feeds),
-            fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
-            ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
-            if ignored or names else None,
-            advanced_parameters=advanced,
-        )
+        # NNCF draws progress bars on stdout; a CLI's stdout is for its result (the bundle path).
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(
+                model, nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+                model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
+                subset_size=len(feeds),
+                fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
+                ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
+                if ignored or names else None,
+                advanced_parameters=advanced,
+            )
     except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
         raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
     if external_data:

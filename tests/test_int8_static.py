@@ -182,3 +182,18 @@ def test_cli_int8_method_conflicts_are_usage_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*args, "--int8-method", "tflite"])
     assert result.exit_code == 2 and "tflite" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_int8_export_prints_only_the_path(tmp_path: Path) -> None:
+    """NNCF draws progress bars on stdout: the export keeps them out of the CLI's result."""
+    from click.testing import CliRunner
+
+    from clip_rt.cli import main
+
+    out = tmp_path / "q"
+    result = CliRunner().invoke(main, ["export", TINY_ARCH, "--model-config", str(TINY_CONFIG), "--pretrained", "none",
+                                       "--seed", "0", "--precision", "int8", "--no-fp32", "--int8-min-cosine", "0.995",
+                                       "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert read_manifest(out).quantization["int8"]["image"].method == "nncf"
