@@ -58,7 +58,7 @@ class _DropKnownNoise(logging.Filter):
               help="onnxruntime int8 activation calibration (implies --int8-method onnxruntime; its default: minmax).")
 @click.option("--int8-method", type=click.Choice(["nncf", "onnxruntime", "ort"]), default=None,
               help="int8 quantiser: nncf (default; the graph OpenVINO runs fastest) or onnxruntime "
-                   "(onnxruntime.quantization static QDQ; faster on onnxruntime without OpenVINO). "
+                   "(onnxruntime.quantization static QDQ, for comparison or without nncf). "
                    "Default for convolutional image towers: onnxruntime (measured there).")
 @click.option("--int8-min-cosine", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Accept int8 graphs down to this min cosine vs torch (default gate: 0.999 image, 0.998 text); "
