@@ -79,9 +79,12 @@ def _graphs(bundle: Path, args: argparse.Namespace, encoder: str) -> dict[str, P
         from clip_rt.engine.backends.choose import int8_scheme
 
         graphs[f"int8-{int8_scheme(m, encoder)}"] = bundle / m.graph("int8", encoder).file
-    static = getattr(args, f"static_{encoder}")
+    static = getattr(args, f"static_{encoder}", None)
     if static and "int8-static" not in graphs:
         graphs["int8-static"] = Path(static)
+    nncf = getattr(args, f"nncf_{encoder}", None)
+    if nncf and "int8-static-nncf" not in graphs:
+        graphs["int8-static-nncf"] = Path(nncf)
     return graphs
 
 
@@ -101,8 +104,10 @@ def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_on
     hidden = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("AVX512_CORE_VNNI", "AVX512_CORE", "AVX2")
     for g, p in graphs.items():
         for compute in ("f32",) if hidden else ("f32", "bf16"):
-            if g == "int8-dynamic" and compute == "bf16":
-                continue  # MatMulInteger graphs: measured far behind the static graph in f32 already
+            if g.startswith("int8") and compute == "bf16":
+                # Not a mode the runtime offers: dynamic graphs measured far behind the static one in
+                # f32 already, static ones slower in bf16 than in f32 (backends-x86-amx.json of 2026-11-30).
+                continue
             try:
                 runner = OpenVinoBackend(p, compute=compute, threads=threads)
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
@@ -335,6 +340,7 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
                  if label.endswith("-as-vnni") else ""),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "bundle": str(args.bundle), "static_int8": {"image": args.static_image, "text": args.static_text},
+        "nncf_int8": {"image": args.nncf_image, "text": args.nncf_text},
         "threads": args.threads, "stream_batches": args.stream_batches,
         "weights": f"{tm.arch} random (pretrained=None, seed {tm.seed})",
     }
@@ -346,7 +352,12 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
         add_ratios(result["text"]["speed"], ("torch bf16 trimmed", "open_clip fp32 (context 77)"))
     if "ort" in args.only:
         result["onnxruntime_options"] = ort_options(args, manifest)
-    out = args.out / f"backends-{label}.json"
+    from . import isa
+    from .backend_goals import format_goals, goals
+
+    result["goals"] = goals(result, isa.vit_image_macs(tm.model), isa.clock_ghz()[0], args.threads)
+    log(format_goals(result["goals"]))
+    out = args.out / f"backends-{label}{'-' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {out}")
@@ -367,6 +378,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", type=Path, default=BUNDLE, help="a ViT-B-32 seed-0 bundle (fp32, int8)")
     ap.add_argument("--static-image", help="a static (QDQ) int8 image graph, when the bundle's int8 is dynamic")
     ap.add_argument("--static-text", help="a static (QDQ) int8 text graph")
+    ap.add_argument("--nncf-image", help="an NNCF int8 image graph (as `clip-rt export --int8-method nncf` writes)")
+    ap.add_argument("--nncf-text", help="an NNCF int8 text graph")
+    ap.add_argument("--tag", default="", help="results/backends-<isa class>-<tag>.json instead of -<isa class>.json")
     ap.add_argument("--only", nargs="+", default=["image", "text", "ort"], choices=["image", "text", "ort"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)

@@ -59,6 +59,7 @@ def export_bundle(
     int8_min_cosine: Optional[float] = None,
     include_fp32: bool = True,
     tokenizer: Optional[Path] = None,
+    int8_method: Optional[str] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -72,6 +73,10 @@ def export_bundle(
     rounding is known to be coarser (small widths); recorded in the manifest's parity tolerance.
     *tokenizer*: a ``tokenizer.json`` or Hugging Face tokenizer folder, for models whose tokenizer
     is not open_clip's CLIP BPE (default: the Hugging Face cache; docs/models.md).
+    *int8_method*: the int8 quantiser, ``nncf`` (``nncf.quantize``, the graph OpenVINO runs
+    fastest) or ``onnxruntime`` (onnxruntime.quantization's static QDQ; implied by
+    *calibration_method*, since those are its calibrators); default: NNCF, except for a
+    convolutional image tower (onnxruntime's conv int8, measured there; convert.int8_method_for).
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
@@ -89,6 +94,11 @@ def export_bundle(
                              f"got {calibration_method!r}")
         if "int8" not in wanted:
             raise InputError("a calibration method only applies to int8: add --precision int8")
+    if int8_method is not None and "int8" not in wanted:
+        raise InputError("an int8 method only applies to int8: add --precision int8")
+    from .convert import resolve_int8_method
+
+    method = resolve_int8_method(int8_method, calibration_method)
     if int8_min_cosine is not None:
         if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) \
                 or not 0.0 < float(int8_min_cosine) <= 1.0:
@@ -101,7 +111,7 @@ def export_bundle(
     with interrupt_handlers(), StagingDir(target, force) as stage:
         loaded = load_model(arch, source, seed=seed, log=say, tokenizer=tokenizer)
         overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
-        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides)
+        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides, method)
         manifest.name = target.name
         manifest.files = stage.file_entries()
         path = stage.commit(manifest)
@@ -110,7 +120,8 @@ def export_bundle(
 
 
 def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None],
-           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None) -> Manifest:
+           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None,
+           int8_method: Optional[str] = None) -> Manifest:
     from . import calibration, convert, graphs, validate
 
     model = loaded.model
@@ -137,6 +148,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     parity: dict[str, dict[str, ParityFigure]] = {}
     quantization: dict[str, dict[str, Quantization]] = {}
     calibrations = {}
+    methods: dict[str, str] = {}  # encoder -> the int8 quantiser used
     if "int8" in precisions:
         calibrations = {"image": calibration.image_calibration(model),
                         "text": calibration.text_calibration(loaded.tokenizer, dynamic,
@@ -148,9 +160,11 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             big = bool(external[encoder])
             if precision == "int8":
                 cal = calibrations[encoder]
-                say(f"quantising the {encoder} graph to int8 (static; calibrating on {len(cal.feeds)} {cal.source.split(':')[0]})")
+                methods[encoder] = convert.int8_method_for(encoder, src, int8_method)
+                say(f"quantising the {encoder} graph to int8 ({methods[encoder]}, static; calibrating on "
+                    f"{len(cal.feeds)} {cal.source.split(':')[0]})")
                 record = convert.to_int8(src, path, encoder, cal, external_data=big,
-                                         calibration_method=calibration_method)
+                                         calibration_method=calibration_method, method=methods[encoder])
             elif precision == "fp16":
                 convert.to_fp16(src, path, external_data=big)
             figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
@@ -169,7 +183,12 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     if "int8" in precisions:
         from .optimize import int8_settings
 
-        notes.append(convert.int8_note(calibration_method, {e: int8_settings(e, src) for e, src in fp32.items()}))
+        by_ort = {e: int8_settings(e, src) for e, src in fp32.items() if methods.get(e) == "onnxruntime"}
+        if by_ort:
+            notes.append(convert.int8_note(calibration_method, by_ort))
+        by_nncf = tuple(e for e in fp32 if methods.get(e) == "nncf")
+        if by_nncf:
+            notes.append(convert.nncf_note(by_nncf))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
     if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others

@@ -1,4 +1,4 @@
-"""Derive the int8 and fp16 graphs from an fp32 graph (ONNX Runtime's own tools)."""
+"""Derive the int8 (NNCF, or onnxruntime.quantization) and fp16 graphs from an fp32 graph."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,40 @@ from typing import Any, Optional
 from clip_rt.bundle.manifest import Calibration, Quantization
 from clip_rt.errors import InputError
 
+INT8_METHODS = ("nncf", "onnxruntime")
+_INT8_METHOD_ALIASES = {"nncf": "nncf", "onnxruntime": "onnxruntime", "ort": "onnxruntime"}
+
+
+def resolve_int8_method(method: Optional[str], calibration_method: Optional[str]) -> Optional[str]:
+    """The int8 quantiser asked for: ``nncf``, ``onnxruntime`` (``ort``), or None for the default
+    per encoder (int8_method_for). An onnxruntime calibration method (minmax/percentile/entropy
+    are its calibrators) implies ``onnxruntime``."""
+    if method is None:
+        return "onnxruntime" if calibration_method is not None else None
+    key = method.strip().lower() if isinstance(method, str) else None
+    if key not in _INT8_METHOD_ALIASES:
+        raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)} (or ort), got {method!r}")
+    resolved = _INT8_METHOD_ALIASES[key]
+    if resolved == "nncf" and calibration_method is not None:
+        raise InputError(f"calibration method {calibration_method!r} is an onnxruntime.quantization calibrator; "
+                         "with --int8-method nncf leave it out (NNCF estimates the ranges itself), or use "
+                         "--int8-method onnxruntime")
+    return resolved
+
+
+def int8_method_for(encoder: str, src: Path, asked: Optional[str]) -> str:
+    """*asked*, else NNCF, except for convolutional image towers (RN50, ConvNeXt, FastViT):
+    onnxruntime's CONV_INT8 was measured on those (bench/results/conv_int8.json), NNCF was not."""
+    if asked is not None:
+        return asked
+    from .optimize import CONV_TOWER_SHARE, conv_share
+
+    return "onnxruntime" if encoder == "image" and conv_share(Path(src)) > CONV_TOWER_SHARE else "nncf"
+
 
 def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict] = None) -> str:
-    """*settings*: encoder -> the optimize_graph settings used (default RECOMMENDED_INT8)."""
+    """onnxruntime.quantization's graphs. *settings*: encoder -> the optimize_graph settings used
+    (default RECOMMENDED_INT8)."""
     from .optimize import RECOMMENDED_INT8
 
     parts = [
@@ -24,6 +55,17 @@ def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict]
             + "; calibration inputs and batch independence in `quantization`")
 
 
+def nncf_note(encoders: tuple[str, ...] = ("image", "text")) -> str:
+    """NNCF's graphs, for *encoders*."""
+    from .nncf_quant import NNCF_INT8
+
+    parts = [f"{encoder} " + ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in cfg.items())
+             for encoder, cfg in NNCF_INT8.items() if encoder in encoders]
+    return ("int8: nncf.quantize (ONNX backend, QDQ graph: symmetric per-channel int8 weights, activation "
+            "scales calibrated on every calibration input; clip_rt_export.nncf_quant.NNCF_INT8): "
+            + "; ".join(parts) + "; calibration inputs, settings and batch independence in `quantization`")
+
+
 # ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
 # fp32 normalisation is more accurate anyway: they stay fp32 behind Casts.
 FP16_KEEP_FP32_OPS = ("LayerNormalization",)
@@ -34,10 +76,23 @@ FP16_NOTE = (
 
 
 def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data: bool = False,
-            calibration_method: Optional[str] = None) -> Quantization:
-    """The int8 variant the benchmarks recommend for *encoder* (clip_rt_export.optimize.RECOMMENDED_INT8),
-    calibrated on *calibration* (a calibration.CalibrationData); returns its manifest record
+            calibration_method: Optional[str] = None, method: str = "nncf") -> Quantization:
+    """The int8 graph of *encoder*, calibrated on *calibration* (a calibration.CalibrationData):
+    *method* ``nncf`` (nncf_quant.NNCF_INT8 settings) or ``onnxruntime`` (the variant the
+    benchmarks recommend, clip_rt_export.optimize.int8_settings). Returns its manifest record
     (``batch_independent`` is set by the caller once the gate has measured it)."""
+    if method == "nncf":
+        from .nncf_quant import quantize_nncf, settings_for
+
+        got = quantize_nncf(src, dst, calibration.feeds, settings_for(encoder), external_data=external_data)
+        return Quantization(
+            kind="static", per_channel=True, weights="int8", activations=got["activations"], ops=got["ops"],
+            calibration=Calibration(method="nncf", source=calibration.source, inputs=tuple(calibration.names),
+                                    samples=len(calibration.feeds)),
+            batch_independent=False, method="nncf", parameters=got["parameters"],
+        )
+    if method != "onnxruntime":
+        raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
     from .optimize import CALIBRATION_METHODS, int8_settings, optimize_graph
 
     settings = int8_settings(encoder, src)
@@ -59,6 +114,9 @@ def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data:
         calibration=Calibration(method=str(settings["calibration_method"]), source=calibration.source,
                                 inputs=tuple(calibration.names), samples=len(calibration.feeds)) if static else None,
         batch_independent=False,
+        method="onnxruntime",
+        parameters={k: (",".join(v) if isinstance(v, (tuple, list)) else str(v)) for k, v in settings.items()}
+        | {"kind": kind},
     )
 
 

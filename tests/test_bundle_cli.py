@@ -36,7 +36,7 @@ def test_info_prints_the_manifest_figures(tiny_bundle_dir: Path) -> None:
     assert "- int8:" in out
     for encoder in ("image", "text"):
         line = next(line for line in out.splitlines() if line.startswith(f"int8 {encoder}: "))
-        assert "static int8" in line and "batch-independent: yes" in line and "calibrated (minmax)" in line
+        assert "static int8 by nncf" in line and "batch-independent: yes" in line and "calibrated (nncf)" in line
         assert "top-1 agreement" in line
 
 

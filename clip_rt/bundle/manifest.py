@@ -21,6 +21,7 @@ from .store import MANIFEST_NAME
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 ENCODERS = ("image", "text")
+QUANTIZERS = ("onnxruntime", "nncf")  # what wrote an int8 graph (Quantization.method)
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "random")  # open_clip's names; random = bicubic at inference
 MAX_MANIFEST_BYTES = 16 << 20  # an exported manifest is a few KB
@@ -115,7 +116,7 @@ class ParityFigure:
 class Calibration:
     """What a static int8 graph's activation scales were measured on."""
 
-    method: str  # minmax | percentile | entropy
+    method: str  # minmax | percentile | entropy (onnxruntime); nncf's range estimation: "nncf"
     source: str  # "photos" (real photographs), "scenes" (generated), "prompts"
     inputs: tuple[str, ...]  # names of the calibration inputs (photo names, scene seeds, prompts)
     samples: int  # how many inputs were run
@@ -134,6 +135,12 @@ class Quantization:
     # True when an input's embedding does not depend on the other inputs of its batch
     # (checked at export: alone vs in a batch, max abs diff <= 1e-5).
     batch_independent: bool = False
+    # The quantiser that wrote the graph: "onnxruntime" (onnxruntime.quantization; bundles
+    # before the field have no other) or "nncf" (nncf.quantize, QDQ ONNX); the runtime's backend
+    # choice matches its measured rows on it (clip_rt.engine.backends.choose.int8_scheme).
+    method: str = "onnxruntime"
+    # The quantiser's settings, as text (nncf: preset, model_type, SmoothQuant alpha, ...).
+    parameters: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 # What an int8 graph without a ``quantization`` record is: bundles written before the record
@@ -298,6 +305,8 @@ _QUANTIZATION = Obj({
         "samples": req(Int(0, 10**9)),
     }, build=Calibration))),
     "batch_independent": opt(Bool(), False),
+    "method": opt(Str(32, choices=QUANTIZERS), "onnxruntime"),
+    "parameters": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(1000, pattern=_TEXT), max_len=64), {}),
 }, build=Quantization)
 
 MANIFEST_SCHEMA = Obj({

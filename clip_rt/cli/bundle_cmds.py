@@ -55,7 +55,11 @@ class _DropKnownNoise(logging.Filter):
               help="An open_clip model config JSON; MODEL is then the name it is known by.")
 @click.option("--seed", type=int, default=None, help="Seed for random weights (deterministic exports).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
-              help="int8 activation calibration (default: minmax, the measured best).")
+              help="onnxruntime int8 activation calibration (implies --int8-method onnxruntime; its default: minmax).")
+@click.option("--int8-method", type=click.Choice(["nncf", "onnxruntime", "ort"]), default=None,
+              help="int8 quantiser: nncf (default; the graph OpenVINO runs fastest) or onnxruntime "
+                   "(onnxruntime.quantization static QDQ, for comparison or without nncf). "
+                   "Default for convolutional image towers: onnxruntime (measured there).")
 @click.option("--int8-min-cosine", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Accept int8 graphs down to this min cosine vs torch (default gate: 0.999 image, 0.998 text); "
                    "recorded in the manifest. For small models whose int8 rounding is coarser.")
@@ -67,7 +71,8 @@ class _DropKnownNoise(logging.Filter):
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
                no_fp32: bool, output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
-               calibration_method: Optional[str], int8_min_cosine: Optional[float], tokenizer: Optional[Path],
+               calibration_method: Optional[str], int8_method: Optional[str], int8_min_cosine: Optional[float],
+               tokenizer: Optional[Path],
                force: bool, quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
 
@@ -101,6 +106,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             force=force,
             log=None if quiet else _err,
             calibration_method=calibration_method,
+            int8_method=int8_method,
             int8_min_cosine=int8_min_cosine,
             include_fp32=not no_fp32,
             tokenizer=tokenizer,
@@ -239,7 +245,7 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
                 extra.append(f"top-1 agreement {fig.top1_agreement:.3f}")
             if fig is not None and fig.batch_max_abs_diff is not None:
                 extra.append(f"alone vs batch {fig.batch_max_abs_diff:.1e}")
-            lines.append(f"{precision} {encoder}: {q.kind} int8 ({q.activations} activations, "
+            lines.append(f"{precision} {encoder}: {q.kind} int8 by {q.method} ({q.activations} activations, "
                          f"{'per-channel' if q.per_channel else 'per-tensor' if q.per_channel is False else '?'} "
                          f"{q.weights} weights), batch-independent: {'yes' if q.batch_independent else 'no'}"
                          + (f"; {', '.join(extra)}" if extra else ""))

@@ -98,9 +98,10 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         # Scores of another kind than the CLIP softmax: say so in the run description beside the
         # output (older descriptions have no such key: they are all softmax).
         identity["scoring"] = scoring
-    from ..zeroshot import describe_scoring
+    if scoring != "softmax":  # CLIP's softmax is the default; errors stay one stderr line (tests/test_outputs.py)
+        from ..zeroshot import describe_scoring
 
-    echo_err(f"scores: {describe_scoring(scoring)}")
+        echo_err(f"scores: {describe_scoring(scoring)}")
     # What ran is recorded with the run, but a resume on another backend is still the same run.
     runtime = runtime_summary(model)
     described = {**identity, "runtime": runtime} if runtime else identity

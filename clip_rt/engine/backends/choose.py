@@ -6,7 +6,8 @@ came from (``python -m bench.backends --write-table`` writes it; docs/runtime.md
 encoder on a CPU provider, the fastest row is taken whose
 
 - backend is installed (and is the one asked for, if any),
-- graph the bundle has, with the same int8 scheme (static QDQ or dynamic), whose export parity
+- graph the bundle has, with the same int8 scheme (onnxruntime.quantization static QDQ or
+  dynamic, or NNCF's static QDQ: manifest ``quantization.int8.<encoder>.method``), whose export parity
   passed its gate (``manifest.parity[precision][encoder].passed``; fp32 is the reference and
   always qualifies),
 - compute precision the CPU does natively (bf16), and which has parity evidence where the mode
@@ -143,14 +144,22 @@ def load_table(path: Optional[Path] = None) -> dict[str, Any]:
     return _load_table(str(path or TABLE_PATH))
 
 
+INT8_SCHEMES = ("static", "dynamic", "static-nncf")
+
+
 def int8_scheme(manifest: Any, encoder: str) -> str:
-    """``static`` or ``dynamic``: how the bundle's int8 *encoder* graph quantises activations,
-    from the manifest's quantisation record (``manifest.quantization_of``); bundles without a
-    record were all exported with onnxruntime's dynamic int8."""
+    """How the bundle's int8 *encoder* graph was made, as the table's rows name it after
+    ``int8-``: ``static`` / ``dynamic`` (onnxruntime.quantization, calibrated or per-run
+    activation scales) or ``static-nncf`` (nncf.quantize's QDQ graph: other quantisation points
+    and int8 activations, so backends run it at other speeds), from the manifest's quantisation
+    record (``manifest.quantization_of``); bundles without a record were all exported with
+    onnxruntime's dynamic int8."""
     record_of = getattr(manifest, "quantization_of", None)
     record = record_of("int8", encoder) if callable(record_of) else None
     kind = getattr(record, "kind", None)
-    return kind if kind in ("static", "dynamic") else "dynamic"
+    kind = kind if kind in ("static", "dynamic") else "dynamic"
+    method = getattr(record, "method", "onnxruntime")
+    return f"{kind}-nncf" if method == "nncf" else kind
 
 
 def gate_passed(manifest: Any, precision: str, encoder: str) -> Optional[bool]:
@@ -204,6 +213,7 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
     skipped: list[str] = []
     rows = [r for r in table.get("rows", []) if r.get("isa") == cpu.isa_class and r.get("encoder") == encoder]
     rows.sort(key=lambda r: -float(r["score"]))  # speed over the same run's torch fp32 baseline
+    skipped_scheme = False
     for row in rows:
         name, gp = _row_precision(row)
         label = f"{row['backend']} {name}"
@@ -216,11 +226,13 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
             continue
         if gp not in manifest.graphs:
             continue
-        if gp == "int8" and row["graph"] != f"int8-{int8_scheme(manifest, encoder)}":
-            if precision is None and backend is None and row["graph"] == "int8-static":
-                skipped.append(f"{row['backend']} int8 (static) would be faster: the bundle's int8 {encoder} graph "
-                               "is dynamic (re-export for a static one)")
-            continue  # measured on the other int8 scheme
+        scheme = int8_scheme(manifest, encoder) if gp == "int8" else ""
+        if gp == "int8" and row["graph"] != f"int8-{scheme}":
+            if precision is None and backend is None and not skipped_scheme and row["graph"] in _REEXPORT:
+                skipped_scheme = True  # the fastest other scheme only
+                skipped.append(f"{row['backend']} int8 ({row['graph'][5:]}) would be faster: the bundle's int8 "
+                               f"{encoder} graph is {scheme} ({_REEXPORT[row['graph']]})")
+            continue  # measured on another int8 scheme: its speed says nothing about this graph
         if precision is None and not _qualifies(manifest, gp, encoder):
             skipped.append(f"{label}: the bundle's {gp} {encoder} graph has no passed parity gate")
             continue
@@ -241,6 +253,12 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
                              needs_evidence=derived and precision is None and verdict is None,
                              explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
     return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, bool(rows), explicit)
+
+
+_REEXPORT = {
+    "int8-static": "re-export with --int8-method onnxruntime for that graph",
+    "int8-static-nncf": "re-export with --int8-method nncf for that graph",
+}
 
 
 def _ratio_text(row: dict[str, Any]) -> str:

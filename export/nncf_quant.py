@@ -1,0 +1,168 @@
+"""Static int8 with NNCF (``nncf.quantize``, ONNX backend): the export's default int8 quantiser.
+
+NNCF writes a QDQ ONNX graph (QuantizeLinear/DequantizeLinear pairs around the matrix
+multiplies, int8 per-channel weights, activation scales calibrated on the export's calibration
+sets) that OpenVINO's CPU plugin runs faster than onnxruntime.quantization's graph (ViT-B-32
+image, batch 8, AMX: 5.69x vs 4.29x torch fp32; bench/results/backends-x86-amx.json).
+The bundle keeps ONNX only: the runtime reads the graph with onnxruntime or OpenVINO.
+
+``NNCF_INT8[encoder]`` holds the settings the export uses; ``quantize_nncf`` applies them and
+returns the manifest's description of the graph. Only onnx/nncf/numpy are needed here.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+from clip_rt.errors import ExportError
+
+# Measured on ViT-B/32 (random weights, seed 0) on an AMX host: bench/results/nncf_sweep.json
+# (accuracy of each setting, docs/export.md); bench/results/backends-x86-amx.json (speed).
+# preset: "mixed" = symmetric int8 weights, asymmetric activations; "performance" = symmetric
+# both. smooth_quant: the MatMul SmoothQuant alpha, -1 = off. keep_fp32: weighted ops (MatMul,
+# Gemm, Conv with a constant weight) left in float, by position in the graph ("first": the
+# patch embedding, "last": the output projection) so the rule holds for any architecture;
+# "attention": the activation x activation MatMuls (Q.K^T, softmax.V). activation_ranges:
+# "minmax" = the extremes over every calibration input (as onnxruntime's MinMax calibrator),
+# "mean_minmax" = NNCF's default, the mean of each input's extremes (clips unusual inputs).
+NNCF_INT8: dict[str, dict[str, Any]] = {
+    "image": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+              "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
+    "text": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
+             "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
+}
+KEEP_FP32 = ("first", "last", "attention")
+ACTIVATION_RANGES = ("minmax", "mean_minmax")
+PRESETS = ("mixed", "performance")
+
+
+def nncf_available() -> bool:
+    return importlib.util.find_spec("nncf") is not None
+
+
+def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: dict[str, Any],
+                  external_data: bool = False) -> dict[str, Any]:
+    """Quantise the fp32 graph *src* to *dst* with ``nncf.quantize`` on the calibration *feeds*
+    (one feed dict per input; all of them are used). Returns what the graph holds:
+    ``{"ops": weight-quantised op types, "activations": "uint8" | "int8" | "int8/uint8",
+    "parameters": the settings as text}``."""
+    if not nncf_available():
+        raise ExportError("int8 method 'nncf' needs the nncf package: pip install 'clip-rt[export]' "
+                          "(or export with --int8-method onnxruntime)")
+    import logging
+
+    import nncf
+    import onnx
+    from nncf.parameters import ModelType
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    preset = settings.get("preset", "mixed")
+    if preset not in PRESETS:
+        raise ExportError(f"nncf preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    model_type = settings.get("model_type")
+    alpha = float(settings.get("smooth_quant", -1.0))
+    ignored = tuple(settings.get("ignored_types", ()))
+    keep = tuple(settings.get("keep_fp32", ()))
+    unknown = sorted(set(keep) - set(KEEP_FP32))
+    if unknown:
+        raise ExportError(f"nncf keep_fp32 entries must be among {', '.join(KEEP_FP32)}, got {unknown}")
+    ranges = settings.get("activation_ranges", "mean_minmax")
+    if ranges not in ACTIVATION_RANGES:
+        raise ExportError(f"nncf activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}, got {ranges!r}")
+    model = onnx.load(str(src))
+    names = kept_in_float(model, keep)
+    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
+    if ranges == "minmax":
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
+    try:
+        # NNCF draws progress bars on stdout; a CLI's stdout is for its result (the bundle path).
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(
+                model, nncf.Dataset(feeds),
+                preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+                model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
+                subset_size=len(feeds),
+                fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
+                ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
+                if ignored or names else None,
+                advanced_parameters=advanced,
+            )
+    except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
+        raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
+    if external_data:
+        onnx.save_model(quantized, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(quantized, str(dst))
+    described = describe_qdq(quantized)
+    described["parameters"] = {
+        "nncf": str(nncf.__version__), "preset": preset, "model_type": str(model_type or "none"),
+        "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
+        "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
+        "subset_size": str(len(feeds)), "ignored_types": ",".join(ignored) or "none",
+        "keep_fp32": ",".join(keep) or "none", "activation_ranges": ranges,
+    }
+    return described
+
+
+def kept_in_float(model: Any, keep: tuple[str, ...]) -> list[str]:
+    """Node names for NNCF's ignored scope from the position rules of *keep* (KEEP_FP32)."""
+    if not keep:
+        return []
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def constant(name: str) -> bool:  # an initializer, maybe transposed/reshaped/cast first
+        node = producer.get(name)
+        return name in inits or (node is not None and node.op_type in ("Transpose", "Reshape", "Cast")
+                                 and bool(node.input) and node.input[0] in inits)
+
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    weighted = [n for n in matmuls if any(constant(i) for i in n.input[:2])]
+    names: list[str] = []
+    if "first" in keep and weighted:
+        names.append(weighted[0].name)
+    if "last" in keep and weighted:
+        names.append(weighted[-1].name)
+    if "attention" in keep:
+        names += [n.name for n in matmuls if n.op_type == "MatMul" and not any(constant(i) for i in n.input[:2])]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def describe_qdq(model: Any) -> dict[str, Any]:
+    """The op types whose weights are int8 (a DequantizeLinear of an initializer feeds them) and
+    the activation types (QuantizeLinear outputs on computed tensors) of a QDQ graph."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    weight_ops: set[str] = set()
+    activations: set[str] = set()
+    names = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8"}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            weight_ops.update(c.op_type for c in consumers.get(node.output[0], ()) if c.op_type != "Transpose")
+            for c in consumers.get(node.output[0], ()):  # weights transposed before their MatMul
+                if c.op_type == "Transpose":
+                    weight_ops.update(cc.op_type for cc in consumers.get(c.output[0], ()))
+        elif node.op_type == "QuantizeLinear" and node.input[0] not in inits and len(node.input) > 2:
+            zp = inits.get(node.input[2])
+            if zp is not None:
+                activations.add(names.get(zp.data_type, str(zp.data_type)))
+    if not weight_ops:
+        raise ExportError("nncf left no weight quantised: the int8 graph would be an fp32 graph with extra ops")
+    return {"ops": tuple(sorted(weight_ops)), "activations": "/".join(sorted(activations)) or "int8"}
+
+
+def settings_for(encoder: str, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    return dict(NNCF_INT8[encoder], **(overrides or {}))

@@ -1,0 +1,81 @@
+"""bench.backend_table: result files -> the runtime's decision table, NNCF graphs as their own rows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.backend_table import build_table
+from clip_rt.engine.backends.choose import choose_encoder
+from clip_rt.engine.cpu import parse_flags
+
+AMX = parse_flags("x86_64: amx_tile amx_int8 amx_bf16 avx512_bf16 avx512_vnni avx512f avx2")
+
+
+def _speed(**items_per_s: float) -> dict:
+    return {k: {"items_per_s_best": v} for k, v in items_per_s.items()}
+
+
+def _result(env: dict, label: str) -> dict:
+    cands = [("onnxruntime fp32", "onnxruntime", "fp32", "graph", 1.0),
+             ("onnxruntime int8-static-nncf", "onnxruntime", "int8-static-nncf", "graph", 0.9996),
+             ("openvino int8-static-nncf f32", "openvino", "int8-static-nncf", "f32", 0.9995),
+             ("openvino int8-static f32", "openvino", "int8-static", "f32", 0.9996),
+             ("openvino int8-static-nncf bf16", "openvino", "int8-static-nncf", "bf16", 0.9995)]
+    rows = [{"candidate": n, "backend": b, "graph": g, "compute": c, "min_cosine_vs_torch_fp32": cos}
+            for n, b, g, c, cos in cands]
+    b8 = {"torch fp32": 30.0, "torch bf16": 100.0, "onnxruntime fp32": 27.0, "onnxruntime int8-static-nncf": 15.0,
+          "openvino int8-static-nncf f32": 150.0, "openvino int8-static-nncf f32 [throughput]": 210.0,
+          "openvino int8-static f32": 130.0, "openvino int8-static-nncf bf16": 999.0}
+    b1 = {"torch fp32": 15.0, "torch bf16": 35.0, "openvino int8-static-nncf f32": 110.0}
+    return {"isa_class": label, "command": "python -m bench.backends --nncf-image x", "env": env, "when": "t",
+            "machine": {"cpu_model": "cpu", "isa": ["amx_int8"]},
+            "image": {"rows": rows, "speed": {"8": _speed(**b8), "1": _speed(**b1)}}}
+
+
+def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
+    (tmp_path / "backends-x86-amx-nncf.json").write_text(json.dumps(_result({}, "x86-amx")))
+    (tmp_path / "backends-x86-amx-as-vnni-nncf.json").write_text(
+        json.dumps(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni")))
+    table = build_table(tmp_path)
+    amx = [r for r in table["rows"] if r["isa"] == "x86-amx"]
+    by = {(r["backend"], r["graph"], r["compute"]): r for r in amx}
+    top = by[("openvino", "int8-static-nncf", "f32")]
+    assert (top["folders"], top["score"], top["x torch bf16"], top["batch1_images_per_s"]) == ("throughput", 7.0, 2.1, 110.0)
+    assert by[("onnxruntime", "int8-static-nncf", "graph")]["score"] == 0.5
+    assert ("openvino", "int8-static-nncf", "bf16") not in by  # int8 in bf16 compute: not a runtime mode
+    vnni = [r for r in table["rows"] if r["isa"] == "x86-avx512-vnni"]
+    assert {r["backend"] for r in vnni} == {"openvino"}  # onnxruntime ignored the ISA cap: AMX figures
+    assert table["sources"]["backends-x86-amx-nncf"]["file"] == "bench/results/backends-x86-amx-nncf.json"
+    nncf = type("M", (), {})()
+    nncf.name, nncf.precisions = "m", ["fp32", "int8"]
+    nncf.graphs = {"fp32": {"image": 1}, "int8": {"image": 1}}
+    fig = type("F", (), {"passed": True})()
+    nncf.parity = {"int8": {"image": fig}}
+    nncf.quantization_of = lambda p, e: type("Q", (), {"kind": "static", "method": "nncf"})() if p == "int8" else None
+    c = choose_encoder("image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table)
+    assert (c.backend, c.precision, c.folders) == ("openvino", "int8", "throughput")
+    ort = choose_encoder("image", nncf, AMX, installed=("onnxruntime",), table=table)
+    assert (ort.backend, ort.precision) == ("onnxruntime", "fp32")  # 0.9x fp32 beats 0.5x on the NNCF graph
+
+
+def test_goals_report_met_and_unmet_with_peak() -> None:
+    from bench.backend_goals import format_goals, goals
+
+    data = _result({}, "x86-amx")
+    data["image"]["rows"][2]["alone_vs_batch8_max_abs"] = 0.0
+    data["image"]["rows"][1]["alone_vs_batch8_max_abs"] = 2e-3  # batch-dependent: not met
+    lines = goals(data, image_macs=4.41e9, ghz=2.0, cores=2)
+    by = {g["target"]: g for g in lines}
+    fp32 = by["image batch 8 >= 6x torch fp32"]
+    # The best runtime candidate is the bf16-compute row (999/s); baselines never count.
+    assert fp32["candidate"] == "openvino int8-static-nncf bf16" and fp32["met"] is True
+    assert fp32["percent_of_peak"] == round(100 * 999.0 / (2 * 2.0e9 * 1024 / 4.41e9), 1)
+    b1 = by["image batch 1 >= 3x torch bf16"]
+    assert (b1["measured"], b1["met"]) == (round(110 / 35, 3), True)
+    cos = [g for g in lines if g["target"].startswith("onnxruntime int8-static-nncf:")]
+    assert cos and cos[0]["met"] is False
+    text = format_goals(lines)
+    assert "NOT MET  onnxruntime int8-static-nncf" in text and "% of amx_int8 peak" in text
+    vnni = goals(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni"), 4.41e9, 2.0, 2)
+    assert [g["target"] for g in vnni][0] == "image batch 8 >= 3x torch fp32"
+    assert all("onnxruntime" not in g["candidate"] for g in vnni)

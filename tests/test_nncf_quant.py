@@ -1,0 +1,99 @@
+"""clip_rt_export.nncf_quant: which nodes stay float, what a QDQ graph is described as, and the
+errors (nncf missing, bad settings). The full quantisation runs in test_int8_static (tiny model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from clip_rt.errors import ExportError  # noqa: E402
+from clip_rt_export import nncf_quant  # noqa: E402
+
+
+def _init(name: str, shape: tuple[int, ...], dtype: type = np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.zeros(shape, dtype), name)
+
+
+def _model() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], name="patch"),
+        helper.make_node("Reshape", ["c", "shape"], ["t"], name="flat"),
+        helper.make_node("MatMul", ["t", "w1"], ["q"], name="proj_q"),
+        helper.make_node("MatMul", ["q", "t"], ["s"], name="scores"),  # activation x activation
+        helper.make_node("Transpose", ["w2"], ["w2t"], name="tw"),
+        helper.make_node("MatMul", ["s", "w2t"], ["y"], name="out_proj"),  # weight through a Transpose
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_init("cw", (4, 3, 2, 2)), _init("shape", (2,), np.int64), _init("w1", (4, 4)), _init("w2", (4, 4))])
+    return helper.make_model(graph)
+
+
+def test_keep_fp32_rules_pick_nodes_by_position_and_kind() -> None:
+    m = _model()
+    assert nncf_quant.kept_in_float(m, ()) == []
+    assert nncf_quant.kept_in_float(m, ("first",)) == ["patch"]
+    assert nncf_quant.kept_in_float(m, ("last",)) == ["out_proj"]
+    assert nncf_quant.kept_in_float(m, ("first", "last", "attention")) == ["patch", "out_proj", "scores"]
+
+
+def test_describe_qdq_reads_weight_ops_and_activation_types() -> None:
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp_u8"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp_u8"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"]),
+        helper.make_node("Transpose", ["wd"], ["wt"]),
+        helper.make_node("MatMul", ["xd", "wt"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s", "zp_s8"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["eq", "ws"], ["ed"]),
+        helper.make_node("Gather", ["ed", "ids"], ["z"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "zp_u8"),
+             numpy_helper.from_array(np.array(0, np.int8), "zp_s8"), numpy_helper.from_array(np.zeros((2, 2), np.int8), "wq"),
+             numpy_helper.from_array(np.zeros((2,), np.float32), "ws"), numpy_helper.from_array(np.zeros((5, 2), np.int8), "eq")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+                                           helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("yq", TensorProto.INT8, None)], inits)
+    got = nncf_quant.describe_qdq(helper.make_model(graph))
+    assert got == {"ops": ("Gather", "MatMul"), "activations": "int8/uint8"}
+    with pytest.raises(ExportError, match="no weight quantised"):
+        nncf_quant.describe_qdq(_model())
+
+
+def test_bad_settings_and_missing_nncf_are_export_errors(tmp_path: Path, hide_module, monkeypatch) -> None:  # noqa: ANN001
+    src = tmp_path / "g.onnx"
+    onnx.save(_model(), str(src))
+    feeds = [{"x": np.zeros((1, 3, 4, 4), np.float32)}]
+    if nncf_quant.nncf_available():
+        with pytest.raises(ExportError, match="preset must be one of mixed, performance"):
+            nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"preset": "fast"})
+        with pytest.raises(ExportError, match="keep_fp32 entries must be among first, last, attention"):
+            nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"keep_fp32": ("middle",)})
+        with pytest.raises(ExportError, match="activation_ranges must be one of minmax, mean_minmax"):
+            nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"activation_ranges": "entropy"})
+    monkeypatch.setattr(nncf_quant, "nncf_available", lambda: False)
+    with pytest.raises(ExportError, match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
+        nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, nncf_quant.settings_for("image"))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_default_method_per_encoder(tmp_path: Path) -> None:
+    """NNCF by default; a convolutional image tower keeps onnxruntime's conv int8 (measured there)."""
+    from clip_rt_export.convert import int8_method_for
+
+    conv_tower = tmp_path / "conv.onnx"
+    onnx.save(_model(), str(conv_tower))  # 1 Conv among 4 weighted/matmul ops: 0.25 > CONV_TOWER_SHARE
+    vit = tmp_path / "vit.onnx"
+    m = _model()
+    extra = [helper.make_node("MatMul", ["y", "w1"], [f"y{i}"], name=f"mm{i}") for i in range(8)]
+    m.graph.node.extend(extra)
+    onnx.save(m, str(vit))
+    assert int8_method_for("image", conv_tower, None) == "onnxruntime"
+    assert int8_method_for("image", vit, None) == "nncf"
+    assert int8_method_for("text", conv_tower, None) == "nncf"
+    assert int8_method_for("image", conv_tower, "nncf") == "nncf"  # asked for: as asked
