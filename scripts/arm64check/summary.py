@@ -1,0 +1,141 @@
+"""Budgets for a 1 GB board, the qemu-overhead estimate, and the one summary line.
+
+Sizes are MiB (2**20 bytes) throughout, as bench/ reports RSS; the budgets are read as MiB.
+
+Peak RSS under qemu-user is the qemu process's: the guest program's memory plus qemu's own
+(its code, and a cache of translated code that grows with the code executed). The check
+measures qemu running a trivial Python and the same trivial Python natively on x86; their
+difference is qemu's fixed overhead, subtracted to estimate the device's figure. The
+translation cache of a real workload is larger than a trivial program's, so the estimate is an
+upper bound of what the board would show (the x86 figure for the same command is given beside
+it). Budgets are judged on that estimate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+MIB = 1 << 20
+INSTALL_BUDGET_MIB = 250.0
+RSS_BUDGET_MIB = {"main": 300.0, "small": 150.0}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    value: float
+    budget: float
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.budget
+
+    def text(self) -> str:
+        return f"{self.value:.0f} MiB <= {self.budget:.0f} {'met' if self.met else 'NOT met'}"
+
+
+def qemu_overhead_mib(qemu_trivial: list[float], x86_trivial: list[float]) -> float:
+    """qemu's fixed RSS overhead: the smallest trivial-Python peak under qemu minus natively."""
+    if not qemu_trivial or not x86_trivial:
+        raise ValueError("need at least one trivial-Python sample on each side")
+    return max(0.0, min(qemu_trivial) - min(x86_trivial))
+
+
+def estimate_device_mib(raw_qemu_mib: float, overhead_mib: float) -> float:
+    return max(0.0, raw_qemu_mib - overhead_mib)
+
+
+def budgets(report: dict[str, Any]) -> list[Verdict]:
+    out = []
+    inst = report.get("install", {}).get("aarch64_mib")
+    if inst is not None:
+        out.append(Verdict("install", inst, INSTALL_BUDGET_MIB))
+    for name, m in report.get("memory", {}).get("models", {}).items():
+        role = m.get("role")
+        if role not in RSS_BUDGET_MIB:
+            continue
+        peaks = [r["estimate_mib"] for r in (m.get("one_image"), m.get("folder")) if r and "estimate_mib" in r]
+        if peaks:
+            out.append(Verdict(f"rss {name}", max(peaks), RSS_BUDGET_MIB[role]))
+    return out
+
+
+def correctness_failures(report: dict[str, Any]) -> list[str]:
+    """Everything that makes the check FAIL (budgets do not, unless asked)."""
+    fails = list(report.get("failures", []))
+    tests = report.get("tests")
+    if tests is not None and not tests.get("ok"):
+        fails.append(f"tests: {tests.get('failed', '?')} failed, {tests.get('errors', '?')} errors")
+    for name, p in report.get("parity", {}).items():
+        if not p.get("passed"):
+            bad = [k for k, c in p.get("checks", {}).items() if not c.get("passed")]
+            fails.append(f"parity {name}: {', '.join(bad) or p.get('error', 'failed')}")
+    for name, c in report.get("classify", {}).items():
+        for what, r in c.items():
+            if not r.get("passed"):
+                fails.append(f"classify {name} {what}: {r.get('error', 'failed')}")
+    for key in ("hwcap", "cpu_choice"):
+        v = report.get(key)
+        if v is not None and v.get("ok") is False:
+            fails.append(f"{key}: {v.get('detail')}")
+    return fails
+
+
+def _fmt(x: Optional[float], spec: str = ".0f") -> str:
+    return "?" if x is None else format(x, spec)
+
+
+def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
+    """One line: verdict, then tests, parity, install, RSS, bundles, CPU choice."""
+    fails = correctness_failures(report)
+    verdicts = budgets(report)
+    missed = [v for v in verdicts if not v.met]
+    ok = not fails and not (strict_budgets and missed)
+    parts = [f"arm64-check {'PASS' if ok else 'FAIL'} ({report.get('cpu', '?')} under qemu {report.get('qemu', '?')})"]
+    t = report.get("tests")
+    if t is None:
+        parts.append("tests skipped")
+    else:
+        parts.append(f"tests {t.get('passed', 0)} passed, {t.get('failed', 0) + t.get('errors', 0)} failed, "
+                     f"{t.get('skipped', 0)} skipped")
+    for name, p in report.get("parity", {}).items():
+        c = p.get("checks", {})
+        bits = []
+        if "pixels" in c:
+            bits.append(f"pixels {_fmt(c['pixels'].get('max_abs_diff'), '.1e')}")
+        fp32 = [c[k]["max_abs_diff"] for k in ("image_fp32", "text_fp32") if k in c and "max_abs_diff" in c[k]]
+        if fp32:
+            bits.append(f"fp32 {max(fp32):.1e}<=1e-05")
+        for prec in ("int8", "fp16"):
+            keys = [k for k in (f"image_{prec}", f"text_{prec}") if k in c and "vs_fp32" in c[k]]
+            if keys:
+                cos = min(c[k]["vs_fp32"]["min_cosine"] for k in keys)
+                gate = max(c[k]["gate"].get("min_cosine", 0.0) for k in keys)
+                drift = max(c[k]["vs_x86_same_precision"]["max_abs_diff"] for k in keys)
+                bits.append(f"{prec} cos {cos:.5f}>={gate:g} (vs x86 {prec} {drift:.1e})")
+        parts.append(f"parity {name} {'ok' if p.get('passed') else 'FAILED'}: {', '.join(bits)}")
+    inst = report.get("install", {})
+    for v in verdicts:
+        if v.name == "install":
+            parts.append(f"install {v.text()} (x86 {_fmt(inst.get('x86_mib'))} MiB)")
+    mem = report.get("memory", {})
+    for name, m in mem.get("models", {}).items():
+        one, folder = m.get("one_image", {}), m.get("folder", {})
+        v = next((v for v in verdicts if v.name == f"rss {name}"), None)
+        parts.append(
+            f"RSS {name} int8 1/{folder.get('images', '?')} img {_fmt(one.get('estimate_mib'))}/"
+            f"{_fmt(folder.get('estimate_mib'))} MiB est. (qemu raw {_fmt(one.get('raw_mib'))}/"
+            f"{_fmt(folder.get('raw_mib'))}, x86 {_fmt(one.get('x86_mib'))}/{_fmt(folder.get('x86_mib'))})"
+            + (f" {'met' if v.met else 'NOT met'} <= {v.budget:.0f}" if v else "")
+        )
+    if "qemu_overhead_mib" in mem:
+        parts.append(f"qemu overhead {mem['qemu_overhead_mib']:.0f} MiB subtracted")
+    sizes = [f"{n} {b['slim_mib']:.0f}" for n, b in report.get("bundles", {}).items() if "slim_mib" in b]
+    if sizes:
+        parts.append(f"int8 bundles {', '.join(sizes)} MiB")
+    cc = report.get("cpu_choice")
+    if cc is not None:
+        parts.append(f"cpu choice {cc.get('detail')}")
+    if fails:
+        parts.append("FAILED: " + "; ".join(fails))
+    return " | ".join(parts)

@@ -1,0 +1,342 @@
+"""scripts/arm64-check's pieces, on x86 and without qemu: argument parsing, the fake cpuinfo and
+HWCAP decoding, the guest's mount script, the comparison logic, budgets and the summary line."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from arm64check import cli, compare, cpuinfo, emulator, guest, host, rootfs, summary  # noqa: E402
+
+
+# -- arguments and cache location -----------------------------------------------------------------
+def test_defaults_and_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLIP_RT_ARM64_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    args = cli.parse_args([])
+    assert args.cache == tmp_path / "xdg" / "clip-rt-arm64"
+    assert (args.cpu, args.model, args.small_model, args.images, args.tests) == (
+        "neoverse-n1", "ViT-B-32", "ViT-S-32-alt", 200, True)
+    monkeypatch.setenv("CLIP_RT_ARM64_CACHE", str(tmp_path / "explicit"))
+    assert cli.parse_args([]).cache == tmp_path / "explicit"
+    assert cli.parse_args(["--cache", str(tmp_path / "c")]).cache == tmp_path / "c"
+
+
+def test_default_cache_is_not_a_temp_folder() -> None:
+    assert cli.default_cache_dir({"HOME": "/home/u"}) == Path.home() / ".cache" / "clip-rt-arm64"
+    assert cli.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/clip-rt-arm64")
+    assert cli.default_cache_dir({"CLIP_RT_ARM64_CACHE": "/y", "XDG_CACHE_HOME": "/x"}) == Path("/y")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--cpu", "max"], "invalid choice"),  # qemu's default CPU corrupts int8 results: never offered
+    (["--images", "0"], "positive integer"),
+    (["--images", "many"], "positive integer"),
+    (["--small-model", "ViT-B-32"], "must differ"),
+])
+def test_bad_arguments_are_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_small_model_none_skips_it() -> None:
+    assert cli.parse_args(["--small-model", "none", "--no-tests"]).small_model is None
+
+
+def test_script_help_runs_without_root() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "arm64-check"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--strict-budgets" in out.stdout
+
+
+# -- fake cpuinfo and HWCAP -------------------------------------------------------------------------
+@pytest.mark.parametrize("text, cpus", [("0-1", [0, 1]), ("0", [0]), ("0-3,6,8-9\n", [0, 1, 2, 3, 6, 8, 9])])
+def test_parse_cpu_list(text: str, cpus: list[int]) -> None:
+    assert cpuinfo.parse_cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", "a-b", "3-1", ","])
+def test_parse_cpu_list_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match="not a CPU list"):
+        cpuinfo.parse_cpu_list(text)
+
+
+def test_fake_cpuinfo_has_one_block_per_cpu_in_linux_format() -> None:
+    model = cpuinfo.CPU_MODELS["neoverse-n1"]
+    text = cpuinfo.fake_cpuinfo(model, [0, 1, 2])
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert len(blocks) == 3
+    assert [b.splitlines()[0] for b in blocks] == ["processor\t: 0", "processor\t: 1", "processor\t: 2"]
+    assert "CPU implementer\t: 0x41" in blocks[0] and "CPU part\t: 0xd0c" in blocks[0]
+    assert "CPU architecture: 8" in blocks[0]
+    assert cpuinfo.parse_features(text) == list(model.features)
+    assert "asimddp" in model.features  # the int8 dot product: onnxruntime's fast ARM int8 path
+    assert "asimddp" not in cpuinfo.CPU_MODELS["cortex-a72"].features  # Raspberry Pi 4
+    with pytest.raises(ValueError):
+        cpuinfo.fake_cpuinfo(model, [])
+
+
+def test_parse_features_of_a_real_graviton_cpuinfo() -> None:
+    real = ("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+            "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\n")
+    assert cpuinfo.parse_features(real)[:3] == ["fp", "asimd", "evtstrm"]
+    assert cpuinfo.parse_features("flags\t: fpu vme\n") == []
+
+
+def test_hwcap_decoding() -> None:
+    # what qemu 7.2 gave for neoverse-n1 (AT_HWCAP 1155067, AT_HWCAP2 0)
+    assert cpuinfo.hwcap_names(1155067) == list(cpuinfo.CPU_MODELS["neoverse-n1"].features)
+    assert cpuinfo.hwcap_names(2299) == list(cpuinfo.CPU_MODELS["cortex-a72"].features)
+    names = cpuinfo.hwcap_names(0, (1 << 13) | (1 << 14) | (1 << 23))
+    assert names == ["i8mm", "bf16", "sme"]
+    assert cpuinfo.hwcap_names(0, 1 << 60) == ["hwcap2:60"]  # unknown bits are kept, named
+
+
+def test_feature_mismatch() -> None:
+    model = cpuinfo.CPU_MODELS["neoverse-n1"]
+    assert cpuinfo.feature_mismatch(model, list(model.features)) == ""
+    assert cpuinfo.feature_mismatch(model, list(model.features) + ["evtstrm"]) == ""  # qemu never sets it
+    msg = cpuinfo.feature_mismatch(model, [f for f in model.features if f != "asimddp"] + ["sme"])
+    assert "qemu advertises sme" in msg and "lists asimddp" in msg
+
+
+# -- host set-up and the guest's mounts ----------------------------------------------------------------
+def test_missing_packages() -> None:
+    assert host.missing_packages(lambda cmd: "/usr/bin/" + cmd) == []
+    assert host.missing_packages(lambda cmd: None if cmd != "unshare" else "/usr/bin/unshare") == [
+        "binfmt-support", "mmdebstrap", "qemu-user-static"]
+
+
+def test_binfmt_state_parsing() -> None:
+    mounts = "proc /proc proc rw 0 0\nbinfmt_misc /proc/sys/fs/binfmt_misc binfmt_misc rw 0 0\n"
+    assert host.binfmt_mounted(mounts) and not host.binfmt_mounted("proc /proc proc rw 0 0\n")
+    entry = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\noffset 0\n"
+    assert host.binfmt_entry_flags(entry) == "PF"
+    assert host.binfmt_entry_flags("disabled\nflags: PF\n") is None
+
+
+def test_guest_command_mounts_privately_and_never_runs_without_qemu_cpu(tmp_path: Path) -> None:
+    g = emulator.Guest(root=tmp_path / "root dir", qemu_cpu="neoverse-n1", cpuinfo_file=tmp_path / "cpuinfo",
+                       ca_bundle=tmp_path / "ca.crt",
+                       binds=[emulator.Bind(tmp_path / "run", "/check", writable=True),
+                              emulator.Bind(tmp_path / "b", "/bundles")])
+    argv = g.argv(["python3", "-c", "print('hi there')"], env={"PYTHONPATH": "/check/scripts"}, cwd="/check")
+    assert argv[:6] == ["unshare", "--mount", "--propagation", "private", "--fork", "--"]
+    script = argv[-1]
+    assert 'mount -o remount,bind,ro "$R"' in script  # the cached root file system stays pristine
+    assert f'mount --bind -o ro {tmp_path / "cpuinfo"} "$R/proc/cpuinfo"' in script
+    assert f'mount --bind {tmp_path / "run"} "$R"/check' in script
+    assert f'mount --bind -o ro {tmp_path / "b"} "$R"/bundles' in script
+    assert "QEMU_CPU=neoverse-n1" in script and "PIP_CERT=/etc/ssl/certs/host-ca.crt" in script
+    assert shlex.quote("print('hi there')") in script
+    assert g.host_env({"A": "1"}) == {"A": "1", "QEMU_CPU": "neoverse-n1"}
+    with pytest.raises(ValueError, match="absolute"):
+        emulator.Guest(root=tmp_path, qemu_cpu="x", cpuinfo_file=tmp_path,
+                       binds=[emulator.Bind(tmp_path, "check")]).setup_script()
+
+
+def test_guest_command_runs_and_quotes_arguments(tmp_path: Path) -> None:
+    """The part after the mounts (env -i, cd, "$@") run for real, with sh standing in for chroot."""
+    import subprocess
+
+    g = emulator.Guest(root=tmp_path, qemu_cpu="neoverse-n1", cpuinfo_file=tmp_path / "c")
+    script = g.argv(["sh", "-c", 'printf "%s|" "$QEMU_CPU" "$PWD" "$0" "$1"', "a b", "$HOME"], cwd=str(tmp_path))[-1]
+    tail = script.split("\nexec chroot \"$R\" ", 1)[1]
+    out = subprocess.run(["sh", "-c", tail], capture_output=True, text=True, timeout=30)
+    assert out.stdout == f"neoverse-n1|{tmp_path}|a b|$HOME|", out.stderr
+
+
+def test_rootfs_recipe_stamp(tmp_path: Path) -> None:
+    recipe = rootfs.Recipe()
+    assert recipe.mirrors[0] == "deb http://deb.debian.org/debian bookworm main"
+    assert any("debian-security bookworm-security" in m for m in recipe.mirrors)
+    assert not rootfs.is_current(tmp_path, recipe)
+    (tmp_path / rootfs.STAMP).write_text(json.dumps(dict(recipe.stamp(), built="2026-01-01")))
+    assert rootfs.is_current(tmp_path, recipe)
+    assert not rootfs.is_current(tmp_path, rootfs.Recipe(packages=("python3-venv",)))
+
+
+# -- guest-side helpers ----------------------------------------------------------------------------
+def test_du_bytes_counts_hard_links_once(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 100_000)
+    (tmp_path / "b").hardlink_to(tmp_path / "a")
+    assert 100_000 <= guest.du_bytes(tmp_path) < 200_000
+
+
+def test_junit_counts() -> None:
+    xml = ('<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10">'
+           '<testcase classname="tests.test_a" name="test_x"><failure message="boom"/></testcase>'
+           '<testcase classname="tests.test_a" name="test_y"/></testsuite></testsuites>')
+    assert guest.junit_counts(xml) == {"tests": 10, "failed": 2, "errors": 1, "skipped": 3, "passed": 4}
+    assert guest.failed_test_ids(xml) == ["tests.test_a::test_x"]
+
+
+def test_constraints_pin_what_aarch64_chose() -> None:
+    freeze = ["clip-rt @ file:///check/wheel/clip_rt-0.1.0-py3-none-any.whl", "numpy==2.4.6",
+              "onnxruntime==1.32.0", "pip==23.0.1", "setuptools==66.1.1", "typing_extensions==4.16.0"]
+    assert cli.constraints_from_freeze(freeze) == "numpy==2.4.6\nonnxruntime==1.32.0\ntyping_extensions==4.16.0\n"
+
+
+# -- comparison ------------------------------------------------------------------------------------
+def _unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _side(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"names": np.array(["a.jpg", "b.png"]), "pixels": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+            "token_ids": np.arange(14).reshape(2, 7), "image_fp32": _unit(rng, 2), "text_fp32": _unit(rng, 3)}
+
+
+PARITY = {enc: {"max_abs_diff": 0.003, "min_cosine": 0.9998, "samples": 8, "tolerance": {"min_cosine": 0.99},
+                "passed": True} for enc in ("image", "text")}
+
+
+def test_identical_sides_pass() -> None:
+    rng = np.random.default_rng(0)
+    x86 = _side(rng)
+    x86["image_int8"], x86["text_int8"] = x86["image_fp32"], x86["text_fp32"]
+    res = compare.compare_embeddings(x86, dict(x86), {"int8": PARITY})
+    assert res["passed"]
+    assert res["checks"]["image_int8"]["vs_x86_same_precision"]["max_abs_diff"] == 0.0
+    assert res["checks"]["image_int8"]["export_measured"]["min_cosine"] == 0.9998
+
+
+def test_fp32_bound_and_int8_gate() -> None:
+    rng = np.random.default_rng(1)
+    x86 = _side(rng)
+    x86["image_int8"], x86["text_int8"] = x86["image_fp32"], x86["text_fp32"]
+    arm = {k: v.copy() for k, v in x86.items()}
+    arm["image_fp32"] = arm["image_fp32"] + 2e-5  # over the 1e-5 bound
+    noisy = arm["text_fp32"] + 0.02 * rng.standard_normal(arm["text_fp32"].shape).astype(np.float32)
+    arm["text_int8"] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)  # cos ~0.997: inside 0.99
+    arm["image_int8"] = np.zeros_like(arm["image_int8"])  # what qemu's `max` CPU produced: never passes
+    res = compare.compare_embeddings(x86, arm, {"int8": PARITY})
+    c = res["checks"]
+    assert not c["image_fp32"]["passed"] and c["text_fp32"]["passed"]
+    assert c["text_int8"]["passed"] and 0.99 < c["text_int8"]["vs_fp32"]["min_cosine"] < 0.9999
+    assert not c["image_int8"]["passed"] and c["image_int8"]["vs_fp32"]["min_cosine"] == 0.0
+    assert not res["passed"]
+
+
+def test_pixels_tokens_and_missing_pieces() -> None:
+    rng = np.random.default_rng(2)
+    x86 = _side(rng)
+    arm = {k: v.copy() for k, v in x86.items()}
+    arm["pixels"][0, 0, 0, 0] += 1e-3
+    arm["token_ids"][1, 3] += 1
+    res = compare.compare_embeddings(x86, arm, {})
+    assert not res["checks"]["pixels"]["passed"] and not res["checks"]["token_ids"]["passed"]
+    x86["image_int8"], x86["text_int8"] = x86["image_fp32"], x86["text_fp32"]
+    res = compare.compare_embeddings(x86, {k: v for k, v in x86.items() if k != "text_int8"}, {})
+    assert res["checks"]["text_int8"] == {"passed": False, "error": "missing on aarch64"}
+    assert "no int8 image parity" in res["checks"]["image_int8"]["error"]
+    with pytest.raises(ValueError, match="different image files"):
+        compare.compare_embeddings(x86, dict(x86, names=np.array(["a.jpg", "c.png"])), {})
+    slim = {k: v for k, v in x86.items() if "fp32" not in k}
+    with pytest.raises(ValueError, match="needs the fp32"):
+        compare.compare_embeddings(slim, slim, {"int8": PARITY})
+
+
+def test_passes_reads_the_export_tolerance_keys() -> None:
+    assert compare.passes({"max_abs_diff": 1e-4}, 5e-5, 0.0)
+    assert not compare.passes({"max_abs_diff": 1e-4, "min_cosine": 0.99}, 5e-5, 0.98)
+    with pytest.raises(ValueError, match="unknown tolerance"):
+        compare.passes({"rtol": 1.0}, 0.0, 1.0)
+    with pytest.raises(ValueError, match="empty"):
+        compare.passes({}, 0.0, 1.0)
+
+
+def test_compare_records(tmp_path: Path) -> None:
+    def write(name: str, recs: list[dict]) -> Path:
+        p = tmp_path / name
+        p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return p
+
+    rec = lambda path, label, s: {"path": path, "label": label, "scores": {"cat": s, "dog": 1 - s}, "error": None}  # noqa: E731
+    x = compare.read_records(write("x.jsonl", [rec("/inputs/f/a.jpg", "cat", 0.6), rec("/inputs/f/b.jpg", "dog", 0.3)]))
+    a = compare.read_records(write("a.jsonl", [rec("/x/f/a.jpg", "cat", 0.58), rec("/x/f/b.jpg", "cat", 0.51)]))
+    res = compare.compare_records(x, a)
+    assert res["passed"] and res["top1_agreement"] == 0.5 and res["max_score_diff"] == pytest.approx(0.21)
+    assert not compare.compare_records(x, {"a.jpg": a["a.jpg"]})["passed"]
+
+
+# -- budgets and the summary line ------------------------------------------------------------------
+def _report(**over: object) -> dict:
+    r = {
+        "cpu": "neoverse-n1", "qemu": "7.2.19", "failures": [],
+        "tests": {"ok": True, "passed": 180, "failed": 0, "errors": 0, "skipped": 4},
+        "parity": {"ViT-B-32": {"passed": True, "checks": {
+            "pixels": {"max_abs_diff": 0.0, "passed": True},
+            "image_fp32": {"max_abs_diff": 1.5e-7, "passed": True},
+            "text_fp32": {"max_abs_diff": 1.1e-7, "passed": True},
+            "image_int8": {"vs_fp32": {"min_cosine": 0.99985}, "gate": {"min_cosine": 0.99},
+                           "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
+            "text_int8": {"vs_fp32": {"min_cosine": 0.9991}, "gate": {"min_cosine": 0.99},
+                          "vs_x86_same_precision": {"max_abs_diff": 1.1e-3}, "passed": True}}}},
+        "install": {"aarch64_mib": 231.4, "x86_mib": 236.0},
+        "memory": {"qemu_overhead_mib": 110.0, "models": {
+            "ViT-B-32": {"role": "main", "one_image": {"raw_mib": 400, "estimate_mib": 290, "x86_mib": 280},
+                         "folder": {"raw_mib": 461, "estimate_mib": 351, "x86_mib": 330, "images": 200}},
+            "ViT-S-32-alt": {"role": "small", "one_image": {"raw_mib": 230, "estimate_mib": 120},
+                             "folder": {"raw_mib": 250, "estimate_mib": 140, "images": 200}}}},
+        "classify": {"ViT-B-32": {"one_image": {"passed": True}, "folder": {"passed": True}}},
+        "bundles": {"ViT-B-32": {"slim_mib": 154.2}, "ViT-S-32-alt": {"slim_mib": 48.3}},
+        "hwcap": {"ok": True, "detail": "..."},
+        "cpu_choice": {"ok": None, "detail": "not checked"},
+    }
+    r.update(over)
+    return r
+
+
+def test_budgets_and_qemu_overhead() -> None:
+    assert summary.qemu_overhead_mib([130.0, 128.0], [10.0, 11.0]) == 118.0
+    assert summary.qemu_overhead_mib([5.0], [10.0]) == 0.0
+    with pytest.raises(ValueError):
+        summary.qemu_overhead_mib([], [1.0])
+    v = {b.name: b for b in summary.budgets(_report())}
+    assert v["install"].met and v["install"].budget == 250
+    assert not v["rss ViT-B-32"].met and v["rss ViT-B-32"].value == 351  # the larger of the two runs
+    assert v["rss ViT-S-32-alt"].met and v["rss ViT-S-32-alt"].budget == 150
+
+
+def test_summary_line_is_one_line_with_the_figures() -> None:
+    line = summary.summary_line(_report())
+    assert "\n" not in line
+    assert line.startswith("arm64-check PASS (neoverse-n1 under qemu 7.2.19)")
+    for needle in ("tests 180 passed, 0 failed, 4 skipped", "fp32 1.5e-07<=1e-05",
+                   "int8 cos 0.99910>=0.99 (vs x86 int8 2.4e-03)", "install 231 MiB <= 250 met (x86 236 MiB)",
+                   "RSS ViT-B-32 int8 1/200 img 290/351 MiB est. (qemu raw 400/461, x86 280/330) NOT met <= 300",
+                   "qemu overhead 110 MiB subtracted", "int8 bundles ViT-B-32 154, ViT-S-32-alt 48 MiB"):
+        assert needle in line, needle
+    # a missed budget fails only when asked to
+    assert summary.summary_line(_report(), strict_budgets=True).startswith("arm64-check FAIL")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"tests": {"ok": False, "passed": 1, "failed": 2, "errors": 0, "skipped": 0}}, "tests: 2 failed"),
+    ({"hwcap": {"ok": False, "detail": "qemu advertises sme"}}, "hwcap: qemu advertises sme"),
+    ({"cpu_choice": {"ok": False, "detail": "picked x86"}}, "cpu_choice: picked x86"),
+    ({"failures": ["aarch64 install: pip failed"]}, "aarch64 install: pip failed"),
+    ({"classify": {"ViT-B-32": {"folder": {"passed": False, "error": "exit 1"}}}}, "classify ViT-B-32 folder: exit 1"),
+])
+def test_summary_line_fails_on_correctness(change: dict, needle: str) -> None:
+    line = summary.summary_line(_report(**change))
+    assert line.startswith("arm64-check FAIL") and needle in line
+
+
+def test_cpu_choice_verdict() -> None:
+    assert cli.cpu_choice_verdict({"available": False})["ok"] is None
+    assert cli.cpu_choice_verdict({"available": True, "choice": "Plan(backend='onnxruntime', isa='arm64 dotprod')"})["ok"]
+    assert not cli.cpu_choice_verdict({"available": True, "choice": "Plan(backend='openvino', isa='avx512')"})["ok"]
