@@ -337,6 +337,14 @@ def test_summary_line_fails_on_correctness(change: dict, needle: str) -> None:
 
 
 def test_cpu_choice_verdict() -> None:
-    assert cli.cpu_choice_verdict({"available": False})["ok"] is None
-    assert cli.cpu_choice_verdict({"available": True, "choice": "Plan(backend='onnxruntime', isa='arm64 dotprod')"})["ok"]
-    assert not cli.cpu_choice_verdict({"available": True, "choice": "Plan(backend='openvino', isa='avx512')"})["ok"]
+    n1 = cpuinfo.CPU_MODELS["neoverse-n1"]
+    assert cli.cpu_choice_verdict({"available": False}, n1)["ok"] is None
+    isa = {"arch": "aarch64", "class": "arm64-dotprod", "features": ["asimd", "asimddp"]}
+    ort = {"backend": "onnxruntime", "precision": "int8"}
+    good = cli.cpu_choice_verdict({"available": True, "isa": isa, "plan": {"image": ort, "text": ort}}, n1)
+    assert good["ok"] and good["detail"] == "arm64-dotprod (asimd asimddp): image onnxruntime int8, text onnxruntime int8"
+    ov = {"backend": "openvino", "precision": "int8"}
+    bad = cli.cpu_choice_verdict({"available": True, "isa": dict(isa, **{"class": "generic"}),
+                                  "plan": {"image": ov, "text": ort}}, n1)
+    assert not bad["ok"] and "expected aarch64 arm64-dotprod" in bad["detail"] and "image: openvino" in bad["detail"]
+    assert not cli.cpu_choice_verdict({"available": True, "isa": isa}, n1)["ok"]

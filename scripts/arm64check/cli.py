@@ -260,7 +260,7 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
         report["hwcap"] = {"ok": not bad, "detail": bad or f"HWCAP = fake cpuinfo ({' '.join(seen)})"}
         report["onnxruntime"] = {"aarch64": probe.get("onnxruntime"),
                                  "x86": x86_steps.get("probe", {}).get("onnxruntime")}
-        report["cpu_choice"] = cpu_choice_verdict(probe.get("cpu_choice", {}))
+        report["cpu_choice"] = cpu_choice_verdict(probe.get("cpu_choice", {}), model)
     for side, steps, venv in (("aarch64", arm_steps, arm["plan"]["venv"]), ("x86", x86_steps, x86["plan"]["venv"])):
         f = steps.get("probe", {}).get("clip_rt_file")
         if f and not f.startswith(venv):
@@ -322,14 +322,26 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
     return mem, agreement
 
 
-def cpu_choice_verdict(choice: dict[str, Any]) -> dict[str, Any]:
-    """clip-rt's per-CPU choice inside the emulated system must be onnxruntime's ARM path."""
+def cpu_choice_verdict(choice: dict[str, Any], model: cpuinfo.CpuModel) -> dict[str, Any]:
+    """clip-rt's per-CPU choice inside the emulated system: the emulated core's ISA class, and
+    onnxruntime (its ARM kernels) for both encoders."""
     if not choice.get("available"):
         return {"ok": None, "detail": "not checked (this clip-rt has no clip_rt.engine.cpu yet)"}
-    text = f"{choice.get('detected', '')} {choice.get('choice', '')}"
-    if "onnxruntime" not in text.lower() or not re.search(r"arm|aarch64|neon", text, re.I):
-        return {"ok": False, "detail": f"expected onnxruntime's ARM path, got {text.strip()!r}"}
-    return {"ok": True, "detail": f"onnxruntime ARM path ({choice.get('choice')})"}
+    isa = choice.get("isa", {})
+    problems = []
+    if isa.get("arch") != "aarch64" or isa.get("class") != model.isa_class:
+        problems.append(f"detected {isa.get('arch')} {isa.get('class')}, expected aarch64 {model.isa_class}")
+    plan = choice.get("plan")
+    if plan is None:
+        problems.append("no per-CPU plan (clip_rt.engine.backends.choose missing)")
+    else:
+        for enc, c in plan.items():
+            if c.get("backend") != "onnxruntime":
+                problems.append(f"{enc}: {c.get('backend')} chosen, expected onnxruntime")
+    if problems:
+        return {"ok": False, "detail": "; ".join(problems)}
+    picks = ", ".join(f"{enc} {c['backend']} {c['precision']}" for enc, c in plan.items())
+    return {"ok": True, "detail": f"{isa.get('class')} ({' '.join(isa.get('features', []))}): {picks}"}
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class CpuModel:
     variant: int
     revision: int
     features: tuple[str, ...]  # as qemu-user 7.2 advertises them in HWCAP/HWCAP2 for qemu_cpu
+    isa_class: str  # what clip_rt.engine.cpu must call it (its backend table is keyed by this)
 
 
 # Features: what `hwcap_names()` printed inside the guest under each QEMU_CPU (qemu 7.2,
@@ -53,17 +54,20 @@ CPU_MODELS: dict[str, CpuModel] = {
             0x41, 0xD0C, 0x3, 1,
             ("fp", "asimd", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp", "cpuid",
              "asimdrdm", "lrcpc", "dcpop", "asimddp"),
+            "arm64-dotprod",
         ),
         CpuModel(
             "cortex-a76", "Raspberry Pi 5 (has the int8 dot product)",
             0x41, 0xD0B, 0x4, 1,
             ("fp", "asimd", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp", "cpuid",
              "asimdrdm", "lrcpc", "dcpop", "asimddp"),
+            "arm64-dotprod",
         ),
         CpuModel(
             "cortex-a72", "Raspberry Pi 4 (no int8 dot product)",
             0x41, 0xD08, 0x0, 3,
             ("fp", "asimd", "aes", "pmull", "sha1", "sha2", "crc32", "cpuid"),
+            "generic",
         ),
     )
 }

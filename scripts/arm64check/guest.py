@@ -180,8 +180,10 @@ class Runner:
 
     # 2 ------------------------------------------------------------------------------------------
     def probe(self) -> dict[str, Any]:
-        code = "import json, sys; sys.path.insert(0, %r); from arm64check.guest import probe_here; print(json.dumps(probe_here()))"
-        proc = _run([self.py, "-c", code % str(Path(__file__).resolve().parent.parent)], timeout=1800, env=self.env())
+        code = ("import json, sys; sys.path.insert(0, %r); from arm64check.guest import probe_here; "
+                "print(json.dumps(probe_here(sys.argv[1])))") % str(Path(__file__).resolve().parent.parent)
+        bundle = self.plan["models"][0]["slim"]  # the device's bundle: what clip-rt's CPU plan is made for
+        proc = _run([self.py, "-c", code, bundle], timeout=1800, env=self.env(CLIP_RT_HOME=str(self.out / "home-probe")))
         if proc.returncode:
             raise RuntimeError(f"probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         return _last_json(proc.stdout)
@@ -286,7 +288,7 @@ class Runner:
 
 
 # -- run inside the venv (numpy, clip_rt importable) -----------------------------------------------
-def probe_here() -> dict[str, Any]:
+def probe_here(bundle: Optional[str] = None) -> dict[str, Any]:
     import clip_rt
     import onnxruntime
 
@@ -308,32 +310,27 @@ def probe_here() -> dict[str, Any]:
         info["cpuinfo_features"] = f"unreadable: {exc}"
     if platform.machine() == "aarch64":
         info["hwcap_features"] = cpuinfo.hwcap_names(*cpuinfo.read_hwcaps())
-    info["cpu_choice"] = cpu_choice_here()
+    info["cpu_choice"] = cpu_choice_here(bundle)
     return info
 
 
-def cpu_choice_here() -> dict[str, Any]:
-    """clip-rt's own per-CPU choice, when this clip-rt has one (``clip_rt.engine.cpu``)."""
+def cpu_choice_here(bundle: Optional[str] = None) -> dict[str, Any]:
+    """clip-rt's own CPU detection and per-CPU plan (``clip_rt.engine.cpu`` and
+    ``clip_rt.engine.backends.choose``), when this clip-rt has them, for *bundle*."""
     import importlib.util
 
     if importlib.util.find_spec("clip_rt.engine.cpu") is None:
         return {"available": False}
-    import clip_rt.engine.cpu as cpu_mod
+    from clip_rt.engine import cpu as cpu_mod
 
-    out: dict[str, Any] = {"available": True}
-    for name in ("detect", "detect_cpu", "cpu_info", "current"):
-        fn = getattr(cpu_mod, name, None)
-        if callable(fn):
-            out["detected"] = repr(fn())
-            break
-    for name in ("choose", "choose_backend", "choose_plan", "plan"):
-        fn = getattr(cpu_mod, name, None)
-        if callable(fn):
-            try:
-                out["choice"] = repr(fn())
-            except TypeError as exc:
-                out["choice"] = f"could not call {name}(): {exc}"
-            break
+    isa = cpu_mod.detect_cpu()
+    out: dict[str, Any] = {"available": True, "isa": isa.to_dict()}
+    if bundle is not None and importlib.util.find_spec("clip_rt.engine.backends.choose") is not None:
+        from clip_rt.bundle.manifest import read_manifest
+        from clip_rt.engine.backends.choose import plan_runtime
+
+        plan = plan_runtime(read_manifest(Path(bundle)), isa)
+        out["plan"] = {enc: plan.encoder(enc).to_dict() for enc in ("image", "text")}
     return out
 
 

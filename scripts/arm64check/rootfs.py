@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .guest import du_bytes
+
 STAMP = "clip-rt-arm64-stamp.json"
 RECIPE_VERSION = 1  # bump when the build steps below change in a way the fields do not show
 # Empty files the guest's bind mounts land on (mount points must exist in the tree).
@@ -94,23 +96,6 @@ def ensure_rootfs(root: Path, recipe: Recipe, log: Callable[[str], None], rebuil
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"rootfs: built in {time.monotonic() - started:.0f} s, {du_bytes(root) / 1e6:.0f} MB")
+    log(f"rootfs: built in {time.monotonic() - started:.0f} s, {du_bytes(root) / 2**20:.0f} MiB")
     return root
 
-
-def du_bytes(path: Path) -> int:
-    """Disk usage of a tree like ``du -s`` (allocated blocks, hard links counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += st.st_blocks * 512
-    return total
