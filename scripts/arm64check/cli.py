@@ -42,15 +42,19 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_SMALL_MODEL = "ViT-S-32-alt"
 LABELS = "cat,dog,car"  # the README's classify
 # The torch-free subset run on arm64: the runtime's own tests (model, sessions, tokeniser,
-# zero-shot, prompt cache, CLI, failures), minus those marked torch (they need the [export]
-# extra) or slow. Test dependencies: what these files import besides the runtime.
+# preprocessing, image decoding and broken files, zero-shot, prompt cache, CLI, video frame
+# sampling, failures, a long streaming run), minus those marked torch (they need the [export]
+# extra) or slow. Left out: files that need the [report] extra (matplotlib: test_report,
+# test_cli_similarity) or GPU tooling (test_gpu_path), and the export's own tests.
+# Test dependencies: what these files import besides the runtime (scikit-image: real photos).
 GUEST_TEST_FILES = (
     "tests/test_tokenizer.py", "tests/test_zeroshot.py", "tests/test_session.py", "tests/test_model.py",
-    "tests/test_prompt_cache.py", "tests/test_cli_classify.py", "tests/test_cli_index.py",
-    "tests/test_reliability.py",
+    "tests/test_preprocess.py", "tests/test_bad_images.py", "tests/test_prompt_cache.py",
+    "tests/test_cli_classify.py", "tests/test_cli_index.py", "tests/test_cli_video.py", "tests/test_reliability.py",
+    "tests/test_long_run.py",
 )
 GUEST_TEST_MARKER = "not torch and not slow"
-GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil")
+GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil", "scikit-image")
 KEEP_RUNS = 3
 
 
@@ -290,6 +294,8 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
 
 def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[str, Any]], run_dir: Path,
                   images: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Peak RSS per model and run, both sides, with the device estimate (summary.py), and the
+    agreement of the two sides' classify records."""
     mem: dict[str, Any] = {"models": {}}
     agreement: dict[str, Any] = {}
     if not arm.get("trivial_python") or not x86.get("trivial_python"):
@@ -297,21 +303,27 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
     qemu_triv = [r["peak_rss_mb"] for r in arm["trivial_python"] if "peak_rss_mb" in r]
     x86_triv = [r["peak_rss_mb"] for r in x86["trivial_python"] if "peak_rss_mb" in r]
     overhead = summary.qemu_overhead_mib(qemu_triv, x86_triv)
+    imports = arm.get("imports", {})
     mem.update({"qemu_trivial_mib": min(qemu_triv), "x86_trivial_mib": min(x86_triv), "qemu_overhead_mib": overhead,
-                "qemu_imports_mib": arm.get("imports", {}).get("peak_rss_mb"),
+                "qemu_imports_mib": imports.get("peak_rss_mb"), "qemu_imports_guest_mib": imports.get("sampled_guest_peak_mb"),
                 "x86_imports_mib": x86.get("imports", {}).get("peak_rss_mb")})
     for m in models:
         a_runs, x_runs = arm.get("models", {}).get(m["name"], {}), x86.get("models", {}).get(m["name"], {})
         entry: dict[str, Any] = {"role": m["role"]}
         agreement[m["name"]] = {}
-        for what in ("one_image", "folder"):
-            a, x = a_runs.get(what, {}), x_runs.get(what, {})
+        for what in a_runs:
+            a, x = a_runs[what], x_runs.get(what, {})
             if "peak_rss_mb" not in a:
                 continue
-            entry[what] = {"raw_mib": a["peak_rss_mb"], "estimate_mib": summary.estimate_device_mib(a["peak_rss_mb"], overhead),
-                           "x86_mib": x.get("peak_rss_mb"), "images": 1 if what == "one_image" else images,
-                           "aarch64_wall_s": a.get("process_wall_s"), "x86_wall_s": x.get("process_wall_s"),
-                           "command": "clip-rt " + " ".join(a.get("args", []))}
+            entry[what] = {
+                "estimate_mib": summary.device_estimate_mib(a),
+                "upper_mib": summary.estimate_device_mib(a["peak_rss_mb"], overhead),
+                "raw_mib": a["peak_rss_mb"], "sampled_guest_mib": a.get("sampled_guest_peak_mb"),
+                "sampled_total_mib": a.get("sampled_total_peak_mb"), "samples": a.get("samples"),
+                "x86_mib": x.get("peak_rss_mb"), "images": 1 if what == "one_image" else images,
+                "aarch64_wall_s": a.get("process_wall_s"), "x86_wall_s": x.get("process_wall_s"),
+                "command": "clip-rt " + " ".join(a.get("args", [])),
+            }
             if a.get("exit") in (0, None) and x.get("exit") in (0, None) and "records" in x:
                 arm_records = Path(a["records"].replace("/check", str(run_dir), 1))
                 agreement[m["name"]][what] = compare.compare_records(compare.read_records(Path(x["records"])),

@@ -35,11 +35,14 @@ from typing import Any, Callable, Optional
 
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
 
-# Runs in a fresh process: the in-process CLI, then this process's own peak RSS. VmHWM rather
-# than getrusage: Linux carries ru_maxrss over execve from the parent (bench/startup.py does
-# the same). Under qemu-user /proc/self/status is the host's file for the qemu process.
+# Each measurement runs in a fresh process: the in-process CLI under rss.PeakSampler, then
+# this process's own peak. VmHWM rather than getrusage: Linux carries ru_maxrss over execve from
+# the parent (bench/startup.py does the same). Under qemu-user /proc/self/status is the host's
+# file for the qemu process; rss.py explains the guest-only figure.
 CLASSIFY_CHILD = r"""
 import json, sys, time
+from arm64check.rss import PeakSampler
+sampler = PeakSampler(); sampler.start()
 t0 = time.perf_counter()
 from clip_rt.cli import main
 try:
@@ -47,16 +50,23 @@ try:
     code = 0
 except SystemExit as exc:
     code = exc.code or 0
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-print(json.dumps({"exit": code, "wall_s": time.perf_counter() - t0,
-                  "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024}))
+print(json.dumps(dict(sampler.stop(), exit=code, wall_s=time.perf_counter() - t0)))
 """
 TRIVIAL_CHILD = r"""
 import json
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-print(json.dumps({"exit": 0, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024}))
+from arm64check.rss import PeakSampler
+print(json.dumps(dict(PeakSampler().stop(), exit=0)))
 """
-IMPORTS_CHILD = "import clip_rt.model, onnxruntime, numpy, PIL.Image, tokenizers\n" + TRIVIAL_CHILD
+IMPORTS_CHILD = r"""
+import json
+from arm64check.rss import PeakSampler
+import clip_rt.model, onnxruntime, numpy, PIL.Image, tokenizers
+print(json.dumps(dict(PeakSampler().stop(), exit=0)))
+"""
+# The README's classify, then the same folder with the low-memory settings a small board would
+# use: DCT-scaled JPEG decoding and one image per batch.
+CLASSIFY_RUNS = (("one_image", "one_image", ()), ("folder", "folder", ()),
+                 ("folder_lowmem", "folder", ("--draft", "--batch-size", "1")))
 
 
 # -- helpers shared with the host side --------------------------------------------------------------
@@ -173,7 +183,7 @@ class Runner:
         after = du_bytes(self.venv)
         site = next((self.venv / "lib").glob("python3*/site-packages"))
         per_pkg = sorted(((du_bytes(d), d.name) for d in site.iterdir() if d.is_dir()), reverse=True)[:12]
-        freeze = _run([self.py, "-m", "pip", "freeze", "--all"], timeout=600, env=self.env()).stdout.split()
+        freeze = _run([self.py, "-m", "pip", "freeze", "--all"], timeout=600, env=self.env()).stdout.splitlines()
         return {"venv_bytes_before": before, "venv_bytes_after": after, "install_bytes": after - before,
                 "pip_seconds": round(seconds, 1), "freeze": freeze,
                 "largest": [{"name": n, "bytes": b} for b, n in per_pkg]}
@@ -227,14 +237,15 @@ class Runner:
         failures = []
         for m in self.plan["models"]:
             runs = {}
-            for what, source in (("one_image", c["one_image"]), ("folder", c["folder"])):
+            for what, source_key, extra in CLASSIFY_RUNS:
+                source = c[source_key]
                 home = self.out / f"home-{m['name']}-{what}"
                 out = self.out / f"classify-{m['name']}-{what}.jsonl"
                 for stale in (out, Path(str(out) + ".clip-rt.json")):
                     if stale.exists():
                         stale.unlink()
                 args = ["classify", source, "--labels", c["labels"], "--model", m["slim"], "--precision", "int8",
-                        "-o", str(out)]
+                        "-o", str(out), *extra]
                 if c.get("threads"):
                     args += ["--threads", str(c["threads"])]
                 run = self.child(CLASSIFY_CHILD, args, home=home)
