@@ -34,6 +34,12 @@ def machine_info() -> dict[str, Any]:
             flags = set(line.split(":", 1)[1].split())
             wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
             info["isa"] = [f for f in wanted if f in flags]
+    from . import isa
+
+    # The ISA each library can use here (AMX hidden from oneDNN by ONEDNN_MAX_CPU_ISA, not from
+    # onnxruntime), named in every result.
+    info["isa_levels"] = isa.isa_levels(isa.cpu_flags())
+    info["onednn_max_cpu_isa"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
     versions = {}
     for mod in ("onnxruntime", "numpy", "torch", "open_clip", "PIL", "onnx", "openvino"):
         try:
@@ -74,11 +80,14 @@ def ratio(a: float, b: float) -> Optional[float]:
 
 def target(name: str, measured: Optional[float], goal: float, higher_is_better: bool = True, unit: str = "") -> dict:
     """One target row: measured value, goal, met?, and the gap when not met."""
+    sense = ">=" if higher_is_better else "<="
     if measured is None:
-        return {"target": name, "goal": goal, "unit": unit, "measured": None, "met": False, "gap": "not measured"}
+        return {"target": name, "goal": goal, "unit": unit, "sense": sense, "measured": None, "met": False,
+                "gap": "not measured"}
     met = measured >= goal if higher_is_better else measured <= goal
-    gap = None if met else round(goal / measured if higher_is_better else measured / goal, 2)
-    return {"target": name, "goal": goal, "unit": unit, "measured": round(measured, 4), "met": met,
+    gap = None if met or not measured else round(goal / measured if higher_is_better else measured / goal, 2)
+    return {"target": name, "goal": goal, "unit": unit, "sense": sense,
+            "measured": float(f"{measured:.4g}") if abs(measured) < 1e-3 else round(measured, 4), "met": met,
             "gap_factor": gap}
 
 

@@ -24,10 +24,14 @@ class BenchContext:
     out_dir: Path = RESULTS_DIR
     photos: int = 48  # multi-megapixel JPEGs: all for parity, the first 12 end-to-end, 24 for peak RSS
     megapixels: float = 6.0
+    result_suffix: str = ""  # e.g. "_amx_hidden" for the ONEDNN_MAX_CPU_ISA re-run
+    clock_ghz: Optional[float] = None  # for % of peak; default: the CPU's reported clock
+    threads: int = 2  # cores the candidates use (for the peak)
+    int8_min_cosine: Optional[float] = None  # export gate override (the tiny smoke-test model only)
+    variants: tuple[str, ...] = ()  # image-graph variants to build and time (default: all)
     _torch: Optional[TorchModel] = field(default=None, repr=False)
     _ref: Optional[Reference] = field(default=None, repr=False)
     _bundle: Optional[Path] = field(default=None, repr=False)
-    _tuned: Optional[Path] = field(default=None, repr=False)
 
     @property
     def torch_model(self) -> TorchModel:
@@ -54,56 +58,20 @@ class BenchContext:
             from clip_rt.bundle.store import is_bundle
             from clip_rt_export import export_bundle
 
+            from clip_rt.bundle.manifest import LEGACY_INT8, read_manifest
+
             path = self.work_dir / f"bundle-{self.arch}-seed{self.seed}"
-            if not is_bundle(path):
+            # A bundle from before static int8 (no quantization record) is re-exported.
+            stale = is_bundle(path) and read_manifest(path).quantization_of("int8", "image") in (None, LEGACY_INT8)
+            if not is_bundle(path) or stale:
                 log(f"exporting bundle {path.name} ({', '.join(PRECISIONS)})")
                 export_bundle(self.arch, pretrained="none", precisions=PRECISIONS, output=path,
-                              model_config=self.model_config, seed=self.seed, log=log)
+                              model_config=self.model_config, seed=self.seed, log=log, force=stale,
+                              int8_min_cosine=self.int8_min_cosine)
             self._bundle = path
         return self._bundle
-
-    @property
-    def tuned(self) -> Path:
-        if self._tuned is None:
-            self._tuned = tuned_bundle(self)
-        return self._tuned
 
     def result_meta(self) -> dict[str, Any]:
         return {"arch": self.arch, "seed": self.seed, "weights": "random (pretrained=None), seeded",
                 "quick": self.quick, "bundle": str(self.bundle)}
 
-
-def tuned_bundle(ctx: BenchContext) -> Path:
-    """A copy of ctx.bundle whose int8 graphs are ``export.optimize.RECOMMENDED_INT8`` (files
-    hard-linked where unchanged, manifest checksums updated): what the export stage would
-    write after adopting the recommendation, so the runtime figures can be measured now."""
-    import os
-    import shutil
-
-    from clip_rt.bundle.manifest import FileEntry, read_manifest, sha256_file
-    from clip_rt.bundle.store import is_bundle
-    from clip_rt_export.optimize import RECOMMENDED_INT8, optimize_graph
-
-    src = ctx.bundle
-    dst = ctx.work_dir / f"{src.name}-tuned"
-    if is_bundle(dst):
-        return dst
-    tmp = ctx.work_dir / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    manifest = read_manifest(src)
-    replaced = {manifest.graphs["int8"][enc].file: (manifest.graphs["fp32"][enc].file, enc) for enc in ("image", "text")}
-    for name in manifest.files:
-        if name in replaced:
-            fp32_name, enc = replaced[name]
-            log(f"tuned bundle: {name} <- optimize_graph({fp32_name}, **RECOMMENDED_INT8[{enc!r}])")
-            optimize_graph(src / fp32_name, tmp / name, **RECOMMENDED_INT8[enc])
-            manifest.files[name] = FileEntry(sha256=sha256_file(tmp / name), bytes=(tmp / name).stat().st_size)
-        else:
-            os.link(src / name, tmp / name)
-    manifest.name = dst.name
-    manifest.notes = [*manifest.notes, "int8 graphs replaced by export.optimize.RECOMMENDED_INT8 (bench)"]
-    manifest.parity.pop("int8", None)  # measured by bench/parity.py instead
-    manifest.write(tmp)
-    os.replace(tmp, dst)
-    return dst

@@ -35,10 +35,10 @@ def origin_loop(ctx: BenchContext, paths: list) -> list[str]:
     return labels
 
 
-def _runtime(ctx: BenchContext, precision: str, draft: bool, tuned: bool = False) -> Callable[[list], list[str]]:
+def _runtime(ctx: BenchContext, precision: str, draft: bool) -> Callable[[list], list[str]]:
     import clip_rt
 
-    bundle = ctx.tuned if tuned else ctx.bundle
+    bundle = ctx.bundle
 
     def classify(paths: list) -> list[str]:
         # A fresh model each call with no prompt cache: the text side is paid once per folder.
@@ -68,7 +68,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     paths = ctx.photo_paths[: 6 if ctx.quick else 12]
     cands: dict[str, Callable[[list], list[str]]] = {
         "origin loop (open_clip fp32)": lambda ps: origin_loop(ctx, ps),
-        "clip-rt int8 tuned, draft": _runtime(ctx, "int8", True, tuned=True),
         "clip-rt int8, draft": _runtime(ctx, "int8", True),
         "clip-rt int8": _runtime(ctx, "int8", False),
         "clip-rt fp32": _runtime(ctx, "fp32", False),
@@ -88,11 +87,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for row in rows.values():
         row["x_origin"] = ratio(row["images_per_s"], base["images_per_s"])
         row["x_origin_best"] = ratio(base["best_s"], row["best_s"])
-    best = rows["clip-rt int8 tuned, draft"]
+    best = rows["clip-rt int8, draft"]
     targets = [
-        target("end-to-end clip-rt int8 tuned, draft vs origin loop (best samples)", best["x_origin_best"], 5.0,
+        target("end-to-end clip-rt int8, draft vs origin loop (best samples)", best["x_origin_best"], 5.0,
                unit="x"),
-        target("end-to-end top-1 same as origin (int8 tuned, draft)", best["top1_same_as_origin"], 0.99),
+        target("end-to-end top-1 same as origin (int8, draft)", best["top1_same_as_origin"], 0.99),
     ]
     draft = draft_pixel_effect(ctx, paths)
     draft["top1_draft_vs_full_decode"] = round(float(np.mean(

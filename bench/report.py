@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 from .common import RESULTS_DIR
 
-NAMES = ("image_speed", "text_speed", "end_to_end", "startup", "parity", "variants")
+NAMES = ("image_speed", "image_speed_amx_hidden", "text_speed", "text_speed_amx_hidden", "end_to_end", "startup",
+         "parity", "variants")
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
@@ -47,7 +48,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         + f". Model: {first.get('arch')} with {first.get('weights')}. Each benchmark, its command, when, and "
         "the load average (1/5/15 min) on the 2 shared cores when it finished:",
         "",
-        *(f"- {k}: `{r['command']}`, {r['when']}, load {r['machine'].get('load_average_1_5_15min')}"
+        *(f"- {k}: `{r['command']}`, {r['when']}, load {r['machine'].get('load_average_1_5_15min')}, "
+          f"ISA {_isa_line(r['machine'])}"
           for k, r in results.items()),
         "",
         "### Targets",
@@ -57,24 +59,22 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for name in NAMES:
         for t in results.get(name, {}).get("targets", []):
             gap = "" if t["met"] else (f"{t['gap_factor']}x short" if t.get("gap_factor") else t.get("gap", ""))
-            sense = ">=" if "RSS" not in t["target"] and "cold" not in t["target"] else "<="
+            sense = t.get("sense") or (">=" if "RSS" not in t["target"] and "cold" not in t["target"] else "<=")
             rows.append([t["target"], f"{sense} {t['goal']}{t['unit']}", _fmt(t["measured"], t["unit"]),
                          "met" if t["met"] else "NOT met", gap])
     parts.append(_table(["target", "goal", "measured", "", "gap"], rows))
-    if "image_speed" in results:
-        r = results["image_speed"]
-        parts += ["", "### Image encoder throughput (images/s, median; best in brackets)", ""]
-        names = list(next(iter(r["batches"].values())))
-        rows = [[f"batch {b}"] + [f"{c[n]['items_per_s']} ({round(int(b) / c[n]['best_s'], 1)})" for n in names]
-                for b, c in r["batches"].items()]
-        parts.append(_table([""] + names, rows))
-    if "text_speed" in results:
-        r = results["text_speed"]
-        parts += ["", "### Text encoder (prompts/s, median; best in brackets)", ""]
-        names = list(next(iter(r["sets"].values())))
-        rows = [[s] + [f"{c[n]['items_per_s']} ({round(len_of(s) / c[n]['best_s'], 1)})" for n in names]
-                for s, c in r["sets"].items()]
-        parts.append(_table([""] + names, rows))
+    for key in ("image_speed", "image_speed_amx_hidden"):
+        if key in results:
+            parts += _speed_tables(results[key], "Image encoder", "images/s", "batch ",
+                                   {k: v for k, v in results[key]["batches"].items()},
+                                   ("x_torch_fp32", "x torch fp32"), ("x_torch_bf16", "x torch bf16"))
+    for key in ("text_speed", "text_speed_amx_hidden"):
+        if key in results:
+            r = results[key]
+            sets = {(f"{n} (trimmed to {v['trimmed_tokens']} tokens)" if "trimmed_tokens" in v else n): v.get("rows", v)
+                    for n, v in r["sets"].items()}  # results from before the rows/trimmed_tokens layout too
+            parts += _speed_tables(r, "Text encoder", "prompts/s", "", sets, ("x_open_clip", "x open_clip"),
+                                   ("x_torch_bf16_trimmed", "x torch bf16 trimmed"))
     if "end_to_end" in results:
         r = results["end_to_end"]
         parts += ["", f"### End-to-end classify: {r['images']} JPEGs of {r['megapixels']:g} MP, "
@@ -99,9 +99,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         parts += ["", f"### Parity with open_clip fp32 ({r['rows'][0]['images']} photos, {r['labels']} labels; "
                   "random weights: agreement between precisions, not accuracy)", ""]
         rows = [[p["precision"], p["image"]["max_abs_diff"], p["image"]["min_cosine"], p["text"]["max_abs_diff"],
-                 p["text"]["min_cosine"], p["runtime_image"]["min_cosine"], p["top1_agreement"]] for p in r["rows"]]
+                 p["text"]["min_cosine"], p["runtime_image"]["min_cosine"], p["top1_agreement"],
+                 (p.get("batch_max_abs_diff") or {}).get("image"), (p.get("batch_max_abs_diff") or {}).get("text"),
+                 "/".join(str(q) for q in (p.get("quantization") or {}).values() if q)] for p in r["rows"]]
         parts.append(_table(["precision", "image max abs", "image min cos", "text max abs", "text min cos",
-                             "runtime image min cos", "top-1 agreement"], rows))
+                             "runtime image min cos", "top-1 agreement", "image alone vs batch",
+                             "text alone vs batch", "int8 kind"], rows))
         m = r.get("fp32_top1_margin", {})
         flips = [f"{p['precision']}: {f['photo']} {f['fp32_label']} -> {f['label']} (fp32 margin {f['fp32_top1_margin']})"
                  for p in r["rows"] for f in p.get("top1_flips", [])]
@@ -113,13 +116,58 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         parts += ["", f"### Image graph variants (batch {r['batch']}, same process, round-robin)", ""]
         rows = [[v.get("graph"), json.dumps(v["session"]) if v.get("session") else "", v.get("images_per_s"),
                  v.get("best_images_per_s"), v.get("x_torch_fp32"), v.get("x_torch_fp32_best"), v.get("x_torch_bf16"),
-                 v.get("min_cosine", ""), v.get("top1_agreement", "")] for v in r["variants"]]
+                 v.get("min_cosine", ""), v.get("top1_agreement", ""), v.get("batch_max_abs_diff", "")]
+                for v in r["variants"]]
         parts.append(_table(["graph", "session", "img/s (median)", "img/s (best)", "x torch fp32 (median)",
-                             "x torch fp32 (best)", "x torch bf16 (median)", "min cos", "top-1 agr."], rows))
+                             "x torch fp32 (best)", "x torch bf16 (median)", "min cos", "top-1 agr.",
+                             "alone vs batch"], rows))
         ops = [f"{v['graph']}: " + ", ".join(f"{k} {n}" for k, n in v["ops"].items())
                for v in r["variants"] if v.get("ops") and not v.get("session")]
         parts.append("\nOps per graph: " + "; ".join(ops) + ".")
     return "\n".join(parts) + "\n"
+
+
+def _isa_line(machine: dict[str, Any]) -> str:
+    lv = machine.get("isa_levels") or {}
+    hidden = machine.get("onednn_max_cpu_isa")
+    if not lv:
+        return ", ".join(machine.get("isa", []))
+    return (f"onnxruntime int8 {lv.get('onnxruntime_int8')}, oneDNN (torch/OpenVINO) int8 {lv.get('onednn_int8')}, "
+            f"bf16 {lv.get('onednn_bf16')}" + (f" (ONEDNN_MAX_CPU_ISA={hidden})" if hidden else ""))
+
+
+def _best(row: dict[str, Any], group: str) -> Any:
+    """Best-sample rate of a result written before ``best_items_per_s`` existed."""
+    try:
+        return round(int(str(group).split()[0]) / row["best_s"], 1)
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _speed_tables(r: dict[str, Any], title: str, unit: str, prefix: str, groups: dict[str, dict],
+                  *ratios: tuple[str, str]) -> list[str]:
+    host = r.get("host", {})
+    hidden = host.get("onednn_max_cpu_isa")
+    head = f"### {title} ({unit}, best sample; median in brackets)" + (
+        f", ONEDNN_MAX_CPU_ISA={hidden}: AMX hidden from torch/OpenVINO, not from onnxruntime" if hidden else "")
+    out = ["", head, ""]
+    for group, rows in groups.items():
+        out += [f"{prefix}{group}:", ""]
+        table = []
+        for name, v in rows.items():
+            peak = v.get("peak") or {}
+            table.append([name, v.get("library", ""), v.get("precision", ""), v.get("unit") or "",
+                          f"{v.get('best_items_per_s', _best(v, group))} ({v.get('items_per_s')})",
+                          *[v.get(k) for k, _ in ratios], f"{peak['percent']}%" if peak else "",
+                          v.get("min_cosine", ""), v.get("batch_max_abs_diff", "")])
+        out += [_table(["candidate", "library", "precision", "ISA unit", unit, *[lbl for _, lbl in ratios],
+                        "% of peak", "min cos vs torch fp32", "alone vs batch"], table), ""]
+    derivations = sorted({(v["peak"]["unit"], v["peak"]["derivation"]) for rows in groups.values()
+                          for v in rows.values() if v.get("peak")})
+    if derivations:
+        out.append(f"Peaks ({host.get('clock_ghz')} GHz from {host.get('clock_source')}; turbo clocks run higher, so "
+                   "a figure can pass 100%): " + "; ".join(f"{u}: {d}" for u, d in derivations) + ".")
+    return out
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

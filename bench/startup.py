@@ -75,7 +75,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     repeats = 1 if ctx.quick else 3
     rows: dict[str, list[dict[str, Any]]] = {}
     folder: dict[str, dict[str, Any]] = {}
-    for label, bundle in (("int8", ctx.bundle), ("int8 tuned", ctx.tuned)):
+    for label, bundle in (("int8", ctx.bundle),):
         first, repeat = f"{label}: first run (empty CLIP_RT_HOME)", f"{label}: repeat run (warm store)"
         for _ in range(repeats):
             with tempfile.TemporaryDirectory(prefix="clip-rt-bench-home-") as home:
@@ -100,16 +100,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
     summary = {name: {k: med(rs, k) for k in ("process_wall_s", "in_process_s", "import_load_s", "maxrss_mb")}
                for name, rs in rows.items()}
-    first = summary["int8 tuned: first run (empty CLIP_RT_HOME)"]
+    first = summary["int8: first run (empty CLIP_RT_HOME)"]
     targets = [
-        target("cold start, one image, int8 tuned (fresh process, empty home)", first["process_wall_s"], 2.0,
+        target("cold start, one image, int8 (fresh process, empty home)", first["process_wall_s"], 2.0,
                higher_is_better=False, unit="s"),
-        target("peak RSS, int8 tuned, `clip-rt classify` of a folder, batch 8 (default)",
-               folder["int8 tuned, clip-rt classify, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
-        target("peak RSS, int8 tuned, API classify() of a folder, batch 8 (default)",
-               folder["int8 tuned, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
-        target("peak RSS, int8 tuned, API classify() of a folder, batch 32",
-               folder["int8 tuned, batch 32"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
+        target("peak RSS, int8, `clip-rt classify` of a folder, batch 8 (default)",
+               folder["int8, clip-rt classify, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
+        target("peak RSS, int8, API classify() of a folder, batch 8 (default)",
+               folder["int8, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
+        target("peak RSS, int8, API classify() of a folder, batch 32",
+               folder["int8, batch 32"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
     ]
     result = {**ctx.result_meta(), "runs": rows, "median": summary, "folder": folder, "targets": targets}
     write_result("startup", result, ctx.out_dir)

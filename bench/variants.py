@@ -25,15 +25,18 @@ GRAPH_VARIANTS: dict[str, Any] = {
     "int8-dynamic": {"kind": "int8-dynamic", "per_channel": True},
     "int8-dynamic-reduce-range": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": True},
     "int8-dynamic-fused": {"kind": "int8-dynamic-fused"},
-    "int8-static-minmax": {"kind": "int8-static", "calibration_method": "minmax"},
+    "int8-static-minmax": {"kind": "int8-static", "calibration_method": "minmax"},  # what the export ships
     "int8-static-minmax-tensor": {"kind": "int8-static", "calibration_method": "minmax", "per_channel": False},
     "int8-static-percentile": {"kind": "int8-static", "calibration_method": "percentile"},
+    "int8-static-entropy": {"kind": "int8-static", "calibration_method": "entropy"},
     "int8-static-fused": {"kind": "int8-static-fused", "calibration_method": "minmax"},
+    "fused-mha": {"kind": "fused-mha"},
+    "int8-static-fused-mha": {"kind": "int8-static-fused-mha", "calibration_method": "minmax"},
 }
-QUICK_VARIANTS = ("fp32", "int8-dynamic", "int8-static-minmax")
+QUICK_VARIANTS = ("fp32", "int8-dynamic", "int8-static-minmax", "int8-static-fused-mha")
 
 
-def build_variant(name: str, fp32: Path, out_dir: Path, calibration: np.ndarray, heads_width: tuple[int, int]) -> Path:
+def build_variant(name: str, fp32: Path, out_dir: Path, calibration: list, heads_width: tuple[int, int]) -> Path:
     from clip_rt_export.optimize import optimize_graph
 
     spec = GRAPH_VARIANTS[name]
@@ -53,15 +56,19 @@ def build_variant(name: str, fp32: Path, out_dir: Path, calibration: np.ndarray,
 def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     import torch
     from clip_rt.bundle.manifest import read_manifest
-    from clip_rt_export.sample_inputs import preprocessed_images
+    from clip_rt_export.calibration import image_calibration
 
     tm, ref, quick = ctx.torch_model, ctx.reference, ctx.quick
     rounds = 3 if quick else 6
     fp32 = ctx.bundle / read_manifest(ctx.bundle).graph("fp32", "image").file
     out_dir = ctx.work_dir / f"variants-{ctx.arch}-seed{ctx.seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    calibration = preprocessed_images(tm.model).numpy()
-    names = QUICK_VARIANTS if quick else tuple(GRAPH_VARIANTS)
+    # The export's own calibration set (real photos other than the benchmark's, crops, scenes).
+    calibration = image_calibration(tm.model).feeds
+    names = tuple(ctx.variants) if ctx.variants else (QUICK_VARIANTS if quick else tuple(GRAPH_VARIANTS))
+    unknown = sorted(set(names) - set(GRAPH_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(GRAPH_VARIANTS)}")
     x = ref.pixels[:batch] if len(ref.pixels) >= batch else np.resize(ref.pixels, (batch, *ref.pixels.shape[1:]))
 
     rows: dict[str, dict[str, Any]] = {}
@@ -70,12 +77,15 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         path = build_variant(name, fp32, out_dir, calibration, tm.vision_heads_width)
         sess = ort_session(path)
         emb = sess.run(None, {"pixel_values": ref.pixels})[0]
-        rows[name] = {"graph": name, "bytes": path.stat().st_size, "ops": _notable_ops(path), **ref.image_parity(emb)}
+        alone = np.concatenate([sess.run(None, {"pixel_values": x[i:i + 1]})[0] for i in range(len(x))])
+        batch_diff = float(f"{np.abs(sess.run(None, {'pixel_values': x})[0] - alone).max():.3g}")
+        rows[name] = {"graph": name, "bytes": path.stat().st_size, "ops": _notable_ops(path), **ref.image_parity(emb),
+                      "batch_max_abs_diff": batch_diff}
         candidates[name] = lambda s=sess: s.run(None, {"pixel_values": x})
     # Session settings on the recommended graph.
     rec = build_variant("int8-dynamic", fp32, out_dir, calibration, tm.vision_heads_width)
     settings = {"int8-dynamic/spin": dict(spinning=True), "int8-dynamic/1-thread": dict(threads=1)}
-    if not quick:
+    if not quick and not ctx.variants:
         for label, kw in settings.items():
             s = ort_session(rec, **kw)
             candidates[label] = lambda s=s: s.run(None, {"pixel_values": x})
@@ -100,14 +110,15 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         row["x_torch_fp32"] = ratio(row["images_per_s"], base["images_per_s"])
         row["x_torch_bf16"] = ratio(row["images_per_s"], bf16["images_per_s"])
         row["x_torch_fp32_best"] = ratio(row["best_images_per_s"], base["best_images_per_s"])
-    result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": "export/sample_inputs procedural scenes",
+    result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": "export/calibration.py image_calibration (the export's set; the photos here are held out)",
               "parity_inputs": f"{len(ref.pixels)} photos", "variants": list(rows.values())}
     write_result("variants", result, ctx.out_dir)
     return result
 
 
 _NOTABLE = ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Attention",
-            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf")
+            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf",
+            "Transpose", "Reshape")
 
 
 def _notable_ops(path: Path) -> dict[str, int]:

@@ -67,6 +67,17 @@ class ImageEmbedding:
 
 
 @dataclass
+class PreprocessedImage:
+    """One image ready for :meth:`ClipModel.encode_pixels`: ``pixels`` float32 ``(3, H, W)``, and
+    the image's size after EXIF orientation (before any resizing)."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class _Decoded:
     index: int
     source: Any
@@ -336,6 +347,16 @@ class ClipModel:
                 return session.run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
             return session.run({IMAGE_INPUT: pixel_values})[0]
         return session.run_binding({IMAGE_INPUT: pixel_values})[0]
+
+    def preprocess(self, source: Any) -> PreprocessedImage:
+        """Decode and preprocess one image exactly as :meth:`encode_image` does (this model's EXIF,
+        draft and strict settings, PIL's pixel limit). Raises ImageLoadError or InputError.
+        Thread-safe: for callers that decode on their own threads and batch the pixels through
+        :meth:`encode_pixels` themselves (``clip-rt serve``)."""
+        decoded = self._decode(0, source)
+        if decoded.error is not None:
+            raise decoded.error
+        return PreprocessedImage(decoded.pixels, decoded.width, decoded.height, decoded.notes)  # type: ignore[arg-type]
 
     def iter_images(self, sources: Iterable[Any], batch_size: int = DEFAULT_IMAGE_BATCH, *,
                     workers: Optional[int] = None) -> Iterator[ImageEmbedding]:

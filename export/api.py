@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import platform
 from datetime import datetime, timezone
@@ -11,7 +12,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from clip_rt.bundle.catalogue import store_name
 from clip_rt.errors import ExportError, InputError
-from clip_rt.bundle.manifest import PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, TextConfig
+from clip_rt.bundle.manifest import (PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, Quantization,
+                                    TextConfig)
 from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
@@ -46,6 +48,8 @@ def export_bundle(
     seed: Optional[int] = None,
     force: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    calibration_method: Optional[str] = None,
+    int8_min_cosine: Optional[float] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -53,18 +57,37 @@ def export_bundle(
     *model_config*, the name to give that open_clip config JSON. *pretrained*: an open_clip tag,
     a checkpoint file, ``"none"`` for random weights, or None for the default (``openai`` where
     open_clip has it; random for *model_config*). *output*: default the store,
-    ``models_dir()/<arch>-<tag>``. Raises InputError for bad arguments, ExportError (ParityError)
+    ``models_dir()/<arch>-<tag>``. *calibration_method*: the int8 activation calibration
+    (``minmax``, ``percentile``, ``entropy``; default the measured best, ``RECOMMENDED_INT8``).
+    *int8_min_cosine*: replaces the int8 gate's min cosine (default 0.999) for models whose int8
+    rounding is known to be coarser (small widths); recorded in the manifest's parity tolerance.
+    Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
     """
     say = log or (lambda _msg: None)
     wanted = normalize_precisions(precisions)
+    if calibration_method is not None:
+        from .optimize import CALIBRATION_METHODS
+
+        if calibration_method not in CALIBRATION_METHODS:
+            raise InputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                             f"got {calibration_method!r}")
+        if "int8" not in wanted:
+            raise InputError("a calibration method only applies to int8: add --precision int8")
+    if int8_min_cosine is not None:
+        if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) \
+                or not 0.0 < float(int8_min_cosine) <= 1.0:
+            raise InputError(f"the int8 min cosine must be a number in (0, 1], got {int8_min_cosine!r}")
+        if "int8" not in wanted:
+            raise InputError("an int8 min cosine only applies to int8: add --precision int8")
     arch, source = resolve(model, pretrained, model_config)
     target = Path(output).expanduser() if output is not None else default_output(arch, source)
     check_target(target.absolute(), force)  # before minutes of work, not after
     with interrupt_handlers(), StagingDir(target, force) as stage:
         loaded = load_model(arch, source, seed=seed, log=say)
-        manifest = _build(loaded, wanted, stage.path, say)
+        overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
+        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides)
         manifest.name = target.name
         manifest.files = stage.file_entries()
         path = stage.commit(manifest)
@@ -72,8 +95,9 @@ def export_bundle(
     return path
 
 
-def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None]) -> Manifest:
-    from . import convert, graphs, validate
+def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None],
+           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None) -> Manifest:
+    from . import calibration, convert, graphs, validate
 
     model = loaded.model
     cfg = model.visual.preprocess_cfg
@@ -83,8 +107,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     dynamic = graphs.supports_dynamic_sequence(model)
     notes = list(loaded.notes)
     notes.append(
-        f"parity inputs: {len(refs.pixel_values)} procedurally generated scenes, "
-        f"{len(refs.input_ids)} prompts" + (f" (also trimmed to {refs.longest_prompt} tokens)" if dynamic else "")
+        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} tokens" if dynamic else "")
     )
 
     fp32 = {"image": work / "image_fp32.onnx", "text": work / "text_fp32.onnx"}
@@ -96,25 +119,38 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
 
     graph_entries: dict[str, dict[str, GraphEntry]] = {}
     parity: dict[str, dict[str, ParityFigure]] = {}
+    quantization: dict[str, dict[str, Quantization]] = {}
+    calibrations = {}
+    if "int8" in precisions:
+        calibrations = {"image": calibration.image_calibration(model),
+                        "text": calibration.text_calibration(loaded.tokenizer, dynamic)}
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
         graph_entries[precision], parity[precision] = {}, {}
         for encoder, src in fp32.items():
             path = work / f"{encoder}_{precision}.onnx"
             big = bool(external[encoder])
             if precision == "int8":
-                convert.to_int8(src, path, encoder, external_data=big)
+                cal = calibrations[encoder]
+                say(f"quantising the {encoder} graph to int8 (static; calibrating on {len(cal.feeds)} {cal.source.split(':')[0]})")
+                record = convert.to_int8(src, path, encoder, cal, external_data=big,
+                                         calibration_method=calibration_method)
             elif precision == "fp16":
                 convert.to_fp16(src, path, external_data=big)
-            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text")
+            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
+                                          (overrides or {}).get(precision))
             say(
                 f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
-                f"min cosine {figure.min_cosine:.6f} ({figure.samples} samples)"
+                f"min cosine {figure.min_cosine:.6f}, top-1 agreement {figure.top1_agreement:.3f}, "
+                f"alone vs batch {figure.batch_max_abs_diff:.1e} ({figure.samples} samples)"
             )
+            if precision == "int8":
+                # The gate passed, so the batch figure is within validate.TOLERANCES["int8"].
+                quantization.setdefault(precision, {})[encoder] = dataclasses.replace(record, batch_independent=True)
             companions = tuple(sorted(p.name for p in work.iterdir() if p.name.startswith(path.name + ".")))
             graph_entries[precision][encoder] = GraphEntry(file=path.name, external_data=companions)
             parity[precision][encoder] = figure
     if "int8" in precisions:
-        notes.append(convert.int8_note())
+        notes.append(convert.int8_note(calibration_method))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
     if "fp32" not in precisions:  # fp32 was only the source of the others
@@ -156,6 +192,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         versions=_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
+        quantization=quantization,
     )
 
 

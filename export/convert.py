@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from clip_rt.errors import ExportError
+from clip_rt.bundle.manifest import Calibration, Quantization
+from clip_rt.errors import InputError
 
 
-def int8_note() -> str:
+def int8_note(calibration_method: Optional[str] = None) -> str:
     from .optimize import RECOMMENDED_INT8
 
     parts = [
         f"{encoder} {cfg['kind']} (per_channel={cfg.get('per_channel')}, reduce_range={cfg.get('reduce_range')}, "
-        f"ops={'/'.join(cfg.get('op_types', ()))})"
+        f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))})"
         for encoder, cfg in RECOMMENDED_INT8.items()
     ]
-    return "int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_dynamic, QInt8 weights): " + "; ".join(parts)
+    return ("int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_static QDQ, uint8 activations with "
+            "calibrated scales, int8 weights; the token-embedding Gather weight-only): " + "; ".join(parts)
+            + "; calibration inputs and batch independence in `quantization`")
 
 
 # ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
@@ -27,15 +30,33 @@ FP16_NOTE = (
 )
 
 
-def to_int8(src: Path, dst: Path, encoder: str, external_data: bool = False) -> None:
-    """The int8 variant the benchmarks recommend for *encoder* (clip_rt_export.optimize.RECOMMENDED_INT8)."""
-    from .optimize import RECOMMENDED_INT8, optimize_graph
+def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data: bool = False,
+            calibration_method: Optional[str] = None) -> Quantization:
+    """The int8 variant the benchmarks recommend for *encoder* (clip_rt_export.optimize.RECOMMENDED_INT8),
+    calibrated on *calibration* (a calibration.CalibrationData); returns its manifest record
+    (``batch_independent`` is set by the caller once the gate has measured it)."""
+    from .optimize import CALIBRATION_METHODS, RECOMMENDED_INT8, optimize_graph
 
     settings = dict(RECOMMENDED_INT8[encoder])
     kind = settings.pop("kind")
-    if kind.startswith("int8-static"):
-        raise ExportError(f"int8 variant {kind!r} needs calibration data, which the export does not have")
-    optimize_graph(src, dst, kind=kind, external_data=external_data, **settings)
+    static = kind.startswith("int8-static")
+    if calibration_method is not None:
+        if calibration_method not in CALIBRATION_METHODS:
+            raise InputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                             f"got {calibration_method!r}")
+        settings["calibration_method"] = calibration_method
+    optimize_graph(src, dst, kind=kind, external_data=external_data,
+                   calibration_inputs=calibration.feeds if static else None, **settings)
+    return Quantization(
+        kind="static" if static else "dynamic",
+        per_channel=bool(settings.get("per_channel", True)),
+        weights="int8",
+        activations="uint8",
+        ops=tuple(settings.get("op_types", ())),
+        calibration=Calibration(method=str(settings["calibration_method"]), source=calibration.source,
+                                inputs=tuple(calibration.names), samples=len(calibration.feeds)) if static else None,
+        batch_independent=False,
+    )
 
 
 def to_fp16(src: Path, dst: Path, external_data: bool = False) -> None:

@@ -78,10 +78,14 @@ def fuse_for_gpu(
 _QKV_PATH_OPS = ("Mul", "Reshape", "Transpose", "Gather", "Squeeze", "Unsqueeze")
 
 
-def fuse_open_clip_attention(model: Any, num_heads: int) -> int:
+def fuse_open_clip_attention(model: Any, num_heads: int, op: str = "Attention") -> int:
     """Replace each open_clip (nn.MultiheadAttention) self-attention block of *model*, an
     onnxruntime.transformers ``OnnxModel``, by one ``com.microsoft.Attention`` node (fused QKV
     projection, flash/memory-efficient attention on CUDA) and the output projection as MatMul.
+
+    ``op="MultiHeadAttention"`` (the CPU int8 path) keeps the QKV projection a plain MatMul, so
+    it can still be quantised, and fuses only what follows: split, heads, scaled q @ k^T,
+    softmax, @ v, merge (``com.microsoft.MultiHeadAttention`` with the QKV bias).
 
     onnxruntime's own CLIP/ViT attention fusions expect the Hugging Face graph and match
     nothing in the open_clip export. A block is replaced only when its whole pattern matches,
@@ -99,12 +103,19 @@ def fuse_open_clip_attention(model: Any, num_heads: int) -> int:
         attn_out, proj_out, y = f"{name}_out", f"{name}_proj", last.output[0]
         w_out = numpy_helper.to_array(model.get_initializer(out_proj)).T.copy()
         model.add_initializer(numpy_helper.from_array(w_out, f"{name}_out_proj_weight_t"))
-        nodes = [
-            helper.make_node("Attention", [x, w_qkv, b_qkv], [attn_out], name=name, domain="com.microsoft",
-                             num_heads=num_heads, scale=scale),
-            helper.make_node("MatMul", [attn_out, f"{name}_out_proj_weight_t"], [proj_out if out_bias else y],
-                             name=f"{name}_out_proj"),
-        ]
+        if op == "MultiHeadAttention":
+            qkv, q, k, v = (f"{name}_{t}" for t in ("qkv", "q", "k", "v"))
+            nodes = [
+                helper.make_node("MatMul", [x, w_qkv], [qkv], name=f"{name}_qkv_proj"),
+                helper.make_node("Split", [qkv], [q, k, v], name=f"{name}_split", axis=-1, num_outputs=3),
+                helper.make_node("MultiHeadAttention", [q, k, v, b_qkv], [attn_out], name=name,
+                                 domain="com.microsoft", num_heads=num_heads, scale=scale),
+            ]
+        else:
+            nodes = [helper.make_node("Attention", [x, w_qkv, b_qkv], [attn_out], name=name, domain="com.microsoft",
+                                      num_heads=num_heads, scale=scale)]
+        nodes.append(helper.make_node("MatMul", [attn_out, f"{name}_out_proj_weight_t"], [proj_out if out_bias else y],
+                                      name=f"{name}_out_proj"))
         if out_bias:
             nodes.append(helper.make_node("Add", [proj_out, out_bias], [y], name=f"{name}_out_bias"))
         model.remove_node(last)

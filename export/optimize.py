@@ -3,7 +3,7 @@
 ``optimize_graph(onnx_path, out_path, kind, ...)`` turns a clip-rt fp32 graph (image or text,
 contract in ARCHITECTURE.md) into one of ``KINDS``. The variants and their measured speed and
 parity on this project's reference CPU are in ``docs/bench.md`` (``python -m bench``); the
-export stage calls ``optimize_graph(src, dst, **RECOMMENDED_INT8[encoder])`` for ``int8``.
+export stage calls ``optimize_graph(src, dst, calibration_inputs=..., **RECOMMENDED_INT8[encoder])`` for ``int8``.
 
 Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
 """
@@ -27,6 +27,8 @@ KINDS: tuple[str, ...] = (
     "int8-dynamic-fused",  # fusions first, then quantize_dynamic
     "int8-static",  # quantize_static QDQ, activations calibrated on calibration_inputs
     "int8-static-fused",
+    "fused-mha",  # fp32: the fusions plus open_clip attention as com.microsoft.MultiHeadAttention
+    "int8-static-fused-mha",  # ... then quantize_static (the QKV/out projections stay quantisable MatMuls)
 )
 # Quantising MatMul/Gemm captures nearly all of a ViT's/text tower's FLOPs; the patch-embedding
 # Conv is one small op whose integer kernel (ConvInteger) is slower than fp32 on CPU.
@@ -36,13 +38,20 @@ _QUANT_OPS = ("MatMul", "Gemm")
 # session's peak RSS by ~110 MB at unchanged parity (docs/bench.md).
 TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
 
-# What the export stage should write for the bundle's ``int8`` precision, per encoder:
-# ``optimize_graph(fp32_path, int8_path, **RECOMMENDED_INT8[encoder])`` (see docs/bench.md).
+# What the export stage writes for the bundle's ``int8`` precision, per encoder:
+# ``optimize_graph(fp32_path, int8_path, calibration_inputs=..., **RECOMMENDED_INT8[encoder])``
+# (measurements in docs/bench.md and docs/export.md). Static: calibrated activation scales, so
+# an input's embedding does not depend on the rest of its batch.
 RECOMMENDED_INT8: dict[str, dict] = {
-    "image": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": _QUANT_OPS},
-    "text": {"kind": "int8-dynamic", "per_channel": True, "reduce_range": False, "op_types": TEXT_QUANT_OPS},
+    "image": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+              "op_types": _QUANT_OPS},
+    "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+             "op_types": TEXT_QUANT_OPS},
 }
-_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# Ops quantised with a fixed scale per weight tensor and no activation scale at all (the
+# token-embedding Gather): weight-only, so static and dynamic graphs treat them alike.
+_WEIGHT_ONLY_OPS = ("Gather",)
 
 
 def optimize_graph(
@@ -74,9 +83,9 @@ def optimize_graph(
         raise InputError(f"unknown graph variant {kind!r}; expected one of: {', '.join(KINDS)}")
     if not src.is_file():
         raise InputError(f"no ONNX graph at {src}")
-    if calibration_method not in _CALIBRATION_METHODS:
+    if calibration_method not in CALIBRATION_METHODS:
         raise InputError(
-            f"calibration_method must be one of {', '.join(_CALIBRATION_METHODS)}, got {calibration_method!r}"
+            f"calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration_method!r}"
         )
     static = kind.startswith("int8-static")
     if static and calibration_inputs is None:
@@ -89,14 +98,23 @@ def optimize_graph(
     try:
         with tempfile.TemporaryDirectory(prefix="clip-rt-opt-", dir=dst.parent) as tmp:
             stage = src
-            if kind == "fused" or kind.endswith("-fused"):
-                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data)
-                if kind == "fused":
+            if kind in ("fused", "fused-mha") or kind.endswith(("-fused", "-fused-mha")):
+                mha = kind.endswith("mha")
+                if mha and num_heads <= 0:
+                    raise InputError(f"graph variant {kind!r} needs num_heads (the tower's attention heads)")
+                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data,
+                              mha_heads=num_heads if mha else 0)
+                if kind in ("fused", "fused-mha"):
                     os.replace(stage, dst)
                     return dst
             if static:
-                _quantize_static(stage, dst, calibration_inputs, per_channel, reduce_range, calibration_method,
-                                 op_types, external_data)
+                activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
+                weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
+                static_dst = Path(tmp) / "static.onnx" if weight_only else dst
+                _quantize_static(stage, static_dst, calibration_inputs, per_channel, reduce_range, calibration_method,
+                                 activation_ops, external_data)
+                if weight_only:
+                    quantize_gather_rows(static_dst, dst, external_data)
             else:
                 _quantize_dynamic(stage, dst, per_channel, reduce_range, op_types, external_data)
     finally:
@@ -104,15 +122,71 @@ def optimize_graph(
     return dst
 
 
-def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool) -> Path:
+def quantize_gather_rows(src: Path, dst: Path, external_data: bool = False) -> int:
+    """Store each Gather's float embedding table (a 2-D initializer gathered on axis 0) as int8
+    with one symmetric scale per row: ``Gather(table, ids)`` becomes
+    ``Cast(Gather(table_int8, ids)) * Gather(row_scales, ids)``. Weight-only, so every row is
+    decoded the same whatever else is in the batch. Per-row scales halve the rounding error of
+    onnxruntime's per-tensor Gather quantisation (0.9986 vs 0.9977 min text cosine on the
+    small test model). Returns the number of tables quantised."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    tables = {i.name: i for i in graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2}
+    nodes, done = [], 0
+    replaced: set[str] = set()
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if node.op_type != "Gather" or node.input[0] not in tables or axis != 0:
+            nodes.append(node)
+            continue
+        name = node.input[0]
+        if name not in replaced:
+            table = numpy_helper.to_array(tables[name]).astype(np.float32)
+            scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8_rows"),
+                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_row_scale")])
+            replaced.add(name)
+        out, tag = node.output[0], node.name or f"gather_{done}"
+        nodes += [
+            helper.make_node("Gather", [f"{name}_int8_rows", node.input[1]], [f"{tag}_q"], name=f"{tag}_q", axis=0),
+            helper.make_node("Gather", [f"{name}_row_scale", node.input[1]], [f"{tag}_s"], name=f"{tag}_s", axis=0),
+            helper.make_node("Cast", [f"{tag}_q"], [f"{tag}_f"], name=f"{tag}_f", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{tag}_f", f"{tag}_s"], [out], name=f"{tag}_dq"),
+        ]
+        done += 1
+    still_used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if external_data:
+        onnx.save_model(model, str(dst), save_as_external_data=True, location=Path(dst).name + ".data")
+    else:
+        onnx.save_model(model, str(dst))
+    return done
+
+
+def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data: bool, mha_heads: int = 0) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from .gpu_optimize import _reduce_l2_shape_inference, fuse_open_clip_attention
 
     # opt_level=0: only the transformer-pattern fusions; onnxruntime's own graph optimiser runs
     # at session creation anyway, and baking its CPU-specific rewrites into the file would tie
     # the graph to one execution provider.
-    model = optimize_model(
-        str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
-    )
+    with _reduce_l2_shape_inference():
+        model = optimize_model(
+            str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+        )
+    if mha_heads:
+        # onnxruntime's own attention fusions never match the open_clip export (docs/bench.md).
+        fuse_open_clip_attention(model, mha_heads, op="MultiHeadAttention")
     model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return dst
 
@@ -134,15 +208,29 @@ def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: boo
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over an array (one sample per call) or feed dicts."""
+    """onnxruntime CalibrationDataReader over an array (one sample per call) or feed dicts,
+    readable in chunks of ``stride`` samples (``set_range``)."""
+
+    MAX_STRIDE = 8
 
     def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]):
         if isinstance(data, np.ndarray):
             if data.ndim < 1 or len(data) == 0:
                 raise InputError(f"calibration_inputs must be a non-empty batch, got shape {data.shape}")
-            self._it = iter({input_name: data[i : i + 1]} for i in range(len(data)))
+            self._feeds = [{input_name: data[i : i + 1]} for i in range(len(data))]
         else:
-            self._it = iter(data)
+            self._feeds = list(data)
+            if not self._feeds:
+                raise InputError("calibration_inputs must hold at least one feed dict")
+        # onnxruntime wants the chunk size to divide the sample count.
+        self.stride = max(d for d in range(1, self.MAX_STRIDE + 1) if len(self._feeds) % d == 0)
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._feeds[start_index:end_index])
 
     def get_next(self) -> Optional[dict[str, np.ndarray]]:
         return next(self._it, None)
@@ -169,11 +257,12 @@ def _quantize_static(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }
+    reader = _Reader(graph_inputs[0].name, data)
     try:
         quantize_static(
             str(src),
             str(dst),
-            _Reader(graph_inputs[0].name, data),
+            reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             per_channel=per_channel,
@@ -183,7 +272,18 @@ def _quantize_static(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             use_external_data_format=external_data,
-            extra_options={"MatMulConstBOnly": True},
+            extra_options={
+                "MatMulConstBOnly": True,
+                # The MatMul/Gemm outputs stay float: onnxruntime then runs each as one
+                # u8 x s8 kernel with a float result (MatMulIntegerToFloat, QGemm) instead of
+                # re-quantising it, which is both faster and more exact (docs/export.md).
+                "OpTypesToExcludeOutputQuantization": list(op_types),
+                # Calibrate a few samples at a time (ranges/histograms are merged between
+                # chunks): the histogram methods keep every activation tensor of a chunk,
+                # ~100 MB per ViT-B/32 image. (CalibMaxIntermediateOutputs drops the data of
+                # full chunks in onnxruntime 1.32's MinMax calibrator: not used.)
+                "CalibStridedMinMax": reader.stride,
+            },
         )
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"static int8 quantisation of {src} failed: {exc}") from exc

@@ -80,13 +80,12 @@ def sample_images() -> list[Image.Image]:
     return [scene(i, size) for i, size in enumerate(_SIZES)]
 
 
-def preprocessed_images(model: Any) -> Any:
-    """The scenes through open_clip's own eval transform for *model*: a float32 (N, 3, H, W) tensor."""
+def transform_for(model: Any) -> Any:
+    """open_clip's own eval transform for *model* (PIL image -> float32 (3, H, W) tensor)."""
     import open_clip
-    import torch
 
     cfg = model.visual.preprocess_cfg
-    transform = open_clip.image_transform(
+    return open_clip.image_transform(
         cfg["size"],
         is_train=False,
         mean=cfg["mean"],
@@ -95,6 +94,13 @@ def preprocessed_images(model: Any) -> Any:
         interpolation=cfg["interpolation"],
         fill_color=cfg["fill_color"],
     )
+
+
+def preprocessed_images(model: Any) -> Any:
+    """The scenes through open_clip's own eval transform for *model*: a float32 (N, 3, H, W) tensor."""
+    import torch
+
+    transform = transform_for(model)
     return torch.stack([transform(img) for img in sample_images()]).float()
 
 

@@ -1,9 +1,9 @@
 """The parity check: every exported graph against the torch model, before a bundle is accepted."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -13,42 +13,83 @@ from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 # Per precision: the figures a graph must meet (documented in models/README.md).
 # fp32 must reproduce torch to float rounding; fp16/int8 change the numbers, so what is held
 # is the direction of the embedding (cosine), which is all CLIP similarity uses.
+# int8 graphs (static, calibrated) must also be batch-independent: an input encoded alone and
+# within a batch may differ by float rounding only.
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_diff": 1e-4},
     "fp16": {"min_cosine": 0.999},
-    "int8": {"min_cosine": 0.99},
+    "int8": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5},
 }
+# Per (precision, encoder) refinements of TOLERANCES. Text int8: every prompt is one of a few
+# hundred class prompts whose ensemble is averaged, and the measured static (and dynamic) int8
+# text towers of ViT-B-32 land at 0.998-0.999 (docs/export.md); the image bound is issue 10's.
+ENCODER_TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
+    ("int8", "text"): {"min_cosine": 0.998},
+}
+BATCH_ROWS = 8  # inputs encoded alone and together for the batch-independence figure
+
+
+def tolerance_for(precision: str, encoder: str) -> dict[str, float]:
+    return dict(TOLERANCES[precision], **ENCODER_TOLERANCES.get((precision, encoder), {}))
 
 
 @dataclass
 class References:
-    """Fixed inputs and the torch model's L2-normalised outputs for them."""
+    """Fixed inputs and the torch model's L2-normalised outputs for them.
+
+    Images: the generated scenes, then the held-out photos (calibration.held_out_photos) where
+    scikit-image is installed. Prompts: sample_inputs.PROMPTS, then one prompt per zero-shot
+    label (calibration.HELD_OUT_LABELS), whose embeddings are the classes of the top-1 check.
+    Nothing here is used for calibration.
+    """
 
     pixel_values: np.ndarray  # float32 (N, 3, H, W)
     image_embeds: np.ndarray  # float32 (N, D)
     input_ids: np.ndarray  # int64 (M, context_length)
     text_embeds: np.ndarray  # float32 (M, D)
     longest_prompt: int  # tokens in the longest prompt, SOT and EOT included
+    image_names: list[str] = field(default_factory=list)
+    labels: int = 0  # the last *labels* prompts are the zero-shot classes
+
+    @property
+    def photos(self) -> int:
+        return sum(not n.startswith("scene") for n in self.image_names)
+
+    @property
+    def class_embeds(self) -> np.ndarray:
+        return self.text_embeds[len(self.text_embeds) - self.labels:]
+
+    def describe(self) -> str:
+        return (f"{len(self.pixel_values)} images ({len(self.pixel_values) - self.photos} generated scenes, "
+                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot labels)")
 
 
 def torch_references(model: Any, tokenizer: Any) -> References:
     import torch
     import torch.nn.functional as F
 
-    from .sample_inputs import preprocessed_images, tokenized_prompts
+    from .calibration import held_out_photos, label_prompts
+    from .sample_inputs import PROMPTS, preprocessed_images, sample_images, transform_for
 
-    pixels = preprocessed_images(model)
-    ids = tokenized_prompts(tokenizer)
+    scenes = preprocessed_images(model)
+    held = held_out_photos()
+    transform = transform_for(model)
+    pixels = torch.cat([scenes, *([torch.stack([transform(i) for i in held.images])] if held.images else [])])
+    names = [f"scene {i}" for i in range(len(sample_images()))] + held.names
+    labels = label_prompts()
+    ids = tokenizer(list(PROMPTS) + labels)
     with torch.no_grad():
         image = F.normalize(model.encode_image(pixels), dim=-1)
         text = F.normalize(model.encode_text(ids), dim=-1)
-    longest = int((ids != 0).sum(dim=1).max().item())
+    longest = int(_lengths(ids.numpy()).max())
     return References(
         pixel_values=pixels.numpy().astype(np.float32),
         image_embeds=image.numpy().astype(np.float32),
         input_ids=ids.numpy().astype(np.int64),
         text_embeds=text.numpy().astype(np.float32),
         longest_prompt=longest,
+        image_names=names,
+        labels=len(labels),
     )
 
 
@@ -76,36 +117,82 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
     return diff, cosine
 
 
-def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) -> tuple[float, float, int]:
-    """Run the graph on the fixed inputs: (max abs diff, min cosine, rows compared)."""
+def _top1(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    return np.argmax(_unit(image) @ _unit(classes).T, axis=-1)
+
+
+def _lengths(ids: np.ndarray) -> np.ndarray:
+    # Up to the EOT token, the largest id in CLIP BPE (id 0 is "!" as well as the padding).
+    return ids.argmax(axis=1) + 1
+
+
+@dataclass
+class Measured:
+    max_abs_diff: float
+    min_cosine: float
+    rows: int
+    top1_agreement: float
+    batch_max_abs_diff: float
+
+
+def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) -> Measured:
+    """Run the graph on the fixed inputs: agreement with torch, zero-shot top-1 agreement and
+    batch independence."""
     session = _session(path)
     if encoder == "image":
         got = session.run(None, {IMAGE_INPUT: refs.pixel_values})[0]
         diff, cosine = compare(got, refs.image_embeds)
-        return diff, cosine, len(got)
-    got = session.run(None, {TEXT_INPUT: refs.input_ids})[0]
+        top1 = _top1(got, refs.class_embeds) == _top1(refs.image_embeds, refs.class_embeds)
+        rows = np.linspace(0, len(got) - 1, min(BATCH_ROWS, len(got))).round().astype(int)
+        batch = refs.pixel_values[rows]
+        together = session.run(None, {IMAGE_INPUT: batch})[0]
+        alone = np.concatenate([session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))])
+        return Measured(diff, cosine, len(got), float(top1.mean()), float(np.max(np.abs(together - alone))))
+    ids = refs.input_ids
+    got = session.run(None, {TEXT_INPUT: ids})[0]
     diff, cosine = compare(got, refs.text_embeds)
-    rows = len(got)
+    outputs = [got]
     if dynamic_sequence:
         # The runtime trims padding after the longest prompt: that input must give the same answer.
-        trimmed = session.run(None, {TEXT_INPUT: refs.input_ids[:, : refs.longest_prompt]})[0]
+        trimmed = session.run(None, {TEXT_INPUT: ids[:, : refs.longest_prompt]})[0]
         diff2, cosine2 = compare(trimmed, refs.text_embeds)
-        diff, cosine, rows = max(diff, diff2), min(cosine, cosine2), rows + len(trimmed)
-    return diff, cosine, rows
+        diff, cosine = max(diff, diff2), min(cosine, cosine2)
+        outputs.append(trimmed)
+    want = _top1(refs.image_embeds, refs.class_embeds)
+    top1 = min(float(np.mean(_top1(refs.image_embeds, out[len(out) - refs.labels:]) == want)) for out in outputs)
+    # A prompt alone (trimmed to its own length, as the runtime does) vs among prompts of other lengths.
+    rows = np.linspace(0, len(ids) - 1, min(BATCH_ROWS, len(ids))).round().astype(int)
+    batch = ids[rows]
+    lengths = _lengths(batch)
+    if dynamic_sequence:
+        together = session.run(None, {TEXT_INPUT: batch[:, : int(lengths.max())]})[0]
+        alone = [session.run(None, {TEXT_INPUT: batch[i:i + 1, : max(2, int(n))]})[0] for i, n in enumerate(lengths)]
+    else:
+        together = session.run(None, {TEXT_INPUT: batch})[0]
+        alone = [session.run(None, {TEXT_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))]
+    batch_diff = float(np.max(np.abs(together - np.concatenate(alone))))
+    return Measured(diff, cosine, sum(len(o) for o in outputs), top1, batch_diff)
 
 
-def check_graph(precision: str, encoder: str, path: Path, refs: References, dynamic_sequence: bool) -> ParityFigure:
-    """The graph's ParityFigure; raises ParityError when it misses its precision's tolerance."""
-    tolerance = dict(TOLERANCES[precision])
-    diff, cosine, rows = measure(encoder, path, refs, dynamic_sequence)
+def check_graph(precision: str, encoder: str, path: Path, refs: References, dynamic_sequence: bool,
+                overrides: Optional[dict[str, float]] = None) -> ParityFigure:
+    """The graph's ParityFigure; raises ParityError when it misses its precision's tolerance
+    (TOLERANCES, with *overrides* on top: an explicit, recorded choice of the exporter)."""
+    tolerance = dict(tolerance_for(precision, encoder), **(overrides or {}))
+    m = measure(encoder, path, refs, dynamic_sequence)
     failures = []
-    if "max_abs_diff" in tolerance and not diff <= tolerance["max_abs_diff"]:
-        failures.append(f"max abs diff {diff:.3g} > tolerance {tolerance['max_abs_diff']:g}")
-    if "min_cosine" in tolerance and not cosine >= tolerance["min_cosine"]:
-        failures.append(f"min cosine {cosine:.6f} < tolerance {tolerance['min_cosine']:g}")
+    if "max_abs_diff" in tolerance and not m.max_abs_diff <= tolerance["max_abs_diff"]:
+        failures.append(f"max abs diff {m.max_abs_diff:.3g} > tolerance {tolerance['max_abs_diff']:g}")
+    if "min_cosine" in tolerance and not m.min_cosine >= tolerance["min_cosine"]:
+        failures.append(f"min cosine {m.min_cosine:.6f} < tolerance {tolerance['min_cosine']:g}")
+    if "batch_max_abs_diff" in tolerance and not m.batch_max_abs_diff <= tolerance["batch_max_abs_diff"]:
+        failures.append(f"not batch-independent: alone vs in a batch of {BATCH_ROWS} differ by "
+                        f"{m.batch_max_abs_diff:.3g} > tolerance {tolerance['batch_max_abs_diff']:g}")
     if failures:
         raise ParityError(
-            f"{precision} {encoder} graph disagrees with torch on the fixed parity inputs "
-            f"({rows} samples): {'; '.join(failures)}. Nothing was written."
+            f"{precision} {encoder} graph disagrees with torch on the held-out parity inputs "
+            f"({m.rows} samples): {'; '.join(failures)}. Nothing was written."
         )
-    return ParityFigure(max_abs_diff=diff, min_cosine=cosine, samples=rows, tolerance=tolerance, passed=True)
+    return ParityFigure(max_abs_diff=m.max_abs_diff, min_cosine=m.min_cosine, samples=m.rows, tolerance=tolerance,
+                        passed=True, top1_agreement=round(m.top1_agreement, 4),
+                        batch_max_abs_diff=m.batch_max_abs_diff)

@@ -34,6 +34,10 @@ def test_info_prints_the_manifest_figures(tiny_bundle_dir: Path) -> None:
             row = next(line for line in out.splitlines() if line.startswith(f"{precision:<9}  {encoder:<7}"))
             assert f"{fig.max_abs_diff:.2e}" in row and f"{fig.min_cosine:.6f}" in row and row.endswith("yes")
     assert "- int8:" in out
+    for encoder in ("image", "text"):
+        line = next(line for line in out.splitlines() if line.startswith(f"int8 {encoder}: "))
+        assert "static int8" in line and "batch-independent: yes" in line and "calibrated (minmax)" in line
+        assert "top-1 agreement" in line
 
 
 def test_info_json_round_trips(tiny_bundle_dir: Path) -> None:
@@ -97,10 +101,13 @@ def test_models_available_lists_aliases_and_architectures() -> None:
         (["export", "convnext_base_w"], "laion2b_s13b_b82k"),
         (["export", "ViT-B-32", "--pretrained", "no-such-tag"], "neither a tag"),
         (["export", "tiny-x", "--model-config", "does-not-exist.json"], "no such file"),
+        (["export", "ViT-B-32", "--precision", "int8", "--calibration-method", "median"], "median"),
+        (["export", "ViT-B-32", "--precision", "int8", "--int8-min-cosine", "1.5"], "1.5"),
+        (["export", "ViT-B-32", "--pretrained", "none", "--calibration-method", "minmax"], "only applies to int8"),
     ],
 )
 def test_export_usage_errors_exit_2(args: list[str], needle: str) -> None:
-    if "--precision" not in args:  # the precision is checked by click; the rest needs open_clip
+    if "--precision" not in args or "--pretrained" in args:  # click checks options; the rest needs open_clip
         pytest.importorskip("open_clip")
     result = run(*args)
     assert result.exit_code == 2, result.output

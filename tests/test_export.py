@@ -82,9 +82,13 @@ def test_parity_figures_are_recorded_within_tolerance(tiny_bundle_dir: Path) -> 
         for encoder in ("image", "text"):
             fig = m.parity[precision][encoder]
             assert fig.passed
-            assert fig.tolerance == validate.TOLERANCES[precision]
-            assert fig.samples == (8 if encoder == "image" else 20)  # text: full and trimmed
-            assert fig.min_cosine >= validate.TOLERANCES[precision].get("min_cosine", 0.0)
+            # the tiny model's int8 cosine bound is relaxed by the fixture (conftest.tiny_bundle_dir)
+            want = dict(validate.tolerance_for(precision, encoder), **({"min_cosine": 0.995} if precision == "int8" else {}))
+            assert fig.tolerance == want
+            # images: 8 scenes + 12 held-out photos + a crop of each; text: 10 prompts + 20 labels, full and trimmed
+            assert fig.samples == (32 if encoder == "image" else 60)
+            assert fig.top1_agreement is not None and fig.batch_max_abs_diff is not None
+            assert fig.min_cosine >= want.get("min_cosine", 0.0)
     assert m.parity["fp32"]["image"].max_abs_diff <= 1e-4
     assert m.parity["fp32"]["text"].max_abs_diff <= 1e-4
     # quantisation really happened: int8 is not a copy of fp32
@@ -113,7 +117,8 @@ def test_checkpoint_export_equals_torch(tiny_bundle_dir: Path, tiny_checkpoint: 
         sess = ort.InferenceSession(str(tiny_bundle_dir / m.graph(precision, "text").file), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input_ids": ids_np[:, :longest]})[0]
         assert got.dtype == np.float32
-        assert float(np.min(np.sum(got * want_txt, axis=1))) >= validate.TOLERANCES[precision]["min_cosine"]
+        bound = 0.995 if precision == "int8" else validate.TOLERANCES[precision]["min_cosine"]  # tiny model: see conftest
+        assert float(np.min(np.sum(got * want_txt, axis=1))) >= bound
 
 
 def test_fp16_graphs_load_with_all_optimisations(tiny_bundle_dir: Path) -> None:
@@ -144,17 +149,21 @@ def test_corrupted_int8_graph_fails_parity(tmp_path: Path, monkeypatch: pytest.M
     import onnx
     from onnx import numpy_helper
 
-    def broken_int8(src: Path, dst: Path, encoder: str, external_data: bool = False) -> None:
+    real_int8 = convert.to_int8
+
+    def broken_int8(src: Path, dst: Path, encoder: str, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        record = real_int8(src, dst, encoder, *args, **kwargs)
         model = onnx.load(str(src))
         for init in model.graph.initializer:  # scramble the weights: a wrong graph, still loadable
             arr = numpy_helper.to_array(init)
             if arr.dtype == np.float32 and arr.ndim == 2:
                 init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr[::-1]), init.name))
         onnx.save(model, str(dst))
+        return record
 
     monkeypatch.setattr(convert, "to_int8", broken_int8)
     out = tmp_path / "tiny"
-    with pytest.raises(ParityError, match=r"int8 image graph .*min cosine .* < tolerance 0\.99"):
+    with pytest.raises(ParityError, match=r"int8 image graph .*min cosine .* < tolerance 0\.999"):
         export_bundle(TINY_ARCH, "none", precisions=("int8",), output=out, model_config=TINY_CONFIG, seed=0)
     assert _leftovers(tmp_path) == []
 
@@ -239,7 +248,7 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(graphs, "EXTERNAL_DATA_THRESHOLD", 0)  # treat the tiny model as a > 2 GB one
     bundle = export_bundle(TINY_ARCH, "none", precisions=("fp32", "fp16", "int8"), output=tmp_path / "big",
-                           model_config=TINY_CONFIG, seed=0)
+                           model_config=TINY_CONFIG, seed=0, int8_min_cosine=0.995)  # tiny model: see conftest
     m = read_manifest(bundle)
     verify_files(bundle, m)
     for precision in m.precisions:

@@ -67,6 +67,42 @@ class ParityFigure:
     samples: int
     tolerance: dict[str, float]
     passed: bool
+    # Optional (bundles before clip-rt 0.1's static int8 do not have them):
+    # zero-shot top-1 agreement with torch fp32 on the parity inputs, and the largest
+    # difference between an input encoded alone and within a batch.
+    top1_agreement: Optional[float] = None
+    batch_max_abs_diff: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a static int8 graph's activation scales were measured on."""
+
+    method: str  # minmax | percentile | entropy
+    source: str  # "photos" (real photographs), "scenes" (generated), "prompts"
+    inputs: tuple[str, ...]  # names of the calibration inputs (photo names, scene seeds, prompts)
+    samples: int  # how many inputs were run
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How one int8 graph was made (manifest ``quantization.<precision>.<encoder>``)."""
+
+    kind: str  # "static": calibrated activation scales; "dynamic": scales computed per run
+    per_channel: Optional[bool]  # per-output-channel weight scales (None: not recorded)
+    weights: str = "int8"
+    activations: str = "uint8"
+    ops: tuple[str, ...] = ()  # op types whose weights are int8
+    calibration: Optional[Calibration] = None  # static only
+    # True when an input's embedding does not depend on the other inputs of its batch
+    # (checked at export: alone vs in a batch, max abs diff <= 1e-5).
+    batch_independent: bool = False
+
+
+# What an int8 graph without a ``quantization`` record is: bundles written before the record
+# existed used onnxruntime's dynamic quantisation, whose per-batch activation scale couples
+# the inputs of a batch.
+LEGACY_INT8 = Quantization(kind="dynamic", per_channel=None, ops=(), batch_independent=False)
 
 
 @dataclass
@@ -87,6 +123,8 @@ class Manifest:
     created: str
     format_version: int = FORMAT_VERSION
     notes: list[str] = field(default_factory=list)
+    # precision -> encoder -> how the graph was quantised (int8 only; optional, see LEGACY_INT8)
+    quantization: dict[str, dict[str, Quantization]] = field(default_factory=dict)
 
     # -- identity -------------------------------------------------------------
     @property
@@ -110,6 +148,14 @@ class Manifest:
             return self.graphs[precision][encoder]
         except KeyError:
             raise BundleError(f"bundle {self.name!r} has no {precision} {encoder} graph") from None
+
+    def quantization_of(self, precision: str, encoder: str) -> Optional[Quantization]:
+        """How the *precision* *encoder* graph was quantised: its record, LEGACY_INT8 for an int8
+        graph of a bundle without one, None for float graphs."""
+        record = self.quantization.get(precision, {}).get(encoder)
+        if record is None and precision == "int8" and encoder in self.graphs.get("int8", {}):
+            return LEGACY_INT8
+        return record
 
     # -- (de)serialisation ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -170,9 +216,29 @@ class Manifest:
                 created=str(d.get("created", "")),
                 format_version=version,
                 notes=list(d.get("notes", [])),
+                quantization={
+                    prec: {enc: _quantization(q) for enc, q in encs.items()}
+                    for prec, encs in d.get("quantization", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BundleError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _quantization(d: dict[str, Any]) -> Quantization:
+    cal = d.get("calibration")
+    return Quantization(
+        kind=str(d["kind"]),
+        per_channel=None if d.get("per_channel") is None else bool(d["per_channel"]),
+        weights=str(d.get("weights", "int8")),
+        activations=str(d.get("activations", "uint8")),
+        ops=tuple(str(o) for o in d.get("ops", ())),
+        calibration=None if cal is None else Calibration(
+            method=str(cal["method"]), source=str(cal["source"]),
+            inputs=tuple(str(i) for i in cal.get("inputs", ())), samples=int(cal["samples"]),
+        ),
+        batch_independent=bool(d.get("batch_independent", False)),
+    )
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

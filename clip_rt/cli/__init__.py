@@ -34,3 +34,5 @@ from . import classify_cmd  # noqa: E402,F401
 from . import index_cmd  # noqa: E402,F401
 from . import video_cmd  # noqa: E402,F401
 from . import similarity_cmd  # noqa: E402,F401
+from . import serve_cmd  # noqa: E402,F401  (starlette/uvicorn imported only when it runs)
+from . import ray_cmd  # noqa: E402,F401  ray embed, ray classify (Ray imported only when they run)

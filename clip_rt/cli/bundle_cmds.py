@@ -50,11 +50,17 @@ class _DropKnownNoise(logging.Filter):
 @click.option("--model-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="An open_clip model config JSON; MODEL is then the name it is known by.")
 @click.option("--seed", type=int, default=None, help="Seed for random weights (deterministic exports).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+              help="int8 activation calibration (default: minmax, the measured best).")
+@click.option("--int8-min-cosine", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Accept int8 graphs down to this min cosine vs torch (default gate: 0.999 image, 0.998 text); "
+                   "recorded in the manifest. For small models whose int8 rounding is coarser.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the target.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
-               output: Optional[Path], model_config: Optional[Path], seed: Optional[int], force: bool,
+               output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
+               calibration_method: Optional[str], int8_min_cosine: Optional[float], force: bool,
                quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
 
@@ -80,6 +86,8 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             seed=seed,
             force=force,
             log=None if quiet else _err,
+            calibration_method=calibration_method,
+            int8_min_cosine=int8_min_cosine,
         )
     except InputError as exc:
         raise click.UsageError(str(exc), ctx) from exc
@@ -89,6 +97,9 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
     finally:
         logging.getLogger().removeFilter(noise)
     click.echo(str(path))
+
+
+_TOLERANCE_LABELS = {"max_abs_diff": "diff<=", "min_cosine": "cos>=", "batch_max_abs_diff": "batch<="}
 
 
 def _manifest_summary(path: Path) -> dict[str, Any]:
@@ -146,11 +157,27 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
             if fig is None:
                 figures = f"{'-':>10}  {'-':>11}  {'-':>7}  {'-':<14}  -"
             else:
-                tol = ", ".join(f"{k.replace('max_abs_diff', 'diff<=').replace('min_cosine', 'cos>=')}{v:g}"
-                                for k, v in fig.tolerance.items())
+                tol = ", ".join(f"{_TOLERANCE_LABELS.get(k, k + '=')}{v:g}" for k, v in fig.tolerance.items())
                 figures = (f"{fig.max_abs_diff:>10.2e}  {fig.min_cosine:>11.6f}  {fig.samples:>7}  {tol:<14}  "
                            f"{'yes' if fig.passed else 'NO'}")
             lines.append(f"{precision:<9}  {encoder:<7}  {graph.file:<19}  {size:>8}  {figures}")
+    for precision in m.precisions:
+        for encoder in m.graphs[precision]:
+            q = m.quantization_of(precision, encoder)
+            if q is None:
+                continue
+            fig = m.parity.get(precision, {}).get(encoder)
+            extra = []
+            if q.calibration is not None:
+                extra.append(f"calibrated ({q.calibration.method}) on {q.calibration.samples} {q.calibration.source.split(':')[0]}")
+            if fig is not None and fig.top1_agreement is not None:
+                extra.append(f"top-1 agreement {fig.top1_agreement:.3f}")
+            if fig is not None and fig.batch_max_abs_diff is not None:
+                extra.append(f"alone vs batch {fig.batch_max_abs_diff:.1e}")
+            lines.append(f"{precision} {encoder}: {q.kind} int8 ({q.activations} activations, "
+                         f"{'per-channel' if q.per_channel else 'per-tensor' if q.per_channel is False else '?'} "
+                         f"{q.weights} weights), batch-independent: {'yes' if q.batch_independent else 'no'}"
+                         + (f"; {', '.join(extra)}" if extra else ""))
     if verify:
         lines += ["", f"checksums:     ok ({len(m.files)} files)"]
     if m.notes:

@@ -8,7 +8,7 @@ import click
 
 from ..inputs.discover import display_path, walk_images
 from ..outputs.records import dumps_json, error_reason
-from ..outputs.search_index import SearchIndex, check_model, default_model, update_index
+from ..outputs.search_index import check_model, default_model, update_index
 from . import main
 from .common import echo_err, model_from_options, model_options, progress_bar
 
@@ -48,19 +48,28 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
               help="Search with an image instead of a text.")
 @click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--method", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True,
+              help="exact: compare with every embedding; ann: approximate index (faiss HNSW, built on first "
+                   "use and kept beside the embeddings); auto: ann from 50,000 embeddings on.")
+@click.option("--rebuild-ann", is_flag=True, help="Rebuild the approximate index even if it is current.")
 @model_options(default_model=None, batch_size=False)
-def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str,
-               model_name: Optional[str], provider: Optional[str], precision: Optional[str],
+def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str, method: str,
+               rebuild_ann: bool, model_name: Optional[str], provider: Optional[str], precision: Optional[str],
                threads: Optional[int]) -> None:
-    """Rank the images in INDEX by cosine similarity to TEXT (or to --image). The model defaults
-    to the one that built the index; another bundle is refused."""
+    """Rank the images in INDEX (a `clip-rt index` folder or a `clip-rt ray` output) by cosine
+    similarity to TEXT (or to --image). The model defaults to the one that made the embeddings;
+    another bundle is refused."""
+    from ..outputs import ann
+    from ..outputs.collection import open_collection
+
     if bool(text) == bool(image_path):
         raise click.UsageError("give a query TEXT or --image FILE (one of them)")
-    index = SearchIndex.load(index_dir)
-    model = model_from_options(model_name or default_model(index), provider, precision or index.precision, threads)
-    check_model(index, model, index_dir)
+    collection = open_collection(index_dir)
+    model = model_from_options(model_name or default_model(collection), provider,
+                               precision or collection.precision, threads)
+    check_model(collection, model, index_dir)
     query = model.encode_text([text])[0] if text else model.encode_image([image_path])[0]
-    hits = index.search(query, top_k)
+    hits, _how = ann.search(collection, query, top_k, mode=method, rebuild=rebuild_ann, on_message=echo_err)
     if fmt == "json":
         click.echo(dumps_json([{"rank": i, "score": round(s, 6), "path": p} for i, (s, p) in enumerate(hits, 1)]))
         return

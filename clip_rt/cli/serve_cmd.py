@@ -1,0 +1,108 @@
+"""`clip-rt serve MODEL...`: the HTTP service (docs/serve.md). Needs the [serve] extra."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+
+from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
+from . import main
+from .common import DEFAULT_MODEL, DRAFT_KEY, echo_err, load_model
+
+_DEFAULTS = ServeConfig()
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from ..errors import InputError
+
+    try:
+        return parse_size(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("serve")
+@click.argument("models", nargs=-1, metavar="[MODEL[@PRECISION]]...")
+@click.option("--host", default=_DEFAULTS.host, show_default=True,
+              help="Address to listen on. Loopback by default; anything else warns unless --api-key is set.")
+@click.option("--port", type=click.IntRange(0, 65535), default=_DEFAULTS.port, show_default=True,
+              help="Port (0: any free port, printed at start).")
+@click.option("--provider", default=None, metavar="NAME", help="ONNX Runtime execution provider (cpu, cuda, ...).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Graph precision of models given without @PRECISION; default: the bundle's best.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per session.")
+@click.option("--draft", is_flag=True, help="Decode JPEGs at reduced scale before resizing (docs/images.md).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_batch_size, show_default=True,
+              help="Most images per inference batch (1 = no batching).")
+@click.option("--max-text-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_text_batch_size,
+              show_default=True, help="Most texts per text-encoder batch.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=_DEFAULTS.max_wait_ms, show_default=True,
+              help="Longest an input waits for its batch to fill.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=_DEFAULTS.max_queue, show_default=True,
+              help="Inputs admitted per encoder (decoding or waiting) before requests get 503 + Retry-After.")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=_DEFAULTS.max_concurrency, show_default=True,
+              help="Requests handled at once before more get 503 + Retry-After.")
+@click.option("--max-body-bytes", default="32MiB", show_default=True, callback=_size,
+              help="Largest request body (413 beyond; checked while reading), also the largest --allow-dir file.")
+@click.option("--max-items", type=click.IntRange(min=1), default=_DEFAULTS.max_items, show_default=True,
+              help="Most inputs per request (embeddings inputs, classify images, similarity texts).")
+@click.option("--max-text-chars", type=click.IntRange(min=1), default=_DEFAULTS.max_text_chars, show_default=True,
+              help="Longest text, in characters.")
+@click.option("--max-labels", type=click.IntRange(min=1), default=_DEFAULTS.max_labels, show_default=True)
+@click.option("--max-prompts", type=click.IntRange(min=1), default=_DEFAULTS.max_prompts, show_default=True,
+              help="Most labels x templates prompts per classify request.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
+              help="Largest image in pixels (default: PIL's limit, as the CLI).")
+@click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder whose files requests may name as {\"path\": ...} (repeatable). Without it, none.")
+@click.option("--index", "indexes", multiple=True, metavar="[NAME=]DIR",
+              help="A `clip-rt index` folder for POST /search (repeatable).")
+@click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz.")
+@click.option("--decode-workers", type=click.IntRange(min=1), default=_DEFAULTS.decode_workers, show_default=True,
+              help="Threads decoding images.")
+@click.option("--graceful-timeout", type=click.FloatRange(min=0), default=_DEFAULTS.graceful_timeout,
+              show_default=True, help="Seconds to finish accepted requests after SIGTERM.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
+              threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
+              max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
+              max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
+              indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
+              log_level: str, access_log: bool) -> None:
+    """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
+    /classify, /similarity, /search; GET /healthz, /readyz, /metrics, /v1/models.
+
+    MODEL is a bundle name, alias or directory, optionally with @fp32|@fp16|@int8; default
+    the CLI's default model. SIGTERM finishes the accepted requests and exits 0."""
+    from ..serve.server import build_state, require_stack, serve
+
+    require_stack()
+    if max_items > max_queue:
+        raise click.UsageError(f"--max-items {max_items} is more than --max-queue {max_queue}")
+    config = ServeConfig(
+        host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (DEFAULT_MODEL,))),
+        provider=provider, precision=precision, threads=threads, draft=draft, max_batch_size=max_batch_size,
+        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
+        max_text_chars=max_text_chars, max_labels=max_labels, max_prompts=max_prompts,
+        max_image_pixels=max_image_pixels, api_key=api_key or None, allow_dirs=allow_dirs,
+        indexes=tuple(parse_index(i) for i in indexes), decode_workers=decode_workers,
+        graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)
+    if not is_loopback(host) and not config.api_key:
+        echo_err(f"warning: listening on {host} without an API key: anyone who can reach this address can use "
+                 f"the service (set --api-key or {API_KEY_ENV})")
+    ctx = click.get_current_context()
+    ctx.meta[DRAFT_KEY] = draft
+
+    def load(source: str, model_precision: Optional[str]) -> object:
+        return load_model(source, provider=provider, precision=model_precision, threads=threads)
+
+    state = build_state(config, load)
+    names = ", ".join(state.models)
+    code = serve(state, announce=lambda url: echo_err(
+        f"clip-rt serve: {names} on {url} (ready when GET /readyz answers 200)"))
+    sys.exit(code)

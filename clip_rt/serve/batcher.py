@@ -1,0 +1,186 @@
+"""Dynamic batching: inputs from concurrent requests are encoded together.
+
+One :class:`DynamicBatcher` per model and encoder. Requests first *reserve* room for their
+inputs (so a full queue is refused before any image is decoded: memory stays bounded), then
+submit them. A loop task on the event loop collects a batch: it starts with the oldest waiting
+input and takes more until the batch is full or the oldest input has waited ``max_wait``; the
+batch then runs on the batcher's own inference thread while the next one gathers. The event
+loop never runs inference or waits on it synchronously.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
+
+from .errors import ApiError
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger("clip_rt.serve")
+
+
+@dataclass
+class _Item(Generic[T]):
+    payload: T
+    future: "asyncio.Future[Any]"
+    enqueued: float
+
+
+class Reservation:
+    """Room for *n* inputs in a batcher's queue; :meth:`release` returns what was not submitted."""
+
+    def __init__(self, batcher: "DynamicBatcher[Any, Any]", n: int) -> None:
+        self._batcher, self.remaining = batcher, n
+
+    def take(self, n: int) -> None:
+        if n > self.remaining:
+            raise RuntimeError(f"submitting {n} inputs with room reserved for {self.remaining}")
+        self.remaining -= n
+
+    def release(self) -> None:
+        if self.remaining:
+            self._batcher._unreserve(self.remaining)
+            self.remaining = 0
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Runs ``run(payloads) -> results`` (one result per payload, in order) on batches of at
+    most *max_batch_size* payloads, waiting at most *max_wait_s* for a batch to fill."""
+
+    def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]], *, max_batch_size: int, max_wait_s: float,
+                 max_queue: int, on_batch: Optional[Callable[[int, float], None]] = None,
+                 on_depth: Optional[Callable[[int], None]] = None) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self._on_batch, self._on_depth = on_batch, on_depth
+        self._pending: deque[_Item[T]] = deque()
+        self._admitted = 0  # reserved and not yet taken into a batch (decoding or waiting)
+        self._wakeup: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task[None]] = None
+        self._closing = False
+        self._draining = False  # shutting down: run batches at once instead of waiting to fill
+        self._batch_seconds = 0.05  # running mean of one batch's inference time, for Retry-After
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clip-rt-{name}")
+
+    # -- lifecycle (event loop) -----------------------------------------------------------------
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def drain(self) -> None:
+        """Stop waiting for batches to fill (the service is stopping): what is queued runs now.
+        Inputs are still admitted: a request accepted before the stop must be answered."""
+        self._draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Refuse new inputs, finish every one already submitted, stop the inference thread."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        return self._admitted
+
+    # -- admission --------------------------------------------------------------------------------
+    def reserve(self, n: int) -> Reservation:
+        if self._closing:
+            raise ApiError("not_ready", "the service is shutting down; retry on another instance",
+                           headers={"Retry-After": "1"})
+        if self._admitted + n > self.max_queue:
+            retry = self.retry_after()
+            raise ApiError("overloaded", f"the {self.name} queue is full ({self._admitted} of {self.max_queue} "
+                           f"inputs waiting; this request brings {n}); retry in about {retry} s",
+                           headers={"Retry-After": str(retry)})
+        self._admitted += n
+        self._report_depth()
+        return Reservation(self, n)
+
+    def retry_after(self) -> int:
+        batches = math.ceil(max(self._admitted, 1) / self.max_batch_size)
+        return max(1, math.ceil(batches * self._batch_seconds))
+
+    def _unreserve(self, n: int) -> None:
+        self._admitted -= n
+        self._report_depth()
+
+    def _report_depth(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(self._admitted)
+
+    async def submit(self, payloads: Sequence[T], reservation: Reservation) -> list[R]:
+        """Queue *payloads* (room reserved in *reservation*) and wait for their results."""
+        if self._wakeup is None:
+            raise RuntimeError(f"batcher {self.name} was not started")
+        reservation.take(len(payloads))
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        items = [_Item(p, loop.create_future(), now) for p in payloads]
+        self._pending.extend(items)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(it.future for it in items)))
+
+    # -- the batching loop ------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        assert self._wakeup is not None  # set by start(), which creates this task
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._pending[0].enqueued + self.max_wait_s
+            # Wait for more only while the batch is not full; on shutdown, run what is there.
+            while len(self._pending) < self.max_batch_size and not (self._closing or self._draining):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
+            self._unreserve(len(batch))
+            await self._run_batch(loop, batch)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T]]) -> None:
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run, [it.payload for it in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.name}: {len(results)} results for a batch of {len(batch)}")
+        except Exception as exc:  # every request of the batch gets the error; the loop goes on
+            log.exception("%s: a batch of %d failed", self.name, len(batch))
+            error = exc if isinstance(exc, ApiError) else ApiError(
+                "internal", f"inference failed on a batch of {len(batch)}: {type(exc).__name__}: {exc}")
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(error)
+            return
+        seconds = time.perf_counter() - start
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        if self._on_batch is not None:
+            self._on_batch(len(batch), seconds)
+        for it, result in zip(batch, results):
+            if not it.future.done():  # a cancelled request (client gone) is simply skipped
+                it.future.set_result(result)

@@ -1,0 +1,134 @@
+"""The service's settings, one frozen dataclass (the CLI fills it; tests build it directly).
+
+Nothing here imports the ASGI stack, so ``clip-rt serve --help`` and config errors work
+without the ``[serve]`` extra.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import InputError
+
+API_KEY_ENV = "CLIP_RT_API_KEY"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: ``NAME|DIR`` with an optional ``@precision`` (``ViT-B-32@int8``)."""
+
+    source: str
+    precision: Optional[str] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        # A directory whose name contains '@' is taken as given.
+        if "@" in text and not os.path.exists(text):
+            name, _, precision = text.rpartition("@")
+            if precision.lower() not in ("fp32", "fp16", "int8") or not name:
+                raise InputError(f"model {text!r}: expected NAME or NAME@PRECISION with PRECISION one of "
+                                 f"fp32, fp16, int8; got precision {precision!r}")
+            return cls(name, precision.lower())
+        return cls(text)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[ModelSpec, ...] = ()
+    provider: Optional[str] = None
+    precision: Optional[str] = None  # for models without their own @precision
+    threads: Optional[int] = None
+    draft: bool = False
+    # Dynamic batching, per model and encoder.
+    max_batch_size: int = 8  # images per batch (8 is the measured best on a 2-core CPU)
+    max_text_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 256  # items waiting (or decoding) per encoder before 503
+    max_concurrency: int = 64  # requests handled at once before 503
+    # Request limits.
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_items: int = 64  # inputs per request (embeddings inputs, classify images, similarity texts)
+    max_text_chars: int = 10_000
+    max_labels: int = 1000
+    max_prompts: int = 4000  # labels x templates per classify request
+    max_top_k: int = 1000
+    max_image_pixels: Optional[int] = None  # None: PIL's default (what the CLI uses)
+    # Access.
+    api_key: Optional[str] = None
+    allow_dirs: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, str], ...] = ()  # (name, folder)
+    # Process.
+    decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    graceful_timeout: float = 60.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_text_batch_size", "max_queue", "max_concurrency", "max_body_bytes",
+                     "max_items", "max_text_chars", "max_labels", "max_prompts", "max_top_k", "decode_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port must be in 0..65535, got {self.port}")
+        if self.max_wait_ms < 0:
+            raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_items > self.max_queue:
+            raise InputError(f"max_items ({self.max_items}) must not exceed max_queue ({self.max_queue}): "
+                             "a request of max_items images could never be queued")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise InputError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("the API key is empty; give a non-empty key or none")
+        names = [n for n, _ in self.indexes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"two indexes share the name(s) {', '.join(dupes)}: name them with --index NAME=DIR")
+
+    @property
+    def text_queue(self) -> int:
+        """Texts that may wait per text encoder: one classify request may bring max_prompts."""
+        return max(self.max_queue, self.max_prompts)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_size(text: str) -> int:
+    """``"32MB"``, ``"512k"``, ``"1GiB"``, ``"1000"`` -> bytes (k/M/G are powers of 1000, Ki/Mi/Gi of 1024)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise InputError(f"expected a size such as 32MB, 512KiB or 1000000 (bytes), got {text!r}")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if value < 1:
+        raise InputError(f"expected a size of at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def parse_index(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``DIR`` (named after the folder)."""
+    name, sep, folder = text.partition("=")
+    if not sep:
+        folder = text
+        name = os.path.basename(os.path.normpath(text))
+    if not name or not folder:
+        raise InputError(f"expected --index NAME=DIR or --index DIR, got {text!r}")
+    return name, folder

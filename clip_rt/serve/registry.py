@@ -1,0 +1,236 @@
+"""The models and search indexes a service holds, each model with its two batchers.
+
+Loading is split in two: :func:`load_models` (fast: finds the bundles and reads their
+manifests, so a missing model fails the command at once) and :meth:`ServedModel.warm_up`
+(creates the ONNX Runtime sessions; the service is *ready* once every model has done it).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ClipRtError, InputError
+from .batcher import DynamicBatcher
+from .config import ServeConfig
+from .errors import ApiError
+from .inputs import ImageRef, image_stream
+from .metrics import Metrics
+
+log = logging.getLogger("clip_rt.serve")
+CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
+
+
+class ServedModel:
+    """One loaded bundle, its image and text batchers, and a small cache of classifiers."""
+
+    def __init__(self, model_id: str, model: Any, config: ServeConfig, metrics: Metrics) -> None:
+        self.id = model_id
+        self.model = model
+        self.config = config
+        self.created = int(time.time())
+        self._tokenizer: Any = None
+        self.classifiers: "OrderedDict[str, Any]" = OrderedDict()
+        wait = config.max_wait_ms / 1000.0
+
+        def observer(encoder: str) -> tuple[Any, Any]:
+            def on_batch(n: int, seconds: float) -> None:
+                metrics.batch_size.observe(n, model=model_id, encoder=encoder)
+                metrics.batch_seconds.observe(seconds, model=model_id, encoder=encoder)
+                metrics.items.inc(n, model=model_id, encoder=encoder)
+
+            def on_depth(depth: int) -> None:
+                metrics.queue_depth.set(depth, model=model_id, encoder=encoder)
+
+            on_depth(0)
+            return on_batch, on_depth
+
+        on_batch, on_depth = observer("image")
+        self.image: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
+            f"{model_id}/image", self._encode_pixels, max_batch_size=config.max_batch_size, max_wait_s=wait,
+            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth)
+        on_batch, on_depth = observer("text")
+        self.text: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
+            f"{model_id}/text", self._encode_texts, max_batch_size=config.max_text_batch_size, max_wait_s=wait,
+            max_queue=config.text_queue, on_batch=on_batch, on_depth=on_depth)
+
+    # -- inference (on the batchers' threads) ---------------------------------------------------
+    def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.model.encode_pixels(np.stack(pixels)))
+
+    def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.model.encode_text(texts, batch_size=self.config.max_text_batch_size))
+
+    def warm_up(self) -> None:
+        """Create both sessions and run one image batch, so the first request pays nothing."""
+        self.model.session("text")
+        self.tokenizer()
+        h, w = self.model.manifest.image.size
+        self.model.encode_pixels(np.zeros((1, 3, int(h), int(w)), dtype=np.float32))
+
+    def tokenizer(self) -> Any:
+        """The bundle's tokenizer, for the token counts the OpenAI API reports."""
+        if self._tokenizer is None:
+            from ..inputs.tokenizer import ClipTokenizer
+
+            manifest = self.model.manifest
+            self._tokenizer = ClipTokenizer.from_file(self.model.bundle_dir / manifest.text.tokenizer_file,
+                                                      manifest.text)
+        return self._tokenizer
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the text encoder reads (SOT and EOT included, truncated to the context length)."""
+        counts = self.tokenizer().count_tokens(list(texts))
+        return int(np.minimum(counts, self.model.manifest.text.context_length).sum())
+
+    # -- async helpers (event loop) ---------------------------------------------------------------
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        with self.text.reserve(len(texts)) as room:
+            rows = await self.text.submit(list(texts), room)
+        return np.stack(rows) if rows else np.zeros((0, self.model.embed_dim), np.float32)
+
+    async def embed_images(self, refs: Sequence[ImageRef], pool: Executor,
+                           allowed: Sequence[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Embeddings and (width, height) of each image. Room in the queue is reserved before
+        decoding (decoding is where the memory goes); every undecodable image is reported."""
+        with self.image.reserve(len(refs)) as room:
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(
+                *(loop.run_in_executor(pool, self._decode, ref, allowed) for ref in refs), return_exceptions=True)
+            failures = [(ref, d) for ref, d in zip(refs, decoded) if isinstance(d, BaseException)]
+            if failures:
+                raise _image_errors(failures)
+            rows = await self.image.submit([d.pixels for d in decoded], room)  # type: ignore[union-attr]
+        sizes = [(d.width, d.height) for d in decoded]  # type: ignore[union-attr]
+        return np.stack(rows), sizes
+
+    def _decode(self, ref: ImageRef, allowed: Sequence[str]) -> Any:
+        stream = image_stream(ref, allowed, self.config.max_body_bytes)
+        stream.name = ref.param  # type: ignore[attr-defined]  # the loader's label in its messages
+        try:
+            return self.model.preprocess(stream)
+        except ClipRtError as exc:
+            raise ApiError("invalid_image", str(exc), param=ref.param) from None
+
+    async def classifier(self, labels: Any, templates: Any) -> Any:
+        """A zero-shot classifier for these labels and templates: class embeddings from the
+        (shared, persistent) prompt cache through the text batcher; the last few are kept."""
+        from ..zeroshot import ZeroShotClassifier, check_templates, class_embeddings, parse_labels
+
+        key = json.dumps([labels, templates], sort_keys=True, ensure_ascii=False)
+        found = self.classifiers.get(key)
+        if found is not None:
+            self.classifiers.move_to_end(key)
+            return found
+        try:
+            parsed = parse_labels(labels)
+            temps = check_templates(templates)
+        except InputError as exc:
+            raise ApiError("invalid_request", str(exc), param="labels") from None
+        prompts = [t for lab in parsed for t in lab.texts(temps)]
+        if len(prompts) > self.config.max_prompts:
+            raise ApiError("invalid_request", f"{len(parsed)} labels x templates make {len(prompts)} prompts; the "
+                           f"limit is {self.config.max_prompts} per request (--max-prompts)", param="labels")
+        embeddings = await self.embed_texts(prompts)
+        built = ZeroShotClassifier(parsed, class_embeddings(parsed, temps, lambda _: embeddings),
+                                   self.model.logit_scale, self.model.logit_bias, temps)
+        self.classifiers[key] = built
+        while len(self.classifiers) > CLASSIFIERS_KEPT:
+            self.classifiers.popitem(last=False)
+        return built
+
+    def describe(self) -> dict[str, Any]:
+        m = self.model.manifest
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "clip-rt",
+                "bundle": m.name, "architecture": m.architecture, "precision": self.model.precision,
+                "providers": self.model.providers, "embed_dim": m.embed_dim, "image_size": list(m.image.size),
+                "context_length": m.text.context_length, "fingerprint": m.fingerprint}
+
+
+def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:
+    details = []
+    for ref, exc in failures:
+        if not isinstance(exc, ApiError):
+            raise exc  # a bug or MemoryError: not the client's fault, not a 400
+        details.append({"param": ref.param, "type": exc.kind, "message": exc.message})
+    first = failures[0][1]
+    assert isinstance(first, ApiError)
+    more = f" (and {len(failures) - 1} more image(s): see error.details)" if len(failures) > 1 else ""
+    return ApiError(first.kind, first.message + more, param=first.param, details=details if more else None)
+
+
+class ServedIndex:
+    """A `clip-rt index` folder, re-read when `clip-rt index` has updated it."""
+
+    def __init__(self, name: str, folder: str, index: Any, model_id: str) -> None:
+        self.name, self.folder, self.index, self.model_id = name, folder, index, model_id
+        self._stamp = self._meta_stamp()
+
+    def _meta_stamp(self) -> Optional[tuple[int, int]]:
+        from ..outputs.search_index import INDEX_FILE
+
+        try:
+            st = os.stat(os.path.join(self.folder, INDEX_FILE))
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> Any:
+        """The index as on disk now (reloaded when index.json changed; kept if the reload fails)."""
+        from ..outputs.search_index import SearchIndex
+
+        stamp = self._meta_stamp()
+        if stamp != self._stamp and stamp is not None:
+            try:
+                fresh = SearchIndex.load(self.folder)
+            except ClipRtError as exc:
+                log.warning("index %s: keeping the loaded version: %s", self.name, exc)
+            else:
+                if (fresh.fingerprint, fresh.precision) == (self.index.fingerprint, self.index.precision):
+                    self.index = fresh
+                else:
+                    log.warning("index %s was rebuilt with another model; keeping the loaded version", self.name)
+            self._stamp = stamp
+        return self.index
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_id, "images": len(self.index.entries), "root": self.index.root}
+
+
+def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDict[str, ServedModel]":
+    """The served models, in the order given. *load(source, precision)* returns a ClipModel."""
+    served: "OrderedDict[str, ServedModel]" = OrderedDict()
+    for spec in config.models:
+        model = load(spec.source, spec.precision or config.precision)
+        model_id = model.manifest.name + (f"@{spec.precision}" if spec.precision else "")
+        if model_id in served:
+            raise InputError(f"model {model_id!r} is given twice; serve another precision as NAME@PRECISION")
+        served[model_id] = ServedModel(model_id, model, config, metrics)
+    return served
+
+
+def load_indexes(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedIndex]":
+    """Each --index, paired with the served model that built it (same weights and precision)."""
+    from ..outputs.search_index import SearchIndex
+
+    out: "OrderedDict[str, ServedIndex]" = OrderedDict()
+    for name, folder in config.indexes:
+        index = SearchIndex.load(folder)
+        match = [m for m in models.values()
+                 if (m.model.manifest.fingerprint, m.model.precision) == (index.fingerprint, index.precision)]
+        if not match:
+            served = ", ".join(f"{m.id} ({m.model.precision}, {m.model.manifest.fingerprint[:12]}...)"
+                               for m in models.values())
+            raise InputError(f"index {name!r} ({folder}) was built with bundle {index.model!r} at {index.precision} "
+                             f"(fingerprint {index.fingerprint[:12]}...); none of the served models matches: "
+                             f"{served}. Serve that bundle too (e.g. `clip-rt serve {index.bundle_dir or index.model}`"
+                             f"{'@' + index.precision if index.precision else ''} ...)")
+        out[name] = ServedIndex(name, folder, index, match[0].id)
+    return out
