@@ -290,8 +290,25 @@ def test_pixels_tokens_and_missing_pieces() -> None:
         compare.compare_embeddings(slim, slim, {"int8": PARITY})
 
 
+def test_batch_independence_is_part_of_the_gate() -> None:
+    rng = np.random.default_rng(3)
+    x86 = _side(rng)
+    x86["image_int8"], x86["text_int8"] = x86["image_fp32"], x86["text_fp32"]
+    gate = {enc: dict(PARITY[enc], tolerance={"min_cosine": 0.99, "batch_max_abs_diff": 1e-5}) for enc in PARITY}
+    arm = dict(x86, image_int8_alone=x86["image_int8"][:1].copy(), text_int8_alone=x86["text_int8"].copy())
+    res = compare.compare_embeddings(x86, arm, {"int8": gate})
+    assert res["passed"] and res["checks"]["image_int8"]["batch_max_abs_diff"] == 0.0
+    arm["text_int8_alone"] = arm["text_int8_alone"] + 1e-3  # batch-dependent: fails the gate
+    res = compare.compare_embeddings(x86, arm, {"int8": gate})
+    assert not res["checks"]["text_int8"]["passed"] and res["checks"]["image_int8"]["passed"]
+    with pytest.raises(ValueError, match="no alone-vs-batch figure"):
+        compare.compare_embeddings(x86, x86, {"int8": gate})
+
+
 def test_passes_reads_the_export_tolerance_keys() -> None:
     assert compare.passes({"max_abs_diff": 1e-4}, 5e-5, 0.0)
+    assert compare.passes({"batch_max_abs_diff": 1e-5}, 1.0, 0.0, 0.0)
+    assert not compare.passes({"batch_max_abs_diff": 1e-5}, 0.0, 1.0, 1e-3)
     assert not compare.passes({"max_abs_diff": 1e-4, "min_cosine": 0.99}, 5e-5, 0.98)
     with pytest.raises(ValueError, match="unknown tolerance"):
         compare.passes({"rtol": 1.0}, 0.0, 1.0)
@@ -322,9 +339,9 @@ def _report(**over: object) -> dict:
             "pixels": {"max_abs_diff": 0.0, "passed": True},
             "image_fp32": {"max_abs_diff": 1.5e-7, "passed": True},
             "text_fp32": {"max_abs_diff": 1.1e-7, "passed": True},
-            "image_int8": {"vs_fp32": {"min_cosine": 0.99985}, "gate": {"min_cosine": 0.99},
-                           "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
-            "text_int8": {"vs_fp32": {"min_cosine": 0.9991}, "gate": {"min_cosine": 0.99},
+            "image_int8": {"vs_fp32": {"min_cosine": 0.99985}, "gate": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5},
+                           "batch_max_abs_diff": 0.0, "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
+            "text_int8": {"vs_fp32": {"min_cosine": 0.9991}, "gate": {"min_cosine": 0.998},
                           "vs_x86_same_precision": {"max_abs_diff": 1.1e-3}, "passed": True}}}},
         "install": {"aarch64_mib": 231.4, "x86_mib": 236.0},
         "memory": {"qemu_overhead_mib": 24.0, "models": {
@@ -370,7 +387,8 @@ def test_summary_line_is_one_line_with_the_figures() -> None:
     assert "\n" not in line
     assert line.startswith("arm64-check PASS (neoverse-n1 under qemu 7.2.19)")
     for needle in ("tests 180 passed, 0 failed, 4 skipped", "fp32 1.5e-07<=1e-05",
-                   "int8 cos 0.99910>=0.99 (vs x86 int8 2.4e-03)", "install 231 MiB <= 250 met (x86 236 MiB)",
+                   "int8 image cos 0.99985>=0.999 batch 0e+00<=1e-05 (vs x86 int8 2.4e-03)",
+                   "int8 text cos 0.99910>=0.998 (vs x86 int8 1.1e-03)", "install 231 MiB <= 250 met (x86 236 MiB)",
                    "RSS ViT-B-32 int8 1/200 img 290/351 MiB est. (x86 280/330, qemu total 400/461) NOT met <= 300; "
                    "--draft --batch-size 1: 270 (x86 250) met",
                    "int8 bundles ViT-B-32 154, ViT-S-32-alt 48 MiB"):

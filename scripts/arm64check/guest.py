@@ -33,6 +33,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+BATCH_ROWS = 8  # as export/validate.py: inputs encoded alone and in a batch
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
 
 # Each measurement runs in a fresh process: the in-process CLI under rss.PeakSampler, then
@@ -365,6 +366,12 @@ def embed_here(bundle: str, images_dir: str, texts_json: str, npz_path: str) -> 
         model = clip_rt.load(bundle, precision=precision, cache=False, providers=["cpu"])
         arrays[f"image_{precision}"] = model.encode_image(paths)
         arrays[f"text_{precision}"] = model.encode_text(texts)
+        gate = manifest.parity.get(precision, {})
+        if any("batch_max_abs_diff" in fig.tolerance for fig in gate.values()):
+            # batch independence, as the export's gate checks it: the first rows one at a time
+            rows = min(BATCH_ROWS, len(paths))
+            arrays[f"image_{precision}_alone"] = np.concatenate([model.encode_image([p]) for p in paths[:rows]])
+            arrays[f"text_{precision}_alone"] = np.concatenate([model.encode_text([t]) for t in texts])
         model.close()
     np.savez(npz_path, names=np.array([Path(p).name for p in paths]), **arrays)
     return {"images": len(paths), "texts": len(texts), "precisions": manifest.precisions}

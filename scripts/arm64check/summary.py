@@ -124,12 +124,16 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
         if fp32:
             bits.append(f"fp32 {max(fp32):.1e}<=1e-05")
         for prec in ("int8", "fp16"):
-            keys = [k for k in (f"image_{prec}", f"text_{prec}") if k in c and "vs_fp32" in c[k]]
-            if keys:
-                cos = min(c[k]["vs_fp32"]["min_cosine"] for k in keys)
-                gate = max(c[k]["gate"].get("min_cosine", 0.0) for k in keys)
-                drift = max(c[k]["vs_x86_same_precision"]["max_abs_diff"] for k in keys)
-                bits.append(f"{prec} cos {cos:.5f}>={gate:g} (vs x86 {prec} {drift:.1e})")
+            for enc in ("image", "text"):
+                ch = c.get(f"{enc}_{prec}")
+                if not ch or "vs_fp32" not in ch:
+                    continue
+                gate = ch.get("gate", {})
+                bit = f"{prec} {enc} cos {ch['vs_fp32']['min_cosine']:.5f}>={gate.get('min_cosine', 0):g}"
+                if ch.get("batch_max_abs_diff") is not None:
+                    bit += f" batch {ch['batch_max_abs_diff']:.0e}<={gate.get('batch_max_abs_diff', float('nan')):g}"
+                bit += f" (vs x86 {prec} {ch['vs_x86_same_precision']['max_abs_diff']:.1e})"
+                bits.append(bit)
         parts.append(f"parity {name} {'ok' if p.get('passed') else 'FAILED'}: {', '.join(bits)}")
     inst = report.get("install", {})
     for v in verdicts:
