@@ -8,14 +8,14 @@ from pathlib import Path
 
 from .common import RESULTS_DIR, WORK_DIR, log
 
-BENCHMARKS = ("parity", "image", "text", "e2e", "startup", "variants")
+BENCHMARKS = ("parity", "image", "text", "e2e", "startup", "variants", "backends")
 
 
 def run(names: list[str], ctx) -> None:  # noqa: ANN001 - BenchContext, imported lazily
-    from . import e2e, parity, speed, startup, variants
+    from . import backends, e2e, parity, speed, startup, variants
 
     table = {"parity": parity.run, "image": speed.image, "text": speed.text, "e2e": e2e.run,
-             "startup": startup.run, "variants": variants.run}
+             "startup": startup.run, "variants": variants.run, "backends": backends.run_ctx}
     for name in names:
         t0 = time.perf_counter()
         table[name](ctx)

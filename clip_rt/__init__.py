@@ -18,6 +18,7 @@ from .errors import (
     ImageLoadError,
     InputError,
     ModelNotFoundError,
+    OutputError,
     ProviderError,
 )
 
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "ClipModel",
+    "write_report",
+    "plot_similarity",
     "templates",
     "ClipRtError",
     "BundleError",
@@ -33,12 +36,20 @@ __all__ = [
     "ImageLoadError",
     "InputError",
     "ModelNotFoundError",
+    "OutputError",
     "ProviderError",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from .model import ClipModel, load
+    from .outputs.charts import plot_similarity
+    from .outputs.report import write_report
+
+
+def __dir__() -> list[str]:
+    # The lazy names are attributes too: dir(clip_rt) and tab completion list them.
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:
@@ -47,4 +58,12 @@ def __getattr__(name: str) -> Any:
         from . import model
 
         return getattr(model, name)
+    if name == "write_report":  # numpy at import, matplotlib when called (the [report] extra)
+        from .outputs.report import write_report
+
+        return write_report
+    if name == "plot_similarity":
+        from .outputs.charts import plot_similarity
+
+        return plot_similarity
     raise AttributeError(f"module 'clip_rt' has no attribute {name!r}")

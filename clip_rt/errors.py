@@ -30,6 +30,12 @@ class InputError(ClipRtError, ValueError):
     """Bad user input: labels, templates, texts, arguments."""
 
 
+class OutputError(ClipRtError):
+    """An output (file, folder, report, index) could not be written: full disk, no permission,
+    a folder where a file should be. Raised before anything was truncated, or after the
+    previous output was put back (the message says which)."""
+
+
 class ExportError(ClipRtError):
     """The export stage failed (weights unavailable, parity check failed, ...)."""
 

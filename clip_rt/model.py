@@ -7,6 +7,7 @@ not hash hundreds of megabytes again.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -19,11 +20,24 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import templates as _templates
-from .errors import BundleError, ClipRtError, InputError
-from .bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, Manifest, read_manifest
-from .engine.session import CPU, CUDA, OrtSession, available_providers, provider_name, resolve_providers
-from .bundle.store import resolve_bundle
+from .errors import BundleError, ClipRtError, InputError, ModelNotFoundError
+from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
+from .engine.backends import Backend, EncoderChoice, Pending, RuntimePlan, open_backend, plan_runtime
+from .engine.contract import check_external_data, check_session
+from .engine.cpu import CpuIsa, detect_cpu
+from .engine.session import (
+    CPU,
+    CUDA,
+    available_providers,
+    provider_name,
+    resolve_providers,
+    unavailable_providers,
+    without_options_for,
+)
+from .bundle.store import cache_dir, resolve_bundle
 from .bundle.verify import verify_bundle_files
+from .inputs.discover import UnlistedFolder, expand_folders
+from .inputs.texts import check_utf8
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -67,6 +81,48 @@ class ImageEmbedding:
 
 
 @dataclass
+class ClassifiedImage:
+    """One item of :meth:`ClipModel.iter_classify`: an image's classification, or why there is
+    none. *source* is the image as given, or for a file found in a folder its path."""
+
+    index: int  # position in the input stream, folders expanded
+    source: Any
+    result: Optional[Classification]
+    width: Optional[int] = None
+    height: Optional[int] = None
+    error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def path(self) -> Optional[str]:
+        """The file path for a path source, else None (PIL images, arrays, bytes)."""
+        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
+
+    @property
+    def label(self) -> Optional[str]:
+        return self.result.label if self.result else None
+
+    @property
+    def score(self) -> Optional[float]:
+        return self.result.score if self.result else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields of a `clip-rt classify` JSON record, plus ``index``, ``top_k`` and ``notes``."""
+        res = self.result
+        return {
+            "index": self.index,
+            "path": self.path if self.path is not None else f"<{type(self.source).__name__}>",
+            "label": res.label if res else None, "score": res.score if res else None,
+            "scores": dict(res.scores) if res else {}, "width": self.width, "height": self.height,
+            "error": self.error, "top_k": [[n, p] for n, p in res.top_k] if res else [], "notes": list(self.notes),
+        }
+
+
+@dataclass
 class PreprocessedImage:
     """One image ready for :meth:`ClipModel.encode_pixels`: ``pixels`` float32 ``(3, H, W)``, and
     the image's size after EXIF orientation (before any resizing)."""
@@ -89,7 +145,7 @@ class _Decoded:
 
 
 def load(
-    name_or_path: Union[str, "os.PathLike[str]"],
+    name_or_path: Union[str, "os.PathLike[str]", None] = None,
     *,
     providers: Union[str, Sequence[str], None] = None,
     precision: Optional[str] = None,
@@ -102,34 +158,54 @@ def load(
     draft: bool = False,
     allow_fallback: bool = False,
     provider_options: Optional[dict[str, dict[str, Any]]] = None,
+    backend: Optional[str] = None,
 ) -> "ClipModel":
-    """Load a bundle by store name, alias (``ViT-B/32``) or directory.
+    """Load a bundle by store name, alias (``ViT-B/32``) or directory; None: the configured
+    default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
+    ``ViT-B-32-openai``; see :mod:`clip_rt.settings`).
 
     *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``, ``"cuda,cpu"``...; default CUDA
     when available, else CPU.
     A named provider that is missing or does not come up raises ProviderError unless
-    *allow_fallback*. *precision*: ``fp32`` | ``fp16`` | ``int8``; default fp16 when CUDA comes
-    first and the bundle has it, else fp32; when CUDA then falls back to the CPU (automatic choice,
-    or *allow_fallback*), the CPU default is used instead, before any embedding is computed.
+    *allow_fallback*. *backend*: ``onnxruntime`` | ``openvino`` | None (chosen per CPU and
+    encoder, docs/runtime.md); a backend that is not installed raises ProviderError.
+    *precision*: ``fp32`` | ``fp16`` | ``int8`` | ``bf16`` (the fp32 graph computed in bf16 by
+    OpenVINO), or ``IMAGE/TEXT`` such as ``int8/bf16``; default: per encoder, the fastest
+    precision measured on this CPU among the bundle's graphs whose export parity passed (fp16
+    when CUDA comes first and the bundle has it); when CUDA then falls back to the CPU (automatic
+    choice, or *allow_fallback*), the CPU's onnxruntime default is used instead, before any
+    embedding is computed. ``model.runtime`` says what was chosen and why.
     *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded). *verify*: check the sha256 of the files used.
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
     """
-    bundle_dir = resolve_bundle(name_or_path)
+    if name_or_path is None:
+        from .settings import default_model
+
+        setting = default_model()
+        try:
+            bundle_dir = resolve_bundle(setting.value)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}): {exc}") from exc
+    else:
+        bundle_dir = resolve_bundle(name_or_path)
     manifest = read_manifest(bundle_dir)
     return ClipModel(bundle_dir, manifest, providers=providers, precision=precision, threads=threads,
                      session_options=session_options, cache=cache, verify=verify,
                      exif_transpose=exif_transpose, strict=strict, draft=draft, allow_fallback=allow_fallback,
-                     provider_options=provider_options)
+                     provider_options=provider_options, backend=backend)
 
 
 def default_precision(manifest: Manifest, first_provider: str) -> str:
-    have = manifest.precisions
-    if not have:
+    """onnxruntime's default with nothing measured for the CPU: fp16 first on CUDA where the
+    bundle has it; on the CPU the fastest precision whose export parity passed (int8, fp32)."""
+    from .engine.backends.choose import choose_encoder
+
+    if not manifest.precisions:
         raise BundleError(f"bundle {manifest.name!r} lists no graphs")
-    if first_provider == CUDA and "fp16" in have:
-        return "fp16"
-    return "fp32" if "fp32" in have else have[0]
+    accelerator = None if first_provider == CPU else first_provider
+    return choose_encoder("image", manifest, CpuIsa("generic", frozenset()), installed=("onnxruntime",),
+                          accelerator=accelerator, table={"rows": []}).precision
 
 
 class ClipModel:
@@ -139,25 +215,36 @@ class ClipModel:
                  precision: Optional[str] = None, threads: Optional[int] = None, session_options: Any = None,
                  cache: Union[bool, str] = True, verify: bool = True, exif_transpose: bool = True,
                  strict: bool = False, draft: bool = False, allow_fallback: bool = False,
-                 provider_options: Optional[dict[str, dict[str, Any]]] = None) -> None:
+                 provider_options: Optional[dict[str, dict[str, Any]]] = None, backend: Optional[str] = None,
+                 cpu: Optional[CpuIsa] = None) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         if isinstance(providers, str):  # "cpu" is one provider, not ["c", "p", "u"]; "cuda,cpu" as in the CLI
             providers = [p for p in providers.split(",") if p.strip()]
         self._requested = list(providers) if providers else None
-        # Resolved now so that a missing provider fails at load, not at the first image.
-        self._entries = resolve_providers(self._requested, available_providers())
+        # Resolved now so that a missing provider fails at load, not at the first image; with
+        # allow_fallback, one this onnxruntime build lacks (CUDA on the CPU-only package) is left
+        # out here, with one warning, and the sessions are asked for the rest.
+        available = available_providers()
+        self._dropped = unavailable_providers(self._requested, available) if self._requested and allow_fallback else []
+        self._entries = resolve_providers(self._requested, available, allow_fallback=allow_fallback)
+        if self._dropped:
+            self._requested = [p for p in self._requested if p not in self._dropped] or ["cpu"]  # type: ignore[union-attr]
         if precision is not None and not isinstance(precision, str):
             raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
-        self.precision = precision.lower() if precision else default_precision(manifest, provider_name(self._entries[0]))
+        if not manifest.precisions:
+            raise BundleError(f"bundle {manifest.name!r} lists no graphs")
+        first = provider_name(self._entries[0])
+        self._accelerator = None if first == CPU else first
+        self._cpu = cpu or detect_cpu()
+        self._backend_asked = backend
+        self._plan: RuntimePlan = plan_runtime(manifest, self._cpu, accelerator=self._accelerator, backend=backend,
+                                               precision=precision, evidence=self._known_evidence())
         # A defaulted precision follows the provider; it is only known once a session came up on
         # CUDA (or fell back to the CPU). Until then nothing may be computed or cached with it.
-        self._precision_settled = not (precision is None and provider_name(self._entries[0]) == CUDA)
-        if self.precision not in manifest.precisions:
-            raise BundleError(f"bundle {manifest.name!r} has no {self.precision!r} graphs; it has: "
-                              f"{', '.join(manifest.precisions)}")
-        for encoder in ("image", "text"):
-            manifest.graph(self.precision, encoder)  # both must exist, even if only one is used
+        self._precision_settled = not (precision is None and first == CUDA)
+        for encoder in ("image", "text"):  # both must exist, even if only one is used
+            manifest.graph(self._plan.encoder(encoder).graph_precision, encoder)
         if cache not in (True, False, "memory"):
             raise InputError(f"cache must be True, False or 'memory', got {cache!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -166,11 +253,11 @@ class ClipModel:
         self._session_options = session_options
         self._verify = verify
         self._allow_fallback = allow_fallback
-        self._provider_options = provider_options
+        self._provider_options = without_options_for(provider_options, self._dropped, available)
         self._cache_mode = cache
         self._exif_transpose, self._strict, self._draft = exif_transpose, strict, draft
         self._lock = threading.RLock()
-        self._sessions: dict[str, OrtSession] = {}
+        self._sessions: dict[str, Backend] = {}
         self._tokenizer_obj: Any = None
         self._preprocessor_obj: Any = None
         self._cache_obj: Any = None
@@ -189,49 +276,129 @@ class ClipModel:
         return self.manifest.logit_bias
 
     @property
+    def precision(self) -> str:
+        """The precision that runs: one name, or ``IMAGE/TEXT`` when the encoders differ."""
+        return self._plan.precision
+
+    @property
+    def plan(self) -> RuntimePlan:
+        """The per-encoder choice of backend, precision and mode (see :attr:`runtime`)."""
+        return self._plan
+
+    @property
     def providers(self) -> list[str]:
-        """The providers the sessions run on; before the first session exists, those requested."""
+        """The onnxruntime providers the sessions run on; before the first session exists,
+        those requested (an OpenVINO encoder runs on the CPU)."""
         with self._lock:
             for session in self._sessions.values():
-                return list(session.providers)
+                if hasattr(session, "providers"):
+                    return list(session.providers)
         return [provider_name(e) for e in self._entries]
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        """What runs each encoder on this machine, and why: the CPU (ISA class and flags), the
+        installed backends, and per encoder the backend, precision, compute precision, folder
+        mode, the reason and the measurement it came from (plus the live backend's settings
+        once its session exists). Recorded in outputs' metadata."""
+        from .engine.runtime_info import runtime_dict
+
+        with self._lock:
+            live = {enc: s.describe() for enc, s in self._sessions.items()}
+        return runtime_dict(self._plan, live)
+
+    def describe(self) -> str:
+        """:attr:`runtime` as readable lines (what ``clip-rt info`` prints)."""
+        from .engine.runtime_info import describe_lines
+
+        return "\n".join(describe_lines(self.runtime))
 
     def __repr__(self) -> str:
         return f"ClipModel({self.manifest.name!r}, precision={self.precision!r}, providers={self.providers})"
 
     # -- lazy parts ---------------------------------------------------------------
-    def session(self, encoder: str) -> OrtSession:
-        """The ONNX Runtime session of ``"image"`` or ``"text"`` (created and verified on first use)."""
+    def session(self, encoder: str) -> Backend:
+        """The backend running ``"image"`` or ``"text"`` (created and verified on first use): an
+        onnxruntime session (:class:`~clip_rt.engine.backends.ort.OrtBackend`) or an OpenVINO one."""
         with self._lock:
             if encoder not in self._sessions:
                 sess = self._open_session(encoder)
                 if not self._precision_settled:
-                    if sess.fell_back and CUDA not in sess.providers:
+                    if getattr(sess, "fell_back", False) and CUDA not in getattr(sess, "providers", ()):
                         sess = self._fall_back_to_cpu_precision(encoder, sess)
                     self._precision_settled = True
-                want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
-                if sess.input_names != [want_in] or want_out not in sess.output_names:
-                    raise BundleError(f"{sess.path.name}: expected input {want_in!r} and output {want_out!r}, "
-                                      f"found inputs {sess.input_names} and outputs {sess.output_names}")
+                check_session(sess, encoder, self.manifest)  # the graph agrees with its manifest
                 self._sessions[encoder] = sess
             return self._sessions[encoder]
 
-    def _open_session(self, encoder: str) -> OrtSession:
-        graph = self.manifest.graph(self.precision, encoder)
-        self._check_files([graph.file, *graph.external_data])
-        return OrtSession(self.bundle_dir / graph.file, self._requested, intra_op_threads=self._threads,
-                          session_options=self._session_options, allow_fallback=self._allow_fallback,
-                          options=self._provider_options)
+    def prepare(self, encoders: Sequence[str] = ("image", "text")) -> None:
+        """Create and check the sessions of *encoders* now (files verified, graph checked against
+        the manifest): a damaged or mismatched bundle then fails here, before a caller opens its
+        output files, rather than after."""
+        for encoder in encoders:
+            if encoder not in ("image", "text"):
+                raise InputError(f"encoder must be 'image' or 'text', got {encoder!r}")
+            self.session(encoder)
 
-    def _fall_back_to_cpu_precision(self, encoder: str, sess: OrtSession) -> OrtSession:
+    def _open_session(self, encoder: str) -> Backend:
+        choice = self._plan.encoder(encoder)
+        backend = self._open_backend(choice)
+        if self._dropped and hasattr(backend, "fell_back"):
+            backend.fell_back = True  # a provider asked for was left out at load (allow_fallback)
+        if choice.needs_evidence:
+            backend = self._settle_evidence(choice, backend)
+        return backend
+
+    def _open_backend(self, choice: EncoderChoice) -> Backend:
+        graph = self.manifest.graph(choice.graph_precision, choice.encoder)
+        self._check_files([graph.file, *graph.external_data])
+        check_external_data(self.bundle_dir, graph)  # before the backend opens anything it names
+        return open_backend(choice, self.bundle_dir / graph.file, native_bf16=self._cpu.native_bf16,
+                            providers=self._requested, threads=self._threads, session_options=self._session_options,
+                            allow_fallback=self._allow_fallback, provider_options=self._provider_options,
+                            cache_dir=cache_dir() / "openvino")
+
+    def _known_evidence(self) -> dict[str, dict[str, bool]]:
+        from .engine.runtime_info import known_evidence
+
+        return known_evidence(self.manifest.fingerprint, self._cpu)
+
+    def _settle_evidence(self, choice: EncoderChoice, backend: Backend) -> Backend:
+        """A derived mode (bf16 compute on the fp32 graph) chosen by default: compare it with the
+        fp32 graph on onnxruntime once (cached); if it fails, choose again without it."""
+        from .engine.runtime_info import derived_parity
+
+        fp32 = self.manifest.graph("fp32", choice.encoder)
+        self._check_files([fp32.file, *fp32.external_data])
+        tokenizer = self._tokenizer() if choice.encoder == "text" else None
+        record = derived_parity(self.manifest, self.bundle_dir / fp32.file, choice, backend, self._cpu, tokenizer)
+        note = (f"parity vs the fp32 graph: min cosine {record['min_cosine']:.6f} on {record['samples']} sample "
+                f"inputs (gate >= {record['gate']['min_cosine']}), {'cached' if record['cached'] else 'measured now'}")
+        if record["passed"]:
+            self._plan = self._plan.with_encoder(dataclasses.replace(choice, needs_evidence=False,
+                                                                     notes=(*choice.notes, note)))
+            return backend
+        warnings.warn(f"{self.manifest.name}: {choice.backend} {choice.precision} for the {choice.encoder} encoder "
+                      f"failed its {note}; choosing again without it", RuntimeWarning, stacklevel=4)
+        backend.close()
+        evidence = self._known_evidence()
+        evidence.setdefault(choice.encoder, {})[f"{choice.backend}:{choice.precision}"] = False
+        plan = plan_runtime(self.manifest, self._cpu, accelerator=self._accelerator, backend=self._backend_asked,
+                            precision=None, evidence=evidence)
+        self._plan = self._plan.with_encoder(plan.encoder(choice.encoder))
+        return self._open_session(choice.encoder)
+
+    def _fall_back_to_cpu_precision(self, encoder: str, sess: Backend) -> Backend:
         """CUDA came up on the CPU: the defaulted precision (fp16) was chosen for CUDA and is slow
-        on the CPU, so the CPU's default precision is used instead."""
-        cpu_precision = default_precision(self.manifest, CPU)
-        if cpu_precision == self.precision:
+        on the CPU, so the CPU's onnxruntime default precision is used instead."""
+        plan = plan_runtime(self.manifest, self._cpu, backend="onnxruntime", evidence=self._known_evidence())
+        before = self.precision
+        self._plan = plan
+        if self.precision == before:
             return sess
-        warnings.warn(f"{self.manifest.name}: using the {cpu_precision} graphs instead of {self.precision} "
+        warnings.warn(f"{self.manifest.name}: using the {self.precision} graphs instead of {before} "
                       "(the default for CUDA) since the session runs on the CPU", RuntimeWarning, stacklevel=3)
-        self.precision = cpu_precision
+        sess.close()
         return self._open_session(encoder)
 
     def _check_files(self, names: list[str]) -> None:
@@ -262,21 +429,32 @@ class ClipModel:
             return self._preprocessor_obj
 
     def _cache(self) -> Any:
-        if not self._precision_settled and self._cache_mode:
-            self.session("text")  # the cache is keyed by precision, which a CPU fallback changes
+        if (not self._precision_settled or self._plan.text.needs_evidence) and self._cache_mode:
+            self.session("text")  # the cache is keyed by precision, which a CPU fallback or a failed check changes
         with self._lock:
             if self._cache_obj is None and self._cache_mode:
                 from .engine.prompt_cache import PromptCache
 
-                self._cache_obj = PromptCache(self.manifest.fingerprint, self.precision, dim=self.embed_dim,
+                self._cache_obj = PromptCache(self._prompt_fingerprint(), self._plan.text.cache_key, dim=self.embed_dim,
                                               persistent=self._cache_mode is True)
             return self._cache_obj
+
+    def _prompt_fingerprint(self) -> str:
+        """What cached text embeddings are keyed by: the bundle's files and text settings, and
+        the text cleaner in use (ftfy repairs mojibake that the built-in cleaner leaves alone)."""
+        import hashlib
+        import importlib.util
+
+        cleaner = "ftfy" if importlib.util.find_spec("ftfy") is not None else "lite"
+        return hashlib.sha256(f"{self.manifest.text_fingerprint}:{cleaner}".encode()).hexdigest()[:32]
 
     def release(self, encoder: str) -> None:
         """Free an encoder's session (its weights and arena); it is re-created on next use.
         A folder classify needs the text graph only to build the class embeddings."""
         with self._lock:
-            self._sessions.pop(encoder, None)
+            session = self._sessions.pop(encoder, None)
+        if session is not None:
+            session.close()
 
     def close(self) -> None:
         """Release the prompt cache's database connection (sessions are freed with the model)."""
@@ -289,9 +467,10 @@ class ClipModel:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
         items = [texts] if isinstance(texts, str) else list(texts)
         _check_batch_size(batch_size)
-        for t in items:
+        for i, t in enumerate(items):
             if not isinstance(t, str):
-                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r}")
+                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
+            check_utf8(t, f"text #{i}")
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         unique = list(dict.fromkeys(items))
@@ -342,11 +521,15 @@ class ClipModel:
         if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
             raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
         session = self.session("image")
-        if output == "numpy":
-            if not isinstance(pixel_values, np.ndarray):
-                return session.run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
+        if output == "numpy" and isinstance(pixel_values, np.ndarray):
             return session.run({IMAGE_INPUT: pixel_values})[0]
-        return session.run_binding({IMAGE_INPUT: pixel_values})[0]
+        run_binding = getattr(session, "run_binding", None)
+        if run_binding is None:
+            raise InputError(f"OrtValue input or output needs the onnxruntime backend; the image encoder runs on "
+                             f"{session.name} (load with backend='onnxruntime')")
+        if output == "numpy":
+            return run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
+        return run_binding({IMAGE_INPUT: pixel_values})[0]
 
     def preprocess(self, source: Any) -> PreprocessedImage:
         """Decode and preprocess one image exactly as :meth:`encode_image` does (this model's EXIF,
@@ -367,19 +550,20 @@ class ClipModel:
         return self._iter(sources, batch_size, raise_errors=False, workers=workers)
 
     def _decode(self, index: int, source: Any) -> _Decoded:
+        if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
+            return _Decoded(index, source.path, None, None, None, InputError(f"{source.path}: {source.reason}"), [])
         pre = self._preprocessor()
         try:
-            loaded = pre.load(source)  # with the model's EXIF and draft settings
-            pixels = pre(loaded)
-        except ClipRtError as exc:  # unreadable image, bad array: reported on this item only
+            # With the model's EXIF and draft settings, inside the process-wide decode memory
+            # budget; the decoded image is dropped as soon as it is preprocessed.
+            done = pre.convert(source)
+        except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
             return _Decoded(index, source, None, None, None, exc, [])
-        except MemoryError:
-            raise
         except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
             from .inputs.images import unexpected_load_error
 
             return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
-        return _Decoded(index, source, pixels, loaded.width, loaded.height, None, list(loaded.notes))
+        return _Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
 
     def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
@@ -390,10 +574,15 @@ class ClipModel:
         self._preprocessor()
         return self._pipeline(iter(sources), session, batch_size, raise_errors, workers)
 
-    def _pipeline(self, sources: Iterator[Any], session: OrtSession, batch_size: int, raise_errors: bool,
+    def _pipeline(self, sources: Iterator[Any], session: Backend, batch_size: int, raise_errors: bool,
                   workers: int) -> Iterator[ImageEmbedding]:
+        # Folders go through the backend's throughput queue where the plan says so: up to
+        # queue_depth batches in flight, collected in order (same embeddings as run()).
+        queued = self._plan.image.folders == "throughput"
+        depth = session.queue_depth if queued else 1
         ahead = 2 * batch_size
         pending: deque[Future[_Decoded]] = deque()
+        in_flight: deque[tuple[list[_Decoded], Optional[Pending]]] = deque()
         batch: list[_Decoded] = []
         next_index = 0
         exhausted = False
@@ -415,25 +604,33 @@ class ClipModel:
                         raise item.error
                     batch.append(item)
                     if len(batch) >= batch_size:
-                        yield from self._run_batch(session, batch)
+                        in_flight.append(_submit(session, batch, queued))
                         batch = []
+                        while len(in_flight) >= depth:
+                            yield from _collect(*in_flight.popleft())
                 if batch:
-                    yield from self._run_batch(session, batch)
+                    in_flight.append(_submit(session, batch, queued))
+                while in_flight:
+                    yield from _collect(*in_flight.popleft())
             finally:
                 for fut in pending:  # the consumer stopped early, or an error is propagating
                     fut.cancel()
+                for _, job in in_flight:  # hand the backend's requests back before leaving
+                    if job is not None:
+                        try:
+                            job.result()
+                        except Exception:  # noqa: BLE001 - already leaving with the first error
+                            pass
 
-    @staticmethod
-    def _run_batch(session: OrtSession, batch: list[_Decoded]) -> Iterator[ImageEmbedding]:
-        good = [d for d in batch if d.pixels is not None]
-        embs = session.run({IMAGE_INPUT: np.stack([d.pixels for d in good])})[0] if good else None
-        row = 0
-        for d in batch:
-            emb = None
-            if d.pixels is not None:
-                emb, row = embs[row], row + 1  # type: ignore[index]
-            yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
-                                 error=None if d.error is None else str(d.error), notes=d.notes)
+    @property
+    def draft(self) -> bool:
+        """Whether images may be decoded at reduced scale (``load(draft=True)``, CLI ``--draft``)."""
+        return self._draft
+
+    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+        """The smallest (width, height) a *width* x *height* image may be decoded or converted at
+        in draft mode: twice what the resize step makes of it (docs/images.md)."""
+        return self._preprocessor().draft_size(width, height)
 
     # -- similarity and zero-shot ---------------------------------------------------
     def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
@@ -456,15 +653,65 @@ class ClipModel:
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
                  top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
-        """One :class:`Classification` per image; raises on the first unreadable image.
+        """One :class:`Classification` per image; raises on the first unreadable image. A folder
+        path stands for the images under it (as in the CLI). :meth:`iter_classify` instead
+        reports a bad image on its own item and goes on.
 
         With the prompt cache on, the text session is freed once the class embeddings exist
         (the next call finds them in the cache): a folder then peaks at the image graph's
         memory alone (docs/bench.md)."""
+        clf = self._zero_shot(labels, templates)
+        sources = list(expand_folders(_as_image_list(images)))
+        return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)
+
+    def iter_classify(self, images: Any, labels: LabelsArg,
+                      templates: Union[str, Sequence[str]] = _templates.SIMPLE, top_k: int = 5,
+                      batch_size: int = DEFAULT_IMAGE_BATCH, *, workers: Optional[int] = None
+                      ) -> Iterator[ClassifiedImage]:
+        """Classify images the way `clip-rt classify` does: one :class:`ClassifiedImage` per image,
+        in input order, carrying its source (the path, for files); a folder path stands for the
+        images under it (recursive, sorted; a folder that cannot be listed is a failed item). An
+        unreadable image gives an item with ``error`` set and ``result=None``, and the stream goes
+        on. *images* may be a generator; memory stays bounded as in :meth:`iter_images`."""
+        clf = self._zero_shot(labels, templates)  # bad labels, a damaged graph: raised here, not at next()
+        sources = expand_folders([images] if _is_single_source(images) else images)
+        return self._classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
+
+    @staticmethod
+    def _classified(items: Iterator[ImageEmbedding], clf: ZeroShotClassifier, top_k: int) -> Iterator[ClassifiedImage]:
+        for item in items:
+            result = None
+            if item.embedding is not None and item.error is None:
+                result = clf.classify_embeddings(item.embedding[None, :], top_k=top_k)[0]
+            yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
+                                  height=item.height, error=item.error or (None if result else "no embedding"),
+                                  notes=item.notes)
+
+    def _zero_shot(self, labels: LabelsArg, templates: Union[str, Sequence[str]]) -> ZeroShotClassifier:
         clf = self.classifier(labels, templates)
         if self._cache_mode:
             self.release("text")
-        return clf.classify_embeddings(self.encode_image(images, batch_size=batch_size), top_k=top_k)
+        return clf
+
+
+def _submit(session: Backend, batch: list[_Decoded], queued: bool) -> tuple[list[_Decoded], Optional[Pending]]:
+    """One batch into the backend: its throughput queue (*queued*) or a single latency call."""
+    good = [d for d in batch if d.pixels is not None]
+    if not good:
+        return batch, None
+    feeds = {IMAGE_INPUT: np.stack([d.pixels for d in good])}
+    return batch, session.submit(feeds) if queued else Pending(value=session.run(feeds))
+
+
+def _collect(batch: list[_Decoded], job: Optional[Pending]) -> Iterator[ImageEmbedding]:
+    embs = job.result()[0] if job is not None else None
+    row = 0
+    for d in batch:
+        emb = None
+        if d.pixels is not None:
+            emb, row = embs[row], row + 1  # type: ignore[index]
+        yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
+                             error=None if d.error is None else str(d.error), notes=d.notes)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError
+from .inputs.texts import check_utf8
 
 PLACEHOLDER = "{}"
 
@@ -55,6 +56,7 @@ def _prompts(name: str, value: Union[None, str, Sequence[str]]) -> tuple[str, ..
     for p in items:
         if not isinstance(p, str) or not p.strip():
             raise InputError(f"label {name!r}: prompts must be non-empty strings, got {p!r}")
+        check_utf8(p, f"label {name!r}: prompt")
     return tuple(items)
 
 
@@ -92,7 +94,7 @@ def _name(value: object) -> str:
     name = value.strip()
     if not name:
         raise InputError(f"blank label {value!r}: expected a class name")
-    return name
+    return check_utf8(name, "label")
 
 
 def check_templates(templates: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -106,6 +108,7 @@ def check_templates(templates: Union[str, Sequence[str]]) -> tuple[str, ...]:
             raise InputError(f"a template must be a string, got {type(t).__name__}: {t!r}")
         if PLACEHOLDER not in t:
             raise InputError(f"template {t!r} has no {{}} placeholder for the label")
+        check_utf8(t, "template")
     return out
 
 

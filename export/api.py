@@ -22,16 +22,23 @@ from .load import LoadedModel, WeightsSource, load_model, resolve
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def normalize_precisions(precisions: Iterable[str]) -> list[str]:
-    """The requested precisions plus fp32 (always exported: the reference the others are
-    checked against, and the runtime's exact path), deduplicated, in the format's order."""
+def normalize_precisions(precisions: Iterable[str], include_fp32: bool = True) -> list[str]:
+    """The precisions the bundle will hold, deduplicated, in the format's order: the requested
+    ones plus fp32 (the runtime's exact path), unless *include_fp32* is False (a slim bundle).
+    fp32 graphs are exported and checked against torch either way: the other precisions are
+    derived from them."""
     if isinstance(precisions, str):  # "fp16" means ("fp16",), not its letters
         precisions = [precisions]
     wanted = {str(p).lower() for p in precisions}
     unknown = sorted(wanted - set(PRECISIONS))
     if unknown:
         raise InputError(f"unknown precision {', '.join(unknown)}: expected any of {', '.join(PRECISIONS)}")
-    wanted.add("fp32")
+    if include_fp32:
+        wanted.add("fp32")
+    elif "fp32" in wanted:
+        raise InputError("--no-fp32 leaves the fp32 graphs out, but fp32 was also asked for with --precision fp32")
+    elif not wanted:
+        raise InputError("--no-fp32 needs another precision to keep: add --precision int8 and/or --precision fp16")
     return [p for p in PRECISIONS if p in wanted]
 
 
@@ -50,6 +57,7 @@ def export_bundle(
     log: Optional[Callable[[str], None]] = None,
     calibration_method: Optional[str] = None,
     int8_min_cosine: Optional[float] = None,
+    include_fp32: bool = True,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -64,9 +72,12 @@ def export_bundle(
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
+    *include_fp32* False makes a slim bundle (for small devices): the fp32 graphs are still
+    exported and checked against torch in the staging folder, as the source of the requested
+    int8/fp16 graphs, then deleted; the bundle holds only *precisions*.
     """
     say = log or (lambda _msg: None)
-    wanted = normalize_precisions(precisions)
+    wanted = normalize_precisions(precisions, include_fp32)
     if calibration_method is not None:
         from .optimize import CALIBRATION_METHODS
 
@@ -153,11 +164,16 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         notes.append(convert.int8_note(calibration_method))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
-    if "fp32" not in precisions:  # fp32 was only the source of the others
+    if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others
         for entry in graph_entries.pop("fp32").values():
             for name in (entry.file, *entry.external_data):
                 (work / name).unlink()
-        parity.pop("fp32")
+        checked = parity.pop("fp32")
+        notes.append(
+            "slim bundle: the fp32 graphs were exported and checked against torch (max abs diff "
+            + ", ".join(f"{enc} {fig.max_abs_diff:.2e}" for enc, fig in checked.items())
+            + ") as the source of the other precisions, then left out"
+        )
 
     _write_tokenizer(work / TOKENIZER_FILE, context_length)
     tokenizer = loaded.tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
-from clip_rt.bundle.catalogue import RANDOM_TAG, resolve_alias, sanitize
+from clip_rt.bundle.catalogue import RANDOM_TAG, canonical_name, close_matches, load_catalogue, resolve_alias, sanitize
 from clip_rt.errors import ExportError, InputError
 from clip_rt.bundle.manifest import sha256_file
 
@@ -58,10 +58,15 @@ def resolve_model_name(model: str, pretrained: Optional[str]) -> tuple[str, str]
     alias = resolve_alias(model)
     arch = alias.architecture if alias else model
     if arch not in open_clip.list_models():
+        canonical = canonical_name(model)  # vit-b-32 -> ViT-B-32, vit-b/32 -> ViT-B/32
+        if canonical is not None and canonical != model:
+            return resolve_model_name(canonical, pretrained)
+        close = close_matches(model, [*load_catalogue()["aliases"], *open_clip.list_models()])
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise InputError(
             f"unknown model {model!r}: expected an open_clip architecture (e.g. ViT-B-32, RN50, "
             f"convnext_base_w; `clip-rt models --available` lists them), an OpenAI alias such as "
-            f"ViT-B/32, or a name plus --model-config FILE.json"
+            f"ViT-B/32, or a name plus --model-config FILE.json.{hint}"
         )
     if pretrained is not None:
         return arch, pretrained
@@ -210,17 +215,17 @@ def resolve(model: str, pretrained: Optional[str], model_config: Optional[Path] 
 
 
 def check_tokenizer_supported(arch: str) -> None:
-    """Fail before any work for models whose tokenizer is not open_clip's CLIP BPE tokenizer
-    (SigLIP's sentencepiece, HF tokenizers such as xlm-roberta): clip-rt cannot reproduce them yet."""
+    """Fail before any work for architectures clip-rt cannot export yet (non-CLIP tokenizers such
+    as SigLIP's or HF ones): the one rule is :func:`clip_rt_export.support.unsupported_reason`,
+    which `clip-rt models --available` shows too."""
     import open_clip
 
-    text_cfg = (open_clip.get_model_config(arch) or {}).get("text_cfg", {})
-    other = text_cfg.get("hf_tokenizer_name") or ("SigLIP tokenizer" if "siglip" in arch.lower() else "")
-    if other:
-        raise ExportError(
-            f"{arch} uses a non-CLIP tokenizer ({other}); clip-rt supports only open_clip's CLIP BPE "
-            f"tokenizer (SimpleTokenizer) so far, so this model is not supported yet"
-        )
+    from .support import unsupported_reason
+
+    reason = unsupported_reason(arch, open_clip.get_model_config(arch))
+    if reason:
+        raise ExportError(f"{arch} is not supported yet: {reason}; clip-rt reproduces only open_clip's CLIP BPE "
+                          f"tokenizer (SimpleTokenizer) so far (`clip-rt models --available` lists what it exports)")
 
 
 def load_model(

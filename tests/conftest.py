@@ -8,6 +8,12 @@ import pytest
 
 # Hubs are unreachable in CI: make any accidental download fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The automatic backend choice depends on the CPU: tests run as on an AVX2 CPU (nothing measured:
+# onnxruntime, the bundle's fastest gated precision) so that it is the same on every host. Set
+# here, not only in the fixture below, so that module-scoped fixtures and the servers, Ray
+# workers and subprocesses they start see it too.
+TEST_CPU_FLAGS = "x86_64: avx2 fma"
+os.environ["CLIP_RT_CPU_FLAGS"] = TEST_CPU_FLAGS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -33,9 +39,19 @@ def hide_module(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 
 @pytest.fixture(autouse=True)
+def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs as on an AVX2 CPU (a class with nothing measured: onnxruntime, the
+    bundle's fastest gated precision), so the automatic backend choice is the same on every
+    host; tests of the choice set CLIP_RT_CPU_FLAGS themselves."""
+    monkeypatch.setenv("CLIP_RT_CPU_FLAGS", TEST_CPU_FLAGS)  # undoes a test's own setting
+    return TEST_CPU_FLAGS
+
+
+@pytest.fixture(autouse=True)
 def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("clip-rt-home")
     monkeypatch.setenv("CLIP_RT_HOME", str(home))
+    monkeypatch.delenv("CLIP_RT_MODEL", raising=False)  # the built-in default model, unless a test sets one
     return home
 
 

@@ -77,13 +77,17 @@ def test_models_lists_the_store_and_survives_a_broken_bundle(tiny_bundle_dir: Pa
     (store / ".half-written.tmp-1").mkdir()  # staging folders are not bundles
     result = run("models")
     assert result.exit_code == 0
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert any(line.startswith(tiny_bundle_dir.name) and "fp32,fp16,int8" in line and "checkpoint" in line
                for line in lines)
-    assert any(line.startswith("broken-bundle") and "unreadable" in line for line in lines)
+    assert "broken-bundle" not in result.stdout  # listed: the good bundles; warned: each broken one
+    assert result.stderr.splitlines() == [
+        f"warning: skipped a broken bundle: {broken / 'manifest.json'}: not valid JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
     assert "half-written" not in result.output
-    rows = json.loads(run("models", "--json").output)
-    assert [r["name"] for r in rows] == ["broken-bundle", tiny_bundle_dir.name]
+    listed = run("models", "--json")
+    assert [r["name"] for r in json.loads(listed.stdout)] == [tiny_bundle_dir.name]
+    assert listed.stderr.count("warning: skipped a broken bundle") == 1
 
 
 def test_models_available_lists_aliases_and_architectures() -> None:

@@ -106,11 +106,26 @@ class FakeModel:
             out.append(v / np.linalg.norm(v))
         return np.stack(out).astype(np.float32)
 
+    draft = False
+
+    def preprocess(self, image: Image.Image) -> Any:
+        """The real model's PreprocessedImage; its pixels here are the embedding itself, which
+        encode_pixels passes on."""
+        from clip_rt.model import PreprocessedImage
+
+        return PreprocessedImage(self._embed(image), image.width, image.height, [])
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(pixels, dtype=np.float32)
+
     def classifier(self, labels: list[str], templates: tuple[str, ...]) -> FakeClassifier:
         return FakeClassifier(self, labels, templates)
 
     def session(self, encoder: str) -> None:
         """The real model opens (and checksums) the graph here; the fake has none."""
+
+    def prepare(self, encoders: Any = ("image", "text")) -> None:
+        """The real model creates and checks its sessions here; the fake has none."""
 
     def release(self, encoder: str) -> None:
         """The real model frees the session here."""

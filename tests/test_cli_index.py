@@ -165,8 +165,18 @@ def test_non_utf8_names_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "caf\\xe9.png" in r.stdout
 
 
+def _npy_header_claiming(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 64
+
+
 @pytest.mark.parametrize("damage", ["json_missing_key", "json_list", "entry_keys", "npy_missing", "npy_garbage",
-                                    "npy_empty"])
+                                    "npy_empty", "json_folder", "npy_folder", "entries_dict", "entry_size_str",
+                                    "entry_path_int", "embed_dim_str", "root_int", "npy_huge_header", "npy_nan",
+                                    "npy_int", "npy_object"])
 def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     install_fake(monkeypatch)
     imgs = colour_dir(tmp_path / "imgs")
@@ -187,8 +197,36 @@ def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
         npy.unlink()
     elif damage == "npy_garbage":
         npy.write_bytes(b"not an npy file at all")
-    else:
+    elif damage == "npy_empty":
         npy.write_bytes(b"")
+    elif damage == "json_folder":
+        meta_path.unlink()
+        meta_path.mkdir()
+    elif damage == "npy_folder":
+        npy.unlink()
+        npy.mkdir()
+    elif damage.startswith(("entr", "embed", "root")):
+        if damage == "entries_dict":
+            meta["entries"] = {"red.png": 1}
+        elif damage == "entry_size_str":
+            meta["entries"][1]["size"] = "12"
+        elif damage == "entry_path_int":
+            meta["entries"][1]["path"] = 7
+        elif damage == "embed_dim_str":
+            meta["embed_dim"] = "8"
+        else:
+            meta["root"] = 5
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "npy_huge_header":  # a header claiming 20 TB: refused before any allocation
+        npy.write_bytes(_npy_header_claiming((10**10, 512)))
+    elif damage == "npy_nan":
+        emb = np.load(npy)
+        emb[2, :] = np.nan
+        np.save(npy, emb)
+    elif damage == "npy_int":
+        np.save(npy, np.zeros((4, 8), np.int64))
+    else:
+        np.save(npy, np.array([None] * 4, dtype=object).reshape(4, 1), allow_pickle=True)
     for args in (["search", str(idx), "red"], ["index", str(imgs), "-o", str(idx)]):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 1, (args, r.output, r.exc_info)
@@ -197,6 +235,46 @@ def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
         assert len(lines) == 1 and "damaged" in lines[0] and "--rebuild" in lines[0], r.output
     r = invoke(["index", str(imgs), "-o", str(idx), "--rebuild"])  # the hint works
     assert r.exit_code == 0 and len(SearchIndex.load(str(idx)).entries) == 4
+    assert invoke(["search", str(idx), "red"]).exit_code == 0
+
+
+def test_update_cleans_what_a_crash_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    assert invoke(["index", str(imgs), "-o", str(idx)]).exit_code == 0
+    left = [".embeddings-2.npy.999-1.tmp", ".index.json.999-1.tmp", "embeddings-0.npy", "embeddings-7.npy"]
+    for name in left:
+        (idx / name).write_bytes(b"half written")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(imgs / "new.png")
+    r = invoke(["index", str(imgs), "-o", str(idx)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((idx / INDEX_FILE).read_text())
+    assert sorted(os.listdir(idx)) == sorted([".lock", INDEX_FILE, meta["embeddings"]])
+    assert len(SearchIndex.load(str(idx)).entries) == 5
+
+
+def test_full_disk_during_an_update_keeps_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    assert invoke(["index", str(imgs), "-o", str(idx)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in idx.iterdir()}
+    for i in range(30):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3)).save(imgs / f"n{i}.png")
+    tests = Path(__file__).resolve().parent
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); "
+            f"sys.path.insert(0, {str(tests)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)")
+    p = subprocess.run([sys.executable, "-c", code, "index", str(imgs), "-o", str(idx)], capture_output=True,
+                       timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    err = p.stderr.decode()
+    assert p.returncode == 1 and err.startswith("Error: cannot write index") and "File too large" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert {q.name: q.read_bytes() for q in idx.iterdir()} == before
+    assert invoke(["search", str(idx), "red"]).exit_code == 0
 
 
 def test_load_retries_when_an_update_replaced_the_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,7 +195,7 @@ DAMAGE = {
     "manifest not JSON": (lambda b: (b / "manifest.json").write_text('{"format_version": 1,'), BundleError,
                           r"manifest\.json: not valid JSON"),
     "manifest without graphs": (lambda b: _edit_manifest(b, lambda d: d.pop("graphs")), BundleError,
-                                r"malformed manifest \(KeyError: 'graphs'\)"),
+                                r"malformed manifest: graphs: required field is missing"),
 }
 
 

@@ -321,3 +321,88 @@ def _run_in_process_without_ftfy(tiny_json: Path) -> None:
             del sys.modules["ftfy"]
         else:
             sys.modules["ftfy"] = saved
+
+
+# -- long texts are cut before cleaning and tokenising (issue 11) ---------------------------------
+# The cut must keep exactly the tokens open_clip keeps: each long text is compared with tokenising
+# the whole text (the path every text took before) and, for a sample, with open_clip itself.
+_JOINERS = [" ", "\n", "\r\n", "\t", "", "&amp;", " &#32", "&#x3c;", "\u00a0", "\u0301", "\u03a3 ", "<", "\x0c",
+            "   ", "<end_of_text>", "\u2028", "\x1b[31m", "Ã©", "ﬁ"]
+
+
+def _long_texts(items: list[str], count: int, seed: int) -> list[str]:
+    """Long strings made of corpus items glued with awkward joiners: entities, combining marks,
+    Greek capital sigma, CRLF, control characters, mojibake, specials, lines of every length."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        size = int(rng.choice([4_100, 6_000, 12_000, 25_000]))
+        parts, total = [], 0
+        while total < size:
+            part = items[int(rng.integers(len(items)))] + _JOINERS[int(rng.integers(len(_JOINERS)))]
+            parts.append(part)
+            total += len(part)
+        out.append("".join(parts))
+    out.append("word " * 3000)  # plain ASCII: cut without any fixing
+    out.append("a" * 5000 + " b" * 200)  # the first cut point is past the start budget
+    out.append("é" * 4000 + "\n" + "x " * 300)  # one long first line
+    return out
+
+
+def _whole(tok: ClipTokenizer, text: str) -> list[int]:
+    return tok._rows([tok.clean(text)])[0]
+
+
+@pytest.mark.parametrize("use_ftfy", [True, False])
+def test_long_texts_cut_before_tokenising_keep_exactly_the_same_tokens(tokenizer_json, corpus_items, use_ftfy):
+    if use_ftfy:
+        pytest.importorskip("ftfy")
+    tok = _tok(tokenizer_json, use_ftfy=use_ftfy)
+    texts = _long_texts([t for _, t in corpus_items], 40, seed=1 if use_ftfy else 2)
+    batch = tok.encode_batch(texts)
+    assert batch.cut.sum() >= len(texts) // 3  # the longer ones were cut (the shorter may be read whole)
+    for i, text in enumerate(texts):
+        whole = _whole(tok, text)
+        kept = whole[:75]
+        assert batch.ids[i, 1:1 + len(kept)].tolist() == kept, i
+        assert bool(batch.truncated[i]) == (len(whole) > 75)
+        assert batch.token_counts[i] <= len(whole) + 2  # a lower bound once cut
+
+
+def test_long_texts_agree_with_open_clip(tokenizer_json, corpus_items, open_clip_tokenize):
+    pytest.importorskip("ftfy")
+    texts = _long_texts([t for _, t in corpus_items], 12, seed=3)
+    got = _tok(tokenizer_json, use_ftfy=True).encode_batch(texts).ids
+    np.testing.assert_array_equal(got, open_clip_tokenize(texts))
+
+
+def test_long_lines_cut_at_ftfy_segment_boundaries(tokenizer_json, corpus_items, monkeypatch):
+    """Lines longer than ftfy's segment (1,000,000 characters) are fixed in pieces; the cut then
+    falls on those piece boundaries. Checked with fix_text_lite and a 700-character segment."""
+    import clip_rt.inputs.tokenizer as tokenizer_mod
+
+    monkeypatch.setattr(tokenizer_mod, "_MAX_SEGMENT", 700)
+    tok = _tok(tokenizer_json, use_ftfy=False)
+    assert tok._max_segment == 700
+    items = [t.replace("\n", " ") for _, t in corpus_items]
+    texts = [t.replace("\n", "").replace("\r", "").replace("\u2028", "") for t in _long_texts(items, 20, seed=4)]
+    batch = tok.encode_batch(texts)
+    for i, text in enumerate(texts):
+        whole = _whole(tok, text)
+        assert batch.ids[i, 1:1 + min(75, len(whole))].tolist() == whole[:75], i
+
+
+def test_a_long_text_is_cut_cheaply(tiny_json):
+    """50 MB of text: only the start is cleaned and tokenised; the warning says 'over N tokens'."""
+    tok = ClipTokenizer.from_file(tiny_json, TextConfig(6, vocab_size=7, sot_token_id=5, eot_token_id=6))
+    batch = tok.encode_batch(["a b c " * 8_000_000])
+    assert batch.cut.tolist() == [True] and batch.truncated.tolist() == [True]
+    assert 6 < batch.token_counts[0] < 100_000
+    assert "#0 (over " in batch.truncation_message(["a b c"])
+
+
+def test_a_huge_run_without_spaces_is_an_input_error(tiny_json):
+    tok = ClipTokenizer.from_file(tiny_json, TextConfig(6, vocab_size=7, sot_token_id=5, eot_token_id=6))
+    with pytest.raises(InputError, match=r"text #1 \(5000000 characters\) has a run of over 100000 characters "
+                                         "without a space or line break"):
+        tok.encode_batch(["a b", "a" * 5_000_000])

@@ -1,6 +1,7 @@
 """Known model names and OpenAI aliases, read from the packaged ``models/catalogue.json``."""
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -27,7 +28,48 @@ def load_catalogue() -> dict[str, Any]:
 
 
 def architectures() -> dict[str, list[str]]:
+    """Every open_clip architecture of the snapshot with its pretrained tags (exportable or not)."""
     return dict(load_catalogue()["architectures"])
+
+
+def unsupported() -> dict[str, str]:
+    """Architectures the export refuses, with the reason (``clip_rt_export.support``'s rule,
+    recorded in the catalogue by ``python -m clip_rt_export.catalogue_build``)."""
+    return dict(load_catalogue().get("unsupported", {}))
+
+
+def exportable_architectures() -> dict[str, list[str]]:
+    """The architectures `clip-rt export` accepts, with their pretrained tags."""
+    refused = unsupported()
+    return {arch: tags for arch, tags in architectures().items() if arch not in refused}
+
+
+def canonical_name(name: str) -> Optional[str]:
+    """An alias or architecture spelt as the catalogue spells it, matched case-insensitively
+    (``vit-b/32`` -> ``ViT-B/32``, ``vit-b-32`` -> ``ViT-B-32``); None when there is none."""
+    wanted = name.casefold()
+    for known in (*load_catalogue()["aliases"], *architectures()):
+        if known.casefold() == wanted:
+            return str(known)
+    return None
+
+
+def catalogue_store_names() -> list[str]:
+    """The store names exports of exportable architectures get: ``<arch>-<tag>`` for each tag
+    open_clip lists, and ``<arch>-random`` (``--pretrained none``)."""
+    names = []
+    for arch, tags in exportable_architectures().items():
+        names.extend(store_name(arch, tag) for tag in [*tags, None])
+    return names
+
+
+def close_matches(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The up to *n* names in *candidates* closest to *name* (difflib, case-insensitive), best first."""
+    by_fold: dict[str, list[str]] = {}
+    for c in dict.fromkeys(candidates):
+        by_fold.setdefault(c.casefold(), []).append(c)
+    found = difflib.get_close_matches(name.casefold(), list(by_fold), n=n, cutoff=0.6)
+    return [c for f in found for c in by_fold[f]][:n]
 
 
 def resolve_alias(name: str) -> Optional[ModelRef]:

@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import BundleError, ChecksumError
+from .schema import (
+    Bool, Float, Int, ListOf, MapOf, Nullable, Obj, RelPath, SchemaError, Str, describe, opt, req, validate,
+)
 from .store import MANIFEST_NAME
 
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 ENCODERS = ("image", "text")
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "random")  # open_clip's names; random = bicubic at inference
+MAX_MANIFEST_BYTES = 16 << 20  # an exported manifest is a few KB
 
 # Graph I/O names, fixed by the format.
 IMAGE_INPUT = "pixel_values"  # float32 (N, 3, H, W), already normalised
@@ -136,6 +142,14 @@ class Manifest:
         return h.hexdigest()[:32]
 
     @property
+    def text_fingerprint(self) -> str:
+        """Identifies a text embedding's inputs: :attr:`fingerprint` plus every text setting
+        (context length, special ids, dynamic sequence, tokenizer file...), so that editing the
+        manifest never reuses embeddings cached under the old settings."""
+        settings = json.dumps(asdict(self.text), sort_keys=True)
+        return hashlib.sha256(f"{self.fingerprint}\n{settings}".encode()).hexdigest()[:32]
+
+    @property
     def precisions(self) -> list[str]:
         return [p for p in PRECISIONS if p in self.graphs]
 
@@ -171,87 +185,170 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
-        version = d.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{source}: no integer format_version; is this a clip-rt bundle?")
-        if version > FORMAT_VERSION:
+    def from_dict(cls, d: Any, source: str = "manifest") -> "Manifest":
+        """Validate *d* against :data:`MANIFEST_SCHEMA` (all of it, once) and build the manifest."""
+        version = d.get("format_version") if isinstance(d, dict) else None
+        if type(version) is int and version > FORMAT_VERSION:  # a newer layout: say so, not "malformed"
             raise BundleError(
                 f"{source}: bundle format version {version} is newer than this clip-rt reads "
                 f"(up to {FORMAT_VERSION}); upgrade clip-rt or re-export the model"
             )
         try:
-            img = d["image"]
-            txt = d["text"]
-            return cls(
-                name=str(d["name"]),
-                architecture=str(d["architecture"]),
-                pretrained=d.get("pretrained"),
-                checkpoint_sha256=d.get("checkpoint_sha256"),
-                embed_dim=int(d["embed_dim"]),
-                logit_scale=float(d["logit_scale"]),
-                logit_bias=None if d.get("logit_bias") is None else float(d["logit_bias"]),
-                image=ImageConfig(
-                    size=(int(img["size"][0]), int(img["size"][1])),
-                    mean=tuple(float(x) for x in img["mean"]),  # type: ignore[arg-type]
-                    std=tuple(float(x) for x in img["std"]),  # type: ignore[arg-type]
-                    interpolation=str(img.get("interpolation", "bicubic")),
-                    resize_mode=str(img.get("resize_mode", "shortest")),
-                    fill_color=int(img.get("fill_color", 0)),
-                ),
-                text=TextConfig(**txt),
-                graphs={
-                    prec: {
-                        enc: GraphEntry(file=g["file"], external_data=tuple(g.get("external_data", ())))
-                        for enc, g in encs.items()
-                    }
-                    for prec, encs in d["graphs"].items()
-                },
-                files={k: FileEntry(**v) for k, v in d["files"].items()},
-                parity={
-                    prec: {enc: ParityFigure(**fig) for enc, fig in encs.items()}
-                    for prec, encs in d.get("parity", {}).items()
-                },
-                versions=dict(d.get("versions", {})),
-                created=str(d.get("created", "")),
-                format_version=version,
-                notes=list(d.get("notes", [])),
-                quantization={
-                    prec: {enc: _quantization(q) for enc, q in encs.items()}
-                    for prec, encs in d.get("quantization", {}).items()
-                },
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BundleError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+            return validate(MANIFEST_SCHEMA, d)  # type: ignore[no-any-return]
+        except SchemaError as exc:
+            raise BundleError(f"{source}: malformed manifest: {exc}") from None
 
 
-def _quantization(d: dict[str, Any]) -> Quantization:
-    cal = d.get("calibration")
-    return Quantization(
-        kind=str(d["kind"]),
-        per_channel=None if d.get("per_channel") is None else bool(d["per_channel"]),
-        weights=str(d.get("weights", "int8")),
-        activations=str(d.get("activations", "uint8")),
-        ops=tuple(str(o) for o in d.get("ops", ())),
-        calibration=None if cal is None else Calibration(
-            method=str(cal["method"]), source=str(cal["source"]),
-            inputs=tuple(str(i) for i in cal.get("inputs", ())), samples=int(cal["samples"]),
-        ),
-        batch_independent=bool(d.get("batch_independent", False)),
-    )
+# -- the schema: every field a manifest may have, with its type and bounds -------------------------
+# Adding a field: one line here, plus the field (with a default, so that older bundles keep
+# loading) in its dataclass above. Unknown keys are ignored (see schema.py). Bounds are generous
+# for any real model and small enough that nothing allocates hugely from them.
+_TEXT = r"[^\x00-\x1f\x7f-\x9f]*"  # printable in a terminal: no control characters
+_SHA256 = Str(64, min_len=64, pattern=r"[0-9a-f]{64}", what="64 lower-case hex digits (sha256)")
+_KEY = Str(32, min_len=1, pattern=r"[a-z][a-z0-9_]*", what="a lower-case name")
+MAX_IMAGE_SIDE = 4096  # pixels of the graph's input; an (N, 3, 4096, 4096) batch of 8 is 1.6 GB
+MAX_CONTEXT = 8192  # tokens
+MAX_VOCAB = 1 << 24
+MAX_FILE_BYTES = 1 << 40
+
+
+def _check_token_ids(text: dict[str, Any], path: str) -> None:
+    for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
+        if text[key] >= text["vocab_size"]:
+            raise SchemaError(f"{path}.{key}", f"{text[key]} is not below text.vocab_size ({text['vocab_size']})")
+    if text["sot_token_id"] == text["eot_token_id"]:
+        raise SchemaError(f"{path}.eot_token_id", "must differ from text.sot_token_id")
+
+
+def _check_files_listed(m: dict[str, Any], path: str) -> None:
+    """Every file the runtime opens has a checksum: graphs, their external data, the tokenizer."""
+    named = [("text.tokenizer_file", m["text"].tokenizer_file)]
+    for precision, encoders in m["graphs"].items():
+        for encoder, graph in encoders.items():
+            named.append((f"graphs.{precision}.{encoder}.file", graph.file))
+            named += [(f"graphs.{precision}.{encoder}.external_data[{i}]", name)
+                      for i, name in enumerate(graph.external_data)]
+    for where, name in named:
+        if name not in m["files"]:
+            raise SchemaError(where, f"{name!r} is not listed in files (every file a bundle uses needs "
+                                     "its size and sha256 there)")
+    if not any(p in m["graphs"] for p in PRECISIONS):
+        raise SchemaError("graphs", f"no graphs of a precision this clip-rt runs ({', '.join(PRECISIONS)}); "
+                                    f"found {', '.join(m['graphs']) or 'none'}")
+
+
+_QUANTIZATION = Obj({
+    "kind": req(Str(32, choices=("static", "dynamic"))),
+    "per_channel": opt(Nullable(Bool())),
+    "weights": opt(Str(32, min_len=1, pattern=_TEXT), "int8"),
+    "activations": opt(Str(32, min_len=1, pattern=_TEXT), "uint8"),
+    "ops": opt(ListOf(Str(64, min_len=1, pattern=_TEXT), max_len=256, as_tuple=True), ()),
+    "calibration": opt(Nullable(Obj({
+        "method": req(Str(32, min_len=1, pattern=_TEXT)),
+        "source": req(Str(1000, min_len=1, pattern=_TEXT)),
+        "inputs": opt(ListOf(Str(1000, pattern=_TEXT), max_len=100_000, as_tuple=True), ()),
+        "samples": req(Int(0, 10**9)),
+    }, build=Calibration))),
+    "batch_independent": opt(Bool(), False),
+}, build=Quantization)
+
+MANIFEST_SCHEMA = Obj({
+    "format_version": req(Int(1, FORMAT_VERSION)),
+    "name": req(Str(200, min_len=1, pattern=_TEXT)),
+    "architecture": req(Str(200, min_len=1, pattern=_TEXT)),
+    "pretrained": opt(Nullable(Str(1000, pattern=_TEXT))),
+    "checkpoint_sha256": opt(Nullable(_SHA256)),
+    "embed_dim": req(Int(1, 65536)),
+    "logit_scale": req(Float(0.0, 1e6, lo_open=True)),
+    "logit_bias": opt(Nullable(Float(-1e6, 1e6))),
+    "image": req(Obj({
+        "size": req(ListOf(Int(1, MAX_IMAGE_SIDE), max_len=2, min_len=2, as_tuple=True)),
+        "mean": req(ListOf(Float(-1e3, 1e3), max_len=3, min_len=3, as_tuple=True)),
+        "std": req(ListOf(Float(0.0, 1e3, lo_open=True), max_len=3, min_len=3, as_tuple=True)),
+        "interpolation": opt(Str(16, choices=INTERPOLATIONS), "bicubic"),
+        "resize_mode": opt(Str(16, choices=RESIZE_MODES), "shortest"),
+        "fill_color": opt(Int(0, 255), 0),
+    }, build=ImageConfig)),
+    "text": req(Obj({
+        "context_length": req(Int(2, MAX_CONTEXT)),
+        "vocab_size": req(Int(2, MAX_VOCAB)),
+        "tokenizer_file": opt(RelPath(), "tokenizer.json"),
+        "sot_token_id": opt(Int(0, MAX_VOCAB), 49406),
+        "eot_token_id": opt(Int(0, MAX_VOCAB), 49407),
+        "pad_token_id": opt(Int(0, MAX_VOCAB), 0),
+        "dynamic_sequence": opt(Bool(), False),
+    }, build=TextConfig, checks=(_check_token_ids,))),
+    "graphs": req(MapOf(_KEY, MapOf(_KEY, Obj({
+        "file": req(RelPath()),
+        "external_data": opt(ListOf(RelPath(), max_len=4096, as_tuple=True), ()),
+    }, build=GraphEntry), max_len=8, min_len=1), max_len=16, min_len=1)),
+    "files": req(MapOf(RelPath(), Obj({
+        "sha256": req(_SHA256),
+        "bytes": req(Int(0, MAX_FILE_BYTES)),
+    }, build=FileEntry), max_len=4096, min_len=1)),
+    "parity": opt(MapOf(_KEY, MapOf(_KEY, Obj({
+        "max_abs_diff": req(Float(0.0, 1e6)),
+        "min_cosine": req(Float(-1.01, 1.01)),
+        "samples": req(Int(0, 10**9)),
+        "tolerance": req(MapOf(Str(64, min_len=1, pattern=_TEXT), Float(-1e6, 1e6), max_len=16)),
+        "passed": req(Bool()),
+        "top1_agreement": opt(Nullable(Float(0.0, 1.0))),
+        "batch_max_abs_diff": opt(Nullable(Float(0.0, 1e6))),
+    }, build=ParityFigure), max_len=8), max_len=16), {}),
+    "versions": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(200, pattern=_TEXT), max_len=64), {}),
+    "created": opt(Str(64, pattern=_TEXT), ""),
+    "notes": opt(ListOf(Str(10_000), max_len=1000), []),
+    "quantization": opt(MapOf(_KEY, MapOf(_KEY, _QUANTIZATION, max_len=8), max_len=16), {}),
+}, build=Manifest, checks=(_check_files_listed,))
+
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
-    path = Path(bundle_dir) / MANIFEST_NAME
+    """Read, validate and confine a bundle's manifest: every path it names must stay inside
+    *bundle_dir* (symbolic links resolved), or BundleError before any of them is opened."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    check_confined(bundle_dir, MANIFEST_NAME)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; not a clip-rt bundle") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:  # permission denied, a folder named manifest.json, an I/O error
+        raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON (not UTF-8: {exc})") from None
+    except RecursionError:
+        raise BundleError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return Manifest.from_dict(data, source=str(path))
+        raise BundleError(f"{path}: expected a JSON object, got {describe(data)}")
+    manifest = Manifest.from_dict(data, source=str(path))
+    for name in manifest.files:
+        check_confined(bundle_dir, name)
+    return manifest
+
+
+def check_confined(bundle_dir: Path, name: str) -> Path:
+    """``bundle_dir / name`` with symbolic links resolved; BundleError if that is outside the
+    bundle directory (itself resolved: a bundle may live behind a link). Opens nothing."""
+    root = os.path.realpath(bundle_dir)
+    target = os.path.realpath(os.path.join(root, name))
+    if target == root or os.path.commonpath([root, target]) != root:
+        raise BundleError(f"{Path(bundle_dir) / name}: resolves to {display(target)}, outside the bundle "
+                          f"directory {display(root)}; a bundle may only use its own files")
+    return Path(target)
+
+
+def display(path: "str | Path") -> str:
+    """A path for a message: undecodable bytes and control characters escaped."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -271,15 +368,19 @@ def verify_files(bundle_dir: Path, manifest: Manifest, names: Optional[list[str]
         entry = manifest.files.get(name)
         if entry is None:
             raise BundleError(f"{bundle_dir}: {name} is not listed in the manifest")
+        check_confined(Path(bundle_dir), name)  # again: the disk may have changed since the read
         path = Path(bundle_dir) / name
         if not path.is_file():
             raise BundleError(f"{bundle_dir}: {name} is missing (listed in the manifest)")
-        size = path.stat().st_size
-        if size != entry.bytes:
-            raise ChecksumError(
-                f"{path}: size {size} bytes does not match the manifest's {entry.bytes}; the bundle is corrupt or was modified, re-export it"
-            )
-        digest = sha256_file(path)
+        try:
+            size = path.stat().st_size
+            if size != entry.bytes:
+                raise ChecksumError(
+                    f"{path}: size {size} bytes does not match the manifest's {entry.bytes}; the bundle is corrupt or was modified, re-export it"
+                )
+            digest = sha256_file(path)
+        except OSError as exc:  # permission denied, an I/O error
+            raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         if digest != entry.sha256:
             raise ChecksumError(
                 f"{path}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; the bundle is corrupt or was modified, re-export it"

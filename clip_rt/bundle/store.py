@@ -40,8 +40,11 @@ def list_bundles() -> list[Path]:
 
 
 def resolve_bundle(name_or_path: str | os.PathLike[str]) -> Path:
-    """A bundle directory from a path, a store name, or a catalogue alias (``ViT-B/32``)."""
-    from .catalogue import store_name_for_alias
+    """A bundle directory from a path, a store name, or a catalogue alias (``ViT-B/32``).
+
+    Store names and aliases also match case-insensitively (``vit-b-32-random``) when exactly one
+    bundle does; otherwise the error suggests the closest names (store and catalogue)."""
+    from .catalogue import canonical_name, store_name_for_alias
 
     raw = os.fspath(name_or_path)
     path = Path(raw).expanduser()
@@ -51,32 +54,59 @@ def resolve_bundle(name_or_path: str | os.PathLike[str]) -> Path:
                 f"{raw!r} is a directory but not a clip-rt bundle: expected {MANIFEST_NAME} inside it"
             )
         return path
-    candidates = [raw]
-    alias = store_name_for_alias(raw)
-    if alias and alias != raw:
-        candidates.append(alias)
-    for name in candidates:
-        if "/" in name or "\\" in name:
-            continue
-        p = models_dir() / name
-        if is_bundle(p):
-            return p
-    known = ", ".join(b.name for b in list_bundles()) or "none"
-    hint_name = alias or raw
-    raise ModelNotFoundError(
-        f"no bundle named {raw!r} in {models_dir()} (bundles there: {known}) and no such directory. "
-        f"Export it first, e.g. `clip-rt export {hint_name_arch(hint_name)}` "
-        f"(needs `pip install 'clip-rt[export]'`), or pass a bundle directory."
-    )
+    alias = store_name_for_alias(raw) or store_name_for_alias(canonical_name(raw) or "")
+    for name in (raw, alias):
+        if name and "/" not in name and "\\" not in name and is_bundle(models_dir() / name):
+            return models_dir() / name
+    folded = {n.casefold() for n in (raw, alias) if n}
+    matches = [b for b in list_bundles() if b.name.casefold() in folded]
+    if len(matches) == 1:
+        return matches[0]
+    raise ModelNotFoundError(_not_found(raw, alias))
 
 
-def hint_name_arch(store_name: str) -> str:
-    """Best-effort export command argument for a store name like ``ViT-B-32-openai``."""
-    from .catalogue import split_store_name
+def _not_found(raw: str, alias: str | None) -> str:
+    """What to do about a name that is no bundle: export it, a closer name, or where to look."""
+    from .catalogue import catalogue_store_names, close_matches, load_catalogue, split_store_name, unsupported
 
-    arch, tag = split_store_name(store_name)
-    if arch is None:
-        return store_name
-    if arch == store_name:
-        return arch
-    return f"{arch} --pretrained {tag or 'none'}"
+    bundles = [b.name for b in list_bundles()]
+    where = f"no bundle named {raw!r} in {models_dir()} (bundles there: {', '.join(bundles) or 'none'})"
+    if ("/" in raw or "\\" in raw or raw.startswith(("~", "."))) and alias is None:
+        return f"{where}, and no directory {raw!r}: expected a bundle directory, a store name or an alias"
+    where += " and no such directory"
+    arch = raw if raw in unsupported() else split_store_name(raw)[0]
+    if arch in unsupported():
+        return f"{where}. {arch} cannot be exported yet: {unsupported()[arch]}."
+    command = export_command(alias or raw)
+    if command:
+        return (f"{where}. Export it first, e.g. `clip-rt export {command}` "
+                f"(needs `pip install 'clip-rt[export]'`), or pass a bundle directory.")
+    in_store = close_matches(raw, bundles)
+    known = [n for n in close_matches(raw, bundles + list(load_catalogue()["aliases"]) + catalogue_store_names())
+             if n not in in_store]
+    if in_store or known:
+        hints = [f"{n} (in the store)" for n in in_store] + [
+            f"{n} (not exported yet: `clip-rt export {export_command(n) or n}`)" for n in known]
+        return f"{where}. Did you mean: {'; '.join(hints[:3])}?"
+    return (f"{where}. `clip-rt models` lists the bundles in the store, `clip-rt models --available` the models "
+            f"`clip-rt export` can make; or pass a bundle directory.")
+
+
+def export_command(name: str) -> str | None:
+    """The `clip-rt export` arguments that make the bundle *name* (a store name such as
+    ``ViT-B-32-openai`` or ``ViT-B-32-random``, an exportable architecture, an alias), or None
+    when *name* is none of those: a typo must not become an export command."""
+    from .catalogue import exportable_architectures, resolve_alias, split_store_name
+
+    ref = resolve_alias(name)
+    if ref is not None:
+        return name
+    exportable = exportable_architectures()
+    if name in exportable:
+        return name
+    arch, tag = split_store_name(name)
+    if arch is None or arch not in exportable:
+        return None
+    if tag is None:  # <arch>-random
+        return f"{arch} --pretrained none"
+    return f"{arch} --pretrained {tag}" if tag in exportable[arch] else None

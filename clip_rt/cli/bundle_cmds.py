@@ -44,7 +44,11 @@ class _DropKnownNoise(logging.Filter):
               help="open_clip pretrained tag, a checkpoint file, or `none` for random weights. "
                    "Default: `openai` where open_clip has it.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Extra graph precision to write (fp16, int8); repeat for several. fp32 is always written.")
+              help="Extra graph precision to write (fp16, int8); repeat for several. fp32 is written too "
+                   "unless --no-fp32.")
+@click.option("--no-fp32", "no_fp32", is_flag=True,
+              help="Slim bundle for small devices: keep only the --precision graphs (fp32 is still exported "
+                   "and checked against torch, as their source, then left out).")
 @click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Bundle directory to write. Default: the store ($CLIP_RT_HOME/models/<arch>-<tag>).")
 @click.option("--model-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -59,7 +63,7 @@ class _DropKnownNoise(logging.Filter):
 @click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
-               output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
+               no_fp32: bool, output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
                calibration_method: Optional[str], int8_min_cosine: Optional[float], force: bool,
                quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
@@ -67,6 +71,13 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
     Every graph is checked against the torch model before the bundle is written; the bundle
     appears atomically, or not at all.
     """
+    if no_fp32:  # a usage error before the (slow) torch check and imports
+        from clip_rt_export.api import normalize_precisions
+
+        try:
+            normalize_precisions(precisions, include_fp32=False)
+        except InputError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
     missing = [m for m in ("torch", "open_clip") if importlib.util.find_spec(m) is None]
     if missing:
         raise click.ClickException(
@@ -88,6 +99,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             log=None if quiet else _err,
             calibration_method=calibration_method,
             int8_min_cosine=int8_min_cosine,
+            include_fp32=not no_fp32,
         )
     except InputError as exc:
         raise click.UsageError(str(exc), ctx) from exc
@@ -110,27 +122,68 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
     return {"manifest": m, "sizes": sizes}
 
 
+def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str]) -> Any:
+    """What ``load()`` would choose on this machine, without creating a session."""
+    from ..engine.backends import plan_runtime
+    from ..engine.cpu import detect_cpu
+    from ..engine.runtime_info import known_evidence, runtime_dict
+    from ..engine.session import CPU, available_providers, provider_name, resolve_providers
+
+    first = provider_name(resolve_providers([provider] if provider else None, available_providers())[0])
+    cpu = detect_cpu()
+    plan = plan_runtime(manifest, cpu, accelerator=None if first == CPU else first,
+                        backend=None if backend == "auto" else backend, precision=precision,
+                        evidence=known_evidence(manifest.fingerprint, cpu))
+    return runtime_dict(plan)
+
+
 @main.command("info")
-@click.argument("bundle", metavar="NAME|DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.argument("bundle", metavar="[NAME|DIR]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest (and the runtime choice) as JSON.")
 @click.option("--verify", is_flag=True, help="Also check every file's size and sha256.")
-def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
-    """What is in a bundle: model, preprocessing, graphs, and their parity with torch."""
+@click.option("--provider", default=None, metavar="NAME", help="Show the choice for this execution provider.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
+              help="Show the choice with this backend forced.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+              help="Show the choice with this precision forced.")
+def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optional[str], backend: Optional[str],
+             precision: Optional[str]) -> None:
+    """What is in a bundle: model, preprocessing, graphs, their parity with torch, and what would
+    run each encoder on this CPU (backend, precision, mode) and why. Without NAME|DIR: the
+    default model, and where that setting came from ($CLIP_RT_MODEL, the config file, or the
+    built-in default)."""
     from ..bundle.manifest import verify_files
     from ..bundle.store import resolve_bundle
+    from ..errors import ModelNotFoundError
+    from ..settings import default_model
 
-    path = resolve_bundle(bundle)
+    setting = default_model() if bundle is None else None
+    try:
+        path = resolve_bundle(setting.value if setting else str(bundle))
+    except ModelNotFoundError as exc:
+        if setting is None:
+            raise
+        raise ModelNotFoundError(f"default model {setting.describe()}: {exc}") from exc
     summary = _manifest_summary(path)
     m = summary["manifest"]
     if verify:
         verify_files(path, m)
+    from ..engine.runtime_info import describe_lines
+
+    runtime = _runtime_plan(m, provider, backend, precision)
+    slim = "fp32" not in m.precisions
     if as_json:
         data = m.to_dict()
         data["path"] = str(path)
+        data["runtime"] = runtime
+        data["slim"] = slim
+        if setting is not None:
+            data["default_model"] = {"value": setting.value, "source": setting.source}
         click.echo(json.dumps(data, indent=2))
         return
     weights = m.pretrained or "random weights"
-    lines = [
+    lines = [f"default model: {setting.describe()}"] if setting is not None else []
+    lines += [
         f"bundle:        {m.name}",
         f"path:          {path}",
         f"architecture:  {m.architecture}",
@@ -141,6 +194,8 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         f"mean {tuple(round(x, 4) for x in m.image.mean)}, std {tuple(round(x, 4) for x in m.image.std)}",
         f"text:          context {m.text.context_length}, vocab {m.text.vocab_size}, "
         f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
+        f"precisions:    {', '.join(m.precisions)}" + (
+            " (slim bundle: no fp32 graphs; its parity figures below are against torch)" if slim else ""),
         f"fingerprint:   {m.fingerprint}",
         f"created:       {m.created}",
         f"format:        {m.format_version}",
@@ -182,35 +237,47 @@ def info_cmd(bundle: str, as_json: bool, verify: bool) -> None:
         lines += ["", f"checksums:     ok ({len(m.files)} files)"]
     if m.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in m.notes]
+    lines += ["", "on this machine (clip_rt.load's choice; --backend/--precision override):"]
+    lines += describe_lines(runtime)
     click.echo("\n".join(lines))
 
 
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-@click.option("--available", is_flag=True, help="List the names `clip-rt export` knows instead.")
+@click.option("--available", is_flag=True,
+              help="List the names `clip-rt export` accepts instead (and, apart, the architectures it refuses, "
+                   "with the reason).")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import architectures, load_catalogue
+    from ..bundle.catalogue import architectures, exportable_architectures, load_catalogue, unsupported
     from ..bundle.store import list_bundles, models_dir
 
     if available:
         aliases = load_catalogue()["aliases"]
+        refused = {arch: {"reason": reason, "tags": architectures().get(arch, [])}
+                   for arch, reason in unsupported().items()}
         if as_json:
-            click.echo(json.dumps({"aliases": aliases, "architectures": architectures()}, indent=2))
+            click.echo(json.dumps({"aliases": aliases, "architectures": exportable_architectures(),
+                                   "unsupported": refused}, indent=2))
             return
         click.echo("OpenAI aliases:")
         for name, ref in aliases.items():
             click.echo(f"  {name:<16} {ref['architecture']} --pretrained {ref['pretrained']}")
-        click.echo("open_clip architectures (pretrained tags):")
-        for arch, tags in architectures().items():
+        click.echo("open_clip architectures `clip-rt export` supports (pretrained tags; `--pretrained none` "
+                   "always works):")
+        for arch, tags in exportable_architectures().items():
             click.echo(f"  {arch:<32} {', '.join(tags) if tags else '-'}")
+        if refused:
+            click.echo(f"not supported yet ({len(refused)} architectures; export refuses them):")
+            for arch, entry in refused.items():
+                click.echo(f"  {arch:<32} {entry['reason']}")
         return
     rows: list[dict[str, Any]] = []
     for path in list_bundles():
         try:
             summary = _manifest_summary(path)
         except BundleError as exc:  # one broken bundle does not hide the others
-            rows.append({"name": path.name, "path": str(path), "error": str(exc)})
+            _err(f"warning: skipped a broken bundle: {exc}")
             continue
         m = summary["manifest"]
         rows.append({
@@ -230,8 +297,5 @@ def models_cmd(as_json: bool, available: bool) -> None:
         return
     click.echo(f"{'name':<32} {'architecture':<20} {'pretrained':<22} {'precisions':<16} size")
     for row in rows:
-        if "error" in row:
-            click.echo(f"{row['name']:<32} unreadable: {row['error']}")
-            continue
         click.echo(f"{row['name']:<32} {row['architecture']:<20} {str(row['pretrained'] or 'random'):<22} "
                    f"{','.join(row['precisions']):<16} {_human_bytes(row['bytes'])}")

@@ -8,11 +8,15 @@ from typing import Any, Optional, Sequence
 import click
 import numpy as np
 
+from ..errors import OutputError
+from ..inputs.discover import discover, display_path, path_key, printable
 from ..outputs import records as rec_mod
-from ..inputs.discover import discover, display_path, path_key
+from ..outputs.files import stdout_sink
+from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
 from . import main
 from .common import (
+    check_precision_follows,
     echo_err,
     label_options,
     model_from_options,
@@ -21,6 +25,9 @@ from .common import (
     parse_labels,
     progress_bar,
     resolve_templates,
+    runtime_summary,
+    skip_errors_option,
+    warn_if_single_label,
 )
 
 
@@ -38,21 +45,27 @@ from .common import (
               help="Also write results.csv, summary.json and charts to this folder (needs clip-rt[report]).")
 @click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images in the report's contact sheet.")
-@click.option("--csv-bom", is_flag=True, help="Start CSV output with a UTF-8 BOM (for spreadsheet programs).")
+@click.option("--csv-bom/--no-csv-bom", default=None,
+              help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
+                   "report's results.csv, a BOM when a label is not ASCII.")
+@skip_errors_option
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
-                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int, csv_bom: bool,
-                 model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
+                 csv_bom: Optional[bool], skip_errors: bool,
+                 model_name: Optional[str], provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
     to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
-    with its `error`; so does a folder that could not be listed) or a model/input error, 2 bad usage.
+    with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a
+    model/input error, 2 bad usage.
     """
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
+    warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     fmt = rec_mod.infer_format(output, fmt)
     if resume and not output:
@@ -71,18 +84,28 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))
 
-    model = model_from_options(model_name, provider, precision, threads)
+    # A resumed run continues in the precision its output was written with (as `search` does).
+    recorded = recorded_precision(output) if resume and output and os.path.exists(output) else None
+    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}",
+                            "start a new output (another -o, or without --resume)")
+    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
     classifier = model.classifier(label_spec, templates)
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
+    # What ran is recorded with the run, but a resume on another backend is still the same run.
+    runtime = runtime_summary(model)
+    described = {**identity, "runtime": runtime} if runtime else identity
 
-    done: list[Record] = []
-    append = False
-    if resume and output and os.path.exists(output):
-        rec_mod.check_sidecar(output, identity)
-        done = rec_mod.resume_jsonl(output) if fmt == "jsonl" else rec_mod.resume_csv(output, labels)
-        append = os.path.getsize(output) > 0
+    if report_dir:  # the folder can be written: checked before any inference, too
+        from ..outputs.report import prepare_report
+
+        prepare_report(report_dir)
+    target = RecordOutput(output, fmt, resume=resume) if output else None
+    if target:  # checks the folder, the sidecar, the lock; reads what --resume skips; truncates nothing
+        target.prepare(identity, labels, described)
+    done: list[Record] = target.done if target else []
+    append = bool(target and target.append)
     # Keys, not raw strings: `photos/a.jpg` recorded by one run is `./photos/a.jpg` in the next.
     done_keys = {path_key(r.path) for r in done}
     todo = [p for p in inputs if path_key(p) not in done_keys]
@@ -91,17 +114,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     unlisted = [Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items()
                 if key not in done_keys]
 
-    # Truncate first, then describe: a kill in between leaves an empty output whose old
-    # description makes --resume refuse, never old records under a new description.
-    stream = rec_mod.open_output(output, append) if output else rec_mod.stdout_stream()
-    if output:
-        rec_mod.write_sidecar(output, identity)
-    writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=csv_bom)
     # Every new record is kept only for --report; otherwise only the failed ones, so that
     # memory stays flat over millions of images.
     new: list[Record] = []
     n_new = 0
     try:
+        stream = target.open() if target else stdout_sink()
+        writer = RecordWriter(fmt, stream, labels, top_k=top_k, write_header=not append, bom=bool(csv_bom))
         writer.write_batch(unlisted)
         n_new += len(unlisted)
         new.extend(unlisted)
@@ -113,11 +132,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                 new.extend(out if report_dir else [r for r in out if not r.ok])
                 bar.update(len(out))
         writer.close()
+        if target:
+            target.commit()
+    except OutputError as exc:
+        raise (target.fail(exc, written=n_new) if target else exc) from None
     finally:
-        if output:
-            stream.close()
-        else:
-            rec_mod.release_stdout(stream)
+        if target:
+            target.release()
 
     by_key = {path_key(r.path): r for r in done + new}
     wanted = list(unlisted_folders) + [path_key(p) for p in inputs]
@@ -127,15 +148,17 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     skipped = f", {n_done} already done" if done else ""
     echo_err(f"{n_done + n_new} processed, {len(failed)} failed{skipped}")
     for r in failed[:10]:
-        echo_err(f"  failed: {display_path(r.path)}: {rec_mod.error_reason(r.path, r.error or '')}")
+        echo_err(f"  failed: {display_path(r.path)}: {printable(rec_mod.error_reason(r.path, r.error or ''))}")
     if len(failed) > 10:
         echo_err(f"  ... and {len(failed) - 10} more (see the records' error field)")
     if report_dir:
         from ..outputs.report import write_report
 
-        write_report(report_dir, everything, labels, identity=identity, contact_sheet=contact_n)
-        echo_err(f"report written to {display_path(report_dir)}")
-    if failed:
+        summary = write_report(everything, report_dir, labels, identity=described, contact_sheet=contact_n,
+                               bom=csv_bom)
+        fonts = ", ".join(summary["fonts"]["families"])
+        echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
+    if failed and not skip_errors:
         sys.exit(1)
 
 

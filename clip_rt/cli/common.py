@@ -3,21 +3,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+from collections import Counter
 import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
-from ..errors import InputError
+from ..errors import BundleError, InputError, ModelNotFoundError
+from ..inputs.texts import decode_utf8, decode_utf8_lines
+from ..settings import BUILTIN_MODEL
 
-DEFAULT_MODEL = "ViT-B-32-openai"
+# The built-in default only: the default a command uses is settings.default_model() (--model >
+# CLIP_RT_MODEL > config.toml > this), which model_from_options applies when --model is absent.
+DEFAULT_MODEL = BUILTIN_MODEL
+# --labels separators: the comma, and the full-width comma and ideographic comma that CJK
+# input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
+LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
+BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: Optional[str] = None,
-               threads: Optional[int] = None) -> Any:
+               threads: Optional[int] = None, backend: Optional[str] = None) -> Any:
     """The one place commands load a model (tests replace it with a fake)."""
     from ..bundle.store import resolve_bundle
 
@@ -28,20 +38,32 @@ def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: 
     draft = bool(ctx.meta.get(DRAFT_KEY, False)) if ctx is not None else False
 
     return load(bundle, providers=[provider] if provider else None, precision=precision, threads=threads,
-                draft=draft)
+                draft=draft, backend=backend)
 
 
-def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool = True) -> Callable[[F], F]:
-    """``--model --provider --precision --threads [--batch-size]``."""
+MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
+                      "(`clip-rt info` shows which).")
+
+
+def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool = True) -> Callable[[F], F]:
+    """``--model --provider --precision --threads [--batch-size]``. --model is None when not
+    given: :func:`model_from_options` then uses the configured default (clip_rt.settings)."""
 
     def decorate(f: F) -> F:
         opts = [
-            click.option("--model", "-m", "model_name", default=default_model, show_default=bool(default_model),
-                         metavar="NAME|DIR", help="Bundle name in the store, alias, or bundle directory."),
+            click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
+                         help="Bundle name in the store, alias, or bundle directory. " + model_default_help),
             click.option("--provider", default=None, metavar="NAME",
                          help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
-            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-                         help="Graph precision; default: the bundle's best for the provider."),
+            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+                         help="Precision (bf16: the fp32 graph computed in bf16 by OpenVINO); default: per "
+                              "encoder, the fastest measured on this CPU whose export parity passed "
+                              "(`clip-rt info MODEL` shows it)."),
+            click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
+                         callback=lambda ctx, _param, value: ctx.meta.__setitem__(BACKEND_KEY, value),
+                         expose_value=False,
+                         help="Inference backend for the CPU; default (auto): chosen per CPU and encoder "
+                              "from measurements. openvino needs clip-rt[openvino]."),
             click.option("--threads", type=click.IntRange(min=1), default=None,
                          help="Intra-op threads for ONNX Runtime."),
         ]
@@ -60,10 +82,55 @@ def model_options(default_model: Optional[str] = DEFAULT_MODEL, batch_size: bool
     return decorate
 
 
-def model_from_options(model_name: str, provider: Optional[str], precision: Optional[str],
-                       threads: Optional[int]) -> Any:
+def model_from_options(model_name: Optional[str], provider: Optional[str], precision: Optional[str],
+                       threads: Optional[int], *, follow_precision: Optional[str] = None) -> Any:
+    """The model the options name (None: the configured default). *follow_precision*: the
+    precision of the output or index this run continues, used when --precision is not given
+    (an explicit one the caller checks)."""
+    if model_name is None:
+        from ..settings import default_model
+
+        setting = default_model()
+        try:
+            return _load_following(setting.value, provider, precision, threads, follow_precision)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
+                                     f"another): {exc}") from exc
+    return _load_following(model_name, provider, precision, threads, follow_precision)
+
+
+def _load_following(model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
+                    follow_precision: Optional[str]) -> Any:
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
-    return load_model(model_name, provider=provider, precision=precision, threads=threads)
+    ctx = click.get_current_context(silent=True)
+    backend = ctx.meta.get(BACKEND_KEY) if ctx is not None else None
+    backend = None if backend == "auto" else backend
+    if precision is not None or follow_precision is None:
+        return load_model(model_name, provider=provider, precision=precision, threads=threads, backend=backend)
+    try:
+        return load_model(model_name, provider=provider, precision=follow_precision, threads=threads,
+                          backend=backend)
+    except BundleError:
+        # This bundle lacks that precision, so it is not the one that wrote the output: load it as
+        # asked, and the caller's identity check says what differs (or the bundle's own error recurs).
+        return load_model(model_name, provider=provider, precision=None, threads=threads, backend=backend)
+
+
+def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str, restart: str) -> None:
+    """Refuse an explicit --precision that differs from the one *what* (an output, an index)
+    holds; *restart* says how to start over instead."""
+    if precision is not None and recorded is not None and precision != recorded:
+        raise InputError(f"{what} holds {recorded} results and this run asks for --precision {precision}: "
+                         f"leave --precision out (a continued run follows the {recorded} it finds), or {restart}")
+
+
+def skip_errors_option(f: F) -> F:
+    """``--skip-errors``: the same flag, with the same meaning, for classify and index."""
+    return click.option(
+        "--skip-errors", is_flag=True,
+        help="Exit 0 even when some files could not be read (they are still listed on stderr and, for "
+             "classify, recorded with their error), so `index ... && search ...` chains go on. "
+             "Default: exit 1.")(f)
 
 
 def label_options(f: F) -> F:
@@ -92,17 +159,38 @@ def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list
     if labels_file and labels_file.lower().endswith(".json"):
         return _labels_json(labels_file)
     if labels_csv is not None:
-        raw = labels_csv.split(",")
+        raw = LABEL_SEPARATORS.split(labels_csv)
     else:
-        with open(labels_file, encoding="utf-8-sig") as f:  # type: ignore[arg-type]
-            raw = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+        lines = decode_utf8_lines(_read_labels_file(labels_file), f"--labels-file {labels_file!r}")  # type: ignore[arg-type]
+        raw = [line for line in lines if not line.lstrip().startswith("#")]
     labels = [lab.strip() for lab in raw if lab.strip()]
     if not labels:
         raise click.UsageError("no labels given: expected at least one non-empty label")
-    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
+    dupes = duplicates(labels)
     if dupes:
-        raise click.UsageError(f"duplicate labels: {', '.join(dupes)}")
+        raise click.UsageError(f"duplicate labels: {', '.join(sorted(dupes))}")
     return labels
+
+
+def duplicates(items: Sequence[str]) -> list[str]:
+    """The items that occur more than once, each once, in first-seen order (linear time)."""
+    counts = Counter(items)
+    return [item for item, n in counts.items() if n > 1]
+
+
+def _read_labels_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"--labels-file {path!r}: cannot read it ({exc.strerror or exc})") from None
+
+
+def warn_if_single_label(labels: Sequence[str]) -> None:
+    """Softmax over one label is always 100 %: say so, once (it is allowed, e.g. to get scores)."""
+    if len(labels) == 1:
+        warnings.warn(f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
+                      "separated by commas (, ， 、)", stacklevel=2)
 
 
 def _labels_json(path: str) -> dict[str, Any]:
@@ -110,16 +198,17 @@ def _labels_json(path: str) -> dict[str, Any]:
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         # json.load would keep the last of two equal keys silently, dropping a label's prompts.
-        keys = [k for k, _ in pairs]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        dupes = sorted(duplicates([k for k, _ in pairs]))
         if dupes:
             raise click.UsageError(f"--labels-file {path!r}: duplicate label(s) {', '.join(map(repr, dupes))}")
         return dict(pairs)
 
+    text = decode_utf8(_read_labels_file(path), f"--labels-file {path!r}")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f, object_pairs_hook=unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise click.UsageError(f"--labels-file {path!r} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError
         raise click.UsageError(f"--labels-file {path!r} is not valid UTF-8 JSON ({exc})") from exc
 
     def good_prompts(v: Any) -> bool:
@@ -182,6 +271,17 @@ class _NullBar:
 
 def model_identity(model: Any) -> dict[str, Any]:
     return {"model": model.manifest.name, "fingerprint": model.manifest.fingerprint, "precision": model.precision}
+
+
+def runtime_summary(model: Any) -> Optional[dict[str, Any]]:
+    """Which backend/precision/mode ran each encoder (outputs' metadata); None for a model
+    without a runtime description (test fakes)."""
+    runtime = getattr(model, "runtime", None)
+    if not isinstance(runtime, dict):
+        return None
+    from ..engine.runtime_info import summary
+
+    return summary(runtime)
 
 
 def echo_err(msg: str) -> None:

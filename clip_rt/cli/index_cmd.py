@@ -6,11 +6,18 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, walk_images
+from ..inputs.discover import display_path, printable, walk_images
 from ..outputs.records import dumps_json, error_reason
-from ..outputs.search_index import check_model, default_model, update_index
+from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
 from . import main
-from .common import echo_err, model_from_options, model_options, progress_bar
+from .common import (
+    check_precision_follows,
+    echo_err,
+    model_from_options,
+    model_options,
+    progress_bar,
+    skip_errors_option,
+)
 
 
 @main.command("index")
@@ -18,14 +25,19 @@ from .common import echo_err, model_from_options, model_options, progress_bar
 @click.option("--output", "-o", "index_dir", required=True, type=click.Path(dir_okay=True, file_okay=False),
               help="Index folder (created, or updated in place).")
 @click.option("--rebuild", is_flag=True, help="Start over: ignore what the index holds (also allows another model).")
+@skip_errors_option
 @model_options()
-def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provider: Optional[str],
-              precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, model_name: Optional[str],
+              provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
     """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
     (they are left out of the index and listed) or a folder could not be listed (its earlier
-    entries are kept, and it is listed)."""
-    model = model_from_options(model_name, provider, precision, threads)
+    entries are kept, and it is listed), unless --skip-errors."""
+    # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
+    recorded = None if rebuild else recorded_precision(index_dir)
+    check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}", "rebuild it with --rebuild")
+    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
+    model.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
     total = len(walk_images(folder))
     with progress_bar(total, "indexing") as bar:
         index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
@@ -34,10 +46,10 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
              f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
     for path, reason in stats.failed[:10]:
-        echo_err(f"  failed: {display_path(path)}: {error_reason(path, reason)}")
+        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, reason))}")
     if len(stats.failed) > 10:
         echo_err(f"  ... and {len(stats.failed) - 10} more")
-    if stats.failed:
+    if stats.failed and not skip_errors:
         sys.exit(1)
 
 
@@ -52,7 +64,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, model_name: str, provi
               help="exact: compare with every embedding; ann: approximate index (faiss HNSW, built on first "
                    "use and kept beside the embeddings); auto: ann from 50,000 embeddings on.")
 @click.option("--rebuild-ann", is_flag=True, help="Rebuild the approximate index even if it is current.")
-@model_options(default_model=None, batch_size=False)
+@model_options(model_default_help="Default: the bundle that made the embeddings.", batch_size=False)
 def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str, method: str,
                rebuild_ann: bool, model_name: Optional[str], provider: Optional[str], precision: Optional[str],
                threads: Optional[int]) -> None:

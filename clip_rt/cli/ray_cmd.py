@@ -6,10 +6,11 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, printable
 from ..outputs.records import error_reason
 from . import main
-from .common import DEFAULT_MODEL, echo_err, label_options, parse_labels, resolve_templates
+from ..settings import default_model
+from .common import MODEL_DEFAULT_HELP, echo_err, label_options, parse_labels, resolve_templates
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,9 +27,9 @@ def job_options(f: F) -> F:
         click.argument("paths", nargs=-1, required=True),
         click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
                      help="Output folder of Parquet parts (created; rerunning resumes it)."),
-        click.option("--model", "-m", "model_name", default=DEFAULT_MODEL, show_default=True, metavar="NAME|DIR",
+        click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
                      help="Bundle name, alias or directory: the same directory must exist on every node, "
-                          "unless --ship-bundle."),
+                          "unless --ship-bundle. " + MODEL_DEFAULT_HELP),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
                      help="Graph precision; default: the bundle's best for the CPU."),
         click.option("--provider", default=None, metavar="NAME", help="ONNX Runtime provider on the workers."),
@@ -78,10 +79,11 @@ def classify_cmd(labels_csv: Optional[str], labels_file: Optional[str], template
 def _run(kw: dict[str, Any], *, labels: Any, templates: Any) -> None:
     from ..scale import ray as scale_ray
 
+    model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts
     started = scale_ray.init(kw["address"], num_cpus=kw["num_cpus"])
     try:
         result = scale_ray.run_job(
-            list(kw["paths"]), kw["output"], kw["model_name"], labels=labels, templates=templates or (),
+            list(kw["paths"]), kw["output"], model, labels=labels, templates=templates or (),
             part_rows=kw["part_rows"], overwrite=kw["overwrite"], precision=kw["precision"], actors=kw["actors"],
             cpus_per_actor=kw["cpus_per_actor"], batch_size=kw["batch_size"], draft=kw["draft"],
             providers=[kw["provider"]] if kw["provider"] else None, ship_bundle=kw["ship_bundle"])
@@ -91,7 +93,7 @@ def _run(kw: dict[str, Any], *, labels: Any, templates: Any) -> None:
     echo_err(f"{result['rows']} images in {display_path(result['output'])} ({result['new']} new, "
              f"{result['done_before']} already done), {result['failed']} failed, {result['parts']} parts")
     for path, error in result["failed_examples"]:
-        echo_err(f"  failed: {display_path(path)}: {error_reason(path, error or '')}")
+        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, error or ''))}")
     if result["failed"] > len(result["failed_examples"]):
         echo_err(f"  ... and {result['failed'] - len(result['failed_examples'])} more (the error column)")
     if result["failed"]:

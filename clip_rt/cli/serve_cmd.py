@@ -8,7 +8,8 @@ import click
 
 from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
 from . import main
-from .common import DEFAULT_MODEL, DRAFT_KEY, echo_err, load_model
+from ..settings import default_model
+from .common import DRAFT_KEY, echo_err, load_model
 
 _DEFAULTS = ServeConfig()
 
@@ -84,7 +85,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     if max_items > max_queue:
         raise click.UsageError(f"--max-items {max_items} is more than --max-queue {max_queue}")
     config = ServeConfig(
-        host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (DEFAULT_MODEL,))),
+        host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
         provider=provider, precision=precision, threads=threads, draft=draft, max_batch_size=max_batch_size,
         max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
         max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,

@@ -1,11 +1,12 @@
 """`clip-rt similarity IMAGE TEXT...`: softmax probabilities of one image against texts."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, printable
 from ..outputs.records import dumps_json
 from . import main
 from .common import echo_err, model_from_options, model_options
@@ -26,8 +27,11 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
         raise click.UsageError("TEXT arguments must not be empty")
     if plot_path:
         from ..outputs.charts import require_matplotlib
+        from ..outputs.files import check_target, probe_folder
 
         require_matplotlib()
+        check_target(plot_path, "plot")  # before any inference
+        probe_folder(os.path.dirname(plot_path) or ".", "plot folder")
     model = model_from_options(model_name, provider, precision, threads)
     probs = [float(p) for p in model.similarity(image, list(texts))]
     if fmt == "json":
@@ -35,13 +39,11 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     else:
         click.echo(f"{'prob':>7}  text")
         for text, p in zip(texts, probs):
-            click.echo(f"{100 * p:6.2f}%  {text}")
+            click.echo(f"{100 * p:6.2f}%  {printable(text)}")
     if plot_path:
-        from PIL import Image, ImageOps
+        from ..outputs.charts import plot_similarity
+        from ..outputs.fonts import choose_fonts
 
-        from ..outputs.charts import image_with_bars
-
-        with Image.open(image) as im:
-            shown = ImageOps.exif_transpose(im).convert("RGB")
-        image_with_bars(plot_path, shown, list(texts), probs, title=display_path(image))
-        echo_err(f"plot written to {display_path(plot_path)}")
+        plot_similarity(image, list(texts), probs, plot_path, title=display_path(image))
+        fonts = ", ".join(choose_fonts(list(texts) + [display_path(image)]).families)
+        echo_err(f"plot written to {display_path(plot_path)} (chart fonts: {fonts})")

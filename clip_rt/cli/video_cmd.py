@@ -6,7 +6,7 @@ from typing import Any, Optional
 import click
 import numpy as np
 
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
 from . import main
 from .common import (
@@ -16,6 +16,7 @@ from .common import (
     model_options,
     parse_labels,
     resolve_templates,
+    warn_if_single_label,
 )
 
 
@@ -37,6 +38,7 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
 
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
+    warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     video.require_av()
     model = model_from_options(model_name, provider, precision, threads)
@@ -46,19 +48,24 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     tops: list[str] = []
     top_scores: list[float] = []
     probs: list[np.ndarray] = []
-    batch: list[Any] = []
+    batch: list[tuple[float, np.ndarray]] = []  # (time, preprocessed pixels): no full frame is kept
 
     def flush() -> None:
-        embs = model.encode_image([f.image for f in batch])
-        for f, c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
-            times.append(f.time)
+        embs = model.encode_pixels(np.stack([pixels for _, pixels in batch]))
+        for (t, _), c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
+            times.append(t)
             tops.append(c.label)
             top_scores.append(float(c.score))
             probs.append(np.array([c.scores[lab] for lab in labels], dtype=np.float64))
         batch.clear()
 
-    for frame in video.sample_frames(video_path, every):
-        batch.append(frame)
+    from PIL import Image
+
+    # Frames get the images' pixel limit; with --draft they are scaled down while converted.
+    frames = video.sample_frames(video_path, every, max_pixels=Image.MAX_IMAGE_PIXELS,
+                                 shrink=model.draft_size if model.draft else None)
+    for frame in frames:
+        batch.append((frame.time, model.preprocess(frame.image).pixels))
         if len(batch) >= batch_size:
             flush()
     if batch:
@@ -80,14 +87,15 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
                        for t, lab, sc in zip(times, tops, top_scores)],
         }, indent=2))
     else:
-        width = max(len(lab) for lab in labels + ["label"])
+        shown = {lab: printable(lab) for lab in labels}
+        width = max(display_width(x) for x in list(shown.values()) + ["label"])  # CJK: 2 columns
         if show_frames:
-            click.echo(f"{'time':>8}  {'label':<{width}}  score")
+            click.echo(f"{'time':>8}  {pad('label', width)}  score")
             for t, lab, sc in zip(times, tops, top_scores):
-                click.echo(f"{t:8.2f}  {lab:<{width}}  {sc:.3f}")
+                click.echo(f"{t:8.2f}  {pad(shown[lab], width)}  {sc:.3f}")
             click.echo("")
-        click.echo(f"{'start':>8}  {'end':>8}  {'label':<{width}}  {'mean':>5}  frames")
+        click.echo(f"{'start':>8}  {'end':>8}  {pad('label', width)}  {'mean':>5}  frames")
         for s in segs:
-            click.echo(f"{s.start:8.2f}  {s.end:8.2f}  {s.label:<{width}}  {s.mean_score:5.3f}  {s.frames}")
-        click.echo(f"overall: {label} ({score:.3f})")
+            click.echo(f"{s.start:8.2f}  {s.end:8.2f}  {pad(shown[s.label], width)}  {s.mean_score:5.3f}  {s.frames}")
+        click.echo(f"overall: {printable(label)} ({score:.3f})")
     echo_err(f"{len(times)} frames sampled every {every:g}s from {duration:.2f}s of video, {len(segs)} segments")

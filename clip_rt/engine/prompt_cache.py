@@ -1,7 +1,10 @@
 """Persistent + in-memory cache of text embeddings.
 
 One SQLite file, ``store.cache_dir() / "prompts.sqlite"``, shared by every bundle and every
-process: rows are keyed by (bundle fingerprint, precision, exact text) and hold a float32 blob.
+process: rows are keyed by (fingerprint, precision, text key) and hold a float32 blob. The
+fingerprint covers the bundle's files and its text settings (``Manifest.text_fingerprint``); the
+text key is the exact text up to KEY_CHARS characters, else ``sha256:`` and the hash of its
+UTF-8 bytes (surrogates passed through), so a huge text is never stored or compared whole.
 WAL mode lets readers run beside a writer; writes are short ``INSERT OR IGNORE`` transactions
 (two processes computing the same prompt store the same vector, the first one wins).
 
@@ -10,6 +13,7 @@ and a store that cannot be written is used read-only or not at all (warned once 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -43,6 +47,20 @@ _COLUMNS = ("fingerprint", "precision", "text", "dim", "embedding")
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 _UNWRITABLE = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL"}
 _warned_paths: set[str] = set()  # "warn once" is per process and cache file
+KEY_CHARS = 256  # longer texts are keyed by their hash (a key never equals another text: see text_key)
+
+
+def text_key(text: str) -> str:
+    """The cache key of *text*: itself when short and encodable, else ``sha256:<hex>``. A short
+    text that looks like a hash key is still itself (shorter than any text that is hashed), and
+    a text that SQLite cannot take (lone surrogates) is hashed, so a key never fails to bind."""
+    if len(text) <= KEY_CHARS:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _SchemaMismatch(sqlite3.DatabaseError):
@@ -112,22 +130,22 @@ class PromptCache:
 
     # -- public API -----------------------------------------------------------
     def get_many(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
-        wanted = list(dict.fromkeys(texts))
+        keys = {text: text_key(text) for text in texts}  # text -> key, in order, unique texts
         with self._lock:
             found: dict[str, np.ndarray] = {}
             missing: list[str] = []
-            for text in wanted:
-                vec = self._memory.get(text)
+            for text, key in keys.items():
+                vec = self._memory.get(key)
                 if vec is None:
-                    missing.append(text)
+                    missing.append(key)
                 else:
-                    self._memory.move_to_end(text)
+                    self._memory.move_to_end(key)
                     found[text] = vec
             if missing and self.persistent:
-                from_disk = self._with_db(lambda conn: self._select(conn, missing), default={})
-                for text, vec in from_disk.items():
-                    self._remember(text, vec)
-                found.update(from_disk)
+                from_disk = self._with_db(lambda conn: self._select(conn, list(dict.fromkeys(missing))), default={})
+                for key, vec in from_disk.items():
+                    self._remember(key, vec)
+                found.update((text, from_disk[key]) for text, key in keys.items() if key in from_disk)
             return found
 
     def put_many(self, embeddings: Mapping[str, np.ndarray]) -> None:
@@ -136,10 +154,11 @@ class PromptCache:
             for text, vec in embeddings.items():
                 arr = np.ascontiguousarray(vec, dtype=np.float32).reshape(-1)
                 if self.dim is not None and arr.size != self.dim:
-                    raise ValueError(f"embedding for {text!r} has {arr.size} values, expected {self.dim}")
+                    raise ValueError(f"embedding for {text[:60]!r} has {arr.size} values, expected {self.dim}")
                 arr.setflags(write=False)
-                self._remember(text, arr)
-                rows.append((self.fingerprint, self.precision, text, int(arr.size), arr.tobytes()))
+                key = text_key(text)
+                self._remember(key, arr)
+                rows.append((self.fingerprint, self.precision, key, int(arr.size), arr.tobytes()))
             if rows and self.writable:
                 self._with_db(lambda conn: self._insert(conn, rows), default=None, write=True)
 
@@ -156,18 +175,18 @@ class PromptCache:
         self.close()
 
     # -- internals ------------------------------------------------------------
-    def _remember(self, text: str, vec: np.ndarray) -> None:
+    def _remember(self, key: str, vec: np.ndarray) -> None:
         if self._memory_entries == 0:
             return
-        self._memory[text] = vec
-        self._memory.move_to_end(text)
+        self._memory[key] = vec
+        self._memory.move_to_end(key)
         while len(self._memory) > self._memory_entries:
             self._memory.popitem(last=False)
 
-    def _select(self, conn: sqlite3.Connection, texts: list[str]) -> dict[str, np.ndarray]:
+    def _select(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for start in range(0, len(texts), _SQL_VARS):
-            chunk = texts[start:start + _SQL_VARS]
+        for start in range(0, len(keys), _SQL_VARS):
+            chunk = keys[start:start + _SQL_VARS]
             marks = ",".join("?" * len(chunk))
             cur = conn.execute(
                 f"SELECT text, dim, embedding FROM text_embeddings "
@@ -175,8 +194,10 @@ class PromptCache:
                 (self.fingerprint, self.precision, *chunk),
             )
             for text, dim, blob in cur:
-                # A row whose size disagrees with its dim (or the model's) is treated as a miss.
-                if len(blob) != 4 * dim or (self.dim is not None and dim != self.dim):
+                # A row whose size disagrees with its dim (or the model's), or of the wrong types
+                # (SQLite does not enforce column types), is treated as a miss.
+                if not isinstance(blob, bytes) or type(dim) is not int or len(blob) != 4 * dim \
+                        or (self.dim is not None and dim != self.dim):
                     continue
                 vec = np.frombuffer(blob, dtype=np.float32)
                 out[text] = vec

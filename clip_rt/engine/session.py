@@ -11,6 +11,7 @@ onnxruntime is imported inside functions, so importing this module stays cheap; 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -79,28 +80,34 @@ def _parse_one(spec: str, available: Sequence[str]) -> ProviderEntry:
     return (name, {"device_id": int(device)})
 
 
-def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str]) -> list[ProviderEntry]:
+def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str], *,
+                      allow_fallback: bool = False) -> list[ProviderEntry]:
     """Map user names (``cpu``, ``cuda``, ``cuda:1``, ``openvino``, full onnxruntime names) to
     onnxruntime provider entries, in priority order, with the CPU provider last.
 
     ``None`` or ``[]`` means automatic: CUDA when this onnxruntime build has it, else the CPU
     (the other accelerators need set-up or coverage checks, so they are used when asked for).
-    A requested provider this onnxruntime build lacks raises ProviderError listing what it has.
+    A requested provider this onnxruntime build lacks raises ProviderError listing what it has;
+    with *allow_fallback* it is left out instead, with a RuntimeWarning saying so (the CPU
+    provider remains). :func:`unavailable_providers` names those it would leave out.
     """
     if isinstance(requested, str):
         requested = [p for p in requested.split(",") if p.strip()]
     if not requested:
         return [(CUDA, {}), CPU] if CUDA in available else [CPU]
+    missing = unavailable_providers(requested, available)
+    if missing and allow_fallback:
+        warnings.warn(_fallback_message(missing, available), RuntimeWarning, stacklevel=2)
+        requested = [spec for spec in requested if spec not in missing]
     entries: list[ProviderEntry] = []
     for spec in requested:
-        if not isinstance(spec, str):
-            raise InputError(f"execution providers must be strings, got {type(spec).__name__}: {spec!r}")
         entry = _parse_one(spec, available)
         name = provider_name(entry)
         if name not in available:
             hint = " (install onnxruntime-gpu instead of onnxruntime for CUDA)" if name == CUDA else ""
             raise ProviderError(f"execution provider {spec!r} ({name}) is not available in this onnxruntime "
-                                f"build; available: {', '.join(available) or 'none'}{hint}")
+                                f"build; available: {', '.join(available) or 'none'}{hint}; pass "
+                                f"allow_fallback=True to run on the CPU instead")
         if name in (provider_name(e) for e in entries):
             raise InputError(f"execution provider {name} is listed twice in {list(requested)!r}")
         entries.append(entry)
@@ -108,6 +115,32 @@ def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[st
     if CPU not in (provider_name(e) for e in entries):
         entries.append(CPU)
     return entries
+
+
+def unavailable_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The entries of *requested* (user names, checked as :func:`resolve_providers` does) that
+    this onnxruntime build does not have, e.g. ``["cuda"]`` on the CPU-only ``onnxruntime``."""
+    missing = []
+    for spec in requested:
+        if not isinstance(spec, str):
+            raise InputError(f"execution providers must be strings, got {type(spec).__name__}: {spec!r}")
+        if provider_name(_parse_one(spec, available)) not in available:
+            missing.append(spec)
+    return missing
+
+
+def without_options_for(options: Optional[Mapping[str, Mapping[str, Any]]], dropped: Sequence[str],
+                        available: Sequence[str]) -> Optional[dict[str, Mapping[str, Any]]]:
+    """*options* (keyed by provider, short or full name) less those of the *dropped* providers."""
+    if not options or not dropped:
+        return dict(options) if options else options  # type: ignore[return-value]
+    gone = {provider_name(_parse_one(d, available)) for d in dropped}
+    return {k: v for k, v in options.items() if provider_name(_parse_one(k, available)) not in gone}
+
+
+def _fallback_message(missing: Sequence[str], available: Sequence[str]) -> str:
+    return (f"execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
+            f"(available: {', '.join(available) or 'none'}); running without them (allow_fallback=True)")
 
 
 def build_session_options(
@@ -147,14 +180,51 @@ def build_session_options(
     return so
 
 
+def ort_graph_errors() -> tuple[type[BaseException], ...]:
+    """The onnxruntime exceptions that mean "this graph file cannot be used": unreadable or not
+    ONNX, newer opset or IR version, unknown operator, failed shape inference, external data
+    refused, a kernel that cannot be built. EPFail (a provider that failed) is not among them."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+             "NotImplemented", "RuntimeException", "ModelLoaded", "NotFound")
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+
+
+def ort_reason(exc: BaseException, limit: int = 400) -> str:
+    """onnxruntime's message without its code prefix, C++ source location and signature."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc).strip())
+    text = re.sub(r"^Load model from .*? failed:", "", text)
+    loc = re.match(r"\S+\.(?:h|hpp|cc|cpp):\d+ ", text)
+    if loc:  # "file.cc:46 void ns::Func(args...) message": drop through the signature's ")"
+        rest, depth, cut = text[loc.end():], 0, 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            if ch == ")":
+                depth -= 1
+                if depth == 0:
+                    cut = i + 1
+                    break
+        text = rest[cut:].strip() if cut else rest
+    text = re.sub(r"(?:[\w-]+/)*[\w-]+\.(?:h|hpp|cc|cpp):\d+ (?:\w+ )?", "", text)  # "file.cc:2201 Function "
+    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ",
+                  r"\1: ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _default_factory(path: str, so: Any, providers: list[ProviderEntry]) -> Any:
     import onnxruntime
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf, NoSuchFile
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
     try:
         return onnxruntime.InferenceSession(path, sess_options=so, providers=providers)
-    except (InvalidProtobuf, InvalidGraph, NoSuchFile) as exc:  # the file, not the machine
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc}); re-export the bundle") from exc
+    except EPFail as exc:  # the machine's provider, not the file
+        raise ProviderError(f"{path}: an execution provider failed while creating the session "
+                            f"({ort_reason(exc)})") from exc
+    except ort_graph_errors() as exc:  # the file: named, one line, no traceback
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({ort_reason(exc)}); "
+                          "the bundle is damaged, hostile, or needs a newer onnxruntime") from exc
 
 
 class OrtSession:
@@ -176,16 +246,20 @@ class OrtSession:
         """*providers*: user names as for :func:`resolve_providers`. *options*: extra provider
         options keyed by provider (short or full name), e.g. ``{"cuda": {"gpu_mem_limit": 2**30}}``."""
         self.path = Path(path)
+        if isinstance(providers, str):  # "cuda,cpu", as resolve_providers takes it
+            providers = [p for p in providers.split(",") if p.strip()]
         avail = list(available_providers) if available_providers is not None else _ort_available()
-        entries = resolve_providers(providers, avail)
-        entries = _merge_options(entries, options or {}, avail)
+        dropped = unavailable_providers(providers, avail) if providers and allow_fallback else []
+        entries = resolve_providers(providers, avail, allow_fallback=allow_fallback)
+        entries = _merge_options(entries, without_options_for(options, dropped, avail) or {}, avail)
         self.requested: list[ProviderEntry] = entries
         so = build_session_options(intra_op_threads, inter_op_threads, session_options)
         factory = session_factory or _default_factory
         self._session = factory(str(self.path), so, entries)
         self.providers: list[str] = list(self._session.get_providers())
         missing = [provider_name(e) for e in entries if provider_name(e) not in self.providers]
-        self.fell_back = bool(missing)
+        # True when a requested provider is not running: left out (not in this build) or did not come up.
+        self.fell_back = bool(missing or dropped)
         # Automatic selection (no providers named) may fall back: nothing was promised.
         if missing and not providers:
             allow_fallback = True

@@ -7,24 +7,29 @@ open_clip resizes in that mode (see preprocess.py).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError, InputError
+from .budget import DecodeBudget, decode_budget, decoded_bytes
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 
 # Called with the displayed (width, height); returns the smallest (width, height) the JPEG
 # decoder may scale down to (PIL's Image.draft). See Preprocessor(draft=True).
 DraftRule = Callable[[int, int], "tuple[int, int]"]
+# Called with the opened (not yet decoded) image and its label, just before decoding: reserves the
+# memory decoding will take (see opened()).
+_Reserve = Optional[Callable[[Image.Image, str], None]]
 
 EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = (5, 6, 7, 8)  # orientations that rotate by 90 degrees
@@ -93,8 +98,27 @@ def unexpected_load_error(source: Any, exc: Exception) -> ImageLoadError:
     return err
 
 
+def opened(source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None,
+           budget: Optional[DecodeBudget] = None) -> "contextlib.AbstractContextManager[LoadedImage]":
+    """:func:`open_image` with the memory its decoding takes reserved from *budget* (default: the
+    process-wide one, clip_rt.inputs.budget) until the ``with`` block ends: use the image inside
+    the block. A file whose decoding does not fit the budget fails with its name."""
+    return _opened(source, exif_transpose, draft, budget or decode_budget())
+
+
+@contextlib.contextmanager
+def _opened(source: ImageSource, exif_transpose: bool, draft: Optional[DraftRule],
+            budget: DecodeBudget) -> Iterator[LoadedImage]:
+    with contextlib.ExitStack() as held:
+        def reserve(img: Image.Image, label: str) -> None:
+            what = f"a {img.size[0]}x{img.size[1]} {img.mode} image"
+            held.enter_context(budget.reserve(decoded_bytes(img.size[0], img.size[1], img.mode), label, what))
+
+        yield open_image(source, exif_transpose=exif_transpose, draft=draft, _reserve=reserve)
+
+
 def open_image(
-    source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None
+    source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None, _reserve: _Reserve = None
 ) -> LoadedImage:
     """Open and fully decode *source*.
 
@@ -114,16 +138,16 @@ def open_image(
     if isinstance(source, np.ndarray):
         return _finish(array_to_pil(source), _array_label(source), [], None, exif_transpose=False)
     if isinstance(source, bytes) and _looks_like_path(source):
-        return _open_path(source, exif_transpose, draft)
+        return _open_path(source, exif_transpose, draft, _reserve)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise load_error("<bytes>", "empty data (0 bytes)")
-        return _decode(io.BytesIO(data), "<bytes>", exif_transpose, draft)
+        return _decode(io.BytesIO(data), "<bytes>", exif_transpose, draft, _reserve)
     if isinstance(source, (str, os.PathLike)):
-        return _open_path(source, exif_transpose, draft)
+        return _open_path(source, exif_transpose, draft, _reserve)
     if hasattr(source, "read"):
-        return _open_file_object(source, exif_transpose, draft)
+        return _open_file_object(source, exif_transpose, draft, _reserve)
     raise InputError(
         "expected an image: a path (str or os.PathLike), bytes, a binary file object, "
         f"a PIL.Image.Image or a numpy array; got {type(source).__name__}"
@@ -166,7 +190,8 @@ def _looks_like_path(data: bytes) -> bool:
     return len(data) <= _PATH_MAX and b"\0" not in data and b"\n" not in data and len(data) > 0
 
 
-def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule]) -> LoadedImage:
+def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
+               reserve: _Reserve = None) -> LoadedImage:
     label = display_path(path)
     try:
         info = os.stat(path)
@@ -186,12 +211,13 @@ def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool
         raise load_error(label, "empty file (0 bytes)")
     try:
         with open(path, "rb") as fp:
-            return _decode(fp, label, exif_transpose, draft)
+            return _decode(fp, label, exif_transpose, draft, reserve)
     except PermissionError:
         raise load_error(label, "permission denied (cannot read the file)") from None
 
 
-def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule]) -> LoadedImage:
+def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule],
+                      reserve: _Reserve = None) -> LoadedImage:
     name = getattr(fp, "name", None)
     label = display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
     seekable = getattr(fp, "seekable", None)
@@ -204,11 +230,12 @@ def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[Draft
             raise InputError(f"expected a binary file object (opened with 'rb'); {label} gave {type(data).__name__}")
         if not data:
             raise load_error(label, "empty data (0 bytes)")
-        return _decode(io.BytesIO(data), label, exif_transpose, draft)
-    return _decode(fp, label, exif_transpose, draft)
+        return _decode(io.BytesIO(data), label, exif_transpose, draft, reserve)
+    return _decode(fp, label, exif_transpose, draft, reserve)
 
 
-def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[DraftRule]) -> LoadedImage:
+def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[DraftRule],
+            reserve: _Reserve = None) -> LoadedImage:
     """Identify, optionally draft, and fully decode; the caller closes *fp*."""
     start = fp.tell()
     try:
@@ -234,6 +261,8 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
             notes.append(f"animated image: first frame of {frames} used")
         if draft is not None and fmt == "JPEG":
             _apply_draft(img, draft, exif_transpose, notes)
+        if reserve is not None:
+            reserve(img, label)  # may wait for other threads' images, or refuse this one
         img.load()
         if frames > 1:
             img = img.copy()  # detach the frame from the (about to be closed) file
@@ -241,7 +270,17 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
         raise load_error(label, _too_large(exc)) from None
     except _DECODE_ERRORS as exc:
         raise load_error(label, f"truncated or corrupt {fmt or 'image'} data ({_describe(exc)})") from exc
+    except MemoryError:
+        raise out_of_memory(label) from None
     return _finish(img, label, notes, fmt, exif_transpose, full_size)
+
+
+def out_of_memory(label: str) -> ImageLoadError:
+    """This image's error when decoding or preprocessing it ran out of memory: the file is
+    reported (and skipped by --resume) rather than ending the run, every time it is retried."""
+    return load_error(label, "out of memory while decoding or preprocessing it (MemoryError); lower the "
+                             "decode memory budget (CLIP_RT_DECODE_MEMORY_MB) or the batch size, or give "
+                             "the process more memory")
 
 
 def _apply_draft(img: Image.Image, rule: DraftRule, exif_transpose: bool, notes: list[str]) -> None:

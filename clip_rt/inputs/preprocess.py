@@ -19,7 +19,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ClipRtError, ImageLoadError, InputError
-from .images import ImageSource, LoadedImage, load_error, open_image, unexpected_load_error
+from .budget import decode_budget
+from .images import (
+    ImageSource, LoadedImage, load_error, open_image, opened, out_of_memory, source_label, unexpected_load_error,
+)
 from ..bundle.manifest import ImageConfig
 
 RESIZE_MODES = ("shortest", "longest", "squash")
@@ -30,6 +33,16 @@ HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Above this many pixels the full resize that CenterCrop then mostly discards (extreme aspect
 # ratios: 20000x10 -> 448000x224) is replaced by resizing only the cropped region (strict=False).
 HUGE_RESIZE_PIXELS = 1 << 24
+
+
+@dataclass
+class Converted:
+    """One image preprocessed by :meth:`Preprocessor.convert`; the decoded image is not kept."""
+
+    pixels: np.ndarray  # float32 (3, H, W)
+    width: int  # of the full image (after EXIF orientation)
+    height: int
+    notes: list[str]
 
 
 @dataclass
@@ -53,6 +66,7 @@ class Preprocessor:
         self.draft = draft
         self.height, self.width = int(cfg.size[0]), int(cfg.size[1])
         self._lut = _normalise_table(cfg.mean, cfg.std)
+        self._budget = decode_budget()  # process-wide; a bad CLIP_RT_DECODE_MEMORY_MB fails here
 
     # -- public API ----------------------------------------------------------------------
     def load(self, source: ImageSource) -> LoadedImage:
@@ -64,8 +78,30 @@ class Preprocessor:
     def __call__(self, image: "ImageSource | LoadedImage") -> np.ndarray:
         """One image -> float32 ``(3, H, W)``."""
         out = np.empty((3, self.height, self.width), dtype=np.float32)
-        self._into(self.load(image), out)
+        self._convert_into(image, out)
         return out
+
+    def convert(self, image: "ImageSource | LoadedImage") -> Converted:
+        """One image -> :class:`Converted`: the pixels, its size and notes. Decoding a file holds
+        memory from the process-wide decode budget (clip_rt.inputs.budget) until it is
+        preprocessed; running out of memory on a file is that file's ImageLoadError."""
+        out = np.empty((3, self.height, self.width), dtype=np.float32)
+        width, height, notes = self._convert_into(image, out)
+        return Converted(out, width, height, notes)
+
+    def _convert_into(self, image: "ImageSource | LoadedImage", out: np.ndarray) -> "tuple[int, int, list[str]]":
+        if isinstance(image, LoadedImage):  # already decoded by the caller: nothing to reserve
+            self._into(image, out)
+            return image.width, image.height, list(image.notes)
+        draft = self._draft_rule if self.draft else None
+        try:
+            with opened(image, exif_transpose=self.exif_transpose, draft=draft, budget=self._budget) as loaded:
+                self._into(loaded, out)
+                result = loaded.width, loaded.height, list(loaded.notes)
+                del loaded  # the decoded image goes before its reservation does
+            return result
+        except MemoryError:  # this file's failure: recorded, and skipped by --resume
+            raise out_of_memory(source_label(image)) from None
 
     def batch(self, images: Iterable["ImageSource | LoadedImage"]) -> np.ndarray:
         """Images -> contiguous float32 ``(N, 3, H, W)``.
@@ -89,18 +125,15 @@ class Preprocessor:
         notes: dict[int, list[str]] = {}
         for i, item in enumerate(items):
             try:
-                loaded = self.load(item)
-                self._into(loaded, out[len(indices)])
+                _, _, item_notes = self._convert_into(item, out[len(indices)])
             except ClipRtError as err:  # ImageLoadError / InputError: this item only
                 failures.append((i, err))
                 continue
-            except MemoryError:
-                raise
             except Exception as exc:  # a decoder quirk no one listed: still this item's failure only
                 failures.append((i, unexpected_load_error(item, exc)))
                 continue
-            if loaded.notes:
-                notes[i] = list(loaded.notes)
+            if item_notes:
+                notes[i] = item_notes
             indices.append(i)
         pixels = out[: len(indices)] if len(indices) < len(items) else out
         return PreprocessedBatch(np.ascontiguousarray(pixels), indices, failures, notes)
@@ -158,6 +191,10 @@ class Preprocessor:
                 raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess it (strict=True)")
             size = (max(size[0], 1), max(size[1], 1))
         return size
+
+    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+        """The smallest (width, height) draft decoding may reduce a *width* x *height* image to."""
+        return self._draft_rule(width, height)
 
     def _draft_rule(self, w: int, h: int) -> "tuple[int, int]":
         """Decode no smaller than twice what the resize step will produce."""
@@ -284,12 +321,7 @@ def _high_bit_mapping(img: Image.Image):  # type: ignore[no-untyped-def]
     """
     if img.mode not in HIGH_BIT_MODES:
         return None
-    values = np.asarray(img)
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-    if finite.size == 0:
-        lo = hi = 0.0
-    else:
-        lo, hi = float(finite.min()), float(finite.max())
+    lo, hi = _finite_extrema(img)
     if img.mode.startswith("I;16"):
         scale, offset = 255.0 / 65535.0, 0.0
     elif 0.0 <= lo and hi <= 255.0 and not (img.mode == "F" and hi <= 1.0):
@@ -307,6 +339,23 @@ def _high_bit_mapping(img: Image.Image):  # type: ignore[no-untyped-def]
         return Image.fromarray(np.rint(np.clip(x, 0.0, 255.0)).astype(np.uint8), mode="L")
 
     return to_8bit
+
+
+def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> "tuple[float, float]":
+    """Smallest and largest finite pixel value, without copying the image: Pillow's own
+    getextrema when it gives finite values (it does unless the image holds NaN or infinity),
+    else strip by strip (a few MB at a time). (0, 0) when no value is finite."""
+    lo, hi = img.getextrema()  # type: ignore[misc]
+    if math.isfinite(lo) and math.isfinite(hi):
+        return float(lo), float(hi)
+    rows = rows_per_strip or max(1, (4 << 20) // max(1, img.width))
+    found_lo, found_hi = math.inf, -math.inf
+    for top in range(0, img.height, rows):
+        strip = np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))))
+        finite = strip[np.isfinite(strip)]
+        if finite.size:
+            found_lo, found_hi = min(found_lo, float(finite.min())), max(found_hi, float(finite.max()))
+    return (0.0, 0.0) if found_lo > found_hi else (found_lo, found_hi)
 
 
 # -- ToTensor + Normalize ----------------------------------------------------------------------

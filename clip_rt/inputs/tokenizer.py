@@ -17,6 +17,9 @@ import html
 import html.entities
 import os
 import re
+import sys
+import tempfile
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +155,48 @@ def clean_text(text: str, fix_text: Callable[[str], str]) -> str:
     return " ".join(text.split()).lower()
 
 
+# -- long texts: cut before cleaning and tokenising -----------------------------------------------
+# Only the first context_length - 2 tokens of a text are used, but cleaning and BPE cost time and
+# memory in proportion to the whole text (50 MB of text took 66 s and 7.2 GB). A text longer than
+# LONG_TEXT characters is cut first, at a place where the cut provably changes nothing before it:
+#
+# 1. ftfy (and fix_text_lite) fix a text in independent segments (lines, at most
+#    max_decode_length characters), so fixing the first k whole segments gives exactly the first
+#    part of fixing the whole text. (A text of plain ASCII without '&' is not fixed at all.)
+# 2. In the fixed text the cut is made just after one of ' \t\n\f': html.unescape's entity pattern
+#    cannot contain them (no entity spans the cut) and str.split() treats them as whitespace, so
+#    cleaning the part before the cut gives the start of cleaning the whole text, followed in the
+#    whole by a space (str.lower()'s final-sigma rule does not look across whitespace either).
+# 3. Special tokens contain no space, and the tokenizer's pre-tokenizer never puts a space inside
+#    a pre-token (CLIP's pattern), so the tokens of the part are the first tokens of the whole.
+#
+# The part grows (doubling) until it has more tokens than the context keeps, so truncation is still
+# detected; its token count is then a lower bound. tests/test_tokenizer.py checks the result
+# against tokenising the whole text, and against open_clip, on long varied strings.
+LONG_TEXT = 4096  # characters
+MAX_WORD = 100_000  # characters without a cut point: more is an InputError, not minutes of BPE
+_CUT_RE = re.compile("[ \t\n\f]")
+
+
+def _segment_end(text: str, at_least: int, max_segment: int) -> int:
+    """The first end of one of ftfy's segments at or after *at_least* (or len(text))."""
+    pos = 0
+    while pos < at_least and pos < len(text):
+        nl = text.find("\n", pos) + 1 or len(text)
+        pos = min(nl, pos + max_segment)
+    return pos
+
+
+def _cut_point(fixed: str, target: int) -> int:
+    """Index just after the first cut character at or after *target* in *fixed*, else after the
+    last one before it; 0 when there is none."""
+    m = _CUT_RE.search(fixed, max(0, min(target, len(fixed)) - 1))
+    if m is not None:
+        return m.end()
+    last = max(fixed.rfind(ch) for ch in " \t\n\f")
+    return last + 1
+
+
 def _default_fix_text(use_ftfy: Optional[bool]) -> tuple[Callable[[str], str], bool]:
     if use_ftfy is False:
         return fix_text_lite, False
@@ -171,6 +216,7 @@ class TokenBatch:
     lengths: np.ndarray  # int64 (N,): non-pad ids per row (SOT and EOT included)
     truncated: np.ndarray  # bool (N,): the text did not fit and was cut
     token_counts: np.ndarray  # int64 (N,): ids the text needs untruncated (SOT and EOT included)
+    cut: Optional[np.ndarray] = None  # bool (N,): cut before tokenising; token_counts is then a lower bound
 
     @property
     def max_length(self) -> int:
@@ -183,8 +229,10 @@ class TokenBatch:
         if idx.size == 0:
             return None
         context_length = self.ids.shape[1]
+        cut = self.cut if self.cut is not None else np.zeros(len(idx), bool)
         shown = ", ".join(
-            f"#{i} ({int(self.token_counts[i])} tokens: {texts[i][:40]!r})" for i in idx[:limit]
+            f"#{i} ({'over ' if cut[i] else ''}{int(self.token_counts[i])} tokens: {texts[i][:40]!r})"
+            for i in idx[:limit]
         )
         more = f" and {idx.size - limit} more" if idx.size > limit else ""
         return (
@@ -200,14 +248,74 @@ def _byte_level() -> Any:
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 
 
+MAX_TOKENIZER_BYTES = 128 << 20  # CLIP's tokenizer.json is 1.7 MB; the largest HF ones about 35 MB
+_FD2_LOCK = threading.Lock()
+
+
+def is_rust_panic(exc: BaseException) -> bool:
+    """True for ``pyo3_runtime.PanicException``: a panic inside ``tokenizers`` (e.g. a regex that
+    hits Oniguruma's retry limit). It derives from BaseException and cannot be imported by name."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+class _Fd2Capture:
+    """Holds what is written to file descriptor 2 while ``tokenizers`` runs: Rust's panic hook
+    prints its message there before pyo3 raises. The text is dropped when the panic becomes a
+    one-line BundleError, and passed on to stderr otherwise."""
+
+    def __init__(self) -> None:
+        self.panicked = False
+        self._saved = -1
+        self._tmp: Any = None
+
+    def __enter__(self) -> "_Fd2Capture":
+        _FD2_LOCK.acquire()
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            self._tmp = tempfile.TemporaryFile()
+            os.dup2(self._tmp.fileno(), 2)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (closed, embedded interpreter)
+            self._close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._saved >= 0:
+                os.dup2(self._saved, 2)
+                self._tmp.seek(0)
+                held = self._tmp.read()
+                if held and not self.panicked:
+                    os.write(2, held)
+        finally:
+            self._close()
+            _FD2_LOCK.release()
+
+    def _close(self) -> None:
+        if self._saved >= 0:
+            os.close(self._saved)
+        if self._tmp is not None:
+            self._tmp.close()
+        self._saved, self._tmp = -1, None
+
+
 @functools.lru_cache(maxsize=8)
 def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
     from tokenizers import Tokenizer
 
-    try:
-        tok = Tokenizer.from_file(path)
-    except Exception as exc:  # tokenizers raises bare Exception on malformed JSON
-        raise BundleError(f"{path}: not a valid tokenizers JSON ({exc})") from exc
+    if size > MAX_TOKENIZER_BYTES:
+        raise BundleError(f"{path}: {size} bytes; a tokenizer file is at most {MAX_TOKENIZER_BYTES} bytes")
+    with _Fd2Capture() as capture:
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as exc:  # tokenizers raises bare Exception on malformed JSON
+            raise BundleError(f"{path}: not a valid tokenizers JSON ({exc})") from exc
+        except BaseException as exc:
+            if not is_rust_panic(exc):
+                raise
+            capture.panicked = True
+            raise BundleError(f"{path}: the tokenizers library panicked while loading it ({exc})") from None
     # clip_rt truncates and pads itself (it reports untruncated lengths).
     tok.no_truncation()
     tok.no_padding()
@@ -217,18 +325,25 @@ def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
 class ClipTokenizer:
     """Tokenises text exactly as open_clip's ``SimpleTokenizer`` (``clean='lower'``)."""
 
-    def __init__(self, hf_tokenizer: Any, text_config: TextConfig, use_ftfy: Optional[bool] = None):
+    def __init__(self, hf_tokenizer: Any, text_config: TextConfig, use_ftfy: Optional[bool] = None,
+                 source: str = "tokenizer"):
         if text_config.context_length < 2:
             raise BundleError(
                 f"text.context_length must be >= 2 (room for SOT and EOT), got {text_config.context_length}"
             )
         self._tok = hf_tokenizer
+        self.source = source  # the file, for messages
         self.config = text_config
         self.context_length = text_config.context_length
         self.sot_token_id = text_config.sot_token_id
         self.eot_token_id = text_config.eot_token_id
         self.pad_token_id = text_config.pad_token_id
         self._fix_text, self.uses_ftfy = _default_fix_text(use_ftfy)
+        self._max_segment = _MAX_SEGMENT
+        if self.uses_ftfy:  # the segment length ftfy.fix_text uses (see LONG_TEXT)
+            import ftfy
+
+            self._max_segment = ftfy.TextFixerConfig().max_decode_length
         self._check_vocab()
 
     @classmethod
@@ -239,21 +354,28 @@ class ClipTokenizer:
             st = os.stat(path)
         except FileNotFoundError:
             raise BundleError(f"{path}: tokenizer file is missing") from None
-        return cls(_load_hf_tokenizer(str(path), st.st_mtime_ns, st.st_size), text_config, use_ftfy)
+        return cls(_load_hf_tokenizer(str(path), st.st_mtime_ns, st.st_size), text_config, use_ftfy, source=str(path))
 
     def _check_vocab(self) -> None:
         size = self._tok.get_vocab_size()
         if size != self.config.vocab_size:
             raise BundleError(
-                f"tokenizer has {size} tokens but the manifest says text.vocab_size={self.config.vocab_size}"
+                f"{self.source}: tokenizer has {size} tokens but the manifest says text.vocab_size={self.config.vocab_size}"
             )
+        # Every id the tokenizer can produce must exist in the text graph's embedding table,
+        # which the session check sizes from text.vocab_size.
+        token, top = max(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+        if top >= self.config.vocab_size:
+            raise BundleError(f"{self.source}: token {token[:40]!r} has id {top}, beyond the manifest's "
+                              f"text.vocab_size of {self.config.vocab_size} (ids 0..{self.config.vocab_size - 1})")
         for name, token_id, expected in (
             ("sot_token_id", self.sot_token_id, SOT_TOKEN),
             ("eot_token_id", self.eot_token_id, EOT_TOKEN),
         ):
             got = self._tok.id_to_token(token_id)
             if got != expected:
-                raise BundleError(f"manifest text.{name}={token_id} is {got!r} in the tokenizer, expected {expected!r}")
+                raise BundleError(f"{self.source}: manifest text.{name}={token_id} is {got!r} in the tokenizer, "
+                                  f"expected {expected!r}")
 
     # -- public API -----------------------------------------------------------------------------
     def clean(self, text: str) -> str:
@@ -261,7 +383,7 @@ class ClipTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids for *texts*, shaped (N, context_length), as ``open_clip.tokenize``."""
-        rows = self._token_lists(texts)
+        rows, cut = self._token_lists(texts)
         n, length = len(rows), self.context_length
         ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
         counts = np.fromiter((len(r) + 2 for r in rows), dtype=np.int64, count=n)
@@ -271,12 +393,14 @@ class ClipTokenizer:
             ids[i, 1 : 1 + len(kept)] = kept
             ids[i, 1 + len(kept)] = self.eot_token_id
         return TokenBatch(
-            ids=ids, lengths=np.minimum(counts, length), truncated=counts > length, token_counts=counts
+            ids=ids, lengths=np.minimum(counts, length), truncated=counts > length, token_counts=counts,
+            cut=np.array(cut, dtype=bool),
         )
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        """Ids each text needs, SOT and EOT included, before truncation."""
-        return np.fromiter((len(r) + 2 for r in self._token_lists(texts)), dtype=np.int64)
+        """Ids each text needs, SOT and EOT included, before truncation. For a text over
+        LONG_TEXT characters that does not fit the context, a lower bound (it is cut first)."""
+        return np.fromiter((len(r) + 2 for r in self._token_lists(texts)[0]), dtype=np.int64)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of one row of ids: stops at EOT, drops SOT and padding (open_clip's spacing)."""
@@ -298,13 +422,61 @@ class ClipTokenizer:
                 raise InputError(f"text #{i} must be a str, got {type(t).__name__}: {t!r:.60}")
         return out
 
-    def _token_lists(self, texts: Sequence[str]) -> list[list[int]]:
-        """Untruncated ids per text, without SOT/EOT; one tokenizers call for the whole batch."""
+    def _token_lists(self, texts: Sequence[str]) -> tuple[list[list[int]], list[bool]]:
+        """Ids per text without SOT/EOT (untruncated, or the start of a text cut before
+        tokenising), and which were cut. A panic inside tokenizers (a hostile or broken
+        tokenizer.json) is a BundleError."""
+        checked = self._validated(texts)
+        with _Fd2Capture() as capture:
+            try:
+                return self._token_lists_unchecked(checked)
+            except BaseException as exc:
+                if not is_rust_panic(exc):
+                    raise
+                capture.panicked = True
+                raise BundleError(f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
+                                  "bundle's tokenizer is broken or hostile") from None
+
+    def _token_lists_unchecked(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        short = [i for i, t in enumerate(texts) if len(t) <= LONG_TEXT]
+        rows: list[list[int]] = [[] for _ in texts]
+        cut = [False] * len(texts)
+        for i, row in zip(short, self._rows([self.clean(texts[i]) for i in short])):
+            rows[i] = row
+        for i, text in enumerate(texts):
+            if len(text) > LONG_TEXT:
+                rows[i], cut[i] = self._long_row(text, i)
+        return rows, cut
+
+    def _long_row(self, text: str, index: int) -> tuple[list[int], bool]:
+        """The ids of a long text, cutting it first where that changes nothing (see LONG_TEXT)."""
+        need = self.context_length - 1  # more ids than the context keeps (length - 2): truncated
+        plain = text.isascii() and _PLAIN_ASCII_RE.fullmatch(text) is not None
+        target = max(LONG_TEXT, 16 * self.context_length)
+        while True:
+            end = min(len(text), target) if plain else _segment_end(text, target, self._max_segment)
+            if end >= len(text):
+                return self._rows([self.clean(text)])[0], False
+            fixed = text[:end] if plain else self._fix_text(text[:end])
+            at = _cut_point(fixed, target)
+            if (max(map(len, _CUT_RE.split(fixed[:at]))) if at else len(fixed)) > MAX_WORD:
+                raise InputError(f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
+                                 "characters without a space or line break; expected text (only the first "
+                                 f"{self.context_length - 2} tokens of a text are used)")
+            if at > 0:
+                part = fixed[:at] if plain else html.unescape(html.unescape(fixed[:at]))
+                row = self._rows([" ".join(part.split()).lower()])[0]
+                if len(row) >= need:
+                    return row, True
+            target = 2 * end
+
+    def _rows(self, cleaned: list[str]) -> list[list[int]]:
+        """Untruncated ids of already cleaned texts; one tokenizers call for all of them."""
         pieces: list[str] = []
         plans: list[list[Any]] = []  # per text: segment indices into pieces, or a special id
-        for text in self._validated(texts):
+        for text in cleaned:
             plan: list[Any] = []
-            for part in self._split_specials(self.clean(text)):
+            for part in self._split_specials(text):
                 if isinstance(part, tuple):
                     plan.append(part)
                 else:

@@ -1,33 +1,34 @@
-"""Classification records and their writers (table, CSV, JSON, JSONL), with resume.
+"""Classification records and their writers (table, CSV, JSON, JSONL).
 
 Records stream out as they are produced; CSV and JSONL are flushed after every batch, so a
-run that is killed keeps what it finished. ``--resume`` reads an existing CSV/JSONL output,
-drops a torn last line (a run killed mid-write), and returns the paths already done. The
-run's identity (model fingerprint, precision, labels, templates) is kept in a sidecar
-``<output>.clip-rt.json`` so that resuming with another model or other labels is refused.
+run that is killed keeps what it finished. The output file itself (sidecar, resume, lock,
+what happens on a full disk) is ``record_output.py``.
 
 Paths are written back byte-exact: undecodable bytes (lone surrogates from
 ``os.fsdecode``) go to CSV as the original bytes and to JSON as ``\\udcNN`` escapes, which
 ``json.loads`` turns back into the same ``str``.
+
+CSV is written by :func:`csv_line`, not :mod:`csv`: a cell holding a comma, a quote, a CR or
+an LF is quoted (``csv.writer`` with ``lineterminator="\\n"`` leaves a lone CR unquoted, which
+readers take for a line break). Text cells (path, label, error) that a spreadsheet would run
+as a formula (starting with ``= + - @``, a tab or a CR) get a ``'`` in front, and so does a
+cell that starts with ``'``, so that :func:`unneutralise` gives back the exact text (resume
+matches paths through it).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional, Sequence
 
 from ..errors import InputError
-from ..inputs.discover import display_path
+from ..inputs.discover import display_path, display_width, loader_label, pad, printable
 
 FORMATS = ("table", "csv", "json", "jsonl")
 RESUMABLE = ("csv", "jsonl")
 FIXED_COLUMNS = ["path", "label", "score", "width", "height", "error"]
-SIDECAR_SUFFIX = ".clip-rt.json"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -77,7 +78,7 @@ class Record:
 def error_reason(path: str, error: str) -> str:
     """*error* without a leading ``"<path>: "`` (the loader's messages name the file; the
     table and the summary already show it)."""
-    for prefix in (path, display_path(path)):
+    for prefix in (path, loader_label(path), display_path(path)):
         if error.startswith(prefix + ": "):
             return error[len(prefix) + 2:]
     return error
@@ -106,10 +107,31 @@ def csv_header(labels: Sequence[str]) -> list[str]:
     return FIXED_COLUMNS + [f"score_{lab}" for lab in labels]
 
 
-def _csv_line(row: Sequence[Any]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(row)
-    return buf.getvalue()
+_CSV_QUOTE = re.compile('[,"\r\n]')
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """One CSV cell: quoted (quotes doubled) when it holds a comma, quote, CR or LF."""
+    return '"' + text.replace('"', '""') + '"' if _CSV_QUOTE.search(text) else text
+
+
+def csv_line(row: Sequence[str]) -> str:
+    """One CSV record, ``\\n``-terminated. Same bytes as ``csv.writer`` (QUOTE_MINIMAL) for every
+    row without a lone CR, so files written before stay resumable."""
+    if len(row) == 1 and row[0] == "":
+        return '""\n'  # a lone empty cell would read back as a blank line
+    return ",".join(csv_cell(c) for c in row) + "\n"
+
+
+def neutralise(text: str) -> str:
+    """*text* with a ``'`` in front when a spreadsheet would take it for a formula (or when it
+    already starts with ``'``, so the mark is unambiguous); :func:`unneutralise` reverses it."""
+    return "'" + text if text.startswith(FORMULA_START + ("'",)) else text
+
+
+def unneutralise(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -118,12 +140,12 @@ def _fmt(x: Optional[float]) -> str:
 
 def csv_row(rec: Record, labels: Sequence[str]) -> list[str]:
     return [
-        rec.path,
-        rec.label or "",
+        neutralise(rec.path),
+        neutralise(rec.label or ""),
         _fmt(rec.score),
         "" if rec.width is None else str(rec.width),
         "" if rec.height is None else str(rec.height),
-        rec.error or "",
+        neutralise(rec.error or ""),
     ] + [_fmt(rec.scores.get(lab)) for lab in labels]
 
 
@@ -136,13 +158,13 @@ class RecordWriter:
             raise InputError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
         self.fmt, self.stream, self.labels, self.top_k = fmt, stream, list(labels), top_k
         self._first = True
-        self._label_width = max([len(lab) for lab in self.labels] + [5])
+        self._label_width = max([display_width(printable(lab)) for lab in self.labels] + [5])
         if fmt == "csv" and write_header:
-            stream.write(("\ufeff" if bom else "") + _csv_line(csv_header(self.labels)))
+            stream.write(("\ufeff" if bom else "") + csv_line(csv_header(self.labels)))
         elif fmt == "json":
             stream.write("[")
         elif fmt == "table" and write_header:
-            stream.write(f"{'score':>6}  {'label':<{self._label_width}}  {'size':>11}  path\n")
+            stream.write(f"{'score':>6}  {pad('label', self._label_width)}  {'size':>11}  path\n")
 
     def write_batch(self, records: Sequence[Record]) -> None:
         for rec in records:
@@ -151,7 +173,7 @@ class RecordWriter:
 
     def _write_one(self, rec: Record) -> None:
         if self.fmt == "csv":
-            self.stream.write(_csv_line(csv_row(rec, self.labels)))
+            self.stream.write(csv_line(csv_row(rec, self.labels)))
         elif self.fmt == "jsonl":
             self.stream.write(dumps_json(rec.to_json(self.top_k > 1)) + "\n")
         elif self.fmt == "json":
@@ -164,166 +186,14 @@ class RecordWriter:
         path = display_path(rec.path)
         size = "" if rec.width is None else f"{rec.width}x{rec.height}"
         if not rec.ok:
-            reason = error_reason(rec.path, rec.error or "")
-            return f"{'-':>6}  {'ERROR':<{self._label_width}}  {size:>11}  {path}  ({reason})\n"
-        line = f"{rec.score:6.3f}  {rec.label:<{self._label_width}}  {size:>11}  {path}"
+            reason = printable(error_reason(rec.path, rec.error or ""))
+            return f"{'-':>6}  {pad('ERROR', self._label_width)}  {size:>11}  {path}  ({reason})\n"
+        line = f"{rec.score:6.3f}  {pad(printable(rec.label or ''), self._label_width)}  {size:>11}  {path}"
         if self.top_k > 1:
-            line += "  [" + ", ".join(f"{lab} {s:.3f}" for lab, s in rec.top_k) + "]"
+            line += "  [" + ", ".join(f"{printable(lab)} {s:.3f}" for lab, s in rec.top_k) + "]"
         return line + "\n"
 
     def close(self) -> None:
         if self.fmt == "json":
             self.stream.write("\n]\n" if not self._first else "]\n")
         self.stream.flush()
-
-
-def open_output(path: str, append: bool) -> IO[str]:
-    # surrogateescape: a non-UTF-8 file name goes to CSV/table as its original bytes.
-    return open(path, "a" if append else "w", encoding="utf-8", errors="surrogateescape", newline="")
-
-
-def stdout_stream() -> IO[str]:
-    """stdout as UTF-8 with surrogateescape, so CSV rows carry non-UTF-8 names byte-exact
-    (the default stdout would raise UnicodeEncodeError on them)."""
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is None:  # replaced by a pure text stream: write through it as it is
-        return sys.stdout
-    sys.stdout.flush()
-    return io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape", newline="", write_through=True)
-
-
-def release_stdout(stream: IO[str]) -> None:
-    """Flush a stream from stdout_stream() without closing the real stdout."""
-    stream.flush()
-    if stream is not sys.stdout and isinstance(stream, io.TextIOWrapper):
-        stream.detach()
-
-
-# -- run identity (sidecar) ------------------------------------------------------------
-def sidecar_path(output: str) -> str:
-    return output + SIDECAR_SUFFIX
-
-
-def write_sidecar(output: str, identity: dict[str, Any]) -> None:
-    tmp = sidecar_path(output) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dumps_json(identity) + "\n")
-    os.replace(tmp, sidecar_path(output))
-
-
-def check_sidecar(output: str, identity: dict[str, Any]) -> None:
-    """Refuse to resume *output* if it was written by another model, precision, labels or templates."""
-    side = sidecar_path(output)
-    try:
-        with open(side, encoding="utf-8") as f:
-            stored = json.load(f)
-    except FileNotFoundError:
-        raise InputError(
-            f"cannot resume {display_path(output)!r}: its run description {display_path(side)!r} is missing, "
-            "so it is unknown which model and labels wrote it; run without --resume to start over"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"cannot resume: {display_path(side)!r} is not valid JSON ({exc})") from exc
-    diffs = [k for k in identity if stored.get(k) != identity[k]]
-    if diffs:
-        detail = "; ".join(f"{k}: output has {stored.get(k)!r}, this run has {identity[k]!r}" for k in diffs)
-        raise InputError(f"cannot resume {display_path(output)!r}: it was written by a different run ({detail})")
-
-
-# -- resume: read what is done, drop a torn tail -------------------------------------------
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        return f.read()
-
-
-def _truncate(path: str, text_kept: str) -> None:
-    """Cut *path* down to *text_kept*, its intact beginning. Never truncates past the end
-    (that pads with NUL bytes): kept text longer than the file is written out instead."""
-    size = len(text_kept.encode("utf-8", "surrogateescape"))
-    on_disk = os.path.getsize(path)
-    if size > on_disk:
-        _rewrite(path, text_kept)
-    elif size < on_disk:
-        with open(path, "r+b") as f:
-            f.truncate(size)
-
-
-def _rewrite(path: str, text: str) -> None:
-    with open(path, "wb") as f:
-        f.write(text.encode("utf-8", "surrogateescape"))
-
-
-def resume_jsonl(path: str) -> list[Record]:
-    """Records already in a JSONL output. A last line with no newline is a torn write: dropped."""
-    text = _read_text(path)
-    keep = text[: text.rfind("\n") + 1]
-    records = []
-    for lineno, line in enumerate(keep.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(Record.from_json(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(
-                f"cannot resume {display_path(path)!r}: line {lineno} is not a clip-rt record ({exc})"
-            ) from exc
-    _truncate(path, keep)
-    return records
-
-
-def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:
-    """Records already in a CSV output. Rows are re-serialised to find where the intact part
-    ends (we wrote them, so the bytes match); a torn last row is dropped."""
-    text = _read_text(path)
-    bom = "\ufeff" if text.startswith("\ufeff") else ""
-    header = csv_header(labels)
-    header_line = _csv_line(header)
-    body = text[len(bom):]
-    if body and "\n" not in body and header_line.startswith(body):
-        # Killed while the header was written (or just before its newline): complete it, so
-        # the appended rows do not run on from it and nothing is padded.
-        _rewrite(path, bom + header_line)
-        return []
-    kept = bom
-    records: list[Record] = []
-    rows = csv.reader(io.StringIO(body, newline=""), strict=True)
-    try:
-        first = next(rows, None)
-        if first is None:
-            _truncate(path, "")
-            return []
-        if first != header:
-            raise InputError(
-                f"cannot resume {display_path(path)!r}: its header {first!r} is not this run's {header!r}"
-            )
-        if not text.startswith(header_line, len(kept)):  # same names, other quoting or line ending
-            raise InputError(f"cannot resume {display_path(path)!r}: its header line is not as clip-rt "
-                             "writes it (edited and saved by another program?); run without --resume")
-        kept += header_line
-        for row in rows:
-            line = _csv_line(row)
-            if not text.startswith(line, len(kept)) or len(row) != len(header):
-                break  # torn: not what we would have written
-            kept += line
-            records.append(_record_from_csv(row, labels))
-    except csv.Error:
-        pass  # an unterminated quote at the end: torn, keep what was intact
-    if not kept.endswith("\n") and kept != bom:
-        kept = kept[: kept.rfind("\n") + 1]
-    _truncate(path, kept)
-    return records
-
-
-def _record_from_csv(row: list[str], labels: Sequence[str]) -> Record:
-    def num(s: str) -> Optional[float]:
-        return float(s) if s else None
-
-    return Record(
-        path=row[0],
-        label=row[1] or None,
-        score=num(row[2]),
-        width=int(row[3]) if row[3] else None,
-        height=int(row[4]) if row[4] else None,
-        error=row[5] or None,
-        scores={lab: float(v) for lab, v in zip(labels, row[6:]) if v},
-    )

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..inputs.discover import display_path, path_key, walk_images
 from .records import dumps_json
 
@@ -31,6 +31,8 @@ INDEX_FORMAT = 1
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 REBUILD_HINT = "rebuild it with `clip-rt index DIR -o INDEX --rebuild`"
+MAX_EMBED_DIM = 65536
+ENTRY_KEYS = frozenset({"path", "size", "mtime_ns", "width", "height"})
 
 
 @dataclass
@@ -63,66 +65,78 @@ class SearchIndex:
     embeddings: np.ndarray
     generation: int = 0
     bundle_dir: Optional[str] = None  # where the model was loaded from, if known (search's default)
+    runtime: Optional[dict[str, Any]] = None  # which backend/precision/mode embedded the images (last update)
 
     # -- storage ---------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str) -> "SearchIndex":
-        """Read the index in *folder*. A damaged index is an :class:`InputError` that says how to
-        rebuild it, never a traceback."""
+        """Read the index in *folder*. A damaged index (a member that is not a file, values of
+        the wrong type, an embeddings file whose header disagrees with the entries, NaN or
+        infinite embeddings) is an :class:`InputError` that says how to rebuild it, never a
+        traceback or a huge allocation."""
         meta = _read_meta(folder)
+        fields = _check_meta(folder, meta)
+        entries = fields["entries"]
+        shape = (len(entries), fields["embed_dim"])
         try:
-            emb = _load_embeddings(folder, meta)
+            emb = _load_embeddings(folder, meta, shape)
         except FileNotFoundError:
             # An update may have replaced index.json and deleted the embeddings file it named
             # between our two reads: the new index.json names the new file. Retry once.
             meta = _read_meta(folder)
+            fields = _check_meta(folder, meta)
+            entries = fields["entries"]
+            shape = (len(entries), fields["embed_dim"])
             try:
-                emb = _load_embeddings(folder, meta)
+                emb = _load_embeddings(folder, meta, shape)
             except FileNotFoundError:
                 raise _damaged(folder, f"its embeddings file {meta['embeddings']!r} is missing") from None
-        try:
-            entries = [Entry(**e) for e in meta["entries"]]
-            embed_dim = int(meta["embed_dim"])
-            index = cls(root=meta["root"], model=meta["model"], fingerprint=meta["fingerprint"],
-                        precision=meta["precision"], embed_dim=embed_dim, entries=entries,
-                        embeddings=emb.astype(np.float32, copy=False), generation=int(meta.get("generation", 0)),
-                        bundle_dir=meta.get("bundle_dir"))
-        except KeyError as exc:
-            raise _damaged(folder, f"{INDEX_FILE} has no {exc} field") from None
-        except (TypeError, ValueError) as exc:  # an entry with missing/extra keys, a non-numeric size
-            raise _damaged(folder, f"{INDEX_FILE} holds a malformed value ({exc})") from None
-        if emb.shape != (len(entries), embed_dim):
-            raise _damaged(folder, f"embeddings {emb.shape} do not match {len(entries)} entries of size {embed_dim}")
-        return index
+        return cls(root=fields["root"], model=fields["model"], fingerprint=fields["fingerprint"],
+                   precision=fields["precision"], embed_dim=fields["embed_dim"], entries=entries, embeddings=emb,
+                   generation=fields["generation"], bundle_dir=fields["bundle_dir"], runtime=fields["runtime"])
 
     def save(self, folder: str) -> None:
         """Write the next generation: embeddings file, then ``index.json`` (atomic replace), then
-        delete the previous embeddings file. Concurrent writers must hold :func:`index_lock`
-        (``update_index`` does); readers need no lock."""
+        delete the previous embeddings file and any orphan left by a crash. Concurrent writers
+        must hold :func:`index_lock` (``update_index`` does); readers need no lock. A write
+        that fails (full disk ...) is an :class:`OutputError`; the previous index stays intact."""
         os.makedirs(folder, exist_ok=True)
         old = os.path.join(folder, f"embeddings-{self.generation}.npy")
-        self.generation += 1
-        emb_name = f"embeddings-{self.generation}.npy"
+        generation = self.generation + 1
+        emb_name = f"embeddings-{generation}.npy"
         # Temp names unique per process and thread: a half-written file never sits under a name
         # that a reader (or another writer that ignored the lock) uses.
         suffix = f".{os.getpid()}-{threading.get_ident()}.tmp"
         emb_tmp = os.path.join(folder, f".{emb_name}{suffix}")
-        with open(emb_tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
-            np.save(f, self.embeddings.astype(np.float32, copy=False))
-        os.replace(emb_tmp, os.path.join(folder, emb_name))
+        tmp = os.path.join(folder, f".{INDEX_FILE}{suffix}")
         meta = {
             "format": INDEX_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
             "precision": self.precision, "embed_dim": self.embed_dim, "root": self.root,
-            "bundle_dir": self.bundle_dir, "generation": self.generation, "embeddings": emb_name,
+            "bundle_dir": self.bundle_dir, "runtime": self.runtime, "generation": generation, "embeddings": emb_name,
             "count": len(self.entries),
             "entries": [asdict(e) for e in self.entries],
         }
-        tmp = os.path.join(folder, f".{INDEX_FILE}{suffix}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(dumps_json(meta) + "\n")
-        os.replace(tmp, os.path.join(folder, INDEX_FILE))
+        try:
+            with open(emb_tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                np.save(f, self.embeddings.astype(np.float32, copy=False))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(emb_tmp, os.path.join(folder, emb_name))
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(dumps_json(meta) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(folder, INDEX_FILE))
+        except OSError as exc:
+            for path in (emb_tmp, tmp, os.path.join(folder, emb_name)):
+                if os.path.exists(path) and path != old:
+                    _remove(path)
+            raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}; "
+                              "the index is as it was before this update") from None
+        self.generation = generation
         if os.path.exists(old):
-            os.remove(old)
+            _remove(old)
+        remove_leftovers(folder, keep=emb_name)
 
     def abs_path(self, entry: Entry) -> str:
         return os.path.join(self.root, entry.path)
@@ -155,8 +169,20 @@ def check_model(index: SearchIndex, model: Any, folder: str) -> None:
     if index.precision != prec:
         raise InputError(
             f"index {display_path(folder)!r} holds {index.precision} embeddings, the model runs {prec}: "
-            f"pass --precision {index.precision} or rebuild with --rebuild"
+            f"leave --precision out (it then follows the index) or rebuild with --rebuild"
         )
+
+
+def recorded_precision(folder: str) -> Optional[str]:
+    """The precision of the index in *folder* from its ``index.json`` alone (the embeddings are
+    not read); None when there is no readable index (``SearchIndex.load`` reports why)."""
+    try:
+        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    value = meta.get("precision") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, rebuild: bool = False,
@@ -164,7 +190,10 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
     """Create or refresh the index in *folder* for the images under *root*: embeds only new or
     changed files, drops deleted ones. Unreadable images are left out and listed in the stats.
     Holds :func:`index_lock` throughout, so overlapping updates run one after the other."""
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create index {display_path(folder)!r}: {exc.strerror or exc}") from None
     with index_lock(folder):
         return _update_locked(folder, root, model, batch_size=batch_size, rebuild=rebuild, on_progress=on_progress)
 
@@ -173,6 +202,13 @@ def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebui
                    on_progress: Optional[Callable[[int], None]]) -> tuple[SearchIndex, UpdateStats]:
     root_abs = os.path.abspath(root)
     old: Optional[SearchIndex] = None
+    meta_path = os.path.join(folder, INDEX_FILE)
+    if rebuild and os.path.isdir(meta_path) and not os.path.islink(meta_path):
+        try:  # a damaged index whose index.json became a folder: an empty one can go
+            os.rmdir(meta_path)
+        except OSError:
+            raise OutputError(f"cannot rebuild index {display_path(folder)!r}: its {INDEX_FILE} is a folder with "
+                              "files in it; move it away first") from None
     if not rebuild and os.path.exists(os.path.join(folder, INDEX_FILE)):
         old = SearchIndex.load(folder)
         check_model(old, model, folder)
@@ -235,7 +271,7 @@ def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebui
     index = SearchIndex(root=root_abs, model=model.manifest.name, fingerprint=model.manifest.fingerprint,
                         precision=model.precision, embed_dim=dim, entries=[r[0] for r in rows], embeddings=emb,
                         generation=old.generation if old else _existing_generation(folder),
-                        bundle_dir=_bundle_dir(model))
+                        bundle_dir=_bundle_dir(model), runtime=_runtime(model))
     index.save(folder)
     return index, stats
 
@@ -250,7 +286,11 @@ def index_lock(folder: str) -> Iterator[None]:
     except ImportError:  # Windows: no flock; updates are not serialised there
         yield
         return
-    with open(os.path.join(folder, LOCK_FILE), "a+b") as f:
+    try:
+        f = open(os.path.join(folder, LOCK_FILE), "a+b")
+    except OSError as exc:
+        raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
         yield
 
@@ -277,8 +317,12 @@ def _read_meta(folder: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
                          "(make one with `clip-rt index DIR -o INDEX`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise _damaged(folder, f"{INDEX_FILE} is a folder, not a file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _damaged(folder, f"{INDEX_FILE} is not valid JSON ({exc})") from None
+    except OSError as exc:  # permissions, I/O error: not damage, but no traceback either
+        raise InputError(f"cannot read {display_path(meta_path)!r}: {exc.strerror or exc}") from None
     if not isinstance(meta, dict):
         raise _damaged(folder, f"{INDEX_FILE} holds a {type(meta).__name__}, expected a JSON object")
     if meta.get("format") != INDEX_FORMAT:
@@ -287,24 +331,120 @@ def _read_meta(folder: str) -> dict[str, Any]:
     return meta
 
 
-def _load_embeddings(folder: str, meta: dict[str, Any]) -> np.ndarray:
-    """The embeddings file *meta* names; FileNotFoundError passes through (load retries it)."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta(folder: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields of index.json with their types checked (JSON can hold anything)."""
+    def need(key: str, ok: Callable[[Any], bool], expected: str) -> Any:
+        if key not in meta:
+            raise _damaged(folder, f"{INDEX_FILE} has no {key!r} field")
+        if not ok(meta[key]):
+            raise _damaged(folder, f"{INDEX_FILE}: {key!r} is {_short(meta[key])}, expected {expected}")
+        return meta[key]
+
+    fields = {
+        "root": need("root", lambda v: isinstance(v, str) and bool(v), "a folder path"),
+        "model": need("model", lambda v: isinstance(v, str), "a bundle name"),
+        "fingerprint": need("fingerprint", lambda v: isinstance(v, str), "a fingerprint string"),
+        "precision": need("precision", lambda v: isinstance(v, str), "a precision name"),
+        "embed_dim": need("embed_dim", lambda v: _is_int(v) and 0 < v <= MAX_EMBED_DIM,
+                          f"an embedding size from 1 to {MAX_EMBED_DIM}"),
+        "generation": meta.get("generation", 0),
+        "bundle_dir": meta.get("bundle_dir"),
+        "runtime": meta.get("runtime"),  # what ran (informational; any JSON object)
+    }
+    if not _is_int(fields["generation"]) or fields["generation"] < 0:
+        raise _damaged(folder, f"{INDEX_FILE}: 'generation' is {_short(fields['generation'])}, expected a count")
+    if fields["runtime"] is not None and not isinstance(fields["runtime"], dict):
+        fields["runtime"] = None  # informational only: a damaged description is not a damaged index
+    if fields["bundle_dir"] is not None and not isinstance(fields["bundle_dir"], str):
+        raise _damaged(folder, f"{INDEX_FILE}: 'bundle_dir' is {_short(fields['bundle_dir'])}, expected a path")
+    raw = need("entries", lambda v: isinstance(v, list), "a list of entries")
+    entries = []
+    for i, e in enumerate(raw):
+        if not (isinstance(e, dict) and set(e) == ENTRY_KEYS and isinstance(e["path"], str) and e["path"]
+                and _is_int(e["size"]) and _is_int(e["mtime_ns"])
+                and all(e[k] is None or (_is_int(e[k]) and e[k] > 0) for k in ("width", "height"))):
+            raise _damaged(folder, f"{INDEX_FILE}: entry {i} is {_short(e)}, expected "
+                                   "{path: str, size: int, mtime_ns: int, width: int, height: int}")
+        entries.append(Entry(**e))
+    fields["entries"] = entries
+    return fields
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _load_embeddings(folder: str, meta: dict[str, Any], shape: tuple[int, int]) -> np.ndarray:
+    """The embeddings file *meta* names, checked against *shape* before anything is read into
+    memory (memory-mapped first: a header that claims a huge shape costs nothing).
+    FileNotFoundError passes through (load retries it)."""
     name = meta.get("embeddings")
     if not isinstance(name, str) or os.path.basename(name) != name or not name:
-        raise _damaged(folder, f"{INDEX_FILE} names no valid embeddings file (got {name!r})")
+        raise _damaged(folder, f"{INDEX_FILE} names no valid embeddings file (got {_short(name)})")
     try:
-        emb = np.load(os.path.join(folder, name), allow_pickle=False)
-    except (ValueError, EOFError) as exc:  # not an .npy, truncated, or a pickled object
+        mapped = np.load(os.path.join(folder, name), mmap_mode="r", allow_pickle=False)
+    except IsADirectoryError:
+        raise _damaged(folder, f"{name} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OverflowError) as exc:  # not an .npy, truncated, shorter than its header says
         raise _damaged(folder, f"{name} is not a readable .npy file ({exc})") from None
-    if emb.ndim != 2:
-        raise _damaged(folder, f"{name} holds an array of shape {emb.shape}, expected (images, size)")
+    except OSError as exc:
+        raise InputError(f"cannot read {display_path(os.path.join(folder, name))!r}: {exc.strerror or exc}") from None
+    if not isinstance(mapped, np.ndarray) or mapped.dtype.kind != "f" or mapped.shape != shape:
+        what = f"{getattr(mapped, 'dtype', type(mapped).__name__)} {getattr(mapped, 'shape', '')}"
+        raise _damaged(folder, f"{name} holds {what}; the index needs float embeddings of shape {shape} "
+                               f"({shape[0]} entries of size {shape[1]})")
+    emb = np.array(mapped, dtype=np.float32)  # a copy in memory; the mapping is dropped
+    del mapped
+    if not np.isfinite(emb).all():
+        bad = int((~np.isfinite(emb)).any(axis=1).sum())
+        raise _damaged(folder, f"{name} has NaN or infinite values in {bad} row(s)")
     return emb
+
+
+def remove_leftovers(folder: str, keep: str) -> int:
+    """Delete what crashed updates left in *folder*: temporary files, and embeddings files
+    that index.json does not name (*keep*). Only while holding :func:`index_lock`: no other
+    writer then owns a temporary file; a reader that still wants an older embeddings file
+    re-reads index.json (see :meth:`SearchIndex.load`). Returns how many files went."""
+    removed = 0
+    for name in os.listdir(folder):
+        stale_tmp = name.startswith((f".{INDEX_FILE}.", ".embeddings-")) and name.endswith(".tmp")
+        orphan = name.startswith("embeddings-") and name.endswith(".npy") and name != keep
+        if stale_tmp or orphan:
+            removed += _remove(os.path.join(folder, name))
+    return removed
+
+
+def _remove(path: str) -> int:
+    try:
+        os.remove(path)
+        return 1
+    except IsADirectoryError:  # not something we wrote: leave it
+        return 0
+    except OSError:
+        return 0
 
 
 def _under_any(path: str, folders: list[str]) -> bool:
     """Whether *path* lies in one of *folders* (``path_key`` form)."""
     key = path_key(path)
     return any(key.startswith(d.rstrip(os.sep) + os.sep) for d in folders)
+
+
+def _runtime(model: Any) -> Optional[dict[str, Any]]:
+    runtime = getattr(model, "runtime", None)
+    if not isinstance(runtime, dict):
+        return None
+    from ..engine.runtime_info import summary
+
+    return summary(runtime)
 
 
 def _bundle_dir(model: Any) -> Optional[str]:

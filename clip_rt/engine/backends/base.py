@@ -1,0 +1,58 @@
+"""The contract every backend keeps: one graph, one batch ``run``, an optional async queue.
+
+A backend runs one encoder's graph (``pixel_values`` -> ``image_embeds`` or ``input_ids`` ->
+``text_embeds``). ``run(feeds)`` is a single call in latency mode; ``submit(feeds)`` hands a
+batch to the backend's throughput queue and returns a :class:`Pending` whose ``result()`` is
+what ``run`` would have returned (a backend without a queue computes it at once).
+Callers keep at most ``queue_depth`` submissions outstanding and collect them in order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+
+class Pending:
+    """One submitted batch; ``result()`` waits for it (once) and returns the outputs."""
+
+    def __init__(self, wait: Optional[Callable[[], list[np.ndarray]]] = None,
+                 value: Optional[list[np.ndarray]] = None) -> None:
+        self._wait = wait
+        self._value = value
+
+    def result(self) -> list[np.ndarray]:
+        if self._wait is not None:
+            self._value, self._wait = self._wait(), None
+        assert self._value is not None  # set by the constructor or by _wait
+        return self._value
+
+
+class Backend:
+    """Base of the backends; subclasses set the attributes and implement ``run``."""
+
+    name = "backend"
+    path: Path
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """All outputs of one batch, in ``output_names`` order (latency mode)."""
+        raise NotImplementedError
+
+    @property
+    def queue_depth(self) -> int:
+        """How many ``submit`` calls may usefully be outstanding (1: no async queue)."""
+        return 1
+
+    def submit(self, feeds: Mapping[str, np.ndarray]) -> Pending:
+        """Queue one batch (throughput mode where the backend has it)."""
+        return Pending(value=self.run(feeds))
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: backend, version, graph file, precision settings, modes, threads."""
+        return {"backend": self.name, "graph": self.path.name}
+
+    def close(self) -> None:
+        """Free what the backend holds (compiled models, requests); it may not be used after."""

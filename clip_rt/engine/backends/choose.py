@@ -1,0 +1,312 @@
+"""Which backend, precision and mode run each encoder, on this CPU, for this bundle.
+
+The choice is read from ``choices.json`` beside this module: measured rows (ISA class,
+encoder, backend, graph, compute precision, items/s), each naming the benchmark result it
+came from (``python -m bench.backends --write-table`` writes it; docs/runtime.md). For an
+encoder on a CPU provider, the fastest row is taken whose
+
+- backend is installed (and is the one asked for, if any),
+- graph the bundle has, with the same int8 scheme (static QDQ or dynamic), whose export parity
+  passed its gate (``manifest.parity[precision][encoder].passed``; fp32 is the reference and
+  always qualifies),
+- compute precision the CPU does natively (bf16), and which has parity evidence where the mode
+  has no graph of its own (OpenVINO's bf16 hint on the fp32 graph: ``evidence.py``),
+- precision is the one asked for, if any.
+
+No row for this CPU class (nothing measured there): onnxruntime with the fastest precision
+that passed its gate, int8 before fp32 (int8 measured 2.1x fp32 on AVX-512 VNNI,
+bench/results/variants.json). A CUDA (or other accelerator) provider always runs onnxruntime:
+fp16 first where the bundle has it, as before.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from ...errors import BundleError, InputError, ProviderError
+from ..cpu import CpuIsa
+
+TABLE_PATH = Path(__file__).with_name("choices.json")
+BACKENDS = ("onnxruntime", "openvino")
+BACKEND_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "openvino": "openvino", "ov": "openvino"}
+_BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
+# "bf16" is the fp32 graph computed in bf16 (OpenVINO's inference precision hint).
+PRECISIONS = (*GRAPH_PRECISIONS, "bf16")
+ENCODERS = ("image", "text")
+CPU_FALLBACK_ORDER = ("int8", "fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """What runs one encoder."""
+
+    encoder: str
+    backend: str  # onnxruntime | openvino
+    precision: str  # fp32 | fp16 | int8 | bf16 (bf16: the fp32 graph with a bf16 compute hint)
+    graph_precision: str  # which of the bundle's graphs is loaded
+    compute: str  # "graph" (as written) | "f32" | "bf16" (OpenVINO inference precision hint)
+    folders: str  # mode for folder streams: "throughput" (async multi-stream queue) | "latency"
+    reason: str
+    source: Optional[str] = None  # the table row's source (a bench result and its command)
+    needs_evidence: bool = False  # a derived mode: parity must be shown before it is a default
+    explicit: bool = False  # the backend or precision was asked for
+    notes: tuple[str, ...] = ()
+
+    @property
+    def cache_key(self) -> str:
+        """Keys the prompt cache: embeddings from different backends/computes are not mixed
+        (onnxruntime keeps the plain precision, as before)."""
+        return self.precision if self.backend == "onnxruntime" else f"{self.precision}+{self.backend}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+    def summary(self) -> str:
+        compute = "" if self.compute in ("graph", "f32") else f", {self.compute} compute"
+        return (f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); calls: latency, "
+                f"folders: {self.folders}")
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    cpu: CpuIsa
+    image: EncoderChoice
+    text: EncoderChoice
+    table: str = TABLE_PATH.name
+    installed: tuple[str, ...] = field(default=())
+
+    def encoder(self, name: str) -> EncoderChoice:
+        return self.image if name == "image" else self.text
+
+    def with_encoder(self, choice: EncoderChoice) -> "RuntimePlan":
+        return replace(self, **{choice.encoder: choice})
+
+    @property
+    def precision(self) -> str:
+        """One name when both encoders agree, else ``image/text`` (e.g. ``int8/bf16``), a form
+        ``load(precision=...)`` accepts back."""
+        a, b = self.image.precision, self.text.precision
+        return a if a == b else f"{a}/{b}"
+
+
+def installed_backends() -> tuple[str, ...]:
+    """The backends importable here (found, not imported: cheap)."""
+    return tuple(b for b in BACKENDS if importlib.util.find_spec(_BACKEND_MODULES[b]) is not None)
+
+
+def normalise_backend(name: Optional[str]) -> Optional[str]:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise InputError(f"backend must be a string such as 'openvino', got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in ("", "auto"):
+        return None
+    if key not in BACKEND_ALIASES:
+        raise InputError(f"unknown backend {name!r}; expected one of: auto, {', '.join(BACKENDS)}")
+    return BACKEND_ALIASES[key]
+
+
+def parse_precision(precision: Optional[str]) -> dict[str, Optional[str]]:
+    """``None`` | ``"int8"`` (both encoders) | ``"int8/bf16"`` (image/text)."""
+    if precision is None:
+        return {"image": None, "text": None}
+    if not isinstance(precision, str):
+        raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
+    parts = [p.strip().lower() for p in precision.split("/")]
+    if len(parts) not in (1, 2) or not all(parts):
+        raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}, or IMAGE/TEXT "
+                         "such as int8/bf16")
+    for p in parts:
+        if p not in PRECISIONS:
+            raise InputError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")
+    image, text = (parts[0], parts[0]) if len(parts) == 1 else parts
+    return {"image": image, "text": text}
+
+
+@lru_cache(maxsize=4)
+def _load_table(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:  # a broken install, not the user's input
+        raise BundleError(f"clip-rt's backend table {path} is unreadable ({exc}); reinstall clip-rt") from exc
+
+
+def load_table(path: Optional[Path] = None) -> dict[str, Any]:
+    return _load_table(str(path or TABLE_PATH))
+
+
+def int8_scheme(manifest: Any, encoder: str) -> str:
+    """``static`` or ``dynamic``: how the bundle's int8 *encoder* graph quantises activations,
+    from the manifest's quantisation record (``manifest.quantization_of``); bundles without a
+    record were all exported with onnxruntime's dynamic int8."""
+    record_of = getattr(manifest, "quantization_of", None)
+    record = record_of("int8", encoder) if callable(record_of) else None
+    kind = getattr(record, "kind", None)
+    return kind if kind in ("static", "dynamic") else "dynamic"
+
+
+def gate_passed(manifest: Any, precision: str, encoder: str) -> Optional[bool]:
+    """The export parity verdict of a graph; None when the manifest records none."""
+    fig = manifest.parity.get(precision, {}).get(encoder)
+    return None if fig is None else bool(fig.passed)
+
+
+def _qualifies(manifest: Any, precision: str, encoder: str) -> bool:
+    if precision == "fp32":  # the reference graph: its parity is the bundle's definition of right
+        return precision in manifest.graphs
+    return precision in manifest.graphs and gate_passed(manifest, precision, encoder) is True
+
+
+def _row_precision(row: dict[str, Any]) -> tuple[str, str]:
+    """(precision name, graph precision) of a table row."""
+    graph = row["graph"]
+    gp = "int8" if graph.startswith("int8") else graph
+    return ("bf16" if row.get("compute") == "bf16" and gp == "fp32" else gp), gp
+
+
+def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
+                   accelerator: Optional[str] = None, backend: Optional[str] = None,
+                   precision: Optional[str] = None, table: Optional[dict[str, Any]] = None,
+                   evidence: Optional[dict[str, bool]] = None) -> EncoderChoice:
+    """One encoder's choice. *accelerator*: the first onnxruntime provider when it is not the
+    CPU (CUDA...). *evidence*: derived-mode verdicts already known, keyed ``backend:precision``
+    (True passed, False failed); a derived mode with no verdict is chosen with
+    ``needs_evidence`` and checked by the model before first use."""
+    backend = normalise_backend(backend)
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if backend is not None and backend not in installed:
+        raise ProviderError(f"backend {backend!r} is not installed: pip install 'clip-rt[{backend}]' "
+                            f"(installed: {', '.join(installed) or 'none'})")
+    explicit = backend is not None or precision is not None
+    if precision is not None:
+        graph = "fp32" if precision == "bf16" else precision
+        if graph not in manifest.graphs:
+            raise BundleError(f"bundle {manifest.name!r} has no {graph!r} graphs; it has: "
+                              f"{', '.join(manifest.precisions)}")
+    if accelerator is not None:
+        return _accelerator_choice(encoder, manifest, accelerator, backend, precision)
+    if precision == "bf16" and not cpu.native_bf16:
+        raise ProviderError(f"precision 'bf16' needs a CPU with bf16 arithmetic (AMX-BF16, AVX512-BF16); "
+                            f"this one is {cpu}, where it runs emulated (measured 0.04x)")
+    if precision == "bf16" and backend == "onnxruntime":
+        raise InputError("precision 'bf16' (the fp32 graph computed in bf16) runs on the openvino backend only")
+    table = table if table is not None else load_table()
+    evidence = evidence or {}
+    skipped: list[str] = []
+    rows = [r for r in table.get("rows", []) if r.get("isa") == cpu.isa_class and r.get("encoder") == encoder]
+    rows.sort(key=lambda r: -float(r["score"]))  # speed over the same run's torch fp32 baseline
+    for row in rows:
+        name, gp = _row_precision(row)
+        label = f"{row['backend']} {name}"
+        if row["backend"] not in installed:
+            skipped.append(f"{label}: {row['backend']} not installed")
+            continue
+        if backend is not None and row["backend"] != backend:
+            continue
+        if precision is not None and name != precision:
+            continue
+        if gp not in manifest.graphs:
+            continue
+        if gp == "int8" and row["graph"] != f"int8-{int8_scheme(manifest, encoder)}":
+            if precision is None and backend is None and row["graph"] == "int8-static":
+                skipped.append(f"{row['backend']} int8 (static) would be faster: the bundle's int8 {encoder} graph "
+                               "is dynamic (re-export for a static one)")
+            continue  # measured on the other int8 scheme
+        if precision is None and not _qualifies(manifest, gp, encoder):
+            skipped.append(f"{label}: the bundle's {gp} {encoder} graph has no passed parity gate")
+            continue
+        compute = row.get("compute", "graph")
+        derived = compute == "bf16"
+        if derived and not cpu.native_bf16:
+            continue
+        verdict = evidence.get(f"{row['backend']}:{name}")
+        if derived and precision is None and verdict is False:
+            skipped.append(f"{label}: failed its parity check against fp32")
+            continue
+        why = (f"fastest measured on {cpu.isa_class} for {encoder} "
+               f"({row['items_per_s']:g} {row.get('unit', 'items/s')}{_ratio_text(row)})")
+        if explicit:
+            why = f"asked for ({_asked(backend, precision)}); " + why
+        return EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
+                             row.get("folders", "latency"), why, row.get("source"),
+                             needs_evidence=derived and precision is None and verdict is None,
+                             explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
+    return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, bool(rows), explicit)
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    ratios = [f"{v:g}x {k[2:]}" for k, v in row.items() if k.startswith("x ") and isinstance(v, (int, float))]
+    return f", {', '.join(ratios)}" if ratios else ""
+
+
+def _asked(backend: Optional[str], precision: Optional[str]) -> str:
+    return ", ".join(x for x in (f"backend {backend}" if backend else "", f"precision {precision}" if precision else "") if x)
+
+
+def _fallback(encoder: str, manifest: Any, cpu: CpuIsa, backend: Optional[str], precision: Optional[str],
+              installed: Sequence[str], skipped: list[str], measured: bool, explicit: bool) -> EncoderChoice:
+    """No measured row fits: onnxruntime (or the backend asked for) with the best gated precision."""
+    chosen_backend = backend or "onnxruntime"
+    if precision is not None:
+        name = precision
+    else:
+        name = next((p for p in CPU_FALLBACK_ORDER if _qualifies(manifest, p, encoder)), None) or "fp32"
+        if name not in manifest.graphs:
+            name = manifest.precisions[0] if manifest.precisions else "fp32"
+    gp = "fp32" if name == "bf16" else name
+    if name == "bf16" and chosen_backend != "openvino":
+        chosen_backend = "openvino"
+    if chosen_backend not in installed:
+        raise ProviderError(f"backend {chosen_backend!r} is not installed: pip install 'clip-rt[{chosen_backend}]'")
+    where = (f"no measured row on {cpu.isa_class} fits" if measured
+             else f"nothing measured on {cpu.isa_class}")
+    why = f"{where}; {chosen_backend} with " + (f"precision {name} as asked" if precision else
+                                                f"the fastest precision that passed its parity gate ({name})")
+    if explicit:
+        why = f"asked for ({_asked(backend, precision)}); {why}"
+    compute = "bf16" if name == "bf16" else ("f32" if chosen_backend == "openvino" else "graph")
+    return EncoderChoice(encoder, chosen_backend, name, gp, compute,
+                         "throughput" if chosen_backend == "openvino" else "latency", why, None,
+                         explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
+
+
+def _accelerator_choice(encoder: str, manifest: Any, accelerator: str, backend: Optional[str],
+                        precision: Optional[str]) -> EncoderChoice:
+    if backend not in (None, "onnxruntime"):
+        raise InputError(f"backend {backend!r} runs on the CPU; the {accelerator} provider runs through onnxruntime "
+                         "(drop --backend, or ask for the cpu provider)")
+    if precision == "bf16":
+        raise InputError(f"precision 'bf16' is a CPU mode (OpenVINO); with {accelerator} use fp16 or fp32")
+    have = manifest.precisions
+    if precision is not None:
+        name, why = precision, f"asked for; {accelerator} runs onnxruntime"
+    elif accelerator == "CUDAExecutionProvider" and "fp16" in have:
+        name, why = "fp16", f"{accelerator}: onnxruntime, fp16 where the bundle has it"
+    else:
+        name = "fp32" if "fp32" in have else have[0]
+        why = f"{accelerator}: onnxruntime, fp32 (the reference graph)"
+    return EncoderChoice(encoder, "onnxruntime", name, name, "graph", "latency", why, explicit=precision is not None)
+
+
+def plan_runtime(manifest: Any, cpu: CpuIsa, *, installed: Optional[Iterable[str]] = None,
+                 accelerator: Optional[str] = None, backend: Optional[str] = None, precision: Optional[str] = None,
+                 table: Optional[dict[str, Any]] = None,
+                 evidence: Optional[dict[str, dict[str, bool]]] = None) -> RuntimePlan:
+    """Both encoders' choices. *precision* may be ``IMAGE/TEXT``. *evidence*: per encoder, as
+    for :func:`choose_encoder`."""
+    inst = tuple(installed) if installed is not None else installed_backends()
+    wanted = parse_precision(precision)
+    evidence = evidence or {}
+    choices = {enc: choose_encoder(enc, manifest, cpu, installed=inst, accelerator=accelerator, backend=backend,
+                                   precision=wanted[enc], table=table, evidence=evidence.get(enc))
+               for enc in ENCODERS}
+    return RuntimePlan(cpu=cpu, image=choices["image"], text=choices["text"], installed=inst)

@@ -1,0 +1,101 @@
+"""Parity evidence for modes that have no graph of their own (OpenVINO's bf16 hint on the fp32
+graph): such a mode is a default only once it has been shown to agree with the fp32 graph.
+
+The check runs the bundle's fp32 graph on onnxruntime (the graph whose parity with torch the
+export measured) and the candidate on the export's own sample inputs (the procedural scenes and
+prompts of ``clip_rt_export.sample_inputs``, drawn with numpy and PIL only), and compares the
+embeddings against :data:`GATE` (the gate the export applies to fp16). Verdicts are cached in
+``$CLIP_RT_HOME/cache/derived_parity.json``, keyed by bundle fingerprint, encoder, backend and
+its version, precision and CPU class, so it runs once per bundle and machine kind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+GATE = {"min_cosine": 0.999}
+CACHE_NAME = "derived_parity.json"
+_lock = threading.Lock()
+
+
+def cache_path() -> Path:
+    from ...bundle.store import cache_dir
+
+    return cache_dir() / CACHE_NAME
+
+
+def evidence_key(fingerprint: str, encoder: str, backend: str, version: str, precision: str, isa_class: str) -> str:
+    return f"{fingerprint}:{encoder}:{backend}-{version}:{precision}:{isa_class}"
+
+
+def read_cache(path: Optional[Path] = None) -> dict[str, Any]:
+    path = path or cache_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):  # damaged: the checks simply run again and rewrite it
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, record: dict[str, Any], path: Optional[Path] = None) -> None:
+    path = path or cache_path()
+    with _lock:
+        data = read_cache(path)
+        data[key] = record
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: the verdict holds for this process only
+            pass
+
+
+def sample_inputs(manifest: Any, encoder: str, tokenizer: Any = None) -> np.ndarray:
+    """The export's sample inputs for *encoder*, prepared as the runtime prepares its inputs:
+    preprocessed scenes (image), or token ids cut to the longest prompt when the text graph
+    takes a dynamic sequence (text; needs the bundle's *tokenizer*)."""
+    from clip_rt_export.sample_inputs import PROMPTS, sample_images
+
+    if encoder == "image":
+        from ...inputs.preprocess import Preprocessor
+
+        pre = Preprocessor(manifest.image)
+        return np.stack([pre(img) for img in sample_images()]).astype(np.float32)
+    tokens = tokenizer.encode_batch(list(PROMPTS))
+    ids = tokens.ids
+    if manifest.text.dynamic_sequence:
+        ids = np.ascontiguousarray(ids[:, :int(tokens.lengths.max())])
+    return ids
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    a, b = candidate.astype(np.float64), reference.astype(np.float64)
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return {"min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def check(key: str, run_candidate: Callable[[np.ndarray], np.ndarray],
+          run_reference: Callable[[np.ndarray], np.ndarray], make_inputs: Callable[[], np.ndarray], *,
+          cache: Optional[Path] = None) -> dict[str, Any]:
+    """The cached verdict for *key*, or a new one measured on ``make_inputs()`` (batches of 8)."""
+    known = read_cache(cache).get(key)
+    if isinstance(known, dict) and isinstance(known.get("passed"), bool):
+        return {**known, "cached": True}
+    inputs = make_inputs()
+    cand = np.concatenate([run_candidate(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+    ref = np.concatenate([run_reference(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+    fig = compare(cand, ref)
+    record = {**fig, "samples": int(len(inputs)), "gate": dict(GATE), "passed": fig["min_cosine"] >= GATE["min_cosine"],
+              "reference": "onnxruntime fp32 graph", "inputs": "export sample inputs (clip_rt_export.sample_inputs)",
+              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_cache(key, record, cache)
+    return {**record, "cached": False}

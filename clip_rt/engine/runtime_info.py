@@ -1,0 +1,106 @@
+"""What a model runs, as data and as lines (``ClipModel.runtime``, ``clip-rt info``, outputs'
+metadata), and the parity evidence behind derived modes (see ``backends/evidence.py``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .backends.choose import EncoderChoice, RuntimePlan, installed_backends
+from .cpu import CpuIsa
+
+
+def _version(dist: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def runtime_dict(plan: RuntimePlan, live: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """The plan as JSON-ready data; *live*: ``describe()`` of the backends already created."""
+    live = live or {}
+    out: dict[str, Any] = {"cpu": plan.cpu.to_dict(), "installed_backends": list(plan.installed),
+                           "table": plan.table}
+    from .backends.choose import load_table
+
+    sources = load_table().get("sources", {})
+    for enc in ("image", "text"):
+        entry = plan.encoder(enc).to_dict()
+        if enc in live:
+            entry["running"] = live[enc]
+        out[enc] = entry
+    out["sources"] = {c.source: sources[c.source] for c in (plan.image, plan.text) if c.source in sources}
+    return out
+
+
+def summary(runtime: dict[str, Any]) -> dict[str, Any]:
+    """The short form outputs record: CPU class, and per encoder backend/precision/compute/mode."""
+    keys = ("backend", "precision", "graph_precision", "compute", "folders")
+    return {"cpu": runtime["cpu"]["class"],
+            **{enc: {k: runtime[enc][k] for k in keys} for enc in ("image", "text")}}
+
+
+def describe_lines(runtime: dict[str, Any]) -> list[str]:
+    cpu = runtime["cpu"]
+    lines = [f"cpu:           {cpu['class']} ({cpu['arch']}: {', '.join(cpu['features']) or 'no flags that matter'}; "
+             f"from {cpu['source']})",
+             f"backends:      {', '.join(runtime['installed_backends']) or 'none'} installed"]
+    for enc in ("image", "text"):
+        c = runtime[enc]
+        compute = f", {c['compute']} compute" if c["compute"] == "bf16" else ""
+        lines.append(f"{enc + ':':<15}{c['backend']} {c['precision']} ({c['graph_precision']} graph{compute}); "
+                     f"single calls: latency; folders: {c['folders']}")
+        lines.append(f"{'':<15}why: {c['reason']}")
+        if c.get("needs_evidence"):
+            lines.append(f"{'':<15}parity vs fp32: checked on first use (then cached)")
+        for note in c.get("notes", []):
+            lines.append(f"{'':<15}- {note}")
+        if c.get("source"):
+            src = runtime.get("sources", {}).get(c["source"], {})
+            where = f"{src.get('file', c['source'])} (`{src['command']}`, {src.get('when', '?')})" if src.get("command") \
+                else c["source"]
+            lines.append(f"{'':<15}measured: {where}")
+    return lines
+
+
+def known_evidence(fingerprint: str, cpu: CpuIsa) -> dict[str, dict[str, bool]]:
+    """Cached verdicts of derived modes for this bundle and CPU class, per encoder."""
+    from .backends.evidence import evidence_key, read_cache
+
+    version = _version("openvino") if "openvino" in installed_backends() else None
+    if version is None:
+        return {}
+    cache = read_cache()
+    out: dict[str, dict[str, bool]] = {}
+    for enc in ("image", "text"):
+        record = cache.get(evidence_key(fingerprint, enc, "openvino", version, "bf16", cpu.isa_class))
+        if isinstance(record, dict) and isinstance(record.get("passed"), bool):
+            out.setdefault(enc, {})["openvino:bf16"] = record["passed"]
+    return out
+
+
+def derived_parity(manifest: Any, fp32_graph: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa,
+                   tokenizer: Any = None) -> dict[str, Any]:
+    """The verdict for *choice* (cached, or measured now against the fp32 graph on onnxruntime)."""
+    from .backends.evidence import check, evidence_key, sample_inputs
+    from .backends.ort import OrtBackend
+
+    name = "pixel_values" if choice.encoder == "image" else "input_ids"
+    version = _version("openvino") or "?"
+    key = evidence_key(manifest.fingerprint, choice.encoder, choice.backend, version, choice.precision, cpu.isa_class)
+    reference: list[Any] = []
+
+    def run_reference(x: np.ndarray) -> np.ndarray:
+        if not reference:
+            reference.append(OrtBackend(fp32_graph, ["cpu"]))
+        return reference[0].run({name: x})[0]
+
+    try:
+        return check(key, lambda x: backend.run({name: x})[0], run_reference,
+                     lambda: sample_inputs(manifest, choice.encoder, tokenizer))
+    finally:
+        reference.clear()  # frees the fp32 session
