@@ -22,8 +22,8 @@ def test_defaults_and_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     args = cli.parse_args([])
     assert args.cache == tmp_path / "xdg" / "clip-rt-arm64"
-    assert (args.cpu, args.model, args.small_model, args.images, args.tests) == (
-        "neoverse-n1", "ViT-B-32", "ViT-S-32-alt", 200, True)
+    assert (args.cpu, args.model, args.small_models, args.images, args.tests) == (
+        "neoverse-n1", "ViT-B-32", ["MobileCLIP2-S0", "ViT-S-32-alt"], 200, True)
     monkeypatch.setenv("CLIP_RT_ARM64_CACHE", str(tmp_path / "explicit"))
     assert cli.parse_args([]).cache == tmp_path / "explicit"
     assert cli.parse_args(["--cache", str(tmp_path / "c")]).cache == tmp_path / "c"
@@ -40,6 +40,8 @@ def test_default_cache_is_not_a_temp_folder() -> None:
     (["--images", "0"], "positive integer"),
     (["--images", "many"], "positive integer"),
     (["--small-model", "ViT-B-32"], "must differ"),
+    (["--small-model", "RN50", "--small-model", "RN50"], "given twice: RN50"),
+    (["--small-model", "none", "--small-model", "RN50"], "cannot be combined"),
 ])
 def test_bad_arguments_are_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -48,8 +50,10 @@ def test_bad_arguments_are_usage_errors(argv: list[str], needle: str, capsys: py
     assert needle in capsys.readouterr().err
 
 
-def test_small_model_none_skips_it() -> None:
-    assert cli.parse_args(["--small-model", "none", "--no-tests"]).small_model is None
+def test_small_models_none_or_chosen() -> None:
+    assert cli.parse_args(["--small-model", "none", "--no-tests"]).small_models == []
+    assert cli.parse_args(["--small-model", "RN50", "--small-model", "MobileCLIP-S1"]).small_models == [
+        "RN50", "MobileCLIP-S1"]
 
 
 def test_script_help_runs_without_root() -> None:
@@ -227,6 +231,68 @@ def test_peak_sampler_natively_equals_the_whole_process() -> None:
     assert res["sampled_guest_peak_mb"] == res["sampled_total_peak_mb"] >= 64
     assert res["peak_rss_mb"] >= res["sampled_total_peak_mb"] - 1
     del block
+
+
+def test_peak_sampler_never_started_samples_once() -> None:
+    """The trivial and imports children call stop() on a sampler they never started."""
+    res = rss.PeakSampler().stop()
+    assert res["samples"] == 1 and res["sampled_total_peak_mb"] > 0 and res["peak_rss_mb"] > 0
+
+
+def _python_wrapper(venv: Path) -> None:
+    """A stand-in venv: bin/python runs this interpreter (clip_rt importable), bin/clip-rt its CLI."""
+    (venv / "bin").mkdir(parents=True)
+    for name, cmd in (("python", f'exec {shlex.quote(sys.executable)} "$@"'),
+                      ("clip-rt", f'exec {shlex.quote(sys.executable)} -m clip_rt "$@"')):
+        f = venv / "bin" / name
+        f.write_text(f"#!/bin/sh\n{cmd}\n")
+        f.chmod(0o755)
+
+
+def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """guest.py's memory step as the x86 side runs it (fresh processes, the in-process CLI under
+    the sampler), then the host's memory_report and budgets on its results."""
+    from PIL import Image
+
+    from fake_bundle import build_fake_bundle
+
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40 + i, 30), (60 * i, 90, 30)).save(folder / f"{i}.png")
+    _python_wrapper(tmp_path / "venv")
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "scripts"))
+    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
+            "models": [{"name": "fake", "full": str(bundle), "slim": str(bundle)}],
+            "classify": {"labels": "cat,dog", "one_image": str(folder / "0.png"), "folder": str(folder)}}
+    res = guest.Runner(plan).memory()
+    assert res.get("ok", True), res.get("error")
+    for child in (*res["trivial_python"], res["imports"]):
+        assert child["exit"] == 0 and child["peak_rss_mb"] > 0 and child["samples"] == 1, child
+    runs = res["models"]["fake"]
+    assert set(runs) == {what for what, _, _ in guest.CLASSIFY_RUNS}
+    assert runs["folder_lowmem"]["args"][-3:] == ["--draft", "--batch-size", "1"]
+    assert "--precision" not in runs["folder"]["args"]  # the device's command: the bundle's own precision
+    assert all(r["exit"] == 0 and r["samples"] >= 1 for r in runs.values())
+    assert imports_heavier(res)
+
+    mem, agreement = cli.memory_report(res, res, [{"name": "fake", "role": "small"}], tmp_path, images=3)
+    assert mem["qemu_overhead_mib"] == 0.0  # the same side twice
+    entry = mem["models"]["fake"]
+    for what in ("one_image", "folder", "folder_lowmem"):
+        # natively the guest is the whole process: the estimate is VmHWM
+        assert entry[what]["estimate_mib"] == entry[what]["raw_mib"] == entry[what]["x86_mib"]
+        assert agreement["fake"][what] == {"images": 1 if what == "one_image" else 3, "errors": 0,
+                                           "top1_agreement": 1.0, "max_score_diff": 0.0, "passed": True}
+    assert entry["folder"]["images"] == 3 and entry["folder"]["command"].startswith("clip-rt classify ")
+    verdicts = {v.name: v for v in summary.budgets({"memory": mem})}
+    assert set(verdicts) == {"rss fake", "rss fake lowmem"} and verdicts["rss fake"].budget == 150
+
+
+def imports_heavier(res: dict) -> bool:
+    """Importing the runtime takes more memory than a bare interpreter (the figures are real)."""
+    return res["imports"]["peak_rss_mb"] > min(r["peak_rss_mb"] for r in res["trivial_python"])
 
 
 # -- comparison ------------------------------------------------------------------------------------
@@ -411,16 +477,37 @@ def test_summary_line_fails_on_correctness(change: dict, needle: str) -> None:
 
 def test_cpu_choice_verdict() -> None:
     n1 = cpuinfo.CPU_MODELS["neoverse-n1"]
-    assert cli.cpu_choice_verdict({"available": False}, n1)["ok"] is None
-    isa = {"arch": "aarch64", "class": "arm64-dotprod", "features": ["asimd", "asimddp"]}
-    ort = {"backend": "onnxruntime", "precision": "int8"}
-    good = cli.cpu_choice_verdict({"available": True, "isa": isa, "plan": {"image": ort, "text": ort}}, n1)
-    assert good["ok"] and good["detail"] == "arm64-dotprod (asimd asimddp): image onnxruntime int8, text onnxruntime int8"
+    assert cli.cpu_choice_verdict({"available": False}, n1)["ok"] is False
+    isa = {"arch": "aarch64", "class": "arm64-dotprod", "features": ["asimd", "asimddp"], "source": "/proc/cpuinfo"}
+    ort = {"backend": "onnxruntime", "precision": "int8", "reason": "nothing measured on arm64-dotprod; ..."}
+    api = {"available": True, "isa": isa, "plan": {"image": ort, "text": ort}}
+    info = {"exit": 0, "runtime": {"cpu": isa, "image": ort, "text": ort}}
+    good = cli.cpu_choice_verdict(api, n1, info)
+    assert good["ok"], good
+    assert good["detail"] == ("arm64-dotprod (asimd asimddp) from /proc/cpuinfo: image onnxruntime int8, "
+                              "text onnxruntime int8 (API and clip-rt info agree)")
+    # clip-rt info must have run, and agree
+    assert "was not run" in cli.cpu_choice_verdict(api, n1)["detail"]
+    assert "exit 1: boom" in cli.cpu_choice_verdict(api, n1, {"exit": 1, "stderr": "boom"})["detail"]
+    fp32 = dict(ort, precision="fp32")
+    bad = cli.cpu_choice_verdict(api, n1, {"exit": 0, "runtime": {"cpu": isa, "image": fp32, "text": ort}})
+    assert not bad["ok"] and "image: the API plans onnxruntime int8, clip-rt info onnxruntime fp32" in bad["detail"]
+    # the wrong class, injected flags, another backend, no plan
     ov = {"backend": "openvino", "precision": "int8"}
     bad = cli.cpu_choice_verdict({"available": True, "isa": dict(isa, **{"class": "generic"}),
-                                  "plan": {"image": ov, "text": ort}}, n1)
-    assert not bad["ok"] and "expected aarch64 arm64-dotprod" in bad["detail"] and "image: openvino" in bad["detail"]
-    assert not cli.cpu_choice_verdict({"available": True, "isa": isa}, n1)["ok"]
+                                  "plan": {"image": ov, "text": ort}}, n1, info)
+    assert not bad["ok"] and "API: detected aarch64 generic, expected aarch64 arm64-dotprod" in bad["detail"]
+    assert "API: image: openvino chosen" in bad["detail"]
+    injected = dict(isa, source="CLIP_RT_CPU_FLAGS")
+    bad = cli.cpu_choice_verdict({"available": True, "isa": injected, "plan": {"image": ort, "text": ort}}, n1, info)
+    assert not bad["ok"] and "not /proc/cpuinfo" in bad["detail"]
+    assert not cli.cpu_choice_verdict({"available": True, "isa": isa}, n1, info)["ok"]
+
+
+def test_host_path_maps_the_guest_run_folder(tmp_path: Path) -> None:
+    assert cli.host_path("/check/out-aarch64/a.npz", tmp_path) == tmp_path / "out-aarch64" / "a.npz"
+    # the x86 side's paths are the host's, even when they contain "/check"
+    assert cli.host_path("/work/check/out/a.npz", tmp_path) == Path("/work/check/out/a.npz")
 
 
 def test_guest_test_subset_exists_and_is_torch_free() -> None:

@@ -37,9 +37,11 @@ from .guest import du_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "ViT-B-32"
-# The smallest open_clip architecture that exports here: 43 M parameters (ViT-B-32: 151 M,
-# MobileCLIP2-S0: 75 M, RN50: 102 M); docs/devices.md has the comparison.
-DEFAULT_SMALL_MODEL = "ViT-S-32-alt"
+# The small end, judged on the 150 MiB budget: the smallest family with published weights in
+# open_clip 3.3 (MobileCLIP2-S0, 75 M parameters: an 11 M image tower, a 63 M text tower; the
+# first MobileCLIP's S0 is not in open_clip) and the smallest architecture that exports at all
+# (ViT-S-32-alt, 43 M, no published weights). ViT-B-32: 151 M, MobileCLIP-S1: 85 M, RN50: 102 M.
+DEFAULT_SMALL_MODELS = ("MobileCLIP2-S0", "ViT-S-32-alt")
 LABELS = "cat,dog,car"  # the README's classify
 # The torch-free subset run on arm64: the runtime's own tests (model, sessions, tokeniser,
 # preprocessing, image decoding and broken files, zero-shot, prompt cache, CLI, video frame
@@ -85,8 +87,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--cpu", choices=sorted(cpuinfo.CPU_MODELS), default=cpuinfo.DEFAULT_CPU,
                    help="emulated core (QEMU_CPU and the fake /proc/cpuinfo); default %(default)s")
     p.add_argument("--model", default=DEFAULT_MODEL, help="main model, RSS budget 300 MiB (default %(default)s)")
-    p.add_argument("--small-model", default=DEFAULT_SMALL_MODEL,
-                   help="smallest family, RSS budget 150 MiB (default %(default)s; 'none' to skip)")
+    p.add_argument("--small-model", dest="small_models", action="append", default=None, metavar="NAME",
+                   help="a small model, RSS budget 150 MiB; repeatable (default: "
+                        f"{' and '.join(DEFAULT_SMALL_MODELS)}; 'none' for none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default %(default)s)")
     p.add_argument("--images", type=_positive_int, default=200, help="images in the classified folder (default 200)")
     p.add_argument("--no-tests", dest="tests", action="store_false", help="skip the torch-free tests on arm64")
@@ -98,10 +101,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--strict-budgets", action="store_true", help="a missed budget fails the check too")
     p.add_argument("--keep-venvs", action="store_true", help="keep both venvs in the run folder")
     args = p.parse_args(argv)
-    if args.small_model.lower() == "none":
-        args.small_model = None
-    if args.small_model == args.model:
+    small = list(DEFAULT_SMALL_MODELS) if args.small_models is None else args.small_models
+    if any(name.lower() == "none" for name in small):
+        if len(small) > 1:
+            p.error("--small-model none cannot be combined with other --small-model names")
+        small = []
+    if args.model in small:
         p.error("--small-model must differ from --model")
+    if len(set(small)) != len(small):
+        p.error(f"--small-model given twice: {', '.join(sorted({n for n in small if small.count(n) > 1}))}")
+    args.small_models = small
     args.cache = (args.cache or default_cache_dir()).expanduser().absolute()
     return args
 
@@ -264,7 +273,7 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
         report["hwcap"] = {"ok": not bad, "detail": bad or f"HWCAP = fake cpuinfo ({' '.join(seen)})"}
         report["onnxruntime"] = {"aarch64": probe.get("onnxruntime"),
                                  "x86": x86_steps.get("probe", {}).get("onnxruntime")}
-        report["cpu_choice"] = cpu_choice_verdict(probe.get("cpu_choice", {}), model)
+        report["cpu_choice"] = cpu_choice_verdict(probe.get("cpu_choice", {}), model, probe.get("info_cli"))
     for side, steps, venv in (("aarch64", arm_steps, arm["plan"]["venv"]), ("x86", x86_steps, x86["plan"]["venv"])):
         f = steps.get("probe", {}).get("clip_rt_file")
         if f and not f.startswith(venv):
@@ -273,7 +282,7 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
     report["parity"] = {}
     if arm_steps.get("embed", {}).get("ok") and x86_steps.get("embed", {}).get("ok"):
         for m in models:
-            a = compare.load_npz(Path(arm_steps["embed"]["models"][m["name"]]["npz"].replace("/check", str(run_dir), 1)))
+            a = compare.load_npz(host_path(arm_steps["embed"]["models"][m["name"]]["npz"], run_dir))
             x = compare.load_npz(Path(x86_steps["embed"]["models"][m["name"]]["npz"]))
             report["parity"][m["name"]] = compare.compare_embeddings(x, a, bundles.manifest_parity(m["full_host"]))
     # memory and classify agreement
@@ -290,6 +299,16 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
     report["budgets"] = [{"name": v.name, "value_mib": v.value, "budget_mib": v.budget, "met": v.met}
                          for v in summary.budgets(report)]
     return report
+
+
+def host_path(guest_path: str, run_dir: Path) -> Path:
+    """A path the guest wrote (under /check, the run folder bound there) as the host sees it;
+    other paths (the x86 side's) are the host's already."""
+    p = Path(guest_path)
+    try:
+        return run_dir / p.relative_to("/check")
+    except ValueError:
+        return p
 
 
 def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[str, Any]], run_dir: Path,
@@ -325,7 +344,7 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
                 "command": "clip-rt " + " ".join(a.get("args", [])),
             }
             if a.get("exit") in (0, None) and x.get("exit") in (0, None) and "records" in x:
-                arm_records = Path(a["records"].replace("/check", str(run_dir), 1))
+                arm_records = host_path(a["records"], run_dir)
                 agreement[m["name"]][what] = compare.compare_records(compare.read_records(Path(x["records"])),
                                                                      compare.read_records(arm_records))
             else:
@@ -334,26 +353,48 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
     return mem, agreement
 
 
-def cpu_choice_verdict(choice: dict[str, Any], model: cpuinfo.CpuModel) -> dict[str, Any]:
-    """clip-rt's per-CPU choice inside the emulated system: the emulated core's ISA class, and
-    onnxruntime (its ARM kernels) for both encoders."""
+def cpu_choice_verdict(choice: dict[str, Any], model: cpuinfo.CpuModel,
+                       info_cli: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """clip-rt's per-CPU choice inside the emulated system, for the slim bundle: the emulated
+    core's ISA class read from /proc/cpuinfo (not injected flags), and onnxruntime (its ARM
+    kernels) for both encoders; the same from the API (``detect_cpu`` + ``plan_runtime``) and
+    from ``clip-rt info BUNDLE --json`` (its ``runtime`` section)."""
     if not choice.get("available"):
-        return {"ok": None, "detail": "not checked (this clip-rt has no clip_rt.engine.cpu yet)"}
-    isa = choice.get("isa", {})
+        return {"ok": False, "detail": "clip_rt.engine.cpu is missing from the installed clip-rt"}
     problems = []
-    if isa.get("arch") != "aarch64" or isa.get("class") != model.isa_class:
-        problems.append(f"detected {isa.get('arch')} {isa.get('class')}, expected aarch64 {model.isa_class}")
-    plan = choice.get("plan")
-    if plan is None:
-        problems.append("no per-CPU plan (clip_rt.engine.backends.choose missing)")
+    views = [("API", choice.get("isa", {}), choice.get("plan"))]
+    if info_cli is None:
+        problems.append("clip-rt info --json was not run")
+    elif info_cli.get("exit") != 0 or not isinstance(info_cli.get("runtime"), dict):
+        problems.append(f"clip-rt info --json: exit {info_cli.get('exit')}: {str(info_cli.get('stderr', ''))[-300:]}")
     else:
-        for enc, c in plan.items():
+        rt = info_cli["runtime"]
+        views.append(("clip-rt info", rt.get("cpu", {}), {enc: rt.get(enc, {}) for enc in ("image", "text")}))
+    for where, isa, plan in views:
+        if isa.get("arch") != "aarch64" or isa.get("class") != model.isa_class:
+            problems.append(f"{where}: detected {isa.get('arch')} {isa.get('class')}, expected aarch64 {model.isa_class}")
+        if isa.get("source") != "/proc/cpuinfo":
+            problems.append(f"{where}: CPU read from {isa.get('source')!r}, not /proc/cpuinfo")
+        if not plan:
+            problems.append(f"{where}: no per-CPU plan")
+            continue
+        for enc in ("image", "text"):
+            c = plan.get(enc) or {}
             if c.get("backend") != "onnxruntime":
-                problems.append(f"{enc}: {c.get('backend')} chosen, expected onnxruntime")
+                problems.append(f"{where}: {enc}: {c.get('backend')} chosen, expected onnxruntime")
+    if len(views) == 2 and views[0][2] and views[1][2]:
+        for enc in ("image", "text"):
+            a, b = views[0][2].get(enc, {}), views[1][2].get(enc, {})
+            if (a.get("backend"), a.get("precision")) != (b.get("backend"), b.get("precision")):
+                problems.append(f"{enc}: the API plans {a.get('backend')} {a.get('precision')}, "
+                                f"clip-rt info {b.get('backend')} {b.get('precision')}")
     if problems:
         return {"ok": False, "detail": "; ".join(problems)}
-    picks = ", ".join(f"{enc} {c['backend']} {c['precision']}" for enc, c in plan.items())
-    return {"ok": True, "detail": f"{isa.get('class')} ({' '.join(isa.get('features', []))}): {picks}"}
+    isa, plan = views[0][1], views[0][2]
+    picks = ", ".join(f"{enc} {plan[enc]['backend']} {plan[enc]['precision']}" for enc in ("image", "text"))
+    return {"ok": True, "detail": f"{isa.get('class')} ({' '.join(isa.get('features', []))}) from /proc/cpuinfo: "
+                                  f"{picks} (API and clip-rt info agree)",
+            "reason": plan["image"].get("reason")}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -375,10 +416,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         wheel = build_wheel(run_dir)
         log(f"wheel {wheel.name}")
         models = []
-        for name, role in ((args.model, "main"), (args.small_model, "small")):
-            if name:
-                dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log)
-                models.append({"name": name, "role": role, "full_host": dirs["full"], "slim_host": dirs["slim"]})
+        for name, role in ((args.model, "main"), *((n, "small") for n in args.small_models)):
+            dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log)
+            models.append({"name": name, "role": role, "full_host": dirs["full"], "slim_host": dirs["slim"]})
         compare_dir = inputs.ensure_compare_images(cache, REPO)
         folder = inputs.ensure_folder(cache, REPO, args.images)
         one_image = sorted(folder.iterdir())[0]

@@ -164,6 +164,9 @@ class Runner:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
+        # clip-rt must see this CPU (the fake /proc/cpuinfo in the guest), never injected flags
+        # (the test suite sets its own).
+        env.pop("CLIP_RT_CPU_FLAGS", None)
         env.update({"PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"})
         env.update(extra)
         return env
@@ -194,10 +197,20 @@ class Runner:
         code = ("import json, sys; sys.path.insert(0, %r); from arm64check.guest import probe_here; "
                 "print(json.dumps(probe_here(sys.argv[1])))") % str(Path(__file__).resolve().parent.parent)
         bundle = self.plan["models"][0]["slim"]  # the device's bundle: what clip-rt's CPU plan is made for
-        proc = _run([self.py, "-c", code, bundle], timeout=1800, env=self.env(CLIP_RT_HOME=str(self.out / "home-probe")))
+        env = self.env(CLIP_RT_HOME=str(self.out / "home-probe"))
+        proc = _run([self.py, "-c", code, bundle], timeout=1800, env=env)
         if proc.returncode:
             raise RuntimeError(f"probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-        return _last_json(proc.stdout)
+        res = _last_json(proc.stdout)
+        # the same choice as the user sees it: `clip-rt info BUNDLE --json`, its runtime section
+        cli = [str(self.venv / "bin" / "clip-rt"), "info", bundle, "--json"]
+        proc = _run(cli, timeout=1800, env=env)
+        res["info_cli"] = {"command": "clip-rt info BUNDLE --json", "exit": proc.returncode}
+        if proc.returncode == 0:
+            res["info_cli"]["runtime"] = json.loads(proc.stdout).get("runtime")
+        else:
+            res["info_cli"]["stderr"] = proc.stderr[-2000:]
+        return res
 
     # 3 ------------------------------------------------------------------------------------------
     def embed(self) -> dict[str, Any]:
@@ -245,8 +258,9 @@ class Runner:
                 for stale in (out, Path(str(out) + ".clip-rt.json")):
                     if stale.exists():
                         stale.unlink()
-                args = ["classify", source, "--labels", c["labels"], "--model", m["slim"], "--precision", "int8",
-                        "-o", str(out), *extra]
+                args = ["classify", source, "--labels", c["labels"], "--model", m["slim"], "-o", str(out), *extra]
+                if c.get("precision"):
+                    args += ["--precision", c["precision"]]
                 if c.get("threads"):
                     args += ["--threads", str(c["threads"])]
                 run = self.child(CLASSIFY_CHILD, args, home=home)

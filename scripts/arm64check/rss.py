@@ -99,8 +99,12 @@ class PeakSampler(threading.Thread):
             self._stop_event.wait(self.interval)
 
     def stop(self) -> dict[str, float]:
+        """The peaks so far (the sampling thread, if started, is joined first); a sampler that
+        was never started takes one sample now: the trivial and imports children measure only
+        their end state."""
         self._stop_event.set()
-        self.join()
+        if self.ident is not None:  # started: Thread.join() raises on a thread never started
+            self.join()
         self.sample()  # the end state too
         return {"peak_rss_mb": vm_hwm_mb(), "sampled_total_peak_mb": self.total_peak_mb,
                 "sampled_guest_peak_mb": self.guest_peak_mb, "samples": self.samples}
