@@ -45,15 +45,21 @@ DEFAULT_SMALL_MODELS = ("MobileCLIP2-S0", "ViT-S-32-alt")
 LABELS = "cat,dog,car"  # the README's classify
 # The torch-free subset run on arm64: the runtime's own tests (model, sessions, tokeniser,
 # preprocessing, image decoding and broken files, zero-shot, prompt cache, CLI, video frame
-# sampling, failures, a long streaming run), minus those marked torch (they need the [export]
-# extra) or slow. Left out: files that need the [report] extra (matplotlib: test_report,
-# test_cli_similarity) or GPU tooling (test_gpu_path), and the export's own tests.
+# sampling, failures, a long streaming run; CPU detection and the backend choice by injected
+# flags, backends, slim bundles, settings, untrusted bundles and inputs, outputs), minus those
+# marked torch (they need the [export] extra) or slow. Left out: files that need the [report]
+# extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann extras, GPU tooling
+# (test_gpu_path), bench's own tests and the export's. A test that needs an extra skips itself.
 # Test dependencies: what these files import besides the runtime (scikit-image: real photos).
 GUEST_TEST_FILES = (
     "tests/test_tokenizer.py", "tests/test_zeroshot.py", "tests/test_session.py", "tests/test_model.py",
     "tests/test_preprocess.py", "tests/test_bad_images.py", "tests/test_prompt_cache.py",
     "tests/test_cli_classify.py", "tests/test_cli_index.py", "tests/test_cli_video.py", "tests/test_reliability.py",
-    "tests/test_long_run.py",
+    "tests/test_long_run.py", "tests/test_cpu_isa.py", "tests/test_backend_choice.py", "tests/test_backends.py",
+    "tests/test_settings.py", "tests/test_cli_labels.py", "tests/test_untrusted_bundles.py",
+    "tests/test_untrusted_inputs.py", "tests/test_outputs.py", "tests/test_precision_follows.py",
+    "tests/test_slim_bundle.py", "tests/test_model_preprocess.py", "tests/test_manifest_quantization.py",
+    "tests/test_bundle_cli.py", "tests/test_api_agrees_with_cli.py",
 )
 GUEST_TEST_MARKER = "not torch and not slow"
 GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil", "scikit-image")
@@ -296,7 +302,7 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
                                                   "pytest_seconds", "failed_ids", "error", "log")}
         report["tests"]["files"] = list(GUEST_TEST_FILES)
         report["tests"]["marker"] = GUEST_TEST_MARKER
-    report["budgets"] = [{"name": v.name, "value_mib": v.value, "budget_mib": v.budget, "met": v.met}
+    report["budgets"] = [{"name": v.name, "value_mb": v.value, "budget_mb": v.budget, "met": v.met}
                          for v in summary.budgets(report)]
     return report
 

@@ -1,6 +1,8 @@
 """Budgets for a 1 GB board, the qemu-overhead estimate, and the one summary line.
 
-Sizes are MiB (2**20 bytes) throughout, as bench/ reports RSS; the budgets are read as MiB.
+Figures are measured in MiB (2**20 bytes, as bench/ reports RSS) and kept so in report.json;
+the budgets are the issue's "MB", read strictly as 10**6 bytes (250 MB = 238.4 MiB), so the
+verdicts and the summary line show MB.
 
 Peak RSS under qemu-user is the qemu process's: the guest program's memory plus qemu's own
 (its code, and a cache of translated code that grows with the code executed). Three figures:
@@ -19,22 +21,28 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 MIB = 1 << 20
-INSTALL_BUDGET_MIB = 250.0
-RSS_BUDGET_MIB = {"main": 300.0, "small": 150.0}
+MB = 10**6
+INSTALL_BUDGET_MB = 250.0
+RSS_BUDGET_MB = {"main": 300.0, "small": 150.0}
+
+
+def mb(mib: Optional[float]) -> Optional[float]:
+    """MiB -> MB (10**6 bytes)."""
+    return None if mib is None else mib * MIB / MB
 
 
 @dataclass(frozen=True)
 class Verdict:
     name: str
-    value: float
-    budget: float
+    value: float  # MB
+    budget: float  # MB
 
     @property
     def met(self) -> bool:
         return self.value <= self.budget
 
     def text(self) -> str:
-        return f"{self.value:.0f} MiB <= {self.budget:.0f} {'met' if self.met else 'NOT met'}"
+        return f"{self.value:.0f} MB <= {self.budget:.0f} {'met' if self.met else 'NOT met'}"
 
 
 def qemu_overhead_mib(qemu_trivial: list[float], x86_trivial: list[float]) -> float:
@@ -60,20 +68,23 @@ def device_estimate_mib(run: dict[str, Any]) -> float:
 
 
 def budgets(report: dict[str, Any]) -> list[Verdict]:
+    """The issue's budgets for a 1 GB board, in MB: the aarch64 runtime install, and per model
+    the peak RSS estimate of the device's commands (the larger of one image and the folder), and
+    of the folder with the low-memory settings."""
     out = []
     inst = report.get("install", {}).get("aarch64_mib")
     if inst is not None:
-        out.append(Verdict("install", inst, INSTALL_BUDGET_MIB))
+        out.append(Verdict("install", mb(inst), INSTALL_BUDGET_MB))
     for name, m in report.get("memory", {}).get("models", {}).items():
         role = m.get("role")
-        if role not in RSS_BUDGET_MIB:
+        if role not in RSS_BUDGET_MB:
             continue
         peaks = [r["estimate_mib"] for r in (m.get("one_image"), m.get("folder")) if r and "estimate_mib" in r]
         if peaks:  # the README's commands
-            out.append(Verdict(f"rss {name}", max(peaks), RSS_BUDGET_MIB[role]))
+            out.append(Verdict(f"rss {name}", mb(max(peaks)), RSS_BUDGET_MB[role]))
         low = m.get("folder_lowmem")
         if low and "estimate_mib" in low:
-            out.append(Verdict(f"rss {name} lowmem", low["estimate_mib"], RSS_BUDGET_MIB[role]))
+            out.append(Verdict(f"rss {name} lowmem", mb(low["estimate_mib"]), RSS_BUDGET_MB[role]))
     return out
 
 
@@ -138,25 +149,27 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
     inst = report.get("install", {})
     for v in verdicts:
         if v.name == "install":
-            parts.append(f"install {v.text()} (x86 {_fmt(inst.get('x86_mib'))} MiB)")
+            parts.append(f"install {v.text()} (x86 {_fmt(mb(inst.get('x86_mib')))} MB)")
     mem = report.get("memory", {})
     for name, m in mem.get("models", {}).items():
         one, folder, low = m.get("one_image", {}), m.get("folder", {}), m.get("folder_lowmem")
         v = next((v for v in verdicts if v.name == f"rss {name}"), None)
-        text = (f"RSS {name} int8 1/{folder.get('images', '?')} img {_fmt(one.get('estimate_mib'))}/"
-                f"{_fmt(folder.get('estimate_mib'))} MiB est. (x86 {_fmt(one.get('x86_mib'))}/"
-                f"{_fmt(folder.get('x86_mib'))}, qemu total {_fmt(one.get('raw_mib'))}/{_fmt(folder.get('raw_mib'))})")
+        text = (f"RSS {name} int8 1/{folder.get('images', '?')} img {_fmt(mb(one.get('estimate_mib')))}/"
+                f"{_fmt(mb(folder.get('estimate_mib')))} MB est. (x86 {_fmt(mb(one.get('x86_mib')))}/"
+                f"{_fmt(mb(folder.get('x86_mib')))}, qemu total {_fmt(mb(one.get('raw_mib')))}/"
+                f"{_fmt(mb(folder.get('raw_mib')))})")
         if v:
             text += f" {'met' if v.met else 'NOT met'} <= {v.budget:.0f}"
         if low:
             lv = next((v for v in verdicts if v.name == f"rss {name} lowmem"), None)
-            text += f"; --draft --batch-size 1: {_fmt(low.get('estimate_mib'))} (x86 {_fmt(low.get('x86_mib'))})"
+            text += (f"; --draft --batch-size 1: {_fmt(mb(low.get('estimate_mib')))} "
+                     f"(x86 {_fmt(mb(low.get('x86_mib')))})")
             if lv:
                 text += f" {'met' if lv.met else 'NOT met'}"
         parts.append(text)
-    sizes = [f"{n} {b['slim_mib']:.0f}" for n, b in report.get("bundles", {}).items() if "slim_mib" in b]
+    sizes = [f"{n} {mb(b['slim_mib']):.0f}" for n, b in report.get("bundles", {}).items() if "slim_mib" in b]
     if sizes:
-        parts.append(f"int8 bundles {', '.join(sizes)} MiB")
+        parts.append(f"int8 bundles {', '.join(sizes)} MB")
     cc = report.get("cpu_choice")
     if cc is not None:
         parts.append(f"cpu choice {cc.get('detail')}")
