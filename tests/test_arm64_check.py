@@ -521,3 +521,16 @@ def test_guest_test_subset_exists_and_is_torch_free() -> None:
             if line.startswith(("import torch", "from torch", "import open_clip", "from clip_rt_export")):
                 raise AssertionError(f"{rel} imports {line!r} unconditionally")
     assert "not torch" in cli.GUEST_TEST_MARKER
+
+
+def test_stale_exports_are_the_same_model_by_other_export_code(tmp_path: Path) -> None:
+    from arm64check import bundles
+
+    names = ["ViT-S-32-seed0-aaaaaaaaaaaa", "ViT-S-32-seed0-bbbbbbbbbbbb", "ViT-S-32-alt-seed0-aaaaaaaaaaaa",
+             "ViT-S-32-seed1-aaaaaaaaaaaa", "ViT-S-32-seed0-cccccccccccc-x"]
+    for n in names:
+        (tmp_path / "bundles" / n).mkdir(parents=True)
+    current = tmp_path / "bundles" / "ViT-S-32-seed0-bbbbbbbbbbbb"
+    assert bundles.stale_exports(tmp_path, current, "ViT-S-32", 0) == [tmp_path / "bundles" / names[0]]
+    assert bundles.stale_exports(tmp_path / "none", current, "ViT-S-32", 0) == []
+    assert bundles.export_args("RN50", 3, "slim", Path("/o"))[-4:] == ["int8", "-o", "/o", "--no-fp32"]

@@ -34,9 +34,25 @@ def export_code_key(repo: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _prefix(model: str, seed: int) -> str:
+    return f"{model.replace('/', '-')}-seed{seed}-"
+
+
 def bundle_dirs(cache: Path, repo: Path, model: str, seed: int) -> dict[str, Path]:
-    base = cache / "bundles" / f"{model.replace('/', '-')}-seed{seed}-{export_code_key(repo)}"
+    base = cache / "bundles" / f"{_prefix(model, seed)}{export_code_key(repo)}"
     return {"full": base / "full", "slim": base / "slim"}
+
+
+def stale_exports(cache: Path, current: Path, model: str, seed: int) -> list[Path]:
+    """The same model and seed exported by other export code (a key other than *current*'s):
+    replaced by *current*, so the cache holds one export per model (about 1 GB for ViT-B-32)."""
+    prefix = _prefix(model, seed)
+    folder = cache / "bundles"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and p != current and p.name.startswith(prefix)
+                  and len(p.name) == len(current.name) and "-" not in p.name[len(prefix):])
 
 
 def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
@@ -50,6 +66,9 @@ def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
 
 def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable[[str], None]) -> dict[str, Path]:
     dirs = bundle_dirs(cache, repo, model, seed)
+    for old in stale_exports(cache, dirs["full"].parent, model, seed):
+        log(f"bundle: removing {old.name} (exported by other export code)")
+        shutil.rmtree(old)
     for kind, out in dirs.items():
         if (out / "manifest.json").is_file():
             log(f"bundle: {model} {kind} cached at {out}")
