@@ -265,7 +265,8 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PYTHONPATH", str(REPO / "scripts"))
     plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
             "models": [{"name": "fake", "full": str(bundle), "slim": str(bundle)}],
-            "classify": {"labels": "cat,dog", "one_image": str(folder / "0.png"), "folder": str(folder)}}
+            "classify": {"labels": "cat,dog", "one_image": str(folder / "0.png"), "folder": str(folder),
+                         "lowmem": True}}
     res = guest.Runner(plan).memory()
     assert res.get("ok", True), res.get("error")
     for child in (*res["trivial_python"], res["imports"]):
@@ -288,6 +289,97 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     assert entry["folder"]["images"] == 3 and entry["folder"]["command"].startswith("clip-rt classify ")
     verdicts = {v.name: v for v in summary.budgets({"memory": mem})}
     assert set(verdicts) == {"rss fake", "rss fake lowmem"} and verdicts["rss fake"].budget == 150
+
+
+def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(guest.Runner, "child", lambda self, script, args, home=None: ran.append(args) or
+                        {"exit": 0, "peak_rss_mb": 1.0})
+    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
+            "models": [{"name": "m", "full": "F", "slim": "S"}],
+            "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
+    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "folder"}
+    assert not any("--draft" in a for a in ran)
+    plan["classify"]["lowmem"] = True
+    assert "folder_lowmem" in guest.Runner(plan).memory()["models"]["m"]
+
+
+# -- the shared heavy lock -----------------------------------------------------------------------------
+def _is_locked(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def test_guest_steps_hold_the_lock_one_at_a_time(tmp_path: Path) -> None:
+    lock_file = tmp_path / "heavy"
+    runner = guest.Runner({"venv": str(tmp_path / "v"), "out": str(tmp_path / "out"), "lock": str(lock_file)})
+    seen = []
+    res = runner.step("work", lambda: {"held": seen.append(_is_locked(lock_file)) or True})
+    assert seen == [True] and res["ok"] and res["lock_wait_s"] >= 0
+    assert not _is_locked(lock_file)  # released between steps
+    res = runner.step("broken", lambda: 1 / 0)
+    assert not res["ok"] and "ZeroDivisionError" in res["error"] and not _is_locked(lock_file)
+    # without --lock: no file, no locking
+    free = guest.Runner({"venv": str(tmp_path / "v"), "out": str(tmp_path / "out2")})
+    assert free.step("work", lambda: {})["lock_wait_s"] == 0.0
+
+
+def test_lock_waits_for_its_turn(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    from arm64check.lock import held
+
+    lock_file = tmp_path / "heavy"
+    other = open(lock_file, "a+b")
+    fcntl.flock(other.fileno(), fcntl.LOCK_EX)  # someone else's heavy command
+    threading.Timer(0.3, lambda: (fcntl.flock(other.fileno(), fcntl.LOCK_UN), other.close())).start()
+    said: list[str] = []
+    with held(lock_file, "export x", said.append) as waited:
+        assert _is_locked(lock_file)
+    assert waited >= 0.2 and said == [f"export x: waiting for the lock {lock_file}"]
+    assert not _is_locked(lock_file)
+
+
+def test_exports_hold_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from arm64check import bundles
+    from arm64check.lock import held
+
+    lock_file = tmp_path / "heavy"
+    # a stand-in exporter: writes the manifest where -o points, and records whether the lock was held
+    fake = ("import sys, pathlib, fcntl\n"
+            "out = pathlib.Path(sys.argv[sys.argv.index('-o') + 1]); out.mkdir(parents=True)\n"
+            "f = open(sys.argv[1], 'a+b')\n"
+            "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); state = 'free'\n"
+            "except BlockingIOError:\n    state = 'held'\n"
+            "(out / 'manifest.json').write_text('{\"files\": {}}'); (out / 'lock').write_text(state)\n")
+    monkeypatch.setattr(bundles, "CLI", [sys.executable, "-c", fake, str(lock_file)])
+    whats: list[str] = []
+
+    def hold(what: str):  # noqa: ANN202
+        whats.append(what)
+        return held(lock_file, what, print)
+
+    dirs = bundles.ensure_bundles(tmp_path / "cache", REPO, "M", 0, lambda m: None, hold=hold)
+    assert whats == ["export M full", "export M slim"]
+    assert [(dirs[k] / "lock").read_text() for k in ("full", "slim")] == ["held", "held"]
+    bundles.ensure_bundles(tmp_path / "cache", REPO, "M", 0, lambda m: None, hold=hold)
+    assert len(whats) == 2  # cached: no export, no lock
+
+
+def test_lock_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.parse_args([]).lock is None
+    assert cli.parse_args(["--lock", str(tmp_path / "heavy")]).lock == tmp_path / "heavy"
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--lock", str(tmp_path / "nowhere" / "heavy")])
+    assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
 def imports_heavier(res: dict) -> bool:

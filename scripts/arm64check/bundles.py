@@ -18,7 +18,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+import contextlib
+from typing import Callable, ContextManager
 
 # The checkout's own CLI, whatever interpreter runs this script (it must have the [export] extra).
 CLI = [sys.executable, "-c", "import sys; from clip_rt.cli import main; sys.argv[0] = 'clip-rt'; main()"]
@@ -64,7 +65,9 @@ def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
     return args
 
 
-def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable[[str], None]) -> dict[str, Path]:
+def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable[[str], None],
+                   hold: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()) -> dict[str, Path]:
+    """Each missing export runs inside ``hold(what)`` (the shared heavy lock, see lock.py)."""
     dirs = bundle_dirs(cache, repo, model, seed)
     for old in stale_exports(cache, dirs["full"].parent, model, seed):
         log(f"bundle: removing {old.name} (exported by other export code)")
@@ -77,7 +80,9 @@ def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         log(f"bundle: exporting {model} {kind} (clip-rt {' '.join(export_args(model, seed, kind, out))})")
-        proc = subprocess.run([*CLI, *export_args(model, seed, kind, out), "--quiet"], capture_output=True, text=True)
+        with hold(f"export {model} {kind}"):
+            proc = subprocess.run([*CLI, *export_args(model, seed, kind, out), "--quiet"], capture_output=True,
+                                  text=True)
         if proc.returncode:
             raise RuntimeError(f"export of {model} ({kind}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return dirs

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import bundles, compare, cpuinfo, emulator, host, inputs, rootfs, summary
+from .lock import held
 from .guest import du_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +65,7 @@ GUEST_TEST_FILES = (
 GUEST_TEST_MARKER = "not torch and not slow"
 GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil", "scikit-image")
 KEEP_RUNS = 3
+LOCK_IN_RUN = "heavy.lock"  # where the --lock file appears in the guest's /check
 
 
 def log(msg: str) -> None:
@@ -98,6 +100,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         f"{' and '.join(DEFAULT_SMALL_MODELS)}; 'none' for none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default %(default)s)")
     p.add_argument("--images", type=_positive_int, default=200, help="images in the classified folder (default 200)")
+    p.add_argument("--lowmem", action="store_true",
+                   help="also classify the folder with --draft --batch-size 1 (the low-memory settings; under "
+                        "qemu this doubles the longest step)")
     p.add_argument("--no-tests", dest="tests", action="store_false", help="skip the torch-free tests on arm64")
     p.add_argument("--test-timeout", type=_positive_int, default=5400, help="seconds for the arm64 tests")
     p.add_argument("--suite", default="bookworm", help="Debian suite of the root file system (default %(default)s)")
@@ -106,6 +111,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the report here (always in the run folder)")
     p.add_argument("--strict-budgets", action="store_true", help="a missed budget fails the check too")
     p.add_argument("--keep-venvs", action="store_true", help="keep both venvs in the run folder")
+    p.add_argument("--lock", type=Path, default=None, metavar="FILE",
+                   help="a lock file shared with other heavy work (as `flock FILE`): held during each heavy "
+                        "step only (an export, a step under qemu or on x86), so others get turns between steps")
     args = p.parse_args(argv)
     small = list(DEFAULT_SMALL_MODELS) if args.small_models is None else args.small_models
     if any(name.lower() == "none" for name in small):
@@ -118,6 +126,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--small-model given twice: {', '.join(sorted({n for n in small if small.count(n) > 1}))}")
     args.small_models = small
     args.cache = (args.cache or default_cache_dir()).expanduser().absolute()
+    if args.lock is not None:
+        args.lock = args.lock.expanduser().absolute()
+        if not args.lock.parent.is_dir():
+            p.error(f"--lock: the folder of {args.lock} does not exist")
     return args
 
 
@@ -423,7 +435,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"wheel {wheel.name}")
         models = []
         for name, role in ((args.model, "main"), *((n, "small") for n in args.small_models)):
-            dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log)
+            dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log,
+                                          hold=lambda what: held(args.lock, what, log))
             models.append({"name": name, "role": role, "full_host": dirs["full"], "slim_host": dirs["slim"]})
         compare_dir = inputs.ensure_compare_images(cache, REPO)
         folder = inputs.ensure_folder(cache, REPO, args.images)
@@ -441,7 +454,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "constraints": None if side == "aarch64" else str(run_dir / "constraints-x86.txt"),
                 "models": [{"name": m["name"], "full": to(m["full_host"]), "slim": to(m["slim_host"])} for m in models],
                 "compare": {"images": to(compare_dir), "texts": inputs.TEXTS},
-                "classify": {"labels": LABELS, "one_image": to(one_image), "folder": to(folder)},
+                "classify": {"labels": LABELS, "one_image": to(one_image), "folder": to(folder),
+                             "lowmem": args.lowmem},
+                "lock": None if args.lock is None else (to(run_dir / LOCK_IN_RUN) if side == "aarch64" else str(args.lock)),
                 "tests": None if side != "aarch64" or src is None else {
                     "deps": list(GUEST_TEST_DEPS), "files": list(GUEST_TEST_FILES), "marker": GUEST_TEST_MARKER,
                     "dir": to(src), "timeout_s": args.test_timeout},
@@ -467,6 +482,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             emulator.Bind(cache / "inputs", "/inputs"),
             emulator.Bind(cache / "pip", "/root/.cache/pip", writable=True),
         ])
+        if args.lock is not None:  # the shared lock file itself, over a placeholder in /check
+            (run_dir / LOCK_IN_RUN).touch()
+            guest.binds.append(emulator.Bind(args.lock, "/check/" + LOCK_IN_RUN, writable=True))
         log(f"aarch64: running the steps under qemu ({args.cpu}); this takes a while")
         cmd = guest.argv(["python3", "-m", "arm64check.guest", "run", "/check/plan-aarch64.json"],
                          env={"PYTHONPATH": "/check/scripts"}, cwd="/check")

@@ -33,6 +33,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .lock import held
+
 BATCH_ROWS = 8  # as export/validate.py: inputs encoded alone and in a batch
 PIP_QUIET = ["--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
 
@@ -64,8 +66,9 @@ from arm64check.rss import PeakSampler
 import clip_rt.model, onnxruntime, numpy, PIL.Image, tokenizers
 print(json.dumps(dict(PeakSampler().stop(), exit=0)))
 """
-# The README's classify, then the same folder with the low-memory settings a small board would
-# use: DCT-scaled JPEG decoding and one image per batch.
+# The README's classify, then (with --lowmem: it doubles the longest step under qemu) the same
+# folder with the low-memory settings a small board would use: DCT-scaled JPEG decoding and one
+# image per batch.
 CLASSIFY_RUNS = (("one_image", "one_image", ()), ("folder", "folder", ()),
                  ("folder_lowmem", "folder", ("--draft", "--batch-size", "1")))
 
@@ -149,14 +152,17 @@ class Runner:
         os.replace(tmp, self.out / "results.json")
 
     def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        _say(f"{name} ...")
-        t0 = time.monotonic()
-        try:
-            res = fn()
-            res.setdefault("ok", True)
-        except Exception as exc:  # noqa: BLE001 - recorded, reported by the host, and the run goes on
-            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
-        res["seconds"] = round(time.monotonic() - t0, 1)
+        # the shared heavy lock (plan "lock", see lock.py) is held for this step only
+        with held(self.plan.get("lock"), name, _say) as waited:
+            _say(f"{name} ...")
+            t0 = time.monotonic()
+            try:
+                res = fn()
+                res.setdefault("ok", True)
+            except Exception as exc:  # noqa: BLE001 - recorded, reported by the host, and the run goes on
+                res = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+            res["seconds"] = round(time.monotonic() - t0, 1)
+        res["lock_wait_s"] = round(waited, 1)
         self.results["steps"][name] = res
         self.save()
         _say(f"{name}: {'ok' if res['ok'] else 'FAILED: ' + str(res.get('error'))} ({res['seconds']} s)")
@@ -252,6 +258,8 @@ class Runner:
         for m in self.plan["models"]:
             runs = {}
             for what, source_key, extra in CLASSIFY_RUNS:
+                if what == "folder_lowmem" and not c.get("lowmem"):
+                    continue
                 source = c[source_key]
                 home = self.out / f"home-{m['name']}-{what}"
                 out = self.out / f"classify-{m['name']}-{what}.jsonl"
