@@ -115,6 +115,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="a lock file shared with other heavy work (as `flock FILE`): held during each heavy "
                         "step only (an export, a step under qemu or on x86), so others get turns between steps")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the report
     small = list(DEFAULT_SMALL_MODELS) if args.small_models is None else args.small_models
     if any(name.lower() == "none" for name in small):
         if len(small) > 1:
@@ -264,7 +265,11 @@ def prune_runs(runs: Path, keep: int = KEEP_RUNS) -> None:
 def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, Any], models: list[dict[str, Any]],
                  run_dir: Path) -> dict[str, Any]:
     arm_steps, x86_steps = arm.get("steps", {}), x86.get("steps", {})
-    report: dict[str, Any] = {"cpu": args.cpu, "qemu": qemu_version(), "host": host_isa(), "run_dir": str(run_dir),
+    report: dict[str, Any] = {"command": " ".join(["scripts/arm64-check", *getattr(args, "argv", [])]),
+                              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "cpu": args.cpu, "qemu": qemu_version(), "host": host_isa(), "run_dir": str(run_dir),
+                              "timings": "aarch64 seconds are qemu-user emulating arm64 on the x86 host: "
+                                         "emulated, not a device's speed (docs/devices.md)",
                               "failures": []}
     fails = report["failures"]
     for side, steps in (("aarch64", arm_steps), ("x86", x86_steps)):
@@ -358,7 +363,9 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
                 "raw_mib": a["peak_rss_mb"], "sampled_guest_mib": a.get("sampled_guest_peak_mb"),
                 "sampled_total_mib": a.get("sampled_total_peak_mb"), "samples": a.get("samples"),
                 "x86_mib": x.get("peak_rss_mb"), "images": 1 if what == "one_image" else images,
-                "aarch64_wall_s": a.get("process_wall_s"), "x86_wall_s": x.get("process_wall_s"),
+                # seconds of the whole process (start-up, imports, decoding, inference); the
+                # aarch64 figure is qemu emulating arm64 on the x86 host, not a device's speed
+                "aarch64_emulated_wall_s": a.get("process_wall_s"), "x86_wall_s": x.get("process_wall_s"),
                 "command": "clip-rt " + " ".join(a.get("args", [])),
             }
             if a.get("exit") in (0, None) and x.get("exit") in (0, None) and "records" in x:

@@ -85,10 +85,15 @@ class PeakSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
+        # maps read before and after smaps: a mapping made or grown (the heap, an arena) by
+        # another thread between the reads is in the second, so it is not taken for qemu's
         with open("/proc/self/maps") as f:
-            ranges = merged_ranges(f.read())
+            before = f.read()
         with open("/proc/self/smaps") as f:
-            total, guest = rss_split_kb(f.read(), ranges)
+            smaps = f.read()
+        with open("/proc/self/maps") as f:
+            after = f.read()
+        total, guest = rss_split_kb(smaps, merged_ranges(before + "\n" + after))
         self.total_peak_mb = max(self.total_peak_mb, total / 1024)
         self.guest_peak_mb = max(self.guest_peak_mb, guest / 1024)
         self.samples += 1
