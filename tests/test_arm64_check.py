@@ -626,3 +626,19 @@ def test_stale_exports_are_the_same_model_by_other_export_code(tmp_path: Path) -
     assert bundles.stale_exports(tmp_path, current, "ViT-S-32", 0) == [tmp_path / "bundles" / names[0]]
     assert bundles.stale_exports(tmp_path / "none", current, "ViT-S-32", 0) == []
     assert bundles.export_args("RN50", 3, "slim", Path("/o"))[-4:] == ["int8", "-o", "/o", "--no-fp32"]
+
+
+def test_ci_runs_the_check_only_when_asked() -> None:
+    """.ci/run: the README's set-up + tests always; scripts/arm64-check (qemu, tens of minutes)
+    only inside the CI_ARM64=1 block."""
+    lines = (REPO / ".ci" / "run").read_text().splitlines()
+    code = [(i, line.strip()) for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")]
+    start = next(i for i, line in code if line == 'if [ "${CI_ARM64:-0}" = 1 ]; then')
+    end = next(i for i, line in code if i > start and line == "fi")
+    calls = [i for i, line in code if "arm64-check" in line]
+    assert calls and all(start < i < end for i in calls)
+    assert not any("qemu" in line or "CI_ARM64" in line for i, line in code if not start <= i <= end)
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install -e ".[export,test,report,video,serve,ray,ann,openvino]" && pytest -q' in readme
+    assert 'python3 -m pip install -q -e ".[export,test,report,video,serve,ray,ann,openvino]"' in lines
+    assert "python3 -m pytest -q" in lines and "CI_ARM64=1 .ci/run" in readme
