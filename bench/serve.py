@@ -1,15 +1,16 @@
 """``python -m bench.serve``: load test of `clip-rt serve` on loopback, batching on vs off.
 
 Two servers on the same bundle, started side by side (an idle one costs nothing): one with
-dynamic batching (``--max-batch-size 8``, the default) and one that encodes one request at a
-time (``--max-batch-size 1``). For 1, 8 and 32 concurrent clients, each client sends
+dynamic batching (``--max-batch-size 8``, the default, and the backend's throughput streams
+where the CPU plan has them) and one that encodes one request at a time (``--max-batch-size 1
+--image-streams 1``). For 1, 8 and 32 concurrent clients, each client sends
 POST /v1/embeddings with one JPEG photo (a new request as soon as the last one is answered,
 over a kept-alive connection) for a fixed number of requests. The modes are interleaved round
 by round, so the shared machine's noise hits both alike; per configuration the best round's
 throughput is kept and the latencies of all its requests give p50/p99.
 
 Bounded: fixed request counts, a timeout per request, loopback only, servers stopped (SIGTERM)
-at the end. Writes bench/results/serve.json (serve_int8.json, serve_fp16.json for --precision).
+at the end. Writes bench/results/serve.json (serve_fp32.json, serve_int8.json, ... for an explicit --precision).
 """
 from __future__ import annotations
 
@@ -137,7 +138,9 @@ def markdown(payload: dict[str, Any]) -> str:
     m = payload["machine"]
     return "\n".join(rows) + (
         f"\n\nThroughput from batching: {ratios}; mean image batch {payload['mean_image_batch']}. "
-        f"{payload['precision']}, {m.get('cpu_model', '?')}, {m.get('cpu_count')} CPUs, ISA "
+        + (f"Image encoder: {payload['runtime']['image']}; batching server: {payload['runtime']['image_streams']} "
+           f"image stream(s). " if payload.get("runtime") else "")
+        + f"{payload['precision']}, {m.get('cpu_model', '?')}, {m.get('cpu_count')} CPUs, ISA "
         f"{' '.join(m.get('isa', []))}, load average {m.get('load_average_1_5_15min')} at the end; "
         f"`{payload['command']}` ({payload['when']}).")
 
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", default=os.environ.get("CLIP_RT_BENCH_BUNDLE", DEFAULT_BUNDLE),
                     help="bundle directory (default: %(default)s; export one with "
                          "`clip-rt export ViT-B-32 --pretrained none --seed 0 -o DIR`)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"],
+                    help="auto: what the runtime chooses on this CPU (the default a user gets)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests-per-client", type=int, default=6,
                     help="requests per client and configuration (at least 24 in all)")
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", action="store_true", help="print --out's serve.json as markdown (runs nothing)")
     args = ap.parse_args(argv)
     if args.table:
-        name = "serve" if args.precision == "fp32" else f"serve_{args.precision}"
+        name = "serve" if args.precision == "auto" else f"serve_{args.precision}"
         print(markdown(json.loads((args.out / f"{name}.json").read_text(encoding="utf-8"))))
         return 0
     if not (Path(args.bundle) / "manifest.json").is_file():
@@ -170,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     import clip_rt
 
     # The in-process embedding of the photo (batch of one): what every answer should be.
-    reference = clip_rt.load(args.bundle, precision=args.precision, cache=False).encode_image([photo])[0]
+    chosen = None if args.precision == "auto" else args.precision
+    model = clip_rt.load(args.bundle, precision=chosen, cache=False)
+    reference = model.encode_image([photo])[0]
+    runtime = {"image": model.plan.image.summary(), "image_streams": model.image_streams}
+    model.close()
+    spec = args.bundle if chosen is None else f"{args.bundle}@{chosen}"
     body = json.dumps({"input": [{"image": base64.b64encode(photo).decode()}],
                        "encoding_format": "base64"}).encode()
-    modes = {"batching": ["--max-batch-size", str(args.max_batch_size)], "one_at_a_time": ["--max-batch-size", "1"]}
+    modes = {"batching": ["--max-batch-size", str(args.max_batch_size)],
+             "one_at_a_time": ["--max-batch-size", "1", "--image-streams", "1"]}
     home = Path(tempfile.mkdtemp(prefix="clip-rt-bench-serve-"))
-    servers = {mode: Server([f"{args.bundle}@{args.precision}", *extra, "--max-queue", "256"], home / mode)
+    servers = {mode: Server([spec, *extra, "--max-queue", "256"], home / mode)
                for mode, extra in modes.items()}
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     started = time.perf_counter()
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"flock /work/locks/heavy python -m bench.serve {given}"
     payload = {
         "benchmark": "serve", "command": command.strip(), "machine": machine_info(),
-        "bundle": str(args.bundle), "precision": args.precision, "photo": "skimage astronaut 640x480 JPEG q90",
+        "bundle": str(args.bundle), "precision": args.precision, "runtime": runtime, "photo": "skimage astronaut 640x480 JPEG q90",
         "request": "POST /v1/embeddings, one image (base64), encoding_format base64",
         "modes": {m: " ".join(x) for m, x in modes.items()}, "rounds": args.rounds,
         "results": sorted(table, key=lambda r: (r["clients"], r["mode"])),
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                            ratios.get(32), GOAL, unit="x")],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = write_result("serve" if args.precision == "fp32" else f"serve_{args.precision}", payload, args.out)
+    path = write_result("serve" if args.precision == "auto" else f"serve_{args.precision}", payload, args.out)
     log(f"speed-up from batching: {ratios}; mean batch {mean_batch}; written to {path}")
     return 0
 

@@ -11,18 +11,17 @@ import dataclasses
 import os
 import threading
 import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from . import templates as _templates
-from .errors import BundleError, ClipRtError, InputError, ModelNotFoundError
+from .errors import BundleError, InputError, ModelNotFoundError
 from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
-from .engine.backends import Backend, EncoderChoice, Pending, RuntimePlan, open_backend, plan_runtime
+from .engine.backends import Backend, EncoderChoice, RuntimePlan, open_backend, plan_runtime
+from .engine.pipeline import Decoded, image_stream
+from .engine.pipeline import decode as decode_image
 from .engine.contract import check_external_data, check_session
 from .engine.cpu import CpuIsa, detect_cpu
 from .engine.session import (
@@ -36,8 +35,9 @@ from .engine.session import (
 )
 from .bundle.store import cache_dir, resolve_bundle
 from .bundle.verify import verify_bundle_files
-from .inputs.discover import UnlistedFolder, expand_folders
+from .inputs.discover import expand_folders
 from .inputs.texts import check_utf8
+from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage
 from .zeroshot import (
     Classification,
     LabelsArg,
@@ -45,103 +45,13 @@ from .zeroshot import (
     check_templates,
     class_embeddings,
     parse_labels,
-    softmax,
+    scores_from_logits,
 )
 
 DEFAULT_TEXT_BATCH = 64
 # Images per batch on the CPU: batch 8 measured 2x the throughput of 32 on a 2-core CPU and
 # less peak memory (bench/results, docs/bench.md). Pass a larger batch_size for a GPU.
 DEFAULT_IMAGE_BATCH = 8
-
-
-@dataclass
-class ImageEmbedding:
-    """One item of :meth:`ClipModel.iter_images`: an embedding, or the reason there is none."""
-
-    index: int
-    source: Any  # as given (a path stays a path)
-    embedding: Optional[np.ndarray]
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        src = self.source
-        return {
-            "index": self.index,
-            "source": os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"<{type(src).__name__}>",
-            "embedding": None if self.embedding is None else self.embedding.tolist(),
-            "width": self.width, "height": self.height, "error": self.error, "notes": list(self.notes),
-        }
-
-
-@dataclass
-class ClassifiedImage:
-    """One item of :meth:`ClipModel.iter_classify`: an image's classification, or why there is
-    none. *source* is the image as given, or for a file found in a folder its path."""
-
-    index: int  # position in the input stream, folders expanded
-    source: Any
-    result: Optional[Classification]
-    width: Optional[int] = None
-    height: Optional[int] = None
-    error: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def path(self) -> Optional[str]:
-        """The file path for a path source, else None (PIL images, arrays, bytes)."""
-        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
-
-    @property
-    def label(self) -> Optional[str]:
-        return self.result.label if self.result else None
-
-    @property
-    def score(self) -> Optional[float]:
-        return self.result.score if self.result else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields of a `clip-rt classify` JSON record, plus ``index``, ``top_k`` and ``notes``."""
-        res = self.result
-        return {
-            "index": self.index,
-            "path": self.path if self.path is not None else f"<{type(self.source).__name__}>",
-            "label": res.label if res else None, "score": res.score if res else None,
-            "scores": dict(res.scores) if res else {}, "width": self.width, "height": self.height,
-            "error": self.error, "top_k": [[n, p] for n, p in res.top_k] if res else [], "notes": list(self.notes),
-        }
-
-
-@dataclass
-class PreprocessedImage:
-    """One image ready for :meth:`ClipModel.encode_pixels`: ``pixels`` float32 ``(3, H, W)``, and
-    the image's size after EXIF orientation (before any resizing)."""
-
-    pixels: np.ndarray
-    width: int
-    height: int
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Decoded:
-    index: int
-    source: Any
-    pixels: Optional[np.ndarray]  # (3, H, W)
-    width: Optional[int]
-    height: Optional[int]
-    error: Optional[BaseException]
-    notes: list[str]
 
 
 def load(
@@ -274,6 +184,12 @@ class ClipModel:
     @property
     def logit_bias(self) -> Optional[float]:
         return self.manifest.logit_bias
+
+    @property
+    def scoring(self) -> str:
+        """``softmax`` (CLIP: probabilities over the labels) or ``sigmoid`` (SigLIP: each label's
+        own probability); the bundle's ``scoring``."""
+        return self.manifest.scoring
 
     @property
     def precision(self) -> str:
@@ -412,11 +328,11 @@ class ClipModel:
     def _tokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer_obj is None:
-                from .inputs.tokenizer import ClipTokenizer
+                from .inputs.hf_tokenizer import open_tokenizer
 
                 self._check_files([self.manifest.text.tokenizer_file])
                 path = self.bundle_dir / self.manifest.text.tokenizer_file
-                self._tokenizer_obj = ClipTokenizer.from_file(path, self.manifest.text)
+                self._tokenizer_obj = open_tokenizer(path, self.manifest.text)
             return self._tokenizer_obj
 
     def _preprocessor(self) -> Any:
@@ -512,16 +428,29 @@ class ClipModel:
             out[item.index] = item.embedding
         return out
 
-    def encode_pixels(self, pixel_values: Any, output: str = "numpy") -> Any:
+    @property
+    def image_streams(self) -> int:
+        """How many image batches may usefully run at once: the backend's throughput queue depth
+        where the plan runs batches in throughput mode (OpenVINO streams), else 1. Creates the
+        image session."""
+        if self._plan.image.folders != "throughput":
+            return 1
+        return max(1, int(self.session("image").queue_depth))
+
+    def encode_pixels(self, pixel_values: Any, output: str = "numpy", *, queued: bool = False) -> Any:
         """Embeddings of one preprocessed batch, (N, 3, H, W) float32 (numpy, or an OrtValue
         already on the device). *output* ``"numpy"``: a host array; ``"ortvalue"``: an
-        ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip)."""
+        ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip).
+        *queued*: through the backend's throughput queue (thread-safe; callers running up to
+        :attr:`image_streams` batches at once get the streams' throughput; same embeddings)."""
         if output not in ("numpy", "ortvalue"):
             raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
         if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
             raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
         session = self.session("image")
         if output == "numpy" and isinstance(pixel_values, np.ndarray):
+            if queued:
+                return session.submit({IMAGE_INPUT: pixel_values}).result()[0]
             return session.run({IMAGE_INPUT: pixel_values})[0]
         run_binding = getattr(session, "run_binding", None)
         if run_binding is None:
@@ -549,21 +478,9 @@ class ClipModel:
         batch runs through the model."""
         return self._iter(sources, batch_size, raise_errors=False, workers=workers)
 
-    def _decode(self, index: int, source: Any) -> _Decoded:
-        if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
-            return _Decoded(index, source.path, None, None, None, InputError(f"{source.path}: {source.reason}"), [])
-        pre = self._preprocessor()
-        try:
-            # With the model's EXIF and draft settings, inside the process-wide decode memory
-            # budget; the decoded image is dropped as soon as it is preprocessed.
-            done = pre.convert(source)
-        except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
-            return _Decoded(index, source, None, None, None, exc, [])
-        except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
-            from .inputs.images import unexpected_load_error
-
-            return _Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
-        return _Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
+    def _decode(self, index: int, source: Any) -> Decoded:
+        # With the model's EXIF and draft settings, inside the process-wide decode memory budget.
+        return decode_image(self._preprocessor(), index, source)
 
     def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
@@ -572,55 +489,8 @@ class ClipModel:
             workers = min(4, os.cpu_count() or 1)
         session = self.session("image")  # fail before reading any image
         self._preprocessor()
-        return self._pipeline(iter(sources), session, batch_size, raise_errors, workers)
-
-    def _pipeline(self, sources: Iterator[Any], session: Backend, batch_size: int, raise_errors: bool,
-                  workers: int) -> Iterator[ImageEmbedding]:
-        # Folders go through the backend's throughput queue where the plan says so: up to
-        # queue_depth batches in flight, collected in order (same embeddings as run()).
-        queued = self._plan.image.folders == "throughput"
-        depth = session.queue_depth if queued else 1
-        ahead = 2 * batch_size
-        pending: deque[Future[_Decoded]] = deque()
-        in_flight: deque[tuple[list[_Decoded], Optional[Pending]]] = deque()
-        batch: list[_Decoded] = []
-        next_index = 0
-        exhausted = False
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip-rt-decode") as pool:
-            try:
-                while True:
-                    while not exhausted and len(pending) < ahead:
-                        try:
-                            source = next(sources)
-                        except StopIteration:
-                            exhausted = True
-                            break
-                        pending.append(pool.submit(self._decode, next_index, source))
-                        next_index += 1
-                    if not pending:
-                        break
-                    item = pending.popleft().result()
-                    if item.error is not None and raise_errors:
-                        raise item.error
-                    batch.append(item)
-                    if len(batch) >= batch_size:
-                        in_flight.append(_submit(session, batch, queued))
-                        batch = []
-                        while len(in_flight) >= depth:
-                            yield from _collect(*in_flight.popleft())
-                if batch:
-                    in_flight.append(_submit(session, batch, queued))
-                while in_flight:
-                    yield from _collect(*in_flight.popleft())
-            finally:
-                for fut in pending:  # the consumer stopped early, or an error is propagating
-                    fut.cancel()
-                for _, job in in_flight:  # hand the backend's requests back before leaving
-                    if job is not None:
-                        try:
-                            job.result()
-                        except Exception:  # noqa: BLE001 - already leaving with the first error
-                            pass
+        return image_stream(iter(sources), session, self._decode, batch_size, raise_errors=raise_errors,
+                            workers=workers, queued=self._plan.image.folders == "throughput")
 
     @property
     def draft(self) -> bool:
@@ -634,14 +504,19 @@ class ClipModel:
 
     # -- similarity and zero-shot ---------------------------------------------------
     def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
-        """Probabilities over *texts*: ``softmax(logit_scale * cos)``; shape (T,) for one image,
-        (N, T) for a list."""
+        """Probabilities of the image(s) matching each of *texts*, by the model's :attr:`scoring`:
+        ``softmax(logit_scale * cos)`` over the texts (CLIP), or each text's own
+        ``sigmoid(logit_scale * cos + logit_bias)`` (SigLIP). Shape (T,) for one image, (N, T)
+        for a list."""
         single = _is_single_source(images)
         text_list = [texts] if isinstance(texts, str) else list(texts)
         if not text_list:
             raise InputError("no texts given: expected at least one")
         img = self.encode_image(images, batch_size=batch_size)
-        probs = softmax(self.logit_scale * (img @ self.encode_text(text_list).T))
+        logits = self.logit_scale * (img @ self.encode_text(text_list).T)
+        if self.scoring == "sigmoid" and self.logit_bias is not None:
+            logits = logits + np.float32(self.logit_bias)
+        probs = scores_from_logits(logits, self.scoring)
         return probs[0] if single else probs
 
     def classifier(self, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE) -> ZeroShotClassifier:
@@ -649,7 +524,7 @@ class ClipModel:
         parsed = parse_labels(labels)
         temps = check_templates(templates)
         embs = class_embeddings(parsed, temps, self.encode_text)
-        return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps)
+        return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps, scoring=self.scoring)
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
                  top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
@@ -692,26 +567,6 @@ class ClipModel:
         if self._cache_mode:
             self.release("text")
         return clf
-
-
-def _submit(session: Backend, batch: list[_Decoded], queued: bool) -> tuple[list[_Decoded], Optional[Pending]]:
-    """One batch into the backend: its throughput queue (*queued*) or a single latency call."""
-    good = [d for d in batch if d.pixels is not None]
-    if not good:
-        return batch, None
-    feeds = {IMAGE_INPUT: np.stack([d.pixels for d in good])}
-    return batch, session.submit(feeds) if queued else Pending(value=session.run(feeds))
-
-
-def _collect(batch: list[_Decoded], job: Optional[Pending]) -> Iterator[ImageEmbedding]:
-    embs = job.result()[0] if job is not None else None
-    row = 0
-    for d in batch:
-        emb = None
-        if d.pixels is not None:
-            emb, row = embs[row], row + 1  # type: ignore[index]
-        yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
-                             error=None if d.error is None else str(d.error), notes=d.notes)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -1,10 +1,14 @@
 """Zero-shot classification: labels x prompt templates -> class embeddings -> probabilities.
 
 As in the CLIP paper: each class embedding is the mean of its L2-normalised prompt
-embeddings, renormalised; probabilities are ``softmax(logit_scale * cos (+ logit_bias))`` over
-the classes. The bias (SigLIP models) shifts every logit by the same amount, so it does not
-change softmax probabilities; it is kept in :meth:`ZeroShotClassifier.logits` for callers that
-want SigLIP's independent ``sigmoid(logits)`` instead.
+embeddings, renormalised. How logits ``logit_scale * cos (+ logit_bias)`` become scores is the
+bundle's ``scoring`` (SCORINGS):
+
+- ``softmax`` (CLIP): probabilities over the classes, summing to 1 (a bias would shift every
+  logit alike and change nothing);
+- ``sigmoid`` (SigLIP, SigLIP2: models trained with a sigmoid loss and a logit bias): each
+  label's own probability ``sigmoid(logit_scale * cos + logit_bias)``, independent of the
+  other labels (they need not sum to 1; every label may score low), as open_clip computes it.
 """
 from __future__ import annotations
 
@@ -125,6 +129,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # overflow-free logistic
+
+
+SCORINGS = ("softmax", "sigmoid")
+
+
+def check_scoring(scoring: str) -> str:
+    if scoring not in SCORINGS:
+        raise InputError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    return scoring
+
+
+def scores_from_logits(logits: np.ndarray, scoring: str = "softmax") -> np.ndarray:
+    """Softmax over the last axis, or an independent sigmoid per entry (see the module doc)."""
+    return sigmoid(logits) if check_scoring(scoring) == "sigmoid" else softmax(logits)
+
+
+def describe_scoring(scoring: str) -> str:
+    """One line for people: what the scores are."""
+    if scoring == "sigmoid":
+        return "sigmoid per label: sigmoid(logit_scale * cos + logit_bias), independent probabilities (need not sum to 1)"
+    return "softmax over the labels: logit_scale * cos, probabilities summing to 1"
+
+
 def class_embeddings(labels: Sequence[Label], templates: Sequence[str],
                      encode_text: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """(C, D): per class, the renormalised mean of its normalised prompt embeddings. All
@@ -146,7 +176,7 @@ class ZeroShotClassifier:
     """Precomputed class embeddings; classifies image embeddings."""
 
     def __init__(self, labels: Sequence[Label], embeddings: np.ndarray, logit_scale: float,
-                 logit_bias: Optional[float] = None, templates: Sequence[str] = ()) -> None:
+                 logit_bias: Optional[float] = None, templates: Sequence[str] = (), scoring: str = "softmax") -> None:
         if embeddings.shape[0] != len(labels):
             raise ValueError(f"{embeddings.shape[0]} class embeddings for {len(labels)} labels")
         self.labels = list(labels)
@@ -155,6 +185,7 @@ class ZeroShotClassifier:
         self.embeddings = normalize(embeddings)
         self.logit_scale = float(logit_scale)
         self.logit_bias = logit_bias
+        self.scoring = check_scoring(scoring)
 
     def logits(self, image_embeddings: np.ndarray) -> np.ndarray:
         """(N, C): ``logit_scale * cos (+ logit_bias)``."""
@@ -169,8 +200,9 @@ class ZeroShotClassifier:
         return out
 
     def probabilities(self, image_embeddings: np.ndarray) -> np.ndarray:
-        """(N, C) softmax over the classes (the CLIP convention)."""
-        return softmax(self.logits(image_embeddings))
+        """(N, C): softmax over the classes (CLIP), or each class's sigmoid (SigLIP); see
+        :attr:`scoring`."""
+        return scores_from_logits(self.logits(image_embeddings), self.scoring)
 
     def classify_embeddings(self, image_embeddings: np.ndarray, top_k: int = 5) -> list[Classification]:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Optional
 from clip_rt.bundle.catalogue import store_name
 from clip_rt.errors import ExportError, InputError
 from clip_rt.bundle.manifest import (PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, Quantization,
-                                    TextConfig)
+                                    TextConfig, required_format_version)
 from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
@@ -58,6 +58,7 @@ def export_bundle(
     calibration_method: Optional[str] = None,
     int8_min_cosine: Optional[float] = None,
     include_fp32: bool = True,
+    tokenizer: Optional[Path] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -69,6 +70,8 @@ def export_bundle(
     (``minmax``, ``percentile``, ``entropy``; default the measured best, ``RECOMMENDED_INT8``).
     *int8_min_cosine*: replaces the int8 gate's min cosine (default 0.999) for models whose int8
     rounding is known to be coarser (small widths); recorded in the manifest's parity tolerance.
+    *tokenizer*: a ``tokenizer.json`` or Hugging Face tokenizer folder, for models whose tokenizer
+    is not open_clip's CLIP BPE (default: the Hugging Face cache; docs/models.md).
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
@@ -96,7 +99,7 @@ def export_bundle(
     target = Path(output).expanduser() if output is not None else default_output(arch, source)
     check_target(target.absolute(), force)  # before minutes of work, not after
     with interrupt_handlers(), StagingDir(target, force) as stage:
-        loaded = load_model(arch, source, seed=seed, log=say)
+        loaded = load_model(arch, source, seed=seed, log=say, tokenizer=tokenizer)
         overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
         manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides)
         manifest.name = target.name
@@ -115,7 +118,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     size = _pair(cfg["size"])
     refs = validate.torch_references(model, loaded.tokenizer)
     context_length = int(refs.input_ids.shape[1])
-    dynamic = graphs.supports_dynamic_sequence(model)
+    hf_fields = _hf_text_fields(loaded, model)
+    dynamic = graphs.supports_dynamic_sequence(model, refs.pad_token_id, hf_fields.get("padding_side", "right"))
     notes = list(loaded.notes)
     notes.append(
         f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} tokens" if dynamic else "")
@@ -126,7 +130,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     say(f"exporting the image graph ({size[0]}x{size[1]})")
     external["image"] = _quiet(graphs.export_image_graph, model, size, fp32["image"])
     say(f"exporting the text graph (context {context_length}, dynamic sequence: {dynamic})")
-    external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"])
+    external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"],
+                              refs.input_ids[:2] if hf_fields else None)
 
     graph_entries: dict[str, dict[str, GraphEntry]] = {}
     parity: dict[str, dict[str, ParityFigure]] = {}
@@ -134,7 +139,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     calibrations = {}
     if "int8" in precisions:
         calibrations = {"image": calibration.image_calibration(model),
-                        "text": calibration.text_calibration(loaded.tokenizer, dynamic)}
+                        "text": calibration.text_calibration(loaded.tokenizer, dynamic,
+                                                             short_prompts=graphs.text_pooling(model) == "mean")}
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
         graph_entries[precision], parity[precision] = {}, {}
         for encoder, src in fp32.items():
@@ -161,7 +167,9 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             graph_entries[precision][encoder] = GraphEntry(file=path.name, external_data=companions)
             parity[precision][encoder] = figure
     if "int8" in precisions:
-        notes.append(convert.int8_note(calibration_method))
+        from .optimize import int8_settings
+
+        notes.append(convert.int8_note(calibration_method, {e: int8_settings(e, src) for e, src in fp32.items()}))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
     if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others
@@ -175,16 +183,29 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             + ") as the source of the other precisions, then left out"
         )
 
-    _write_tokenizer(work / TOKENIZER_FILE, context_length)
-    tokenizer = loaded.tokenizer
-    return Manifest(
+    if hf_fields:
+        from .text_tokenizer import write_hf_tokenizer
+
+        write_hf_tokenizer(loaded.tokenizer, work / TOKENIZER_FILE)
+        text_fields: dict[str, Any] = dict(hf_fields)
+    else:
+        _write_tokenizer(work / TOKENIZER_FILE, context_length)
+        tokenizer = loaded.tokenizer
+        text_fields = {"vocab_size": int(tokenizer.vocab_size), "sot_token_id": int(tokenizer.sot_token_id),
+                       "eot_token_id": int(tokenizer.eot_token_id), "pad_token_id": 0}  # open_clip pads with zeros
+    logit_bias = None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item())
+    scoring = "softmax" if logit_bias is None else "sigmoid"
+    if scoring == "sigmoid":
+        notes.append("scoring: sigmoid (the model has a logit bias: SigLIP-style per-label probabilities "
+                     "sigmoid(logit_scale * cos + logit_bias), not a softmax over the labels)")
+    manifest = Manifest(
         name="",  # set by the caller, which knows the target
         architecture=loaded.architecture,
         pretrained=_manifest_pretrained(loaded.source),
         checkpoint_sha256=loaded.checkpoint_sha256,
         embed_dim=int(refs.image_embeds.shape[1]),
         logit_scale=float(model.logit_scale.exp().item()),
-        logit_bias=None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item()),
+        logit_bias=logit_bias,
         image=ImageConfig(
             size=size,
             mean=tuple(float(x) for x in cfg["mean"]),  # type: ignore[arg-type]
@@ -195,12 +216,10 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         ),
         text=TextConfig(
             context_length=context_length,
-            vocab_size=int(tokenizer.vocab_size),
             tokenizer_file=TOKENIZER_FILE,
-            sot_token_id=int(tokenizer.sot_token_id),
-            eot_token_id=int(tokenizer.eot_token_id),
-            pad_token_id=0,  # open_clip pads with zeros
             dynamic_sequence=dynamic,
+            pooling=graphs.text_pooling(model),
+            **text_fields,
         ),
         graphs=graph_entries,
         files={},  # filled once every file is written
@@ -209,7 +228,33 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
         quantization=quantization,
+        scoring=scoring,
     )
+    manifest.format_version = required_format_version(manifest)
+    return manifest
+
+
+def _hf_text_fields(loaded: LoadedModel, model: Any) -> dict[str, Any]:
+    """The manifest's text fields for a Hugging Face tokenizer; {} for CLIP BPE."""
+    if not hasattr(loaded.tokenizer, "tokenizer"):  # open_clip's HFTokenizer wraps a transformers one
+        return {}
+    from .text_tokenizer import hf_text_fields
+
+    return hf_text_fields(loaded.tokenizer, _text_vocab_rows(model))
+
+
+def _text_vocab_rows(model: Any) -> int:
+    """Rows of the text tower's token-embedding table: every id must be below this."""
+    import torch
+
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "transformer") and hasattr(text.transformer, "get_input_embeddings"):
+        return int(text.transformer.get_input_embeddings().num_embeddings)
+    for owner in (model, text):
+        emb = getattr(owner, "token_embedding", None)
+        if isinstance(emb, torch.nn.Embedding):
+            return int(emb.num_embeddings)
+    raise ExportError("cannot find the text tower's token embedding to check the tokenizer's ids against")
 
 
 def _pair(size: Any) -> tuple[int, int]:

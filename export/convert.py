@@ -8,13 +8,16 @@ from clip_rt.bundle.manifest import Calibration, Quantization
 from clip_rt.errors import InputError
 
 
-def int8_note(calibration_method: Optional[str] = None) -> str:
+def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict] = None) -> str:
+    """*settings*: encoder -> the optimize_graph settings used (default RECOMMENDED_INT8)."""
     from .optimize import RECOMMENDED_INT8
 
     parts = [
         f"{encoder} {cfg['kind']} (per_channel={cfg.get('per_channel')}, reduce_range={cfg.get('reduce_range')}, "
-        f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))})"
-        for encoder, cfg in RECOMMENDED_INT8.items()
+        f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))}"
+        + (f", {cfg['exclude']} convolutions kept float" if cfg.get("exclude") else "")
+        + (", BatchNorm folded first" if cfg.get("prepare") else "") + ")"
+        for encoder, cfg in (settings or RECOMMENDED_INT8).items()
     ]
     return ("int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_static QDQ, uint8 activations with "
             "calibrated scales, int8 weights; the token-embedding Gather weight-only): " + "; ".join(parts)
@@ -35,9 +38,9 @@ def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data:
     """The int8 variant the benchmarks recommend for *encoder* (clip_rt_export.optimize.RECOMMENDED_INT8),
     calibrated on *calibration* (a calibration.CalibrationData); returns its manifest record
     (``batch_independent`` is set by the caller once the gate has measured it)."""
-    from .optimize import CALIBRATION_METHODS, RECOMMENDED_INT8, optimize_graph
+    from .optimize import CALIBRATION_METHODS, int8_settings, optimize_graph
 
-    settings = dict(RECOMMENDED_INT8[encoder])
+    settings = int8_settings(encoder, src)
     kind = settings.pop("kind")
     static = kind.startswith("int8-static")
     if calibration_method is not None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from clip_rt.bundle.manifest import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT
 
@@ -12,17 +12,34 @@ OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def supports_dynamic_sequence(model: Any) -> bool:
-    """True for open_clip CLIP text towers whose output is unchanged by trailing padding:
-    a causal mask (no token sees later ones) and pooling at the EOT token."""
+def supports_dynamic_sequence(model: Any, pad_token_id: int = 0, padding_side: str = "right") -> bool:
+    """True for text towers whose output is unchanged by trailing padding: open_clip CLIP towers
+    with a causal mask (no token sees later ones) pooled at the EOT token, and Hugging Face
+    towers (HFTextEncoder) that mask the tokenizer's padding out of attention and pooling
+    (the mask is ``input_ids != config.pad_token_id``, computed inside the graph)."""
     import open_clip
+    from open_clip.hf_model import HFTextEncoder
 
+    text = getattr(model, "text", None)
+    if isinstance(text, HFTextEncoder):
+        return padding_side == "right" and getattr(text.config, "pad_token_id", None) == pad_token_id
     return (
         isinstance(model, open_clip.CLIP)
         and getattr(model, "attn_mask", None) is not None
         and getattr(model, "text_pool_type", None) in ("argmax", "eos")
         and getattr(model, "positional_embedding", None) is not None
     )
+
+
+def text_pooling(model: Any) -> Optional[str]:
+    """How the text tower pools its tokens, for the manifest (informational)."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    if isinstance(text, HFTextEncoder):
+        return {"MeanPooler": "mean", "MaxPooler": "max"}.get(type(text.pooler).__name__, "cls")
+    pool = getattr(model, "text_pool_type", None) or getattr(text, "pool_type", None)
+    return None if pool is None else str(pool)
 
 
 def image_wrapper(model: Any) -> Any:
@@ -72,7 +89,12 @@ def text_wrapper(model: Any, dynamic_sequence: bool) -> Any:
                 x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
             return F.normalize(x, dim=-1)
 
-    return (DynamicTextEncoder() if dynamic_sequence else FullContextTextEncoder()).eval()
+    import open_clip
+
+    # open_clip CLIP towers are sized by the context length (positions, mask): sliced here. HF
+    # towers take any length already (their mask and positions come from the ids).
+    sliced = dynamic_sequence and isinstance(model, open_clip.CLIP)
+    return (DynamicTextEncoder() if sliced else FullContextTextEncoder()).eval()
 
 
 def parameter_bytes(module: Any) -> int:
@@ -91,15 +113,21 @@ def export_image_graph(model: Any, image_size: tuple[int, int], path: Path) -> l
     return _export(wrapper, example, IMAGE_INPUT, IMAGE_OUTPUT, {IMAGE_INPUT: {0: batch}}, path)
 
 
-def export_text_graph(model: Any, context_length: int, dynamic_sequence: bool, path: Path) -> list[str]:
+def export_text_graph(model: Any, context_length: int, dynamic_sequence: bool, path: Path,
+                      example_ids: Optional[Any] = None) -> list[str]:
+    """*example_ids*: (2+, context_length) real token ids to trace with (default: CLIP BPE's
+    SOT, a few tokens, EOT, padding)."""
     import torch
 
     wrapper = text_wrapper(model, dynamic_sequence)
-    # A plausible example: SOT, a few tokens, EOT (the highest id), then padding.
-    example = torch.zeros(2, context_length, dtype=torch.long)
-    example[:, 0] = 49406
-    example[:, 1:4] = 320
-    example[:, 4] = 49407
+    if example_ids is not None:
+        example = torch.as_tensor(example_ids[:2], dtype=torch.long).clone()
+    else:
+        # A plausible example: SOT, a few tokens, EOT (the highest id), then padding.
+        example = torch.zeros(2, context_length, dtype=torch.long)
+        example[:, 0] = 49406
+        example[:, 1:4] = 320
+        example[:, 4] = 49407
     shapes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic_sequence:
         # A length-1 sequence would let the exporter specialise; 2 is SOT + EOT, the shortest prompt.

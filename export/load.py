@@ -215,17 +215,20 @@ def resolve(model: str, pretrained: Optional[str], model_config: Optional[Path] 
 
 
 def check_tokenizer_supported(arch: str) -> None:
-    """Fail before any work for architectures clip-rt cannot export yet (non-CLIP tokenizers such
-    as SigLIP's or HF ones): the one rule is :func:`clip_rt_export.support.unsupported_reason`,
-    which `clip-rt models --available` shows too."""
+    """Fail before any work for architectures clip-rt cannot export: the one rule is
+    :func:`clip_rt_export.support.unsupported_reason` (which `clip-rt models --available` shows
+    too); then what the tokenizer needs (:func:`text_tokenizer.tokenizer_need`)."""
     import open_clip
 
     from .support import unsupported_reason
+    from .text_tokenizer import tokenizer_need
 
-    reason = unsupported_reason(arch, open_clip.get_model_config(arch))
+    model_cfg = open_clip.get_model_config(arch)
+    reason = unsupported_reason(arch, model_cfg)
     if reason:
-        raise ExportError(f"{arch} is not supported yet: {reason}; clip-rt reproduces only open_clip's CLIP BPE "
-                          f"tokenizer (SimpleTokenizer) so far (`clip-rt models --available` lists what it exports)")
+        raise ExportError(f"{arch} is not supported yet: {reason} (`clip-rt models --available` lists what "
+                          f"clip-rt exports)")
+    tokenizer_need(model_cfg or {}, arch)
 
 
 def load_model(
@@ -233,14 +236,47 @@ def load_model(
     source: WeightsSource,
     seed: Optional[int] = None,
     log: Callable[[str], None] = lambda _msg: None,
+    tokenizer: Optional[Path] = None,
 ) -> LoadedModel:
-    """The open_clip model (eval, fp32, cpu) and tokenizer; *arch* and *source* come from resolve()."""
+    """The open_clip model (eval, fp32, cpu) and tokenizer; *arch* and *source* come from resolve().
+    *tokenizer*: a tokenizer.json or tokenizer folder for models with a Hugging Face tokenizer
+    (else the Hugging Face cache is looked in)."""
+    import open_clip
+
+    from . import text_tokenizer
+
+    model_cfg = open_clip.get_model_config(arch) or {}
+    need = text_tokenizer.tokenizer_need(model_cfg, arch)
+    if tokenizer is not None and not need.is_hf:
+        raise InputError(f"--tokenizer: {arch} uses open_clip's built-in CLIP BPE tokenizer; pass no --tokenizer")
+    with tempfile.TemporaryDirectory(prefix="clip-rt-text-") as workdir:
+        hf_tokenizer = None
+        if need.is_hf:  # before the model: a missing tokenizer should fail in a second, not after minutes
+            folder = text_tokenizer.stage_tokenizer(arch, need, tokenizer, Path(workdir), model_cfg)
+            hf_tokenizer = text_tokenizer.build_open_clip_tokenizer(arch, need, folder)
+            log(f"tokenizer: {need.kind} from {tokenizer or 'the Hugging Face cache'}")
+        overrides: dict[str, Any] = {}
+        hf_model = model_cfg.get("text_cfg", {}).get("hf_model_name")
+        if hf_model:
+            # HFTextEncoder reads its transformers config by name (a hub download): give it a local one.
+            text_cfg = dict(model_cfg["text_cfg"], hf_model_name=str(text_tokenizer.hf_model_config(hf_model, Path(workdir))),
+                            hf_model_pretrained=False)
+            overrides["text_cfg"] = text_cfg
+        loaded = _load_model(arch, source, seed, log, overrides)
+    if hf_tokenizer is not None:
+        loaded.tokenizer = hf_tokenizer
+        loaded.notes.append(f"tokenizer: {need.hf_name} through open_clip's HFTokenizer ({need.kind})")
+    return loaded
+
+
+def _load_model(arch: str, source: WeightsSource, seed: Optional[int], log: Callable[[str], None],
+                overrides: dict[str, Any]) -> LoadedModel:
     import open_clip
     import torch
 
     notes: list[str] = []
     # Tower weights from other hubs (timm, HF) would be a download too: the full checkpoint has them.
-    kwargs: dict[str, Any] = {"pretrained_text": False, "pretrained_image": False}
+    kwargs: dict[str, Any] = {"pretrained_text": False, "pretrained_image": False, **overrides}
     checkpoint: Optional[str] = None
     if source.kind == "tag":
         cfg = open_clip.get_pretrained_cfg(arch, str(source.value))
@@ -256,13 +292,17 @@ def load_model(
     log(f"building {arch} ({'random weights' if checkpoint is None else checkpoint})")
     try:
         net = open_clip.create_model(arch, pretrained=checkpoint, **kwargs)
+    except ImportError as exc:  # timm / transformers towers
+        raise ExportError(f"could not build {arch}: {exc}; pip install 'clip-rt[export]'") from exc
     except (RuntimeError, KeyError, OSError, ValueError) as exc:
         what = f"checkpoint {checkpoint}" if checkpoint else "random weights"
         raise ExportError(f"could not build {arch} with {what}: {exc}") from exc
-    tokenizer = open_clip.get_tokenizer(arch)
     if source.kind == "random":
         notes.append("random weights" + (f" (seed {seed})" if seed is not None else " (unseeded)"))
-    _check_tokenizer(arch, tokenizer)
+    tokenizer = None  # an HF tokenizer is built by load_model
+    if not (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name"):
+        tokenizer = open_clip.get_tokenizer(arch)
+        _check_tokenizer(arch, tokenizer)
     return LoadedModel(
         model=net.float().eval(),
         tokenizer=tokenizer,

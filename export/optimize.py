@@ -48,7 +48,24 @@ RECOMMENDED_INT8: dict[str, dict] = {
     "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
              "op_types": TEXT_QUANT_OPS},
 }
+# Convolutional image towers (RN50, ConvNeXt, MobileCLIP's FastViT): their time is in Conv, which
+# the settings above leave in float. A graph whose Conv nodes are more than CONV_TOWER_SHARE of
+# its Conv/MatMul/Gemm nodes (a ViT has one patch-embedding Conv among ~50 MatMuls) gets
+# CONV_INT8 instead: BatchNorm folded first, Conv quantised too (onnxruntime QLinearConv),
+# depthwise convolutions kept in float. Measured per family in bench/results/conv_int8.json
+# (docs/models.md).
+CONV_TOWER_SHARE = 0.2
+CONV_INT8: dict = {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
+                   "op_types": ("Conv", "MatMul", "Gemm"), "exclude": "depthwise", "prepare": True}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def int8_settings(encoder: str, fp32_path: Optional[Path] = None) -> dict:
+    """The optimize_graph settings the export uses for *encoder*'s int8 graph: CONV_INT8 for a
+    convolutional image tower (see CONV_TOWER_SHARE), else RECOMMENDED_INT8[encoder]."""
+    if encoder == "image" and fp32_path is not None and conv_share(Path(fp32_path)) > CONV_TOWER_SHARE:
+        return dict(CONV_INT8)
+    return dict(RECOMMENDED_INT8[encoder])
 # Ops quantised with a fixed scale per weight tensor and no activation scale at all (the
 # token-embedding Gather): weight-only, so static and dynamic graphs treat them alike.
 _WEIGHT_ONLY_OPS = ("Gather",)
@@ -67,6 +84,8 @@ def optimize_graph(
     calibration_method: str = "minmax",
     op_types: Sequence[str] = _QUANT_OPS,
     external_data: bool = False,
+    exclude: str = "",
+    prepare: bool = False,
 ) -> Path:
     """Write the *kind* variant of the fp32 graph *onnx_path* to *out_path*; return *out_path*.
 
@@ -76,7 +95,10 @@ def optimize_graph(
     (0 lets onnxruntime read them from the graph). ``per_channel``/``reduce_range`` apply to
     int8 weights: per-channel scales with the full 8-bit range suit VNNI/AVX-512 CPUs, where
     u8 x s8 products do not saturate. ``external_data``: write weights to a companion file
-    (graphs over protobuf's 2 GB limit).
+    (graphs over protobuf's 2 GB limit). *exclude*: ``"depthwise"`` keeps depthwise and
+    grouped convolutions (``group > 1``) in float when Conv is among *op_types* (CONV_EXCLUDES).
+    *prepare*: run onnxruntime's quantisation pre-processing first (BatchNorm folded into the
+    convolutions; prepare_for_conv_int8).
     """
     src, dst = Path(onnx_path), Path(out_path)
     if kind not in KINDS:
@@ -107,12 +129,14 @@ def optimize_graph(
                 if kind in ("fused", "fused-mha"):
                     os.replace(stage, dst)
                     return dst
+            if prepare:
+                stage = prepare_for_conv_int8(stage, Path(tmp) / "prepared.onnx", external_data)
             if static:
                 activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
                 weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
                 static_dst = Path(tmp) / "static.onnx" if weight_only else dst
                 _quantize_static(stage, static_dst, calibration_inputs, per_channel, reduce_range, calibration_method,
-                                 activation_ops, external_data)
+                                 activation_ops, external_data, excluded_nodes(stage, exclude))
                 if weight_only:
                     quantize_gather_rows(static_dst, dst, external_data)
             else:
@@ -120,6 +144,49 @@ def optimize_graph(
     finally:
         quant_logger.setLevel(level)
     return dst
+
+
+CONV_EXCLUDES = ("", "depthwise")
+
+
+def excluded_nodes(path: Path, exclude: str) -> list[str]:
+    """Names of the nodes *exclude* keeps in float: ``depthwise``: convolutions with
+    ``group > 1`` (depthwise and grouped), whose int8 kernels in onnxruntime are slower than
+    float ones (bench/conv_int8.py)."""
+    if exclude not in CONV_EXCLUDES:
+        raise InputError(f"exclude must be one of {CONV_EXCLUDES}, got {exclude!r}")
+    if not exclude:
+        return []
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "Conv"
+            and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+
+
+def prepare_for_conv_int8(src: Path, dst: Path, external_data: bool = False) -> Path:
+    """onnxruntime's quantisation pre-processing: BatchNormalization folded into the Conv before
+    it (so the int8 Conv is the whole Conv+BN, not a Conv followed by a float BN on dequantised
+    values) and shapes inferred. The graph computes the same function."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=False, skip_onnx_shape=False,
+                          skip_symbolic_shape=True, save_as_external_data=external_data,
+                          external_data_location=Path(dst).name + ".data" if external_data else None)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ExportError(f"pre-processing {src} for int8 convolutions failed: {exc}") from exc
+    return Path(dst)
+
+
+def conv_share(path: Path) -> float:
+    """Share of Conv nodes among the Conv/MatMul/Gemm nodes of a graph: about 0 for a ViT
+    (one patch-embedding Conv), large for convolutional towers (ResNet, ConvNeXt, FastViT)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    return ops.count("Conv") / len(ops) if ops else 0.0
 
 
 def quantize_gather_rows(src: Path, dst: Path, external_data: bool = False) -> int:
@@ -245,6 +312,7 @@ def _quantize_static(
     method: str,
     op_types: Sequence[str],
     external_data: bool,
+    nodes_to_exclude: Sequence[str] = (),
 ) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -272,12 +340,15 @@ def _quantize_static(
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             use_external_data_format=external_data,
+            nodes_to_exclude=list(nodes_to_exclude),
             extra_options={
                 "MatMulConstBOnly": True,
                 # The MatMul/Gemm outputs stay float: onnxruntime then runs each as one
                 # u8 x s8 kernel with a float result (MatMulIntegerToFloat, QGemm) instead of
                 # re-quantising it, which is both faster and more exact (docs/export.md).
-                "OpTypesToExcludeOutputQuantization": list(op_types),
+                # Conv keeps its output quantised: onnxruntime fuses DQ -> Conv -> Q into one
+                # integer QLinearConv only then (a Conv without the Q runs in float).
+                "OpTypesToExcludeOutputQuantization": [op for op in op_types if op != "Conv"],
                 # Calibrate a few samples at a time (ranges/histograms are merged between
                 # chunks): the histogram methods keep every activation tensor of a chunk,
                 # ~100 MB per ViT-B/32 image. (CalibMaxIntermediateOutputs drops the data of

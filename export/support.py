@@ -6,18 +6,23 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+
 def unsupported_reason(arch: str, model_cfg: Optional[Mapping[str, Any]]) -> Optional[str]:
     """None when clip-rt can export *arch*, whose open_clip model config is *model_cfg*; else
-    why not, as a short phrase. Mirrors open_clip.get_tokenizer's choice of tokenizer: clip-rt
-    reproduces only open_clip's CLIP BPE tokenizer (SimpleTokenizer, lower-casing) so far."""
+    why not, as a short phrase. Mirrors open_clip.get_tokenizer's choice of tokenizer: open_clip's
+    CLIP BPE tokenizer (SimpleTokenizer, lower-casing) and Hugging Face tokenizers named by
+    ``text_cfg.hf_tokenizer_name`` (run as open_clip's HFTokenizer; the export needs their files
+    passed with --tokenizer or in the Hugging Face cache)."""
     if model_cfg is None:
         return "open_clip has no model config for it"
     text_cfg = model_cfg.get("text_cfg") or {}
-    hf_tokenizer = text_cfg.get("hf_tokenizer_name")
-    if hf_tokenizer:
-        return f"non-CLIP tokenizer ({hf_tokenizer})"
+    mode = text_cfg.get("tokenizer_mode")
+    if mode:
+        return f"open_clip tokenizer_mode {mode!r}"
+    if text_cfg.get("hf_tokenizer_name"):
+        return None
     if "siglip" in arch.lower():
-        return "non-CLIP tokenizer (SigLIP's)"
+        return "SigLIP config without hf_tokenizer_name (open_clip would download a SentencePiece vocabulary)"
     kwargs = text_cfg.get("tokenizer_kwargs") or {}
     if kwargs.get("reduction_mask"):
         return f"CLIP tokenizer with a {kwargs['reduction_mask']!r} text reduction mask"

@@ -50,6 +50,7 @@ class References:
     longest_prompt: int  # tokens in the longest prompt, SOT and EOT included
     image_names: list[str] = field(default_factory=list)
     labels: int = 0  # the last *labels* prompts are the zero-shot classes
+    pad_token_id: int = 0  # the tokenizer's padding id (rows are padded on the right)
 
     @property
     def photos(self) -> int:
@@ -78,10 +79,11 @@ def torch_references(model: Any, tokenizer: Any) -> References:
     names = [f"scene {i}" for i in range(len(sample_images()))] + held.names
     labels = label_prompts()
     ids = tokenizer(list(PROMPTS) + labels)
+    pad = pad_id_of(tokenizer)
     with torch.no_grad():
         image = F.normalize(model.encode_image(pixels), dim=-1)
         text = F.normalize(model.encode_text(ids), dim=-1)
-    longest = int(_lengths(ids.numpy()).max())
+    longest = int(lengths_of(ids.numpy(), pad).max())
     return References(
         pixel_values=pixels.numpy().astype(np.float32),
         image_embeds=image.numpy().astype(np.float32),
@@ -90,7 +92,22 @@ def torch_references(model: Any, tokenizer: Any) -> References:
         longest_prompt=longest,
         image_names=names,
         labels=len(labels),
+        pad_token_id=pad,
     )
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The id open_clip's *tokenizer* pads with: 0 for CLIP BPE, the HF tokenizer's pad id."""
+    hf = getattr(tokenizer, "tokenizer", None)
+    return int(hf.pad_token_id) if hf is not None and getattr(hf, "pad_token_id", None) is not None else 0
+
+
+def lengths_of(ids: np.ndarray, pad_token_id: int = 0) -> np.ndarray:
+    """Ids per row up to the last non-padding one (right-padded rows; SOT/EOT included)."""
+    ids = np.asarray(ids)
+    real = ids != pad_token_id
+    last = ids.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 0)
 
 
 def _session(path: Path) -> Any:
@@ -119,11 +136,6 @@ def compare(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 
 def _top1(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.argmax(_unit(image) @ _unit(classes).T, axis=-1)
-
-
-def _lengths(ids: np.ndarray) -> np.ndarray:
-    # Up to the EOT token, the largest id in CLIP BPE (id 0 is "!" as well as the padding).
-    return ids.argmax(axis=1) + 1
 
 
 @dataclass
@@ -163,7 +175,7 @@ def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) 
     # A prompt alone (trimmed to its own length, as the runtime does) vs among prompts of other lengths.
     rows = np.linspace(0, len(ids) - 1, min(BATCH_ROWS, len(ids))).round().astype(int)
     batch = ids[rows]
-    lengths = _lengths(batch)
+    lengths = lengths_of(batch, refs.pad_token_id)
     if dynamic_sequence:
         together = session.run(None, {TEXT_INPUT: batch[:, : int(lengths.max())]})[0]
         alone = [session.run(None, {TEXT_INPUT: batch[i:i + 1, : max(2, int(n))]})[0] for i, n in enumerate(lengths)]

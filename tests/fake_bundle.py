@@ -32,6 +32,7 @@ from clip_rt.bundle.manifest import (
     ImageConfig,
     Manifest,
     TextConfig,
+    required_format_version,
     sha256_file,
 )
 
@@ -141,6 +142,7 @@ def build_fake_bundle(
     logit_scale: float = 100.0,
     logit_bias: Optional[float] = None,
     seed: int = 0,
+    scoring: str = "softmax",
 ) -> Path:
     """Write the bundle into *bundle_dir* (created) and return it."""
     bundle_dir = Path(bundle_dir)
@@ -179,6 +181,8 @@ def build_fake_bundle(
         parity={},
         versions={"fake_bundle": "1", "onnx": onnx.__version__},
         created="2026-01-01T00:00:00Z",
+        scoring=scoring,
     )
+    manifest.format_version = required_format_version(manifest)
     manifest.write(bundle_dir)
     return bundle_dir

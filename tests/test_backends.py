@@ -164,6 +164,11 @@ def test_model_on_openvino_equals_onnxruntime(bundle: Path, tmp_path: Path, clip
     assert "throughput" in rt["image"]["running"]  # iter_images compiled the throughput model
     with pytest.raises(InputError, match="needs the onnxruntime backend"):
         ov_m.encode_pixels(pixels(1), output="ortvalue")
+    # The server's path: batches through the throughput queue, as many at once as it has streams.
+    assert ov_m.image_streams == ov_m.session("image").queue_depth >= 1 and ort_m.image_streams == 1
+    batch = pixels(4)
+    np.testing.assert_allclose(ov_m.encode_pixels(batch, queued=True), ov_m.encode_pixels(batch), atol=1e-5)
+    np.testing.assert_array_equal(ort_m.encode_pixels(batch, queued=True), ort_m.encode_pixels(batch))
     assert any((clip_home / "cache" / "openvino").iterdir())  # compiled models kept for the next start
 
 

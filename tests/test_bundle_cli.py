@@ -130,7 +130,8 @@ def test_export_domain_errors_exit_1(tmp_path: Path) -> None:
     clash = run("export", "ViT-B-32", "--pretrained", "none", "-o", str(existing))
     assert clash.exit_code == 1 and "--force" in clash.output
     siglip = run("export", "ViT-B-16-SigLIP", "--pretrained", "none", "-o", str(tmp_path / "s"))
-    assert siglip.exit_code == 1 and "not supported yet" in siglip.output
+    assert siglip.exit_code == 1 and "needs the T5 SentencePiece (SigLIP) tokenizer" in siglip.output
+    assert "--tokenizer DIR" in siglip.output and not (tmp_path / "s").exists()
 
 
 def test_export_into_the_store_then_list_it(clip_home: Path) -> None:

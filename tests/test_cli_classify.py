@@ -64,6 +64,7 @@ class FakeModel:
         self.manifest = SimpleNamespace(name=name, fingerprint=fingerprint)
         self.precision = "fp32"
         self.logit_scale = 100.0
+        self.scoring = "softmax"
 
     @staticmethod
     def _embed(img: Image.Image) -> np.ndarray:

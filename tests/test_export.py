@@ -295,11 +295,24 @@ def test_default_output_is_the_store(tiny_checkpoint: Path, clip_home: Path) -> 
     assert default_output(arch, source) == clip_home / "models" / "ViT-B-32-openai"
 
 
-def test_unsupported_tokenizers_are_refused(tmp_path: Path) -> None:
-    for name in ("ViT-B-16-SigLIP", "xlm-roberta-base-ViT-B-32"):
-        with pytest.raises(ExportError, match="not supported yet"):
+def test_hf_tokenizer_models_need_their_tokenizer(tmp_path: Path) -> None:
+    """Offline, without --tokenizer and with nothing in the Hugging Face cache: a fast, clear
+    error naming the tokenizer and how to pass it; nothing written."""
+    for name, kind in (("ViT-B-16-SigLIP", "T5 SentencePiece"), ("ViT-B-16-SigLIP2", "Gemma SentencePiece"),
+                       ("xlm-roberta-base-ViT-B-32", "Hugging Face xlm-roberta-base")):
+        t0 = time.monotonic()
+        with pytest.raises(ExportError, match=f"needs the {kind}.*--tokenizer DIR"):
             export_bundle(name, "none", output=tmp_path / name)
+        assert time.monotonic() - t0 < 10  # before the model is built
     assert _leftovers(tmp_path) == []
+    with pytest.raises(InputError, match="uses open_clip's built-in CLIP BPE tokenizer"):
+        export_bundle(TINY_ARCH, "none", model_config=TINY_CONFIG, output=tmp_path / "t", tokenizer=tmp_path)
+    odd = tmp_path / "odd.json"
+    cfg = json.loads(TINY_CONFIG.read_text())
+    cfg["text_cfg"].update(hf_tokenizer_name="bert-base-uncased", tokenizer_mode="clips")
+    odd.write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="not supported yet: open_clip tokenizer_mode 'clips'"):
+        export_bundle("odd-arch", "none", model_config=odd, output=tmp_path / "o")
 
 
 def test_bad_model_config_is_an_input_error(tmp_path: Path) -> None:

@@ -190,7 +190,7 @@ DAMAGE = {
     "missing manifest": (lambda b: (b / "manifest.json").unlink(), ModelNotFoundError,
                          r"is a directory but not a clip-rt bundle: expected manifest\.json inside it"),
     "newer format_version": (lambda b: _edit_manifest(b, lambda d: d.update(format_version=99)), BundleError,
-                             r"bundle format version 99 is newer than this clip-rt reads \(up to 1\); "
+                             r"bundle format version 99 is newer than this clip-rt reads \(up to 2\); "
                              r"upgrade clip-rt or re-export the model"),
     "manifest not JSON": (lambda b: (b / "manifest.json").write_text('{"format_version": 1,'), BundleError,
                           r"manifest\.json: not valid JSON"),

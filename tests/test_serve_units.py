@@ -115,6 +115,89 @@ def test_batcher_close_finishes_what_is_queued() -> None:
     assert run(main()) == [[1], [2], [3], [4], [5]]
 
 
+def test_batcher_runs_up_to_concurrency_batches_at_once_each_answer_its_own() -> None:
+    """Streams: two batches in flight, never three; every input gets its own result."""
+    lock = threading.Lock()
+    active, peak = [0], [0]
+    both_running = threading.Barrier(2, timeout=5)
+
+    def work(items: list[int]) -> list[int]:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            if items[0] < 4:  # the first two batches only return once both run at the same time
+                both_running.wait()
+            return [x * 10 for x in items]
+        finally:
+            with lock:
+                active[0] -= 1
+
+    async def main() -> list[list[int]]:
+        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=2, max_wait_s=0.05, max_queue=100,
+                                                     concurrency=2)
+        b.start()
+        out = await asyncio.gather(*(b.submit([i], b.reserve(1)) for i in range(9)))
+        await b.close()
+        return out
+
+    assert run(main()) == [[i * 10] for i in range(9)]
+    assert peak[0] == 2
+
+
+def test_batcher_close_waits_for_batches_still_running() -> None:
+    release = threading.Event()
+
+    def work(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    async def main() -> list[Any]:
+        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=1, max_wait_s=0.0, max_queue=10,
+                                                     concurrency=3)
+        b.start()
+        pending = [asyncio.ensure_future(b.submit([i], b.reserve(1))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # three batches are still running
+        release.set()
+        await closing
+        return await asyncio.gather(*pending)
+
+    assert run(main()) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="concurrency must be a positive integer"):
+        DynamicBatcher("t", lambda xs: xs, max_batch_size=1, max_wait_s=0.0, max_queue=1, concurrency=0)
+
+
+def test_served_model_runs_the_backends_streams_through_its_queue() -> None:
+    import numpy as np
+
+    from clip_rt.serve.registry import ServedModel
+
+    class FakeModel:
+        image_streams = 2  # as ClipModel reports for OpenVINO in throughput mode
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, bool]] = []
+
+        def encode_pixels(self, px: Any, output: str = "numpy", *, queued: bool = False) -> Any:
+            self.calls.append((len(px), queued))
+            return px.reshape(len(px), -1)[:, :4]
+
+    pixels = [np.full((3, 2, 2), i, np.float32) for i in range(3)]
+    model = FakeModel()
+    served = ServedModel("m", model, ServeConfig(), Metrics())
+    assert served.image.concurrency == 2
+    assert [r[0] for r in served._encode_pixels(pixels)] == [0, 1, 2] and model.calls == [(3, True)]
+    model = FakeModel()
+    served = ServedModel("m", model, ServeConfig(image_streams=1), Metrics())  # one request at a time
+    served._encode_pixels(pixels)
+    assert served.image.concurrency == 1 and model.calls == [(3, False)]
+    with pytest.raises(InputError, match="image_streams must be a positive integer"):
+        ServeConfig(image_streams=0)
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def test_metrics_text_format() -> None:
     m = Metrics()

@@ -165,8 +165,13 @@ def test_did_you_mean_instead_of_an_export_hint_from_the_typo(store: Path, tmp_p
                           ("ViT-B/32", "ViT-B-32 --pretrained openai"), ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
         with pytest.raises(ModelNotFoundError, match=f"Export it first, e.g. `clip-rt export {command}`"):
             resolve_bundle(name)
-    with pytest.raises(ModelNotFoundError, match="ViT-B-16-SigLIP cannot be exported yet: non-CLIP tokenizer"):
+    with pytest.raises(ModelNotFoundError, match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
         resolve_bundle("ViT-B-16-SigLIP-webli")
+    real = catalogue.load_catalogue()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(catalogue, "load_catalogue", lambda: {**real, "unsupported": {"ViT-B-16-SigLIP": "some reason"}})
+        with pytest.raises(ModelNotFoundError, match="ViT-B-16-SigLIP cannot be exported yet: some reason"):
+            resolve_bundle("ViT-B-16-SigLIP-webli")
     with pytest.raises(ModelNotFoundError, match="clip-rt models --available"):
         resolve_bundle("qqqqqqqq")
     with pytest.raises(ModelNotFoundError, match="no directory './gone'"):
@@ -184,18 +189,48 @@ def test_export_names_case_insensitive_and_did_you_mean() -> None:
 
 
 # -- models --available -----------------------------------------------------------------------
-def test_models_available_lists_only_what_export_supports_and_marks_the_rest() -> None:
+def test_models_available_lists_what_export_accepts_with_families() -> None:
     data = json.loads(run("models", "--available", "--json").output)
     assert "ViT-B-32" in data["architectures"] and "RN50" in data["architectures"]
-    assert "ViT-B-16-SigLIP" not in data["architectures"]
-    assert data["unsupported"]["ViT-B-16-SigLIP"]["reason"].startswith("non-CLIP tokenizer")
-    assert "webli" in data["unsupported"]["ViT-B-16-SigLIP"]["tags"]
+    # Hugging Face tokenizers (SigLIP, XLM-R, ...) are exported since issue 15.
+    assert "ViT-B-16-SigLIP" in data["architectures"] and "webli" in data["architectures"]["ViT-B-16-SigLIP"]
+    assert data["family_of"]["ViT-B-16-SigLIP"] == "SigLIP"
+    assert data["unsupported"] == {a: {"reason": r, "tags": catalogue.architectures().get(a, [])}
+                                   for a, r in catalogue.unsupported().items()}
     assert set(data["architectures"]).isdisjoint(data["unsupported"])
     assert set(data["architectures"]) | set(data["unsupported"]) == set(catalogue.architectures())
+
+
+def test_models_available_shows_refused_architectures_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = catalogue.load_catalogue()
+    fake = {**real, "unsupported": {"ViT-B-16-SigLIP": "open_clip tokenizer_mode 'x'"}}
+    monkeypatch.setattr(catalogue, "load_catalogue", lambda: fake)
+    data = json.loads(run("models", "--available", "--json").output)
+    assert "ViT-B-16-SigLIP" not in data["architectures"] and "ViT-B-32" in data["architectures"]
+    assert data["unsupported"]["ViT-B-16-SigLIP"] == {"reason": "open_clip tokenizer_mode 'x'",
+                                                      "tags": real["architectures"]["ViT-B-16-SigLIP"]}
     text = run("models", "--available").output
     supported, refused = text.split("not supported yet")
-    assert "ViT-B-16-SigLIP" not in supported and "  ViT-B-32 " in supported
-    assert any(line.split()[:1] == ["ViT-B-16-SigLIP"] and "non-CLIP tokenizer" in line for line in refused.splitlines())
+    assert not any(line.split()[:1] == ["ViT-B-16-SigLIP"] for line in supported.splitlines())
+    assert "  ViT-B-32 " in supported
+    assert any(line.split()[:1] == ["ViT-B-16-SigLIP"] and "tokenizer_mode" in line for line in refused.splitlines())
+
+
+@pytest.mark.parametrize("arch, cfg, reason", [
+    ("ViT-B-32", {"text_cfg": {}}, None),
+    ("ViT-B-16-SigLIP", {"text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}}, None),
+    ("xlm-roberta-base-ViT-B-32", {"text_cfg": {"hf_tokenizer_name": "xlm-roberta-base"}}, None),
+    ("ViT-B-16-SigLIP-custom", {"text_cfg": {}}, "SigLIP config without hf_tokenizer_name"),
+    ("X", {"text_cfg": {"hf_tokenizer_name": "t", "tokenizer_mode": "clips"}}, "tokenizer_mode 'clips'"),
+    ("X", {"text_cfg": {"tokenizer_kwargs": {"reduction_mask": "random"}}}, "reduction mask"),
+    ("X", {"text_cfg": {"tokenizer_kwargs": {"clean": "whitespace"}}}, "'whitespace' text cleaning"),
+    ("X", None, "no model config"),
+])
+def test_the_export_rule_refuses_only_what_clip_rt_cannot_reproduce(arch: str, cfg: object, reason: object) -> None:
+    from clip_rt_export.support import unsupported_reason
+
+    got = unsupported_reason(arch, cfg)  # type: ignore[arg-type]
+    assert got is None if reason is None else (got is not None and str(reason) in got)
 
 
 def test_the_catalogue_marks_agree_with_the_export_check() -> None:

@@ -72,6 +72,27 @@ def close_matches(name: str, candidates: list[str], n: int = 3) -> list[str]:
     return [c for f in found for c in by_fold[f]][:n]
 
 
+@lru_cache(maxsize=1)
+def load_families() -> dict[str, Any]:
+    """``models/families.json``: the families clip-rt exports, with the parity and int8 speed-up
+    measured on this project's CPU (written by ``python -m bench.models_table``)."""
+    try:
+        text = resources.files("clip_rt_models").joinpath("families.json").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"families": {}, "patterns": []}
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def family_of(architecture: str) -> Optional[str]:
+    """The family an open_clip architecture belongs to (``SigLIP2``, ``ViT (CLIP)``, ...), by
+    the name patterns of families.json; None when no pattern matches."""
+    for entry in load_families().get("patterns", []):
+        if re.search(entry["pattern"], architecture):
+            return str(entry["family"])
+    return None
+
+
 def resolve_alias(name: str) -> Optional[ModelRef]:
     """``ViT-B/32`` -> ``ModelRef('ViT-B-32', 'openai')``; None when *name* is no alias."""
     entry = load_catalogue()["aliases"].get(name)

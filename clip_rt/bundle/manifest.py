@@ -14,7 +14,11 @@ from .schema import (
 )
 from .store import MANIFEST_NAME
 
-FORMAT_VERSION = 1
+# The newest layout this clip-rt reads. A bundle says the oldest layout that reads it right:
+# 1 for CLIP BPE + softmax bundles (every older runtime reads them), 2 when it needs what an
+# older runtime would silently ignore (a Hugging Face tokenizer, sigmoid scoring):
+# see required_format_version.
+FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
 ENCODERS = ("image", "text")
 RESIZE_MODES = ("shortest", "longest", "squash")
@@ -26,6 +30,16 @@ IMAGE_INPUT = "pixel_values"  # float32 (N, 3, H, W), already normalised
 IMAGE_OUTPUT = "image_embeds"  # float32 (N, D), L2-normalised
 TEXT_INPUT = "input_ids"  # int64 (N, L); L == context_length unless text.dynamic_sequence
 TEXT_OUTPUT = "text_embeds"  # float32 (N, D), L2-normalised
+
+# How text becomes ids (``text.tokenizer_kind``): open_clip's CLIP BPE (SimpleTokenizer, the
+# default, what every bundle before it had) or a Hugging Face tokenizer as open_clip's
+# HFTokenizer runs it (SigLIP, SigLIP2, XLM-R, NLLB, RoBERTa ... towers).
+TOKENIZER_KINDS = ("clip_bpe", "hf")
+# open_clip's text cleaning functions (open_clip.tokenizer.get_clean_fn).
+CLEAN_FUNCTIONS = ("lower", "whitespace", "canonicalize")
+# How zero-shot probabilities are made from logits (``scoring``): CLIP's softmax over the
+# labels, or SigLIP's independent per-label sigmoid of ``logit_scale * cos + logit_bias``.
+SCORINGS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -43,13 +57,30 @@ class TextConfig:
     context_length: int
     vocab_size: int
     tokenizer_file: str = "tokenizer.json"
-    sot_token_id: int = 49406
-    eot_token_id: int = 49407
+    # CLIP BPE: SOT + tokens + EOT. Hugging Face tokenizers: their bos/cls and eos/sep ids
+    # (informational, None where the tokenizer has none: its post-processor adds the specials).
+    sot_token_id: Optional[int] = 49406
+    eot_token_id: Optional[int] = 49407
     pad_token_id: int = 0
     # True when the text graph accepts any L <= context_length and gives the same
-    # embedding as at full length (causal tower pooled at EOT): the runtime then only
-    # encodes up to the longest prompt in a batch.
+    # embedding as at full length (causal tower pooled at EOT, or a tower that masks padding
+    # out of attention and pooling): the runtime then only encodes up to the longest prompt
+    # in a batch.
     dynamic_sequence: bool = False
+    # -- optional, from clip-rt 0.2 (older bundles: CLIP BPE, the defaults) --------------------
+    tokenizer_kind: str = "clip_bpe"  # TOKENIZER_KINDS
+    clean: str = "lower"  # open_clip's text cleaning (CLEAN_FUNCTIONS) before tokenising
+    # hf: the tokenizer.json's own post-processor adds the special tokens; the runtime then
+    # truncates to context_length on *truncation_side* and pads with pad_token_id on
+    # *padding_side*, as transformers does for ``padding="max_length", truncation=True``.
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    # open_clip's HFTokenizer(strip_sep_token=True): sep_token_id ids are replaced by 0.
+    strip_sep_token: bool = False
+    sep_token_id: Optional[int] = None
+    # How the text tower pools (informational: the graph does it): "argmax"/"eos" (EOT token),
+    # "last", "first", "mean", "cls" ... None when not recorded.
+    pooling: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,8 @@ class Manifest:
     notes: list[str] = field(default_factory=list)
     # precision -> encoder -> how the graph was quantised (int8 only; optional, see LEGACY_INT8)
     quantization: dict[str, dict[str, Quantization]] = field(default_factory=dict)
+    # SCORINGS: how zero-shot scores are made (optional; older bundles are CLIP models: softmax)
+    scoring: str = "softmax"
 
     # -- identity -------------------------------------------------------------
     @property
@@ -199,6 +232,15 @@ class Manifest:
             raise BundleError(f"{source}: malformed manifest: {exc}") from None
 
 
+def required_format_version(manifest: "Manifest") -> int:
+    """The lowest format version whose readers use *manifest* correctly: 2 when it needs a
+    Hugging Face tokenizer or sigmoid scoring (a version-1 reader would tokenise with CLIP BPE
+    or score with a softmax, without an error), else 1."""
+    if manifest.text.tokenizer_kind != "clip_bpe" or manifest.scoring != "softmax":
+        return 2
+    return 1
+
+
 # -- the schema: every field a manifest may have, with its type and bounds -------------------------
 # Adding a field: one line here, plus the field (with a default, so that older bundles keep
 # loading) in its dataclass above. Unknown keys are ignored (see schema.py). Bounds are generous
@@ -213,11 +255,17 @@ MAX_FILE_BYTES = 1 << 40
 
 
 def _check_token_ids(text: dict[str, Any], path: str) -> None:
-    for key in ("sot_token_id", "eot_token_id", "pad_token_id"):
-        if text[key] >= text["vocab_size"]:
+    for key in ("sot_token_id", "eot_token_id", "pad_token_id", "sep_token_id"):
+        if text[key] is not None and text[key] >= text["vocab_size"]:
             raise SchemaError(f"{path}.{key}", f"{text[key]} is not below text.vocab_size ({text['vocab_size']})")
-    if text["sot_token_id"] == text["eot_token_id"]:
-        raise SchemaError(f"{path}.eot_token_id", "must differ from text.sot_token_id")
+    if text["tokenizer_kind"] == "clip_bpe":  # CLIP BPE adds SOT and EOT itself: both needed, distinct
+        for key in ("sot_token_id", "eot_token_id"):
+            if text[key] is None:
+                raise SchemaError(f"{path}.{key}", "required for the CLIP BPE tokenizer, got null")
+        if text["sot_token_id"] == text["eot_token_id"]:
+            raise SchemaError(f"{path}.eot_token_id", "must differ from text.sot_token_id")
+    if text["strip_sep_token"] and text["sep_token_id"] is None:
+        raise SchemaError(f"{path}.sep_token_id", "required when text.strip_sep_token is true")
 
 
 def _check_files_listed(m: dict[str, Any], path: str) -> None:
@@ -273,10 +321,17 @@ MANIFEST_SCHEMA = Obj({
         "context_length": req(Int(2, MAX_CONTEXT)),
         "vocab_size": req(Int(2, MAX_VOCAB)),
         "tokenizer_file": opt(RelPath(), "tokenizer.json"),
-        "sot_token_id": opt(Int(0, MAX_VOCAB), 49406),
-        "eot_token_id": opt(Int(0, MAX_VOCAB), 49407),
+        "sot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49406),
+        "eot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49407),
         "pad_token_id": opt(Int(0, MAX_VOCAB), 0),
         "dynamic_sequence": opt(Bool(), False),
+        "tokenizer_kind": opt(Str(16, choices=TOKENIZER_KINDS), "clip_bpe"),
+        "clean": opt(Str(16, choices=CLEAN_FUNCTIONS), "lower"),
+        "padding_side": opt(Str(8, choices=("right", "left")), "right"),
+        "truncation_side": opt(Str(8, choices=("right", "left")), "right"),
+        "strip_sep_token": opt(Bool(), False),
+        "sep_token_id": opt(Nullable(Int(0, MAX_VOCAB))),
+        "pooling": opt(Nullable(Str(32, min_len=1, pattern=_TEXT))),
     }, build=TextConfig, checks=(_check_token_ids,))),
     "graphs": req(MapOf(_KEY, MapOf(_KEY, Obj({
         "file": req(RelPath()),
@@ -299,6 +354,7 @@ MANIFEST_SCHEMA = Obj({
     "created": opt(Str(64, pattern=_TEXT), ""),
     "notes": opt(ListOf(Str(10_000), max_len=1000), []),
     "quantization": opt(MapOf(_KEY, MapOf(_KEY, _QUANTIZATION, max_len=8), max_len=16), {}),
+    "scoring": opt(Str(16, choices=SCORINGS), "softmax"),
 }, build=Manifest, checks=(_check_files_listed,))
 
 

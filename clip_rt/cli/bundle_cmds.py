@@ -59,13 +59,16 @@ class _DropKnownNoise(logging.Filter):
 @click.option("--int8-min-cosine", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Accept int8 graphs down to this min cosine vs torch (default gate: 0.999 image, 0.998 text); "
                    "recorded in the manifest. For small models whose int8 rounding is coarser.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None, metavar="PATH",
+              help="The model's Hugging Face tokenizer: a tokenizer.json or a tokenizer folder (models whose "
+                   "tokenizer is not CLIP BPE: SigLIP, XLM-R, ...). Default: the Hugging Face cache.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the target.")
 @click.option("--quiet", "-q", is_flag=True, help="Only print the bundle path.")
 @click.pass_context
 def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precisions: tuple[str, ...],
                no_fp32: bool, output: Optional[Path], model_config: Optional[Path], seed: Optional[int],
-               calibration_method: Optional[str], int8_min_cosine: Optional[float], force: bool,
-               quiet: bool) -> None:
+               calibration_method: Optional[str], int8_min_cosine: Optional[float], tokenizer: Optional[Path],
+               force: bool, quiet: bool) -> None:
     """Export MODEL (open_clip name such as ViT-B-32, or OpenAI alias such as ViT-B/32) to a bundle.
 
     Every graph is checked against the torch model before the bundle is written; the bundle
@@ -100,6 +103,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             calibration_method=calibration_method,
             int8_min_cosine=int8_min_cosine,
             include_fp32=not no_fp32,
+            tokenizer=tokenizer,
         )
     except InputError as exc:
         raise click.UsageError(str(exc), ctx) from exc
@@ -196,6 +200,12 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
         f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
         f"precisions:    {', '.join(m.precisions)}" + (
             " (slim bundle: no fp32 graphs; its parity figures below are against torch)" if slim else ""),
+        f"tokenizer:     " + ("CLIP BPE" if m.text.tokenizer_kind == "clip_bpe" else
+                              f"Hugging Face (clean {m.text.clean}, pad id {m.text.pad_token_id}, "
+                              f"{m.text.padding_side} padding)")
+        + (f", pooling {m.text.pooling}" if m.text.pooling else ""),
+        f"scoring:       " + ("softmax over the labels" if m.scoring == "softmax" else
+                              "sigmoid per label (sigmoid(logit_scale * cos + logit_bias))"),
         f"fingerprint:   {m.fingerprint}",
         f"created:       {m.created}",
         f"format:        {m.format_version}",
@@ -242,6 +252,27 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
     click.echo("\n".join(lines))
 
 
+def _echo_families(families: dict[str, Any]) -> None:
+    """Per family: the architecture exported here, its tokenizer and scoring, the parity and the
+    int8 speed-up measured (models/families.json, docs/models.md)."""
+    rows = families.get("families", {})
+    if not rows:
+        return
+    click.echo(f"Model families exported and measured here ({families.get('measured', '?')}, random weights; "
+               "docs/models.md):")
+    click.echo(f"  {'family':<20} {'architecture':<28} {'scoring':<8} {'fp32 diff':>9} {'int8 cos img/txt':>17} "
+               f"{'int8 speed-up img/txt':>22}  tokenizer")
+
+    def pair(values: Any, fmt: str) -> str:
+        return "-" if not values else "/".join("-" if v is None else format(v, fmt) for v in values)
+
+    for family, row in rows.items():
+        click.echo(f"  {family:<20} {row['architecture']:<28} {row['scoring']:<8} "
+                   f"{max(row['fp32_max_abs_diff']):>9.1e} {pair(row.get('int8_min_cosine'), '.4f'):>17} "
+                   f"{pair(row.get('int8_speedup'), '.2f') + 'x':>22}  {row['tokenizer']}")
+    click.echo("")
+
+
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.option("--available", is_flag=True,
@@ -249,24 +280,30 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
                    "with the reason).")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import architectures, exportable_architectures, load_catalogue, unsupported
+    from ..bundle.catalogue import (architectures, exportable_architectures, family_of, load_catalogue,
+                                    load_families, unsupported)
     from ..bundle.store import list_bundles, models_dir
 
     if available:
         aliases = load_catalogue()["aliases"]
         refused = {arch: {"reason": reason, "tags": architectures().get(arch, [])}
                    for arch, reason in unsupported().items()}
+        families = load_families()
         if as_json:
             click.echo(json.dumps({"aliases": aliases, "architectures": exportable_architectures(),
-                                   "unsupported": refused}, indent=2))
+                                   "unsupported": refused, "families": families.get("families", {}),
+                                   "family_of": {a: family_of(a) for a in architectures()}}, indent=2,
+                                  ensure_ascii=False))
             return
+        _echo_families(families)
         click.echo("OpenAI aliases:")
         for name, ref in aliases.items():
             click.echo(f"  {name:<16} {ref['architecture']} --pretrained {ref['pretrained']}")
-        click.echo("open_clip architectures `clip-rt export` supports (pretrained tags; `--pretrained none` "
-                   "always works):")
+        click.echo("open_clip architectures `clip-rt export` supports [family] (pretrained tags; "
+                   "`--pretrained none` always works):")
         for arch, tags in exportable_architectures().items():
-            click.echo(f"  {arch:<32} {', '.join(tags) if tags else '-'}")
+            family = family_of(arch)
+            click.echo(f"  {arch:<32} {'[' + family + ']' if family else '':<22} {', '.join(tags) if tags else '-'}")
         if refused:
             click.echo(f"not supported yet ({len(refused)} architectures; export refuses them):")
             for arch, entry in refused.items():

@@ -93,6 +93,14 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     model.release("text")  # class embeddings are ready: free the text graph's memory
     model.session("image")  # a damaged image graph fails here, before -o is truncated
     identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
+    scoring = getattr(model, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
+    if scoring != "softmax":
+        # Scores of another kind than the CLIP softmax: say so in the run description beside the
+        # output (older descriptions have no such key: they are all softmax).
+        identity["scoring"] = scoring
+    from ..zeroshot import describe_scoring
+
+    echo_err(f"scores: {describe_scoring(scoring)}")
     # What ran is recorded with the run, but a resume on another backend is still the same run.
     runtime = runtime_summary(model)
     described = {**identity, "runtime": runtime} if runtime else identity
@@ -154,7 +162,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-        summary = write_report(everything, report_dir, labels, identity=described, contact_sheet=contact_n,
+        summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring}, contact_sheet=contact_n,
                                bom=csv_bom)
         fonts = ", ".join(summary["fonts"]["families"])
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")

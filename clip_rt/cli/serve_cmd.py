@@ -40,6 +40,10 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               show_default=True, help="Most texts per text-encoder batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=_DEFAULTS.max_wait_ms, show_default=True,
               help="Longest an input waits for its batch to fill.")
+@click.option("--image-streams", type=click.IntRange(min=1), default=None,
+              help="Image batches encoded at once. Default: the backend's throughput streams where the CPU plan "
+                   "runs batches in throughput mode (OpenVINO), else 1. 1 with --max-batch-size 1 = one request "
+                   "at a time.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=_DEFAULTS.max_queue, show_default=True,
               help="Inputs admitted per encoder (decoding or waiting) before requests get 503 + Retry-After.")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=_DEFAULTS.max_concurrency, show_default=True,
@@ -70,7 +74,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
               threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
-              max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
+              image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
               max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
               indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
               log_level: str, access_log: bool) -> None:
@@ -87,7 +91,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     config = ServeConfig(
         host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
         provider=provider, precision=precision, threads=threads, draft=draft, max_batch_size=max_batch_size,
-        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, image_streams=image_streams, max_queue=max_queue,
         max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
         max_text_chars=max_text_chars, max_labels=max_labels, max_prompts=max_prompts,
         max_image_pixels=max_image_pixels, api_key=api_key or None, allow_dirs=allow_dirs,

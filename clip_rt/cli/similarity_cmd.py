@@ -1,4 +1,5 @@
-"""`clip-rt similarity IMAGE TEXT...`: softmax probabilities of one image against texts."""
+"""`clip-rt similarity IMAGE TEXT...`: probabilities of one image against texts (softmax over the
+texts for CLIP models, a sigmoid per text for SigLIP models: the bundle's scoring)."""
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ from .common import echo_err, model_from_options, model_options
 @model_options(batch_size=False)
 def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str], fmt: str, model_name: str,
                    provider: Optional[str], precision: Optional[str], threads: Optional[int]) -> None:
-    """Probability of IMAGE matching each TEXT: softmax over the texts of the model's scaled
-    cosine similarities (they sum to 1; add texts to compare against)."""
+    """Probability of IMAGE matching each TEXT. CLIP models: softmax over the texts of the model's
+    scaled cosine similarities (they sum to 1; add texts to compare against). SigLIP models
+    (sigmoid scoring): each text's own probability, independent of the others."""
     if any(not t.strip() for t in texts):
         raise click.UsageError("TEXT arguments must not be empty")
     if plot_path:
@@ -35,8 +37,12 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     model = model_from_options(model_name, provider, precision, threads)
     probs = [float(p) for p in model.similarity(image, list(texts))]
     if fmt == "json":
-        click.echo(dumps_json({"image": image, "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)}}))
+        click.echo(dumps_json({"image": image, "scoring": model.scoring,
+                               "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)}}))
     else:
+        from ..zeroshot import describe_scoring
+
+        echo_err(f"scores: {describe_scoring(model.scoring)}")
         click.echo(f"{'prob':>7}  text")
         for text, p in zip(texts, probs):
             click.echo(f"{100 * p:6.2f}%  {printable(text)}")
@@ -44,6 +50,7 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
         from ..outputs.charts import plot_similarity
         from ..outputs.fonts import choose_fonts
 
-        plot_similarity(image, list(texts), probs, plot_path, title=display_path(image))
+        plot_similarity(image, list(texts), probs, plot_path, title=display_path(image)
+                        + (" (sigmoid per text)" if model.scoring == "sigmoid" else ""))
         fonts = ", ".join(choose_fonts(list(texts) + [display_path(image)]).families)
         echo_err(f"plot written to {display_path(plot_path)} (chart fonts: {fonts})")

@@ -114,10 +114,18 @@ def _check_text(session: OrtSession, dims: list[Any], manifest: Manifest) -> Non
             raise BundleError(f"{session.path}: the manifest says text.dynamic_sequence, but input "
                               f"{TEXT_INPUT!r} has a fixed length of {length} tokens")
     top = text.vocab_size - 1
-    ids = [text.sot_token_id, top, text.eot_token_id] if text.context_length >= 3 else [top, text.eot_token_id]
+    _probe(session, TEXT_INPUT, _probe_ids(text), manifest, f"token ids up to {top} (text.vocab_size {text.vocab_size})")
+
+
+def _probe_ids(text: Any) -> np.ndarray:
+    """One row with the largest id the manifest allows, between the special ids the tokenizer
+    has (a Hugging Face tokenizer may have no SOT), padded unless the sequence is dynamic."""
+    top = text.vocab_size - 1
+    ids = [i for i in (text.sot_token_id, top, text.eot_token_id) if i is not None]
+    if len(ids) > text.context_length:  # context 2: no room for SOT
+        ids = ids[1:]
     row = ids if text.dynamic_sequence else ids + [text.pad_token_id] * (text.context_length - len(ids))
-    _probe(session, TEXT_INPUT, np.array([row], np.int64), manifest,
-           f"token ids up to {top} (text.vocab_size {text.vocab_size})")
+    return np.array([row], np.int64)
 
 
 def _probe(session: OrtSession, input_name: str, feed: np.ndarray, manifest: Manifest, what: str) -> None:
@@ -152,9 +160,7 @@ def _check_backend(backend: Any, encoder: str, manifest: Manifest) -> None:
     else:
         text = manifest.text
         top = text.vocab_size - 1
-        ids = [text.sot_token_id, top, text.eot_token_id] if text.context_length >= 3 else [top, text.eot_token_id]
-        row = ids if text.dynamic_sequence else ids + [text.pad_token_id] * (text.context_length - len(ids))
-        feed = np.array([row], np.int64)
+        feed = _probe_ids(text)
         what = f"token ids up to {top} (text.vocab_size {text.vocab_size})"
     try:
         result = backend.run({want_in: feed})

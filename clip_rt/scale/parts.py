@@ -77,6 +77,9 @@ def identity(kind: str, manifest: Any, precision: str, labels: Optional[Sequence
                              "embed_dim": int(manifest.embed_dim), "bundle_dir": bundle_dir}
     if kind == "classify":
         ident.update({"labels": list(labels or []), "label_spec": label_spec, "templates": list(templates)})
+        scoring = getattr(manifest, "scoring", "softmax")
+        if scoring != "softmax":  # SigLIP: per-label sigmoid scores (absent: CLIP's softmax, as before)
+            ident["scoring"] = scoring
     return ident
 
 

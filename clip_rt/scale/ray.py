@@ -238,7 +238,8 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
 def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any,
                     templates: Union[str, Sequence[str]] = _templates.SIMPLE, **options: Any) -> Any:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
-    *labels*, as ``clip-rt classify``). The class embeddings are computed once, on the driver."""
+    *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
+    ``clip-rt classify``). The class embeddings are computed once, on the driver."""
     bundle_dir, manifest, precision = _bundle(model, options.pop("precision", None))
     classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates)
     return _map(input_dataset(source), bundle_dir, ident, classifier=classifier, spare_cpu=_is_dataset(source),

@@ -4,8 +4,10 @@ One :class:`DynamicBatcher` per model and encoder. Requests first *reserve* room
 inputs (so a full queue is refused before any image is decoded: memory stays bounded), then
 submit them. A loop task on the event loop collects a batch: it starts with the oldest waiting
 input and takes more until the batch is full or the oldest input has waited ``max_wait``; the
-batch then runs on the batcher's own inference thread while the next one gathers. The event
-loop never runs inference or waits on it synchronously.
+batch then runs on the batcher's own inference threads while the next one gathers. Up to
+*concurrency* batches run at once (the backend's throughput streams: OpenVINO's queue depth;
+1 for onnxruntime), and a batch is formed only when a slot is free, so batches stay as full as
+the traffic allows. The event loop never runs inference or waits on it synchronously.
 """
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]], *, max_batch_size: int, max_wait_s: float,
                  max_queue: int, on_batch: Optional[Callable[[int, float], None]] = None,
-                 on_depth: Optional[Callable[[int], None]] = None) -> None:
+                 on_depth: Optional[Callable[[int], None]] = None, concurrency: int = 1) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         self.name = name
         self._run = run
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
@@ -73,11 +77,15 @@ class DynamicBatcher(Generic[T, R]):
         self._closing = False
         self._draining = False  # shutting down: run batches at once instead of waiting to fill
         self._batch_seconds = 0.05  # running mean of one batch's inference time, for Retry-After
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clip-rt-{name}")
+        self.concurrency = concurrency
+        self._slots: Optional[asyncio.Semaphore] = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"clip-rt-{name}")
 
     # -- lifecycle (event loop) -----------------------------------------------------------------
     def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     def drain(self) -> None:
@@ -116,7 +124,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def retry_after(self) -> int:
         batches = math.ceil(max(self._admitted, 1) / self.max_batch_size)
-        return max(1, math.ceil(batches * self._batch_seconds))
+        return max(1, math.ceil(batches * self._batch_seconds / self.concurrency))
 
     def _unreserve(self, n: int) -> None:
         self._admitted -= n
@@ -140,28 +148,41 @@ class DynamicBatcher(Generic[T, R]):
 
     # -- the batching loop ------------------------------------------------------------------------
     async def _loop(self) -> None:
-        assert self._wakeup is not None  # set by start(), which creates this task
+        assert self._wakeup is not None and self._slots is not None  # set by start(), which creates this task
         loop = asyncio.get_running_loop()
-        while True:
-            while not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            deadline = self._pending[0].enqueued + self.max_wait_s
-            # Wait for more only while the batch is not full; on shutdown, run what is there.
-            while len(self._pending) < self.max_batch_size and not (self._closing or self._draining):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
-            self._unreserve(len(batch))
-            await self._run_batch(loop, batch)
+        try:
+            while True:
+                await self._slots.acquire()  # a free inference slot first: the batch forms meanwhile
+                while not self._pending:
+                    if self._closing:
+                        self._slots.release()
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                deadline = self._pending[0].enqueued + self.max_wait_s
+                # Wait for more only while the batch is not full; on shutdown, run what is there.
+                while len(self._pending) < self.max_batch_size and not (self._closing or self._draining):
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                batch = [self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))]
+                self._unreserve(len(batch))
+                task = loop.create_task(self._run_batch(loop, batch), name=f"batch-{self.name}")
+                self._running.add(task)
+                task.add_done_callback(self._batch_done)
+        finally:
+            if self._running:  # close(): everything already taken into a batch is answered
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _batch_done(self, task: "asyncio.Task[None]") -> None:
+        self._running.discard(task)
+        assert self._slots is not None
+        self._slots.release()
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T]]) -> None:
         start = time.perf_counter()

@@ -51,6 +51,9 @@ class ServeConfig:
     max_batch_size: int = 8  # images per batch (8 is the measured best on a 2-core CPU)
     max_text_batch_size: int = 64
     max_wait_ms: float = 5.0
+    # Image batches encoded at once: None = the backend's throughput streams where the model's
+    # plan runs batches in throughput mode (OpenVINO), else 1 (onnxruntime uses every core itself).
+    image_streams: Optional[int] = None
     max_queue: int = 256  # items waiting (or decoding) per encoder before 503
     max_concurrency: int = 64  # requests handled at once before 503
     # Request limits.
@@ -79,6 +82,9 @@ class ServeConfig:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
+        if self.image_streams is not None and (isinstance(self.image_streams, bool)
+                                               or not isinstance(self.image_streams, int) or self.image_streams < 1):
+            raise InputError(f"image_streams must be a positive integer, got {self.image_streams!r}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_items > self.max_queue:

@@ -53,9 +53,12 @@ class ServedModel:
             return on_batch, on_depth
 
         on_batch, on_depth = observer("image")
+        # Several batches at once only through the backend's throughput queue (its streams).
+        streams = config.image_streams or model.image_streams
+        self._queued = streams > 1
         self.image: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             f"{model_id}/image", self._encode_pixels, max_batch_size=config.max_batch_size, max_wait_s=wait,
-            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth)
+            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth, concurrency=streams)
         on_batch, on_depth = observer("text")
         self.text: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
             f"{model_id}/text", self._encode_texts, max_batch_size=config.max_text_batch_size, max_wait_s=wait,
@@ -63,7 +66,7 @@ class ServedModel:
 
     # -- inference (on the batchers' threads) ---------------------------------------------------
     def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.model.encode_pixels(np.stack(pixels)))
+        return list(self.model.encode_pixels(np.stack(pixels), queued=self._queued))
 
     def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.model.encode_text(texts, batch_size=self.config.max_text_batch_size))
@@ -73,16 +76,15 @@ class ServedModel:
         self.model.session("text")
         self.tokenizer()
         h, w = self.model.manifest.image.size
-        self.model.encode_pixels(np.zeros((1, 3, int(h), int(w)), dtype=np.float32))
+        self.model.encode_pixels(np.zeros((1, 3, int(h), int(w)), dtype=np.float32), queued=self._queued)
 
     def tokenizer(self) -> Any:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
         if self._tokenizer is None:
-            from ..inputs.tokenizer import ClipTokenizer
+            from ..inputs.hf_tokenizer import open_tokenizer
 
             manifest = self.model.manifest
-            self._tokenizer = ClipTokenizer.from_file(self.model.bundle_dir / manifest.text.tokenizer_file,
-                                                      manifest.text)
+            self._tokenizer = open_tokenizer(self.model.bundle_dir / manifest.text.tokenizer_file, manifest.text)
         return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> int:
@@ -140,7 +142,8 @@ class ServedModel:
                            f"limit is {self.config.max_prompts} per request (--max-prompts)", param="labels")
         embeddings = await self.embed_texts(prompts)
         built = ZeroShotClassifier(parsed, class_embeddings(parsed, temps, lambda _: embeddings),
-                                   self.model.logit_scale, self.model.logit_bias, temps)
+                                   self.model.logit_scale, self.model.logit_bias, temps,
+                                   scoring=self.model.scoring)
         self.classifiers[key] = built
         while len(self.classifiers) > CLASSIFIERS_KEPT:
             self.classifiers.popitem(last=False)
@@ -151,7 +154,7 @@ class ServedModel:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "clip-rt",
                 "bundle": m.name, "architecture": m.architecture, "precision": self.model.precision,
                 "providers": self.model.providers, "embed_dim": m.embed_dim, "image_size": list(m.image.size),
-                "context_length": m.text.context_length, "fingerprint": m.fingerprint}
+                "context_length": m.text.context_length, "fingerprint": m.fingerprint, "scoring": m.scoring}
 
 
 def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:

@@ -206,7 +206,8 @@ async def classify(request: "Request") -> "Response":
     for i, (c, (w, h)) in enumerate(zip(clf.classify_embeddings(embs, top_k=top_k), sizes)):
         results.append({"index": i, "label": c.label, "score": c.score, "scores": c.scores,
                         "top_k": [{"label": lab, "score": s} for lab, s in c.top_k], "width": w, "height": h})
-    return _json({"model": served.id, "labels": clf.names, "templates": list(clf.templates), "results": results})
+    return _json({"model": served.id, "labels": clf.names, "templates": list(clf.templates), "scoring": clf.scoring,
+                  "results": results})
 
 
 def _labels(value: Any, maximum: int) -> Any:
@@ -253,7 +254,7 @@ def _templates(value: Any) -> Any:
 
 
 async def similarity(request: "Request") -> "Response":
-    from ..zeroshot import softmax
+    from ..zeroshot import scores_from_logits
 
     state = state_of(request)
     body = await body_of(request, ("model", "image", "texts"))
@@ -265,8 +266,11 @@ async def similarity(request: "Request") -> "Response":
     (img, sizes), txt = await asyncio.gather(served.embed_images([ref], state.pool, state.allowed),
                                              served.embed_texts(texts))
     cosine = img @ txt.T
-    probs = softmax(served.model.logit_scale * cosine)[0]
-    return _json({"model": served.id, "width": sizes[0][0], "height": sizes[0][1],
+    model = served.model
+    bias = (model.logit_bias or 0.0) if model.scoring == "sigmoid" else 0.0
+    logits = model.logit_scale * cosine + bias
+    probs = scores_from_logits(logits, model.scoring)[0]
+    return _json({"model": served.id, "width": sizes[0][0], "height": sizes[0][1], "scoring": model.scoring,
                   "results": [{"text": t, "probability": float(p), "cosine": float(c)}
                               for t, p, c in zip(texts, probs, cosine[0])]})
 

@@ -1,0 +1,117 @@
+"""The image stream behind ``ClipModel.iter_images``: decode ahead on threads, batch, run
+(latency calls or the backend's throughput queue), and hand results back in input order, one
+item per source, a bad source being that item's error only."""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from ..bundle.manifest import IMAGE_INPUT
+from ..errors import ClipRtError, InputError
+from ..inputs.discover import UnlistedFolder
+from ..results import ImageEmbedding
+from .backends import Backend, Pending
+
+
+@dataclass
+class Decoded:
+    """One source after decoding: its pixels, or the error that is this item's alone."""
+
+    index: int
+    source: Any
+    pixels: Optional[np.ndarray]  # (3, H, W)
+    width: Optional[int]
+    height: Optional[int]
+    error: Optional[BaseException]
+    notes: list[str]
+
+
+def decode(preprocessor: Any, index: int, source: Any) -> Decoded:
+    """Decode and preprocess one source with *preprocessor* (the model's EXIF, draft and memory
+    budget settings); any failure is this item's error, never the stream's."""
+    if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
+        return Decoded(index, source.path, None, None, None, InputError(f"{source.path}: {source.reason}"), [])
+    try:
+        # The decoded image is dropped as soon as it is preprocessed.
+        done = preprocessor.convert(source)
+    except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
+        return Decoded(index, source, None, None, None, exc, [])
+    except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
+        from ..inputs.images import unexpected_load_error
+
+        return Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
+    return Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
+
+
+def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[[int, Any], Decoded],
+                 batch_size: int, *, raise_errors: bool, workers: int, queued: bool) -> Iterator[ImageEmbedding]:
+    """Embeddings in input order: sources decoded ahead (``2 * batch_size``) on *workers*
+    threads while earlier batches run; with *queued*, batches go through the backend's
+    throughput queue, up to its queue_depth in flight, collected in order (same embeddings as
+    run())."""
+    depth = session.queue_depth if queued else 1
+    ahead = 2 * batch_size
+    pending: deque[Future[Decoded]] = deque()
+    in_flight: deque[tuple[list[Decoded], Optional[Pending]]] = deque()
+    batch: list[Decoded] = []
+    next_index = 0
+    exhausted = False
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip-rt-decode") as pool:
+        try:
+            while True:
+                while not exhausted and len(pending) < ahead:
+                    try:
+                        source = next(sources)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append(pool.submit(decode_one, next_index, source))
+                    next_index += 1
+                if not pending:
+                    break
+                item = pending.popleft().result()
+                if item.error is not None and raise_errors:
+                    raise item.error
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    in_flight.append(_submit(session, batch, queued))
+                    batch = []
+                    while len(in_flight) >= depth:
+                        yield from _collect(*in_flight.popleft())
+            if batch:
+                in_flight.append(_submit(session, batch, queued))
+            while in_flight:
+                yield from _collect(*in_flight.popleft())
+        finally:
+            for fut in pending:  # the consumer stopped early, or an error is propagating
+                fut.cancel()
+            for _, job in in_flight:  # hand the backend's requests back before leaving
+                if job is not None:
+                    try:
+                        job.result()
+                    except Exception:  # noqa: BLE001 - already leaving with the first error
+                        pass
+
+
+def _submit(session: Backend, batch: list[Decoded], queued: bool) -> tuple[list[Decoded], Optional[Pending]]:
+    """One batch into the backend: its throughput queue (*queued*) or a single latency call."""
+    good = [d for d in batch if d.pixels is not None]
+    if not good:
+        return batch, None
+    feeds = {IMAGE_INPUT: np.stack([d.pixels for d in good])}
+    return batch, session.submit(feeds) if queued else Pending(value=session.run(feeds))
+
+
+def _collect(batch: list[Decoded], job: Optional[Pending]) -> Iterator[ImageEmbedding]:
+    embs = job.result()[0] if job is not None else None
+    row = 0
+    for d in batch:
+        emb = None
+        if d.pixels is not None:
+            emb, row = embs[row], row + 1  # type: ignore[index]
+        yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
+                             error=None if d.error is None else str(d.error), notes=d.notes)

@@ -1,0 +1,90 @@
+"""What the API returns per image: an embedding or a classification (or why there is none), and
+one preprocessed image for callers that batch themselves."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .zeroshot import Classification
+
+
+@dataclass
+class ImageEmbedding:
+    """One item of :meth:`ClipModel.iter_images`: an embedding, or the reason there is none."""
+
+    index: int
+    source: Any  # as given (a path stays a path)
+    embedding: Optional[np.ndarray]
+    width: Optional[int] = None
+    height: Optional[int] = None
+    error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        src = self.source
+        return {
+            "index": self.index,
+            "source": os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"<{type(src).__name__}>",
+            "embedding": None if self.embedding is None else self.embedding.tolist(),
+            "width": self.width, "height": self.height, "error": self.error, "notes": list(self.notes),
+        }
+
+
+@dataclass
+class ClassifiedImage:
+    """One item of :meth:`ClipModel.iter_classify`: an image's classification, or why there is
+    none. *source* is the image as given, or for a file found in a folder its path."""
+
+    index: int  # position in the input stream, folders expanded
+    source: Any
+    result: Optional[Classification]
+    width: Optional[int] = None
+    height: Optional[int] = None
+    error: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def path(self) -> Optional[str]:
+        """The file path for a path source, else None (PIL images, arrays, bytes)."""
+        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
+
+    @property
+    def label(self) -> Optional[str]:
+        return self.result.label if self.result else None
+
+    @property
+    def score(self) -> Optional[float]:
+        return self.result.score if self.result else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields of a `clip-rt classify` JSON record, plus ``index``, ``top_k`` and ``notes``."""
+        res = self.result
+        return {
+            "index": self.index,
+            "path": self.path if self.path is not None else f"<{type(self.source).__name__}>",
+            "label": res.label if res else None, "score": res.score if res else None,
+            "scores": dict(res.scores) if res else {}, "width": self.width, "height": self.height,
+            "error": self.error, "top_k": [[n, p] for n, p in res.top_k] if res else [], "notes": list(self.notes),
+        }
+
+
+@dataclass
+class PreprocessedImage:
+    """One image ready for :meth:`ClipModel.encode_pixels`: ``pixels`` float32 ``(3, H, W)``, and
+    the image's size after EXIF orientation (before any resizing)."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    notes: list[str] = field(default_factory=list)
