@@ -642,3 +642,30 @@ def test_ci_runs_the_check_only_when_asked() -> None:
     assert 'pip install -e ".[export,test,report,video,serve,ray,ann,openvino]" && pytest -q' in readme
     assert 'python3 -m pip install -q -e ".[export,test,report,video,serve,ray,ann,openvino]"' in lines
     assert "python3 -m pytest -q" in lines and "CI_ARM64=1 .ci/run" in readme
+
+
+def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:
+    """What the guest runs inside the venv (probe_here, embed_here), natively on the fake bundle:
+    the runtime API they call still exists, and the npz has what compare.py reads."""
+    from PIL import Image
+
+    from fake_bundle import build_fake_bundle
+
+    bundle = build_fake_bundle(tmp_path / "bundle")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, mode in enumerate(("RGB", "L", "RGBA")):
+        Image.new(mode, (20 + i, 17), 40 * (i + 1) if mode == "L" else (40 * i, 90, 30, 255)[:len(mode)]).save(
+            photos / f"{i}.png")
+    probe = guest.probe_here(str(bundle))
+    assert probe["machine"] and probe["onnxruntime"] and "CPUExecutionProvider" in probe["providers"]
+    choice = probe["cpu_choice"]
+    assert choice["available"] and choice["isa"]["arch"] == "x86_64"
+    assert set(choice["plan"]) == {"image", "text"} and all(c["backend"] for c in choice["plan"].values())
+    npz = tmp_path / "e.npz"
+    figures = guest.embed_here(str(bundle), str(photos), json.dumps(["a cat", "", "ÜNÏCÔDÉ"]), str(npz))
+    assert figures["images"] == 3 and figures["texts"] == 3
+    arrays = compare.load_npz(npz)
+    assert list(arrays["names"]) == ["0.png", "1.png", "2.png"] and arrays["pixels"].shape[0] == 3
+    for prec in figures["precisions"]:
+        assert arrays[f"image_{prec}"].shape[0] == 3 and arrays[f"text_{prec}"].shape[0] == 3
