@@ -669,3 +669,9 @@ def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:
     assert list(arrays["names"]) == ["0.png", "1.png", "2.png"] and arrays["pixels"].shape[0] == 3
     for prec in figures["precisions"]:
         assert arrays[f"image_{prec}"].shape[0] == 3 and arrays[f"text_{prec}"].shape[0] == 3
+
+
+def test_checkout_id_names_the_commit() -> None:
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", cli.checkout_id())

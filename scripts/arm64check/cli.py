@@ -203,6 +203,14 @@ def constraints_from_freeze(freeze: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checkout_id() -> str:
+    """The commit the wheel was built from, ``+dirty`` with uncommitted changes (they are in it)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=normal") else "")
+
+
 def qemu_version() -> str:
     out = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\S+)", out)
@@ -266,6 +274,7 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
                  run_dir: Path) -> dict[str, Any]:
     arm_steps, x86_steps = arm.get("steps", {}), x86.get("steps", {})
     report: dict[str, Any] = {"command": " ".join(["scripts/arm64-check", *getattr(args, "argv", [])]),
+                              "checkout": getattr(args, "checkout", None) or checkout_id(),
                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "cpu": args.cpu, "qemu": qemu_version(), "host": host_isa(), "run_dir": str(run_dir),
                               "timings": "aarch64 seconds are qemu-user emulating arm64 on the x86 host: "
@@ -439,6 +448,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         root = rootfs.ensure_rootfs(cache / "rootfs", rootfs.Recipe(suite=args.suite, mirrors=rootfs.default_mirrors(
             args.suite, args.mirror)), log, rebuild=args.rebuild_rootfs)
         wheel = build_wheel(run_dir)
+        args.checkout = checkout_id()  # what the wheel and the test tree were made from
         log(f"wheel {wheel.name}")
         models = []
         for name, role in ((args.model, "main"), *((n, "small") for n in args.small_models)):
