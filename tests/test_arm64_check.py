@@ -675,3 +675,19 @@ def test_checkout_id_names_the_commit() -> None:
     import re
 
     assert re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", cli.checkout_id())
+
+
+def test_a_side_that_did_not_finish_fails_the_check(tmp_path: Path) -> None:
+    """A guest killed or timed out after some steps leaves results without "finished": the
+    figures it never measured must not read as a pass."""
+    import argparse
+
+    args = argparse.Namespace(cpu="neoverse-n1", images=200, strict_budgets=False, argv=[], checkout="abc")
+    install = {"ok": True, "install_bytes": 2 << 20, "venv_bytes_after": 3 << 20, "largest": [], "freeze": []}
+    done = {"steps": {"install": install}, "plan": {"venv": "/v"}}
+    report = cli.build_report(args, dict(done), dict(done, finished=True), [], tmp_path)
+    assert report["failures"] == ["aarch64: the steps did not all run (done: install)"]
+    line = summary.summary_line(report)
+    assert line.startswith("arm64-check FAIL") and "did not all run" in line
+    report = cli.build_report(args, dict(done, finished=True), dict(done, finished=True), [], tmp_path)
+    assert report["failures"] == [] and report["checkout"] == "abc" and "emulated" in report["timings"]

@@ -212,7 +212,10 @@ def checkout_id() -> str:
 
 
 def qemu_version() -> str:
-    out = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return "not installed"
     m = re.search(r"version (\S+)", out)
     return m.group(1) if m else "unknown"
 
@@ -281,6 +284,10 @@ def build_report(args: argparse.Namespace, arm: dict[str, Any], x86: dict[str, A
                                          "emulated, not a device's speed (docs/devices.md)",
                               "failures": []}
     fails = report["failures"]
+    for side, res in (("aarch64", arm), ("x86", x86)):
+        if not res.get("finished"):  # killed, timed out, or cut short: missing figures are no pass
+            done = ", ".join(res.get("steps", {})) or "none"
+            fails.append(f"{side}: the steps did not all run (done: {done})")
     for side, steps in (("aarch64", arm_steps), ("x86", x86_steps)):
         for name, st in steps.items():
             if not st.get("ok") and name != "tests":
