@@ -189,7 +189,10 @@ def test_served_model_runs_the_backends_streams_through_its_queue() -> None:
     model = FakeModel()
     served = ServedModel("m", model, ServeConfig(), Metrics())
     assert served.image.concurrency == 2
-    assert [r[0] for r in served._encode_pixels(pixels)] == [0, 1, 2] and model.calls == [(3, True)]
+    assert [r[0] for r in served._encode_pixels(pixels)] == [0, 1, 2] and model.calls == [(3, False)]  # alone
+    served.image._running = {object(), object()}  # type: ignore[assignment]  # another batch in flight
+    served._encode_pixels(pixels)
+    assert model.calls[-1] == (3, True)
     model = FakeModel()
     served = ServedModel("m", model, ServeConfig(image_streams=1), Metrics())  # one request at a time
     served._encode_pixels(pixels)

@@ -108,6 +108,11 @@ class DynamicBatcher(Generic[T, R]):
     def depth(self) -> int:
         return self._admitted
 
+    @property
+    def running(self) -> int:
+        """Batches being encoded now (read from the inference threads: a hint, not a lock)."""
+        return len(self._running)
+
     # -- admission --------------------------------------------------------------------------------
     def reserve(self, n: int) -> Reservation:
         if self._closing:

@@ -66,7 +66,10 @@ class ServedModel:
 
     # -- inference (on the batchers' threads) ---------------------------------------------------
     def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.model.encode_pixels(np.stack(pixels), queued=self._queued))
+        # A batch alone runs in latency mode (all threads on it: measured 35 ms against 59 ms for
+        # one client, bench/results/serve.json); with others in flight, through the streams.
+        queued = self._queued and self.image.running > 1
+        return list(self.model.encode_pixels(np.stack(pixels), queued=queued))
 
     def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.model.encode_text(texts, batch_size=self.config.max_text_batch_size))
@@ -76,7 +79,10 @@ class ServedModel:
         self.model.session("text")
         self.tokenizer()
         h, w = self.model.manifest.image.size
-        self.model.encode_pixels(np.zeros((1, 3, int(h), int(w)), dtype=np.float32), queued=self._queued)
+        warm = np.zeros((1, 3, int(h), int(w)), dtype=np.float32)
+        self.model.encode_pixels(warm)
+        if self._queued:  # both compiled models ready before the first request
+            self.model.encode_pixels(warm, queued=True)
 
     def tokenizer(self) -> Any:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
