@@ -106,7 +106,7 @@ def _check_sigmoid_zero_shot(family: Family) -> None:
         want = torch.sigmoid(torch.from_numpy(img) @ torch.from_numpy(txt).T * ref.logit_scale.exp()
                              + ref.logit_bias).numpy()
     model = clip_rt.load(family.bundle, cache=False)
-    assert model.scoring == "sigmoid" and model.logit_bias == pytest.approx(float(ref.logit_bias))
+    assert model.scoring == "sigmoid" and model.logit_bias == pytest.approx(float(ref.logit_bias.detach()))
     results = model.classify(family.photos, labels=LABELS, templates=["a photo of a {}."])
     got = np.array([[r.scores[label] for label in LABELS] for r in results])
     print(f"\n{family.arch} sigmoid zero-shot vs open_clip: max abs diff {np.abs(got - want).max():.2e}, "
@@ -184,7 +184,7 @@ def test_chinese_labels_classify_report_end_to_end(xlmr: Family, tmp_path: Path)
     assert (report / "class_distribution.png").stat().st_size > 0
     # the scores are open_clip's: its HF tokenizer on the Chinese prompts, its towers, softmax
     img, txt, ref = xlmr.torch_embeddings([template.format(lab) for lab in labels])
-    want = torch.softmax(torch.from_numpy(img @ txt.T) * ref.logit_scale.exp(), dim=-1).numpy()
+    want = torch.softmax(torch.from_numpy(img @ txt.T) * ref.logit_scale.detach().exp(), dim=-1).numpy()
     got = np.array([[float(row[f"score_{lab}"]) for lab in labels] for row in rows])
     np.testing.assert_allclose(got, want, atol=2e-6)  # the CSV keeps 6 decimals
 
