@@ -8,15 +8,19 @@ Two settings matter (bench/results/backends.json):
   is emulated, so it is refused there;
 - the performance mode: single calls use a model compiled for LATENCY (one stream, all threads);
   folders go through a model compiled for THROUGHPUT (N streams sharing the threads), fed by
-  several infer requests in flight. Each is compiled on first use, so a folder run never
-  compiles the latency one and a single call never the throughput one.
+  several infer requests in flight. A latency model is compiled at creation (a bad graph fails
+  there), the throughput one on the first folder.
 
-Shapes: a graph whose only dynamic axis is the batch (the image tower) gets, for single calls
-of one item, a model compiled for batch 1: ViT-B/32 NNCF int8 on AMX, 86 vs 78 images/s best of
-40 (latency mode, bench/results/backends-x86-amx.json has the side-by-side run); that model
-is the one compiled at creation, other batch sizes compile the dynamic one on first use. Text
-keeps its dynamic batch and sequence axes: the CPU plugin re-plans a new shape on its first
-call instead of recompiling (cheaper than reshaping per length, measured in bench/backends.py).
+Shapes: an image graph (the batch its only dynamic axis) whose embeddings agree at every batch
+size (:func:`fixed_shapes_agree`) runs on models compiled for fixed batch sizes: one item on a batch-1 model, a folder's
+batches on a model of its batch size, anything else on the next power of two, padded with
+zeros. For those graphs models of different fixed sizes give bit-identical embeddings, so an
+image alone equals itself in a batch; the dynamic-batch model differs from them by up to 3.5e-3
+(another int8 kernel path, same accuracy: min cosine 0.99974 either way), so it is not mixed in. Fixed
+shapes measured faster (bench/results/backends-x86-amx.json, ViT-B/32 NNCF int8 on AMX: one
+image 89 vs 81 images/s; 4 batches of 8 through the queue 157 vs 131). Text keeps its dynamic
+batch and sequence axes: the CPU plugin re-plans a new shape on its first call instead of
+recompiling (cheaper than reshaping per length, measured in bench/backends.py).
 """
 from __future__ import annotations
 
@@ -31,7 +35,6 @@ from ...errors import BundleError, InputError, ProviderError
 from .base import Backend, Pending
 
 COMPUTE_HINTS = {"f32": "f32", "bf16": "bf16"}
-SINGLE = "latency@1"  # the latency model compiled for one item (graphs whose only dynamic axis is the batch)
 
 
 def import_openvino() -> Any:
@@ -69,16 +72,16 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], *, compute: str = "f32", threads: Optional[int] = None,
                  streams: Optional[int] = None, native_bf16: bool = True, cache_dir: Optional[Path] = None,
-                 batch_independent: bool = False, core: Any = None) -> None:
+                 fixed_shapes: bool = False, core: Any = None) -> None:
         """*compute*: ``f32`` or ``bf16`` (the inference precision hint). *threads*: inference
         threads (default: OpenVINO's, all cores). *streams*: throughput streams (default:
         OpenVINO's choice for THROUGHPUT). *native_bf16*: whether this CPU does bf16 in hardware;
         a bf16 hint without it raises, since it runs emulated (measured 0.04x). *cache_dir*:
         where OpenVINO keeps compiled models (a repeat compile of the static int8 ViT-B/32 image
         graph took 0.8 s instead of 6.3 s on a busy 2-core host; the blob is about the graph's
-        size). *batch_independent*: whether an item's output never depends on the other items
-        of its batch (fp32, fp16, static int8; not dynamic int8): then a stream's smaller last
-        batch may be padded to the stream's batch size and run on the same fixed-shape model."""
+        size). *fixed_shapes*: run an image graph on models compiled per batch size, a batch
+        padded with zeros up to its model's size; only for graphs whose embeddings are the same
+        at every size (:func:`fixed_shapes_agree`)."""
         if compute not in COMPUTE_HINTS:
             raise InputError(f"openvino compute precision must be one of {', '.join(COMPUTE_HINTS)}, got {compute!r}")
         if compute == "bf16" and not native_bf16:
@@ -94,13 +97,12 @@ class OpenVinoBackend(Backend):
         self.streams = streams
         self._core = core if core is not None else shared_core(ov)
         self._cache_dir = cache_dir
-        self.batch_independent = batch_independent
         self._lock = threading.Lock()
         self._compiled: dict[str, Any] = {}  # by mode: "latency", "throughput", or "<mode>@<fixed batch>"
         self._idle: dict[str, list[Any]] = {}
         self._model = self._read()  # fails at creation on a bad graph, as onnxruntime does
-        self._batch_only = _batch_is_the_only_dynamic_axis(self._model)
-        first = self._compile(SINGLE if self._batch_only else "latency")
+        self.fixed_shapes = fixed_shapes and _batch_is_the_only_dynamic_axis(self._model)
+        first = self._compile("latency@1" if self.fixed_shapes else "latency")
         self.input_names = [p.get_any_name() for p in first.inputs]
         self.output_names = [p.get_any_name() for p in first.outputs]
 
@@ -140,19 +142,14 @@ class OpenVinoBackend(Backend):
                     raise self._graph_error(exc) from exc
             return self._compiled[mode]
 
-    def _latency_mode(self, feeds: Mapping[str, np.ndarray]) -> str:
-        if self._batch_only and len(feeds) == 1 and next(iter(feeds.values())).shape[0] == 1:
-            return SINGLE
-        return "latency"
-
-    def _stream_mode(self, batch: Optional[int]) -> str:
-        """The throughput model for a stream of *batch*-sized batches: compiled for that size
-        where the graph allows it and a smaller last batch can be padded (ViT-B/32 NNCF int8 on
-        AMX, 4 batches of 8 in flight: 145 vs 136-141 images/s best of 15, the dynamic model run
-        twice beside it), else the dynamic one."""
-        if batch and self._batch_only and self.batch_independent:
-            return f"throughput@{batch}"
-        return "throughput"
+    def _mode(self, kind: str, rows: int, batch: Optional[int] = None) -> tuple[str, int]:
+        """Which model runs *rows* items (*kind*: latency or throughput) and at what size: with
+        fixed shapes, the stream's *batch* when it holds them, else the next power of two (a
+        server's varying batches compile a few sizes, not one per size); else the dynamic one."""
+        if not self.fixed_shapes:
+            return kind, rows
+        size = batch if batch and rows <= batch else 1 << max(0, rows - 1).bit_length()
+        return f"{kind}@{size}", size
 
     def _request(self, mode: str) -> Any:
         compiled = self._compile(mode)
@@ -174,33 +171,34 @@ class OpenVinoBackend(Backend):
         return [np.array(request.get_tensor(name).data, copy=True) for name in self.output_names]
 
     # -- the contract -------------------------------------------------------------------
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _prepared(self, feeds: Mapping[str, np.ndarray], kind: str,
+                  batch: Optional[int] = None) -> tuple[str, dict[str, np.ndarray], int]:
         inputs = self._inputs(feeds)
-        mode = self._latency_mode(inputs)
+        rows = next(iter(inputs.values())).shape[0]
+        mode, size = self._mode(kind, rows, batch)
+        if size > rows:  # zeros: the graph is batch-independent, so they change nothing
+            inputs = {name: _padded(value, size) for name, value in inputs.items()}
+        return mode, inputs, rows
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        mode, inputs, rows = self._prepared(feeds, "latency")
         request = self._request(mode)
         try:
             request.infer(inputs)
-            return self._outputs(request)
+            return [out[:rows] for out in self._outputs(request)]
         finally:
             self._give_back(mode, request)
 
     @property
     def queue_depth(self) -> int:
-        return self.stream_depth(0)
+        return self.stream_depth(1)
 
     def stream_depth(self, batch: int) -> int:
-        compiled = self._compile(self._stream_mode(batch))
+        compiled = self._compile(self._mode("throughput", batch, batch)[0])
         return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
     def submit(self, feeds: Mapping[str, np.ndarray], batch: Optional[int] = None) -> Pending:
-        inputs = self._inputs(feeds)
-        mode = self._stream_mode(batch)
-        rows = next(iter(inputs.values())).shape[0]
-        if batch and mode != "throughput":
-            if rows > batch:  # bigger than the stream's batches: not this model
-                mode = "throughput"
-            elif rows < batch:  # the stream's last batch: padded with zeros
-                inputs = {name: _padded(value, batch) for name, value in inputs.items()}
+        mode, inputs, rows = self._prepared(feeds, "throughput", batch)
         request = self._request(mode)
         request.start_async(inputs)  # copies the inputs (share_inputs is off)
 
@@ -222,15 +220,14 @@ class OpenVinoBackend(Backend):
             streams = int(model.get_property("NUM_STREAMS"))
             threads = int(model.get_property("INFERENCE_NUM_THREADS"))
             hint = str(model.get_property("INFERENCE_PRECISION_HINT"))
-            entry = {"streams": streams, "threads": threads, "inference_precision": _type_name(hint)}
             kind, _, fixed = mode.partition("@")
-            if kind == "latency" and fixed:
-                entry["shape"] = "batch 1 (compiled for it; other batch sizes: dynamic)"
-            elif fixed:
-                entry["shape"] = f"batch {fixed} (compiled for the stream's batches; a smaller last one padded)"
-            out.setdefault(kind, entry)
-        if self._batch_only:
-            out["calls"] = "latency (one item: a model compiled for batch 1)"
+            entry = out.setdefault(kind, {"streams": streams, "threads": threads,
+                                          "inference_precision": _type_name(hint)})
+            if fixed:
+                entry.setdefault("batch_sizes_compiled", []).append(int(fixed))
+        if self.fixed_shapes:
+            out["shapes"] = ("fixed: a model per batch size (one item; a folder's batch; else the next power of "
+                             "two), batches padded with zeros")
         out["folders"] = (f"throughput, {out['throughput']['streams']} streams" if "throughput" in out
                           else "throughput (compiled on first folder)")
         return out
@@ -239,6 +236,18 @@ class OpenVinoBackend(Backend):
         with self._lock:
             self._compiled.clear()
             self._idle = {}
+
+
+def fixed_shapes_agree(quantization: Any) -> bool:
+    """Whether OpenVINO gives an item the same embedding at every fixed batch size for a graph
+    quantised as *quantization* (the manifest's record; None for float graphs), measured by
+    ``python -m bench.backends`` (``fixed_shapes`` in bench/results/backends-x86-amx.json):
+    float graphs and NNCF's int8-activation graph agree exactly at batch 1, 2, 4, 8; the graph
+    of onnxruntime.quantization (uint8 activations) differs between batch 1 and 2 by 3.7e-3, so
+    it keeps the one dynamic-batch model, whose batches agree; dynamic int8 couples a batch."""
+    if quantization is None:
+        return True
+    return bool(quantization.batch_independent) and quantization.activations == "int8"
 
 
 def _batch_is_the_only_dynamic_axis(model: Any) -> bool:
