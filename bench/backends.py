@@ -119,6 +119,13 @@ def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_on
     return cands
 
 
+def _pick(cands: list[_Candidate], args: argparse.Namespace) -> list[_Candidate]:
+    """Only the candidates whose name contains one of ``--candidates`` (torch always runs)."""
+    if not args.candidates:
+        return cands
+    return [c for c in cands if any(part in c.name for part in args.candidates)]
+
+
 def _torch_image(tm: Any, x: np.ndarray) -> dict[str, Callable[[], Any]]:
     import torch
 
@@ -135,7 +142,7 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     pixels = _photos(manifest)
     with torch.inference_mode():
         ref = F.normalize(tm.model.encode_image(torch.from_numpy(pixels)), dim=-1).numpy()
-    cands = _make_candidates("image", _graphs(args.bundle, args, "image"), args.threads, args.ort_only)
+    cands = _pick(_make_candidates("image", _graphs(args.bundle, args, "image"), args.threads, args.ort_only), args)
     rows: list[dict[str, Any]] = []
     for c in cands:
         emb = np.concatenate([c.runner.run({"pixel_values": pixels[i:i + 8]})[0] for i in range(0, len(pixels), 8)])
@@ -263,7 +270,7 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     trimmed_bf16 = copy.deepcopy(trimmed).to(torch.bfloat16).eval()
     with torch.inference_mode():
         ref = trimmed(torch.from_numpy(ids)).numpy()
-    cands = _make_candidates("text", _graphs(args.bundle, args, "text"), args.threads, args.ort_only)
+    cands = _pick(_make_candidates("text", _graphs(args.bundle, args, "text"), args.threads, args.ort_only), args)
     rows = []
     for c in cands:
         emb = c.runner.run({"input_ids": ids})[0]
@@ -410,6 +417,7 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
         "bundle": str(args.bundle), "static_int8": {"image": args.static_image, "text": args.static_text},
         "nncf_int8": {"image": args.nncf_image, "text": args.nncf_text},
         "threads": args.threads, "stream_batches": args.stream_batches, "pause_s": args.pause,
+        "candidates": args.candidates or "all",
         "weights": f"{tm.arch} random (pretrained=None, seed {tm.seed})",
     }
     if "image" in args.only:
@@ -456,6 +464,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--pause", type=float, default=0.05,
                     help="untimed seconds before each sample (lets a spinning thread pool go idle)")
     ap.add_argument("--ort-only", action="store_true", help="skip OpenVINO")
+    ap.add_argument("--candidates", nargs="+", metavar="TEXT",
+                    help="only runtime candidates whose name contains one of these (e.g. 'openvino int8-static-nncf'); "
+                         "more rounds in the same time. Write such a run elsewhere (--out): --write-table reads every "
+                         "backends-*.json in the results folder")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--write-table", action="store_true", help="only rebuild the runtime's choices.json")
     return ap
