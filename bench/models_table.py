@@ -103,6 +103,10 @@ def _fmt_cos(row: dict[str, Any], precision: str) -> str:
     return f"{p['image']['min_cosine']:.4f} / {p['text']['min_cosine']:.4f}"
 
 
+def _fmt_speedup(speed: dict[str, Any]) -> str:
+    return f"{speed['int8_speedup']}x" if "int8_speedup" in speed else "-"
+
+
 def render_table(rows: dict[str, dict[str, Any]]) -> str:
     lines = ["| family | architecture exported | tokenizer | scoring | fp32 max abs diff (image / text) | "
              "fp16 min cosine | int8 min cosine | int8 speed-up image / text |",
@@ -113,8 +117,7 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {family} | {row['architecture']} | {row['tokenizer']} | {row['scoring']} | "
             f"{fp32['image']['max_abs_diff']:.1e} / {fp32['text']['max_abs_diff']:.1e} | {_fmt_cos(row, 'fp16')} | "
-            f"{_fmt_cos(row, 'int8')} | {speed['image'].get('int8_speedup', '-')}x / "
-            f"{speed['text'].get('int8_speedup', '-')}x |")
+            f"{_fmt_cos(row, 'int8')} | {_fmt_speedup(speed['image'])} / {_fmt_speedup(speed['text'])} |")
     return "\n".join(lines)
 
 
