@@ -109,7 +109,8 @@ def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_on
                 # f32 already, static ones slower in bf16 than in f32 (backends-x86-amx.json of 2026-11-30).
                 continue
             try:
-                runner = OpenVinoBackend(p, compute=compute, threads=threads)
+                runner = OpenVinoBackend(p, compute=compute, threads=threads,
+                                         batch_independent=g == "fp32" or g.startswith("int8-static"))
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
                 log(f"openvino {g} {compute}: {exc}")
                 continue
@@ -144,27 +145,57 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
                      "alone_vs_batch8_max_abs": float(f"{np.abs(alone[0] - batch8[0]).max():.3g}")})
     by_name = {r["candidate"]: r for r in rows}
     speed: dict[str, Any] = {}
+    requests = 8 * args.stream_batches  # single-image requests per sample, as many items as a batch-8 sample
     for batch, rounds in ((1, args.rounds * 2), (8, args.rounds)):
         x = pixels[:batch]
         fns = _torch_image(tm, x)
+        per_call = {}
         for c in cands:
             fns[c.name] = lambda r=c.runner, x=x: r.run({"pixel_values": x})
             if c.backend == "openvino" and batch == 8:
-                fns[c.name + " [throughput]"] = lambda r=c.runner, x=x: _stream(r, x, args.stream_batches)
+                # As a folder runs: the stream's batch size given (a model compiled for it where
+                # the graph allows); beside it, the same queue on the dynamic-batch model.
+                fns[c.name + THROUGHPUT] = lambda r=c.runner, x=x: _stream(r, x, args.stream_batches, len(x))
+                fns[c.name + THROUGHPUT_DYNAMIC] = lambda r=c.runner, x=x: _stream(r, x, args.stream_batches)
+                per_call[c.name + THROUGHPUT] = per_call[c.name + THROUGHPUT_DYNAMIC] = args.stream_batches
+            if c.backend == "openvino" and batch == 1:
+                # The runtime runs one image on a model compiled for batch 1; the dynamic-batch
+                # model beside it shows what that is worth. Single-image requests with several
+                # in flight (a server under load) go through the throughput queue.
+                fns[c.name + DYNAMIC] = OpenVinoLatency(_ov_core(), c.runner.path, c.compute, args.threads, None, x)
+                fns[c.name + REQUESTS] = lambda r=c.runner, x=x: _stream(r, x, requests)
+                per_call[c.name + REQUESTS] = requests
         log(f"image, batch {batch}: {len(fns)} candidates x {rounds} rounds")
-        timer = Timer(rounds)
+        timer = Timer(rounds, pause_s=args.pause)
         with torch.inference_mode():
             timer.run(fns)
-        speed[str(batch)] = _speeds(timer, batch, {c.name + " [throughput]": args.stream_batches for c in cands})
+        speed[str(batch)] = _speeds(timer, batch, per_call)
     return {"rows": rows, "speed": speed, "by_name": list(by_name), "photos": len(pixels)}
 
 
-def _stream(runner: Any, x: np.ndarray, n: int) -> None:
-    """*n* batches through the backend's throughput queue, in order, at most queue_depth in flight."""
-    depth = runner.queue_depth
+THROUGHPUT = " [throughput]"  # batches of 8, several in flight through the throughput queue
+THROUGHPUT_DYNAMIC = " [throughput, dynamic-batch model]"
+REQUESTS = " [throughput, 1-image requests]"  # batch 1, several requests in flight
+DYNAMIC = " [dynamic-batch model]"  # batch 1 on the model compiled with a dynamic batch axis
+_core: Any = None
+
+
+def _ov_core() -> Any:
+    global _core
+    if _core is None:
+        from clip_rt.engine.backends.openvino import import_openvino, shared_core
+
+        _core = shared_core(import_openvino())
+    return _core
+
+
+def _stream(runner: Any, x: np.ndarray, n: int, batch: Optional[int] = None) -> None:
+    """*n* batches through the backend's throughput queue, in order, at most its depth in flight;
+    *batch*: the stream's batch size, given to the backend as the runtime's folder stream does."""
+    depth = runner.stream_depth(batch) if batch else runner.queue_depth
     pending: list[Any] = []
     for _ in range(n):
-        pending.append(runner.submit({"pixel_values": x}))
+        pending.append(runner.submit({"pixel_values": x}, batch=batch))
         if len(pending) >= depth:
             pending.pop(0).result()
     for p in pending:
@@ -210,7 +241,7 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     for c in cands:
         fns[c.name] = lambda r=c.runner: r.run({"input_ids": ids})
     log(f"text, 80 prompts trimmed to {length} tokens: {len(fns)} candidates x {args.rounds} rounds")
-    timer = Timer(args.rounds)
+    timer = Timer(args.rounds, pause_s=args.pause)
     with torch.inference_mode():
         timer.run(fns)
     speed = _speeds(timer, len(ids), {})
@@ -256,15 +287,20 @@ def _text_shapes(args: argparse.Namespace, cands: list[_Candidate], ids: np.ndar
 
 
 class OpenVinoLatency:
-    def __init__(self, core: Any, path: Path, compute: str, threads: int, shape: Optional[tuple[int, ...]]) -> None:
+    """One graph compiled for LATENCY with a given input shape (None: as the graph has it); called
+    with an array, or without one to run *x* given at creation."""
+
+    def __init__(self, core: Any, path: Path, compute: str, threads: int, shape: Optional[tuple[int, ...]],
+                 x: Optional[np.ndarray] = None) -> None:
         model = core.read_model(str(path))
         if shape is not None:
             model.reshape({0: list(shape)})
         cfg = {"INFERENCE_PRECISION_HINT": compute, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
         self.req = core.compile_model(model, "CPU", cfg).create_infer_request()
+        self.x = x
 
-    def __call__(self, x: np.ndarray) -> Any:
-        return self.req.infer({0: x})
+    def __call__(self, x: Optional[np.ndarray] = None) -> Any:
+        return self.req.infer({0: self.x if x is None else x})
 
 
 def ort_options(args: argparse.Namespace, manifest: Any) -> dict[str, Any]:
@@ -341,7 +377,7 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
         "bundle": str(args.bundle), "static_int8": {"image": args.static_image, "text": args.static_text},
         "nncf_int8": {"image": args.nncf_image, "text": args.nncf_text},
-        "threads": args.threads, "stream_batches": args.stream_batches,
+        "threads": args.threads, "stream_batches": args.stream_batches, "pause_s": args.pause,
         "weights": f"{tm.arch} random (pretrained=None, seed {tm.seed})",
     }
     if "image" in args.only:
@@ -385,6 +421,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--stream-batches", type=int, default=4, help="batches of 8 per throughput-queue sample")
+    ap.add_argument("--pause", type=float, default=0.05,
+                    help="untimed seconds before each sample (lets a spinning thread pool go idle)")
     ap.add_argument("--ort-only", action="store_true", help="skip OpenVINO")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--write-table", action="store_true", help="only rebuild the runtime's choices.json")

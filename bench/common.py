@@ -58,6 +58,10 @@ class Timer:
 
     rounds: int
     samples: dict[str, list[float]] = field(default_factory=dict)
+    # Untimed sleep before each sample: a thread pool that spins after its call (PyTorch's
+    # OpenMP) otherwise takes the cores from whichever candidate comes next (seen: OpenVINO at
+    # batch 1 right after torch, 66 vs 77 images/s).
+    pause_s: float = 0.0
 
     def run(self, candidates: dict[str, Callable[[], Any]], warmup: int = 1) -> dict[str, float]:
         for fn in candidates.values():
@@ -65,6 +69,8 @@ class Timer:
                 fn()
         for _ in range(self.rounds):
             for name, fn in candidates.items():
+                if self.pause_s:
+                    time.sleep(self.pause_s)
                 t0 = time.perf_counter()
                 fn()
                 self.samples.setdefault(name, []).append(time.perf_counter() - t0)

@@ -269,10 +269,12 @@ class ClipModel:
         graph = self.manifest.graph(choice.graph_precision, choice.encoder)
         self._check_files([graph.file, *graph.external_data])
         check_external_data(self.bundle_dir, graph)  # before the backend opens anything it names
+        quantization = self.manifest.quantization_of(choice.graph_precision, choice.encoder)
         return open_backend(choice, self.bundle_dir / graph.file, native_bf16=self._cpu.native_bf16,
                             providers=self._requested, threads=self._threads, session_options=self._session_options,
                             allow_fallback=self._allow_fallback, provider_options=self._provider_options,
-                            cache_dir=cache_dir() / "openvino")
+                            cache_dir=cache_dir() / "openvino",
+                            batch_independent=quantization is None or quantization.batch_independent)
 
     def _known_evidence(self) -> dict[str, dict[str, bool]]:
         from .engine.runtime_info import known_evidence

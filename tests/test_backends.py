@@ -95,6 +95,49 @@ def test_openvino_matches_onnxruntime_fp32_alone_batched_and_queued(bundle: Path
 
 
 @needs_ov
+def test_openvino_runs_one_image_on_a_model_compiled_for_batch_1(bundle: Path) -> None:
+    from clip_rt.engine.backends.openvino import SINGLE
+
+    ort_b = OrtBackend(bundle / "image_fp32.onnx", ["cpu"])
+    ov_b = ov_backend(bundle / "image_fp32.onnx")
+    assert list(ov_b._compiled) == [SINGLE]  # the only compile at creation; no dynamic model yet
+    x = pixels(3)
+    alone = np.concatenate([ov_b.run({"pixel_values": x[i:i + 1]})[0] for i in range(3)])
+    assert list(ov_b._compiled) == [SINGLE]
+    batched = ov_b.run({"pixel_values": x})[0]  # another batch size: the dynamic model, compiled now
+    assert sorted(ov_b._compiled) == sorted([SINGLE, "latency"])
+    want = ort_b.run({"pixel_values": x})[0]
+    np.testing.assert_allclose(alone, want, atol=1e-5)
+    np.testing.assert_allclose(batched, want, atol=1e-5)
+    d = ov_b.describe()
+    assert d["latency"]["shape"].startswith("batch 1") and "batch 1" in d["calls"]
+    text = ov_backend(bundle / "text_fp32.onnx")  # batch and sequence dynamic: one dynamic model
+    assert list(text._compiled) == ["latency"] and "shape" not in text.describe()["latency"]
+
+
+@needs_ov
+def test_openvino_stream_runs_at_its_batch_size_and_pads_the_last_batch(bundle: Path) -> None:
+    ort_b = OrtBackend(bundle / "image_fp32.onnx", ["cpu"])
+    x = pixels(7)
+    want = ort_b.run({"pixel_values": x})[0]
+    fixed = ov_backend(bundle / "image_fp32.onnx", streams=2, batch_independent=True)
+    assert fixed.stream_depth(3) == 2
+    pending = [fixed.submit({"pixel_values": b}, batch=3) for b in (x[:3], x[3:6], x[6:])]  # last: 1 row, padded
+    got = [p.result()[0] for p in pending]
+    assert [len(g) for g in got] == [3, 3, 1]
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+    assert "throughput@3" in fixed._compiled and "throughput" not in fixed._compiled
+    assert fixed.describe()["throughput"]["shape"].startswith("batch 3")
+    bigger = fixed.submit({"pixel_values": x[:5]}, batch=3).result()[0]  # not the stream's size: the dynamic model
+    np.testing.assert_allclose(bigger, want[:5], atol=1e-5)
+    # A graph whose items depend on their batch (dynamic int8) is never padded: the dynamic model.
+    coupled = ov_backend(bundle / "image_fp32.onnx", streams=2, batch_independent=False)
+    out = coupled.submit({"pixel_values": x[:2]}, batch=3).result()[0]
+    np.testing.assert_allclose(out, want[:2], atol=1e-5)
+    assert "throughput" in coupled._compiled and not any("@3" in m for m in coupled._compiled)
+
+
+@needs_ov
 def test_openvino_text_keeps_the_dynamic_sequence(bundle: Path) -> None:
     ort_b = OrtBackend(bundle / "text_fp32.onnx", ["cpu"])
     ov_b = ov_backend(bundle / "text_fp32.onnx")

@@ -53,7 +53,7 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
     threads while earlier batches run; with *queued*, batches go through the backend's
     throughput queue, up to its queue_depth in flight, collected in order (same embeddings as
     run())."""
-    depth = session.queue_depth if queued else 1
+    depth = session.stream_depth(batch_size) if queued else 1
     ahead = 2 * batch_size
     pending: deque[Future[Decoded]] = deque()
     in_flight: deque[tuple[list[Decoded], Optional[Pending]]] = deque()
@@ -78,12 +78,12 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
                     raise item.error
                 batch.append(item)
                 if len(batch) >= batch_size:
-                    in_flight.append(_submit(session, batch, queued))
+                    in_flight.append(_submit(session, batch, queued, batch_size))
                     batch = []
                     while len(in_flight) >= depth:
                         yield from _collect(*in_flight.popleft())
             if batch:
-                in_flight.append(_submit(session, batch, queued))
+                in_flight.append(_submit(session, batch, queued, batch_size))
             while in_flight:
                 yield from _collect(*in_flight.popleft())
         finally:
@@ -97,13 +97,14 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
                         pass
 
 
-def _submit(session: Backend, batch: list[Decoded], queued: bool) -> tuple[list[Decoded], Optional[Pending]]:
+def _submit(session: Backend, batch: list[Decoded], queued: bool,
+            batch_size: int) -> tuple[list[Decoded], Optional[Pending]]:
     """One batch into the backend: its throughput queue (*queued*) or a single latency call."""
     good = [d for d in batch if d.pixels is not None]
     if not good:
         return batch, None
     feeds = {IMAGE_INPUT: np.stack([d.pixels for d in good])}
-    return batch, session.submit(feeds) if queued else Pending(value=session.run(feeds))
+    return batch, session.submit(feeds, batch=batch_size) if queued else Pending(value=session.run(feeds))
 
 
 def _collect(batch: list[Decoded], job: Optional[Pending]) -> Iterator[ImageEmbedding]:

@@ -31,14 +31,16 @@ __all__ = ["BACKENDS", "Backend", "EncoderChoice", "Pending", "RuntimePlan", "in
 def open_backend(choice: EncoderChoice, path: Path, *, native_bf16: bool, providers: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None, session_options: Any = None, allow_fallback: bool = False,
                  provider_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 streams: Optional[int] = None, cache_dir: Optional[Path] = None) -> Backend:
-    """The backend *choice* names, on the graph at *path*."""
+                 streams: Optional[int] = None, cache_dir: Optional[Path] = None,
+                 batch_independent: bool = False) -> Backend:
+    """The backend *choice* names, on the graph at *path*. *batch_independent*: the graph's
+    outputs for an item never depend on the rest of its batch (float and static int8 graphs)."""
     if choice.backend == "openvino":
         from .openvino import OpenVinoBackend
 
         compute = "bf16" if choice.compute == "bf16" else "f32"
         return OpenVinoBackend(path, compute=compute, threads=threads, streams=streams, native_bf16=native_bf16,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, batch_independent=batch_independent)
     from .ort import OrtBackend
 
     return OrtBackend(path, providers, intra_op_threads=threads, session_options=session_options,

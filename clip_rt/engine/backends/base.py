@@ -4,7 +4,9 @@ A backend runs one encoder's graph (``pixel_values`` -> ``image_embeds`` or ``in
 ``text_embeds``). ``run(feeds)`` is a single call in latency mode; ``submit(feeds)`` hands a
 batch to the backend's throughput queue and returns a :class:`Pending` whose ``result()`` is
 what ``run`` would have returned (a backend without a queue computes it at once).
-Callers keep at most ``queue_depth`` submissions outstanding and collect them in order.
+Callers keep at most ``queue_depth`` submissions outstanding and collect them in order; a
+stream of batches of one size (a folder) passes that size as ``submit(feeds, batch=N)`` and
+keeps ``stream_depth(N)`` outstanding, so a backend may run the whole stream at that size.
 """
 from __future__ import annotations
 
@@ -46,8 +48,13 @@ class Backend:
         """How many ``submit`` calls may usefully be outstanding (1: no async queue)."""
         return 1
 
-    def submit(self, feeds: Mapping[str, np.ndarray]) -> Pending:
-        """Queue one batch (throughput mode where the backend has it)."""
+    def stream_depth(self, batch: int) -> int:
+        """``queue_depth`` for a stream submitted with ``batch=batch``."""
+        return self.queue_depth
+
+    def submit(self, feeds: Mapping[str, np.ndarray], batch: Optional[int] = None) -> Pending:
+        """Queue one batch (throughput mode where the backend has it). *batch*: the size of the
+        stream's full batches, when it has one (this batch may be its smaller last one)."""
         return Pending(value=self.run(feeds))
 
     def describe(self) -> dict[str, Any]:
