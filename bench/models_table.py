@@ -2,12 +2,16 @@
 manifest) and the int8 speed-up on this CPU, measured side by side.
 
     python -m bench.models_table --bundle ViT=DIR --bundle SigLIP=DIR ... [--rounds 5]
+    python -m bench.models_table --merge --bundle RoBERTa=DIR [--write-docs]
 
 For each bundle: image graphs fp32 and int8 on a batch of 8 photos, text graphs on 64 prompts
 (each precision timed round-robin with the other, two threads, medians). Writes
 ``results/models.json``, then ``models/families.json`` (what ``clip-rt models --available``
 shows, torch-free) and the table in ``docs/models.md`` between its markers
-(``--write-docs``).
+(``--write-docs``). With ``--merge``, only the bundles given are measured: their rows are
+added to (or replace) those of the existing ``results/models.json``, and every other row keeps
+its figures with the time, command and load average it was measured with (each row records
+its own under ``measured``; the docs list every command).
 """
 from __future__ import annotations
 
@@ -99,6 +103,10 @@ def _fmt_cos(row: dict[str, Any], precision: str) -> str:
     return f"{p['image']['min_cosine']:.4f} / {p['text']['min_cosine']:.4f}"
 
 
+def _fmt_speedup(speed: dict[str, Any]) -> str:
+    return f"{speed['int8_speedup']}x" if "int8_speedup" in speed else "-"
+
+
 def render_table(rows: dict[str, dict[str, Any]]) -> str:
     lines = ["| family | architecture exported | tokenizer | scoring | fp32 max abs diff (image / text) | "
              "fp16 min cosine | int8 min cosine | int8 speed-up image / text |",
@@ -109,8 +117,7 @@ def render_table(rows: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {family} | {row['architecture']} | {row['tokenizer']} | {row['scoring']} | "
             f"{fp32['image']['max_abs_diff']:.1e} / {fp32['text']['max_abs_diff']:.1e} | {_fmt_cos(row, 'fp16')} | "
-            f"{_fmt_cos(row, 'int8')} | {speed['image'].get('int8_speedup', '-')}x / "
-            f"{speed['text'].get('int8_speedup', '-')}x |")
+            f"{_fmt_cos(row, 'int8')} | {_fmt_speedup(speed['image'])} / {_fmt_speedup(speed['text'])} |")
     return "\n".join(lines)
 
 
@@ -119,7 +126,8 @@ def write_families(result: dict[str, Any]) -> None:
         "about": "Model families clip-rt exports, with the parity and int8 speed-up measured here (random weights "
                  "seed 0, this project's CPU; bench/results/models.json). Written by `python -m bench.models_table`; "
                  "shown by `clip-rt models --available`.",
-        "measured": result["when"], "host_isa": result["machine"].get("isa"),
+        "measured": ", ".join(sorted({row["measured"]["when"] for row in result["rows"].values()})),
+        "host_isa": result["machine"].get("isa"),
         "patterns": [{"family": f, "pattern": p} for f, p in FAMILY_PATTERNS],
         "families": {
             family: {"architecture": row["architecture"], "tokenizer": row["tokenizer"], "scoring": row["scoring"],
@@ -128,7 +136,8 @@ def write_families(result: dict[str, Any]) -> None:
                      if "fp16" in row["parity"] else None,
                      "int8_min_cosine": [row["parity"]["int8"][e]["min_cosine"] for e in ("image", "text")]
                      if "int8" in row["parity"] else None,
-                     "int8_speedup": [row["speed_s"][e].get("int8_speedup") for e in ("image", "text")]}
+                     "int8_speedup": [row["speed_s"][e].get("int8_speedup") for e in ("image", "text")],
+                     "measured": row["measured"]["when"]}
             for family, row in result["rows"].items()
         },
     }
@@ -139,12 +148,36 @@ def write_families(result: dict[str, Any]) -> None:
 def write_docs(result: dict[str, Any]) -> None:
     text = DOC.read_text(encoding="utf-8")
     table = render_table(result["rows"])
-    stamp = (f"\n\nMeasured {result['when']} on {result['machine'].get('cpu_model', '?')} "
-             f"(ISA: {', '.join(result['machine'].get('isa', []))}; load {result['machine'].get('load_average_1_5_15min')})"
-             f", `{result['command']}`.")
+    runs: dict[tuple[str, str], list[str]] = {}
+    for family, row in result["rows"].items():
+        runs.setdefault((row["measured"]["when"], row["measured"]["command"]), []).append(family)
+    machine = result["machine"]
+    host = f"{machine.get('cpu_model', '?')} (ISA: {', '.join(machine.get('isa', []))})"
+    if len(runs) == 1:
+        ((when, command), _), = runs.items()
+        load = next(iter(result["rows"].values()))["measured"]["load_average_1_5_15min"]
+        stamp = (f"\n\nMeasured {when} on {machine.get('cpu_model', '?')} "
+                 f"(ISA: {', '.join(machine.get('isa', []))}; load {load}), `{command}`.")
+    else:
+        stamp = f"\n\nMeasured on {host}, in {len(runs)} runs (each row's figures come from one run):\n"
+        for (when, command), families in sorted(runs.items()):
+            load = result["rows"][families[0]]["measured"]["load_average_1_5_15min"]
+            stamp += f"\n- {when} (load {load}), {', '.join(families)}: `{command}`."
     new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), BEGIN + "\n" + table + stamp + "\n" + END, text, flags=re.S)
     DOC.write_text(new, encoding="utf-8")
     log(f"updated {DOC}")
+
+
+def _previous_rows() -> dict[str, dict[str, Any]]:
+    """The rows of the existing results/models.json, each with the time, command and load average
+    it was measured with (files written before rows carried their own take the file's)."""
+    path = RESULTS_DIR / "models.json"
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} does not exist; measure every family once without --merge")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    stamp = {"when": old["when"], "command": old["command"],
+             "load_average_1_5_15min": old.get("machine", {}).get("load_average_1_5_15min")}
+    return {family: {**row, "measured": row.get("measured", stamp)} for family, row in old["rows"].items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,14 +185,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", action="append", default=[], metavar="FAMILY=DIR")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="measure only the bundles given and merge their rows into the existing "
+                             "results/models.json (the other rows keep their figures and commands)")
     args = parser.parse_args(argv)
+    if args.merge and not args.bundle:
+        parser.error("--merge needs at least one --bundle FAMILY=DIR")
+    previous = _previous_rows() if args.merge else {}
     rows = {}
     for spec in args.bundle:
         family, _, path = spec.partition("=")
         rows[family] = measure(Path(path), args.rounds)
     cmd = "python -m bench.models_table " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = write_result("models", {"command": cmd, "rows": rows})
+    path = write_result("models", {"command": cmd, "rows": rows}, out_dir=RESULTS_DIR)
     result = json.loads(path.read_text(encoding="utf-8"))
+    stamp = {"when": result["when"], "command": cmd,
+             "load_average_1_5_15min": result["machine"].get("load_average_1_5_15min")}
+    for row in result["rows"].values():
+        row["measured"] = stamp
+    result["rows"] = {**previous, **result["rows"]}
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_families(result)
     if args.write_docs:
         write_docs(result)

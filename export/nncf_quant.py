@@ -73,7 +73,7 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
     if ranges not in ACTIVATION_RANGES:
         raise ExportError(f"nncf activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}, got {ranges!r}")
     model = onnx.load(str(src))
-    names = kept_in_float(model, keep)
+    names = kept_in_float(model, keep) + single_row_tables(model)
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
     if ranges == "minmax":
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -133,6 +133,18 @@ def kept_in_float(model: Any, keep: tuple[str, ...]) -> list[str]:
     if "attention" in keep:
         names += [n.name for n in matmuls if n.op_type == "MatMul" and not any(constant(i) for i in n.input[:2])]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def single_row_tables(model: Any) -> list[str]:
+    """Gather nodes that look up a constant table of one row (a Hugging Face tower's token-type
+    embedding with ``type_vocab_size`` 1: RoBERTa, XLM-R), always left in float. NNCF quantises
+    embedding tables weight-only, per tensor when the table has one row; OpenVINO (2026.4) then
+    cannot compile the graph ("Check 'convert->constant_fold(...)' failed", its constant folding
+    of the table's Convert), so a RoBERTa bundle's NNCF int8 text graph failed to load on the
+    backend clip-rt picks for int8. One row of floats saves nothing to quantise anyway."""
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Gather" and n.name and n.input and inits.get(n.input[0], [0])[:1] == [1]]
 
 
 def describe_qdq(model: Any) -> dict[str, Any]:

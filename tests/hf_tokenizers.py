@@ -7,11 +7,18 @@ open_clip's multilingual and SigLIP models (hubs are unreachable here, so the re
   (pad = eos = "</s>"), tokenizer_config of ``T5Tokenizer``;
 - ``gemma``: byte-fallback BPE without a pre-tokenizer, Gemma's special ids (<pad>=0, <eos>=1,
   <bos>=2, <unk>=3), tokenizer_config of ``GemmaTokenizer`` (SigLIP2);
-- ``bert``: lower-casing WordPiece with BERT's specials, tokenizer_config of ``BertTokenizer``.
+- ``bert``: lower-casing WordPiece with BERT's specials, tokenizer_config of ``BertTokenizer``;
+- ``roberta``: byte-level BPE (GPT-2 style, no prefix space) with RoBERTa's special ids (<s>=0,
+  <pad>=1, </s>=2, <unk>=3, <mask> last) and its post-processor, tokenizer_config of
+  ``RobertaTokenizer``;
+- ``nllb``: SentencePiece-style BPE (Metaspace; NLLB's ``sentencepiece.bpe.model`` is a BPE
+  model, and transformers' ``NllbTokenizer`` rebuilds a BPE from the file's vocabulary and
+  merges) with NLLB's special ids (<s>=0, <pad>=1, </s>=2, <unk>=3), tokenizer_config of
+  ``NllbTokenizer`` (``src_lang`` eng_Latn; transformers appends the language codes and <mask>).
 
 Each is trained on the same deterministic text (templates, class names, several scripts
 including Chinese), so every id is far below the real vocabulary sizes (250002, 32000,
-256000, 30522) and the real architectures can embed them.
+256000, 30522, 50265, 256206) and the real architectures can embed them.
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ def _train_unigram(specials: list[str], vocab_size: int):  # noqa: ANN202
 
 def build(kind: str, folder: Path) -> Path:
     """Write the *kind* tokenizer (tokenizer.json + tokenizer_config.json) into *folder*."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "xlmr":
@@ -88,6 +95,32 @@ def build(kind: str, folder: Path) -> Path:
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
         config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "unk_token": "[UNK]", "sep_token": "[SEP]",
                   "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]", "model_max_length": 512}
+    elif kind == "roberta":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(training_text(), trainer)
+        tok.add_special_tokens(["<mask>"])
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
+        config = {"tokenizer_class": "RobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                  "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
+                  "add_prefix_space": False, "model_max_length": 512}
+    elif kind == "nllb":
+        tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      show_progress=False)
+        tok.train_from_iterator(training_text(), trainer)
+        tok.add_special_tokens(["eng_Latn", "<mask>"])
+        tok.post_processor = processors.TemplateProcessing(
+            single="eng_Latn $A </s>", special_tokens=[("eng_Latn", tok.token_to_id("eng_Latn")), ("</s>", 2)])
+        config = {"tokenizer_class": "NllbTokenizer", "src_lang": "eng_Latn", "bos_token": "<s>", "eos_token": "</s>",
+                  "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                  "mask_token": "<mask>", "model_max_length": 1024}
     else:
         raise ValueError(kind)
     tok.save(str(folder / "tokenizer.json"))
@@ -95,4 +128,4 @@ def build(kind: str, folder: Path) -> Path:
     return folder
 
 
-KINDS = ("xlmr", "t5", "gemma", "bert")
+KINDS = ("xlmr", "t5", "gemma", "bert", "roberta", "nllb")

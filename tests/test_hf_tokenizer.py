@@ -1,7 +1,8 @@
 """Hugging Face tokenizers in bundles: clip_rt's HfTokenizer against open_clip's HFTokenizer.
 
 The tokenizers are small ones built here (tests/hf_tokenizers.py: SentencePiece-style Unigram
-for XLM-R and SigLIP, byte-fallback BPE for SigLIP2, WordPiece for BERT), loaded by open_clip
+for XLM-R and SigLIP, byte-fallback BPE for SigLIP2, WordPiece for BERT, byte-level BPE for
+RoBERTa, SentencePiece-style BPE with a language-code prefix for NLLB), loaded by open_clip
 exactly as the export loads a user's ``--tokenizer`` (``clip_rt_export.text_tokenizer``), with
 the real architectures' open_clip configs (cleaning, context length, strip_sep_token).
 """
@@ -35,6 +36,8 @@ ARCHS = {
     "t5": ("ViT-B-16-SigLIP", 32000),
     "gemma": ("ViT-B-16-SigLIP2", 256000),
     "bert": ("ViT-H-14-CLIPA", 30522),
+    "roberta": ("roberta-ViT-B-32", 50265),
+    "nllb": ("nllb-clip-base", 256206),
 }
 
 
@@ -84,6 +87,22 @@ def test_settings_come_from_open_clip(pairs: dict[str, Pair]) -> None:
     assert pairs["t5"].config.context_length == 64 and pairs["xlmr"].config.context_length == 77
     assert pairs["t5"].config.pad_token_id == 1  # SigLIP pads with "</s>"
     assert pairs["bert"].config.strip_sep_token and pairs["bert"].config.sep_token_id == 3
+    assert pairs["roberta"].config.clean == "whitespace" and pairs["roberta"].config.pad_token_id == 1
+    assert pairs["nllb"].config.pad_token_id == 1 and pairs["nllb"].config.eot_token_id == 2
+
+
+def test_roberta_and_nllb_special_tokens(pairs: dict[str, Pair]) -> None:
+    # RoBERTa: <s> ... </s>, byte-level pieces without a prefix space on the first word
+    roberta = pairs["roberta"]
+    ids = roberta.clip_rt.encode_batch(["a photo of a cat"]).ids[0]
+    hf = roberta.open_clip.tokenizer
+    assert ids[0] == 0 and hf.convert_ids_to_tokens(int(ids[1])) == "a"
+    assert hf.convert_ids_to_tokens(int(ids[2])) == "\u0120photo"
+    # NLLB: open_clip's tokenizer prefixes the source-language code (eng_Latn) and ends with </s>
+    nllb = pairs["nllb"]
+    got = nllb.clip_rt.encode_batch(["a photo of a cat"])
+    ids = got.ids[0][: got.lengths[0]]
+    assert nllb.open_clip.tokenizer.convert_ids_to_tokens(int(ids[0])) == "eng_Latn" and ids[-1] == 2
     for pair in pairs.values():
         assert pair.config.tokenizer_kind == "hf"
 

@@ -97,3 +97,44 @@ def test_default_method_per_encoder(tmp_path: Path) -> None:
     assert int8_method_for("image", vit, None) == "nncf"
     assert int8_method_for("text", conv_tower, None) == "nncf"
     assert int8_method_for("image", conv_tower, "nncf") == "nncf"  # asked for: as asked
+
+
+def _embedding_model() -> onnx.ModelProto:
+    """input_ids -> word + token-type embeddings (the token-type table has one row and is looked
+    up with zeros expanded to the input's shape, as a Hugging Face RoBERTa/XLM-R tower does)
+    -> a MatMul."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gather", ["word", "input_ids"], ["we"], name="word_embedding"),
+        helper.make_node("Shape", ["input_ids"], ["shape"], name="shape"),
+        helper.make_node("Expand", ["zeros", "shape"], ["types"], name="expand"),
+        helper.make_node("Gather", ["token_type", "types"], ["te"], name="token_type_embedding"),
+        helper.make_node("Add", ["we", "te"], ["e"], name="add"),
+        helper.make_node("MatMul", ["e", "w"], ["y"], name="proj"),
+    ]
+    inits = [numpy_helper.from_array(rng.normal(size=(50, 16)).astype(np.float32), "word"),
+             numpy_helper.from_array(rng.normal(size=(1, 16)).astype(np.float32), "token_type"),
+             numpy_helper.from_array(np.zeros((1, 1), np.int64), "zeros"),
+             numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w")]
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "l", 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_single_row_tables_stay_float_so_openvino_compiles_the_graph(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    model = _embedding_model()
+    assert nncf_quant.single_row_tables(model) == ["token_type_embedding"]
+    src, dst = tmp_path / "text.onnx", tmp_path / "text_int8.onnx"
+    onnx.save(model, str(src))
+    rng = np.random.default_rng(1)
+    feeds = [{"input_ids": rng.integers(0, 50, (2, 7)).astype(np.int64)} for _ in range(8)]
+    nncf_quant.quantize_nncf(src, dst, feeds, nncf_quant.NNCF_INT8["text"])
+    q = onnx.load(str(dst))
+    gathers = {n.name: n for n in q.graph.node if n.op_type == "Gather"}
+    assert gathers["token_type_embedding"].input[0] == "token_type"  # the float table, no DequantizeLinear
+    ov = pytest.importorskip("openvino")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(dst)), "CPU")
+    got = compiled({"input_ids": feeds[0]["input_ids"]})[0]
+    assert got.shape == (2, 7, 16)

@@ -270,12 +270,15 @@ def _echo_families(families: dict[str, Any]) -> None:
                f"{'int8 speed-up img/txt':>22}  tokenizer")
 
     def pair(values: Any, fmt: str) -> str:
-        return "-" if not values else "/".join("-" if v is None else format(v, fmt) for v in values)
+        if not values or all(v is None for v in values):
+            return "-"
+        return "/".join("-" if v is None else format(v, fmt) for v in values)
 
     for family, row in rows.items():
         click.echo(f"  {family:<20} {row['architecture']:<28} {row['scoring']:<8} "
                    f"{max(row['fp32_max_abs_diff']):>9.1e} {pair(row.get('int8_min_cosine'), '.4f'):>17} "
-                   f"{pair(row.get('int8_speedup'), '.2f') + 'x':>22}  {row['tokenizer']}")
+                   f"{(lambda p: p if p == '-' else p + 'x')(pair(row.get('int8_speedup'), '.2f')):>22}  "
+                   f"{row['tokenizer']}")
     click.echo("")
 
 
