@@ -367,11 +367,21 @@ class ClipModel:
 
     def release(self, encoder: str) -> None:
         """Free an encoder's session (its weights and arena); it is re-created on next use.
-        A folder classify needs the text graph only to build the class embeddings."""
+        A folder classify needs the text graph only to build the class embeddings. Releasing
+        ``"text"`` frees the tokenizer too (about 30 MiB of heap for CLIP's BPE tables;
+        docs/devices.md#memory); it is loaded again when text is encoded."""
         with self._lock:
             session = self._sessions.pop(encoder, None)
+            tokenizer = None
+            if encoder == "text":
+                tokenizer, self._tokenizer_obj = self._tokenizer_obj, None
         if session is not None:
             session.close()
+        if tokenizer is not None:
+            from .inputs.tokenizer import forget_loaded_tokenizers
+
+            del tokenizer
+            forget_loaded_tokenizers()
 
     def close(self) -> None:
         """Release the prompt cache's database connection (sessions are freed with the model)."""

@@ -273,7 +273,9 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
         assert child["exit"] == 0 and child["peak_rss_mb"] > 0 and child["samples"] == 1, child
     runs = res["models"]["fake"]
     assert set(runs) == {what for what, _, _ in guest.CLASSIFY_RUNS}
-    assert runs["folder_lowmem"]["args"][-3:] == ["--draft", "--batch-size", "1"]
+    assert runs["folder_lowmem"]["args"][-4:] == ["--low-memory", "--draft", "--batch-size", "1"]
+    assert runs["one_image_lowmem"]["args"][-1] == "--low-memory"
+    assert runs["one_image_lowmem"]["args"][1] == runs["one_image"]["args"][1]  # the same image
     assert "--precision" not in runs["folder"]["args"]  # the device's command: the bundle's own precision
     assert all(r["exit"] == 0 and r["samples"] >= 1 for r in runs.values())
     assert imports_heavier(res)
@@ -281,14 +283,15 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     mem, agreement = cli.memory_report(res, res, [{"name": "fake", "role": "small"}], tmp_path, images=3)
     assert mem["qemu_overhead_mib"] == 0.0  # the same side twice
     entry = mem["models"]["fake"]
-    for what in ("one_image", "folder", "folder_lowmem"):
+    for what in ("one_image", "one_image_lowmem", "folder", "folder_lowmem"):
         # natively the guest is the whole process: the estimate is VmHWM
         assert entry[what]["estimate_mib"] == entry[what]["raw_mib"] == entry[what]["x86_mib"]
-        assert agreement["fake"][what] == {"images": 1 if what == "one_image" else 3, "errors": 0,
+        assert agreement["fake"][what] == {"images": 1 if what.startswith("one_image") else 3, "errors": 0,
                                            "top1_agreement": 1.0, "max_score_diff": 0.0, "passed": True}
     assert entry["folder"]["images"] == 3 and entry["folder"]["command"].startswith("clip-rt classify ")
     verdicts = {v.name: v for v in summary.budgets({"memory": mem})}
-    assert set(verdicts) == {"rss fake", "rss fake lowmem"} and verdicts["rss fake"].budget == 150
+    assert set(verdicts) == {"rss fake", "rss fake 1 img --low-memory", "rss fake lowmem"}
+    assert verdicts["rss fake"].budget == verdicts["rss fake 1 img --low-memory"].budget == 150
 
 
 def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,8 +301,8 @@ def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
             "models": [{"name": "m", "full": "F", "slim": "S"}],
             "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
-    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "folder"}
-    assert not any("--draft" in a for a in ran)
+    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "one_image_lowmem", "folder"}
+    assert not any("--draft" in a for a in ran)  # --low-memory alone changes no result: always measured
     plan["classify"]["lowmem"] = True
     assert "folder_lowmem" in guest.Runner(plan).memory()["models"]["m"]
 
@@ -513,6 +516,7 @@ def _report(**over: object) -> dict:
                          "folder": {"raw_mib": 461, "estimate_mib": 351, "x86_mib": 330, "images": 200},
                          "folder_lowmem": {"raw_mib": 380, "estimate_mib": 270, "x86_mib": 250, "images": 200}},
             "ViT-S-32-alt": {"role": "small", "one_image": {"raw_mib": 230, "estimate_mib": 120},
+                             "one_image_lowmem": {"raw_mib": 220, "estimate_mib": 145, "x86_mib": 146},
                              "folder": {"raw_mib": 250, "estimate_mib": 140, "images": 200}}}},
         "classify": {"ViT-B-32": {"one_image": {"passed": True}, "folder": {"passed": True}}},
         "bundles": {"ViT-B-32": {"slim_mib": 154.2}, "ViT-S-32-alt": {"slim_mib": 48.3}},
@@ -534,6 +538,8 @@ def test_budgets_and_qemu_overhead() -> None:
     assert not v["rss ViT-B-32"].met and v["rss ViT-B-32"].value == pytest.approx(351 * 1.048576)  # the larger run
     assert v["rss ViT-B-32 lowmem"].met and "rss ViT-S-32-alt lowmem" not in v
     assert v["rss ViT-S-32-alt"].met and v["rss ViT-S-32-alt"].budget == 150
+    assert not v["rss ViT-S-32-alt 1 img --low-memory"].met  # 145 MiB = 152.0 MB: judged in MB
+    assert "rss ViT-B-32 1 img --low-memory" not in v
 
 
 def test_device_estimate() -> None:
@@ -555,8 +561,9 @@ def test_summary_line_is_one_line_with_the_figures() -> None:
                    "int8 image cos 0.99985>=0.999 batch 0e+00<=1e-05 (vs x86 int8 2.4e-03)",
                    "int8 text cos 0.99910>=0.998 (vs x86 int8 1.1e-03)", "install 243 MB <= 250 met (x86 247 MB)",
                    "RSS ViT-B-32 int8 1/200 img 304/368 MB est. (x86 294/346, qemu total 419/483) NOT met <= 300; "
-                   "--draft --batch-size 1: 283 (x86 262) met",
+                   "folder --low-memory --draft --batch-size 1: 283 (x86 262) met",
                    "RSS ViT-S-32-alt int8 1/200 img 126/147 MB est.",
+                   "; 1 img --low-memory: 152 (x86 153) NOT met",
                    "int8 bundles ViT-B-32 162, ViT-S-32-alt 51 MB"):
         assert needle in line, needle
     # a missed budget fails only when asked to

@@ -322,6 +322,12 @@ def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
     return tok
 
 
+def forget_loaded_tokenizers() -> None:
+    """Drop the loader's cache, so that a tokenizer no model holds any more is freed
+    (``ClipModel.release("text")``); models that hold one keep it."""
+    _load_hf_tokenizer.cache_clear()
+
+
 class ClipTokenizer:
     """Tokenises text exactly as open_clip's ``SimpleTokenizer`` (``clean='lower'``)."""
 
