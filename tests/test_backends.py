@@ -102,19 +102,21 @@ def test_openvino_image_runs_on_fixed_shape_models_that_agree_exactly(bundle: Pa
     ov_b = ov_backend(bundle / "image_fp32.onnx", streams=2, fixed_shapes=True)
     assert ov_b.fixed_shapes and list(ov_b._compiled) == ["latency@1"]  # the one compile at creation
     alone = np.concatenate([ov_b.run({"pixel_values": x[i:i + 1]})[0] for i in range(7)])
-    three = ov_b.run({"pixel_values": x[:3]})[0]  # padded to 4
-    assert sorted(ov_b._compiled) == ["latency@1", "latency@4"] and three.shape[0] == 3
+    three = ov_b.run({"pixel_values": x[:3]})[0]  # up to 8: a model of its own size
+    assert sorted(ov_b._compiled) == ["latency@1", "latency@3"] and three.shape[0] == 3
+    many = ov_b.run({"pixel_values": np.concatenate([x, x])})[0]  # 14 rows: padded to 16
+    assert "latency@16" in ov_b._compiled and many.shape[0] == 14
     # A folder stream of batches of 3: a model of that size, its last batch (1 row) padded.
     assert ov_b.stream_depth(3) == 2
     streamed = [ov_b.submit({"pixel_values": b}, batch=3).result()[0] for b in (x[:3], x[3:6], x[6:])]
     assert [len(s) for s in streamed] == [3, 3, 1] and "throughput@3" in ov_b._compiled
-    served = ov_b.submit({"pixel_values": x[:5]}).result()[0]  # no stream size: the next power of two
-    assert "throughput@8" in ov_b._compiled and "throughput" not in ov_b._compiled
+    served = ov_b.submit({"pixel_values": x[:5]}).result()[0]  # no stream size: its own size
+    assert "throughput@5" in ov_b._compiled and "throughput" not in ov_b._compiled
     np.testing.assert_allclose(alone, want, atol=1e-5)
-    for got in (three, np.concatenate(streamed), served):  # every fixed size agrees with the alone run
+    for got in (three, np.concatenate(streamed), served, many[:7], many[7:]):  # every size agrees with alone
         np.testing.assert_array_equal(got, alone[:len(got)])
     d = ov_b.describe()
-    assert d["latency"]["batch_sizes_compiled"] == [1, 4] and d["throughput"]["batch_sizes_compiled"] == [3, 8]
+    assert d["latency"]["batch_sizes_compiled"] == [1, 3, 16] and d["throughput"]["batch_sizes_compiled"] == [3, 5]
     assert d["shapes"].startswith("fixed")
     # Items that depend on their batch (dynamic int8) are never padded: one dynamic model per mode.
     coupled = ov_backend(bundle / "image_fp32.onnx", streams=2, fixed_shapes=False)

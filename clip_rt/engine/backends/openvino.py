@@ -13,7 +13,7 @@ Two settings matter (bench/results/backends.json):
 
 Shapes: an image graph (the batch its only dynamic axis) whose embeddings agree at every batch
 size (:func:`fixed_shapes_agree`) runs on models compiled for fixed batch sizes: one item on a batch-1 model, a folder's
-batches on a model of its batch size, anything else on the next power of two, padded with
+batches on a model of its batch size, larger ones at the next power of two; padded with
 zeros. For those graphs models of different fixed sizes give bit-identical embeddings, so an
 image alone equals itself in a batch; the dynamic-batch model differs from them by up to 3.5e-3
 (another int8 kernel path, same accuracy: min cosine 0.99974 either way), so it is not mixed in. Fixed
@@ -35,6 +35,7 @@ from ...errors import BundleError, InputError, ProviderError
 from .base import Backend, Pending
 
 COMPUTE_HINTS = {"f32": "f32", "bf16": "bf16"}
+EXACT_UP_TO = 8  # fixed shapes: batches up to this size compile a model of their own size
 
 
 def import_openvino() -> Any:
@@ -144,11 +145,18 @@ class OpenVinoBackend(Backend):
 
     def _mode(self, kind: str, rows: int, batch: Optional[int] = None) -> tuple[str, int]:
         """Which model runs *rows* items (*kind*: latency or throughput) and at what size: with
-        fixed shapes, the stream's *batch* when it holds them, else the next power of two (a
-        server's varying batches compile a few sizes, not one per size); else the dynamic one."""
+        fixed shapes, the stream's *batch* when it holds them; else a batch of up to EXACT_UP_TO
+        at its own size (a server's batches: padding them to powers of two measured 0.87x
+        one-at-a-time at 8 clients, bench.serve); a larger one at the next power of two, so
+        odd sizes do not each compile a model. Without fixed shapes, the dynamic model."""
         if not self.fixed_shapes:
             return kind, rows
-        size = batch if batch and rows <= batch else 1 << max(0, rows - 1).bit_length()
+        if batch and rows <= batch:
+            size = batch
+        elif rows <= EXACT_UP_TO:
+            size = rows
+        else:
+            size = 1 << (rows - 1).bit_length()
         return f"{kind}@{size}", size
 
     def _request(self, mode: str) -> Any:
@@ -226,8 +234,8 @@ class OpenVinoBackend(Backend):
             if fixed:
                 entry.setdefault("batch_sizes_compiled", []).append(int(fixed))
         if self.fixed_shapes:
-            out["shapes"] = ("fixed: a model per batch size (one item; a folder's batch; else the next power of "
-                             "two), batches padded with zeros")
+            out["shapes"] = (f"fixed: a model per batch size (a folder's batch size; other batches up to "
+                             f"{EXACT_UP_TO} their own size, larger ones the next power of two), padded with zeros")
         out["folders"] = (f"throughput, {out['throughput']['streams']} streams" if "throughput" in out
                           else "throughput (compiled on first folder)")
         return out
