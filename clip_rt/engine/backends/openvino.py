@@ -12,13 +12,15 @@ Two settings matter (bench/results/backends.json):
   there), the throughput one on the first folder.
 
 Shapes: an image graph (the batch its only dynamic axis) whose embeddings agree at every batch
-size (:func:`fixed_shapes_agree`) runs on models compiled for fixed batch sizes: one item on a batch-1 model, a folder's
-batches on a model of its batch size, larger ones at the next power of two; padded with
-zeros. For those graphs models of different fixed sizes give bit-identical embeddings, so an
-image alone equals itself in a batch; the dynamic-batch model differs from them by up to 3.5e-3
-(another int8 kernel path, same accuracy: min cosine 0.99974 either way), so it is not mixed in. Fixed
-shapes measured faster (bench/results/backends-x86-amx.json, ViT-B/32 NNCF int8 on AMX: one
-image 89 vs 81 images/s; 4 batches of 8 through the queue 157 vs 131). Text keeps its dynamic
+size (:func:`fixed_shapes_agree`) runs on models compiled for fixed batch sizes: a folder's
+batches on a model of its batch size (the last batch padded with zeros), other batches up to 8
+on a model of their own size, larger ones at the next power of two, padded. Models of
+different fixed sizes give those graphs bit-identical embeddings, so an image alone equals
+itself in a batch; the dynamic-batch model differs from them by up to 3.5e-3 (another int8
+kernel path, same accuracy: min cosine 0.99974 either way), so it is never mixed in. Measured
+(ViT-B/32 NNCF int8, AMX, 4 batches of 8 through the queue): 180 vs 150 and 159 vs 153
+images/s best against the dynamic model (bench/results/backends-x86-amx.json, focused/), 5-8%
+in an A/B run of both twice; one image: no measurable difference. Text keeps its dynamic
 batch and sequence axes: the CPU plugin re-plans a new shape on its first call instead of
 recompiling (cheaper than reshaping per length, measured in bench/backends.py).
 """
