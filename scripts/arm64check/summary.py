@@ -163,19 +163,14 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
                 f"{_fmt(mb(folder.get('raw_mib')))})")
         if v:
             text += f" {'met' if v.met else 'NOT met'} <= {v.budget:.0f}"
-        one_low = m.get("one_image_lowmem")
-        if one_low:
-            ov = next((v for v in verdicts if v.name == f"rss {name} 1 img --low-memory"), None)
-            text += (f"; 1 img --low-memory: {_fmt(mb(one_low.get('estimate_mib')))} "
-                     f"(x86 {_fmt(mb(one_low.get('x86_mib')))})")
-            if ov:
-                text += f" {'met' if ov.met else 'NOT met'}"
-        if low:
-            lv = next((v for v in verdicts if v.name == f"rss {name} lowmem"), None)
-            text += (f"; folder --low-memory --draft --batch-size 1: {_fmt(mb(low.get('estimate_mib')))} "
-                     f"(x86 {_fmt(mb(low.get('x86_mib')))})")
-            if lv:
-                text += f" {'met' if lv.met else 'NOT met'}"
+        for label, entry, verdict_name in (("1 img --low-memory", m.get("one_image_lowmem"), "1 img --low-memory"),
+                                           ("folder --low-memory --draft --batch-size 1", low, "lowmem")):
+            if not entry:
+                continue
+            verdict = next((v for v in verdicts if v.name == f"rss {name} {verdict_name}"), None)
+            text += f"; {label}: {_fmt(mb(entry.get('estimate_mib')))} (x86 {_fmt(mb(entry.get('x86_mib')))})"
+            if verdict:
+                text += f" {'met' if verdict.met else 'NOT met'}"
         parts.append(text)
     sizes = [f"{n} {mb(b['slim_mib']):.0f}" for n, b in report.get("bundles", {}).items() if "slim_mib" in b]
     if sizes:
