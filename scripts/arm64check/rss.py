@@ -11,8 +11,10 @@ than natively). To separate them, ``PeakSampler`` reads every *interval* seconds
 - ``/proc/self/smaps``, which qemu 7.2 passes through: the host's view, every mapping's RSS.
 
 The RSS of host mappings inside guest mappings is the guest program's RSS: what the board
-would show, give or take its kernel's page size. Natively both files list the same mappings, so
-"guest" equals the total. The sampled peak can miss a spike shorter than the interval; the
+would show, give or take its kernel's page size. Natively there is nothing to split off: the
+guest is the whole process. Splitting anyway would undercount, because a short-lived mapping
+(a large buffer under --low-memory) can appear in smaps yet in neither maps read around it, so
+the split is made only under qemu-user (``under_qemu_user``). The sampled peak can miss a spike shorter than the interval; the
 sampled total is reported beside VmHWM to show how much was missed.
 
 stdlib only: imported by the measured child processes on both sides.
@@ -20,6 +22,7 @@ stdlib only: imported by the measured child processes on both sides.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from typing import Optional
 
@@ -73,18 +76,31 @@ def vm_hwm_mb() -> float:
     return int(status["VmHWM"].split()[0]) / 1024
 
 
-class PeakSampler(threading.Thread):
-    """Samples this process's total and guest RSS until ``stop()``; peaks in MiB."""
+def under_qemu_user() -> bool:
+    """True in the arm64 check's guest processes: emulator.py sets QEMU_CPU in every one of them
+    (qemu-user reads it); a native process, or a real board, has no reason to."""
+    return "QEMU_CPU" in os.environ
 
-    def __init__(self, interval: float = 0.5) -> None:
+
+class PeakSampler(threading.Thread):
+    """Samples this process's total and guest RSS until ``stop()``; peaks in MiB.
+    *split* (default: ``under_qemu_user()``) separates the guest's mappings from qemu's."""
+
+    def __init__(self, interval: float = 0.5, split: Optional[bool] = None) -> None:
         super().__init__(daemon=True)
         self.interval = interval
+        self.split = under_qemu_user() if split is None else split
         self.total_peak_mb = 0.0
         self.guest_peak_mb = 0.0
         self.samples = 0
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
+        if not self.split:
+            with open("/proc/self/smaps") as f:
+                total, _ = rss_split_kb(f.read(), None)
+            self._record(total, total)
+            return
         # maps read before and after smaps: a mapping made or grown (the heap, an arena) by
         # another thread between the reads is in the second, so it is not taken for qemu's
         with open("/proc/self/maps") as f:
@@ -94,6 +110,9 @@ class PeakSampler(threading.Thread):
         with open("/proc/self/maps") as f:
             after = f.read()
         total, guest = rss_split_kb(smaps, merged_ranges(before + "\n" + after))
+        self._record(total, guest)
+
+    def _record(self, total: int, guest: int) -> None:
         self.total_peak_mb = max(self.total_peak_mb, total / 1024)
         self.guest_peak_mb = max(self.guest_peak_mb, guest / 1024)
         self.samples += 1
