@@ -49,13 +49,80 @@ def test_batcher_does_not_wait_longer_than_max_wait() -> None:
                                                      max_queue=10)
         b.start()
         loop = asyncio.get_running_loop()
+        decoding = b.reserve(1)  # another request's input, admitted and still being decoded
+        start = loop.time()
+        await b.submit([1], b.reserve(1))
+        took = loop.time() - start
+        decoding.release()
+        await b.close()
+        return took
+
+    assert 0.04 <= run(main()) < 2.0
+
+
+def test_batcher_runs_a_lone_request_at_once() -> None:
+    """Nothing running and no other input on its way: no batching window to wait out."""
+    async def main() -> tuple[float, list[int]]:
+        sizes: list[int] = []
+        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: sizes.append(len(xs)) or xs,
+                                                     max_batch_size=64, max_wait_s=30.0, max_queue=10)
+        b.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await b.submit([1, 2], b.reserve(2)) == [1, 2]
+        took = loop.time() - start
+        await b.close()
+        return took, sizes
+
+    took, sizes = run(main())
+    assert took < 5.0 and sizes == [2]  # not the 30 s window
+
+
+def test_batcher_wait_when_idle_waits_out_the_window() -> None:
+    async def main() -> float:
+        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: xs, max_batch_size=64, max_wait_s=0.3,
+                                                     max_queue=10, wait_when_idle=True)
+        b.start()
+        loop = asyncio.get_running_loop()
         start = loop.time()
         await b.submit([1], b.reserve(1))
         took = loop.time() - start
         await b.close()
         return took
 
-    assert 0.04 <= run(main()) < 2.0
+    assert 0.25 <= run(main()) < 5.0
+
+
+def test_batcher_waits_for_more_while_a_batch_runs() -> None:
+    """Under load (a batch running), the next batch fills up to max_batch_size instead of
+    running each input as it comes."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def work(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            release.wait(10)  # the first batch keeps running while others arrive
+        return items
+
+    async def main() -> list[list[int]]:
+        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=3, max_wait_s=30.0, max_queue=10,
+                                                     concurrency=2)  # a free slot: only the rule makes it wait
+        b.start()
+        first = asyncio.ensure_future(b.submit([0], b.reserve(1)))
+        while not sizes:  # the lone first input ran at once
+            await asyncio.sleep(0.01)
+        rest = []
+        for i in (1, 2, 3):  # one at a time: each, when it comes, is the only input on its way
+            rest.append(asyncio.ensure_future(b.submit([i], b.reserve(1))))
+            await asyncio.sleep(0.05)
+        release.set()
+        out = [await first] + [await r for r in rest]
+        await b.close()
+        return out
+
+    assert run(main()) == [[0], [1], [2], [3]]
+    assert sizes == [1, 3]  # the three that came while batch one ran went together, without the 30 s wait
 
 
 def test_batcher_refuses_past_max_queue() -> None:

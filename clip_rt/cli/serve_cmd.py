@@ -39,7 +39,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--max-text-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_text_batch_size,
               show_default=True, help="Most texts per text-encoder batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=_DEFAULTS.max_wait_ms, show_default=True,
-              help="Longest an input waits for its batch to fill.")
+              help="Longest an input waits for its batch to fill (while another batch runs or more inputs are "
+                   "on their way; a lone request runs at once).")
+@click.option("--wait-when-idle", is_flag=True,
+              help="Wait out --max-wait-ms even when nothing runs and nothing else is coming: fuller batches, "
+                   "slower lone requests.")
 @click.option("--image-streams", type=click.IntRange(min=1), default=None,
               help="Image batches encoded at once. Default: the backend's throughput streams where the CPU plan "
                    "runs batches in throughput mode (OpenVINO), else 1. 1 with --max-batch-size 1 = one request "
@@ -74,7 +78,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
               threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
-              image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
+              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
               max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
               indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
               log_level: str, access_log: bool) -> None:
@@ -91,7 +95,8 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     config = ServeConfig(
         host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
         provider=provider, precision=precision, threads=threads, draft=draft, max_batch_size=max_batch_size,
-        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, image_streams=image_streams, max_queue=max_queue,
+        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, wait_when_idle=wait_when_idle,
+        image_streams=image_streams, max_queue=max_queue,
         max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
         max_text_chars=max_text_chars, max_labels=max_labels, max_prompts=max_prompts,
         max_image_pixels=max_image_pixels, api_key=api_key or None, allow_dirs=allow_dirs,

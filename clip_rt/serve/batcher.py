@@ -3,8 +3,9 @@
 One :class:`DynamicBatcher` per model and encoder. Requests first *reserve* room for their
 inputs (so a full queue is refused before any image is decoded: memory stays bounded), then
 submit them. A loop task on the event loop collects a batch: it starts with the oldest waiting
-input and takes more until the batch is full or the oldest input has waited ``max_wait``; the
-batch then runs on the batcher's own inference threads while the next one gathers. Up to
+input and takes more until the batch is full or the oldest input has waited ``max_wait``, unless
+nothing is running and no other input is on its way (then it runs at once: a lone request does
+not wait out the window); the batch then runs on the batcher's own inference threads while the next one gathers. Up to
 *concurrency* batches run at once (the backend's throughput streams: OpenVINO's queue depth;
 1 for onnxruntime), and a batch is formed only when a slot is free, so batches stay as full as
 the traffic allows. The event loop never runs inference or waits on it synchronously.
@@ -59,16 +60,19 @@ class Reservation:
 
 class DynamicBatcher(Generic[T, R]):
     """Runs ``run(payloads) -> results`` (one result per payload, in order) on batches of at
-    most *max_batch_size* payloads, waiting at most *max_wait_s* for a batch to fill."""
+    most *max_batch_size* payloads, waiting at most *max_wait_s* for a batch to fill (not at all
+    when nothing runs and no other input is on its way, unless *wait_when_idle*)."""
 
     def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]], *, max_batch_size: int, max_wait_s: float,
                  max_queue: int, on_batch: Optional[Callable[[int, float], None]] = None,
-                 on_depth: Optional[Callable[[int], None]] = None, concurrency: int = 1) -> None:
+                 on_depth: Optional[Callable[[int], None]] = None, concurrency: int = 1,
+                 wait_when_idle: bool = False) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         self.name = name
         self._run = run
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self.wait_when_idle = wait_when_idle
         self._on_batch, self._on_depth = on_batch, on_depth
         self._pending: deque[_Item[T]] = deque()
         self._admitted = 0  # reserved and not yet taken into a batch (decoding or waiting)
@@ -134,6 +138,8 @@ class DynamicBatcher(Generic[T, R]):
     def _unreserve(self, n: int) -> None:
         self._admitted -= n
         self._report_depth()
+        if self._wakeup is not None:  # an input no longer on its way: the loop re-checks its wait
+            self._wakeup.set()
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:
@@ -165,8 +171,10 @@ class DynamicBatcher(Generic[T, R]):
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 deadline = self._pending[0].enqueued + self.max_wait_s
-                # Wait for more only while the batch is not full; on shutdown, run what is there.
-                while len(self._pending) < self.max_batch_size and not (self._closing or self._draining):
+                # Wait for more only while the batch is not full and more is expected; on
+                # shutdown, run what is there.
+                while (len(self._pending) < self.max_batch_size and not (self._closing or self._draining)
+                       and not self._idle_and_nothing_on_the_way()):
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -184,10 +192,18 @@ class DynamicBatcher(Generic[T, R]):
             if self._running:  # close(): everything already taken into a batch is answered
                 await asyncio.gather(*self._running, return_exceptions=True)
 
+    def _idle_and_nothing_on_the_way(self) -> bool:
+        """No batch is running and every admitted input is already queued (none is still being
+        decoded): waiting could only add latency, so a lone request runs at once. Under load a
+        batch is running, and the next one fills meanwhile, up to max_wait. *wait_when_idle*
+        turns this off (every batch waits to fill)."""
+        return not self.wait_when_idle and not self._running and self._admitted == len(self._pending)
+
     def _batch_done(self, task: "asyncio.Task[None]") -> None:
         self._running.discard(task)
-        assert self._slots is not None
+        assert self._slots is not None and self._wakeup is not None
         self._slots.release()
+        self._wakeup.set()  # idle now: a batch waiting to fill may run at once
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T]]) -> None:
         start = time.perf_counter()

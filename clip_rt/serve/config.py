@@ -51,6 +51,9 @@ class ServeConfig:
     max_batch_size: int = 8  # images per batch (8 is the measured best on a 2-core CPU)
     max_text_batch_size: int = 64
     max_wait_ms: float = 5.0
+    # Wait out max_wait_ms even with nothing running and no other input on its way (fuller
+    # batches, at the cost of a lone request's latency); off: such a batch runs at once.
+    wait_when_idle: bool = False
     # Image batches encoded at once: None = the backend's throughput streams where the model's
     # plan runs batches in throughput mode (OpenVINO), else 1 (onnxruntime uses every core itself).
     image_streams: Optional[int] = None

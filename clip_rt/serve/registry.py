@@ -58,11 +58,12 @@ class ServedModel:
         self._queued = streams > 1
         self.image: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             f"{model_id}/image", self._encode_pixels, max_batch_size=config.max_batch_size, max_wait_s=wait,
-            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth, concurrency=streams)
+            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth, concurrency=streams,
+            wait_when_idle=config.wait_when_idle)
         on_batch, on_depth = observer("text")
         self.text: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
             f"{model_id}/text", self._encode_texts, max_batch_size=config.max_text_batch_size, max_wait_s=wait,
-            max_queue=config.text_queue, on_batch=on_batch, on_depth=on_depth)
+            max_queue=config.text_queue, on_batch=on_batch, on_depth=on_depth, wait_when_idle=config.wait_when_idle)
 
     # -- inference (on the batchers' threads) ---------------------------------------------------
     def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
