@@ -149,7 +149,11 @@ class StagingDir:
         """Write the manifest last, flush everything to disk, and rename the folder into place."""
         check_target(self.target, self.force)
         manifest.write(self.path)
+        mode = _plain_file_mode()
         for path in self.path.iterdir():
+            # Some writers (onnx's external data of the fp16 and onnxruntime-int8 steps) create
+            # their files 0600: every file of a bundle gets the mode a plain open() would give.
+            path.chmod(mode)
             _fsync_file(path)
         _fsync_dir(self.path)
         with signals_deferred() as deferred:
@@ -167,6 +171,13 @@ class StagingDir:
             except ExportInterrupted as exc:
                 raise ExportInterrupted(exc.signum, written=self.target) from None
         return self.target
+
+
+def _plain_file_mode() -> int:
+    """0666 less the process's umask (read by setting it and putting it back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_file(path: Path) -> None:

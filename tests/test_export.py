@@ -442,3 +442,19 @@ def test_signal_during_force_swap_waits_for_the_swap(tmp_path: Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert (target / "graph.onnx").read_bytes() == b"new graph"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_bundle_files_get_the_mode_of_a_plain_file(tmp_path: Path) -> None:
+    """A writer that makes its file 0600 (onnx's external data) does not leave it so."""
+    target, stage, manifest = _old_bundle_and_stage(tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        with stage:
+            data = stage.path / "graph.onnx.data"
+            data.write_bytes(b"weights")
+            data.chmod(0o600)
+            stage.commit(manifest)
+    finally:
+        os.umask(old_umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()} == {"graph.onnx.data": 0o644,
+                                                                             "manifest.json": 0o644}
