@@ -8,7 +8,15 @@ Importing this package is cheap: onnxruntime is imported when a model is loaded.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime 1.29+ (POSIX builds from PyPI) collects telemetry by default: at import it writes
+# a device id under $XDG_CACHE_HOME/Microsoft/DeveloperTools and queues events for upload, and on
+# a read-only home it prints a warning to stderr. An offline runtime opts out unless the user
+# has set the variable (ORT_DISABLE_TELEMETRY=0 keeps onnxruntime's default). It must be set
+# before onnxruntime is imported, which clip_rt does only when a model loads.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from . import templates
 from .errors import (

@@ -422,3 +422,33 @@ def test_every_precision_of_a_real_export_runs(request: pytest.FixtureRequest) -
             cos = float(np.min(np.sum(got * want, axis=1)))
             assert cos >= {"fp16": 0.999, "int8": 0.99}[precision], (precision, enc, cos)
         np.testing.assert_array_equal(m.encode_text(texts), got_txt)  # cached per precision
+
+
+def test_onnxruntime_telemetry_is_off_unless_asked_for(bundle: Path, clip_home: Path, tmp_path: Path) -> None:
+    """onnxruntime 1.29+ writes a telemetry device id under $XDG_CACHE_HOME at import (and
+    queues events for upload); an offline runtime opts out, and ORT_DISABLE_TELEMETRY=0 set by
+    the user is kept."""
+    code = f"""
+    import os, sys
+    import clip_rt
+    m = clip_rt.load({str(bundle)!r})
+    m.encode_text(["a cat"])
+    print(os.environ["ORT_DISABLE_TELEMETRY"])
+    """
+    base = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    seen = {}
+    for setting in (None, "0"):
+        cache = tmp_path / f"xdg-{setting}"
+        env = dict(base, CLIP_RT_HOME=str(clip_home), XDG_CACHE_HOME=str(cache))
+        if setting is not None:
+            env["ORT_DISABLE_TELEMETRY"] = setting
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        seen[setting] = (out.stdout.strip(), (cache / "Microsoft").exists())
+    assert seen[None] == ("1", False)  # opted out: nothing written
+    assert seen["0"][0] == "0"  # the user's choice is kept
+    import onnxruntime
+
+    if tuple(int(p) for p in onnxruntime.__version__.split(".")[:2]) >= (1, 29):
+        assert seen["0"][1], "onnxruntime with telemetry on wrote no device id: this test no longer shows anything"
