@@ -37,6 +37,9 @@ def test_int8_graphs_are_static_and_recorded(tiny_bundle_dir: Path) -> None:
         assert q.parameters["subset_size"] == str(q.calibration.samples if q.calibration else -1)
         assert q.calibration is not None and q.calibration.method == "nncf"
         assert q.calibration.samples >= len(q.calibration.inputs) > 0
+        # attention's key transpose sits at its MatMul (attention_layout.py), one per layer, exact
+        assert q.parameters["graph_rewrites"].startswith("attention key transpose moved next to its MatMul")
+        assert "bit-identical" in q.parameters["graph_rewrites"]
         fig = m.parity["int8"][encoder]
         assert fig.batch_max_abs_diff is not None and fig.batch_max_abs_diff <= 1e-5
         assert fig.top1_agreement is not None and 0.0 <= fig.top1_agreement <= 1.0
