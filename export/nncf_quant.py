@@ -125,16 +125,20 @@ def _save_with_key_transposes_moved(quantized: Any, dst: Path, feeds: list[dict[
     and the returned note (the manifest records it) says why."""
     import tempfile
 
+    import onnx
+
     from .attention_layout import KEY_TRANSPOSE, max_output_difference, move_key_transposes
 
     with tempfile.TemporaryDirectory(prefix=".nncf-", dir=dst.parent) as tmp:
         original = Path(tmp) / dst.name
         _save(quantized, original, external_data)
-        moved = move_key_transposes(quantized)
+        # Saving with external data moves the tensors out of the proto: read them back.
+        model = onnx.load(str(original)) if external_data else quantized
+        moved = move_key_transposes(model)
         if not moved:
             _move_graph(original, dst)
             return "none (no attention key transpose found)"
-        _save(quantized, dst, external_data)
+        _save(model, dst, external_data)
         diff = max_output_difference(original, dst, feeds[:2])
         if diff == 0.0:
             return f"{KEY_TRANSPOSE} ({moved}x; outputs bit-identical on 2 calibration inputs)"

@@ -15,7 +15,7 @@ from clip_rt_export.attention_layout import max_output_difference, move_key_tran
 HEADS, LEN, DIM = 2, 5, 4
 
 
-def _attention(per_channel_scale: bool = False, extra_consumer: bool = False) -> onnx.ModelProto:
+def _attention(per_channel_scale: bool = False, extra_consumer: bool = False, big: bool = False) -> onnx.ModelProto:
     """q, k: [batch, heads, len, dim] -> scores = q @ (k^T * s), k^T written as the dynamo
     exporter writes scaled_dot_product_attention's (flatten heads, transpose, unflatten) and
     quantised per tensor before the MatMul as NNCF does."""
@@ -42,6 +42,10 @@ def _attention(per_channel_scale: bool = False, extra_consumer: bool = False) ->
     if extra_consumer:
         nodes.append(helper.make_node("Identity", ["k_t"], ["k_t_too"], name="also"))
         outputs.append(helper.make_tensor_value_info("k_t_too", TensorProto.FLOAT, None))
+    if big:  # a weight large enough for onnx to write it as external data (> 1 KiB)
+        inits.append(numpy_helper.from_array(np.random.default_rng(1).normal(size=(DIM, 300)).astype(np.float32), "w"))
+        nodes.append(helper.make_node("MatMul", ["q_in", "w"], ["extra"], name="extra"))
+        outputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
     four_d = ["b", HEADS, LEN, DIM]
     graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("q_in", TensorProto.FLOAT, four_d),
                                               helper.make_tensor_value_info("k", TensorProto.FLOAT, four_d)],
@@ -94,11 +98,16 @@ def test_export_keeps_nncf_graph_when_the_rewrite_is_not_exact(tmp_path: Path, m
     from clip_rt_export import attention_layout, nncf_quant
 
     dst = tmp_path / "image_int8.onnx"
-    note = nncf_quant._save_with_key_transposes_moved(_attention(), dst, _feeds(), external_data)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    onnx.save(_attention(big=True), str(ref / "ref.onnx"))
+    note = nncf_quant._save_with_key_transposes_moved(_attention(big=True), dst, _feeds(), external_data)
+    assert Path(str(dst) + ".data").exists() == external_data
     assert note.startswith("attention key transpose moved next to its MatMul (1x; outputs bit-identical")
     assert "Transpose" in [n.op_type for n in onnx.load(str(dst)).graph.node][3:4]
+    assert max_output_difference(ref / "ref.onnx", dst, _feeds()) == 0.0  # weights written, not lost
     monkeypatch.setattr(attention_layout, "max_output_difference", lambda *a: 0.5)
-    note = nncf_quant._save_with_key_transposes_moved(_attention(), dst, _feeds(), external_data)
+    note = nncf_quant._save_with_key_transposes_moved(_attention(big=True), dst, _feeds(), external_data)
     assert note == "none (attention key transpose moved next to its MatMul changed outputs by 0.5; NNCF's graph kept)"
     kept = onnx.load(str(dst))
     assert [n.op_type for n in kept.graph.node][:2] == ["Reshape", "Transpose"]  # as NNCF wrote it
