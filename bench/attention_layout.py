@@ -66,7 +66,8 @@ def _profile(core: Any, path: Path, kind: str) -> dict[str, Any]:
             "top_layers_ms": {k: round(v, 2) for k, v in per_type.most_common(6)}}
 
 
-def _speed_fns(core: Any, paths: dict[str, Path], kind: str, threads: int) -> tuple[dict[str, Callable[[], Any]], dict[str, int]]:
+def _speed_fns(core: Any, paths: dict[str, Path], kind: str,
+               threads: int) -> tuple[dict[str, Callable[[], Any]], dict[str, int]]:
     import onnxruntime as ort
     import openvino as ov
 
@@ -138,7 +139,8 @@ def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> 
     speed: dict[str, Any] = {}
     for name, secs in timer.samples.items():
         rates = [items[name] / s for s in secs]
-        speed[name] = {"items_per_s_best": round(max(rates), 2), "items_per_s_median": round(statistics.median(rates), 2)}
+        speed[name] = {"items_per_s_best": round(max(rates), 2),
+                       "items_per_s_median": round(statistics.median(rates), 2)}
     ratios: dict[str, Any] = {}
     for name in fns:
         if name.endswith("[as NNCF wrote it]"):

@@ -5,8 +5,9 @@ torch's dynamo exporter writes ``F.scaled_dot_product_attention`` as
 NNCF then puts QuantizeLinear/DequantizeLinear before the MatMul. OpenVINO's CPU plugin merges
 that Transpose with the head transpose before it into one 3-D Transpose (perm 1,2,0), which it
 runs on a slow reference kernel: with the other transposes, 21% of ViT-B/32's int8 image time
-at batch 8 on an AMX host, 10.5% after this rewrite (bench/results/attention_layout.json). Scaling by a scalar and per-tensor (de)quantisation
-commute with a transpose, so the rewrite below gives
+at batch 8 on an AMX host, 10.5% after this rewrite (bench/results/attention_layout.json).
+Scaling by a scalar and per-tensor (de)quantisation commute with a transpose, so the rewrite
+below gives
 
     K -> Mul(scale) -> QuantizeLinear -> DequantizeLinear -> Transpose(last two axes) -> MatMul
 

@@ -50,7 +50,8 @@ def _attention(per_channel_scale: bool = False, extra_consumer: bool = False, bi
     graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("q_in", TensorProto.FLOAT, four_d),
                                               helper.make_tensor_value_info("k", TensorProto.FLOAT, four_d)],
                               outputs, inits,
-                              value_info=[helper.make_tensor_value_info("k_dq", TensorProto.FLOAT, ["b", HEADS, DIM, LEN])])
+                              value_info=[helper.make_tensor_value_info("k_dq", TensorProto.FLOAT,
+                                                                        ["b", HEADS, DIM, LEN])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -5,7 +5,8 @@ inputs (so a full queue is refused before any image is decoded: memory stays bou
 submit them. A loop task on the event loop collects a batch: it starts with the oldest waiting
 input and takes more until the batch is full or the oldest input has waited ``max_wait``, unless
 nothing is running and no other input is on its way (then it runs at once: a lone request does
-not wait out the window); the batch then runs on the batcher's own inference threads while the next one gathers. Up to
+not wait out the window); the batch then runs on the batcher's own inference threads while the
+next one gathers. Up to
 *concurrency* batches run at once (the backend's throughput streams: OpenVINO's queue depth;
 1 for onnxruntime), and a batch is formed only when a slot is free, so batches stay as full as
 the traffic allows. The event loop never runs inference or waits on it synchronously.

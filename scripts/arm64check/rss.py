@@ -14,8 +14,9 @@ The RSS of host mappings inside guest mappings is the guest program's RSS: what 
 would show, give or take its kernel's page size. Natively there is nothing to split off: the
 guest is the whole process. Splitting anyway would undercount, because a short-lived mapping
 (a large buffer under --low-memory) can appear in smaps yet in neither maps read around it, so
-the split is made only under qemu-user (``under_qemu_user``). The sampled peak can miss a spike shorter than the interval; the
-sampled total is reported beside VmHWM to show how much was missed.
+the split is made only under qemu-user (``under_qemu_user``). The sampled peak can miss a
+spike shorter than the interval; the sampled total is reported beside VmHWM to show how much
+was missed.
 
 stdlib only: imported by the measured child processes on both sides.
 """
