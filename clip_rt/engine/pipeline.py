@@ -55,8 +55,8 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
     run()). A stream that is one batch in all (``encode_image`` of a few images, a small
     folder) is one latency call at its own size instead: nothing runs beside it, and a
     throughput stream would pad it to *batch_size* and give it one stream's threads (measured:
-    one image 221 ms through the queue padded to 8, 27 ms as a latency call, ViT-B-32 int8 on
-    OpenVINO on a busy 2-core host)."""
+    ``encode_image`` of one photo 231-273 ms through the queue padded to 8, 40-43 ms as a
+    latency call, ViT-B-32 int8 on OpenVINO on a busy 2-core AMX host)."""
     depth = session.stream_depth(batch_size) if queued else 1
     ahead = 2 * batch_size
     pending: deque[Future[Decoded]] = deque()
