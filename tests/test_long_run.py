@@ -9,6 +9,7 @@ the growth bound, while the streaming path stays well under it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,11 @@ N = 5000
 BROKEN_EVERY = 500
 LABELS = ",".join(f"label{i}" for i in range(40))
 GROWTH_LIMIT_MB = 4.0  # measured: 0.2-0.7 MB streaming, 9.7 MB when every record is kept
+# Under qemu-user (scripts/arm64-check's guest; qemu sets QEMU_CPU in every guest process) the
+# child's RSS is the qemu process's, whose translation cache grows with the code first run late
+# (11 MB over the last records in one run): the growth bound is the program's, so it is checked
+# natively only; everything else is checked on both.
+UNDER_QEMU_USER = "QEMU_CPU" in os.environ
 
 
 def test_streaming_classify_keeps_memory_flat(tmp_path: Path, clip_home: Path) -> None:
@@ -51,7 +57,7 @@ def test_streaming_classify_keeps_memory_flat(tmp_path: Path, clip_home: Path) -
     assert any(0 < s[2] < N for s in samples), "records must reach the disk during the run, not at its end"
     assert result["rss_after_1000_mb"] is not None and samples[-1][2] >= N // 2, samples[-3:]
     growth = result["rss_growth_mb"]
-    assert growth < GROWTH_LIMIT_MB < 50, (
+    assert UNDER_QEMU_USER or growth < GROWTH_LIMIT_MB < 50, (
         f"RSS grew {growth} MB between record {BASELINE_RECORDS} and the end: something keeps per-image state")
     assert result["rss_max_mb"] - result["rss_after_1000_mb"] < 50
 
