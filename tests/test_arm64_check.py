@@ -119,7 +119,7 @@ def test_feature_mismatch() -> None:
 def test_missing_packages() -> None:
     assert host.missing_packages(lambda cmd: "/usr/bin/" + cmd) == []
     assert host.missing_packages(lambda cmd: None if cmd != "unshare" else "/usr/bin/unshare") == [
-        "binfmt-support", "mmdebstrap", "qemu-user-static"]
+        "arch-test", "binfmt-support", "mmdebstrap", "qemu-user-static"]
 
 
 def test_binfmt_state_parsing() -> None:

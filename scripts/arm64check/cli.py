@@ -2,7 +2,7 @@
 
 Steps (each logged to stderr; the last stdout line is the one-line summary):
 
-1. host: install qemu-user-static, binfmt-support, mmdebstrap when missing; register qemu for
+1. host: install qemu-user-static, binfmt-support, mmdebstrap, arch-test when missing; register qemu for
    arm64 ELF files (binfmt_misc) when not registered.
 2. rootfs: an arm64 Debian root file system (python3-venv), built once into the cache.
 3. wheel: a wheel of this checkout (the files git tracks or would track, uncommitted edits too).

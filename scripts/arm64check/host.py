@@ -19,6 +19,9 @@ HOST_TOOLS = {
     "qemu-aarch64-static": "qemu-user-static",  # the emulator (static: runs inside a chroot)
     "update-binfmts": "binfmt-support",  # registers it with the kernel for arm64 ELF files
     "mmdebstrap": "mmdebstrap",  # builds the arm64 Debian root file system
+    # mmdebstrap only recommends it (and we install without recommends), but refuses a foreign
+    # architecture without it: "E: install arch-test for foreign architecture support".
+    "arch-test": "arch-test",
     "unshare": "util-linux",  # private mount namespace for the guest's mounts
 }
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
