@@ -8,6 +8,10 @@ AMX hidden from oneDNN) compare fairly. Sources:
 - ``results/backends-<class>.json`` (``python -m bench.backends``): every row of this host's
   class. From ``backends-x86-amx-as-vnni.json`` (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``) only the
   OpenVINO rows count for ``x86-avx512-vnni``: onnxruntime ignores that variable.
+- ``results/text_queue-<class>.json`` (``python -m bench.text_queue``): the text row of the
+  backend, graph and compute measured there runs prompt batches through the backend's throughput
+  queue (``folders: throughput``) when the queue was faster at 80 prompts in that A/B; its score
+  stays the latency figure of the backends run.
 - ``results/variants.json`` and ``results/text_speed.json`` when their machine is AVX-512 VNNI
   without AMX (the project's earlier reference host): onnxruntime and OpenVINO rows for
   ``x86-avx512-vnni``.
@@ -133,6 +137,8 @@ def build_table(results: Path) -> dict[str, Any]:
         rows += _variants_rows(results / "variants.json", sources)
     if (results / "text_speed.json").exists():
         rows += _text_speed_rows(results / "text_speed.json", sources)
+    for path in sorted(results.glob("text_queue-*.json")):
+        _apply_text_queue(path, rows, sources)
     rows.sort(key=lambda r: (r["isa"], r["encoder"], -r["score"]))
     return {
         "about": ("Backend decision table of clip-rt's runtime (clip_rt/engine/backends/choose.py): measured rows, "
@@ -142,6 +148,24 @@ def build_table(results: Path) -> dict[str, Any]:
         "sources": sources,
         "rows": rows,
     }
+
+
+def _apply_text_queue(path: Path, rows: list[dict[str, Any]], sources: dict[str, Any]) -> None:
+    """Mark the text row measured in *path* (bench.text_queue) as queued where the queue won."""
+    data = json.loads(path.read_text())
+    label = data["isa_class"]
+    isa = "x86-avx512-vnni" if label.endswith("-as-vnni") else label
+    cand = data["candidate"]
+    at80 = data["sizes"]["80"]
+    for row in rows:
+        if (row["isa"], row["encoder"], row["backend"], row["graph"], row["compute"]) != (
+                isa, "text", cand["backend"], cand["graph"], cand["compute"]):
+            continue
+        sources[path.stem] = _source(path.stem, data, path)
+        row["queue_x_latency"] = at80["queue_x_latency_best"]
+        row["queue_x_latency_per_round_median"] = at80["queue_x_latency_per_round_median"]
+        row["queue_source"] = path.stem
+        row["folders"] = "throughput" if data["queue_faster"] else "latency"
 
 
 def write_table(results: Path, out: Path, table: Optional[dict[str, Any]] = None) -> Path:

@@ -18,9 +18,10 @@ import numpy as np
 
 from . import templates as _templates
 from .errors import BundleError, InputError, ModelNotFoundError
-from .bundle.manifest import IMAGE_INPUT, TEXT_INPUT, Manifest, read_manifest
+from .bundle.manifest import IMAGE_INPUT, Manifest, read_manifest
 from .engine.backends import Backend, EncoderChoice, RuntimePlan, open_backend, plan_runtime
 from .engine.pipeline import Decoded, image_stream
+from .engine.text_batches import encode_token_rows
 from .engine.pipeline import decode as decode_image
 from .engine.contract import check_external_data, check_session
 from .engine.cpu import CpuIsa, detect_cpu
@@ -416,18 +417,10 @@ class ClipModel:
         message = tokens.truncation_message(texts)
         if message:
             warnings.warn(message, UserWarning, stacklevel=3)  # one warning per call
-        ids, lengths = tokens.ids, tokens.lengths
-        session = self.session("text")
-        dynamic = self.manifest.text.dynamic_sequence
-        # Sorting by length groups prompts of similar size, so slicing drops the most padding.
-        order = np.argsort(lengths, kind="stable") if dynamic else np.arange(len(texts))
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            chunk = ids[rows]
-            if dynamic:
-                chunk = np.ascontiguousarray(chunk[:, :int(lengths[rows].max())])
-            out[rows] = session.run({TEXT_INPUT: chunk})[0]
+        encode_token_rows(self.session("text"), tokens.ids, tokens.lengths, batch_size=batch_size,
+                          dynamic=self.manifest.text.dynamic_sequence,
+                          queued=self._plan.text.folders == "throughput", out=out)
         return {t: out[i] for i, t in enumerate(texts)}
 
     # -- images -------------------------------------------------------------------

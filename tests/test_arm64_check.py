@@ -284,10 +284,14 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     for child in (*res["trivial_python"], res["imports"]):
         assert child["exit"] == 0 and child["peak_rss_mb"] > 0 and child["samples"] == 1, child
     runs = res["models"]["fake"]
-    assert set(runs) == {what for what, _, _ in guest.CLASSIFY_RUNS}
+    assert set(runs) == {what for what, _, _, _ in guest.CLASSIFY_RUNS}
     assert runs["folder_lowmem"]["args"][-4:] == ["--low-memory", "--draft", "--batch-size", "1"]
     assert runs["one_image_lowmem"]["args"][-1] == "--low-memory"
     assert runs["one_image_lowmem"]["args"][1] == runs["one_image"]["args"][1]  # the same image
+    same = [a.replace("one_image_repeat", "one_image_lowmem") for a in runs["one_image_repeat"]["args"]]
+    assert same == runs["one_image_lowmem"]["args"]  # the same command (its own output file) ...
+    assert runs["one_image_repeat"]["opened"] == ["image"]  # ... again: the labels come from the prompt cache
+    assert runs["one_image_lowmem"]["opened"] == ["text", "image"]
     assert "--precision" not in runs["folder"]["args"]  # the device's command: the bundle's own precision
     assert all(r["exit"] == 0 and r["samples"] >= 1 for r in runs.values())
     assert imports_heavier(res)
@@ -295,14 +299,14 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     mem, agreement = cli.memory_report(res, res, [{"name": "fake", "role": "small"}], tmp_path, images=3)
     assert mem["qemu_overhead_mib"] == 0.0  # the same side twice
     entry = mem["models"]["fake"]
-    for what in ("one_image", "one_image_lowmem", "folder", "folder_lowmem"):
+    for what in ("one_image", "one_image_lowmem", "one_image_repeat", "folder", "folder_lowmem"):
         # natively the guest is the whole process: the estimate is VmHWM
         assert entry[what]["estimate_mib"] == entry[what]["raw_mib"] == entry[what]["x86_mib"]
         assert agreement["fake"][what] == {"images": 1 if what.startswith("one_image") else 3, "errors": 0,
                                            "top1_agreement": 1.0, "max_score_diff": 0.0, "passed": True}
     assert entry["folder"]["images"] == 3 and entry["folder"]["command"].startswith("clip-rt classify ")
     verdicts = {v.name: v for v in summary.budgets({"memory": mem})}
-    assert set(verdicts) == {"rss fake", "rss fake 1 img --low-memory", "rss fake lowmem"}
+    assert set(verdicts) == {"rss fake", "rss fake 1 img --low-memory", "rss fake 1 img repeat", "rss fake lowmem"}
     assert verdicts["rss fake"].budget == verdicts["rss fake 1 img --low-memory"].budget == 150
 
 
@@ -313,7 +317,8 @@ def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
             "models": [{"name": "m", "full": "F", "slim": "S"}],
             "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
-    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "one_image_lowmem", "folder"}
+    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "one_image_lowmem", "one_image_repeat",
+                                                              "folder"}
     assert not any("--draft" in a for a in ran)  # --low-memory alone changes no result: always measured
     plan["classify"]["lowmem"] = True
     assert "folder_lowmem" in guest.Runner(plan).memory()["models"]["m"]

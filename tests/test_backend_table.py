@@ -84,3 +84,33 @@ def test_goals_report_met_and_unmet_with_peak() -> None:
     vnni = goals(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni"), 4.41e9, 2.0, 2)
     assert [g["target"] for g in vnni][0] == "image batch 8 >= 3x torch fp32"
     assert all("onnxruntime" not in g["candidate"] for g in vnni)
+
+
+def _text_result(label: str) -> dict:
+    rows = [{"candidate": "openvino int8-static-nncf f32", "backend": "openvino", "graph": "int8-static-nncf",
+             "compute": "f32", "min_cosine_vs_torch_fp32": 0.9987},
+            {"candidate": "onnxruntime fp32", "backend": "onnxruntime", "graph": "fp32", "compute": "graph",
+             "min_cosine_vs_torch_fp32": 1.0}]
+    speed = _speed(**{"open_clip fp32 (context 77)": 40.0, "torch bf16 trimmed": 600.0,
+                      "openvino int8-static-nncf f32": 800.0, "onnxruntime fp32": 200.0})
+    return {"isa_class": label, "command": "c", "env": {}, "when": "t", "machine": {"cpu_model": "cpu"},
+            "text": {"rows": rows, "speed": {"80": speed}}}
+
+
+def test_text_queue_result_marks_its_row_queued(tmp_path: Path) -> None:
+    (tmp_path / "backends-x86-amx.json").write_text(json.dumps(_text_result("x86-amx")))
+    plain = {(r["backend"], r["graph"]): r for r in build_table(tmp_path)["rows"]}
+    assert plain[("openvino", "int8-static-nncf")]["folders"] == "latency"
+    for faster, want in ((True, "throughput"), (False, "latency")):
+        queue = {"isa_class": "x86-amx", "command": "python -m bench.text_queue --bundle b", "when": "t",
+                 "machine": {"cpu_model": "cpu"}, "queue_faster": faster,
+                 "candidate": {"backend": "openvino", "graph": "int8-static-nncf", "compute": "f32"},
+                 "sizes": {"80": {"queue_x_latency_best": 1.6 if faster else 0.9,
+                                  "queue_x_latency_per_round_median": 1.5 if faster else 0.95}}}
+        (tmp_path / "text_queue-x86-amx.json").write_text(json.dumps(queue))
+        table = build_table(tmp_path)
+        by = {(r["backend"], r["graph"]): r for r in table["rows"]}
+        row = by[("openvino", "int8-static-nncf")]
+        assert (row["folders"], row["score"], row["queue_source"]) == (want, 20.0, "text_queue-x86-amx")
+        assert by[("onnxruntime", "fp32")]["folders"] == "latency"  # not the row measured
+        assert table["sources"]["text_queue-x86-amx"]["command"] == "python -m bench.text_queue --bundle b"

@@ -5,6 +5,7 @@ OpenVINO tests skip (with the reason) where the ``[openvino]`` extra is not inst
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,34 @@ def test_default_precision_on_the_cpu_is_gated_int8(tmp_path: Path, monkeypatch:
         model = clip_rt.load(b)
         assert model.precision == want and model.plan.image.backend == "onnxruntime"
     assert clip_rt.load(b, precision="fp32").precision == "fp32"
+
+
+@needs_ov
+def test_text_goes_through_the_queue_where_the_plan_says(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text row measured faster through the throughput queue (bench.text_queue) makes a call
+    with enough prompts split across the streams; the embeddings equal the latency calls'."""
+    import clip_rt.engine.backends.choose as choose
+
+    monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
+    prompts = [f"a photo of a thing number {i}" + " big" * (i % 5) for i in range(40)]
+    got = {}
+    for folders in ("latency", "throughput"):
+        table = {"rows": [{"isa": "x86-amx", "encoder": "text", "backend": "openvino", "graph": "fp32",
+                           "compute": "f32", "folders": folders, "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+        monkeypatch.setattr(choose, "load_table", lambda path=None, table=table: table)
+        m = clip_rt.load(bundle, precision="fp32", cache=False)
+        assert m.plan.text.backend == "openvino" and m.plan.text.folders == folders
+        session = m.session("text")
+        calls: list[str] = []
+        for name in ("run", "submit"):
+            original = getattr(session, name)
+            monkeypatch.setattr(session, name, lambda *a, _n=name, _o=original, **k: (calls.append(_n), _o(*a, **k))[1])
+        got[folders] = m.encode_text(prompts)
+        streams = session.queue_depth
+        assert streams > 1 or (os.cpu_count() or 1) < 2  # OpenVINO's THROUGHPUT: a stream per core or two
+        assert calls == (["submit"] * streams if folders == "throughput" and streams > 1 else ["run"])
+        assert len(m.encode_text(prompts[:3])) == 3
+    np.testing.assert_allclose(got["throughput"], got["latency"], atol=1e-6)
 
 
 # -- evidence for derived modes -----------------------------------------------------------------

@@ -44,6 +44,16 @@ def summary(runtime: dict[str, Any]) -> dict[str, Any]:
             **{enc: {k: runtime[enc][k] for k in keys} for enc in ("image", "text")}}
 
 
+def modes(encoder: str, folders: str) -> str:
+    """How calls run: images one call at a time in latency mode, folders as *folders* says;
+    text in latency mode unless *folders* is throughput, where a call with enough prompts is
+    split across the throughput queue's streams (engine/text_batches.py)."""
+    if encoder == "text":
+        return ("few prompts: latency; many prompts: throughput queue" if folders == "throughput"
+                else "prompts: latency")
+    return f"single calls: latency; folders: {folders}"
+
+
 def describe_lines(runtime: dict[str, Any]) -> list[str]:
     cpu = runtime["cpu"]
     lines = [f"cpu:           {cpu['class']} ({cpu['arch']}: {', '.join(cpu['features']) or 'no flags that matter'}; "
@@ -53,7 +63,7 @@ def describe_lines(runtime: dict[str, Any]) -> list[str]:
         c = runtime[enc]
         compute = f", {c['compute']} compute" if c["compute"] == "bf16" else ""
         lines.append(f"{enc + ':':<15}{c['backend']} {c['precision']} ({c['graph_precision']} graph{compute}); "
-                     f"single calls: latency; folders: {c['folders']}")
+                     f"{modes(enc, c['folders'])}")
         lines.append(f"{'':<15}why: {c['reason']}")
         if c.get("needs_evidence"):
             lines.append(f"{'':<15}parity vs fp32: checked on first use (then cached)")

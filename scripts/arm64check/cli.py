@@ -382,6 +382,7 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
                 # seconds of the whole process (start-up, imports, decoding, inference); the
                 # aarch64 figure is qemu emulating arm64 on the x86 host, not a device's speed
                 "aarch64_emulated_wall_s": a.get("process_wall_s"), "x86_wall_s": x.get("process_wall_s"),
+                "sessions_opened": a.get("opened"),
                 "command": "clip-rt " + " ".join(a.get("args", [])),
             }
             if a.get("exit") in (0, None) and x.get("exit") in (0, None) and "records" in x:

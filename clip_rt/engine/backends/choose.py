@@ -71,8 +71,9 @@ class EncoderChoice:
 
     def summary(self) -> str:
         compute = "" if self.compute in ("graph", "f32") else f", {self.compute} compute"
-        return (f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); calls: latency, "
-                f"folders: {self.folders}")
+        from ..runtime_info import modes
+
+        return f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); {modes(self.encoder, self.folders)}"
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,9 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
             continue
         why = (f"fastest measured on {cpu.isa_class} for {encoder} "
                f"({row['items_per_s']:g} {row.get('unit', 'items/s')}{_ratio_text(row)})")
+        if row.get("queue_source") and row.get("folders") == "throughput":
+            why += (f"; many prompts through the throughput queue: {row['queue_x_latency']:g}x latency calls "
+                    f"({row['queue_source']})")
         if explicit:
             why = f"asked for ({_asked(backend, precision)}); " + why
         return EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
