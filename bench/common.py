@@ -62,13 +62,19 @@ class Timer:
     # OpenMP) otherwise takes the cores from whichever candidate comes next (seen: OpenVINO at
     # batch 1 right after torch, 66 vs 77 images/s).
     pause_s: float = 0.0
+    # Round r starts at the r-th candidate (mod n), so no candidate always follows the same one:
+    # in a fixed order, the same call timed twice (bench.text_queue's A/A sizes) came out 0.95-
+    # 1.40x itself as the per-round median; rotated, 0.98-1.01x (bench/README.md, Method).
+    rotate: bool = True
 
     def run(self, candidates: dict[str, Callable[[], Any]], warmup: int = 1) -> dict[str, float]:
         for fn in candidates.values():
             for _ in range(warmup):
                 fn()
-        for _ in range(self.rounds):
-            for name, fn in candidates.items():
+        items = list(candidates.items())
+        for r in range(self.rounds):
+            shift = r % len(items) if self.rotate and items else 0
+            for name, fn in items[shift:] + items[:shift]:
                 if self.pause_s:
                     time.sleep(self.pause_s)
                 t0 = time.perf_counter()
