@@ -216,7 +216,7 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-THROUGHPUT = " [throughput]"  # through the throughput queue: image batches of 8, several in flight; text split
+THROUGHPUT = " [throughput]"  # batches of 8, several in flight through the throughput queue
 THROUGHPUT_DYNAMIC = " [throughput, dynamic-batch model]"
 REQUESTS = " [throughput, 1-image requests]"  # batch 1, several requests in flight
 DYNAMIC = " [dynamic-batch model]"  # batch 1 on the model compiled with a dynamic batch axis
@@ -260,8 +260,6 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     import torch
 
     import clip_rt
-    from clip_rt.engine.text_batches import encode_token_rows
-    from clip_rt.model import DEFAULT_TEXT_BATCH
     from clip_rt_export.graphs import text_wrapper
 
     prompts = [t.format(CLASS_NAME) for t in clip_rt.templates.IMAGENET]
@@ -284,14 +282,8 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
         "torch fp32 trimmed": lambda: trimmed(idt),
         "torch bf16 trimmed": lambda: trimmed_bf16(idt),
     }
-    lengths = (ids != 0).sum(1)
     for c in cands:
         fns[c.name] = lambda r=c.runner: r.run({"input_ids": ids})
-        if c.backend == "openvino":
-            # As the runtime runs a call of 80 prompts where the plan queues text: split across
-            # the throughput queue's streams (clip_rt/engine/text_batches.py).
-            fns[c.name + THROUGHPUT] = lambda r=c.runner: encode_token_rows(
-                r, ids, lengths, batch_size=DEFAULT_TEXT_BATCH, dynamic=True, queued=True)
     log(f"text, 80 prompts trimmed to {length} tokens: {len(fns)} candidates x {args.rounds} rounds")
     timer = Timer(args.rounds, pause_s=args.pause)
     with torch.inference_mode():

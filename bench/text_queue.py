@@ -76,6 +76,33 @@ def measure(model: Any, sizes: list[int], rounds: int, pause: float) -> dict[str
     return sizes_out
 
 
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _queue_cost(model: Any, session: Any) -> dict[str, Any]:
+    """What the queue costs before its first call: compiling the throughput model (OpenVINO
+    compiles a model per performance mode) and the memory it keeps, measured around the first
+    queued call after the latency model has run (the compiled-model cache may make a repeat
+    compile cheaper: see clip_rt_home/cache/openvino)."""
+    import time
+
+    from clip_rt.engine.text_batches import encode_token_rows
+
+    tokens = model._tokenizer().encode_batch(_prompts(DECIDING_SIZE))  # noqa: SLF001
+    dynamic = model.manifest.text.dynamic_sequence
+    encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic, queued=False)
+    before = _rss_mib()
+    t0 = time.perf_counter()
+    encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic, queued=True)
+    first = time.perf_counter() - t0
+    return {"first_queued_call_s": round(first, 2), "rss_added_mib": round(_rss_mib() - before, 1),
+            "note": "the first queued call compiles the throughput model (or loads it from the cache)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.text_queue", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, required=True)
@@ -100,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = f"int8-{int8_scheme(model.manifest, 'text')}" if choice.graph_precision == "int8" else choice.graph_precision
     session = model.session("text")
     label = _isa_label()
+    cost = _queue_cost(model, session)
     log(f"{label}: text on {choice.summary()}, queue depth {session.queue_depth}")
     if session.queue_depth < 2:
         log("this text backend has no throughput queue (depth 1): both ways are the same calls")
@@ -111,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                       "precision": choice.precision},
         "session": session.describe(),
         "queue_depth": session.queue_depth,
+        "queue_cost": cost,
         "rounds": args.rounds,
         "sizes": sizes,
         "queue_faster": (deciding["queue_x_latency_best"] > 1.0

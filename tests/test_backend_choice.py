@@ -210,6 +210,8 @@ def test_shipped_table_rows_name_their_measurement() -> None:
         assert r["score"] > 0 and r["folders"] in ("latency", "throughput")
         src = table["sources"][r["source"]]
         assert src["command"] and src["file"].startswith("bench/results/")
+        if "queue_source" in r:  # a text row whose queue was measured (bench/text_queue.py)
+            assert r["encoder"] == "text" and table["sources"][r["queue_source"]]["command"]
 
 
 @pytest.mark.parametrize("cpu", [AMX, VNNI, ARM], ids=lambda c: c.isa_class)
