@@ -14,6 +14,7 @@ queue make the same calls both ways: an A/A control of the run's noise).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = measure(model, args.sizes, args.rounds, args.pause)
     deciding = sizes[str(DECIDING_SIZE)]
     payload = {
+        "command": " ".join(["python", "-m", "bench.text_queue", *(argv if argv is not None else sys.argv[1:])]),
+        "env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA",) if k in os.environ},
         "isa_class": label,
         "candidate": {"backend": choice.backend, "graph": graph, "compute": choice.compute,
                       "precision": choice.precision},

@@ -2,11 +2,12 @@
 longest row, run as latency calls or, where the plan says so, through the backend's throughput
 queue (several batches in flight, each on its own stream).
 
-Why the queue for text: 80 prompts of 13 tokens are small matrix multiplies, so one call on all
-cores spends much of its time keeping the threads in step; two streams of one thread each, 40
-prompts apiece, gave 1.4x the prompts/s as the per-round median on OpenVINO int8 (ViT-B-32,
-2-core AMX host; ``python -m bench.text_queue``), with bit-identical embeddings. A call with
-few prompts gains nothing from splitting (a stream has one thread), so it stays one latency call.
+Why a queue for text at all: 80 prompts of 13 tokens are small matrix multiplies, and one call
+on all cores spends part of its time keeping the threads in step; streams of one thread each
+avoid that. Whether it pays is measured per CPU class (``python -m bench.text_queue``, A/B with
+an A/A control; the decision table's text rows say ``folders: throughput`` only where it did),
+because it also costs a second compiled model. The embeddings are the same either way. A call
+with few prompts gains nothing from splitting (a stream has one thread): one latency call.
 """
 from __future__ import annotations
 
