@@ -424,6 +424,9 @@ def test_signal_during_force_swap_waits_for_the_swap(tmp_path: Path, monkeypatch
 
     target, stage, manifest = _old_bundle_and_stage(tmp_path)
     real_replace, calls = os.replace, []
+    # What the handlers must put back: Python's default handler, or SIG_IGN in a process started
+    # in the background by a non-interactive shell (SIGINT is inherited ignored there).
+    before = signal.getsignal(signal.SIGINT)
 
     def replace_with_sigint_between(src, dst):  # noqa: ANN001, ANN202
         calls.append(Path(dst).name)
@@ -441,7 +444,7 @@ def test_signal_during_force_swap_waits_for_the_swap(tmp_path: Path, monkeypatch
     assert len(calls) == 2  # the signal did not cut the swap in two
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert (target / "graph.onnx").read_bytes() == b"new graph"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_bundle_files_get_the_mode_of_a_plain_file(tmp_path: Path) -> None:
