@@ -28,7 +28,8 @@ CLASS_NAMES = ("golden retriever", "tabby cat", "red double-decker bus", "espres
                "lighthouse", "grand piano", "sunflower")
 DECIDING_SIZE = 80  # the backend bench's text figure: 80 prompts
 # The per-round median must clear the noise, not just 1.0: at 4-8 prompts, where both ways make
-# the same calls, one run's per-round medians were 1.36 and 0.95 (12 rounds of ~20-40 ms).
+# the same calls, per-round medians reached 0.95-1.40 in a fixed round order (12 rounds of
+# ~20-40 ms; 0.95-1.01 since the order rotates, bench/README.md).
 MIN_GAIN = 1.1
 
 
@@ -87,8 +88,8 @@ def _rss_mib() -> float:
 def _queue_cost(model: Any, session: Any) -> dict[str, Any]:
     """What the queue costs before its first call: compiling the throughput model (OpenVINO
     compiles a model per performance mode) and the memory it keeps, measured around the first
-    queued call after the latency model has run (the compiled-model cache may make a repeat
-    compile cheaper: see clip_rt_home/cache/openvino)."""
+    queued call after the latency model has run (OpenVINO's compiled-model cache in
+    ``$CLIP_RT_HOME/cache/openvino`` makes a repeat compile cheaper)."""
     import time
 
     from clip_rt.engine.text_batches import encode_token_rows
@@ -118,12 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sizes must include {DECIDING_SIZE} (the size the decision table uses)")
 
     import clip_rt
+    from clip_rt.engine.backends.choose import int8_scheme
 
     from .backends import _isa_label
 
     model = clip_rt.load(args.bundle, backend=args.backend, precision=args.precision, cache=False)
-    from clip_rt.engine.backends.choose import int8_scheme
-
     choice = model.plan.text
     graph = f"int8-{int8_scheme(model.manifest, 'text')}" if choice.graph_precision == "int8" else choice.graph_precision
     session = model.session("text")
