@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pause", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
+    if any(n < 1 for n in args.sizes):
+        ap.error(f"--sizes: prompt counts must be at least 1, got {args.sizes}")
     if DECIDING_SIZE not in args.sizes:
         ap.error(f"--sizes must include {DECIDING_SIZE} (the size the decision table uses)")
 
