@@ -95,7 +95,7 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
             )
     except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
         raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
-    rewrites = _save_with_key_transposes_moved(quantized, dst, feeds, external_data)
+    rewrites = _save_with_rewrites(quantized, dst, feeds, external_data)
     described = describe_qdq(quantized)
     described["parameters"] = {
         "nncf": str(nncf.__version__), "preset": preset, "model_type": str(model_type or "none"),
@@ -117,33 +117,45 @@ def _save(model: Any, path: Path, external_data: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def _save_with_key_transposes_moved(quantized: Any, dst: Path, feeds: list[dict[str, Any]],
-                                    external_data: bool) -> str:
-    """Write NNCF's graph to *dst* with attention's key transposes next to their MatMuls
-    (attention_layout.py: OpenVINO then runs it faster), after checking on two calibration
-    inputs that the rewrite changes no output bit. If it did, NNCF's graph is written as it was
-    and the returned note (the manifest records it) says why."""
+def _save_with_rewrites(quantized: Any, dst: Path, feeds: list[dict[str, Any]], external_data: bool) -> str:
+    """Write NNCF's graph to *dst* after the exact rewrites that make it run better, each kept
+    only if the graph's outputs on two calibration inputs stay bit-identical: attention's key
+    transposes next to their MatMuls (attention_layout.py: OpenVINO runs them faster) and
+    embedding lookups that gather int8 rows before dequantising (embedding_gather.py: no
+    dequantised copy of the whole table per call). Returns the note the manifest records."""
     import tempfile
 
     import onnx
 
     from .attention_layout import KEY_TRANSPOSE, max_output_difference, move_key_transposes
+    from .embedding_gather import GATHER_FIRST, gather_before_dequantize
 
+    rewrites = ((KEY_TRANSPOSE, move_key_transposes), (GATHER_FIRST, gather_before_dequantize))
     with tempfile.TemporaryDirectory(prefix=".nncf-", dir=dst.parent) as tmp:
-        original = Path(tmp) / dst.name
-        _save(quantized, original, external_data)
-        # Saving with external data moves the tensors out of the proto: read them back.
-        model = onnx.load(str(original)) if external_data else quantized
-        moved = move_key_transposes(model)
-        if not moved:
-            _move_graph(original, dst)
-            return "none (no attention key transpose found)"
-        _save(model, dst, external_data)
-        diff = max_output_difference(original, dst, feeds[:2])
-        if diff == 0.0:
-            return f"{KEY_TRANSPOSE} ({moved}x; outputs bit-identical on 2 calibration inputs)"
-        _move_graph(original, dst)  # the rewrite is only worth it when exact
-        return f"none ({KEY_TRANSPOSE} changed outputs by {diff:.3g}; NNCF's graph kept)"
+        # One folder per step: a graph's external data file is named after the graph.
+        current = Path(tmp) / "nncf" / dst.name
+        current.parent.mkdir()
+        _save(quantized, current, external_data)
+        notes = []
+        for step, (what, rewrite) in enumerate(rewrites):
+            model = onnx.load(str(current))  # external data read back in, a copy to rewrite
+            count = rewrite(model)
+            if not count:
+                continue
+            candidate = Path(tmp) / f"step{step}" / dst.name
+            candidate.parent.mkdir()
+            _save(model, candidate, external_data)
+            del model
+            diff = max_output_difference(current, candidate, feeds[:2])
+            if diff == 0.0:
+                notes.append(f"{what} ({count}x; outputs bit-identical on {len(feeds[:2])} calibration inputs)")
+                current = candidate
+            else:  # a rewrite is only worth it when exact
+                notes.append(f"not done: {what} (it changed outputs by {diff:.3g})")
+        _move_graph(current, dst)
+    if not notes:
+        return "none (no attention key transpose or int8 embedding lookup found)"
+    return "; ".join(notes)
 
 
 def kept_in_float(model: Any, keep: tuple[str, ...]) -> list[str]:

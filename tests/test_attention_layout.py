@@ -102,14 +102,14 @@ def test_export_keeps_nncf_graph_when_the_rewrite_is_not_exact(tmp_path: Path, m
     ref = tmp_path / "ref"
     ref.mkdir()
     onnx.save(_attention(big=True), str(ref / "ref.onnx"))
-    note = nncf_quant._save_with_key_transposes_moved(_attention(big=True), dst, _feeds(), external_data)
+    note = nncf_quant._save_with_rewrites(_attention(big=True), dst, _feeds(), external_data)
     assert Path(str(dst) + ".data").exists() == external_data
     assert note.startswith("attention key transpose moved next to its MatMul (1x; outputs bit-identical")
     assert "Transpose" in [n.op_type for n in onnx.load(str(dst)).graph.node][3:4]
     assert max_output_difference(ref / "ref.onnx", dst, _feeds()) == 0.0  # weights written, not lost
     monkeypatch.setattr(attention_layout, "max_output_difference", lambda *a: 0.5)
-    note = nncf_quant._save_with_key_transposes_moved(_attention(big=True), dst, _feeds(), external_data)
-    assert note == "none (attention key transpose moved next to its MatMul changed outputs by 0.5; NNCF's graph kept)"
+    note = nncf_quant._save_with_rewrites(_attention(big=True), dst, _feeds(), external_data)
+    assert note == "not done: attention key transpose moved next to its MatMul (it changed outputs by 0.5)"
     kept = onnx.load(str(dst))
     assert [n.op_type for n in kept.graph.node][:2] == ["Reshape", "Transpose"]  # as NNCF wrote it
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left

@@ -12,6 +12,7 @@ from clip_rt.errors import InputError, ParityError
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 from clip_rt_export import calibration, export_bundle, optimize, validate  # noqa: E402
 
@@ -43,6 +44,15 @@ def test_int8_graphs_are_static_and_recorded(tiny_bundle_dir: Path) -> None:
         fig = m.parity["int8"][encoder]
         assert fig.batch_max_abs_diff is not None and fig.batch_max_abs_diff <= 1e-5
         assert fig.top1_agreement is not None and 0.0 <= fig.top1_agreement <= 1.0
+    # the token embedding's lookup gathers int8 rows (embedding_gather.py): no dequantised copy
+    # of the whole table per call; the image tower has no lookup to rewrite
+    assert "embedding lookups gather int8 rows before dequantising (1x; outputs bit-identical" in \
+        m.quantization["int8"]["text"].parameters["graph_rewrites"]
+    assert "embedding" not in m.quantization["int8"]["image"].parameters["graph_rewrites"]
+    text_graph = onnx.load(str(tiny_bundle_dir / m.graph("int8", "text").file)).graph
+    producer = {o: n for n in text_graph.node for o in n.output}
+    lookups = [n for n in text_graph.node if n.op_type == "Gather" and n.input[0] in producer]
+    assert not [n for n in lookups if producer[n.input[0]].op_type == "DequantizeLinear"]
     image = m.quantization["int8"]["image"]
     # Read from the graph: the ops whose weights are int8 (the token embedding's Gather included).
     assert {"MatMul", "Gemm"} <= set(image.ops) and {"MatMul", "Gather"} <= set(m.quantization["int8"]["text"].ops)
