@@ -16,8 +16,10 @@ AMX hidden from oneDNN) compare fairly. Sources:
   without AMX (the project's earlier reference host): onnxruntime and OpenVINO rows for
   ``x86-avx512-vnni``.
 
-Only modes the runtime offers become rows: an int8 graph in f32 compute, the fp32 graph in f32
-or bf16 compute (bf16 only for OpenVINO), no fp16 graph on the CPU.
+Only modes the runtime offers become rows: an int8 graph in f32 or bf16 compute, the fp32
+graph in f32 or bf16 compute (bf16 only for OpenVINO), no fp16 graph on the CPU. Where two
+sources measured the same mode (CPU class, encoder, backend, graph, compute), the newer one's
+row is kept: a re-measurement of a mode replaces it.
 """
 from __future__ import annotations
 
@@ -60,8 +62,6 @@ def _backends_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
         for name, p in parity.items():
             if as_vnni and (p["backend"] != "openvino" or p["compute"] == "bf16"):
                 continue  # onnxruntime still used AMX in that run; bf16 ran emulated (no AVX512-BF16 either)
-            if p["graph"].startswith("int8") and p["compute"] == "bf16":
-                continue  # not a mode the runtime offers
             if p["min_cosine_vs_torch_fp32"] < MIN_COSINE:
                 continue
             latency = b8[name]["items_per_s_best"]
@@ -137,6 +137,7 @@ def build_table(results: Path) -> dict[str, Any]:
         rows += _variants_rows(results / "variants.json", sources)
     if (results / "text_speed.json").exists():
         rows += _text_speed_rows(results / "text_speed.json", sources)
+    rows = _newest_per_mode(rows, sources)
     for path in sorted(results.glob("text_queue-*.json")):
         _apply_text_queue(path, rows, sources)
     rows.sort(key=lambda r: (r["isa"], r["encoder"], -r["score"]))
@@ -148,6 +149,22 @@ def build_table(results: Path) -> dict[str, Any]:
         "sources": sources,
         "rows": rows,
     }
+
+
+def _newest_per_mode(rows: list[dict[str, Any]], sources: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (CPU class, encoder, backend, graph, compute): the one from the newest source;
+    sources left with no row are dropped."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["isa"], row["encoder"], row["backend"], row["graph"], row["compute"])
+        held = best.get(key)
+        if held is None or str(sources[row["source"]].get("when") or "") > str(sources[held["source"]].get("when") or ""):
+            best[key] = row
+    kept = list(best.values())
+    used = {r["source"] for r in kept}
+    for name in [n for n in sources if n not in used]:
+        del sources[name]
+    return kept
 
 
 def _apply_text_queue(path: Path, rows: list[dict[str, Any]], sources: dict[str, Any]) -> None:

@@ -149,6 +149,7 @@ class ClipModel:
         self._accelerator = None if first == CPU else first
         self._cpu = cpu or detect_cpu()
         self._backend_asked = backend
+        self._precision_asked = precision
         self._plan: RuntimePlan = plan_runtime(manifest, self._cpu, accelerator=self._accelerator, backend=backend,
                                                precision=precision, evidence=self._known_evidence())
         # A defaulted precision follows the provider; it is only known once a session came up on
@@ -282,8 +283,9 @@ class ClipModel:
         return known_evidence(self.manifest.fingerprint, self._cpu)
 
     def _settle_evidence(self, choice: EncoderChoice, backend: Backend) -> Backend:
-        """A derived mode (bf16 compute on the fp32 graph) chosen by default: compare it with the
-        fp32 graph on onnxruntime once (cached); if it fails, choose again without it."""
+        """A derived mode (bf16 compute on the fp32 or int8 graph) chosen without being asked for
+        by name: compare it with the fp32 graph on onnxruntime once (cached); if it fails, choose
+        again without it."""
         from .engine.runtime_info import derived_parity
 
         fp32 = self.manifest.graph("fp32", choice.encoder)
@@ -296,13 +298,15 @@ class ClipModel:
             self._plan = self._plan.with_encoder(dataclasses.replace(choice, needs_evidence=False,
                                                                      notes=(*choice.notes, note)))
             return backend
-        warnings.warn(f"{self.manifest.name}: {choice.backend} {choice.precision} for the {choice.encoder} encoder "
+        warnings.warn(f"{self.manifest.name}: {choice.backend} {choice.mode_label} for the {choice.encoder} encoder "
                       f"failed its {note}; choosing again without it", RuntimeWarning, stacklevel=4)
         backend.close()
         evidence = self._known_evidence()
-        evidence.setdefault(choice.encoder, {})[f"{choice.backend}:{choice.precision}"] = False
+        evidence.setdefault(choice.encoder, {})[f"{choice.backend}:{choice.mode_label}"] = False
+        # The precision asked for, if any (the int8 graph in bf16 is checked even then; the
+        # fp32 graph in bf16, asked for by name, never gets here).
         plan = plan_runtime(self.manifest, self._cpu, accelerator=self._accelerator, backend=self._backend_asked,
-                            precision=None, evidence=evidence)
+                            precision=self._precision_asked, evidence=evidence)
         self._plan = self._plan.with_encoder(plan.encoder(choice.encoder))
         return self._open_session(choice.encoder)
 

@@ -223,3 +223,56 @@ def test_shipped_table_gives_a_choice_everywhere(cpu: Any, installed: tuple[str,
             assert c.backend in installed and c.precision in ("int8", "fp32", "bf16")
             if c.precision == "bf16":
                 assert cpu.native_bf16 and c.backend == "openvino"
+
+
+# -- the int8 graph computed in bf16 (OpenVINO's hint on NNCF/static int8 graphs) ----------------
+INT8_BF16 = {"rows": [row("x86-amx", "image", "openvino", "int8-static", "bf16", 6.0, "throughput"), *TABLE["rows"]]}
+
+
+def test_int8_in_bf16_is_a_default_only_with_evidence_against_fp32() -> None:
+    m = manifest(scheme="static")
+    c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16)
+    assert (c.backend, c.precision, c.graph_precision, c.compute, c.folders) == \
+        ("openvino", "int8", "int8", "bf16", "throughput")
+    assert c.needs_evidence and c.mode_label == "int8+bf16"
+    assert "bf16 compute" in c.summary()
+    ok = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, evidence={"openvino:int8+bf16": True})
+    assert ok.compute == "bf16" and not ok.needs_evidence
+    failed = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, evidence={"openvino:int8+bf16": False})
+    assert (failed.backend, failed.precision, failed.compute) == ("openvino", "int8", "f32")
+    assert any("openvino int8+bf16: failed its parity check" in n for n in failed.notes)
+    # the fp32 graph's bf16 verdict says nothing about the int8 graph's, and the other way round
+    other = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, evidence={"openvino:bf16": False})
+    assert other.compute == "bf16" and other.needs_evidence
+
+
+def test_int8_in_bf16_needs_an_fp32_graph_to_be_checked_against() -> None:
+    slim = manifest(("int8",), scheme="static")
+    c = choose_encoder("image", slim, AMX, installed=BOTH, table=INT8_BF16)
+    assert (c.backend, c.precision, c.compute) == ("openvino", "int8", "f32")
+    assert any("no fp32 graph to check its parity against" in n for n in c.notes)
+
+
+def test_int8_asked_for_still_checks_its_bf16_mode_and_bf16_asked_for_means_the_fp32_graph() -> None:
+    m = manifest(scheme="static")
+    c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="int8")
+    assert (c.precision, c.compute, c.needs_evidence, c.explicit) == ("int8", "bf16", True, True)
+    c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="int8",
+                       evidence={"openvino:int8+bf16": False})
+    assert (c.precision, c.compute) == ("int8", "f32")
+    b = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="bf16")
+    assert (b.precision, b.graph_precision, b.compute, b.needs_evidence) == ("bf16", "fp32", "bf16", False)
+
+
+def test_int8_in_bf16_needs_native_bf16_and_keeps_its_own_prompt_cache() -> None:
+    no_bf16 = parse_flags("x86_64: amx_tile amx_int8 avx512_vnni avx512f avx2")
+    table = {"rows": [row(no_bf16.isa_class, "text", "openvino", "int8-static", "bf16", 9.0),
+                      row(no_bf16.isa_class, "text", "openvino", "int8-static", "f32", 8.0)]}
+    c = choose_encoder("text", manifest(scheme="static"), no_bf16, installed=BOTH, table=table)
+    assert c.compute == "f32" and not no_bf16.native_bf16
+    m = manifest(scheme="static")
+    bf = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16)
+    f32 = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, evidence={"openvino:int8+bf16": False})
+    assert (bf.cache_key, f32.cache_key) == ("int8+openvino+bf16", "int8+openvino")
+    fp32_bf16 = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="bf16")
+    assert fp32_bf16.cache_key == "bf16+openvino"  # unchanged: caches written before keep their key

@@ -44,7 +44,7 @@ def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
     top = by[("openvino", "int8-static-nncf", "f32")]
     assert (top["folders"], top["score"], top["x torch bf16"], top["batch1_images_per_s"]) == ("throughput", 7.0, 2.1, 110.0)
     assert by[("onnxruntime", "int8-static-nncf", "graph")]["score"] == 0.5
-    assert ("openvino", "int8-static-nncf", "bf16") not in by  # int8 in bf16 compute: not a runtime mode
+    assert by[("openvino", "int8-static-nncf", "bf16")]["score"] == 33.3  # the int8 graph's float parts in bf16
     vnni = [r for r in table["rows"] if r["isa"] == "x86-avx512-vnni"]
     assert {r["backend"] for r in vnni} == {"openvino"}  # onnxruntime ignored the ISA cap: AMX figures
     assert table["sources"]["backends-x86-amx-nncf"]["file"] == "bench/results/backends-x86-amx-nncf.json"
@@ -55,7 +55,10 @@ def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
     nncf.parity = {"int8": {"image": fig}}
     nncf.quantization_of = lambda p, e: type("Q", (), {"kind": "static", "method": "nncf"})() if p == "int8" else None
     c = choose_encoder("image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table)
-    assert (c.backend, c.precision, c.folders) == ("openvino", "int8", "throughput")
+    assert (c.backend, c.precision, c.compute, c.needs_evidence) == ("openvino", "int8", "bf16", True)
+    c = choose_encoder("image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table,
+                       evidence={"openvino:int8+bf16": False})  # its parity check failed: the next row
+    assert (c.backend, c.precision, c.compute, c.folders) == ("openvino", "int8", "f32", "throughput")
     ort = choose_encoder("image", nncf, AMX, installed=("onnxruntime",), table=table)
     assert (ort.backend, ort.precision) == ("onnxruntime", "fp32")  # 0.9x fp32 beats 0.5x on the NNCF graph
 
@@ -114,3 +117,22 @@ def test_text_queue_result_marks_its_row_queued(tmp_path: Path) -> None:
         assert (row["folders"], row["score"], row["queue_source"]) == (want, 20.0, "text_queue-x86-amx")
         assert by[("onnxruntime", "fp32")]["folders"] == "latency"  # not the row measured
         assert table["sources"]["text_queue-x86-amx"]["command"] == "python -m bench.text_queue --bundle b"
+
+
+def test_a_newer_measurement_of_a_mode_replaces_the_older(tmp_path: Path) -> None:
+    old, new = _result({}, "x86-amx"), _result({}, "x86-amx")
+    old["when"], new["when"] = "2026-12-01T07:09:42Z", "2026-12-01T15:50:00Z"
+    new["image"]["rows"] = [r for r in new["image"]["rows"] if r["graph"] == "int8-static-nncf"]
+    new["image"]["speed"]["8"]["openvino int8-static-nncf f32 [throughput]"]["items_per_s_best"] = 60.0
+    (tmp_path / "backends-x86-amx.json").write_text(json.dumps(old))
+    (tmp_path / "backends-x86-amx-later.json").write_text(json.dumps(new))
+    table = build_table(tmp_path)
+    by = {(r["backend"], r["graph"], r["compute"]): r for r in table["rows"] if r["isa"] == "x86-amx"}
+    assert len(by) == len([r for r in table["rows"] if r["isa"] == "x86-amx"])  # one row per mode
+    assert by[("openvino", "int8-static-nncf", "f32")]["source"] == "backends-x86-amx-later"
+    assert by[("openvino", "int8-static-nncf", "f32")]["score"] == 5.0  # the newer run's 150 latency / 30
+    assert by[("openvino", "int8-static", "f32")]["source"] == "backends-x86-amx"  # measured only there
+    # the newer file's ordering is by date, not by file name
+    (tmp_path / "backends-x86-amx-later.json").rename(tmp_path / "backends-x86-amx-a.json")
+    by = {(r["backend"], r["graph"], r["compute"]): r for r in build_table(tmp_path)["rows"] if r["isa"] == "x86-amx"}
+    assert by[("openvino", "int8-static-nncf", "f32")]["source"] == "backends-x86-amx-a"

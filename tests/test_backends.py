@@ -340,6 +340,48 @@ def test_failed_bf16_evidence_chooses_again(bundle: Path, monkeypatch: pytest.Mo
     assert m.plan.image.backend == "onnxruntime" and m.plan.image.precision == "fp32"
 
 
+def _int8_bundle(path: Path, int8_gate: float) -> Path:
+    """A bundle with fp32 and (stand-in) int8 graphs whose int8 export gate is *int8_gate*."""
+    b = build_fake_bundle(path, precisions=("fp32", "int8"))
+    data = json.loads((b / "manifest.json").read_text())
+    data["parity"] = {"int8": {e: {"max_abs_diff": 0.01, "min_cosine": 0.9995, "samples": 8,
+                                   "tolerance": {"min_cosine": int8_gate}, "passed": True} for e in ("image", "text")}}
+    (b / "manifest.json").write_text(json.dumps(data))
+    return b
+
+
+@needs_ov
+@pytest.mark.parametrize("gate", [0.99, 1.5])
+def test_int8_in_bf16_is_checked_against_fp32_with_the_int8_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  clip_home: Path, gate: float) -> None:
+    import clip_rt.engine.backends.choose as choose
+
+    monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
+    b = _int8_bundle(tmp_path / "b", gate)
+    table = {"rows": [
+        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": c,
+         "folders": "latency", "score": score, "items_per_s": 1.0, "source": "t"}
+        for c, score in (("bf16", 9.0), ("f32", 8.0))]}
+    monkeypatch.setattr(choose, "load_table", lambda path=None: table)
+    m = clip_rt.load(b, cache=False)
+    assert (m.plan.image.precision, m.plan.image.compute, m.plan.image.needs_evidence) == ("int8", "bf16", True)
+    x = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
+    if gate > 1:  # nothing can pass: the int8 graph as written (f32 compute) is chosen instead
+        with pytest.warns(RuntimeWarning, match="openvino int8\\+bf16 for the image encoder failed its parity"):
+            m.encode_image(x)
+        assert (m.plan.image.precision, m.plan.image.compute) == ("int8", "f32")
+    else:
+        m.encode_image(x)
+        image = m.runtime["image"]
+        assert (image["precision"], image["compute"], image["needs_evidence"]) == ("int8", "bf16", False)
+        assert any("parity vs the fp32 graph" in n and "gate >= 0.99" in n for n in image["notes"])
+    (key, record), = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
+    assert ":image:openvino-" in key and ":int8+bf16:" in key and record["gate"] == {"min_cosine": gate}
+    assert record["passed"] is (gate < 1) and record["reference"] == "onnxruntime fp32 graph"
+    again = clip_rt.load(b, cache=False)  # the verdict is read at load
+    assert not again.plan.image.needs_evidence and again.plan.image.compute == ("bf16" if gate < 1 else "f32")
+
+
 # -- CLI: info and outputs' metadata ---------------------------------------------------------------
 def test_info_shows_the_choice_for_an_injected_cpu(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_FLAGS, "aarch64: asimd asimddp i8mm")

@@ -84,24 +84,35 @@ def known_evidence(fingerprint: str, cpu: CpuIsa) -> dict[str, dict[str, bool]]:
     version = _version("openvino") if "openvino" in installed_backends() else None
     if version is None:
         return {}
+    from .backends.choose import DERIVED_LABELS
+
     cache = read_cache()
     out: dict[str, dict[str, bool]] = {}
     for enc in ("image", "text"):
-        record = cache.get(evidence_key(fingerprint, enc, "openvino", version, "bf16", cpu.isa_class))
-        if isinstance(record, dict) and isinstance(record.get("passed"), bool):
-            out.setdefault(enc, {})["openvino:bf16"] = record["passed"]
+        for label in DERIVED_LABELS:
+            record = cache.get(evidence_key(fingerprint, enc, "openvino", version, label, cpu.isa_class))
+            if isinstance(record, dict) and isinstance(record.get("passed"), bool):
+                out.setdefault(enc, {})[f"openvino:{label}"] = record["passed"]
     return out
 
 
 def derived_parity(manifest: Any, fp32_graph: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa,
                    tokenizer: Any = None) -> dict[str, Any]:
-    """The verdict for *choice* (cached, or measured now against the fp32 graph on onnxruntime)."""
+    """The verdict for *choice* (cached, or measured now against the fp32 graph on onnxruntime).
+    The gate: the export's gate for the graph the mode runs (int8's own tolerance for the int8
+    graph in bf16: the same bar its graph passed against torch), else evidence.GATE."""
     from .backends.evidence import check, evidence_key, sample_inputs
     from .backends.ort import OrtBackend
 
     name = "pixel_values" if choice.encoder == "image" else "input_ids"
     version = _version("openvino") or "?"
-    key = evidence_key(manifest.fingerprint, choice.encoder, choice.backend, version, choice.precision, cpu.isa_class)
+    key = evidence_key(manifest.fingerprint, choice.encoder, choice.backend, version, choice.mode_label, cpu.isa_class)
+    gate = None
+    if choice.graph_precision != "fp32":
+        figure = manifest.parity.get(choice.graph_precision, {}).get(choice.encoder)
+        tolerance = getattr(figure, "tolerance", None) or {}
+        if isinstance(tolerance.get("min_cosine"), (int, float)):
+            gate = {"min_cosine": float(tolerance["min_cosine"])}
     reference: list[Any] = []
 
     def run_reference(x: np.ndarray) -> np.ndarray:
@@ -111,6 +122,6 @@ def derived_parity(manifest: Any, fp32_graph: Path, choice: EncoderChoice, backe
 
     try:
         return check(key, lambda x: backend.run({name: x})[0], run_reference,
-                     lambda: sample_inputs(manifest, choice.encoder, tokenizer))
+                     lambda: sample_inputs(manifest, choice.encoder, tokenizer), gate=gate)
     finally:
         reference.clear()  # frees the fp32 session

@@ -11,7 +11,9 @@ encoder on a CPU provider, the fastest row is taken whose
   passed its gate (``manifest.parity[precision][encoder].passed``; fp32 is the reference and
   always qualifies),
 - compute precision the CPU does natively (bf16), and which has parity evidence where the mode
-  has no graph of its own (OpenVINO's bf16 hint on the fp32 graph: ``evidence.py``),
+  has no graph of its own (OpenVINO's bf16 hint on the fp32 graph, or on the int8 graph, whose
+  float parts then run in bf16: ``evidence.py``, against the fp32 graph, so a bundle without one
+  cannot take the int8 graph's bf16 mode),
 - precision is the one asked for, if any.
 
 No row for this CPU class (nothing measured there): onnxruntime with the fastest precision
@@ -62,7 +64,20 @@ class EncoderChoice:
     def cache_key(self) -> str:
         """Keys the prompt cache: embeddings from different backends/computes are not mixed
         (onnxruntime keeps the plain precision, as before)."""
-        return self.precision if self.backend == "onnxruntime" else f"{self.precision}+{self.backend}"
+        if self.backend == "onnxruntime":
+            return self.precision
+        return f"{self.precision}+{self.backend}" + ("+bf16" if self.derived and self.graph_precision != "fp32" else "")
+
+    @property
+    def derived(self) -> bool:
+        """A compute mode with no graph of its own: OpenVINO's bf16 hint on the fp32 or int8 graph."""
+        return self.compute == "bf16"
+
+    @property
+    def mode_label(self) -> str:
+        """The name evidence is kept under: ``bf16`` (the fp32 graph in bf16), ``int8+bf16``
+        (the int8 graph's float parts in bf16), else the precision."""
+        return derived_label(self.graph_precision) if self.derived else self.precision
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,6 +190,14 @@ def _qualifies(manifest: Any, precision: str, encoder: str) -> bool:
     return precision in manifest.graphs and gate_passed(manifest, precision, encoder) is True
 
 
+def derived_label(graph_precision: str) -> str:
+    """``bf16`` for the fp32 graph computed in bf16, ``<precision>+bf16`` for another graph."""
+    return "bf16" if graph_precision == "fp32" else f"{graph_precision}+bf16"
+
+
+DERIVED_LABELS = ("bf16", "int8+bf16")
+
+
 def _row_precision(row: dict[str, Any]) -> tuple[str, str]:
     """(precision name, graph precision) of a table row."""
     graph = row["graph"]
@@ -241,9 +264,16 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
         derived = compute == "bf16"
         if derived and not cpu.native_bf16:
             continue
-        verdict = evidence.get(f"{row['backend']}:{name}")
-        if derived and precision is None and verdict is False:
-            skipped.append(f"{label}: failed its parity check against fp32")
+        mode = derived_label(gp) if derived else name
+        # A derived mode is checked against the fp32 graph unless it was asked for by name
+        # (precision "bf16"); the int8 graph in bf16 is never asked for by name, so always.
+        checked = derived and not (precision == "bf16" and gp == "fp32")
+        if checked and gp != "fp32" and "fp32" not in manifest.graphs:
+            skipped.append(f"{row['backend']} {mode}: the bundle has no fp32 graph to check its parity against")
+            continue
+        verdict = evidence.get(f"{row['backend']}:{mode}")
+        if checked and verdict is False:
+            skipped.append(f"{row['backend']} {mode}: failed its parity check against fp32")
             continue
         why = (f"fastest measured on {cpu.isa_class} for {encoder} "
                f"({row['items_per_s']:g} {row.get('unit', 'items/s')}{_ratio_text(row)})")
@@ -254,7 +284,7 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
             why = f"asked for ({_asked(backend, precision)}); " + why
         return EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
                              row.get("folders", "latency"), why, row.get("source"),
-                             needs_evidence=derived and precision is None and verdict is None,
+                             needs_evidence=checked and verdict is None,
                              explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
     return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, bool(rows), explicit)
 

@@ -1,12 +1,15 @@
 """Parity evidence for modes that have no graph of their own (OpenVINO's bf16 hint on the fp32
-graph): such a mode is a default only once it has been shown to agree with the fp32 graph.
+graph, or on the int8 graph, whose float parts then run in bf16): such a mode is a default only
+once it has been shown to agree with the fp32 graph.
 
 The check runs the bundle's fp32 graph on onnxruntime (the graph whose parity with torch the
 export measured) and the candidate on the export's own sample inputs (the procedural scenes and
 prompts of ``clip_rt_export.sample_inputs``, drawn with numpy and PIL only), and compares the
-embeddings against :data:`GATE` (the gate the export applies to fp16). Verdicts are cached in
-``$CLIP_RT_HOME/cache/derived_parity.json``, keyed by bundle fingerprint, encoder, backend and
-its version, precision and CPU class, so it runs once per bundle and machine kind.
+embeddings against a gate: :data:`GATE` (the gate the export applies to fp16) for the fp32
+graph in bf16, the export's own int8 gate of that encoder for the int8 graph in bf16. Verdicts
+are cached in ``$CLIP_RT_HOME/cache/derived_parity.json``, keyed by bundle fingerprint, encoder,
+backend and its version, mode (``bf16``, ``int8+bf16``) and CPU class, so it runs once per
+bundle and machine kind.
 """
 from __future__ import annotations
 
@@ -85,8 +88,10 @@ def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def check(key: str, run_candidate: Callable[[np.ndarray], np.ndarray],
           run_reference: Callable[[np.ndarray], np.ndarray], make_inputs: Callable[[], np.ndarray], *,
-          cache: Optional[Path] = None) -> dict[str, Any]:
-    """The cached verdict for *key*, or a new one measured on ``make_inputs()`` (batches of 8)."""
+          cache: Optional[Path] = None, gate: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """The cached verdict for *key*, or a new one measured on ``make_inputs()`` (batches of 8),
+    against *gate* (default :data:`GATE`)."""
+    gate = dict(gate or GATE)
     known = read_cache(cache).get(key)
     if isinstance(known, dict) and isinstance(known.get("passed"), bool):
         return {**known, "cached": True}
@@ -94,7 +99,7 @@ def check(key: str, run_candidate: Callable[[np.ndarray], np.ndarray],
     cand = np.concatenate([run_candidate(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
     ref = np.concatenate([run_reference(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
     fig = compare(cand, ref)
-    record = {**fig, "samples": int(len(inputs)), "gate": dict(GATE), "passed": fig["min_cosine"] >= GATE["min_cosine"],
+    record = {**fig, "samples": int(len(inputs)), "gate": gate, "passed": fig["min_cosine"] >= gate["min_cosine"],
               "reference": "onnxruntime fp32 graph", "inputs": "export sample inputs (clip_rt_export.sample_inputs)",
               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_cache(key, record, cache)
