@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .common import RESULTS_DIR, Timer, log, machine_info
+from .common import RESULTS_DIR, Timer, log, machine_info, rewritten_copy
 
 
 def _inputs(kind: str, batch: int) -> np.ndarray:
@@ -113,20 +113,14 @@ def _max_diff(core: Any, paths: dict[str, Path], kind: str) -> float:
 
 
 def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> dict[str, Any]:
-    import onnx
     import openvino as ov
 
     from clip_rt_export.attention_layout import move_key_transposes
 
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
-        model = onnx.load(str(graph))
-        moved = move_key_transposes(model)
-        if not moved:
-            raise SystemExit(f"{graph}: no attention key transpose to move (already rewritten, or not an NNCF graph)")
-        rewritten = Path(tmp) / "rewritten.onnx"
-        onnx.save(model, str(rewritten))
-        del model
+        rewritten, moved = rewritten_copy(graph, move_key_transposes, Path(tmp),
+                                          "no attention key transpose to move (already rewritten, or not an NNCF graph)")
         paths = {"as NNCF wrote it": graph, "key transpose at its MatMul": rewritten}
         result: dict[str, Any] = {"graph": str(graph), "key_transposes_moved": moved,
                                   "openvino_max_abs_diff": _max_diff(core, paths, kind),

@@ -117,5 +117,19 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR
     return path
 
 
+def rewritten_copy(graph: Path, rewrite: Callable[[Any], int], folder: Path, nothing: str) -> tuple[Path, int]:
+    """*graph* after *rewrite* (an in-place ModelProto rewrite that returns how many places it
+    changed), saved in *folder*; exits with "<graph>: *nothing*" when it changed none."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    count = rewrite(model)
+    if not count:
+        raise SystemExit(f"{graph}: {nothing}")
+    out = folder / "rewritten.onnx"
+    onnx.save(model, str(out))
+    return out, count
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .common import RESULTS_DIR, Timer, log, machine_info
+from .common import RESULTS_DIR, Timer, log, machine_info, rewritten_copy
 
 VOCAB = 49408
 CONTEXT = 77
@@ -87,18 +87,11 @@ def _memory(backend: str, path: Path, threads: int) -> dict[str, Any]:
 
 
 def compare(graph: Path, rounds: int, threads: int, backends: list[str]) -> dict[str, Any]:
-    import onnx
-
     from clip_rt_export.embedding_gather import gather_before_dequantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = onnx.load(str(graph))
-        count = gather_before_dequantize(model)
-        if not count:
-            raise SystemExit(f"{graph}: no int8 embedding lookup to rewrite (already rewritten, or not an NNCF graph)")
-        rewritten = Path(tmp) / "rewritten.onnx"
-        onnx.save(model, str(rewritten))
-        del model
+        rewritten, count = rewritten_copy(graph, gather_before_dequantize, Path(tmp),
+                                          "no int8 embedding lookup to rewrite (already rewritten, or not an NNCF graph)")
         paths = {"as NNCF wrote it": graph, "int8 rows gathered first": rewritten}
         result: dict[str, Any] = {"graph": str(graph), "lookups_rewritten": count}
         for backend in backends:
