@@ -25,6 +25,8 @@ from .engine.text_batches import encode_token_rows
 from .engine.pipeline import decode as decode_image
 from .engine.contract import check_external_data, check_session
 from .engine.cpu import CpuIsa, detect_cpu
+from .engine.memory import (LOW_MEMORY_DECODE_WORKERS, LOW_MEMORY_IMAGE_BATCH, low_memory_session_options,
+                            use_low_memory_allocator)
 from .engine.session import (
     CPU,
     CUDA,
@@ -70,6 +72,7 @@ def load(
     allow_fallback: bool = False,
     provider_options: Optional[dict[str, dict[str, Any]]] = None,
     backend: Optional[str] = None,
+    low_memory: bool = False,
 ) -> "ClipModel":
     """Load a bundle by store name, alias (``ViT-B/32``) or directory; None: the configured
     default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
@@ -89,6 +92,10 @@ def load(
     *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded). *verify*: check the sha256 of the files used.
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
+    *low_memory*: the lowest peak memory with identical results, for small devices: onnxruntime
+    sessions without their arena, images one at a time with one decoding thread (the default
+    *batch_size* of the image methods becomes 1), and glibc's large buffers returned when freed
+    (process-wide: :func:`clip_rt.engine.memory.use_low_memory_allocator`). Slower per image.
     """
     if name_or_path is None:
         from .settings import default_model
@@ -104,7 +111,7 @@ def load(
     return ClipModel(bundle_dir, manifest, providers=providers, precision=precision, threads=threads,
                      session_options=session_options, cache=cache, verify=verify,
                      exif_transpose=exif_transpose, strict=strict, draft=draft, allow_fallback=allow_fallback,
-                     provider_options=provider_options, backend=backend)
+                     provider_options=provider_options, backend=backend, low_memory=low_memory)
 
 
 def default_precision(manifest: Manifest, first_provider: str) -> str:
@@ -127,7 +134,7 @@ class ClipModel:
                  cache: Union[bool, str] = True, verify: bool = True, exif_transpose: bool = True,
                  strict: bool = False, draft: bool = False, allow_fallback: bool = False,
                  provider_options: Optional[dict[str, dict[str, Any]]] = None, backend: Optional[str] = None,
-                 cpu: Optional[CpuIsa] = None) -> None:
+                 cpu: Optional[CpuIsa] = None, low_memory: bool = False) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         if isinstance(providers, str):  # "cpu" is one provider, not ["c", "p", "u"]; "cuda,cpu" as in the CLI
@@ -162,6 +169,10 @@ class ClipModel:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         self._threads = threads
+        self._low_memory = bool(low_memory)
+        if self._low_memory:
+            session_options = low_memory_session_options(session_options)
+            use_low_memory_allocator()  # before any session or decoded image exists
         self._session_options = session_options
         self._verify = verify
         self._allow_fallback = allow_fallback
@@ -223,7 +234,7 @@ class ClipModel:
 
         with self._lock:
             live = {enc: s.describe() for enc, s in self._sessions.items()}
-        return runtime_dict(self._plan, live)
+        return {**runtime_dict(self._plan, live), "low_memory": self._low_memory}
 
     def describe(self) -> str:
         """:attr:`runtime` as readable lines (what ``clip-rt info`` prints)."""
@@ -428,7 +439,7 @@ class ClipModel:
         return {t: out[i] for i, t in enumerate(texts)}
 
     # -- images -------------------------------------------------------------------
-    def encode_image(self, images: Any, batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
+    def encode_image(self, images: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; raises on the first image that cannot be read."""
         items = _as_image_list(images)
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
@@ -478,7 +489,7 @@ class ClipModel:
             raise decoded.error
         return PreprocessedImage(decoded.pixels, decoded.width, decoded.height, decoded.notes)  # type: ignore[arg-type]
 
-    def iter_images(self, sources: Iterable[Any], batch_size: int = DEFAULT_IMAGE_BATCH, *,
+    def iter_images(self, sources: Iterable[Any], batch_size: Optional[int] = None, *,
                     workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
         """Embeddings in input order, one per source; an unreadable image yields an item with
         ``error`` set and the stream goes on. *sources* may be a generator: at most about
@@ -490,15 +501,27 @@ class ClipModel:
         # With the model's EXIF and draft settings, inside the process-wide decode memory budget.
         return decode_image(self._preprocessor(), index, source)
 
-    def _iter(self, sources: Iterable[Any], batch_size: int, *, raise_errors: bool,
+    def _iter(self, sources: Iterable[Any], batch_size: Optional[int], *, raise_errors: bool,
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
+        if batch_size is None:
+            batch_size = self.image_batch_size
         _check_batch_size(batch_size)
         if workers is None:
-            workers = min(4, os.cpu_count() or 1)
+            workers = LOW_MEMORY_DECODE_WORKERS if self._low_memory else min(4, os.cpu_count() or 1)
         session = self.session("image")  # fail before reading any image
         self._preprocessor()
         return image_stream(iter(sources), session, self._decode, batch_size, raise_errors=raise_errors,
                             workers=workers, queued=self._plan.image.folders == "throughput")
+
+    @property
+    def low_memory(self) -> bool:
+        """Whether this model runs in low-memory mode (``load(low_memory=True)``, CLI ``--low-memory``)."""
+        return self._low_memory
+
+    @property
+    def image_batch_size(self) -> int:
+        """The image methods' default *batch_size*: 8, or 1 in low-memory mode."""
+        return LOW_MEMORY_IMAGE_BATCH if self._low_memory else DEFAULT_IMAGE_BATCH
 
     @property
     def draft(self) -> bool:
@@ -511,7 +534,7 @@ class ClipModel:
         return self._preprocessor().draft_size(width, height)
 
     # -- similarity and zero-shot ---------------------------------------------------
-    def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_IMAGE_BATCH) -> np.ndarray:
+    def similarity(self, images: Any, texts: Union[str, Sequence[str]], batch_size: Optional[int] = None) -> np.ndarray:
         """Probabilities of the image(s) matching each of *texts*, by the model's :attr:`scoring`:
         ``softmax(logit_scale * cos)`` over the texts (CLIP), or each text's own
         ``sigmoid(logit_scale * cos + logit_bias)`` (SigLIP). Shape (T,) for one image, (N, T)
@@ -535,7 +558,7 @@ class ClipModel:
         return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps, scoring=self.scoring)
 
     def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-                 top_k: int = 5, batch_size: int = DEFAULT_IMAGE_BATCH) -> list[Classification]:
+                 top_k: int = 5, batch_size: Optional[int] = None) -> list[Classification]:
         """One :class:`Classification` per image; raises on the first unreadable image. A folder
         path stands for the images under it (as in the CLI). :meth:`iter_classify` instead
         reports a bad image on its own item and goes on.
@@ -549,7 +572,7 @@ class ClipModel:
 
     def iter_classify(self, images: Any, labels: LabelsArg,
                       templates: Union[str, Sequence[str]] = _templates.SIMPLE, top_k: int = 5,
-                      batch_size: int = DEFAULT_IMAGE_BATCH, *, workers: Optional[int] = None
+                      batch_size: Optional[int] = None, *, workers: Optional[int] = None
                       ) -> Iterator[ClassifiedImage]:
         """Classify images the way `clip-rt classify` does: one :class:`ClassifiedImage` per image,
         in input order, carrying its source (the path, for files); a folder path stands for the

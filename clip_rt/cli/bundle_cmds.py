@@ -181,11 +181,15 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
     from ..engine.runtime_info import describe_lines
 
     runtime = _runtime_plan(m, provider, backend, precision)
+    from ..engine.memory import choose_memory_mode, memory_limit
+
+    memory_mode = choose_memory_mode(None, memory_limit())  # what a model command does without the flag
     slim = "fp32" not in m.precisions
     if as_json:
         data = m.to_dict()
         data["path"] = str(path)
         data["runtime"] = runtime
+        data["memory"] = memory_mode.to_dict()
         data["slim"] = slim
         if setting is not None:
             data["default_model"] = {"value": setting.value, "source": setting.source}
@@ -206,11 +210,11 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
         f"dynamic sequence {'yes' if m.text.dynamic_sequence else 'no'}",
         f"precisions:    {', '.join(m.precisions)}" + (
             " (slim bundle: no fp32 graphs; its parity figures below are against torch)" if slim else ""),
-        f"tokenizer:     " + ("CLIP BPE" if m.text.tokenizer_kind == "clip_bpe" else
+        "tokenizer:     " + ("CLIP BPE" if m.text.tokenizer_kind == "clip_bpe" else
                               f"Hugging Face (clean {m.text.clean}, pad id {m.text.pad_token_id}, "
                               f"{m.text.padding_side} padding)")
         + (f", pooling {m.text.pooling}" if m.text.pooling else ""),
-        f"scoring:       " + ("softmax over the labels" if m.scoring == "softmax" else
+        "scoring:       " + ("softmax over the labels" if m.scoring == "softmax" else
                               "sigmoid per label (sigmoid(logit_scale * cos + logit_bias))"),
         f"fingerprint:   {m.fingerprint}",
         f"created:       {m.created}",
@@ -255,6 +259,7 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
         lines += ["", "notes:"] + [f"  - {note}" for note in m.notes]
     lines += ["", "on this machine (clip_rt.load's choice; --backend/--precision override):"]
     lines += describe_lines(runtime)
+    lines.append(f"memory:        low-memory mode {'on' if memory_mode.low else 'off'} ({memory_mode.reason})")
     click.echo("\n".join(lines))
 
 

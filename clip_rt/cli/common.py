@@ -23,6 +23,7 @@ DEFAULT_MODEL = BUILTIN_MODEL
 LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
 DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
 BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
+LOW_MEMORY_KEY = "clip_rt.low_memory"  # in click's ctx.meta: the engine.memory.MemoryMode of this run
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,7 +39,7 @@ def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: 
     draft = bool(ctx.meta.get(DRAFT_KEY, False)) if ctx is not None else False
 
     return load(bundle, providers=[provider] if provider else None, precision=precision, threads=threads,
-                draft=draft, backend=backend)
+                draft=draft, backend=backend, low_memory=low_memory_mode(ctx))
 
 
 MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
@@ -66,14 +67,18 @@ def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool
                               "from measurements. openvino needs clip-rt[openvino]."),
             click.option("--threads", type=click.IntRange(min=1), default=None,
                          help="Intra-op threads for ONNX Runtime."),
-            click.option("--low-memory", is_flag=True, expose_value=False, callback=_low_memory_option,
-                         help="Return large buffers to the system as soon as they are freed (glibc): a "
-                              "lower peak memory, same results, a little more time per image "
-                              "(docs/devices.md)."),
+            click.option("--low-memory/--no-low-memory", default=None, expose_value=False, is_eager=True,
+                         callback=_low_memory_option,
+                         help="Low-memory mode: the lowest peak memory with the same results, slower per "
+                              "image (images one at a time, sessions without their arena, large buffers "
+                              "returned when freed). Default: on where this process may use at most 2 GiB "
+                              "(`clip-rt info` says; docs/devices.md)."),
         ]
         if batch_size:
-            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-                                     help="Images per inference batch (8 suits a CPU; use more on a GPU)."))
+            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                                     callback=_batch_size_option,
+                                     help="Images per inference batch (default 8, which suits a CPU; 1 in "
+                                          "low-memory mode; use more on a GPU)."))
             opts.append(click.option(
                 "--draft", is_flag=True, expose_value=False,
                 callback=lambda ctx, _param, value: ctx.meta.__setitem__(DRAFT_KEY, value),
@@ -86,14 +91,32 @@ def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool
     return decorate
 
 
-def _low_memory_option(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """--low-memory: applied as soon as it is parsed, before any session or decoding thread."""
-    if not value:
-        return
+def _low_memory_option(ctx: click.Context, _param: click.Parameter, value: Optional[bool]) -> None:
+    """--low-memory/--no-low-memory, or automatic (None): decided and applied first (an eager
+    option), before any session or decoding thread; load_model and --batch-size follow it."""
     from ..engine import memory
 
-    if not memory.use_low_memory_allocator():
-        echo_err("--low-memory: this C library has no glibc mallopt; memory use is unchanged")
+    mode = memory.choose_memory_mode(value, memory.memory_limit() if value is None else None)
+    ctx.meta[LOW_MEMORY_KEY] = mode
+    if mode.low and not memory.use_low_memory_allocator():
+        echo_err("low-memory mode: this C library has no glibc mallopt; large buffers stay in the process "
+                 "(the rest of the mode applies)")
+
+
+def low_memory_mode(ctx: Optional[click.Context] = None) -> bool:
+    """Whether this command runs in low-memory mode (False outside a command with the option)."""
+    ctx = ctx or click.get_current_context(silent=True)
+    mode = ctx.meta.get(LOW_MEMORY_KEY) if ctx is not None else None
+    return bool(mode is not None and mode.low)
+
+
+def _batch_size_option(ctx: click.Context, _param: click.Parameter, value: Optional[int]) -> int:
+    if value is not None:
+        return value
+    from ..engine.memory import LOW_MEMORY_IMAGE_BATCH
+    from ..model import DEFAULT_IMAGE_BATCH
+
+    return LOW_MEMORY_IMAGE_BATCH if low_memory_mode(ctx) else DEFAULT_IMAGE_BATCH
 
 
 def model_from_options(model_name: Optional[str], provider: Optional[str], precision: Optional[str],

@@ -38,10 +38,13 @@ def runtime_dict(plan: RuntimePlan, live: Optional[dict[str, dict[str, Any]]] = 
 
 
 def summary(runtime: dict[str, Any]) -> dict[str, Any]:
-    """The short form outputs record: CPU class, and per encoder backend/precision/compute/mode."""
+    """The short form outputs record: CPU class, per encoder backend/precision/compute/mode, and
+    low-memory mode where it was on."""
     keys = ("backend", "precision", "graph_precision", "compute", "folders")
-    return {"cpu": runtime["cpu"]["class"],
-            **{enc: {k: runtime[enc][k] for k in keys} for enc in ("image", "text")}}
+    out = {"cpu": runtime["cpu"]["class"], **{enc: {k: runtime[enc][k] for k in keys} for enc in ("image", "text")}}
+    if runtime.get("low_memory"):
+        out["low_memory"] = True
+    return out
 
 
 def modes(encoder: str, folders: str) -> str:
