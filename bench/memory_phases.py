@@ -62,11 +62,7 @@ def main(argv: "list[str] | None" = None) -> int:
     import clip_rt.cli  # noqa: F401
     from clip_rt.model import load
     ph.mark("import clip_rt (cli, model)")
-    if args.low_memory:
-        from clip_rt.engine.memory import use_low_memory_allocator
-
-        use_low_memory_allocator()
-    model = load(args.bundle)
+    model = load(args.bundle, low_memory=args.low_memory)  # the CLI's low-memory mode, as `--low-memory`
     ph.mark("load (manifest, CPU plan)")
     model._tokenizer()
     ph.mark("tokenizer")

@@ -285,7 +285,7 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
         assert child["exit"] == 0 and child["peak_rss_mb"] > 0 and child["samples"] == 1, child
     runs = res["models"]["fake"]
     assert set(runs) == {what for what, _, _, _ in guest.CLASSIFY_RUNS}
-    assert runs["folder_lowmem"]["args"][-4:] == ["--low-memory", "--draft", "--batch-size", "1"]
+    assert runs["folder_lowmem"]["args"][-1] == "--low-memory"  # low-memory mode: same results, no --draft
     assert runs["one_image_lowmem"]["args"][-1] == "--low-memory"
     assert runs["one_image_lowmem"]["args"][1] == runs["one_image"]["args"][1]  # the same image
     same = [a.replace("one_image_repeat", "one_image_lowmem") for a in runs["one_image_repeat"]["args"]]
@@ -322,6 +322,28 @@ def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not any("--draft" in a for a in ran)  # --low-memory alone changes no result: always measured
     plan["classify"]["lowmem"] = True
     assert "folder_lowmem" in guest.Runner(plan).memory()["models"]["m"]
+
+
+def test_memory_step_keeps_each_run_as_it_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a step cut short (the host's deadline, a killed qemu) leaves the runs it finished in results.json
+    calls: list[int] = []
+
+    def child(self, script, args, home=None):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 6:  # the two trivial runs, the imports, then the third classify run dies
+            raise KeyboardInterrupt
+        return {"exit": 0, "peak_rss_mb": float(len(calls))}
+
+    monkeypatch.setattr(guest.Runner, "child", child)
+    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
+            "models": [{"name": "m", "full": "F", "slim": "S"}],
+            "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
+    with pytest.raises(KeyboardInterrupt):
+        guest.Runner(plan).memory()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["steps"]["memory"]
+    assert saved["ok"] is False and "cut short" in saved["error"]
+    assert list(saved["models"]["m"]) == ["one_image", "one_image_lowmem"]
+    assert saved["models"]["m"]["one_image_lowmem"]["peak_rss_mb"] == 5.0
 
 
 # -- the shared heavy lock -----------------------------------------------------------------------------
@@ -578,7 +600,7 @@ def test_summary_line_is_one_line_with_the_figures() -> None:
                    "int8 image cos 0.99985>=0.999 batch 0e+00<=1e-05 (vs x86 int8 2.4e-03)",
                    "int8 text cos 0.99910>=0.998 (vs x86 int8 1.1e-03)", "install 243 MB <= 250 met (x86 247 MB)",
                    "RSS ViT-B-32 int8 1/200 img 304/368 MB est. (x86 294/346, qemu total 419/483) NOT met <= 300; "
-                   "folder --low-memory --draft --batch-size 1: 283 (x86 262) met",
+                   "folder --low-memory: 283 (x86 262) met",
                    "RSS ViT-S-32-alt int8 1/200 img 126/147 MB est.",
                    "; 1 img --low-memory: 152 (x86 153) NOT met",
                    "int8 bundles ViT-B-32 162, ViT-S-32-alt 51 MB"):

@@ -34,7 +34,6 @@ from typing import Any, Optional
 
 from . import bundles, compare, cpuinfo, emulator, host, inputs, rootfs, summary
 from .lock import held
-from .guest import du_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = "ViT-B-32"
@@ -101,8 +100,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default %(default)s)")
     p.add_argument("--images", type=_positive_int, default=200, help="images in the classified folder (default 200)")
     p.add_argument("--lowmem", action="store_true",
-                   help="also classify the folder with --low-memory --draft --batch-size 1 (the low-memory "
-                        "settings; under qemu this doubles the longest step)")
+                   help="also classify the folder with --low-memory (low-memory mode: one image per batch, "
+                        "the same results; under qemu this doubles the longest step)")
     p.add_argument("--no-tests", dest="tests", action="store_false", help="skip the torch-free tests on arm64")
     p.add_argument("--test-timeout", type=_positive_int, default=5400, help="seconds for the arm64 tests")
     p.add_argument("--suite", default="bookworm", help="Debian suite of the root file system (default %(default)s)")

@@ -171,7 +171,7 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
         for label, entry, verdict_name in (("1 img --low-memory", m.get("one_image_lowmem"), "1 img --low-memory"),
                                            ("the same again (labels cached)", m.get("one_image_repeat"),
                                             "1 img repeat"),
-                                           ("folder --low-memory --draft --batch-size 1", low, "lowmem")):
+                                           ("folder --low-memory", low, "lowmem")):
             if not entry:
                 continue
             verdict = next((v for v in verdicts if v.name == f"rss {name} {verdict_name}"), None)
