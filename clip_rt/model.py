@@ -92,7 +92,7 @@ def load(
     *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded). *verify*: check the sha256 of the files used.
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
-    *low_memory*: the lowest peak memory with identical results, for small devices: onnxruntime
+    *low_memory*: the lowest peak memory with the same results, for small devices: onnxruntime
     sessions without their arena, images one at a time with one decoding thread (the default
     *batch_size* of the image methods becomes 1), and glibc's large buffers returned when freed
     (process-wide: :func:`clip_rt.engine.memory.use_low_memory_allocator`). Slower per image.
@@ -494,7 +494,8 @@ class ClipModel:
         """Embeddings in input order, one per source; an unreadable image yields an item with
         ``error`` set and the stream goes on. *sources* may be a generator: at most about
         ``2 * batch_size`` images are decoded ahead, in *workers* threads, while the previous
-        batch runs through the model."""
+        batch runs through the model. Defaults: *batch_size* :attr:`image_batch_size` (8, or 1
+        in low-memory mode); *workers* ``min(4, cores)``, 1 in low-memory mode."""
         return self._iter(sources, batch_size, raise_errors=False, workers=workers)
 
     def _decode(self, index: int, source: Any) -> Decoded:

@@ -1,6 +1,8 @@
 """Memory settings for small devices: ``clip-rt --low-memory`` and ``load(low_memory=True)``.
 
-Low-memory mode is the lowest peak that keeps results identical:
+Low-memory mode is the lowest peak that keeps the results: the same graphs on the same pixels,
+only one image per batch instead of eight (the export checks that a batch of one gives the
+embeddings of a batch: bit-identical or within float rounding, 7.5e-8 measured; docs/devices.md):
 
 - glibc's malloc serves a large allocation (128 KiB at first) with its own mapping and unmaps
   it when freed, but after the first such free it raises that threshold to the freed size (up
