@@ -31,9 +31,18 @@ from typing import Any, Optional
 MIN_COSINE = 0.99  # a row whose parity in the bench is worse than int8's export gate is left out
 
 
+def _portable_command(command: Optional[str]) -> Optional[str]:
+    """The command with absolute paths cut to their last component (what was measured, not the
+    folders of the machine it ran on: the table ships to users)."""
+    if not command:
+        return command
+    return " ".join(Path(part).name if part.startswith("/") else part for part in command.split(" "))
+
+
 def _source(name: str, data: dict[str, Any], path: Path) -> dict[str, Any]:
     machine = data.get("machine", {})
-    return {"file": f"bench/results/{path.name}", "command": data.get("command"), "when": data.get("when"),
+    return {"file": f"bench/results/{path.name}", "command": _portable_command(data.get("command")),
+            "when": data.get("when"),
             "cpu": machine.get("cpu_model"), "isa": machine.get("isa"), "env": data.get("env", {}),
             "note": data.get("note", "")}
 
@@ -141,6 +150,10 @@ def build_table(results: Path) -> dict[str, Any]:
     for path in sorted(results.glob("text_queue-*.json")):
         _apply_text_queue(path, rows, sources)
     rows.sort(key=lambda r: (r["isa"], r["encoder"], -r["score"]))
+    startup = {}
+    for path in sorted(results.glob("startup-*.json")):
+        isa, block = _startup(path, sources)
+        startup[isa] = block
     return {
         "about": ("Backend decision table of clip-rt's runtime (clip_rt/engine/backends/choose.py): measured rows, "
                   "ranked per CPU class and encoder by 'score' (speed over the torch fp32 baseline of the same run). "
@@ -148,7 +161,22 @@ def build_table(results: Path) -> dict[str, Any]:
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sources": sources,
         "rows": rows,
+        "startup": startup,
     }
+
+
+def _startup(path: Path, sources: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``results/startup-<class>.json`` (``python -m bench.startup_costs``) as the table's
+    ``startup`` block of that CPU class: per backend its import time, and per "<encoder> <mode>"
+    the session's start, first call and memory (medians of fresh processes, warm caches)."""
+    data = json.loads(path.read_text())
+    sources[path.stem] = _source(path.stem, data, path)
+    block: dict[str, Any] = {"source": path.stem}
+    for row in data["rows"]:
+        entry = block.setdefault(row["backend"], {})
+        entry["import_s"] = max(float(entry.get("import_s", 0.0)), float(row["import_s"]))
+        entry[f"{row['encoder']} {row['mode']}"] = {k: row[k] for k in ("open_s", "first_call_s", "hold_mb")}
+    return data["isa_class"], block
 
 
 def _newest_per_mode(rows: list[dict[str, Any]], sources: dict[str, Any]) -> list[dict[str, Any]]:

@@ -111,9 +111,7 @@ def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_on
                 # subgraphs, LayerNorm) ran faster in a per-layer profile at batch 8.
                 continue
             try:
-                # As the runtime decides from the manifest (fixed_shapes_agree): float and NNCF graphs.
-                runner = OpenVinoBackend(p, compute=compute, threads=threads,
-                                         fixed_shapes=g in ("fp32", "int8-static-nncf"))
+                runner = OpenVinoBackend(p, compute=compute, threads=threads)
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported, not fatal
                 log(f"openvino {g} {compute}: {exc}")
                 continue
@@ -154,7 +152,7 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
                      "min_cosine_vs_torch_fp32": _cos(emb, ref), "samples": len(pixels),
                      "alone_vs_batch8_max_abs": float(f"{np.abs(alone[0] - batch8[0]).max():.3g}")})
     by_name = {r["candidate"]: r for r in rows}
-    fixed = _fixed_shape_agreement(cands, pixels, args.threads)
+    agreement = _batch_agreement(cands, pixels)
     speed: dict[str, Any] = {}
     requests = 8 * args.stream_batches  # single-image requests per sample, as many items as a batch-8 sample
     for batch, rounds in ((1, args.rounds * 2), (8, args.rounds)):
@@ -164,19 +162,12 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
         for c in cands:
             fns[c.name] = lambda r=c.runner, x=x: r.run({"pixel_values": x})
             if c.backend == "openvino" and batch == 8:
-                # As a folder runs: the stream's batch size given (a model compiled for it where
-                # the graph allows); beside it, the same queue on the dynamic-batch model.
+                # As a folder runs: the stream's batch size given to the queue.
                 fns[c.name + THROUGHPUT] = lambda r=c.runner, x=x: _stream(r, x, args.stream_batches, len(x))
                 per_call[c.name + THROUGHPUT] = args.stream_batches
-                if c.runner.fixed_shapes:
-                    fns[c.name + THROUGHPUT_DYNAMIC] = lambda r=_dynamic(c), x=x: _stream(r, x, args.stream_batches)
-                    per_call[c.name + THROUGHPUT_DYNAMIC] = args.stream_batches
             if c.backend == "openvino" and batch == 1:
-                # The runtime runs one image on a model compiled for batch 1; the dynamic-batch
-                # model beside it shows what that is worth. Single-image requests with several
-                # in flight (a server under load) go through the throughput queue.
-                if c.runner.fixed_shapes:
-                    fns[c.name + DYNAMIC] = lambda r=_dynamic(c), x=x: r.run({"pixel_values": x})
+                # Single-image requests with several in flight (a server under load) go through
+                # the throughput queue.
                 fns[c.name + REQUESTS] = lambda r=c.runner, x=x: _stream(r, x, requests)
                 per_call[c.name + REQUESTS] = requests
         log(f"image, batch {batch}: {len(fns)} candidates x {rounds} rounds")
@@ -184,55 +175,28 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
         with torch.inference_mode():
             timer.run(fns)
         speed[str(batch)] = _speeds(timer, batch, per_call)
-    return {"rows": rows, "fixed_shapes": fixed, "speed": speed, "by_name": list(by_name), "photos": len(pixels)}
+    return {"rows": rows, "batch_agreement": agreement, "speed": speed, "by_name": list(by_name), "photos": len(pixels)}
 
 
-def _fixed_shape_agreement(cands: list[_Candidate], pixels: np.ndarray, threads: int) -> dict[str, Any]:
-    """Per OpenVINO candidate: the first 8 photos on models compiled for batch 1 (one at a time),
-    2, 4 and 8 (padded with zeros), and on the dynamic-batch model; max abs diff of each against
-    batch 1. The runtime uses fixed shapes only where every size agrees (fixed_shapes_agree)."""
-    import openvino as ov
-
-    core = ov.Core()
+def _batch_agreement(cands: list[_Candidate], pixels: np.ndarray) -> dict[str, Any]:
+    """Per OpenVINO candidate, as the runtime runs it (one dynamic-batch model): the first 8
+    photos one at a time against batches of 2, 4 and 8 (max abs diff); an image must get the
+    same embedding alone and in a batch."""
     x = pixels[:8]
     out: dict[str, Any] = {}
     for c in (c for c in cands if c.backend == "openvino"):
-        one = OpenVinoLatency(core, c.runner.path, c.compute, threads, (1, *x.shape[1:]))
-        alone = np.concatenate([np.asarray(one(x[i:i + 1])[0]) for i in range(len(x))])
+        alone = np.concatenate([c.runner.run({"pixel_values": x[i:i + 1]})[0] for i in range(len(x))])
         diffs: dict[str, float] = {}
         for n in (2, 4, 8):
-            model = OpenVinoLatency(core, c.runner.path, c.compute, threads, (n, *x.shape[1:]))
-            got = np.concatenate([np.asarray(model(_pad_rows(x[i:i + n], n))[0])[:len(x[i:i + n])]
-                                  for i in range(0, len(x), n)])
+            got = np.concatenate([c.runner.run({"pixel_values": x[i:i + n]})[0] for i in range(0, len(x), n)])
             diffs[f"batch {n}"] = float(f"{np.abs(got - alone).max():.3g}")
-        dynamic = OpenVinoLatency(core, c.runner.path, c.compute, threads, None)
-        diffs["dynamic-batch model, batch 8"] = float(f"{np.abs(np.asarray(dynamic(x)[0]) - alone).max():.3g}")
-        out[c.name] = {"max_abs_vs_fixed_batch_1": diffs}
-        log(f"fixed shapes, {c.name}: {diffs}")
-    return out
-
-
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n, *x.shape[1:]), dtype=x.dtype)
-    out[:len(x)] = x
+        out[c.name] = {"max_abs_vs_batch_1": diffs}
+        log(f"batch agreement, {c.name}: {diffs}")
     return out
 
 
 THROUGHPUT = " [throughput]"  # batches of 8, several in flight through the throughput queue
-THROUGHPUT_DYNAMIC = " [throughput, dynamic-batch model]"
 REQUESTS = " [throughput, 1-image requests]"  # batch 1, several requests in flight
-DYNAMIC = " [dynamic-batch model]"  # batch 1 on the model compiled with a dynamic batch axis
-_dynamic_runners: dict[str, Any] = {}
-
-
-def _dynamic(c: _Candidate) -> Any:
-    """The candidate's graph on OpenVINO's dynamic-batch model (for comparison rows)."""
-    if c.name not in _dynamic_runners:
-        from clip_rt.engine.backends.openvino import OpenVinoBackend
-
-        _dynamic_runners[c.name] = OpenVinoBackend(c.runner.path, compute=c.compute, threads=c.runner.threads,
-                                                   fixed_shapes=False)
-    return _dynamic_runners[c.name]
 
 
 def _stream(runner: Any, x: np.ndarray, n: int, batch: Optional[int] = None) -> None:

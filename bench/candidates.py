@@ -172,7 +172,7 @@ def text_candidates(ctx: Any, prompts: list[str], bf16_model: Any) -> dict[str, 
     feed = {0: trim(ids).numpy().astype(np.int64)}
     for name, cand in openvino_candidates(ctx.bundle, "text", feed, len(prompts), lv).items():
         # The tokeniser is not in these: add clip-rt's tokenisation cost by tokenising too.
-        tok = default._tokenizer()  # noqa: SLF001 - the runtime's own tokeniser, as encode_text uses
+        tok = default.tokenizer()  # the runtime's own tokeniser, as encode_text uses
         cand.run = (lambda run=cand.run: (tok.encode_batch(prompts), run()))
         cand.notes["what"] = "the bundle's text graph on OpenVINO, clip-rt's tokeniser included"
         out[name] = cand

@@ -110,11 +110,25 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR
         exe = exe.relative_to(Path.cwd())
     else:
         exe = Path(exe.name)
-    payload = {"benchmark": name, "command": " ".join([str(exe), "-m", "bench", *sys.argv[1:]]),
+    payload = {"benchmark": name, "command": " ".join([str(exe), "-m", _module(), *map(_portable, sys.argv[1:])]),
                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **payload}
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _module() -> str:
+    """``bench`` or ``bench.<module>``: how this run was started (``python -m ...``)."""
+    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if main is not None and main.parent == BENCH_DIR and main.stem != "__main__":
+        return f"bench.{main.stem}"
+    return "bench"
+
+
+def _portable(arg: str) -> str:
+    """An absolute path argument as its last component: results name what was measured, not the
+    folders of the machine it was measured on (they reach users through the decision table)."""
+    return Path(arg).name if arg.startswith("/") else arg
 
 
 def rewritten_copy(graph: Path, rewrite: Callable[[Any], int], folder: Path, nothing: str) -> tuple[Path, int]:

@@ -64,7 +64,7 @@ def main(argv: "list[str] | None" = None) -> int:
     ph.mark("import clip_rt (cli, model)")
     model = load(args.bundle, low_memory=args.low_memory)  # the CLI's low-memory mode, as `--low-memory`
     ph.mark("load (manifest, CPU plan)")
-    model._tokenizer()
+    model.tokenizer()
     ph.mark("tokenizer")
     model.session("text")
     ph.mark("text session")

@@ -47,7 +47,7 @@ def measure(model: Any, sizes: list[int], rounds: int, pause: float) -> dict[str
 
     session = model.session("text")
     dynamic = model.manifest.text.dynamic_sequence
-    tokenizer = model._tokenizer()  # noqa: SLF001 - the bench times the session, not tokenising
+    tokenizer = model.tokenizer()  # the bench times the session, not tokenising
     sizes_out: dict[str, Any] = {}
     for n in sizes:
         tokens = tokenizer.encode_batch(_prompts(n))
@@ -94,7 +94,7 @@ def _queue_cost(model: Any, session: Any) -> dict[str, Any]:
 
     from clip_rt.engine.text_batches import encode_token_rows
 
-    tokens = model._tokenizer().encode_batch(_prompts(DECIDING_SIZE))  # noqa: SLF001
+    tokens = model.tokenizer().encode_batch(_prompts(DECIDING_SIZE))
     dynamic = model.manifest.text.dynamic_sequence
     encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic, queued=False)
     before = _rss_mib()

@@ -96,46 +96,39 @@ def test_openvino_matches_onnxruntime_fp32_alone_batched_and_queued(bundle: Path
 
 
 @needs_ov
-def test_openvino_image_runs_on_fixed_shape_models_that_agree_exactly(bundle: Path) -> None:
+def test_openvino_runs_one_dynamic_batch_model_per_mode_and_items_agree_at_every_size(bundle: Path) -> None:
     ort_b = OrtBackend(bundle / "image_fp32.onnx", ["cpu"])
     x = pixels(7)
     want = ort_b.run({"pixel_values": x})[0]
-    ov_b = ov_backend(bundle / "image_fp32.onnx", streams=2, fixed_shapes=True)
-    assert ov_b.fixed_shapes and list(ov_b._compiled) == ["latency@1"]  # the one compile at creation
+    ov_b = ov_backend(bundle / "image_fp32.onnx", streams=2)
+    assert list(ov_b._compiled) == ["latency"]  # the one compile at creation: what single calls use
     alone = np.concatenate([ov_b.run({"pixel_values": x[i:i + 1]})[0] for i in range(7)])
-    three = ov_b.run({"pixel_values": x[:3]})[0]  # up to 8: a model of its own size
-    assert sorted(ov_b._compiled) == ["latency@1", "latency@3"] and three.shape[0] == 3
-    many = ov_b.run({"pixel_values": np.concatenate([x, x])})[0]  # 14 rows: padded to 16
-    assert "latency@16" in ov_b._compiled and many.shape[0] == 14
-    # A folder stream of batches of 3: a model of that size, its last batch (1 row) padded.
-    assert ov_b.stream_depth(3) == 2
+    three = ov_b.run({"pixel_values": x[:3]})[0]
+    many = ov_b.run({"pixel_values": np.concatenate([x, x])})[0]
+    assert list(ov_b._compiled) == ["latency"] and three.shape[0] == 3 and many.shape[0] == 14
+    # A folder stream of batches of 3: its last batch (1 row) padded to the stream's size.
+    assert ov_b.stream_depth(3) == 2 and sorted(ov_b._compiled) == ["latency", "throughput"]
     streamed = [ov_b.submit({"pixel_values": b}, batch=3).result()[0] for b in (x[:3], x[3:6], x[6:])]
-    assert [len(s) for s in streamed] == [3, 3, 1] and "throughput@3" in ov_b._compiled
+    assert [len(s) for s in streamed] == [3, 3, 1]
     served = ov_b.submit({"pixel_values": x[:5]}).result()[0]  # no stream size: its own size
-    assert "throughput@5" in ov_b._compiled and "throughput" not in ov_b._compiled
     np.testing.assert_allclose(alone, want, atol=1e-5)
     for got in (three, np.concatenate(streamed), served, many[:7], many[7:]):  # every size agrees with alone
         np.testing.assert_array_equal(got, alone[:len(got)])
     d = ov_b.describe()
-    assert d["latency"]["batch_sizes_compiled"] == [1, 3, 16] and d["throughput"]["batch_sizes_compiled"] == [3, 5]
-    assert d["shapes"].startswith("fixed")
-    # Items that depend on their batch (dynamic int8) are never padded: one dynamic model per mode.
-    coupled = ov_backend(bundle / "image_fp32.onnx", streams=2, fixed_shapes=False)
-    np.testing.assert_allclose(coupled.submit({"pixel_values": x[:2]}, batch=3).result()[0], want[:2], atol=1e-5)
-    assert not coupled.fixed_shapes and sorted(coupled._compiled) == ["latency", "throughput"]
-    text = ov_backend(bundle / "text_fp32.onnx", fixed_shapes=True)  # sequence axis dynamic too
-    assert not text.fixed_shapes and list(text._compiled) == ["latency"]
+    assert d["shapes"] == "dynamic batch" and d["throughput"]["streams"] == 2 and d["folders"].startswith("throughput")
+    text = ov_backend(bundle / "text_fp32.onnx")
+    assert list(text._compiled) == ["latency"]
 
 
-def test_fixed_shapes_only_for_graphs_whose_sizes_agree() -> None:
-    from clip_rt.bundle.manifest import LEGACY_INT8, Quantization
-    from clip_rt.engine.backends.openvino import fixed_shapes_agree
-
-    nncf = Quantization(kind="static", per_channel=True, activations="int8", batch_independent=True, method="nncf")
-    ort_static = Quantization(kind="static", per_channel=True, activations="uint8", batch_independent=True)
-    assert fixed_shapes_agree(None) and fixed_shapes_agree(nncf)  # float graphs; NNCF's int8 activations
-    assert not fixed_shapes_agree(ort_static)  # uint8 activations: batch 1 and 2 differ on OpenVINO
-    assert not fixed_shapes_agree(LEGACY_INT8)  # dynamic int8: a batch's items are coupled
+@needs_ov
+def test_openvino_compiles_only_what_the_job_uses_first(bundle: Path) -> None:
+    folder = ov_backend(bundle / "image_fp32.onnx", streams=2, first="throughput")
+    assert list(folder._compiled) == ["throughput"]  # a folder run never compiles the latency model
+    x = pixels(8)
+    got = np.concatenate(drain(folder, [x[:4], x[4:]]))
+    assert list(folder._compiled) == ["throughput"] and got.shape[0] == 8
+    with pytest.raises(InputError, match="first must be one of"):
+        ov_backend(bundle / "image_fp32.onnx", first="eventually")
 
 
 @needs_ov
@@ -240,7 +233,7 @@ def test_prompt_cache_keeps_backends_apart(bundle: Path) -> None:
     ov_m = clip_rt.load(bundle, backend="openvino", precision="fp32")
     assert ov_m.plan.text.cache_key == "fp32+openvino" and ort_m.plan.text.cache_key == "fp32"
     ov_m.encode_text(PROMPTS)
-    assert "text" in ov_m._sessions  # not served from the onnxruntime entries
+    assert "text" in ov_m.open_encoders  # not served from the onnxruntime entries
 
 
 def test_named_backend_not_installed_fails_at_load(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:

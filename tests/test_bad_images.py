@@ -357,7 +357,7 @@ def test_iter_images_goes_on_after_a_damaged_tiff(fake_model, tmp_path: Path) ->
 
 def test_iter_images_goes_on_after_an_unexpected_decoder_exception(
         fake_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    pre = fake_model._preprocessor()
+    pre = fake_model.preprocessor
     real_convert = pre.convert
 
     def convert_or_explode(source):  # type: ignore[no-untyped-def]

@@ -130,7 +130,7 @@ def test_automatic_cuda_falling_back_to_cpu_uses_fp32_before_caching(
     assert model.session("image").path.name == "image_fp32.onnx"
     assert cuda_that_falls_back == ["text_fp16.onnx", "text_fp32.onnx", "image_fp32.onnx"]
     np.testing.assert_array_equal(text, on_cpu.encode_text(prompts))
-    assert model._cache().precision == "fp32"  # nothing was ever stored under fp16
+    assert model._runtime.prompt_cache().precision == "fp32"  # nothing was ever stored under fp16
     np.testing.assert_array_equal(model.encode_pixels(pixels), on_cpu.encode_pixels(pixels))
 
     images_first = clip_rt.load(bundle, cache=False)  # the image session settles it just the same

@@ -105,14 +105,14 @@ def test_releasing_text_frees_the_tokenizer_and_text_works_again(bundle: Path, t
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
     model = clip_rt.load(bundle, cache="memory")
     first = model.encode_text(["a photo of red"])
-    assert model._tokenizer_obj is not None and "text" in model._sessions
+    assert model._runtime.tokenizer_loaded and "text" in model.open_encoders
     model.release("text")
-    assert model._tokenizer_obj is None and "text" not in model._sessions
+    assert not model._runtime.tokenizer_loaded and "text" not in model.open_encoders
     again = clip_rt.load(bundle, cache=False).encode_text(["a photo of red"])  # tokenizer loaded anew
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(model.encode_text(["a photo of green"]),
                                   clip_rt.load(bundle, cache=False).encode_text(["a photo of green"]))
-    assert model._tokenizer_obj is not None
+    assert model._runtime.tokenizer_loaded
 
 
 def test_releasing_the_image_session_keeps_the_tokenizer(bundle: Path, tmp_path: Path,
@@ -120,9 +120,9 @@ def test_releasing_the_image_session_keeps_the_tokenizer(bundle: Path, tmp_path:
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
     model = clip_rt.load(bundle, cache=False)
     model.encode_text(["x"])
-    tokenizer = model._tokenizer_obj
+    tokenizer = model.tokenizer()
     model.release("image")
-    assert model._tokenizer_obj is tokenizer
+    assert model.tokenizer() is tokenizer
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc")

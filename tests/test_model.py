@@ -16,6 +16,7 @@ import pytest
 import clip_rt
 from clip_rt.bundle import manifest as manifest_mod
 from clip_rt import model as model_mod
+from clip_rt.engine import runtime as runtime_mod
 from clip_rt.errors import BundleError, ChecksumError, ImageLoadError, InputError, ProviderError
 from clip_rt.engine.session import CPU, CUDA
 from clip_rt.bundle.store import models_dir
@@ -87,7 +88,7 @@ def test_default_precision_follows_the_first_provider(bundle: Path, monkeypatch:
     man = manifest_mod.read_manifest(bundle)
     assert model_mod.default_precision(man, CPU) == "fp32"
     assert model_mod.default_precision(man, CUDA) == "fp16"
-    monkeypatch.setattr(model_mod, "available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime_mod, "available_providers", lambda: [CUDA, CPU])
     assert clip_rt.load(bundle, providers=["cuda"]).precision == "fp16"  # no session created yet
     assert clip_rt.load(bundle, providers=["cpu", "cuda"]).precision == "fp32"
 
@@ -98,7 +99,7 @@ def test_providers_may_be_one_string(bundle: Path, monkeypatch: pytest.MonkeyPat
     model.encode_text(["a photo of a cat"])
     assert model.providers == [CPU] and model.session("text").providers == [CPU]
     assert clip_rt.load(bundle, providers="CPU").providers == [CPU]
-    monkeypatch.setattr(model_mod, "available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime_mod, "available_providers", lambda: [CUDA, CPU])
     assert clip_rt.load(bundle, providers="cuda").providers == [CUDA, CPU]  # no session created yet
     assert clip_rt.load(bundle, providers="cpu,cuda").providers == [CPU, CUDA]  # as the CLI's --providers
     with pytest.raises(InputError, match="unknown execution provider 'tpu'"):
@@ -127,7 +128,7 @@ def test_text_only_use_never_touches_the_image_graph(fresh_bundle: Path) -> None
     (fresh_bundle / "image_fp32.onnx").write_bytes(b"corrupted")
     m = clip_rt.load(fresh_bundle)
     assert m.encode_text(["cat"]).shape == (1, 8)
-    assert set(m._sessions) == {"text"}
+    assert set(m.open_encoders) == {"text"}
     with pytest.raises(ChecksumError, match="image_fp32.onnx"):
         m.encode_image(images(1))
 
@@ -135,13 +136,13 @@ def test_text_only_use_never_touches_the_image_graph(fresh_bundle: Path) -> None
 def test_classify_frees_the_text_session_when_prompts_are_cached(bundle: Path) -> None:
     cached = clip_rt.load(bundle)
     first = cached.classify(images(2), ["cat", "dog"])
-    assert set(cached._sessions) == {"image"}  # text graph freed: its embeddings are in the cache
+    assert set(cached.open_encoders) == {"image"}  # text graph freed: its embeddings are in the cache
     again = cached.classify(images(2), ["cat", "dog"])  # served from the cache, no text session
-    assert set(cached._sessions) == {"image"}
+    assert set(cached.open_encoders) == {"image"}
     assert [r.scores for r in again] == [r.scores for r in first]
     uncached = clip_rt.load(bundle, cache=False)
     uncached.classify(images(1), ["cat", "dog"])
-    assert set(uncached._sessions) == {"image", "text"}  # no cache: keep it for the next call
+    assert set(uncached.open_encoders) == {"image", "text"}  # no cache: keep it for the next call
 
 
 def test_checksum_verification_is_memoised(fresh_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +173,7 @@ def test_text_batching_and_dynamic_slicing_match_full_length(bundle: Path) -> No
     spy = RunSpy(m.session("text"))
     for bs in (1, 3):
         np.testing.assert_allclose(m.encode_text(PROMPTS, batch_size=bs), one_shot, atol=1e-6)
-    tokens = m._tokenizer().encode_batch(PROMPTS)
+    tokens = m.tokenizer().encode_batch(PROMPTS)
     assert max(s[1] for s in spy.shapes) == tokens.max_length < m.manifest.text.context_length
     assert min(s[1] for s in spy.shapes) == 2  # the empty prompt: SOT, EOT
     full = m.session("text")._session.run(None, {"input_ids": tokens.ids})[0]
@@ -191,7 +192,7 @@ def test_cached_prompts_skip_inference(bundle: Path) -> None:
     first = clip_rt.load(bundle).encode_text(PROMPTS)
     again = clip_rt.load(bundle)
     np.testing.assert_array_equal(again.encode_text(PROMPTS), first)
-    assert again._sessions == {}  # every prompt came from the SQLite cache
+    assert again.open_encoders == ()  # every prompt came from the SQLite cache
     spy = RunSpy(again.session("text"))
     again.encode_text(PROMPTS + ["new prompt"])
     assert spy.shapes == [(1, 4)]  # only the miss ran: SOT new prompt EOT
@@ -247,7 +248,7 @@ def test_image_batching_equals_one_shot(bundle: Path) -> None:
     for bs in (1, 2, 3):
         np.testing.assert_allclose(m.encode_image(imgs, batch_size=bs), one_shot, atol=1e-6)
     np.testing.assert_allclose(m.encode_image(imgs[3]), one_shot[3:4], atol=1e-6)
-    pixels = m._preprocessor().batch(imgs)
+    pixels = m.preprocessor.batch(imgs)
     direct = m.session("image").run({"pixel_values": pixels})[0]
     np.testing.assert_allclose(one_shot, direct, atol=1e-6)
 

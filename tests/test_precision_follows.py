@@ -97,17 +97,17 @@ def test_a_bundle_without_the_recorded_precision_is_reported_as_another_model(
     out = tmp_path / "run.jsonl"
     asked: list[Any] = []
 
-    def int8_bundle(name: str, **kw: Any) -> PrecisionFake:
-        asked.append(kw["precision"])
-        return PrecisionFake(kw["precision"] or "int8")
+    def int8_bundle(name: str, options: Any) -> PrecisionFake:
+        asked.append(options.precision)
+        return PrecisionFake(options.precision or "int8")
 
     monkeypatch.setattr(common, "load_model", int8_bundle)
     assert invoke(["classify", str(imgs), "-l", "red,blue", "-o", str(out)]).exit_code == 0
 
-    def other_bundle(name: str, **kw: Any) -> PrecisionFake:  # has fp32 only, other weights
-        asked.append(kw["precision"])
-        if kw["precision"] not in (None, "fp32"):
-            raise BundleError(f"bundle 'other' has no {kw['precision']!r} graphs; it has: fp32")
+    def other_bundle(name: str, options: Any) -> PrecisionFake:  # has fp32 only, other weights
+        asked.append(options.precision)
+        if options.precision not in (None, "fp32"):
+            raise BundleError(f"bundle 'other' has no {options.precision!r} graphs; it has: fp32")
         return PrecisionFake("fp32", fingerprint="0" * 32)
 
     monkeypatch.setattr(common, "load_model", other_bundle)

@@ -121,7 +121,7 @@ def test_api_bad_labels_and_templates(bundle: Path, labels: Any, templates: Any,
         model.classify([one_image()], labels=labels, templates=templates)
     with pytest.raises(InputError, match=re.escape(error)):
         model.classifier(labels, templates)
-    assert model._sessions == {}  # refused before any graph ran
+    assert model.open_encoders == ()  # refused before any graph ran
 
 
 def test_api_bad_text_and_arguments(bundle: Path) -> None:

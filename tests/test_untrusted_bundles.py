@@ -584,7 +584,7 @@ def test_prompt_cache_is_keyed_by_dynamic_sequence(tmp_path: Path) -> None:
     edit(b, _set("text.dynamic_sequence", False))  # the same files (its graph takes any length)
     after = clip_rt.load(b)
     assert after._prompt_fingerprint() != before
-    assert after._cache().get_many([WORDS]) == {}  # nothing cached under the new settings yet
+    assert after._runtime.prompt_cache().get_many([WORDS]) == {}  # nothing cached under the new settings yet
     np.testing.assert_array_equal(after.encode_text([WORDS]), clip_rt.load(b, cache=False).encode_text([WORDS]))
 
 

@@ -224,7 +224,7 @@ def test_non_utf8_text_in_the_api(bundle: Path) -> None:
         model.encode_text(["cat", LATIN1])
     with pytest.raises(InputError, match=r"label 'x\\xed\\xa0\\x80' is not valid UTF-8"):
         model.classifier(["cat", "x\ud800"])
-    assert model._sessions == {}
+    assert model.open_encoders == ()
 
 
 def test_the_prompt_cache_never_breaks_inference(bundle: Path, clip_home: Path) -> None:

@@ -132,19 +132,49 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
     return {"manifest": m, "sizes": sizes}
 
 
-def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str]) -> Any:
-    """What ``load()`` would choose on this machine, without creating a session."""
+JOBS = {"one photo": (1, 5), "a folder of 200 photos": (200, 5)}  # (images, prompts) of the jobs info shows
+
+
+def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str],
+                  jobs: bool = False) -> Any:
+    """What ``load()`` would choose on this machine, without creating a session: for long-lived
+    use (a server, a Python session), and with *jobs* per short command of JOBS' sizes."""
     from ..engine.backends import plan_runtime
     from ..engine.cpu import detect_cpu
     from ..engine.runtime_info import known_evidence, runtime_dict
     from ..engine.session import CPU, available_providers, provider_name, resolve_providers
+    from ..options import Workload
 
     first = provider_name(resolve_providers([provider] if provider else None, available_providers())[0])
     cpu = detect_cpu()
-    plan = plan_runtime(manifest, cpu, accelerator=None if first == CPU else first,
-                        backend=None if backend == "auto" else backend, precision=precision,
-                        evidence=known_evidence(manifest.fingerprint, cpu))
-    return runtime_dict(plan)
+    evidence = known_evidence(manifest.fingerprint, cpu)
+
+    def plan(workload: Optional[Workload]) -> Any:
+        return plan_runtime(manifest, cpu, accelerator=None if first == CPU else first,
+                            backend=None if backend == "auto" else backend, precision=precision, evidence=evidence,
+                            workload=workload)
+
+    out = runtime_dict(plan(None))
+    if jobs:
+        out["jobs"] = {}
+        for name, (images, prompts) in JOBS.items():
+            p = plan(Workload(images=images, prompts=prompts, lifetime="short"))
+            out["jobs"][name] = {enc: {"backend": p.encoder(enc).backend, "precision": p.encoder(enc).precision,
+                                       "reason": p.encoder(enc).reason} for enc in ("image", "text")}
+    return out
+
+
+def _job_lines(jobs: dict[str, Any]) -> list[str]:
+    """One line per job size: what a `clip-rt classify` of that size runs, and why."""
+    lines = []
+    for name, plan in jobs.items():
+        img, txt = plan["image"], plan["text"]
+        same = (img["backend"], img["precision"]) == (txt["backend"], txt["precision"])
+        runs = (f"{img['backend']} {img['precision']}" if same
+                else f"image {img['backend']} {img['precision']}, text {txt['backend']} {txt['precision']}")
+        lines.append(f"{'':<15}{name}: {runs}")
+        lines.append(f"{'':<17}why: {img['reason']}")
+    return lines
 
 
 @main.command("info")
@@ -180,7 +210,7 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
         verify_files(path, m)
     from ..engine.runtime_info import describe_lines
 
-    runtime = _runtime_plan(m, provider, backend, precision)
+    runtime = _runtime_plan(m, provider, backend, precision, jobs=provider is None)
     from ..engine.memory import choose_memory_mode, memory_limit
 
     memory_mode = choose_memory_mode(None, memory_limit())  # what a model command does without the flag
@@ -257,8 +287,11 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
         lines += ["", f"checksums:     ok ({len(m.files)} files)"]
     if m.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in m.notes]
-    lines += ["", "on this machine (clip_rt.load's choice; --backend/--precision override):"]
+    lines += ["", "on this machine, for long-lived use (serve, Ray, a Python session; --backend/--precision "
+                  "override):"]
     lines += describe_lines(runtime)
+    if runtime.get("jobs"):
+        lines += [f"{'commands:':<15}a command plans for its own size (start-up included):"] + _job_lines(runtime["jobs"])
     lines.append(f"memory:        low-memory mode {'on' if memory_mode.low else 'off'} ({memory_mode.reason})")
     click.echo("\n".join(lines))
 

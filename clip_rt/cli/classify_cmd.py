@@ -19,13 +19,14 @@ from .common import (
     check_precision_follows,
     echo_err,
     label_options,
-    model_from_options,
+    ModelArgs,
     model_identity,
     model_options,
     parse_labels,
     progress_bar,
     resolve_templates,
     runtime_summary,
+    short_run,
     skip_errors_option,
     warn_if_single_label,
 )
@@ -53,9 +54,7 @@ from .common import (
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
-                 csv_bom: Optional[bool], skip_errors: bool,
-                 model_name: Optional[str], provider: Optional[str], precision: Optional[str], threads: Optional[int],
-                 batch_size: int) -> None:
+                 csv_bom: Optional[bool], skip_errors: bool, model: ModelArgs) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
     to read paths from stdin, one per line.
 
@@ -86,14 +85,16 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
     # A resumed run continues in the precision its output was written with (as `search` does).
     recorded = recorded_precision(output) if resume and output and os.path.exists(output) else None
-    check_precision_follows(precision, recorded, f"--resume output {display_path(output or '')!r}",
+    check_precision_follows(model.options.precision, recorded, f"--resume output {display_path(output or '')!r}",
                             "start a new output (another -o, or without --resume)")
-    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
-    classifier = model.classifier(label_spec, templates)
-    model.release("text")  # class embeddings are ready: free the text graph's memory
-    model.session("image")  # a damaged image graph fails here, before -o is truncated
-    identity = {**model_identity(model), "labels": label_spec, "templates": list(templates)}
-    scoring = getattr(model, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
+    batch_size = model.batch_size
+    clip = model.load(workload=short_run(images=len(inputs), prompts=_prompt_count(label_spec, templates)),
+                      follow_precision=recorded)
+    classifier = clip.classifier(label_spec, templates)
+    clip.release("text")  # class embeddings are ready: free the text graph's memory
+    clip.session("image")  # a damaged image graph fails here, before -o is truncated
+    identity = {**model_identity(clip), "labels": label_spec, "templates": list(templates)}
+    scoring = getattr(clip, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
     if scoring != "softmax":
         # Scores of another kind than the CLIP softmax: say so in the run description beside the
         # output (older descriptions have no such key: they are all softmax).
@@ -103,7 +104,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
         echo_err(f"scores: {describe_scoring(scoring)}")
     # What ran is recorded with the run, but a resume on another backend is still the same run.
-    runtime = runtime_summary(model)
+    runtime = runtime_summary(clip)
     described = {**identity, "runtime": runtime} if runtime else identity
 
     if report_dir:  # the folder can be written: checked before any inference, too
@@ -134,7 +135,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         n_new += len(unlisted)
         new.extend(unlisted)
         with progress_bar(len(todo), "classifying") as bar:
-            for batch in _batches(model.iter_images(todo, batch_size=batch_size), batch_size):
+            for batch in _batches(clip.iter_images(todo, batch_size=batch_size), batch_size):
                 out = _classify_batch(classifier, batch, top_k)
                 writer.write_batch(out)
                 n_new += len(out)
@@ -169,6 +170,13 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed and not skip_errors:
         sys.exit(1)
+
+
+def _prompt_count(labels: Any, templates: Sequence[str]) -> int:
+    """Prompts the classifier encodes: each label through every template, or its own prompts."""
+    if isinstance(labels, dict):
+        return sum(len(own) if own else len(templates) for own in labels.values())
+    return len(labels) * len(templates)
 
 
 def _batches(items: Any, size: int) -> Any:

@@ -2,55 +2,97 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
-from collections import Counter
 import sys
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import click
 
 from ..errors import BundleError, InputError, ModelNotFoundError
 from ..inputs.texts import decode_utf8, decode_utf8_lines
+from ..options import RuntimeOptions, Workload
 from ..settings import BUILTIN_MODEL
 
 # The built-in default only: the default a command uses is settings.default_model() (--model >
-# CLIP_RT_MODEL > config.toml > this), which model_from_options applies when --model is absent.
+# CLIP_RT_MODEL > config.toml > this), which ModelArgs.load applies when --model is absent.
 DEFAULT_MODEL = BUILTIN_MODEL
 # --labels separators: the comma, and the full-width comma and ideographic comma that CJK
 # input methods type (`-l 猫，狗` is two labels, not one that always scores 100 %).
 LABEL_SEPARATORS = re.compile("[,\uff0c\u3001]")
-DRAFT_KEY = "clip_rt.draft"  # in click's ctx.meta, set by --draft
-BACKEND_KEY = "clip_rt.backend"  # in click's ctx.meta, set by --backend
 LOW_MEMORY_KEY = "clip_rt.low_memory"  # in click's ctx.meta: the engine.memory.MemoryMode of this run
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def load_model(name_or_path: str, *, provider: Optional[str] = None, precision: Optional[str] = None,
-               threads: Optional[int] = None, backend: Optional[str] = None) -> Any:
+def load_model(name_or_path: str, options: RuntimeOptions) -> Any:
     """The one place commands load a model (tests replace it with a fake)."""
     from ..bundle.store import resolve_bundle
 
     bundle = resolve_bundle(name_or_path)  # a missing model: the error says how to export it
     from ..model import load  # onnxruntime is imported only when a command runs
 
-    ctx = click.get_current_context(silent=True)
-    draft = bool(ctx.meta.get(DRAFT_KEY, False)) if ctx is not None else False
-
-    return load(bundle, providers=[provider] if provider else None, precision=precision, threads=threads,
-                draft=draft, backend=backend, low_memory=low_memory_mode(ctx))
+    return load(bundle, options=options)
 
 
 MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
                       "(`clip-rt info` shows which).")
 
 
+@dataclass(frozen=True)
+class ModelArgs:
+    """A command's model options as given: which bundle (None: the configured default), how it
+    runs (one RuntimeOptions, passed down as it is) and the image batch size. Built from the
+    shared option group by :func:`model_options`."""
+
+    name: Optional[str]
+    options: RuntimeOptions
+    batch_size: int = 8
+
+    def load(self, *, workload: Optional[Workload] = None, follow_precision: Optional[str] = None,
+             default: Optional[str] = None) -> Any:
+        """The model, planned for *workload* (a command is a short-lived run). *follow_precision*:
+        the precision of the output or index this run continues, used when --precision is not
+        given (an explicit one the caller checks). *default*: the bundle when --model is absent
+        (else the configured default, clip_rt.settings)."""
+        options = self.options if workload is None else self.options.replace(workload=workload)
+        name = self.name or default
+        if name is None:
+            from ..settings import default_model
+
+            setting = default_model()
+            try:
+                return _load_following(setting.value, options, follow_precision)
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
+                                         f"another): {exc}") from exc
+        return _load_following(name, options, follow_precision)
+
+
+def short_run(images: int = 0, prompts: int = 0) -> Workload:
+    """The workload of one command: *images* and *prompts* it will encode, then it exits."""
+    return Workload(images=images, prompts=prompts, lifetime="short")
+
+
 def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool = True) -> Callable[[F], F]:
-    """``--model --provider --precision --threads [--batch-size]``. --model is None when not
-    given: :func:`model_from_options` then uses the configured default (clip_rt.settings)."""
+    """``--model --provider --precision --backend --threads --low-memory [--batch-size --draft]``,
+    given to the command as one ``model: ModelArgs`` argument."""
 
     def decorate(f: F) -> F:
+        @functools.wraps(f, updated=())
+        def command(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            backend = kwargs.pop("backend")
+            options = RuntimeOptions(providers=kwargs.pop("provider"), precision=kwargs.pop("precision"),
+                                     threads=kwargs.pop("threads"), backend=None if backend == "auto" else backend,
+                                     draft=kwargs.pop("draft", False), low_memory=low_memory_mode(ctx))
+            size = kwargs.pop("batch_size", None)
+            kwargs["model"] = ModelArgs(kwargs.pop("model_name"), options, size or options.image_batch_size)
+            return f(*args, **kwargs)
+
         opts = [
             click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
                          help="Bundle name in the store, alias, or bundle directory. " + model_default_help),
@@ -61,10 +103,9 @@ def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool
                               "encoder, the fastest measured on this CPU whose export parity passed "
                               "(`clip-rt info MODEL` shows it)."),
             click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
-                         callback=lambda ctx, _param, value: ctx.meta.__setitem__(BACKEND_KEY, value),
-                         expose_value=False,
-                         help="Inference backend for the CPU; default (auto): chosen per CPU and encoder "
-                              "from measurements. openvino needs clip-rt[openvino]."),
+                         help="Inference backend for the CPU; default (auto): chosen per CPU, encoder and run "
+                              "size from measurements (a few images: the one that starts fastest). openvino "
+                              "needs clip-rt[openvino]."),
             click.option("--threads", type=click.IntRange(min=1), default=None,
                          help="Intra-op threads for ONNX Runtime."),
             click.option("--low-memory/--no-low-memory", default=None, expose_value=False, is_eager=True,
@@ -76,17 +117,15 @@ def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool
         ]
         if batch_size:
             opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                                     callback=_batch_size_option,
                                      help="Images per inference batch (default 8, which suits a CPU; 1 in "
                                           "low-memory mode; use more on a GPU)."))
             opts.append(click.option(
-                "--draft", is_flag=True, expose_value=False,
-                callback=lambda ctx, _param, value: ctx.meta.__setitem__(DRAFT_KEY, value),
+                "--draft", is_flag=True,
                 help="Decode JPEGs at reduced scale (DCT scaling) before resizing: several times faster on "
                      "multi-megapixel photos; pixels differ slightly from open_clip's (docs/images.md)."))
         for opt in reversed(opts):
-            f = opt(f)
-        return f
+            command = opt(command)
+        return command  # type: ignore[return-value]
 
     return decorate
 
@@ -110,47 +149,16 @@ def low_memory_mode(ctx: Optional[click.Context] = None) -> bool:
     return bool(mode is not None and mode.low)
 
 
-def _batch_size_option(ctx: click.Context, _param: click.Parameter, value: Optional[int]) -> int:
-    if value is not None:
-        return value
-    from ..engine.memory import LOW_MEMORY_IMAGE_BATCH
-    from ..model import DEFAULT_IMAGE_BATCH
-
-    return LOW_MEMORY_IMAGE_BATCH if low_memory_mode(ctx) else DEFAULT_IMAGE_BATCH
-
-
-def model_from_options(model_name: Optional[str], provider: Optional[str], precision: Optional[str],
-                       threads: Optional[int], *, follow_precision: Optional[str] = None) -> Any:
-    """The model the options name (None: the configured default). *follow_precision*: the
-    precision of the output or index this run continues, used when --precision is not given
-    (an explicit one the caller checks)."""
-    if model_name is None:
-        from ..settings import default_model
-
-        setting = default_model()
-        try:
-            return _load_following(setting.value, provider, precision, threads, follow_precision)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
-                                     f"another): {exc}") from exc
-    return _load_following(model_name, provider, precision, threads, follow_precision)
-
-
-def _load_following(model_name: str, provider: Optional[str], precision: Optional[str], threads: Optional[int],
-                    follow_precision: Optional[str]) -> Any:
+def _load_following(model_name: str, options: RuntimeOptions, follow_precision: Optional[str]) -> Any:
     # `load_model` is looked up at call time, so tests can monkeypatch `common.load_model`.
-    ctx = click.get_current_context(silent=True)
-    backend = ctx.meta.get(BACKEND_KEY) if ctx is not None else None
-    backend = None if backend == "auto" else backend
-    if precision is not None or follow_precision is None:
-        return load_model(model_name, provider=provider, precision=precision, threads=threads, backend=backend)
+    if options.precision is not None or follow_precision is None:
+        return load_model(model_name, options)
     try:
-        return load_model(model_name, provider=provider, precision=follow_precision, threads=threads,
-                          backend=backend)
+        return load_model(model_name, options.replace(precision=follow_precision))
     except BundleError:
         # This bundle lacks that precision, so it is not the one that wrote the output: load it as
         # asked, and the caller's identity check says what differs (or the bundle's own error recurs).
-        return load_model(model_name, provider=provider, precision=None, threads=threads, backend=backend)
+        return load_model(model_name, options)
 
 
 def check_precision_follows(precision: Optional[str], recorded: Optional[str], what: str, restart: str) -> None:

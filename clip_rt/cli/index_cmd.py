@@ -13,9 +13,10 @@ from . import main
 from .common import (
     check_precision_follows,
     echo_err,
-    model_from_options,
+    ModelArgs,
     model_options,
     progress_bar,
+    short_run,
     skip_errors_option,
 )
 
@@ -27,20 +28,20 @@ from .common import (
 @click.option("--rebuild", is_flag=True, help="Start over: ignore what the index holds (also allows another model).")
 @skip_errors_option
 @model_options()
-def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, model_name: Optional[str],
-              provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, model: ModelArgs) -> None:
     """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
     (they are left out of the index and listed) or a folder could not be listed (its earlier
     entries are kept, and it is listed), unless --skip-errors."""
     # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
     recorded = None if rebuild else recorded_precision(index_dir)
-    check_precision_follows(precision, recorded, f"index {display_path(index_dir)!r}", "rebuild it with --rebuild")
-    model = model_from_options(model_name, provider, precision, threads, follow_precision=recorded)
-    model.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
+    check_precision_follows(model.options.precision, recorded, f"index {display_path(index_dir)!r}",
+                            "rebuild it with --rebuild")
     total = len(walk_images(folder))
+    clip = model.load(workload=short_run(images=total), follow_precision=recorded)
+    clip.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
     with progress_bar(total, "indexing") as bar:
-        index, stats = update_index(index_dir, folder, model, batch_size=batch_size, rebuild=rebuild,
+        index, stats = update_index(index_dir, folder, clip, batch_size=model.batch_size, rebuild=rebuild,
                                     on_progress=bar.update)
     kept = f", {stats.unlisted} kept from folders that could not be listed" if stats.unlisted else ""
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
@@ -66,8 +67,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
 @click.option("--rebuild-ann", is_flag=True, help="Rebuild the approximate index even if it is current.")
 @model_options(model_default_help="Default: the bundle that made the embeddings.", batch_size=False)
 def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str, method: str,
-               rebuild_ann: bool, model_name: Optional[str], provider: Optional[str], precision: Optional[str],
-               threads: Optional[int]) -> None:
+               rebuild_ann: bool, model: ModelArgs) -> None:
     """Rank the images in INDEX (a `clip-rt index` folder or a `clip-rt ray` output) by cosine
     similarity to TEXT (or to --image). The model defaults to the one that made the embeddings;
     another bundle is refused."""
@@ -77,10 +77,10 @@ def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], t
     if bool(text) == bool(image_path):
         raise click.UsageError("give a query TEXT or --image FILE (one of them)")
     collection = open_collection(index_dir)
-    model = model_from_options(model_name or default_model(collection), provider,
-                               precision or collection.precision, threads)
-    check_model(collection, model, index_dir)
-    query = model.encode_text([text])[0] if text else model.encode_image([image_path])[0]
+    clip = model.load(workload=short_run(images=0 if text else 1, prompts=1 if text else 0),
+                      follow_precision=collection.precision, default=default_model(collection))
+    check_model(collection, clip, index_dir)
+    query = clip.encode_text([text])[0] if text else clip.encode_image([image_path])[0]
     hits, _how = ann.search(collection, query, top_k, mode=method, rebuild=rebuild_ann, on_message=echo_err)
     if fmt == "json":
         click.echo(dumps_json([{"rank": i, "score": round(s, 6), "path": p} for i, (s, p) in enumerate(hits, 1)]))

@@ -9,7 +9,8 @@ import click
 from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
 from . import main
 from ..settings import default_model
-from .common import DRAFT_KEY, echo_err, load_model
+from ..options import RuntimeOptions, Workload
+from .common import echo_err, load_model
 
 _DEFAULTS = ServeConfig()
 
@@ -32,6 +33,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--provider", default=None, metavar="NAME", help="ONNX Runtime execution provider (cpu, cuda, ...).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Graph precision of models given without @PRECISION; default: the bundle's best.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
+              help="Inference backend for the CPU; default (auto): the fastest measured in steady work on this CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per session.")
 @click.option("--draft", is_flag=True, help="Decode JPEGs at reduced scale before resizing (docs/images.md).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_batch_size, show_default=True,
@@ -77,7 +80,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               show_default=True)
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
-              threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
+              backend: Optional[str], threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
               wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
               max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
               indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
@@ -105,11 +108,12 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     if not is_loopback(host) and not config.api_key:
         echo_err(f"warning: listening on {host} without an API key: anyone who can reach this address can use "
                  f"the service (set --api-key or {API_KEY_ENV})")
-    ctx = click.get_current_context()
-    ctx.meta[DRAFT_KEY] = draft
+    # A server is long-lived: its start-up is paid once, so steady speed chooses the backend.
+    options = RuntimeOptions(providers=provider, threads=threads, draft=draft,
+                             backend=None if backend == "auto" else backend, workload=Workload(lifetime="long"))
 
     def load(source: str, model_precision: Optional[str]) -> object:
-        return load_model(source, provider=provider, precision=model_precision, threads=threads)
+        return load_model(source, options.replace(precision=model_precision))
 
     state = build_state(config, load)
     names = ", ".join(state.models)

@@ -10,7 +10,7 @@ import click
 from ..inputs.discover import display_path, printable
 from ..outputs.records import dumps_json
 from . import main
-from .common import echo_err, model_from_options, model_options
+from .common import ModelArgs, echo_err, model_options, short_run
 
 
 @main.command("similarity")
@@ -20,8 +20,7 @@ from .common import echo_err, model_from_options, model_options
               help="Write a PNG: the image beside a bar chart of the probabilities (needs clip-rt[report]).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @model_options(batch_size=False)
-def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str], fmt: str, model_name: str,
-                   provider: Optional[str], precision: Optional[str], threads: Optional[int]) -> None:
+def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str], fmt: str, model: ModelArgs) -> None:
     """Probability of IMAGE matching each TEXT. CLIP models: softmax over the texts of the model's
     scaled cosine similarities (they sum to 1; add texts to compare against). SigLIP models
     (sigmoid scoring): each text's own probability, independent of the others."""
@@ -34,15 +33,15 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
         require_matplotlib()
         check_target(plot_path, "plot")  # before any inference
         probe_folder(os.path.dirname(plot_path) or ".", "plot folder")
-    model = model_from_options(model_name, provider, precision, threads)
-    probs = [float(p) for p in model.similarity(image, list(texts))]
+    clip = model.load(workload=short_run(images=1, prompts=len(texts)))
+    probs = [float(p) for p in clip.similarity(image, list(texts))]
     if fmt == "json":
-        click.echo(dumps_json({"image": image, "scoring": model.scoring,
+        click.echo(dumps_json({"image": image, "scoring": clip.scoring,
                                "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)}}))
     else:
         from ..zeroshot import describe_scoring
 
-        echo_err(f"scores: {describe_scoring(model.scoring)}")
+        echo_err(f"scores: {describe_scoring(clip.scoring)}")
         click.echo(f"{'prob':>7}  text")
         for text, p in zip(texts, probs):
             click.echo(f"{100 * p:6.2f}%  {printable(text)}")
@@ -51,6 +50,6 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
         from ..outputs.fonts import choose_fonts
 
         plot_similarity(image, list(texts), probs, plot_path, title=display_path(image)
-                        + (" (sigmoid per text)" if model.scoring == "sigmoid" else ""))
+                        + (" (sigmoid per text)" if clip.scoring == "sigmoid" else ""))
         fonts = ", ".join(choose_fonts(list(texts) + [display_path(image)]).families)
         echo_err(f"plot written to {display_path(plot_path)} (chart fonts: {fonts})")

@@ -7,12 +7,13 @@ import click
 import numpy as np
 
 from ..inputs.discover import display_path, display_width, pad, printable
+from ..options import Workload
 from ..outputs.records import dumps_json
 from . import main
 from .common import (
     echo_err,
     label_options,
-    model_from_options,
+    ModelArgs,
     model_options,
     parse_labels,
     resolve_templates,
@@ -29,8 +30,7 @@ from .common import (
 @click.option("--frames", "show_frames", is_flag=True, help="Also list every sampled frame (table format).")
 @model_options()
 def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[str], template_list: tuple[str, ...],
-              template_set: Optional[str], every: float, fmt: str, show_frames: bool, model_name: str,
-              provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+              template_set: Optional[str], every: float, fmt: str, show_frames: bool, model: ModelArgs) -> None:
     """Classify frames of VIDEO sampled every --every seconds (needs clip-rt[video]). Prints the
     labelled segments (consecutive frames with the same top label: start, end, label, mean
     score) and the overall label (highest mean probability over all sampled frames)."""
@@ -41,8 +41,12 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
     video.require_av()
-    model = model_from_options(model_name, provider, precision, threads)
-    classifier = model.classifier(label_spec, templates)
+    duration = video.video_duration(video_path)
+    frames_expected = int(duration // every) + 1 if duration else None  # unknown: planned as a long run
+    batch_size = model.batch_size
+    clip = model.load(workload=Workload(images=frames_expected, prompts=len(labels) * len(templates),
+                                        lifetime="short"))
+    classifier = clip.classifier(label_spec, templates)
 
     times: list[float] = []
     tops: list[str] = []
@@ -51,7 +55,7 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     batch: list[tuple[float, np.ndarray]] = []  # (time, preprocessed pixels): no full frame is kept
 
     def flush() -> None:
-        embs = model.encode_pixels(np.stack([pixels for _, pixels in batch]))
+        embs = clip.encode_pixels(np.stack([pixels for _, pixels in batch]))
         for (t, _), c in zip(batch, classifier.classify_embeddings(embs, top_k=1)):
             times.append(t)
             tops.append(c.label)
@@ -63,9 +67,9 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
 
     # Frames get the images' pixel limit; with --draft they are scaled down while converted.
     frames = video.sample_frames(video_path, every, max_pixels=Image.MAX_IMAGE_PIXELS,
-                                 shrink=model.draft_size if model.draft else None)
+                                 shrink=clip.draft_size if clip.draft else None)
     for frame in frames:
-        batch.append((frame.time, model.preprocess(frame.image).pixels))
+        batch.append((frame.time, clip.preprocess(frame.image).pixels))
         if len(batch) >= batch_size:
             flush()
     if batch:
@@ -73,7 +77,7 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     if not times:
         raise click.ClickException(f"no frames could be decoded from {display_path(video_path)!r}")
 
-    duration = video.video_duration(video_path) or times[-1]
+    duration = duration or times[-1]
     segs = video.segments(times, tops, top_scores, duration)
     label, score, mean_probs = video.overall(np.stack(probs), labels)
     if fmt == "json":

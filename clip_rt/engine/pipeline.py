@@ -57,7 +57,7 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
     throughput stream would pad it to *batch_size* and give it one stream's threads (measured:
     ``encode_image`` of one photo 231-273 ms through the queue padded to 8, 40-43 ms as a
     latency call, ViT-B-32 int8 on OpenVINO on a busy 2-core AMX host)."""
-    depth = session.stream_depth(batch_size) if queued else 1
+    depth = 1  # batches in flight; the queue's depth once a batch goes through it (compiled then)
     ahead = 2 * batch_size
     pending: deque[Future[Decoded]] = deque()
     in_flight: deque[tuple[list[Decoded], Optional[Pending]]] = deque()
@@ -83,6 +83,8 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
                 batch.append(item)
                 if len(batch) >= batch_size:
                     only = not submitted and exhausted and not pending  # the whole stream
+                    if queued and not only and not submitted:
+                        depth = session.stream_depth(batch_size)
                     in_flight.append(_submit(session, batch, queued and not only, batch_size))
                     submitted, batch = True, []
                     while len(in_flight) >= depth:

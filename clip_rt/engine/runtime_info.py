@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .backends.choose import EncoderChoice, RuntimePlan, installed_backends
+from .backends.choose import EncoderChoice, RuntimePlan, installed_backends, modes
 from .cpu import CpuIsa
 
 
@@ -38,23 +38,16 @@ def runtime_dict(plan: RuntimePlan, live: Optional[dict[str, dict[str, Any]]] = 
 
 
 def summary(runtime: dict[str, Any]) -> dict[str, Any]:
-    """The short form outputs record: CPU class, per encoder backend/precision/compute/mode, and
-    low-memory mode where it was on."""
+    """The short form outputs record: CPU class, per encoder backend/precision/compute/mode and
+    why (one line), the workload it was planned for, and low-memory mode where it was on."""
     keys = ("backend", "precision", "graph_precision", "compute", "folders")
-    out = {"cpu": runtime["cpu"]["class"], **{enc: {k: runtime[enc][k] for k in keys} for enc in ("image", "text")}}
+    out = {"cpu": runtime["cpu"]["class"],
+           **{enc: {**{k: runtime[enc][k] for k in keys}, "why": runtime[enc]["reason"]} for enc in ("image", "text")}}
+    if runtime.get("workload"):
+        out["planned_for"] = runtime["workload"]
     if runtime.get("low_memory"):
         out["low_memory"] = True
     return out
-
-
-def modes(encoder: str, folders: str) -> str:
-    """How calls run: images one call at a time in latency mode, folders as *folders* says;
-    text in latency mode unless *folders* is throughput, where a call with enough prompts is
-    split across the throughput queue's streams (engine/text_batches.py)."""
-    if encoder == "text":
-        return ("few prompts: latency; many prompts: throughput queue" if folders == "throughput"
-                else "prompts: latency")
-    return f"single calls: latency; folders: {folders}"
 
 
 def describe_lines(runtime: dict[str, Any]) -> list[str]:

@@ -46,7 +46,9 @@ def encode_token_rows(session: Backend, ids: np.ndarray, lengths: np.ndarray, *,
     """The text graph's first output for every row of *ids* (N, context), in row order.
     *queued*: batches go through the backend's throughput queue, up to its depth in flight,
     when :func:`queue_pays`; else each batch is one latency call."""
-    streams = session.queue_depth if queued else 1
+    # Fewer prompts than two streams could share never go through the queue: asking its depth
+    # would compile the throughput model for nothing.
+    streams = session.queue_depth if queued and queue_pays(len(ids), 2) else 1
     if not queue_pays(len(ids), streams):
         streams = 1
     batches = text_batches(lengths, batch_size, dynamic=dynamic, streams=streams)

@@ -116,13 +116,19 @@ def _frame_time(frame: Any, stream: Any) -> float:
 
 
 def video_duration(path: str) -> float | None:
+    """The video's length in seconds, or None where the container does not say."""
     av = require_av()
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        if container.duration is not None:
-            return container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InputError(f"{display_path(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+    except (av.FFmpegError, OSError) as exc:
+        raise InputError(f"cannot open video {display_path(path)!r}: {exc}") from exc
     return None
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..model import load
+from ..options import RuntimeOptions
 from . import parts
 
 BYTES_SOURCE = "<bytes>"  # how the loader names an in-memory image in its errors
@@ -25,12 +26,11 @@ BYTES_SOURCE = "<bytes>"  # how the loader names an in-memory image in its error
 class ImageRows:
     """``map_batches`` callable: batch of inputs -> Arrow table in :func:`parts.schema`."""
 
-    def __init__(self, bundle: Any, identity: dict[str, Any], *, threads: Optional[int] = None,
-                 batch_size: int = 8, draft: bool = False, providers: Any = None, classifier: Any = None,
-                 decode_workers: Optional[int] = None) -> None:
+    def __init__(self, bundle: Any, identity: dict[str, Any], options: RuntimeOptions, *, batch_size: int = 8,
+                 classifier: Any = None, decode_workers: Optional[int] = None) -> None:
+        """*options*: how the model runs, built once by the driver (the precision is the job's)."""
         bundle_dir = bundle if isinstance(bundle, str) else materialise(bundle)
-        self.model = load(bundle_dir, precision=identity["precision"], threads=threads, cache=False, draft=draft,
-                          providers=providers)
+        self.model = load(bundle_dir, options=options.replace(precision=identity["precision"], cache=False))
         if self.model.manifest.fingerprint != identity["fingerprint"]:
             raise RuntimeError(f"{bundle_dir}: bundle fingerprint {self.model.manifest.fingerprint[:12]}... on this "
                                f"worker, the driver has {identity['fingerprint'][:12]}...: every node must see the "

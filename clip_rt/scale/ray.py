@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence, Union
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, path_key
+from ..options import RuntimeOptions
 from . import parts
 
 DEFAULT_PART_ROWS = 10_000
@@ -214,9 +215,10 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
     return ds.map_batches(
         ImageRows, batch_size=map_rows, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
-        fn_constructor_kwargs={"bundle": bundle, "identity": identity, "threads": threads, "batch_size": batch_size,
-                               "draft": draft, "providers": providers, "classifier": classifier,
-                               "decode_workers": threads + 1},
+        # Actors are long-lived (a whole job each): steady speed chooses their backend.
+        fn_constructor_kwargs={"bundle": bundle, "identity": identity,
+                               "options": RuntimeOptions(threads=threads, draft=draft, providers=providers),
+                               "batch_size": batch_size, "classifier": classifier, "decode_workers": threads + 1},
         **(ray_remote_args or {}))
 
 

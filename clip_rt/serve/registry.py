@@ -81,10 +81,10 @@ class ServedModel:
         self.tokenizer()
         h, w = self.model.manifest.image.size
         warm = np.zeros((1, 3, int(h), int(w)), dtype=np.float32)
-        # A backend with a model per batch size (OpenVINO fixed shapes) compiles each size on
-        # first use (0.8-6 s each), which stalled the first requests (p99 1.6 s in bench.serve):
-        # every size the batcher can form is compiled here, before the server says it is ready.
-        sizes = self.config.max_batch_size if getattr(self.model.session("image"), "fixed_shapes", False) else 1
+        # A backend that plans each batch size on its first call (OpenVINO: 0.3-1 s each on 2
+        # cores) would stall the first requests of each size: every size the batcher can form
+        # runs once here, on both models, before the server says it is ready.
+        sizes = self.config.max_batch_size if getattr(self.model.session("image"), "plans_per_shape", False) else 1
         for n in range(1, sizes + 1):
             batch = np.repeat(warm, n, axis=0)
             self.model.encode_pixels(batch)

@@ -47,14 +47,14 @@ import json, sys, time
 from arm64check.rss import PeakSampler
 sampler = PeakSampler(); sampler.start()
 t0 = time.perf_counter()
-import clip_rt.model
+import clip_rt.engine.runtime
 from clip_rt.cli import main
 opened = []  # which encoders' sessions the command created, in order
-_open_session = clip_rt.model.ClipModel._open_session
+_open = clip_rt.engine.runtime.ModelRuntime._open
 def _recording(self, encoder):
     opened.append(encoder)
-    return _open_session(self, encoder)
-clip_rt.model.ClipModel._open_session = _recording
+    return _open(self, encoder)
+clip_rt.engine.runtime.ModelRuntime._open = _recording
 try:
     main(sys.argv[1:], standalone_mode=False)
     code = 0

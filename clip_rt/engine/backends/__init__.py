@@ -31,16 +31,15 @@ __all__ = ["BACKENDS", "Backend", "EncoderChoice", "Pending", "RuntimePlan", "in
 def open_backend(choice: EncoderChoice, path: Path, *, native_bf16: bool, providers: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None, session_options: Any = None, allow_fallback: bool = False,
                  provider_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 streams: Optional[int] = None, cache_dir: Optional[Path] = None,
-                 quantization: Any = None) -> Backend:
-    """The backend *choice* names, on the graph at *path*; *quantization*: the manifest's record
-    of how that graph was quantised (None: a float graph)."""
+                 streams: Optional[int] = None, cache_dir: Optional[Path] = None, first: str = "latency") -> Backend:
+    """The backend *choice* names, on the graph at *path*. *first*: the mode a backend with
+    several (OpenVINO: latency, throughput) compiles at creation; the other on first use."""
     if choice.backend == "openvino":
-        from .openvino import OpenVinoBackend, fixed_shapes_agree
+        from .openvino import OpenVinoBackend
 
         compute = "bf16" if choice.compute == "bf16" else "f32"
         return OpenVinoBackend(path, compute=compute, threads=threads, streams=streams, native_bf16=native_bf16,
-                               cache_dir=cache_dir, fixed_shapes=fixed_shapes_agree(quantization))
+                               cache_dir=cache_dir, first=first)
     from .ort import OrtBackend
 
     return OrtBackend(path, providers, intra_op_threads=threads, session_options=session_options,

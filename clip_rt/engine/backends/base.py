@@ -35,6 +35,9 @@ class Backend:
     """Base of the backends; subclasses set the attributes and implement ``run``."""
 
     name = "backend"
+    # Whether a batch size's first call pays a planning pass (OpenVINO's dynamic shapes): a
+    # server then runs each size once before it reports ready.
+    plans_per_shape = False
     path: Path
     input_names: list[str]
     output_names: list[str]

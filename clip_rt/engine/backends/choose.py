@@ -86,9 +86,17 @@ class EncoderChoice:
 
     def summary(self) -> str:
         compute = "" if self.compute in ("graph", "f32") else f", {self.compute} compute"
-        from ..runtime_info import modes
-
         return f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); {modes(self.encoder, self.folders)}"
+
+
+def modes(encoder: str, folders: str) -> str:
+    """How calls run: images one call at a time in latency mode, folders as *folders* says;
+    text in latency mode unless *folders* is throughput, where a call with enough prompts is
+    split across the throughput queue's streams (engine/text_batches.py)."""
+    if encoder == "text":
+        return ("few prompts: latency; many prompts: throughput queue" if folders == "throughput"
+                else "prompts: latency")
+    return f"single calls: latency; folders: {folders}"
 
 
 @dataclass(frozen=True)
@@ -205,39 +213,34 @@ def _row_precision(row: dict[str, Any]) -> tuple[str, str]:
     return ("bf16" if row.get("compute") == "bf16" and gp == "fp32" else gp), gp
 
 
-def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
-                   accelerator: Optional[str] = None, backend: Optional[str] = None,
-                   precision: Optional[str] = None, table: Optional[dict[str, Any]] = None,
-                   evidence: Optional[dict[str, bool]] = None) -> EncoderChoice:
-    """One encoder's choice. *accelerator*: the first onnxruntime provider when it is not the
-    CPU (CUDA...). *evidence*: derived-mode verdicts already known, keyed ``backend:precision``
-    (True passed, False failed); a derived mode with no verdict is chosen with
-    ``needs_evidence`` and checked by the model before first use."""
-    backend = normalise_backend(backend)
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if backend is not None and backend not in installed:
-        raise ProviderError(f"backend {backend!r} is not installed: pip install 'clip-rt[{backend}]' "
-                            f"(installed: {', '.join(installed) or 'none'})")
-    explicit = backend is not None or precision is not None
-    if precision is not None:
-        graph = "fp32" if precision == "bf16" else precision
-        if graph not in manifest.graphs:
-            raise BundleError(f"bundle {manifest.name!r} has no {graph!r} graphs; it has: "
-                              f"{', '.join(manifest.precisions)}")
-    if accelerator is not None:
-        return _accelerator_choice(encoder, manifest, accelerator, backend, precision)
+@dataclass(frozen=True)
+class Candidate:
+    """A measured row this encoder may run, and the choice it makes (ranked by steady speed)."""
+
+    choice: EncoderChoice
+    row: dict[str, Any]
+
+
+def encoder_candidates(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
+                       backend: Optional[str] = None, precision: Optional[str] = None,
+                       table: Optional[dict[str, Any]] = None, evidence: Optional[dict[str, bool]] = None,
+                       ) -> tuple[list[Candidate], list[str], bool]:
+    """Every measured row that may run *encoder* on this CPU (fastest first in steady state),
+    the rows passed over and why, and whether anything was measured on this CPU class. Each
+    candidate's notes are the rows ranked above it that were passed over."""
     if precision == "bf16" and not cpu.native_bf16:
         raise ProviderError(f"precision 'bf16' needs a CPU with bf16 arithmetic (AMX-BF16, AVX512-BF16); "
                             f"this one is {cpu}, where it runs emulated (measured 0.04x)")
     if precision == "bf16" and backend == "onnxruntime":
         raise InputError("precision 'bf16' (the fp32 graph computed in bf16) runs on the openvino backend only")
+    explicit = backend is not None or precision is not None
     table = table if table is not None else load_table()
     evidence = evidence or {}
     skipped: list[str] = []
+    found: list[Candidate] = []
     rows = [r for r in table.get("rows", []) if r.get("isa") == cpu.isa_class and r.get("encoder") == encoder]
     rows.sort(key=lambda r: -float(r["score"]))  # speed over the same run's torch fp32 baseline
-    skipped_scheme = False
+    other_scheme: Optional[tuple[dict[str, Any], str]] = None
     for row in rows:
         name, gp = _row_precision(row)
         label = f"{row['backend']} {name}"
@@ -252,10 +255,8 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
             continue
         scheme = int8_scheme(manifest, encoder) if gp == "int8" else ""
         if gp == "int8" and row["graph"] != f"int8-{scheme}":
-            if precision is None and backend is None and not skipped_scheme and row["graph"] in _REEXPORT:
-                skipped_scheme = True  # the fastest other scheme only
-                skipped.append(f"{row['backend']} int8 ({row['graph'][5:]}) would be faster: the bundle's int8 "
-                               f"{encoder} graph is {scheme} ({_REEXPORT[row['graph']]})")
+            if precision is None and backend is None and other_scheme is None and not found and row["graph"] in _REEXPORT:
+                other_scheme = (row, scheme)  # the fastest other scheme only, and only if it beats what runs
             continue  # measured on another int8 scheme: its speed says nothing about this graph
         if precision is None and not _qualifies(manifest, gp, encoder):
             skipped.append(f"{label}: the bundle's {gp} {encoder} graph has no passed parity gate")
@@ -282,16 +283,62 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
                     f"({row['queue_source']})")
         if explicit:
             why = f"asked for ({_asked(backend, precision)}); " + why
-        return EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
-                             row.get("folders", "latency"), why, row.get("source"),
-                             needs_evidence=checked and verdict is None,
-                             explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
-    return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, bool(rows), explicit)
+        choice = EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
+                               row.get("folders", "latency"), why, row.get("source"),
+                               needs_evidence=checked and verdict is None,
+                               explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
+        found.append(Candidate(choice, row))
+    if found and other_scheme is not None:
+        row, scheme = other_scheme
+        gain = float(row["score"]) / float(found[0].row["score"])
+        if gain >= REEXPORT_GAIN:  # worth a re-export only if clearly beyond run-to-run noise
+            note = (f"{row['backend']} int8 ({row['graph'][5:]}) measured {gain:.2f}x faster here; the bundle's "
+                    f"int8 {encoder} graph is {scheme} ({_REEXPORT[row['graph']]})")
+            first = found[0]
+            found[0] = Candidate(replace(first.choice, notes=(*first.choice.notes, note)), first.row)
+    return found, skipped, bool(rows)
 
 
+def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
+                   accelerator: Optional[str] = None, backend: Optional[str] = None,
+                   precision: Optional[str] = None, table: Optional[dict[str, Any]] = None,
+                   evidence: Optional[dict[str, bool]] = None) -> EncoderChoice:
+    """One encoder's choice for steady work (the fastest qualifying row). *accelerator*: the
+    first onnxruntime provider when it is not the CPU (CUDA...). *evidence*: derived-mode
+    verdicts already known, keyed ``backend:precision`` (True passed, False failed); a derived
+    mode with no verdict is chosen with ``needs_evidence`` and checked by the model before first
+    use."""
+    backend, precision = _checked_ask(manifest, installed, backend, precision)
+    if accelerator is not None:
+        return _accelerator_choice(encoder, manifest, accelerator, backend, precision)
+    found, skipped, measured = encoder_candidates(encoder, manifest, cpu, installed=installed, backend=backend,
+                                                  precision=precision, table=table, evidence=evidence)
+    if found:
+        return found[0].choice
+    return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, measured,
+                     backend is not None or precision is not None)
+
+
+def _checked_ask(manifest: Any, installed: Sequence[str], backend: Optional[str],
+                 precision: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    backend = normalise_backend(backend)
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if backend is not None and backend not in installed:
+        raise ProviderError(f"backend {backend!r} is not installed: pip install 'clip-rt[{backend}]' "
+                            f"(installed: {', '.join(installed) or 'none'})")
+    if precision is not None:
+        graph = "fp32" if precision == "bf16" else precision
+        if graph not in manifest.graphs:
+            raise BundleError(f"bundle {manifest.name!r} has no {graph!r} graphs; it has: "
+                              f"{', '.join(manifest.precisions)}")
+    return backend, precision
+
+
+REEXPORT_GAIN = 1.15  # another int8 scheme must be this much faster for info to suggest a re-export
 _REEXPORT = {
-    "int8-static": "re-export with --int8-method onnxruntime for that graph",
-    "int8-static-nncf": "re-export with --int8-method nncf for that graph",
+    "int8-static": "`clip-rt export MODEL --precision int8 --int8-method onnxruntime` writes that graph",
+    "int8-static-nncf": "`clip-rt export MODEL --precision int8 --int8-method nncf` writes that graph",
 }
 
 
@@ -352,13 +399,39 @@ def _accelerator_choice(encoder: str, manifest: Any, accelerator: str, backend: 
 def plan_runtime(manifest: Any, cpu: CpuIsa, *, installed: Optional[Iterable[str]] = None,
                  accelerator: Optional[str] = None, backend: Optional[str] = None, precision: Optional[str] = None,
                  table: Optional[dict[str, Any]] = None,
-                 evidence: Optional[dict[str, dict[str, bool]]] = None) -> RuntimePlan:
+                 evidence: Optional[dict[str, dict[str, bool]]] = None,
+                 workload: Any = None, low_memory: bool = False) -> RuntimePlan:
     """Both encoders' choices. *precision* may be ``IMAGE/TEXT``. *evidence*: per encoder, as
-    for :func:`choose_encoder`."""
+    for :func:`choose_encoder`. *workload* (:class:`clip_rt.options.Workload`): a short-lived
+    run of a known size is planned by the time the whole run is predicted to take, start-up
+    included (``costs.py``), where this CPU class has start-up measurements; otherwise, and for
+    long-lived work, by steady speed. *low_memory*: the candidate that holds the least memory."""
     inst = tuple(installed) if installed is not None else installed_backends()
     wanted = parse_precision(precision)
     evidence = evidence or {}
-    choices = {enc: choose_encoder(enc, manifest, cpu, installed=inst, accelerator=accelerator, backend=backend,
-                                   precision=wanted[enc], table=table, evidence=evidence.get(enc))
-               for enc in ENCODERS}
+    table = table if table is not None else load_table()
+    if accelerator is not None:
+        choices = {enc: choose_encoder(enc, manifest, cpu, installed=inst, accelerator=accelerator, backend=backend,
+                                       precision=wanted[enc], table=table, evidence=evidence.get(enc))
+                   for enc in ENCODERS}
+        return RuntimePlan(cpu=cpu, image=choices["image"], text=choices["text"], installed=inst)
+    found: dict[str, list[Candidate]] = {}
+    fallback: dict[str, EncoderChoice] = {}
+    for enc in ENCODERS:
+        asked_backend, asked_precision = _checked_ask(manifest, inst, backend, wanted[enc])
+        cands, skipped, measured = encoder_candidates(enc, manifest, cpu, installed=inst, backend=asked_backend,
+                                                      precision=asked_precision, table=table,
+                                                      evidence=evidence.get(enc))
+        found[enc] = cands
+        if not cands:
+            fallback[enc] = _fallback(enc, manifest, cpu, asked_backend, asked_precision, inst, skipped, measured,
+                                      asked_backend is not None or asked_precision is not None)
+    choices = {enc: found[enc][0].choice for enc in ENCODERS if found[enc]}
+    choices.update(fallback)
+    if not fallback and (low_memory or (workload is not None and workload.short)):
+        from .costs import choose_for_job
+
+        picked = choose_for_job(found, table, cpu.isa_class, workload, low_memory=low_memory)
+        if picked is not None:
+            choices.update(picked)
     return RuntimePlan(cpu=cpu, image=choices["image"], text=choices["text"], installed=inst)

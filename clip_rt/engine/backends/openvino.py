@@ -1,28 +1,26 @@
 """The OpenVINO backend (optional extra ``[openvino]``): the CPU plugin reads the bundle's ONNX
 graphs directly, no IR files.
 
-Two settings matter (bench/results/backends.json):
+Two settings matter (bench/results/backends-*.json):
 - the inference precision hint: ``f32`` runs the graph as written (an int8 QDQ graph runs its
   matrix multiplies in int8 either way); ``bf16`` runs the float parts in bf16, which is fast
   only where the CPU has bf16 arithmetic (AMX-BF16, AVX512-BF16) and collapses (0.04x) where it
   is emulated, so it is refused there;
 - the performance mode: single calls use a model compiled for LATENCY (one stream, all threads);
   folders go through a model compiled for THROUGHPUT (N streams sharing the threads), fed by
-  several infer requests in flight. A latency model is compiled at creation (a bad graph fails
-  there), the throughput one on the first folder.
+  several infer requests in flight. Only the mode a job needs is compiled (*first*), at
+  creation (a bad graph fails there); the other on its first use.
 
-Shapes: an image graph (the batch its only dynamic axis) whose embeddings agree at every batch
-size (:func:`fixed_shapes_agree`) runs on models compiled for fixed batch sizes: a folder's
-batches on a model of its batch size (the last batch padded with zeros), other batches up to 8
-on a model of their own size, larger ones at the next power of two, padded. Models of
-different fixed sizes give those graphs bit-identical embeddings, so an image alone equals
-itself in a batch; the dynamic-batch model differs from them by up to 3.5e-3 (another int8
-kernel path, same accuracy: min cosine 0.99974 either way), so it is never mixed in. Measured
-(ViT-B/32 NNCF int8, AMX, 4 batches of 8 through the queue): 180 vs 150 and 159 vs 153
-images/s best against the dynamic model (bench/results/backends-x86-amx.json, focused/), 5-8%
-in an A/B run of both twice; one image: no measurable difference. Text keeps its dynamic
-batch and sequence axes: the CPU plugin re-plans a new shape on its first call instead of
-recompiling (cheaper than reshaping per length, measured in bench/backends.py).
+Each mode is one model with the graph's dynamic batch axis, compiled from the file itself, so
+that OpenVINO's model cache (``cache_dir``) is looked up without parsing the ONNX graph:
+measured on a 2-core AVX-512 VNNI host (ViT-B/32 NNCF int8, warm cache), one image in a fresh
+process took 1.3-1.9 s and peaked at 290 MB this way, against 2.0-2.4 s and 395 MB for a model
+read, reshaped to batch 1 and compiled (the earlier per-batch-size models; a server compiled
+16 of them and held 3.8-4.2 GB). The dynamic model gives an item the same embedding at every
+batch size (bit-identical at 1-8 on that host), which the per-size models were for. A new batch
+size costs one planning pass on its first call (0.3-1 s on 2 cores), so a folder's last, short
+batch is padded to the stream's size (``submit(batch=N)``) instead; a server warms its sizes
+up before it reports ready.
 """
 from __future__ import annotations
 
@@ -37,7 +35,6 @@ from ...errors import BundleError, InputError, ProviderError
 from .base import Backend, Pending
 
 COMPUTE_HINTS = {"f32": "f32", "bf16": "bf16"}
-EXACT_UP_TO = 8  # fixed shapes: batches up to this size compile a model of their own size
 
 
 def import_openvino() -> Any:
@@ -72,19 +69,19 @@ def shared_core(ov: Any) -> Any:
 
 class OpenVinoBackend(Backend):
     name = "openvino"
+    plans_per_shape = True
 
     def __init__(self, path: Union[str, "os.PathLike[str]"], *, compute: str = "f32", threads: Optional[int] = None,
                  streams: Optional[int] = None, native_bf16: bool = True, cache_dir: Optional[Path] = None,
-                 fixed_shapes: bool = False, core: Any = None) -> None:
+                 first: str = "latency", core: Any = None) -> None:
         """*compute*: ``f32`` or ``bf16`` (the inference precision hint). *threads*: inference
         threads (default: OpenVINO's, all cores). *streams*: throughput streams (default:
         OpenVINO's choice for THROUGHPUT). *native_bf16*: whether this CPU does bf16 in hardware;
         a bf16 hint without it raises, since it runs emulated (measured 0.04x). *cache_dir*:
-        where OpenVINO keeps compiled models (a repeat compile of the static int8 ViT-B/32 image
-        graph took 0.8 s instead of 6.3 s on a busy 2-core host; the blob is about the graph's
-        size). *fixed_shapes*: run an image graph on models compiled per batch size, a batch
-        padded with zeros up to its model's size; only for graphs whose embeddings are the same
-        at every size (:func:`fixed_shapes_agree`)."""
+        where OpenVINO keeps compiled models (a compile from the cache took 0.5 s instead of
+        2.2-3.2 s for the ViT-B/32 int8 image graph; the blob is about the graph's size).
+        *first*: the mode compiled at creation (``latency`` for single calls, ``throughput``
+        for a folder)."""
         if compute not in COMPUTE_HINTS:
             raise InputError(f"openvino compute precision must be one of {', '.join(COMPUTE_HINTS)}, got {compute!r}")
         if compute == "bf16" and not native_bf16:
@@ -92,6 +89,8 @@ class OpenVinoBackend(Backend):
                                 "AVX512-BF16; ARM64 BF16); this one emulates it, measured 25x slower than f32")
         if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
             raise InputError(f"streams must be a positive integer, got {streams!r}")
+        if first not in MODES:
+            raise InputError(f"first must be one of {', '.join(MODES)}, got {first!r}")
         ov = import_openvino()
         self._ov = ov
         self.path = Path(path)
@@ -101,13 +100,11 @@ class OpenVinoBackend(Backend):
         self._core = core if core is not None else shared_core(ov)
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
-        self._compiled: dict[str, Any] = {}  # by mode: "latency", "throughput", or "<mode>@<fixed batch>"
+        self._compiled: dict[str, Any] = {}  # by mode: "latency", "throughput"
         self._idle: dict[str, list[Any]] = {}
-        self._model = self._read()  # fails at creation on a bad graph, as onnxruntime does
-        self.fixed_shapes = fixed_shapes and _batch_is_the_only_dynamic_axis(self._model)
-        first = self._compile("latency@1" if self.fixed_shapes else "latency")
-        self.input_names = [p.get_any_name() for p in first.inputs]
-        self.output_names = [p.get_any_name() for p in first.outputs]
+        compiled = self._compile(first)  # fails at creation on a bad graph, as onnxruntime does
+        self.input_names = [p.get_any_name() for p in compiled.inputs]
+        self.output_names = [p.get_any_name() for p in compiled.outputs]
 
     # -- compilation ----------------------------------------------------------------
     def _config(self, mode: str) -> dict[str, Any]:
@@ -121,12 +118,6 @@ class OpenVinoBackend(Backend):
             config["NUM_STREAMS"] = self.streams
         return config
 
-    def _read(self) -> Any:
-        try:
-            return self._core.read_model(str(self.path))
-        except RuntimeError as exc:  # openvino reports unreadable/invalid graphs this way
-            raise self._graph_error(exc) from exc
-
     def _graph_error(self, exc: BaseException) -> BundleError:
         if not self.path.is_file():
             return BundleError(f"{self.path}: no such graph file")
@@ -136,30 +127,11 @@ class OpenVinoBackend(Backend):
     def _compile(self, mode: str) -> Any:
         with self._lock:
             if mode not in self._compiled:
-                kind, _, fixed = mode.partition("@")
-                model = _with_batch(self._model, int(fixed)) if fixed else self._model
-                config = self._config(kind)
-                try:
-                    self._compiled[mode] = self._core.compile_model(model, "CPU", config)
-                except RuntimeError as exc:
+                try:  # from the file: a cached blob is found without reading the graph
+                    self._compiled[mode] = self._core.compile_model(str(self.path), "CPU", self._config(mode))
+                except RuntimeError as exc:  # openvino reports unreadable/invalid graphs this way
                     raise self._graph_error(exc) from exc
             return self._compiled[mode]
-
-    def _mode(self, kind: str, rows: int, batch: Optional[int] = None) -> tuple[str, int]:
-        """Which model runs *rows* items (*kind*: latency or throughput) and at what size: with
-        fixed shapes, the stream's *batch* when it holds them; else a batch of up to EXACT_UP_TO
-        at its own size (a server's batches: padding them to powers of two measured 0.87x
-        one-at-a-time at 8 clients, bench.serve); a larger one at the next power of two, so
-        odd sizes do not each compile a model. Without fixed shapes, the dynamic model."""
-        if not self.fixed_shapes:
-            return kind, rows
-        if batch and rows <= batch:
-            size = batch
-        elif rows <= EXACT_UP_TO:
-            size = rows
-        else:
-            size = 1 << (rows - 1).bit_length()
-        return f"{kind}@{size}", size
 
     def _request(self, mode: str) -> Any:
         compiled = self._compile(mode)
@@ -177,67 +149,56 @@ class OpenVinoBackend(Backend):
             raise InputError(f"{self.path.name}: no input named {unknown[0]!r}; inputs: {self.input_names}")
         return {name: np.ascontiguousarray(value) for name, value in feeds.items()}
 
-    def _outputs(self, request: Any) -> list[np.ndarray]:
-        return [np.array(request.get_tensor(name).data, copy=True) for name in self.output_names]
+    def _outputs(self, request: Any, rows: int) -> list[np.ndarray]:
+        return [np.array(request.get_tensor(name).data[:rows], copy=True) for name in self.output_names]
 
     # -- the contract -------------------------------------------------------------------
-    def _prepared(self, feeds: Mapping[str, np.ndarray], kind: str,
-                  batch: Optional[int] = None) -> tuple[str, dict[str, np.ndarray], int]:
-        inputs = self._inputs(feeds)
-        rows = next(iter(inputs.values())).shape[0]
-        mode, size = self._mode(kind, rows, batch)
-        if size > rows:  # zeros: the graph is batch-independent, so they change nothing
-            inputs = {name: _padded(value, size) for name, value in inputs.items()}
-        return mode, inputs, rows
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        mode, inputs, rows = self._prepared(feeds, "latency")
-        request = self._request(mode)
+        inputs = self._inputs(feeds)
+        rows = _rows(inputs)
+        request = self._request("latency")
         try:
             request.infer(inputs)
-            return [out[:rows] for out in self._outputs(request)]
+            return self._outputs(request, rows)
         finally:
-            self._give_back(mode, request)
+            self._give_back("latency", request)
 
     @property
     def queue_depth(self) -> int:
-        return self.stream_depth(1)
-
-    def stream_depth(self, batch: int) -> int:
-        compiled = self._compile(self._mode("throughput", batch, batch)[0])
+        compiled = self._compile("throughput")
         return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
+    def stream_depth(self, batch: int) -> int:
+        return self.queue_depth
+
     def submit(self, feeds: Mapping[str, np.ndarray], batch: Optional[int] = None) -> Pending:
-        mode, inputs, rows = self._prepared(feeds, "throughput", batch)
-        request = self._request(mode)
+        inputs = self._inputs(feeds)
+        rows = _rows(inputs)
+        if batch and rows < batch and _batch_only_varies(inputs):
+            # A stream's short last batch: padded (zeros change no other row of a batch-independent
+            # graph) instead of paying a new shape's planning pass for one call.
+            inputs = {name: _padded(value, batch) for name, value in inputs.items()}
+        request = self._request("throughput")
         request.start_async(inputs)  # copies the inputs (share_inputs is off)
 
         def wait() -> list[np.ndarray]:
             try:
                 request.wait()
-                return [out[:rows] for out in self._outputs(request)]
+                return self._outputs(request, rows)
             finally:
-                self._give_back(mode, request)
+                self._give_back("throughput", request)
 
         return Pending(wait=wait)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.name, "version": self._ov.__version__, "graph": self.path.name,
-                               "compute": self.compute, "calls": "latency"}
+                               "compute": self.compute, "calls": "latency", "shapes": "dynamic batch"}
         with self._lock:
             compiled = dict(self._compiled)
         for mode, model in compiled.items():
-            streams = int(model.get_property("NUM_STREAMS"))
-            threads = int(model.get_property("INFERENCE_NUM_THREADS"))
-            hint = str(model.get_property("INFERENCE_PRECISION_HINT"))
-            kind, _, fixed = mode.partition("@")
-            entry = out.setdefault(kind, {"streams": streams, "threads": threads,
-                                          "inference_precision": _type_name(hint)})
-            if fixed:
-                entry.setdefault("batch_sizes_compiled", []).append(int(fixed))
-        if self.fixed_shapes:
-            out["shapes"] = (f"fixed: a model per batch size (a folder's batch size; other batches up to "
-                             f"{EXACT_UP_TO} their own size, larger ones the next power of two), padded with zeros")
+            out[mode] = {"streams": int(model.get_property("NUM_STREAMS")),
+                         "threads": int(model.get_property("INFERENCE_NUM_THREADS")),
+                         "inference_precision": _type_name(str(model.get_property("INFERENCE_PRECISION_HINT")))}
         out["folders"] = (f"throughput, {out['throughput']['streams']} streams" if "throughput" in out
                           else "throughput (compiled on first folder)")
         return out
@@ -248,33 +209,16 @@ class OpenVinoBackend(Backend):
             self._idle = {}
 
 
-def fixed_shapes_agree(quantization: Any) -> bool:
-    """Whether OpenVINO gives an item the same embedding at every fixed batch size for a graph
-    quantised as *quantization* (the manifest's record; None for float graphs), measured by
-    ``python -m bench.backends`` (``fixed_shapes`` in bench/results/backends-x86-amx.json):
-    float graphs and NNCF's int8-activation graph agree exactly at batch 1, 2, 4, 8; the graph
-    of onnxruntime.quantization (uint8 activations) differs between batch 1 and 2 by 3.7e-3, so
-    it keeps the one dynamic-batch model, whose batches agree; dynamic int8 couples a batch."""
-    if quantization is None:
-        return True
-    return bool(quantization.batch_independent) and quantization.activations == "int8"
+MODES = ("latency", "throughput")
 
 
-def _batch_is_the_only_dynamic_axis(model: Any) -> bool:
-    """One input whose first axis is dynamic and every other one fixed (an image tower)."""
-    if len(model.inputs) != 1:
-        return False
-    shape = model.inputs[0].get_partial_shape()
-    return (shape.rank.is_static and len(shape) >= 2 and shape[0].is_dynamic
-            and all(dim.is_static for dim in list(shape)[1:]))
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
 
 
-def _with_batch(model: Any, batch: int) -> Any:
-    """A copy of *model* with its batch axis fixed (the dynamic model stays as read)."""
-    fixed = model.clone()
-    rest = [dim.get_length() for dim in list(fixed.inputs[0].get_partial_shape())[1:]]
-    fixed.reshape({fixed.inputs[0]: [batch, *rest]})
-    return fixed
+def _batch_only_varies(inputs: Mapping[str, np.ndarray]) -> bool:
+    """An image batch (one input of rank 4): padding it is safe and its other axes are fixed."""
+    return len(inputs) == 1 and next(iter(inputs.values())).ndim == 4
 
 
 def _padded(value: np.ndarray, rows: int) -> np.ndarray:
