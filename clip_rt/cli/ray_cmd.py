@@ -84,6 +84,8 @@ def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: Any = None) -
     from ..scale import ray as scale_ray
 
     model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts
+    if head is not None:
+        scale_ray.check_head(head, model)  # a head of another bundle: refused before Ray starts
     started = scale_ray.init(kw["address"], num_cpus=kw["num_cpus"])
     try:
         result = scale_ray.run_job(

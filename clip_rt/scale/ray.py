@@ -279,6 +279,18 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
     return classifier, ident
 
 
+def check_head(head: Any, model: Union[str, "os.PathLike[str]"]) -> None:
+    """Refuse a head fitted on another bundle than *model*, from its manifest alone: the CLI
+    calls this before it starts Ray (the precision is compared, with a warning, by the job)."""
+    from ..adapt.head import as_head, check_compatible
+    from ..bundle.manifest import read_manifest
+    from ..bundle.store import resolve_bundle
+
+    found = as_head(head)
+    manifest = read_manifest(resolve_bundle(model))
+    check_compatible(found, fingerprint=manifest.fingerprint, precision=found.model.precision, bundle=manifest.name)
+
+
 def _head_classifier(manifest: Any, precision: str, labels: Any, head: Any,
                      bundle_dir: str) -> tuple[Any, dict[str, Any]]:
     """A head checked against the bundle on the driver (another bundle: refused before Ray
