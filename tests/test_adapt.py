@@ -280,3 +280,37 @@ def test_video_with_head(bundle: Path, tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert [s["label"] for s in out["segments"]] == ["red", "blue"]
     assert set(out["overall"]["scores"]) == {"red", "blue", "green"}
+
+
+# -- a real architecture: ViT-B-32 with random weights (the export's session fixture) --------------------
+@pytest.fixture(scope="module")
+def vitb32(request: pytest.FixtureRequest) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    try:
+        return Path(request.getfixturevalue("vitb32_bundle_dir"))
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no vitb32_bundle_dir fixture")
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_vitb32_head_on_held_out_sets(vitb32: Path, tmp_path: Path) -> None:
+    """Random-weight ViT-B-32 features separate colours, gradients and photographs: the head
+    learns them from 12 images per class; its zero-shot part (random text tower) cannot."""
+    model = clip_rt.load(vitb32, cache=False)
+    makers = [generated_set]
+    try:
+        import skimage.data  # noqa: F401
+
+        makers.append(photo_set)
+    except ImportError:
+        pass
+    for make in makers:
+        train = make(tmp_path / make.__name__ / "train", 12, seed=1)
+        test = make(tmp_path / make.__name__ / "test", 10, seed=2)
+        head = adapt.fit(model, train).head
+        result = adapt.evaluate(model, test, head=head)
+        runs = {r.name: r.accuracy for r in result.runs}
+        assert runs["head"] >= 0.9 and runs["head"] >= runs["zero-shot:head"], (make.__name__, runs)
+        assert head.cv.head_accuracy >= head.cv.zero_shot_accuracy
