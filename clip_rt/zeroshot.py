@@ -212,9 +212,14 @@ class EmbeddingClassifier(Protocol):
     """What classifies image embeddings: a :class:`ZeroShotClassifier`, or a fitted head
     (:class:`clip_rt.adapt.Head`)."""
 
-    names: Any  # list[str]; a property on a head
-    templates: Any
-    scoring: str
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def templates(self) -> tuple[str, ...]: ...
+
+    @property
+    def scoring(self) -> str: ...
 
     def probabilities(self, image_embeddings: np.ndarray) -> np.ndarray: ...
 

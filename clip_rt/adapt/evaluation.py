@@ -90,7 +90,7 @@ class Evaluation:
         counts = ", ".join(f"{printable(lab)} {n}" for lab, n in e.counts().items())
         out = [f"{len(e.paths)} images in {len(self.labels)} classes ({counts})"
                + (f"; {len(e.failed)} could not be read" if e.failed else "")]
-        width = max(display_width(r.name) for r in self.runs + [p]) + 2
+        width = max(display_width(r.name) for r in self.runs) + 2
         out.append(f"{pad('run', width)}top-1   top-{p.top_k}")
         for r in self.runs:
             out.append(f"{pad(r.name, width)}{r.accuracy:.3f}   {r.top_k_accuracy:.3f}")

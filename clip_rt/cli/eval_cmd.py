@@ -87,7 +87,7 @@ def eval_cmd(dataset: str, set_names: tuple[str, ...], template_list: tuple[str,
                           progress=bar.update)
     for line in result.lines():
         click.echo(line)
-    _report_failed(len(result.embedded.paths), result.failed)
+    report_failed(len(result.embedded.paths), result.failed)
     if json_path:
         from ..outputs.files import atomic_file
 
@@ -102,7 +102,7 @@ def eval_cmd(dataset: str, set_names: tuple[str, ...], template_list: tuple[str,
         sys.exit(1)
 
 
-def _report_failed(done: int, failed: Sequence[tuple[str, str]]) -> None:
+def report_failed(done: int, failed: Sequence[tuple[str, str]]) -> None:
     echo_err(f"{done + len(failed)} processed, {len(failed)} failed")
     for path, error in failed[:10]:
         echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, error))}")

@@ -9,7 +9,7 @@ import click
 from ..inputs.discover import display_path
 from . import main
 from .common import echo_err, model_from_options, model_options, progress_bar, resolve_templates, skip_errors_option
-from .eval_cmd import _report_failed
+from .eval_cmd import report_failed
 
 
 @main.command("fit")
@@ -63,6 +63,6 @@ def fit_cmd(dataset: str, output: str, template_list: tuple[str, ...], template_
     if result.head.training.folds < folds:
         echo_err(f"note: {result.head.training.folds} folds instead of {folds}: the smallest class has "
                  f"{min(result.head.training.per_class.values())} images")
-    _report_failed(len(result.embedded.paths), result.failed)
+    report_failed(len(result.embedded.paths), result.failed)
     if result.failed and not skip_errors:
         sys.exit(1)

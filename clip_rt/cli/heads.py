@@ -4,11 +4,15 @@ model loads), and checked against the model as soon as it is loaded (another bun
 before any output is opened)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
 from .common import parse_labels, resolve_templates
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head
+    from ..zeroshot import EmbeddingClassifier
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,7 +26,7 @@ def head_option(f: F) -> F:
                         help=HEAD_HELP)(f)
 
 
-def read_head(head_path: Optional[str]) -> Any:
+def read_head(head_path: Optional[str]) -> "Optional[Head]":
     """The :class:`~clip_rt.adapt.head.Head` at *head_path* (HeadError, exit 1, if it is not a
     sound head file), or None."""
     if head_path is None:
@@ -32,7 +36,7 @@ def read_head(head_path: Optional[str]) -> Any:
     return Head.load(head_path)
 
 
-def labels_and_templates(head: Any, labels_csv: Optional[str], labels_file: Optional[str],
+def labels_and_templates(head: "Optional[Head]", labels_csv: Optional[str], labels_file: Optional[str],
                          template_list: tuple[str, ...], template_set: Optional[str]) -> tuple[Any, tuple[str, ...]]:
     """The label spec and templates of a run: the options', or the head's (the options then
     may only repeat its labels exactly; anything else is a usage error, exit 2)."""
@@ -52,7 +56,8 @@ def labels_and_templates(head: Any, labels_csv: Optional[str], labels_file: Opti
     return list(head.labels), tuple(head.templates)
 
 
-def classifier_for(model: Any, head: Any, label_spec: Any, templates: tuple[str, ...]) -> Any:
+def classifier_for(model: Any, head: "Optional[Head]", label_spec: Any,
+                   templates: tuple[str, ...]) -> "EmbeddingClassifier":
     """The run's classifier: the head checked against *model* (another bundle: HeadError), or
     a zero-shot classifier of *label_spec* x *templates*."""
     if head is not None:
@@ -62,7 +67,7 @@ def classifier_for(model: Any, head: Any, label_spec: Any, templates: tuple[str,
     return model.classifier(label_spec, templates)
 
 
-def head_identity(head: Any) -> dict[str, Any]:
+def head_identity(head: "Optional[Head]") -> dict[str, Optional[str]]:
     """What an output records about the head: its digest, or null without one (an output
     written before heads existed has no such key, which reads as null: it resumes as before,
     and a head's output cannot be resumed without its head, nor the other way round)."""

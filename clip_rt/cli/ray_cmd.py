@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
@@ -12,6 +12,9 @@ from . import main
 from ..settings import default_model
 from .common import MODEL_DEFAULT_HELP, echo_err, label_options
 from .heads import head_option, labels_and_templates, read_head
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,7 +83,7 @@ def classify_cmd(labels_csv: Optional[str], labels_file: Optional[str], template
     _run(kw, labels=labels, templates=templates, head=head)
 
 
-def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: Any = None) -> None:
+def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: "Optional[Head]" = None) -> None:
     from ..scale import ray as scale_ray
 
     model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts

@@ -27,12 +27,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, path_key
 from . import parts
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head, HeadArg
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
@@ -236,7 +239,7 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
 
 
 def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any = None,
-                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, *, head: Any = None,
+                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, *, head: "Optional[HeadArg]" = None,
                     **options: Any) -> Any:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
@@ -259,7 +262,7 @@ def _map_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
-                templates: Union[str, Sequence[str]], head: Any = None) -> tuple[Any, dict[str, Any]]:
+                templates: Union[str, Sequence[str]], head: "Optional[HeadArg]" = None) -> tuple[Any, dict[str, Any]]:
     from ..model import load
     from ..zeroshot import check_templates, parse_labels
 
@@ -279,7 +282,7 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
     return classifier, ident
 
 
-def check_head(head: Any, model: Union[str, "os.PathLike[str]"]) -> None:
+def check_head(head: "HeadArg", model: Union[str, "os.PathLike[str]"]) -> None:
     """Refuse a head fitted on another bundle than *model*, from its manifest alone: the CLI
     calls this before it starts Ray (the precision is compared, with a warning, by the job)."""
     from ..adapt.head import as_head, check_compatible
@@ -291,8 +294,8 @@ def check_head(head: Any, model: Union[str, "os.PathLike[str]"]) -> None:
     check_compatible(found, fingerprint=manifest.fingerprint, precision=found.model.precision, bundle=manifest.name)
 
 
-def _head_classifier(manifest: Any, precision: str, labels: Any, head: Any,
-                     bundle_dir: str) -> tuple[Any, dict[str, Any]]:
+def _head_classifier(manifest: Any, precision: str, labels: Any, head: "HeadArg",
+                     bundle_dir: str) -> tuple["Head", dict[str, Any]]:
     """A head checked against the bundle on the driver (another bundle: refused before Ray
     runs anything); the actors apply it like a zero-shot classifier (names, probabilities)."""
     import warnings
@@ -315,7 +318,7 @@ def _head_classifier(manifest: Any, precision: str, labels: Any, head: Any,
 # -- the resumable job ------------------------------------------------------------------------
 def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union[str, "os.PathLike[str]"], *,
             labels: Any = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-            part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, head: Any = None,
+            part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, head: "Optional[HeadArg]" = None,
             **options: Any) -> dict[str, Any]:
     """Embed (or, with *labels* or a fitted *head*, classify) *source* into Parquet parts in *output*. A rerun
     skips every input already in a finished part (see :mod:`clip_rt.scale.parts`); per-image

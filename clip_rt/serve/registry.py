@@ -14,7 +14,7 @@ import time
 import warnings
 from collections import OrderedDict
 from concurrent.futures import Executor
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .config import ServeConfig
 from .errors import ApiError
 from .inputs import ImageRef, image_stream
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head
 
 log = logging.getLogger("clip_rt.serve")
 CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
@@ -236,7 +239,7 @@ def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDic
 class ServedHead:
     """A fitted head (``clip-rt fit``) for /classify, bound to the served model it was fitted on."""
 
-    def __init__(self, name: str, path: str, head: Any, model_id: str) -> None:
+    def __init__(self, name: str, path: str, head: "Head", model_id: str) -> None:
         self.name, self.path, self.head, self.model_id = name, path, head, model_id
 
     def describe(self) -> dict[str, Any]:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from ..adapt.head import Head
+    from ..zeroshot import EmbeddingClassifier
     from .registry import ServedHead, ServedIndex, ServedModel
 
 JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the decode pool
@@ -210,7 +212,7 @@ async def classify(request: "Request") -> "Response":
     refs = [image_ref(v, f"images[{i}]") for i, v in
             enumerate(item_list(required(body, "images"), "images", state.config.max_items, "images"))]
     top_k = positive_int(body, "top_k", 5, state.config.max_top_k)
-    clf: Any
+    clf: "EmbeddingClassifier"
     if served_head is not None:
         clf = _head_classifier(served_head, body, state.config.max_labels)
     else:
@@ -238,7 +240,7 @@ def _classify_model(state: ServiceState, asked: Optional[str], served_head: "Opt
     return state.model(served_head.model_id)
 
 
-def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels: int) -> Any:
+def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels: int) -> "Head":
     """The head itself: labels come from it (the request may repeat them exactly), templates
     cannot be given (it keeps the zero-shot part it was fitted with)."""
     from ..adapt.head import check_head_arguments
