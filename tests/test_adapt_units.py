@@ -237,6 +237,10 @@ def test_damaged_head_files(tmp_path: Path) -> None:
         Head.load(tmp_path / "nope.head")
     with pytest.raises(HeadError, match="is a folder"):
         Head.load(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(HeadError, match="not a regular file"):
+        Head.load(fifo)  # refused, not read (reading would wait for a writer forever)
 
 
 def forge(header: dict[str, Any], data: bytes) -> bytes:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -238,6 +239,9 @@ class Head:
         target = os.fspath(path)
         shown = display_path(target)
         try:
+            if not stat.S_ISREG(os.stat(target).st_mode) and not os.path.isdir(target):
+                # a FIFO or device would block or never end: a head is a file
+                raise HeadError(f"head {shown!r} is not a regular file; expected a head file written by `clip-rt fit`")
             with open(target, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > MAX_FILE_BYTES:

@@ -38,7 +38,7 @@ def template_sets(names: Sequence[str], custom: Sequence[str]) -> list[Any]:
     return sets
 
 
-@main.command("eval")
+@main.command("eval", short_help="Measure zero-shot and a fitted head on labelled images.")
 @click.argument("dataset", metavar="DIR|CSV", type=click.Path(exists=True))
 @click.option("--templates", "set_names", multiple=True, metavar="NAME[,NAME]", help=SET_HELP)
 @click.option("--template", "template_list", multiple=True, metavar="TEXT",

@@ -12,7 +12,7 @@ from .common import echo_err, model_from_options, model_options, progress_bar, r
 from .eval_cmd import report_failed
 
 
-@main.command("fit")
+@main.command("fit", short_help="Fit a few-shot head on labelled images (use it with --head).")
 @click.argument("dataset", metavar="DIR|CSV", type=click.Path(exists=True))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), metavar="HEAD",
               help="The head file to write (an existing one is replaced only once the new head is complete).")
