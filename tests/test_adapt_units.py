@@ -316,3 +316,15 @@ def test_head_validates_what_the_api_builds() -> None:
         Head(labels=("a", "b"), weight=np.zeros((3, 3), np.float32), bias=np.zeros(2, np.float32),
              zero_shot=np.zeros((2, 3), np.float32), logit_scale=1.0, blend=1.0, templates=(),
              model=HeadModel("m", "ab" * 16, "fp32", 3), training=make_head().training, cv=make_head().cv)
+
+
+def test_probe_agrees_with_scikit_learn() -> None:
+    """The same loss as scikit-learn's LogisticRegression (C * sum of cross-entropy + ||W||^2 / 2,
+    bias not penalised), so the same probabilities; scikit-learn is only the reference here."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    centres = np.random.default_rng(7).standard_normal((3, 10))
+    x, y = blobs(15, centres, 1.2, 8)
+    for c in (0.01, 1.0, 100.0):
+        ours = probe.probe_probabilities(x, probe.fit_logistic(x, y, 3, c))
+        ref = linear_model.LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x, y).predict_proba(x)
+        assert np.abs(ours - ref).max() < 1e-4, c
