@@ -7,6 +7,7 @@ into one folder per class.
 - :func:`photo_set`: real photographs from scikit-image, one class per photo, each image a
   random crop of it (position, size, mirroring, brightness).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,7 +79,7 @@ def photo_set(root: Path, per_class: int, seed: int, photos: Sequence[str] = PHO
         for i in range(per_class):
             ch, cw = int(h * rng.uniform(0.45, 0.8)), int(w * rng.uniform(0.45, 0.8))
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            crop = full[y:y + ch, x:x + cw, :3] * rng.uniform(0.8, 1.15)
+            crop = full[y : y + ch, x : x + cw, :3] * rng.uniform(0.8, 1.15)
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]
             img = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((96, 96 * ch // cw or 1))

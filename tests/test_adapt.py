@@ -2,6 +2,7 @@
 manifest, ONNX graphs and runtime), with generated labelled sets (colours, gradients) and
 crops of scikit-image's photographs. The fake bundle's text tower is random, so zero-shot is
 near chance there: what these tests show is the head learning from the images."""
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,7 @@ def test_head_on_held_out_generated_set(bundle: Path, sets: dict[str, Path]) -> 
     assert result.advice().startswith(f"zero-shot {held_out_zero_shot:.2f}, head {held_out_head:.2f} on 40 images")
 
 
-def test_fit_is_deterministic_and_the_api_applies_the_head(bundle: Path, sets: dict[str, Path],
-                                                           tmp_path: Path) -> None:
+def test_fit_is_deterministic_and_the_api_applies_the_head(bundle: Path, sets: dict[str, Path], tmp_path: Path) -> None:
     model = clip_rt.load(bundle, cache=False)
     a = adapt.fit(model, sets["train"], seed=3).head
     b = adapt.fit(model, sets["train"], seed=3).head
@@ -105,8 +105,9 @@ def test_photos_from_scikit_image(bundle: Path, tmp_path: Path) -> None:
     assert by_name["zero-shot:simple"].accuracy == by_name["zero-shot:head"].accuracy  # the same templates
 
 
-def test_foreign_or_damaged_head_is_refused(bundle: Path, other_bundle: Path, head_file: Path,
-                                            sets: dict[str, Path], tmp_path: Path) -> None:
+def test_foreign_or_damaged_head_is_refused(
+    bundle: Path, other_bundle: Path, head_file: Path, sets: dict[str, Path], tmp_path: Path
+) -> None:
     other = clip_rt.load(other_bundle, cache=False)
     with pytest.raises(HeadError, match="fitted on bundle 'fake-clip'"):
         other.classify(sets["test"] / "red", head=head_file)
@@ -127,8 +128,23 @@ def test_foreign_or_damaged_head_is_refused(bundle: Path, other_bundle: Path, he
 
 # -- the command line ------------------------------------------------------------------------------------
 def test_cli_fit(bundle: Path, sets: dict[str, Path], head_file: Path, tmp_path: Path) -> None:
-    r = invoke(["fit", str(sets["train"]), "-m", str(bundle), "-o", str(tmp_path / "again.head"), "--folds", "4",
-                "--seed", "7", "--templates", "imagenet", "--no-blend"])
+    r = invoke(
+        [
+            "fit",
+            str(sets["train"]),
+            "-m",
+            str(bundle),
+            "-o",
+            str(tmp_path / "again.head"),
+            "--folds",
+            "4",
+            "--seed",
+            "7",
+            "--templates",
+            "imagenet",
+            "--no-blend",
+        ]
+    )
     assert r.exit_code == 0, r.output
     head = Head.load(tmp_path / "again.head")
     assert head.training.folds == 4 and head.training.seed == 7 and head.blend == 1.0 and len(head.templates) == 80
@@ -136,8 +152,9 @@ def test_cli_fit(bundle: Path, sets: dict[str, Path], head_file: Path, tmp_path:
     assert "4-fold cross-validation of 48 images" in lines[-1] and "use the head" in lines[-1]
     assert "48 processed, 0 failed" in r.stderr
     # Usage errors: exit 2; a class with one image: exit 1 before the model loads.
-    assert invoke(["fit", str(sets["train"]), "-m", str(bundle), "-o", str(tmp_path / "x"), "--folds", "1"]
-                  ).exit_code == 2
+    assert (
+        invoke(["fit", str(sets["train"]), "-m", str(bundle), "-o", str(tmp_path / "x"), "--folds", "1"]).exit_code == 2
+    )
     assert invoke(["fit", str(sets["train"]), "-m", str(bundle)]).exit_code == 2  # no -o
     tiny = tmp_path / "tiny"
     shutil.copytree(sets["train"], tiny)
@@ -161,19 +178,41 @@ def test_cli_fit_with_unreadable_images(bundle: Path, sets: dict[str, Path], tmp
     assert invoke(["fit", str(data), "-m", str(bundle), "-o", str(out), "--skip-errors"]).exit_code == 0
 
 
-def test_cli_eval_json_templates_and_errors(bundle: Path, sets: dict[str, Path], head_file: Path,
-                                            tmp_path: Path) -> None:
+def test_cli_eval_json_templates_and_errors(
+    bundle: Path, sets: dict[str, Path], head_file: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(sets["test"], data)
     (data / "red" / "broken.png").write_bytes(b"not a png")
     js = tmp_path / "eval.json"
-    r = invoke(["eval", str(data), "-m", str(bundle), "--head", str(head_file), "--templates", "simple,imagenet",
-                "--template", "a {} picture", "--template", "{}", "--json", str(js)])
+    r = invoke(
+        [
+            "eval",
+            str(data),
+            "-m",
+            str(bundle),
+            "--head",
+            str(head_file),
+            "--templates",
+            "simple,imagenet",
+            "--template",
+            "a {} picture",
+            "--template",
+            "{}",
+            "--json",
+            str(js),
+        ]
+    )
     assert r.exit_code == 1, r.output  # broken.png
     assert "41 processed, 1 failed" in r.stderr and "broken.png" in r.stderr
     out = json.loads(js.read_text())
-    assert [run["name"] for run in out["runs"]] == ["head", "zero-shot:head", "zero-shot:simple",
-                                                    "zero-shot:imagenet", "zero-shot:custom"]
+    assert [run["name"] for run in out["runs"]] == [
+        "head",
+        "zero-shot:head",
+        "zero-shot:simple",
+        "zero-shot:imagenet",
+        "zero-shot:custom",
+    ]
     assert out["labels"] == sorted(FOUR) and out["run"] == "head" and out["images"] == 40
     confusion = np.array(out["confusion"])
     assert confusion.shape == (4, 4) and confusion.sum() == 40 and (confusion.sum(axis=1) == 10).all()  # rows true
@@ -204,16 +243,32 @@ def test_cli_eval_csv_and_report(bundle: Path, sets: dict[str, Path], tmp_path: 
     csv = tmp_path / "set.csv"
     csv.write_text("\n".join(rows) + "\n")
     report = tmp_path / "report"
-    r = invoke(["eval", str(csv), "-m", str(bundle), "--templates", "simple", "--templates", "imagenet",
-                "--report", str(report)])
+    r = invoke(
+        [
+            "eval",
+            str(csv),
+            "-m",
+            str(bundle),
+            "--templates",
+            "simple",
+            "--templates",
+            "imagenet",
+            "--report",
+            str(report),
+        ]
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((report / "summary.json").read_text())
     assert summary["images"] == 40 and summary["labels"] == list(FOUR)  # the CSV's order
     for name in summary["charts"]:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert set(summary["charts"]) >= {"accuracy.png", "confusion_zero-shot_simple.png",
-                                      "confusion_zero-shot_imagenet.png", "per_class_recall.png",
-                                      "per_class_precision.png"}
+    assert set(summary["charts"]) >= {
+        "accuracy.png",
+        "confusion_zero-shot_simple.png",
+        "confusion_zero-shot_imagenet.png",
+        "per_class_recall.png",
+        "per_class_precision.png",
+    }
     (report / "accuracy.png").unlink()
     (report / "accuracy.png").mkdir()  # a folder where a chart goes: refused before any image is read
     r = invoke(["eval", str(csv), "-m", str(bundle), "--report", str(report)])
@@ -222,8 +277,20 @@ def test_cli_eval_csv_and_report(bundle: Path, sets: dict[str, Path], tmp_path: 
 
 def test_cli_classify_with_head(bundle: Path, sets: dict[str, Path], head_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    r = invoke(["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file),
-                "-o", str(out), "--top-k", "2"])
+    r = invoke(
+        [
+            "classify",
+            str(sets["test"] / "blue"),
+            "-m",
+            str(bundle),
+            "--head",
+            str(head_file),
+            "-o",
+            str(out),
+            "--top-k",
+            "2",
+        ]
+    )
     assert r.exit_code == 0, r.output
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == 10 and sum(x["label"] == "blue" for x in records) >= 9
@@ -238,20 +305,26 @@ def test_cli_classify_with_head(bundle: Path, sets: dict[str, Path], head_file: 
         assert r.exit_code == 1 and "head" in r.output, r.output
     # Labels given with a head must be exactly its labels; templates cannot be given.
     same = ",".join(sorted(FOUR))
-    assert invoke(["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file),
-                   "-l", same]).exit_code == 0
+    assert (
+        invoke(
+            ["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file), "-l", same]
+        ).exit_code
+        == 0
+    )
     r = invoke(["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file), "-l", "red,blue"])
     assert r.exit_code == 2 and "differ from the head's" in r.output
-    r = invoke(["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file),
-                "--templates", "imagenet"])
+    r = invoke(
+        ["classify", str(sets["test"] / "blue"), "-m", str(bundle), "--head", str(head_file), "--templates", "imagenet"]
+    )
     assert r.exit_code == 2 and "--head keeps the templates" in r.output
     assert invoke(["classify", str(sets["test"] / "blue"), "-m", str(bundle)]).exit_code == 2  # no labels, no head
 
 
 def test_precision_mismatch_warns(bundle: Path, sets: dict[str, Path], head_file: Path) -> None:
     assert Head.load(head_file).model.precision == "fp32"
-    r = invoke(["classify", str(sets["test"] / "red"), "-m", str(bundle), "--precision", "fp16",
-                "--head", str(head_file)])
+    r = invoke(
+        ["classify", str(sets["test"] / "red"), "-m", str(bundle), "--precision", "fp16", "--head", str(head_file)]
+    )
     assert r.exit_code == 0, r.output
     assert "warning: the head was fitted on fp32 image embeddings and this model computes fp16 ones" in r.stderr
     labels = [line.split()[1] for line in r.stdout.splitlines()[1:]]

@@ -1,6 +1,7 @@
 """`clip-rt ray classify --head`: a fitted head on Ray Data gives the rows `classify --head` gives,
 its output is not resumed with another head or none, and a head of another bundle is refused
 before Ray starts. A real local Ray (2 CPUs, 127.0.0.1), stopped by the fixture."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """`clip-rt serve --head NAME=FILE`: /classify with a fitted head over real HTTP (a subprocess on
 a free loopback port, stopped by the fixture), and the heads refused before the port is bound."""
+
 from __future__ import annotations
 
 import sys
@@ -51,20 +52,24 @@ def test_classify_with_a_head_equals_the_api(env: dict[str, Any]) -> None:
         assert got["score"] == pytest.approx(ref.score, abs=1e-6)
         assert [t["label"] for t in got["top_k"]] == [lab for lab, _ in ref.top_k]
     # The same labels may be repeated; the model the head names may be given.
-    status, _, again = post(env, {"head": "shapes", "images": [b64(photos[0].read_bytes())],
-                                  "labels": sorted(FOUR), "model": "fake-clip"})
+    status, _, again = post(
+        env, {"head": "shapes", "images": [b64(photos[0].read_bytes())], "labels": sorted(FOUR), "model": "fake-clip"}
+    )
     assert status == 200 and again["results"][0]["label"] == "red"
     ready = call(env["server"], "GET", "/readyz")[2]
     assert ready["heads"][0]["name"] == "shapes" and ready["heads"][0]["model"] == "fake-clip"
 
 
-@pytest.mark.parametrize("extra, status, param", [
-    ({"head": "nope"}, 404, "head"),
-    ({"head": "shapes", "labels": ["red", "blue"]}, 400, "labels"),
-    ({"head": "shapes", "templates": "imagenet"}, 400, "templates"),
-    ({"head": "shapes", "model": "other-model"}, 404, "model"),
-    ({"head": 3}, 400, "head"),
-])
+@pytest.mark.parametrize(
+    "extra, status, param",
+    [
+        ({"head": "nope"}, 404, "head"),
+        ({"head": "shapes", "labels": ["red", "blue"]}, 400, "labels"),
+        ({"head": "shapes", "templates": "imagenet"}, 400, "templates"),
+        ({"head": "shapes", "model": "other-model"}, 404, "model"),
+        ({"head": 3}, 400, "head"),
+    ],
+)
 def test_bad_head_requests(env: dict[str, Any], extra: dict[str, Any], status: int, param: str) -> None:
     photo = sorted((env["test"] / "red").iterdir())[0]
     got, _, out = post(env, {"images": [b64(photo.read_bytes())], **extra})
@@ -81,11 +86,14 @@ def test_zero_shot_still_works_beside_a_head(env: dict[str, Any]) -> None:
 def test_foreign_or_damaged_head_fails_the_command(env: dict[str, Any], tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.head"
     damaged.write_bytes(env["head"].read_bytes()[:100])
-    for model, head, message in ((env["other"], env["head"], "none of the served models is that bundle"),
-                                 (env["bundle"], damaged, "damaged"),
-                                 (env["bundle"], tmp_path / "missing.head", "does not exist")):
+    for model, head, message in (
+        (env["other"], env["head"], "none of the served models is that bundle"),
+        (env["bundle"], damaged, "damaged"),
+        (env["bundle"], tmp_path / "missing.head", "does not exist"),
+    ):
         r = CliRunner().invoke(main, ["serve", str(model), "--head", f"h={head}", "--port", "0"])
         assert r.exit_code == 1 and message in r.output, r.output
-    r = CliRunner().invoke(main, ["serve", str(env["bundle"]), "--head", f"h={env['head']}",
-                                  "--head", f"h={env['head']}"])
+    r = CliRunner().invoke(
+        main, ["serve", str(env["bundle"]), "--head", f"h={env['head']}", "--head", f"h={env['head']}"]
+    )
     assert r.exit_code == 1 and "two heads share the name" in r.output

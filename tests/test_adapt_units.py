@@ -1,5 +1,6 @@
 """clip_rt.adapt without a model: labelled-set discovery, metrics and the advice, the probe and
 its cross-validation, and the head file (round trip, damage, hostile headers)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,16 @@ from PIL import Image
 
 from clip_rt.adapt import probe
 from clip_rt.adapt.dataset import read_labelled_set
-from clip_rt.adapt.head import (MAGIC, CrossValidated, Head, HeadError, HeadModel, Training, check_compatible,
-                                check_head_arguments)
+from clip_rt.adapt.head import (
+    MAGIC,
+    CrossValidated,
+    Head,
+    HeadError,
+    HeadModel,
+    Training,
+    check_compatible,
+    check_head_arguments,
+)
 from clip_rt.adapt.metrics import compare, mcnemar_p, score, top_k_for
 from clip_rt.errors import InputError
 
@@ -66,12 +75,17 @@ def test_csv_set(tmp_path: Path) -> None:
     png(tmp_path / "imgs" / "1.png")
     png(tmp_path / "imgs" / "2, two.png")
     csv = tmp_path / "set.csv"
-    csv.write_bytes("\ufeffpath,label\nimgs/1.png,cat\n\"imgs/2, two.png\",chien 🐶\nimgs/missing.png,cat\n"
-                    "./imgs/1.png,cat\n".encode())
+    csv.write_bytes(
+        '\ufeffpath,label\nimgs/1.png,cat\n"imgs/2, two.png",chien 🐶\nimgs/missing.png,cat\n'
+        "./imgs/1.png,cat\n".encode()
+    )
     found = read_labelled_set(csv)
     assert found.labels == ["cat", "chien 🐶"]
-    assert [os.path.relpath(i.path, tmp_path) for i in found.items] == ["imgs/1.png", "imgs/2, two.png",
-                                                                        "imgs/missing.png"]  # duplicate dropped
+    assert [os.path.relpath(i.path, tmp_path) for i in found.items] == [
+        "imgs/1.png",
+        "imgs/2, two.png",
+        "imgs/missing.png",
+    ]  # duplicate dropped
     csv.write_text("imgs/1.png,cat\nimgs/1.png,dog\n")
     with pytest.raises(InputError, match="labelled 'cat' on line 1 and 'dog' on line 2"):
         read_labelled_set(csv)
@@ -186,16 +200,24 @@ def test_fit_final_folds_the_scaling_into_the_weights() -> None:
 
 
 # -- the head file -------------------------------------------------------------------------------
-def make_head(labels: tuple[str, ...] = ("cat", "dog", "chien 🐶"), dim: int = 6, blend: float = 0.5,
-              precision: str = "fp32") -> Head:
+def make_head(
+    labels: tuple[str, ...] = ("cat", "dog", "chien 🐶"), dim: int = 6, blend: float = 0.5, precision: str = "fp32"
+) -> Head:
     rng = np.random.default_rng(0)
     c = len(labels)
-    return Head(labels=labels, weight=rng.standard_normal((dim, c)).astype(np.float32),
-                bias=rng.standard_normal(c).astype(np.float32),
-                zero_shot=probe.normalise(rng.standard_normal((c, dim))).astype(np.float32), logit_scale=100.0,
-                blend=blend, templates=("a photo of a {}.",), model=HeadModel("fake", "ab" * 16, precision, dim),
-                training=Training(3 * c, dict.fromkeys(labels, 3), 0, 3, 0, 1.0, [1.0], [0.0, 0.5, 1.0]),
-                cv=CrossValidated(0.5, 0.9, 0.95, 3 * c, 3, 4, 0), label_prompts={"cat": ("a cat",)})
+    return Head(
+        labels=labels,
+        weight=rng.standard_normal((dim, c)).astype(np.float32),
+        bias=rng.standard_normal(c).astype(np.float32),
+        zero_shot=probe.normalise(rng.standard_normal((c, dim))).astype(np.float32),
+        logit_scale=100.0,
+        blend=blend,
+        templates=("a photo of a {}.",),
+        model=HeadModel("fake", "ab" * 16, precision, dim),
+        training=Training(3 * c, dict.fromkeys(labels, 3), 0, 3, 0, 1.0, [1.0], [0.0, 0.5, 1.0]),
+        cv=CrossValidated(0.5, 0.9, 0.95, 3 * c, 3, 4, 0),
+        label_prompts={"cat": ("a cat",)},
+    )
 
 
 def test_head_round_trip(tmp_path: Path) -> None:
@@ -252,28 +274,37 @@ def forge(header: dict[str, Any], data: bytes) -> bytes:
 
 def split(blob: bytes) -> tuple[dict[str, Any], bytes]:
     (n,) = struct.unpack("<Q", blob[16:24])
-    return json.loads(blob[24:24 + n]), blob[24 + n:-32]
+    return json.loads(blob[24 : 24 + n]), blob[24 + n : -32]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda h, d: (dict(h, format_version=7), d), "newer clip-rt"),
-    (lambda h, d: (dict(h, labels=["cat", "cat", "x"]), d), "duplicate labels"),
-    (lambda h, d: (dict(h, labels=h["labels"][:2]), d), "expected \\[6, 2\\]"),
-    (lambda h, d: ({**h, "model": {**h["model"], "embed_dim": 65536}}, d), "expected \\[65536, 3\\]"),
-    (lambda h, d: ({**h, "tensors": {**h["tensors"], "weight": {"dtype": "float32", "shape": [10**9, 3],
-                                                                 "offset": 0}}}, d), "tensors.weight.shape"),
-    (lambda h, d: ({**h, "tensors": {**h["tensors"], "bias": {**h["tensors"]["bias"], "offset": 4}}}, d),
-     "starts at byte 4"),
-    (lambda h, d: (h, d + b"\0\0\0\0"), "bytes after the last tensor"),
-    (lambda h, d: (h, d[:-4]), "runs past the end"),
-    (lambda h, d: (h, struct.pack("<f", float("nan")) + d[4:]), "not finite"),
-    (lambda h, d: (dict(h, blend=1.5), d), "blend: expected a finite number from 0 to 1"),
-    (lambda h, d: ({**h, "zero_shot": {**h["zero_shot"], "label_prompts": {"bird": ["x"]}}}, d),
-     "does not have"),
-    (lambda h, d: ({k: v for k, v in h.items() if k != "model"}, d), "model: required field"),
-    (lambda h, d: ({**h, "model": {**h["model"], "fingerprint": "../../etc"}}, d), "hexadecimal"),
-    (lambda h, d: (["not", "an", "object"], d), "expected an object"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda h, d: (dict(h, format_version=7), d), "newer clip-rt"),
+        (lambda h, d: (dict(h, labels=["cat", "cat", "x"]), d), "duplicate labels"),
+        (lambda h, d: (dict(h, labels=h["labels"][:2]), d), "expected \\[6, 2\\]"),
+        (lambda h, d: ({**h, "model": {**h["model"], "embed_dim": 65536}}, d), "expected \\[65536, 3\\]"),
+        (
+            lambda h, d: (
+                {**h, "tensors": {**h["tensors"], "weight": {"dtype": "float32", "shape": [10**9, 3], "offset": 0}}},
+                d,
+            ),
+            "tensors.weight.shape",
+        ),
+        (
+            lambda h, d: ({**h, "tensors": {**h["tensors"], "bias": {**h["tensors"]["bias"], "offset": 4}}}, d),
+            "starts at byte 4",
+        ),
+        (lambda h, d: (h, d + b"\0\0\0\0"), "bytes after the last tensor"),
+        (lambda h, d: (h, d[:-4]), "runs past the end"),
+        (lambda h, d: (h, struct.pack("<f", float("nan")) + d[4:]), "not finite"),
+        (lambda h, d: (dict(h, blend=1.5), d), "blend: expected a finite number from 0 to 1"),
+        (lambda h, d: ({**h, "zero_shot": {**h["zero_shot"], "label_prompts": {"bird": ["x"]}}}, d), "does not have"),
+        (lambda h, d: ({k: v for k, v in h.items() if k != "model"}, d), "model: required field"),
+        (lambda h, d: ({**h, "model": {**h["model"], "fingerprint": "../../etc"}}, d), "hexadecimal"),
+        (lambda h, d: (["not", "an", "object"], d), "expected an object"),
+    ],
+)
 def test_hostile_headers_are_refused(tmp_path: Path, change: Any, message: str) -> None:
     header, data = split(make_head().to_bytes())
     bad_header, bad_data = change(header, data)
@@ -313,9 +344,18 @@ def test_compatibility_rules() -> None:
 
 def test_head_validates_what_the_api_builds() -> None:
     with pytest.raises(HeadError, match="weight: expected shape"):
-        Head(labels=("a", "b"), weight=np.zeros((3, 3), np.float32), bias=np.zeros(2, np.float32),
-             zero_shot=np.zeros((2, 3), np.float32), logit_scale=1.0, blend=1.0, templates=(),
-             model=HeadModel("m", "ab" * 16, "fp32", 3), training=make_head().training, cv=make_head().cv)
+        Head(
+            labels=("a", "b"),
+            weight=np.zeros((3, 3), np.float32),
+            bias=np.zeros(2, np.float32),
+            zero_shot=np.zeros((2, 3), np.float32),
+            logit_scale=1.0,
+            blend=1.0,
+            templates=(),
+            model=HeadModel("m", "ab" * 16, "fp32", 3),
+            training=make_head().training,
+            cv=make_head().cv,
+        )
 
 
 def test_probe_agrees_with_scikit_learn() -> None:

@@ -14,12 +14,22 @@ embeddings, unreadable images reported), ``probe`` (the logistic-regression prob
 optimiser and the cross-validation), ``head`` (the :class:`Head` and its file), ``fitting``,
 ``evaluation``, ``metrics`` (accuracy, confusion, the advice), ``report`` (``eval --report``).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Head", "HeadError", "fit", "evaluate", "read_labelled_set", "TemplateSet", "builtin_sets", "FitResult",
-           "Evaluation"]
+__all__ = [
+    "Head",
+    "HeadError",
+    "fit",
+    "evaluate",
+    "read_labelled_set",
+    "TemplateSet",
+    "builtin_sets",
+    "FitResult",
+    "Evaluation",
+]
 
 if TYPE_CHECKING:
     from .dataset import read_labelled_set
@@ -27,9 +37,17 @@ if TYPE_CHECKING:
     from .fitting import FitResult, fit
     from .head import Head, HeadError
 
-_WHERE = {"Head": "head", "HeadError": "head", "fit": "fitting", "FitResult": "fitting",
-          "evaluate": "evaluation", "Evaluation": "evaluation", "TemplateSet": "evaluation",
-          "builtin_sets": "evaluation", "read_labelled_set": "dataset"}
+_WHERE = {
+    "Head": "head",
+    "HeadError": "head",
+    "fit": "fitting",
+    "FitResult": "fitting",
+    "evaluate": "evaluation",
+    "Evaluation": "evaluation",
+    "TemplateSet": "evaluation",
+    "builtin_sets": "evaluation",
+    "read_labelled_set": "dataset",
+}
 
 
 def __getattr__(name: str) -> Any:

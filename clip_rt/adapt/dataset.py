@@ -16,6 +16,7 @@ exactly those two columns; relative paths are relative to the CSV file's folder.
 is kept (it becomes that image's error, as in ``classify``); a malformed row is an error naming
 its line, since the set it describes would otherwise be silently smaller.
 """
+
 from __future__ import annotations
 
 import csv
@@ -71,15 +72,21 @@ def read_labelled_set(source: Union[str, "os.PathLike[str]"]) -> LabelledSet:
     elif os.path.isfile(path) and path.lower().endswith(".csv"):
         found = _from_csv(path)
     elif not os.path.exists(path):
-        raise InputError(f"{display_path(path)!r} does not exist: expected a folder with one subfolder per "
-                         "class, or a CSV file of path,label rows")
+        raise InputError(
+            f"{display_path(path)!r} does not exist: expected a folder with one subfolder per "
+            "class, or a CSV file of path,label rows"
+        )
     else:
-        raise InputError(f"{display_path(path)!r} is neither a folder nor a .csv file: expected a folder with one "
-                         "subfolder per class (its name is the label), or a CSV file of path,label rows")
+        raise InputError(
+            f"{display_path(path)!r} is neither a folder nor a .csv file: expected a folder with one "
+            "subfolder per class (its name is the label), or a CSV file of path,label rows"
+        )
     if len(found.labels) < 2:
         have = f"only the class {found.labels[0]!r}" if found.labels else "no class"
-        raise InputError(f"{display_path(path)!r} has {have}: a labelled set needs at least two classes "
-                         "(one subfolder per class, or two labels in the CSV)")
+        raise InputError(
+            f"{display_path(path)!r} has {have}: a labelled set needs at least two classes "
+            "(one subfolder per class, or two labels in the CSV)"
+        )
     return found
 
 
@@ -99,8 +106,10 @@ def _from_folders(root: str) -> LabelledSet:
     loose = [e.name for e in listed if not e.is_dir() and is_image_name(e.name)]
     classes = [e for e in listed if e.is_dir() and not e.name.startswith(".")]
     if not classes:
-        raise InputError(f"{display_path(root)!r} has no class folders: expected one subfolder per class (its name "
-                         "is the label) holding that class's images")
+        raise InputError(
+            f"{display_path(root)!r} has no class folders: expected one subfolder per class (its name "
+            "is the label) holding that class's images"
+        )
     items: list[LabelledImage] = []
     labels: list[str] = []
     by_label: dict[str, str] = {}
@@ -108,15 +117,19 @@ def _from_folders(root: str) -> LabelledSet:
     for entry in classes:
         label = _label(entry.name, "class folder name")
         if label in by_label:
-            raise InputError(f"class folders {by_label[label]!r} and {entry.name!r} are the same label once spaces "
-                             "are stripped: rename one")
+            raise InputError(
+                f"class folders {by_label[label]!r} and {entry.name!r} are the same label once spaces "
+                "are stripped: rename one"
+            )
         by_label[label] = entry.name
         labels.append(label)
         items.extend(LabelledImage(p, label) for p in walk_images(os.path.join(root, entry.name), unlisted))
     notes = []
     if loose:
-        notes.append(f"{len(loose)} image(s) directly in {display_path(root)!r} are in no class folder and were left "
-                     f"out (e.g. {display_path(loose[0])!r})")
+        notes.append(
+            f"{len(loose)} image(s) directly in {display_path(root)!r} are in no class folder and were left "
+            f"out (e.g. {display_path(loose[0])!r})"
+        )
     empty = [lab for lab in labels if not any(it.label == lab for it in items)]
     if empty:
         notes.append(f"class folder(s) with no images: {', '.join(map(repr, empty))}")
@@ -127,8 +140,10 @@ def _from_csv(path: str) -> LabelledSet:
     try:
         size = os.path.getsize(path)
         if size > MAX_CSV_BYTES:
-            raise InputError(f"{display_path(path)!r} is {size} bytes: a path,label list larger than "
-                             f"{MAX_CSV_BYTES // 2**20} MiB is not supported")
+            raise InputError(
+                f"{display_path(path)!r} is {size} bytes: a path,label list larger than "
+                f"{MAX_CSV_BYTES // 2**20} MiB is not supported"
+            )
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
@@ -148,8 +163,10 @@ def _from_csv(path: str) -> LabelledSet:
         if number == 1 and [c.strip().lower() for c in row] == ["path", "label"]:
             continue
         if len(row) != 2:
-            raise InputError(f"{display_path(path)}: line {number} has {len(row)} column(s); expected 2: path,label "
-                             "(quote a path or label that holds a comma)")
+            raise InputError(
+                f"{display_path(path)}: line {number} has {len(row)} column(s); expected 2: path,label "
+                "(quote a path or label that holds a comma)"
+            )
         image, label = row[0].strip(), _label(row[1], f"{display_path(path)}: line {number}: label")
         if not image:
             raise InputError(f"{display_path(path)}: line {number} has no path")
@@ -158,8 +175,10 @@ def _from_csv(path: str) -> LabelledSet:
         if key in seen:
             before, line = seen[key]
             if before != label:
-                raise InputError(f"{display_path(path)}: {display_path(image)!r} is labelled {before!r} on line {line} "
-                                 f"and {label!r} on line {number}; expected one label per image")
+                raise InputError(
+                    f"{display_path(path)}: {display_path(image)!r} is labelled {before!r} on line {line} "
+                    f"and {label!r} on line {number}; expected one label per image"
+                )
             continue
         seen[key] = (label, number)
         labels.setdefault(label, None)

@@ -1,5 +1,6 @@
 """The image embeddings of a labelled set, computed once for fitting or evaluating; an image
 that cannot be read is reported with its reason and left out, and the rest goes on."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,14 @@ def as_labelled_set(source: SetArg) -> LabelledSet:
     return source if isinstance(source, LabelledSet) else read_labelled_set(source)
 
 
-def embed_set(model: Any, dataset: LabelledSet, *, labels: Optional[Sequence[str]] = None,
-              batch_size: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> EmbeddedSet:
+def embed_set(
+    model: Any,
+    dataset: LabelledSet,
+    *,
+    labels: Optional[Sequence[str]] = None,
+    batch_size: Optional[int] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> EmbeddedSet:
     """Embed every image of *dataset* with *model* (``ClipModel.iter_images``). *labels*: the
     classes the truth indexes (default the set's own; a head's labels, which must hold every
     class of the set)."""
@@ -60,5 +67,6 @@ def embed_set(model: Any, dataset: LabelledSet, *, labels: Optional[Sequence[str
         rows.append(np.asarray(item.embedding, dtype=np.float32))
     dim = int(getattr(model, "embed_dim", rows[0].shape[0] if rows else 0))
     embeddings = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
-    return EmbeddedSet(dataset.source, labels, keep_paths, np.array(truth, dtype=np.int64), embeddings, failed,
-                       list(dataset.notes))
+    return EmbeddedSet(
+        dataset.source, labels, keep_paths, np.array(truth, dtype=np.int64), embeddings, failed, list(dataset.notes)
+    )

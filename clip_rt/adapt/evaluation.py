@@ -1,6 +1,7 @@
 """Evaluating zero-shot template sets and a fitted head on a labelled set: ``clip-rt eval`` and
 :func:`clip_rt.adapt.evaluate`. The images are embedded once; every classifier ("run") is
 scored on the same embeddings, so their figures compare image for image."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,33 +64,52 @@ class Evaluation:
         zero = [r for r in self.runs if r.name.startswith("zero-shot:")]
         best = max(zero, key=lambda r: r.accuracy)
         others = ", ".join(f"{r.name.split(':', 1)[1]} {r.accuracy:.2f}" for r in zero if r is not best)
-        return (f"zero-shot {best.accuracy:.2f} ({best.name.split(':', 1)[1]} templates"
-                f"{'; ' + others if others else ''}) on {n} images: to see whether a head does better, fit one "
-                "(`clip-rt fit`) and evaluate it here with --head on images it was not fitted on")
+        return (
+            f"zero-shot {best.accuracy:.2f} ({best.name.split(':', 1)[1]} templates"
+            f"{'; ' + others if others else ''}) on {n} images: to see whether a head does better, fit one "
+            "(`clip-rt fit`) and evaluate it here with --head on images it was not fitted on"
+        )
 
     def to_json(self) -> dict[str, Any]:
         p = self.primary
         e = self.embedded
         names = [r.name for r in self.runs]
-        predictions = [{"path": path, "label": self.labels[int(t)],
-                        "predicted": {name: self.labels[int(r.predicted[i])] for name, r in zip(names, self.runs)}}
-                       for i, (path, t) in enumerate(zip(e.paths, e.truth))]
+        predictions = [
+            {
+                "path": path,
+                "label": self.labels[int(t)],
+                "predicted": {name: self.labels[int(r.predicted[i])] for name, r in zip(names, self.runs)},
+            }
+            for i, (path, t) in enumerate(zip(e.paths, e.truth))
+        ]
         return {
-            "accuracy": p.accuracy, "labels": list(p.labels), "confusion": p.confusion.astype(int).tolist(),
-            "top_k": p.top_k, "top_k_accuracy": p.top_k_accuracy, "run": p.name, "images": p.images,
-            "classes": e.counts(), "source": self.source, "model": self.model, "head": self.head,
+            "accuracy": p.accuracy,
+            "labels": list(p.labels),
+            "confusion": p.confusion.astype(int).tolist(),
+            "top_k": p.top_k,
+            "top_k_accuracy": p.top_k_accuracy,
+            "run": p.name,
+            "images": p.images,
+            "classes": e.counts(),
+            "source": self.source,
+            "model": self.model,
+            "head": self.head,
             "runs": [r.to_json() for r in self.runs],
-            "comparison": self.comparison.to_json() if self.comparison else None, "advice": self.advice(),
+            "comparison": self.comparison.to_json() if self.comparison else None,
+            "advice": self.advice(),
             "failed": [{"path": path, "error": reason} for path, reason in e.failed],
-            "notes": list(self.notes), "predictions": predictions,
+            "notes": list(self.notes),
+            "predictions": predictions,
         }
 
     def lines(self) -> list[str]:
         """The text report ``clip-rt eval`` prints."""
         e, p = self.embedded, self.primary
         counts = ", ".join(f"{printable(lab)} {n}" for lab, n in e.counts().items())
-        out = [f"{len(e.paths)} images in {len(self.labels)} classes ({counts})"
-               + (f"; {len(e.failed)} could not be read" if e.failed else "")]
+        out = [
+            f"{len(e.paths)} images in {len(self.labels)} classes ({counts})"
+            + (f"; {len(e.failed)} could not be read" if e.failed else "")
+        ]
         width = max(display_width(r.name) for r in self.runs) + 2
         out.append(f"{pad('run', width)}top-1   top-{p.top_k}")
         for r in self.runs:
@@ -105,8 +125,10 @@ class Evaluation:
                 out.append(f"{pad(shown[c.label], lw)}{prec:>9}  {rec:>6}  {c.support:>6}  {c.predicted:>9}")
             pairs = r.confused_pairs(5)
             if pairs:
-                out.append("most confused (true -> predicted): "
-                           + ", ".join(f"{shown[t]} -> {shown[q]} {n}" for t, q, n in pairs))
+                out.append(
+                    "most confused (true -> predicted): "
+                    + ", ".join(f"{shown[t]} -> {shown[q]} {n}" for t, q, n in pairs)
+                )
             else:
                 out.append("most confused: none (no mistakes)")
         out += ["", self.advice()]
@@ -116,9 +138,15 @@ class Evaluation:
 Run = tuple[str, Callable[[np.ndarray], np.ndarray]]
 
 
-def evaluate(model: Any, source: SetArg, *, head: Optional[HeadArg] = None,
-             template_sets: Optional[Sequence[TemplateSet]] = None, batch_size: Optional[int] = None,
-             progress: Optional[Callable[[int], None]] = None) -> Evaluation:
+def evaluate(
+    model: Any,
+    source: SetArg,
+    *,
+    head: Optional[HeadArg] = None,
+    template_sets: Optional[Sequence[TemplateSet]] = None,
+    batch_size: Optional[int] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Evaluation:
     """Score zero-shot classification with each of *template_sets* (default: the built-in
     ``simple`` set, or none when a head is given) and, with *head*, the head and its own
     zero-shot part, on the labelled set *source*. With a head, the classes are the head's and
@@ -130,8 +158,10 @@ def evaluate(model: Any, source: SetArg, *, head: Optional[HeadArg] = None,
     if found is not None:
         extra = [lab for lab in dataset.labels if lab not in found.labels]
         if extra:
-            raise InputError(f"class(es) {', '.join(map(repr, extra[:5]))} of {display_path(dataset.source)!r} are "
-                             f"not among the head's labels {list(found.labels)}; a head only predicts its own labels")
+            raise InputError(
+                f"class(es) {', '.join(map(repr, extra[:5]))} of {display_path(dataset.source)!r} are "
+                f"not among the head's labels {list(found.labels)}; a head only predicts its own labels"
+            )
         head_for_model(model, found)  # another bundle: refused before any image is read
     sets = list(template_sets) if template_sets is not None else ([] if found else builtin_sets(["simple"]))
     names = [f"zero-shot:{t.name}" for t in sets]
@@ -149,8 +179,10 @@ def evaluate(model: Any, source: SetArg, *, head: Optional[HeadArg] = None,
         model.release("text")
     embedded = embed_set(model, dataset, labels=labels, batch_size=batch_size, progress=progress)
     if not embedded.paths:
-        raise InputError(f"no image of {display_path(dataset.source)!r} could be read "
-                         f"({len(embedded.failed)} failed); nothing to evaluate")
+        raise InputError(
+            f"no image of {display_path(dataset.source)!r} could be read "
+            f"({len(embedded.failed)} failed); nothing to evaluate"
+        )
     scores = [score(name, labels, fn(embedded.embeddings), embedded.truth) for name, fn in runs]
     comparison = None
     if found is not None:
@@ -162,7 +194,14 @@ def evaluate(model: Any, source: SetArg, *, head: Optional[HeadArg] = None,
 
 
 def _head_info(head: Head) -> dict[str, Any]:
-    return {"digest": head.digest, "blend": head.blend, "templates": list(head.templates),
-            "fitted_on": {"images": head.training.images, "precision": head.model.precision},
-            "cross_validation": {"zero_shot_accuracy": head.cv.zero_shot_accuracy,
-                                 "head_accuracy": head.cv.head_accuracy, "folds": head.cv.folds}}
+    return {
+        "digest": head.digest,
+        "blend": head.blend,
+        "templates": list(head.templates),
+        "fitted_on": {"images": head.training.images, "precision": head.model.precision},
+        "cross_validation": {
+            "zero_shot_accuracy": head.cv.zero_shot_accuracy,
+            "head_accuracy": head.cv.head_accuracy,
+            "folds": head.cv.folds,
+        },
+    }

@@ -18,6 +18,7 @@ every value is finite. Any failure is one :class:`HeadError` saying what was exp
 Applying a head to a model checks the bundle's fingerprint (another bundle: refused) and the
 image encoder's precision (another one: a warning; see :func:`check_compatible`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,9 +99,16 @@ class CrossValidated:
     zero_shot_only_right: int
 
     def comparison(self, blend: Optional[float] = None) -> Comparison:
-        return Comparison(self.zero_shot_accuracy, self.head_accuracy, self.images, self.head_only_right,
-                          self.zero_shot_only_right, mcnemar_p(self.head_only_right, self.zero_shot_only_right),
-                          f"{self.folds}-fold cross-validation of {self.images} images", blend)
+        return Comparison(
+            self.zero_shot_accuracy,
+            self.head_accuracy,
+            self.images,
+            self.head_only_right,
+            self.zero_shot_only_right,
+            mcnemar_p(self.head_only_right, self.zero_shot_only_right),
+            f"{self.folds}-fold cross-validation of {self.images} images",
+            blend,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,12 +137,16 @@ class Head:
 
     def __post_init__(self) -> None:
         c, d = len(self.labels), self.model.embed_dim
-        for name, array, shape in (("weight", self.weight, (d, c)), ("bias", self.bias, (c,)),
-                                   ("zero_shot", self.zero_shot, (c, d))):
+        for name, array, shape in (
+            ("weight", self.weight, (d, c)),
+            ("bias", self.bias, (c,)),
+            ("zero_shot", self.zero_shot, (c, d)),
+        ):
             if not isinstance(array, np.ndarray) or array.shape != shape:
                 got = getattr(array, "shape", type(array).__name__)
-                raise HeadError(f"head {name}: expected shape {shape} for {c} labels and {d}-dimensional "
-                                f"embeddings, got {got}")
+                raise HeadError(
+                    f"head {name}: expected shape {shape} for {c} labels and {d}-dimensional embeddings, got {got}"
+                )
             if not np.all(np.isfinite(array)):
                 raise HeadError(f"head {name} holds values that are not finite numbers")
             object.__setattr__(self, name, np.ascontiguousarray(array, dtype=np.float32))
@@ -192,22 +204,41 @@ class Head:
             tensors[name] = {"dtype": "float32", "shape": shape, "offset": offset}
             offset += 4 * int(np.prod(shape))
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "clip_rt_version": self.clip_rt_version,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "clip_rt_version": self.clip_rt_version,
             "labels": list(self.labels),
-            "model": {"name": self.model.name, "fingerprint": self.model.fingerprint,
-                      "precision": self.model.precision, "embed_dim": self.model.embed_dim},
+            "model": {
+                "name": self.model.name,
+                "fingerprint": self.model.fingerprint,
+                "precision": self.model.precision,
+                "embed_dim": self.model.embed_dim,
+            },
             "blend": self.blend,
-            "zero_shot": {"templates": list(self.templates), "logit_scale": self.logit_scale,
-                          "label_prompts": {k: list(v) for k, v in self.label_prompts.items()}},
-            "training": {"images": self.training.images, "per_class": dict(self.training.per_class),
-                         "failed": self.training.failed, "folds": self.training.folds, "seed": self.training.seed,
-                         "C": self.training.c, "C_grid": list(self.training.c_grid),
-                         "blend_grid": list(self.training.blend_grid)},
-            "cross_validation": {"zero_shot_accuracy": self.cv.zero_shot_accuracy,
-                                 "probe_accuracy": self.cv.probe_accuracy, "head_accuracy": self.cv.head_accuracy,
-                                 "images": self.cv.images, "folds": self.cv.folds,
-                                 "head_only_right": self.cv.head_only_right,
-                                 "zero_shot_only_right": self.cv.zero_shot_only_right},
+            "zero_shot": {
+                "templates": list(self.templates),
+                "logit_scale": self.logit_scale,
+                "label_prompts": {k: list(v) for k, v in self.label_prompts.items()},
+            },
+            "training": {
+                "images": self.training.images,
+                "per_class": dict(self.training.per_class),
+                "failed": self.training.failed,
+                "folds": self.training.folds,
+                "seed": self.training.seed,
+                "C": self.training.c,
+                "C_grid": list(self.training.c_grid),
+                "blend_grid": list(self.training.blend_grid),
+            },
+            "cross_validation": {
+                "zero_shot_accuracy": self.cv.zero_shot_accuracy,
+                "probe_accuracy": self.cv.probe_accuracy,
+                "head_accuracy": self.cv.head_accuracy,
+                "images": self.cv.images,
+                "folds": self.cv.folds,
+                "head_only_right": self.cv.head_only_right,
+                "zero_shot_only_right": self.cv.zero_shot_only_right,
+            },
             "tensors": tensors,
         }
 
@@ -245,8 +276,10 @@ class Head:
             with open(target, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > MAX_FILE_BYTES:
-                    raise HeadError(f"head {shown!r} is {size} bytes; a head file is at most {MAX_FILE_BYTES} bytes "
-                                    "(is this the right file?)")
+                    raise HeadError(
+                        f"head {shown!r} is {size} bytes; a head file is at most {MAX_FILE_BYTES} bytes "
+                        "(is this the right file?)"
+                    )
                 data = f.read(MAX_FILE_BYTES + 1)
         except IsADirectoryError:
             raise HeadError(f"head {shown!r} is a folder; expected a head file written by `clip-rt fit`") from None
@@ -261,22 +294,26 @@ class Head:
         if len(data) > MAX_FILE_BYTES:
             raise HeadError(f"{source}: {len(data)} bytes; a head file is at most {MAX_FILE_BYTES} bytes")
         if not data.startswith(MAGIC):
-            raise HeadError(f"{source} is not a clip-rt head file (it does not start with the head signature); "
-                            "expected a file written by `clip-rt fit`")
+            raise HeadError(
+                f"{source} is not a clip-rt head file (it does not start with the head signature); "
+                "expected a file written by `clip-rt fit`"
+            )
         if len(data) < _PREFIX + _CHECKSUM:
             raise HeadError(f"{source} is damaged: cut short at {len(data)} bytes")
         body, checksum = data[:-_CHECKSUM], data[-_CHECKSUM:]
         if hashlib.sha256(body).digest() != checksum:
-            raise HeadError(f"{source} is damaged: its checksum does not match its contents (the file was changed "
-                            "or cut short); fit the head again or restore the file")
-        (length,) = struct.unpack("<Q", body[len(MAGIC):_PREFIX])
+            raise HeadError(
+                f"{source} is damaged: its checksum does not match its contents (the file was changed "
+                "or cut short); fit the head again or restore the file"
+            )
+        (length,) = struct.unpack("<Q", body[len(MAGIC) : _PREFIX])
         if length > min(MAX_HEADER_BYTES, len(body) - _PREFIX):
             raise HeadError(f"{source}: header length {length} does not fit in the file")
         try:
-            header = json.loads(body[_PREFIX:_PREFIX + length].decode("utf-8"), object_pairs_hook=_unique_keys)
+            header = json.loads(body[_PREFIX : _PREFIX + length].decode("utf-8"), object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise HeadError(f"{source}: the header is not valid JSON ({exc})") from None
-        return _build(header, body[_PREFIX + length:], source)
+        return _build(header, body[_PREFIX + length :], source)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -290,47 +327,82 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _TEXT = s.Str(max_len=1000, min_len=1, what="a non-empty string")
 _PROB = s.Float(0.0, 1.0)
 _COUNT = s.Int(0, 2**40)
-_TENSOR = s.Obj({"dtype": s.req(s.Str(max_len=16, choices=("float32",))),
-                 "shape": s.req(s.ListOf(s.Int(1, max(MAX_DIM, MAX_LABELS)), max_len=2, min_len=1)),
-                 "offset": s.req(s.Int(0, MAX_FILE_BYTES))})
-HEADER_SCHEMA = s.Obj({
-    "format": s.req(s.Str(max_len=32, choices=(FORMAT,))),
-    "format_version": s.req(s.Int(1, FORMAT_VERSION)),
-    "clip_rt_version": s.opt(s.Str(max_len=64), ""),
-    "labels": s.req(s.ListOf(_TEXT, max_len=MAX_LABELS, min_len=2)),
-    "model": s.req(s.Obj({
-        "name": s.req(s.Str(max_len=512)),
-        "fingerprint": s.req(s.Str(max_len=64, min_len=8, pattern="[0-9a-f]+", what="a hexadecimal fingerprint")),
-        "precision": s.req(s.Str(max_len=32, min_len=1)),
-        "embed_dim": s.req(s.Int(1, MAX_DIM)),
-    })),
-    "blend": s.req(_PROB),
-    "zero_shot": s.req(s.Obj({
-        "templates": s.req(s.ListOf(_TEXT, max_len=10_000)),
-        "logit_scale": s.req(s.Float(0.0, 1e6, lo_open=True)),
-        "label_prompts": s.opt(s.MapOf(_TEXT, s.ListOf(_TEXT, max_len=10_000, min_len=1), max_len=MAX_LABELS), {}),
-    })),
-    "training": s.req(s.Obj({
-        "images": s.req(_COUNT), "per_class": s.req(s.MapOf(_TEXT, _COUNT, max_len=MAX_LABELS)),
-        "failed": s.req(_COUNT), "folds": s.req(s.Int(2, 1000)), "seed": s.req(s.Int(0, 2**63 - 1)),
-        "C": s.req(s.Float(0.0, 1e12, lo_open=True)),
-        "C_grid": s.req(s.ListOf(s.Float(0.0, 1e12, lo_open=True), max_len=1000)),
-        "blend_grid": s.req(s.ListOf(_PROB, max_len=1000)),
-    })),
-    "cross_validation": s.req(s.Obj({
-        "zero_shot_accuracy": s.req(_PROB), "probe_accuracy": s.req(_PROB), "head_accuracy": s.req(_PROB),
-        "images": s.req(_COUNT), "folds": s.req(s.Int(2, 1000)),
-        "head_only_right": s.req(_COUNT), "zero_shot_only_right": s.req(_COUNT),
-    })),
-    "tensors": s.req(s.Obj({name: s.req(_TENSOR) for name in TENSORS})),
-})
+_TENSOR = s.Obj(
+    {
+        "dtype": s.req(s.Str(max_len=16, choices=("float32",))),
+        "shape": s.req(s.ListOf(s.Int(1, max(MAX_DIM, MAX_LABELS)), max_len=2, min_len=1)),
+        "offset": s.req(s.Int(0, MAX_FILE_BYTES)),
+    }
+)
+HEADER_SCHEMA = s.Obj(
+    {
+        "format": s.req(s.Str(max_len=32, choices=(FORMAT,))),
+        "format_version": s.req(s.Int(1, FORMAT_VERSION)),
+        "clip_rt_version": s.opt(s.Str(max_len=64), ""),
+        "labels": s.req(s.ListOf(_TEXT, max_len=MAX_LABELS, min_len=2)),
+        "model": s.req(
+            s.Obj(
+                {
+                    "name": s.req(s.Str(max_len=512)),
+                    "fingerprint": s.req(
+                        s.Str(max_len=64, min_len=8, pattern="[0-9a-f]+", what="a hexadecimal fingerprint")
+                    ),
+                    "precision": s.req(s.Str(max_len=32, min_len=1)),
+                    "embed_dim": s.req(s.Int(1, MAX_DIM)),
+                }
+            )
+        ),
+        "blend": s.req(_PROB),
+        "zero_shot": s.req(
+            s.Obj(
+                {
+                    "templates": s.req(s.ListOf(_TEXT, max_len=10_000)),
+                    "logit_scale": s.req(s.Float(0.0, 1e6, lo_open=True)),
+                    "label_prompts": s.opt(
+                        s.MapOf(_TEXT, s.ListOf(_TEXT, max_len=10_000, min_len=1), max_len=MAX_LABELS), {}
+                    ),
+                }
+            )
+        ),
+        "training": s.req(
+            s.Obj(
+                {
+                    "images": s.req(_COUNT),
+                    "per_class": s.req(s.MapOf(_TEXT, _COUNT, max_len=MAX_LABELS)),
+                    "failed": s.req(_COUNT),
+                    "folds": s.req(s.Int(2, 1000)),
+                    "seed": s.req(s.Int(0, 2**63 - 1)),
+                    "C": s.req(s.Float(0.0, 1e12, lo_open=True)),
+                    "C_grid": s.req(s.ListOf(s.Float(0.0, 1e12, lo_open=True), max_len=1000)),
+                    "blend_grid": s.req(s.ListOf(_PROB, max_len=1000)),
+                }
+            )
+        ),
+        "cross_validation": s.req(
+            s.Obj(
+                {
+                    "zero_shot_accuracy": s.req(_PROB),
+                    "probe_accuracy": s.req(_PROB),
+                    "head_accuracy": s.req(_PROB),
+                    "images": s.req(_COUNT),
+                    "folds": s.req(s.Int(2, 1000)),
+                    "head_only_right": s.req(_COUNT),
+                    "zero_shot_only_right": s.req(_COUNT),
+                }
+            )
+        ),
+        "tensors": s.req(s.Obj({name: s.req(_TENSOR) for name in TENSORS})),
+    }
+)
 
 
 def _build(raw: Any, data: bytes, source: str) -> Head:
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise HeadError(f"{source} was written by a newer clip-rt (head format {version}); this one reads format "
-                        f"{FORMAT_VERSION}: upgrade clip-rt")
+        raise HeadError(
+            f"{source} was written by a newer clip-rt (head format {version}); this one reads format "
+            f"{FORMAT_VERSION}: upgrade clip-rt"
+        )
     try:
         h = s.validate(HEADER_SCHEMA, raw)
     except s.SchemaError as exc:
@@ -349,11 +421,15 @@ def _build(raw: Any, data: bytes, source: str) -> Head:
     for name in TENSORS:
         spec = h["tensors"][name]
         if spec["shape"] != want[name]:
-            raise HeadError(f"{source}: tensor {name} has shape {spec['shape']}; expected {want[name]} for "
-                            f"{c} labels and {d}-dimensional embeddings")
+            raise HeadError(
+                f"{source}: tensor {name} has shape {spec['shape']}; expected {want[name]} for "
+                f"{c} labels and {d}-dimensional embeddings"
+            )
         if spec["offset"] != offset:
-            raise HeadError(f"{source}: tensor {name} starts at byte {spec['offset']}; expected {offset} (tensors "
-                            "are stored one after the other)")
+            raise HeadError(
+                f"{source}: tensor {name} starts at byte {spec['offset']}; expected {offset} (tensors "
+                "are stored one after the other)"
+            )
         size = 4 * int(np.prod(want[name]))
         if offset + size > len(data):
             raise HeadError(f"{source}: tensor {name} runs past the end of the data")
@@ -375,14 +451,28 @@ def _build(raw: Any, data: bytes, source: str) -> Head:
     t, cv = h["training"], h["cross_validation"]
     try:
         return Head(
-            labels=tuple(labels), weight=arrays["weight"].astype(np.float32), bias=arrays["bias"].astype(np.float32),
-            zero_shot=arrays["zero_shot"].astype(np.float32), logit_scale=h["zero_shot"]["logit_scale"],
-            blend=h["blend"], templates=tuple(h["zero_shot"]["templates"]),
+            labels=tuple(labels),
+            weight=arrays["weight"].astype(np.float32),
+            bias=arrays["bias"].astype(np.float32),
+            zero_shot=arrays["zero_shot"].astype(np.float32),
+            logit_scale=h["zero_shot"]["logit_scale"],
+            blend=h["blend"],
+            templates=tuple(h["zero_shot"]["templates"]),
             model=HeadModel(**h["model"]),
-            training=Training(t["images"], dict(t["per_class"]), t["failed"], t["folds"], t["seed"], t["C"],
-                              list(t["C_grid"]), list(t["blend_grid"])),
-            cv=CrossValidated(**cv), label_prompts={k: tuple(v) for k, v in prompts.items()},
-            clip_rt_version=h["clip_rt_version"])
+            training=Training(
+                t["images"],
+                dict(t["per_class"]),
+                t["failed"],
+                t["folds"],
+                t["seed"],
+                t["C"],
+                list(t["C_grid"]),
+                list(t["blend_grid"]),
+            ),
+            cv=CrossValidated(**cv),
+            label_prompts={k: tuple(v) for k, v in prompts.items()},
+            clip_rt_version=h["clip_rt_version"],
+        )
     except HeadError as exc:
         raise HeadError(f"{source}: {exc}") from None
 
@@ -407,13 +497,17 @@ def check_compatible(head: Head, *, fingerprint: str, precision: str, bundle: st
     (cosine >= 0.99 and the same top-1 on its photos), so the head applies, but its
     cross-validated figures were measured at its own precision."""
     if head.model.fingerprint != fingerprint:
-        raise HeadError(f"this head was fitted on bundle {head.model.name!r} (fingerprint "
-                        f"{head.model.fingerprint[:12]}...), not on {bundle!r} ({fingerprint[:12]}...): its weights "
-                        "read another model's embeddings; fit a head on this bundle (`clip-rt fit DIR -m ... -o HEAD`)")
+        raise HeadError(
+            f"this head was fitted on bundle {head.model.name!r} (fingerprint "
+            f"{head.model.fingerprint[:12]}...), not on {bundle!r} ({fingerprint[:12]}...): its weights "
+            "read another model's embeddings; fit a head on this bundle (`clip-rt fit DIR -m ... -o HEAD`)"
+        )
     if head.model.precision != precision:
-        return (f"the head was fitted on {head.model.precision} image embeddings and this model computes {precision} "
-                f"ones: they agree to the bundle's parity gate, so the head applies, but its cross-validated "
-                f"accuracy was measured at {head.model.precision} (`clip-rt eval --head` measures it at {precision})")
+        return (
+            f"the head was fitted on {head.model.precision} image embeddings and this model computes {precision} "
+            f"ones: they agree to the bundle's parity gate, so the head applies, but its cross-validated "
+            f"accuracy was measured at {head.model.precision} (`clip-rt eval --head` measures it at {precision})"
+        )
     return None
 
 
@@ -437,8 +531,9 @@ def head_for_model(model: Any, head: HeadArg, labels: Any = None, templates: Any
     found = as_head(head)
     check_head_arguments(found, labels, templates)
     manifest = model.manifest
-    message = check_compatible(found, fingerprint=manifest.fingerprint, precision=image_precision(model),
-                               bundle=manifest.name)
+    message = check_compatible(
+        found, fingerprint=manifest.fingerprint, precision=image_precision(model), bundle=manifest.name
+    )
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
     return found
@@ -446,18 +541,24 @@ def head_for_model(model: Any, head: HeadArg, labels: Any = None, templates: Any
 
 def check_head_arguments(head: Head, labels: Any, templates: Any) -> None:
     if templates is not None:
-        raise InputError("templates cannot be given with a head: it keeps the zero-shot part it was fitted with "
-                         f"({len(head.templates)} template(s)); leave templates out")
+        raise InputError(
+            "templates cannot be given with a head: it keeps the zero-shot part it was fitted with "
+            f"({len(head.templates)} template(s)); leave templates out"
+        )
     if labels is None:
         return
     parsed = parse_labels(labels)
     if any(lab.prompts for lab in parsed):
-        raise InputError("labels with their own prompts cannot be given with a head: it keeps the zero-shot part "
-                         "it was fitted with; leave labels out")
+        raise InputError(
+            "labels with their own prompts cannot be given with a head: it keeps the zero-shot part "
+            "it was fitted with; leave labels out"
+        )
     names = [lab.name for lab in parsed]
     if names != list(head.labels):
-        raise InputError(f"labels {names} differ from the head's {list(head.labels)}: with a head, leave labels out "
-                         "(they come from the head) or give exactly its labels in its order")
+        raise InputError(
+            f"labels {names} differ from the head's {list(head.labels)}: with a head, leave labels out "
+            "(they come from the head) or give exactly its labels in its order"
+        )
 
 
 def summary_lines(head: Head, source: Optional[str] = None) -> list[str]:

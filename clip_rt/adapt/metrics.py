@@ -6,6 +6,7 @@ images one gets right and the other wrong say anything about which is better. "U
 needs the head ahead at the 5 % level (two-sided); a smaller lead on few images is called
 within chance, which is the honest answer for a handful of labelled photos.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ class ClassMetrics:
     recall: Optional[float]  # None: no images of this class
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "support": self.support, "predicted": self.predicted, "correct": self.correct,
-                "precision": self.precision, "recall": self.recall}
+        return {
+            "label": self.label,
+            "support": self.support,
+            "predicted": self.predicted,
+            "correct": self.correct,
+            "precision": self.precision,
+            "recall": self.recall,
+        }
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,16 @@ class Scores:
             support = int(self.confusion[i].sum())
             predicted = int(self.confusion[:, i].sum())
             correct = int(self.confusion[i, i])
-            out.append(ClassMetrics(label, support, predicted, correct,
-                                    correct / predicted if predicted else None, correct / support if support else None))
+            out.append(
+                ClassMetrics(
+                    label,
+                    support,
+                    predicted,
+                    correct,
+                    correct / predicted if predicted else None,
+                    correct / support if support else None,
+                )
+            )
         return out
 
     def confused_pairs(self, limit: int = 10) -> list[tuple[str, str, int]]:
@@ -73,12 +88,18 @@ class Scores:
         return pairs
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "accuracy": self.accuracy, "images": self.images,
-                "top_k": self.top_k, "top_k_accuracy": self.top_k_accuracy,
-                **({"top5_accuracy": self.top_k_accuracy} if self.top_k == 5 else {}),
-                "labels": list(self.labels), "confusion": self.confusion.astype(int).tolist(),
-                "per_class": [c.to_json() for c in self.per_class()],
-                "confused_pairs": [{"true": t, "predicted": p, "images": n} for t, p, n in self.confused_pairs()]}
+        return {
+            "name": self.name,
+            "accuracy": self.accuracy,
+            "images": self.images,
+            "top_k": self.top_k,
+            "top_k_accuracy": self.top_k_accuracy,
+            **({"top5_accuracy": self.top_k_accuracy} if self.top_k == 5 else {}),
+            "labels": list(self.labels),
+            "confusion": self.confusion.astype(int).tolist(),
+            "per_class": [c.to_json() for c in self.per_class()],
+            "confused_pairs": [{"true": t, "predicted": p, "images": n} for t, p, n in self.confused_pairs()],
+        }
 
 
 def top_k_for(n_classes: int) -> int:
@@ -114,7 +135,7 @@ def mcnemar_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     low = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2.0**n
     return min(1.0, 2.0 * tail)
 
 
@@ -149,21 +170,31 @@ class Comparison:
         if verdict == "head":
             return f"{figures}: use the head"
         if verdict == "unclear":
-            return (f"{figures}: the head is ahead ({self.head_only} images right that zero-shot missed, "
-                    f"{self.zero_shot_only} the other way) but on this few images that is within chance "
-                    f"(p={self.p_value:.2f}); label more images before choosing")
+            return (
+                f"{figures}: the head is ahead ({self.head_only} images right that zero-shot missed, "
+                f"{self.zero_shot_only} the other way) but on this few images that is within chance "
+                f"(p={self.p_value:.2f}); label more images before choosing"
+            )
         if self.head_only == self.zero_shot_only:
             return f"{figures}: zero-shot is as good: keep zero-shot, no head needed"
         return f"{figures}: zero-shot is better: keep zero-shot, no head needed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"zero_shot_accuracy": self.zero_shot, "head_accuracy": self.head, "images": self.images,
-                "head_only_right": self.head_only, "zero_shot_only_right": self.zero_shot_only,
-                "mcnemar_p": self.p_value, "verdict": self.verdict, "advice": self.advice()}
+        return {
+            "zero_shot_accuracy": self.zero_shot,
+            "head_accuracy": self.head,
+            "images": self.images,
+            "head_only_right": self.head_only,
+            "zero_shot_only_right": self.zero_shot_only,
+            "mcnemar_p": self.p_value,
+            "verdict": self.verdict,
+            "advice": self.advice(),
+        }
 
 
-def compare(zero_shot_correct: np.ndarray, head_correct: np.ndarray, how: str,
-            blend: Optional[float] = None) -> Comparison:
+def compare(
+    zero_shot_correct: np.ndarray, head_correct: np.ndarray, how: str, blend: Optional[float] = None
+) -> Comparison:
     """Per-image right/wrong of zero-shot and of the head, on the same images in the same order."""
     z = np.asarray(zero_shot_correct, dtype=bool)
     h = np.asarray(head_correct, dtype=bool)

@@ -17,6 +17,7 @@ the blend weight chosen by stratified k-fold cross-validation.
 
 Everything is deterministic given the seed (which only shuffles the folds).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,8 +52,14 @@ def zero_shot_probabilities(x: np.ndarray, class_embeddings: np.ndarray, logit_s
 
 
 # -- the optimiser -----------------------------------------------------------------------------------
-def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, max_iter: int = MAX_ITER,
-          tol: float = GRAD_TOL, memory: int = 10) -> np.ndarray:
+def lbfgs(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    max_iter: int = MAX_ITER,
+    tol: float = GRAD_TOL,
+    memory: int = 10,
+) -> np.ndarray:
     """Minimise a smooth convex *fun* (value, gradient) from *x0*: limited-memory BFGS, the
     two-loop recursion, Armijo backtracking. Stops when the largest gradient entry is below
     *tol*, the value stops changing, or after *max_iter* iterations."""
@@ -119,8 +126,9 @@ class Scaling:
         return (x - self.mean) / self.scale
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float,
-                 init: Optional[np.ndarray] = None) -> np.ndarray:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_classes: int, c: float, init: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Parameters ``(D + 1, C)`` (weights, then the bias row) of the multinomial logistic
     regression of *y* on scaled features *x* with ``C = c``."""
     n, d = x.shape
@@ -130,7 +138,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, c: float,
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[: d * n_classes].reshape(d, n_classes)
-        b = theta[d * n_classes:]
+        b = theta[d * n_classes :]
         logits = x @ w + b
         top = logits.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
@@ -197,8 +205,17 @@ def _rank(cand: Candidate) -> tuple[float, float, float, float]:
     return (-cand.accuracy, round(cand.log_loss, 12), cand.blend, cand.c)
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, zero_shot: np.ndarray, n_classes: int, *, folds: int, seed: int,
-                   c_grid: Sequence[float] = C_GRID, blend_grid: Sequence[float] = BLEND_GRID) -> CrossValidation:
+def cross_validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    zero_shot: np.ndarray,
+    n_classes: int,
+    *,
+    folds: int,
+    seed: int,
+    c_grid: Sequence[float] = C_GRID,
+    blend_grid: Sequence[float] = BLEND_GRID,
+) -> CrossValidation:
     """*x* (N, D) embeddings, *y* (N,) classes, *zero_shot* (N, C) zero-shot probabilities."""
     fold = stratified_folds(y, folds, seed)
     grid = sorted(set(float(c) for c in c_grid))
@@ -222,8 +239,15 @@ def cross_validate(x: np.ndarray, y: np.ndarray, zero_shot: np.ndarray, n_classe
     chosen = min(candidates, key=_rank)
     probes = [cand for cand in candidates if cand.blend == 1.0]
     best_probe = min(probes, key=_rank) if probes else chosen
-    return CrossValidation(folds, seed, chosen, best_probe, np.argmax(zero_shot, axis=1) == y,
-                           best_for[(chosen.c, chosen.blend)], candidates)
+    return CrossValidation(
+        folds,
+        seed,
+        chosen,
+        best_probe,
+        np.argmax(zero_shot, axis=1) == y,
+        best_for[(chosen.c, chosen.blend)],
+        candidates,
+    )
 
 
 def check_trainable(counts: dict[str, int], folds: int) -> int:
@@ -234,8 +258,9 @@ def check_trainable(counts: dict[str, int], folds: int) -> int:
     small = {lab: n for lab, n in counts.items() if n < 2}
     if small:
         shown = ", ".join(f"{lab!r} ({n})" for lab, n in list(small.items())[:5])
-        raise InputError(f"fitting a head needs at least 2 readable images per class for cross-validation; "
-                         f"too few in: {shown}")
+        raise InputError(
+            f"fitting a head needs at least 2 readable images per class for cross-validation; too few in: {shown}"
+        )
     return min(folds, min(counts.values()))
 
 

@@ -7,6 +7,7 @@ the set replaces the folder's previous files together (a failure keeps them). Th
 follow ``clip_rt.outputs.charts``: matplotlib ``Figure`` objects (no pyplot state), user text
 drawn literally in fonts that have its characters. Needs the [report] extra.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,14 +73,17 @@ def write_eval_report(evaluation: Evaluation, folder: Union[str, "os.PathLike[st
             summary["charts"] = ["accuracy.png", *files.values(), "per_class_recall.png", "per_class_precision.png"]
             summary["fonts"] = choice.to_json()
             if len(shown) < len(evaluation.labels):
-                summary["notes"] = [*summary["notes"], f"the charts show the {len(shown)} largest of "
-                                                       f"{len(evaluation.labels)} classes"]
+                summary["notes"] = [
+                    *summary["notes"],
+                    f"the charts show the {len(shown)} largest of {len(evaluation.labels)} classes",
+                ]
             with open(staged.path("summary.json"), "w", encoding="utf-8") as f:
                 f.write(dumps_json(summary, indent=2) + "\n")
             staged.commit()
     except OSError as exc:
-        raise OutputError(f"cannot write the report in {display_path(target)!r}: {reason(exc)}; "
-                          "the files it held before were kept") from None
+        raise OutputError(
+            f"cannot write the report in {display_path(target)!r}: {reason(exc)}; the files it held before were kept"
+        ) from None
     return summary
 
 
@@ -104,9 +108,15 @@ def _save(fig: Any, path: str) -> None:
 
 def accuracy_chart(path: str, runs: Sequence[Scores], images: int) -> None:
     k = runs[0].top_k
-    charts.bar_chart(path, [r.name for r in runs], [r.accuracy for r in runs],
-                     title=f"Top-1 accuracy on {images} labelled images", xlabel="top-1 accuracy", percent_axis=True,
-                     texts=[f"{charts.percent(r.accuracy)} (top-{k} {charts.percent(r.top_k_accuracy)})" for r in runs])
+    charts.bar_chart(
+        path,
+        [r.name for r in runs],
+        [r.accuracy for r in runs],
+        title=f"Top-1 accuracy on {images} labelled images",
+        xlabel="top-1 accuracy",
+        percent_axis=True,
+        texts=[f"{charts.percent(r.accuracy)} (top-{k} {charts.percent(r.top_k_accuracy)})" for r in runs],
+    )
 
 
 def confusion_chart(path: str, run: Scores, shown: Sequence[str]) -> None:
@@ -130,8 +140,15 @@ def confusion_chart(path: str, run: Scores, shown: Sequence[str]) -> None:
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(counts[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "black",
+                    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"{run.name}: top-1 {charts.percent(run.accuracy)} on {run.images} images")
@@ -152,8 +169,13 @@ def per_class_chart(path: str, runs: Sequence[Scores], shown: Sequence[str], whi
         by_label = {c.label: c for c in run.per_class()}
         values = [getattr(by_label[lab], which) for lab in shown]
         ys = base + 0.4 - height * (j + 0.5)
-        ax.barh(ys, [v if v is not None else 0.0 for v in values], height=height, label=run.name,
-                color=RUN_COLOURS[j % len(RUN_COLOURS)])
+        ax.barh(
+            ys,
+            [v if v is not None else 0.0 for v in values],
+            height=height,
+            label=run.name,
+            color=RUN_COLOURS[j % len(RUN_COLOURS)],
+        )
     ax.set_yticks(base)
     ax.set_yticklabels([charts.label_text(lab) for lab in shown])
     ax.set_xlim(0, 1.0)
@@ -165,4 +187,3 @@ def per_class_chart(path: str, runs: Sequence[Scores], shown: Sequence[str], whi
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     _save(fig, path)
-

@@ -1,4 +1,5 @@
 """`clip-rt eval DIR`: zero-shot template sets and a fitted head measured on labelled images."""
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,10 @@ from . import main
 from .common import echo_err, model_from_options, model_options, progress_bar, skip_errors_option
 from .heads import read_head
 
-SET_HELP = ("Built-in template set(s) to compare side by side: simple, imagenet (comma-separated or repeated), one "
-            "accuracy each. Default: simple; none with --head (it brings its own zero-shot part, evaluated too).")
+SET_HELP = (
+    "Built-in template set(s) to compare side by side: simple, imagenet (comma-separated or repeated), one "
+    "accuracy each. Default: simple; none with --head (it brings its own zero-shot part, evaluated too)."
+)
 
 
 def template_sets(names: Sequence[str], custom: Sequence[str]) -> list[Any]:
@@ -41,22 +44,56 @@ def template_sets(names: Sequence[str], custom: Sequence[str]) -> list[Any]:
 @main.command("eval", short_help="Measure zero-shot and a fitted head on labelled images.")
 @click.argument("dataset", metavar="DIR|CSV", type=click.Path(exists=True))
 @click.option("--templates", "set_names", multiple=True, metavar="NAME[,NAME]", help=SET_HELP)
-@click.option("--template", "template_list", multiple=True, metavar="TEXT",
-              help='A prompt template with {} for the label (repeatable); together they are one more set, "custom".')
-@click.option("--head", "head_path", type=click.Path(dir_okay=False), default=None, metavar="HEAD",
-              help="A head fitted by `clip-rt fit` on this bundle: evaluated with its own zero-shot part beside it "
-                   "(use images it was not fitted on). DIR's classes must be among its labels.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help='Write the figures as JSON: {"accuracy", "labels", "confusion" (rows true, columns predicted), '
-                   '"runs": [...] every run\'s figures, "failed", "predictions", ...}.')
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Also write summary.json and charts (accuracy, confusion matrices, per-class recall and "
-                   "precision) to this folder (needs clip-rt[report]).")
+@click.option(
+    "--template",
+    "template_list",
+    multiple=True,
+    metavar="TEXT",
+    help='A prompt template with {} for the label (repeatable); together they are one more set, "custom".',
+)
+@click.option(
+    "--head",
+    "head_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="HEAD",
+    help="A head fitted by `clip-rt fit` on this bundle: evaluated with its own zero-shot part beside it "
+    "(use images it was not fitted on). DIR's classes must be among its labels.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help='Write the figures as JSON: {"accuracy", "labels", "confusion" (rows true, columns predicted), '
+    '"runs": [...] every run\'s figures, "failed", "predictions", ...}.',
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Also write summary.json and charts (accuracy, confusion matrices, per-class recall and "
+    "precision) to this folder (needs clip-rt[report]).",
+)
 @skip_errors_option
 @model_options()
-def eval_cmd(dataset: str, set_names: tuple[str, ...], template_list: tuple[str, ...], head_path: Optional[str],
-             json_path: Optional[str], report_dir: Optional[str], skip_errors: bool, model_name: Optional[str],
-             provider: Optional[str], precision: Optional[str], threads: Optional[int], batch_size: int) -> None:
+def eval_cmd(
+    dataset: str,
+    set_names: tuple[str, ...],
+    template_list: tuple[str, ...],
+    head_path: Optional[str],
+    json_path: Optional[str],
+    report_dir: Optional[str],
+    skip_errors: bool,
+    model_name: Optional[str],
+    provider: Optional[str],
+    precision: Optional[str],
+    threads: Optional[int],
+    batch_size: int,
+) -> None:
     """Measure classification on labelled images: DIR holds one subfolder per class (its name is
     the label), or is a CSV file of path,label rows. Prints top-1 and top-5 accuracy (top-k for
     k classes when there are 5 or fewer), per-class precision and recall, the most confused
@@ -83,8 +120,9 @@ def eval_cmd(dataset: str, set_names: tuple[str, ...], template_list: tuple[str,
         echo_err(f"note: {note}")
     model = model_from_options(model_name, provider, precision, threads)
     with progress_bar(len(labelled.items), "embedding") as bar:
-        result = evaluate(model, labelled, head=head, template_sets=sets or None, batch_size=batch_size,
-                          progress=bar.update)
+        result = evaluate(
+            model, labelled, head=head, template_sets=sets or None, batch_size=batch_size, progress=bar.update
+        )
     for line in result.lines():
         click.echo(line)
     report_failed(len(result.embedded.paths), result.failed)

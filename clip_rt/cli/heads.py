@@ -2,6 +2,7 @@
 video, eval and ray classify. The head file is read first (a damaged one fails before the
 model loads), and checked against the model as soon as it is loaded (another bundle: refused
 before any output is opened)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
@@ -16,14 +17,17 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-HEAD_HELP = ("A head fitted by `clip-rt fit` on this bundle, used instead of zero-shot labels: the labels come "
-             "from the head (--labels, if given, must be exactly its labels in its order; --template/--templates "
-             "cannot be given). See docs/adapt.md.")
+HEAD_HELP = (
+    "A head fitted by `clip-rt fit` on this bundle, used instead of zero-shot labels: the labels come "
+    "from the head (--labels, if given, must be exactly its labels in its order; --template/--templates "
+    "cannot be given). See docs/adapt.md."
+)
 
 
 def head_option(f: F) -> F:
-    return click.option("--head", "head_path", type=click.Path(dir_okay=False), default=None, metavar="HEAD",
-                        help=HEAD_HELP)(f)
+    return click.option(
+        "--head", "head_path", type=click.Path(dir_okay=False), default=None, metavar="HEAD", help=HEAD_HELP
+    )(f)
 
 
 def read_head(head_path: Optional[str]) -> "Optional[Head]":
@@ -36,15 +40,21 @@ def read_head(head_path: Optional[str]) -> "Optional[Head]":
     return Head.load(head_path)
 
 
-def labels_and_templates(head: "Optional[Head]", labels_csv: Optional[str], labels_file: Optional[str],
-                         template_list: tuple[str, ...], template_set: Optional[str]) -> tuple[Any, tuple[str, ...]]:
+def labels_and_templates(
+    head: "Optional[Head]",
+    labels_csv: Optional[str],
+    labels_file: Optional[str],
+    template_list: tuple[str, ...],
+    template_set: Optional[str],
+) -> tuple[Any, tuple[str, ...]]:
     """The label spec and templates of a run: the options', or the head's (the options then
     may only repeat its labels exactly; anything else is a usage error, exit 2)."""
     if head is None:
         return parse_labels(labels_csv, labels_file), resolve_templates(template_list, template_set)
     if template_list or template_set:
-        raise click.UsageError(f"--head keeps the templates it was fitted with ({len(head.templates)}); leave out "
-                               "--template/--templates")
+        raise click.UsageError(
+            f"--head keeps the templates it was fitted with ({len(head.templates)}); leave out --template/--templates"
+        )
     if labels_csv is not None or labels_file is not None:
         from ..adapt.head import check_head_arguments
         from ..errors import InputError
@@ -56,8 +66,9 @@ def labels_and_templates(head: "Optional[Head]", labels_csv: Optional[str], labe
     return list(head.labels), tuple(head.templates)
 
 
-def classifier_for(model: Any, head: "Optional[Head]", label_spec: Any,
-                   templates: tuple[str, ...]) -> "EmbeddingClassifier":
+def classifier_for(
+    model: Any, head: "Optional[Head]", label_spec: Any, templates: tuple[str, ...]
+) -> "EmbeddingClassifier":
     """The run's classifier: the head checked against *model* (another bundle: HeadError), or
     a zero-shot classifier of *label_spec* x *templates*."""
     if head is not None:
