@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "load",
     "ClipModel",
+    "Head",
     "write_report",
     "plot_similarity",
     "templates",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .adapt.head import Head
     from .model import ClipModel, load
     from .outputs.charts import plot_similarity
     from .outputs.report import write_report
@@ -66,6 +68,10 @@ def __getattr__(name: str) -> Any:
         from . import model
 
         return getattr(model, name)
+    if name == "Head":  # a fitted few-shot head (clip_rt.adapt; numpy only)
+        from .adapt.head import Head
+
+        return Head
     if name == "write_report":  # numpy at import, matplotlib when called (the [report] extra)
         from .outputs.report import write_report
 

@@ -32,6 +32,7 @@ from .options import DEFAULT_IMAGE_BATCH, RuntimeOptions, Workload
 from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage
 from .zeroshot import (
     Classification,
+    EmbeddingClassifier,
     LabelsArg,
     ZeroShotClassifier,
     check_templates,
@@ -41,6 +42,7 @@ from .zeroshot import (
 )
 
 if TYPE_CHECKING:
+    from .adapt.head import HeadArg
     from .inputs.preprocess import Preprocessor
 
 __all__ = ["ClipModel", "load", "default_precision", "RuntimeOptions", "Workload", "DEFAULT_IMAGE_BATCH"]
@@ -373,34 +375,44 @@ class ClipModel:
         embs = class_embeddings(parsed, temps, self.encode_text)
         return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps, scoring=self.scoring)
 
-    def classify(self, images: Any, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-                 top_k: int = 5, batch_size: Optional[int] = None) -> list[Classification]:
+    def classify(self, images: Any, labels: Optional[LabelsArg] = None,
+                 templates: Union[str, Sequence[str], None] = None, top_k: int = 5,
+                 batch_size: Optional[int] = None, *, head: Optional["HeadArg"] = None) -> list[Classification]:
         """One :class:`Classification` per image; raises on the first unreadable image. A folder
         path stands for the images under it (as in the CLI). :meth:`iter_classify` instead
-        reports a bad image on its own item and goes on.
+        reports a bad image on its own item and goes on. *templates*: default
+        :data:`clip_rt.templates.SIMPLE`.
+
+        *head*: a fitted few-shot head (:class:`clip_rt.Head` or the path of a head file, from
+        ``clip-rt fit``) instead of zero-shot labels: the labels are the head's (*labels*, if
+        given, must be exactly them, in order; *templates* cannot be given). A head fitted on
+        another bundle, or a damaged file, raises :class:`clip_rt.adapt.HeadError` before any
+        image is read; one fitted at another image precision warns (docs/adapt.md).
 
         With the prompt cache on, the text session is freed once the class embeddings exist
         (the next call finds them in the cache): a folder then peaks at the image graph's
         memory alone (docs/bench.md)."""
-        clf = self._zero_shot(labels, templates)
+        clf = self._classifier_for(labels, templates, head)
         sources = list(expand_folders(_as_image_list(images)))
         return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)
 
-    def iter_classify(self, images: Any, labels: LabelsArg,
-                      templates: Union[str, Sequence[str]] = _templates.SIMPLE, top_k: int = 5,
-                      batch_size: Optional[int] = None, *, workers: Optional[int] = None
-                      ) -> Iterator[ClassifiedImage]:
+    def iter_classify(self, images: Any, labels: Optional[LabelsArg] = None,
+                      templates: Union[str, Sequence[str], None] = None, top_k: int = 5,
+                      batch_size: Optional[int] = None, *, workers: Optional[int] = None,
+                      head: Optional["HeadArg"] = None) -> Iterator[ClassifiedImage]:
         """Classify images the way `clip-rt classify` does: one :class:`ClassifiedImage` per image,
         in input order, carrying its source (the path, for files); a folder path stands for the
         images under it (recursive, sorted; a folder that cannot be listed is a failed item). An
         unreadable image gives an item with ``error`` set and ``result=None``, and the stream goes
-        on. *images* may be a generator; memory stays bounded as in :meth:`iter_images`."""
-        clf = self._zero_shot(labels, templates)  # bad labels, a damaged graph: raised here, not at next()
+        on. *images* may be a generator; memory stays bounded as in :meth:`iter_images`.
+        *head*: a fitted head instead of zero-shot labels, as in :meth:`classify`."""
+        clf = self._classifier_for(labels, templates, head)  # bad labels, a damaged graph or head: raised now
         sources = expand_folders([images] if _is_single_source(images) else images)
         return self._classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
 
     @staticmethod
-    def _classified(items: Iterator[ImageEmbedding], clf: ZeroShotClassifier, top_k: int) -> Iterator[ClassifiedImage]:
+    def _classified(items: Iterator[ImageEmbedding], clf: EmbeddingClassifier, top_k: int
+                    ) -> Iterator[ClassifiedImage]:
         for item in items:
             result = None
             if item.embedding is not None and item.error is None:
@@ -408,6 +420,16 @@ class ClipModel:
             yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
                                   height=item.height, error=item.error or (None if result else "no embedding"),
                                   notes=item.notes)
+
+    def _classifier_for(self, labels: Optional[LabelsArg], templates: Union[str, Sequence[str], None],
+                        head: Optional["HeadArg"]) -> EmbeddingClassifier:
+        if head is not None:  # the head's labels and zero-shot part (clip_rt/adapt): no text encoder
+            from .adapt.head import head_for_model
+
+            return head_for_model(self, head, labels, templates)
+        if labels is None:
+            raise InputError("no labels given: expected class labels, or a fitted head (head=...)")
+        return self._zero_shot(labels, _templates.SIMPLE if templates is None else templates)
 
     def _zero_shot(self, labels: LabelsArg, templates: Union[str, Sequence[str]]) -> ZeroShotClassifier:
         clf = self.classifier(labels, templates)

@@ -13,7 +13,7 @@ bundle's ``scoring`` (SCORINGS):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -205,14 +205,36 @@ class ZeroShotClassifier:
         return scores_from_logits(self.logits(image_embeddings), self.scoring)
 
     def classify_embeddings(self, image_embeddings: np.ndarray, top_k: int = 5) -> list[Classification]:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-        probs = self.probabilities(image_embeddings)
-        k = min(int(top_k), len(self.names))
-        results = []
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]  # ties keep label order
-            scores = {name: float(p) for name, p in zip(self.names, row)}
-            top = [(self.names[j], float(row[j])) for j in order]
-            results.append(Classification(label=top[0][0], score=top[0][1], scores=scores, top_k=top))
-        return results
+        return classifications(self.probabilities(image_embeddings), self.names, top_k)
+
+
+class EmbeddingClassifier(Protocol):
+    """What classifies image embeddings: a :class:`ZeroShotClassifier`, or a fitted head
+    (:class:`clip_rt.adapt.Head`)."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def templates(self) -> tuple[str, ...]: ...
+
+    @property
+    def scoring(self) -> str: ...
+
+    def probabilities(self, image_embeddings: np.ndarray) -> np.ndarray: ...
+
+    def classify_embeddings(self, image_embeddings: np.ndarray, top_k: int = 5) -> list[Classification]: ...
+
+
+def classifications(probs: np.ndarray, names: Sequence[str], top_k: int) -> list[Classification]:
+    """One :class:`Classification` per row of *probs* (N, C) over *names*."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    k = min(int(top_k), len(names))
+    results = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")[:k]  # ties keep label order
+        scores = {name: float(p) for name, p in zip(names, row)}
+        top = [(names[j], float(row[j])) for j in order]
+        results.append(Classification(label=top[0][0], score=top[0][1], scores=scores, top_k=top))
+    return results

@@ -36,3 +36,5 @@ from . import video_cmd  # noqa: E402,F401
 from . import similarity_cmd  # noqa: E402,F401
 from . import serve_cmd  # noqa: E402,F401  (starlette/uvicorn imported only when it runs)
 from . import ray_cmd  # noqa: E402,F401  ray embed, ray classify (Ray imported only when they run)
+from . import eval_cmd  # noqa: E402,F401  eval: zero-shot and heads measured on labelled images
+from . import fit_cmd  # noqa: E402,F401  fit: a few-shot head (clip_rt.adapt)

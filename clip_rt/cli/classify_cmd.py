@@ -15,6 +15,7 @@ from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
 from . import main
+from .heads import classifier_for, head_identity, head_option, labels_and_templates, read_head
 from .common import (
     check_precision_follows,
     echo_err,
@@ -22,9 +23,7 @@ from .common import (
     ModelArgs,
     model_identity,
     model_options,
-    parse_labels,
     progress_bar,
-    resolve_templates,
     runtime_summary,
     short_run,
     skip_errors_option,
@@ -50,22 +49,24 @@ from .common import (
               help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
                    "report's results.csv, a BOM when a label is not ASCII.")
 @skip_errors_option
+@head_option
 @model_options()
 def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
                  template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
-                 csv_bom: Optional[bool], skip_errors: bool, model: ModelArgs) -> None:
-    """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
-    to read paths from stdin, one per line.
+                 csv_bom: Optional[bool], skip_errors: bool, head_path: Optional[str], model: ModelArgs) -> None:
+    """Classify images among LABELS (or with a fitted --head). PATHS: image files, folders
+    (searched recursively), or `-` to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
     with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a
     model/input error, 2 bad usage.
     """
-    label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
+    head = read_head(head_path)  # a damaged head file fails before the model loads
+    # names, or {name: own prompts}; with --head, the head's
+    label_spec, templates = labels_and_templates(head, labels_csv, labels_file, template_list, template_set)
     labels = list(label_spec)
     warn_if_single_label(labels)
-    templates = resolve_templates(template_list, template_set)
     fmt = rec_mod.infer_format(output, fmt)
     if resume and not output:
         raise click.UsageError("--resume needs --output FILE (the run to continue)")
@@ -88,13 +89,14 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     check_precision_follows(model.options.precision, recorded, f"--resume output {display_path(output or '')!r}",
                             "start a new output (another -o, or without --resume)")
     batch_size = model.batch_size
-    clip = model.load(workload=short_run(images=len(inputs), prompts=_prompt_count(label_spec, templates)),
-                      follow_precision=recorded)
-    classifier = clip.classifier(label_spec, templates)
+    prompts = 0 if head else _prompt_count(label_spec, templates)  # a head brings its class embeddings
+    clip = model.load(workload=short_run(images=len(inputs), prompts=prompts), follow_precision=recorded)
+    classifier = classifier_for(clip, head, label_spec, templates)  # a head of another bundle: refused here
     clip.release("text")  # class embeddings are ready: free the text graph's memory
     clip.session("image")  # a damaged image graph fails here, before -o is truncated
-    identity = {**model_identity(clip), "labels": label_spec, "templates": list(templates)}
-    scoring = getattr(clip, "scoring", "softmax")  # ClipModel.scoring; stand-in models are CLIP-like
+    identity = {**model_identity(clip), "labels": label_spec, "templates": list(templates), **head_identity(head)}
+    # ClipModel.scoring (stand-in models are CLIP-like); a head's scores are a softmax over its labels
+    scoring = classifier.scoring if head else getattr(clip, "scoring", "softmax")
     if scoring != "softmax":
         # Scores of another kind than the CLIP softmax: say so in the run description beside the
         # output (older descriptions have no such key: they are all softmax).

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
@@ -10,7 +10,11 @@ from ..inputs.discover import display_path, printable
 from ..outputs.records import error_reason
 from . import main
 from ..settings import default_model
-from .common import MODEL_DEFAULT_HELP, echo_err, label_options, parse_labels, resolve_templates
+from .common import MODEL_DEFAULT_HELP, echo_err, label_options
+from .heads import head_option, labels_and_templates, read_head
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,25 +72,30 @@ def embed_cmd(**kw: Any) -> None:
 @ray_group.command("classify")
 @job_options
 @label_options
+@head_option
 def classify_cmd(labels_csv: Optional[str], labels_file: Optional[str], template_list: tuple[str, ...],
-                 template_set: Optional[str], **kw: Any) -> None:
-    """Zero-shot classify the images in PATHS into Parquet: the embed columns plus label,
-    score and scores (one probability per label). Exit status 1 if some images failed."""
-    labels = parse_labels(labels_csv, labels_file)
-    _run(kw, labels=labels, templates=resolve_templates(template_list, template_set))
+                 template_set: Optional[str], head_path: Optional[str], **kw: Any) -> None:
+    """Zero-shot classify the images in PATHS (or with a fitted --head) into Parquet: the embed
+    columns plus label, score and scores (one probability per label). Exit status 1 if some
+    images failed."""
+    head = read_head(head_path)  # a damaged head file fails before Ray starts
+    labels, templates = labels_and_templates(head, labels_csv, labels_file, template_list, template_set)
+    _run(kw, labels=labels, templates=templates, head=head)
 
 
-def _run(kw: dict[str, Any], *, labels: Any, templates: Any) -> None:
+def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: "Optional[Head]" = None) -> None:
     from ..scale import ray as scale_ray
 
     model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts
+    if head is not None:
+        scale_ray.check_head(head, model)  # a head of another bundle: refused before Ray starts
     started = scale_ray.init(kw["address"], num_cpus=kw["num_cpus"])
     try:
         result = scale_ray.run_job(
             list(kw["paths"]), kw["output"], model, labels=labels, templates=templates or (),
             part_rows=kw["part_rows"], overwrite=kw["overwrite"], precision=kw["precision"], actors=kw["actors"],
             cpus_per_actor=kw["cpus_per_actor"], batch_size=kw["batch_size"], draft=kw["draft"],
-            providers=[kw["provider"]] if kw["provider"] else None, ship_bundle=kw["ship_bundle"])
+            providers=[kw["provider"]] if kw["provider"] else None, ship_bundle=kw["ship_bundle"], head=head)
     finally:
         if started:
             scale_ray.shutdown()

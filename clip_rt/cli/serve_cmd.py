@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
+from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_head, parse_index, parse_size
 from . import main
 from ..settings import default_model
 from ..options import RuntimeOptions, Workload
@@ -70,6 +70,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Folder whose files requests may name as {\"path\": ...} (repeatable). Without it, none.")
 @click.option("--index", "indexes", multiple=True, metavar="[NAME=]DIR",
               help="A `clip-rt index` folder for POST /search (repeatable).")
+@click.option("--head", "heads", multiple=True, metavar="[NAME=]FILE",
+              help="A head fitted by `clip-rt fit` on a served model, for POST /classify {\"head\": NAME} "
+                   "(repeatable; docs/adapt.md).")
 @click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz.")
 @click.option("--decode-workers", type=click.IntRange(min=1), default=_DEFAULTS.decode_workers, show_default=True,
@@ -83,10 +86,11 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
               backend: Optional[str], threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
               wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
               max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
-              indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
-              log_level: str, access_log: bool) -> None:
+              indexes: tuple[str, ...], heads: tuple[str, ...], api_key: Optional[str], decode_workers: int,
+              graceful_timeout: float, log_level: str, access_log: bool) -> None:
     """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
-    /classify, /similarity, /search; GET /healthz, /readyz, /metrics, /v1/models.
+    /classify (zero-shot, or with a --head), /similarity, /search; GET /healthz, /readyz,
+    /metrics, /v1/models.
 
     MODEL is a bundle name, alias or directory, optionally with @fp32|@fp16|@int8; default
     the CLI's default model. SIGTERM finishes the accepted requests and exits 0."""
@@ -103,7 +107,8 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
         max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
         max_text_chars=max_text_chars, max_labels=max_labels, max_prompts=max_prompts,
         max_image_pixels=max_image_pixels, api_key=api_key or None, allow_dirs=allow_dirs,
-        indexes=tuple(parse_index(i) for i in indexes), decode_workers=decode_workers,
+        indexes=tuple(parse_index(i) for i in indexes), heads=tuple(parse_head(h) for h in heads),
+        decode_workers=decode_workers,
         graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)
     if not is_loopback(host) and not config.api_key:
         echo_err(f"warning: listening on {host} without an API key: anyone who can reach this address can use "

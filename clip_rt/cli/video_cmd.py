@@ -15,10 +15,9 @@ from .common import (
     label_options,
     ModelArgs,
     model_options,
-    parse_labels,
-    resolve_templates,
     warn_if_single_label,
 )
+from .heads import classifier_for, head_option, labels_and_templates, read_head
 
 
 @main.command("video")
@@ -28,25 +27,28 @@ from .common import (
               help="Seconds between sampled frames.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--frames", "show_frames", is_flag=True, help="Also list every sampled frame (table format).")
+@head_option
 @model_options()
 def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[str], template_list: tuple[str, ...],
-              template_set: Optional[str], every: float, fmt: str, show_frames: bool, model: ModelArgs) -> None:
+              template_set: Optional[str], every: float, fmt: str, show_frames: bool, head_path: Optional[str],
+              model: ModelArgs) -> None:
     """Classify frames of VIDEO sampled every --every seconds (needs clip-rt[video]). Prints the
     labelled segments (consecutive frames with the same top label: start, end, label, mean
     score) and the overall label (highest mean probability over all sampled frames)."""
     from ..inputs import video
 
-    label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
+    head = read_head(head_path)  # a damaged head file fails before the model loads
+    # names, or {name: own prompts}; with --head, the head's
+    label_spec, templates = labels_and_templates(head, labels_csv, labels_file, template_list, template_set)
     labels = list(label_spec)
     warn_if_single_label(labels)
-    templates = resolve_templates(template_list, template_set)
     video.require_av()
     duration = video.video_duration(video_path)
     frames_expected = int(duration // every) + 1 if duration else None  # unknown: planned as a long run
     batch_size = model.batch_size
-    clip = model.load(workload=Workload(images=frames_expected, prompts=len(labels) * len(templates),
-                                        lifetime="short"))
-    classifier = clip.classifier(label_spec, templates)
+    prompts = 0 if head else len(labels) * len(templates)
+    clip = model.load(workload=Workload(images=frames_expected, prompts=prompts, lifetime="short"))
+    classifier = classifier_for(clip, head, label_spec, templates)  # a head of another bundle: refused here
 
     times: list[float] = []
     tops: list[str] = []

@@ -27,13 +27,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, path_key
 from ..options import RuntimeOptions
 from . import parts
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head, HeadArg
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
@@ -237,13 +240,16 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
                 ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
 
 
-def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any,
-                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, **options: Any) -> Any:
+def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any = None,
+                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, *, head: "Optional[HeadArg]" = None,
+                    **options: Any) -> Any:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
-    ``clip-rt classify``). The class embeddings are computed once, on the driver."""
+    ``clip-rt classify``). The class embeddings are computed once, on the driver. *head*: a
+    fitted head (:class:`clip_rt.Head` or its file) instead of zero-shot labels; its labels,
+    and its softmax probabilities as scores."""
     bundle_dir, manifest, precision = _bundle(model, options.pop("precision", None))
-    classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates)
+    classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates, head)
     return _map(input_dataset(source), bundle_dir, ident, classifier=classifier, spare_cpu=_is_dataset(source),
                 **_map_options(options))
 
@@ -258,9 +264,14 @@ def _map_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
-                templates: Union[str, Sequence[str]]) -> tuple[Any, dict[str, Any]]:
+                templates: Union[str, Sequence[str]], head: "Optional[HeadArg]" = None) -> tuple[Any, dict[str, Any]]:
     from ..model import load
     from ..zeroshot import check_templates, parse_labels
+
+    if head is not None:
+        return _head_classifier(manifest, precision, labels, head, bundle_dir)
+    if labels is None:
+        raise InputError("no labels given: expected class labels, or a fitted head (head=...)")
 
     model = load(bundle_dir, precision=precision, providers=["cpu"])
     classifier = model.classifier(labels, templates)
@@ -269,14 +280,49 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
     spec = {lab.name: (list(lab.prompts) if lab.prompts else None) for lab in parsed}
     ident = parts.identity("classify", manifest, precision, labels=classifier.names, label_spec=spec,
                            templates=list(check_templates(templates)), bundle_dir=bundle_dir)
+    ident["head"] = None  # a head's output is not resumed without it (absent in older jobs: the same)
     return classifier, ident
+
+
+def check_head(head: "HeadArg", model: Union[str, "os.PathLike[str]"]) -> None:
+    """Refuse a head fitted on another bundle than *model*, from its manifest alone: the CLI
+    calls this before it starts Ray (the precision is compared, with a warning, by the job)."""
+    from ..adapt.head import as_head, check_compatible
+    from ..bundle.manifest import read_manifest
+    from ..bundle.store import resolve_bundle
+
+    found = as_head(head)
+    manifest = read_manifest(resolve_bundle(model))
+    check_compatible(found, fingerprint=manifest.fingerprint, precision=found.model.precision, bundle=manifest.name)
+
+
+def _head_classifier(manifest: Any, precision: str, labels: Any, head: "HeadArg",
+                     bundle_dir: str) -> tuple["Head", dict[str, Any]]:
+    """A head checked against the bundle on the driver (another bundle: refused before Ray
+    runs anything); the actors apply it like a zero-shot classifier (names, probabilities)."""
+    import warnings
+
+    from ..adapt.head import as_head, check_compatible, check_head_arguments
+
+    found = as_head(head)
+    check_head_arguments(found, labels, None)
+    message = check_compatible(found, fingerprint=manifest.fingerprint, precision=precision, bundle=manifest.name)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=4)
+    ident = parts.identity("classify", manifest, precision, labels=found.names,
+                           label_spec=dict.fromkeys(found.names), templates=list(found.templates),
+                           bundle_dir=bundle_dir)
+    ident.pop("scoring", None)  # a head's scores are its softmax, whatever the bundle's scoring
+    ident["head"] = found.digest
+    return found, ident
 
 
 # -- the resumable job ------------------------------------------------------------------------
 def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union[str, "os.PathLike[str]"], *,
             labels: Any = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-            part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, **options: Any) -> dict[str, Any]:
-    """Embed (or, with *labels*, classify) *source* into Parquet parts in *output*. A rerun
+            part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, head: "Optional[HeadArg]" = None,
+            **options: Any) -> dict[str, Any]:
+    """Embed (or, with *labels* or a fitted *head*, classify) *source* into Parquet parts in *output*. A rerun
     skips every input already in a finished part (see :mod:`clip_rt.scale.parts`); per-image
     errors are rows with ``error`` set, never a failed job. Returns counts: ``new`` rows written
     by this run, ``done_before``, ``rows`` and ``failed`` over the whole output, and up to ten
@@ -285,8 +331,8 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
         raise InputError(f"part_rows must be at least 1, got {part_rows}")
     out = os.fspath(output)
     bundle_dir, manifest, precision = _bundle(model, options.pop("precision", None))
-    if labels is not None:
-        classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates)
+    if labels is not None or head is not None:
+        classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates, head)
     else:
         classifier, ident = None, parts.identity("embed", manifest, precision, bundle_dir=bundle_dir)
     parts.prepare_output(out, ident, overwrite=overwrite)

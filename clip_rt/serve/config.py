@@ -71,6 +71,7 @@ class ServeConfig:
     api_key: Optional[str] = None
     allow_dirs: tuple[str, ...] = ()
     indexes: tuple[tuple[str, str], ...] = ()  # (name, folder)
+    heads: tuple[tuple[str, str], ...] = ()  # (name, head file): fitted heads for /classify's "head"
     # Process.
     decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     graceful_timeout: float = 60.0
@@ -101,6 +102,10 @@ class ServeConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InputError(f"two indexes share the name(s) {', '.join(dupes)}: name them with --index NAME=DIR")
+        heads = [n for n, _ in self.heads]
+        dupes = sorted({n for n in heads if heads.count(n) > 1})
+        if dupes:
+            raise InputError(f"two heads share the name(s) {', '.join(dupes)}: name them with --head NAME=FILE")
 
     @property
     def text_queue(self) -> int:
@@ -130,6 +135,17 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise InputError(f"expected a size of at least 1 byte, got {text!r}")
     return int(value)
+
+
+def parse_head(text: str) -> tuple[str, str]:
+    """``NAME=FILE`` or ``FILE`` (named after the file, without its extension)."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        path = text
+        name = os.path.splitext(os.path.basename(text))[0]
+    if not name or not path:
+        raise InputError(f"expected --head NAME=FILE or --head FILE, got {text!r}")
+    return name, path
 
 
 def parse_index(text: str) -> tuple[str, str]:

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Executor
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from .config import ServeConfig
 from .errors import ApiError
 from .inputs import ImageRef, image_stream
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from ..adapt.head import Head
 
 log = logging.getLogger("clip_rt.serve")
 CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
@@ -230,6 +234,42 @@ def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDic
             raise InputError(f"model {model_id!r} is given twice; serve another precision as NAME@PRECISION")
         served[model_id] = ServedModel(model_id, model, config, metrics)
     return served
+
+
+class ServedHead:
+    """A fitted head (``clip-rt fit``) for /classify, bound to the served model it was fitted on."""
+
+    def __init__(self, name: str, path: str, head: "Head", model_id: str) -> None:
+        self.name, self.path, self.head, self.model_id = name, path, head, model_id
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_id, "labels": list(self.head.labels),
+                "blend": self.head.blend, "digest": self.head.digest}
+
+
+def load_heads(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedHead]":
+    """Each --head, read and checked now (a damaged file or one fitted on no served bundle fails
+    the command before it binds a port), paired with the served model of its bundle (the one at
+    the head's own image precision when several are served)."""
+    from ..adapt.head import Head, check_compatible, image_precision
+
+    out: "OrderedDict[str, ServedHead]" = OrderedDict()
+    for name, path in config.heads:
+        head = Head.load(path)
+        same = [m for m in models.values() if m.model.manifest.fingerprint == head.model.fingerprint]
+        if not same:
+            served = ", ".join(f"{m.id} ({m.model.manifest.fingerprint[:12]}...)" for m in models.values())
+            raise InputError(f"head {name!r} ({path}) was fitted on bundle {head.model.name!r} (fingerprint "
+                             f"{head.model.fingerprint[:12]}...); none of the served models is that bundle: {served}. "
+                             "Serve that bundle too, or fit the head on a served one")
+        exact = [m for m in same if image_precision(m.model, settle=False) == head.model.precision]
+        chosen = (exact or same)[0]
+        message = check_compatible(head, fingerprint=chosen.model.manifest.fingerprint,
+                                   precision=image_precision(chosen.model, settle=False), bundle=chosen.id)
+        if message:  # before the server starts: the CLI shows it as a `warning:` line
+            warnings.warn(f"head {name!r}: {message}", UserWarning, stacklevel=2)
+        out[name] = ServedHead(name, path, head, chosen.id)
+    return out
 
 
 def load_indexes(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedIndex]":

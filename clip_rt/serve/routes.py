@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from .registry import ServedIndex, ServedModel
+    from ..adapt.head import Head
+    from ..zeroshot import EmbeddingClassifier
+    from .registry import ServedHead, ServedIndex, ServedModel
 
 JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the decode pool
 
@@ -50,6 +52,7 @@ class ServiceState:
     failure: Optional[str] = None
     loading: list[str] = field(default_factory=list)
     loop: Optional[asyncio.AbstractEventLoop] = None  # set at startup, for the signal handler
+    heads: "dict[str, ServedHead]" = field(default_factory=dict)  # --head: fitted heads for /classify
 
     def drain(self) -> None:
         """The service is stopping: queued inputs run now rather than wait for fuller batches."""
@@ -64,6 +67,14 @@ class ServiceState:
         if found is None:
             raise ApiError("not_found", f"unknown model {name!r}; this service has: {', '.join(self.models)} "
                            "(GET /v1/models)", param="model")
+        return found
+
+    def head(self, name: str) -> "ServedHead":
+        found = self.heads.get(name)
+        if found is None:
+            have = f"this service has: {', '.join(self.heads)}" if self.heads else \
+                "this service has none (start it with --head NAME=FILE, a head made by `clip-rt fit`)"
+            raise ApiError("not_found", f"unknown head {name!r}; {have}", param="head")
         return found
 
     def check_ready(self) -> None:
@@ -111,7 +122,8 @@ async def readyz(request: "Request") -> "Response":
     if not state.ready:
         return _json({"status": "loading", "models": list(state.models)}, 503)
     return _json({"status": "ready", "models": list(state.models),
-                  "indexes": [ix.describe() for ix in state.indexes.values()]})
+                  "indexes": [ix.describe() for ix in state.indexes.values()],
+                  "heads": [h.describe() for h in state.heads.values()]})
 
 
 async def metrics(request: "Request") -> "Response":
@@ -193,21 +205,58 @@ def _encode_vector(vector: Optional[np.ndarray], fmt: str) -> Any:
 # -- classify, similarity, search ------------------------------------------------------------------
 async def classify(request: "Request") -> "Response":
     state = state_of(request)
-    body = await body_of(request, ("model", "images", "labels", "templates", "top_k"))
-    served = state.model(optional_str(body, "model"))
+    body = await body_of(request, ("model", "images", "labels", "templates", "top_k", "head"))
+    head_name = optional_str(body, "head")
+    served_head = state.head(head_name) if head_name is not None else None
+    served = _classify_model(state, optional_str(body, "model"), served_head)
     refs = [image_ref(v, f"images[{i}]") for i, v in
             enumerate(item_list(required(body, "images"), "images", state.config.max_items, "images"))]
-    labels = _labels(required(body, "labels"), state.config.max_labels)
-    templates = _templates(body.get("templates"))
     top_k = positive_int(body, "top_k", 5, state.config.max_top_k)
-    clf = await served.classifier(labels, templates)
+    clf: "EmbeddingClassifier"
+    if served_head is not None:
+        clf = _head_classifier(served_head, body, state.config.max_labels)
+    else:
+        labels = _labels(required(body, "labels"), state.config.max_labels)
+        clf = await served.classifier(labels, _templates(body.get("templates")))
     embs, sizes = await served.embed_images(refs, state.pool, state.allowed)
     results = []
     for i, (c, (w, h)) in enumerate(zip(clf.classify_embeddings(embs, top_k=top_k), sizes)):
         results.append({"index": i, "label": c.label, "score": c.score, "scores": c.scores,
                         "top_k": [{"label": lab, "score": s} for lab, s in c.top_k], "width": w, "height": h})
-    return _json({"model": served.id, "labels": clf.names, "templates": list(clf.templates), "scoring": clf.scoring,
-                  "results": results})
+    answer = {"model": served.id, "labels": clf.names, "templates": list(clf.templates), "scoring": clf.scoring,
+              "results": results}
+    if served_head is not None:
+        answer["head"] = served_head.name
+    return _json(answer)
+
+
+def _classify_model(state: ServiceState, asked: Optional[str], served_head: "Optional[ServedHead]") -> "ServedModel":
+    if served_head is None:
+        return state.model(asked)
+    if asked is not None and asked != served_head.model_id:
+        state.model(asked)  # unknown -> 404
+        raise bad_request(f"head {served_head.name!r} was fitted on model {served_head.model_id!r}, not {asked!r}; "
+                          "leave out model (the head names its own) or give that one", param="model")
+    return state.model(served_head.model_id)
+
+
+def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels: int) -> "Head":
+    """The head itself: labels come from it (the request may repeat them exactly), templates
+    cannot be given (it keeps the zero-shot part it was fitted with)."""
+    from ..adapt.head import check_head_arguments
+    from ..errors import InputError
+
+    head = served_head.head
+    if "templates" in body:
+        raise bad_request(f"templates cannot be given with head {served_head.name!r}: it keeps the zero-shot part "
+                          "it was fitted with; leave templates out", param="templates")
+    if "labels" in body:
+        labels = _labels(body["labels"], max_labels)
+        try:
+            check_head_arguments(head, labels, None)
+        except InputError as exc:
+            raise bad_request(str(exc), param="labels") from None
+    return head
 
 
 def _labels(value: Any, maximum: int) -> Any:

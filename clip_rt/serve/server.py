@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from ..errors import ClipRtError, InputError
 from .config import ServeConfig
 from .metrics import Metrics
-from .registry import load_indexes, load_models
+from .registry import load_heads, load_indexes, load_models
 from .routes import ServiceState
 
 log = logging.getLogger("clip_rt.serve")
@@ -49,9 +49,10 @@ def build_state(config: ServeConfig, load: Callable[[str, Optional[str]], Any]) 
     metrics = Metrics()
     models = load_models(config, metrics, load)
     indexes = load_indexes(config, models)
+    heads = load_heads(config, models)
     pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="clip-rt-decode")
     return ServiceState(config=config, models=models, indexes=indexes, metrics=metrics, allowed=tuple(allowed),
-                        pool=pool)
+                        pool=pool, heads=heads)
 
 
 class _Server:
