@@ -49,7 +49,7 @@ def startup_of(table: Mapping[str, Any], isa_class: str) -> dict[str, Any]:
     return block if isinstance(block, dict) else {}
 
 
-def _start(startup: Mapping[str, Any], choice: Any) -> Optional[StartCost]:
+def start_cost(startup: Mapping[str, Any], choice: Any) -> Optional[StartCost]:
     entry = startup.get(choice.backend, {}).get(f"{choice.encoder} {choice.mode_label}")
     if not isinstance(entry, dict):
         return None
@@ -76,7 +76,7 @@ def estimate(pair: Mapping[str, Any], counts: Mapping[str, int], startup: Mappin
         n = counts.get(encoder, 0)
         if n <= 0:
             continue
-        start = _start(startup, cand.choice)
+        start = start_cost(startup, cand.choice)
         if start is None:
             return None
         backend = cand.choice.backend
@@ -160,7 +160,7 @@ def _why(encoder: str, cand: Any, steady: Any, counts: Mapping[str, int], est: E
         if low_memory:
             base = f"low-memory mode: holds the least memory ({est.hold_mb:.0f} MB predicted)"
         return f"{base}; {cand.choice.reason}"
-    start_c, start_s = _start(startup, cand.choice), _start(startup, steady.choice)
+    start_c, start_s = start_cost(startup, cand.choice), start_cost(startup, steady.choice)
     rival = f"{steady.choice.backend} {steady.choice.precision}"
     if low_memory:
         return (f"low-memory mode: {est.hold_mb:.0f} MB predicted, less than with {rival} "
