@@ -29,7 +29,8 @@ from .errors import InputError, ModelNotFoundError
 from .inputs.discover import expand_folders
 from .inputs.texts import check_utf8
 from .options import DEFAULT_IMAGE_BATCH, RuntimeOptions, Workload
-from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage
+from .inputs.sources import as_image_list, check_batch_size, is_single_source
+from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage, classified
 from .zeroshot import (
     Classification,
     EmbeddingClassifier,
@@ -226,7 +227,7 @@ class ClipModel:
     def encode_text(self, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
         items = [texts] if isinstance(texts, str) else list(texts)
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
@@ -258,7 +259,7 @@ class ClipModel:
     # -- images -------------------------------------------------------------------
     def encode_image(self, images: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; raises on the first image that cannot be read."""
-        items = _as_image_list(images)
+        items = as_image_list(images)
         out = np.empty((len(items), self.embed_dim), dtype=np.float32)
         for item in self._iter(items, batch_size, raise_errors=True):
             out[item.index] = item.embedding
@@ -323,7 +324,7 @@ class ClipModel:
               workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
         if batch_size is None:
             batch_size = self.image_batch_size
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if workers is None:
             workers = self.options.decode_workers
         session = self.session("image")  # fail before reading any image
@@ -357,7 +358,7 @@ class ClipModel:
         ``softmax(logit_scale * cos)`` over the texts (CLIP), or each text's own
         ``sigmoid(logit_scale * cos + logit_bias)`` (SigLIP). Shape (T,) for one image, (N, T)
         for a list."""
-        single = _is_single_source(images)
+        single = is_single_source(images)
         text_list = [texts] if isinstance(texts, str) else list(texts)
         if not text_list:
             raise InputError("no texts given: expected at least one")
@@ -393,7 +394,7 @@ class ClipModel:
         (the next call finds them in the cache): a folder then peaks at the image graph's
         memory alone (docs/bench.md)."""
         clf = self._classifier_for(labels, templates, head)
-        sources = list(expand_folders(_as_image_list(images)))
+        sources = list(expand_folders(as_image_list(images)))
         return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)
 
     def iter_classify(self, images: Any, labels: Optional[LabelsArg] = None,
@@ -407,19 +408,8 @@ class ClipModel:
         on. *images* may be a generator; memory stays bounded as in :meth:`iter_images`.
         *head*: a fitted head instead of zero-shot labels, as in :meth:`classify`."""
         clf = self._classifier_for(labels, templates, head)  # bad labels, a damaged graph or head: raised now
-        sources = expand_folders([images] if _is_single_source(images) else images)
-        return self._classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
-
-    @staticmethod
-    def _classified(items: Iterator[ImageEmbedding], clf: EmbeddingClassifier, top_k: int
-                    ) -> Iterator[ClassifiedImage]:
-        for item in items:
-            result = None
-            if item.embedding is not None and item.error is None:
-                result = clf.classify_embeddings(item.embedding[None, :], top_k=top_k)[0]
-            yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
-                                  height=item.height, error=item.error or (None if result else "no embedding"),
-                                  notes=item.notes)
+        sources = expand_folders([images] if is_single_source(images) else images)
+        return classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
 
     def _classifier_for(self, labels: Optional[LabelsArg], templates: Union[str, Sequence[str], None],
                         head: Optional["HeadArg"]) -> EmbeddingClassifier:
@@ -437,20 +427,3 @@ class ClipModel:
             self.release("text")
         return clf
 
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-
-def _is_single_source(images: Any) -> bool:
-    """One image (path, bytes, file object, PIL image, array) rather than a collection of them."""
-    if isinstance(images, (list, tuple)):
-        return False
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)):
-        return True
-    return hasattr(images, "read") or hasattr(images, "getexif") or not hasattr(images, "__iter__")
-
-
-def _as_image_list(images: Any) -> list[Any]:
-    return [images] if _is_single_source(images) else list(images)

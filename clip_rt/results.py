@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -88,3 +88,15 @@ class PreprocessedImage:
     width: int
     height: int
     notes: list[str] = field(default_factory=list)
+
+
+def classified(items: Iterator[ImageEmbedding], classifier: Any, top_k: int) -> Iterator[ClassifiedImage]:
+    """Each embedded image classified by *classifier* (its ``classify_embeddings``); an image
+    without an embedding stays a failed item."""
+    for item in items:
+        result = None
+        if item.embedding is not None and item.error is None:
+            result = classifier.classify_embeddings(item.embedding[None, :], top_k=top_k)[0]
+        yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
+                              height=item.height, error=item.error or (None if result else "no embedding"),
+                              notes=item.notes)
