@@ -4,7 +4,8 @@ search page.
 The browser is Debian's ``chromium`` package (Playwright's own browser download is not used:
 ``playwright install`` needs a network these tests never have); ``CLIP_RT_CHROMIUM`` names
 another executable. Tests that need it skip, saying what is missing, only where Playwright or
-the browser is not installed (``.ci/run`` installs both).
+the browser is not installed (``.ci/run`` installs both, and sets ``CLIP_RT_REQUIRE_BROWSER=1``
+so that there a missing one fails instead).
 
 Screenshots are kept under ``$CLIP_RT_ARTIFACTS`` when set, else under pytest's temporary
 folder; each test prints where it wrote them.
@@ -35,17 +36,23 @@ def chromium_path() -> Optional[str]:
     return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("CLIP_RT_REQUIRE_BROWSER") == "1":  # CI (.ci/run) installs both: missing is a failure
+        pytest.fail(f"{reason} (CLIP_RT_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
 def launch() -> Iterator[Any]:
     """A Chromium browser for a module's tests (a generator for a fixture), or a skip that names
     what is missing."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install 'clip-rt[test]'); the browser tests need it")
+        _missing("playwright is not installed (pip install 'clip-rt[test]'); the browser tests need it")
     exe = chromium_path()
     if exe is None:
-        pytest.skip("no chromium executable (apt-get install chromium, or set CLIP_RT_CHROMIUM); "
-                    "the browser tests need it")
+        _missing("no chromium executable (apt-get install chromium, or set CLIP_RT_CHROMIUM); "
+                 "the browser tests need it")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=60_000)
         try:
@@ -66,13 +73,13 @@ class Watched:
     """A page and what it did: console messages, uncaught errors, requests, dialogs."""
 
     page: Any
-    console: list[tuple[str, str]] = field(default_factory=list)
+    console: list[tuple[str, str, str]] = field(default_factory=list)  # (type, text, the URL it is about)
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
 
     def console_errors(self) -> list[str]:
-        return [text for kind, text in self.console if kind == "error"] + self.errors
+        return [text for kind, text, _ in self.console if kind == "error"] + self.errors
 
     def until(self, script: str, timeout: float = 30.0, what: str = "") -> Any:
         """Poll *script* (an expression, run through CDP: the pages' CSP forbids eval, which
@@ -99,7 +106,7 @@ def watch(browser: Any, **context: Any) -> Watched:
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, **context)
     page = ctx.new_page()
     w = Watched(page)
-    page.on("console", lambda m: w.console.append((m.type, m.text)))
+    page.on("console", lambda m: w.console.append((m.type, m.text, (m.location or {}).get("url", ""))))
     page.on("pageerror", lambda e: w.errors.append(str(e)))
     page.on("request", lambda r: w.requests.append(r.url))
 
