@@ -10,6 +10,7 @@ so that there a missing one fails instead).
 Screenshots are kept under ``$CLIP_RT_ARTIFACTS`` when set, else under pytest's temporary
 folder; each test prints where it wrote them.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,15 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> Optional[str]:
@@ -51,8 +59,9 @@ def launch() -> Iterator[Any]:
         _missing("playwright is not installed (pip install 'clip-rt[test]'); the browser tests need it")
     exe = chromium_path()
     if exe is None:
-        _missing("no chromium executable (apt-get install chromium, or set CLIP_RT_CHROMIUM); "
-                 "the browser tests need it")
+        _missing(
+            "no chromium executable (apt-get install chromium, or set CLIP_RT_CHROMIUM); the browser tests need it"
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=60_000)
         try:
@@ -90,8 +99,10 @@ class Watched:
             if value:
                 return value
             if time.monotonic() > end:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what or script}; "
-                                     f"console: {self.console}, errors: {self.errors}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what or script}; "
+                    f"console: {self.console}, errors: {self.errors}"
+                )
             time.sleep(0.05)
 
     def shot(self, folder: Path, name: str) -> Path:
@@ -118,9 +129,11 @@ def watch(browser: Any, **context: Any) -> Watched:
     return w
 
 
-ALL_IMAGES_LOADED = ("(sel => {{ const imgs = Array.from(document.querySelectorAll(sel)); "
-                     "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length; }})"
-                     "({sel!r})")
+ALL_IMAGES_LOADED = (
+    "(sel => {{ const imgs = Array.from(document.querySelectorAll(sel)); "
+    "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length; }})"
+    "({sel!r})"
+)
 
 
 def images_loaded(selector: str) -> str:

@@ -5,6 +5,7 @@ leaves); the second opens the page in headless Chromium (tests/browser_util.py) 
 a person sees: every image, the table, sorting, filtering, no script from a file name or a
 label, no request beyond the report's own files.
 """
+
 from __future__ import annotations
 
 import io
@@ -104,12 +105,26 @@ def make_photos(folder: Path) -> dict[str, str]:
     return want
 
 
-def classify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labels: list[str] = LABELS) -> tuple[Path, dict[str, str]]:
+def classify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labels: list[str] = LABELS
+) -> tuple[Path, dict[str, str]]:
     install_fake(monkeypatch)
     want = make_photos(tmp_path / "photos")
     rep = tmp_path / "rep"
-    r = CliRunner().invoke(main, ["classify", str(tmp_path / "photos"), "-l", ",".join(labels), "--report", str(rep),
-                                  "-o", str(tmp_path / "out.jsonl")], catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(tmp_path / "photos"),
+            "-l",
+            ",".join(labels),
+            "--report",
+            str(rep),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 1, r.output  # the broken file
     return rep, want
 
@@ -230,8 +245,9 @@ def test_a_users_thumbnails_folder_is_never_replaced(tmp_path: Path, monkeypatch
     (rep / "thumbnails").mkdir(parents=True)
     (rep / "thumbnails" / "mine.jpg").write_bytes(b"my own file")
     out = tmp_path / "out.jsonl"
-    r = CliRunner().invoke(main, ["classify", str(tmp_path / "photos"), "-l", "red,green", "--report", str(rep),
-                                  "-o", str(out)])
+    r = CliRunner().invoke(
+        main, ["classify", str(tmp_path / "photos"), "-l", "red,green", "--report", str(rep), "-o", str(out)]
+    )
     assert r.exit_code == 1
     assert "thumbnails" in r.stderr and "not made by clip-rt" in r.stderr, r.stderr
     assert not out.exists()  # refused before any inference
@@ -252,7 +268,7 @@ def test_a_new_report_replaces_the_thumbnails(tmp_path: Path) -> None:
     rep = tmp_path / "rep"
     write_report([Record(str(p), "a", 0.5, {"a": 0.5}, 30, 20) for p in imgs], str(rep), ["a"], contact_sheet=0)
     assert len(list((rep / "thumbnails").glob("*.jpg"))) == 5
-    leftover = rep / f".thumbnails.{2 ** 22 + 7}.deadbeef.tmp"  # a killed run's staging folder (no such pid)
+    leftover = rep / f".thumbnails.{2**22 + 7}.deadbeef.tmp"  # a killed run's staging folder (no such pid)
     leftover.mkdir()
     (leftover / thumbnails.MARKER).touch()
     (leftover / "0.jpg").write_bytes(b"x")
@@ -285,12 +301,19 @@ def test_matrix_and_truths_for_an_evaluation(tmp_path: Path) -> None:
         imgs.append(tmp_path / f"{i}.png")
         Image.new("RGB", (20, 20), colour).save(imgs[-1])
     recs = [Record(str(imgs[0]), "cat", 0.9), Record(str(imgs[1]), "dog", 0.6), Record(str(imgs[2]), "cat", 0.4)]
-    m = html_report.Matrix("Confusion matrix", ["cat", "dog"], ["cat", "dog"], [[1, 0], [1, 1]],
-                           note="rows: true class")
+    m = html_report.Matrix(
+        "Confusion matrix", ["cat", "dog"], ["cat", "dog"], [[1, 0], [1, 1]], note="rows: true class"
+    )
     (tmp_path / "rep").mkdir()
-    out = html_report.write_html_report(tmp_path / "rep", recs, {"images": 3, "classified": 3, "failed": 0},
-                                        labels=["cat", "dog"], truths=["cat", "dog", "dog"], matrices=[m],
-                                        title="Evaluation <b>")
+    out = html_report.write_html_report(
+        tmp_path / "rep",
+        recs,
+        {"images": 3, "classified": 3, "failed": 0},
+        labels=["cat", "dog"],
+        truths=["cat", "dog", "dog"],
+        matrices=[m],
+        title="Evaluation <b>",
+    )
     assert out == str(tmp_path / "rep" / "report.html")
     data = page_data(tmp_path / "rep")
     assert [data["labels"][t] for t in data["truth"]] == ["cat", "dog", "dog"]
@@ -378,7 +401,8 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     assert page.text_content("#table-count") == f"Showing 1–{n} of {n} matching images"
 
     def scores() -> list[float]:
-        return [float(t.rstrip("%")) for t in page.locator("#table-body td:nth-child(5)").all_text_contents() if t != "–"]
+        cells = page.locator("#table-body td:nth-child(5)").all_text_contents()
+        return [float(t.rstrip("%")) for t in cells if t != "–"]
 
     page.click('th[data-key="score"] button')
     assert scores() == sorted(scores(), reverse=True) and len(scores()) == n - 1
@@ -413,15 +437,24 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     assert any(u.endswith("/thumbnails/0.jpg") for u in w.requests)
 
 
-def test_report_of_10000_images_pages(browser: Any, shots: Path, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_of_10000_images_pages(
+    browser: Any, shots: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """10,000 images: the table and each class's gallery show one page at a time (the DOM stays
     small), paging and sorting reach every row."""
     tiny = encode(Image.new("RGB", (16, 12), (90, 120, 200)), "JPEG")
     monkeypatch.setattr(thumbnails, "thumbnail_jpeg", lambda source, size, quality: (tiny, 16, 12))
     labels = [f"class {k}" for k in range(5)]
-    recs = [Record(f"/data/photos/{i:05d}.jpg", labels[i % 5], round(0.2 + 0.8 * ((i * 7919) % 10000) / 10000, 6),
-                   width=4000, height=3000) for i in range(10_000)]
+    recs = [
+        Record(
+            f"/data/photos/{i:05d}.jpg",
+            labels[i % 5],
+            round(0.2 + 0.8 * ((i * 7919) % 10000) / 10000, 6),
+            width=4000,
+            height=3000,
+        )
+        for i in range(10_000)
+    ]
     rep = tmp_path / "rep"
     write_report(recs, str(rep), labels, contact_sheet=0)
     w = watch(browser)

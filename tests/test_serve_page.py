@@ -6,6 +6,7 @@ index, with the key, for the index generation a search answered from. In headles
 image fill the grid with thumbnails, names stay text, and the page asks nothing of any other
 origin.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,8 +55,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         update_index(str(index_dir), str(photos), clip_rt.load(bundle, cache=False))
     (photos / "gone.png").unlink()  # indexed, then deleted: its thumbnail cannot be made
-    server = Server([str(bundle), "--index", f"photos={index_dir}", "--api-key", KEY, "--max-wait-ms", "2"],
-                    root / "home-server")
+    server = Server(
+        [str(bundle), "--index", f"photos={index_dir}", "--api-key", KEY, "--max-wait-ms", "2"], root / "home-server"
+    )
     with server:
         yield {"bundle": bundle, "photos": photos, "index": index_dir, "server": server, "root": root}
 
@@ -99,8 +101,9 @@ def test_search_names_rows_and_their_thumbnails(env: dict[str, Any]) -> None:
         assert hit["path"] == index.abs_path(index.entries[hit["row"]])
     row = row_of(env, "p0.png")
     for headers in (AUTH, {"X-API-Key": KEY}):
-        status, got, _ = call(env["server"], "GET", f"/thumbnails/photos/{row}?generation={index.generation}",
-                              headers=headers)
+        status, got, _ = call(
+            env["server"], "GET", f"/thumbnails/photos/{row}?generation={index.generation}", headers=headers
+        )
         assert status == 200 and got["content-type"] == "image/jpeg" and got["x-content-type-options"] == "nosniff"
     import http.client
 
@@ -114,15 +117,18 @@ def test_search_names_rows_and_their_thumbnails(env: dict[str, Any]) -> None:
     assert r > 200 and g < 60 and b < 60  # p0 is red
 
 
-@pytest.mark.parametrize("path,status,message", [
-    ("/thumbnails/photos/99", 404, "index 'photos' has rows 0 to 6; there is no row 99"),
-    ("/thumbnails/nope/0", 404, "unknown index 'nope'"),
-    ("/thumbnails/photos/0?generation=x1", 400, "generation must be a whole number"),
-    ("/thumbnails/photos/0?generation=999", 409, "was updated since that search"),
-    ("/thumbnails/photos/-1", 404, "no endpoint"),
-    ("/thumbnails/photos/..%2F..%2Fetc%2Fpasswd", 404, "no endpoint"),
-    ("/thumbnails/photos/0/../../../etc/passwd", 404, "no endpoint"),
-])
+@pytest.mark.parametrize(
+    "path,status,message",
+    [
+        ("/thumbnails/photos/99", 404, "index 'photos' has rows 0 to 6; there is no row 99"),
+        ("/thumbnails/nope/0", 404, "unknown index 'nope'"),
+        ("/thumbnails/photos/0?generation=x1", 400, "generation must be a whole number"),
+        ("/thumbnails/photos/0?generation=999", 409, "was updated since that search"),
+        ("/thumbnails/photos/-1", 404, "no endpoint"),
+        ("/thumbnails/photos/..%2F..%2Fetc%2Fpasswd", 404, "no endpoint"),
+        ("/thumbnails/photos/0/../../../etc/passwd", 404, "no endpoint"),
+    ],
+)
 def test_thumbnails_only_for_rows_of_a_served_index(env: dict[str, Any], path: str, status: int, message: str) -> None:
     got, _, out = call(env["server"], "GET", path, headers=AUTH)
     assert got == status and message in out["error"]["message"], out
@@ -137,8 +143,12 @@ def test_index_paths_outside_the_root_are_not_served(tmp_path: Path) -> None:
     from clip_rt.serve.errors import ApiError
     from clip_rt.serve.registry import ServedIndex
 
-    entries = [SimpleNamespace(path="a.png"), SimpleNamespace(path="../secret.png"),
-               SimpleNamespace(path="/etc/passwd"), SimpleNamespace(path="sub/../../x.png")]
+    entries = [
+        SimpleNamespace(path="a.png"),
+        SimpleNamespace(path="../secret.png"),
+        SimpleNamespace(path="/etc/passwd"),
+        SimpleNamespace(path="sub/../../x.png"),
+    ]
     index = SimpleNamespace(root=str(tmp_path / "root"), entries=entries)
     served = ServedIndex.__new__(ServedIndex)
     served.name = "t"
@@ -208,8 +218,10 @@ def test_search_page_in_the_browser(browser: Any, shots: Path, env: dict[str, An
     w.shot(shots, "search-text.png")
     # an example image: the indexed file itself comes first, at cosine 1
     page.set_input_files("#example", str(env["photos"] / "p2.png"))
-    w.until("document.getElementById('status').textContent.startsWith('7 results for the image p2.png')",
-            what="the image search")
+    w.until(
+        "document.getElementById('status').textContent.startsWith('7 results for the image p2.png')",
+        what="the image search",
+    )
     assert shown(w)[0] == "p2.png" and page.locator("#results .score").first.text_content() == "1.000"
     assert page.locator("#example-preview").is_visible()
     w.until(images_loaded("#results img"), what="the thumbnails of the image search")

@@ -6,6 +6,7 @@ Every user value (file names, labels, error messages) reaches a page either thro
 :func:`esc` into the static HTML, or inside the JSON blob that the page's script reads with
 ``JSON.parse`` and puts into the DOM as text (``textContent``, never ``innerHTML``).
 """
+
 from __future__ import annotations
 
 import base64

@@ -13,6 +13,7 @@ the charts, a gallery per class (most or least confident first), and a results t
 and filters. Per-image ground truth (*truths*) adds a "true class" column and right/wrong
 filters.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,10 @@ class Matrix:
     def __post_init__(self) -> None:
         if len(self.counts) != len(self.rows) or any(len(r) != len(self.columns) for r in self.counts):
             shape = f"{len(self.counts)} rows of {sorted({len(r) for r in self.counts})} columns"
-            raise InputError(f"matrix {self.title!r}: expected {len(self.rows)} rows of {len(self.columns)} counts "
-                             f"(one per row and column class); got {shape}")
+            raise InputError(
+                f"matrix {self.title!r}: expected {len(self.rows)} rows of {len(self.columns)} counts "
+                f"(one per row and column class); got {shape}"
+            )
         for row in self.counts:
             for c in row:
                 if isinstance(c, bool) or not isinstance(c, int) or c < 0:
@@ -72,12 +75,20 @@ def check_html_report(folder: str) -> None:
     check_owned_folder(os.path.join(folder, thumbs.FOLDER), thumbs.MARKER, "report thumbnails folder")
 
 
-def write_html_report(folder: Union[str, "os.PathLike[str]"], records: Sequence[Record], summary: Mapping[str, Any],
-                      charts: Sequence[Chart] = (), *, labels: Optional[Sequence[str]] = None,
-                      truths: Optional[Sequence[Optional[str]]] = None, matrices: Sequence[Matrix] = (),
-                      title: str = "Classification report", staged: Optional[StagedFiles] = None,
-                      thumbnail_size: int = thumbs.THUMBNAIL_SIZE,
-                      progress: Optional[Callable[[int], None]] = None) -> str:
+def write_html_report(
+    folder: Union[str, "os.PathLike[str]"],
+    records: Sequence[Record],
+    summary: Mapping[str, Any],
+    charts: Sequence[Chart] = (),
+    *,
+    labels: Optional[Sequence[str]] = None,
+    truths: Optional[Sequence[Optional[str]]] = None,
+    matrices: Sequence[Matrix] = (),
+    title: str = "Classification report",
+    staged: Optional[StagedFiles] = None,
+    thumbnail_size: int = thumbs.THUMBNAIL_SIZE,
+    progress: Optional[Callable[[int], None]] = None,
+) -> str:
     """Write ``report.html`` and its ``thumbnails/`` folder into *folder*; returns the page's path.
 
     *records*: one per image, in input order (:class:`~clip_rt.outputs.records.Record`; the
@@ -91,31 +102,45 @@ def write_html_report(folder: Union[str, "os.PathLike[str]"], records: Sequence[
     written."""
     folder = os.fspath(folder)
     if truths is not None and len(truths) != len(records):
-        raise InputError(f"{len(records)} records but {len(truths)} truths: expected one true class (or None) "
-                         "per record")
+        raise InputError(
+            f"{len(records)} records but {len(truths)} truths: expected one true class (or None) per record"
+        )
     if thumbnail_size < 16:
         raise InputError(f"thumbnail_size must be at least 16 pixels, got {thumbnail_size}")
     check_html_report(folder)
     if staged is not None:
-        return _write(folder, staged, records, summary, charts, labels, truths, matrices, title, thumbnail_size,
-                      progress)
+        return _write(
+            folder, staged, records, summary, charts, labels, truths, matrices, title, thumbnail_size, progress
+        )
     with StagedFiles(folder, "report") as own:
         try:
-            path = _write(folder, own, records, summary, charts, labels, truths, matrices, title, thumbnail_size,
-                          progress)
+            path = _write(
+                folder, own, records, summary, charts, labels, truths, matrices, title, thumbnail_size, progress
+            )
         except OSError as exc:  # full disk, I/O error: the staged files are gone, the old ones kept
-            raise OutputError(f"cannot write the report in {display_path(folder)!r}: {reason(exc)}; "
-                              "the files it held before were kept") from None
+            raise OutputError(
+                f"cannot write the report in {display_path(folder)!r}: {reason(exc)}; "
+                "the files it held before were kept"
+            ) from None
         own.commit()
     return path
 
 
-def _write(folder: str, staged: StagedFiles, records: Sequence[Record], summary: Mapping[str, Any],
-           charts: Sequence[Chart], labels: Optional[Sequence[str]], truths: Optional[Sequence[Optional[str]]],
-           matrices: Sequence[Matrix], title: str, size: int, progress: Optional[Callable[[int], None]]) -> str:
+def _write(
+    folder: str,
+    staged: StagedFiles,
+    records: Sequence[Record],
+    summary: Mapping[str, Any],
+    charts: Sequence[Chart],
+    labels: Optional[Sequence[str]],
+    truths: Optional[Sequence[Optional[str]]],
+    matrices: Sequence[Matrix],
+    title: str,
+    size: int,
+    progress: Optional[Callable[[int], None]],
+) -> str:
     thumb_dir = staged.folder_path(thumbs.FOLDER, thumbs.MARKER)
-    made = thumbs.write_thumbnails(thumb_dir, [r.path if r.ok else None for r in records], size=size,
-                                   progress=progress)
+    made = thumbs.write_thumbnails(thumb_dir, [r.path if r.ok else None for r in records], size=size, progress=progress)
     data = _data(folder, records, made, labels, truths, size)
     page = render(title, summary, charts, matrices, data)
     with open(staged.path(REPORT_HTML), "w", encoding="utf-8") as f:
@@ -124,26 +149,44 @@ def _write(folder: str, staged: StagedFiles, records: Sequence[Record], summary:
 
 
 # -- the page ------------------------------------------------------------------------------
-def render(title: str, summary: Mapping[str, Any], charts: Sequence[Chart], matrices: Sequence[Matrix],
-           data: Mapping[str, Any]) -> str:
+def render(
+    title: str, summary: Mapping[str, Any], charts: Sequence[Chart], matrices: Sequence[Matrix], data: Mapping[str, Any]
+) -> str:
     """The page's HTML: the template with its style, script, data and static sections."""
     style = asset("clip_rt.outputs", "html/report.css")
     script = asset("clip_rt.outputs", "html/report.js")
-    csp = ("default-src 'none'; img-src 'self' file: data:; "
-           f"style-src {csp_hash(style)}; script-src {csp_hash(script)}; base-uri 'none'; form-action 'none'")
+    csp = (
+        "default-src 'none'; img-src 'self' file: data:; "
+        f"style-src {csp_hash(style)}; script-src {csp_hash(script)}; base-uri 'none'; form-action 'none'"
+    )
     from .. import __version__
 
-    return fill(asset("clip_rt.outputs", "html/report.html"), {
-        "CSP": esc(csp), "TITLE": esc(title), "VERSION": esc(__version__), "STYLE": style, "SCRIPT": script,
-        "RUN": _run_html(summary.get("run")), "SUMMARY": _summary_html(summary),
-        "MATRICES": "".join(_matrix_html(m, i) for i, m in enumerate(matrices)),
-        "MATRIX_LINKS": "".join(f'<a href="#matrix-{i}">{esc(m.title)}</a>' for i, m in enumerate(matrices)),
-        "CHARTS": _charts_html(charts), "DATA": script_json(data),
-    })
+    return fill(
+        asset("clip_rt.outputs", "html/report.html"),
+        {
+            "CSP": esc(csp),
+            "TITLE": esc(title),
+            "VERSION": esc(__version__),
+            "STYLE": style,
+            "SCRIPT": script,
+            "RUN": _run_html(summary.get("run")),
+            "SUMMARY": _summary_html(summary),
+            "MATRICES": "".join(_matrix_html(m, i) for i, m in enumerate(matrices)),
+            "MATRIX_LINKS": "".join(f'<a href="#matrix-{i}">{esc(m.title)}</a>' for i, m in enumerate(matrices)),
+            "CHARTS": _charts_html(charts),
+            "DATA": script_json(data),
+        },
+    )
 
 
-def _data(folder: str, records: Sequence[Record], made: Sequence[thumbs.Thumbnail],
-          labels: Optional[Sequence[str]], truths: Optional[Sequence[Optional[str]]], size: int) -> dict[str, Any]:
+def _data(
+    folder: str,
+    records: Sequence[Record],
+    made: Sequence[thumbs.Thumbnail],
+    labels: Optional[Sequence[str]],
+    truths: Optional[Sequence[Optional[str]]],
+    size: int,
+) -> dict[str, Any]:
     """Everything per image, column by column (compact at 10,000 images)."""
     names = list(labels or [])
     index = {lab: i for i, lab in enumerate(names)}
@@ -158,7 +201,9 @@ def _data(folder: str, records: Sequence[Record], made: Sequence[thumbs.Thumbnai
 
     here = os.path.abspath(folder)
     data: dict[str, Any] = {
-        "thumbDir": thumbs.FOLDER, "thumbSize": size, "galleryPage": GALLERY_PAGE,
+        "thumbDir": thumbs.FOLDER,
+        "thumbSize": size,
+        "galleryPage": GALLERY_PAGE,
         "path": [display_path(r.path) for r in records],
         "href": [_href(here, r.path) for r in records],
         "label": [label_id(r.label) if r.ok else -1 for r in records],
@@ -228,34 +273,56 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
         for name, info in classes.items():
             count = info.get("count", 0)
             share = _percent(count / classified) if classified else "–"
-            rows.append(f"<tr><th scope=\"row\">{esc(name)}</th><td class=\"num\">{count}</td>"
-                        f"<td class=\"num\">{share}</td><td class=\"num\">{_percent(info.get('mean_score'))}</td></tr>")
-        parts.append('<table class="classes"><caption>Classes (top-1)</caption><thead><tr><th scope="col">class</th>'
-                     '<th scope="col">images</th><th scope="col">share</th><th scope="col">mean score</th></tr>'
-                     f"</thead><tbody>{''.join(rows)}</tbody></table>")
+            rows.append(
+                f'<tr><th scope="row">{esc(name)}</th><td class="num">{count}</td>'
+                f'<td class="num">{share}</td><td class="num">{_percent(info.get("mean_score"))}</td></tr>'
+            )
+        parts.append(
+            '<table class="classes"><caption>Classes (top-1)</caption><thead><tr><th scope="col">class</th>'
+            '<th scope="col">images</th><th scope="col">share</th><th scope="col">mean score</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        )
     pixels = summary.get("pixels") or {}
     aspect = summary.get("aspect_ratio") or {}
     if pixels.get("images"):
         w, h = pixels.get("width") or {}, pixels.get("height") or {}
-        parts.append('<table class="sizes"><caption>Image sizes (pixels)</caption><thead><tr><th></th>'
-                     '<th scope="col">min</th><th scope="col">median</th><th scope="col">max</th></tr></thead><tbody>'
-                     + "".join(f'<tr><th scope="row">{name}</th><td class="num">{_num(s.get("min"))}</td>'
-                               f'<td class="num">{_num(s.get("median"))}</td><td class="num">{_num(s.get("max"))}</td>'
-                               "</tr>" for name, s in (("width", w), ("height", h)))
-                     + "</tbody></table>")
+        parts.append(
+            '<table class="sizes"><caption>Image sizes (pixels)</caption><thead><tr><th></th>'
+            '<th scope="col">min</th><th scope="col">median</th><th scope="col">max</th></tr></thead><tbody>'
+            + "".join(
+                f'<tr><th scope="row">{name}</th><td class="num">{_num(s.get("min"))}</td>'
+                f'<td class="num">{_num(s.get("median"))}</td><td class="num">{_num(s.get("max"))}</td>'
+                "</tr>"
+                for name, s in (("width", w), ("height", h))
+            )
+            + "</tbody></table>"
+        )
         shapes = [(k, aspect.get(k, 0)) for k in ("landscape", "portrait", "square")]
         types = list((aspect.get("types") or {}).items())
-        parts.append('<p class="shapes">' + ", ".join(f"{n} {esc(k)}" for k, n in shapes) + "; aspect ratios: "
-                     + ", ".join(f"{esc(k)} {n}" for k, n in types) + "</p>")
+        parts.append(
+            '<p class="shapes">'
+            + ", ".join(f"{n} {esc(k)}" for k, n in shapes)
+            + "; aspect ratios: "
+            + ", ".join(f"{esc(k)} {n}" for k, n in types)
+            + "</p>"
+        )
     failures = summary.get("failed_files") or []
     if failures:
-        items = "".join(f"<li><span class=\"file\">{esc(display_path(str(f.get('path', ''))))}</span>: "
-                        f"{esc(display_path(error_reason(str(f.get('path', '')), str(f.get('error', '')))))}</li>"
-                        for f in failures[:FAILED_LISTED])
-        more = (f"<p>... and {len(failures) - FAILED_LISTED} more: show them with the table's “could not be read” "
-                "filter.</p>" if len(failures) > FAILED_LISTED else "")
-        parts.append(f'<details class="failures" open><summary>Could not be read ({len(failures)})</summary>'
-                     f"<ul>{items}</ul>{more}</details>")
+        items = "".join(
+            f'<li><span class="file">{esc(display_path(str(f.get("path", ""))))}</span>: '
+            f"{esc(display_path(error_reason(str(f.get('path', '')), str(f.get('error', '')))))}</li>"
+            for f in failures[:FAILED_LISTED]
+        )
+        more = (
+            f"<p>... and {len(failures) - FAILED_LISTED} more: show them with the table's “could not be read” "
+            "filter.</p>"
+            if len(failures) > FAILED_LISTED
+            else ""
+        )
+        parts.append(
+            f'<details class="failures" open><summary>Could not be read ({len(failures)})</summary>'
+            f"<ul>{items}</ul>{more}</details>"
+        )
     for note in summary.get("notes") or []:
         parts.append(f'<p class="note">{esc(note)}</p>')
     return "".join(parts)
@@ -270,8 +337,11 @@ def _num(value: Any) -> str:
 def _charts_html(charts: Sequence[Chart]) -> str:
     if not charts:
         return "<p>No charts.</p>"
-    return "".join(f'<figure class="chart"><img src="{esc(quote(c.file))}" alt="{esc(c.title)}" loading="lazy">'
-                   f"<figcaption>{esc(c.title)}</figcaption></figure>" for c in charts)
+    return "".join(
+        f'<figure class="chart"><img src="{esc(quote(c.file))}" alt="{esc(c.title)}" loading="lazy">'
+        f"<figcaption>{esc(c.title)}</figcaption></figure>"
+        for c in charts
+    )
 
 
 def _matrix_html(m: Matrix, i: int) -> str:
@@ -287,6 +357,8 @@ def _matrix_html(m: Matrix, i: int) -> str:
             cells.append(f'<td class="num {cls}">{count}</td>')
         body.append(f'<tr><th scope="row">{esc(name)}</th>{"".join(cells)}</tr>')
     note = f'<p class="note">{esc(m.note)}</p>' if m.note else ""
-    return (f'<section id="matrix-{i}" class="matrix"><h2>{esc(m.title)}</h2>{note}<div class="scroll">'
-            f'<table><thead><tr><th class="axes">{esc(m.row_axis)} \\ {esc(m.column_axis)}</th>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div></section>")
+    return (
+        f'<section id="matrix-{i}" class="matrix"><h2>{esc(m.title)}</h2>{note}<div class="scroll">'
+        f'<table><thead><tr><th class="axes">{esc(m.row_axis)} \\ {esc(m.column_axis)}</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div></section>"
+    )

@@ -6,6 +6,7 @@ same EXIF orientation, pixel limit, refusal of FIFOs and devices, draft decoding
 decode reserved from the process-wide decode budget. Images are decoded one per worker and
 written out at once, so memory stays flat over any number of images.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,8 +33,9 @@ class Thumbnail:
     error: Optional[str] = None
 
 
-def thumbnail_jpeg(source: "str | os.PathLike[str]", size: int = THUMBNAIL_SIZE,
-                   quality: int = JPEG_QUALITY) -> tuple[bytes, int, int]:
+def thumbnail_jpeg(
+    source: "str | os.PathLike[str]", size: int = THUMBNAIL_SIZE, quality: int = JPEG_QUALITY
+) -> tuple[bytes, int, int]:
     """JPEG bytes of *source* scaled to at most *size* pixels on its longest side, with its
     width and height. Raises :class:`ImageLoadError` (with the file's name) for an image that
     cannot be read, or a mode that cannot be scaled."""
@@ -55,14 +57,21 @@ def thumbnail_jpeg(source: "str | os.PathLike[str]", size: int = THUMBNAIL_SIZE,
             buf = io.BytesIO()
             rgb.save(buf, "JPEG", quality=quality, optimize=True)
         except (ValueError, OSError) as exc:
-            raise load_error(loaded.source, f"cannot make a thumbnail of a {img.mode} image "
-                                            f"({type(exc).__name__}: {exc})") from exc
+            raise load_error(
+                loaded.source, f"cannot make a thumbnail of a {img.mode} image ({type(exc).__name__}: {exc})"
+            ) from exc
     return buf.getvalue(), rgb.width, rgb.height
 
 
-def write_thumbnails(folder: str, sources: Sequence[Optional[str]], *, size: int = THUMBNAIL_SIZE,
-                     quality: int = JPEG_QUALITY, workers: Optional[int] = None,
-                     progress: Optional[Callable[[int], None]] = None) -> list[Thumbnail]:
+def write_thumbnails(
+    folder: str,
+    sources: Sequence[Optional[str]],
+    *,
+    size: int = THUMBNAIL_SIZE,
+    quality: int = JPEG_QUALITY,
+    workers: Optional[int] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[Thumbnail]:
     """``<folder>/<i>.jpg`` for each *sources[i]* that can be read; None (a record without an
     image) gets no file. Returns one :class:`Thumbnail` per source, in order: the file, or the
     reason there is none (a broken image is that image's error, never the run's). A write that
@@ -90,8 +99,12 @@ def write_thumbnails(folder: str, sources: Sequence[Optional[str]], *, size: int
     return out
 
 
-def _bounded(pool: ThreadPoolExecutor, fn: Callable[[int, Optional[str]], Thumbnail],
-             items: Iterable[tuple[int, Optional[str]]], ahead: int) -> Iterator[Thumbnail]:
+def _bounded(
+    pool: ThreadPoolExecutor,
+    fn: Callable[[int, Optional[str]], Thumbnail],
+    items: Iterable[tuple[int, Optional[str]]],
+    ahead: int,
+) -> Iterator[Thumbnail]:
     """Results in order, with at most *ahead* images submitted and not yet collected."""
     pending: list[Future[Thumbnail]] = []
     for i, source in items:
@@ -106,4 +119,4 @@ def _reason(message: str, source: str) -> str:
     from ..inputs.images import display_path
 
     label = display_path(source)
-    return message[len(label) + 2:] if message.startswith(label + ": ") else message
+    return message[len(label) + 2 :] if message.startswith(label + ": ") else message

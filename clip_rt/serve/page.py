@@ -11,6 +11,7 @@ the browser history.
 A thumbnail is served only for a row of a served index (by index name and row number, with the
 index generation the search answered from): never for a path a request names.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
 
     from .routes import ServiceState
 
-PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
-                "Cache-Control": "no-cache"}
+PAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
 
 
 def _state(request: "Request") -> "ServiceState":
@@ -39,8 +44,10 @@ def page_html(state: "ServiceState") -> tuple[str, str]:
 
     style = asset("clip_rt.serve", "page/search.css")
     script = asset("clip_rt.serve", "page/search.js")
-    csp = (f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; "
-           "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'")
+    csp = (
+        f"default-src 'none'; script-src {csp_hash(script)}; style-src {csp_hash(style)}; "
+        "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'"
+    )
     config = state.config
     data = {
         "models": list(state.models),
@@ -50,8 +57,10 @@ def page_html(state: "ServiceState") -> tuple[str, str]:
         "maxBodyBytes": config.max_body_bytes,
         "version": __version__,
     }
-    page = fill(asset("clip_rt.serve", "page/search.html"), {
-        "CSP": esc(csp), "STYLE": style, "SCRIPT": script, "DATA": script_json(data), "VERSION": esc(__version__)})
+    page = fill(
+        asset("clip_rt.serve", "page/search.html"),
+        {"CSP": esc(csp), "STYLE": style, "SCRIPT": script, "DATA": script_json(data), "VERSION": esc(__version__)},
+    )
     return page, csp + "; frame-ancestors 'none'"  # the header's policy: frame-ancestors works only there
 
 
@@ -74,13 +83,18 @@ async def thumbnail(request: "Request") -> "Response":
         raise ApiError("not_found", f"unknown index {name!r}; this service has: {known}", param="index")
     asked = request.query_params.get("generation")
     if asked is not None and not asked.isdigit():
-        raise bad_request(f"generation must be a whole number (the one /search answered with), got {asked[:40]!r}",
-                          param="generation")
+        raise bad_request(
+            f"generation must be a whole number (the one /search answered with), got {asked[:40]!r}", param="generation"
+        )
     loop = asyncio.get_running_loop()
     index = await loop.run_in_executor(state.pool, served_index.current)
     if asked is not None and int(asked) != index.generation:
-        raise ApiError("conflict", f"index {name!r} was updated since that search (generation {asked}, now "
-                       f"{index.generation}): its rows may name other images now; search again", param="generation")
+        raise ApiError(
+            "conflict",
+            f"index {name!r} was updated since that search (generation {asked}, now "
+            f"{index.generation}): its rows may name other images now; search again",
+            param="generation",
+        )
     if row >= len(index.entries):
         held = f"rows 0 to {len(index.entries) - 1}" if index.entries else "no images"
         raise ApiError("not_found", f"index {name!r} has {held}; there is no row {row}", param="row")
@@ -88,5 +102,8 @@ async def thumbnail(request: "Request") -> "Response":
     if data is None:
         data = await loop.run_in_executor(state.pool, served_index.thumbnail, index, row)
         served_index.keep_thumbnail(index.generation, row, data)
-    return Response(data, media_type="image/jpeg",
-                    headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return Response(
+        data,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )

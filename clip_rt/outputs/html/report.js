@@ -65,9 +65,10 @@
   }
 
   // -- the gallery: one group per class (and one for the images that could not be read) ----------
+  const score = (i) => (D.score[i] === null ? -1 : D.score[i]); // a result given without a score sorts last
   const orders = {
-    desc: (a, b) => (D.score[b] - D.score[a]) || a - b,
-    asc: (a, b) => (D.score[a] - D.score[b]) || a - b,
+    desc: (a, b) => (score(b) - score(a)) || a - b,
+    asc: (a, b) => (score(a) - score(b)) || a - b,
     name: (a, b) => collator.compare(names[a], names[b]) || collator.compare(D.path[a], D.path[b]) || a - b,
     input: (a, b) => a - b,
   };
@@ -99,8 +100,7 @@
   function tile(i) {
     const caption = el("figcaption", {}, [
       el("span", { className: "label", text: D.error[i] !== null ? "not classified" : labelOf(i) }),
-      D.error[i] === null ? el("span", { className: "score" + (D.score[i] < 0.5 ? " low" : ""), text: pct(D.score[i]) })
-        : null,
+      D.error[i] === null ? el("span", { className: "score", text: pct(D.score[i]) }) : null,
       el("span", { className: "file", title: D.path[i], text: names[i] }),
       isWrong(i) ? el("span", { className: "err", text: "true class: " + truthOf(i) }) : null,
       D.error[i] !== null ? el("span", { className: "err", text: D.error[i] }) : null,
@@ -109,7 +109,9 @@
               [el("div", { className: "frame" }, [thumb(i, false)]), caption]);
   }
   groups.forEach((g, k) => {
-    const mean = g.failed ? "" : " · mean score " + pct(g.rows.reduce((s, i) => s + D.score[i], 0) / g.rows.length);
+    const scored = g.rows.filter((i) => D.score[i] !== null);
+    const mean = g.failed || !scored.length ? ""
+      : " · mean score " + pct(scored.reduce((s, i) => s + D.score[i], 0) / scored.length);
     g.page = 0;
     g.tiles = el("div", { className: "tiles" });
     g.pager = el("div", { className: "pager" });

@@ -64,6 +64,8 @@
     });
   }
   indexSelect.replaceChildren(...C.indexes.map((ix) => el("option", { value: ix.name, text: ix.name })));
+  for (const option of Array.from(topK.options)) if (Number(option.value) > C.maxTopK) option.remove();
+  if (!topK.options.length) topK.append(el("option", { value: String(C.maxTopK), text: String(C.maxTopK) }));
   if (C.indexes.length < 2) { indexSelect.hidden = true; $("index-label").hidden = true; }
   describe(C.indexes);
   if (!C.indexes.length) {
