@@ -117,7 +117,7 @@
     g.pager = el("div", { className: "pager" });
     g.node = el("details", { className: "group", "data-group": g.failed ? "failed" : g.name }, [
       el("summary", {}, [el("span", { className: "name", text: g.name }),
-                         el("span", { className: "meta", text: fmt(g.rows.length) + " images" + mean })]),
+                         el("span", { className: "meta", text: fmt(g.rows.length) + (g.rows.length === 1 ? " image" : " images") + mean })]),
       g.tiles, g.pager]);
     g.node.addEventListener("toggle", () => { if (g.node.open && !g.rendered) renderGroup(g); });
     g.node.open = k < openAtFirst;
