@@ -260,6 +260,15 @@ def test_a_users_thumbnails_folder_is_never_replaced(tmp_path: Path, monkeypatch
         write_report([Record("x.png", "a", 1.0, {"a": 1.0}, 10, 10)], str(rep), ["a"])
 
 
+def test_without_the_page(tmp_path: Path) -> None:
+    """html=False: no page, no thumbnails, and a folder of the user's named thumbnails is no obstacle."""
+    rep = tmp_path / "rep"
+    (rep / "thumbnails").mkdir(parents=True)
+    s = write_report([Record("x.png", "a", 1.0, {"a": 1.0}, 10, 10)], str(rep), ["a"], contact_sheet=0, html=False)
+    assert "html" not in s and not (rep / "report.html").exists()
+    assert list((rep / "thumbnails").iterdir()) == []
+
+
 def test_a_new_report_replaces_the_thumbnails(tmp_path: Path) -> None:
     imgs = []
     for i in range(5):
@@ -304,7 +313,6 @@ def test_matrix_and_truths_for_an_evaluation(tmp_path: Path) -> None:
     m = html_report.Matrix(
         "Confusion matrix", ["cat", "dog"], ["cat", "dog"], [[1, 0], [1, 1]], note="rows: true class"
     )
-    (tmp_path / "rep").mkdir()
     out = html_report.write_html_report(
         tmp_path / "rep",
         recs,

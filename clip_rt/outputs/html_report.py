@@ -112,6 +112,10 @@ def write_html_report(
         return _write(
             folder, staged, records, summary, charts, labels, truths, matrices, title, thumbnail_size, progress
         )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report in {display_path(folder)!r}: {reason(exc)}") from None
     with StagedFiles(folder, "report") as own:
         try:
             path = _write(

@@ -181,9 +181,10 @@ def wants_bom(labels: Sequence[str]) -> bool:
 
 
 # -- writing -----------------------------------------------------------------------------
-def prepare_report(folder: Union[str, Path]) -> None:
+def prepare_report(folder: Union[str, Path], html: bool = True) -> None:
     """Create *folder* and check that the report can be written there, before the hours of
-    inference that feed it: the folder can be written, and no report file is a folder."""
+    inference that feed it: the folder can be written, no report file is a folder, and (*html*)
+    a ``thumbnails`` folder there is one clip-rt made."""
     folder = os.fspath(folder)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -194,7 +195,8 @@ def prepare_report(folder: Union[str, Path]) -> None:
     probe_folder(folder, "report folder")
     for name in REPORT_FILES:
         check_regular_or_absent(os.path.join(folder, name), "report file")
-    html_report.check_html_report(folder)
+    if html:
+        html_report.check_html_report(folder)
 
 
 def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optional[Sequence[str]] = None, *,
@@ -217,7 +219,7 @@ def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optio
     records = as_records(results, paths)
     labels = list(labels) if labels is not None else infer_labels(records)
     folder = os.fspath(folder)
-    prepare_report(folder)
+    prepare_report(folder, html)
     summary = summarise(records, labels, identity)
     shown, note = _shown_classes(labels, summary["classes"])
     ok = [r for r in records if r.ok]
