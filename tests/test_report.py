@@ -279,13 +279,19 @@ def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path: Path) -> None
     first = subprocess.run([sys.executable, "-c", code, str(1 << 30), *args], capture_output=True, env=env,
                            timeout=120)
     assert first.returncode == 1, first.stderr  # the broken file
-    before = {p.name: p.read_bytes() for p in rep.iterdir()}
+    before = _tree(rep)
+    assert "thumbnails/0.jpg" in before and "report.html" in before
     p = subprocess.run([sys.executable, "-c", code, "20000", *args[:-3], "-l", "red,cyan,blue", "--report",
                         str(rep)], capture_output=True, env=env, timeout=120)
     err = p.stderr.decode()
     assert p.returncode == 1 and "Error: cannot write the report" in err and "File too large" in err, err
     assert "Traceback" not in err
-    assert {q.name: q.read_bytes() for q in rep.iterdir()} == before
+    assert _tree(rep) == before  # the page, the thumbnails folder and every file as they were
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under *folder* (hidden ones too: a leftover temporary file would show), by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # -- charts: what the figures hold ------------------------------------------------------------

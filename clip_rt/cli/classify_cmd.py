@@ -42,7 +42,8 @@ from .common import (
               help="Write records here instead of stdout.")
 @click.option("--resume", is_flag=True, help="Skip inputs already recorded in -o (CSV or JSONL) and append the rest.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write results.csv, summary.json and charts to this folder (needs clip-rt[report]).")
+              help="Also write results.csv, summary.json, charts and report.html (a page with thumbnails) to this "
+                   "folder (needs clip-rt[report]).")
 @click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images in the report's contact sheet.")
 @click.option("--csv-bom/--no-csv-bom", default=None,
@@ -166,8 +167,9 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-        summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring}, contact_sheet=contact_n,
-                               bom=csv_bom)
+        with progress_bar(len(everything), "thumbnails") as bar:
+            summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring},
+                                   contact_sheet=contact_n, bom=csv_bom, progress=bar.update)
         fonts = ", ".join(summary["fonts"]["families"])
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed and not skip_errors:

@@ -69,12 +69,13 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder whose files requests may name as {\"path\": ...} (repeatable). Without it, none.")
 @click.option("--index", "indexes", multiple=True, metavar="[NAME=]DIR",
-              help="A `clip-rt index` folder for POST /search (repeatable).")
+              help="A `clip-rt index` folder for POST /search and the search page at / (repeatable).")
 @click.option("--head", "heads", multiple=True, metavar="[NAME=]FILE",
               help="A head fitted by `clip-rt fit` on a served model, for POST /classify {\"head\": NAME} "
                    "(repeatable; docs/adapt.md).")
 @click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz and /readyz.")
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz, /readyz and the search "
+                   "page at / (which asks for the key).")
 @click.option("--decode-workers", type=click.IntRange(min=1), default=_DEFAULTS.decode_workers, show_default=True,
               help="Threads decoding images.")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=_DEFAULTS.graceful_timeout,
@@ -90,7 +91,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
               graceful_timeout: float, log_level: str, access_log: bool) -> None:
     """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
     /classify (zero-shot, or with a --head), /similarity, /search; GET /healthz, /readyz,
-    /metrics, /v1/models.
+    /metrics, /v1/models; a search page at / for the --index folders.
 
     MODEL is a bundle name, alias or directory, optionally with @fp32|@fp16|@int8; default
     the CLI's default model. SIGTERM finishes the accepted requests and exits 0."""

@@ -190,11 +190,13 @@ def atomic_file(path: str, mode: str = "w", what: str = "", *, encoding: Optiona
 class StagedFiles:
     """Several files written to temporary names first and put in place together by
     :meth:`commit`; :meth:`discard` (or an exception in ``with``) removes the temporary ones,
-    so the folder keeps its previous files."""
+    so the folder keeps its previous files. :meth:`folder` stages a whole sub-folder the same way
+    (a report's thumbnails): it replaces the previous one on commit."""
 
     def __init__(self, folder: str, what: str = "") -> None:
         self.folder, self.what = folder, what
         self._staged: list[tuple[str, str]] = []  # (temp, final)
+        self._folders: list[tuple[str, str]] = []  # (temp folder, final folder)
 
     def path(self, name: str) -> str:
         """A temporary path to write *name* to (created empty, so the name is ours)."""
@@ -208,7 +210,25 @@ class StagedFiles:
         self._staged.append((tmp, final))
         return tmp
 
+    def folder_path(self, name: str, marker: str) -> str:
+        """A temporary folder to fill in place of the sub-folder *name*. That folder must be absent
+        or one clip-rt made (it holds the file *marker*, which the new one gets too): a folder of
+        the user's is never replaced. Temporary folders a killed run left are removed here."""
+        final = os.path.join(self.folder, name)
+        check_owned_folder(final, marker, self.what)
+        remove_dead_temp_folders(final, marker)
+        tmp = temp_name(final)
+        try:
+            os.mkdir(tmp)
+            os.close(_create(os.path.join(tmp, marker)))
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise output_error(final, exc, self.what) from None
+        self._folders.append((tmp, final))
+        return tmp
+
     def commit(self) -> None:
+        moved: list[tuple[str, str, Optional[str]]] = []  # (temp, final, the previous folder's temp name)
         try:
             for tmp, _ in self._staged:
                 fd = os.open(tmp, os.O_RDONLY)
@@ -216,18 +236,42 @@ class StagedFiles:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            for tmp, final in self._folders:
+                old = None
+                if os.path.lexists(final):
+                    old = temp_name(final)
+                    os.rename(final, old)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if old is not None:
+                        os.rename(old, final)
+                    raise
+                moved.append((tmp, final, old))
             for tmp, final in self._staged:
                 _sync_and_replace(tmp, final)
         except OSError as exc:
+            for tmp, final, old in reversed(moved):  # the previous folders back in place
+                with contextlib.suppress(OSError):
+                    os.rename(final, tmp)
+                    if old is not None:
+                        os.rename(old, final)
             self.discard()
             raise OutputError(f"cannot write {self.what + ' ' if self.what else ''}in "
                               f"{display_path(self.folder)!r}: {reason(exc)}") from None
+        for _, _, old in moved:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         self._staged = []
+        self._folders = []
 
     def discard(self) -> None:
         for tmp, _ in self._staged:
             _unlink(tmp)
+        for tmp, _ in self._folders:
+            shutil.rmtree(tmp, ignore_errors=True)
         self._staged = []
+        self._folders = []
 
     def __enter__(self) -> "StagedFiles":
         return self
@@ -235,6 +279,52 @@ class StagedFiles:
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         if exc_type is not None:
             self.discard()
+
+
+def check_owned_folder(path: str, marker: str, what: str) -> None:
+    """A sub-folder clip-rt replaces as a whole must be absent, or a folder holding *marker*."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise output_error(path, exc, what) from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else file_kind(st.st_mode)
+        raise OutputError(f"cannot write {what} {display_path(path)!r}: it is a {kind}; expected a folder "
+                          "made by clip-rt, or nothing, there")
+    if not os.path.isfile(os.path.join(path, marker)):
+        raise OutputError(f"cannot write {what} {display_path(path)!r}: that folder was not made by clip-rt (it "
+                          f"has no {marker} file) and would be replaced; move it away or choose another folder")
+
+
+def remove_dead_temp_folders(path: str, marker: str) -> None:
+    """Remove ``.<name>.<pid>.<hex>.tmp`` folders beside *path* (with *marker* in them) whose
+    process is gone: what a killed run left while staging *path*."""
+    folder, base = os.path.split(path)
+    ours = re.compile(r"\." + re.escape(base) + r"\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    for name in names:
+        m = ours.fullmatch(name)
+        full = os.path.join(folder, name)
+        if m and not _alive(int(m.group(1))) and os.path.isfile(os.path.join(full, marker)) \
+                and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
 
 
 class RecordSink:

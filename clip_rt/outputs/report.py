@@ -1,5 +1,5 @@
 """The batch report (`classify --report DIR`, :func:`clip_rt.write_report`): results.csv,
-summary.json and PNG charts.
+summary.json, PNG charts, and report.html with its thumbnails folder (html_report.py).
 
 Aspect ratio, one definition: ``ratio = long side / short side`` (so a portrait 3:4 image is
 4:3). A type (1:1, 4:3, 3:2, 16:9) matches when the ratio is within ASPECT_TOLERANCE (2 %,
@@ -8,8 +8,9 @@ no ratio matches two. Orientation uses the same rule: **square** is exactly the 
 (within 2 %), otherwise **landscape** (wider than high) or **portrait**; so "square" and
 "1:1" always agree.
 
-All files are written to temporary names first and renamed together at the end: a report
-that fails (full disk ...) leaves the folder's previous files as they were.
+All files (and the thumbnails folder) are written to temporary names first and renamed
+together at the end: a report that fails (full disk ...) leaves the folder's previous files
+as they were.
 """
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InputError, OutputError
 from ..inputs.discover import display_path
-from . import charts
+from . import charts, html_report
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT
 from .records import Record, RecordWriter, dumps_json
@@ -36,7 +37,12 @@ ASPECT_TOLERANCE = 0.02
 MAX_BARS = 40  # classes drawn in the per-class charts (summary.json has them all)
 CHARTS = ("class_distribution.png", "class_mean_score.png", "aspect_types.png", "aspect_ratio_hist.png",
           "image_size_hist.png", "contact_sheet.png")
-REPORT_FILES = ("results.csv", "summary.json") + CHARTS
+REPORT_FILES = ("results.csv", "summary.json", html_report.REPORT_HTML) + CHARTS
+CHART_TITLES = {
+    "class_distribution.png": "Images per class", "class_mean_score.png": "Mean top-1 score per class",
+    "aspect_types.png": "Aspect-ratio types", "aspect_ratio_hist.png": "Width / height ratio",
+    "image_size_hist.png": "Image size in pixels", "contact_sheet.png": "Contact sheet",
+}
 # What reading an image header can raise (see inputs/images.py for why the list is this wide).
 _HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
                   TypeError, ZeroDivisionError, OverflowError, AttributeError)
@@ -175,9 +181,10 @@ def wants_bom(labels: Sequence[str]) -> bool:
 
 
 # -- writing -----------------------------------------------------------------------------
-def prepare_report(folder: Union[str, Path]) -> None:
+def prepare_report(folder: Union[str, Path], html: bool = True) -> None:
     """Create *folder* and check that the report can be written there, before the hours of
-    inference that feed it: the folder can be written, and no report file is a folder."""
+    inference that feed it: the folder can be written, no report file is a folder, and (*html*)
+    a ``thumbnails`` folder there is one clip-rt made."""
     folder = os.fspath(folder)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -188,17 +195,22 @@ def prepare_report(folder: Union[str, Path]) -> None:
     probe_folder(folder, "report folder")
     for name in REPORT_FILES:
         check_regular_or_absent(os.path.join(folder, name), "report file")
+    if html:
+        html_report.check_html_report(folder)
 
 
 def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optional[Sequence[str]] = None, *,
                  paths: Optional[Sequence[Any]] = None, identity: Optional[dict[str, Any]] = None,
-                 contact_sheet: int = 24, bom: Optional[bool] = None) -> dict[str, Any]:
-    """Write the batch report into *folder*: ``results.csv``, ``summary.json`` and the charts.
+                 contact_sheet: int = 24, bom: Optional[bool] = None, html: bool = True,
+                 progress: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """Write the batch report into *folder*: ``results.csv``, ``summary.json``, the charts and
+    (*html*, the default) ``report.html`` with a ``thumbnails/`` folder beside it.
 
     *results*: see :func:`as_records` (classify records, JSONL dicts, or
     ``model.classify(...)`` results with *paths*). *labels*: the classes, in order (default:
     as they appear in the results' scores). *bom*: a UTF-8 BOM in results.csv (default: when a
     label is not ASCII). *contact_sheet*: thumbnails of the first N classified images (0: none).
+    *progress(n)*: called as the page's thumbnails are made (one image decoded again each).
     Returns the summary (also in summary.json, with the chart list and the fonts used).
     Raises :class:`~clip_rt.errors.OutputError` when the folder cannot be written; the folder's
     previous files are then kept. Needs the [report] extra (matplotlib).
@@ -207,7 +219,7 @@ def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optio
     records = as_records(results, paths)
     labels = list(labels) if labels is not None else infer_labels(records)
     folder = os.fspath(folder)
-    prepare_report(folder)
+    prepare_report(folder, html)
     summary = summarise(records, labels, identity)
     shown, note = _shown_classes(labels, summary["classes"])
     ok = [r for r in records if r.ok]
@@ -215,7 +227,7 @@ def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optio
     texts = list(shown) + [os.path.basename(p) for p, _ in sheet] + [c for _, c in sheet]
     choice = charts.warn_missing_glyphs(texts, "the labels and file names")
     try:
-        _write_files(folder, summary, records, labels, shown, note, sheet, texts, choice, bom)
+        _write_files(folder, summary, records, labels, shown, note, sheet, texts, choice, bom, html, progress)
     except OSError as exc:  # full disk, I/O error: the staged files are gone, the old ones kept
         raise OutputError(f"cannot write the report in {display_path(folder)!r}: {reason(exc)}; "
                           "the files it held before were kept") from None
@@ -224,7 +236,8 @@ def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optio
 
 def _write_files(folder: str, summary: dict[str, Any], records: Sequence[Record], labels: Sequence[str],
                  shown: list[str], note: str, sheet: list[tuple[str, str]], texts: list[str],
-                 choice: Any, bom: Optional[bool]) -> None:
+                 choice: Any, bom: Optional[bool], html: bool,
+                 progress: Optional[Callable[[int], None]]) -> None:
     with StagedFiles(folder, "report") as staged:
         with open(staged.path("results.csv"), "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             writer = RecordWriter("csv", f, labels, bom=wants_bom(labels) if bom is None else bom)
@@ -236,6 +249,11 @@ def _write_files(folder: str, summary: dict[str, Any], records: Sequence[Record]
         if choice.missing:
             summary["notes"] = [f"no installed font has these characters, so they show as boxes: "
                                 f"{choice.missing} ({INSTALL_HINT})"]
+        if html:
+            shown_charts = [html_report.Chart(name, CHART_TITLES[name]) for name in made if name != "contact_sheet.png"]
+            html_report.write_html_report(folder, records, summary, shown_charts, labels=labels, staged=staged,
+                                          progress=progress)
+            summary["html"] = html_report.REPORT_HTML
         with open(staged.path("summary.json"), "w", encoding="utf-8") as f:
             f.write(dumps_json(summary, indent=2) + "\n")
         staged.commit()

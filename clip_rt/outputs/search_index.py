@@ -144,6 +144,10 @@ class SearchIndex:
     # -- queries -----------------------------------------------------------------------
     def search(self, query: np.ndarray, top_k: int) -> list[tuple[float, str]]:
         """``(cosine, absolute path)`` of the *top_k* best rows, best first."""
+        return [(score, self.abs_path(self.entries[row])) for score, row in self.search_rows(query, top_k)]
+
+    def search_rows(self, query: np.ndarray, top_k: int) -> list[tuple[float, int]]:
+        """``(cosine, row)`` of the *top_k* best rows, best first; row i is ``entries[i]``."""
         if not self.entries:
             return []
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -153,7 +157,7 @@ class SearchIndex:
         scores = self.embeddings @ q
         k = min(top_k, len(scores))
         order = np.argsort(-scores, kind="stable")[:k]
-        return [(float(scores[i]), self.abs_path(self.entries[i])) for i in order]
+        return [(float(scores[i]), int(i)) for i in order]
 
 
 def check_model(index: SearchIndex, model: Any, folder: str) -> None:

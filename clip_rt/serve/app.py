@@ -13,7 +13,8 @@ from .errors import ApiError
 from .routes import ROUTES, ServiceState
 
 log = logging.getLogger("clip_rt.serve")
-OPEN_PATHS = ("/healthz", "/readyz")  # no API key: orchestrators probe them
+# No API key: orchestrators probe the first two; the search page (/) holds no data and asks for the key.
+OPEN_PATHS = ("/healthz", "/readyz", "/")
 UNLIMITED_PATHS = OPEN_PATHS + ("/metrics",)  # answered even when the service is saturated
 KNOWN_PATHS = {path for path, _, _ in ROUTES if "{" not in path}
 
@@ -53,7 +54,8 @@ def create_app(state: ServiceState, on_fatal: Optional[Callable[[str], None]] = 
         status = getattr(exc, "status_code", 500)
         if status == 404:
             err = ApiError("not_found", f"no endpoint {request.method} {request.url.path}; see GET /v1/models, "
-                           "POST /v1/embeddings, /classify, /similarity, /search, GET /healthz, /readyz, /metrics")
+                           "POST /v1/embeddings, /classify, /similarity, /search, GET /healthz, /readyz, /metrics, "
+                           "/ (the search page)")
         elif status == 405:
             err = ApiError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
         else:

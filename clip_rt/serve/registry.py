@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clip_rt.serve")
 CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
+THUMBNAIL_BYTES_KEPT = 16 * 1024 * 1024  # the search page's recent thumbnails, per index (about 3,000)
 
 
 class ServedModel:
@@ -192,6 +193,9 @@ class ServedIndex:
     def __init__(self, name: str, folder: str, index: Any, model_id: str) -> None:
         self.name, self.folder, self.index, self.model_id = name, folder, index, model_id
         self._stamp = self._meta_stamp()
+        # (generation, row) -> JPEG, least recently used first; touched only on the event loop.
+        self._thumbnails: "OrderedDict[tuple[int, int], bytes]" = OrderedDict()
+        self._thumbnail_bytes = 0
 
     def _meta_stamp(self) -> Optional[tuple[int, int]]:
         from ..outputs.search_index import INDEX_FILE
@@ -222,6 +226,44 @@ class ServedIndex:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "images": len(self.index.entries), "root": self.index.root}
+
+    # -- thumbnails for the search page (GET /thumbnails/{index}/{row}) -----------------------------
+    def image_path(self, index: Any, row: int) -> str:
+        """The file of *row* in *index*: only a path the index records, under its root."""
+        entry = index.entries[row]
+        root = os.path.normpath(os.path.abspath(index.root))
+        path = os.path.normpath(os.path.join(root, entry.path))
+        if os.path.isabs(entry.path) or os.path.commonpath([root, path]) != root:
+            raise ApiError("not_found", f"index {self.name!r} row {row}: its path {entry.path!r} is not inside the "
+                           "index's root folder; no thumbnail is served for it")
+        return path
+
+    def thumbnail(self, index: Any, row: int) -> bytes:
+        """A small JPEG of *row*'s image (on the decode pool), decoded as `clip-rt index` did."""
+        from ..errors import ImageLoadError
+        from ..outputs.thumbnails import thumbnail_jpeg
+
+        path = self.image_path(index, row)
+        try:
+            data, _, _ = thumbnail_jpeg(path)
+        except (ImageLoadError, InputError) as exc:
+            raise ApiError("not_found", f"index {self.name!r} row {row}: no thumbnail: {exc}") from None
+        return data
+
+    def cached_thumbnail(self, generation: int, row: int) -> Optional[bytes]:
+        data = self._thumbnails.get((generation, row))
+        if data is not None:
+            self._thumbnails.move_to_end((generation, row))
+        return data
+
+    def keep_thumbnail(self, generation: int, row: int, data: bytes) -> None:
+        if (generation, row) in self._thumbnails:
+            return
+        self._thumbnails[(generation, row)] = data
+        self._thumbnail_bytes += len(data)
+        while self._thumbnail_bytes > THUMBNAIL_BYTES_KEPT and self._thumbnails:
+            _, dropped = self._thumbnails.popitem(last=False)
+            self._thumbnail_bytes -= len(dropped)
 
 
 def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDict[str, ServedModel]":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
+from . import page
 from .config import ServeConfig
 from .errors import ApiError, bad_request, describe
 from .inputs import (
@@ -357,9 +358,11 @@ async def search(request: "Request") -> "Response":
         raise bad_request(f"query must be a text, a data URL or an object {{\"text\"|\"image\"|\"path\": ...}}, got "
                           f"{describe(query)}", param="query")
     index = await asyncio.get_running_loop().run_in_executor(state.pool, served_index.current)
-    hits = index.search(vector, top_k)
-    return _json({"index": name, "model": served.id,
-                  "results": [{"rank": r, "score": s, "path": p} for r, (s, p) in enumerate(hits, 1)]})
+    hits = index.search_rows(vector, top_k)
+    # row + generation name the image for GET /thumbnails/{index}/{row} (the search page's grid)
+    return _json({"index": name, "model": served.id, "generation": index.generation,
+                  "results": [{"rank": r, "score": s, "path": index.abs_path(index.entries[row]), "row": row}
+                              for r, (s, row) in enumerate(hits, 1)]})
 
 
 ROUTES: list[tuple[str, Any, list[str]]] = [
@@ -372,4 +375,6 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/classify", classify, ["POST"]),
     ("/similarity", similarity, ["POST"]),
     ("/search", search, ["POST"]),
+    ("/", page.search_page, ["GET"]),
+    ("/thumbnails/{index}/{row:int}", page.thumbnail, ["GET"]),
 ]
