@@ -269,6 +269,9 @@ def test_cli_eval_csv_and_report(bundle: Path, sets: dict[str, Path], tmp_path: 
         "per_class_recall.png",
         "per_class_precision.png",
     }
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert 'id="matrix-1"' in page and 'id="matrix-2"' not in page and "true class" in page  # a table per run
+    assert len(list((report / "thumbnails").glob("*.jpg"))) == 40
     (report / "accuracy.png").unlink()
     (report / "accuracy.png").mkdir()  # a folder where a chart goes: refused before any image is read
     r = invoke(["eval", str(csv), "-m", str(bundle), "--report", str(report)])

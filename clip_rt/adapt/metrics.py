@@ -51,6 +51,7 @@ class Scores:
     confusion: np.ndarray
     correct: np.ndarray  # per image: top-1 right
     predicted: np.ndarray  # per image: the top-1 class index
+    confidence: Optional[np.ndarray] = None  # per image: the top-1 class's probability
 
     @property
     def images(self) -> int:
@@ -124,7 +125,9 @@ def score(name: str, labels: Sequence[str], probabilities: np.ndarray, truth: np
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     correct = predicted == truth
-    return Scores(name, list(labels), float(correct.mean()), k, float(in_top_k.mean()), confusion, correct, predicted)
+    confidence = probs[np.arange(len(truth)), predicted]
+    return Scores(name, list(labels), float(correct.mean()), k, float(in_top_k.mean()), confusion, correct, predicted,
+                  confidence)
 
 
 # -- comparing two classifiers on the same images -------------------------------------------------

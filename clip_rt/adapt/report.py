@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -79,12 +79,36 @@ def write_eval_report(evaluation: Evaluation, folder: Union[str, "os.PathLike[st
                 ]
             with open(staged.path("summary.json"), "w", encoding="utf-8") as f:
                 f.write(dumps_json(summary, indent=2) + "\n")
+            _html(evaluation, target, staged, summary)
             staged.commit()
     except OSError as exc:
         raise OutputError(
             f"cannot write the report in {display_path(target)!r}: {reason(exc)}; the files it held before were kept"
         ) from None
     return summary
+
+
+def _html(evaluation: Evaluation, folder: str, staged: StagedFiles, summary: dict[str, Any]) -> None:
+    """report.html beside the charts: each image with its true and predicted class (the first
+    run's), the right/wrong filters, and a confusion table per run."""
+    from ..outputs.html_report import Chart, Matrix, write_html_report
+    from ..outputs.records import Record
+
+    run = evaluation.primary
+    e = evaluation.embedded
+    records = [Record(path=path, label=evaluation.labels[int(run.predicted[i])],
+                      score=None if run.confidence is None else round(float(run.confidence[i]), 6))
+               for i, path in enumerate(e.paths)]
+    records += [Record(path=path, error=why) for path, why in e.failed]
+    truths: list[Optional[str]] = [evaluation.labels[int(t)] for t in e.truth] + [None] * len(e.failed)
+    matrices = [Matrix(f"Confusion: {r.name}", r.labels, r.labels, r.confusion.tolist()) for r in evaluation.runs]
+    charts_shown = [Chart(name, name.removesuffix(".png").replace("_", " ")) for name in summary["charts"]]
+    from ..outputs.report import summarise
+
+    page = summarise(records, evaluation.labels, {**evaluation.model, "labels": evaluation.labels})
+    page["notes"] = [evaluation.advice(), *summary.get("notes", [])]  # what the numbers mean for the choice
+    write_html_report(folder, records, page, charts_shown, labels=evaluation.labels, truths=truths,
+                      matrices=matrices, title=f"Evaluation of {run.name}", staged=staged)
 
 
 def _shown_classes(evaluation: Evaluation) -> list[str]:
