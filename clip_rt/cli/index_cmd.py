@@ -51,7 +51,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
              f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
     for path, reason in stats.failed[:10]:
-        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, reason))}")
+        echo_err(f"  failed: {display_path(relative_to_cwd(path))}: {printable(error_reason(path, reason))}")
     if len(stats.failed) > 10:
         echo_err(f"  ... and {len(stats.failed) - 10} more")
     if stats.failed and not skip_errors:
