@@ -127,6 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--work-dir", type=Path, default=WORK_DIR / "install_sizes",
                     help="venvs (removed after each measurement), the wheel and the pip cache")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other extras of an earlier install_sizes.json in --out (the runtime is measured "
+                         "again: every extra's added size is over this run's runtime figure)")
     args = ap.parse_args(argv)
     known = extras_of(ROOT / "pyproject.toml")
     extras = known if args.extras is None else args.extras
@@ -142,6 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"installing {target} into a fresh venv")
         results[target] = measure(target, wheel, work, env)
         log(f"{target}: {results[target]['installed_mb']} MB")
+    earlier = args.out / "install_sizes.json"
+    if args.merge and earlier.is_file():
+        kept = json.loads(earlier.read_text(encoding="utf-8"))["installs"]
+        results = {**{k: v for k, v in kept.items() if k in known and k not in results}, **results}
+        results = {k: results[k] for k in [RUNTIME, *known] if k in results}  # pyproject order
     runtime_mb = results[RUNTIME]["installed_mb"]
     for target, r in results.items():
         r["added_to_runtime_mb"] = round(r["installed_mb"] - runtime_mb, 1) if target != RUNTIME else 0.0
