@@ -100,3 +100,26 @@ def test_public_command_hides_machine_paths() -> None:
         "python -m bench.serve --bundle PATH --rounds 3"
     assert readme.public_command("python -m bench.models_table --bundle ViT (CLIP)=/w/s/ViT-B-32") == \
         "python -m bench.models_table --bundle ViT (CLIP)=PATH"
+
+
+def _slug(heading: str) -> str:
+    """The anchor Markdown's table of contents (and GitHub) gives a heading."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[-\s]+", "-", text).strip("-")
+
+
+def test_readme_links_lead_somewhere() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        page = ROOT / path
+        if not page.exists():
+            broken.append(target)
+        elif anchor:
+            headings = re.findall(r"(?m)^#+ (.+)$", page.read_text(encoding="utf-8"))
+            if anchor not in {_slug(h) for h in headings}:
+                broken.append(target)
+    assert not broken, f"README.md links to nothing: {broken}"
