@@ -114,6 +114,7 @@ def measure(target: str, wheel: Path, work: Path, env: dict[str, str]) -> dict[s
             "cuda_libraries_mb": round(cuda / 1e6, 1),
             "distributions": len(dists),
             "largest": [{"name": n, "version": d["version"], "mb": round(d["bytes"] / 1e6, 1)} for n, d in largest],
+            "distributions_mb": {n: round(d["bytes"] / 1e6, 1) for n, d in sorted(dists.items())},
             "versions": {n: d["version"] for n, d in dists.items()
                          if n.lower() in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "ray", "numpy")},
             "install_s": round(install_s, 1)}
@@ -156,7 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     given = list(argv) if argv is not None else sys.argv[1:]
     result = {"benchmark": "install_sizes", "command": " ".join(["python", "-m", "bench.install_sizes", *given]),
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
+              "machine": {"platform": platform.platform(), "system": platform.system(),
+                          "arch": platform.machine(), "python": platform.python_version()},
               "what": "site-packages of a fresh venv after `pip install` of the wheel with each extra (file "
                       "bytes, 1 MB = 1e6 bytes, the empty venv's pip subtracted)",
               "installs": results}

@@ -408,19 +408,25 @@ def install_sizes(results: Results) -> str:
     """What ``pip install`` puts on disk, the runtime alone and each extra."""
     r = results.get("install_sizes")
     installs = r["installs"]
+    runtime = installs.get("runtime", {})
+    base = set(runtime.get("distributions_mb") or [d["name"] for d in runtime.get("largest", [])])
     rows = []
     for name, x in installs.items():
-        largest = ", ".join(f"{d['name']} {num(d['mb'])}" for d in x["largest"][:3])
+        # What the extra adds: its largest packages that the runtime alone does not install.
+        sizes = x.get("distributions_mb") or {d["name"]: d["mb"] for d in x["largest"]}
+        own = sorted(((n, mb) for n, mb in sizes.items() if name == "runtime" or n not in base), key=lambda kv: -kv[1])
+        largest = ", ".join(f"{n} {num(mb)}" for n, mb in own[:3])
         cuda = (f"; CUDA libraries {num(x['cuda_libraries_mb'] / 1000)} GB of it"
                 if x.get("cuda_libraries_mb", 0) > 100 else "")
         added = "" if name == "runtime" else f"+{num(x['added_to_runtime_mb'])}"
         rows.append([f"`{x['spec']}`", EXTRA_PURPOSE.get(name, ""), num(x["installed_mb"]), added,
                      largest + cuda])
     return "\n".join([
-        table(["install", "for", "MB installed", "MB over the runtime", "largest packages (MB)"], rows),
+        table(["install", "for", "MB installed", "MB over the runtime", "largest packages it adds (MB)"], rows),
         "",
-        f"site-packages of a fresh virtual environment after `pip install` (Python {r['machine']['python']}, "
-        f"{r['machine']['platform'].split('-with')[0]}); measured by `python -m bench.install_sizes`.",
+        f"site-packages of a fresh virtual environment after `pip install` (Python {r['machine']['python']} on "
+        f"{r['machine'].get('system', 'Linux')} {r['machine'].get('arch', 'x86_64')}; 1 MB = 10^6 bytes); measured "
+        "by `python -m bench.install_sizes`.",
     ])
 
 
