@@ -400,7 +400,7 @@ def test_empty_folder_is_an_error_and_leaves_the_index(tmp_path: Path, monkeypat
 
 def test_search_shows_paths_relative_to_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_fake(monkeypatch)
-    imgs = colour_dir(tmp_path / "work" / "imgs")
+    colour_dir(tmp_path / "work" / "imgs")
     monkeypatch.chdir(tmp_path / "work")
     assert invoke(["index", "imgs", "-o", "idx"]).exit_code == 0
     r = invoke(["search", "idx", "a blue square", "--format", "json"])
