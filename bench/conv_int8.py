@@ -132,21 +132,7 @@ def render(result: dict[str, Any]) -> str:
             cells.append("-" if v is None else f"{v['speedup_vs_fp32']:.2f}x, {v['min_cosine']:.5f}")
         lines.append(f"| {arch} | {g['conv']} ({g['grouped_conv']}) / {g['matmul_gemm']} | "
                      f"{row['variants']['fp32']['median_s'] * 1000:.0f} | " + " | ".join(cells) + " |")
-    m = result["machine"]
-    lines.append(f"\nMeasured {result['when']} on {m.get('cpu_model')} (ISA: {', '.join(m.get('isa', []))}; "
-                 f"onnxruntime {m.get('versions', {}).get('onnxruntime')}; load {m.get('load_average_1_5_15min')}), "
-                 f"`{result['command']}`: batch {next(iter(result['archs'].values()))['batch']}, two threads, "
-                 "medians of 5 rounds, min cosine against torch fp32 on the 24 held-out photos and crops.")
     return "\n".join(lines)
-
-
-def write_docs(result: dict[str, Any], doc: Path) -> None:
-    import re
-
-    begin, end = "<!-- conv-int8:begin -->", "<!-- conv-int8:end -->"
-    text = doc.read_text(encoding="utf-8")
-    doc.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), begin + "\n" + render(result) + "\n" + end,
-                          text, flags=re.S), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,16 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", action="append", default=None)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--render-docs", type=Path, default=None, metavar="DOC",
-                        help="only write the table of results/conv_int8.json into DOC (docs/models.md)")
     args = parser.parse_args(argv)
-    if args.render_docs:
-        import json
-
-        from .common import RESULTS_DIR
-
-        write_docs(json.loads((RESULTS_DIR / "conv_int8.json").read_text(encoding="utf-8")), args.render_docs)
-        return
     archs = args.arch or ["RN50", "MobileCLIP-S1", "convnext_tiny"]
     results: dict[str, Any] = {"command": "python -m bench.conv_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
                                "archs": {}}

@@ -53,7 +53,7 @@ def ort_session(path: Path, threads: int = 2, spinning: bool = False) -> Any:
 
 
 def session_options(threads: int = 2, spinning: bool = False) -> Any:
-    """The session settings these benchmarks chose for the runtime (docs/bench.md): *threads*
+    """The session settings these benchmarks chose for the runtime (docs/benchmarks/history.md): *threads*
     intra-op threads, no spin-waiting (spinning threads lose badly when the cores are shared),
     sequential execution, all graph optimisations."""
     import onnxruntime as ort

@@ -7,17 +7,17 @@ manifest) and the int8 speed-up on this CPU, measured side by side.
 For each bundle: image graphs fp32 and int8 on a batch of 8 photos, text graphs on 64 prompts
 (each precision timed round-robin with the other, two threads, medians). Writes
 ``results/models.json``, then ``models/families.json`` (what ``clip-rt models --available``
-shows, torch-free) and the table in ``docs/models.md`` between its markers
-(``--write-docs``). With ``--merge``, only the bundles given are measured: their rows are
-added to (or replace) those of the existing ``results/models.json``, and every other row keeps
-its figures with the time, command and load average it was measured with (each row records
-its own under ``measured``; the docs list every command).
+shows, torch-free) and, with ``--write-docs``, the generated tables of ``docs/models.md``
+(``python -m bench.readme`` does the same for every page). With ``--merge``, only the bundles
+given are measured: their rows are added to (or replace) those of the existing
+``results/models.json``, and every other row keeps its figures with the time, command and load
+average it was measured with (each row records its own under ``measured``; the docs list every
+command).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from .models import ort_session
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES_JSON = REPO / "models" / "families.json"
 DOC = REPO / "docs" / "models.md"
-BEGIN, END = "<!-- models-table:begin -->", "<!-- models-table:end -->"
 # Architecture name patterns of each family (first match wins), for `models --available`.
 FAMILY_PATTERNS: list[tuple[str, str]] = [
     ("SigLIP2", r"SigLIP2"),
@@ -146,25 +145,12 @@ def write_families(result: dict[str, Any]) -> None:
 
 
 def write_docs(result: dict[str, Any]) -> None:
+    """The family table of DOC, regenerated from the results (bench.readme's ``model-families``
+    section: the same renderer as every other generated table)."""
+    from .readme import Results, render_page
+
     text = DOC.read_text(encoding="utf-8")
-    table = render_table(result["rows"])
-    runs: dict[tuple[str, str], list[str]] = {}
-    for family, row in result["rows"].items():
-        runs.setdefault((row["measured"]["when"], row["measured"]["command"]), []).append(family)
-    machine = result["machine"]
-    host = f"{machine.get('cpu_model', '?')} (ISA: {', '.join(machine.get('isa', []))})"
-    if len(runs) == 1:
-        ((when, command), _), = runs.items()
-        load = next(iter(result["rows"].values()))["measured"]["load_average_1_5_15min"]
-        stamp = (f"\n\nMeasured {when} on {machine.get('cpu_model', '?')} "
-                 f"(ISA: {', '.join(machine.get('isa', []))}; load {load}), `{command}`.")
-    else:
-        stamp = f"\n\nMeasured on {host}, in {len(runs)} runs (each row's figures come from one run):\n"
-        for (when, command), families in sorted(runs.items()):
-            load = result["rows"][families[0]]["measured"]["load_average_1_5_15min"]
-            stamp += f"\n- {when} (load {load}), {', '.join(families)}: `{command}`."
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), BEGIN + "\n" + table + stamp + "\n" + END, text, flags=re.S)
-    DOC.write_text(new, encoding="utf-8")
+    DOC.write_text(render_page(text, Results(RESULTS_DIR), str(DOC)), encoding="utf-8")
     log(f"updated {DOC}")
 
 

@@ -11,21 +11,37 @@ import numpy as np
 from .zeroshot import Classification
 
 
+class _SourceItem:
+    """What every per-image item has: ``source`` (the preferred name: the image as given, or
+    for a file found in a folder its path) and ``path`` (that source as a ``str`` path, or None
+    for PIL images, arrays and bytes); ``ok`` when it has a result."""
+
+    source: Any
+    error: Optional[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def path(self) -> Optional[str]:
+        """The file path for a path source, else None (PIL images, arrays, bytes)."""
+        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
+
+
 @dataclass
-class ImageEmbedding:
-    """One item of :meth:`ClipModel.iter_images`: an embedding, or the reason there is none."""
+class ImageEmbedding(_SourceItem):
+    """One item of :meth:`ClipModel.iter_images`: an embedding, or the reason there is none.
+    ``source`` is the image as given (a path stays a path; for a file found in a folder, its
+    path); ``path`` is the same as a ``str`` path, or None for in-memory images."""
 
     index: int
-    source: Any  # as given (a path stays a path)
+    source: Any
     embedding: Optional[np.ndarray]
     width: Optional[int] = None
     height: Optional[int] = None
     error: Optional[str] = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
         src = self.source
@@ -38,9 +54,10 @@ class ImageEmbedding:
 
 
 @dataclass
-class ClassifiedImage:
+class ClassifiedImage(_SourceItem):
     """One item of :meth:`ClipModel.iter_classify`: an image's classification, or why there is
-    none. *source* is the image as given, or for a file found in a folder its path."""
+    none. ``source`` is the image as given, or for a file found in a folder its path; ``path``
+    is the same as a ``str`` path, or None for in-memory images."""
 
     index: int  # position in the input stream, folders expanded
     source: Any
@@ -49,15 +66,6 @@ class ClassifiedImage:
     height: Optional[int] = None
     error: Optional[str] = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def path(self) -> Optional[str]:
-        """The file path for a path source, else None (PIL images, arrays, bytes)."""
-        return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else None
 
     @property
     def label(self) -> Optional[str]:

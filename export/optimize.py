@@ -2,7 +2,7 @@
 
 ``optimize_graph(onnx_path, out_path, kind, ...)`` turns a clip-rt fp32 graph (image or text,
 contract in ARCHITECTURE.md) into one of ``KINDS``. The variants and their measured speed and
-parity on this project's reference CPU are in ``docs/bench.md`` (``python -m bench``); the
+parity on this project's reference CPU are in ``docs/benchmarks/history.md`` (``python -m bench``); the
 export stage calls ``optimize_graph(src, dst, calibration_inputs=..., **RECOMMENDED_INT8[encoder])`` for ``int8``.
 
 Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
@@ -35,12 +35,12 @@ KINDS: tuple[str, ...] = (
 _QUANT_OPS = ("MatMul", "Gemm")
 # The text tower's token embedding (a Gather on a vocab x width table: 100 MB of ViT-B/32's
 # 250 MB text graph) costs no time but dominates memory; int8 rows cut the graph and the
-# session's peak RSS by ~110 MB at unchanged parity (docs/bench.md).
+# session's peak RSS by ~110 MB at unchanged parity (docs/benchmarks/history.md).
 TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
 
 # What the export stage writes for the bundle's ``int8`` precision, per encoder:
 # ``optimize_graph(fp32_path, int8_path, calibration_inputs=..., **RECOMMENDED_INT8[encoder])``
-# (measurements in docs/bench.md and docs/export.md). Static: calibrated activation scales, so
+# (measurements in docs/benchmarks/history.md). Static: calibrated activation scales, so
 # an input's embedding does not depend on the rest of its batch.
 RECOMMENDED_INT8: dict[str, dict] = {
     "image": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
@@ -252,7 +252,7 @@ def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data:
             str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
         )
     if mha_heads:
-        # onnxruntime's own attention fusions never match the open_clip export (docs/bench.md).
+        # onnxruntime's own attention fusions never match the open_clip export (docs/benchmarks/history.md).
         fuse_open_clip_attention(model, mha_heads, op="MultiHeadAttention")
     model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return dst

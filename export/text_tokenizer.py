@@ -120,7 +120,7 @@ def stage_tokenizer(arch: str, need: TokenizerNeed, tokenizer: Optional[Path], w
         cached = _hub_cached_tokenizer(need.hf_name)
         if cached is None:
             raise ExportError(missing_tokenizer_message(
-                arch, need, "it is not in the local Hugging Face cache (the hub is not reachable from here)"))
+                arch, need, "it is not in the local Hugging Face cache (the export does not download tokenizers)"))
         for name in TOKENIZER_FILES:
             if (cached / name).is_file():
                 shutil.copyfile(cached / name, folder / name)

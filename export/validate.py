@@ -10,7 +10,7 @@ import numpy as np
 from clip_rt.errors import ParityError
 from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 
-# Per precision: the figures a graph must meet (documented in models/README.md).
+# Per precision: the figures a graph must meet (documented in docs/bundle-format.md).
 # fp32 must reproduce torch to float rounding; fp16/int8 change the numbers, so what is held
 # is the direction of the embedding (cosine), which is all CLIP similarity uses.
 # int8 graphs (static, calibrated) must also be batch-independent: an input encoded alone and
@@ -22,7 +22,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 # Per (precision, encoder) refinements of TOLERANCES. Text int8: every prompt is one of a few
 # hundred class prompts whose ensemble is averaged, and the measured static (and dynamic) int8
-# text towers of ViT-B-32 land at 0.998-0.999 (docs/export.md); the image bound is issue 10's.
+# text towers of ViT-B-32 land at 0.998-0.999 (docs/export.md); the image bound is the project's accuracy goal.
 ENCODER_TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
     ("int8", "text"): {"min_cosine": 0.998},
 }

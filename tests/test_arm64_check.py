@@ -691,8 +691,9 @@ def test_ci_runs_the_check_only_when_asked() -> None:
     assert calls and all(start < i < end for i in calls)
     assert not any("qemu" in line or "CI_ARM64" in line for i, line in code if not start <= i <= end)
     readme = (REPO / "README.md").read_text()
-    assert 'pip install -e ".[export,test,report,video,serve,ray,ann,openvino]" && pytest -q' in readme
-    assert 'python3 -m pip install -q -e ".[export,test,report,video,serve,ray,ann,openvino]"' in lines
+    extras = "export,test,report,video,serve,ray,ann,openvino,docs"
+    assert f'pip install -e ".[{extras}]" && pytest -q && mkdocs build --strict' in readme
+    assert f'python3 -m pip install -q -e ".[{extras}]"' in lines
     assert "python3 -m pytest -q" in lines and "CI_ARM64=1 .ci/run" in readme
 
 

@@ -35,7 +35,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
            "rows": {"ViT (CLIP)": _row("ViT-B-32", 2.5)}}  # written before rows carried their own stamp
     (results / "models.json").write_text(json.dumps(old))
     doc = tmp_path / "models.md"
-    doc.write_text(f"before\n{models_table.BEGIN}\nold table\n{models_table.END}\nafter\n")
+    doc.write_text("before\n<!-- generated: model-families -->\nold table\n<!-- end generated -->\nafter\n")
     monkeypatch.setattr(models_table, "RESULTS_DIR", results)
     monkeypatch.setattr(models_table, "FAMILIES_JSON", tmp_path / "families.json")
     monkeypatch.setattr(models_table, "DOC", doc)
@@ -58,8 +58,9 @@ def test_merge_keeps_the_other_rows_and_their_commands(paths: Path) -> None:
     doc = (paths / "models.md").read_text()
     assert doc.startswith("before\n") and doc.endswith("after\n") and "old table" not in doc
     assert "| ViT (CLIP) | ViT-B-32 |" in doc and "| RoBERTa | roberta-ViT-B-32 |" in doc
-    assert "in 2 runs" in doc and "2026-01-01T00:00:00Z (load [1.0, 1.0, 1.0]), ViT (CLIP): `python" in doc
-    assert "RoBERTa: `python -m bench.models_table --merge --bundle RoBERTa=/b/roberta-ViT-B-32" in doc
+    assert "Commands, each measuring some rows:" in doc and "2026-01-01" not in doc  # dates: the history page
+    assert "- ViT (CLIP): `python -m bench.models_table --bundle ViT (CLIP)=A --write-docs`" in doc
+    assert "- RoBERTa: `python -m bench.models_table --merge --bundle RoBERTa=PATH --write-docs`" in doc
 
     # measuring the same family again replaces its row, in place
     models_table.main(["--merge", "--bundle", "ViT (CLIP)=/b/ViT-B-32"])
@@ -71,7 +72,8 @@ def test_merge_keeps_the_other_rows_and_their_commands(paths: Path) -> None:
 def test_a_full_run_has_one_stamp(paths: Path) -> None:
     models_table.main(["--bundle", "ViT (CLIP)=/b/ViT-B-32", "--write-docs"])
     doc = (paths / "models.md").read_text()
-    assert "runs" not in doc and "`python -m bench.models_table --bundle ViT (CLIP)=/b/ViT-B-32 --write-docs`." in doc
+    assert "Commands" not in doc
+    assert "Command: `python -m bench.models_table --bundle ViT (CLIP)=PATH --write-docs`." in doc
     assert list(json.loads((paths / "results" / "models.json").read_text())["rows"]) == ["ViT (CLIP)"]
 
 

@@ -520,3 +520,23 @@ def test_json_labels_blank_or_colliding_keys_exit_2(tmp_path: Path, monkeypatch:
     spec.write_text(text)
     r = invoke(["classify", str(imgs["a_red.png"]), "--labels-file", str(spec)])
     assert r.exit_code == 2 and named in r.output, r.output
+
+
+@pytest.mark.parametrize("content", [[], ["notes.txt", "sub/data.csv"]])
+def test_a_folder_without_images_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              content: list[str]) -> None:
+    loaded: list[str] = []
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: loaded.append("model") or FakeModel())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in content:
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text("x")
+    out = tmp_path / "run.jsonl"
+    r = invoke(["classify", str(folder), "-l", "cat,dog", "-o", str(out)])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [f"Error: no images found under {str(folder)!r} (looked for .bmp, "
+                                             ".gif, .jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"]
+    assert not loaded and not out.exists()  # said before the model loads or the output is made
+    r = invoke(["classify", "-", "-l", "cat,dog"], input=b"")
+    assert r.exit_code == 1 and "no images found under standard input" in r.stderr

@@ -380,3 +380,39 @@ def test_unlistable_folder_keeps_its_entries_exit_1(tmp_path: Path, monkeypatch:
     r = invoke(["index", str(imgs), "-o", idx])
     assert r.exit_code == 0 and "1 removed" in r.stderr
     assert [e.path for e in SearchIndex.load(idx).entries] == ["blue.png", "green.png", "magenta.png", "red.png"]
+
+
+def test_empty_folder_is_an_error_and_leaves_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    imgs = colour_dir(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    assert invoke(["index", str(imgs), "-o", str(idx)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file()}
+    for p in list(imgs.rglob("*.*")):
+        p.unlink()
+    (imgs / "readme.txt").write_text("no images here")
+    r = invoke(["index", str(imgs), "-o", str(idx)])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [f"Error: no images found under {str(imgs)!r} (looked for .bmp, .gif, "
+                                             ".jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"]
+    assert {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file()} == before
+
+
+def test_search_shows_paths_relative_to_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake(monkeypatch)
+    colour_dir(tmp_path / "work" / "imgs")
+    monkeypatch.chdir(tmp_path / "work")
+    assert invoke(["index", "imgs", "-o", "idx"]).exit_code == 0
+    r = invoke(["search", "idx", "a blue square", "--format", "json"])
+    assert sorted(h["path"] for h in json.loads(r.stdout)) == sorted(
+        ["imgs/red.png", "imgs/green.png", "imgs/blue.png", os.path.join("imgs", "sub", "yellow.jpg")])
+    classified = invoke(["classify", "imgs", "-l", "red,blue", "--format", "json"])
+    assert sorted(rec["path"] for rec in json.loads(classified.stdout)) == sorted(
+        h["path"] for h in json.loads(r.stdout))  # the same paths as `classify` shows
+    table = invoke(["search", "idx", "a blue square"]).stdout.splitlines()[1:]
+    assert sorted(line.split()[-1] for line in table) == sorted(h["path"] for h in json.loads(r.stdout))
+    # Outside the current folder: absolute, as stored.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = invoke(["search", str(tmp_path / "work" / "idx"), "a blue square", "--format", "json"])
+    assert all(os.path.isabs(h["path"]) for h in json.loads(r.stdout))

@@ -42,7 +42,7 @@ def test_families_of_architectures() -> None:
 def test_cli_lists_families_and_marks_architectures() -> None:
     r = CliRunner().invoke(main, ["models", "--available"])
     assert r.exit_code == 0, r.output
-    assert "Model families exported and measured here" in r.output
+    assert "Model families exported and measured by clip-rt's benchmarks" in r.output
     for family in REQUIRED:
         assert f"  {family} " in r.output
     assert any(line.split()[:2] == ["ViT-B-16-SigLIP", "[SigLIP]"] for line in r.output.splitlines())

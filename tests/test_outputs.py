@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_rt.cli import main
+from clip_rt.errors import InputError
 from clip_rt.outputs.files import OutputLock
 from clip_rt.outputs.records import Record, RecordWriter, csv_line, neutralise, unneutralise
 
@@ -343,7 +344,7 @@ def test_full_disk_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest
     err = p.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: cannot write") and "File too large" in err[0], err
     assert out.read_bytes() == before and side.read_bytes() == side_before
-    assert sorted(os.listdir(tmp_path)) == sorted(["imgs", out.name, side.name, f".{out.name}.clip-rt.lock"])
+    assert sorted(os.listdir(tmp_path)) == sorted(["imgs", out.name, side.name])  # no lock file left
 
 
 def test_full_disk_on_a_new_output_keeps_whole_records_to_resume(tmp_path: Path,
@@ -409,6 +410,40 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path, monkeypatch:
             assert "being written by another clip-rt run" in one_error_line(r) and f"process {os.getpid()}" in r.stderr
             assert out.read_bytes() == before
     assert invoke(["classify", str(folder), "-l", "red,green,blue", "-o", str(out), "--resume"]).exit_code == 0
+
+
+def test_no_lock_file_is_left_beside_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, out, _ = first_run(tmp_path, monkeypatch)
+    lock = tmp_path / f".{out.name}.clip-rt.lock"
+    assert not lock.exists()
+    lock.write_text("4242\n")  # left by a run that was killed: nobody holds it
+    r = invoke(["classify", str(folder), "-l", "red,green,blue", "-o", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert not lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["imgs", out.name, f"{out.name}.clip-rt.json"])
+
+
+def test_lock_file_removed_under_a_waiting_opener_is_not_locked_twice(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run that opened the lock file just before its holder removed it must not take a lock on
+    # the removed file while a third run locks a new one: it checks the name and retries.
+    out = str(tmp_path / "r.jsonl")
+    first = OutputLock(out).acquire()
+    stale = os.open(first.lock_path, os.O_RDWR)
+    first.release()
+    assert not os.path.exists(first.lock_path)
+    second = OutputLock(out)
+    opened = [stale]
+    real_open = second._open
+    monkeypatch.setattr(second, "_open", lambda: opened.pop() if opened else real_open())
+    second.acquire()
+    try:
+        assert os.path.exists(second.lock_path)
+        with pytest.raises(InputError, match="being written by another clip-rt run"):
+            OutputLock(out).acquire()
+    finally:
+        second.release()
+    assert not os.path.exists(second.lock_path)
 
 
 def test_two_resume_runs_at_once_never_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

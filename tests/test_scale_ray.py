@@ -270,3 +270,17 @@ def test_cli_without_ray_says_how_to_install(hide_module, tmp_path: Path, bundle
     hide_module("ray")
     r = invoke(["ray", "embed", str(tmp_path), "-o", str(tmp_path / "out"), "-m", str(bundle)])
     assert r.exit_code == 1 and "pip install 'clip-rt[ray]'" in r.stderr
+
+
+def test_a_source_without_images_fails_before_the_output_is_made(tmp_path: Path, bundle: Path) -> None:
+    from clip_rt.errors import InputError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="no images found under '.*empty'"):
+        crt_ray.local_rows(str(empty))
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="no images found"):
+        crt_ray.run_job(str(empty), out, bundle)
+    assert not out.exists()

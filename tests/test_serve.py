@@ -121,6 +121,11 @@ def test_openai_client(env: dict[str, Any], model: Any) -> None:
     assert res.model == "fake-clip" and res.usage.total_tokens > 0
     res = client.embeddings.create(model="fake-clip", input="a red car", encoding_format="float")
     assert np.array_equal(np.asarray(res.data[0].embedding, dtype=np.float32), want[1])
+    # Asked for explicitly, base64 comes back as the raw string (the client decodes only its own default);
+    # docs/serve.md says how to decode it.
+    res = client.embeddings.create(model="fake-clip", input="a red car", encoding_format="base64")
+    assert isinstance(res.data[0].embedding, str)
+    assert np.array_equal(np.frombuffer(base64.b64decode(res.data[0].embedding), dtype="<f4"), want[1])
     img = png_bytes(seed=3)
     res = client.embeddings.create(model="fake-clip", input=[data_url(img)])
     assert np.array_equal(np.asarray(res.data[0].embedding, dtype=np.float32), model.encode_image([img])[0])

@@ -1,4 +1,4 @@
-"""The bundle manifest: the one file the runtime reads to know a bundle (format in models/README.md)."""
+"""The bundle manifest: the one file the runtime reads to know a bundle (format in docs/bundle-format.md)."""
 from __future__ import annotations
 
 import hashlib

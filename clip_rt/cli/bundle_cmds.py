@@ -302,8 +302,7 @@ def _echo_families(families: dict[str, Any]) -> None:
     rows = families.get("families", {})
     if not rows:
         return
-    click.echo(f"Model families exported and measured here ({families.get('measured', '?')}, random weights; "
-               "docs/models.md):")
+    click.echo("Model families exported and measured by clip-rt's benchmarks (random weights; docs/models.md):")
     click.echo(f"  {'family':<20} {'architecture':<28} {'scoring':<8} {'fp32 diff':>9} {'int8 cos img/txt':>17} "
                f"{'int8 speed-up img/txt':>22}  tokenizer")
 

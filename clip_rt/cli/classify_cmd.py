@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ..errors import OutputError
-from ..inputs.discover import discover, display_path, path_key, printable
+from ..inputs.discover import discover, display_path, no_images_found, path_key, printable
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
@@ -60,8 +60,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     (searched recursively), or `-` to read paths from stdin, one per line.
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
-    with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a
-    model/input error, 2 bad usage.
+    with its `error`; so does a folder that could not be listed; --skip-errors makes this 0), no
+    images were found under PATHS, or a model/input error, 2 bad usage.
     """
     head = read_head(head_path)  # a damaged head file fails before the model loads
     # names, or {name: own prompts}; with --head, the head's
@@ -81,6 +81,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         require_matplotlib()  # fail before hours of inference, not after
     walk_errors: list[tuple[str, str]] = []
     inputs = discover(paths, errors=walk_errors)
+    if not inputs and not walk_errors:  # before the model loads: nothing to do is a mistake, said at once
+        raise no_images_found(paths)
     unlisted_folders: dict[str, tuple[str, str]] = {}  # by path_key: a folder named twice fails once
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))

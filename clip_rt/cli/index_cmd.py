@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, printable, walk_images
+from ..inputs.discover import display_path, no_images_found, printable, relative_to_cwd, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
 from . import main
@@ -32,7 +32,13 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
     """Embed every image under FOLDER into an index for `clip-rt search`. Re-running embeds only
     new or changed files and drops deleted ones. Exit status 1 if some images could not be read
     (they are left out of the index and listed) or a folder could not be listed (its earlier
-    entries are kept, and it is listed), unless --skip-errors."""
+    entries are kept, and it is listed), unless --skip-errors; 1 also, with the index untouched,
+    when FOLDER holds no images at all."""
+    listing_errors: list[tuple[str, str]] = []
+    total = len(walk_images(folder, listing_errors))
+    if not total and not listing_errors:
+        # Before the index is touched: an empty FOLDER (an unmounted drive, a typo) must not empty an index.
+        raise no_images_found([folder])
     # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
     recorded = None if rebuild else recorded_precision(index_dir)
     check_precision_follows(model.options.precision, recorded, f"index {display_path(index_dir)!r}",
@@ -47,7 +53,7 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
     echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
              f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
     for path, reason in stats.failed[:10]:
-        echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, reason))}")
+        echo_err(f"  failed: {display_path(relative_to_cwd(path))}: {printable(error_reason(path, reason))}")
     if len(stats.failed) > 10:
         echo_err(f"  ... and {len(stats.failed) - 10} more")
     if stats.failed and not skip_errors:
@@ -69,8 +75,9 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
 def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str, method: str,
                rebuild_ann: bool, model: ModelArgs) -> None:
     """Rank the images in INDEX (a `clip-rt index` folder or a `clip-rt ray` output) by cosine
-    similarity to TEXT (or to --image). The model defaults to the one that made the embeddings;
-    another bundle is refused."""
+    similarity to TEXT (or to --image). Paths are shown relative to the current folder where they
+    lie under it, else absolute. The model defaults to the one that made the embeddings; another
+    bundle is refused."""
     from ..outputs import ann
     from ..outputs.collection import open_collection
 
@@ -82,6 +89,8 @@ def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], t
     check_model(collection, clip, index_dir)
     query = clip.encode_text([text])[0] if text else clip.encode_image([image_path])[0]
     hits, _how = ann.search(collection, query, top_k, mode=method, rebuild=rebuild_ann, on_message=echo_err)
+    # Paths relative to the current folder where they lie under it, as `classify` shows them.
+    hits = [(score, relative_to_cwd(path)) for score, path in hits]
     if fmt == "json":
         click.echo(dumps_json([{"rank": i, "score": round(s, 6), "path": p} for i, (s, p) in enumerate(hits, 1)]))
         return

@@ -11,8 +11,9 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass
-from typing import IO, Any, Iterable, Iterator, Optional
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
+from ..errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
@@ -51,6 +52,15 @@ def walk_images(folder: str, errors: Optional[list[tuple[str, str]]] = None) -> 
         dirs.sort()
         found.extend(os.path.join(root, f) for f in files if is_image_name(f))
     return sorted(found, key=os.fsencode)
+
+
+def no_images_found(paths: Sequence[str]) -> InputError:
+    """The error of a command whose PATHS held no image at all (an empty folder, a folder of
+    other files, an empty list on stdin): a mistake far more often than a request to do nothing
+    (an unmounted drive, a typo in a folder name), so commands exit 1 on it."""
+    shown = ", ".join("standard input" if p == "-" else repr(display_path(p)) for p in paths) or "nothing"
+    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    return InputError(f"no images found under {shown} (looked for {kinds} files, subfolders included)")
 
 
 def read_path_list(stream: IO[bytes]) -> list[str]:
@@ -125,6 +135,19 @@ def display_path(path: str) -> str:
     """*path* printable on any terminal: undecodable bytes shown as ``\\xNN``, control
     characters escaped (see :func:`printable`)."""
     return printable(loader_label(path))
+
+
+def relative_to_cwd(path: str) -> str:
+    """*path* relative to the current directory when it lies under it (``photos/a.jpg``, as
+    ``clip-rt classify`` shows a path given that way), else unchanged. For paths an output holds
+    in absolute form (a search index, a Ray job's Parquet), so every command shows them alike."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def display_width(text: str) -> int:

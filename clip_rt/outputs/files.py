@@ -432,7 +432,17 @@ class OutputLock:
     """An exclusive, non-blocking lock on an output (``flock`` on a hidden
     ``.<name>.clip-rt.lock`` beside it): a second run on the same output is refused at once,
     instead of interleaving its records with the first one's. Taking it also proves that the
-    folder can be written. On a platform without ``fcntl`` it locks nothing."""
+    folder can be written. The lock file is removed when the lock is released, so no file is
+    left beside the output. On a platform without ``fcntl`` it locks (and creates) nothing.
+
+    Removing a lock file safely: the holder unlinks it while still holding the ``flock``, and a
+    run that takes the lock checks afterwards that the name still leads to the file it locked
+    (a run that opened the file just before the holder removed it would otherwise hold a lock
+    on a file nobody else can find, beside a second run that made a new one)."""
+
+    # Tries at taking the lock when other runs keep removing the file under it: each failed
+    # try means another run finished in between, so a handful is plenty.
+    ATTEMPTS = 20
 
     def __init__(self, path: str, what: str = "output") -> None:
         folder, base = os.path.split(path)
@@ -445,20 +455,22 @@ class OutputLock:
             import fcntl
         except ImportError:  # Windows: no flock; concurrent runs are not detected there
             return self
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError as exc:
-            folder = os.path.dirname(self.lock_path) or "."
-            raise OutputError(f"cannot write {self.what} {display_path(self.path)!r}: cannot create files in "
-                              f"{display_path(folder)!r} ({reason(exc)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f" (process {holder})" if holder else ""
-            raise InputError(f"{display_path(self.path)!r} is being written by another clip-rt run{who}; "
-                             "wait for it to end, or write to another file") from None
+        for _ in range(self.ATTEMPTS):
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f" (process {holder})" if holder else ""
+                raise InputError(f"{display_path(self.path)!r} is being written by another clip-rt run{who}; "
+                                 "wait for it to end, or write to another file") from None
+            if self._still_named(fd):
+                break
+            os.close(fd)  # the run that held it removed the file meanwhile: lock the current one
+        else:
+            raise OutputError(f"cannot lock {self.what} {display_path(self.path)!r}: its lock file "
+                              f"{display_path(self.lock_path)!r} kept being replaced; try again")
         try:  # whose lock it is, for the message above (best effort)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -467,8 +479,31 @@ class OutputLock:
         self._fd = fd
         return self
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            folder = os.path.dirname(self.lock_path) or "."
+            raise OutputError(f"cannot write {self.what} {display_path(self.path)!r}: cannot create files in "
+                              f"{display_path(folder)!r} ({reason(exc)})") from None
+
+    def _still_named(self, fd: int) -> bool:
+        """Whether :attr:`lock_path` is still the file open as *fd*."""
+        try:
+            named, held = os.stat(self.lock_path), os.fstat(fd)
+        except OSError:
+            return False
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
-        if self._fd is not None:
+        """Remove the lock file (only while this run holds it, and only if the name still leads
+        to the file this run locked), then release the lock."""
+        if self._fd is None:
+            return
+        try:
+            if self._still_named(self._fd):
+                _unlink(self.lock_path)
+        finally:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 

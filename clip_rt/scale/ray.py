@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
-from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, path_key
+from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, no_images_found, path_key
 from ..options import RuntimeOptions
 from . import parts
 
@@ -176,7 +176,12 @@ def local_rows(source: Source, *, skip: Optional[set[str]] = None,
     """Input rows for local paths: discovered as ``clip-rt classify`` does, made absolute
     (workers do not share the driver's working directory), minus those in *skip*."""
     rows = []
-    for p in discover(_items(source), errors=walk_errors):
+    items = _items(source)
+    errors: list[tuple[str, str]] = [] if walk_errors is None else walk_errors
+    found = discover(items, errors=errors)
+    if not found and not errors:  # as `clip-rt classify`: an empty folder is a mistake, not an empty job
+        raise no_images_found(items)
+    for p in found:
         abs_path = path_key(p)
         shown = display_path(abs_path)  # Arrow strings are UTF-8: undecodable bytes shown as \xNN
         if skip and shown in skip:
@@ -335,14 +340,16 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
         classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates, head)
     else:
         classifier, ident = None, parts.identity("embed", manifest, precision, bundle_dir=bundle_dir)
+    walk_errors: list[tuple[str, str]] = []
+    # Local inputs are found first: a source without images fails before the output folder is made.
+    local = None if _is_dataset(source) or _uris(source) else local_rows(source, walk_errors=walk_errors)
     parts.prepare_output(out, ident, overwrite=overwrite)
     done = parts.done_paths(out)
-    walk_errors: list[tuple[str, str]] = []
     ray = _ensure()
-    if isinstance(source, ray.data.Dataset) or _uris(source):
+    if local is None:
         ds = input_dataset(source, skip=done)
     else:
-        rows = local_rows(source, skip=done, walk_errors=walk_errors)
+        rows = [row for row in local if row["path"] not in done]
         ds = _from_rows(ray, rows, min(_MAP_ROWS, part_rows)) if rows else None
     new = _write_unlisted(out, ident, walk_errors, done)
     if ds is not None:
