@@ -392,7 +392,7 @@ class ClipModel:
 
         With the prompt cache on, the text session is freed once the class embeddings exist
         (the next call finds them in the cache): a folder then peaks at the image graph's
-        memory alone (docs/bench.md)."""
+        memory alone (docs/benchmarks/history.md)."""
         clf = self._classifier_for(labels, templates, head)
         sources = list(expand_folders(as_image_list(images)))
         return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)

@@ -67,7 +67,7 @@ class CpuIsa:
     @property
     def native_bf16(self) -> bool:
         """bf16 matrix arithmetic in hardware (AMX-BF16 or AVX512-BF16 on x86, BF16 on ARM64).
-        Without it OpenVINO's bf16 hint is emulated and collapses (0.04x, issue 10)."""
+        Without it OpenVINO's bf16 hint is emulated and collapses (measured 0.04x of f32)."""
         if self.arch == "x86_64":
             return bool({"amx_bf16", "avx512_bf16"} & self.flags)
         return self.arch == "aarch64" and "bf16" in self.flags

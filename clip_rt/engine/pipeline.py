@@ -53,10 +53,8 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
     threads while earlier batches run; with *queued*, batches go through the backend's
     throughput queue, up to its queue_depth in flight, collected in order (same embeddings as
     run()). A stream that is one batch in all (``encode_image`` of a few images, a small
-    folder) is one latency call at its own size instead: nothing runs beside it, and a
-    throughput stream would pad it to *batch_size* and give it one stream's threads (measured:
-    ``encode_image`` of one photo 231-273 ms through the queue padded to 8, 40-43 ms as a
-    latency call, ViT-B-32 int8 on OpenVINO on a busy 2-core AMX host)."""
+    folder) is one latency call at its own size instead: nothing runs beside it, and the queue
+    would give it one stream's threads (one photo took 5-6x as long that way on OpenVINO)."""
     depth = 1  # batches in flight; the queue's depth once a batch goes through it (compiled then)
     ahead = 2 * batch_size
     pending: deque[Future[Decoded]] = deque()
