@@ -249,6 +249,33 @@ def test_part_footers_count_rows_per_node(tmp_path: Path, bundle: Path) -> None:
     assert parts.read_table(str(tmp_path)).num_rows == 4  # the footers do not disturb reading
 
 
+def test_sink_counts_nodes_into_footers_and_reports_an_unwritable_output(tmp_path: Path, bundle: Path) -> None:
+    from clip_rt.bundle.manifest import read_manifest
+    from clip_rt.errors import OutputError
+    from clip_rt.scale.sink import PartsDatasink
+
+    ident = parts.identity("embed", read_manifest(bundle), "fp32")
+    schema = parts.schema(ident)
+    cols: dict[str, Any] = {k: pa.nulls(3, schema.field(k).type) for k in schema.names}
+    cols["path"] = pa.array(["a", "b", "c"], pa.string())
+    cols["error"] = pa.array(["bad", None, None], pa.string())
+    block = pa.Table.from_pydict(cols, schema=schema)
+    block = block.append_column(parts.NODE_IP, pa.array(["10.0.0.1", "10.0.0.2", "10.0.0.2"]))
+    block = block.append_column(parts.NODE_ID, pa.array(["n1", "n2", "n2"]))
+    out = tmp_path / "out"
+    parts.prepare_output(str(out), ident)
+    written = PartsDatasink(str(out), 10).write([block], None)
+    assert written is not None and written["nodes"] == {"n1": {"ip": "10.0.0.1", "rows": 1, "failed": 1},
+                                                         "n2": {"ip": "10.0.0.2", "rows": 2, "failed": 0}}
+    table = parts.read_table(str(out))
+    assert table.column_names == schema.names  # the node columns are not written
+    assert footer_nodes(out) == written["nodes"]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    with pytest.raises(OutputError, match="a-file: cannot write a part"):
+        PartsDatasink(str(blocked), 10).write([block], None)
+
+
 # -- the cluster -------------------------------------------------------------------------------
 class LocalCluster:
     """A head node started at once, workers added and removed by the tests; every process it

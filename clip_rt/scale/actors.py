@@ -274,9 +274,16 @@ def fetch_reference(shipped: ShippedBundle, folder: Path, model: Any) -> None:
     choice = model.plan.image
     if not choice.needs_evidence or choice.graph_precision == "fp32":
         return  # no check, or a check against the graph that was shipped
+    from ..bundle.verify import verify_bundle_files
+
     names = graph_files(model.manifest, "fp32")
     if all((folder / name).is_file() for name in names):
-        return
+        try:
+            verify_bundle_files(folder, model.manifest, names)
+            return
+        except ClipRtError as exc:
+            warnings.warn(f"the fp32 image graph on this node is damaged ({exc}); writing it again",
+                          RuntimeWarning, stacklevel=2)
     if shipped.reference is None:
         raise BundleError(f"{choice.backend} {choice.mode_label} was chosen for the image encoder on this node, and "
                           "must first be checked against the fp32 image graph, which the driver did not ship "

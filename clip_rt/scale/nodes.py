@@ -40,6 +40,8 @@ def this_node() -> tuple[str, str]:
     """(IP address, node id) of the node this process runs on; inside a Ray worker only."""
     import ray
 
+    if not ray.is_initialized():  # not in a Ray worker: nothing to name
+        return "", ""
     return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
 
 
@@ -105,8 +107,8 @@ def job_failure(exc: BaseException) -> Optional[ClipRtError]:
             return NodeError(f"{found.group(1).strip()}; {RESUME_HINT}", found.group(2), found.group(3))
     for e in chain:
         if type(e).__name__ in _RAY_LOST:
-            return RayJobError(f"the Ray job stopped: {type(e).__name__}: {_one_line(_strip_ray(str(e)))}; "
-                               f"{RESUME_HINT}")
+            first = (_strip_ray(str(e)).splitlines() or ["(no message)"])[0].strip()
+            return RayJobError(f"the Ray job stopped: {type(e).__name__}: {first}; {RESUME_HINT}")
     return None
 
 

@@ -42,6 +42,7 @@ DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
 _MAP_ROWS = 256  # rows per map_batches call at most: enough for the model's batches, small blocks
 _started_here = False
+_quiet = False  # init(quiet=True): run_job reports a failed job in one line, without Ray Data's console report
 
 
 class RayUnavailable(ClipRtError):
@@ -65,7 +66,7 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     ``"ray://head:10001"``; default ``$RAY_ADDRESS``); none starts a local Ray on this machine, bound to 127.0.0.1, with
     *num_cpus* (default: all cores) and an object store of *object_store_mb*. Already
     connected: nothing is done. Returns True if this call started (and so owns) a local Ray."""
-    global _started_here
+    global _started_here, _quiet
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # Read by Ray at import and by the processes it starts: a local node then uses the
@@ -89,22 +90,19 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         _started_here = True
     else:
         ray.init(address=address, **kwargs)
+    _quiet = quiet
     if quiet:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
-        data_logger = logging.getLogger("ray.data")
-        data_logger.setLevel(logging.WARNING)
-        for handler in data_logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(
-                    isinstance(f, _QuietConsole) for f in handler.filters):
-                handler.addFilter(_QuietConsole())
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return address is None
 
 
 class _QuietConsole(logging.Filter):
-    """Ray Data's console lines that a quiet run says better itself: a failed job's report and
-    traceback (the job raises one ClipRtError line instead; Ray Data's log file keeps them all),
-    and the note that progress bars are off (they are, where stderr is not a terminal)."""
+    """Ray Data's console lines, during a quiet run's job, that it says better itself: a failed
+    job's report and traceback (the job raises one ClipRtError line instead; Ray Data's log file
+    keeps them all), and the note that progress bars are off (they are, where stderr is not a
+    terminal)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR and not record.name.startswith("ray.data._internal.progress")
@@ -392,6 +390,10 @@ def _write(ds: Any, sink: Any) -> None:
     # The actor's own exception, not Ray Data's "UDF failed" wrapper (which loses it on the way
     # to the driver); the caller's setting is put back afterwards.
     before, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    quiet = _QuietConsole()
+    for handler in console if _quiet else []:
+        handler.addFilter(quiet)
     try:
         ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     except ClipRtError:
@@ -403,6 +405,8 @@ def _write(ds: Any, sink: Any) -> None:
         raise failure from None
     finally:
         ctx.raise_original_map_exception = before
+        for handler in console:
+            handler.removeFilter(quiet)
 
 
 def _write_unlisted(out: str, ident: dict[str, Any], walk_errors: list[tuple[str, str]], done: set[str]) -> int:
