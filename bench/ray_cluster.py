@@ -25,6 +25,7 @@ footers), rows computed more than once (all computed - inputs), the outcome. Res
 bench/results/ray_cluster.json (with the machine's ISA, bench/common.py). The machine is shared:
 the rows redone are the figure to read; times are as measured, under the load recorded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,9 +96,14 @@ class Driver:
         self.ledger = ledger
         self.t0 = time.perf_counter()
         self.started = time.time()  # the ledger's clock
-        self.proc = subprocess.Popen([sys.executable, str(script), str(ledger), *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(ledger), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def computed(self) -> dict[str, int]:
         return read_ledger(self.ledger)
@@ -113,8 +119,9 @@ class Driver:
             if condition():
                 return time.perf_counter() - self.t0
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the job ended before {what}: rc {self.proc.returncode}\n"
-                                   f"{self.proc.communicate()[1][-3000:]}")
+                raise RuntimeError(
+                    f"the job ended before {what}: rc {self.proc.returncode}\n{self.proc.communicate()[1][-3000:]}"
+                )
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"timed out waiting for {what}")
@@ -144,9 +151,16 @@ class BenchCluster:
         self.worker_mb = worker_mb
         self.nodes: dict[str, Any] = {}
         self.homes: dict[str, Path] = {}
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "object_store_memory": head_mb * 2**20, "node_ip_address": "127.0.0.1",
-            "include_dashboard": False, "env_vars": {"CLIP_RT_HOME": str(self._home("head"))}})
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "object_store_memory": head_mb * 2**20,
+                "node_ip_address": "127.0.0.1",
+                "include_dashboard": False,
+                "env_vars": {"CLIP_RT_HOME": str(self._home("head"))},
+            },
+        )
         self.nodes["head"] = self.cluster.head_node
         self.added = 0
 
@@ -160,9 +174,12 @@ class BenchCluster:
     def add_worker(self) -> str:
         self.added += 1
         name = f"w{self.added}"
-        self.nodes[name] = self.cluster.add_node(num_cpus=1, object_store_memory=self.worker_mb * 2**20,
-                                                 node_ip_address="127.0.0.1",
-                                                 env_vars={"CLIP_RT_HOME": str(self._home(name))})
+        self.nodes[name] = self.cluster.add_node(
+            num_cpus=1,
+            object_store_memory=self.worker_mb * 2**20,
+            node_ip_address="127.0.0.1",
+            env_vars={"CLIP_RT_HOME": str(self._home(name))},
+        )
         self.cluster.wait_for_nodes()
         return name
 
@@ -185,9 +202,12 @@ def reference(photos: Path, bundle: str, labels: str, work: Path) -> dict[str, d
     out = work / "reference.jsonl"
     if not out.exists():
         exe = Path(sys.executable).with_name("clip-rt")
-        r = subprocess.run([str(exe), "classify", str(photos), "-o", str(out), "-l", labels, "-m", bundle],
-                           env={**os.environ, "CLIP_RT_HOME": str(work / "home-reference")}, capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [str(exe), "classify", str(photos), "-o", str(out), "-l", labels, "-m", bundle],
+            env={**os.environ, "CLIP_RT_HOME": str(work / "home-reference")},
+            capture_output=True,
+            text=True,
+        )
         if r.returncode not in (0, 1):
             raise RuntimeError(f"clip-rt classify failed: {r.stderr[-2000:]}")
     return {path_key(d["path"]): d for d in map(json.loads, out.read_text().splitlines())}
@@ -212,10 +232,16 @@ def check_output(out: Path, ref: dict[str, dict[str, Any]]) -> dict[str, Any]:
         elif ranked[0] - ranked[1] < 0.05:
             near_ties += 1
     ok = sum(1 for w in ref.values() if w["error"] is None)
-    return {"rows": len(rows), "unique_paths": len(set(paths)), "inputs": len(ref),
-            "exactly_once": len(paths) == len(set(paths)) and set(paths) == set(ref),
-            "labels_same_as_cli": labels_same, "labels_compared": ok, "label_differences_at_near_ties": near_ties,
-            "max_abs_score_diff_same_label": round(worst, 6)}
+    return {
+        "rows": len(rows),
+        "unique_paths": len(set(paths)),
+        "inputs": len(ref),
+        "exactly_once": len(paths) == len(set(paths)) and set(paths) == set(ref),
+        "labels_same_as_cli": labels_same,
+        "labels_compared": ok,
+        "label_differences_at_near_ties": near_ties,
+        "max_abs_score_diff_same_label": round(worst, 6),
+    }
 
 
 def node_rows(out: Path, cluster: BenchCluster, computed: dict[str, int]) -> dict[str, Any]:
@@ -225,8 +251,11 @@ def node_rows(out: Path, cluster: BenchCluster, computed: dict[str, int]) -> dic
     written = parts.summarize(str(out)).nodes
     result = {}
     for node_id in sorted(set(written) | set(computed)):
-        result[node_id[:12]] = {"node": cluster.name_of(node_id) or "removed", "rows_written": written.get(
-            node_id, {}).get("rows", 0), "rows_computed": computed.get(node_id, 0)}
+        result[node_id[:12]] = {
+            "node": cluster.name_of(node_id) or "removed",
+            "rows_written": written.get(node_id, {}).get("rows", 0),
+            "rows_computed": computed.get(node_id, 0),
+        }
     return result
 
 
@@ -246,28 +275,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="cluster-", dir=work))
     t0 = time.perf_counter()
     cluster = BenchCluster(base, head_mb=args.head_mb, worker_mb=args.worker_mb)
-    result: dict[str, Any] = {"images": len(ref), "bundle": Path(args.bundle).name, "part_rows": args.part_rows,
-                              "actors": 2, "labels": len(LABELS), "shipped": shipped(args.bundle)}
+    result: dict[str, Any] = {
+        "images": len(ref),
+        "bundle": Path(args.bundle).name,
+        "part_rows": args.part_rows,
+        "actors": 2,
+        "labels": len(LABELS),
+        "shipped": shipped(args.bundle),
+    }
     try:
         for _ in range(3):
             cluster.add_worker()
-        result["cluster"] = {"head": {"cpus": 0, "object_store_mb": args.head_mb},
-                             "workers": {"count": 3, "cpus_each": 1, "object_store_mb_each": args.worker_mb},
-                             "start_s": round(time.perf_counter() - t0, 1)}
+        result["cluster"] = {
+            "head": {"cpus": 0, "object_store_mb": args.head_mb},
+            "workers": {"count": 3, "cpus_each": 1, "object_store_mb_each": args.worker_mb},
+            "start_s": round(time.perf_counter() - t0, 1),
+        }
         # Every worker gets the shipped bundle and its compiled model once, as a cluster that has
         # run a job has: the runs below then compare like with like (a new node is cold, as in life).
         log("warm-up job on the three workers")
-        warm = Driver(script, base / "ledger-warmup", ["ray", "classify", str(photos), "-o", str(base / "out-warmup"),
-                                                       "-m", args.bundle, "-l", labels, "--address", cluster.address,
-                                                       "--ship-bundle", "--actors", "3"], base / "home-driver")
+        warm = Driver(
+            script,
+            base / "ledger-warmup",
+            [
+                "ray",
+                "classify",
+                str(photos),
+                "-o",
+                str(base / "out-warmup"),
+                "-m",
+                args.bundle,
+                "-l",
+                labels,
+                "--address",
+                cluster.address,
+                "--ship-bundle",
+                "--actors",
+                "3",
+            ],
+            base / "home-driver",
+        )
         rc, err, wall = warm.finish()
         result["warmup"] = {"outcome": _outcome(rc, err), "wall_s": round(wall, 1), "actors": 3}
         runs = {}
         for name, scenario in (("baseline", baseline), ("node_lost", node_lost), ("driver_killed", driver_killed)):
             log(f"run {name}")
             out = base / f"out-{name}"
-            job = ["ray", "classify", str(photos), "-o", str(out), "-m", args.bundle, "-l", labels,
-                   "--address", cluster.address, "--ship-bundle", "--actors", "2", "--part-rows", str(args.part_rows)]
+            job = [
+                "ray",
+                "classify",
+                str(photos),
+                "-o",
+                str(out),
+                "-m",
+                args.bundle,
+                "-l",
+                labels,
+                "--address",
+                cluster.address,
+                "--ship-bundle",
+                "--actors",
+                "2",
+                "--part-rows",
+                str(args.part_rows),
+            ]
             runs[name] = scenario(cluster, script, job, base / f"ledger-{name}", base / "home-driver")
             runs[name]["output"] = check_output(out, ref)
             runs[name]["nodes"] = node_rows(out, cluster, runs[name].pop("_computed"))
@@ -299,8 +370,11 @@ def shipped(bundle: str) -> dict[str, Any]:
         return round(sum((Path(bundle) / n).stat().st_size for n in names) / 2**20, 1)
 
     reference = derived_mode_possible(manifest, precision)
-    return {"precision": precision, "graph_mb": mb(graph_files(manifest, precision)),
-            "fp32_reference_mb": mb(graph_files(manifest, "fp32")) if reference else 0.0}
+    return {
+        "precision": precision,
+        "graph_mb": mb(graph_files(manifest, precision)),
+        "fp32_reference_mb": mb(graph_files(manifest, "fp32")) if reference else 0.0,
+    }
 
 
 def _outcome(rc: int, err: str) -> str:
@@ -312,8 +386,13 @@ def baseline(cluster: BenchCluster, script: Path, job: list[str], ledger: Path, 
     d = Driver(script, ledger, job, home)
     rc, err, wall = d.finish()
     computed = d.computed()
-    return {"outcome": _outcome(rc, err), "wall_s": round(wall, 1), "first_batch_s": d.first_batch_s(),
-            "rows_computed": sum(computed.values()), "_computed": computed}
+    return {
+        "outcome": _outcome(rc, err),
+        "wall_s": round(wall, 1),
+        "first_batch_s": d.first_batch_s(),
+        "rows_computed": sum(computed.values()),
+        "_computed": computed,
+    }
 
 
 def node_lost(cluster: BenchCluster, script: Path, job: list[str], ledger: Path, home: Path) -> dict[str, Any]:
@@ -334,12 +413,15 @@ def node_lost(cluster: BenchCluster, script: Path, job: list[str], ledger: Path,
     rc, err, wall = d.finish()
     # The lost actor's replacement: the first batch of a node that had computed none before.
     fresh = [e["t"] for e in ledger_entries(ledger) if e["t"] >= removed and e["node"] not in computed_then]
-    result: dict[str, Any] = {"first_batch_s": d.first_batch_s(), "removed_at_s": round(at, 1),
-                              "rows_computed_when_removed": sum(computed_then.values()),
-                              "removed_node_rows_computed_before": computed_then[victim_id],
-                              "replacement_first_batch_s_after_removal": round(min(fresh) - removed, 1) if fresh
-                              else None,
-                              "first_run": _outcome(rc, err), "first_run_wall_s": round(wall, 1)}
+    result: dict[str, Any] = {
+        "first_batch_s": d.first_batch_s(),
+        "removed_at_s": round(at, 1),
+        "rows_computed_when_removed": sum(computed_then.values()),
+        "removed_node_rows_computed_before": computed_then[victim_id],
+        "replacement_first_batch_s_after_removal": round(min(fresh) - removed, 1) if fresh else None,
+        "first_run": _outcome(rc, err),
+        "first_run_wall_s": round(wall, 1),
+    }
     computed = d.computed()
     if "Error:" in err:
         again = Driver(script, ledger, job, home)
@@ -348,8 +430,15 @@ def node_lost(cluster: BenchCluster, script: Path, job: list[str], ledger: Path,
         result["rerun_wall_s"] = round(wall2, 1)
         wall += wall2
         computed = again.computed()  # the same ledger: both runs
-    result.update({"outcome": result["first_run"], "wall_s": round(wall, 1), "rows_computed": sum(computed.values()),
-                   "rows_computed_twice": sum(computed.values()) - inputs, "_computed": computed})
+    result.update(
+        {
+            "outcome": result["first_run"],
+            "wall_s": round(wall, 1),
+            "rows_computed": sum(computed.values()),
+            "rows_computed_twice": sum(computed.values()) - inputs,
+            "_computed": computed,
+        }
+    )
     return result
 
 
@@ -367,11 +456,19 @@ def driver_killed(cluster: BenchCluster, script: Path, job: list[str], ledger: P
     again = Driver(script, ledger, job, home)
     rc, err, wall = again.finish()
     computed = again.computed()
-    return {"first_batch_s": d.first_batch_s(), "rerun_first_batch_s": again.first_batch_s(),
-            "killed_at_s": round(at, 1), "rows_computed_when_killed": computed_then,
-            "rows_in_finished_parts_when_killed": written, "outcome": _outcome(rc, err),
-            "rerun_wall_s": round(wall, 1), "wall_s": round(at + wall, 1), "rows_computed": sum(computed.values()),
-            "rows_computed_twice": sum(computed.values()) - inputs, "_computed": computed}
+    return {
+        "first_batch_s": d.first_batch_s(),
+        "rerun_first_batch_s": again.first_batch_s(),
+        "killed_at_s": round(at, 1),
+        "rows_computed_when_killed": computed_then,
+        "rows_in_finished_parts_when_killed": written,
+        "outcome": _outcome(rc, err),
+        "rerun_wall_s": round(wall, 1),
+        "wall_s": round(at + wall, 1),
+        "rows_computed": sum(computed.values()),
+        "rows_computed_twice": sum(computed.values()) - inputs,
+        "_computed": computed,
+    }
 
 
 def _count_inputs(job: list[str]) -> int:

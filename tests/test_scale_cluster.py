@@ -16,6 +16,7 @@ The cluster is torn down by the fixture, also when a test fails; every process i
 checked gone (and killed if not). The first part of the file tests the pieces without Ray
 processes (shipping, a damaged shipped copy, errors, the per-node footers).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,10 +70,24 @@ def nncf_int8_bundle(path: Path, gate: float = 0.99) -> Path:
     it in bf16, a derived mode checked against the fp32 graph before use."""
     b = build_fake_bundle(path, precisions=("fp32", "int8"))
     data = json.loads((b / "manifest.json").read_text())
-    data["parity"] = {"int8": {e: {"max_abs_diff": 0.01, "min_cosine": 0.9995, "samples": 8,
-                                   "tolerance": {"min_cosine": gate}, "passed": True} for e in ("image", "text")}}
-    data["quantization"] = {"int8": {e: {"kind": "static", "per_channel": True, "method": "nncf",
-                                         "activations": "int8"} for e in ("image", "text")}}
+    data["parity"] = {
+        "int8": {
+            e: {
+                "max_abs_diff": 0.01,
+                "min_cosine": 0.9995,
+                "samples": 8,
+                "tolerance": {"min_cosine": gate},
+                "passed": True,
+            }
+            for e in ("image", "text")
+        }
+    }
+    data["quantization"] = {
+        "int8": {
+            e: {"kind": "static", "per_channel": True, "method": "nncf", "activations": "int8"}
+            for e in ("image", "text")
+        }
+    }
     (b / "manifest.json").write_text(json.dumps(data))
     return b
 
@@ -92,8 +107,9 @@ def big_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sources = []
     for i in range(6):
         a, b, c = np.random.default_rng(i).random(3) * 0.02
-        arr = np.stack([np.sin(xx * a + yy * b) * 127 + 128, np.cos(yy * c + i) * 127 + 128,
-                        (xx + yy * (i + 1)) % 256], -1).astype(np.uint8)
+        arr = np.stack(
+            [np.sin(xx * a + yy * b) * 127 + 128, np.cos(yy * c + i) * 127 + 128, (xx + yy * (i + 1)) % 256], -1
+        ).astype(np.uint8)
         sources.append(folder / f"source{i}.jpg")
         Image.fromarray(arr).save(sources[-1], quality=90)
     for i in range(90):
@@ -112,8 +128,9 @@ def small_photos(folder: Path, n: int) -> Path:
 
 def cli_classify(photos: Path, bundle: Path, out: Path, *extra: str) -> dict[str, dict[str, Any]]:
     """`clip-rt classify` on one machine, in this process: the reference rows by absolute path."""
-    r = CliRunner().invoke(main, ["classify", str(photos), "-o", str(out), "-l", LABELS, "-m", str(bundle), *extra],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        main, ["classify", str(photos), "-o", str(out), "-l", LABELS, "-m", str(bundle), *extra], catch_exceptions=False
+    )
     assert r.exit_code in (0, 1), r.output
     return {path_key(d["path"]): d for d in map(json.loads, out.read_text().splitlines())}
 
@@ -151,8 +168,7 @@ def put_here(value: Any) -> Any:
     return value  # a ShippedBundle whose "refs" are the files themselves (actors._get accepts both)
 
 
-def test_ship_bundle_adds_the_fp32_graph_only_where_a_derived_mode_may_need_it(tmp_path: Path,
-                                                                                bundle: Path) -> None:
+def test_ship_bundle_adds_the_fp32_graph_only_where_a_derived_mode_may_need_it(tmp_path: Path, bundle: Path) -> None:
     b = nncf_int8_bundle(tmp_path / "nncf")
     shipped = actors.ship_bundle(str(b), "int8", put_here)
     assert set(shipped.graph) == {"image_int8.onnx"}
@@ -175,8 +191,9 @@ def test_a_damaged_shipped_copy_is_written_again(tmp_path: Path, clip_home: Path
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing left aside
 
 
-def test_an_unwritable_home_is_a_bundle_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        bundle: Path) -> None:
+def test_an_unwritable_home_is_a_bundle_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: Path
+) -> None:
     home = tmp_path / "home-is-a-file"
     home.write_text("x")
     monkeypatch.setenv("CLIP_RT_HOME", str(home))
@@ -185,8 +202,9 @@ def test_an_unwritable_home_is_a_bundle_error_naming_it(tmp_path: Path, monkeypa
 
 
 @pytest.mark.skipif(not HAVE_OV, reason="openvino not installed (pip install 'clip-rt[openvino]')")
-def test_shipped_copy_without_the_reference_refuses_the_unchecked_mode(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_copy_without_the_reference_refuses_the_unchecked_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A driver whose choice table expects no derived mode ships no fp32 graph; a node that
     still chooses one says so, instead of a missing-file error from deep in the check."""
     from clip_rt.model import load
@@ -212,8 +230,9 @@ def test_node_errors_survive_ray_wrapping_and_read_as_one_line() -> None:
 
     import ray.exceptions
 
-    err = nodes.NodeError("node 10.0.0.7 (id abc123): the model could not be loaded on this node: disk full",
-                          "10.0.0.7", "abc123")
+    err = nodes.NodeError(
+        "node 10.0.0.7 (id abc123): the model could not be loaded on this node: disk full", "10.0.0.7", "abc123"
+    )
     again = pickle.loads(pickle.dumps(err))
     assert (str(again), again.node_ip, again.node_id) == (str(err), "10.0.0.7", "abc123")
     wrapped = ray.exceptions.RayTaskError("submit", "Traceback ...", err).as_instanceof_cause()
@@ -222,8 +241,10 @@ def test_node_errors_survive_ray_wrapping_and_read_as_one_line() -> None:
     assert str(found).startswith("node 10.0.0.7 (id abc123): the model could not") and "\n" not in str(found)
     assert "rerun the same command to resume" in str(found)
     # A wrapper that kept only the text (Ray Data's "UDF failed" message with the cause's traceback).
-    text = RuntimeError("UDF failed\nTraceback (most recent call last):\n  File x\nclip_rt.scale.nodes.NodeError: "
-                        "node 10.0.0.8 (id def456): a batch of 4 images failed: MemoryError: \nmore")
+    text = RuntimeError(
+        "UDF failed\nTraceback (most recent call last):\n  File x\nclip_rt.scale.nodes.NodeError: "
+        "node 10.0.0.8 (id def456): a batch of 4 images failed: MemoryError: \nmore"
+    )
     found = nodes.job_failure(text)
     assert isinstance(found, nodes.NodeError) and (found.node_ip, found.node_id) == ("10.0.0.8", "def456")
     lost = nodes.job_failure(ray.exceptions.ActorDiedError())
@@ -244,8 +265,10 @@ def test_part_footers_count_rows_per_node(tmp_path: Path, bundle: Path) -> None:
         table = pa.Table.from_pydict(cols, schema=schema)
         counted = parts.count_nodes(["10.0.0.1"] * len(names), [node] * len(names), cols["error"].to_pylist())
         parts.write_part(str(tmp_path), table, counted if node else None)
-    assert footer_nodes(tmp_path) == {"n1": {"ip": "10.0.0.1", "rows": 2, "failed": 1},
-                                      "n2": {"ip": "10.0.0.1", "rows": 1, "failed": 1}}
+    assert footer_nodes(tmp_path) == {
+        "n1": {"ip": "10.0.0.1", "rows": 2, "failed": 1},
+        "n2": {"ip": "10.0.0.1", "rows": 1, "failed": 1},
+    }
     assert parts.read_table(str(tmp_path)).num_rows == 4  # the footers do not disturb reading
 
 
@@ -265,8 +288,10 @@ def test_sink_counts_nodes_into_footers_and_reports_an_unwritable_output(tmp_pat
     out = tmp_path / "out"
     parts.prepare_output(str(out), ident)
     written = PartsDatasink(str(out), 10).write([block], None)
-    assert written is not None and written["nodes"] == {"n1": {"ip": "10.0.0.1", "rows": 1, "failed": 1},
-                                                         "n2": {"ip": "10.0.0.2", "rows": 2, "failed": 0}}
+    assert written is not None and written["nodes"] == {
+        "n1": {"ip": "10.0.0.1", "rows": 1, "failed": 1},
+        "n2": {"ip": "10.0.0.2", "rows": 2, "failed": 0},
+    }
     table = parts.read_table(str(out))
     assert table.column_names == schema.names  # the node columns are not written
     assert footer_nodes(out) == written["nodes"]
@@ -295,8 +320,12 @@ class LocalCluster:
 
     def _args(self, name: str, env: dict[str, str]) -> dict[str, Any]:
         home = self.homes.setdefault(name, self.base / f"home-{name}")
-        return {"num_cpus": 1, "object_store_memory": NODE_MB * 2**20, "node_ip_address": "127.0.0.1",
-                "env_vars": {"CLIP_RT_HOME": str(home), **env}}
+        return {
+            "num_cpus": 1,
+            "object_store_memory": NODE_MB * 2**20,
+            "node_ip_address": "127.0.0.1",
+            "env_vars": {"CLIP_RT_HOME": str(home), **env},
+        }
 
     @property
     def address(self) -> str:
@@ -405,8 +434,9 @@ def driver(args: list[str], home: Path, ledger: Optional[Path] = None) -> "subpr
         script = ledger.with_suffix(".py")
         script.write_text(LEDGER_DRIVER)
         command = [sys.executable, str(script), str(ledger)]
-    return subprocess.Popen([*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def finish(proc: "subprocess.Popen[str]", timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:
@@ -424,8 +454,21 @@ def run_cli(args: list[str], home: Path) -> tuple[int, str]:
 
 
 def job_args(photos: Path, out: Path, bundle: Path, cluster: LocalCluster, *extra: str) -> list[str]:
-    return ["ray", "classify", str(photos), "-o", str(out), "-m", str(bundle), "-l", LABELS,
-            "--address", cluster.address, "--ship-bundle", *extra]
+    return [
+        "ray",
+        "classify",
+        str(photos),
+        "-o",
+        str(out),
+        "-m",
+        str(bundle),
+        "-l",
+        LABELS,
+        "--address",
+        cluster.address,
+        "--ship-bundle",
+        *extra,
+    ]
 
 
 def wait_for(condition: Callable[[], bool], proc: "subprocess.Popen[str]", what: str, timeout: float = 240) -> None:
@@ -449,8 +492,14 @@ def no_traceback(stderr: str) -> None:
 
 
 @pytest.mark.slow
-def test_worker_node_lost_mid_job(cluster: LocalCluster, workers: Callable[..., Any], bundle: Path,
-                                  big_photos: Path, big_reference: dict[str, Any], tmp_path: Path) -> None:
+def test_worker_node_lost_mid_job(
+    cluster: LocalCluster,
+    workers: Callable[..., Any],
+    bundle: Path,
+    big_photos: Path,
+    big_reference: dict[str, Any],
+    tmp_path: Path,
+) -> None:
     for name in ("w1", "w2", "w3"):  # two actors, and a free CPU for the one that is lost
         workers(name)
     out = tmp_path / "out"
@@ -493,8 +542,14 @@ def test_worker_node_lost_mid_job(cluster: LocalCluster, workers: Callable[..., 
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_job(cluster: LocalCluster, workers: Callable[..., Any], bundle: Path,
-                               big_photos: Path, big_reference: dict[str, Any], tmp_path: Path) -> None:
+def test_driver_killed_mid_job(
+    cluster: LocalCluster,
+    workers: Callable[..., Any],
+    bundle: Path,
+    big_photos: Path,
+    big_reference: dict[str, Any],
+    tmp_path: Path,
+) -> None:
     workers("w1")
     workers("w2")
     out = tmp_path / "out"
@@ -523,9 +578,9 @@ def test_driver_killed_mid_job(cluster: LocalCluster, workers: Callable[..., Any
 
 
 @pytest.mark.slow
-def test_node_that_cannot_load_the_model_fails_the_job_in_one_line(cluster: LocalCluster,
-                                                                   workers: Callable[..., Any], bundle: Path,
-                                                                   tmp_path: Path) -> None:
+def test_node_that_cannot_load_the_model_fails_the_job_in_one_line(
+    cluster: LocalCluster, workers: Callable[..., Any], bundle: Path, tmp_path: Path
+) -> None:
     photos = small_photos(tmp_path / "photos", 24)
     bad_home = tmp_path / "home-is-a-file"
     bad_home.write_text("this node's CLIP_RT_HOME is not a folder")
@@ -551,9 +606,9 @@ def test_node_that_cannot_load_the_model_fails_the_job_in_one_line(cluster: Loca
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OV, reason="openvino not installed (pip install 'clip-rt[openvino]')")
-def test_shipped_int8_bundle_runs_its_checked_bf16_mode_on_an_amx_node(cluster: LocalCluster,
-                                                                       workers: Callable[..., Any],
-                                                                       tmp_path: Path) -> None:
+def test_shipped_int8_bundle_runs_its_checked_bf16_mode_on_an_amx_node(
+    cluster: LocalCluster, workers: Callable[..., Any], tmp_path: Path
+) -> None:
     """The failure this fixes: the shipped copy had no fp32 graph, and the AMX node's check of
     int8+bf16 stopped the job with a missing-file error."""
     from clip_rt.model import load
@@ -569,7 +624,7 @@ def test_shipped_int8_bundle_runs_its_checked_bf16_mode_on_an_amx_node(cluster: 
     assert rc == 0 and "16 images in" in err, err
     tag = f"{json.loads((b / 'manifest.json').read_text())['fingerprint'][:24]}-int8"
     assert (cluster.homes["amx"] / "ray-bundles" / tag / "image_fp32.onnx").is_file()  # fetched: its mode needed it
-    (key, record), = json.loads((cluster.homes["amx"] / "cache" / "derived_parity.json").read_text()).items()
+    ((key, record),) = json.loads((cluster.homes["amx"] / "cache" / "derived_parity.json").read_text()).items()
     assert ":image:openvino-" in key and ":int8+bf16:x86-amx" in key and record["passed"]
     assert record["gate"] == {"min_cosine": 0.99} and not record.get("cached")
     assert footer_nodes(out) == {cluster.node_id("amx"): {"ip": "127.0.0.1", "rows": 16, "failed": 0}}

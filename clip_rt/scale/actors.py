@@ -223,6 +223,7 @@ def materialise(shipped: ShippedBundle) -> str:
     manifest = Manifest.from_dict(json.loads(shipped.manifest), source="the shipped manifest")
     names = graph_files(manifest, shipped.precision)
     target = home() / "ray-bundles" / f"{shipped.fingerprint[:24]}-{shipped.precision}"
+    damaged = False
     if (target / MANIFEST_NAME).is_file():
         try:
             if (target / MANIFEST_NAME).read_bytes() != shipped.manifest:
@@ -230,6 +231,7 @@ def materialise(shipped: ShippedBundle) -> str:
             verify_bundle_files(target, manifest, names)
             return str(target)
         except ClipRtError as exc:
+            damaged = True
             warnings.warn(f"the shipped bundle's copy on this node is damaged ({exc}); writing it again",
                           RuntimeWarning, stacklevel=2)
     files = {MANIFEST_NAME: shipped.manifest, **_get(shipped.graph)}
@@ -239,7 +241,7 @@ def materialise(shipped: ShippedBundle) -> str:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-        _replace_folder(tmp, target)
+        _put_folder(tmp, target, replace=damaged)
     except OSError as exc:  # this node's home is not writable (full disk, read-only, not a folder)
         raise BundleError(f"cannot write the shipped bundle to {target.parent} ({exc.strerror or exc}): "
                           "CLIP_RT_HOME must be a writable folder on every node") from exc
@@ -248,10 +250,11 @@ def materialise(shipped: ShippedBundle) -> str:
     return str(target)
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put *new* in the place of *target*; an old *target* is moved aside first and deleted."""
+def _put_folder(new: Path, target: Path, *, replace: bool) -> None:
+    """Rename *new* to *target*. Where another actor on this node put a copy there first, that
+    copy is used, unless *replace* (the copy there is damaged): then it is moved aside first."""
     aside = None
-    if target.exists():
+    if replace and target.exists():
         aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
         try:
             os.rename(target, aside)
@@ -259,8 +262,7 @@ def _replace_folder(new: Path, target: Path) -> None:
             aside = None
     try:
         os.rename(new, target)
-    except OSError:
-        # another actor on this node put its copy there first: use that one
+    except OSError:  # a non-empty folder is there: another actor's copy, written the same way
         if not (target / "manifest.json").is_file():
             raise
     if aside is not None:

@@ -8,6 +8,7 @@ exception in its own, sometimes twice) into one :class:`~clip_rt.errors.ClipRtEr
 line to show: the node's error, or Ray's own reason for a lost node, actor or object. Ray is
 imported only inside functions, and only where it is already loaded.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,10 +77,23 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 # Ray's errors that mean "lost": the cluster, not the job's code, went wrong.
-_RAY_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-             "ObjectReconstructionFailedError", "ObjectFetchTimedOutError", "ReferenceCountingAssertionError",
-             "RaySystemError", "WorkerCrashedError", "OutOfMemoryError", "ObjectStoreFullError",
-             "OutOfDiskError", "GetTimeoutError", "ExecutionTimeoutError")
+_RAY_LOST = (
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "ObjectReconstructionFailedError",
+    "ObjectFetchTimedOutError",
+    "ReferenceCountingAssertionError",
+    "RaySystemError",
+    "WorkerCrashedError",
+    "OutOfMemoryError",
+    "ObjectStoreFullError",
+    "OutOfDiskError",
+    "GetTimeoutError",
+    "ExecutionTimeoutError",
+)
 
 
 _NODE_ERROR_TEXT = re.compile(r"NodeError: (node (\S+) \(id (\S+)\): [^\n]*)")
@@ -114,6 +128,9 @@ def job_failure(exc: BaseException) -> Optional[ClipRtError]:
 
 def _strip_ray(text: str) -> str:
     """Ray's messages start with the task's repr and carry a traceback: keep what says why."""
-    keep = [line for line in text.splitlines()
-            if line.strip() and not line.startswith((" ", "\t", "Traceback")) and "^^^" not in line]
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.startswith((" ", "\t", "Traceback")) and "^^^" not in line
+    ]
     return "\n".join(keep[:3])
