@@ -312,7 +312,7 @@ class LocalCluster:
         self.base = base
         self.homes: dict[str, Path] = {}
         self.nodes: dict[str, Any] = {}
-        self.pids: set[int] = set()
+        self.procs: dict[int, Any] = {}  # pid -> psutil.Process (which knows its start time: no pid reuse)
         head = {**self._args("head", {}), "num_cpus": 0, "include_dashboard": False}
         self.cluster = Cluster(initialize_head=True, head_node_args=head)
         self.nodes["head"] = self.cluster.head_node
@@ -350,9 +350,10 @@ class LocalCluster:
         for node in self.nodes.values():
             for procs in node.all_processes.values():
                 for info in procs:
-                    self.pids.add(info.process.pid)
                     try:
-                        self.pids.update(c.pid for c in psutil.Process(info.process.pid).children(recursive=True))
+                        top = psutil.Process(info.process.pid)
+                        for proc in [top, *top.children(recursive=True)]:
+                            self.procs.setdefault(proc.pid, proc)
                     except psutil.NoSuchProcess:
                         pass
 
@@ -360,11 +361,10 @@ class LocalCluster:
         """The process titles of the job actors alive under this cluster's raylets."""
         self._remember()
         found = []
-        for pid in self.pids:
+        for proc in list(self.procs.values()):
             try:
-                proc = psutil.Process(pid)
                 title = (proc.cmdline() or [proc.name()])[0]
-                if proc.status() != psutil.STATUS_ZOMBIE and title.startswith("ray::MapWorker"):
+                if _alive(proc) and title.startswith("ray::MapWorker"):
                     found.append(title)
             except psutil.Error:
                 continue
@@ -379,34 +379,42 @@ class LocalCluster:
             self.cluster.shutdown()
         finally:
             deadline = time.monotonic() + 30
-            alive = [p for p in self.pids if psutil.pid_exists(p)]
+            alive = [p for p in self.procs.values() if _alive(p)]
             while alive and time.monotonic() < deadline:
                 time.sleep(0.2)
                 alive = [p for p in alive if _alive(p)]
-            for pid in alive:
+            for proc in alive:
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
+                    if proc.is_running():  # the same process (its start time), not a reused pid
+                        proc.kill()
+                except psutil.Error:
                     pass
-        return alive
+        return [p.pid for p in alive]
 
 
-def _alive(pid: int) -> bool:
+def _alive(proc: Any) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
     try:
-        yield local
+        local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+        try:
+            yield local
+        finally:
+            left = local.shutdown()
+            assert not left, f"Ray processes still alive 30 s after the cluster was shut down (killed): {left}"
     finally:
-        left = local.shutdown()
-        assert not left, f"Ray processes still alive 30 s after the cluster was shut down (killed): {left}"
+        if before is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = before
 
 
 @pytest.fixture
