@@ -101,6 +101,10 @@ def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: "Optional[Hea
             scale_ray.shutdown()
     echo_err(f"{result['rows']} images in {display_path(result['output'])} ({result['new']} new, "
              f"{result['done_before']} already done), {result['failed']} failed, {result['parts']} parts")
+    nodes = result.get("nodes") or {}
+    if len(nodes) > 1:  # which node computed what, on a cluster (one node: the line above says it all)
+        for node_id, entry in sorted(nodes.items(), key=lambda kv: (-kv[1]["rows"], kv[0])):
+            echo_err(f"  node {entry['ip']} ({node_id[:12]}): {entry['rows']} rows, {entry['failed']} failed")
     for path, error in result["failed_examples"]:
         echo_err(f"  failed: {display_path(path)}: {printable(error_reason(path, error or ''))}")
     if result["failed"] > len(result["failed_examples"]):

@@ -5,7 +5,8 @@ An output folder holds:
 - ``_clip-rt-job.json``: what wrote it (format version, kind ``embed``/``classify``, bundle
   name and fingerprint, precision, embedding size, labels, templates). A rerun with another
   model, precision, labels or templates is refused.
-- ``part-<hash>.parquet``: finished parts. A part is written under a temporary name
+- ``part-<hash>.parquet``: finished parts; each one's footer metadata ``clip_rt_nodes`` says
+  which Ray nodes computed its rows (node id -> IP address, rows, failed rows). A part is written under a temporary name
   (``.part-<hash>.parquet.tmp-<id>``), flushed to disk and only then renamed, so a file with a
   final name is always complete; ``<hash>`` is derived from the paths it holds, so a write task
   that Ray retries after its rename rewrites the same file instead of adding a duplicate.
@@ -37,6 +38,10 @@ PART_SUFFIX = ".parquet"
 TMP_MARK = ".tmp-"
 DAMAGED_SUFFIX = ".damaged"
 METADATA_KEY = b"clip_rt"
+NODES_KEY = b"clip_rt_nodes"  # a part's footer: {node id: {"ip", "rows", "failed"}} of the nodes that computed it
+# Columns the actors add for the sink, which counts them into NODES_KEY and drops them.
+NODE_IP = "_node_ip"
+NODE_ID = "_node_id"
 # Columns every output has; classify adds LABEL_COLUMNS.
 BASE_COLUMNS = ("path", "width", "height", "embedding", "error")
 LABEL_COLUMNS = ("label", "score", "scores")
@@ -148,11 +153,16 @@ def part_name(paths: Iterable[str]) -> str:
     return f"{PART_PREFIX}{h}{PART_SUFFIX}"
 
 
-def write_part(out: str, table: Any) -> str:
-    """Write *table* as one finished part: temporary file, fsync, rename. Returns its name."""
+def write_part(out: str, table: Any, nodes: Optional[dict[str, dict[str, Any]]] = None) -> str:
+    """Write *table* as one finished part: temporary file, fsync, rename. Returns its name.
+    *nodes*: which nodes computed its rows, kept in the footer (:data:`NODES_KEY`)."""
     import pyarrow.parquet as pq
 
     name = part_name(table.column("path").to_pylist())
+    if nodes:
+        meta = dict(table.schema.metadata or {})
+        meta[NODES_KEY] = json.dumps(nodes, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
     final = Path(out) / name
     tmp = Path(out) / f".{name}{TMP_MARK}{uuid.uuid4().hex}"
     try:
@@ -215,10 +225,41 @@ class Summary:
     failed: int = 0
     failed_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, error), the first 10
     parts: int = 0
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node id -> ip, rows, failed (parts that say)
+
+
+def count_nodes(ips: Sequence[str], ids: Sequence[str], errors: Sequence[Optional[str]]) -> dict[str, dict[str, Any]]:
+    """Rows (and failed rows) per node id, from the node columns of a block."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for ip, node_id, error in zip(ips, ids, errors):
+        entry = nodes.setdefault(node_id, {"ip": ip, "rows": 0, "failed": 0})
+        entry["rows"] += 1
+        entry["failed"] += error is not None
+    return nodes
+
+
+def add_nodes(total: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for node_id, entry in more.items():
+        into = total.setdefault(node_id, {"ip": entry.get("ip", "?"), "rows": 0, "failed": 0})
+        into["rows"] += int(entry.get("rows", 0))
+        into["failed"] += int(entry.get("failed", 0))
+    return total
+
+
+def part_nodes(schema_metadata: Optional[dict[bytes, bytes]]) -> dict[str, dict[str, Any]]:
+    """The nodes a part's footer names (none for parts written without node columns)."""
+    raw = (schema_metadata or {}).get(NODES_KEY)
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def summarize(out: str, limit: int = 10) -> Summary:
-    """Counts over every finished part (reads only the path and error columns)."""
+    """Counts over every finished part (reads only the path and error columns, and the footer)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -227,6 +268,7 @@ def summarize(out: str, limit: int = 10) -> Summary:
         t = pq.read_table(part, columns=["path", "error"])
         s.rows += t.num_rows
         s.parts += 1
+        add_nodes(s.nodes, part_nodes(t.schema.metadata))
         bad = t.filter(pc.is_valid(t.column("error")))
         s.failed += bad.num_rows
         for path, err in zip(bad.column("path").to_pylist(), bad.column("error").to_pylist()):

@@ -42,6 +42,7 @@ DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
 _MAP_ROWS = 256  # rows per map_batches call at most: enough for the model's batches, small blocks
 _started_here = False
+_quiet = False  # init(quiet=True): run_job reports a failed job in one line, without Ray Data's console report
 
 
 class RayUnavailable(ClipRtError):
@@ -65,7 +66,7 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     ``"ray://head:10001"``; default ``$RAY_ADDRESS``); none starts a local Ray on this machine, bound to 127.0.0.1, with
     *num_cpus* (default: all cores) and an object store of *object_store_mb*. Already
     connected: nothing is done. Returns True if this call started (and so owns) a local Ray."""
-    global _started_here
+    global _started_here, _quiet
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # Read by Ray at import and by the processes it starts: a local node then uses the
@@ -89,11 +90,22 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         _started_here = True
     else:
         ray.init(address=address, **kwargs)
+    _quiet = quiet
     if quiet:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     return address is None
+
+
+class _QuietConsole(logging.Filter):
+    """Ray Data's console lines, during a quiet run's job, that it says better itself: a failed
+    job's report and traceback (the job raises one ClipRtError line instead; Ray Data's log file
+    keeps them all), and the note that progress bars are off (they are, where stderr is not a
+    terminal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR and not record.name.startswith("ray.data._internal.progress")
 
 
 def shutdown() -> None:
@@ -207,13 +219,15 @@ def _bundle(model: Union[str, "os.PathLike[str]"], precision: Optional[str]) -> 
 
 def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any, actors: Optional[int],
          cpus_per_actor: float, batch_size: int, draft: bool, providers: Any, ship_bundle: bool,
-         ray_remote_args: Optional[dict[str, Any]], map_rows: int = 256, spare_cpu: bool = False) -> Any:
-    from .actors import ImageRows, pack_bundle
+         ray_remote_args: Optional[dict[str, Any]], map_rows: int = 256, spare_cpu: bool = False,
+         node_columns: bool = False) -> Any:
+    from .actors import ImageRows
+    from .actors import ship_bundle as ship
 
     ray = _ensure()
     bundle: Any = bundle_dir
     if ship_bundle:
-        bundle = ray.put(pack_bundle(bundle_dir, identity["precision"]))
+        bundle = ship(bundle_dir, identity["precision"], ray.put)
     if actors is None:
         # Actors hold their CPUs for the whole job. A Dataset of the caller's may have read
         # tasks that need a CPU too: leave one free for them, or the job waits forever.
@@ -226,7 +240,8 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
         # Actors are long-lived (a whole job each): steady speed chooses their backend.
         fn_constructor_kwargs={"bundle": bundle, "identity": identity,
                                "options": RuntimeOptions(threads=threads, draft=draft, providers=providers),
-                               "batch_size": batch_size, "classifier": classifier, "decode_workers": threads + 1},
+                               "batch_size": batch_size, "classifier": classifier, "decode_workers": threads + 1,
+                               "node_columns": node_columns},
         **(ray_remote_args or {}))
 
 
@@ -330,8 +345,11 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
     """Embed (or, with *labels* or a fitted *head*, classify) *source* into Parquet parts in *output*. A rerun
     skips every input already in a finished part (see :mod:`clip_rt.scale.parts`); per-image
     errors are rows with ``error`` set, never a failed job. Returns counts: ``new`` rows written
-    by this run, ``done_before``, ``rows`` and ``failed`` over the whole output, and up to ten
-    ``failed_examples``."""
+    by this run, ``done_before``, ``rows`` and ``failed`` over the whole output, up to ten
+    ``failed_examples``, and ``nodes``: this run's rows per Ray node id (``ip``, ``rows``,
+    ``failed``). A node that cannot do its part, or a loss Ray does not recover from, raises a
+    :class:`~clip_rt.scale.nodes.NodeError` / :class:`~clip_rt.scale.nodes.RayJobError` naming
+    the node and the cause; the parts finished so far are kept, and rerunning resumes."""
     if part_rows < 1:
         raise InputError(f"part_rows must be at least 1, got {part_rows}")
     out = os.fspath(output)
@@ -352,18 +370,50 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
         rows = [row for row in local if row["path"] not in done]
         ds = _from_rows(ray, rows, min(_MAP_ROWS, part_rows)) if rows else None
     new = _write_unlisted(out, ident, walk_errors, done)
+    nodes: dict[str, dict[str, Any]] = {}
     if ds is not None:
         from .sink import PartsDatasink
 
         ds = _map(ds, bundle_dir, ident, classifier=classifier, map_rows=min(_MAP_ROWS, part_rows),
-                  spare_cpu=_is_dataset(source), **_map_options(options))
+                  spare_cpu=_is_dataset(source), node_columns=True, **_map_options(options))
         sink = PartsDatasink(out, part_rows)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+        _write(ds, sink)
         new += sum(w["rows"] for w in sink.written)
+        for w in sink.written:
+            parts.add_nodes(nodes, w.get("nodes") or {})
     summary = parts.summarize(out)
     return {"output": out, "new": new, "done_before": len(done),
             "rows": summary.rows, "failed": summary.failed, "failed_examples": summary.failed_examples,
-            "parts": summary.parts}
+            "parts": summary.parts, "nodes": nodes}
+
+
+def _write(ds: Any, sink: Any) -> None:
+    """Run the job into *sink*. A failure of the cluster or of a node (its actor could not load
+    the model, a node or an object was lost for good) becomes one ClipRtError line naming the
+    node and the cause (:mod:`clip_rt.scale.nodes`); the parts finished so far stay for the rerun."""
+    from .nodes import job_failure
+
+    ctx = _ray().data.DataContext.get_current()
+    # The actor's own exception, not Ray Data's "UDF failed" wrapper (which loses it on the way
+    # to the driver); the caller's setting is put back afterwards.
+    before, ctx.raise_original_map_exception = ctx.raise_original_map_exception, True
+    console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    quiet = _QuietConsole()
+    for handler in console if _quiet else []:
+        handler.addFilter(quiet)
+    try:
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    except ClipRtError:
+        raise
+    except Exception as exc:
+        failure = job_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        ctx.raise_original_map_exception = before
+        for handler in console:
+            handler.removeFilter(quiet)
 
 
 def _write_unlisted(out: str, ident: dict[str, Any], walk_errors: list[tuple[str, str]], done: set[str]) -> int:
