@@ -132,7 +132,11 @@ class ServedModel:
         try:
             return self.model.preprocess(stream)
         except ClipRtError as exc:
-            raise ApiError("invalid_image", str(exc), param=ref.param) from None
+            message = str(exc)
+        # Raised outside the except clause: no chained traceback keeps this image's data alive
+        # while the request's other images are decoded.
+        del stream
+        raise ApiError("invalid_image", message, param=ref.param)
 
     async def classifier(self, labels: Any, templates: Any) -> Any:
         """A zero-shot classifier for these labels and templates: class embeddings from the
