@@ -57,7 +57,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                  model_name: Optional[str], provider: Optional[str], precision: Optional[str], threads: Optional[int],
                  batch_size: int) -> None:
     """Classify images among LABELS. PATHS: image files, folders (searched recursively), or `-`
-    to read paths from stdin, one per line.
+    to read paths from stdin, one per line (at most 256 MB; $CLIP_RT_MAX_PATH_LIST_MB raises it).
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
     with its `error`; so does a folder that could not be listed; --skip-errors makes this 0) or a

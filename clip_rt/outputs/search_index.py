@@ -32,6 +32,9 @@ INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 REBUILD_HINT = "rebuild it with `clip-rt index DIR -o INDEX --rebuild`"
 MAX_EMBED_DIM = 65536
+# index.json is read whole: about 150 bytes per image, so 2 GB is some 14 million images (a
+# collection that size belongs in a `clip-rt ray` Parquet output).
+MAX_INDEX_JSON_BYTES = 2 << 30
 ENTRY_KEYS = frozenset({"path", "size", "mtime_ns", "width", "height"})
 
 
@@ -177,9 +180,8 @@ def recorded_precision(folder: str) -> Optional[str]:
     """The precision of the index in *folder* from its ``index.json`` alone (the embeddings are
     not read); None when there is no readable index (``SearchIndex.load`` reports why)."""
     try:
-        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
+        meta = json.loads(_read_index_json(folder))
+    except (OSError, ValueError, RecursionError, InputError):
         return None
     value = meta.get("precision") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
@@ -309,11 +311,23 @@ def _damaged(folder: str, what: str) -> InputError:
     return InputError(f"index {display_path(folder)!r} is damaged: {what}; {REBUILD_HINT}")
 
 
+def _read_index_json(folder: str) -> bytes:
+    """index.json's bytes: a regular file (a FIFO there would block, a device never end), at
+    most MAX_INDEX_JSON_BYTES."""
+    from ..inputs.bounded import read_limited
+
+    meta_path = os.path.join(folder, INDEX_FILE)
+    if os.path.isdir(meta_path):
+        raise IsADirectoryError(meta_path)
+    return read_limited(meta_path, what=INDEX_FILE, limit=MAX_INDEX_JSON_BYTES,
+                        hint="an index that large belongs in a `clip-rt ray` Parquet output",
+                        error=lambda message: _damaged(folder, message))
+
+
 def _read_meta(folder: str) -> dict[str, Any]:
     meta_path = os.path.join(folder, INDEX_FILE)
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(_read_index_json(folder).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
                          "(make one with `clip-rt index DIR -o INDEX`)") from None

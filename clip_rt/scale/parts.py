@@ -121,12 +121,15 @@ def _is_ours(name: str) -> bool:
 
 
 def read_job(out: str) -> dict[str, Any]:
+    from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
+
     path = Path(out) / JOB_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a regular file; it holds the labels and templates, so it follows the labels-file limit
+        data = json.loads(read_limited(path, what=display_path(str(path)), limit=4 * labels_limit() + (1 << 20),
+                                       hint=env_hint(LABELS_ENV)).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{display_path(out)!r} is not a clip-rt Ray output: no {JOB_FILE} in it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{display_path(str(path))!r} is damaged: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
