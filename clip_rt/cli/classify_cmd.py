@@ -80,6 +80,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         require_matplotlib()  # fail before hours of inference, not after
     walk_errors: list[tuple[str, str]] = []
     inputs = discover(paths, errors=walk_errors)
+    _refuse_inputs_as_outputs(inputs, labels_file, output, report_dir, stdin="-" in paths)
     unlisted_folders: dict[str, tuple[str, str]] = {}  # by path_key: a folder named twice fails once
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))
@@ -169,6 +170,24 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed and not skip_errors:
         sys.exit(1)
+
+
+def _refuse_inputs_as_outputs(inputs: Sequence[str], labels_file: Optional[str], output: Optional[str],
+                              report_dir: Optional[str], *, stdin: bool) -> None:
+    """Before anything is opened for writing: no output (-o, its description, a report file,
+    or standard output when the records go there) is one of the files this run reads."""
+    from ..outputs.files import refuse_inputs_as_outputs
+    from ..outputs.record_output import sidecar_path
+
+    outputs: list[tuple[str, str]] = []
+    if output:
+        outputs += [(output, "output"), (sidecar_path(output), "run description")]
+    if report_dir:
+        from ..outputs.report import REPORT_FILES
+
+        outputs += [(os.path.join(report_dir, name), "report file") for name in REPORT_FILES]
+    refuse_inputs_as_outputs(outputs, [*inputs, *([labels_file] if labels_file else [])], stdin=stdin,
+                             stdout=output is None)
 
 
 def _batches(items: Any, size: int) -> Any:

@@ -36,10 +36,14 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     score) and the overall label (highest mean probability over all sampled frames)."""
     from ..inputs import video
 
+    from ..outputs.files import refuse_inputs_as_outputs
+
     label_spec = parse_labels(labels_csv, labels_file)  # names, or {name: own prompts}
     labels = list(label_spec)
     warn_if_single_label(labels)
     templates = resolve_templates(template_list, template_set)
+    # The report goes to standard output: never into the video or labels file being read.
+    refuse_inputs_as_outputs([], [video_path, *([labels_file] if labels_file else [])], stdout=True)
     video.require_av()
     model = model_from_options(model_name, provider, precision, threads)
     classifier = model.classifier(label_spec, templates)
