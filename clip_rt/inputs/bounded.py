@@ -161,24 +161,29 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def json_shape_problem(data: bytes, *, max_depth: int, max_items: int) -> Optional[str]:
-    """Why JSON *data* is too big in structure to parse, or None: more than *max_items* values
-    (strings, containers and the items in them, counted by their quotes and commas) or nesting
-    deeper than *max_depth*. Checked on the raw bytes before ``json.loads``, which would build
-    a Python object of 50-60 bytes for each 2-3 byte ``[]``, ``{}`` or ``"a"`` (about 25 times
-    the body). C-speed counts first; strings are then skipped (their brackets and commas are
-    text) with at most *max_items* substitutions and one copy of the body."""
-    quotes = data.count(b'"') - data.count(b'\\"')  # escaped quotes are text (an escaped backslash
-    if quotes // 2 > max_items:                      # before a quote only loosens the bound)
-        return f"it has more than {max_items} JSON values (strings, arrays, objects and the items in them)"
+def json_shape_problem(data: "bytes | bytearray", *, max_depth: int,
+                       max_items: int) -> "Optional[tuple[str, str]]":
+    """Why JSON *data* is too big in structure to parse, or None: ``("values", why)`` for more
+    than *max_items* values (strings, containers and the items in them, counted by their quotes
+    and commas), ``("depth", why)`` for nesting deeper than *max_depth*.
+
+    Checked on the raw bytes before ``json.loads``, which builds a Python object of 50-60 bytes
+    for each 2-3 byte ``[]``, ``{}`` or ``"a"`` (about 25 times the body). C-speed counts first;
+    strings are then skipped (their brackets and commas are text) with at most *max_items*
+    substitutions and one copy of the body."""
+    too_many = f"it has more than {max_items} JSON values (strings, arrays, objects and the items in them)"
+    # Escaped quotes are text (an escaped backslash before a quote only loosens the bound).
+    quotes = data.count(b'"') - data.count(b'\\"')
+    if quotes // 2 > max_items:
+        return "values", too_many
     skeleton = _JSON_STRING.sub(b'""', data)
     items = skeleton.count(b"[") + skeleton.count(b"{") + skeleton.count(b",")
     if items > max_items:
-        return f"it has more than {max_items} JSON values (strings, arrays, objects and the items in them)"
+        return "values", too_many
     depth = deepest = 0
     for byte in skeleton.translate(None, _NOT_BRACKETS):  # at most 2 * max_items brackets
         depth += 1 if byte in (0x5B, 0x7B) else -1
         deepest = max(deepest, depth)
     if deepest > max_depth:
-        return f"it nests arrays and objects {deepest} deep; the limit is {max_depth}"
+        return "depth", f"it nests arrays and objects {deepest} deep; the limit is {max_depth}"
     return None

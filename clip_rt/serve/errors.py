@@ -14,6 +14,7 @@ KINDS = {
     "forbidden_path": 403,  # a file outside --allow-dir, or files not allowed at all
     "not_found": 404,  # unknown model, index or route
     "method_not_allowed": 405,
+    "request_timeout": 408,  # the request head or body did not arrive in time (--header/--body-timeout)
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "overloaded": 503,
