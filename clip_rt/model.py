@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -408,6 +408,10 @@ class ClipModel:
     # -- text ---------------------------------------------------------------------
     def encode_text(self, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
+        if not isinstance(texts, str) and (isinstance(texts, (bytes, bytearray, Mapping))
+                                           or not isinstance(texts, Iterable)):
+            raise InputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}: "
+                             f"{texts!r:.80}")
         items = [texts] if isinstance(texts, str) else list(texts)
         _check_batch_size(batch_size)
         for i, t in enumerate(items):
