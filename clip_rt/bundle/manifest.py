@@ -444,7 +444,13 @@ def verify_files(bundle_dir: Path, manifest: Manifest, names: Optional[list[str]
         check_confined(Path(bundle_dir), name)  # again: the disk may have changed since the read
         path = Path(bundle_dir) / name
         if not path.is_file():
-            raise BundleError(f"{bundle_dir}: {name} is missing (listed in the manifest)")
+            from ..inputs.bounded import file_kind
+
+            try:
+                what = f"a {file_kind(path.stat().st_mode)}, not a file"
+            except OSError:
+                what = "missing"
+            raise BundleError(f"{bundle_dir}: {name} is {what} (listed in the manifest)")
         try:
             size = path.stat().st_size
             if size != entry.bytes:

@@ -236,18 +236,18 @@ class PromptCache:
                 self._rows = int(conn.execute(
                     "SELECT COUNT(*) FROM text_embeddings WHERE fingerprint = ? AND precision = ?",
                     (self.fingerprint, self.precision)).fetchone()[0])
-            room = self.max_rows - self._rows
-            if room < len(rows):
-                _warn_once(self.path, f"prompt cache {self.path} holds {self._rows} texts of this model, its limit "
-                                      f"({MAX_ROWS_ENV}={self.max_rows}); new texts are kept in memory only")
-                rows = rows[:max(0, room)]
+            room = max(0, self.max_rows - self._rows)
+            dropped = len(rows) > room
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO text_embeddings (fingerprint, precision, text, dim, embedding) "
                 "VALUES (?, ?, ?, ?, ?)",
-                rows,
+                rows[:room],
             )
             self._rows += conn.total_changes - before
+            if dropped:
+                _warn_once(self.path, f"prompt cache {self.path} is full for this model ({self._rows} texts, its "
+                                      f"limit is {MAX_ROWS_ENV}={self.max_rows}); new texts are kept in memory only")
         except BaseException:
             if conn.in_transaction:
                 try:

@@ -100,13 +100,41 @@ def read_limited(path: "str | os.PathLike[str]", *, what: str, limit: int, hint:
             if st.st_size > limit:
                 raise error(too_large(what, limit, hint, st.st_size))
         elif stat.S_ISFIFO(st.st_mode) and pipes:
-            os.set_blocking(fd, True)  # opened without blocking; a pipe is then read as it comes
+            return _read_pipe(fd, what=what, limit=limit, hint=hint, error=error)
         else:
             allowed = "a regular file or a pipe" if pipes else "a regular file"
             raise error(f"{what} is a {file_kind(st.st_mode)}; expected {allowed}")
         return _read_fd(fd, what=what, limit=limit, hint=hint, error=error)
     finally:
         os.close(fd)
+
+
+def _read_pipe(fd: int, *, what: str, limit: int, hint: Optional[str],
+               error: Callable[[str], ClipRtError]) -> bytes:
+    """A pipe opened without blocking, read to its end: waits (poll) for its writer's data and
+    for the writer to close it, as a blocking reader would -- but a named FIFO whose writer has
+    not opened it yet does not look empty (a plain read would return end-of-file at once)."""
+    import select
+
+    if not hasattr(select, "poll"):  # no poll (Windows has no FIFOs anyway): read as it comes
+        os.set_blocking(fd, True)
+        return _read_fd(fd, what=what, limit=limit, hint=hint, error=error)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    buf = bytearray()
+    while True:
+        poller.poll()
+        try:
+            block = os.read(fd, min(CHUNK, limit + 1 - len(buf)))
+        except BlockingIOError:  # woken without data: the writer is still there
+            continue
+        except OSError as exc:
+            raise error(f"{what}: cannot read it ({exc.strerror or exc})") from None
+        if not block:
+            return bytes(buf)
+        buf += block
+        if len(buf) > limit:
+            raise error(too_large(what, limit, hint))
 
 
 def _read_fd(fd: int, *, what: str, limit: int, hint: Optional[str],
