@@ -4,6 +4,7 @@ pixels at once. The server's share is tests/test_serve_hostile.py.
 
 Torch-free: the bundle is tests/fake_bundle.py, run by the real runtime and CLI.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,11 +52,24 @@ def cli(args: list[str], env: "dict[str, str] | None" = None) -> Any:
     return CliRunner().invoke(main, args, env=env)
 
 
-def run_cli(args: list[str], *, stdin: Any = None, stdout: Any = subprocess.PIPE, env: "dict[str, str] | None" = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str],
+    *,
+    stdin: Any = None,
+    stdout: Any = subprocess.PIPE,
+    env: "dict[str, str] | None" = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
     """The real `clip-rt` in a subprocess (real stdin/stdout descriptors)."""
-    return subprocess.run([sys.executable, "-m", "clip_rt", *args], stdin=stdin, stdout=stdout,
-                          stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, timeout=timeout, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "clip_rt", *args],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        text=True,
+    )
 
 
 # -- 1. outputs never destroy an input ----------------------------------------------------------
@@ -82,7 +96,9 @@ def test_classify_output_that_is_the_labels_file_is_refused(bundle: Path, tmp_pa
     img = photo(tmp_path / "a.png")
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
-    r = cli(["classify", str(img), "--labels-file", str(labels), "-m", str(bundle), "-o", str(labels), "--format", "csv"])
+    r = cli(
+        ["classify", str(img), "--labels-file", str(labels), "-m", str(bundle), "-o", str(labels), "--format", "csv"]
+    )
     assert r.exit_code == 1 and f"it is the input {str(labels)!r}" in r.output, r.output
     assert labels.read_text() == "cat\ndog\n"
 
@@ -92,8 +108,9 @@ def test_output_that_is_the_path_list_on_stdin_is_refused(bundle: Path, tmp_path
     listing = tmp_path / "list.txt"
     listing.write_text(f"{img}\n")
     with open(listing, "rb") as stdin:
-        r = run_cli(["classify", "-", "-l", "cat,dog", "-m", str(bundle), "-o", str(listing), "--format", "csv"],
-                    stdin=stdin)
+        r = run_cli(
+            ["classify", "-", "-l", "cat,dog", "-m", str(bundle), "-o", str(listing), "--format", "csv"], stdin=stdin
+        )
     assert r.returncode == 1 and "the path list this command reads on standard input" in r.stderr, r.stderr
     assert listing.read_text() == f"{img}\n"
 
@@ -127,8 +144,20 @@ def test_plot_and_report_files_that_are_inputs_are_refused(bundle: Path, tmp_pat
     assert r.exit_code == 1 and "cannot write report file" in r.output and "it is the input" in r.output, r.output
     assert digest(sheet) == sheet_before and sorted(p.name for p in rep.iterdir()) == ["contact_sheet.png"]
     # -o and a report file are one file: refused before anything is written.
-    r = cli(["classify", str(img), "-l", "cat,dog", "-m", str(bundle), "-o", str(tmp_path / "r2" / "results.csv"),
-             "--report", str(tmp_path / "r2")])
+    r = cli(
+        [
+            "classify",
+            str(img),
+            "-l",
+            "cat,dog",
+            "-m",
+            str(bundle),
+            "-o",
+            str(tmp_path / "r2" / "results.csv"),
+            "--report",
+            str(tmp_path / "r2"),
+        ]
+    )
     assert r.exit_code == 1 and "are the same file" in r.output, r.output
     assert digest(img) == before
 
@@ -138,14 +167,19 @@ def test_index_never_cleans_a_folder_it_did_not_make(bundle: Path, tmp_path: Pat
     photo(pics / "a.png")
     foreign = tmp_path / "site"
     foreign.mkdir()
-    files = {"index.json": b'{"title": "my site"}', "embeddings-1.npy": b"my own data", "notes.txt": b"x",
-             ".index.json.1-2.tmp": b"mine too"}
+    files = {
+        "index.json": b'{"title": "my site"}',
+        "embeddings-1.npy": b"my own data",
+        "notes.txt": b"x",
+        ".index.json.1-2.tmp": b"mine too",
+    }
     for name, data in files.items():
         (foreign / name).write_bytes(data)
     for extra in ([], ["--rebuild"]):
         r = cli(["index", str(pics), "-o", str(foreign), "-m", str(bundle), *extra])
-        assert r.exit_code == 1 and "is not a clip-rt index" in r.output and "no .clip-rt-index marker" in r.output, \
+        assert r.exit_code == 1 and "is not a clip-rt index" in r.output and "no .clip-rt-index marker" in r.output, (
             r.output
+        )
         assert {p.name: p.read_bytes() for p in foreign.iterdir()} == files
     # Only clip-rt's names, but not an index clip-rt wrote: still refused, still untouched.
     (foreign / "notes.txt").unlink()
@@ -206,7 +240,8 @@ def test_labels_file_that_is_a_device_or_too_large(bundle: Path, tmp_path: Path)
     r = cli(["classify", str(img), "--labels-file", str(big), "-m", str(bundle)], env={"CLIP_RT_MAX_LABELS_MB": "0.01"})
     assert r.exit_code == 1 and r.output.strip() == (
         f"Error: --labels-file {str(big)!r} is too large (20000 bytes, the limit is 10485 bytes; set "
-        "CLIP_RT_MAX_LABELS_MB (megabytes) to raise it)"), r.output
+        "CLIP_RT_MAX_LABELS_MB (megabytes) to raise it)"
+    ), r.output
     big.write_text('{"cat": null, "dog": ["a photo of a dog", "' + "x" * 20000 + '"]}')
     big = big.rename(tmp_path / "labels.json")
     r = cli(["classify", str(img), "--labels-file", str(big), "-m", str(bundle)], env={"CLIP_RT_MAX_LABELS_MB": "0.01"})
@@ -229,23 +264,31 @@ def test_labels_file_may_be_a_pipe(bundle: Path, tmp_path: Path) -> None:
     r = cli(["classify", str(img), "--labels-file", str(fifo), "-m", str(bundle), "--format", "json"])
     writer.join(10)
     assert r.exit_code == 0, r.output
-    assert set(json.loads(r.output[r.output.index("["):r.output.rindex("]") + 1])[0]["scores"]) == {"cat", "dog"}
+    assert set(json.loads(r.output[r.output.index("[") : r.output.rindex("]") + 1])[0]["scores"]) == {"cat", "dog"}
 
 
 def test_path_list_on_stdin_is_bounded(bundle: Path, tmp_path: Path) -> None:
     from clip_rt.inputs.discover import read_path_list
 
     assert read_path_list(io.BytesIO(b"a.jpg\r\n\n  \nb c.png\nlast")) == ["a.jpg", "b c.png", "last"]
-    with pytest.raises(InputError, match=r"path list on standard input is too large \(the limit is 100 bytes; "
-                                         r"set CLIP_RT_MAX_PATH_LIST_MB"):
+    with pytest.raises(
+        InputError,
+        match=r"path list on standard input is too large \(the limit is 100 bytes; "
+        r"set CLIP_RT_MAX_PATH_LIST_MB",
+    ):
         read_path_list(io.BytesIO(b"x.jpg\n" * 100), limit=100)
     # An endless stream without a newline ends at the limit, in one line on stderr.
     with open("/dev/zero", "rb") as zero:
-        r = run_cli(["classify", "-", "-l", "cat,dog", "-m", str(bundle)], stdin=zero,
-                    env={"CLIP_RT_MAX_PATH_LIST_MB": "4"}, timeout=60)
+        r = run_cli(
+            ["classify", "-", "-l", "cat,dog", "-m", str(bundle)],
+            stdin=zero,
+            env={"CLIP_RT_MAX_PATH_LIST_MB": "4"},
+            timeout=60,
+        )
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "Error: the path list on standard input is too large (the limit is 4.0 MB; set CLIP_RT_MAX_PATH_LIST_MB "
-        "(megabytes) to raise it)"], r.stderr
+        "(megabytes) to raise it)"
+    ], r.stderr
 
 
 def test_config_manifest_and_tokenizer_that_are_devices(bundle: Path, tmp_path: Path, clip_home: Path) -> None:
@@ -256,8 +299,9 @@ def test_config_manifest_and_tokenizer_that_are_devices(bundle: Path, tmp_path: 
     img = photo(tmp_path / "a.png")
     (clip_home / "config.toml").symlink_to("/dev/zero")
     r = cli(["classify", str(img), "-l", "cat,dog"])
-    assert r.exit_code == 1 and "config file" in r.output and "is a character device; expected a regular file" in \
-        r.output, r.output
+    assert (
+        r.exit_code == 1 and "config file" in r.output and "is a character device; expected a regular file" in r.output
+    ), r.output
     (clip_home / "config.toml").unlink()
     # Inside the bundle (a link to /dev/zero is refused earlier, as outside the bundle): a FIFO,
     # which reading would block on, and a character device where the system lets us make one.
@@ -306,13 +350,16 @@ def test_files_clip_rt_reads_back_are_never_waited_on(bundle: Path, tmp_path: Pa
     assert r.returncode == 1 and "index.json is a FIFO (pipe); expected a regular file" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("line, why", [
-    ("5", "it is a number, not an object"),
-    ('["a.png"]', "it is an array, not an object"),
-    ('{"label": "cat"}', 'it has no "path" string'),
-    ('{"path": "a.png", "top_k": [1]}', "its 'top_k' is not a list of [label, score] pairs"),
-    ('{"path": "a.png", "scores": [1]}', "its 'scores' is not an object"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("5", "it is a number, not an object"),
+        ('["a.png"]', "it is an array, not an object"),
+        ('{"label": "cat"}', 'it has no "path" string'),
+        ('{"path": "a.png", "top_k": [1]}', "its 'top_k' is not a list of [label, score] pairs"),
+        ('{"path": "a.png", "scores": [1]}', "its 'scores' is not an object"),
+    ],
+)
 def test_resume_on_a_jsonl_line_that_is_no_record(bundle: Path, tmp_path: Path, line: str, why: str) -> None:
     img = photo(tmp_path / "a.png")
     out = tmp_path / "run.jsonl"
@@ -321,7 +368,8 @@ def test_resume_on_a_jsonl_line_that_is_no_record(bundle: Path, tmp_path: Path, 
     r = cli(["classify", str(img), "-l", "cat,dog", "-m", str(bundle), "-o", str(out), "--resume"])
     assert r.exit_code == 1 and r.output.strip() == (
         f"Error: cannot resume {str(out)!r}: line 1 is not a clip-rt record ({why}); expected one JSON object per "
-        'line as classify writes them, with a "path" string; run without --resume to start over'), r.output
+        'line as classify writes them, with a "path" string; run without --resume to start over'
+    ), r.output
 
 
 def test_encode_text_of_a_non_sequence(bundle: Path) -> None:
@@ -339,8 +387,11 @@ def test_prompt_cache_file_is_bounded(tmp_path: Path) -> None:
 
     path = tmp_path / "prompts.sqlite"
     vec = np.ones(4, np.float32)
-    with pytest.warns(RuntimeWarning, match=r"is full for this model \(3 texts, its limit is "
-                                            r"CLIP_RT_PROMPT_CACHE_MAX_ROWS=3\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"is full for this model \(3 texts, its limit is "
+        r"CLIP_RT_PROMPT_CACHE_MAX_ROWS=3\)",
+    ):
         with PromptCache("fp", "fp32", dim=4, path=path, max_rows=3) as cache:
             cache.put_many({f"text {i}": vec for i in range(2)})
             cache.put_many({f"text {i}": vec for i in range(2, 5)})  # room for one of them
@@ -352,19 +403,24 @@ def test_prompt_cache_file_is_bounded(tmp_path: Path) -> None:
 
 
 # -- 3. a failed decode frees its pixels at once -------------------------------------------------
-PEAK = '''
+PEAK = """
 import glob, sys
 import clip_rt
 model = clip_rt.load(sys.argv[1], low_memory=sys.argv[3] == "low")
 failed = sum(it.error is not None for it in model.iter_images(sorted(glob.glob(sys.argv[2] + "/*.png"))))
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]
 print(failed, int(hwm) // 1024)
-'''
+"""
 
 
 def peak_mb(bundle: Path, folder: Path, mode: str) -> tuple[int, int]:
-    r = subprocess.run([sys.executable, "-c", PEAK, str(bundle), str(folder), mode], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "CLIP_RT_DECODE_MEMORY_MB": "1024"})
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK, str(bundle), str(folder), mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CLIP_RT_DECODE_MEMORY_MB": "1024"},
+    )
     assert r.returncode == 0, r.stderr
     failed, mb = (int(x) for x in r.stdout.split())
     return failed, mb
@@ -394,9 +450,9 @@ def test_truncated_huge_images_peak_no_higher_than_valid_ones(bundle: Path, tmp_
 def test_a_failed_decode_keeps_no_traceback(bundle: Path, tmp_path: Path) -> None:
     """The look-ahead holds failed items as small error records: no traceback whose frames
     could hold a decoded image, also for errors nobody foresaw (their cause is kept)."""
+    from clip_rt.bundle.manifest import read_manifest
     from clip_rt.engine.pipeline import decode
     from clip_rt.inputs.preprocess import Preprocessor
-    from clip_rt.bundle.manifest import read_manifest
 
     bad = tmp_path / "bad.png"
     data = photo(tmp_path / "good.png", size=(300, 200)).read_bytes()

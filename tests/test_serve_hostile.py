@@ -2,6 +2,7 @@
 file descriptor, idle and slow connections cannot starve requests, JSON bodies are checked for
 structure before they are parsed, request bodies share a memory budget, failed decodes free
 their pixels, and every refusal is JSON (with Retry-After where retrying helps)."""
+
 from __future__ import annotations
 
 import io
@@ -11,7 +12,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -20,11 +21,11 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from click.testing import CliRunner  # noqa: E402
+from fake_bundle import build_fake_bundle  # noqa: E402
 from PIL import Image  # noqa: E402
+from serve_util import Server, call, data_url, png_bytes  # noqa: E402
 
 from clip_rt.cli import main  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
-from serve_util import Server, call, data_url, png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,7 @@ def test_bad_requests_leak_no_file_descriptor(bundle: Path, tmp_path: Path) -> N
         ("/v1/embeddings", b"x" * 70_000),
     ]
     with Server([str(bundle), "--allow-dir", str(allowed), "--max-body-bytes", "64KiB"], tmp_path / "home") as server:
+
         def round_of_requests() -> None:
             for path, body in requests:
                 raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -159,8 +161,9 @@ def test_default_limits_serve_beside_150_idle_connections(bundle: Path, tmp_path
         try:
             results = []
             for i in range(20):
-                results.append(call(server, "POST", "/v1/embeddings", {"input": [f"a dog {i}",
-                                                                             data_url(png_bytes(seed=i))]})[0])
+                results.append(
+                    call(server, "POST", "/v1/embeddings", {"input": [f"a dog {i}", data_url(png_bytes(seed=i))]})[0]
+                )
             assert results == [200] * 20
         finally:
             for s in idle:
@@ -172,16 +175,23 @@ def test_slow_heads_and_bodies_time_out_with_json(bundle: Path, tmp_path: Path) 
         start = time.monotonic()
         raw = raw_exchange(server, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Ty")  # a head, cut
         status, _, out = json_answer(raw)
-        assert status == 408 and out["error"]["type"] == "request_timeout" and "--header-timeout" in \
-            out["error"]["message"]
+        assert (
+            status == 408
+            and out["error"]["type"] == "request_timeout"
+            and "--header-timeout" in out["error"]["message"]
+        )
         assert 0.9 < time.monotonic() - start < 5
         assert raw_exchange(server, b"") == b""  # silent: closed without an answer
         body = b'{"input": "a cat"}'
-        raw = raw_exchange(server, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                   b"Content-Length: 1000\r\n\r\n" + body)  # 18 of 1000 bytes, then nothing
+        raw = raw_exchange(
+            server,
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + body,
+        )  # 18 of 1000 bytes, then nothing
         status, _, out = json_answer(raw)
-        assert status == 408 and "--body-timeout" in out["error"]["message"] and "18 bytes came" in \
-            out["error"]["message"], out
+        assert (
+            status == 408 and "--body-timeout" in out["error"]["message"] and "18 bytes came" in out["error"]["message"]
+        ), out
         # A kept-alive connection gets the same deadline for its next request's head.
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -203,8 +213,10 @@ def test_refusals_uvicorn_would_give_in_plain_text_are_json(bundle: Path, tmp_pa
         slow = []
         for _ in range(2):
             s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100\r\n\r\n{")
+            s.sendall(
+                b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
             slow.append(s)
         time.sleep(0.3)
         status, headers, out = json_answer(raw_exchange(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
@@ -245,20 +257,29 @@ def test_json_structure_is_checked_before_parsing(bundle: Path, tmp_path: Path) 
 
 
 def test_request_bodies_share_a_memory_budget(bundle: Path, tmp_path: Path) -> None:
-    with Server([str(bundle), "--max-body-bytes", "1MiB", "--max-body-memory", "1MiB", "--body-timeout", "5"],
-                tmp_path / "home") as server:
+    with Server(
+        [str(bundle), "--max-body-bytes", "1MiB", "--max-body-memory", "1MiB", "--body-timeout", "5"], tmp_path / "home"
+    ) as server:
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000000\r\n\r\n" + b" " * 900_000)
+        s.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b" " * 900_000
+        )
         time.sleep(0.5)
         body = json.dumps({"input": "a cat" + " " * 200_000}).encode()
-        status, headers, out = call(server, "POST", "/v1/embeddings", raw=body,
-                                    headers={"Content-Type": "application/json"})
-        assert status == 503 and out["error"]["type"] == "overloaded" and "--max-body-memory" in \
-            out["error"]["message"] and headers["retry-after"] == "1", out
+        status, headers, out = call(
+            server, "POST", "/v1/embeddings", raw=body, headers={"Content-Type": "application/json"}
+        )
+        assert (
+            status == 503
+            and out["error"]["type"] == "overloaded"
+            and "--max-body-memory" in out["error"]["message"]
+            and headers["retry-after"] == "1"
+        ), out
         assert json_answer(raw_exchange(server, b"", sock=s))[0] == 408  # the slow one ends, its bytes return
-        assert call(server, "POST", "/v1/embeddings", raw=body, headers={"Content-Type": "application/json"})[0] \
-            == 400  # admitted now (and refused for its text's length)
+        assert (
+            call(server, "POST", "/v1/embeddings", raw=body, headers={"Content-Type": "application/json"})[0] == 400
+        )  # admitted now (and refused for its text's length)
 
 
 # -- decoding -----------------------------------------------------------------------------------------
@@ -276,8 +297,9 @@ def test_truncated_images_in_a_request_free_their_pixels(bundle: Path, tmp_path:
     for i in range(8):
         (allowed / f"ok{i}.png").write_bytes(data)
         (allowed / f"cut{i}.png").write_bytes(data[: int(len(data) * 0.6)])
-    with Server([str(bundle), "--allow-dir", str(allowed)], tmp_path / "home",
-                env={"CLIP_RT_DECODE_MEMORY_MB": "200"}) as server:
+    with Server(
+        [str(bundle), "--allow-dir", str(allowed)], tmp_path / "home", env={"CLIP_RT_DECODE_MEMORY_MB": "200"}
+    ) as server:
         status, _, out = call(server, "POST", "/v1/embeddings", {"input": [{"path": f"ok{i}.png"} for i in range(8)]})
         assert status == 200, out
         valid_peak = peak_rss_mb(server)
@@ -293,8 +315,9 @@ def test_readyz_shows_index_paths_only_with_the_key(bundle: Path, tmp_path: Path
     Image.new("RGB", (20, 20), (1, 2, 3)).save(pics / "a.png")
     idx = tmp_path / "idx"
     assert CliRunner().invoke(main, ["index", str(pics), "-o", str(idx), "-m", str(bundle)]).exit_code == 0
-    with Server([str(bundle), "--index", f"photos={idx}"], tmp_path / "home",
-                env={"CLIP_RT_API_KEY": "sesame"}) as server:
+    with Server(
+        [str(bundle), "--index", f"photos={idx}"], tmp_path / "home", env={"CLIP_RT_API_KEY": "sesame"}
+    ) as server:
         status, _, out = call(server, "GET", "/readyz")
         assert status == 200 and out["indexes"] == [{"name": "photos", "model": "fake-clip", "images": 1}], out
         assert str(tmp_path) not in json.dumps(out)

@@ -16,6 +16,7 @@ Limits a user may need to raise come from the environment: :data:`LABELS_ENV` (l
 default 16 MB) and :data:`PATH_LIST_ENV` (path lists, default 256 MB). Files clip-rt writes
 itself (a run description, ``index.json``) and the config file have fixed limits.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,14 @@ MB = 1 << 20
 
 def file_kind(mode: int) -> str:
     """``regular file``, ``folder``, ``FIFO``, ``character device`` ... for a message."""
-    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (pipe)"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISSOCK, "socket")):
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO (pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -81,8 +87,15 @@ def env_hint(env: str) -> str:
     return f"set {env} (megabytes) to raise it"
 
 
-def read_limited(path: "str | os.PathLike[str]", *, what: str, limit: int, hint: Optional[str] = None,
-                 pipes: bool = False, error: Callable[[str], ClipRtError] = InputError) -> bytes:
+def read_limited(
+    path: "str | os.PathLike[str]",
+    *,
+    what: str,
+    limit: int,
+    hint: Optional[str] = None,
+    pipes: bool = False,
+    error: Callable[[str], ClipRtError] = InputError,
+) -> bytes:
     """The bytes of *path*, refused with ``error(message)`` unless it is a regular file (or,
     with *pipes*, a FIFO) of at most *limit* bytes. *what* names the input in messages
     (``--labels-file 'x.txt'``); *hint* says how to raise the limit. A missing file is the
@@ -109,8 +122,7 @@ def read_limited(path: "str | os.PathLike[str]", *, what: str, limit: int, hint:
         os.close(fd)
 
 
-def _read_pipe(fd: int, *, what: str, limit: int, hint: Optional[str],
-               error: Callable[[str], ClipRtError]) -> bytes:
+def _read_pipe(fd: int, *, what: str, limit: int, hint: Optional[str], error: Callable[[str], ClipRtError]) -> bytes:
     """A pipe opened without blocking, read to its end: waits (poll) for its writer's data and
     for the writer to close it, as a blocking reader would -- but a named FIFO whose writer has
     not opened it yet does not look empty (a plain read would return end-of-file at once)."""
@@ -137,8 +149,7 @@ def _read_pipe(fd: int, *, what: str, limit: int, hint: Optional[str],
             raise error(too_large(what, limit, hint))
 
 
-def _read_fd(fd: int, *, what: str, limit: int, hint: Optional[str],
-             error: Callable[[str], ClipRtError]) -> bytes:
+def _read_fd(fd: int, *, what: str, limit: int, hint: Optional[str], error: Callable[[str], ClipRtError]) -> bytes:
     buf = bytearray()
     while True:
         try:
@@ -152,8 +163,14 @@ def _read_fd(fd: int, *, what: str, limit: int, hint: Optional[str],
             raise error(too_large(what, limit, hint))
 
 
-def read_lines_limited(stream: IO[bytes], *, what: str, limit: int, hint: Optional[str] = None,
-                       error: Callable[[str], ClipRtError] = InputError) -> list[bytes]:
+def read_lines_limited(
+    stream: IO[bytes],
+    *,
+    what: str,
+    limit: int,
+    hint: Optional[str] = None,
+    error: Callable[[str], ClipRtError] = InputError,
+) -> list[bytes]:
     """The lines of an open *stream* (standard input: a file, a pipe or a terminal), without
     their ``\\n``, read a chunk at a time and refused once more than *limit* bytes came: a
     path list of millions of lines is never held twice (raw and split), and an endless one
@@ -189,8 +206,7 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def json_shape_problem(data: "bytes | bytearray", *, max_depth: int,
-                       max_items: int) -> "Optional[tuple[str, str]]":
+def json_shape_problem(data: "bytes | bytearray", *, max_depth: int, max_items: int) -> "Optional[tuple[str, str]]":
     """Why JSON *data* is too big in structure to parse, or None: ``("values", why)`` for more
     than *max_items* values (strings, containers and the items in them, counted by their quotes
     and commas), ``("depth", why)`` for nesting deeper than *max_depth*.

@@ -19,6 +19,7 @@ So that limit is off, and this protocol (uvicorn's h11 protocol, subclassed) doe
 
 Built lazily (:func:`protocol_class`): uvicorn is imported only when the service starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def raw_response(status: int, reason: str, kind: str, message: str, retry_after:
     """A complete HTTP/1.1 response with the service's JSON error body, closing the connection
     (written straight to the transport where no request cycle exists to answer through)."""
     body = json.dumps({"error": {"message": message, "type": kind, "code": status, "param": None}}).encode()
-    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
-            "connection: close"]
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
     if retry_after is not None:
         head.append(f"retry-after: {retry_after}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
@@ -90,8 +95,9 @@ def fit_to_fd_limit(wanted: int) -> int:
             pass
     if soft != resource.RLIM_INFINITY and soft < need:
         fitted = max(1, soft - FD_RESERVE)
-        log.warning("--max-connections %d lowered to %d: this process may open %d files (ulimit -n)", wanted,
-                    fitted, soft)
+        log.warning(
+            "--max-connections %d lowered to %d: this process may open %d files (ulimit -n)", wanted, fitted, soft
+        )
         return fitted
     return wanted
 
@@ -119,9 +125,16 @@ def protocol_class(table: ConnectionTable, header_timeout: float) -> type:
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
-                self._answer_and_close(raw_response(
-                    503, "Service Unavailable", "overloaded", f"the service has {len(table)} connections in "
-                    "requests, its limit (--max-connections); retry shortly", retry_after=1))
+                self._answer_and_close(
+                    raw_response(
+                        503,
+                        "Service Unavailable",
+                        "overloaded",
+                        f"the service has {len(table)} connections in "
+                        "requests, its limit (--max-connections); retry shortly",
+                        retry_after=1,
+                    )
+                )
                 return
             super().data_received(data)
             if self._new_request():
@@ -134,8 +147,9 @@ def protocol_class(table: ConnectionTable, header_timeout: float) -> type:
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's is plain text; an oversized or malformed head gets the JSON shape too.
-            self._answer_and_close(raw_response(400, "Bad Request", "invalid_request",
-                                                f"malformed or oversized HTTP request head ({msg})"))
+            self._answer_and_close(
+                raw_response(400, "Bad Request", "invalid_request", f"malformed or oversized HTTP request head ({msg})")
+            )
 
         # -- the connection table's view --------------------------------------------------------
         def in_request(self) -> bool:
@@ -171,9 +185,14 @@ def protocol_class(table: ConnectionTable, header_timeout: float) -> type:
                 return
             partial, _ = self.conn.trailing_data
             if partial and not self._refused:
-                self._answer_and_close(raw_response(
-                    408, "Request Timeout", "request_timeout", f"the request head did not arrive within "
-                    f"{header_timeout:g} s (--header-timeout)"))
+                self._answer_and_close(
+                    raw_response(
+                        408,
+                        "Request Timeout",
+                        "request_timeout",
+                        f"the request head did not arrive within {header_timeout:g} s (--header-timeout)",
+                    )
+                )
             else:  # silent (or refused) since it opened or since its last response: just closed
                 self.close_quietly()
 
