@@ -201,9 +201,10 @@ def read_lines_limited(
     return lines
 
 
-# A JSON string, escapes included (the unrolled form: no backtracking per character).
+# A JSON string, escapes included (the unrolled form: no backtracking per character), or a bracket.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_STRUCTURE = (b"[", b"{", b",")
 
 
 def json_shape_problem(data: "bytes | bytearray", *, max_depth: int, max_items: int) -> "Optional[tuple[str, str]]":
@@ -212,22 +213,29 @@ def json_shape_problem(data: "bytes | bytearray", *, max_depth: int, max_items: 
     and commas), ``("depth", why)`` for nesting deeper than *max_depth*.
 
     Checked on the raw bytes before ``json.loads``, which builds a Python object of 50-60 bytes
-    for each 2-3 byte ``[]``, ``{}`` or ``"a"`` (about 25 times the body). C-speed counts first;
-    strings are then skipped (their brackets and commas are text) with at most *max_items*
-    substitutions and one copy of the body."""
+    for each 2-3 byte ``[]``, ``{}`` or ``"a"`` (about 25 times the body). Nothing is copied:
+    C-speed counts over the whole body first, then (only when those counts include text inside
+    strings) one pass over at most *max_items* strings, counting in place."""
     too_many = f"it has more than {max_items} JSON values (strings, arrays, objects and the items in them)"
     # Escaped quotes are text (an escaped backslash before a quote only loosens the bound).
     quotes = data.count(b'"') - data.count(b'\\"')
     if quotes // 2 > max_items:
         return "values", too_many
-    skeleton = _JSON_STRING.sub(b'""', data)
-    items = skeleton.count(b"[") + skeleton.count(b"{") + skeleton.count(b",")
+    items = sum(data.count(c) for c in _STRUCTURE)
+    if items > max_items and quotes:  # some of those may be text: take the strings' share out
+        for m in _JSON_STRING.finditer(data):
+            start, end = m.span()
+            items -= sum(data.count(c, start, end) for c in _STRUCTURE)
     if items > max_items:
         return "values", too_many
     depth = deepest = 0
-    for byte in skeleton.translate(None, _NOT_BRACKETS):  # at most 2 * max_items brackets
-        depth += 1 if byte in (0x5B, 0x7B) else -1
-        deepest = max(deepest, depth)
+    for m in _STRING_OR_BRACKET.finditer(data):  # at most about 3 * max_items matches by now
+        byte = data[m.start()]
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
     if deepest > max_depth:
         return "depth", f"it nests arrays and objects {deepest} deep; the limit is {max_depth}"
     return None

@@ -63,33 +63,71 @@ async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], limit
     the whole body must arrive within that many seconds (408 otherwise: a client that sends a
     byte now and then cannot hold a request slot for long); with *account*, the bytes are
     taken from the service's body budget as they arrive (503 + Retry-After when it is full).
-    Collected in one bytearray (no second copy when the last chunk comes)."""
+    With a ``Content-Length``, the body is read into one buffer of that size, taken from the
+    budget up front: no copy is made as it grows (growing doubled the peak)."""
     declared = headers.get("content-length")
+    size: Optional[int] = None
     if declared is not None:
         if not declared.isdigit():
             raise bad_request(f"Content-Length must be a number of bytes, got {declared!r}")
-        if int(declared) > limit:
-            raise too_large(int(declared), limit)
-    body = bytearray()
+        size = int(declared)
+        if size > limit:
+            raise too_large(size, limit)
+        if account is not None:
+            account.take(size)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
+    if size:
+        return await _read_sized(chunks, size, deadline, timeout)
+    body = bytearray()  # chunked: grown as it comes, each chunk taken from the budget
     it = chunks.__aiter__()
     while True:
-        try:
-            if deadline is None:
-                chunk = await it.__anext__()
-            else:
-                chunk = await asyncio.wait_for(it.__anext__(), max(0.0, deadline - loop.time()))
-        except StopAsyncIteration:
+        chunk = await _next_chunk(it, deadline, timeout, len(body))
+        if chunk is None:
             return body
-        except asyncio.TimeoutError:
-            raise ApiError("request_timeout", f"the request body did not arrive within {timeout:g} s "
-                           f"(--body-timeout; {len(body)} bytes came)") from None
         if len(body) + len(chunk) > limit:
             raise too_large(len(body) + len(chunk), limit, partial=True)
         if account is not None:
             account.take(len(chunk))
         body += chunk
+
+
+async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[float],
+                      received: int) -> Optional[bytes]:
+    """The next chunk, None at the end; 408 past *deadline*."""
+    try:
+        if deadline is None:
+            return await it.__anext__()  # type: ignore[no-any-return]
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        return await asyncio.wait_for(it.__anext__(), remaining)  # type: ignore[no-any-return]
+    except StopAsyncIteration:
+        return None
+    except asyncio.TimeoutError:
+        raise ApiError("request_timeout", f"the request body did not arrive within {timeout:g} s "
+                       f"(--body-timeout; {received} bytes came)") from None
+
+
+async def _read_sized(chunks: AsyncIterator[bytes], size: int, deadline: Optional[float],
+                      timeout: Optional[float]) -> bytearray:
+    """A body of a known *size* (its budget already taken), read into one buffer of that size."""
+    body = bytearray(size)
+    view = memoryview(body)
+    it = chunks.__aiter__()
+    pos = 0
+    try:
+        while True:
+            chunk = await _next_chunk(it, deadline, timeout, pos)
+            if chunk is None:
+                break
+            if pos + len(chunk) > size:  # the HTTP layer stops this; never write past the buffer
+                raise bad_request(f"the request body is longer than its Content-Length ({size} bytes)")
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    finally:
+        view.release()  # a buffer with a view on it could not be emptied after decoding
+    if pos < size:
+        del body[pos:]
+    return body
 
 
 def too_large(size: int, limit: int, partial: bool = False) -> ApiError:
@@ -113,10 +151,11 @@ def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: in
     """UTF-8 JSON (no NaN/Infinity). The body must be an object. Its structure is checked on
     the raw bytes first (:func:`clip_rt.inputs.bounded.json_shape_problem`): more than
     *max_values* values is a 413, nesting deeper than *max_depth* a 400, so that what
-    ``json.loads`` builds stays within a small multiple of the body (docs/reliability.md)."""
+    ``json.loads`` builds stays within a small multiple of the body (docs/reliability.md). A
+    bytearray body is emptied once decoded to text: its bytes are not held while it is parsed."""
     from ..inputs.bounded import json_shape_problem
 
-    if not body.strip():
+    if not body or body.isspace():  # (not body.strip(): that copies a 32 MB body to look at it)
         raise ApiError("invalid_json", "empty request body: expected a JSON object")
     problem = json_shape_problem(body, max_depth=max_depth, max_items=max_values)
     if problem is not None:
@@ -124,13 +163,15 @@ def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: in
         raise ApiError("invalid_json" if what == "depth" else "payload_too_large",
                        f"request body refused before parsing: {why}; no request this service answers needs that "
                        "many (the limit follows --max-items, --max-labels and --max-prompts)")
+    bom = 3 if body[:3] == b"\xef\xbb\xbf" else 0  # tolerated, and dropped while decoding (no copy)
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError("invalid_json", f"request body is not valid UTF-8: byte 0x{body[exc.start]:02x} at "
-                       f"position {exc.start} ({exc.reason}); JSON must be UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+        at = exc.start + bom
+        raise ApiError("invalid_json", f"request body is not valid UTF-8: byte 0x{body[at]:02x} at "
+                       f"position {at} ({exc.reason}); JSON must be UTF-8") from None
+    if isinstance(body, bytearray):
+        body.clear()  # the text is what is parsed: the raw bytes go now (peak: text + parsed, not 3 copies)
 
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
