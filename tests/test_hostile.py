@@ -126,6 +126,11 @@ def test_standard_output_appending_to_an_input_is_refused(bundle: Path, tmp_path
         r = run_cli(["similarity", str(img), "a cat", "a dog", "-m", str(bundle)], stdout=stdout)
     assert r.returncode == 1 and "standard output is the input" in r.stderr, r.stderr
     assert digest(img) == before
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: refused before it is opened")
+    with open(video, "ab") as stdout:
+        r = run_cli(["video", str(video), "-l", "cat,dog", "-m", str(bundle)], stdout=stdout)
+    assert r.returncode == 1 and "standard output is the input" in r.stderr, r.stderr
 
 
 def test_plot_and_report_files_that_are_inputs_are_refused(bundle: Path, tmp_path: Path) -> None:
