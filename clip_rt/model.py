@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -226,6 +226,10 @@ class ClipModel:
     # -- text ---------------------------------------------------------------------
     def encode_text(self, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
+        if not isinstance(texts, str) and (isinstance(texts, (bytes, bytearray, Mapping))
+                                           or not isinstance(texts, Iterable)):
+            raise InputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}: "
+                             f"{texts!r:.80}")
         items = [texts] if isinstance(texts, str) else list(texts)
         check_batch_size(batch_size)
         for i, t in enumerate(items):

@@ -45,13 +45,14 @@ def config_path() -> Path:
 def read_config(path: Optional[Path] = None) -> dict[str, Any]:
     """The settings in the config file (``{}`` when there is none). A file that is not valid
     TOML, or a known key with a wrong value, is an InputError naming the file."""
+    from .inputs.bounded import CONFIG_MAX_BYTES, read_limited
+
     path = config_path() if path is None else Path(path)
-    try:
-        raw = path.read_bytes()
+    try:  # a regular file of at most 1 MB (a FIFO or a device there would hang or fill memory)
+        raw = read_limited(path, what=f"the clip-rt config file {path}", limit=CONFIG_MAX_BYTES,
+                           hint="a config file holds a few settings")
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise InputError(f"cannot read the clip-rt config file {path}: {exc.strerror or exc}") from exc
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.9/3.10 only

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_rt.cli import common, main
-from clip_rt.outputs.search_index import INDEX_FILE, SearchIndex
+from clip_rt.outputs.search_index import INDEX_FILE, MARKER_FILE, SearchIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: E402,F401  (fixture)
@@ -250,7 +250,7 @@ def test_update_cleans_what_a_crash_left(tmp_path: Path, monkeypatch: pytest.Mon
     r = invoke(["index", str(imgs), "-o", str(idx)])
     assert r.exit_code == 0, r.output
     meta = json.loads((idx / INDEX_FILE).read_text())
-    assert sorted(os.listdir(idx)) == sorted([".lock", INDEX_FILE, meta["embeddings"]])
+    assert sorted(os.listdir(idx)) == sorted([".lock", MARKER_FILE, INDEX_FILE, meta["embeddings"]])
     assert len(SearchIndex.load(str(idx)).entries) == 5
 
 
@@ -347,7 +347,7 @@ def test_overlapping_updates_are_serialised(tmp_path: Path) -> None:
     assert index.generation == 3  # two updates, one after the other, each a new generation
     assert [e.path for e in index.entries] == ["blue.png", "green.png", "magenta.png", "red.png", "sub/yellow.jpg"]
     leftovers = sorted(p.name for p in Path(idx).iterdir())
-    assert leftovers == [".lock", "embeddings-3.npy", INDEX_FILE]
+    assert leftovers == [MARKER_FILE, ".lock", "embeddings-3.npy", INDEX_FILE]
 
 
 def test_unlistable_folder_keeps_its_entries_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve-errors")
     bundle = build_fake_bundle(root / "fake")
     with Server([str(bundle), "--max-body-bytes", str(BODY_LIMIT), "--max-image-pixels", "250000",
-                 "--max-items", "4", "--max-text-chars", "200", "--max-labels", "5", "--max-prompts", "12"],
+                 "--max-items", "4", "--max-text-chars", "200", "--max-labels", "5", "--max-prompts", "12",
+                 "--max-label-chars", "50"],
                 root / "home") as s:
         yield s
 
@@ -56,6 +57,14 @@ CASES: list[tuple[str, str, Any, int, str, Optional[str]]] = [
     ("encoding", "/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 400, "'float' or 'base64'",
      "encoding_format"),
     ("dimensions", "/v1/embeddings", {"input": "a", "dimensions": 4}, 400, "8-dimensional", "dimensions"),
+    ("encoding type", "/v1/embeddings", {"input": "a", "encoding_format": 5}, 400,
+     "encoding_format must be 'float' or 'base64', got a number (5)", "encoding_format"),
+    ("encoding false", "/v1/embeddings", {"input": "a", "encoding_format": False}, 400, "got a boolean (False)",
+     "encoding_format"),
+    ("dimensions string", "/v1/embeddings", {"input": "a", "dimensions": "8"}, 400,
+     "dimensions must be an integer (the model's 8), got a string ('8')", "dimensions"),
+    ("dimensions bool", "/v1/embeddings", {"input": "a", "dimensions": True}, 400, "dimensions must be an integer",
+     "dimensions"),
     ("long text", "/v1/embeddings", {"input": "x" * 201}, 400, "201 characters; the limit is 200", "input"),
     ("bad base64", "/v1/embeddings", {"input": [{"image": "%%%not base64%%%"}]}, 400, "not valid base64",
      "input[0].image"),
@@ -80,6 +89,14 @@ CASES: list[tuple[str, str, Any, int, str, Optional[str]]] = [
      "labels"),
     ("classify prompts", "/classify", {"images": [IMG], "labels": ["a", "b", "c", "d", "e"], "templates": "imagenet"},
      400, "400 prompts; the limit is 12", "labels"),
+    ("classify label length", "/classify", {"images": [IMG], "labels": ["cat", "x" * 51]}, 400,
+     "labels[1] has 51 characters; a class label may have at most 50 (--max-label-chars", "labels[1]"),
+    ("classify label key length", "/classify", {"images": [IMG], "labels": {"y" * 60: None}}, 400,
+     "has 60 characters; a class label may have at most 50", "labels['" + "y" * 40 + "']"),
+    ("classify templates count", "/classify", {"images": [IMG], "labels": ["cat"], "templates": ["a {}"] * 13}, 400,
+     "templates has 13 templates; the limit is 12 prompts per request", "templates"),
+    ("classify prompt length", "/classify", {"images": [IMG], "labels": {"cat": ["p" * 201]}}, 400,
+     "has a text of 201 characters; the limit is 200", "labels"),
     ("classify template", "/classify", {"images": [IMG], "labels": ["cat"], "templates": ["a photo"]}, 400,
      "no {} placeholder", "labels"),
     ("classify top_k", "/classify", {"images": [IMG], "labels": ["cat"], "top_k": 0}, 400,
@@ -121,7 +138,7 @@ def test_several_bad_images_are_all_reported(server: Server) -> None:
     (b'["a", "b"]', "expected a JSON object, got an array"),
     (b'{"input": "caf\xe9"}', "not valid UTF-8: byte 0xe9 at position 14"),
     (b'{"input": NaN}', "NaN is not valid JSON"),
-    (b"[" * 30000 + b"]" * 30000, "not valid JSON"),
+    (b'{"input": ' + b"[" * 9 + b"]" * 9 + b"}", "nests arrays and objects 10 deep; the limit is 8"),
 ], ids=["syntax", "empty", "array", "latin-1", "nan", "deep"])
 def test_bad_json(server: Server, raw: bytes, text: str) -> None:
     status, _, out = call(server, "POST", "/v1/embeddings", raw=raw, headers={"Content-Type": "application/json"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -374,15 +375,22 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
     check_confined(bundle_dir, MANIFEST_NAME)
+    from ..inputs.bounded import file_kind
+
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{path}: {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a device or FIFO would be read forever (or block)
+            raise BundleError(f"{path}: the manifest is a {file_kind(st.st_mode)}; expected a regular file "
+                              "(a JSON file written by `clip-rt export`)")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {st.st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; not a clip-rt bundle") from None
-    except OSError as exc:  # permission denied, a folder named manifest.json, an I/O error
+    except OSError as exc:  # permission denied, an I/O error
         raise BundleError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:  # grew between the stat and the read
+        raise BundleError(f"{path}: over {MAX_MANIFEST_BYTES} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -436,7 +444,13 @@ def verify_files(bundle_dir: Path, manifest: Manifest, names: Optional[list[str]
         check_confined(Path(bundle_dir), name)  # again: the disk may have changed since the read
         path = Path(bundle_dir) / name
         if not path.is_file():
-            raise BundleError(f"{bundle_dir}: {name} is missing (listed in the manifest)")
+            from ..inputs.bounded import file_kind
+
+            try:
+                what = f"a {file_kind(path.stat().st_mode)}, not a file"
+            except OSError:
+                what = "missing"
+            raise BundleError(f"{bundle_dir}: {name} is {what} (listed in the manifest)")
         try:
             size = path.stat().st_size
             if size != entry.bytes:

@@ -31,6 +31,17 @@ def is_bundle(path: Path) -> bool:
     return (path / MANIFEST_NAME).is_file()
 
 
+def _manifest_problem(path: Path) -> str:
+    """Why *path* has no usable manifest: there is none, or it is something else than a file."""
+    try:
+        st = os.stat(path / MANIFEST_NAME)
+    except OSError:
+        return f"expected {MANIFEST_NAME} inside it"
+    from ..inputs.bounded import file_kind
+
+    return f"its {MANIFEST_NAME} is a {file_kind(st.st_mode)}; expected a regular file (a JSON file)"
+
+
 def list_bundles() -> list[Path]:
     """Bundles in the store, sorted by name (temporary export folders are skipped)."""
     root = models_dir()
@@ -50,9 +61,7 @@ def resolve_bundle(name_or_path: str | os.PathLike[str]) -> Path:
     path = Path(raw).expanduser()
     if path.is_dir():
         if not is_bundle(path):
-            raise ModelNotFoundError(
-                f"{raw!r} is a directory but not a clip-rt bundle: expected {MANIFEST_NAME} inside it"
-            )
+            raise ModelNotFoundError(f"{raw!r} is a directory but not a clip-rt bundle: {_manifest_problem(path)}")
         return path
     alias = store_name_for_alias(raw) or store_name_for_alias(canonical_name(raw) or "")
     for name in (raw, alias):

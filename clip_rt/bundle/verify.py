@@ -29,9 +29,12 @@ VERIFIED_FILE = "verified.json"  # in store.cache_dir(): {path: [size, mtime_ns,
 
 
 def _read_memo(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    from ..errors import ClipRtError
+    from ..inputs.bounded import read_limited
+
+    try:  # a regular file of at most 64 MB (not a FIFO or device put there)
+        data = json.loads(read_limited(path, what=str(path), limit=64 << 20).decode("utf-8"))
+    except (OSError, ValueError, ClipRtError):
         return {}  # missing or damaged memo: files are simply hashed again
     return data if isinstance(data, dict) else {}
 

@@ -57,7 +57,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
                  output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
                  csv_bom: Optional[bool], skip_errors: bool, head_path: Optional[str], model: ModelArgs) -> None:
     """Classify images among LABELS (or with a fitted --head). PATHS: image files, folders
-    (searched recursively), or `-` to read paths from stdin, one per line.
+    (searched recursively), or `-` to read paths from stdin, one per line (at most 256 MB;
+    $CLIP_RT_MAX_PATH_LIST_MB raises it).
 
     Exit status: 0 all images classified, 1 some could not be read (each still gets a record
     with its `error`; so does a folder that could not be listed; --skip-errors makes this 0), no
@@ -83,6 +84,7 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     inputs = discover(paths, errors=walk_errors)
     if not inputs and not walk_errors:  # before the model loads: nothing to do is a mistake, said at once
         raise no_images_found(paths)
+    _refuse_inputs_as_outputs(inputs, labels_file, output, report_dir, stdin="-" in paths)
     unlisted_folders: dict[str, tuple[str, str]] = {}  # by path_key: a folder named twice fails once
     for folder, reason in walk_errors:
         unlisted_folders.setdefault(path_key(folder), (folder, reason))
@@ -183,6 +185,24 @@ def _prompt_count(labels: Any, templates: Sequence[str]) -> int:
     if isinstance(labels, dict):
         return sum(len(own) if own else len(templates) for own in labels.values())
     return len(labels) * len(templates)
+
+
+def _refuse_inputs_as_outputs(inputs: Sequence[str], labels_file: Optional[str], output: Optional[str],
+                              report_dir: Optional[str], *, stdin: bool) -> None:
+    """Before anything is opened for writing: no output (-o, its description, a report file,
+    or standard output when the records go there) is one of the files this run reads."""
+    from ..outputs.files import refuse_inputs_as_outputs
+    from ..outputs.record_output import sidecar_path
+
+    outputs: list[tuple[str, str]] = []
+    if output:
+        outputs += [(output, "output"), (sidecar_path(output), "run description")]
+    if report_dir:
+        from ..outputs.report import REPORT_FILES
+
+        outputs += [(os.path.join(report_dir, name), "report file") for name in REPORT_FILES]
+    refuse_inputs_as_outputs(outputs, [*inputs, *([labels_file] if labels_file else [])], stdin=stdin,
+                             stdout=output is None)
 
 
 def _batches(items: Any, size: int) -> Any:

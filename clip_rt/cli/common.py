@@ -185,7 +185,8 @@ def label_options(f: F) -> F:
                      help="Comma-separated class labels."),
         click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="One label per line (blank lines and # comments ignored), or a .json "
-                          'object {"label": ["own prompt", ...] or null}.'),
+                          'object {"label": ["own prompt", ...] or null}. A regular file or a pipe, at most '
+                          "16 MB ($CLIP_RT_MAX_LABELS_MB raises it)."),
         click.option("--template", "template_list", multiple=True, metavar="TEXT",
                      help='Prompt template with {} for the label, e.g. "a photo of a {}." (repeatable).'),
         click.option("--templates", "template_set", type=click.Choice(["simple", "imagenet"]), default=None,
@@ -224,11 +225,15 @@ def duplicates(items: Sequence[str]) -> list[str]:
 
 
 def _read_labels_file(path: str) -> bytes:
+    """The whole file: a regular file or a pipe (``--labels-file <(...)``), at most
+    ``CLIP_RT_MAX_LABELS_MB`` (16 MB); a device or a longer stream is refused with that limit."""
+    from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise InputError(f"--labels-file {path!r}: cannot read it ({exc.strerror or exc})") from None
+        return read_limited(path, what=f"--labels-file {path!r}", limit=labels_limit(), hint=env_hint(LABELS_ENV),
+                            pipes=True)
+    except FileNotFoundError:
+        raise InputError(f"--labels-file {path!r}: no such file") from None
 
 
 def warn_if_single_label(labels: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """`clip-rt serve MODEL...`: the HTTP service (docs/serve.md). Needs the [serve] extra."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -15,13 +16,24 @@ from .common import echo_err, load_model
 _DEFAULTS = ServeConfig()
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+def _size(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[int]:
     from ..errors import InputError
 
+    if value is None:
+        return None
     try:
         return parse_size(value)
     except InputError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _api_key(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """--api-key, else $CLIP_RT_API_KEY. click reads an empty variable as unset, which would turn
+    `CLIP_RT_API_KEY=""` (a key lost on the way) into a service without a key: it is kept, so
+    that it is refused like a blank --api-key."""
+    if value is None and API_KEY_ENV in os.environ:
+        return os.environ[API_KEY_ENV]
+    return value
 
 
 @main.command("serve")
@@ -62,10 +74,23 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--max-text-chars", type=click.IntRange(min=1), default=_DEFAULTS.max_text_chars, show_default=True,
               help="Longest text, in characters.")
 @click.option("--max-labels", type=click.IntRange(min=1), default=_DEFAULTS.max_labels, show_default=True)
+@click.option("--max-label-chars", type=click.IntRange(min=1), default=_DEFAULTS.max_label_chars, show_default=True,
+              help="Longest class label, in characters (its prompts follow --max-text-chars).")
 @click.option("--max-prompts", type=click.IntRange(min=1), default=_DEFAULTS.max_prompts, show_default=True,
               help="Most labels x templates prompts per classify request.")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
               help="Largest image in pixels (default: PIL's limit, as the CLI).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=_DEFAULTS.max_connections, show_default=True,
+              help="Open connections at once. When full, idle ones are closed to make room; a new connection is "
+                   "refused (503) only when every open one is in a request.")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.header_timeout,
+              show_default=True, help="Seconds a connection has to send a request head (from connecting, or from "
+                                      "its previous response); closed (or 408) after.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.body_timeout,
+              show_default=True, help="Seconds a request has to send its whole body (408 after).")
+@click.option("--max-body-memory", default=None, callback=_size, metavar="SIZE",
+              help="Request-body bytes held at once over all requests (503 + Retry-After beyond); default 4 x "
+                   "--max-body-bytes.")
 @click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder whose files requests may name as {\"path\": ...} (repeatable). Without it, none.")
 @click.option("--index", "indexes", multiple=True, metavar="[NAME=]DIR",
@@ -73,9 +98,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--head", "heads", multiple=True, metavar="[NAME=]FILE",
               help="A head fitted by `clip-rt fit` on a served model, for POST /classify {\"head\": NAME} "
                    "(repeatable; docs/adapt.md).")
-@click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True,
+@click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True, callback=_api_key,
               help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz, /readyz and the search "
-                   "page at / (which asks for the key).")
+                   "page at / (which asks for the key). A blank key (also an empty $CLIP_RT_API_KEY) is refused.")
 @click.option("--decode-workers", type=click.IntRange(min=1), default=_DEFAULTS.decode_workers, show_default=True,
               help="Threads decoding images.")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=_DEFAULTS.graceful_timeout,
@@ -84,9 +109,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               show_default=True)
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
-              backend: Optional[str], threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
-              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
-              max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
+              backend: Optional[str], threads: Optional[int], draft: bool, max_batch_size: int,
+              max_text_batch_size: int, max_wait_ms: float,
+              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int,
+              max_body_bytes: int, max_items: int, max_text_chars: int, max_labels: int, max_label_chars: int,
+              max_prompts: int, max_image_pixels: Optional[int], max_connections: int, header_timeout: float,
+              body_timeout: float, max_body_memory: Optional[int], allow_dirs: tuple[str, ...],
               indexes: tuple[str, ...], heads: tuple[str, ...], api_key: Optional[str], decode_workers: int,
               graceful_timeout: float, log_level: str, access_log: bool) -> None:
     """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
@@ -106,8 +134,9 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
         max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, wait_when_idle=wait_when_idle,
         image_streams=image_streams, max_queue=max_queue,
         max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
-        max_text_chars=max_text_chars, max_labels=max_labels, max_prompts=max_prompts,
-        max_image_pixels=max_image_pixels, api_key=api_key or None, allow_dirs=allow_dirs,
+        max_text_chars=max_text_chars, max_labels=max_labels, max_label_chars=max_label_chars, max_prompts=max_prompts,
+        max_image_pixels=max_image_pixels, max_connections=max_connections, header_timeout=header_timeout,
+        body_timeout=body_timeout, max_body_memory=max_body_memory, api_key=api_key, allow_dirs=allow_dirs,
         indexes=tuple(parse_index(i) for i in indexes), heads=tuple(parse_head(h) for h in heads),
         decode_workers=decode_workers,
         graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)

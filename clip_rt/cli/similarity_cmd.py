@@ -26,6 +26,9 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     (sigmoid scoring): each text's own probability, independent of the others."""
     if any(not t.strip() for t in texts):
         raise click.UsageError("TEXT arguments must not be empty")
+    from ..outputs.files import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs([(plot_path, "plot")] if plot_path else [], [image], stdout=True)
     if plot_path:
         from ..outputs.charts import require_matplotlib
         from ..outputs.files import check_target, probe_folder

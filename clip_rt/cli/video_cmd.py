@@ -8,6 +8,7 @@ import numpy as np
 
 from ..inputs.discover import display_path, display_width, pad, printable
 from ..options import Workload
+from ..outputs.files import refuse_inputs_as_outputs
 from ..outputs.records import dumps_json
 from . import main
 from .common import (
@@ -42,6 +43,8 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     label_spec, templates = labels_and_templates(head, labels_csv, labels_file, template_list, template_set)
     labels = list(label_spec)
     warn_if_single_label(labels)
+    # The report goes to standard output: never into the video or labels file being read.
+    refuse_inputs_as_outputs([], [video_path, *([labels_file] if labels_file else [])], stdout=True)
     video.require_av()
     duration = video.video_duration(video_path)
     frames_expected = int(duration // every) + 1 if duration else None  # unknown: planned as a long run

@@ -35,15 +35,17 @@ def decode(preprocessor: Any, index: int, source: Any) -> Decoded:
     budget settings); any failure is this item's error, never the stream's."""
     if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
         return Decoded(index, source.path, None, None, None, InputError(f"{source.path}: {source.reason}"), [])
+    from ..inputs.images import unexpected_load_error, without_frames
+
     try:
         # The decoded image is dropped as soon as it is preprocessed.
         done = preprocessor.convert(source)
     except ClipRtError as exc:  # unreadable image, bad array, out of memory: this item only
-        return Decoded(index, source, None, None, None, exc, [])
+        # A small error record: no traceback, whose frames could hold a partly decoded image
+        # while this item waits in the look-ahead.
+        return Decoded(index, source, None, None, None, without_frames(exc), [])
     except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
-        from ..inputs.images import unexpected_load_error
-
-        return Decoded(index, source, None, None, None, unexpected_load_error(source, exc), [])
+        return Decoded(index, source, None, None, None, without_frames(unexpected_load_error(source, exc)), [])
     return Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
 
 

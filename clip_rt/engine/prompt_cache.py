@@ -10,6 +10,13 @@ WAL mode lets readers run beside a writer; writes are short ``INSERT OR IGNORE``
 
 The cache never breaks inference: a corrupt file is moved aside and rebuilt (with a warning),
 and a store that cannot be written is used read-only or not at all (warned once per path).
+
+Both layers are bounded, because texts may come from strangers (``clip-rt serve``): the memory
+layer is an LRU of ``memory_entries`` vectors, and the file holds at most about ``max_rows``
+rows per bundle and precision (``CLIP_RT_PROMPT_CACHE_MAX_ROWS``, default 200,000: about
+0.5 GB for 512-dimensional embeddings); past that, new texts are kept in memory only (warned
+once). The count is read once per process and followed from its own inserts, so several
+processes writing at once may pass it by what they add meanwhile.
 """
 from __future__ import annotations
 
@@ -48,6 +55,19 @@ _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 _UNWRITABLE = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL"}
 _warned_paths: set[str] = set()  # "warn once" is per process and cache file
 KEY_CHARS = 256  # longer texts are keyed by their hash (a key never equals another text: see text_key)
+MAX_ROWS_ENV = "CLIP_RT_PROMPT_CACHE_MAX_ROWS"
+DEFAULT_MAX_ROWS = 200_000
+
+
+def max_rows_from_env() -> int:
+    raw = os.environ.get(MAX_ROWS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ROWS
+    if not raw.isdigit():
+        warnings.warn(f"{MAX_ROWS_ENV} must be a whole number of rows, got {raw!r}; using {DEFAULT_MAX_ROWS}",
+                      RuntimeWarning, stacklevel=3)
+        return DEFAULT_MAX_ROWS
+    return int(raw)
 
 
 def text_key(text: str) -> str:
@@ -114,6 +134,7 @@ class PromptCache:
         path: Optional[Path] = None,
         persistent: bool = True,
         memory_entries: int = 20_000,
+        max_rows: Optional[int] = None,
     ) -> None:
         self.fingerprint = fingerprint
         self.precision = precision
@@ -127,6 +148,8 @@ class PromptCache:
         self._conn: Optional[sqlite3.Connection] = None
         self._conn_pid = -1
         self._inode: Optional[int] = None  # of the file the connection opened
+        self.max_rows = max_rows_from_env() if max_rows is None else max(0, int(max_rows))
+        self._rows: Optional[int] = None  # this bundle's rows in the file (counted on the first write)
 
     # -- public API -----------------------------------------------------------
     def get_many(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
@@ -167,6 +190,7 @@ class PromptCache:
             if self._conn is not None and self._conn_pid == os.getpid():
                 self._conn.close()
             self._conn = None
+            self._rows = None  # counted again on the next write (the file may be replaced meanwhile)
 
     def __enter__(self) -> "PromptCache":
         return self
@@ -208,11 +232,22 @@ class PromptCache:
         # transaction never has to be retried half-way; it only lasts for the inserts.
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if self._rows is None:
+                self._rows = int(conn.execute(
+                    "SELECT COUNT(*) FROM text_embeddings WHERE fingerprint = ? AND precision = ?",
+                    (self.fingerprint, self.precision)).fetchone()[0])
+            room = max(0, self.max_rows - self._rows)
+            dropped = len(rows) > room
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO text_embeddings (fingerprint, precision, text, dim, embedding) "
                 "VALUES (?, ?, ?, ?, ?)",
-                rows,
+                rows[:room],
             )
+            self._rows += conn.total_changes - before
+            if dropped:
+                _warn_once(self.path, f"prompt cache {self.path} is full for this model ({self._rows} texts, its "
+                                      f"limit is {MAX_ROWS_ENV}={self.max_rows}); new texts are kept in memory only")
         except BaseException:
             if conn.in_transaction:
                 try:

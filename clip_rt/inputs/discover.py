@@ -63,10 +63,16 @@ def no_images_found(paths: Sequence[str]) -> InputError:
     return InputError(f"no images found under {shown} (looked for {kinds} files, subfolders included)")
 
 
-def read_path_list(stream: IO[bytes]) -> list[str]:
-    """Paths from a byte stream, one per line (``-`` on the command line). Blank lines are skipped."""
+def read_path_list(stream: IO[bytes], limit: Optional[int] = None) -> list[str]:
+    """Paths from a byte stream, one per line (``-`` on the command line). Blank lines are
+    skipped. At most *limit* bytes are read (default: ``CLIP_RT_MAX_PATH_LIST_MB``, 256 MB);
+    a longer or endless stream is an InputError that says how to raise the limit."""
+    from .bounded import PATH_LIST_ENV, env_hint, path_list_limit, read_lines_limited
+
+    lines = read_lines_limited(stream, what="the path list on standard input",
+                               limit=path_list_limit() if limit is None else limit, hint=env_hint(PATH_LIST_ENV))
     out = []
-    for raw in stream.read().split(b"\n"):
+    for raw in lines:
         raw = raw.rstrip(b"\r")
         if raw.strip():
             out.append(os.fsdecode(raw))

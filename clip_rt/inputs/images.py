@@ -114,7 +114,17 @@ def _opened(source: ImageSource, exif_transpose: bool, draft: Optional[DraftRule
             what = f"a {img.size[0]}x{img.size[1]} {img.mode} image"
             held.enter_context(budget.reserve(decoded_bytes(img.size[0], img.size[1], img.mode), label, what))
 
-        yield open_image(source, exif_transpose=exif_transpose, draft=draft, _reserve=reserve)
+        loaded = open_image(source, exif_transpose=exif_transpose, draft=draft, _reserve=reserve)
+        try:
+            yield loaded
+        except BaseException:
+            # Preprocessing failed: the pixels go before the reservation does (the caller's
+            # traceback still refers to this image). A PIL image the caller gave is theirs.
+            if loaded.image is not source:
+                release_image(loaded.image)
+            raise
+        finally:
+            del loaded  # this frame's reference: the image is freed when the caller drops theirs
 
 
 def open_image(
@@ -236,17 +246,25 @@ def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[Draft
 
 def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[DraftRule],
             reserve: _Reserve = None) -> LoadedImage:
-    """Identify, optionally draft, and fully decode; the caller closes *fp*."""
+    """Identify, optionally draft, and fully decode; the caller closes *fp*.
+
+    A failure is raised from outside the ``except`` clause that caught it, after the image is
+    closed: the decoder's exception and its traceback (whose frames hold the partly decoded
+    image) are gone before the caller's decode budget reservation is given back, so a folder of
+    truncated huge files never holds more pixels than the budget allows (tests/test_hostile.py)."""
     start = fp.tell()
+    failure: Optional[str] = None
     try:
         img = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise load_error(label, _too_large(exc)) from None
+        failure = _too_large(exc)
     except UnidentifiedImageError:
         fp.seek(start)
-        raise load_error(label, _sniff(fp.read(512))) from None
+        failure = _sniff(fp.read(512))
     except _DECODE_ERRORS as exc:
-        raise load_error(label, f"corrupt image header ({_describe(exc)})") from exc
+        failure = f"corrupt image header ({_describe(exc)})"
+    if failure is not None:
+        raise load_error(label, failure)
     # Past MAX_IMAGE_PIXELS (but under 2x) PIL only warns. Refuse here as well: a multi-gigabyte
     # allocation is worse than a clear error. (Not warnings.catch_warnings: it is process-wide
     # and racy in the decoding threads.) Under `-W error` PIL raises the warning: caught above.
@@ -267,20 +285,53 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
         if frames > 1:
             img = img.copy()  # detach the frame from the (about to be closed) file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise load_error(label, _too_large(exc)) from None
+        failure = _too_large(exc)
     except _DECODE_ERRORS as exc:
-        raise load_error(label, f"truncated or corrupt {fmt or 'image'} data ({_describe(exc)})") from exc
+        failure = f"truncated or corrupt {fmt or 'image'} data ({_describe(exc)})"
     except MemoryError:
-        raise out_of_memory(label) from None
+        failure = OUT_OF_MEMORY
+    except BaseException:
+        release_image(img)  # an ImageLoadError from the budget, KeyboardInterrupt ...
+        raise
+    if failure is not None:
+        release_image(img)  # the partly decoded pixels go now, not when the error is collected
+        del img
+        raise load_error(label, failure)
     return _finish(img, label, notes, fmt, exif_transpose, full_size)
+
+
+def release_image(img: Image.Image) -> None:
+    """Free *img*'s pixels now (PIL's ``close`` drops the image core), whoever still refers to it."""
+    try:
+        img.close()
+    except Exception:  # noqa: BLE001 - closing a half-built image must not hide why it failed
+        pass
+
+
+def without_frames(exc: BaseException) -> BaseException:
+    """*exc* with no traceback in it or in the exceptions it chains to (``__cause__``,
+    ``__context__``): the frames a traceback keeps alive may hold a decoded image or encoded
+    data. What the message says, and the chained exceptions themselves, are kept."""
+    seen: set[int] = set()
+    stack: list[Optional[BaseException]] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        stack.extend((e.__cause__, e.__context__))
+    return exc
+
+
+OUT_OF_MEMORY = ("out of memory while decoding or preprocessing it (MemoryError); lower the decode memory budget "
+                 "(CLIP_RT_DECODE_MEMORY_MB) or the batch size, or give the process more memory")
 
 
 def out_of_memory(label: str) -> ImageLoadError:
     """This image's error when decoding or preprocessing it ran out of memory: the file is
     reported (and skipped by --resume) rather than ending the run, every time it is retried."""
-    return load_error(label, "out of memory while decoding or preprocessing it (MemoryError); lower the "
-                             "decode memory budget (CLIP_RT_DECODE_MEMORY_MB) or the batch size, or give "
-                             "the process more memory")
+    return load_error(label, OUT_OF_MEMORY)
 
 
 def _apply_draft(img: Image.Image, rule: DraftRule, exif_transpose: bool, notes: list[str]) -> None:

@@ -22,6 +22,7 @@ from ..errors import ClipRtError, ImageLoadError, InputError
 from .budget import decode_budget
 from .images import (
     ImageSource, LoadedImage, load_error, open_image, opened, out_of_memory, source_label, unexpected_load_error,
+    without_frames,
 )
 from ..bundle.manifest import ImageConfig
 
@@ -101,7 +102,10 @@ class Preprocessor:
                 del loaded  # the decoded image goes before its reservation does
             return result
         except MemoryError:  # this file's failure: recorded, and skipped by --resume
-            raise out_of_memory(source_label(image)) from None
+            pass
+        # Raised here, not inside the except clause: the MemoryError's traceback (and the
+        # buffers its frames hold) is gone by now.
+        raise out_of_memory(source_label(image))
 
     def batch(self, images: Iterable["ImageSource | LoadedImage"]) -> np.ndarray:
         """Images -> contiguous float32 ``(N, 3, H, W)``.
@@ -127,10 +131,10 @@ class Preprocessor:
             try:
                 _, _, item_notes = self._convert_into(item, out[len(indices)])
             except ClipRtError as err:  # ImageLoadError / InputError: this item only
-                failures.append((i, err))
+                failures.append((i, without_frames(err)))  # no traceback holding its pixels
                 continue
             except Exception as exc:  # a decoder quirk no one listed: still this item's failure only
-                failures.append((i, unexpected_load_error(item, exc)))
+                failures.append((i, without_frames(unexpected_load_error(item, exc))))
                 continue
             if item_notes:
                 notes[i] = item_notes

@@ -17,6 +17,7 @@ import html
 import html.entities
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -306,6 +307,11 @@ def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
 
     if size > MAX_TOKENIZER_BYTES:
         raise BundleError(f"{path}: {size} bytes; a tokenizer file is at most {MAX_TOKENIZER_BYTES} bytes")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # a device (size 0) would be read forever by the tokenizers library
+        from .bounded import file_kind
+
+        raise BundleError(f"{path}: the tokenizer file is a {file_kind(mode)}; expected a regular file")
     with _Fd2Capture() as capture:
         try:
             tok = Tokenizer.from_file(path)

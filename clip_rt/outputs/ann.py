@@ -196,10 +196,11 @@ def open_ann(folder: str, collection: Any) -> AnnIndex:
     def damaged(what: str) -> InputError:
         return InputError(f"ANN index {display_path(folder)!r} is damaged: {what}")
 
-    try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    from ..inputs.bounded import read_limited
+
+    try:  # a regular file of at most 1 MB (it holds a dozen fields)
+        meta = json.loads(read_limited(meta_path, what=ANN_FILE, limit=1 << 20, error=damaged).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise damaged(f"{ANN_FILE} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise damaged(f"{ANN_FILE} holds a {type(meta).__name__}, expected an object")

@@ -261,6 +261,9 @@ def plot_similarity(image: Any, texts: Sequence[str], probabilities: Sequence[fl
         raise InputError(f"{len(texts)} texts but {len(probs)} probabilities: expected one per text")
     require_matplotlib()
     target = os.fspath(path)
+    from .files import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs([(target, "plot")], [os.fspath(image)] if isinstance(image, (str, os.PathLike)) else [])
     check_target(target, "plot")
     from ..inputs.images import open_image
 

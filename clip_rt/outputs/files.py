@@ -11,6 +11,9 @@
   each batch goes out in one write loop, and after a failed write the file is cut back to
   the end of the last whole batch.
 - :class:`OutputLock` keeps two runs from writing one output at the same time.
+- :func:`refuse_inputs_as_outputs` runs first of all: an output that is (the same file as,
+  through a symbolic or hard link) one of the command's inputs is refused, so ``-o photo.jpg``
+  never truncates or replaces the photo it was about to read.
 
 Every ``OSError`` of writing becomes one :class:`~clip_rt.errors.OutputError` naming the file
 and the reason (``No space left on device``, ``Permission denied`` ...).
@@ -25,7 +28,7 @@ import secrets
 import shutil
 import stat
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Iterator, Optional
+from typing import IO, Any, BinaryIO, Iterable, Iterator, Optional
 
 from ..errors import InputError, OutputError
 from ..inputs.discover import display_path
@@ -520,3 +523,89 @@ def _read_pid(fd: int) -> str:
     except OSError:
         return ""
     return text if text.isdigit() else ""
+
+
+# -- outputs that are inputs ---------------------------------------------------------------
+def _file_id(path: str) -> "Optional[tuple[int, int]]":
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name: not a file it could be
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two output paths name one file (existing or not: links resolved)."""
+    ida, idb = _file_id(a), _file_id(b)
+    if ida is not None and idb is not None:
+        return ida == idb
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def refuse_inputs_as_outputs(outputs: "list[tuple[str, str]]", inputs: "Iterable[str]" = (), *,
+                             stdin: bool = False, stdout: bool = False) -> None:
+    """Refuse, before anything is opened for writing, an output that is one of the inputs.
+
+    *outputs*: ``(path, what)`` of every file the command may write (``what`` names it in the
+    message: ``output``, ``report file`` ...). *inputs*: the paths it reads. *stdin*: it reads
+    standard input (a path list); *stdout*: it writes its records to standard output, which
+    must not be one of the inputs either (``clip-rt classify a.jpg >> a.jpg``, refused like
+    ``cat``). "The same" is the same file: the same device and inode, so symbolic and hard links
+    are seen through. Only existing regular files are compared (a new file cannot be an input;
+    writing ``/dev/null`` destroys nothing); two outputs naming one file are refused too.
+    Costs one ``stat`` per input, and only when an output already exists.
+    """
+    for i, (a, what_a) in enumerate(outputs):
+        for b, what_b in outputs[i + 1:]:
+            if _same_place(a, b):
+                raise OutputError(f"the {what_a} {display_path(a)!r} and the {what_b} {display_path(b)!r} are "
+                                  "the same file; give them different paths")
+    targets: dict[tuple[int, int], tuple[str, str]] = {}
+    for path, what in outputs:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            targets[(st.st_dev, st.st_ino)] = (display_path(path), what)
+    out_st = _stdout_stat() if stdout else None
+    out_id = (out_st.st_dev, out_st.st_ino) if out_st is not None and stat.S_ISREG(out_st.st_mode) else None
+    if not targets and out_id is None:
+        return
+    if stdin and targets:
+        in_st = _fd_stat(0)
+        hit = targets.get((in_st.st_dev, in_st.st_ino)) if in_st is not None else None
+        if hit is not None:
+            raise OutputError(f"cannot write {hit[1]} {hit[0]!r}: it is the path list this command reads on "
+                              "standard input; write to another file")
+    for path in inputs:
+        fid = _file_id(path)
+        if fid is None:
+            continue
+        hit = targets.get(fid)
+        if hit is not None:
+            same = "" if display_path(path) == hit[0] else " (the same file, through a link)"
+            raise OutputError(f"cannot write {hit[1]} {hit[0]!r}: it is the input {display_path(path)!r}{same}; "
+                              "nothing was written: choose another output path")
+        if fid == out_id:
+            raise OutputError(f"standard output is the input {display_path(path)!r}: writing there would "
+                              "change the file being read; redirect the output to another file")
+
+
+def _fd_stat(fd: int) -> Optional[os.stat_result]:
+    try:
+        return os.fstat(fd)
+    except OSError:  # closed
+        return None
+
+
+def _stdout_stat() -> Optional[os.stat_result]:
+    """What the records written to ``sys.stdout`` land in (None: not a real file descriptor,
+    e.g. a test runner's captured stream)."""
+    import sys
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return _fd_stat(fd)

@@ -54,13 +54,21 @@ def write_sidecar(output: str, identity: dict[str, Any]) -> None:
         f.write(dumps_json(identity) + "\n")
 
 
+def _read_sidecar(side: str) -> bytes:
+    """The run description's bytes: a regular file (a FIFO there would block the run), at most
+    four times the labels-file limit (it holds the labels and templates) plus 1 MB."""
+    from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
+
+    return read_limited(side, what=f"run description {display_path(side)!r}", limit=4 * labels_limit() + (1 << 20),
+                        hint=env_hint(LABELS_ENV))
+
+
 def recorded_precision(output: str) -> Optional[str]:
     """The precision *output*'s run description records; None when it has none (a missing or
     unreadable description is reported by :func:`check_sidecar`)."""
     try:
-        with open(sidecar_path(output), encoding="utf-8") as f:
-            stored = json.load(f)
-    except (OSError, ValueError):
+        stored = json.loads(_read_sidecar(sidecar_path(output)).decode("utf-8"))
+    except (OSError, ValueError, InputError):
         return None
     value = stored.get("precision") if isinstance(stored, dict) else None
     return value if isinstance(value, str) else None
@@ -70,15 +78,14 @@ def check_sidecar(output: str, identity: dict[str, Any]) -> None:
     """Refuse to resume *output* if it was written by another model, precision, labels or templates."""
     side = sidecar_path(output)
     try:
-        with open(side, encoding="utf-8") as f:
-            stored = json.load(f)
+        stored = json.loads(_read_sidecar(side).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(
             f"cannot resume {display_path(output)!r}: its run description {display_path(side)!r} is missing, "
             "so it is unknown which model and labels wrote it; run without --resume to start over"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot resume: {display_path(side)!r} is not valid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"cannot resume: {display_path(side)!r} is not valid JSON ({exc})") from None
     except OSError as exc:
         raise InputError(f"cannot resume: cannot read {display_path(side)!r} ({exc.strerror or exc})") from None
     if not isinstance(stored, dict):
@@ -306,14 +313,35 @@ def resume_jsonl(path: str) -> list[Record]:
     for lineno, line in enumerate(keep.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            records.append(Record.from_json(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise InputError(
-                f"cannot resume {display_path(path)!r}: line {lineno} is not a clip-rt record ({exc})"
-            ) from exc
+        problem = _record_problem(line)
+        if problem:
+            raise InputError(f"cannot resume {display_path(path)!r}: line {lineno} is not a clip-rt record "
+                             f"({problem}); expected one JSON object per line as classify writes them, with a "
+                             "\"path\" string; run without --resume to start over")
+        records.append(Record.from_json(json.loads(line)))
     _truncate(path, keep)
     return records
+
+
+def _record_problem(line: str) -> str:
+    """Why a JSONL line is not one of our records ('' when it is one Record.from_json reads)."""
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return f"not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(data), "null")
+        return f"it is {kind}, not an object"
+    if not isinstance(data.get("path"), str):
+        return "it has no \"path\" string"
+    for key, kind in (("scores", dict), ("top_k", list)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"its {key!r} is not {'an object' if kind is dict else 'an array'}"
+    top_k = data.get("top_k") or []
+    if not all(isinstance(pair, list) and len(pair) == 2 for pair in top_k):
+        return "its 'top_k' is not a list of [label, score] pairs"
+    return ""
 
 
 def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:

@@ -219,6 +219,12 @@ def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optio
     records = as_records(results, paths)
     labels = list(labels) if labels is not None else infer_labels(records)
     folder = os.fspath(folder)
+    from .files import refuse_inputs_as_outputs
+
+    # A report file that is one of the reported images (a contact sheet classified as a photo
+    # on the next run) is refused, not replaced.
+    refuse_inputs_as_outputs([(os.path.join(folder, name), "report file") for name in REPORT_FILES],
+                             [r.path for r in records])
     prepare_report(folder, html)
     summary = summarise(records, labels, identity)
     shown, note = _shown_classes(labels, summary["classes"])

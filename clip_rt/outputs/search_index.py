@@ -5,7 +5,12 @@ The index is a folder:
 - ``index.json``: format version, the model that made it (name, bundle fingerprint,
   precision, embedding size), the indexed root folder, the embeddings file name, and one
   entry per image (path relative to the root, size, mtime_ns, width, height), in row order;
-- ``embeddings-<generation>.npy``: float32 ``(N, D)``, L2-normalised, row i = entry i.
+- ``embeddings-<generation>.npy``: float32 ``(N, D)``, L2-normalised, row i = entry i;
+- ``.clip-rt-index``: the marker that says clip-rt made this folder as an index. clip-rt writes
+  and cleans files (temporaries, embeddings files index.json no longer names) only in a folder
+  that has it, that it creates itself, or that was empty: ``index -o DIR`` (and ``--rebuild``)
+  never touches a folder of other files. An index made before the marker existed is
+  recognised by its files and gets the marker on its next update (:func:`claim_index_folder`).
 
 Updates write a new embeddings file, then replace ``index.json`` atomically, then delete the
 old embeddings file: a crash at any point leaves a consistent index. A file is re-embedded
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,15 +29,20 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from ..errors import InputError, OutputError
+from ..errors import ClipRtError, InputError, OutputError
 from ..inputs.discover import display_path, path_key, walk_images
 from .records import dumps_json
 
 INDEX_FORMAT = 1
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
+MARKER_FILE = ".clip-rt-index"
+ANN_DIR = "ann"  # outputs/ann.py builds its index there (Collection.ann_dir)
 REBUILD_HINT = "rebuild it with `clip-rt index DIR -o INDEX --rebuild`"
 MAX_EMBED_DIM = 65536
+# index.json is read whole: about 150 bytes per image, so 2 GB is some 14 million images (a
+# collection that size belongs in a `clip-rt ray` Parquet output).
+MAX_INDEX_JSON_BYTES = 2 << 30
 ENTRY_KEYS = frozenset({"path", "size", "mtime_ns", "width", "height"})
 
 
@@ -99,8 +110,9 @@ class SearchIndex:
         """Write the next generation: embeddings file, then ``index.json`` (atomic replace), then
         delete the previous embeddings file and any orphan left by a crash. Concurrent writers
         must hold :func:`index_lock` (``update_index`` does); readers need no lock. A write
-        that fails (full disk ...) is an :class:`OutputError`; the previous index stays intact."""
-        os.makedirs(folder, exist_ok=True)
+        that fails (full disk ...) is an :class:`OutputError`; the previous index stays intact.
+        *folder* must be an index folder (:func:`claim_index_folder`)."""
+        claim_index_folder(folder)
         old = os.path.join(folder, f"embeddings-{self.generation}.npy")
         generation = self.generation + 1
         emb_name = f"embeddings-{generation}.npy"
@@ -181,9 +193,8 @@ def recorded_precision(folder: str) -> Optional[str]:
     """The precision of the index in *folder* from its ``index.json`` alone (the embeddings are
     not read); None when there is no readable index (``SearchIndex.load`` reports why)."""
     try:
-        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
+        meta = json.loads(_read_index_json(folder))
+    except (OSError, ValueError, RecursionError, InputError):
         return None
     value = meta.get("precision") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
@@ -193,11 +204,10 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
                  on_progress: Optional[Callable[[int], None]] = None) -> tuple[SearchIndex, UpdateStats]:
     """Create or refresh the index in *folder* for the images under *root*: embeds only new or
     changed files, drops deleted ones. Unreadable images are left out and listed in the stats.
-    Holds :func:`index_lock` throughout, so overlapping updates run one after the other."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    Holds :func:`index_lock` throughout, so overlapping updates run one after the other.
+    *folder* must be new, empty, or an index (:func:`claim_index_folder`): nothing in a folder
+    of other files is ever replaced or deleted."""
+    claim_index_folder(folder)
     with index_lock(folder):
         return _update_locked(folder, root, model, batch_size=batch_size, rebuild=rebuild, on_progress=on_progress)
 
@@ -280,6 +290,81 @@ def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebui
     return index, stats
 
 
+def claim_index_folder(folder: str) -> None:
+    """Make sure *folder* is a clip-rt index folder before anything is written or cleaned in
+    it: created (with its marker) when missing, marked when empty, accepted when it has the
+    marker. A folder without the marker that holds files is accepted only when it is a
+    complete index made before the marker existed -- a readable format-1 ``index.json`` whose
+    embeddings file has the shape its entries say, and nothing beside them but files clip-rt
+    writes (``embeddings-*.npy``, ``.lock``, its temporaries, ``ann/``) -- and is then marked.
+    Anything else is an :class:`OutputError` that names what is there; nothing is touched."""
+    marker = os.path.join(folder, MARKER_FILE)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot write index {display_path(folder)!r}: it is a file; expected a folder") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    try:
+        st = os.lstat(marker)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(f"cannot write index {display_path(folder)!r}: its {MARKER_FILE} is not a file; "
+                              "expected the marker clip-rt writes in an index folder")
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    if names and not _is_unmarked_index(folder, names):
+        foreign = sorted(n for n in names if not _index_member(n)) or sorted(names)
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"{display_path(folder)!r} is not a clip-rt index: it holds {shown}, and no "
+                          f"{MARKER_FILE} marker. `clip-rt index -o` writes and deletes files in its folder, so it "
+                          "only uses a new or empty folder or an index it made; choose another -o (an index "
+                          "made by an older clip-rt that is damaged: delete it and index again)")
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileExistsError:
+        return  # another run marked it meanwhile
+    except OSError as exc:
+        raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dumps_json({"clip-rt": "index", "format": INDEX_FORMAT}) + "\n")
+
+
+def _index_member(name: str) -> bool:
+    """Whether *name* is one clip-rt writes in an index folder."""
+    return (name in (INDEX_FILE, LOCK_FILE, MARKER_FILE, ANN_DIR)
+            or (name.startswith("embeddings-") and name.endswith(".npy"))
+            or (name.startswith((f".{INDEX_FILE}.", ".embeddings-")) and name.endswith(".tmp")))
+
+
+def _is_unmarked_index(folder: str, names: list[str]) -> bool:
+    """A complete index from before the marker: only clip-rt's names, ``ann`` a folder, and an
+    index.json that passes every check with an embeddings file of the shape it says (the
+    embeddings are memory-mapped for the check, not read)."""
+    if INDEX_FILE not in names or not all(_index_member(n) for n in names):
+        return False
+    ann = os.path.join(folder, ANN_DIR)
+    if ANN_DIR in names and (os.path.islink(ann) or not os.path.isdir(ann)):
+        return False
+    try:
+        meta = _read_meta(folder)
+        fields = _check_meta(folder, meta)
+        name = meta.get("embeddings")
+        if not isinstance(name, str) or os.path.basename(name) != name or name not in names:
+            return False
+        mapped = np.load(os.path.join(folder, name), mmap_mode="r", allow_pickle=False)
+    except (ClipRtError, OSError, ValueError, EOFError, OverflowError):
+        return False
+    return isinstance(mapped, np.ndarray) and mapped.shape == (len(fields["entries"]), fields["embed_dim"])
+
+
 @contextmanager
 def index_lock(folder: str) -> Iterator[None]:
     """An exclusive lock on the index in *folder* (``flock`` on ``folder/.lock``), for a whole
@@ -313,11 +398,23 @@ def _damaged(folder: str, what: str) -> InputError:
     return InputError(f"index {display_path(folder)!r} is damaged: {what}; {REBUILD_HINT}")
 
 
+def _read_index_json(folder: str) -> bytes:
+    """index.json's bytes: a regular file (a FIFO there would block, a device never end), at
+    most MAX_INDEX_JSON_BYTES."""
+    from ..inputs.bounded import read_limited
+
+    meta_path = os.path.join(folder, INDEX_FILE)
+    if os.path.isdir(meta_path):
+        raise IsADirectoryError(meta_path)
+    return read_limited(meta_path, what=INDEX_FILE, limit=MAX_INDEX_JSON_BYTES,
+                        hint="an index that large belongs in a `clip-rt ray` Parquet output",
+                        error=lambda message: _damaged(folder, message))
+
+
 def _read_meta(folder: str) -> dict[str, Any]:
     meta_path = os.path.join(folder, INDEX_FILE)
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(_read_index_json(folder).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
                          "(make one with `clip-rt index DIR -o INDEX`)") from None

@@ -97,11 +97,20 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
         raise InputError(f"output {display_path(out)!r} is a file; expected a folder for Parquet parts")
     folder.mkdir(parents=True, exist_ok=True)
     job = folder / JOB_FILE
-    ours = [p for p in folder.iterdir() if _is_ours(p.name)]
-    foreign = [p.name for p in folder.iterdir() if not _is_ours(p.name)]
-    if foreign and not job.exists():
-        raise InputError(f"output {display_path(out)!r} already holds files that are not a clip-rt job "
-                         f"({', '.join(sorted(foreign)[:3])}...); use an empty or new folder")
+    names = [p.name for p in folder.iterdir()]
+    ours = [folder / n for n in names if _is_ours(n)]
+    # The job description is the folder's marker: without it, only a folder that is empty (or
+    # holds nothing but a killed first run's temporary description) is taken, so that files
+    # of a folder clip-rt did not make -- even ones named part-*.parquet -- are never deleted,
+    # moved aside or read as results.
+    other = [n for n in names if not n.startswith(f".{JOB_FILE}{TMP_MARK}")]
+    if job.is_symlink() or (job.exists() and not job.is_file()):
+        raise InputError(f"output {display_path(out)!r}: its {JOB_FILE} is not a regular file; expected the job "
+                         "description clip-rt writes (use an empty or new folder)")
+    if other and not job.exists():
+        raise InputError(f"output {display_path(out)!r} already holds files and is not a clip-rt job (no {JOB_FILE} "
+                         f"in it: {', '.join(repr(n) for n in sorted(other)[:3])}{'...' if len(other) > 3 else ''}); "
+                         "use an empty or new folder")
     if job.exists() and not overwrite:
         stored = read_job(out)
         diffs = [k for k in ident if k not in ("label_spec", "bundle_dir") and stored.get(k) != ident[k]]
@@ -113,7 +122,8 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
                              "use --overwrite to start over, or another output folder")
     if overwrite:
         for p in ours:
-            p.unlink()
+            if p.is_file() or p.is_symlink():  # a folder of that name is not something we wrote
+                p.unlink()
     else:
         for p in ours:
             if TMP_MARK in p.name:  # an unfinished part of a killed run: never a result
@@ -126,12 +136,15 @@ def _is_ours(name: str) -> bool:
 
 
 def read_job(out: str) -> dict[str, Any]:
+    from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
+
     path = Path(out) / JOB_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a regular file; it holds the labels and templates, so it follows the labels-file limit
+        data = json.loads(read_limited(path, what=display_path(str(path)), limit=4 * labels_limit() + (1 << 20),
+                                       hint=env_hint(LABELS_ENV)).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{display_path(out)!r} is not a clip-rt Ray output: no {JOB_FILE} in it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{display_path(str(path))!r} is damaged: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__

@@ -10,7 +10,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Optional
 
 from .errors import ApiError
-from .routes import ROUTES, ServiceState
+from .routes import AUTHORISED, BODY_ACCOUNT, ROUTES, ServiceState
 
 log = logging.getLogger("clip_rt.serve")
 # No API key: orchestrators probe the first two; the search page (/) holds no data and asks for the key.
@@ -97,8 +97,9 @@ async def _warm_up(state: ServiceState, on_fatal: Optional[Callable[[str], None]
 
 
 class Guard:
-    """Outermost ASGI layer: counts and times every request, checks the API key, and refuses
-    work beyond ``max_concurrency`` requests with 503 before reading their bodies."""
+    """Outermost ASGI layer: counts and times every request, checks the API key, refuses work
+    beyond ``max_concurrency`` requests with 503 before reading their bodies, and gives each
+    request's body bytes back to the service's body budget when it ends (serve/inputs.py)."""
 
     def __init__(self, app: Any, state: ServiceState) -> None:
         self.app, self.state = app, state
@@ -123,11 +124,14 @@ class Guard:
             await send(message)
 
         limited = path not in UNLIMITED_PATHS
+        account = self.state.bodies.account() if self.state.bodies is not None else None
         try:
             refusal = self._check(scope, path, limited)
             if refusal is not None:
                 await self._refuse(refusal, scope, receive, send_status)
                 return
+            scope[AUTHORISED] = self._key is None or self._authorised(scope)
+            scope[BODY_ACCOUNT] = account
             if limited:
                 self.active += 1
                 metrics.in_flight.set(self.active)
@@ -138,6 +142,8 @@ class Guard:
                     self.active -= 1
                     metrics.in_flight.set(self.active)
         finally:
+            if account is not None:
+                account.release()
             metrics.requests.inc(endpoint=endpoint, code=str(status[0]))
             metrics.latency.observe(time.perf_counter() - start, endpoint=endpoint)
 

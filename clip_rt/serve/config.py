@@ -64,9 +64,15 @@ class ServeConfig:
     max_items: int = 64  # inputs per request (embeddings inputs, classify images, similarity texts)
     max_text_chars: int = 10_000
     max_labels: int = 1000
+    max_label_chars: int = 1000  # a class name; its prompts are texts (max_text_chars)
     max_prompts: int = 4000  # labels x templates per classify request
     max_top_k: int = 1000
     max_image_pixels: Optional[int] = None  # None: PIL's default (what the CLI uses)
+    # Connections and bodies (serve/connections.py, serve/inputs.py).
+    max_connections: int = 1000  # open at once; idle ones are closed to make room for requests
+    header_timeout: float = 10.0  # seconds for a request head, from connecting or the previous response
+    body_timeout: float = 60.0  # seconds for a whole request body
+    max_body_memory: Optional[int] = None  # request-body bytes held at once; None: 4 x max_body_bytes
     # Access.
     api_key: Optional[str] = None
     allow_dirs: tuple[str, ...] = ()
@@ -80,7 +86,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_text_batch_size", "max_queue", "max_concurrency", "max_body_bytes",
-                     "max_items", "max_text_chars", "max_labels", "max_prompts", "max_top_k", "decode_workers"):
+                     "max_items", "max_text_chars", "max_labels", "max_label_chars", "max_prompts", "max_top_k",
+                     "decode_workers", "max_connections"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -91,13 +98,21 @@ class ServeConfig:
             raise InputError(f"image_streams must be a positive integer, got {self.image_streams!r}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.max_body_memory is not None and self.max_body_memory < self.max_body_bytes:
+            raise InputError(f"max_body_memory ({self.max_body_memory}) must be at least max_body_bytes "
+                             f"({self.max_body_bytes}): a body of the largest size could never be read")
         if self.max_items > self.max_queue:
             raise InputError(f"max_items ({self.max_items}) must not exceed max_queue ({self.max_queue}): "
                              "a request of max_items images could never be queued")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise InputError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.api_key is not None and not self.api_key.strip():
-            raise InputError("the API key is empty; give a non-empty key or none")
+            raise InputError(f"the API key is empty (--api-key or ${API_KEY_ENV} set to a blank value): give a "
+                             f"non-empty key, or leave both unset to serve without one")
         names = [n for n, _ in self.indexes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -111,6 +126,20 @@ class ServeConfig:
     def text_queue(self) -> int:
         """Texts that may wait per text encoder: one classify request may bring max_prompts."""
         return max(self.max_queue, self.max_prompts)
+
+    @property
+    def body_memory(self) -> int:
+        """Request-body bytes held at once, over all requests (503 + Retry-After beyond)."""
+        return self.max_body_memory if self.max_body_memory is not None else 4 * self.max_body_bytes
+
+    @property
+    def max_json_values(self) -> int:
+        """JSON values a body may hold: what the largest valid request needs (a labels object of
+        max_labels names with prompt lists, max_prompts prompts, max_items inputs as objects),
+        with room to spare. Anything beyond is refused before parsing (serve/inputs.py)."""
+        return 2 * self.max_labels + self.max_prompts + 4 * self.max_items + 64
+
+    max_json_depth = 8  # the deepest valid body nests 3 (body, labels object, prompt list)
 
     @property
     def loopback(self) -> bool:

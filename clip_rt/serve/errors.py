@@ -15,6 +15,7 @@ KINDS = {
     "not_found": 404,  # unknown model, index or route
     "method_not_allowed": 405,
     "conflict": 409,  # a thumbnail asked for by an index generation that has since been replaced
+    "request_timeout": 408,  # the request head or body did not arrive in time (--header/--body-timeout)
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "overloaded": 503,

@@ -5,6 +5,7 @@ given, naming the field (``param``) as a JSON path such as ``input[3]``.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -23,23 +24,110 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[^;,]*)*
 
 
 # -- body ------------------------------------------------------------------------------------------
-async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
+class BodyBudget:
+    """The request-body bytes the service holds at once, over every request (``--max-body-memory``):
+    each request's :class:`BodyAccount` takes bytes as chunks arrive and gives them all back
+    when the request ends. Event-loop only (no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def account(self) -> "BodyAccount":
+        return BodyAccount(self)
+
+
+class BodyAccount:
+    """One request's share of the :class:`BodyBudget`."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget, self.held = budget, 0
+
+    def take(self, n: int) -> None:
+        budget = self.budget
+        if budget.used + n > budget.limit:
+            raise ApiError("overloaded", f"the service holds {budget.used} bytes of request bodies, its limit "
+                           f"(--max-body-memory {budget.limit}); retry shortly", headers={"Retry-After": "1"})
+        budget.used += n
+        self.held += n
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], limit: int, *,
+                    timeout: Optional[float] = None, account: Optional[BodyAccount] = None) -> bytearray:
     """The whole body, refused with 413 as soon as it is known to pass *limit* bytes: from
-    ``Content-Length`` before reading anything, else while the chunks arrive."""
+    ``Content-Length`` before reading anything, else while the chunks arrive. With *timeout*,
+    the whole body must arrive within that many seconds (408 otherwise: a client that sends a
+    byte now and then cannot hold a request slot for long); with *account*, the bytes are
+    taken from the service's body budget as they arrive (503 + Retry-After when it is full).
+    With a ``Content-Length``, the body is read into one buffer of that size, taken from the
+    budget up front: no copy is made as it grows (growing doubled the peak)."""
     declared = headers.get("content-length")
+    size: Optional[int] = None
     if declared is not None:
         if not declared.isdigit():
             raise bad_request(f"Content-Length must be a number of bytes, got {declared!r}")
-        if int(declared) > limit:
-            raise too_large(int(declared), limit)
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
+        size = int(declared)
         if size > limit:
-            raise too_large(size, limit, partial=True)
-        parts.append(chunk)
-    return b"".join(parts)
+            raise too_large(size, limit)
+        if account is not None:
+            account.take(size)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    if size:
+        return await _read_sized(chunks, size, deadline, timeout)
+    body = bytearray()  # chunked: grown as it comes, each chunk taken from the budget
+    it = chunks.__aiter__()
+    while True:
+        chunk = await _next_chunk(it, deadline, timeout, len(body))
+        if chunk is None:
+            return body
+        if len(body) + len(chunk) > limit:
+            raise too_large(len(body) + len(chunk), limit, partial=True)
+        if account is not None:
+            account.take(len(chunk))
+        body += chunk
+
+
+async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[float],
+                      received: int) -> Optional[bytes]:
+    """The next chunk, None at the end; 408 past *deadline*."""
+    try:
+        if deadline is None:
+            return await it.__anext__()  # type: ignore[no-any-return]
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        return await asyncio.wait_for(it.__anext__(), remaining)  # type: ignore[no-any-return]
+    except StopAsyncIteration:
+        return None
+    except asyncio.TimeoutError:
+        raise ApiError("request_timeout", f"the request body did not arrive within {timeout:g} s "
+                       f"(--body-timeout; {received} bytes came)") from None
+
+
+async def _read_sized(chunks: AsyncIterator[bytes], size: int, deadline: Optional[float],
+                      timeout: Optional[float]) -> bytearray:
+    """A body of a known *size* (its budget already taken), read into one buffer of that size."""
+    body = bytearray(size)
+    view = memoryview(body)
+    it = chunks.__aiter__()
+    pos = 0
+    try:
+        while True:
+            chunk = await _next_chunk(it, deadline, timeout, pos)
+            if chunk is None:
+                break
+            if pos + len(chunk) > size:  # the HTTP layer stops this; never write past the buffer
+                raise bad_request(f"the request body is longer than its Content-Length ({size} bytes)")
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    finally:
+        view.release()  # a buffer with a view on it could not be emptied after decoding
+    if pos < size:
+        del body[pos:]
+    return body
 
 
 def too_large(size: int, limit: int, partial: bool = False) -> ApiError:
@@ -59,17 +147,31 @@ def check_content_type(value: Optional[str]) -> None:
     raise ApiError("unsupported_media_type", f"expected Content-Type: application/json, got {value!r}{hint}")
 
 
-def parse_json(body: bytes) -> Any:
-    """UTF-8 JSON (no NaN/Infinity). The body must be an object."""
-    if not body.strip():
+def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: int = 100_000) -> Any:
+    """UTF-8 JSON (no NaN/Infinity). The body must be an object. Its structure is checked on
+    the raw bytes first (:func:`clip_rt.inputs.bounded.json_shape_problem`): more than
+    *max_values* values is a 413, nesting deeper than *max_depth* a 400, so that what
+    ``json.loads`` builds stays within a small multiple of the body (docs/reliability.md). A
+    bytearray body is emptied once decoded to text: its bytes are not held while it is parsed."""
+    from ..inputs.bounded import json_shape_problem
+
+    if not body or body.isspace():  # (not body.strip(): that copies a 32 MB body to look at it)
         raise ApiError("invalid_json", "empty request body: expected a JSON object")
+    problem = json_shape_problem(body, max_depth=max_depth, max_items=max_values)
+    if problem is not None:
+        what, why = problem
+        raise ApiError("invalid_json" if what == "depth" else "payload_too_large",
+                       f"request body refused before parsing: {why}; no request this service answers needs that "
+                       "many (the limit follows --max-items, --max-labels and --max-prompts)")
+    bom = 3 if body[:3] == b"\xef\xbb\xbf" else 0  # tolerated, and dropped while decoding (no copy)
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError("invalid_json", f"request body is not valid UTF-8: byte 0x{body[exc.start]:02x} at "
-                       f"position {exc.start} ({exc.reason}); JSON must be UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+        at = exc.start + bom
+        raise ApiError("invalid_json", f"request body is not valid UTF-8: byte 0x{body[at]:02x} at "
+                       f"position {at} ({exc.reason}); JSON must be UTF-8") from None
+    if isinstance(body, bytearray):
+        body.clear()  # the text is what is parsed: the raw bytes go now (peak: text + parsed, not 3 copies)
 
     def no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
@@ -228,7 +330,7 @@ def read_allowed_file(ref: ImageRef, allowed: Sequence[str], max_bytes: int) -> 
     if not _inside(real, allowed):
         raise ApiError("forbidden_path", f"{param}: {ref.path!r} is outside the folder(s) this service may read "
                        "(--allow-dir)", param=param)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
@@ -236,24 +338,51 @@ def read_allowed_file(ref: ImageRef, allowed: Sequence[str], max_bytes: int) -> 
     except OSError as exc:
         raise ApiError("invalid_image", f"{param}: cannot open {ref.path!r}: {exc.strerror or exc}",
                        param=param) from None
-    with os.fdopen(fd, "rb") as f:
-        # What was opened, not what the name pointed to a moment earlier (a swapped symlink).
-        opened = _fd_path(fd)
-        if opened is not None and not _inside(opened, allowed):
-            raise ApiError("forbidden_path", f"{param}: {ref.path!r} is outside the folder(s) this service may "
-                           "read (--allow-dir)", param=param)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiError("invalid_image", f"{param}: {ref.path!r} is not a regular file", param=param)
-        if info.st_size > max_bytes:
-            raise ApiError("payload_too_large", f"{param}: {ref.path!r} has {info.st_size} bytes; the limit is "
-                           f"{max_bytes} (--max-body-bytes)", param=param)
-        data = f.read(max_bytes + 1)
+    # The descriptor is closed on every path out (a folder opens fine, then os.fdopen refuses it
+    # without closing it: one leaked descriptor per such request, until none were left).
+    try:
+        data = _read_checked(fd, ref, allowed, max_bytes)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise ApiError("payload_too_large", f"{param}: {ref.path!r} is over {max_bytes} bytes", param=param)
     if not data:
         raise ApiError("invalid_image", f"{param}: {ref.path!r} is empty (0 bytes)", param=param)
     return data
+
+
+def _read_checked(fd: int, ref: ImageRef, allowed: Sequence[str], max_bytes: int) -> bytes:
+    """What *fd* (opened for ``ref.path``) holds, once it is known to be a regular file inside
+    the allowed folders and not over *max_bytes*."""
+    param = ref.param
+    # What was opened, not what the name pointed to a moment earlier (a swapped symlink).
+    opened = _fd_path(fd)
+    if opened is not None and not _inside(opened, allowed):
+        raise ApiError("forbidden_path", f"{param}: {ref.path!r} is outside the folder(s) this service may "
+                       "read (--allow-dir)", param=param)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        from ..inputs.bounded import file_kind
+
+        raise ApiError("invalid_image", f"{param}: {ref.path!r} is a {file_kind(info.st_mode)}, not an image file",
+                       param=param)
+    if info.st_size > max_bytes:
+        raise ApiError("payload_too_large", f"{param}: {ref.path!r} has {info.st_size} bytes; the limit is "
+                       f"{max_bytes} (--max-body-bytes)", param=param)
+    os.set_blocking(fd, True)
+    parts: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        try:
+            block = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+        except OSError as exc:  # an I/O error on the disk: this image's error, not the service's
+            raise ApiError("invalid_image", f"{param}: cannot read {ref.path!r}: {exc.strerror or exc}",
+                           param=param) from None
+        if not block:
+            break
+        parts.append(block)
+        size += len(block)
+    return b"".join(parts)
 
 
 def image_stream(ref: ImageRef, allowed: Sequence[str], max_bytes: int) -> io.BytesIO:

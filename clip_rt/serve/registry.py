@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from ..adapt.head import Head
 
 log = logging.getLogger("clip_rt.serve")
-CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
+CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model ...
+CLASSIFIERS_BYTES = 64 << 20  # ... and at most this much of them (labels are chosen by clients)
 THUMBNAIL_BYTES_KEPT = 16 * 1024 * 1024  # the search page's recent thumbnails, per index (about 3,000)
 
 
@@ -42,7 +43,8 @@ class ServedModel:
         self.config = config
         self.created = int(time.time())
         self._tokenizer: Any = None
-        self.classifiers: "OrderedDict[str, Any]" = OrderedDict()
+        self.classifiers: "OrderedDict[str, tuple[Any, int]]" = OrderedDict()  # key -> (classifier, bytes)
+        self._classifier_bytes = 0
         wait = config.max_wait_ms / 1000.0
 
         def observer(encoder: str) -> tuple[Any, Any]:
@@ -137,7 +139,11 @@ class ServedModel:
         try:
             return self.model.preprocess(stream)
         except ClipRtError as exc:
-            raise ApiError("invalid_image", str(exc), param=ref.param) from None
+            message = str(exc)
+        # Raised outside the except clause: no chained traceback keeps this image's data alive
+        # while the request's other images are decoded.
+        del stream
+        raise ApiError("invalid_image", message, param=ref.param)
 
     async def classifier(self, labels: Any, templates: Any) -> Any:
         """A zero-shot classifier for these labels and templates: class embeddings from the
@@ -148,24 +154,35 @@ class ServedModel:
         found = self.classifiers.get(key)
         if found is not None:
             self.classifiers.move_to_end(key)
-            return found
+            return found[0]
         try:
             parsed = parse_labels(labels)
             temps = check_templates(templates)
         except InputError as exc:
             raise ApiError("invalid_request", str(exc), param="labels") from None
-        prompts = [t for lab in parsed for t in lab.texts(temps)]
-        if len(prompts) > self.config.max_prompts:
-            raise ApiError("invalid_request", f"{len(parsed)} labels x templates make {len(prompts)} prompts; the "
+        # Counted before any prompt is made: 1000 labels x 4000 templates would be 4 million strings.
+        count = sum(len(lab.prompts) if lab.prompts else len(temps) for lab in parsed)
+        if count > self.config.max_prompts:
+            raise ApiError("invalid_request", f"{len(parsed)} labels x templates make {count} prompts; the "
                            f"limit is {self.config.max_prompts} per request (--max-prompts)", param="labels")
+        prompts = [t for lab in parsed for t in lab.texts(temps)]
         embeddings = await self.embed_texts(prompts)
         built = ZeroShotClassifier(parsed, class_embeddings(parsed, temps, lambda _: embeddings),
                                    self.model.logit_scale, self.model.logit_bias, temps,
                                    scoring=self.model.scoring)
-        self.classifiers[key] = built
-        while len(self.classifiers) > CLASSIFIERS_KEPT:
-            self.classifiers.popitem(last=False)
+        self._keep_classifier(key, built, size=4 * len(key) + int(built.embeddings.nbytes) + 1024)
         return built
+
+    def _keep_classifier(self, key: str, built: Any, size: int) -> None:
+        """The last CLASSIFIERS_KEPT label sets, at most CLASSIFIERS_BYTES of them (LRU); one
+        larger than that on its own is not kept."""
+        if size > CLASSIFIERS_BYTES:
+            return
+        self.classifiers[key] = (built, size)
+        self._classifier_bytes += size
+        while len(self.classifiers) > CLASSIFIERS_KEPT or self._classifier_bytes > CLASSIFIERS_BYTES:
+            _, (_, dropped) = self.classifiers.popitem(last=False)
+            self._classifier_bytes -= dropped
 
     def describe(self) -> dict[str, Any]:
         m = self.model.manifest
@@ -224,8 +241,12 @@ class ServedIndex:
             self._stamp = stamp
         return self.index
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_id, "images": len(self.index.entries), "root": self.index.root}
+    def describe(self, with_paths: bool = True) -> dict[str, Any]:
+        """What /readyz says of the index; its folder's absolute path only *with_paths*."""
+        out = {"name": self.name, "model": self.model_id, "images": len(self.index.entries)}
+        if with_paths:
+            out["root"] = self.index.root
+        return out
 
     # -- thumbnails for the search page (GET /thumbnails/{index}/{row}) -----------------------------
     def image_path(self, index: Any, row: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -15,6 +16,8 @@ from . import page
 from .config import ServeConfig
 from .errors import ApiError, bad_request, describe
 from .inputs import (
+    BodyAccount,
+    BodyBudget,
     ImageRef,
     check_content_type,
     check_fields,
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from .registry import ServedHead, ServedIndex, ServedModel
 
 JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the decode pool
+BODY_ACCOUNT = "clip_rt.body_account"  # in the ASGI scope: the request's share of the body budget (app.Guard)
+AUTHORISED = "clip_rt.authorised"  # in the ASGI scope: the request carried the API key (or none is set)
 
 
 @dataclass
@@ -54,6 +59,12 @@ class ServiceState:
     loading: list[str] = field(default_factory=list)
     loop: Optional[asyncio.AbstractEventLoop] = None  # set at startup, for the signal handler
     heads: "dict[str, ServedHead]" = field(default_factory=dict)  # --head: fitted heads for /classify
+    bodies: Optional[BodyBudget] = None  # request-body bytes held at once (config.body_memory)
+    connections: Any = None  # the open-connection table (serve/connections.py), once serving
+
+    def __post_init__(self) -> None:
+        if self.bodies is None:
+            self.bodies = BodyBudget(self.config.body_memory)
 
     def drain(self) -> None:
         """The service is stopping: queued inputs run now rather than wait for fuller batches."""
@@ -99,14 +110,19 @@ async def body_of(request: "Request", allowed: Sequence[str]) -> dict[str, Any]:
     check_content_type(request.headers.get("content-type"))
     from starlette.requests import ClientDisconnect
 
+    cfg = state.config
+    account: Optional[BodyAccount] = request.scope.get(BODY_ACCOUNT)
     try:
-        raw = await read_body(dict(request.headers), request.stream(), state.config.max_body_bytes)
+        raw = await read_body(dict(request.headers), request.stream(), cfg.max_body_bytes, timeout=cfg.body_timeout,
+                              account=account)
     except ClientDisconnect:  # nobody will read the answer; this keeps a traceback out of the log
         raise bad_request("the client closed the connection before sending the whole body") from None
+    parse = functools.partial(parse_json, max_depth=cfg.max_json_depth, max_values=cfg.max_json_values)
     if len(raw) > JSON_LIMIT_IN_LOOP:
-        body = await asyncio.get_running_loop().run_in_executor(state.pool, parse_json, raw)
+        body = await asyncio.get_running_loop().run_in_executor(state.pool, parse, raw)
     else:
-        body = parse_json(raw)
+        body = parse(raw)
+    del raw  # the parsed body is what the request keeps (its bytes stay counted until it ends)
     check_fields(body, allowed)
     return body
 
@@ -122,8 +138,11 @@ async def readyz(request: "Request") -> "Response":
         return _json({"status": "failed", "error": state.failure}, 503)
     if not state.ready:
         return _json({"status": "loading", "models": list(state.models)}, 503)
+    # The index folders' absolute paths only to a caller with the API key: /readyz is open to
+    # orchestrators, and a path tells an outsider about the host.
+    full = bool(request.scope.get(AUTHORISED))
     return _json({"status": "ready", "models": list(state.models),
-                  "indexes": [ix.describe() for ix in state.indexes.values()],
+                  "indexes": [ix.describe(with_paths=full) for ix in state.indexes.values()],
                   "heads": [h.describe() for h in state.heads.values()]})
 
 
@@ -146,10 +165,14 @@ async def embeddings(request: "Request") -> "Response":
     state = state_of(request)
     body = await body_of(request, ("model", "input", "encoding_format", "dimensions", "user"))
     served = state.model(optional_str(body, "model"))
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
+    fmt = body.get("encoding_format")
+    fmt = "float" if fmt is None else fmt
+    if not isinstance(fmt, str) or fmt not in ("float", "base64"):
         raise bad_request(f"encoding_format must be 'float' or 'base64', got {describe(fmt)}", param="encoding_format")
     dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
+        raise bad_request(f"dimensions must be an integer (the model's {served.model.embed_dim}), got "
+                          f"{describe(dims)}", param="dimensions")
     if dims is not None and dims != served.model.embed_dim:
         raise bad_request(f"dimensions: model {served.id!r} gives {served.model.embed_dim}-dimensional embeddings "
                           f"(CLIP embeddings cannot be shortened); got {describe(dims)}", param="dimensions")
@@ -215,10 +238,10 @@ async def classify(request: "Request") -> "Response":
     top_k = positive_int(body, "top_k", 5, state.config.max_top_k)
     clf: "EmbeddingClassifier"
     if served_head is not None:
-        clf = _head_classifier(served_head, body, state.config.max_labels)
+        clf = _head_classifier(served_head, body, state.config)
     else:
-        labels = _labels(required(body, "labels"), state.config.max_labels)
-        clf = await served.classifier(labels, _templates(body.get("templates")))
+        labels = _labels(required(body, "labels"), state.config)
+        clf = await served.classifier(labels, _templates(body.get("templates"), state.config))
     embs, sizes = await served.embed_images(refs, state.pool, state.allowed)
     results = []
     for i, (c, (w, h)) in enumerate(zip(clf.classify_embeddings(embs, top_k=top_k), sizes)):
@@ -241,7 +264,7 @@ def _classify_model(state: ServiceState, asked: Optional[str], served_head: "Opt
     return state.model(served_head.model_id)
 
 
-def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels: int) -> "Head":
+def _head_classifier(served_head: "ServedHead", body: dict[str, Any], cfg: ServeConfig) -> "Head":
     """The head itself: labels come from it (the request may repeat them exactly), templates
     cannot be given (it keeps the zero-shot part it was fitted with)."""
     from ..adapt.head import check_head_arguments
@@ -252,7 +275,7 @@ def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels
         raise bad_request(f"templates cannot be given with head {served_head.name!r}: it keeps the zero-shot part "
                           "it was fitted with; leave templates out", param="templates")
     if "labels" in body:
-        labels = _labels(body["labels"], max_labels)
+        labels = _labels(body["labels"], cfg)
         try:
             check_head_arguments(head, labels, None)
         except InputError as exc:
@@ -260,17 +283,24 @@ def _head_classifier(served_head: "ServedHead", body: dict[str, Any], max_labels
     return head
 
 
-def _labels(value: Any, maximum: int) -> Any:
+def _labels(value: Any, cfg: ServeConfig) -> Any:
+    maximum = cfg.max_labels
     if isinstance(value, dict):
         if not value:
             raise bad_request("labels is empty: expected at least one class label", param="labels")
         if len(value) > maximum:
             raise bad_request(f"labels has {len(value)} labels; the limit is {maximum} (--max-labels)", param="labels")
         for name, prompts in value.items():
+            _label_name(name, f"labels[{name[:40]!r}]", cfg.max_label_chars)
             if prompts is not None and not (isinstance(prompts, list) and prompts
                                             and all(isinstance(p, str) for p in prompts)):
                 raise bad_request(f"labels[{name!r}] must be null or a non-empty array of prompt strings, got "
                                   f"{describe(prompts)}", param="labels")
+            if prompts is not None and len(prompts) > cfg.max_prompts:
+                raise bad_request(f"labels[{name[:40]!r}] has {len(prompts)} prompts; the limit is {cfg.max_prompts} "
+                                  "per request (--max-prompts)", param="labels")
+            for p in prompts or ():
+                _text_length(p, f"labels[{name[:40]!r}]", cfg.max_text_chars, "labels")
         return value
     if not isinstance(value, list):
         raise bad_request(f"labels must be an array of class names or an object {{name: [prompts] | null}}, got "
@@ -282,10 +312,24 @@ def _labels(value: Any, maximum: int) -> Any:
     for i, name in enumerate(value):
         if not isinstance(name, str):
             raise bad_request(f"labels[{i}] must be a string, got {describe(name)}", param=f"labels[{i}]")
+        _label_name(name, f"labels[{i}]", cfg.max_label_chars)
     return value
 
 
-def _templates(value: Any) -> Any:
+def _label_name(name: str, param: str, max_chars: int) -> None:
+    # Class names are keys of the classifier cache and of every response: bounded on their own.
+    if len(name) > max_chars:
+        raise bad_request(f"{param} has {len(name)} characters; a class label may have at most {max_chars} "
+                          "(--max-label-chars; CLIP reads 77 tokens of each prompt anyway)", param=param)
+
+
+def _text_length(text: str, what: str, max_chars: int, param: str) -> None:
+    if len(text) > max_chars:
+        raise bad_request(f"{what} has a text of {len(text)} characters; the limit is {max_chars} "
+                          "(--max-text-chars)", param=param)
+
+
+def _templates(value: Any, cfg: ServeConfig) -> Any:
     from .. import templates as builtin
 
     if value is None:
@@ -294,12 +338,18 @@ def _templates(value: Any) -> Any:
         if value in builtin.SETS:
             return list(builtin.SETS[value])
         if "{}" in value:
+            _text_length(value, "templates", cfg.max_text_chars, "templates")
             return [value]
         raise bad_request(f"templates must be 'simple', 'imagenet', a template with {{}} or an array of them; got "
                           f"{value!r}", param="templates")
     if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
         raise bad_request(f"templates must be a non-empty array of strings with {{}} for the label, got "
                           f"{describe(value)}", param="templates")
+    if len(value) > cfg.max_prompts:
+        raise bad_request(f"templates has {len(value)} templates; the limit is {cfg.max_prompts} prompts per request "
+                          "(--max-prompts)", param="templates")
+    for t in value:
+        _text_length(t, "templates", cfg.max_text_chars, "templates")
     return value
 
 

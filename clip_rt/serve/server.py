@@ -81,6 +81,7 @@ def make_server(state: ServiceState, *, sock: Any = None) -> tuple[Any, Any]:
     import uvicorn
 
     from .app import create_app
+    from .connections import ConnectionTable, fit_to_fd_limit, protocol_class
 
     cfg = state.config
     holder: dict[str, Any] = {}
@@ -91,11 +92,15 @@ def make_server(state: ServiceState, *, sock: Any = None) -> tuple[Any, Any]:
         server.should_exit = True
 
     app = create_app(state, on_fatal)
+    # No uvicorn limit_concurrency: it counts idle connections too (150 of them starved every
+    # request) and answers in plain text. Requests are limited by the app (JSON 503 past
+    # --max-concurrency); connections by the protocol, which closes idle ones to make room.
+    table = ConnectionTable(fit_to_fd_limit(cfg.max_connections))
+    state.connections = table
     uv_config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.access_log, lifespan="on",
-        timeout_graceful_shutdown=cfg.graceful_timeout, server_header=False,
-        # A backstop only: the app answers past max_concurrency with a JSON 503 itself.
-        limit_concurrency=cfg.max_concurrency * 2 + 16, loop="asyncio", http="h11")
+        timeout_graceful_shutdown=cfg.graceful_timeout, server_header=False, limit_concurrency=None,
+        loop="asyncio", http=protocol_class(table, cfg.header_timeout))
     def on_stop() -> None:  # in the signal handler: hand over to the event loop
         loop = state.loop
         if loop is not None and not loop.is_closed():

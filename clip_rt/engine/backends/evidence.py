@@ -38,12 +38,15 @@ def evidence_key(fingerprint: str, encoder: str, backend: str, version: str, pre
 
 
 def read_cache(path: Optional[Path] = None) -> dict[str, Any]:
+    from ...errors import ClipRtError
+    from ...inputs.bounded import read_limited
+
     path = path or cache_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a regular file of at most 16 MB (not a FIFO or device put there)
+        data = json.loads(read_limited(path, what=str(path), limit=16 << 20).decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):  # damaged: the checks simply run again and rewrite it
+    except (OSError, ValueError, ClipRtError):  # damaged: the checks simply run again and rewrite it
         return {}
     return data if isinstance(data, dict) else {}
 
