@@ -284,3 +284,24 @@ def test_a_source_without_images_fails_before_the_output_is_made(tmp_path: Path,
     with pytest.raises(InputError, match="no images found"):
         crt_ray.run_job(str(empty), out, bundle)
     assert not out.exists()
+
+
+def test_a_local_run_starts_its_own_ray_even_beside_another_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an address, Ray would join a local cluster another program started (its
+    ray_current_cluster file) and then refuse num_cpus: a local run asks for a Ray of its own."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    with pytest.raises(Stop):
+        crt_ray.init(num_cpus=1)
+    assert seen["address"] == "local" and seen["num_cpus"] == 1

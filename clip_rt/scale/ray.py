@@ -81,7 +81,10 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
         import ray._private.ray_constants as constants  # in case ray was imported before the variable was set
 
         constants.ENABLE_RAY_CLUSTER = False
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_mb * 2**20, **kwargs)
+        # address="local": a new Ray of its own, even where another local cluster is running
+        # (Ray would otherwise join that one, and refuse num_cpus for it).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                 object_store_memory=object_store_mb * 2**20, **kwargs)
         host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
             ray.shutdown()
