@@ -209,7 +209,7 @@ def text_calibration(tokenizer, dynamic_sequence: bool, trim: bool = True,  # no
     small test tower 0.9929 without and 0.9994 with (docs/models.md)."""
     from clip_rt.bundle.manifest import TEXT_INPUT
 
-    from .validate import lengths_of, pad_id_of
+    from .sample_inputs import lengths_of, pad_id_of
 
     prompts = calibration_prompts() + (list(CALIBRATION_CLASSES) if short_prompts else [])
     ids = tokenizer(prompts).numpy().astype(np.int64)

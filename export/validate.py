@@ -10,6 +10,8 @@ import numpy as np
 from clip_rt.errors import ParityError
 from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 
+from .sample_inputs import lengths_of, pad_id_of
+
 # Per precision: the figures a graph must meet (documented in models/README.md).
 # fp32 must reproduce torch to float rounding; fp16/int8 change the numbers, so what is held
 # is the direction of the embedding (cosine), which is all CLIP similarity uses.
@@ -94,20 +96,6 @@ def torch_references(model: Any, tokenizer: Any) -> References:
         labels=len(labels),
         pad_token_id=pad,
     )
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    """The id open_clip's *tokenizer* pads with: 0 for CLIP BPE, the HF tokenizer's pad id."""
-    hf = getattr(tokenizer, "tokenizer", None)
-    return int(hf.pad_token_id) if hf is not None and getattr(hf, "pad_token_id", None) is not None else 0
-
-
-def lengths_of(ids: np.ndarray, pad_token_id: int = 0) -> np.ndarray:
-    """Ids per row up to the last non-padding one (right-padded rows; SOT/EOT included)."""
-    ids = np.asarray(ids)
-    real = ids != pad_token_id
-    last = ids.shape[1] - np.argmax(real[:, ::-1], axis=1)
-    return np.where(real.any(axis=1), last, 0)
 
 
 def _session(path: Path) -> Any:

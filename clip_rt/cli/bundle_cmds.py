@@ -10,7 +10,7 @@ from typing import Any, Optional
 import click
 
 from ..errors import BundleError, InputError
-from . import main
+from .group import main
 
 
 def _human_bytes(n: int) -> str:

@@ -14,7 +14,7 @@ from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
-from . import main
+from .group import main
 from .common import (
     check_precision_follows,
     echo_err,

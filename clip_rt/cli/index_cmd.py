@@ -9,7 +9,7 @@ import click
 from ..inputs.discover import display_path, printable, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
-from . import main
+from .group import main
 from .common import (
     check_precision_follows,
     echo_err,

@@ -8,7 +8,7 @@ import click
 
 from ..inputs.discover import display_path, printable
 from ..outputs.records import error_reason
-from . import main
+from .group import main
 from ..settings import default_model
 from .common import MODEL_DEFAULT_HELP, echo_err, label_options, parse_labels, resolve_templates
 

@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
-from . import main
+from .group import main
 from ..settings import default_model
 from .common import DRAFT_KEY, echo_err, load_model
 

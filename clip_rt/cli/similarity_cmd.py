@@ -9,7 +9,7 @@ import click
 
 from ..inputs.discover import display_path, printable
 from ..outputs.records import dumps_json
-from . import main
+from .group import main
 from .common import echo_err, model_from_options, model_options
 
 

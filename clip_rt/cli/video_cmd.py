@@ -8,7 +8,7 @@ import numpy as np
 
 from ..inputs.discover import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
-from . import main
+from .group import main
 from .common import (
     echo_err,
     label_options,

@@ -19,7 +19,7 @@ from typing import IO, Any, Callable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError, InputError
+from ..errors import ImageLoadError, InputError, load_error
 from .budget import DecodeBudget, decode_budget, decoded_bytes
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
@@ -59,14 +59,6 @@ class LoadedImage:
 def display_path(path: Union[str, bytes, "os.PathLike[Any]"]) -> str:
     """A printable form of a file name; bytes that are not UTF-8 appear as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def load_error(source: str, reason: str) -> ImageLoadError:
-    """ImageLoadError("<source>: <reason>") with ``.source`` and ``.reason`` attributes."""
-    err = ImageLoadError(f"{source}: {reason}")
-    err.source = source  # type: ignore[attr-defined]
-    err.reason = reason  # type: ignore[attr-defined]
-    return err
 
 
 def source_label(source: Any) -> str:
