@@ -46,7 +46,7 @@ def _photos(manifest: Any) -> np.ndarray:
 
     from clip_rt.inputs.preprocess import Preprocessor
 
-    from .photos import PHOTOS
+    from clip_rt_fixtures.photos import PHOTOS
 
     pre = Preprocessor(manifest.image)
     out = []

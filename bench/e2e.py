@@ -9,7 +9,7 @@ import numpy as np
 from .common import Timer, log, ratio, target, write_result
 from .context import BenchContext
 from .models import session_options
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE
 
 

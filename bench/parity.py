@@ -12,7 +12,7 @@ import numpy as np
 
 from .common import log, target, write_result
 from .context import PRECISIONS, BenchContext
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE, compare, ensemble, zeroshot_top1
 
 

@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.bundle) / "manifest.json").is_file():
         ap.error(f"no bundle at {args.bundle}: pass --bundle DIR")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from serve_util import Server  # the tests' subprocess launcher: one way to start a server
+    from clip_rt_fixtures.server import Server  # the tests' subprocess launcher: one way to start a server
 
     photo = photo_jpeg()
     import clip_rt

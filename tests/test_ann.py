@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import FakeModel, install_fake  # noqa: E402
+from test_cli_classify import FakeModel, install_fake
 
-from clip_rt.cli import main  # noqa: E402
-from clip_rt.outputs import ann  # noqa: E402
-from clip_rt.outputs.collection import open_collection  # noqa: E402
-from clip_rt.outputs.search_index import Entry, SearchIndex  # noqa: E402
+from clip_rt.cli import main
+from clip_rt.outputs import ann
+from clip_rt.outputs.collection import open_collection
+from clip_rt.outputs.search_index import Entry, SearchIndex
 
 faiss = pytest.importorskip("faiss", reason="the [ann] extra (faiss-cpu) is not installed")
 

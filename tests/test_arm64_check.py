@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
-from arm64check import cli, compare, cpuinfo, emulator, guest, host, rootfs, rss, summary  # noqa: E402
+from arm64check import cli, compare, cpuinfo, emulator, guest, host, rootfs, rss, summary
 
 
 # -- arguments and cache location -----------------------------------------------------------------
@@ -266,7 +265,7 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     the sampler), then the host's memory_report and budgets on its results."""
     from PIL import Image
 
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     bundle = build_fake_bundle(tmp_path / "bundle")
     folder = tmp_path / "photos"
@@ -701,7 +700,7 @@ def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:
     the runtime API they call still exists, and the npz has what compare.py reads."""
     from PIL import Image
 
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     bundle = build_fake_bundle(tmp_path / "bundle")
     photos = tmp_path / "photos"

@@ -21,7 +21,7 @@ from clip_rt.engine.backends.ort import OrtBackend
 from clip_rt.engine.cpu import ENV_FLAGS
 from clip_rt.errors import BundleError, InputError, ProviderError
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 try:
     import openvino  # noqa: F401

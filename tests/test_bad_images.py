@@ -338,7 +338,7 @@ def test_try_batch_reports_an_unexpected_decoder_exception_on_its_item(monkeypat
 @pytest.fixture(scope="module")
 def fake_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     import clip_rt
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     return clip_rt.load(build_fake_bundle(tmp_path_factory.mktemp("fake") / "fake-clip"), cache=False)
 

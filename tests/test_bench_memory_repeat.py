@@ -10,7 +10,7 @@ from PIL import Image
 
 from bench import memory_repeat
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def test_first_run_opens_both_sessions_and_the_repeat_only_the_image_one(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bench import memory_runs
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def _photos(folder: Path, n: int) -> None:

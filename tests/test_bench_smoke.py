@@ -13,10 +13,9 @@ pytest.importorskip("open_clip")
 pytest.importorskip("skimage")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import __main__ as bench_main  # noqa: E402
-from bench.report import NAMES, load_results, write_readme  # noqa: E402
+from bench import __main__ as bench_main
+from bench.report import NAMES, load_results, write_readme
 
 TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
 

@@ -26,7 +26,6 @@ from PIL import Image
 from clip_rt.cli import common, main
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # fake_bundle.py
 WORDS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
 
@@ -349,7 +348,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path: Path, monkeypat
 def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The torch-free tiny bundle (real manifest, ONNX graphs, tokenizer) run by the real runtime."""
     pytest.importorskip("clip_rt.inputs.tokenizer")
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 
 from clip_rt.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, make_images  # noqa: E402
+from test_cli_classify import install_fake, make_images
 
 
 @pytest.mark.parametrize("spec", ["猫，犬,鳥", "猫、犬、鳥", "猫, 犬 ，鳥"])

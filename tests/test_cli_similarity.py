@@ -12,8 +12,7 @@ from PIL import Image
 
 from clip_rt.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from test_cli_classify import install_fake, real_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture()

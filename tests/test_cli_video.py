@@ -13,8 +13,7 @@ from click.testing import CliRunner
 from clip_rt.inputs import video
 from clip_rt.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from test_cli_classify import install_fake, real_bundle  # noqa: F401  (fixture)
 
 FPS = 10
 # 2 s red, 1.5 s blue, 1 s green: 45 frames at 10 fps.

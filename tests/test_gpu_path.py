@@ -19,12 +19,11 @@ from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
 from clip_rt.bundle.manifest import IMAGE_INPUT
 from clip_rt.engine.session import CPU, CUDA, OrtSession
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import gpu as bench_gpu  # noqa: E402
+from bench import gpu as bench_gpu
 
 WITH_CUDA = [CUDA, CPU]
 IMAGE_SIZE = 16

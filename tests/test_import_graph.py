@@ -1,4 +1,4 @@
-"""No import cycles in ``clip_rt`` and ``clip_rt_export``.
+"""No import cycles in ``clip_rt`` and ``clip_rt_export``; the tools kept apart.
 
 The graph is built from the source with ``ast``, without importing anything: every ``import`` of a
 project module counts, at module level and inside functions alike (a lazy import hides a cycle
@@ -172,6 +172,44 @@ def test_known_cycles_still_exist() -> None:
     """An allowed cycle that is gone must leave the allow-list, so that it cannot come back."""
     found = {tuple(sorted(set(c))) for c in cycles()}
     assert not KNOWN_CYCLES - found, f"fixed, remove from KNOWN_CYCLES: {sorted(KNOWN_CYCLES - found)}"
+
+
+# -- tools apart: bench/ and scripts/ use installed packages, not each other's folders ----------
+def _tool_files() -> list[Path]:
+    return sorted((REPO / "bench").glob("*.py")) + sorted((REPO / "scripts" / "arm64check").glob("*.py"))
+
+
+def _imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in _imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_tools_do_not_extend_sys_path() -> None:
+    """sys.path.insert/append in bench/ or arm64check/ means a tool imports another folder."""
+    found = []
+    for path in _tool_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in {"insert", "append", "extend"}
+                    and ast.unparse(node.func.value) == "sys.path"):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, found
+
+
+def test_tools_import_neither_tests_nor_each_other() -> None:
+    test_modules = {p.stem for p in (REPO / "tests").glob("*.py")}
+    for path in _tool_files():
+        tops = {name.split(".")[0] for name in _imported_names(path)}
+        assert not tops & (test_modules | {"tests", "conftest"}), f"{path.relative_to(REPO)} imports tests/"
+        if path.parent.name == "arm64check":
+            assert "bench" not in tops, f"{path.relative_to(REPO)} imports bench"
+        else:
+            assert "arm64check" not in tops, f"{path.relative_to(REPO)} imports scripts/arm64check"
 
 
 # -- the checker itself -------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from bench.stream_100k import BASELINE_RECORDS, make_images, run_stream
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-from bench.stream_100k import BASELINE_RECORDS, make_images, run_stream  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("psutil")
 

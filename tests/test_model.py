@@ -21,7 +21,7 @@ from clip_rt.engine.session import CPU, CUDA
 from clip_rt.bundle.store import models_dir
 from clip_rt.zeroshot import softmax
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 PROMPTS = ["a photo of a cat.", "dog", "a blurry photo of the big red car .", "", "a b c d e f g h",
            "sketch", "two dogs", "a photo of a cat."]

@@ -18,9 +18,8 @@ from clip_rt.outputs.records import Record
 from clip_rt.outputs import charts
 from clip_rt.outputs.report import ASPECT_TOLERANCE, aspect_type, orientation, summarise, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from badfiles import png_with_size  # noqa: E402
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from badfiles import png_with_size
+from test_cli_classify import install_fake, real_bundle  # noqa: F401  (fixture)
 
 CHARTS = ["class_distribution.png", "class_mean_score.png", "aspect_types.png", "aspect_ratio_hist.png",
           "image_size_hist.png", "contact_sheet.png"]

@@ -18,16 +18,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 pytest.importorskip("ray.data", reason="the [ray] extra (ray[data]) is not installed: pip install -e '.[ray]'")
 pa = pytest.importorskip("pyarrow")
 
-from clip_rt.cli import main  # noqa: E402
-from clip_rt.inputs.discover import path_key  # noqa: E402
-from clip_rt.scale import parts  # noqa: E402
-from clip_rt.scale import ray as crt_ray  # noqa: E402
+from clip_rt.cli import main
+from clip_rt.inputs.discover import path_key
+from clip_rt.scale import parts
+from clip_rt.scale import ray as crt_ray
 
 
 

@@ -20,7 +20,7 @@ from clip_rt.cli import main
 from clip_rt.errors import InputError, ModelNotFoundError
 from clip_rt.settings import BUILTIN_MODEL, MODEL_ENV, default_model, read_config
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def run(*args: str):  # noqa: ANN201

@@ -1,4 +1,4 @@
-"""Bundles are untrusted input (issue 11): hostile bundles built from tests/fake_bundle.py, run
+"""Bundles are untrusted input (issue 11): hostile bundles built from fixtures/fake_bundle.py, run
 through the CLI (CliRunner, one ``Error:`` line, exit 1) and the API (a named BundleError).
 
 A hostile bundle's author writes matching checksums, so every case here re-hashes the files it
@@ -28,7 +28,7 @@ from clip_rt.bundle.manifest import read_manifest
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, ChecksumError
 
-from fake_bundle import VOCAB_SIZE, build_fake_bundle, image_graph, text_graph
+from clip_rt_fixtures.fake_bundle import VOCAB_SIZE, build_fake_bundle, image_graph, text_graph
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 from ..errors import OutputError
-from ..inputs.discover import discover, display_path, path_key, printable
+from ..inputs.discover import discover, path_key
+from ..display import display_path, printable
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision

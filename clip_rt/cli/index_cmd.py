@@ -6,7 +6,8 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, printable, walk_images
+from ..inputs.discover import walk_images
+from ..display import display_path, printable
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
 from .group import main

@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from ..outputs.records import error_reason
 from .group import main
 from ..settings import default_model

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from ..outputs.records import dumps_json
 from .group import main
 from .common import echo_err, model_from_options, model_options

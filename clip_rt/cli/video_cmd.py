@@ -6,7 +6,7 @@ from typing import Any, Optional
 import click
 import numpy as np
 
-from ..inputs.discover import display_path, display_width, pad, printable
+from ..display import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
 from .group import main
 from .common import (

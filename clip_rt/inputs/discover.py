@@ -7,12 +7,9 @@ writers in ``records.py`` can write the original name back.
 from __future__ import annotations
 
 import os
-import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from typing import IO, Any, Iterable, Iterator, Optional
-
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
@@ -95,53 +92,6 @@ def discover(args: Iterable[str], stdin: Optional[IO[bytes]] = None,
         else:
             add_arg(arg)
     return result
-
-
-# Characters a terminal acts on instead of showing: C0/C1 controls (escape sequences, CR,
-# backspace), DEL, line/paragraph separators and the bidirectional overrides that can make a
-# name read as another one.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: "re.Match[str]") -> str:
-    ch = match.group()
-    code = ord(ch)
-    return _NAMED_ESCAPES.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def printable(text: str) -> str:
-    """*text* safe to print on a terminal: control characters (terminal escape sequences, CR,
-    newlines, bidi overrides) shown as ``\\x1b``, ``\\r``, ``\\u202e`` ..., everything else kept."""
-    return _UNPRINTABLE.sub(_escape, text)
-
-
-def loader_label(path: str) -> str:
-    """*path* as the image loader names it in its errors: undecodable bytes as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def display_path(path: str) -> str:
-    """*path* printable on any terminal: undecodable bytes shown as ``\\xNN``, control
-    characters escaped (see :func:`printable`)."""
-    return printable(loader_label(path))
-
-
-def display_width(text: str) -> int:
-    """Columns *text* takes on a terminal: East Asian wide and full-width characters count 2,
-    combining marks and format characters 0, everything else 1."""
-    width = 0
-    for ch in text:
-        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
-            continue
-        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-    return width
-
-
-def pad(text: str, width: int, align: str = "<") -> str:
-    """*text* padded with spaces to *width* display columns (``<`` left, ``>`` right aligned)."""
-    fill = " " * max(0, width - display_width(text))
-    return text + fill if align == "<" else fill + text
 
 
 @dataclass(frozen=True)

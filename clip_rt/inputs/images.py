@@ -19,6 +19,7 @@ from typing import IO, Any, Callable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..display import loader_label
 from ..errors import ImageLoadError, InputError, load_error
 from .budget import DecodeBudget, decode_budget, decoded_bytes
 
@@ -56,28 +57,23 @@ class LoadedImage:
     format: Optional[str] = None  # PIL's format name for files and bytes ("JPEG", "PNG" ...)
 
 
-def display_path(path: Union[str, bytes, "os.PathLike[Any]"]) -> str:
-    """A printable form of a file name; bytes that are not UTF-8 appear as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def source_label(source: Any) -> str:
     """The printable label :func:`open_image` uses for *source* in its error messages."""
     if isinstance(source, LoadedImage):
         return source.source
     if isinstance(source, Image.Image):
-        return display_path(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        return loader_label(source.filename) if getattr(source, "filename", "") else "<PIL image>"
     if isinstance(source, np.ndarray):
         return _array_label(source)
     if isinstance(source, bytes) and _looks_like_path(source):
-        return display_path(source)
+        return loader_label(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
     if isinstance(source, (str, os.PathLike)):
-        return display_path(source)
+        return loader_label(source)
     if hasattr(source, "read"):
         name = getattr(source, "name", None)
-        return display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
+        return loader_label(name) if isinstance(name, (str, bytes)) else "<file object>"
     return f"<{type(source).__name__}>"
 
 
@@ -121,7 +117,7 @@ def open_image(
     :class:`ImageLoadError`, wrong types or bad arrays :class:`InputError`.
     """
     if isinstance(source, Image.Image):
-        label = display_path(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        label = loader_label(source.filename) if getattr(source, "filename", "") else "<PIL image>"
         try:
             source.load()
         except _DECODE_ERRORS as exc:
@@ -184,12 +180,12 @@ def _looks_like_path(data: bytes) -> bool:
 
 def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
                reserve: _Reserve = None) -> LoadedImage:
-    label = display_path(path)
+    label = loader_label(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise load_error(label, f"broken symbolic link (points to {display_path(os.readlink(path))}, which does not exist)") from None
+            raise load_error(label, f"broken symbolic link (points to {loader_label(os.readlink(path))}, which does not exist)") from None
         raise load_error(label, "no such file") from None
     except PermissionError:
         raise load_error(label, "permission denied (cannot reach the file)") from None
@@ -211,7 +207,7 @@ def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool
 def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule],
                       reserve: _Reserve = None) -> LoadedImage:
     name = getattr(fp, "name", None)
-    label = display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
+    label = loader_label(name) if isinstance(name, (str, bytes)) else "<file object>"
     seekable = getattr(fp, "seekable", None)
     if seekable is None or not seekable():  # PIL needs to seek: read a pipe or socket whole
         try:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import ClipRtError, InputError
-from .discover import display_path
+from ..display import display_path
 
 
 def require_av() -> Any:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from ..errors import ClipRtError, InputError
-from ..inputs.discover import display_path
+from ..display import display_path
 
 ANN_FORMAT = 1
 ANN_FILE = "ann.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import ClipRtError, ImageLoadError, InputError
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from .fonts import INSTALL_HINT, FontChoice, choose_fonts
 
 BAR_COLOUR = "#3b75af"

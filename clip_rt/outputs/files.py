@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, Iterator, Optional
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 
 TEMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".clip-rt.lock"

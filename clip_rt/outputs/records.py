@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Optional, Sequence
 
 from ..errors import InputError
-from ..inputs.discover import display_path, display_width, loader_label, pad, printable
+from ..display import display_path, display_width, loader_label, pad, printable
 
 FORMATS = ("table", "csv", "json", "jsonl")
 RESUMABLE = ("csv", "jsonl")

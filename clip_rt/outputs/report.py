@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from . import charts
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path, path_key, walk_images
+from ..inputs.discover import path_key, walk_images
+from ..display import display_path
 from .records import dumps_json
 
 INDEX_FORMAT = 1

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ..errors import InputError
-from ..inputs.discover import display_path
+from ..display import display_path
 
 JOB_FILE = "_clip-rt-job.json"
 JOB_FORMAT = 1

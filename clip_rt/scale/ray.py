@@ -31,7 +31,8 @@ from typing import Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
-from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, path_key
+from ..inputs.discover import IMAGE_EXTENSIONS, discover, path_key
+from ..display import display_path
 from . import parts
 
 DEFAULT_PART_ROWS = 10_000

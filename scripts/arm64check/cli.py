@@ -462,8 +462,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log,
                                           hold=lambda what: held(args.lock, what, log))
             models.append({"name": name, "role": role, "full_host": dirs["full"], "slim_host": dirs["slim"]})
-        compare_dir = inputs.ensure_compare_images(cache, REPO)
-        folder = inputs.ensure_folder(cache, REPO, args.images)
+        compare_dir = inputs.ensure_compare_images(cache)
+        folder = inputs.ensure_folder(cache, args.images)
         one_image = sorted(folder.iterdir())[0]
         shutil.copytree(Path(__file__).resolve().parent, run_dir / "scripts" / "arm64check",
                         ignore=shutil.ignore_patterns("__pycache__"))
