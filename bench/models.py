@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
-
 @dataclass
 class TorchModel:
     arch: str

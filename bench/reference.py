@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .models import TorchModel
 from clip_rt_fixtures.photos import LABELS
+
+from .models import TorchModel
 
 SIMPLE = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.")
 

@@ -135,8 +135,9 @@ def class_names(ctx: BenchContext, n: int) -> list[str]:
 
 
 def text(ctx: BenchContext) -> dict[str, Any]:
-    import clip_rt
     import torch
+
+    import clip_rt
 
     torch.set_num_threads(2)
     tm = ctx.torch_model

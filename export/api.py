@@ -5,16 +5,25 @@ import contextlib
 import dataclasses
 import io
 import platform
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from clip_rt.bundle.catalogue import store_name
-from clip_rt.errors import ExportError, InputError
-from clip_rt.bundle.manifest import (PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, Quantization,
-                                    TextConfig, required_format_version)
+from clip_rt.bundle.manifest import (
+    PRECISIONS,
+    GraphEntry,
+    ImageConfig,
+    Manifest,
+    ParityFigure,
+    Quantization,
+    TextConfig,
+    required_format_version,
+)
 from clip_rt.bundle.store import models_dir
+from clip_rt.errors import ExportError, InputError
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve
@@ -133,7 +142,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     dynamic = graphs.supports_dynamic_sequence(model, refs.pad_token_id, hf_fields.get("padding_side", "right"))
     notes = list(loaded.notes)
     notes.append(
-        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} tokens" if dynamic else "")
+        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} "
+                                               "tokens" if dynamic else "")
     )
 
     fp32 = {"image": work / "image_fp32.onnx", "text": work / "text_fp32.onnx"}

@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 from clip_rt.bundle.catalogue import RANDOM_TAG, canonical_name, close_matches, load_catalogue, resolve_alias, sanitize
-from clip_rt.errors import ExportError, InputError
 from clip_rt.bundle.manifest import sha256_file
+from clip_rt.errors import ExportError, InputError
 
 NONE_TAG = "none"
 # How long the reachability probe may take before a tag download is declared impossible.
@@ -165,7 +165,6 @@ def fetch_tag_weights(arch: str, tag: str, log: Callable[[str], None]) -> str:
 def _hub_cached_file(hub: str) -> Optional[str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
-
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
     # The same files, in the same order, as open_clip.download_pretrained_from_hf tries.
@@ -259,8 +258,8 @@ def load_model(
         hf_model = model_cfg.get("text_cfg", {}).get("hf_model_name")
         if hf_model:
             # HFTextEncoder reads its transformers config by name (a hub download): give it a local one.
-            text_cfg = dict(model_cfg["text_cfg"], hf_model_name=str(text_tokenizer.hf_model_config(hf_model, Path(workdir))),
-                            hf_model_pretrained=False)
+            hf_config = text_tokenizer.hf_model_config(hf_model, Path(workdir))
+            text_cfg = dict(model_cfg["text_cfg"], hf_model_name=str(hf_config), hf_model_pretrained=False)
             overrides["text_cfg"] = text_cfg
         loaded = _load_model(arch, source, seed, log, overrides)
     if hf_tokenizer is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -280,7 +281,7 @@ class _Reader:
 
     MAX_STRIDE = 8
 
-    def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]):
+    def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]) -> None:
         if isinstance(data, np.ndarray):
             if data.ndim < 1 or len(data) == 0:
                 raise InputError(f"calibration_inputs must be a non-empty batch, got shape {data.shape}")

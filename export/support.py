@@ -4,7 +4,8 @@ verdicts into ``models/catalogue.json`` for ``clip-rt models --available`` (a to
 cannot ask open_clip)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 
 def unsupported_reason(arch: str, model_cfg: Optional[Mapping[str, Any]]) -> Optional[str]:

@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clip_rt.errors import ParityError
 from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
+from clip_rt.errors import ParityError
 
 from .sample_inputs import lengths_of, pad_id_of
 
@@ -64,7 +64,8 @@ class References:
 
     def describe(self) -> str:
         return (f"{len(self.pixel_values)} images ({len(self.pixel_values) - self.photos} generated scenes, "
-                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot labels)")
+                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot "
+                "labels)")
 
 
 def torch_references(model: Any, tokenizer: Any) -> References:

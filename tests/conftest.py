@@ -55,6 +55,16 @@ def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     return home
 
 
+# -- the torch-free fake bundle -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The torch-free tiny bundle (real manifest, ONNX graphs, tokenizer) run by the real runtime;
+    shared by every test that only reads it."""
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
+
+    return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
 # -- exported bundles (export stage; skipped where torch / open_clip are not installed) -------
 TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
 TINY_ARCH = "tiny-clip"

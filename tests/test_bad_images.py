@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from badfiles import Case, encode, make_corpus, photo
+from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs.images import LoadedImage, array_to_pil, open_image
-from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.inputs.preprocess import Preprocessor
-
-from badfiles import Case, encode, make_corpus, photo
 
 # bomb_warning.png: PIL warns (100 Mpx is under 2x its limit) before open_image refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -123,7 +122,9 @@ def test_mixed_batch_keeps_every_good_image(corpus: dict[str, Case]) -> None:
 def test_no_file_handles_leak(corpus: dict[str, Case]) -> None:
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process()
-    paths = [corpus[n].path for n in ("truncated.jpg", "page.jpg", "animated.gif", "animated.webp", "gray16.tif", "rgba.png", "empty.jpg", "bomb.png")]
+    names = ("truncated.jpg", "page.jpg", "animated.gif", "animated.webp", "gray16.tif", "rgba.png", "empty.jpg",
+             "bomb.png")
+    paths = [corpus[n].path for n in names]
     for p in paths:  # warm up lazy imports of PIL plugins
         try:
             open_image(p)
@@ -247,13 +248,13 @@ def flipped_variants(data: bytes, count: int, seed: int) -> list[bytes]:
     return out
 
 
-def raw_pillow_error(data: bytes) -> "type[BaseException] | None":
+def raw_pillow_error(data: bytes) -> type[BaseException] | None:
     """What plain Pillow raises for *data* when opened and read the way open_image does."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             getattr(img, "n_frames", 1)
             img.load()
-    except Exception as exc:  # the point: see which exception types Pillow really raises
+    except Exception as exc:  # noqa: BLE001 - the point: see which exception types Pillow really raises
         return type(exc)
     return None
 

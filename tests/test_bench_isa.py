@@ -1,7 +1,6 @@
 """bench/isa.py: the ISA each library sees (flags injected), peaks and MAC counts."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest

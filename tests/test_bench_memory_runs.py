@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from bench import memory_runs
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 

@@ -4,7 +4,6 @@ measurement itself is replaced by a fixed row."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -47,7 +47,8 @@ def test_every_benchmark_writes_figures(results: Path) -> None:
     text = got["text_speed"]["sets"]["80 ImageNet templates"]["rows"]
     # The cached path reads memory only: it must beat re-encoding by a wide margin.
     assert text["clip-rt default, cached"]["median_s"] < text["clip-rt default"]["median_s"]
-    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed", "clip-rt int8 (onnxruntime)"} <= set(text)
+    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed",
+            "clip-rt int8 (onnxruntime)"} <= set(text)
     rows = got["end_to_end"]["rows"]
     assert rows["clip-rt fp32"]["top1_same_as_origin"] == 1.0  # same weights, same pixels: same labels
     assert got["startup"]["folder"]["int8, batch 8"]["maxrss_mb"] > 0
@@ -105,6 +106,7 @@ def test_readme_block_is_rendered_and_replaced(results: Path, tmp_path: Path) ->
 def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
+
     from clip_rt.errors import InputError
     from clip_rt_export.optimize import optimize_graph
 

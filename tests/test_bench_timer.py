@@ -2,10 +2,6 @@
 spread, not pinned on one candidate), and every sample is kept under its candidate's name."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-
 from bench.common import Timer
 
 

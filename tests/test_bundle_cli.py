@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_rt.cli import main
 from clip_rt.bundle.manifest import read_manifest
+from clip_rt.cli import main
 
 TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"
 
@@ -137,7 +137,8 @@ def test_export_domain_errors_exit_1(tmp_path: Path) -> None:
 def test_export_into_the_store_then_list_it(clip_home: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("open_clip")
-    result = run("export", "tiny-clip", "--model-config", str(TINY_CONFIG), "--seed", "1")  # click >= 8.2: split streams
+    # click >= 8.2: split streams
+    result = run("export", "tiny-clip", "--model-config", str(TINY_CONFIG), "--seed", "1")
     assert result.exit_code == 0, result.output
     expected = clip_home / "models" / "tiny-clip-random"
     assert result.stdout.strip() == str(expected)

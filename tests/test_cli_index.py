@@ -14,8 +14,7 @@ from PIL import Image
 
 from clip_rt.cli import common, main
 from clip_rt.outputs.search_index import INDEX_FILE, SearchIndex
-
-from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: F401  (fixture)
+from test_cli_classify import FakeModel, install_fake
 
 
 def invoke(args: list[str]):  # noqa: ANN201
@@ -133,7 +132,7 @@ def test_missing_model_hint(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "clip-rt export" in r.output
 
 
-def test_real_bundle_index_and_search(real_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_real_bundle_index_and_search(real_bundle: Path, tmp_path: Path) -> None:
     imgs = colour_dir(tmp_path / "imgs")
     idx = str(tmp_path / "idx")
     r = CliRunner().invoke(main, ["index", str(imgs), "-o", idx, "--model", str(real_bundle)])
@@ -308,7 +307,7 @@ class RendezvousFake(FakeModel):
     """Waits (up to 1 s) inside the update for the other update to get there too: without a
     lock both read the same generation; with it the second waits for the first to finish."""
 
-    def __init__(self, here: "threading.Event", other: "threading.Event") -> None:
+    def __init__(self, here: threading.Event, other: threading.Event) -> None:
         super().__init__()
         self.here, self.other = here, other
 

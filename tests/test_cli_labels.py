@@ -3,14 +3,12 @@ with a single label (always 100 %) is warned about."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from clip_rt.cli import main
-
 from test_cli_classify import install_fake, make_images
 
 

@@ -1,6 +1,7 @@
 """Memory on small devices: low-memory mode (`--low-memory`, `load(low_memory=True)`, automatic
-where the process may use at most 2 GiB) and the tokenizer freed with the text session. The peak-RSS figures themselves are measured by scripts/arm64-check and
-docs/devices.md, not here (no timed or memory-measuring tests)."""
+where the process may use at most 2 GiB) and the tokenizer freed with the text session. The
+peak-RSS figures themselves are measured by scripts/arm64-check and docs/devices.md, not here
+(no timed or memory-measuring tests)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ from PIL import Image
 import clip_rt
 from clip_rt.cli import main
 from clip_rt.engine import memory
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -146,7 +146,7 @@ def test_memory_phases_script_runs(bundle: Path, images: Path, tmp_path: Path, e
 GIB = 1024 ** 3
 
 
-def _limit_files(tmp_path: Path, mem_total_kib: "int | None", cgroup: "str | None") -> tuple[str, list[str]]:
+def _limit_files(tmp_path: Path, mem_total_kib: int | None, cgroup: str | None) -> tuple[str, list[str]]:
     meminfo = tmp_path / "meminfo"
     if mem_total_kib is not None:
         meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:        1000 kB\n")
@@ -163,8 +163,8 @@ def _limit_files(tmp_path: Path, mem_total_kib: "int | None", cgroup: "str | Non
     (1024 * 1024, str(9223372036854771712), GIB, "MemTotal"),  # cgroup v1's "no limit"
     (None, str(GIB), GIB, "memory.max"),
 ])
-def test_memory_limit_is_the_smaller_of_ram_and_cgroup(tmp_path: Path, mem_total_kib: "int | None",
-                                                       cgroup: "str | None", expected: int, source: str) -> None:
+def test_memory_limit_is_the_smaller_of_ram_and_cgroup(tmp_path: Path, mem_total_kib: int | None,
+                                                       cgroup: str | None, expected: int, source: str) -> None:
     meminfo, cgroups = _limit_files(tmp_path, mem_total_kib, cgroup)
     limit = memory.memory_limit(meminfo, cgroups)
     assert limit is not None and limit.bytes == expected and source in limit.source
@@ -278,7 +278,7 @@ def test_info_says_whether_low_memory_mode_is_on(bundle: Path, tmp_path: Path, m
     env = {"CLIP_RT_HOME": str(tmp_path / "home")}
     text = CliRunner().invoke(main, ["info", str(bundle)], env=env)
     assert text.exit_code == 0, text.output
-    line = [l for l in text.output.splitlines() if l.startswith("memory:")]
+    line = [s for s in text.output.splitlines() if s.startswith("memory:")]
     assert line and f"low-memory mode {'on' if low else 'off'}" in line[0] and "/test/memory.max" in line[0]
     data = json.loads(CliRunner().invoke(main, ["info", str(bundle), "--json"], env=env).output)
     assert data["memory"]["low_memory"] is low

@@ -13,8 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -187,7 +188,8 @@ def test_table_aligns_by_display_width(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 # -- outputs that must survive --------------------------------------------------------------
-def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl", n: int = 6) -> tuple[Path, Path, bytes]:
+def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl",
+              n: int = 6) -> tuple[Path, Path, bytes]:
     install_fake(monkeypatch)
     folder = colour_folder(tmp_path / "imgs", n)
     out = tmp_path / name

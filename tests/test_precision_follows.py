@@ -3,7 +3,6 @@ output it continues when --precision is not given; an explicit different one is 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from PIL import Image
 from clip_rt.cli import common, main
 from clip_rt.errors import BundleError
 from clip_rt.outputs.search_index import INDEX_FILE
-
 from test_cli_classify import FakeModel
 
 

@@ -4,7 +4,6 @@ checked against real exports in tests/test_model_families.py."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import clip_rt
 from clip_rt.bundle.manifest import FORMAT_VERSION, read_manifest
 from clip_rt.cli import main
 from clip_rt.zeroshot import Label, ZeroShotClassifier, scores_from_logits, sigmoid, softmax
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 SCALE, BIAS = 10.0, -3.0

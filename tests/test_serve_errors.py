@@ -7,7 +7,8 @@ import json
 import socket
 import struct
 import zlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import pytest
 

@@ -19,7 +19,6 @@ from clip_rt.bundle.store import resolve_bundle
 from clip_rt.cli import main
 from clip_rt.errors import InputError, ModelNotFoundError
 from clip_rt.settings import BUILTIN_MODEL, MODEL_ENV, default_model, read_config
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -116,7 +115,7 @@ def test_a_missing_default_says_where_it_was_set(store: Path, tmp_path: Path,
         (b"model = '\xff'\n", "not UTF-8"),
     ],
 )
-def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: "str | bytes", needle: str) -> None:
+def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: str | bytes, needle: str) -> None:
     path = clip_home / "config.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InputError, match=needle) as err:
@@ -161,11 +160,14 @@ def test_did_you_mean_instead_of_an_export_hint_from_the_typo(store: Path, tmp_p
     assert "Did you mean: ViT-B-32-random (not exported yet: `clip-rt export ViT-B-32 --pretrained none`)" in msg
     assert "randon`" not in msg and "--pretrained randon" not in msg
 
-    for name, command in (("ViT-B-32-openai", "ViT-B-32 --pretrained openai"), ("RN50-random", "RN50 --pretrained none"),
-                          ("ViT-B/32", "ViT-B-32 --pretrained openai"), ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
+    for name, command in (("ViT-B-32-openai", "ViT-B-32 --pretrained openai"),
+                          ("RN50-random", "RN50 --pretrained none"),
+                          ("ViT-B/32", "ViT-B-32 --pretrained openai"),
+                          ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
         with pytest.raises(ModelNotFoundError, match=f"Export it first, e.g. `clip-rt export {command}`"):
             resolve_bundle(name)
-    with pytest.raises(ModelNotFoundError, match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
+    with pytest.raises(ModelNotFoundError,
+                       match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
         resolve_bundle("ViT-B-16-SigLIP-webli")
     real = catalogue.load_catalogue()
     with pytest.MonkeyPatch.context() as mp:

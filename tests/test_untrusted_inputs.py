@@ -30,7 +30,6 @@ from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs import budget as budget_mod
 from clip_rt.inputs import video
 from clip_rt.inputs.preprocess import _finite_extrema
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CLI = "import sys; sys.argv[0] = 'clip-rt'; from clip_rt.cli import main; main()"
@@ -199,7 +198,8 @@ def test_non_utf8_similarity_text(bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, content, line", [
     ("labels.txt", b"cat\ndog\ncaf\xe9 au lait\n", "line 3 'caf\\xe9 au lait' is not valid UTF-8: b'\\xe9' at byte 3"),
-    ("labels.json", b'{"cat": null,\n "caf\xe9": null}', "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5"),
+    ("labels.json", b'{"cat": null,\n "caf\xe9": null}',
+     "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5"),
 ])
 def test_non_utf8_labels_file(bundle: Path, tmp_path: Path, name: str, content: bytes, line: str) -> None:
     labels = tmp_path / name

@@ -244,7 +244,8 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
             fig = m.parity.get(precision, {}).get(encoder)
             extra = []
             if q.calibration is not None:
-                extra.append(f"calibrated ({q.calibration.method}) on {q.calibration.samples} {q.calibration.source.split(':')[0]}")
+                extra.append(f"calibrated ({q.calibration.method}) on {q.calibration.samples} "
+                             f"{q.calibration.source.split(':')[0]}")
             if fig is not None and fig.top1_agreement is not None:
                 extra.append(f"top-1 agreement {fig.top1_agreement:.3f}")
             if fig is not None and fig.batch_max_abs_diff is not None:
@@ -294,8 +295,14 @@ def _echo_families(families: dict[str, Any]) -> None:
                    "with the reason).")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import (architectures, exportable_architectures, family_of, load_catalogue,
-                                    load_families, unsupported)
+    from ..bundle.catalogue import (
+        architectures,
+        exportable_architectures,
+        family_of,
+        load_catalogue,
+        load_families,
+        unsupported,
+    )
     from ..bundle.store import list_bundles, models_dir
 
     if available:

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import click
 import numpy as np
 
+from ..display import display_path, printable
 from ..errors import OutputError
 from ..inputs.discover import discover, path_key
-from ..display import display_path, printable
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
-from .group import main
 from .common import (
     check_precision_follows,
     echo_err,
@@ -30,6 +30,7 @@ from .common import (
     skip_errors_option,
     warn_if_single_label,
 )
+from .group import main
 
 
 @main.command("classify")
@@ -164,8 +165,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     if report_dir:
         from ..outputs.report import write_report
 
-        summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring}, contact_sheet=contact_n,
-                               bom=csv_bom)
+        summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring},
+                               contact_sheet=contact_n, bom=csv_bom)
         fonts = ", ".join(summary["fonts"]["families"])
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed and not skip_errors:

@@ -7,9 +7,9 @@ from typing import Optional
 import click
 
 from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_index, parse_size
-from .group import main
 from ..settings import default_model
 from .common import DRAFT_KEY, echo_err, load_model
+from .group import main
 
 _DEFAULTS = ServeConfig()
 
@@ -78,7 +78,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
               threads: Optional[int], draft: bool, max_batch_size: int, max_text_batch_size: int, max_wait_ms: float,
-              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int, max_body_bytes: int, max_items: int, max_text_chars: int,
+              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int,
+              max_body_bytes: int, max_items: int, max_text_chars: int,
               max_labels: int, max_prompts: int, max_image_pixels: Optional[int], allow_dirs: tuple[str, ...],
               indexes: tuple[str, ...], api_key: Optional[str], decode_workers: int, graceful_timeout: float,
               log_level: str, access_log: bool) -> None:

@@ -1,14 +1,13 @@
 """`clip-rt video VIDEO --labels ...`: classify frames sampled every N seconds, report segments."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import click
 import numpy as np
 
 from ..display import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
-from .group import main
 from .common import (
     echo_err,
     label_options,
@@ -18,6 +17,7 @@ from .common import (
     resolve_templates,
     warn_if_single_label,
 )
+from .group import main
 
 
 @main.command("video")

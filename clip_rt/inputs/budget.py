@@ -17,7 +17,8 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from ..errors import InputError, load_error
 

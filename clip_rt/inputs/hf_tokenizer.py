@@ -17,15 +17,29 @@ from __future__ import annotations
 import html
 import os
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from ..bundle.manifest import TextConfig
 from ..errors import BundleError, InputError
-from .tokenizer import (_CUT_RE, _MAX_SEGMENT, _PLAIN_ASCII_RE, LONG_TEXT, MAX_WORD, TokenBatch, _cut_point,
-                        _default_fix_text, _Fd2Capture, _load_hf_tokenizer, _segment_end, is_rust_panic)
+from .tokenizer import (
+    _CUT_RE,
+    _MAX_SEGMENT,
+    _PLAIN_ASCII_RE,
+    LONG_TEXT,
+    MAX_WORD,
+    TokenBatch,
+    _cut_point,
+    _default_fix_text,
+    _Fd2Capture,
+    _load_hf_tokenizer,
+    _segment_end,
+    is_rust_panic,
+)
+
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 # Characters tokenizers use to mark a word start after replacing the space (SentencePiece's
 # U+2581, byte-level BPE's U+0120) and the space itself.
@@ -80,7 +94,7 @@ class HfTokenizer:
         self._cut_safe = text_config.truncation_side == "right" and _cut_is_safe(self._tok)
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "HfTokenizer":
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> HfTokenizer:
         path = Path(path)
         try:
             st = os.stat(path)

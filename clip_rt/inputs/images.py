@@ -13,8 +13,9 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Optional, Union
+from typing import IO, Any, Callable, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -87,7 +88,7 @@ def unexpected_load_error(source: Any, exc: Exception) -> ImageLoadError:
 
 
 def opened(source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None,
-           budget: Optional[DecodeBudget] = None) -> "contextlib.AbstractContextManager[LoadedImage]":
+           budget: Optional[DecodeBudget] = None) -> contextlib.AbstractContextManager[LoadedImage]:
     """:func:`open_image` with the memory its decoding takes reserved from *budget* (default: the
     process-wide one, clip_rt.inputs.budget) until the ``with`` block ends: use the image inside
     the block. A file whose decoding does not fit the budget fails with its name."""
@@ -151,7 +152,8 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
     """
     shape = "x".join(str(n) for n in arr.shape)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise InputError(f"expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape ({shape})")
+        raise InputError("expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape "
+                         f"({shape})")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"expected a numpy image with at least 1x1 pixels; got shape ({shape})")
     if arr.dtype == np.uint8:
@@ -164,7 +166,8 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
             raise InputError(f"expected a float numpy image with values in [0, 1]; got values in [{lo:g}, {hi:g}]")
         pixels = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise InputError(f"expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype {arr.dtype}")
+        raise InputError("expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype "
+                         f"{arr.dtype}")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     mode = "L" if pixels.ndim == 2 else {3: "RGB", 4: "RGBA"}[pixels.shape[2]]
@@ -178,14 +181,15 @@ def _looks_like_path(data: bytes) -> bool:
     return len(data) <= _PATH_MAX and b"\0" not in data and b"\n" not in data and len(data) > 0
 
 
-def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
+def _open_path(path: Union[str, bytes, os.PathLike[Any]], exif_transpose: bool, draft: Optional[DraftRule],
                reserve: _Reserve = None) -> LoadedImage:
     label = loader_label(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise load_error(label, f"broken symbolic link (points to {loader_label(os.readlink(path))}, which does not exist)") from None
+            raise load_error(label, f"broken symbolic link (points to {loader_label(os.readlink(path))}, which does "
+                                    "not exist)") from None
         raise load_error(label, "no such file") from None
     except PermissionError:
         raise load_error(label, "permission denied (cannot reach the file)") from None
@@ -289,7 +293,7 @@ def _finish(
     notes: list[str],
     fmt: Optional[str],
     exif_transpose: bool,
-    full_size: "Optional[tuple[int, int]]" = None,
+    full_size: Optional[tuple[int, int]] = None,
 ) -> LoadedImage:
     full_w, full_h = full_size or img.size  # full_size: the header's size when draft reduced it
     if exif_transpose:

@@ -12,22 +12,31 @@ Where open_clip is plainly broken the default (``strict=False``) departs from it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..bundle.manifest import ImageConfig
 from ..errors import ClipRtError, ImageLoadError, InputError
 from .budget import decode_budget
 from .images import (
-    ImageSource, LoadedImage, load_error, open_image, opened, out_of_memory, source_label, unexpected_load_error,
+    ImageSource,
+    LoadedImage,
+    load_error,
+    open_image,
+    opened,
+    out_of_memory,
+    source_label,
+    unexpected_load_error,
 )
-from ..bundle.manifest import ImageConfig
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 # open_clip accepts bicubic, bilinear and 'random' (bicubic at inference); no nearest.
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "random": Image.Resampling.BICUBIC}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "random": Image.Resampling.BICUBIC}
 # Modes whose convert('RGB') clips at 255: 16-bit, 32-bit integer and float images.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Above this many pixels the full resize that CenterCrop then mostly discards (extreme aspect
@@ -58,7 +67,8 @@ class PreprocessedBatch:
 class Preprocessor:
     """Image -> normalised float32 ``(3, H, W)``, as open_clip's transform for *cfg*."""
 
-    def __init__(self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False, draft: bool = False):
+    def __init__(self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False,
+                 draft: bool = False) -> None:
         _check_config(cfg)
         self.cfg = cfg
         self.exif_transpose = exif_transpose
@@ -75,13 +85,13 @@ class Preprocessor:
             return source
         return open_image(source, exif_transpose=self.exif_transpose, draft=self._draft_rule if self.draft else None)
 
-    def __call__(self, image: "ImageSource | LoadedImage") -> np.ndarray:
+    def __call__(self, image: ImageSource | LoadedImage) -> np.ndarray:
         """One image -> float32 ``(3, H, W)``."""
         out = np.empty((3, self.height, self.width), dtype=np.float32)
         self._convert_into(image, out)
         return out
 
-    def convert(self, image: "ImageSource | LoadedImage") -> Converted:
+    def convert(self, image: ImageSource | LoadedImage) -> Converted:
         """One image -> :class:`Converted`: the pixels, its size and notes. Decoding a file holds
         memory from the process-wide decode budget (clip_rt.inputs.budget) until it is
         preprocessed; running out of memory on a file is that file's ImageLoadError."""
@@ -89,7 +99,7 @@ class Preprocessor:
         width, height, notes = self._convert_into(image, out)
         return Converted(out, width, height, notes)
 
-    def _convert_into(self, image: "ImageSource | LoadedImage", out: np.ndarray) -> "tuple[int, int, list[str]]":
+    def _convert_into(self, image: ImageSource | LoadedImage, out: np.ndarray) -> tuple[int, int, list[str]]:
         if isinstance(image, LoadedImage):  # already decoded by the caller: nothing to reserve
             self._into(image, out)
             return image.width, image.height, list(image.notes)
@@ -103,7 +113,7 @@ class Preprocessor:
         except MemoryError:  # this file's failure: recorded, and skipped by --resume
             raise out_of_memory(source_label(image)) from None
 
-    def batch(self, images: Iterable["ImageSource | LoadedImage"]) -> np.ndarray:
+    def batch(self, images: Iterable[ImageSource | LoadedImage]) -> np.ndarray:
         """Images -> contiguous float32 ``(N, 3, H, W)``.
 
         Every image is attempted; if any fails, one ImageLoadError lists all failures. Use
@@ -116,7 +126,7 @@ class Preprocessor:
             raise ImageLoadError(f"{len(result.failures)} of {total} images failed:\n" + "\n".join(lines))
         return result.pixels
 
-    def try_batch(self, images: Iterable["ImageSource | LoadedImage"]) -> PreprocessedBatch:
+    def try_batch(self, images: Iterable[ImageSource | LoadedImage]) -> PreprocessedBatch:
         """Like :meth:`batch`, but a bad image is reported and skipped, never fatal to the rest."""
         items = list(images)
         out = np.empty((len(items), 3, self.height, self.width), dtype=np.float32)
@@ -129,7 +139,7 @@ class Preprocessor:
             except ClipRtError as err:  # ImageLoadError / InputError: this item only
                 failures.append((i, err))
                 continue
-            except Exception as exc:  # a decoder quirk no one listed: still this item's failure only
+            except Exception as exc:  # noqa: BLE001 - a decoder quirk no one listed: still this item's failure only
                 failures.append((i, unexpected_load_error(item, exc)))
                 continue
             if item_notes:
@@ -138,7 +148,7 @@ class Preprocessor:
         pixels = out[: len(indices)] if len(indices) < len(items) else out
         return PreprocessedBatch(np.ascontiguousarray(pixels), indices, failures, notes)
 
-    def to_rgb(self, image: "ImageSource | LoadedImage") -> Image.Image:
+    def to_rgb(self, image: ImageSource | LoadedImage) -> Image.Image:
         """The (H, W) RGB PIL image that ToTensor would see (for inspection and tests)."""
         loaded = self.load(image)
         return self._geometry(loaded.image, loaded.source)
@@ -184,19 +194,20 @@ class Preprocessor:
         except (ValueError, OSError) as exc:  # PIL cannot resize/convert this mode
             raise load_error(source, f"cannot preprocess a {img.mode} image ({type(exc).__name__}: {exc})") from exc
 
-    def _keep_ratio(self, h: int, w: int, *, longest: bool, source: str) -> "tuple[int, int]":
+    def _keep_ratio(self, h: int, w: int, *, longest: bool, source: str) -> tuple[int, int]:
         size = keep_ratio_size(h, w, (self.height, self.width), longest=longest)
         if min(size) < 1:
             if self.strict:  # open_clip's resize fails the same way (PIL: height and width must be > 0)
-                raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess it (strict=True)")
+                raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess "
+                                         "it (strict=True)")
             size = (max(size[0], 1), max(size[1], 1))
         return size
 
-    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (width, height) draft decoding may reduce a *width* x *height* image to."""
         return self._draft_rule(width, height)
 
-    def _draft_rule(self, w: int, h: int) -> "tuple[int, int]":
+    def _draft_rule(self, w: int, h: int) -> tuple[int, int]:
         """Decode no smaller than twice what the resize step will produce."""
         th, tw = self.height, self.width
         if self.cfg.resize_mode == "squash":
@@ -213,7 +224,7 @@ class Preprocessor:
 # -- torchvision / open_clip geometry, same integer arithmetic ---------------------------------
 
 
-def shortest_edge_size(h: int, w: int, size: int) -> "tuple[int, int]":
+def shortest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
     """torchvision ``Resize(size)`` output (h, w): ``_compute_resized_output_size``, no max_size."""
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)  # truncation, as torchvision
@@ -221,7 +232,7 @@ def shortest_edge_size(h: int, w: int, size: int) -> "tuple[int, int]":
     return new_h, new_w
 
 
-def keep_ratio_size(h: int, w: int, target: Sequence[int], *, longest: bool) -> "tuple[int, int]":
+def keep_ratio_size(h: int, w: int, target: Sequence[int], *, longest: bool) -> tuple[int, int]:
     """open_clip ``ResizeKeepRatio.get_params`` (no random scale/aspect): Python round()."""
     target_h, target_w = target
     ratio_h = h / target_h
@@ -252,10 +263,10 @@ def center_crop_or_pad(img: Image.Image, size: Sequence[int], fill: int = 0) -> 
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-def _pad(img: Image.Image, ltrb: "tuple[int, int, int, int]", fill: int) -> Image.Image:
+def _pad(img: Image.Image, ltrb: tuple[int, int, int, int], fill: int) -> Image.Image:
     """torchvision ``F_pil.pad`` in constant mode (fill per band; palette kept for P)."""
     bands = len(img.getbands())
-    value: "int | float | tuple[int | float, ...]" = fill
+    value: int | float | tuple[int | float, ...] = fill
     if bands > 1:
         value = (fill,) * bands
     if img.mode != "F":
@@ -268,14 +279,15 @@ def _pad(img: Image.Image, ltrb: "tuple[int, int, int, int]", fill: int) -> Imag
     return ImageOps.expand(img, border=ltrb, fill=value)
 
 
-def _resize(img: Image.Image, size: "tuple[int, int]", resample: Image.Resampling) -> Image.Image:
+def _resize(img: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     """torchvision ``F.resize`` on PIL: no-op at the same size, else ``img.resize((w, h))``."""
     if (img.height, img.width) == tuple(size):
         return img
     return img.resize((size[1], size[0]), resample)
 
 
-def _resize_cropped(img: Image.Image, size: "tuple[int, int]", crop: "tuple[int, int]", resample: Image.Resampling) -> Image.Image:
+def _resize_cropped(img: Image.Image, size: tuple[int, int], crop: tuple[int, int],
+                    resample: Image.Resampling) -> Image.Image:
     """The centre crop of ``img.resize(size)`` without making the whole resized image.
 
     Two explicit single-axis passes, horizontal first as PIL's own resize orders them when
@@ -292,7 +304,8 @@ def _resize_cropped(img: Image.Image, size: "tuple[int, int]", crop: "tuple[int,
     return work.convert(img.mode) if premultiplied else work
 
 
-def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *, horizontal: bool) -> Image.Image:
+def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *,
+                 horizontal: bool) -> Image.Image:
     """Output pixels [start, start + count) of resizing one axis of *img* to *full* pixels."""
     length = img.width if horizontal else img.height
     if full == length and start == 0 and count == length:
@@ -301,17 +314,18 @@ def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: 
     margin = 3 + int(math.ceil(2.0 * max(scale, 1.0)))  # bicubic support is 2 source pixels, scaled
     lo = max(0, int(math.floor(start * scale)) - margin)
     hi = min(length, int(math.ceil((start + count) * scale)) + margin)
+    first, last = start * scale - lo, (start + count) * scale - lo  # the output's span in the crop
     if horizontal:
         part = img.crop((lo, 0, hi, img.height))
-        return part.resize((count, img.height), resample, box=(start * scale - lo, 0, (start + count) * scale - lo, img.height))
+        return part.resize((count, img.height), resample, box=(first, 0, last, img.height))
     part = img.crop((0, lo, img.width, hi))
-    return part.resize((img.width, count), resample, box=(0, start * scale - lo, img.width, (start + count) * scale - lo))
+    return part.resize((img.width, count), resample, box=(0, first, img.width, last))
 
 
 # -- modes open_clip mishandles ------------------------------------------------------------------
 
 
-def _high_bit_mapping(img: Image.Image):  # type: ignore[no-untyped-def]
+def _high_bit_mapping(img: Image.Image) -> Optional[Callable[[Image.Image], Image.Image]]:
     """For 16/32-bit and float images, a function mapping them to 8-bit 'L', or None.
 
     open_clip's ``convert('RGB')`` clips these at 255 (a 16-bit photo turns white, a [0, 1]
@@ -341,7 +355,7 @@ def _high_bit_mapping(img: Image.Image):  # type: ignore[no-untyped-def]
     return to_8bit
 
 
-def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> "tuple[float, float]":
+def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> tuple[float, float]:
     """Smallest and largest finite pixel value, without copying the image: Pillow's own
     getextrema when it gives finite values (it does unless the image holds NaN or infinity),
     else strip by strip (a few MB at a time). (0, 0) when no value is finite."""
@@ -383,7 +397,7 @@ def _check_config(cfg: ImageConfig) -> None:
         raise InputError(f"std must not contain 0; got {cfg.std!r}")
 
 
-def preprocess(cfg: ImageConfig, images: Iterable["ImageSource | LoadedImage"], **options: bool) -> np.ndarray:
+def preprocess(cfg: ImageConfig, images: Iterable[ImageSource | LoadedImage], **options: bool) -> np.ndarray:
     """Shorthand: ``Preprocessor(cfg, **options).batch(images)``."""
     return Preprocessor(cfg, **options).batch(images)
 

@@ -21,14 +21,15 @@ import sys
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import BundleError, InputError
 from ..bundle.manifest import TextConfig
+from ..errors import BundleError, InputError
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -78,13 +79,13 @@ def _tables() -> tuple[dict[str, str], dict[int, Any], dict[int, Any], dict[int,
         if alt != chr(cp):
             width[cp] = alt
     controls: dict[int, Any] = dict.fromkeys(
-        [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
+        [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
          *range(0xFFF9, 0xFFFD)]
     )  # fmt: skip
     return entities, c1, width, controls
 
 
-def _unescape_entity(match: "re.Match[str]") -> str:
+def _unescape_entity(match: re.Match[str]) -> str:
     text = match.group(0)
     entities = _tables()[0]
     if text in entities:
@@ -95,7 +96,7 @@ def _unescape_entity(match: "re.Match[str]") -> str:
     return text
 
 
-def _surrogate_pair(match: "re.Match[str]") -> str:
+def _surrogate_pair(match: re.Match[str]) -> str:
     hi, lo = match.group(0)
     return chr(0x10000 + (ord(hi) - 0xD800) * 0x400 + (ord(lo) - 0xDC00))
 
@@ -269,7 +270,7 @@ class _Fd2Capture:
         self._saved = -1
         self._tmp: Any = None
 
-    def __enter__(self) -> "_Fd2Capture":
+    def __enter__(self) -> _Fd2Capture:
         _FD2_LOCK.acquire()
         try:
             sys.stderr.flush()
@@ -332,7 +333,7 @@ class ClipTokenizer:
     """Tokenises text exactly as open_clip's ``SimpleTokenizer`` (``clean='lower'``)."""
 
     def __init__(self, hf_tokenizer: Any, text_config: TextConfig, use_ftfy: Optional[bool] = None,
-                 source: str = "tokenizer"):
+                 source: str = "tokenizer") -> None:
         if text_config.context_length < 2:
             raise BundleError(
                 f"text.context_length must be >= 2 (room for SOT and EOT), got {text_config.context_length}"
@@ -353,7 +354,7 @@ class ClipTokenizer:
         self._check_vocab()
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "ClipTokenizer":
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> ClipTokenizer:
         """Load a bundle's tokenizer.json; *use_ftfy* None means "if importable"."""
         path = Path(path)
         try:
@@ -366,7 +367,8 @@ class ClipTokenizer:
         size = self._tok.get_vocab_size()
         if size != self.config.vocab_size:
             raise BundleError(
-                f"{self.source}: tokenizer has {size} tokens but the manifest says text.vocab_size={self.config.vocab_size}"
+                f"{self.source}: tokenizer has {size} tokens but the manifest says "
+                f"text.vocab_size={self.config.vocab_size}"
             )
         # Every id the tokenizer can produce must exist in the text graph's embedding table,
         # which the session check sizes from text.vocab_size.

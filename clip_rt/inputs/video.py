@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import ClipRtError, InputError
 from ..display import display_path
+from ..errors import ClipRtError, InputError
 
 
 def require_av() -> Any:

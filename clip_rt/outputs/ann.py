@@ -31,14 +31,15 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..errors import ClipRtError, InputError
 from ..display import display_path
+from ..errors import ClipRtError, InputError
 
 ANN_FORMAT = 1
 ANN_FILE = "ann.json"
@@ -170,7 +171,7 @@ def ensure_ann(collection: Any, spec: AnnSpec = DEFAULT_SPEC, *, rebuild: bool =
         return build(folder, collection, spec)
 
 
-def _try_open(folder: str, collection: Any) -> "AnnIndex | str | None":
+def _try_open(folder: str, collection: Any) -> AnnIndex | str | None:
     """The index, or why it must be (re)built (None: there is none yet)."""
     if not os.path.exists(os.path.join(folder, ANN_FILE)):
         return None

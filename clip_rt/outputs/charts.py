@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
-from ..errors import ClipRtError, ImageLoadError, InputError
 from ..display import display_path, printable
+from ..errors import ClipRtError, ImageLoadError, InputError
 from .fonts import INSTALL_HINT, FontChoice, choose_fonts
 
 BAR_COLOUR = "#3b75af"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InputError
 from ..display import display_path
+from ..errors import InputError
 
 
 @dataclass

@@ -24,11 +24,12 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Iterator, Optional
+from typing import IO, Any, BinaryIO, Optional
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 
 TEMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".clip-rt.lock"
@@ -229,7 +230,7 @@ class StagedFiles:
             _unlink(tmp)
         self._staged = []
 
-    def __enter__(self) -> "StagedFiles":
+    def __enter__(self) -> StagedFiles:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
@@ -350,7 +351,7 @@ class OutputLock:
         self.lock_path = os.path.join(folder, f".{base}{LOCK_SUFFIX}")
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         try:
             import fcntl
         except ImportError:  # Windows: no flock; concurrent runs are not detected there
@@ -382,7 +383,7 @@ class OutputLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -18,8 +18,9 @@ families are chosen here from what the text needs:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 BASE_FAMILY = "DejaVu Sans"
 # Tried in this order for the characters DejaVu Sans lacks. Debian: fonts-noto-cjk,

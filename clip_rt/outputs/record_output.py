@@ -20,10 +20,11 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 from .files import (
     OutputLock,
     RecordSink,

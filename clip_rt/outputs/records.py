@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Optional, Sequence
+from typing import IO, Any, Optional
 
-from ..errors import InputError
 from ..display import display_path, display_width, loader_label, pad, printable
+from ..errors import InputError
 
 FORMATS = ("table", "csv", "json", "jsonl")
 RESUMABLE = ("csv", "jsonl")
@@ -62,7 +63,7 @@ class Record:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Record":
+    def from_json(cls, d: dict[str, Any]) -> Record:
         return cls(
             path=d["path"],
             label=d.get("label"),

@@ -19,13 +19,14 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 from . import charts
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT
@@ -249,7 +250,8 @@ def _shown_classes(labels: Sequence[str], classes: dict[str, Any]) -> tuple[list
     with_images = [lab for lab in labels if classes[lab]["count"] > 0]
     shown = sorted(with_images, key=lambda lab: -classes[lab]["count"])[:MAX_BARS]
     empty = len(labels) - len(with_images)
-    return shown, (f", the {len(shown)} largest of {len(labels)} classes" + (f"; {empty} have no images" if empty else ""))
+    note = f"; {empty} have no images" if empty else ""
+    return shown, f", the {len(shown)} largest of {len(labels)} classes{note}"
 
 
 def _charts(staged: StagedFiles, summary: dict[str, Any], shown: list[str], note: str,

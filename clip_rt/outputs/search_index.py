@@ -16,16 +16,17 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..display import display_path
 from ..errors import InputError, OutputError
 from ..inputs.discover import path_key, walk_images
-from ..display import display_path
 from .records import dumps_json
 
 INDEX_FORMAT = 1
@@ -70,7 +71,7 @@ class SearchIndex:
 
     # -- storage ---------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str) -> "SearchIndex":
+    def load(cls, folder: str) -> SearchIndex:
         """Read the index in *folder*. A damaged index (a member that is not a file, values of
         the wrong type, an embeddings file whose header disagrees with the entries, NaN or
         infinite embeddings) is an :class:`InputError` that says how to rebuild it, never a

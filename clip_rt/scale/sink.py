@@ -1,7 +1,8 @@
 """A Ray Data sink that writes finished parts (imports Ray: load only through clip_rt.scale.ray)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import pyarrow as pa
 from ray.data import Datasink

@@ -12,8 +12,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, Optional
 
 from .errors import ApiError, bad_request, describe
 

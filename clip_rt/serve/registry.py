@@ -12,8 +12,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class ServedModel:
         self.config = config
         self.created = int(time.time())
         self._tokenizer: Any = None
-        self.classifiers: "OrderedDict[str, Any]" = OrderedDict()
+        self.classifiers: OrderedDict[str, Any] = OrderedDict()
         wait = config.max_wait_ms / 1000.0
 
         def observer(encoder: str) -> tuple[Any, Any]:
@@ -220,9 +221,9 @@ class ServedIndex:
         return {"name": self.name, "model": self.model_id, "images": len(self.index.entries), "root": self.index.root}
 
 
-def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDict[str, ServedModel]":
+def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> OrderedDict[str, ServedModel]:
     """The served models, in the order given. *load(source, precision)* returns a ClipModel."""
-    served: "OrderedDict[str, ServedModel]" = OrderedDict()
+    served: OrderedDict[str, ServedModel] = OrderedDict()
     for spec in config.models:
         model = load(spec.source, spec.precision or config.precision)
         model_id = model.manifest.name + (f"@{spec.precision}" if spec.precision else "")
@@ -232,11 +233,11 @@ def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDic
     return served
 
 
-def load_indexes(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedIndex]":
+def load_indexes(config: ServeConfig, models: OrderedDict[str, ServedModel]) -> OrderedDict[str, ServedIndex]:
     """Each --index, paired with the served model that built it (same weights and precision)."""
     from ..outputs.search_index import SearchIndex
 
-    out: "OrderedDict[str, ServedIndex]" = OrderedDict()
+    out: OrderedDict[str, ServedIndex] = OrderedDict()
     for name, folder in config.indexes:
         index = SearchIndex.load(folder)
         match = [m for m in models.values()

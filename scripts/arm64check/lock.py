@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 
 @contextlib.contextmanager
