@@ -147,8 +147,9 @@ def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) 
         rows = np.linspace(0, len(got) - 1, min(BATCH_ROWS, len(got))).round().astype(int)
         batch = refs.pixel_values[rows]
         together = session.run(None, {IMAGE_INPUT: batch})[0]
-        alone = np.concatenate([session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))])
-        return Measured(diff, cosine, len(got), float(top1.mean()), float(np.max(np.abs(together - alone))))
+        alone_rows = [session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))]
+        batch_diff = float(np.max(np.abs(together - np.concatenate(alone_rows))))
+        return Measured(diff, cosine, len(got), float(top1.mean()), batch_diff)
     ids = refs.input_ids
     got = session.run(None, {TEXT_INPUT: ids})[0]
     diff, cosine = compare(got, refs.text_embeds)

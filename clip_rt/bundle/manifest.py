@@ -247,7 +247,7 @@ class Manifest:
                 f"(up to {FORMAT_VERSION}); upgrade clip-rt or re-export the model"
             )
         try:
-            return validate(MANIFEST_SCHEMA, d)  # type: ignore[no-any-return]
+            return validate(MANIFEST_SCHEMA, d)
         except SchemaError as exc:
             raise BundleError(f"{source}: malformed manifest: {exc}") from None
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
@@ -10,6 +10,9 @@ from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, par
 from ..settings import default_model
 from .common import DRAFT_KEY, echo_err, load_model
 from .group import main
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
 
 _DEFAULTS = ServeConfig()
 
@@ -109,7 +112,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     ctx = click.get_current_context()
     ctx.meta[DRAFT_KEY] = draft
 
-    def load(source: str, model_precision: Optional[str]) -> object:
+    def load(source: str, model_precision: Optional[str]) -> ClipModel:
         return load_model(source, provider=provider, precision=model_precision, threads=threads)
 
     state = build_state(config, load)

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Optional
+from typing import IO, Optional, TypeVar, Union
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"})
@@ -103,7 +103,10 @@ class UnlistedFolder:
     reason: str
 
 
-def expand_folders(sources: Iterable[Any]) -> Iterator[Any]:
+Source = TypeVar("Source")
+
+
+def expand_folders(sources: Iterable[Source]) -> Iterator[Union[Source, str, UnlistedFolder]]:
     """*sources* as given, except that a path (``str`` / ``os.PathLike``) naming a folder becomes
     the images under it (recursive, sorted as :func:`walk_images`), followed by an
     :class:`UnlistedFolder` for each folder in it that could not be listed. Lazy: a generator of
@@ -111,7 +114,7 @@ def expand_folders(sources: Iterable[Any]) -> Iterator[Any]:
     for source in sources:
         if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
             errors: list[tuple[str, str]] = []
-            yield from walk_images(os.fspath(source), errors)
+            yield from walk_images(os.fsdecode(source), errors)  # str paths, as the module keeps them
             for folder, reason in errors:
                 yield UnlistedFolder(folder, reason)
         else:

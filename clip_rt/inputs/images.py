@@ -58,12 +58,12 @@ class LoadedImage:
     format: Optional[str] = None  # PIL's format name for files and bytes ("JPEG", "PNG" ...)
 
 
-def source_label(source: Any) -> str:
+def source_label(source: object) -> str:
     """The printable label :func:`open_image` uses for *source* in its error messages."""
     if isinstance(source, LoadedImage):
         return source.source
     if isinstance(source, Image.Image):
-        return loader_label(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        return _pil_label(source)
     if isinstance(source, np.ndarray):
         return _array_label(source)
     if isinstance(source, bytes) and _looks_like_path(source):
@@ -78,7 +78,12 @@ def source_label(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-def unexpected_load_error(source: Any, exc: Exception) -> ImageLoadError:
+def _pil_label(image: Image.Image) -> str:
+    filename = getattr(image, "filename", "")  # set by Image.open (ImageFile) on a path
+    return loader_label(filename) if filename else "<PIL image>"
+
+
+def unexpected_load_error(source: object, exc: Exception) -> ImageLoadError:
     """An exception no decoder is known to raise, from one image, as that image's
     ImageLoadError: one odd file must not end a stream of thousands. The original exception
     stays available as ``__cause__`` and is named in the message."""
@@ -118,7 +123,7 @@ def open_image(
     :class:`ImageLoadError`, wrong types or bad arrays :class:`InputError`.
     """
     if isinstance(source, Image.Image):
-        label = loader_label(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        label = _pil_label(source)
         try:
             source.load()
         except _DECODE_ERRORS as exc:
@@ -188,8 +193,8 @@ def _open_path(path: Union[str, bytes, os.PathLike[Any]], exif_transpose: bool, 
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise load_error(label, f"broken symbolic link (points to {loader_label(os.readlink(path))}, which does "
-                                    "not exist)") from None
+            target = loader_label(os.readlink(os.fsdecode(path)))
+            raise load_error(label, f"broken symbolic link (points to {target}, which does not exist)") from None
         raise load_error(label, "no such file") from None
     except PermissionError:
         raise load_error(label, "permission denied (cannot reach the file)") from None
@@ -231,7 +236,7 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
     """Identify, optionally draft, and fully decode; the caller closes *fp*."""
     start = fp.tell()
     try:
-        img = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
+        img: Image.Image = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise load_error(label, _too_large(exc)) from None
     except UnidentifiedImageError:

@@ -14,24 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..bundle.manifest import ImageConfig
-from ..errors import ClipRtError, ImageLoadError, InputError
+from ..errors import ClipRtError, ImageLoadError, InputError, load_error
 from .budget import decode_budget
-from .images import (
-    ImageSource,
-    LoadedImage,
-    load_error,
-    open_image,
-    opened,
-    out_of_memory,
-    source_label,
-    unexpected_load_error,
-)
+from .images import ImageSource, LoadedImage, open_image, opened, out_of_memory, source_label, unexpected_load_error
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 # open_clip accepts bicubic, bilinear and 'random' (bicubic at inference); no nearest.
@@ -79,7 +70,7 @@ class Preprocessor:
         self._budget = decode_budget()  # process-wide; a bad CLIP_RT_DECODE_MEMORY_MB fails here
 
     # -- public API ----------------------------------------------------------------------
-    def load(self, source: ImageSource) -> LoadedImage:
+    def load(self, source: ImageSource | LoadedImage) -> LoadedImage:
         """Open *source* with this preprocessor's EXIF and draft settings."""
         if isinstance(source, LoadedImage):
             return source
@@ -271,12 +262,14 @@ def _pad(img: Image.Image, ltrb: tuple[int, int, int, int], fill: int) -> Image.
         value = (fill,) * bands
     if img.mode != "F":
         value = tuple(int(x) for x in value) if isinstance(value, tuple) else int(value)
+    # Pillow's stubs leave out the float fill that mode F takes.
     if img.mode == "P":
         palette = img.getpalette()
-        out = ImageOps.expand(img, border=ltrb, fill=value)
-        out.putpalette(palette)
+        out = ImageOps.expand(img, border=ltrb, fill=value)  # type: ignore[arg-type]
+        if palette is not None:
+            out.putpalette(palette)
         return out
-    return ImageOps.expand(img, border=ltrb, fill=value)
+    return ImageOps.expand(img, border=ltrb, fill=value)  # type: ignore[arg-type]
 
 
 def _resize(img: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
@@ -359,7 +352,7 @@ def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> tuple[float, f
     """Smallest and largest finite pixel value, without copying the image: Pillow's own
     getextrema when it gives finite values (it does unless the image holds NaN or infinity),
     else strip by strip (a few MB at a time). (0, 0) when no value is finite."""
-    lo, hi = img.getextrema()  # type: ignore[misc]
+    lo, hi = cast("tuple[float, float]", img.getextrema())  # one band: (min, max)
     if math.isfinite(lo) and math.isfinite(hi):
         return float(lo), float(hi)
     rows = rows_per_strip or max(1, (4 << 20) // max(1, img.width))

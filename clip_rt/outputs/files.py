@@ -26,7 +26,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Optional
+from typing import IO, Any, BinaryIO, Optional, TextIO, Union
 
 from ..display import display_path
 from ..errors import InputError, OutputError
@@ -328,7 +328,7 @@ def open_sink(path: str, mode: str, *, truncatable: bool, what: str = "output") 
     return RecordSink(raw, path, truncatable=truncatable, offset=offset, what=what)  # type: ignore[arg-type]
 
 
-def stdout_sink() -> Any:
+def stdout_sink() -> Union[RecordSink, TextIO]:
     """Records to stdout, as UTF-8 with surrogateescape (non-UTF-8 file names byte-exact)."""
     import sys
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from ..model import load
 from . import parts
+
+if TYPE_CHECKING:
+    from ..zeroshot import ZeroShotClassifier
 
 BYTES_SOURCE = "<bytes>"  # how the loader names an in-memory image in its errors
 
@@ -26,8 +30,10 @@ class ImageRows:
     """``map_batches`` callable: batch of inputs -> Arrow table in :func:`parts.schema`."""
 
     def __init__(self, bundle: Any, identity: dict[str, Any], *, threads: Optional[int] = None,
-                 batch_size: int = 8, draft: bool = False, providers: Any = None, classifier: Any = None,
-                 decode_workers: Optional[int] = None) -> None:
+                 batch_size: int = 8, draft: bool = False, providers: Union[str, Sequence[str], None] = None,
+                 classifier: Optional[ZeroShotClassifier] = None, decode_workers: Optional[int] = None) -> None:
+        """*bundle*: its folder on a shared file system, or the packed bundle (an object ref or
+        :func:`materialise`'s dict) shipped through Ray's object store."""
         bundle_dir = bundle if isinstance(bundle, str) else materialise(bundle)
         self.model = load(bundle_dir, precision=identity["precision"], threads=threads, cache=False, draft=draft,
                           providers=providers)
@@ -48,7 +54,7 @@ class ImageRows:
         paths = [str(p) for p in batch["path"]]
         if "bytes" in batch:
             # bytearray: always image data (the loader reads short ``bytes`` as a file name)
-            sources = [bytearray(b) for b in batch["bytes"]]
+            sources: list[bytearray] | list[str] = [bytearray(b) for b in batch["bytes"]]
         else:
             sources = [os.fsdecode(bytes(b)) for b in batch["fs_path"]]
         n, dim = len(paths), int(self.identity["embed_dim"])
@@ -72,17 +78,18 @@ class ImageRows:
             "error": pa.array(error, pa.string()),
         }
         if self.classifier is not None:
-            columns.update(self._classify(emb, ok))
+            columns.update(self._classify(self.classifier, emb, ok))
         return pa.Table.from_pydict(columns, schema=self.schema)
 
-    def _classify(self, emb: np.ndarray, ok: np.ndarray) -> dict[str, Any]:
+    @staticmethod
+    def _classify(classifier: ZeroShotClassifier, emb: np.ndarray, ok: np.ndarray) -> dict[str, Any]:
         import pyarrow as pa
 
-        probs = np.zeros((len(emb), len(self.classifier.names)), dtype=np.float32)
+        probs = np.zeros((len(emb), len(classifier.names)), dtype=np.float32)
         if ok.any():
-            probs[ok] = self.classifier.probabilities(emb[ok])
+            probs[ok] = classifier.probabilities(emb[ok])
         best = probs.argmax(axis=1)  # the first of equal scores, as the CLI's stable sort
-        labels = [self.classifier.names[j] if good else None for j, good in zip(best, ok)]
+        labels = [classifier.names[j] if good else None for j, good in zip(best, ok)]
         scores = [float(probs[i, j]) if good else None for i, (j, good) in enumerate(zip(best, ok))]
         return {"label": pa.array(labels, pa.string()), "score": pa.array(scores, pa.float32()),
                 "scores": _fixed_list(probs, ok)}

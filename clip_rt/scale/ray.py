@@ -318,7 +318,7 @@ def _write_unlisted(out: str, ident: dict[str, Any], walk_errors: list[tuple[str
     """A folder that could not be listed gets one failed row, as in ``clip-rt classify``."""
     import pyarrow as pa
 
-    rows = {}
+    rows: dict[str, str] = {}  # shown path -> reason
     for folder, reason in walk_errors:
         shown = display_path(path_key(folder))
         if shown not in done:

@@ -11,7 +11,7 @@ from ray.data.block import BlockAccessor
 from . import parts
 
 
-class PartsDatasink(Datasink):
+class PartsDatasink(Datasink[Optional[dict[str, Any]]]):
     """Each write task concatenates its blocks (about *rows_per_part* rows) and writes one part
     with :func:`parts.write_part` (temporary file, fsync, rename). Writes run on the driver's
     node, so the output folder only has to exist there, not on every worker."""

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -25,20 +25,29 @@ from .errors import ApiError
 from .inputs import ImageRef, image_stream
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from ..inputs.tokenizer import TextTokenizer
+    from ..model import ClipModel
+    from ..outputs.search_index import SearchIndex
+    from ..results import PreprocessedImage
+    from ..zeroshot import ZeroShotClassifier
+
 log = logging.getLogger("clip_rt.serve")
+# A request's labels, validated: class names, or names with their own prompts (null: the templates).
+LabelsJson = Union[dict[str, Optional[list[str]]], list[str]]
 CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model
 
 
 class ServedModel:
     """One loaded bundle, its image and text batchers, and a small cache of classifiers."""
 
-    def __init__(self, model_id: str, model: Any, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(self, model_id: str, model: ClipModel, config: ServeConfig, metrics: Metrics) -> None:
         self.id = model_id
         self.model = model
         self.config = config
         self.created = int(time.time())
-        self._tokenizer: Any = None
-        self.classifiers: OrderedDict[str, Any] = OrderedDict()
+        self._tokenizer: Optional[TextTokenizer] = None
+        self.classifiers: OrderedDict[str, ZeroShotClassifier] = OrderedDict()
         wait = config.max_wait_ms / 1000.0
 
         def observer(encoder: str) -> tuple[Any, Any]:
@@ -92,7 +101,7 @@ class ServedModel:
             if self._queued:  # both compiled models ready before the first request
                 self.model.encode_pixels(batch, queued=True)
 
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> TextTokenizer:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
         if self._tokenizer is None:
             from ..inputs.hf_tokenizer import open_tokenizer
@@ -127,15 +136,15 @@ class ServedModel:
         sizes = [(d.width, d.height) for d in decoded]  # type: ignore[union-attr]
         return np.stack(rows), sizes
 
-    def _decode(self, ref: ImageRef, allowed: Sequence[str]) -> Any:
+    def _decode(self, ref: ImageRef, allowed: Sequence[str]) -> PreprocessedImage:
         stream = image_stream(ref, allowed, self.config.max_body_bytes)
-        stream.name = ref.param  # type: ignore[attr-defined]  # the loader's label in its messages
+        stream.name = ref.param  # the loader's label in its messages
         try:
             return self.model.preprocess(stream)
         except ClipRtError as exc:
             raise ApiError("invalid_image", str(exc), param=ref.param) from None
 
-    async def classifier(self, labels: Any, templates: Any) -> Any:
+    async def classifier(self, labels: LabelsJson, templates: list[str]) -> ZeroShotClassifier:
         """A zero-shot classifier for these labels and templates: class embeddings from the
         (shared, persistent) prompt cache through the text batcher; the last few are kept."""
         from ..zeroshot import ZeroShotClassifier, check_templates, class_embeddings, parse_labels
@@ -186,7 +195,7 @@ def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:
 class ServedIndex:
     """A `clip-rt index` folder, re-read when `clip-rt index` has updated it."""
 
-    def __init__(self, name: str, folder: str, index: Any, model_id: str) -> None:
+    def __init__(self, name: str, folder: str, index: SearchIndex, model_id: str) -> None:
         self.name, self.folder, self.index, self.model_id = name, folder, index, model_id
         self._stamp = self._meta_stamp()
 
@@ -199,7 +208,7 @@ class ServedIndex:
             return None
         return st.st_mtime_ns, st.st_size
 
-    def current(self) -> Any:
+    def current(self) -> SearchIndex:
         """The index as on disk now (reloaded when index.json changed; kept if the reload fails)."""
         from ..outputs.search_index import SearchIndex
 
@@ -221,7 +230,8 @@ class ServedIndex:
         return {"name": self.name, "model": self.model_id, "images": len(self.index.entries), "root": self.index.root}
 
 
-def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> OrderedDict[str, ServedModel]:
+def load_models(config: ServeConfig, metrics: Metrics,
+                load: Callable[[str, Optional[str]], ClipModel]) -> OrderedDict[str, ServedModel]:
     """The served models, in the order given. *load(source, precision)* returns a ClipModel."""
     served: OrderedDict[str, ServedModel] = OrderedDict()
     for spec in config.models:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from .registry import ServedIndex, ServedModel
+    from .registry import LabelsJson, ServedIndex, ServedModel
 
 JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the decode pool
 
@@ -79,7 +79,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def state_of(request: Request) -> ServiceState:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 async def body_of(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
@@ -164,7 +164,7 @@ async def embeddings(request: Request) -> Response:
             raise bad_request(f"{param} must be a text, a data URL, or an object {{\"text\"|\"image\"|\"path\": ...}}, "
                               f"got {describe(item)}", param=param)
     vectors: list[Optional[np.ndarray]] = [None] * len(items)
-    jobs = []
+    jobs: list[Awaitable[Any]] = []
     if texts:
         jobs.append(served.embed_texts([t for _, t in texts]))
     if images:
@@ -211,7 +211,7 @@ async def classify(request: Request) -> Response:
                   "results": results})
 
 
-def _labels(value: Any, maximum: int) -> Any:
+def _labels(value: Any, maximum: int) -> LabelsJson:
     if isinstance(value, dict):
         if not value:
             raise bad_request("labels is empty: expected at least one class label", param="labels")
@@ -236,7 +236,7 @@ def _labels(value: Any, maximum: int) -> Any:
     return value
 
 
-def _templates(value: Any) -> Any:
+def _templates(value: Any) -> list[str]:
     from .. import templates as builtin
 
     if value is None:
