@@ -18,6 +18,16 @@ os.environ["CLIP_RT_CPU_FLAGS"] = TEST_CPU_FLAGS
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
+# The session's exports (below): a test that uses one is slow, whatever its own marks say, so
+# that `pytest -m "not slow"` (the edit loop, CONTRIBUTING.md) never waits for torch.
+EXPORTING_FIXTURES = frozenset({"tiny_checkpoint", "tiny_bundle_dir", "vitb32_checkpoint", "vitb32_bundle_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def hide_module(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
