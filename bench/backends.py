@@ -45,6 +45,7 @@ def _photos(manifest: Any) -> np.ndarray:
     from PIL import Image
 
     from clip_rt.inputs.preprocess import Preprocessor
+
     from clip_rt_fixtures.photos import PHOTOS
 
     pre = Preprocessor(manifest.image)

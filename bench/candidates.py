@@ -63,9 +63,8 @@ def _unit_for(library: str, precision: str, lv: dict[str, str]) -> Optional[str]
 
 
 def image_candidates(ctx: Any, batch: int, x: np.ndarray, bf16_model: Any) -> dict[str, Candidate]:
-    import torch
-
     import clip_rt
+    import torch
 
     from .models import session_options
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from clip_rt_fixtures.photos import make_jpegs
-
 from .common import RESULTS_DIR, WORK_DIR, log
 from .models import TorchModel, load_torch
+from clip_rt_fixtures.photos import make_jpegs
 from .reference import Reference, build
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -56,9 +55,10 @@ class BenchContext:
     def bundle(self) -> Path:
         """A bundle with all three precisions, exported once per arch and seed by the export stage."""
         if self._bundle is None:
-            from clip_rt.bundle.manifest import LEGACY_INT8, read_manifest
             from clip_rt.bundle.store import is_bundle
             from clip_rt_export import export_bundle
+
+            from clip_rt.bundle.manifest import LEGACY_INT8, read_manifest
 
             path = self.work_dir / f"bundle-{self.arch}-seed{self.seed}"
             # A bundle from before static int8 (no quantization record) is re-exported.

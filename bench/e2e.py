@@ -6,11 +6,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clip_rt_fixtures.photos import LABELS
-
 from .common import Timer, log, ratio, target, write_result
 from .context import BenchContext
 from .models import session_options
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE
 
 

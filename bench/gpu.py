@@ -108,7 +108,6 @@ def slug(name: str) -> str:
 def torch_models(args: argparse.Namespace, arch: str, on_gpu: bool) -> tuple[Any, Any, Any]:
     """(fp32 model, baseline model, torch device): the open_clip model the bundle came from."""
     import torch
-
     from clip_rt_export.load import load_model, resolve
 
     pretrained = str(args.checkpoint) if args.checkpoint else "none"
@@ -150,8 +149,8 @@ def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict,
     failing variant must not cost the others their figures on a lent machine."""
     import onnxruntime
 
-    from clip_rt.bundle.manifest import IMAGE_INPUT
     from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
+    from clip_rt.bundle.manifest import IMAGE_INPUT
     from clip_rt.engine.session import OrtSession
     from clip_rt_export.gpu_optimize import fix_batch
 

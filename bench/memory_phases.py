@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 
-def _status() -> tuple[float, float]:
+def _status() -> "tuple[float, float]":
     values = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -42,7 +42,7 @@ class Phases:
         return max(r["peak_mib"] for r in self.rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
     p.add_argument("image")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
+
 @dataclass
 class TorchModel:
     arch: str

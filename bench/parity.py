@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from clip_rt_fixtures.photos import LABELS
-
 from .common import log, target, write_result
 from .context import PRECISIONS, BenchContext
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE, compare, ensemble, zeroshot_top1
 
 

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from clip_rt_fixtures.photos import LABELS
-
 from .models import TorchModel
+from clip_rt_fixtures.photos import LABELS
 
 SIMPLE = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.")
 

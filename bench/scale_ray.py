@@ -33,7 +33,7 @@ class _RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _RssSampler:
+    def __enter__(self) -> "_RssSampler":
         self._thread.start()
         return self
 

@@ -135,9 +135,8 @@ def class_names(ctx: BenchContext, n: int) -> list[str]:
 
 
 def text(ctx: BenchContext) -> dict[str, Any]:
-    import torch
-
     import clip_rt
+    import torch
 
     torch.set_num_threads(2)
     tm = ctx.torch_model

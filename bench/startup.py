@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clip_rt_fixtures.photos import LABELS
-
 from .common import log, target, write_result
 from .context import BenchContext
+from clip_rt_fixtures.photos import LABELS
 
 _CHILD = r"""
 import json, sys, time

@@ -101,8 +101,8 @@ def make_bundle(kind: str, work: Path) -> tuple[Path, str]:
 
         return build_fake_bundle(work / "fake-clip"), "fake (clip_rt_fixtures.fake_bundle: pool + matmul graphs)"
     if kind == "tiny":
-        import open_clip
         import torch  # noqa: F401 - fail early with a clear ImportError
+        import open_clip
 
         from clip_rt_export import export_bundle
         from clip_rt_export.load import resolve

@@ -55,7 +55,6 @@ def build_variant(name: str, fp32: Path, out_dir: Path, calibration: list, heads
 
 def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     import torch
-
     from clip_rt.bundle.manifest import read_manifest
     from clip_rt_export.calibration import image_calibration
 

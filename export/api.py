@@ -5,25 +5,16 @@ import contextlib
 import dataclasses
 import io
 import platform
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from clip_rt.bundle.catalogue import store_name
-from clip_rt.bundle.manifest import (
-    PRECISIONS,
-    GraphEntry,
-    ImageConfig,
-    Manifest,
-    ParityFigure,
-    Quantization,
-    TextConfig,
-    required_format_version,
-)
-from clip_rt.bundle.store import models_dir
 from clip_rt.errors import ExportError, InputError
+from clip_rt.bundle.manifest import (PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, Quantization,
+                                    TextConfig, required_format_version)
+from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve

@@ -11,15 +11,14 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Optional
+from typing import Iterator, Optional
 
+from clip_rt.errors import ExportError
 from clip_rt.bundle.manifest import FileEntry, Manifest, sha256_file
 from clip_rt.bundle.store import MANIFEST_NAME
-from clip_rt.errors import ExportError
 
 
 class ExportInterrupted(KeyboardInterrupt):
@@ -111,7 +110,7 @@ class StagingDir:
         self.committed = False
         self._aside: Optional[Path] = None  # the previous bundle while the swap is under way
 
-    def __enter__(self) -> StagingDir:
+    def __enter__(self) -> "StagingDir":
         check_target(self.target, self.force)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # left by an earlier process with our pid that was killed hard

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Sequence, Union
 
 from clip_rt.errors import InputError
 

@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 from clip_rt.bundle.catalogue import RANDOM_TAG, canonical_name, close_matches, load_catalogue, resolve_alias, sanitize
-from clip_rt.bundle.manifest import sha256_file
 from clip_rt.errors import ExportError, InputError
+from clip_rt.bundle.manifest import sha256_file
 
 NONE_TAG = "none"
 # How long the reachability probe may take before a tag download is declared impossible.
@@ -165,6 +165,7 @@ def fetch_tag_weights(arch: str, tag: str, log: Callable[[str], None]) -> str:
 def _hub_cached_file(hub: str) -> Optional[str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
+
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
     # The same files, in the same order, as open_clip.download_pretrained_from_hf tries.

@@ -4,8 +4,7 @@ verdicts into ``models/catalogue.json`` for ``clip-rt models --available`` (a to
 cannot ask open_clip)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 def unsupported_reason(arch: str, model_cfg: Optional[Mapping[str, Any]]) -> Optional[str]:

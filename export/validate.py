@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 from clip_rt.errors import ParityError
+from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 
 from .sample_inputs import lengths_of, pad_id_of
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from test_cli_classify import FakeModel, install_fake
+
 from clip_rt.cli import main
 from clip_rt.outputs import ann
 from clip_rt.outputs.collection import open_collection
 from clip_rt.outputs.search_index import Entry, SearchIndex
-from test_cli_classify import FakeModel, install_fake
 
 faiss = pytest.importorskip("faiss", reason="the [ann] extra (faiss-cpu) is not installed")
 

@@ -20,6 +20,7 @@ from clip_rt.engine.backends.choose import EncoderChoice
 from clip_rt.engine.backends.ort import OrtBackend
 from clip_rt.engine.cpu import ENV_FLAGS
 from clip_rt.errors import BundleError, InputError, ProviderError
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 try:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from badfiles import Case, encode, make_corpus, photo
-from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs.images import LoadedImage, array_to_pil, open_image
+from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.inputs.preprocess import Preprocessor
+
+from badfiles import Case, encode, make_corpus, photo
 
 # bomb_warning.png: PIL warns (100 Mpx is under 2x its limit) before open_image refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -248,7 +249,7 @@ def flipped_variants(data: bytes, count: int, seed: int) -> list[bytes]:
     return out
 
 
-def raw_pillow_error(data: bytes) -> type[BaseException] | None:
+def raw_pillow_error(data: bytes) -> "type[BaseException] | None":
     """What plain Pillow raises for *data* when opened and read the way open_image does."""
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from bench import memory_repeat
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 

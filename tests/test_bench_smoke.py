@@ -106,7 +106,6 @@ def test_readme_block_is_rendered_and_replaced(results: Path, tmp_path: Path) ->
 def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
-
     from clip_rt.errors import InputError
     from clip_rt_export.optimize import optimize_graph
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_rt.bundle.manifest import read_manifest
 from clip_rt.cli import main
+from clip_rt.bundle.manifest import read_manifest
 
 TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"
 

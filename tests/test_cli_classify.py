@@ -31,7 +31,7 @@ WORDS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
 # -- a fake model with the ClipModel interface -------------------------------------------
 class FakeClassifier:
-    def __init__(self, model: FakeModel, labels: Any, templates: tuple[str, ...]) -> None:
+    def __init__(self, model: "FakeModel", labels: Any, templates: tuple[str, ...]) -> None:
         # A list of names, or {name: own prompts | None} like ClipModel.classifier.
         own = labels if isinstance(labels, dict) else dict.fromkeys(labels)
         self.labels = list(own)

@@ -307,7 +307,7 @@ class RendezvousFake(FakeModel):
     """Waits (up to 1 s) inside the update for the other update to get there too: without a
     lock both read the same generation; with it the second waits for the first to finish."""
 
-    def __init__(self, here: threading.Event, other: threading.Event) -> None:
+    def __init__(self, here: "threading.Event", other: "threading.Event") -> None:
         super().__init__()
         self.here, self.other = here, other
 

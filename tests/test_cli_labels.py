@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from clip_rt.cli import main
+
 from test_cli_classify import install_fake, make_images
 
 

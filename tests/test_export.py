@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_rt.bundle.manifest import read_manifest, sha256_file, verify_files
 from clip_rt.errors import ExportError, InputError, ParityError
+from clip_rt.bundle.manifest import read_manifest, sha256_file, verify_files
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 ort = pytest.importorskip("onnxruntime")
 
-from clip_rt_export import convert, export_bundle, load, normalize_precisions, validate  # noqa: E402  # noqa: E402
+from clip_rt_export import export_bundle, normalize_precisions  # noqa: E402
+from clip_rt_export import convert, load, validate  # noqa: E402
 
 TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"  # as in conftest.py
 TINY_ARCH = "tiny-clip"

@@ -12,11 +12,12 @@ import onnxruntime
 import pytest
 
 import clip_rt
-from clip_rt.bundle.manifest import IMAGE_INPUT
 from clip_rt.engine import session as session_mod
-from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
-from clip_rt.engine.session import CPU, CUDA, OrtSession
 from clip_rt.errors import InputError, ProviderError
+from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
+from clip_rt.bundle.manifest import IMAGE_INPUT
+from clip_rt.engine.session import CPU, CUDA, OrtSession
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hf_tokenizers
 from clip_rt.bundle.manifest import TextConfig, read_manifest
 from clip_rt.errors import BundleError, ExportError, InputError
 from clip_rt.inputs.hf_tokenizer import LONG_TEXT, HfTokenizer, clean_text
+
+import hf_tokenizers
 from tokenizer_corpus import corpus
 
 open_clip = pytest.importorskip("open_clip")
@@ -152,8 +153,9 @@ def test_cut_is_disabled_where_a_token_could_span_a_space() -> None:
 
 
 def test_cleaning_matches_open_clip(texts: list[str]) -> None:
-    import ftfy
     from open_clip.tokenizer import get_clean_fn
+
+    import ftfy
 
     sample = texts[::7]
     for clean in ("whitespace", "lower", "canonicalize"):

@@ -16,6 +16,7 @@ from PIL import Image
 import clip_rt
 from clip_rt.cli import main
 from clip_rt.engine import memory
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -146,7 +147,7 @@ def test_memory_phases_script_runs(bundle: Path, images: Path, tmp_path: Path, e
 GIB = 1024 ** 3
 
 
-def _limit_files(tmp_path: Path, mem_total_kib: int | None, cgroup: str | None) -> tuple[str, list[str]]:
+def _limit_files(tmp_path: Path, mem_total_kib: "int | None", cgroup: "str | None") -> tuple[str, list[str]]:
     meminfo = tmp_path / "meminfo"
     if mem_total_kib is not None:
         meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:        1000 kB\n")
@@ -163,8 +164,8 @@ def _limit_files(tmp_path: Path, mem_total_kib: int | None, cgroup: str | None) 
     (1024 * 1024, str(9223372036854771712), GIB, "MemTotal"),  # cgroup v1's "no limit"
     (None, str(GIB), GIB, "memory.max"),
 ])
-def test_memory_limit_is_the_smaller_of_ram_and_cgroup(tmp_path: Path, mem_total_kib: int | None,
-                                                       cgroup: str | None, expected: int, source: str) -> None:
+def test_memory_limit_is_the_smaller_of_ram_and_cgroup(tmp_path: Path, mem_total_kib: "int | None",
+                                                       cgroup: "str | None", expected: int, source: str) -> None:
     meminfo, cgroups = _limit_files(tmp_path, mem_total_kib, cgroup)
     limit = memory.memory_limit(meminfo, cgroups)
     assert limit is not None and limit.bytes == expected and source in limit.source

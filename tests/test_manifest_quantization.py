@@ -8,6 +8,7 @@ import pytest
 
 from clip_rt.bundle.manifest import LEGACY_INT8, Calibration, Quantization, read_manifest
 from clip_rt.errors import BundleError
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 STATIC = Quantization(

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 
 import clip_rt
-from clip_rt import model as model_mod
 from clip_rt.bundle import manifest as manifest_mod
-from clip_rt.bundle.store import models_dir
-from clip_rt.engine.session import CPU, CUDA
+from clip_rt import model as model_mod
 from clip_rt.errors import BundleError, ChecksumError, ImageLoadError, InputError, ProviderError
+from clip_rt.engine.session import CPU, CUDA
+from clip_rt.bundle.store import models_dir
 from clip_rt.zeroshot import softmax
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 PROMPTS = ["a photo of a cat.", "dog", "a blurry photo of the big red car .", "", "a b c d e f g h",

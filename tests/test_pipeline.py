@@ -3,8 +3,7 @@ batches goes through the throughput queue at the stream's batch size; a stream t
 batch in all is one latency call at its own size."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytest

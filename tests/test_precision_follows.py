@@ -13,6 +13,7 @@ from PIL import Image
 from clip_rt.cli import common, main
 from clip_rt.errors import BundleError
 from clip_rt.outputs.search_index import INDEX_FILE
+
 from test_cli_classify import FakeModel
 
 

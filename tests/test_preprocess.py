@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from badfiles import encode, exif_rotated_jpeg
-from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.errors import ImageLoadError, InputError
+from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.inputs.preprocess import HIGH_BIT_MODES, Preprocessor, keep_ratio_size, shortest_edge_size
+
+from badfiles import encode, exif_rotated_jpeg
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

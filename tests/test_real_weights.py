@@ -37,10 +37,9 @@ def test_real_weights_zero_shot_matches_open_clip_and_the_photos(tmp_path: Path)
     ckpt = _vitb32_checkpoint()
     if ckpt is None:
         pytest.skip(f"no ViT-B-32 checkpoint under {SHARED / 'models'}: real weights are not available here")
-    from PIL import Image
-
     import clip_rt
     from clip_rt_export import export_bundle
+    from PIL import Image
 
     # OpenAI's weights were trained with QuickGELU; open_clip names that variant explicitly.
     arch = "ViT-B-32-quickgelu" if "openai" in str(ckpt).lower() else "ViT-B-32"

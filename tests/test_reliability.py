@@ -28,6 +28,7 @@ import clip_rt
 from clip_rt import templates as builtin_templates
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, ChecksumError, InputError, ModelNotFoundError
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 RUNNER = '''

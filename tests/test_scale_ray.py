@@ -29,6 +29,7 @@ from clip_rt.scale import parts
 from clip_rt.scale import ray as crt_ray
 
 
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """A local Ray with 2 CPUs on 127.0.0.1 for this module; its workers get a clip-rt home of

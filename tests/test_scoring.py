@@ -15,6 +15,7 @@ import clip_rt
 from clip_rt.bundle.manifest import FORMAT_VERSION, read_manifest
 from clip_rt.cli import main
 from clip_rt.zeroshot import Label, ZeroShotClassifier, scores_from_logits, sigmoid, softmax
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 SCALE, BIAS = 10.0, -3.0

@@ -7,8 +7,7 @@ import json
 import socket
 import struct
 import zlib
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 

@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from clip_rt.engine.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
 from clip_rt.errors import InputError, ProviderError
+from clip_rt.engine.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CPU_ONLY = ["AzureExecutionProvider", CPU]
@@ -28,7 +29,7 @@ class FakeInferenceSession:
         self.active = active
         self.calls: list[tuple[str, object, list]] = []
 
-    def __call__(self, path: str, so: object, providers: list) -> FakeInferenceSession:
+    def __call__(self, path: str, so: object, providers: list) -> "FakeInferenceSession":
         self.calls.append((path, so, providers))
         return self
 

@@ -19,6 +19,7 @@ from clip_rt.bundle.store import resolve_bundle
 from clip_rt.cli import main
 from clip_rt.errors import InputError, ModelNotFoundError
 from clip_rt.settings import BUILTIN_MODEL, MODEL_ENV, default_model, read_config
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -115,7 +116,7 @@ def test_a_missing_default_says_where_it_was_set(store: Path, tmp_path: Path,
         (b"model = '\xff'\n", "not UTF-8"),
     ],
 )
-def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: str | bytes, needle: str) -> None:
+def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: "str | bytes", needle: str) -> None:
     path = clip_home / "config.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InputError, match=needle) as err:

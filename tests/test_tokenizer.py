@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clip_rt.bundle.manifest import TextConfig
 from clip_rt.errors import BundleError, InputError
+from clip_rt.bundle.manifest import TextConfig
 from clip_rt.inputs.tokenizer import ClipTokenizer, TokenBatch, fix_text_lite
 from tokenizer_corpus import corpus
 

@@ -86,7 +86,7 @@ def one_error_line(result: Any) -> str:
 
 
 # -- malformed manifests -------------------------------------------------------------------------
-def _set(path: str | tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+def _set(path: "str | tuple[str, ...]", value: Any) -> Callable[[dict[str, Any]], None]:
     def change(data: dict[str, Any]) -> None:
         *parents, last = path.split(".") if isinstance(path, str) else path
         node = data

@@ -30,6 +30,7 @@ from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs import budget as budget_mod
 from clip_rt.inputs import video
 from clip_rt.inputs.preprocess import _finite_extrema
+
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CLI = "import sys; sys.argv[0] = 'clip-rt'; from clip_rt.cli import main; main()"

@@ -10,20 +10,7 @@ from typing import Any, Optional
 
 from ..errors import BundleError, ChecksumError
 from .schema import (
-    Bool,
-    Float,
-    Int,
-    ListOf,
-    MapOf,
-    Nullable,
-    Obj,
-    RelPath,
-    SchemaError,
-    Str,
-    describe,
-    opt,
-    req,
-    validate,
+    Bool, Float, Int, ListOf, MapOf, Nullable, Obj, RelPath, SchemaError, Str, describe, opt, req, validate,
 )
 from .store import MANIFEST_NAME
 
@@ -238,7 +225,7 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "manifest") -> Manifest:
+    def from_dict(cls, d: Any, source: str = "manifest") -> "Manifest":
         """Validate *d* against :data:`MANIFEST_SCHEMA` (all of it, once) and build the manifest."""
         version = d.get("format_version") if isinstance(d, dict) else None
         if type(version) is int and version > FORMAT_VERSION:  # a newer layout: say so, not "malformed"
@@ -252,7 +239,7 @@ class Manifest:
             raise BundleError(f"{source}: malformed manifest: {exc}") from None
 
 
-def required_format_version(manifest: Manifest) -> int:
+def required_format_version(manifest: "Manifest") -> int:
     """The lowest format version whose readers use *manifest* correctly: 2 when it needs a
     Hugging Face tokenizer or sigmoid scoring (a version-1 reader would tokenise with CLIP BPE
     or score with a softmax, without an error), else 1."""
@@ -423,7 +410,7 @@ def check_confined(bundle_dir: Path, name: str) -> Path:
     return Path(target)
 
 
-def display(path: str | Path) -> str:
+def display(path: "str | Path") -> str:
     """A path for a message: undecodable bytes and control characters escaped."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
-from typing import Union
+from typing import Iterator, Union
 
 # Field numbers from onnx.proto3. Only the paths that can lead to a TensorProto are followed.
 _MODEL_GRAPH, _MODEL_TRAINING, _MODEL_FUNCTIONS = 7, 20, 25
@@ -152,7 +151,7 @@ def scan(buf: Buffer) -> list[str]:
     return out
 
 
-def external_data_locations(path: str | os.PathLike[str]) -> list[str]:
+def external_data_locations(path: "str | os.PathLike[str]") -> list[str]:
     """The distinct ``location`` strings of the graph file at *path* (GraphFormatError if its
     protobuf structure is broken, OSError if it cannot be read)."""
     with open(path, "rb") as f:

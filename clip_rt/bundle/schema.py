@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 _MISSING = object()
 _SHOWN = 60  # characters of a bad value shown in a message

@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import store
 from .manifest import Manifest, verify_files

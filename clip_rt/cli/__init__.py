@@ -2,16 +2,15 @@
 that could not be read), 2 usage error."""
 from __future__ import annotations
 
-# Each command lives in its own module and registers itself on `main`.
-from . import (
-    bundle_cmds,  # noqa: F401  export, info, models
-    classify_cmd,  # noqa: F401
-    index_cmd,  # noqa: F401
-    ray_cmd,  # noqa: F401  ray embed, ray classify (Ray imported only when they run)
-    serve_cmd,  # noqa: F401  (starlette/uvicorn imported only when it runs)
-    similarity_cmd,  # noqa: F401
-    video_cmd,  # noqa: F401
-)
 from .group import ClipRtGroup, main
+
+# Each command lives in its own module and registers itself on `main`.
+from . import bundle_cmds  # noqa: F401  export, info, models
+from . import classify_cmd  # noqa: F401
+from . import index_cmd  # noqa: F401
+from . import video_cmd  # noqa: F401
+from . import similarity_cmd  # noqa: F401
+from . import serve_cmd  # noqa: F401  (starlette/uvicorn imported only when it runs)
+from . import ray_cmd  # noqa: F401  ray embed, ray classify (Ray imported only when they run)
 
 __all__ = ["ClipRtGroup", "main"]

@@ -295,14 +295,8 @@ def _echo_families(families: dict[str, Any]) -> None:
                    "with the reason).")
 def models_cmd(as_json: bool, available: bool) -> None:
     """Bundles in the store ($CLIP_RT_HOME/models)."""
-    from ..bundle.catalogue import (
-        architectures,
-        exportable_architectures,
-        family_of,
-        load_catalogue,
-        load_families,
-        unsupported,
-    )
+    from ..bundle.catalogue import (architectures, exportable_architectures, family_of, load_catalogue,
+                                    load_families, unsupported)
     from ..bundle.store import list_bundles, models_dir
 
     if available:

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import click
 import numpy as np
 
-from ..display import display_path, printable
 from ..errors import OutputError
 from ..inputs.discover import discover, path_key
+from ..display import display_path, printable
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
+from .group import main
 from .common import (
     check_precision_follows,
     echo_err,
@@ -30,7 +30,6 @@ from .common import (
     skip_errors_option,
     warn_if_single_label,
 )
-from .group import main
 
 
 @main.command("classify")

@@ -6,10 +6,11 @@ from typing import Optional
 
 import click
 
-from ..display import display_path, printable
 from ..inputs.discover import walk_images
+from ..display import display_path, printable
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
+from .group import main
 from .common import (
     check_precision_follows,
     echo_err,
@@ -18,7 +19,6 @@ from .common import (
     progress_bar,
     skip_errors_option,
 )
-from .group import main
 
 
 @main.command("index")

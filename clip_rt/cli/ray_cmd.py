@@ -8,9 +8,9 @@ import click
 
 from ..display import display_path, printable
 from ..outputs.records import error_reason
+from .group import main
 from ..settings import default_model
 from .common import MODEL_DEFAULT_HELP, echo_err, label_options, parse_labels, resolve_templates
-from .group import main
 
 F = TypeVar("F", bound=Callable[..., Any])
 

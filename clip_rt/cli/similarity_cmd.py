@@ -9,8 +9,8 @@ import click
 
 from ..display import display_path, printable
 from ..outputs.records import dumps_json
-from .common import echo_err, model_from_options, model_options
 from .group import main
+from .common import echo_err, model_from_options, model_options
 
 
 @main.command("similarity")

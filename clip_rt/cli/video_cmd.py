@@ -8,6 +8,7 @@ import numpy as np
 
 from ..display import display_path, display_width, pad, printable
 from ..outputs.records import dumps_json
+from .group import main
 from .common import (
     echo_err,
     label_options,
@@ -17,7 +18,6 @@ from .common import (
     resolve_templates,
     warn_if_single_label,
 )
-from .group import main
 
 
 @main.command("video")

@@ -17,8 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..errors import InputError, load_error
 

@@ -98,7 +98,7 @@ class HfTokenizer:
         self._cut_safe = text_config.truncation_side == "right" and _cut_is_safe(self._tok)
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> HfTokenizer:
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "HfTokenizer":
         path = Path(path)
         try:
             st = os.stat(path)

@@ -13,9 +13,8 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,7 +92,7 @@ def unexpected_load_error(source: object, exc: Exception) -> ImageLoadError:
 
 
 def opened(source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None,
-           budget: Optional[DecodeBudget] = None) -> contextlib.AbstractContextManager[LoadedImage]:
+           budget: Optional[DecodeBudget] = None) -> "contextlib.AbstractContextManager[LoadedImage]":
     """:func:`open_image` with the memory its decoding takes reserved from *budget* (default: the
     process-wide one, clip_rt.inputs.budget) until the ``with`` block ends: use the image inside
     the block. A file whose decoding does not fit the budget fails with its name."""
@@ -186,7 +185,7 @@ def _looks_like_path(data: bytes) -> bool:
     return len(data) <= _PATH_MAX and b"\0" not in data and b"\n" not in data and len(data) > 0
 
 
-def _open_path(path: Union[str, bytes, os.PathLike[Any]], exif_transpose: bool, draft: Optional[DraftRule],
+def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
                reserve: _Reserve = None) -> LoadedImage:
     label = loader_label(path)
     try:
@@ -298,7 +297,7 @@ def _finish(
     notes: list[str],
     fmt: Optional[str],
     exif_transpose: bool,
-    full_size: Optional[tuple[int, int]] = None,
+    full_size: "Optional[tuple[int, int]]" = None,
 ) -> LoadedImage:
     full_w, full_h = full_size or img.size  # full_size: the header's size when draft reduced it
     if exif_transpose:

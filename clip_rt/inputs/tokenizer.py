@@ -88,7 +88,7 @@ def _tables() -> tuple[dict[str, str], dict[int, Any], dict[int, Any], dict[int,
     return entities, c1, width, controls
 
 
-def _unescape_entity(match: re.Match[str]) -> str:
+def _unescape_entity(match: "re.Match[str]") -> str:
     text = match.group(0)
     entities = _tables()[0]
     if text in entities:
@@ -286,7 +286,7 @@ class _Fd2Capture:
         self._saved = -1
         self._tmp: Any = None
 
-    def __enter__(self) -> _Fd2Capture:
+    def __enter__(self) -> "_Fd2Capture":
         _FD2_LOCK.acquire()
         try:
             sys.stderr.flush()
@@ -373,7 +373,7 @@ class ClipTokenizer:
         self._check_vocab()
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> ClipTokenizer:
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "ClipTokenizer":
         """Load a bundle's tokenizer.json; *use_ftfy* None means "if importable"."""
         path = Path(path)
         try:

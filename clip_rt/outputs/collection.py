@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..display import display_path
 from ..errors import InputError
+from ..display import display_path
 
 
 @dataclass

@@ -230,7 +230,7 @@ class StagedFiles:
             _unlink(tmp)
         self._staged = []
 
-    def __enter__(self) -> StagedFiles:
+    def __enter__(self) -> "StagedFiles":
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
@@ -351,7 +351,7 @@ class OutputLock:
         self.lock_path = os.path.join(folder, f".{base}{LOCK_SUFFIX}")
         self._fd: Optional[int] = None
 
-    def acquire(self) -> OutputLock:
+    def acquire(self) -> "OutputLock":
         try:
             import fcntl
         except ImportError:  # Windows: no flock; concurrent runs are not detected there
@@ -383,7 +383,7 @@ class OutputLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> OutputLock:
+    def __enter__(self) -> "OutputLock":
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

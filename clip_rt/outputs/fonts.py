@@ -18,9 +18,8 @@ families are chosen here from what the text needs:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 BASE_FAMILY = "DejaVu Sans"
 # Tried in this order for the characters DejaVu Sans lacks. Debian: fonts-noto-cjk,

@@ -20,11 +20,10 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from ..display import display_path
 from ..errors import InputError, OutputError
+from ..display import display_path
 from .files import (
     OutputLock,
     RecordSink,

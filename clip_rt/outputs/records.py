@@ -63,7 +63,7 @@ class Record:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Record:
+    def from_json(cls, d: dict[str, Any]) -> "Record":
         return cls(
             path=d["path"],
             label=d.get("label"),

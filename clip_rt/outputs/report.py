@@ -19,14 +19,13 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..display import display_path
 from ..errors import InputError, OutputError
+from ..display import display_path
 from . import charts
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT

@@ -108,7 +108,7 @@ class SearchIndex:
 
     # -- storage ---------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str) -> SearchIndex:
+    def load(cls, folder: str) -> "SearchIndex":
         """Read the index in *folder*. A damaged index (a member that is not a file, values of
         the wrong type, an embeddings file whose header disagrees with the entries, NaN or
         infinite embeddings) is an :class:`InputError` that says how to rebuild it, never a

@@ -23,13 +23,12 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
-from ..display import display_path
 from ..errors import InputError
+from ..display import display_path
 
 JOB_FILE = "_clip-rt-job.json"
 JOB_FORMAT = 1

@@ -26,14 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from .. import templates as _templates
-from ..display import display_path
 from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, path_key
+from ..display import display_path
 from . import parts
 
 DEFAULT_PART_ROWS = 10_000
@@ -184,7 +183,7 @@ def local_rows(source: Source, *, skip: Optional[set[str]] = None,
 
 
 # -- the model -----------------------------------------------------------------------------
-def _bundle(model: Union[str, os.PathLike[str]], precision: Optional[str]) -> tuple[str, Any, str]:
+def _bundle(model: Union[str, "os.PathLike[str]"], precision: Optional[str]) -> tuple[str, Any, str]:
     from ..bundle.manifest import read_manifest
     from ..bundle.store import resolve_bundle
     from ..engine.session import CPU
@@ -223,7 +222,7 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
         **(ray_remote_args or {}))
 
 
-def embed_images(source: Source, model: Union[str, os.PathLike[str]], *, precision: Optional[str] = None,
+def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, precision: Optional[str] = None,
                  actors: Optional[int] = None, cpus_per_actor: float = 1, batch_size: int = 8, draft: bool = False,
                  providers: Any = None, ship_bundle: bool = False,
                  ray_remote_args: Optional[dict[str, Any]] = None) -> Any:
@@ -238,7 +237,7 @@ def embed_images(source: Source, model: Union[str, os.PathLike[str]], *, precisi
                 ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
 
 
-def classify_images(source: Source, model: Union[str, os.PathLike[str]], labels: Any,
+def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any,
                     templates: Union[str, Sequence[str]] = _templates.SIMPLE, **options: Any) -> Any:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
@@ -274,7 +273,7 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
 
 
 # -- the resumable job ------------------------------------------------------------------------
-def run_job(source: Source, output: Union[str, os.PathLike[str]], model: Union[str, os.PathLike[str]], *,
+def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union[str, "os.PathLike[str]"], *,
             labels: Any = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
             part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """Embed (or, with *labels*, classify) *source* into Parquet parts in *output*. A rerun

@@ -1,8 +1,7 @@
 """A Ray Data sink that writes finished parts (imports Ray: load only through clip_rt.scale.ray)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 from ray.data import Datasink

@@ -18,10 +18,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from .errors import ApiError
 
@@ -33,14 +32,14 @@ log = logging.getLogger("clip_rt.serve")
 @dataclass
 class _Item(Generic[T]):
     payload: T
-    future: asyncio.Future[Any]
+    future: "asyncio.Future[Any]"
     enqueued: float
 
 
 class Reservation:
     """Room for *n* inputs in a batcher's queue; :meth:`release` returns what was not submitted."""
 
-    def __init__(self, batcher: DynamicBatcher[Any, Any], n: int) -> None:
+    def __init__(self, batcher: "DynamicBatcher[Any, Any]", n: int) -> None:
         self._batcher, self.remaining = batcher, n
 
     def take(self, n: int) -> None:
@@ -53,7 +52,7 @@ class Reservation:
             self._batcher._unreserve(self.remaining)
             self.remaining = 0
 
-    def __enter__(self) -> Reservation:
+    def __enter__(self) -> "Reservation":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,7 +200,7 @@ class DynamicBatcher(Generic[T, R]):
         turns this off (every batch waits to fill)."""
         return not self.wait_when_idle and not self._running and self._admitted == len(self._pending)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
+    def _batch_done(self, task: "asyncio.Task[None]") -> None:
         self._running.discard(task)
         assert self._slots is not None and self._wakeup is not None
         self._slots.release()

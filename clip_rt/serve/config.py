@@ -27,7 +27,7 @@ class ModelSpec:
     precision: Optional[str] = None
 
     @classmethod
-    def parse(cls, text: str) -> ModelSpec:
+    def parse(cls, text: str) -> "ModelSpec":
         # A directory whose name contains '@' is taken as given.
         if "@" in text and not os.path.exists(text):
             name, _, precision = text.rpartition("@")

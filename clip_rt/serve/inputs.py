@@ -12,9 +12,8 @@ import json
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional, Sequence
 
 from .errors import ApiError, bad_request, describe
 

@@ -243,11 +243,11 @@ def load_models(config: ServeConfig, metrics: Metrics,
     return served
 
 
-def load_indexes(config: ServeConfig, models: OrderedDict[str, ServedModel]) -> OrderedDict[str, ServedIndex]:
+def load_indexes(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedIndex]":
     """Each --index, paired with the served model that built it (same weights and precision)."""
     from ..outputs.search_index import SearchIndex
 
-    out: OrderedDict[str, ServedIndex] = OrderedDict()
+    out: "OrderedDict[str, ServedIndex]" = OrderedDict()
     for name, folder in config.indexes:
         index = SearchIndex.load(folder)
         match = [m for m in models.values()

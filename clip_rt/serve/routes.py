@@ -42,8 +42,8 @@ JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the deco
 @dataclass
 class ServiceState:
     config: ServeConfig
-    models: dict[str, ServedModel]
-    indexes: dict[str, ServedIndex]
+    models: "dict[str, ServedModel]"
+    indexes: "dict[str, ServedIndex]"
     metrics: Metrics
     allowed: tuple[str, ...]  # --allow-dir folders, resolved
     pool: ThreadPoolExecutor
@@ -58,7 +58,7 @@ class ServiceState:
             served.image.drain()
             served.text.drain()
 
-    def model(self, name: Optional[str]) -> ServedModel:
+    def model(self, name: Optional[str]) -> "ServedModel":
         if name is None:
             return next(iter(self.models.values()))
         found = self.models.get(name)
@@ -101,11 +101,11 @@ async def body_of(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
 
 
 # -- health, metrics, models -----------------------------------------------------------------------
-async def healthz(request: Request) -> Response:
+async def healthz(request: "Request") -> "Response":
     return _json({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
+async def readyz(request: "Request") -> "Response":
     state = state_of(request)
     if state.failure:
         return _json({"status": "failed", "error": state.failure}, 503)
@@ -115,22 +115,22 @@ async def readyz(request: Request) -> Response:
                   "indexes": [ix.describe() for ix in state.indexes.values()]})
 
 
-async def metrics(request: Request) -> Response:
+async def metrics(request: "Request") -> "Response":
     from starlette.responses import Response
 
     return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
-async def list_models(request: Request) -> Response:
+async def list_models(request: "Request") -> "Response":
     return _json({"object": "list", "data": [m.describe() for m in state_of(request).models.values()]})
 
 
-async def get_model(request: Request) -> Response:
+async def get_model(request: "Request") -> "Response":
     return _json(state_of(request).model(request.path_params["model"]).describe())
 
 
 # -- embeddings (OpenAI-compatible) ----------------------------------------------------------------
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: "Request") -> "Response":
     state = state_of(request)
     body = await body_of(request, ("model", "input", "encoding_format", "dimensions", "user"))
     served = state.model(optional_str(body, "model"))
@@ -192,7 +192,7 @@ def _encode_vector(vector: Optional[np.ndarray], fmt: str) -> Any:
 
 
 # -- classify, similarity, search ------------------------------------------------------------------
-async def classify(request: Request) -> Response:
+async def classify(request: "Request") -> "Response":
     state = state_of(request)
     body = await body_of(request, ("model", "images", "labels", "templates", "top_k"))
     served = state.model(optional_str(body, "model"))
@@ -254,7 +254,7 @@ def _templates(value: Any) -> list[str]:
     return value
 
 
-async def similarity(request: Request) -> Response:
+async def similarity(request: "Request") -> "Response":
     from ..zeroshot import scores_from_logits
 
     state = state_of(request)
@@ -276,7 +276,7 @@ async def similarity(request: Request) -> Response:
                               for t, p, c in zip(texts, probs, cosine[0])]})
 
 
-async def search(request: Request) -> Response:
+async def search(request: "Request") -> "Response":
     state = state_of(request)
     body = await body_of(request, ("index", "query", "top_k", "model"))
     if not state.indexes:

@@ -342,9 +342,9 @@ class Runner:
 
 # -- run inside the venv (numpy, clip_rt importable) -----------------------------------------------
 def probe_here(bundle: Optional[str] = None) -> dict[str, Any]:
+    import clip_rt
     import onnxruntime
 
-    import clip_rt
     from arm64check import cpuinfo
 
     info: dict[str, Any] = {

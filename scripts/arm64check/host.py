@@ -80,7 +80,7 @@ class Binfmt:
         self.log = log
         self.mounted_here = False
 
-    def __enter__(self) -> Binfmt:
+    def __enter__(self) -> "Binfmt":
         if not binfmt_mounted():
             subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)], check=True)
             self.mounted_here = True

@@ -26,9 +26,8 @@ TEXTS = [
 
 def _make_jpegs(folder: Path, count: int, megapixels: float, seed: int) -> None:
     try:
-        import skimage.data  # noqa: F401 - the samples the photos are made from
-
         from clip_rt_fixtures.photos import make_jpegs
+        import skimage.data  # noqa: F401 - the samples the photos are made from
     except ImportError as exc:
         raise RuntimeError(f"making the test photos needs clip-rt with the [test] extra (scikit-image): {exc}") from exc
     make_jpegs(folder, count, megapixels=megapixels, seed=seed)
