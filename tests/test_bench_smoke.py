@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,13 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def results(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
     """Every benchmark on the tiny model, in a child process (``python -m bench``): OpenVINO,
     when installed, stays out of the test process (with it loaded, a later test's self-sent
-    SIGINT crashed the pytest process with a segfault)."""
+    SIGINT crashed the pytest process with a segfault). The bundle is the session's export of
+    the same weights (seed 0, all three precisions), where bench.context looks for its own."""
     root = tmp_path_factory.mktemp("bench")
+    shutil.copytree(tiny_bundle_dir, root / "work" / "bundle-tiny-clip-seed0")
     cmd = [sys.executable, "-m", "bench", "--quick", "--arch", "tiny-clip", "--model-config", str(TINY_CONFIG),
            "--photos", "3", "--megapixels", "0.3", "--work-dir", str(root / "work"), "--out", str(root / "results"),
            "--int8-min-cosine", "0.995"]  # the tiny model's int8 (see conftest.tiny_bundle_dir)

@@ -134,6 +134,7 @@ def test_export_domain_errors_exit_1(tmp_path: Path) -> None:
     assert "--tokenizer DIR" in siglip.output and not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_export_into_the_store_then_list_it(clip_home: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("open_clip")

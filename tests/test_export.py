@@ -138,6 +138,7 @@ def test_fp16_graphs_load_with_all_optimisations(tiny_bundle_dir: Path) -> None:
 
 
 # -- failures leave nothing ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_parity_failure_raises_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(validate.TOLERANCES, "fp32", {"max_abs_diff": 0.0})
     out = tmp_path / "out" / "tiny"
@@ -148,6 +149,7 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path: Path, monkeypatch: p
     assert _leftovers(out.parent) == []
 
 
+@pytest.mark.slow
 def test_corrupted_int8_graph_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
     from onnx import numpy_helper
@@ -190,6 +192,7 @@ def test_offline_tag_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, cli
     assert _leftovers(clip_home / "models") == []
 
 
+@pytest.mark.slow
 def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
     snapshot = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -206,6 +209,7 @@ def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
     assert done.stdout.strip().splitlines()[-1] == str(snapshot / "open_clip_pytorch_model.bin")
 
 
+@pytest.mark.slow
 def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH,
@@ -246,6 +250,7 @@ def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bun
     assert _leftovers(tmp_path) == ["b", "not-a-bundle"]
 
 
+@pytest.mark.slow
 def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clip_rt_export import graphs
 
@@ -327,6 +332,7 @@ def test_bad_model_config_is_an_input_error(tmp_path: Path) -> None:
         export_bundle("bad-arch", model_config=tmp_path / "missing.json", output=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_text_tower_without_causal_mask_exports_full_context(tmp_path: Path) -> None:
     cfg = json.loads(TINY_CONFIG.read_text())
     cfg["text_cfg"].update({"no_causal_mask": True, "pool_type": "last", "context_length": 16})

@@ -66,6 +66,7 @@ def texts() -> list[str]:
     return [t for _, t in corpus()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ARCHS))
 def test_agreement_with_open_clip_on_the_corpus(pairs: dict[str, Pair], texts: list[str], kind: str) -> None:
     pair = pairs[kind]
@@ -118,6 +119,7 @@ def _long_texts() -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ARCHS))
 def test_long_texts_are_cut_exactly(pairs: dict[str, Pair], kind: str) -> None:
     pair = pairs[kind]

@@ -33,6 +33,7 @@ GROWTH_LIMIT_MB = 4.0  # measured: 0.2-0.7 MB streaming, 9.7 MB when every recor
 UNDER_QEMU_USER = "QEMU_CPU" in os.environ
 
 
+@pytest.mark.slow
 def test_streaming_classify_keeps_memory_flat(tmp_path: Path, clip_home: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "fake-clip")
     t0 = time.perf_counter()

@@ -196,6 +196,7 @@ def test_torchvision_size_rules() -> None:
             assert list(shortest_edge_size(h, w, 224)) == compute((h, w), [224])
 
 
+@pytest.mark.slow
 def test_cropped_resize_matches_the_full_resize(monkeypatch: pytest.MonkeyPatch) -> None:
     """The huge-resize shortcut (resize only the crop), forced on for ordinary extreme shapes."""
     import clip_rt.inputs.preprocess as preprocess
