@@ -5,12 +5,15 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
 from ..errors import BundleError, InputError
 from .group import main
+
+if TYPE_CHECKING:
+    from ..bundle.manifest import Manifest
 
 
 def _human_bytes(n: int) -> str:
@@ -132,7 +135,8 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
     return {"manifest": m, "sizes": sizes}
 
 
-def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str]) -> Any:
+def _runtime_plan(manifest: Manifest, provider: Optional[str], backend: Optional[str],
+                  precision: Optional[str]) -> dict[str, Any]:
     """What ``load()`` would choose on this machine, without creating a session."""
     from ..engine.backends import plan_runtime
     from ..engine.cpu import detect_cpu

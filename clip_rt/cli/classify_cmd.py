@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Optional, Sequence, TypeVar
 
 import click
 import numpy as np
@@ -30,6 +31,12 @@ from .common import (
     skip_errors_option,
     warn_if_single_label,
 )
+
+if TYPE_CHECKING:
+    from ..results import ImageEmbedding
+    from ..zeroshot import ZeroShotClassifier
+
+Item = TypeVar("Item")
 
 
 @main.command("classify")
@@ -172,8 +179,8 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         sys.exit(1)
 
 
-def _batches(items: Any, size: int) -> Any:
-    batch: list[Any] = []
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:
@@ -183,9 +190,9 @@ def _batches(items: Any, size: int) -> Any:
         yield batch
 
 
-def _classify_batch(classifier: Any, items: Sequence[Any], top_k: int) -> list[Record]:
-    ok = [it for it in items if it.embedding is not None and it.error is None]
-    found = classifier.classify_embeddings(np.stack([it.embedding for it in ok]), top_k=top_k) if ok else []
+def _classify_batch(classifier: ZeroShotClassifier, items: Sequence[ImageEmbedding], top_k: int) -> list[Record]:
+    ok = [it.embedding for it in items if it.embedding is not None and it.error is None]
+    found = classifier.classify_embeddings(np.stack(ok), top_k=top_k) if ok else []
     results = iter(found)
     out = []
     for it in items:

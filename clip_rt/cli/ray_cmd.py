@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
@@ -11,6 +12,9 @@ from ..outputs.records import error_reason
 from .group import main
 from ..settings import default_model
 from .common import MODEL_DEFAULT_HELP, echo_err, label_options, parse_labels, resolve_templates
+
+if TYPE_CHECKING:
+    from ..zeroshot import LabelsArg
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +80,7 @@ def classify_cmd(labels_csv: Optional[str], labels_file: Optional[str], template
     _run(kw, labels=labels, templates=resolve_templates(template_list, template_set))
 
 
-def _run(kw: dict[str, Any], *, labels: Any, templates: Any) -> None:
+def _run(kw: dict[str, Any], *, labels: Optional[LabelsArg], templates: Optional[Sequence[str]]) -> None:
     from ..scale import ray as scale_ray
 
     model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts

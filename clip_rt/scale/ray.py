@@ -27,13 +27,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, path_key
 from ..display import display_path
 from . import parts
+
+if TYPE_CHECKING:  # Ray (the [ray] extra) is imported when a job runs
+    from ray.data import Dataset
+
+    from ..bundle.manifest import Manifest
+    from ..zeroshot import LabelsArg, ZeroShotClassifier
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
@@ -224,8 +230,8 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
 
 def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, precision: Optional[str] = None,
                  actors: Optional[int] = None, cpus_per_actor: float = 1, batch_size: int = 8, draft: bool = False,
-                 providers: Any = None, ship_bundle: bool = False,
-                 ray_remote_args: Optional[dict[str, Any]] = None) -> Any:
+                 providers: Union[str, Sequence[str], None] = None, ship_bundle: bool = False,
+                 ray_remote_args: Optional[dict[str, Any]] = None) -> Dataset:
     """A lazy ``ray.data.Dataset`` of image embeddings (columns above). *actors*: how many
     model copies (default: the cluster's CPUs / *cpus_per_actor*); each runs ONNX Runtime
     with ``int(cpus_per_actor)`` threads. *ray_remote_args*: passed to ``map_batches``
@@ -237,8 +243,8 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
                 ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
 
 
-def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any,
-                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, **options: Any) -> Any:
+def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: LabelsArg,
+                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, **options: Any) -> Dataset:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
     ``clip-rt classify``). The class embeddings are computed once, on the driver."""
@@ -257,8 +263,8 @@ def _map_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options.get(k, v) for k, v in allowed.items()}
 
 
-def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
-                templates: Union[str, Sequence[str]]) -> tuple[Any, dict[str, Any]]:
+def _classifier(bundle_dir: str, manifest: Manifest, precision: str, labels: LabelsArg,
+                templates: Union[str, Sequence[str]]) -> tuple[ZeroShotClassifier, dict[str, Any]]:
     from ..model import load
     from ..zeroshot import check_templates, parse_labels
 
@@ -274,7 +280,7 @@ def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
 
 # -- the resumable job ------------------------------------------------------------------------
 def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union[str, "os.PathLike[str]"], *,
-            labels: Any = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
+            labels: Optional[LabelsArg] = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
             part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, **options: Any) -> dict[str, Any]:
     """Embed (or, with *labels*, classify) *source* into Parquet parts in *output*. A rerun
     skips every input already in a finished part (see :mod:`clip_rt.scale.parts`); per-image
