@@ -3,6 +3,7 @@
 Paths are ``str`` as the OS gives them (on POSIX, bytes that are not UTF-8 kept as lone
 surrogates), ``bytes`` or ``os.PathLike``; what is shown has undecodable bytes as ``\\xNN``.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ project module counts, at module level and inside functions alike (a lazy import
 from Python, not from a reader). Imports under ``if TYPE_CHECKING:`` are left out: they never run.
 A cycle is reported as the chain of modules that closes it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,9 +20,7 @@ PACKAGES = {"clip_rt": REPO / "clip_rt", "clip_rt_export": REPO / "export"}
 # Cycles tolerated for now, each as the sorted tuple of its modules. The engine's session rework
 # removes this one (backends.choose runs the parity evidence through runtime_info); once it is
 # merged, this set is empty and stays so.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("clip_rt.engine.backends.choose", "clip_rt.engine.runtime_info"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = {("clip_rt.engine.backends.choose", "clip_rt.engine.runtime_info")}
 
 
 def module_files() -> dict[str, Path]:
@@ -194,9 +193,12 @@ def test_tools_do_not_extend_sys_path() -> None:
     found = []
     for path in _tool_files():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in {"insert", "append", "extend"}
-                    and ast.unparse(node.func.value) == "sys.path"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"insert", "append", "extend"}
+                and ast.unparse(node.func.value) == "sys.path"
+            ):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not found, found
 
@@ -224,13 +226,16 @@ def _write(root: Path, files: dict[str, str]) -> dict[str, Path]:
 
 
 def test_checker_finds_a_cycle_through_a_lazy_import(tmp_path: Path) -> None:
-    modules = _write(tmp_path, {
-        "pkg.__init__": "",
-        "pkg.a": "from .b import f\n",
-        "pkg.b": "def f():\n    from pkg import c\n",
-        "pkg.c": "from . import a\n",
-        "pkg.d": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n",
-    })
+    modules = _write(
+        tmp_path,
+        {
+            "pkg.__init__": "",
+            "pkg.a": "from .b import f\n",
+            "pkg.b": "def f():\n    from pkg import c\n",
+            "pkg.c": "from . import a\n",
+            "pkg.d": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n",
+        },
+    )
     graph = import_graph(modules)
     assert graph["pkg.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
     assert graph["pkg.d"] == set()  # a type-only import is no cycle

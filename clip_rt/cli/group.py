@@ -1,4 +1,5 @@
 """The ``clip-rt`` group the commands register on (apart from ``__init__``, which imports them all)."""
+
 from __future__ import annotations
 
 from typing import Any
