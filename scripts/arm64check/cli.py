@@ -47,7 +47,8 @@ LABELS = "cat,dog,car"  # the README's classify
 # preprocessing, image decoding and broken files, zero-shot, prompt cache, CLI, video frame
 # sampling, failures, a long streaming run; CPU detection and the backend choice by injected
 # flags, backends, slim bundles, settings, untrusted bundles and inputs, outputs), minus those
-# marked torch (they need the [export] extra) or slow. Left out: files that need the [report]
+# marked torch (they need the [export] extra; a test on an exported bundle skips itself without
+# torch). Slow torch-free tests stay: the long streaming run is one the check is for. Left out: files that need the [report]
 # extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann extras, GPU tooling
 # (test_gpu_path), bench's own tests and the export's. A test that needs an extra skips itself.
 # Test dependencies: what these files import besides the runtime (scikit-image: real photos).
@@ -61,7 +62,7 @@ GUEST_TEST_FILES = (
     "tests/test_slim_bundle.py", "tests/test_model_preprocess.py", "tests/test_manifest_quantization.py",
     "tests/test_bundle_cli.py", "tests/test_api_agrees_with_cli.py", "tests/test_low_memory.py",
 )
-GUEST_TEST_MARKER = "not torch and not slow"
+GUEST_TEST_MARKER = "not torch"
 GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil", "scikit-image")
 KEEP_RUNS = 3
 LOCK_IN_RUN = "heavy.lock"  # where the --lock file appears in the guest's /check
