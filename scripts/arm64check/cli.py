@@ -48,9 +48,10 @@ LABELS = "cat,dog,car"  # the README's classify
 # sampling, failures, a long streaming run; CPU detection and the backend choice by injected
 # flags, backends, slim bundles, settings, untrusted bundles and inputs, outputs), minus those
 # marked torch (they need the [export] extra; a test on an exported bundle skips itself without
-# torch). Slow torch-free tests stay: the long streaming run is one the check is for. Left out: files that need the [report]
-# extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann extras, GPU tooling
-# (test_gpu_path), bench's own tests and the export's. A test that needs an extra skips itself.
+# torch). Slow torch-free tests stay: the long streaming run is one the check is for. Left out:
+# files that need the [report] extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann
+# extras, GPU tooling (test_gpu_path), bench's own tests and the export's. A test that needs an
+# extra skips itself.
 # Test dependencies: what these files import besides the runtime (scikit-image: real photos).
 GUEST_TEST_FILES = (
     "tests/test_tokenizer.py", "tests/test_zeroshot.py", "tests/test_session.py", "tests/test_model.py",
