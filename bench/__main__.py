@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (random weights)")
     ap.add_argument("--model-config", type=Path, help="open_clip config JSON for --arch (tiny test models)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--photos", type=int, default=48, help="how many multi-megapixel JPEGs (parity; e2e and RSS use up to 12 and 24)")
+    ap.add_argument("--photos", type=int, default=48, help="how many multi-megapixel JPEGs (parity; e2e and RSS use up "
+                                                           "to 12 and 24)")
     ap.add_argument("--work-dir", type=Path, default=WORK_DIR, help="generated photos, graphs, bundles")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results JSON go")
     ap.add_argument("--hide-amx", action="store_true",

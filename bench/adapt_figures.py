@@ -1,6 +1,6 @@
 """``python -m bench.adapt_figures BUNDLE [--precision int8]``: the figures of docs/adapt.md.
 
-On two labelled sets (tests/labelled_sets.py: a generated 4-class set of solid colours and
+On two labelled sets (clip_rt_fixtures.labelled_sets: a generated 4-class set of solid colours and
 gradient directions, and crops of four scikit-image photographs), for 2, 4, 8 and 16 training
 images per class: ``clip_rt.adapt.fit`` (5-fold cross-validation, seed 0) and then
 ``clip_rt.adapt.evaluate`` on a held-out set of 10 images per class (another seed): the
@@ -17,15 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import BENCH_DIR, RESULTS_DIR, WORK_DIR, log, machine_info
+from .common import RESULTS_DIR, WORK_DIR, log, machine_info
 
 SHOTS = (2, 4, 8, 16)
 HELD_OUT = 10
 
 
 def run(bundle: Path, precision: str | None, work: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
-    import labelled_sets
+    from clip_rt_fixtures import labelled_sets
 
     import clip_rt
     from clip_rt import adapt

@@ -120,7 +120,8 @@ def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> 
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
         rewritten, moved = rewritten_copy(graph, move_key_transposes, Path(tmp),
-                                          "no attention key transpose to move (already rewritten, or not an NNCF graph)")
+                                          "no attention key transpose to move (already rewritten, or not an NNCF "
+                                          "graph)")
         paths = {"as NNCF wrote it": graph, "key transpose at its MatMul": rewritten}
         result: dict[str, Any] = {"graph": str(graph), "key_transposes_moved": moved,
                                   "openvino_max_abs_diff": _max_diff(core, paths, kind),

@@ -99,7 +99,8 @@ def _variants_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
     if not _vnni_host(data):
         return []
     sources["variants"] = _source("variants", data, path)
-    wanted = {("fp32", None): ("onnxruntime", "fp32", "graph"), ("int8-dynamic", None): ("onnxruntime", "int8-dynamic", "graph"),
+    wanted = {("fp32", None): ("onnxruntime", "fp32", "graph"),
+              ("int8-dynamic", None): ("onnxruntime", "int8-dynamic", "graph"),
               ("int8-static-minmax", None): ("onnxruntime", "int8-static", "graph"),
               ("openvino fp32", "openvino"): ("openvino", "fp32", "f32"),
               ("openvino int8-static-minmax (QDQ)", "openvino"): ("openvino", "int8-static", "f32")}
@@ -186,7 +187,8 @@ def _newest_per_mode(rows: list[dict[str, Any]], sources: dict[str, Any]) -> lis
     for row in rows:
         key = (row["isa"], row["encoder"], row["backend"], row["graph"], row["compute"])
         held = best.get(key)
-        if held is None or str(sources[row["source"]].get("when") or "") > str(sources[held["source"]].get("when") or ""):
+        when = str(sources[row["source"]].get("when") or "")
+        if held is None or when > str(sources[held["source"]].get("when") or ""):
             best[key] = row
     kept = list(best.values())
     used = {r["source"] for r in kept}

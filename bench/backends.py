@@ -46,7 +46,7 @@ def _photos(manifest: Any) -> np.ndarray:
 
     from clip_rt.inputs.preprocess import Preprocessor
 
-    from .photos import PHOTOS
+    from clip_rt_fixtures.photos import PHOTOS
 
     pre = Preprocessor(manifest.image)
     out = []
@@ -67,7 +67,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 class _Candidate:
     def __init__(self, name: str, backend: str, graph: str, compute: str, runner: Any, note: str = "") -> None:
-        self.name, self.backend, self.graph, self.compute, self.runner, self.note = name, backend, graph, compute, runner, note
+        self.name, self.backend, self.graph, self.compute = name, backend, graph, compute
+        self.runner, self.note = runner, note
 
 
 def _graphs(bundle: Path, args: argparse.Namespace, encoder: str) -> dict[str, Path]:

@@ -83,7 +83,8 @@ def image_candidates(ctx: Any, batch: int, x: np.ndarray, bf16_model: Any) -> di
                                        {"what": "clip_rt.load(bundle) defaults"},
                                        embed=lambda px, s=default.session("image"): s.run({"pixel_values": px})[0])
     for precision in ("int8", "fp32"):
-        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False, session_options=session_options(2))
+        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False,
+                             session_options=session_options(2))
         out[f"clip-rt {precision} (onnxruntime)"] = Candidate(
             lambda s=model.session("image"): s.run({"pixel_values": x}), "onnxruntime", precision,
             _unit_for("onnxruntime", precision, lv),
@@ -137,8 +138,8 @@ def openvino_candidates(bundle: Path, encoder: str, feed: dict, batch: int, lv: 
 def text_candidates(ctx: Any, prompts: list[str], bf16_model: Any) -> dict[str, Candidate]:
     """Text: open_clip's encode_text at full context (the origin), torch fp32/bf16 on prompts
     trimmed to the longest (what clip-rt's graphs do), clip-rt (tokeniser included, uncached)."""
+
     import clip_rt
-    import torch
     from clip_rt_export.graphs import text_wrapper
 
     from .models import session_options
@@ -165,7 +166,8 @@ def text_candidates(ctx: Any, prompts: list[str], bf16_model: Any) -> dict[str, 
                                        _unit_for(meta["library"], meta["precision"], lv),
                                        {"what": "clip_rt.load(bundle) defaults, uncached"})
     for precision in ("int8", "fp32"):
-        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False, session_options=session_options(2))
+        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False,
+                             session_options=session_options(2))
         out[f"clip-rt {precision} (onnxruntime)"] = Candidate(lambda m=model: m.encode_text(prompts), "onnxruntime",
                                                               precision, _unit_for("onnxruntime", precision, lv))
     ids = tm.tokenizer(prompts)

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -143,6 +144,24 @@ def rewritten_copy(graph: Path, rewrite: Callable[[Any], int], folder: Path, not
     out = folder / "rewritten.onnx"
     onnx.save(model, str(out))
     return out, count
+
+
+def run_arm64_guest(command: str, plan: dict[str, Any], *args: str) -> dict[str, Any]:
+    """``python -m arm64check.guest COMMAND PLAN ARGS`` (scripts/arm64-check's measuring side, run
+    as the check runs it on x86: a program with scripts/ on its PYTHONPATH, not imported here);
+    the JSON it prints last."""
+    scripts = BENCH_DIR.parent / "scripts"
+    work = Path(plan["out"])
+    work.mkdir(parents=True, exist_ok=True)
+    plan_file = work / f"plan-{command}.json"
+    plan_file.write_text(json.dumps(plan), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(scripts), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, "-m", "arm64check.guest", command, str(plan_file), *args], env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"arm64check.guest {command} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def log(msg: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .common import RESULTS_DIR, WORK_DIR, log
 from .models import TorchModel, load_torch
-from .photos import make_jpegs
+from clip_rt_fixtures.photos import make_jpegs
 from .reference import Reference, build
 
 PRECISIONS = ("fp32", "int8", "fp16")

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
     archs = args.arch or ["RN50", "MobileCLIP-S1", "convnext_tiny"]
-    results: dict[str, Any] = {"command": "python -m bench.conv_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
+    results: dict[str, Any] = {"command": "python -m bench.conv_int8 "
+                                          "" + " ".join(argv if argv is not None else sys.argv[1:]),
                                "archs": {}}
     for arch in archs:
         results["archs"][arch] = measure_arch(arch, args.rounds, args.batch, WORK_DIR / "conv_int8" / arch)

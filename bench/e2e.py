@@ -9,7 +9,7 @@ import numpy as np
 from .common import Timer, log, ratio, target, write_result
 from .context import BenchContext
 from .models import session_options
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE
 
 
@@ -58,7 +58,8 @@ def draft_pixel_effect(ctx: BenchContext, paths: list) -> dict[str, float]:
     diffs = np.stack([np.abs(full(full.load(p)) - draft(draft.load(p))) for p in paths])
     std = np.array(cfg.std, dtype=np.float32).reshape(1, 3, 1, 1)
     in_8bit = diffs * std * 255.0  # normalised units back to 0-255 pixel levels
-    return {"max_abs_diff_levels": round(float(in_8bit.max()), 2), "mean_abs_diff_levels": round(float(in_8bit.mean()), 3)}
+    return {"max_abs_diff_levels": round(float(in_8bit.max()), 2),
+            "mean_abs_diff_levels": round(float(in_8bit.mean()), 3)}
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:

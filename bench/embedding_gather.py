@@ -91,7 +91,8 @@ def compare(graph: Path, rounds: int, threads: int, backends: list[str]) -> dict
 
     with tempfile.TemporaryDirectory() as tmp:
         rewritten, count = rewritten_copy(graph, gather_before_dequantize, Path(tmp),
-                                          "no int8 embedding lookup to rewrite (already rewritten, or not an NNCF graph)")
+                                          "no int8 embedding lookup to rewrite (already rewritten, or not an NNCF "
+                                          "graph)")
         paths = {"as NNCF wrote it": graph, "int8 rows gathered first": rewritten}
         result: dict[str, Any] = {"graph": str(graph), "lookups_rewritten": count}
         for backend in backends:

@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_manifest(bundle)
     precision = "fp16" if on_gpu else "fp32"  # the CPU provider cannot run every fp16 node (export/convert.py)
     if precision not in manifest.precisions:
-        raise GpuBenchError(f"bundle {bundle.name} has no {precision} graphs (it has {', '.join(manifest.precisions)}); "
+        raise GpuBenchError(f"bundle {bundle.name} has no {precision} graphs (it has "
+                            f"{', '.join(manifest.precisions)}); "
                             f"export with --precision fp32 --precision fp16")
     ep = [f"cuda:{args.device_id}"] if on_gpu else ["cpu"]
     options = {"cuda": {"cudnn_conv_algo_search": "EXHAUSTIVE"}} if on_gpu else {}
@@ -239,7 +240,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Normalised pixels: noise of the scale preprocessing gives (roughly unit variance).
     all_pixels = rng.standard_normal((biggest, 3, h, w), dtype=np.float32)
 
-    result: dict[str, Any] = {"benchmark": "gpu", "dry_run": args.dry_run, "device": device_name(args.dry_run, args.device_id),
+    result: dict[str, Any] = {"benchmark": "gpu", "dry_run": args.dry_run,
+                              "device": device_name(args.dry_run, args.device_id),
                               "command": " ".join([Path(sys.executable).name, "-m", "bench.gpu", *sys.argv[1:]]),
                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "machine": machine_info(), "bundle": bundle.name,
@@ -291,7 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "latency_ms": round(seconds * 1000, 3), "rounds": rounds,
                    "input": "device" if name.endswith("devin") else "host"}
             if ref is not None and emb is not None:
-                row["min_cosine_vs_torch_fp32"] = round(float(_min_cosine(emb[:PARITY_ROWS], ref[:batch][:PARITY_ROWS])), 6)
+                cosine = _min_cosine(emb[:PARITY_ROWS], ref[:batch][:PARITY_ROWS])
+                row["min_cosine_vs_torch_fp32"] = round(float(cosine), 6)
             result["rows"].append(row)
         del keep
     result["targets"] = None if args.dry_run else _targets(result["rows"])

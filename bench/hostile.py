@@ -254,8 +254,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--side", type=int, default=9400, help="image side for the decode cases")
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     results: dict[str, Any] = {"python_path": os.environ.get("PYTHONPATH", ""), "side": args.side, "cases": {}}
     want = set(args.only or ["decode", "serve_bodies", "serve_images", "serve_connections"])

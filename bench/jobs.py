@@ -37,7 +37,7 @@ GOAL_RATIO = 1.10
 
 
 def _folder(size: int) -> Path:
-    from .photos import make_jpegs
+    from clip_rt_fixtures.photos import make_jpegs
 
     folder = WORK_DIR / "jobs" / f"photos-{size}"
     if not folder.is_dir() or len(list(folder.glob("*.jpg"))) != size:

@@ -100,8 +100,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--limit-mb", type=int, default=3000, help="address-space limit of each child")
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     results: dict[str, Any] = {"python_path": os.environ.get("PYTHONPATH", ""), "limit_mb": args.limit_mb,
                                "cases": {}}

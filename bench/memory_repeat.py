@@ -13,33 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import BENCH_DIR, RESULTS_DIR, log, machine_info
+from .common import RESULTS_DIR, log, machine_info, run_arm64_guest
 
 RUNS = ("one_image_lowmem", "one_image_repeat")
 
 
 def measure(image: Path, bundle: Path, work: Path) -> dict[str, Any]:
-    scripts = str(BENCH_DIR.parent / "scripts")
-    sys.path.insert(0, scripts)
-    from arm64check import guest
-
-    # the child imports arm64check.rss too
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (scripts, os.environ.get("PYTHONPATH", "")) if p)
-
-    runner = guest.Runner({"venv": str(Path(sys.executable).parent.parent), "out": str(work)})
+    plan = {"venv": str(Path(sys.executable).parent.parent), "out": str(work)}
     home = work / "home"
     out: dict[str, Any] = {}
     for what in RUNS:
-        args = ["classify", str(image), "--labels", "cat,dog,car", "--model", str(bundle),
+        args = ["classify", str(image.resolve()), "--labels", "cat,dog,car", "--model", str(bundle.resolve()),
                 "-o", str(work / f"{what}.jsonl"), "--low-memory", "--backend", "onnxruntime"]
-        out[what] = runner.child(guest.CLASSIFY_CHILD, args, home=home)
+        out[what] = run_arm64_guest("classify", plan, str(home), *args)
         if out[what].get("exit"):
             raise SystemExit(f"{bundle}: the {what} classify failed (exit {out[what]['exit']}): "
                              f"{out[what].get('stderr', '')}")

@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import BENCH_DIR, RESULTS_DIR, log, machine_info
+from .common import RESULTS_DIR, log, machine_info, run_arm64_guest
 
 
 def measure(bundles: list[Path], image: Path, folder: Path, work: Path) -> dict[str, Any]:
-    scripts = str(BENCH_DIR.parent / "scripts")
-    sys.path.insert(0, scripts)
-    from arm64check import guest
-
-    # the children import arm64check.rss too
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (scripts, os.environ.get("PYTHONPATH", "")) if p)
     plan = {"venv": str(Path(sys.executable).parent.parent), "out": str(work),
-            "models": [{"name": b.name, "slim": str(b)} for b in bundles],
-            "classify": {"labels": "cat,dog,car", "one_image": str(image), "folder": str(folder), "lowmem": True}}
-    res = guest.Runner(plan).memory()
+            "models": [{"name": b.name, "slim": str(b.resolve())} for b in bundles],
+            "classify": {"labels": "cat,dog,car", "one_image": str(image.resolve()), "folder": str(folder.resolve()),
+                         "lowmem": True}}
+    res = run_arm64_guest("memory", plan)
     if not res.get("ok", True):
         raise SystemExit(f"a classify run failed: {res.get('error')}")
     keep = ("exit", "peak_rss_mb", "opened", "process_wall_s", "args")

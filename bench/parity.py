@@ -12,7 +12,7 @@ import numpy as np
 
 from .common import log, target, write_result
 from .context import PRECISIONS, BenchContext
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE, compare, ensemble, zeroshot_top1
 
 
@@ -70,6 +70,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
                higher_is_better=False),
     ]
     result = {**ctx.result_meta(), "labels": len(LABELS), "templates": "SIMPLE", "rows": rows, "targets": targets,
-              "fp32_top1_margin": {"min": round(float(margins.min()), 5), "median": round(float(np.median(margins)), 5)}}
+              "fp32_top1_margin": {"min": round(float(margins.min()), 5),
+                                   "median": round(float(np.median(margins)), 5)}}
     write_result("parity", result, ctx.out_dir)
     return result

@@ -318,7 +318,7 @@ def load_runtimes(names: Sequence[str], bundle: Path, work_dir: Path, ctx: Any) 
 def run_parity(runtimes: dict[str, Runtime], paths: list[Path], image_size: int) -> dict[str, Any]:
     from PIL import Image
 
-    from .photos import LABELS
+    from clip_rt_fixtures.photos import LABELS
     from .reference import SIMPLE
 
     prompts = [t.format(label) for label in LABELS for t in SIMPLE] + round_prompts(0)

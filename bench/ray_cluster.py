@@ -261,7 +261,7 @@ def node_rows(out: Path, cluster: BenchCluster, computed: dict[str, int]) -> dic
 
 # -- the runs ---------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from .photos import LABELS, make_jpegs
+    from clip_rt_fixtures.photos import LABELS, make_jpegs
 
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)

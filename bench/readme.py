@@ -258,6 +258,34 @@ def jobs(results: Results) -> str:
     return "\n\n".join(blocks)
 
 
+STEADY_GOALS = ("image batch 8 >= 6x torch fp32", "image batch 8 >= 2x torch bf16", "text batch 80 prompts >= 25x open_clip")
+
+
+def goals(results: Results) -> str:
+    """The steady-state speed goals on each CPU class's newest backends run, judged on the
+    medians of its rounds (best samples beside them): met, or by how much they are missed."""
+    rows = []
+    for isa in ("x86-amx", "x86-avx512-vnni"):
+        try:
+            name, run = _newest_backends(results, isa)
+        except ResultsError:
+            continue
+        for g in run.get("goals", []):
+            if not g["target"].startswith(STEADY_GOALS) or g.get("measured_medians") is None:
+                continue
+            median, goal = g["measured_medians"], g["goal"]
+            verdict = "met" if median >= goal else f"missed by {100 * (1 - median / goal):.0f}%"
+            rows.append([isa_class(run["machine"]), g["target"], _describe_candidate(g["candidate"]),
+                         f"{median:.2f}x", f"{g['measured']:.2f}x", verdict, f"`{name}.json`"])
+    if not rows:
+        raise ResultsError(f"{results.folder}: no backends run with goals")
+    return "\n".join([table(["CPU", "goal", "clip-rt candidate", "median of rounds", "best samples", "on medians",
+                               "result file"], rows), "",
+                       "Each ratio is clip-rt over PyTorch in the same process, rounds in rotating order "
+                       "(`python -m bench.backends`); what was tried to close the gaps is in the benchmarks' "
+                       "history page."])
+
+
 def encoders(results: Results) -> str:
     """clip-rt against open_clip in PyTorch, one row per workload, from the results that exist:
     the runtime's own choice on the AMX host (the newest ``backends`` run), the end-to-end folder
@@ -539,6 +567,7 @@ SECTIONS: dict[str, Callable[[Results], str]] = {
     "peers": peers,
     "jobs": jobs,
     "encoders": encoders,
+    "goals": goals,
     "backends": backends,
     "end-to-end": end_to_end,
     "startup": startup,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .models import TorchModel
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 
 SIMPLE = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.")
 

@@ -67,7 +67,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for key in ("image_speed", "image_speed_amx_hidden"):
         if key in results:
             parts += _speed_tables(results[key], "Image encoder", "images/s", "batch ",
-                                   {k: v for k, v in results[key]["batches"].items()},
+                                   dict(results[key]["batches"]),
                                    ("x_torch_fp32", "x torch fp32"), ("x_torch_bf16", "x torch bf16"))
     for key in ("text_speed", "text_speed_amx_hidden"):
         if key in results:
@@ -93,7 +93,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         parts += ["", "### Cold start and memory (int8, fresh process)", ""]
         rows = [[n, v["process_wall_s"], v["in_process_s"], v["maxrss_mb"]] for n, v in r["median"].items()]
         for label, f in r["folder"].items():
-            rows.append([f"{label}: classify {f['images']} JPEGs", f["process_wall_s"], f["in_process_s"], f["maxrss_mb"]])
+            rows.append([f"{label}: classify {f['images']} "
+                         "JPEGs", f["process_wall_s"], f["in_process_s"], f["maxrss_mb"]])
         parts.append(_table(["run", "process wall s", "import+load+classify s", "peak RSS MB"], rows))
     if "parity" in results:
         r = results["parity"]
@@ -107,7 +108,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                              "runtime image min cos", "top-1 agreement", "image alone vs batch",
                              "text alone vs batch", "int8 kind"], rows))
         m = r.get("fp32_top1_margin", {})
-        flips = [f"{p['precision']}: {f['photo']} {f['fp32_label']} -> {f['label']} (fp32 margin {f['fp32_top1_margin']})"
+        flips = [f"{p['precision']}: {f['photo']} {f['fp32_label']} -> {f['label']} (fp32 margin "
+                 f"{f['fp32_top1_margin']})"
                  for p in r["rows"] for f in p.get("top1_flips", [])]
         parts.append(f"\nWith random weights the classes sit close together: torch fp32 top-1 margins (cosine, "
                      f"top-1 minus top-2) are {m.get('min')} at least, {m.get('median')} median, so near-ties flip "

@@ -44,7 +44,7 @@ def measure(images: int, megapixels: float, work: Path, seed: int = 0) -> dict[s
     from clip_rt.outputs.records import Record
     from clip_rt.outputs.report import write_report
 
-    from .photos import PHOTOS, make_jpegs
+    from clip_rt_fixtures.photos import PHOTOS, make_jpegs
 
     photos = make_jpegs(work / f"report-photos-{megapixels:g}mp", images, megapixels=megapixels, seed=seed)
     labels = sorted(set(PHOTOS.values())) + ["dog", "car", "tree", "building"]

@@ -17,7 +17,7 @@ from .common import log
 
 
 def _photos(folder: Path, n: int) -> list[Path]:
-    from .photos import make_jpegs
+    from clip_rt_fixtures.photos import make_jpegs
 
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
         return sorted(folder.glob("*.jpg"))

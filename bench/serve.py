@@ -167,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.bundle) / "manifest.json").is_file():
         ap.error(f"no bundle at {args.bundle}: pass --bundle DIR")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from serve_util import Server  # the tests' subprocess launcher: one way to start a server
+    from clip_rt_fixtures.server import Server  # the tests' subprocess launcher: one way to start a server
 
     photo = photo_jpeg()
     import clip_rt
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers.values():
             s.kill()
     table = []
-    for (mode, clients), results in runs.items():
+    for (mode, _clients), results in runs.items():
         best = max(results, key=lambda r: r["throughput_rps"] or 0)
         table.append({"mode": mode, **best, "rounds": [r["throughput_rps"] for r in results]})
     by = {(r["mode"], r["clients"]): r for r in table}
@@ -222,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     command = f"flock /work/locks/heavy python -m bench.serve {given}"
     payload = {
         "benchmark": "serve", "command": command.strip(), "machine": machine_info(),
-        "bundle": str(args.bundle), "precision": args.precision, "runtime": runtime, "photo": "skimage astronaut 640x480 JPEG q90",
+        "bundle": str(args.bundle), "precision": args.precision, "runtime": runtime, "photo": "skimage astronaut "
+                                                                                              "640x480 JPEG q90",
         "request": "POST /v1/embeddings, one image (base64), encoding_format base64",
         "modes": {m: " ".join(x) for m, x in modes.items()}, "rounds": args.rounds,
         "results": sorted(table, key=lambda r: (r["clients"], r["mode"])),

@@ -12,7 +12,7 @@ from typing import Any
 
 from .common import log, target, write_result
 from .context import BenchContext
-from .photos import LABELS
+from clip_rt_fixtures.photos import LABELS
 
 _CHILD = r"""
 import json, sys, time

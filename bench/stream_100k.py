@@ -94,13 +94,12 @@ def _link(src: Path, dst: Path) -> None:
 # -- bundle -------------------------------------------------------------------------------------
 def make_bundle(kind: str, work: Path) -> tuple[Path, str]:
     """(bundle dir, description). ``tiny``: tests/data/tiny-clip.json exported with random
-    weights (needs torch + open_clip); ``fake``: tests/fake_bundle.py; else a bundle directory."""
+    weights (needs torch + open_clip); ``fake``: clip_rt_fixtures.fake_bundle; else a bundle directory."""
     repo = Path(__file__).resolve().parent.parent
     if kind == "fake":
-        sys.path.insert(0, str(repo / "tests"))
-        from fake_bundle import build_fake_bundle
+        from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-        return build_fake_bundle(work / "fake-clip"), "fake (tests/fake_bundle.py: pool + matmul graphs)"
+        return build_fake_bundle(work / "fake-clip"), "fake (clip_rt_fixtures.fake_bundle: pool + matmul graphs)"
     if kind == "tiny":
         import torch  # noqa: F401 - fail early with a clear ImportError
         import open_clip

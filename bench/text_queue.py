@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = clip_rt.load(args.bundle, backend=args.backend, precision=args.precision, cache=False)
     choice = model.plan.text
-    graph = f"int8-{int8_scheme(model.manifest, 'text')}" if choice.graph_precision == "int8" else choice.graph_precision
+    graph = choice.graph_precision
+    if graph == "int8":
+        graph = f"int8-{int8_scheme(model.manifest, 'text')}"
     session = model.session("text")
     label = _isa_label()
     cost = _queue_cost(model, session)

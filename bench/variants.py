@@ -110,7 +110,8 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         row["x_torch_fp32"] = ratio(row["images_per_s"], base["images_per_s"])
         row["x_torch_bf16"] = ratio(row["images_per_s"], bf16["images_per_s"])
         row["x_torch_fp32_best"] = ratio(row["best_images_per_s"], base["best_images_per_s"])
-    result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": "export/calibration.py image_calibration (the export's set; the photos here are held out)",
+    calibration = "export/calibration.py image_calibration (the export's set; the photos here are held out)"
+    result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": calibration,
               "parity_inputs": f"{len(ref.pixels)} photos", "variants": list(rows.values())}
     write_result("variants", result, ctx.out_dir)
     return result

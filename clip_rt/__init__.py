@@ -30,7 +30,7 @@ from .errors import (
     ProviderError,
 )
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "load",

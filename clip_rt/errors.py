@@ -26,6 +26,14 @@ class ImageLoadError(ClipRtError):
     """An image could not be opened or decoded."""
 
 
+def load_error(source: str, reason: str) -> ImageLoadError:
+    """ImageLoadError("<source>: <reason>") with ``.source`` and ``.reason`` attributes."""
+    err = ImageLoadError(f"{source}: {reason}")
+    err.source = source  # type: ignore[attr-defined]
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
 class InputError(ClipRtError, ValueError):
     """Bad user input: labels, templates, texts, arguments."""
 

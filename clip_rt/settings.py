@@ -62,7 +62,8 @@ def read_config(path: Optional[Path] = None) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc}); expected TOML such as: model = \"ViT-B-32-openai\"") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc}); expected lines such as: model = \"ViT-B-32-openai\"") from exc
+        raise InputError(f"{path}: not valid TOML ({exc}); expected lines such as: model = "
+                         "\"ViT-B-32-openai\"") from exc
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         warnings.warn(f"{path}: unknown setting(s) {', '.join(unknown)} ignored; known: {', '.join(CONFIG_KEYS)}",

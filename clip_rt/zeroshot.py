@@ -77,7 +77,8 @@ def parse_labels(labels: LabelsArg) -> list[Label]:
         try:
             items = list(labels)
         except TypeError:
-            raise InputError(f"labels must be a list of names, Labels or a mapping, got {type(labels).__name__}") from None
+            raise InputError("labels must be a list of names, Labels or a mapping, got "
+                             f"{type(labels).__name__}") from None
         for item in items:
             if isinstance(item, Label):
                 parsed.append(Label(_name(item.name), _prompts(item.name, item.prompts)))
@@ -151,7 +152,8 @@ def scores_from_logits(logits: np.ndarray, scoring: str = "softmax") -> np.ndarr
 def describe_scoring(scoring: str) -> str:
     """One line for people: what the scores are."""
     if scoring == "sigmoid":
-        return "sigmoid per label: sigmoid(logit_scale * cos + logit_bias), independent probabilities (need not sum to 1)"
+        return ("sigmoid per label: sigmoid(logit_scale * cos + logit_bias), independent probabilities "
+                "(need not sum to 1)")
     return "softmax over the labels: logit_scale * cos, probabilities summing to 1"
 
 

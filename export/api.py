@@ -133,7 +133,8 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     dynamic = graphs.supports_dynamic_sequence(model, refs.pad_token_id, hf_fields.get("padding_side", "right"))
     notes = list(loaded.notes)
     notes.append(
-        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} tokens" if dynamic else "")
+        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} "
+                                               "tokens" if dynamic else "")
     )
 
     fp32 = {"image": work / "image_fp32.onnx", "text": work / "text_fp32.onnx"}

@@ -13,7 +13,7 @@ faces, a silhouette), plus random crops of them and some generated scenes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -186,7 +186,7 @@ class CalibrationData:
     names: list[str]
 
 
-def image_calibration(model) -> CalibrationData:  # noqa: ANN001 - an open_clip model
+def image_calibration(model: Any) -> CalibrationData:  # an open_clip model
     from clip_rt.bundle.manifest import IMAGE_INPUT
 
     from .sample_inputs import transform_for
@@ -197,7 +197,7 @@ def image_calibration(model) -> CalibrationData:  # noqa: ANN001 - an open_clip 
     return CalibrationData(feeds, cal.source, cal.names)
 
 
-def text_calibration(tokenizer, dynamic_sequence: bool, trim: bool = True,  # noqa: ANN001
+def text_calibration(tokenizer: Any, dynamic_sequence: bool, trim: bool = True,  # open_clip's tokenizer
                      short_prompts: bool = False) -> CalibrationData:
     """The calibration prompts, each trimmed to its own length when the graph allows it and
     *trim*: the scales then come from real tokens only (padding after EOT influences nothing in
@@ -209,7 +209,7 @@ def text_calibration(tokenizer, dynamic_sequence: bool, trim: bool = True,  # no
     small test tower 0.9929 without and 0.9994 with (docs/models.md)."""
     from clip_rt.bundle.manifest import TEXT_INPUT
 
-    from .validate import lengths_of, pad_id_of
+    from .sample_inputs import lengths_of, pad_id_of
 
     prompts = calibration_prompts() + (list(CALIBRATION_CLASSES) if short_prompts else [])
     ids = tokenizer(prompts).numpy().astype(np.int64)

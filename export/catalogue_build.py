@@ -57,7 +57,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = render(build_catalogue(current.get("aliases", {})))
     if args.check:
         same = path.exists() and path.read_text(encoding="utf-8") == text
-        print(f"{path}: {'up to date' if same else 'out of date; regenerate with python -m clip_rt_export.catalogue_build'}")
+        stale = "out of date; regenerate with python -m clip_rt_export.catalogue_build"
+        print(f"{path}: {'up to date' if same else stale}")
         return 0 if same else 1
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}")

@@ -38,7 +38,7 @@ def int8_method_for(encoder: str, src: Path, asked: Optional[str]) -> str:
     return "onnxruntime" if encoder == "image" and conv_share(Path(src)) > CONV_TOWER_SHARE else "nncf"
 
 
-def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict] = None) -> str:
+def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict[str, Any]] = None) -> str:
     """onnxruntime.quantization's graphs. *settings*: encoder -> the optimize_graph settings used
     (default RECOMMENDED_INT8)."""
     from .optimize import RECOMMENDED_INT8

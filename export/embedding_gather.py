@@ -82,7 +82,7 @@ def gather_before_dequantize(model: Any) -> int:
         if per_tensor or axis != 0:
             # Per tensor, or one scale per column: the same DequantizeLinear on the gathered rows;
             # a column axis counted from the end is the same axis after the lookup.
-            attrs = {} if per_tensor else {"axis": axis - rank}
+            attrs: dict[str, Any] = {} if per_tensor else {"axis": axis - rank}
             nodes.append(helper.make_node("DequantizeLinear", [rows, *dq.input[1:]], [out],
                                           name=base + "_dequantize", **attrs))
         else:

@@ -198,7 +198,7 @@ def _match_attention(model: Any, softmax: Any) -> Any:
     return to_seq_first.input[0], in_mm.input[1], bias_name, scale, out_proj, out_bias, node
 
 
-def _walk_to_projection(producer: dict, const: Any, name: str) -> Any:
+def _walk_to_projection(producer: dict[str, Any], const: Any, name: str) -> Any:
     """Up from q/k/v to the in-projection's bias Add: (Add node, q/k/v index, scale factor)."""
     scale, index = 1.0, None
     node = producer.get(name)
@@ -224,7 +224,7 @@ def _walk_to_projection(producer: dict, const: Any, name: str) -> Any:
     return node, index, scale
 
 
-def _perm(node: Any) -> list:
+def _perm(node: Any) -> list[int]:
     return [list(a.ints) for a in node.attribute if a.name == "perm"][0] if node.attribute else []
 
 

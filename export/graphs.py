@@ -135,7 +135,8 @@ def export_text_graph(model: Any, context_length: int, dynamic_sequence: bool, p
     return _export(wrapper, example, TEXT_INPUT, TEXT_OUTPUT, {TEXT_INPUT: shapes}, path)
 
 
-def _export(wrapper: Any, example: Any, input_name: str, output_name: str, dynamic_shapes: dict, path: Path) -> list[str]:
+def _export(wrapper: Any, example: Any, input_name: str, output_name: str, dynamic_shapes: dict[str, Any],
+            path: Path) -> list[str]:
     import torch
 
     external = parameter_bytes(wrapper) > EXTERNAL_DATA_THRESHOLD

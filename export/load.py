@@ -259,8 +259,8 @@ def load_model(
         hf_model = model_cfg.get("text_cfg", {}).get("hf_model_name")
         if hf_model:
             # HFTextEncoder reads its transformers config by name (a hub download): give it a local one.
-            text_cfg = dict(model_cfg["text_cfg"], hf_model_name=str(text_tokenizer.hf_model_config(hf_model, Path(workdir))),
-                            hf_model_pretrained=False)
+            hf_config = text_tokenizer.hf_model_config(hf_model, Path(workdir))
+            text_cfg = dict(model_cfg["text_cfg"], hf_model_name=str(hf_config), hf_model_pretrained=False)
             overrides["text_cfg"] = text_cfg
         loaded = _load_model(arch, source, seed, log, overrides)
     if hf_tokenizer is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -42,7 +43,7 @@ TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
 # ``optimize_graph(fp32_path, int8_path, calibration_inputs=..., **RECOMMENDED_INT8[encoder])``
 # (measurements in docs/benchmarks/history.md). Static: calibrated activation scales, so
 # an input's embedding does not depend on the rest of its batch.
-RECOMMENDED_INT8: dict[str, dict] = {
+RECOMMENDED_INT8: dict[str, dict[str, Any]] = {
     "image": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
               "op_types": _QUANT_OPS},
     "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
@@ -55,12 +56,13 @@ RECOMMENDED_INT8: dict[str, dict] = {
 # depthwise convolutions kept in float. Measured per family in bench/results/conv_int8.json
 # (docs/models.md).
 CONV_TOWER_SHARE = 0.2
-CONV_INT8: dict = {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
-                   "op_types": ("Conv", "MatMul", "Gemm"), "exclude": "depthwise", "prepare": True}
+CONV_INT8: dict[str, Any] = {"kind": "int8-static", "per_channel": True, "reduce_range": False,
+                             "calibration_method": "minmax", "op_types": ("Conv", "MatMul", "Gemm"),
+                             "exclude": "depthwise", "prepare": True}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def int8_settings(encoder: str, fp32_path: Optional[Path] = None) -> dict:
+def int8_settings(encoder: str, fp32_path: Optional[Path] = None) -> dict[str, Any]:
     """The optimize_graph settings the export uses for *encoder*'s int8 graph: CONV_INT8 for a
     convolutional image tower (see CONV_TOWER_SHARE), else RECOMMENDED_INT8[encoder]."""
     if encoder == "image" and fp32_path is not None and conv_share(Path(fp32_path)) > CONV_TOWER_SHARE:
@@ -132,6 +134,7 @@ def optimize_graph(
             if prepare:
                 stage = prepare_for_conv_int8(stage, Path(tmp) / "prepared.onnx", external_data)
             if static:
+                assert calibration_inputs is not None  # refused above when missing
                 activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
                 weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
                 static_dst = Path(tmp) / "static.onnx" if weight_only else dst
@@ -280,7 +283,7 @@ class _Reader:
 
     MAX_STRIDE = 8
 
-    def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]):
+    def __init__(self, input_name: str, data: Union[np.ndarray, Iterable[dict[str, np.ndarray]]]) -> None:
         if isinstance(data, np.ndarray):
             if data.ndim < 1 or len(data) == 0:
                 raise InputError(f"calibration_inputs must be a non-empty batch, got shape {data.shape}")

@@ -80,6 +80,20 @@ def sample_images() -> list[Image.Image]:
     return [scene(i, size) for i, size in enumerate(_SIZES)]
 
 
+def pad_id_of(tokenizer: Any) -> int:
+    """The id open_clip's *tokenizer* pads with: 0 for CLIP BPE, the HF tokenizer's pad id."""
+    hf = getattr(tokenizer, "tokenizer", None)
+    return int(hf.pad_token_id) if hf is not None and getattr(hf, "pad_token_id", None) is not None else 0
+
+
+def lengths_of(ids: np.ndarray, pad_token_id: int = 0) -> np.ndarray:
+    """Ids per row up to the last non-padding one (right-padded rows; SOT/EOT included)."""
+    ids = np.asarray(ids)
+    real = ids != pad_token_id
+    last = ids.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 0)
+
+
 def transform_for(model: Any) -> Any:
     """open_clip's own eval transform for *model* (PIL image -> float32 (3, H, W) tensor)."""
     import open_clip

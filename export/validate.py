@@ -10,6 +10,8 @@ import numpy as np
 from clip_rt.errors import ParityError
 from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
 
+from .sample_inputs import lengths_of, pad_id_of
+
 # Per precision: the figures a graph must meet (documented in docs/bundle-format.md).
 # fp32 must reproduce torch to float rounding; fp16/int8 change the numbers, so what is held
 # is the direction of the embedding (cosine), which is all CLIP similarity uses.
@@ -62,7 +64,8 @@ class References:
 
     def describe(self) -> str:
         return (f"{len(self.pixel_values)} images ({len(self.pixel_values) - self.photos} generated scenes, "
-                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot labels)")
+                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot "
+                "labels)")
 
 
 def torch_references(model: Any, tokenizer: Any) -> References:
@@ -94,20 +97,6 @@ def torch_references(model: Any, tokenizer: Any) -> References:
         labels=len(labels),
         pad_token_id=pad,
     )
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    """The id open_clip's *tokenizer* pads with: 0 for CLIP BPE, the HF tokenizer's pad id."""
-    hf = getattr(tokenizer, "tokenizer", None)
-    return int(hf.pad_token_id) if hf is not None and getattr(hf, "pad_token_id", None) is not None else 0
-
-
-def lengths_of(ids: np.ndarray, pad_token_id: int = 0) -> np.ndarray:
-    """Ids per row up to the last non-padding one (right-padded rows; SOT/EOT included)."""
-    ids = np.asarray(ids)
-    real = ids != pad_token_id
-    last = ids.shape[1] - np.argmax(real[:, ::-1], axis=1)
-    return np.where(real.any(axis=1), last, 0)
 
 
 def _session(path: Path) -> Any:
@@ -158,8 +147,9 @@ def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) 
         rows = np.linspace(0, len(got) - 1, min(BATCH_ROWS, len(got))).round().astype(int)
         batch = refs.pixel_values[rows]
         together = session.run(None, {IMAGE_INPUT: batch})[0]
-        alone = np.concatenate([session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))])
-        return Measured(diff, cosine, len(got), float(top1.mean()), float(np.max(np.abs(together - alone))))
+        alone_rows = [session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))]
+        batch_diff = float(np.max(np.abs(together - np.concatenate(alone_rows))))
+        return Measured(diff, cosine, len(got), float(top1.mean()), batch_diff)
     ids = refs.input_ids
     got = session.run(None, {TEXT_INPUT: ids})[0]
     diff, cosine = compare(got, refs.text_embeds)

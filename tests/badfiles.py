@@ -80,7 +80,8 @@ def make_corpus(root: Path) -> dict[str, Case]:
     png = encode(img, "PNG")
     cases: dict[str, Case] = {}
 
-    def put(name: str, data: bytes, reason: Optional[str], note: Optional[str] = None, mode: Optional[str] = None) -> None:
+    def put(name: str, data: bytes, reason: Optional[str], note: Optional[str] = None,
+            mode: Optional[str] = None) -> None:
         (root / name).write_bytes(data)
         cases[name] = Case(root / name, reason, note, mode)
 
@@ -89,9 +90,10 @@ def make_corpus(root: Path) -> dict[str, Case]:
     put("truncated.jpg", jpeg[: len(jpeg) * 6 // 10], "truncated or corrupt JPEG data")
     put("truncated.png", png[: len(png) // 2], "truncated or corrupt PNG data")
     put("page.jpg", b"<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n", "not an image: looks like text/HTML")
-    put("notes.png", "just some text, café\n".encode("utf-8"), "not an image: looks like text/HTML")
+    put("notes.png", "just some text, café\n".encode(), "not an image: looks like text/HTML")
     put("drawing.jpg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>\n', "SVG")
-    put("noise.jpg", bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8)), "not an image, or a format Pillow cannot read")
+    noise = bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8))
+    put("noise.jpg", noise, "not an image, or a format Pillow cannot read")
     put("bomb.png", png_with_size(20000, 20000), "image too large")  # 400 Mpx: over 2x the limit
     put("bomb_warning.png", png_with_size(10000, 10000), "image too large")  # 100 Mpx: PIL only warns
     put("unreadable.jpg", jpeg, "permission denied")

@@ -18,6 +18,16 @@ os.environ["CLIP_RT_CPU_FLAGS"] = TEST_CPU_FLAGS
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
+# The session's exports (below): a test that uses one is slow, whatever its own marks say, so
+# that `pytest -m "not slow"` (the edit loop, CONTRIBUTING.md) never waits for torch.
+EXPORTING_FIXTURES = frozenset({"tiny_checkpoint", "tiny_bundle_dir", "vitb32_checkpoint", "vitb32_bundle_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def hide_module(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
@@ -53,6 +63,16 @@ def clip_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("CLIP_RT_HOME", str(home))
     monkeypatch.delenv("CLIP_RT_MODEL", raising=False)  # the built-in default model, unless a test sets one
     return home
+
+
+# -- the torch-free fake bundle -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The torch-free tiny bundle (real manifest, ONNX graphs, tokenizer) run by the real runtime;
+    shared by every test that only reads it."""
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
+
+    return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
 # -- exported bundles (export stage; skipped where torch / open_clip are not installed) -------

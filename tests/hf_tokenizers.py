@@ -77,7 +77,8 @@ def build(kind: str, folder: Path) -> Path:
         tok.normalizer = normalizers.Replace(" ", "\u2581")
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", *byte_tokens],
+        trainer = trainers.BpeTrainer(vocab_size=3000,
+                                      special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", *byte_tokens],
                                       show_progress=False)
         tok.train_from_iterator(training_text(), trainer)
         config = {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
@@ -88,7 +89,8 @@ def build(kind: str, folder: Path) -> Path:
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=3000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        trainer = trainers.WordPieceTrainer(vocab_size=3000,
+                                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
                                             show_progress=False)
         tok.train_from_iterator(training_text(), trainer)
         tok.post_processor = processors.TemplateProcessing(

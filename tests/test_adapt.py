@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
-from labelled_sets import FOUR, generated_set, photo_set  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.labelled_sets import FOUR, generated_set, photo_set  # noqa: E402
 
 import clip_rt  # noqa: E402
 from clip_rt import adapt  # noqa: E402

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
-from labelled_sets import FOUR, generated_set  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.labelled_sets import FOUR, generated_set  # noqa: E402
 
 pytest.importorskip("ray.data", reason="the [ray] extra (ray[data]) is not installed: pip install -e '.[ray]'")
 pytest.importorskip("pyarrow")

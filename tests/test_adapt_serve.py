@@ -3,7 +3,6 @@ a free loopback port, stopped by the fixture), and the heads refused before the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,12 +12,11 @@ from click.testing import CliRunner
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import clip_rt  # noqa: E402
 from clip_rt.cli import main  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
-from labelled_sets import FOUR, generated_set  # noqa: E402
-from serve_util import Server, b64, call  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.labelled_sets import FOUR, generated_set  # noqa: E402
+from clip_rt_fixtures.server import Server, b64, call  # noqa: E402
 
 
 @pytest.fixture(scope="module")

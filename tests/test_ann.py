@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import FakeModel, install_fake  # noqa: E402
+from test_cli_classify import FakeModel, install_fake
 
-from clip_rt.cli import main  # noqa: E402
-from clip_rt.outputs import ann  # noqa: E402
-from clip_rt.outputs.collection import open_collection  # noqa: E402
-from clip_rt.outputs.search_index import Entry, SearchIndex  # noqa: E402
+from clip_rt.cli import main
+from clip_rt.outputs import ann
+from clip_rt.outputs.collection import open_collection
+from clip_rt.outputs.search_index import Entry, SearchIndex
 
 faiss = pytest.importorskip("faiss", reason="the [ann] extra (faiss-cpu) is not installed")
 
@@ -51,7 +50,7 @@ def test_recall_at_10_against_exact(tmp_path: Path) -> None:
         assert how == "ann" and how_exact == "exact"
         hits += len({p for _, p in approx} & {p for _, p in exact})
         # Scores of what the index finds are exact inner products (full float32 vectors are stored).
-        by_path = dict((p, s) for s, p in exact)
+        by_path = {p: s for s, p in exact}
         for s, p in approx:
             if p in by_path:
                 assert abs(s - by_path[p]) < 1e-5
@@ -145,7 +144,8 @@ def test_cli_search_methods_on_index_and_parquet(tmp_path: Path, monkeypatch: py
     folder = write_index(tmp_path, base)
 
     def run(target: Path, method: str) -> list[dict]:
-        r = CliRunner().invoke(main, ["search", str(target), "green", "-k", "5", "--format", "json", "--method", method])
+        r = CliRunner().invoke(main, ["search", str(target), "green", "-k", "5", "--format", "json",
+                                      "--method", method])
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)
 

@@ -24,7 +24,7 @@ from clip_rt.engine.session import CPU, CUDA, OrtSession, resolve_providers
 from clip_rt.errors import ImageLoadError, InputError, ProviderError
 from clip_rt.model import ClassifiedImage
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_ONLY = ["AzureExecutionProvider", CPU]

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
-from arm64check import cli, compare, cpuinfo, emulator, guest, host, rootfs, rss, summary  # noqa: E402
+from arm64check import cli, compare, cpuinfo, emulator, guest, host, rootfs, rss, summary
 
 
 # -- arguments and cache location -----------------------------------------------------------------
@@ -266,7 +265,7 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     the sampler), then the host's memory_report and budgets on its results."""
     from PIL import Image
 
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     bundle = build_fake_bundle(tmp_path / "bundle")
     folder = tmp_path / "photos"
@@ -370,7 +369,7 @@ def test_guest_steps_hold_the_lock_one_at_a_time(tmp_path: Path) -> None:
     assert not res["ok"] and "ZeroDivisionError" in res["error"] and not _is_locked(lock_file)
     # without --lock: no file, no locking
     free = guest.Runner({"venv": str(tmp_path / "v"), "out": str(tmp_path / "out2")})
-    assert free.step("work", lambda: {})["lock_wait_s"] == 0.0
+    assert free.step("work", dict)["lock_wait_s"] == 0.0
 
 
 def test_lock_waits_for_its_turn(tmp_path: Path) -> None:
@@ -545,8 +544,9 @@ def _report(**over: object) -> dict:
             "pixels": {"max_abs_diff": 0.0, "passed": True},
             "image_fp32": {"max_abs_diff": 1.5e-7, "passed": True},
             "text_fp32": {"max_abs_diff": 1.1e-7, "passed": True},
-            "image_int8": {"vs_fp32": {"min_cosine": 0.99985}, "gate": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5},
-                           "batch_max_abs_diff": 0.0, "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
+            "image_int8": {"vs_fp32": {"min_cosine": 0.99985},
+                           "gate": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5}, "batch_max_abs_diff": 0.0,
+                           "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
             "text_int8": {"vs_fp32": {"min_cosine": 0.9991}, "gate": {"min_cosine": 0.998},
                           "vs_x86_same_precision": {"max_abs_diff": 1.1e-3}, "passed": True}}}},
         "install": {"aarch64_mib": 231.4, "x86_mib": 236.0},
@@ -702,7 +702,7 @@ def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:
     the runtime API they call still exists, and the npz has what compare.py reads."""
     from PIL import Image
 
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     bundle = build_fake_bundle(tmp_path / "bundle")
     photos = tmp_path / "photos"

@@ -52,7 +52,7 @@ TABLE = {"rows": [
 def manifest(precisions: tuple[str, ...] = ("fp32", "int8"), *, passed: Optional[dict[str, bool]] = None,
              scheme: Optional[str] = None) -> Any:
     """A stand-in with what the chooser reads: graphs, parity verdicts, the int8 scheme."""
-    passed = {p: True for p in precisions} if passed is None else passed
+    passed = dict.fromkeys(precisions, True) if passed is None else passed
     graphs = {p: {e: GraphEntry(f"{e}_{p}.onnx") for e in ("image", "text")} for p in precisions}
     parity = {p: {e: ParityFigure(0.0, 1.0, 8, {}, ok) for e in ("image", "text")} for p, ok in passed.items()}
     m = SimpleNamespace(name="m", graphs=graphs, parity=parity, precisions=list(precisions))

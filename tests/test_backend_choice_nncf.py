@@ -11,7 +11,7 @@ from typing import Any, Optional
 from clip_rt.bundle.manifest import Calibration, Quantization, read_manifest
 from clip_rt.engine.backends.choose import INT8_SCHEMES, TABLE_PATH, choose_encoder, int8_scheme
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 from test_backend_choice import AMX, BOTH, ORT, VNNI, manifest, row
 
 NNCF_TABLE = {"rows": [

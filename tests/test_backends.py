@@ -21,7 +21,7 @@ from clip_rt.engine.backends.ort import OrtBackend
 from clip_rt.engine.cpu import ENV_FLAGS
 from clip_rt.errors import BundleError, InputError, ProviderError
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 try:
     import openvino  # noqa: F401
@@ -68,7 +68,7 @@ def test_ort_backend_keeps_the_contract(bundle: Path) -> None:
     assert b.queue_depth == 1
     np.testing.assert_array_equal(b.submit({"pixel_values": x}).result()[0], want)
     d = b.describe()
-    assert d["backend"] == "onnxruntime" and d["graph"] == "image_fp32.onnx" and d["providers"] == ["CPUExecutionProvider"]
+    assert (d["backend"], d["graph"], d["providers"]) == ("onnxruntime", "image_fp32.onnx", ["CPUExecutionProvider"])
 
 
 # -- OpenVINO ----------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ def test_text_goes_through_the_queue_where_the_plan_says(bundle: Path, monkeypat
         calls: list[str] = []
         for name in ("run", "submit"):
             original = getattr(session, name)
-            monkeypatch.setattr(session, name, lambda *a, _n=name, _o=original, **k: (calls.append(_n), _o(*a, **k))[1])
+            monkeypatch.setattr(session, name,
+                                lambda *a, _n=name, _o=original, _c=calls, **k: (_c.append(_n), _o(*a, **k))[1])
         got[folders] = m.encode_text(prompts)
         streams = session.queue_depth
         assert streams > 1 or (os.cpu_count() or 1) < 2  # OpenVINO's THROUGHPUT: a stream per core or two

@@ -123,7 +123,9 @@ def test_mixed_batch_keeps_every_good_image(corpus: dict[str, Case]) -> None:
 def test_no_file_handles_leak(corpus: dict[str, Case]) -> None:
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process()
-    paths = [corpus[n].path for n in ("truncated.jpg", "page.jpg", "animated.gif", "animated.webp", "gray16.tif", "rgba.png", "empty.jpg", "bomb.png")]
+    names = ("truncated.jpg", "page.jpg", "animated.gif", "animated.webp", "gray16.tif", "rgba.png", "empty.jpg",
+             "bomb.png")
+    paths = [corpus[n].path for n in names]
     for p in paths:  # warm up lazy imports of PIL plugins
         try:
             open_image(p)
@@ -253,7 +255,7 @@ def raw_pillow_error(data: bytes) -> "type[BaseException] | None":
         with Image.open(io.BytesIO(data)) as img:
             getattr(img, "n_frames", 1)
             img.load()
-    except Exception as exc:  # the point: see which exception types Pillow really raises
+    except Exception as exc:  # noqa: BLE001 - the point: see which exception types Pillow really raises
         return type(exc)
     return None
 
@@ -338,7 +340,7 @@ def test_try_batch_reports_an_unexpected_decoder_exception_on_its_item(monkeypat
 @pytest.fixture(scope="module")
 def fake_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     import clip_rt
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     return clip_rt.load(build_fake_bundle(tmp_path_factory.mktemp("fake") / "fake-clip"), cache=False)
 

@@ -1,15 +1,13 @@
 """bench/isa.py: the ISA each library sees (flags injected), peaks and MAC counts."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import isa  # noqa: E402
+from bench import isa
 
 SPR = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}
 ICX = {"avx2", "avx512f", "avx512_vnni"}

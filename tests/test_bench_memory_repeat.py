@@ -10,9 +10,10 @@ from PIL import Image
 
 from bench import memory_repeat
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
+@pytest.mark.slow
 def test_first_run_opens_both_sessions_and_the_repeat_only_the_image_one(tmp_path: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "b", precisions=("fp32",))
     image = tmp_path / "photo.jpg"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bench import memory_runs
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def _photos(folder: Path, n: int) -> None:
@@ -20,6 +20,7 @@ def _photos(folder: Path, n: int) -> None:
         Image.fromarray(rng.integers(0, 255, (40 + i, 60, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
 
 
+@pytest.mark.slow
 def test_every_run_of_the_check_natively(tmp_path: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "fake", precisions=("fp32",))
     _photos(tmp_path / "photos", 3)

@@ -4,16 +4,14 @@ measurement itself is replaced by a fixed row."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import models_table  # noqa: E402
+from bench import models_table
 
 
 def _row(arch: str, speedup: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from PIL import Image
 from bench import peer_models, peers
 from clip_rt.bundle.manifest import ImageConfig, TextConfig, read_manifest
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

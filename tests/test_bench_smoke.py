@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,9 @@ pytest.importorskip("open_clip")
 pytest.importorskip("skimage")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import __main__ as bench_main  # noqa: E402
-from bench.report import NAMES, load_results, write_readme  # noqa: E402
+from bench import __main__ as bench_main
+from bench.report import NAMES, load_results, write_readme
 
 TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
 
@@ -24,11 +24,13 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def results(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
     """Every benchmark on the tiny model, in a child process (``python -m bench``): OpenVINO,
     when installed, stays out of the test process (with it loaded, a later test's self-sent
-    SIGINT crashed the pytest process with a segfault)."""
+    SIGINT crashed the pytest process with a segfault). The bundle is the session's export of
+    the same weights (seed 0, all three precisions), where bench.context looks for its own."""
     root = tmp_path_factory.mktemp("bench")
+    shutil.copytree(tiny_bundle_dir, root / "work" / "bundle-tiny-clip-seed0")
     cmd = [sys.executable, "-m", "bench", "--quick", "--arch", "tiny-clip", "--model-config", str(TINY_CONFIG),
            "--photos", "3", "--megapixels", "0.3", "--work-dir", str(root / "work"), "--out", str(root / "results"),
            "--int8-min-cosine", "0.995"]  # the tiny model's int8 (see conftest.tiny_bundle_dir)
@@ -48,7 +50,8 @@ def test_every_benchmark_writes_figures(results: Path) -> None:
     text = got["text_speed"]["sets"]["80 ImageNet templates"]["rows"]
     # The cached path reads memory only: it must beat re-encoding by a wide margin.
     assert text["clip-rt default, cached"]["median_s"] < text["clip-rt default"]["median_s"]
-    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed", "clip-rt int8 (onnxruntime)"} <= set(text)
+    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed",
+            "clip-rt int8 (onnxruntime)"} <= set(text)
     rows = got["end_to_end"]["rows"]
     assert rows["clip-rt fp32"]["top1_same_as_origin"] == 1.0  # same weights, same pixels: same labels
     assert got["startup"]["folder"]["int8, batch 8"]["maxrss_mb"] > 0

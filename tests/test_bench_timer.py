@@ -2,12 +2,7 @@
 spread, not pinned on one candidate), and every sample is kept under its candidate's name."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import Timer  # noqa: E402
+from bench.common import Timer
 
 
 def test_rounds_rotate_the_order() -> None:

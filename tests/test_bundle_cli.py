@@ -134,10 +134,12 @@ def test_export_domain_errors_exit_1(tmp_path: Path) -> None:
     assert "--tokenizer DIR" in siglip.output and not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_export_into_the_store_then_list_it(clip_home: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("open_clip")
-    result = run("export", "tiny-clip", "--model-config", str(TINY_CONFIG), "--seed", "1")  # click >= 8.2: split streams
+    # click >= 8.2: split streams
+    result = run("export", "tiny-clip", "--model-config", str(TINY_CONFIG), "--seed", "1")
     assert result.exit_code == 0, result.output
     expected = clip_home / "models" / "tiny-clip-random"
     assert result.stdout.strip() == str(expected)

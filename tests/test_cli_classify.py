@@ -26,7 +26,6 @@ from PIL import Image
 from clip_rt.cli import common, main
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))  # fake_bundle.py
 WORDS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
 
@@ -343,15 +342,6 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path: Path, monkeypat
     assert invoke(["classify", str(folder), "-l", "red,green,blue", "-o", str(ref)]).exit_code == 0
     assert out.read_text().splitlines() == ref.read_text().splitlines()
     assert len(ref.read_text().splitlines()) == 40
-
-
-@pytest.fixture(scope="module")
-def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The torch-free tiny bundle (real manifest, ONNX graphs, tokenizer) run by the real runtime."""
-    pytest.importorskip("clip_rt.inputs.tokenizer")
-    from fake_bundle import build_fake_bundle
-
-    return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
 def test_end_to_end_with_real_bundle(real_bundle: Path, tmp_path: Path) -> None:

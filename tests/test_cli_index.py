@@ -14,9 +14,7 @@ from PIL import Image
 
 from clip_rt.cli import common, main
 from clip_rt.outputs.search_index import INDEX_FILE, MARKER_FILE, SearchIndex
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: F401, F811  (a fixture)
 
 
 def invoke(args: list[str]):  # noqa: ANN201

@@ -3,7 +3,6 @@ with a single label (always 100 %) is warned about."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ from click.testing import CliRunner
 
 from clip_rt.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, make_images  # noqa: E402
+from test_cli_classify import install_fake, make_images
 
 
 @pytest.mark.parametrize("spec", ["猫，犬,鳥", "猫、犬、鳥", "猫, 犬 ，鳥"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_rt.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from test_cli_classify import install_fake
 
 
 @pytest.fixture()
@@ -58,7 +55,7 @@ def test_errors(red_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert runner.invoke(main, ["similarity", str(red_image), "a", "--precision", "fp64"]).exit_code == 2
 
 
-def test_real_bundle(real_bundle: Path, red_image: Path) -> None:  # noqa: F811
+def test_real_bundle(real_bundle: Path, red_image: Path) -> None:
     r = CliRunner().invoke(main, ["similarity", str(red_image), "a red car", "a photo of a dog", "--format", "json",
                                   "--model", str(real_bundle)])
     assert r.exit_code == 0, r.output

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clip_rt.inputs import video
 from clip_rt.cli import main
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from clip_rt.inputs import video
+from test_cli_classify import install_fake
 
 FPS = 10
 # 2 s red, 1.5 s blue, 1 s green: 45 frames at 10 fps.
@@ -92,7 +89,7 @@ def test_missing_pyav_names_the_extra(tmp_path: Path, hide_module: Any) -> None:
     assert r.exit_code == 1 and "pip install 'clip-rt[video]'" in r.output
 
 
-def test_real_bundle_video(real_bundle: Path, colour_video: Path) -> None:  # noqa: F811
+def test_real_bundle_video(real_bundle: Path, colour_video: Path) -> None:
     r = CliRunner().invoke(main, ["video", str(colour_video), "-l", "cat,dog,car", "--model", str(real_bundle),
                                   "--format", "json"])
     assert r.exit_code == 0, r.output

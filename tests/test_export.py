@@ -83,7 +83,8 @@ def test_parity_figures_are_recorded_within_tolerance(tiny_bundle_dir: Path) -> 
             fig = m.parity[precision][encoder]
             assert fig.passed
             # the tiny model's int8 cosine bound is relaxed by the fixture (conftest.tiny_bundle_dir)
-            want = dict(validate.tolerance_for(precision, encoder), **({"min_cosine": 0.995} if precision == "int8" else {}))
+            relaxed = {"min_cosine": 0.995} if precision == "int8" else {}
+            want = dict(validate.tolerance_for(precision, encoder), **relaxed)
             assert fig.tolerance == want
             # images: 8 scenes + 12 held-out photos + a crop of each; text: 10 prompts + 20 labels, full and trimmed
             assert fig.samples == (32 if encoder == "image" else 60)
@@ -105,8 +106,9 @@ def test_checkpoint_export_equals_torch(tiny_bundle_dir: Path, tiny_checkpoint: 
     with torch.no_grad():
         want_img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
         want_txt = torch.nn.functional.normalize(model.encode_text(ids), dim=-1).numpy()
-    image = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "image").file), providers=["CPUExecutionProvider"])
-    text = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "text").file), providers=["CPUExecutionProvider"])
+    cpu = ["CPUExecutionProvider"]
+    image = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "image").file), providers=cpu)
+    text = ort.InferenceSession(str(tiny_bundle_dir / m.graph("fp32", "text").file), providers=cpu)
     assert np.abs(image.run(None, {"pixel_values": pixels.numpy()})[0] - want_img).max() <= 1e-4
     assert np.abs(image.run(None, {"pixel_values": pixels.numpy()[:1]})[0] - want_img[:1]).max() <= 1e-4
     ids_np = ids.numpy()
@@ -114,10 +116,11 @@ def test_checkpoint_export_equals_torch(tiny_bundle_dir: Path, tiny_checkpoint: 
     longest = int((ids_np != 0).sum(axis=1).max())
     assert np.abs(text.run(None, {"input_ids": ids_np[:, :longest]})[0] - want_txt).max() <= 1e-4
     for precision in ("fp16", "int8"):
-        sess = ort.InferenceSession(str(tiny_bundle_dir / m.graph(precision, "text").file), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(tiny_bundle_dir / m.graph(precision, "text").file), providers=cpu)
         got = sess.run(None, {"input_ids": ids_np[:, :longest]})[0]
         assert got.dtype == np.float32
-        bound = 0.995 if precision == "int8" else validate.TOLERANCES[precision]["min_cosine"]  # tiny model: see conftest
+        # the tiny model's int8 bound: see conftest
+        bound = 0.995 if precision == "int8" else validate.TOLERANCES[precision]["min_cosine"]
         assert float(np.min(np.sum(got * want_txt, axis=1))) >= bound
 
 
@@ -135,6 +138,7 @@ def test_fp16_graphs_load_with_all_optimisations(tiny_bundle_dir: Path) -> None:
 
 
 # -- failures leave nothing ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_parity_failure_raises_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(validate.TOLERANCES, "fp32", {"max_abs_diff": 0.0})
     out = tmp_path / "out" / "tiny"
@@ -145,6 +149,7 @@ def test_parity_failure_raises_and_writes_nothing(tmp_path: Path, monkeypatch: p
     assert _leftovers(out.parent) == []
 
 
+@pytest.mark.slow
 def test_corrupted_int8_graph_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
     from onnx import numpy_helper
@@ -187,6 +192,7 @@ def test_offline_tag_fails_fast_with_advice(monkeypatch: pytest.MonkeyPatch, cli
     assert _leftovers(clip_home / "models") == []
 
 
+@pytest.mark.slow
 def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
     snapshot = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
@@ -203,11 +209,12 @@ def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
     assert done.stdout.strip().splitlines()[-1] == str(snapshot / "open_clip_pytorch_model.bin")
 
 
+@pytest.mark.slow
 def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH, "--model-config", str(TINY_CONFIG),
-           "--pretrained", "none", "--seed", "0", "-o", str(out), "--precision", "fp32", "--precision", "fp16",
-           "--precision", "int8"]
+    cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH,
+           "--model-config", str(TINY_CONFIG), "--pretrained", "none", "--seed", "0", "-o", str(out),
+           "--precision", "fp32", "--precision", "fp16", "--precision", "int8"]
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         staging = tmp_path / f".bundle.tmp-{proc.pid}"
@@ -243,6 +250,7 @@ def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bun
     assert _leftovers(tmp_path) == ["b", "not-a-bundle"]
 
 
+@pytest.mark.slow
 def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clip_rt_export import graphs
 
@@ -324,6 +332,7 @@ def test_bad_model_config_is_an_input_error(tmp_path: Path) -> None:
         export_bundle("bad-arch", model_config=tmp_path / "missing.json", output=tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_text_tower_without_causal_mask_exports_full_context(tmp_path: Path) -> None:
     cfg = json.loads(TINY_CONFIG.read_text())
     cfg["text_cfg"].update({"no_causal_mask": True, "pool_type": "last", "context_length": 16})
@@ -333,7 +342,7 @@ def test_text_tower_without_causal_mask_exports_full_context(tmp_path: Path) -> 
     m = read_manifest(bundle)
     assert m.text.dynamic_sequence is False and m.text.context_length == 16
     sess = ort.InferenceSession(str(bundle / "text_fp32.onnx"), providers=["CPUExecutionProvider"])
-    assert [d for d in sess.get_inputs()[0].shape][1] == 16
+    assert list(sess.get_inputs()[0].shape)[1] == 16
 
 
 def test_seeded_random_weights_are_deterministic() -> None:

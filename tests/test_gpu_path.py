@@ -4,7 +4,6 @@ checked against the unfused graph, and the GPU benchmark's refusal and CPU dry r
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
 from clip_rt.bundle.manifest import IMAGE_INPUT
 from clip_rt.engine.session import CPU, CUDA, OrtSession
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a top-level directory, not an installed package
 
-from bench import gpu as bench_gpu  # noqa: E402
+from bench import gpu as bench_gpu
 
 WITH_CUDA = [CUDA, CPU]
 IMAGE_SIZE = 16
@@ -93,7 +91,8 @@ def test_cuda_listed_but_session_comes_up_on_cpu_is_an_error(bundle: Path, monke
     monkeypatch.setattr(session_mod, "_default_factory",
                         lambda path, so, providers: PretendCuda(path, so, providers, [CPU]))
     model = clip_rt.load(bundle, providers=["cuda"])
-    with pytest.raises(ProviderError, match="CUDAExecutionProvider did not come up.*fell back to: CPUExecutionProvider"):
+    with pytest.raises(ProviderError,
+                       match="CUDAExecutionProvider did not come up.*fell back to: CPUExecutionProvider"):
         model.session("image")
     with pytest.warns(RuntimeWarning, match="did not come up"), \
             pytest.warns(RuntimeWarning, match="using the fp32 graphs instead of fp16"):
@@ -242,7 +241,8 @@ def test_gpu_fusions_match_the_unfused_graph(tiny_bundle_dir: Path, tmp_path: Pa
     # run the graph as written.
     so = onnxruntime.SessionOptions()
     so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    out = onnxruntime.InferenceSession(str(tmp_path / "fused16.onnx"), so, providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
+    fused = onnxruntime.InferenceSession(str(tmp_path / "fused16.onnx"), so, providers=[CPU])
+    out = fused.run(None, {IMAGE_INPUT: x})[0]
     cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.999
 
@@ -262,7 +262,9 @@ def test_attention_fusion_leaves_other_graphs_alone(bundle: Path, tmp_path: Path
     stats = fuse_for_gpu(bundle / "image_fp32.onnx", tmp_path / "x.onnx", num_heads=2, fp16=False)
     assert "Attention" not in stats  # no attention block in the fake graph: nothing replaced
     x = np.random.default_rng(2).standard_normal((2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    run = lambda p: onnxruntime.InferenceSession(str(p), providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
+    def run(p: Path) -> np.ndarray:
+        return onnxruntime.InferenceSession(str(p), providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
+
     np.testing.assert_allclose(run(tmp_path / "x.onnx"), run(bundle / "image_fp32.onnx"), atol=1e-6)
 
 

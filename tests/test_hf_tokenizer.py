@@ -20,13 +20,12 @@ from clip_rt.bundle.manifest import TextConfig, read_manifest
 from clip_rt.errors import BundleError, ExportError, InputError
 from clip_rt.inputs.hf_tokenizer import LONG_TEXT, HfTokenizer, clean_text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hf_tokenizers  # noqa: E402
-from tokenizer_corpus import corpus  # noqa: E402
+import hf_tokenizers
+from tokenizer_corpus import corpus
 
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
-from clip_rt_export import text_tokenizer  # noqa: E402
+from clip_rt_export import text_tokenizer
 
 pytestmark = pytest.mark.torch
 
@@ -67,6 +66,7 @@ def texts() -> list[str]:
     return [t for _, t in corpus()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ARCHS))
 def test_agreement_with_open_clip_on_the_corpus(pairs: dict[str, Pair], texts: list[str], kind: str) -> None:
     pair = pairs[kind]
@@ -119,6 +119,7 @@ def _long_texts() -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ARCHS))
 def test_long_texts_are_cut_exactly(pairs: dict[str, Pair], kind: str) -> None:
     pair = pairs[kind]
@@ -208,8 +209,7 @@ def test_bundle_errors(pairs: dict[str, Pair], tmp_path: Path) -> None:
 
 
 def test_manifest_text_fields_round_trip(tmp_path: Path, pairs: dict[str, Pair]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     bundle = build_fake_bundle(tmp_path / "b")
     data = json.loads((bundle / "manifest.json").read_text())

@@ -27,8 +27,7 @@ import clip_rt
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, InputError, OutputError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +29,6 @@ from clip_rt.outputs.html_page import csp_hash
 from clip_rt.outputs.records import Record
 from clip_rt.outputs.report import write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from badfiles import encode, exif_rotated_jpeg, photo  # noqa: E402
 from browser_util import artifacts_dir, images_loaded, launch, watch  # noqa: E402
 from test_cli_classify import install_fake  # noqa: E402

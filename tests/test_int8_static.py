@@ -95,6 +95,7 @@ def test_embeddings_do_not_depend_on_the_batch(tiny_bundle_dir: Path) -> None:
     assert np.abs(batch - single).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_dynamic_int8_would_fail_the_batch_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate catches a batch-dependent graph: dynamic int8 (per-batch activation scale)."""
     monkeypatch.setitem(optimize.RECOMMENDED_INT8, "image",
@@ -107,6 +108,7 @@ def test_dynamic_int8_would_fail_the_batch_gate(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_calibration_fails_the_gate_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scales fitted to near-constant images clip real ones: the export must refuse the graph."""
     real = calibration.image_calibration
@@ -150,6 +152,7 @@ def test_int8_method_needs_int8(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_onnxruntime_method_is_recorded(tmp_path: Path) -> None:
     """--int8-method onnxruntime: onnxruntime.quantization's QDQ graph (uint8 activations), recorded as such."""
     out = export_bundle(TINY_ARCH, "none", precisions=("int8",), output=tmp_path / "o", model_config=TINY_CONFIG,
@@ -197,6 +200,7 @@ def test_cli_int8_method_conflicts_are_usage_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_int8_export_prints_only_the_path(tmp_path: Path) -> None:
     """NNCF draws progress bars on stdout: the export keeps them out of the CLI's result."""
     from click.testing import CliRunner

@@ -77,9 +77,12 @@ def test_the_crossover_is_where_the_predictions_meet() -> None:
     ov, ort = found["image"]
     n = crossover(ort, ov, start_cost(costs, ort.choice), start_cost(costs, ov.choice), "image", costs)
     assert n is not None
-    before = estimate({"image": ov}, {"image": n - 3}, costs).seconds > estimate({"image": ort}, {"image": n - 3}, costs).seconds
-    after = estimate({"image": ov}, {"image": n + 3}, costs).seconds < estimate({"image": ort}, {"image": n + 3}, costs).seconds
-    assert before and after
+    def seconds(cand: Any, count: int) -> float:
+        est = estimate({"image": cand}, {"image": count}, costs)
+        assert est is not None
+        return est.seconds
+
+    assert seconds(ov, n - 3) > seconds(ort, n - 3) and seconds(ov, n + 3) < seconds(ort, n + 3)
 
 
 def test_unknown_counts_in_a_short_run_are_planned_like_a_folder() -> None:

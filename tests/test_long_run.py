@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from bench.stream_100k import BASELINE_RECORDS, make_images, run_stream
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-from bench.stream_100k import BASELINE_RECORDS, make_images, run_stream  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("psutil")
 
@@ -36,6 +33,7 @@ GROWTH_LIMIT_MB = 4.0  # measured: 0.2-0.7 MB streaming, 9.7 MB when every recor
 UNDER_QEMU_USER = "QEMU_CPU" in os.environ
 
 
+@pytest.mark.slow
 def test_streaming_classify_keeps_memory_flat(tmp_path: Path, clip_home: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "fake-clip")
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Memory on small devices: low-memory mode (`--low-memory`, `load(low_memory=True)`, automatic
-where the process may use at most 2 GiB) and the tokenizer freed with the text session. The peak-RSS figures themselves are measured by scripts/arm64-check and
-docs/devices.md, not here (no timed or memory-measuring tests)."""
+where the process may use at most 2 GiB) and the tokenizer freed with the text session. The
+peak-RSS figures themselves are measured by scripts/arm64-check and docs/devices.md, not here
+(no timed or memory-measuring tests)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ import clip_rt
 from clip_rt.cli import main
 from clip_rt.engine import memory
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 class FakeLibc:
@@ -279,7 +279,7 @@ def test_info_says_whether_low_memory_mode_is_on(bundle: Path, tmp_path: Path, m
     env = {"CLIP_RT_HOME": str(tmp_path / "home")}
     text = CliRunner().invoke(main, ["info", str(bundle)], env=env)
     assert text.exit_code == 0, text.output
-    line = [l for l in text.output.splitlines() if l.startswith("memory:")]
+    line = [s for s in text.output.splitlines() if s.startswith("memory:")]
     assert line and f"low-memory mode {'on' if low else 'off'}" in line[0] and "/test/memory.max" in line[0]
     data = json.loads(CliRunner().invoke(main, ["info", str(bundle), "--json"], env=env).output)
     assert data["memory"]["low_memory"] is low

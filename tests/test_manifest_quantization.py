@@ -9,7 +9,7 @@ import pytest
 from clip_rt.bundle.manifest import LEGACY_INT8, Calibration, Quantization, read_manifest
 from clip_rt.errors import BundleError
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 STATIC = Quantization(
     kind="static", per_channel=True, weights="int8", activations="uint8", ops=("MatMul", "Gemm"),

@@ -22,7 +22,7 @@ from clip_rt.engine.session import CPU, CUDA
 from clip_rt.bundle.store import models_dir
 from clip_rt.zeroshot import softmax
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 PROMPTS = ["a photo of a cat.", "dog", "a blurry photo of the big red car .", "", "a b c d e f g h",
            "sketch", "two dogs", "a photo of a cat."]
@@ -343,7 +343,8 @@ def test_load_and_inference_do_not_import_torch_or_onnx(bundle: Path, clip_home:
     import numpy as np
     m.encode_text(["a photo of a cat."])
     m.classify([np.zeros((20, 20, 3), np.uint8)], ["cat", "dog"])
-    heavy = sorted(k for k in sys.modules if k.split(".")[0] in ("torch", "open_clip", "onnx", "clip_rt_export", "nncf"))
+    heavy_packages = ("torch", "open_clip", "onnx", "clip_rt_export", "nncf")
+    heavy = sorted(k for k in sys.modules if k.split(".")[0] in heavy_packages)
     assert not heavy, heavy
     print("ok")
     """

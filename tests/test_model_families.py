@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hf_tokenizers  # noqa: E402
+import hf_tokenizers
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 pytest.importorskip("skimage")
 
-import clip_rt  # noqa: E402
-from clip_rt.bundle.manifest import read_manifest  # noqa: E402
-from clip_rt_export import export_bundle  # noqa: E402
-from clip_rt_export.load import WeightsSource, load_model  # noqa: E402
+import clip_rt
+from clip_rt.bundle.manifest import read_manifest
+from clip_rt_export import export_bundle
+from clip_rt_export.load import WeightsSource, load_model
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import clip_rt
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def test_preprocess_then_encode_pixels_equals_encode_image(tmp_path: Path) -> None:

@@ -53,9 +53,9 @@ def test_describe_qdq_reads_weight_ops_and_activation_types() -> None:
         helper.make_node("DequantizeLinear", ["eq", "ws"], ["ed"]),
         helper.make_node("Gather", ["ed", "ids"], ["z"]),
     ]
-    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "zp_u8"),
-             numpy_helper.from_array(np.array(0, np.int8), "zp_s8"), numpy_helper.from_array(np.zeros((2, 2), np.int8), "wq"),
-             numpy_helper.from_array(np.zeros((2,), np.float32), "ws"), numpy_helper.from_array(np.zeros((5, 2), np.int8), "eq")]
+    arrays = {"s": np.array(0.1, np.float32), "zp_u8": np.array(0, np.uint8), "zp_s8": np.array(0, np.int8),
+              "wq": np.zeros((2, 2), np.int8), "ws": np.zeros((2,), np.float32), "eq": np.zeros((5, 2), np.int8)}
+    inits = [numpy_helper.from_array(value, name) for name, value in arrays.items()]
     graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
                                            helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
                               [helper.make_tensor_value_info("yq", TensorProto.INT8, None)], inits)
@@ -77,7 +77,8 @@ def test_bad_settings_and_missing_nncf_are_export_errors(tmp_path: Path, hide_mo
         with pytest.raises(ExportError, match="activation_ranges must be one of minmax, mean_minmax"):
             nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"activation_ranges": "entropy"})
     monkeypatch.setattr(nncf_quant, "nncf_available", lambda: False)
-    with pytest.raises(ExportError, match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
+    with pytest.raises(ExportError,
+                       match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
         nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, nncf_quant.settings_for("image"))
     assert not (tmp_path / "o.onnx").exists()
 

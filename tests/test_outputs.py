@@ -26,8 +26,7 @@ from clip_rt.outputs.files import OutputLock
 from clip_rt.outputs.records import Record, RecordWriter, csv_line, neutralise, unneutralise
 
 TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-from test_cli_classify import install_fake, make_images  # noqa: E402
+from test_cli_classify import install_fake, make_images
 
 LABELS = "-l red,green,blue"
 
@@ -180,7 +179,7 @@ def test_table_aligns_by_display_width(tmp_path: Path, monkeypatch: pytest.Monke
     imgs = make_images(tmp_path / "imgs")
     r = invoke(["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "-l", "red 赤い猫,blue"])
     assert r.exit_code == 0, r.output
-    from clip_rt.inputs.discover import display_width
+    from clip_rt.display import display_width
 
     lines = r.stdout.splitlines()
     size_ends = {display_width(line[: line.index("x") + 3]) for line in lines[1:]}  # "64x48" / "96x54"
@@ -189,7 +188,8 @@ def test_table_aligns_by_display_width(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 # -- outputs that must survive --------------------------------------------------------------
-def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl", n: int = 6) -> tuple[Path, Path, bytes]:
+def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl",
+              n: int = 6) -> tuple[Path, Path, bytes]:
     install_fake(monkeypatch)
     folder = colour_folder(tmp_path / "imgs", n)
     out = tmp_path / name

@@ -3,7 +3,6 @@ output it continues when --precision is not given; an explicit different one is 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from clip_rt.cli import common, main
 from clip_rt.errors import BundleError
 from clip_rt.outputs.search_index import INDEX_FILE
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_classify import FakeModel  # noqa: E402
+from test_cli_classify import FakeModel
 
 
 def invoke(args: list[str]):  # noqa: ANN201
@@ -26,7 +24,7 @@ def invoke(args: list[str]):  # noqa: ANN201
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The torch-free tiny bundle, fp32 (the CPU default) and fp16, run by the real runtime."""
-    from fake_bundle import build_fake_bundle
+    from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
     return build_fake_bundle(tmp_path_factory.mktemp("bundle") / "tiny", precisions=("fp32", "fp16"))
 

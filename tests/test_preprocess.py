@@ -27,12 +27,15 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIGS = {
     "ViT-B-32": ImageConfig(size=(224, 224), mean=OPENAI_MEAN, std=OPENAI_STD),
-    "longest": ImageConfig(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="longest", fill_color=127),
-    "squash-bilinear": ImageConfig(size=(256, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear", resize_mode="squash"),
+    "longest": ImageConfig(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="longest",
+                           fill_color=127),
+    "squash-bilinear": ImageConfig(size=(256, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear",
+                                   resize_mode="squash"),
     "nonsquare-shortest": ImageConfig(size=(192, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear"),
     "nonsquare-longest": ImageConfig(size=(256, 192), mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="longest"),
 }
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina", "immunohistochemistry", "camera", "logo"]
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina",
+          "immunohistochemistry", "camera", "logo"]
 PARITY_TOLERANCE = 1e-6
 _REPORT: dict[str, float] = {}
 
@@ -193,6 +196,7 @@ def test_torchvision_size_rules() -> None:
             assert list(shortest_edge_size(h, w, 224)) == compute((h, w), [224])
 
 
+@pytest.mark.slow
 def test_cropped_resize_matches_the_full_resize(monkeypatch: pytest.MonkeyPatch) -> None:
     """The huge-resize shortcut (resize only the crop), forced on for ordinary extreme shapes."""
     import clip_rt.inputs.preprocess as preprocess
@@ -255,7 +259,8 @@ def test_draft_decodes_big_jpegs_faster_and_close(tmp_path: Path) -> None:
     t_full, t_draft = best_of(full), best_of(draft)
     diff = np.abs(full(path) - draft(path))
     step = 1.0 / 255.0 / min(OPENAI_STD)
-    _REPORT[f"draft 4000x3000 JPEG: max abs diff (mean {diff.mean():.4f}; {t_full * 1000:.0f} ms -> {t_draft * 1000:.0f} ms)"] = float(diff.max())
+    what = f"mean {diff.mean():.4f}; {t_full * 1000:.0f} ms -> {t_draft * 1000:.0f} ms"
+    _REPORT[f"draft 4000x3000 JPEG: max abs diff ({what})"] = float(diff.max())
     assert t_draft < t_full
     assert diff.mean() < 2 * step and diff.max() < 20 * step
     png = tmp_path / "same.png"
@@ -305,7 +310,8 @@ def make_image(w: int, h: int, mode: str, seed: int) -> Image.Image:
     w=st.integers(1, 300), h=st.integers(1, 300), mode=st.sampled_from(MODES),
     config=st.sampled_from(list(CONFIGS)), strict=st.booleans(), seed=st.integers(0, 2**16),
 )
-def test_any_size_and_mode_gives_finite_float32(w: int, h: int, mode: str, config: str, strict: bool, seed: int) -> None:
+def test_any_size_and_mode_gives_finite_float32(w: int, h: int, mode: str, config: str, strict: bool,
+                                                 seed: int) -> None:
     cfg = CONFIGS[config]
     x = Preprocessor(cfg, strict=strict)(make_image(w, h, mode, seed))
     assert x.shape == (3, *cfg.size) and x.dtype == np.float32 and np.isfinite(x).all()
@@ -314,7 +320,8 @@ def test_any_size_and_mode_gives_finite_float32(w: int, h: int, mode: str, confi
 @pytest.mark.torch
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    w=st.integers(1, 300), h=st.integers(1, 300), mode=st.sampled_from([m for m in MODES if m not in ("I", "F", "I;16")]),
+    w=st.integers(1, 300), h=st.integers(1, 300),
+    mode=st.sampled_from([m for m in MODES if m not in ("I", "F", "I;16")]),
     config=st.sampled_from(list(CONFIGS)), seed=st.integers(0, 2**16),
 )
 def test_any_size_matches_open_clip(w: int, h: int, mode: str, config: str, seed: int) -> None:
@@ -325,7 +332,8 @@ def test_any_size_matches_open_clip(w: int, h: int, mode: str, config: str, seed
 
 
 def test_importing_images_and_preprocess_does_not_import_torch() -> None:
-    code = "import sys, clip_rt.inputs.images, clip_rt.inputs.preprocess; print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    code = ("import sys, clip_rt.inputs.images, clip_rt.inputs.preprocess; "
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

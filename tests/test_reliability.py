@@ -1,6 +1,6 @@
 """Reliability: bad text and arguments, damaged bundles, interrupted and concurrent classify runs.
 
-Torch-free: the bundle is tests/fake_bundle.py (real manifest, ONNX graphs and tokenizer) run by
+Torch-free: the bundle is fixtures/fake_bundle.py (real manifest, ONNX graphs and tokenizer) run by
 the real runtime. Subprocess runs go through ``runner.py`` (written per test), which starts the
 real ``clip-rt`` CLI, optionally after waiting for a start file (so that concurrent processes
 really overlap) and with a per-image decode delay (so that a signal lands mid-run).
@@ -29,8 +29,7 @@ from clip_rt import templates as builtin_templates
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, ChecksumError, InputError, ModelNotFoundError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 RUNNER = '''
 import os, signal, sys, time

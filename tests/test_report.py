@@ -12,15 +12,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from badfiles import png_with_size
 from clip_rt.cli import main
 from clip_rt.errors import ClipRtError
-from clip_rt.outputs.records import Record
 from clip_rt.outputs import charts
+from clip_rt.outputs.records import Record
 from clip_rt.outputs.report import ASPECT_TOLERANCE, aspect_type, orientation, summarise, write_report
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from badfiles import png_with_size  # noqa: E402
-from test_cli_classify import install_fake, real_bundle  # noqa: E402,F401  (fixture)
+from test_cli_classify import install_fake
 
 CHARTS = ["class_distribution.png", "class_mean_score.png", "aspect_types.png", "aspect_ratio_hist.png",
           "image_size_hist.png", "contact_sheet.png"]
@@ -387,7 +385,8 @@ def test_write_report_api_takes_classify_results(tmp_path: Path) -> None:
     for i, size in enumerate([(64, 48), (30, 30)]):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", size, (9, 9, 9)).save(paths[-1])
-    results = [Classification("cat", 0.8, {"cat": 0.8, "dog": 0.2}), Classification("dog", 0.6, {"cat": 0.4, "dog": 0.6})]
+    results = [Classification("cat", 0.8, {"cat": 0.8, "dog": 0.2}),
+               Classification("dog", 0.6, {"cat": 0.4, "dog": 0.6})]
     s = clip_rt.write_report(results, tmp_path / "rep", paths=paths, contact_sheet=2)
     assert {k: v["count"] for k, v in s["classes"].items()} == {"cat": 1, "dog": 1}
     assert s["pixels"]["width"]["max"] == 64 and s["aspect_ratio"]["types"]["4:3"] == 1

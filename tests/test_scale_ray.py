@@ -18,16 +18,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 pytest.importorskip("ray.data", reason="the [ray] extra (ray[data]) is not installed: pip install -e '.[ray]'")
 pa = pytest.importorskip("pyarrow")
 
-from clip_rt.cli import main  # noqa: E402
-from clip_rt.inputs.discover import path_key  # noqa: E402
-from clip_rt.scale import parts  # noqa: E402
-from clip_rt.scale import ray as crt_ray  # noqa: E402
+from clip_rt.cli import main
+from clip_rt.inputs.discover import path_key
+from clip_rt.scale import parts
+from clip_rt.scale import ray as crt_ray
 
 
 
@@ -87,6 +86,7 @@ def rows_by_path(out: Path) -> dict[str, dict[str, Any]]:
     return {r["path"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_embed_equals_cli_index_and_reports_bad_files(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos")
     r = invoke(["index", str(imgs), "-o", str(tmp_path / "idx"), "-m", str(bundle)])
@@ -122,6 +122,7 @@ def test_embed_equals_cli_index_and_reports_bad_files(ray_cluster: str, bundle: 
     assert json.loads(t.schema.metadata[parts.METADATA_KEY])["fingerprint"] == meta["fingerprint"]
 
 
+@pytest.mark.slow
 def test_classify_equals_cli_classify(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos", n=9)
     jsonl = tmp_path / "run.jsonl"
@@ -155,6 +156,7 @@ def test_classify_equals_cli_classify(ray_cluster: str, bundle: Path, tmp_path: 
     assert r.exit_code == 1 and "written by a different run" in r.stderr and "labels" in r.stderr
 
 
+@pytest.mark.slow
 def test_ship_bundle_and_bytes_input_give_the_same_rows(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     import ray
 
@@ -191,6 +193,7 @@ KILLED_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str, bundle: Path,
                                                                tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos", n=40)
@@ -227,6 +230,7 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str,
     assert not [p for p in out.iterdir() if parts.TMP_MARK in p.name]
 
 
+@pytest.mark.slow
 def test_damaged_part_is_moved_aside_and_redone(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos", n=6)
     out = tmp_path / "out"

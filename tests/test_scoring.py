@@ -4,7 +4,6 @@ checked against real exports in tests/test_model_families.py."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,7 @@ from clip_rt.bundle.manifest import FORMAT_VERSION, read_manifest
 from clip_rt.cli import main
 from clip_rt.zeroshot import Label, ZeroShotClassifier, scores_from_logits, sigmoid, softmax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 SCALE, BIAS = 10.0, -3.0
 
@@ -123,7 +121,7 @@ def test_report_summary_names_the_scoring(sigmoid_bundle: Path, photo: Path, tmp
 def test_server_says_which_scores_it_shows(sigmoid_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
-    from serve_util import Server, call, data_url, png_bytes
+    from clip_rt_fixtures.server import Server, call, data_url, png_bytes
 
     model = clip_rt.load(sigmoid_bundle, cache=False)
     img = png_bytes(seed=2)

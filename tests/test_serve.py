@@ -18,8 +18,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 import clip_rt  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
-from serve_util import Server, b64, call, data_url, metric, png_bytes  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.server import Server, b64, call, data_url, metric, png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

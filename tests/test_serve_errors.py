@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from fake_bundle import build_fake_bundle  # noqa: E402
-from serve_util import Server, b64, call, data_url, metric, png_bytes  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.server import Server, b64, call, data_url, metric, png_bytes  # noqa: E402
 
 BODY_LIMIT = 64 * 1024
 

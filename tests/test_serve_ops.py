@@ -24,8 +24,8 @@ pytest.importorskip("uvicorn")
 
 import clip_rt  # noqa: E402
 from clip_rt.cli import main  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
-from serve_util import Server, call, data_url, metric, png_bytes  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.server import Server, call, data_url, metric, png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,9 @@ def test_batch_size_one_disables_batching(bundle: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tight(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small queue, two requests at a time, and batches that wait 4 s to fill."""
-    with Server([str(bundle), "--max-queue", "4", "--max-items", "4", "--max-concurrency", "2",
-                 "--max-batch-size", "64", "--max-wait-ms", "4000", "--wait-when-idle"], tmp_path_factory.mktemp("home")) as server:
+    args = [str(bundle), "--max-queue", "4", "--max-items", "4", "--max-concurrency", "2",
+            "--max-batch-size", "64", "--max-wait-ms", "4000", "--wait-when-idle"]
+    with Server(args, tmp_path_factory.mktemp("home")) as server:
         yield server
 
 
@@ -165,7 +166,8 @@ def test_sigterm_finishes_requests_in_flight(bundle: Path, tmp_path: Path) -> No
     answered when its body arrives, and the process exits 0."""
     model = clip_rt.load(bundle, cache=False)
     images = [png_bytes(seed=20 + i) for i in range(6)]
-    server = Server([str(bundle), "--max-batch-size", "64", "--max-wait-ms", "30000", "--wait-when-idle"], tmp_path / "home").start()
+    args = [str(bundle), "--max-batch-size", "64", "--max-wait-ms", "30000", "--wait-when-idle"]
+    server = Server(args, tmp_path / "home").start()
     try:
         results: list[Any] = [None] * 8
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -25,10 +24,9 @@ pytest.importorskip("uvicorn")
 
 import clip_rt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_util import artifacts_dir, images_loaded, launch, watch  # noqa: E402
-from fake_bundle import build_fake_bundle  # noqa: E402
-from serve_util import Server, call, png_bytes  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.server import Server, call, png_bytes  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -11,7 +11,7 @@ import pytest
 from clip_rt.errors import InputError, ProviderError
 from clip_rt.engine.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CPU_ONLY = ["AzureExecutionProvider", CPU]
 WITH_CUDA = ["TensorrtExecutionProvider", CUDA, CPU]

@@ -20,7 +20,7 @@ from clip_rt.cli import main
 from clip_rt.errors import InputError, ModelNotFoundError
 from clip_rt.settings import BUILTIN_MODEL, MODEL_ENV, default_model, read_config
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
 def run(*args: str):  # noqa: ANN201
@@ -161,11 +161,14 @@ def test_did_you_mean_instead_of_an_export_hint_from_the_typo(store: Path, tmp_p
     assert "Did you mean: ViT-B-32-random (not exported yet: `clip-rt export ViT-B-32 --pretrained none`)" in msg
     assert "randon`" not in msg and "--pretrained randon" not in msg
 
-    for name, command in (("ViT-B-32-openai", "ViT-B-32 --pretrained openai"), ("RN50-random", "RN50 --pretrained none"),
-                          ("ViT-B/32", "ViT-B-32 --pretrained openai"), ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
+    for name, command in (("ViT-B-32-openai", "ViT-B-32 --pretrained openai"),
+                          ("RN50-random", "RN50 --pretrained none"),
+                          ("ViT-B/32", "ViT-B-32 --pretrained openai"),
+                          ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
         with pytest.raises(ModelNotFoundError, match=f"Export it first, e.g. `clip-rt export {command}`"):
             resolve_bundle(name)
-    with pytest.raises(ModelNotFoundError, match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
+    with pytest.raises(ModelNotFoundError,
+                       match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
         resolve_bundle("ViT-B-16-SigLIP-webli")
     real = catalogue.load_catalogue()
     with pytest.MonkeyPatch.context() as mp:

@@ -67,6 +67,7 @@ def _report(label: str, items, ok: np.ndarray) -> str:
 
 
 # -- parity with open_clip --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.torch
 def test_agreement_with_ftfy_is_exact(tokenizer_json, corpus_items, corpus_reference):
     pytest.importorskip("ftfy")
@@ -118,6 +119,7 @@ def codepoint_sweep(open_clip_tokenize) -> tuple[list[str], np.ndarray]:
     return texts, open_clip_tokenize(texts, context_length=1024)
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("use_ftfy", [True, False])
 def test_every_bmp_codepoint_and_a_sample_beyond(tokenizer_json, codepoint_sweep, use_ftfy):
@@ -198,6 +200,7 @@ def _check_invariants(batch: TokenBatch, n: int, context_length: int) -> None:
 @pytest.mark.torch
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(st.text(max_size=120), min_size=1, max_size=8))
+@pytest.mark.slow
 def test_any_text_gives_well_formed_ids_identical_to_open_clip(tokenizer_json, open_clip_tokenize, texts):
     batch = _tok(tokenizer_json).encode_batch(texts)
     _check_invariants(batch, len(texts), 77)
@@ -211,6 +214,7 @@ def test_any_text_gives_well_formed_ids_identical_to_open_clip(tokenizer_json, o
 @pytest.mark.torch
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(exclude_categories=()), max_size=60))
+@pytest.mark.slow
 def test_any_codepoint_including_lone_surrogates_never_raises(tokenizer_json, open_clip_tokenize, text):
     texts = [text, text + "\ud800", "\ud83d\ude00" + text + "\udc00"]  # lone and paired surrogates
     for use_ftfy in (False, None):

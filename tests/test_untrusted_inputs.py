@@ -31,7 +31,7 @@ from clip_rt.inputs import budget as budget_mod
 from clip_rt.inputs import video
 from clip_rt.inputs.preprocess import _finite_extrema
 
-from fake_bundle import build_fake_bundle
+from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CLI = "import sys; sys.argv[0] = 'clip-rt'; from clip_rt.cli import main; main()"
 
@@ -199,7 +199,8 @@ def test_non_utf8_similarity_text(bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, content, line", [
     ("labels.txt", b"cat\ndog\ncaf\xe9 au lait\n", "line 3 'caf\\xe9 au lait' is not valid UTF-8: b'\\xe9' at byte 3"),
-    ("labels.json", b'{"cat": null,\n "caf\xe9": null}', "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5"),
+    ("labels.json", b'{"cat": null,\n "caf\xe9": null}',
+     "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5"),
 ])
 def test_non_utf8_labels_file(bundle: Path, tmp_path: Path, name: str, content: bytes, line: str) -> None:
     labels = tmp_path / name
@@ -452,7 +453,7 @@ def test_video_draft_gives_the_same_labels_with_less_memory(bundle: Path, tmp_pa
 
 
 def test_onnx_is_in_the_test_extra() -> None:
-    """tests/fake_bundle.py imports onnx, which only the [export] extra used to install."""
+    """clip_rt_fixtures.fake_bundle imports onnx, which only the [export] extra used to install."""
     tomllib = pytest.importorskip("tomllib")
     data = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert any(dep.replace(" ", "").startswith("onnx>=") for dep in data["project"]["optional-dependencies"]["test"])

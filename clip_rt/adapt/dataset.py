@@ -29,7 +29,8 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..errors import InputError
-from ..inputs.discover import display_path, is_image_name, path_key, walk_images
+from ..display import display_path
+from ..inputs.discover import is_image_name, path_key, walk_images
 from ..inputs.texts import check_utf8, decode_utf8
 
 MAX_CSV_BYTES = 256 * 1024 * 1024  # a path list, not a data set: larger is a mistake

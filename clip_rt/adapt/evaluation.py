@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import templates as _templates
 from ..errors import InputError
-from ..inputs.discover import display_path, display_width, pad, printable
+from ..display import display_path, display_width, pad, printable
 from ..zeroshot import check_templates
 from .embed import EmbeddedSet, SetArg, as_labelled_set, embed_set
 from .head import Head, HeadArg, as_head, head_for_model

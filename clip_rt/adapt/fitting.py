@@ -113,7 +113,7 @@ def fit_embedded(
     cv = cross_validate(x, y, zero_shot, n_classes, folds=folds, seed=seed, c_grid=c_grid, blend_grid=blend_grid)
     final = fit_final(x, y, n_classes, cv.chosen.c)
     manifest = model.manifest
-    from .. import __version__
+    from ..version import __version__
 
     return Head(
         labels=tuple(embedded.labels),

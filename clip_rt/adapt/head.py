@@ -34,7 +34,7 @@ import numpy as np
 
 from ..bundle import schema as s
 from ..errors import InputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from ..inputs.texts import check_utf8
 from ..zeroshot import Classification, classifications, parse_labels
 from .metrics import Comparison, mcnemar_p

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from ..outputs import charts
 from ..outputs.files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from ..outputs.records import dumps_json

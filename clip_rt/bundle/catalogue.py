@@ -57,7 +57,7 @@ def canonical_name(name: str) -> Optional[str]:
 def catalogue_store_names() -> list[str]:
     """The store names exports of exportable architectures get: ``<arch>-<tag>`` for each tag
     open_clip lists, and ``<arch>-random`` (``--pretrained none``)."""
-    names = []
+    names: list[str] = []
     for arch, tags in exportable_architectures().items():
         names.extend(store_name(arch, tag) for tag in [*tags, None])
     return names

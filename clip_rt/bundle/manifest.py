@@ -235,7 +235,7 @@ class Manifest:
                 f"(up to {FORMAT_VERSION}); upgrade clip-rt or re-export the model"
             )
         try:
-            return validate(MANIFEST_SCHEMA, d)  # type: ignore[no-any-return]
+            return validate(MANIFEST_SCHEMA, d)
         except SchemaError as exc:
             raise BundleError(f"{source}: malformed manifest: {exc}") from None
 
@@ -455,12 +455,14 @@ def verify_files(bundle_dir: Path, manifest: Manifest, names: Optional[list[str]
             size = path.stat().st_size
             if size != entry.bytes:
                 raise ChecksumError(
-                    f"{path}: size {size} bytes does not match the manifest's {entry.bytes}; the bundle is corrupt or was modified, re-export it"
+                    f"{path}: size {size} bytes does not match the manifest's {entry.bytes}; the bundle is corrupt or "
+                    "was modified, re-export it"
                 )
             digest = sha256_file(path)
         except OSError as exc:  # permission denied, an I/O error
             raise BundleError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         if digest != entry.sha256:
             raise ChecksumError(
-                f"{path}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; the bundle is corrupt or was modified, re-export it"
+                f"{path}: sha256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...; the bundle is "
+                "corrupt or was modified, re-export it"
             )

@@ -5,12 +5,15 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
 from ..errors import BundleError, InputError
-from . import main
+from .group import main
+
+if TYPE_CHECKING:
+    from ..bundle.manifest import Manifest
 
 
 def _human_bytes(n: int) -> str:
@@ -135,8 +138,8 @@ def _manifest_summary(path: Path) -> dict[str, Any]:
 JOBS = {"one photo": (1, 5), "a folder of 200 photos": (200, 5)}  # (images, prompts) of the jobs info shows
 
 
-def _runtime_plan(manifest: Any, provider: Optional[str], backend: Optional[str], precision: Optional[str],
-                  jobs: bool = False) -> Any:
+def _runtime_plan(manifest: Manifest, provider: Optional[str], backend: Optional[str], precision: Optional[str],
+                  jobs: bool = False) -> dict[str, Any]:
     """What ``load()`` would choose on this machine, without creating a session: for long-lived
     use (a server, a Python session), and with *jobs* per short command of JOBS' sizes."""
     from ..engine.backends import plan_runtime
@@ -274,7 +277,8 @@ def info_cmd(bundle: Optional[str], as_json: bool, verify: bool, provider: Optio
             fig = m.parity.get(precision, {}).get(encoder)
             extra = []
             if q.calibration is not None:
-                extra.append(f"calibrated ({q.calibration.method}) on {q.calibration.samples} {q.calibration.source.split(':')[0]}")
+                extra.append(f"calibrated ({q.calibration.method}) on {q.calibration.samples} "
+                             f"{q.calibration.source.split(':')[0]}")
             if fig is not None and fig.top1_agreement is not None:
                 extra.append(f"top-1 agreement {fig.top1_agreement:.3f}")
             if fig is not None and fig.batch_max_abs_diff is not None:

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
 
 import click
 import numpy as np
 
 from ..errors import OutputError
-from ..inputs.discover import discover, display_path, no_images_found, path_key, printable
+from ..display import display_path, printable
+from ..inputs.discover import discover, no_images_found, path_key
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
-from . import main
+from .group import main
 from .heads import classifier_for, head_identity, head_option, labels_and_templates, read_head
 from .common import (
     check_precision_follows,
@@ -29,6 +31,12 @@ from .common import (
     skip_errors_option,
     warn_if_single_label,
 )
+
+if TYPE_CHECKING:
+    from ..results import ImageEmbedding
+    from ..zeroshot import ZeroShotClassifier
+
+Item = TypeVar("Item")
 
 
 @main.command("classify")
@@ -205,8 +213,8 @@ def _refuse_inputs_as_outputs(inputs: Sequence[str], labels_file: Optional[str],
                              stdout=output is None)
 
 
-def _batches(items: Any, size: int) -> Any:
-    batch: list[Any] = []
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:
@@ -216,9 +224,9 @@ def _batches(items: Any, size: int) -> Any:
         yield batch
 
 
-def _classify_batch(classifier: Any, items: Sequence[Any], top_k: int) -> list[Record]:
-    ok = [it for it in items if it.embedding is not None and it.error is None]
-    found = classifier.classify_embeddings(np.stack([it.embedding for it in ok]), top_k=top_k) if ok else []
+def _classify_batch(classifier: ZeroShotClassifier, items: Sequence[ImageEmbedding], top_k: int) -> list[Record]:
+    ok = [it.embedding for it in items if it.embedding is not None and it.error is None]
+    found = classifier.classify_embeddings(np.stack(ok), top_k=top_k) if ok else []
     results = iter(found)
     out = []
     for it in items:

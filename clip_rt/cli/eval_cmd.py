@@ -8,9 +8,9 @@ from typing import Any, Optional, Sequence
 import click
 
 from ..errors import InputError
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from ..outputs.records import dumps_json, error_reason
-from . import main
+from .group import main
 from .common import echo_err, ModelArgs, model_options, short_run, progress_bar, skip_errors_option
 from .heads import read_head
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path
-from . import main
+from ..display import display_path
+from .group import main
 from .common import echo_err, ModelArgs, model_options, short_run, progress_bar, resolve_templates, skip_errors_option
 from .eval_cmd import report_failed
 

@@ -6,10 +6,12 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, no_images_found, printable, relative_to_cwd, walk_images
+from ..display import display_path, printable
+from ..display import relative_to_cwd
+from ..inputs.discover import no_images_found, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
-from . import main
+from .group import main
 from .common import (
     check_precision_follows,
     echo_err,

@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import click
 
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from ..outputs.records import error_reason
-from . import main
+from .group import main
 from ..settings import default_model
 from .common import MODEL_DEFAULT_HELP, echo_err, label_options
 from .heads import head_option, labels_and_templates, read_head
 
 if TYPE_CHECKING:
     from ..adapt.head import Head
+
+if TYPE_CHECKING:
+    from ..zeroshot import LabelsArg
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,7 +87,8 @@ def classify_cmd(labels_csv: Optional[str], labels_file: Optional[str], template
     _run(kw, labels=labels, templates=templates, head=head)
 
 
-def _run(kw: dict[str, Any], *, labels: Any, templates: Any, head: "Optional[Head]" = None) -> None:
+def _run(kw: dict[str, Any], *, labels: Optional[LabelsArg], templates: Optional[Sequence[str]],
+         head: "Optional[Head]" = None) -> None:
     from ..scale import ray as scale_ray
 
     model = kw["model_name"] or default_model().value  # CLIP_RT_MODEL / config.toml, before Ray starts

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
-from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_head, parse_index, parse_size
-from . import main
-from ..settings import default_model
 from ..options import RuntimeOptions, Workload
+from ..serve.config import API_KEY_ENV, ModelSpec, ServeConfig, is_loopback, parse_head, parse_index, parse_size
+from ..settings import default_model
 from .common import echo_err, load_model
+from .group import main
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
 
 _DEFAULTS = ServeConfig()
 
@@ -147,7 +150,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     options = RuntimeOptions(providers=provider, threads=threads, draft=draft,
                              backend=None if backend == "auto" else backend, workload=Workload(lifetime="long"))
 
-    def load(source: str, model_precision: Optional[str]) -> object:
+    def load(source: str, model_precision: Optional[str]) -> ClipModel:
         return load_model(source, options.replace(precision=model_precision))
 
     state = build_state(config, load)

@@ -7,10 +7,10 @@ from typing import Optional
 
 import click
 
-from ..inputs.discover import display_path, printable
+from ..display import display_path, printable
 from ..outputs.records import dumps_json
-from . import main
 from .common import ModelArgs, echo_err, model_options, short_run
+from .group import main
 
 
 @main.command("similarity")

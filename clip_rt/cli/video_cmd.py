@@ -1,16 +1,16 @@
 """`clip-rt video VIDEO --labels ...`: classify frames sampled every N seconds, report segments."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import click
 import numpy as np
 
-from ..inputs.discover import display_path, display_width, pad, printable
+from ..display import display_path, display_width, pad, printable
 from ..options import Workload
 from ..outputs.files import refuse_inputs_as_outputs
 from ..outputs.records import dumps_json
-from . import main
+from .group import main
 from .common import (
     echo_err,
     label_options,

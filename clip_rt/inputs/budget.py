@@ -19,7 +19,7 @@ import os
 import threading
 from typing import Any, Iterator, Optional
 
-from ..errors import InputError
+from ..errors import InputError, load_error
 
 ENV = "CLIP_RT_DECODE_MEMORY_MB"
 DEFAULT_MB = 1024
@@ -60,8 +60,6 @@ class DecodeBudget:
     def reserve(self, nbytes: int, label: str, what: str) -> Iterator[None]:
         """Hold *nbytes* for the block, waiting while other threads hold too much. An image that
         needs more than the whole budget is that image's ImageLoadError."""
-        from .images import load_error
-
         if nbytes > self._limit:
             raise load_error(label, f"{what} needs about {_mb(nbytes)} to decode and preprocess, more than "
                                     f"the decode memory budget of {_mb(self._limit)} ({ENV}, or "

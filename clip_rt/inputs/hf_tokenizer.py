@@ -17,22 +17,40 @@ from __future__ import annotations
 import html
 import os
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
 from ..bundle.manifest import TextConfig
 from ..errors import BundleError, InputError
-from .tokenizer import (_CUT_RE, _MAX_SEGMENT, _PLAIN_ASCII_RE, LONG_TEXT, MAX_WORD, TokenBatch, _cut_point,
-                        _default_fix_text, _Fd2Capture, _load_hf_tokenizer, _segment_end, is_rust_panic)
+from .tokenizer import (
+    _CUT_RE,
+    _MAX_SEGMENT,
+    _PLAIN_ASCII_RE,
+    LONG_TEXT,
+    MAX_WORD,
+    TextTokenizer,
+    TokenBatch,
+    _cut_point,
+    _default_fix_text,
+    _Fd2Capture,
+    _load_hf_tokenizer,
+    _segment_end,
+    is_rust_panic,
+)
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
+
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 # Characters tokenizers use to mark a word start after replacing the space (SentencePiece's
 # U+2581, byte-level BPE's U+0120) and the space itself.
 _SPACE_MARKERS = ("\u2581", "\u0120", " ")
 
 
-def clean_text(text: str, clean: str, fix_text: Any) -> str:
+def clean_text(text: str, clean: str, fix_text: Callable[[str], str]) -> str:
     """open_clip's ``get_clean_fn(clean)(text)``: ``basic_clean`` (ftfy, HTML unescaped twice,
     stripped), then ``whitespace`` (collapse whitespace), ``lower`` (and lower-case) or
     ``canonicalize`` (underscores to spaces, ASCII punctuation removed, lower-cased, collapsed)."""
@@ -52,7 +70,7 @@ def _after_basic_clean(text: str, clean: str) -> str:
 class HfTokenizer:
     """Tokenises text exactly as open_clip's ``HFTokenizer`` with the bundle's tokenizer."""
 
-    def __init__(self, hf_tokenizer: Any, text_config: TextConfig, use_ftfy: Optional[bool] = None,
+    def __init__(self, hf_tokenizer: Tokenizer, text_config: TextConfig, use_ftfy: Optional[bool] = None,
                  source: str = "tokenizer") -> None:
         self._tok = hf_tokenizer
         self.source = source
@@ -148,7 +166,7 @@ class HfTokenizer:
                 raise InputError(f"text #{i} must be a str, got {type(t).__name__}: {t!r:.60}")
         return out
 
-    def _contents(self, texts: Sequence[str]) -> tuple[list[Any], list[bool]]:
+    def _contents(self, texts: Sequence[str]) -> tuple[list[Encoding], list[bool]]:
         """Per text: its ``tokenizers`` Encoding without special tokens (untruncated, or the
         start of a long text), and whether the text was cut before tokenising. A panic inside
         tokenizers (a hostile or broken tokenizer.json) is a BundleError."""
@@ -163,7 +181,7 @@ class HfTokenizer:
                 raise BundleError(f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
                                   "bundle's tokenizer is broken or hostile") from None
 
-    def _contents_unchecked(self, texts: list[str]) -> tuple[list[Any], list[bool]]:
+    def _contents_unchecked(self, texts: list[str]) -> tuple[list[Encoding], list[bool]]:
         cut = [False] * len(texts)
         cleaned: list[str] = []
         for i, text in enumerate(texts):
@@ -211,7 +229,7 @@ class HfTokenizer:
             target = 2 * end
 
 
-def _cut_is_safe(tok: Any) -> bool:
+def _cut_is_safe(tok: Tokenizer) -> bool:
     """True when no token of *tok* can hold characters from both sides of a space: its
     pre-tokeniser splits there (the space going with the right side or dropped), or, without
     one, no vocabulary entry has a space marker after a non-marker character."""
@@ -230,7 +248,7 @@ def _cut_is_safe(tok: Any) -> bool:
     return True
 
 
-def open_tokenizer(path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> Any:
+def open_tokenizer(path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> TextTokenizer:
     """The tokenizer a bundle's manifest describes: ``ClipTokenizer`` (CLIP BPE) or ``HfTokenizer``."""
     if text_config.tokenizer_kind == "hf":
         return HfTokenizer.from_file(path, text_config, use_ftfy)

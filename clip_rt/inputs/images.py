@@ -19,7 +19,8 @@ from typing import IO, Any, Callable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageLoadError, InputError
+from ..display import loader_label
+from ..errors import ImageLoadError, InputError, load_error
 from .budget import DecodeBudget, decode_budget, decoded_bytes
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
@@ -56,40 +57,32 @@ class LoadedImage:
     format: Optional[str] = None  # PIL's format name for files and bytes ("JPEG", "PNG" ...)
 
 
-def display_path(path: Union[str, bytes, "os.PathLike[Any]"]) -> str:
-    """A printable form of a file name; bytes that are not UTF-8 appear as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def load_error(source: str, reason: str) -> ImageLoadError:
-    """ImageLoadError("<source>: <reason>") with ``.source`` and ``.reason`` attributes."""
-    err = ImageLoadError(f"{source}: {reason}")
-    err.source = source  # type: ignore[attr-defined]
-    err.reason = reason  # type: ignore[attr-defined]
-    return err
-
-
-def source_label(source: Any) -> str:
+def source_label(source: object) -> str:
     """The printable label :func:`open_image` uses for *source* in its error messages."""
     if isinstance(source, LoadedImage):
         return source.source
     if isinstance(source, Image.Image):
-        return display_path(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        return _pil_label(source)
     if isinstance(source, np.ndarray):
         return _array_label(source)
     if isinstance(source, bytes) and _looks_like_path(source):
-        return display_path(source)
+        return loader_label(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
     if isinstance(source, (str, os.PathLike)):
-        return display_path(source)
+        return loader_label(source)
     if hasattr(source, "read"):
         name = getattr(source, "name", None)
-        return display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
+        return loader_label(name) if isinstance(name, (str, bytes)) else "<file object>"
     return f"<{type(source).__name__}>"
 
 
-def unexpected_load_error(source: Any, exc: Exception) -> ImageLoadError:
+def _pil_label(image: Image.Image) -> str:
+    filename = getattr(image, "filename", "")  # set by Image.open (ImageFile) on a path
+    return loader_label(filename) if filename else "<PIL image>"
+
+
+def unexpected_load_error(source: object, exc: Exception) -> ImageLoadError:
     """An exception no decoder is known to raise, from one image, as that image's
     ImageLoadError: one odd file must not end a stream of thousands. The original exception
     stays available as ``__cause__`` and is named in the message."""
@@ -139,7 +132,7 @@ def open_image(
     :class:`ImageLoadError`, wrong types or bad arrays :class:`InputError`.
     """
     if isinstance(source, Image.Image):
-        label = display_path(source.filename) if getattr(source, "filename", "") else "<PIL image>"
+        label = _pil_label(source)
         try:
             source.load()
         except _DECODE_ERRORS as exc:
@@ -173,7 +166,8 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
     """
     shape = "x".join(str(n) for n in arr.shape)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise InputError(f"expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape ({shape})")
+        raise InputError("expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape "
+                         f"({shape})")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"expected a numpy image with at least 1x1 pixels; got shape ({shape})")
     if arr.dtype == np.uint8:
@@ -186,7 +180,8 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
             raise InputError(f"expected a float numpy image with values in [0, 1]; got values in [{lo:g}, {hi:g}]")
         pixels = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise InputError(f"expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype {arr.dtype}")
+        raise InputError("expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype "
+                         f"{arr.dtype}")
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     mode = "L" if pixels.ndim == 2 else {3: "RGB", 4: "RGBA"}[pixels.shape[2]]
@@ -202,12 +197,13 @@ def _looks_like_path(data: bytes) -> bool:
 
 def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
                reserve: _Reserve = None) -> LoadedImage:
-    label = display_path(path)
+    label = loader_label(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise load_error(label, f"broken symbolic link (points to {display_path(os.readlink(path))}, which does not exist)") from None
+            target = loader_label(os.readlink(os.fsdecode(path)))
+            raise load_error(label, f"broken symbolic link (points to {target}, which does not exist)") from None
         raise load_error(label, "no such file") from None
     except PermissionError:
         raise load_error(label, "permission denied (cannot reach the file)") from None
@@ -229,7 +225,7 @@ def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool
 def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule],
                       reserve: _Reserve = None) -> LoadedImage:
     name = getattr(fp, "name", None)
-    label = display_path(name) if isinstance(name, (str, bytes)) else "<file object>"
+    label = loader_label(name) if isinstance(name, (str, bytes)) else "<file object>"
     seekable = getattr(fp, "seekable", None)
     if seekable is None or not seekable():  # PIL needs to seek: read a pipe or socket whole
         try:
@@ -255,7 +251,7 @@ def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[Dra
     start = fp.tell()
     failure: Optional[str] = None
     try:
-        img = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
+        img: Image.Image = Image.open(fp)  # past 2x MAX_IMAGE_PIXELS this raises DecompressionBombError
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         failure = _too_large(exc)
     except UnidentifiedImageError:

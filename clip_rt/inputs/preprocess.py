@@ -12,23 +12,31 @@ Where open_clip is plainly broken the default (``strict=False``) departs from it
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Optional, cast
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import ClipRtError, ImageLoadError, InputError
+from ..bundle.manifest import ImageConfig
+from ..errors import ClipRtError, ImageLoadError, InputError, load_error
 from .budget import decode_budget
 from .images import (
-    ImageSource, LoadedImage, load_error, open_image, opened, out_of_memory, source_label, unexpected_load_error,
+    ImageSource,
+    LoadedImage,
+    open_image,
+    opened,
+    out_of_memory,
+    source_label,
+    unexpected_load_error,
     without_frames,
 )
-from ..bundle.manifest import ImageConfig
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 # open_clip accepts bicubic, bilinear and 'random' (bicubic at inference); no nearest.
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "random": Image.Resampling.BICUBIC}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "random": Image.Resampling.BICUBIC}
 # Modes whose convert('RGB') clips at 255: 16-bit, 32-bit integer and float images.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Above this many pixels the full resize that CenterCrop then mostly discards (extreme aspect
@@ -59,7 +67,8 @@ class PreprocessedBatch:
 class Preprocessor:
     """Image -> normalised float32 ``(3, H, W)``, as open_clip's transform for *cfg*."""
 
-    def __init__(self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False, draft: bool = False):
+    def __init__(self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False,
+                 draft: bool = False) -> None:
         _check_config(cfg)
         self.cfg = cfg
         self.exif_transpose = exif_transpose
@@ -70,7 +79,7 @@ class Preprocessor:
         self._budget = decode_budget()  # process-wide; a bad CLIP_RT_DECODE_MEMORY_MB fails here
 
     # -- public API ----------------------------------------------------------------------
-    def load(self, source: ImageSource) -> LoadedImage:
+    def load(self, source: ImageSource | LoadedImage) -> LoadedImage:
         """Open *source* with this preprocessor's EXIF and draft settings."""
         if isinstance(source, LoadedImage):
             return source
@@ -133,7 +142,7 @@ class Preprocessor:
             except ClipRtError as err:  # ImageLoadError / InputError: this item only
                 failures.append((i, without_frames(err)))  # no traceback holding its pixels
                 continue
-            except Exception as exc:  # a decoder quirk no one listed: still this item's failure only
+            except Exception as exc:  # noqa: BLE001 - a decoder quirk no one listed: still this item's failure only
                 failures.append((i, without_frames(unexpected_load_error(item, exc))))
                 continue
             if item_notes:
@@ -192,7 +201,8 @@ class Preprocessor:
         size = keep_ratio_size(h, w, (self.height, self.width), longest=longest)
         if min(size) < 1:
             if self.strict:  # open_clip's resize fails the same way (PIL: height and width must be > 0)
-                raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess it (strict=True)")
+                raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess "
+                                         "it (strict=True)")
             size = (max(size[0], 1), max(size[1], 1))
         return size
 
@@ -264,22 +274,25 @@ def _pad(img: Image.Image, ltrb: "tuple[int, int, int, int]", fill: int) -> Imag
         value = (fill,) * bands
     if img.mode != "F":
         value = tuple(int(x) for x in value) if isinstance(value, tuple) else int(value)
+    # Pillow's stubs leave out the float fill that mode F takes.
     if img.mode == "P":
         palette = img.getpalette()
-        out = ImageOps.expand(img, border=ltrb, fill=value)
-        out.putpalette(palette)
+        out = ImageOps.expand(img, border=ltrb, fill=value)  # type: ignore[arg-type]
+        if palette is not None:
+            out.putpalette(palette)
         return out
-    return ImageOps.expand(img, border=ltrb, fill=value)
+    return ImageOps.expand(img, border=ltrb, fill=value)  # type: ignore[arg-type]
 
 
-def _resize(img: Image.Image, size: "tuple[int, int]", resample: Image.Resampling) -> Image.Image:
+def _resize(img: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
     """torchvision ``F.resize`` on PIL: no-op at the same size, else ``img.resize((w, h))``."""
     if (img.height, img.width) == tuple(size):
         return img
     return img.resize((size[1], size[0]), resample)
 
 
-def _resize_cropped(img: Image.Image, size: "tuple[int, int]", crop: "tuple[int, int]", resample: Image.Resampling) -> Image.Image:
+def _resize_cropped(img: Image.Image, size: tuple[int, int], crop: tuple[int, int],
+                    resample: Image.Resampling) -> Image.Image:
     """The centre crop of ``img.resize(size)`` without making the whole resized image.
 
     Two explicit single-axis passes, horizontal first as PIL's own resize orders them when
@@ -296,7 +309,8 @@ def _resize_cropped(img: Image.Image, size: "tuple[int, int]", crop: "tuple[int,
     return work.convert(img.mode) if premultiplied else work
 
 
-def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *, horizontal: bool) -> Image.Image:
+def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *,
+                 horizontal: bool) -> Image.Image:
     """Output pixels [start, start + count) of resizing one axis of *img* to *full* pixels."""
     length = img.width if horizontal else img.height
     if full == length and start == 0 and count == length:
@@ -305,17 +319,18 @@ def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: 
     margin = 3 + int(math.ceil(2.0 * max(scale, 1.0)))  # bicubic support is 2 source pixels, scaled
     lo = max(0, int(math.floor(start * scale)) - margin)
     hi = min(length, int(math.ceil((start + count) * scale)) + margin)
+    first, last = start * scale - lo, (start + count) * scale - lo  # the output's span in the crop
     if horizontal:
         part = img.crop((lo, 0, hi, img.height))
-        return part.resize((count, img.height), resample, box=(start * scale - lo, 0, (start + count) * scale - lo, img.height))
+        return part.resize((count, img.height), resample, box=(first, 0, last, img.height))
     part = img.crop((0, lo, img.width, hi))
-    return part.resize((img.width, count), resample, box=(0, start * scale - lo, img.width, (start + count) * scale - lo))
+    return part.resize((img.width, count), resample, box=(0, first, img.width, last))
 
 
 # -- modes open_clip mishandles ------------------------------------------------------------------
 
 
-def _high_bit_mapping(img: Image.Image):  # type: ignore[no-untyped-def]
+def _high_bit_mapping(img: Image.Image) -> Optional[Callable[[Image.Image], Image.Image]]:
     """For 16/32-bit and float images, a function mapping them to 8-bit 'L', or None.
 
     open_clip's ``convert('RGB')`` clips these at 255 (a 16-bit photo turns white, a [0, 1]
@@ -349,7 +364,7 @@ def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> "tuple[float, 
     """Smallest and largest finite pixel value, without copying the image: Pillow's own
     getextrema when it gives finite values (it does unless the image holds NaN or infinity),
     else strip by strip (a few MB at a time). (0, 0) when no value is finite."""
-    lo, hi = img.getextrema()  # type: ignore[misc]
+    lo, hi = cast("tuple[float, float]", img.getextrema())  # one band: (min, max)
     if math.isfinite(lo) and math.isfinite(hi):
         return float(lo), float(hi)
     rows = rows_per_strip or max(1, (4 << 20) // max(1, img.width))

@@ -22,14 +22,18 @@ import sys
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from ..errors import BundleError, InputError
 from ..bundle.manifest import TextConfig
+from ..errors import BundleError, InputError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -79,7 +83,7 @@ def _tables() -> tuple[dict[str, str], dict[int, Any], dict[int, Any], dict[int,
         if alt != chr(cp):
             width[cp] = alt
     controls: dict[int, Any] = dict.fromkeys(
-        [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
+        [*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
          *range(0xFFF9, 0xFFFD)]
     )  # fmt: skip
     return entities, c1, width, controls
@@ -96,8 +100,8 @@ def _unescape_entity(match: "re.Match[str]") -> str:
     return text
 
 
-def _surrogate_pair(match: "re.Match[str]") -> str:
-    hi, lo = match.group(0)
+def _surrogate_pair(match: re.Match[str]) -> str:
+    hi, lo = match.group(0)[0], match.group(0)[1]  # the two halves of the pair
     return chr(0x10000 + (ord(hi) - 0xD800) * 0x400 + (ord(lo) - 0xDC00))
 
 
@@ -242,6 +246,19 @@ class TokenBatch:
         )
 
 
+class TextTokenizer(Protocol):
+    """What the runtime asks of a bundle's tokenizer: :class:`ClipTokenizer` (CLIP BPE) or
+    ``hf_tokenizer.HfTokenizer``, as ``hf_tokenizer.open_tokenizer`` picks from the manifest."""
+
+    def clean(self, text: str) -> str: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> TokenBatch: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
 @functools.lru_cache(maxsize=1)
 def _byte_level() -> Any:
     from tokenizers import pre_tokenizers
@@ -302,7 +319,7 @@ class _Fd2Capture:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Any:
+def _load_hf_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
     from tokenizers import Tokenizer
 
     if size > MAX_TOKENIZER_BYTES:
@@ -337,8 +354,8 @@ def forget_loaded_tokenizers() -> None:
 class ClipTokenizer:
     """Tokenises text exactly as open_clip's ``SimpleTokenizer`` (``clean='lower'``)."""
 
-    def __init__(self, hf_tokenizer: Any, text_config: TextConfig, use_ftfy: Optional[bool] = None,
-                 source: str = "tokenizer"):
+    def __init__(self, hf_tokenizer: Tokenizer, text_config: TextConfig, use_ftfy: Optional[bool] = None,
+                 source: str = "tokenizer") -> None:
         if text_config.context_length < 2:
             raise BundleError(
                 f"text.context_length must be >= 2 (room for SOT and EOT), got {text_config.context_length}"
@@ -346,9 +363,12 @@ class ClipTokenizer:
         self._tok = hf_tokenizer
         self.source = source  # the file, for messages
         self.config = text_config
+        if text_config.sot_token_id is None or text_config.eot_token_id is None:  # the manifest's check, for others
+            raise BundleError(f"{source}: the CLIP tokenizer needs text.sot_token_id and text.eot_token_id, got "
+                              f"{text_config.sot_token_id} and {text_config.eot_token_id}")
         self.context_length = text_config.context_length
-        self.sot_token_id = text_config.sot_token_id
-        self.eot_token_id = text_config.eot_token_id
+        self.sot_token_id: int = text_config.sot_token_id
+        self.eot_token_id: int = text_config.eot_token_id
         self.pad_token_id = text_config.pad_token_id
         self._fix_text, self.uses_ftfy = _default_fix_text(use_ftfy)
         self._max_segment = _MAX_SEGMENT
@@ -372,7 +392,8 @@ class ClipTokenizer:
         size = self._tok.get_vocab_size()
         if size != self.config.vocab_size:
             raise BundleError(
-                f"{self.source}: tokenizer has {size} tokens but the manifest says text.vocab_size={self.config.vocab_size}"
+                f"{self.source}: tokenizer has {size} tokens but the manifest says "
+                f"text.vocab_size={self.config.vocab_size}"
             )
         # Every id the tokenizer can produce must exist in the text graph's embedding table,
         # which the session check sizes from text.vocab_size.

@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from ..display import display_path
 from ..errors import ClipRtError, InputError
-from .discover import display_path
+
+if TYPE_CHECKING:  # the [video] extra and Pillow, imported when a video is read
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
+    from PIL import Image
 
 
-def require_av() -> Any:
+def require_av() -> ModuleType:
     try:
         import av
     except ImportError:
@@ -23,7 +30,7 @@ def require_av() -> Any:
 @dataclass
 class Frame:
     time: float  # seconds from the start of the stream
-    image: Any  # PIL.Image.Image, RGB
+    image: Image.Image  # RGB
 
 
 @dataclass
@@ -88,7 +95,7 @@ def _check_pixels(path: str, width: int, height: int, max_pixels: Optional[int])
                          "raise it only for files you trust)")
 
 
-def to_image(frame: Any, shrink: Optional[Shrink] = None) -> Any:
+def to_image(frame: VideoFrame, shrink: Optional[Shrink] = None) -> Image.Image:
     """The frame as an RGB PIL image: the same pixels as PyAV's ``frame.to_image()`` with one
     copy fewer (on a 9000x9000 frame: 714 MB peak instead of 1167 MB). With *shrink*, scaled
     down while converted (swscale, area filter) when the frame is larger than it allows."""
@@ -104,10 +111,11 @@ def to_image(frame: Any, shrink: Optional[Shrink] = None) -> Any:
     rgb = frame.reformat(format="rgb24", **options)
     plane = rgb.planes[0]
     # Pillow copies an RGB buffer into its own 4-byte pixels, reading rows line_size apart.
-    return Image.frombuffer("RGB", (rgb.width, rgb.height), plane, "raw", "RGB", plane.line_size, 1)
+    # (a VideoPlane is a buffer: the stubs do not say so)
+    return Image.frombuffer("RGB", (rgb.width, rgb.height), plane, "raw", "RGB", plane.line_size, 1)  # type: ignore[arg-type]
 
 
-def _frame_time(frame: Any, stream: Any) -> float:
+def _frame_time(frame: VideoFrame, stream: VideoStream) -> float:
     if frame.time is not None:
         return float(frame.time)
     if frame.pts is not None and stream.time_base is not None:
@@ -126,7 +134,7 @@ def video_duration(path: str) -> float | None:
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:
-                return container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+                return float(container.duration / 1_000_000)  # microseconds (AV_TIME_BASE)
     except (av.FFmpegError, OSError) as exc:
         raise InputError(f"cannot open video {display_path(path)!r}: {exc}") from exc
     return None

@@ -31,14 +31,18 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from ..display import display_path
 from ..errors import ClipRtError, InputError
-from ..inputs.discover import display_path
+
+if TYPE_CHECKING:
+    from .collection import Collection
 
 ANN_FORMAT = 1
 ANN_FILE = "ann.json"
@@ -105,7 +109,7 @@ def exact_search(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
     return scores[order], order
 
 
-def search(collection: Any, query: np.ndarray, k: int, *, mode: str = "auto", rebuild: bool = False,
+def search(collection: Collection, query: np.ndarray, k: int, *, mode: str = "auto", rebuild: bool = False,
            spec: AnnSpec = DEFAULT_SPEC, on_message: Callable[[str], None] = lambda m: None
            ) -> tuple[list[tuple[float, str]], str]:
     """The *k* nearest rows of *collection* to *query*: ``([(cosine, path)], how)`` where *how*
@@ -149,7 +153,7 @@ class AnnIndex:
         return scores[0][keep], ids[0][keep]
 
 
-def ensure_ann(collection: Any, spec: AnnSpec = DEFAULT_SPEC, *, rebuild: bool = False,
+def ensure_ann(collection: Collection, spec: AnnSpec = DEFAULT_SPEC, *, rebuild: bool = False,
                on_message: Callable[[str], None] = lambda m: None) -> AnnIndex:
     """The collection's ANN index: opened if it is current and sound, else (re)built."""
     folder = collection.ann_dir
@@ -170,7 +174,7 @@ def ensure_ann(collection: Any, spec: AnnSpec = DEFAULT_SPEC, *, rebuild: bool =
         return build(folder, collection, spec)
 
 
-def _try_open(folder: str, collection: Any) -> "AnnIndex | str | None":
+def _try_open(folder: str, collection: Collection) -> AnnIndex | str | None:
     """The index, or why it must be (re)built (None: there is none yet)."""
     if not os.path.exists(os.path.join(folder, ANN_FILE)):
         return None
@@ -187,7 +191,7 @@ class _Stale(Exception):
     pass
 
 
-def open_ann(folder: str, collection: Any) -> AnnIndex:
+def open_ann(folder: str, collection: Collection) -> AnnIndex:
     """Open and check the index in *folder* for *collection*. Raises InputError when damaged,
     ``_Stale`` when the embeddings changed since it was built."""
     faiss = _faiss()
@@ -254,7 +258,7 @@ def _self_check(ann: AnnIndex, damaged: Callable[[str], InputError]) -> None:
             raise damaged(f"stored vector {row} is not found by a search for itself")
 
 
-def build(folder: str, collection: Any, spec: AnnSpec = DEFAULT_SPEC) -> AnnIndex:
+def build(folder: str, collection: Collection, spec: AnnSpec = DEFAULT_SPEC) -> AnnIndex:
     """Train on a random sample of the collection's vectors, add them all (a chunk at a time),
     store the result."""
     t0 = time.perf_counter()

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Optional, Union
 
+from ..display import display_path, printable
 from ..errors import ClipRtError, ImageLoadError, InputError
-from ..inputs.discover import display_path, printable
 from .fonts import INSTALL_HINT, FontChoice, choose_fonts
+
+if TYPE_CHECKING:  # matplotlib (the [report] extra) and Pillow are imported when a chart is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from ..inputs.images import ImageSource
 
 BAR_COLOUR = "#3b75af"
 MEAN_COLOUR = "#d62728"
@@ -24,7 +34,7 @@ DPI = 110
 MIN_BAR = 0.006  # of the axis span: a tiny non-zero value still shows as a bar
 
 
-def require_matplotlib() -> Any:
+def require_matplotlib() -> ModuleType:
     """The ``matplotlib`` module, or a clear error naming the extra."""
     try:
         import matplotlib
@@ -71,24 +81,24 @@ def percent(value: float) -> str:
     return f"{100 * value:.2g}%"
 
 
-def _figure(width: float, height: float) -> Any:
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
 
 
-def _save(fig: Any, path: Union[str, Path]) -> Path:
+def _save(fig: Figure, path: Union[str, Path]) -> Path:
     fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
     return Path(path)
 
 
-def _integer_ticks(axis: Any) -> None:
+def _integer_ticks(axis: Axis) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 images
 
 
-def _percent_ticks(axis: Any) -> None:
+def _percent_ticks(axis: Axis) -> None:
     from matplotlib.ticker import PercentFormatter
 
     axis.set_major_formatter(PercentFormatter(1.0))
@@ -146,7 +156,7 @@ def pie_chart(path: Union[str, Path], names: Sequence[str], counts: Sequence[int
     return _save(fig, path)
 
 
-def _hist(ax: Any, values: Sequence[float], *, xlabel: str, unit: str = "", fmt: str = "{:.3f}") -> None:
+def _hist(ax: Axes, values: Sequence[float], *, xlabel: str, unit: str = "", fmt: str = "{:.3f}") -> None:
     if len(values):
         import numpy as np
 
@@ -184,7 +194,7 @@ def size_histograms(path: Union[str, Path], widths: Sequence[int], heights: Sequ
     return _save(fig, path)
 
 
-def thumbnail(source: Any, size: int) -> Any:
+def thumbnail(source: ImageSource, size: int) -> Optional[Image.Image]:
     """An RGB thumbnail of *source* through clip-rt's own loader (its pixel limit, no FIFO or
     device, EXIF orientation, draft decoding), or None when it cannot be read now."""
     from ..inputs.images import open_image
@@ -221,7 +231,7 @@ def contact_sheet(path: Union[str, Path], items: Sequence[tuple[str, str]], *, c
     return _save(fig, path)
 
 
-def image_with_bars(path: Union[str, Path], image: Any, names: Sequence[str], probs: Sequence[float], *,
+def image_with_bars(path: Union[str, Path], image: Image.Image, names: Sequence[str], probs: Sequence[float], *,
                     title: str = "") -> Path:
     """The image on the left, its text probabilities as labelled bars on the right; the
     percentage axis runs from 0 to 100 %."""
@@ -245,7 +255,7 @@ def image_with_bars(path: Union[str, Path], image: Any, names: Sequence[str], pr
     return _save(fig, path)
 
 
-def plot_similarity(image: Any, texts: Sequence[str], probabilities: Sequence[float], path: Union[str, Path], *,
+def plot_similarity(image: ImageSource, texts: Sequence[str], probabilities: Sequence[float], path: Union[str, Path], *,
                     title: Optional[str] = None) -> Path:
     """Write a PNG to *path*: *image* beside a bar chart of the *probabilities* of *texts*
     (e.g. from :meth:`ClipModel.similarity`). *image* is a path or anything

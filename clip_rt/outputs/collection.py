@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..inputs.discover import display_path
+from ..display import display_path
 
 
 @dataclass

@@ -27,11 +27,12 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, Iterable, Iterator, Optional
+from typing import IO, Any, BinaryIO, Optional, TextIO, Union
 
+from ..display import display_path
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
 
 TEMP_SUFFIX = ".tmp"
 LOCK_SUFFIX = ".clip-rt.lock"
@@ -420,7 +421,7 @@ def open_sink(path: str, mode: str, *, truncatable: bool, what: str = "output") 
     return RecordSink(raw, path, truncatable=truncatable, offset=offset, what=what)  # type: ignore[arg-type]
 
 
-def stdout_sink() -> Any:
+def stdout_sink() -> Union[RecordSink, TextIO]:
     """Records to stdout, as UTF-8 with surrogateescape (non-UTF-8 file names byte-exact)."""
     import sys
 

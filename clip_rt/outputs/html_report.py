@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from . import thumbnails as thumbs
 from .files import StagedFiles, check_owned_folder, check_regular_or_absent, reason
 from .html_page import asset, csp_hash, esc, fill, script_json
@@ -163,7 +163,7 @@ def render(
         "default-src 'none'; img-src 'self' file: data:; "
         f"style-src {csp_hash(style)}; script-src {csp_hash(script)}; base-uri 'none'; form-action 'none'"
     )
-    from .. import __version__
+    from ..version import __version__
 
     return fill(
         asset("clip_rt.outputs", "html/report.html"),

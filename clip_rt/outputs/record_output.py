@@ -23,7 +23,7 @@ import shutil
 from typing import Any, Optional, Sequence
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from .files import (
     OutputLock,
     RecordSink,

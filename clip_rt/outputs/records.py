@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Optional, Sequence
+from typing import Any, Optional, Protocol
 
+from ..display import display_path, display_width, loader_label, pad, printable
 from ..errors import InputError
-from ..inputs.discover import display_path, display_width, loader_label, pad, printable
 
 FORMATS = ("table", "csv", "json", "jsonl")
 RESUMABLE = ("csv", "jsonl")
@@ -149,10 +150,18 @@ def csv_row(rec: Record, labels: Sequence[str]) -> list[str]:
     ] + [_fmt(rec.scores.get(lab)) for lab in labels]
 
 
+class TextSink(Protocol):
+    """Where a :class:`RecordWriter` writes: a text file, stdout, or a ``files.RecordSink``."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class RecordWriter:
     """Writes records in one format to a text stream; ``write_batch`` flushes."""
 
-    def __init__(self, fmt: str, stream: IO[str], labels: Sequence[str], *, top_k: int = 1,
+    def __init__(self, fmt: str, stream: TextSink, labels: Sequence[str], *, top_k: int = 1,
                  write_header: bool = True, bom: bool = False) -> None:
         if fmt not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputError, OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from . import charts, html_report
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT
@@ -114,7 +114,8 @@ def summarise(records: Sequence[Record], labels: Sequence[str],
 
 
 # -- any results in, records out ---------------------------------------------------------
-def as_records(results: Iterable[Any], paths: Optional[Sequence[Any]] = None) -> list[Record]:
+def as_records(results: Iterable[object], paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None,
+               ) -> list[Record]:
     """:class:`Record` objects from *results*: records, JSON records (dicts, as in a JSONL
     output), or result objects with ``label``/``score``/``scores`` (``Classification`` from
     :meth:`ClipModel.classify`, with *paths* giving their images in the same order; objects
@@ -199,9 +200,10 @@ def prepare_report(folder: Union[str, Path], html: bool = True) -> None:
         html_report.check_html_report(folder)
 
 
-def write_report(results: Iterable[Any], folder: Union[str, Path], labels: Optional[Sequence[str]] = None, *,
-                 paths: Optional[Sequence[Any]] = None, identity: Optional[dict[str, Any]] = None,
-                 contact_sheet: int = 24, bom: Optional[bool] = None, html: bool = True,
+def write_report(results: Iterable[object], folder: Union[str, Path], labels: Optional[Sequence[str]] = None, *,
+                 paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None,
+                 identity: Optional[dict[str, Any]] = None, contact_sheet: int = 24,
+                 bom: Optional[bool] = None, html: bool = True,
                  progress: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """Write the batch report into *folder*: ``results.csv``, ``summary.json``, the charts and
     (*html*, the default) ``report.html`` with a ``thumbnails/`` folder beside it.
@@ -273,14 +275,15 @@ def _shown_classes(labels: Sequence[str], classes: dict[str, Any]) -> tuple[list
     with_images = [lab for lab in labels if classes[lab]["count"] > 0]
     shown = sorted(with_images, key=lambda lab: -classes[lab]["count"])[:MAX_BARS]
     empty = len(labels) - len(with_images)
-    return shown, (f", the {len(shown)} largest of {len(labels)} classes" + (f"; {empty} have no images" if empty else ""))
+    note = f"; {empty} have no images" if empty else ""
+    return shown, f", the {len(shown)} largest of {len(labels)} classes{note}"
 
 
 def _charts(staged: StagedFiles, summary: dict[str, Any], shown: list[str], note: str,
             sheet: list[tuple[str, str]], records: Sequence[Record], texts: list[str]) -> list[str]:
     classes = summary["classes"]
     aspect = summary["aspect_ratio"]
-    sized = [r for r in records if r.width and r.height]
+    sized = [(r.width, r.height) for r in records if r.width and r.height]
     with charts.chart_style(texts):
         charts.bar_chart(staged.path("class_distribution.png"), shown, [classes[lab]["count"] for lab in shown],
                          title=f"Images per class ({summary['classified']} classified{note})", xlabel="images",
@@ -291,10 +294,10 @@ def _charts(staged: StagedFiles, summary: dict[str, Any], shown: list[str], note
                          texts=[None if classes[lab]["count"] else "no images" for lab in shown])
         charts.pie_chart(staged.path("aspect_types.png"), list(aspect["types"]), list(aspect["types"].values()),
                          title=f"Aspect-ratio types (long/short side, ±{ASPECT_TOLERANCE:.0%})")
-        charts.histogram(staged.path("aspect_ratio_hist.png"), [r.width / r.height for r in sized],  # type: ignore[operator]
+        charts.histogram(staged.path("aspect_ratio_hist.png"), [w / h for w, h in sized],
                          title="Width / height ratio", xlabel="width / height (< 1: portrait)")
-        charts.size_histograms(staged.path("image_size_hist.png"), [int(r.width) for r in sized],  # type: ignore[arg-type]
-                               [int(r.height) for r in sized], title=f"Image size in pixels ({len(sized)} images)")
+        charts.size_histograms(staged.path("image_size_hist.png"), [int(w) for w, _ in sized],
+                               [int(h) for _, h in sized], title=f"Image size in pixels ({len(sized)} images)")
         made = list(CHARTS[:5])
         if sheet:
             charts.contact_sheet(staged.path("contact_sheet.png"), sheet)

@@ -22,16 +22,21 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from ..display import display_path
 from ..errors import ClipRtError, InputError, OutputError
-from ..inputs.discover import display_path, path_key, walk_images
+from ..inputs.discover import path_key, walk_images
 from .records import dumps_json
+
+if TYPE_CHECKING:
+    from ..results import ImageEmbedding
 
 INDEX_FORMAT = 1
 INDEX_FILE = "index.json"
@@ -63,6 +68,40 @@ class UpdateStats:
     unchanged: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); a folder: not listable
     unlisted: int = 0  # entries kept as they were because their folder could not be listed
+
+
+class Embeddings(Protocol):
+    """What made a set of embeddings, as an index or a collection (``collection.Collection``,
+    an index or a Ray output) records it: ``search`` checks its model against it."""
+
+    @property
+    def model(self) -> str: ...  # the bundle's name
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def bundle_dir(self) -> Optional[str]: ...
+
+
+class BundleIdentity(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+class IndexModel(Protocol):
+    """The model an index is built and searched with: a ``ClipModel`` (or a test's stand-in).
+    ``bundle_dir``, ``runtime`` and ``manifest.embed_dim`` are recorded where it has them."""
+
+    @property
+    def manifest(self) -> BundleIdentity: ...
+    @property
+    def precision(self) -> str: ...
+
+    def iter_images(self, sources: Iterable[Any], /, batch_size: Optional[int] = None) -> Iterator[ImageEmbedding]:
+        ...
 
 
 @dataclass
@@ -172,7 +211,7 @@ class SearchIndex:
         return [(float(scores[i]), int(i)) for i in order]
 
 
-def check_model(index: SearchIndex, model: Any, folder: str) -> None:
+def check_model(index: Embeddings, model: IndexModel, folder: str) -> None:
     """Refuse to mix embeddings from different weights (or precisions) in one index."""
     fp, prec = model.manifest.fingerprint, model.precision
     if index.fingerprint != fp:
@@ -200,7 +239,7 @@ def recorded_precision(folder: str) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, rebuild: bool = False,
+def update_index(folder: str, root: str, model: IndexModel, *, batch_size: int = 32, rebuild: bool = False,
                  on_progress: Optional[Callable[[int], None]] = None) -> tuple[SearchIndex, UpdateStats]:
     """Create or refresh the index in *folder* for the images under *root*: embeds only new or
     changed files, drops deleted ones. Unreadable images are left out and listed in the stats.
@@ -212,7 +251,7 @@ def update_index(folder: str, root: str, model: Any, *, batch_size: int = 32, re
         return _update_locked(folder, root, model, batch_size=batch_size, rebuild=rebuild, on_progress=on_progress)
 
 
-def _update_locked(folder: str, root: str, model: Any, *, batch_size: int, rebuild: bool,
+def _update_locked(folder: str, root: str, model: IndexModel, *, batch_size: int, rebuild: bool,
                    on_progress: Optional[Callable[[int], None]]) -> tuple[SearchIndex, UpdateStats]:
     root_abs = os.path.abspath(root)
     old: Optional[SearchIndex] = None
@@ -384,7 +423,7 @@ def index_lock(folder: str) -> Iterator[None]:
         yield
 
 
-def default_model(index: SearchIndex) -> str:
+def default_model(index: Embeddings) -> str:
     """The bundle to search with when --model is not given: the directory that built the index
     if it is still there, else its store name."""
     from ..bundle.store import is_bundle
@@ -539,7 +578,7 @@ def _under_any(path: str, folders: list[str]) -> bool:
     return any(key.startswith(d.rstrip(os.sep) + os.sep) for d in folders)
 
 
-def _runtime(model: Any) -> Optional[dict[str, Any]]:
+def _runtime(model: IndexModel) -> Optional[dict[str, Any]]:
     runtime = getattr(model, "runtime", None)
     if not isinstance(runtime, dict):
         return None
@@ -548,7 +587,7 @@ def _runtime(model: Any) -> Optional[dict[str, Any]]:
     return summary(runtime)
 
 
-def _bundle_dir(model: Any) -> Optional[str]:
+def _bundle_dir(model: IndexModel) -> Optional[str]:
     path = getattr(model, "bundle_dir", None)
     return os.path.abspath(path) if path is not None else None
 

@@ -116,7 +116,7 @@ def _bounded(
 
 
 def _reason(message: str, source: str) -> str:
-    from ..inputs.images import display_path
+    from ..display import display_path
 
     label = display_path(source)
     return message[len(label) + 2 :] if message.startswith(label + ": ") else message

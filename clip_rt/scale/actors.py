@@ -14,9 +14,10 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from ..errors import BundleError, ClipRtError
 from ..model import load
 from ..options import RuntimeOptions
 from . import parts
+
+if TYPE_CHECKING:
+    from ..zeroshot import EmbeddingClassifier
 
 BYTES_SOURCE = "<bytes>"  # how the loader names an in-memory image in its errors
 
@@ -39,7 +43,8 @@ class ImageRows:
     parts are kept for the rerun)."""
 
     def __init__(self, bundle: Union[str, "ShippedBundle"], identity: dict[str, Any], options: RuntimeOptions, *,
-                 batch_size: int = 8, classifier: Any = None, decode_workers: Optional[int] = None,
+                 batch_size: int = 8, classifier: Optional[EmbeddingClassifier] = None,
+                 decode_workers: Optional[int] = None,
                  node_columns: bool = False) -> None:
         """*options*: how the model runs, built once by the driver (the precision is the job's).
         *node_columns*: add ``_node_ip`` and ``_node_id`` to every row (the sink counts and drops them)."""
@@ -98,7 +103,7 @@ class ImageRows:
         paths = [str(p) for p in batch["path"]]
         if "bytes" in batch:
             # bytearray: always image data (the loader reads short ``bytes`` as a file name)
-            sources = [bytearray(b) for b in batch["bytes"]]
+            sources: list[bytearray] | list[str] = [bytearray(b) for b in batch["bytes"]]
         else:
             sources = [os.fsdecode(bytes(b)) for b in batch["fs_path"]]
         n, dim = len(paths), int(self.identity["embed_dim"])
@@ -122,17 +127,18 @@ class ImageRows:
             "error": pa.array(error, pa.string()),
         }
         if self.classifier is not None:
-            columns.update(self._classify(emb, ok))
+            columns.update(self._classify(self.classifier, emb, ok))
         return pa.Table.from_pydict(columns, schema=self.schema)
 
-    def _classify(self, emb: np.ndarray, ok: np.ndarray) -> dict[str, Any]:
+    @staticmethod
+    def _classify(classifier: EmbeddingClassifier, emb: np.ndarray, ok: np.ndarray) -> dict[str, Any]:
         import pyarrow as pa
 
-        probs = np.zeros((len(emb), len(self.classifier.names)), dtype=np.float32)
+        probs = np.zeros((len(emb), len(classifier.names)), dtype=np.float32)
         if ok.any():
-            probs[ok] = self.classifier.probabilities(emb[ok])
+            probs[ok] = classifier.probabilities(emb[ok])
         best = probs.argmax(axis=1)  # the first of equal scores, as the CLI's stable sort
-        labels = [self.classifier.names[j] if good else None for j, good in zip(best, ok)]
+        labels = [classifier.names[j] if good else None for j, good in zip(best, ok)]
         scores = [float(probs[i, j]) if good else None for i, (j, good) in enumerate(zip(best, ok))]
         return {"label": pa.array(labels, pa.string()), "score": pa.array(scores, pa.float32()),
                 "scores": _fixed_list(probs, ok)}

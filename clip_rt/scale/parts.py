@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ..errors import InputError
-from ..inputs.discover import display_path
+from ..display import display_path
 
 JOB_FILE = "_clip-rt-job.json"
 JOB_FORMAT = 1
@@ -114,7 +114,8 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
     if job.exists() and not overwrite:
         stored = read_job(out)
         diffs = [k for k in ident if k not in ("label_spec", "bundle_dir") and stored.get(k) != ident[k]]
-        if stored.get("label_spec") != ident.get("label_spec") and "labels" not in diffs and ident["kind"] == "classify":
+        if (stored.get("label_spec") != ident.get("label_spec") and "labels" not in diffs
+                and ident["kind"] == "classify"):
             diffs.append("label_spec")
         if diffs:
             detail = "; ".join(f"{k}: output has {stored.get(k)!r}, this run has {ident.get(k)!r}" for k in diffs)
@@ -132,7 +133,7 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
 
 
 def _is_ours(name: str) -> bool:
-    return name == JOB_FILE or name.startswith((PART_PREFIX, "." + PART_PREFIX)) or name.startswith(f".{JOB_FILE}")
+    return name == JOB_FILE or name.startswith((PART_PREFIX, "." + PART_PREFIX, f".{JOB_FILE}"))
 
 
 def read_job(out: str) -> dict[str, Any]:

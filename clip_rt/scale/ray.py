@@ -31,12 +31,17 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .. import templates as _templates
 from ..errors import ClipRtError, InputError
-from ..inputs.discover import IMAGE_EXTENSIONS, discover, display_path, no_images_found, path_key
+from ..display import display_path
+from ..inputs.discover import IMAGE_EXTENSIONS, discover, no_images_found, path_key
 from ..options import RuntimeOptions
 from . import parts
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Ray (the [ray] extra) is imported when a job runs
+    from ray.data import Dataset
+
     from ..adapt.head import Head, HeadArg
+    from ..bundle.manifest import Manifest
+    from ..zeroshot import LabelsArg
 
 DEFAULT_PART_ROWS = 10_000
 DEFAULT_OBJECT_STORE_MB = 1024
@@ -216,7 +221,8 @@ def _bundle(model: Union[str, "os.PathLike[str]"], precision: Optional[str]) -> 
     manifest = read_manifest(bundle_dir)
     precision = (precision or default_precision(manifest, CPU)).lower()
     if precision not in manifest.precisions:
-        raise InputError(f"bundle {manifest.name!r} has no {precision!r} graphs; it has: {', '.join(manifest.precisions)}")
+        raise InputError(f"bundle {manifest.name!r} has no {precision!r} graphs; it has: "
+                         f"{', '.join(manifest.precisions)}")
     return str(Path(bundle_dir).resolve()), manifest, precision
 
 
@@ -250,8 +256,8 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
 
 def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, precision: Optional[str] = None,
                  actors: Optional[int] = None, cpus_per_actor: float = 1, batch_size: int = 8, draft: bool = False,
-                 providers: Any = None, ship_bundle: bool = False,
-                 ray_remote_args: Optional[dict[str, Any]] = None) -> Any:
+                 providers: Union[str, Sequence[str], None] = None, ship_bundle: bool = False,
+                 ray_remote_args: Optional[dict[str, Any]] = None) -> Dataset:
     """A lazy ``ray.data.Dataset`` of image embeddings (columns above). *actors*: how many
     model copies (default: the cluster's CPUs / *cpus_per_actor*); each runs ONNX Runtime
     with ``int(cpus_per_actor)`` threads. *ray_remote_args*: passed to ``map_batches``
@@ -263,9 +269,9 @@ def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, preci
                 ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
 
 
-def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Any = None,
+def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Optional[LabelsArg] = None,
                     templates: Union[str, Sequence[str]] = _templates.SIMPLE, *, head: "Optional[HeadArg]" = None,
-                    **options: Any) -> Any:
+                    **options: Any) -> Dataset:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
     ``clip-rt classify``). The class embeddings are computed once, on the driver. *head*: a
@@ -286,7 +292,7 @@ def _map_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options.get(k, v) for k, v in allowed.items()}
 
 
-def _classifier(bundle_dir: str, manifest: Any, precision: str, labels: Any,
+def _classifier(bundle_dir: str, manifest: Manifest, precision: str, labels: Optional[LabelsArg],
                 templates: Union[str, Sequence[str]], head: "Optional[HeadArg]" = None) -> tuple[Any, dict[str, Any]]:
     from ..model import load
     from ..zeroshot import check_templates, parse_labels
@@ -423,7 +429,7 @@ def _write_unlisted(out: str, ident: dict[str, Any], walk_errors: list[tuple[str
     """A folder that could not be listed gets one failed row, as in ``clip-rt classify``."""
     import pyarrow as pa
 
-    rows = {}
+    rows: dict[str, str] = {}  # shown path -> reason
     for folder, reason in walk_errors:
         shown = display_path(path_key(folder))
         if shown not in done:

@@ -8,11 +8,11 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from ..errors import OutputError
-from ..inputs.discover import display_path
+from ..display import display_path
 from . import parts
 
 
-class PartsDatasink(Datasink):
+class PartsDatasink(Datasink[Optional[dict[str, Any]]]):
     """Each write task concatenates its blocks (about *rows_per_part* rows) and writes one part
     with :func:`parts.write_part` (temporary file, fsync, rename). Writes run on the driver's
     node, so the output folder only has to exist there, not on every worker."""

@@ -86,7 +86,7 @@ async def _warm_up(state: ServiceState, on_fatal: Optional[Callable[[str], None]
         for served in state.models.values():
             state.loading.append(served.id)
             await loop.run_in_executor(state.pool, served.warm_up)
-    except Exception as exc:  # a damaged graph, a provider that did not come up: the service cannot work
+    except Exception as exc:  # noqa: BLE001 - a damaged graph, a provider that did not come up: cannot serve
         state.failure = f"{type(exc).__name__}: {exc}"
         log.error("models failed to load: %s", state.failure)
         if on_fatal is not None:

@@ -40,7 +40,7 @@ def _state(request: "Request") -> "ServiceState":
 
 def page_html(state: "ServiceState") -> tuple[str, str]:
     """(the page, the Content-Security-Policy header to send with it)."""
-    from .. import __version__
+    from ..version import __version__
 
     style = asset("clip_rt.serve", "page/search.css")
     script = asset("clip_rt.serve", "page/search.js")

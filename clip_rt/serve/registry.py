@@ -13,8 +13,9 @@ import os
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -27,8 +28,15 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from ..adapt.head import Head
+    from ..inputs.tokenizer import TextTokenizer
+    from ..model import ClipModel
+    from ..outputs.search_index import SearchIndex
+    from ..results import PreprocessedImage
+    from ..zeroshot import ZeroShotClassifier
 
 log = logging.getLogger("clip_rt.serve")
+# A request's labels, validated: class names, or names with their own prompts (null: the templates).
+LabelsJson = Union[dict[str, Optional[list[str]]], list[str]]
 CLASSIFIERS_KEPT = 32  # label sets whose class embeddings stay in memory, per model ...
 CLASSIFIERS_BYTES = 64 << 20  # ... and at most this much of them (labels are chosen by clients)
 THUMBNAIL_BYTES_KEPT = 16 * 1024 * 1024  # the search page's recent thumbnails, per index (about 3,000)
@@ -37,13 +45,13 @@ THUMBNAIL_BYTES_KEPT = 16 * 1024 * 1024  # the search page's recent thumbnails, 
 class ServedModel:
     """One loaded bundle, its image and text batchers, and a small cache of classifiers."""
 
-    def __init__(self, model_id: str, model: Any, config: ServeConfig, metrics: Metrics) -> None:
+    def __init__(self, model_id: str, model: ClipModel, config: ServeConfig, metrics: Metrics) -> None:
         self.id = model_id
         self.model = model
         self.config = config
         self.created = int(time.time())
-        self._tokenizer: Any = None
-        self.classifiers: "OrderedDict[str, tuple[Any, int]]" = OrderedDict()  # key -> (classifier, bytes)
+        self._tokenizer: Optional[TextTokenizer] = None
+        self.classifiers: OrderedDict[str, tuple[ZeroShotClassifier, int]] = OrderedDict()  # key -> (classifier, bytes)
         self._classifier_bytes = 0
         wait = config.max_wait_ms / 1000.0
 
@@ -98,7 +106,7 @@ class ServedModel:
             if self._queued:  # both compiled models ready before the first request
                 self.model.encode_pixels(batch, queued=True)
 
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> TextTokenizer:
         """The bundle's tokenizer, for the token counts the OpenAI API reports."""
         if self._tokenizer is None:
             from ..inputs.hf_tokenizer import open_tokenizer
@@ -133,9 +141,9 @@ class ServedModel:
         sizes = [(d.width, d.height) for d in decoded]  # type: ignore[union-attr]
         return np.stack(rows), sizes
 
-    def _decode(self, ref: ImageRef, allowed: Sequence[str]) -> Any:
+    def _decode(self, ref: ImageRef, allowed: Sequence[str]) -> PreprocessedImage:
         stream = image_stream(ref, allowed, self.config.max_body_bytes)
-        stream.name = ref.param  # type: ignore[attr-defined]  # the loader's label in its messages
+        stream.name = ref.param  # the loader's label in its messages
         try:
             return self.model.preprocess(stream)
         except ClipRtError as exc:
@@ -145,7 +153,7 @@ class ServedModel:
         del stream
         raise ApiError("invalid_image", message, param=ref.param)
 
-    async def classifier(self, labels: Any, templates: Any) -> Any:
+    async def classifier(self, labels: LabelsJson, templates: list[str]) -> ZeroShotClassifier:
         """A zero-shot classifier for these labels and templates: class embeddings from the
         (shared, persistent) prompt cache through the text batcher; the last few are kept."""
         from ..zeroshot import ZeroShotClassifier, check_templates, class_embeddings, parse_labels
@@ -207,7 +215,7 @@ def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:
 class ServedIndex:
     """A `clip-rt index` folder, re-read when `clip-rt index` has updated it."""
 
-    def __init__(self, name: str, folder: str, index: Any, model_id: str) -> None:
+    def __init__(self, name: str, folder: str, index: SearchIndex, model_id: str) -> None:
         self.name, self.folder, self.index, self.model_id = name, folder, index, model_id
         self._stamp = self._meta_stamp()
         # (generation, row) -> JPEG, least recently used first; touched only on the event loop.
@@ -223,7 +231,7 @@ class ServedIndex:
             return None
         return st.st_mtime_ns, st.st_size
 
-    def current(self) -> Any:
+    def current(self) -> SearchIndex:
         """The index as on disk now (reloaded when index.json changed; kept if the reload fails)."""
         from ..outputs.search_index import SearchIndex
 
@@ -287,9 +295,10 @@ class ServedIndex:
             self._thumbnail_bytes -= len(dropped)
 
 
-def load_models(config: ServeConfig, metrics: Metrics, load: Any) -> "OrderedDict[str, ServedModel]":
+def load_models(config: ServeConfig, metrics: Metrics,
+                load: Callable[[str, Optional[str]], ClipModel]) -> OrderedDict[str, ServedModel]:
     """The served models, in the order given. *load(source, precision)* returns a ClipModel."""
-    served: "OrderedDict[str, ServedModel]" = OrderedDict()
+    served: OrderedDict[str, ServedModel] = OrderedDict()
     for spec in config.models:
         model = load(spec.source, spec.precision or config.precision)
         model_id = model.manifest.name + (f"@{spec.precision}" if spec.precision else "")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from ..adapt.head import Head
     from ..zeroshot import EmbeddingClassifier
-    from .registry import ServedHead, ServedIndex, ServedModel
+    from .registry import LabelsJson, ServedHead, ServedIndex, ServedModel
 
 JSON_LIMIT_IN_LOOP = 64 * 1024  # bodies larger than this are parsed on the decode pool
 BODY_ACCOUNT = "clip_rt.body_account"  # in the ASGI scope: the request's share of the body budget (app.Guard)
@@ -94,17 +95,17 @@ class ServiceState:
             raise ApiError("not_ready", f"the models failed to load: {self.failure}")
 
 
-def _json(data: Any, status: int = 200) -> "Response":
+def _json(data: Any, status: int = 200) -> Response:
     from starlette.responses import JSONResponse
 
     return JSONResponse(data, status_code=status)
 
 
-def state_of(request: "Request") -> ServiceState:
-    return request.app.state.service  # type: ignore[no-any-return]
+def state_of(request: Request) -> ServiceState:
+    return request.app.state.service
 
 
-async def body_of(request: "Request", allowed: Sequence[str]) -> dict[str, Any]:
+async def body_of(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
     state = state_of(request)
     state.check_ready()
     check_content_type(request.headers.get("content-type"))
@@ -199,7 +200,7 @@ async def embeddings(request: "Request") -> "Response":
             raise bad_request(f"{param} must be a text, a data URL, or an object {{\"text\"|\"image\"|\"path\": ...}}, "
                               f"got {describe(item)}", param=param)
     vectors: list[Optional[np.ndarray]] = [None] * len(items)
-    jobs = []
+    jobs: list[Awaitable[Any]] = []
     if texts:
         jobs.append(served.embed_texts([t for _, t in texts]))
     if images:
@@ -283,7 +284,7 @@ def _head_classifier(served_head: "ServedHead", body: dict[str, Any], cfg: Serve
     return head
 
 
-def _labels(value: Any, cfg: ServeConfig) -> Any:
+def _labels(value: Any, cfg: ServeConfig) -> LabelsJson:
     maximum = cfg.max_labels
     if isinstance(value, dict):
         if not value:
@@ -329,7 +330,7 @@ def _text_length(text: str, what: str, max_chars: int, param: str) -> None:
                           "(--max-text-chars)", param=param)
 
 
-def _templates(value: Any, cfg: ServeConfig) -> Any:
+def _templates(value: Any, cfg: ServeConfig) -> list[str]:
     from .. import templates as builtin
 
     if value is None:

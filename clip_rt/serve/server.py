@@ -7,13 +7,16 @@ import signal
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import ClipRtError, InputError
 from .config import ServeConfig
 from .metrics import Metrics
 from .registry import load_heads, load_indexes, load_models
 from .routes import ServiceState
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
 
 log = logging.getLogger("clip_rt.serve")
 
@@ -31,7 +34,7 @@ def require_stack() -> None:
                           "not installed: pip install 'clip-rt[serve]'")
 
 
-def build_state(config: ServeConfig, load: Callable[[str, Optional[str]], Any]) -> ServiceState:
+def build_state(config: ServeConfig, load: Callable[[str, Optional[str]], ClipModel]) -> ServiceState:
     """Models (manifests read, sessions not yet created), indexes and folders, checked now so
     that a mistake fails the command before it binds a port."""
     if not config.models:
@@ -99,8 +102,10 @@ def make_server(state: ServiceState, *, sock: Any = None) -> tuple[Any, Any]:
     state.connections = table
     uv_config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.access_log, lifespan="on",
-        timeout_graceful_shutdown=cfg.graceful_timeout, server_header=False, limit_concurrency=None,
+        timeout_graceful_shutdown=cfg.graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine
+        server_header=False, limit_concurrency=None,
         loop="asyncio", http=protocol_class(table, cfg.header_timeout))
+
     def on_stop() -> None:  # in the signal handler: hand over to the event loop
         loop = state.loop
         if loop is not None and not loop.is_closed():

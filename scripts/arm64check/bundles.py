@@ -12,14 +12,15 @@ does not.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-import contextlib
-from typing import Callable, ContextManager
 
 # The checkout's own CLI, whatever interpreter runs this script (it must have the [export] extra).
 CLI = [sys.executable, "-c", "import sys; from clip_rt.cli import main; sys.argv[0] = 'clip-rt'; main()"]
@@ -66,7 +67,8 @@ def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
 
 
 def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable[[str], None],
-                   hold: Callable[[str], ContextManager] = lambda what: contextlib.nullcontext()) -> dict[str, Path]:
+                   hold: Callable[[str], AbstractContextManager] = lambda what: contextlib.nullcontext(),
+                   ) -> dict[str, Path]:
     """Each missing export runs inside ``hold(what)`` (the shared heavy lock, see lock.py)."""
     dirs = bundle_dirs(cache, repo, model, seed)
     for old in stale_exports(cache, dirs["full"].parent, model, seed):

@@ -47,9 +47,11 @@ LABELS = "cat,dog,car"  # the README's classify
 # preprocessing, image decoding and broken files, zero-shot, prompt cache, CLI, video frame
 # sampling, failures, a long streaming run; CPU detection and the backend choice by injected
 # flags, backends, slim bundles, settings, untrusted bundles and inputs, outputs), minus those
-# marked torch (they need the [export] extra) or slow. Left out: files that need the [report]
-# extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann extras, GPU tooling
-# (test_gpu_path), bench's own tests and the export's. A test that needs an extra skips itself.
+# marked torch (they need the [export] extra; a test on an exported bundle skips itself without
+# torch). Slow torch-free tests stay: the long streaming run is one the check is for. Left out:
+# files that need the [report] extra (matplotlib: test_report, test_cli_similarity), serve/ray/ann
+# extras, GPU tooling (test_gpu_path), bench's own tests and the export's. A test that needs an
+# extra skips itself.
 # Test dependencies: what these files import besides the runtime (scikit-image: real photos).
 GUEST_TEST_FILES = (
     "tests/test_tokenizer.py", "tests/test_zeroshot.py", "tests/test_session.py", "tests/test_model.py",
@@ -61,7 +63,7 @@ GUEST_TEST_FILES = (
     "tests/test_slim_bundle.py", "tests/test_model_preprocess.py", "tests/test_manifest_quantization.py",
     "tests/test_bundle_cli.py", "tests/test_api_agrees_with_cli.py", "tests/test_low_memory.py",
 )
-GUEST_TEST_MARKER = "not torch and not slow"
+GUEST_TEST_MARKER = "not torch"
 GUEST_TEST_DEPS = ("pytest", "hypothesis", "onnx", "psutil", "scikit-image")
 KEEP_RUNS = 3
 LOCK_IN_RUN = "heavy.lock"  # where the --lock file appears in the guest's /check
@@ -149,7 +151,8 @@ def check_checkout() -> None:
     try:
         import clip_rt
     except ImportError:
-        raise SystemExit(f"arm64-check: clip_rt is not importable; run `pip install -e '.[export,test]'` in {REPO}")
+        raise SystemExit("arm64-check: clip_rt is not importable; run `pip install -e '.[export,test]'` in "
+                         f"{REPO}") from None
     where = Path(clip_rt.__file__).resolve()
     if REPO not in where.parents:
         raise SystemExit(f"arm64-check: clip_rt is imported from {where}, not from this checkout ({REPO}); "
@@ -231,7 +234,8 @@ def host_isa() -> str:
     return "x86_64"
 
 
-def run_streaming(cmd: list[str], *, env: dict[str, str], log_file: Path, timeout: float, cwd: Optional[Path] = None) -> int:
+def run_streaming(cmd: list[str], *, env: dict[str, str], log_file: Path, timeout: float,
+                  cwd: Optional[Path] = None) -> int:
     """Run *cmd* in its own process group, echo its lines to stderr and *log_file*; on timeout
     or interruption, kill the whole group (no qemu process is ever left behind)."""
     with open(log_file, "ab") as logf:
@@ -362,7 +366,8 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
     overhead = summary.qemu_overhead_mib(qemu_triv, x86_triv)
     imports = arm.get("imports", {})
     mem.update({"qemu_trivial_mib": min(qemu_triv), "x86_trivial_mib": min(x86_triv), "qemu_overhead_mib": overhead,
-                "qemu_imports_mib": imports.get("peak_rss_mb"), "qemu_imports_guest_mib": imports.get("sampled_guest_peak_mb"),
+                "qemu_imports_mib": imports.get("peak_rss_mb"),
+                "qemu_imports_guest_mib": imports.get("sampled_guest_peak_mb"),
                 "x86_imports_mib": x86.get("imports", {}).get("peak_rss_mb")})
     for m in models:
         a_runs, x_runs = arm.get("models", {}).get(m["name"], {}), x86.get("models", {}).get(m["name"], {})
@@ -389,7 +394,8 @@ def memory_report(arm: dict[str, Any], x86: dict[str, Any], models: list[dict[st
                 agreement[m["name"]][what] = compare.compare_records(compare.read_records(Path(x["records"])),
                                                                      compare.read_records(arm_records))
             else:
-                agreement[m["name"]][what] = {"passed": False, "error": f"exit aarch64 {a.get('exit')}, x86 {x.get('exit')}"}
+                agreement[m["name"]][what] = {"passed": False, "error": f"exit aarch64 {a.get('exit')}, x86 "
+                                                                        f"{x.get('exit')}"}
         mem["models"][m["name"]] = entry
     return mem, agreement
 
@@ -413,7 +419,8 @@ def cpu_choice_verdict(choice: dict[str, Any], model: cpuinfo.CpuModel,
         views.append(("clip-rt info", rt.get("cpu", {}), {enc: rt.get(enc, {}) for enc in ("image", "text")}))
     for where, isa, plan in views:
         if isa.get("arch") != "aarch64" or isa.get("class") != model.isa_class:
-            problems.append(f"{where}: detected {isa.get('arch')} {isa.get('class')}, expected aarch64 {model.isa_class}")
+            problems.append(f"{where}: detected {isa.get('arch')} {isa.get('class')}, expected aarch64 "
+                            f"{model.isa_class}")
         if isa.get("source") != "/proc/cpuinfo":
             problems.append(f"{where}: CPU read from {isa.get('source')!r}, not /proc/cpuinfo")
         if not plan:
@@ -462,8 +469,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             dirs = bundles.ensure_bundles(cache, REPO, name, args.seed, log,
                                           hold=lambda what: held(args.lock, what, log))
             models.append({"name": name, "role": role, "full_host": dirs["full"], "slim_host": dirs["slim"]})
-        compare_dir = inputs.ensure_compare_images(cache, REPO)
-        folder = inputs.ensure_folder(cache, REPO, args.images)
+        compare_dir = inputs.ensure_compare_images(cache)
+        folder = inputs.ensure_folder(cache, args.images)
         one_image = sorted(folder.iterdir())[0]
         shutil.copytree(Path(__file__).resolve().parent, run_dir / "scripts" / "arm64check",
                         ignore=shutil.ignore_patterns("__pycache__"))
@@ -480,7 +487,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "compare": {"images": to(compare_dir), "texts": inputs.TEXTS},
                 "classify": {"labels": LABELS, "one_image": to(one_image), "folder": to(folder),
                              "lowmem": args.lowmem},
-                "lock": None if args.lock is None else (to(run_dir / LOCK_IN_RUN) if side == "aarch64" else str(args.lock)),
+                "lock": (None if args.lock is None
+                         else to(run_dir / LOCK_IN_RUN) if side == "aarch64" else str(args.lock)),
                 "tests": None if side != "aarch64" or src is None else {
                     "deps": list(GUEST_TEST_DEPS), "files": list(GUEST_TEST_FILES), "marker": GUEST_TEST_MARKER,
                     "dir": to(src), "timeout_s": args.test_timeout},
@@ -489,7 +497,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         # -- aarch64 ---------------------------------------------------------------------------
         def to_guest(p: Path) -> str:
             p = Path(p).absolute()
-            for host_dir, guest_dir in ((run_dir, "/check"), (cache / "bundles", "/bundles"), (cache / "inputs", "/inputs")):
+            mounts = ((run_dir, "/check"), (cache / "bundles", "/bundles"), (cache / "inputs", "/inputs"))
+            for host_dir, guest_dir in mounts:
                 if p == host_dir or host_dir in p.parents:
                     return guest_dir + str(p)[len(str(host_dir)):]
             raise ValueError(f"{p} is not under a folder the guest sees")
@@ -518,7 +527,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # -- x86 -------------------------------------------------------------------------------------
     freeze = arm.get("steps", {}).get("install", {}).get("freeze", [])
     (run_dir / "constraints-x86.txt").write_text(constraints_from_freeze(freeze))
-    (run_dir / "plan-x86_64.json").write_text(json.dumps(plan_for("x86_64", lambda p: str(Path(p).absolute())), indent=1))
+    x86_plan = plan_for("x86_64", lambda p: str(Path(p).absolute()))
+    (run_dir / "plan-x86_64.json").write_text(json.dumps(x86_plan, indent=1))
     log("x86: the same steps natively")
     env = dict(os.environ, PYTHONPATH=str(run_dir / "scripts"), PIP_CACHE_DIR=str(cache / "pip"))
     run_streaming([sys.executable, "-m", "arm64check.guest", "run", str(run_dir / "plan-x86_64.json")], env=env,

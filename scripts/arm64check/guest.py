@@ -418,13 +418,27 @@ def embed_here(bundle: str, images_dir: str, texts_json: str, npz_path: str) -> 
     return {"images": len(paths), "texts": len(texts), "precisions": manifest.precisions}
 
 
+USAGE = """usage: python -m arm64check.guest run PLAN.json
+       python -m arm64check.guest memory PLAN.json          the memory step alone, its result as JSON
+       python -m arm64check.guest classify PLAN.json HOME ARG...
+                                                            one classify child in HOME, its figures as JSON"""
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """``run``: every step (the check). ``memory`` and ``classify``: one step or one child, for
+    bench.memory_runs and bench.memory_repeat, which measure natively what the check measures."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "run":
-        print("usage: python -m arm64check.guest run PLAN.json", file=sys.stderr)
+    if len(args) < 2 or (args[0], len(args) == 2) not in {("run", True), ("memory", True), ("classify", False)}:
+        print(USAGE, file=sys.stderr)
         return 2
-    plan = json.loads(Path(args[1]).read_text())
-    results = Runner(plan).run()
+    runner = Runner(json.loads(Path(args[1]).read_text()))
+    if args[0] == "memory":
+        print(json.dumps(runner.memory()))
+        return 0
+    if args[0] == "classify":
+        print(json.dumps(runner.child(CLASSIFY_CHILD, args[3:], home=Path(args[2]))))
+        return 0
+    results = runner.run()
     return 0 if all(s.get("ok") for s in results["steps"].values()) else 1
 
 

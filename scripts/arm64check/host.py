@@ -43,7 +43,8 @@ def install_packages(packages: list[str], log: Log) -> None:
     if not packages:
         return
     if os.geteuid() != 0:
-        raise HostError(f"missing {' '.join(packages)}; install them (apt-get install {' '.join(packages)}) or run as root")
+        raise HostError(f"missing {' '.join(packages)}; install them (apt-get install {' '.join(packages)}) or run as "
+                        "root")
     if shutil.which("apt-get") is None:
         raise HostError(f"missing {' '.join(packages)} and no apt-get to install them with")
     log(f"host: apt-get install {' '.join(packages)}")

@@ -3,12 +3,11 @@
 - ``compare``: small real photographs (scikit-image's samples, as JPEG: the decoder is part of
   what is compared) and a few lossless PNGs in awkward modes (grey, RGBA, palette).
 - ``folder``: the README's "folder of photos": N multi-megapixel JPEGs, as bench/ makes them
-  (6 MP, crops and mirrors of the samples), for the folder's peak RSS.
+  (6 MP, crops and mirrors of the samples: clip_rt_fixtures.photos), for the folder's peak RSS.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,13 @@ TEXTS = [
 ]
 
 
-def _bench_photos(repo: Path):  # noqa: ANN202 - the bench module
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
+def _make_jpegs(folder: Path, count: int, megapixels: float, seed: int) -> None:
     try:
-        from bench import photos
+        from clip_rt_fixtures.photos import make_jpegs
+        import skimage.data  # noqa: F401 - the samples the photos are made from
     except ImportError as exc:
-        raise RuntimeError(f"making the test photos needs scikit-image (the [test] extra): {exc}") from exc
-    return photos
+        raise RuntimeError(f"making the test photos needs clip-rt with the [test] extra (scikit-image): {exc}") from exc
+    make_jpegs(folder, count, megapixels=megapixels, seed=seed)
 
 
 def _stamp_file(folder: Path) -> Path:
@@ -46,7 +44,7 @@ def _ready(folder: Path, stamp: dict) -> bool:
         return False
 
 
-def ensure_compare_images(cache: Path, repo: Path) -> Path:
+def ensure_compare_images(cache: Path) -> Path:
     from PIL import Image
 
     folder = cache / "inputs" / f"compare-v{COMPARE_VERSION}"
@@ -54,7 +52,7 @@ def ensure_compare_images(cache: Path, repo: Path) -> Path:
     if _ready(folder, stamp):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    _bench_photos(repo).make_jpegs(folder, 12, megapixels=0.3, seed=1)
+    _make_jpegs(folder, 12, megapixels=0.3, seed=1)
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:181, 0:257]
     grad = np.stack([x * 255 // 256, y * 255 // 180, (x + y) % 256], axis=-1).astype(np.uint8)
@@ -67,11 +65,11 @@ def ensure_compare_images(cache: Path, repo: Path) -> Path:
     return folder
 
 
-def ensure_folder(cache: Path, repo: Path, count: int, megapixels: float = 6.0) -> Path:
+def ensure_folder(cache: Path, count: int, megapixels: float = 6.0) -> Path:
     folder = cache / "inputs" / f"folder-{count}-{megapixels:g}mp"
     stamp = {"count": count, "megapixels": megapixels}
     if _ready(folder, stamp):
         return folder
-    _bench_photos(repo).make_jpegs(folder, count, megapixels=megapixels, seed=0)
+    _make_jpegs(folder, count, megapixels=megapixels, seed=0)
     _stamp_file(folder).write_text(json.dumps(stamp))
     return folder

@@ -1,0 +1,3 @@
+"""clip-rt's version, in a module of its own so that any module can name it without importing the package."""
+
+__version__ = "0.1.0"
