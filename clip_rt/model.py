@@ -23,7 +23,7 @@ from .engine.backends import Backend, RuntimePlan
 from .engine.pipeline import Decoded, image_stream
 from .engine.pipeline import decode as decode_image
 from .engine.planner import default_precision
-from .engine.runtime import ModelRuntime, TextTokenizer
+from .engine.runtime import ModelRuntime
 from .engine.text_batches import encode_token_rows
 from .errors import InputError, ModelNotFoundError
 from .inputs.discover import expand_folders
@@ -44,6 +44,7 @@ from .zeroshot import (
 
 if TYPE_CHECKING:
     from .adapt.head import HeadArg
+    from .inputs.tokenizer import TextTokenizer
     from .inputs.preprocess import Preprocessor
 
 __all__ = ["ClipModel", "load", "default_precision", "RuntimeOptions", "Workload", "DEFAULT_IMAGE_BATCH"]
@@ -214,7 +215,7 @@ class ClipModel:
         """Release the prompt cache's database connection (sessions are freed with the model)."""
         self._runtime.close()
 
-    def tokenizer(self) -> TextTokenizer:
+    def tokenizer(self) -> "TextTokenizer":
         """The bundle's tokenizer (loaded on first use), as :meth:`encode_text` uses it."""
         return self._runtime.tokenizer()
 

@@ -34,7 +34,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..results import ImageEmbedding
-    from ..zeroshot import ZeroShotClassifier
+    from ..zeroshot import EmbeddingClassifier
 
 Item = TypeVar("Item")
 
@@ -224,7 +224,7 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def _classify_batch(classifier: ZeroShotClassifier, items: Sequence[ImageEmbedding], top_k: int) -> list[Record]:
+def _classify_batch(classifier: EmbeddingClassifier, items: Sequence[ImageEmbedding], top_k: int) -> list[Record]:
     ok = [it.embedding for it in items if it.embedding is not None and it.error is None]
     found = classifier.classify_embeddings(np.stack(ok), top_k=top_k) if ok else []
     results = iter(found)

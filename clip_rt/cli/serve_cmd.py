@@ -147,7 +147,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
         echo_err(f"warning: listening on {host} without an API key: anyone who can reach this address can use "
                  f"the service (set --api-key or {API_KEY_ENV})")
     # A server is long-lived: its start-up is paid once, so steady speed chooses the backend.
-    options = RuntimeOptions(providers=provider, threads=threads, draft=draft,
+    options = RuntimeOptions(providers=(provider,) if provider else None, threads=threads, draft=draft,
                              backend=None if backend == "auto" else backend, workload=Workload(lifetime="long"))
 
     def load(source: str, model_precision: Optional[str]) -> ClipModel:

@@ -14,9 +14,7 @@ import importlib.util
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..bundle.manifest import Manifest
 from ..bundle.store import cache_dir
@@ -33,25 +31,11 @@ from .session import without_options_for
 
 if TYPE_CHECKING:
     from ..inputs.preprocess import Preprocessor
+    from ..inputs.tokenizer import TextTokenizer
     from .prompt_cache import PromptCache
 
 ENCODERS = ("image", "text")
 FOLDER_BATCH = 8  # a workload of more images than this runs as a folder stream
-
-
-class TokenBatch(Protocol):
-    ids: np.ndarray  # (N, context) int64
-    lengths: np.ndarray  # (N,) tokens per row, SOT and EOT included
-
-    def truncation_message(self, texts: Sequence[str]) -> Optional[str]: ...
-
-
-class TextTokenizer(Protocol):
-    """What the runtime needs of a tokenizer (CLIP BPE or Hugging Face: inputs/hf_tokenizer.py)."""
-
-    def encode_batch(self, texts: Sequence[str]) -> TokenBatch: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class ModelRuntime:

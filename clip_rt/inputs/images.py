@@ -14,7 +14,7 @@ import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -304,7 +304,9 @@ def release_image(img: Image.Image) -> None:
         pass
 
 
-def without_frames(exc: BaseException) -> BaseException:
+_E = TypeVar("_E", bound=BaseException)
+
+def without_frames(exc: _E) -> _E:
     """*exc* with no traceback in it or in the exceptions it chains to (``__cause__``,
     ``__context__``): the frames a traceback keeps alive may hold a decoded image or encoded
     data. What the message says, and the chained exceptions themselves, are kept."""

@@ -335,9 +335,9 @@ def _record_problem(line: str) -> str:
         return f"it is {kind}, not an object"
     if not isinstance(data.get("path"), str):
         return "it has no \"path\" string"
-    for key, kind in (("scores", dict), ("top_k", list)):
-        if data.get(key) is not None and not isinstance(data[key], kind):
-            return f"its {key!r} is not {'an object' if kind is dict else 'an array'}"
+    for key, expected, what in (("scores", dict, "an object"), ("top_k", list, "an array")):
+        if data.get(key) is not None and not isinstance(data[key], expected):
+            return f"its {key!r} is not {what}"
     top_k = data.get("top_k") or []
     if not all(isinstance(pair, list) and len(pair) == 2 for pair in top_k):
         return "its 'top_k' is not a list of [label, score] pairs"

@@ -41,7 +41,8 @@ def thumbnail_jpeg(
     cannot be read, or a mode that cannot be scaled."""
     from PIL import Image
 
-    from ..inputs.images import load_error, opened
+    from ..errors import load_error
+    from ..inputs.images import opened
     from ..inputs.preprocess import _high_bit_mapping
 
     with opened(source, draft=lambda w, h: (size, size)) as loaded:

@@ -43,7 +43,7 @@ def this_node() -> tuple[str, str]:
 
     if not ray.is_initialized():  # not in a Ray worker: nothing to name
         return "", ""
-    return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+    return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()  # type: ignore[no-untyped-call]
 
 
 def node_label(node_ip: str, node_id: str) -> str:

@@ -107,12 +107,12 @@ def protocol_class(table: ConnectionTable, header_timeout: float) -> type:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class GuardedH11Protocol(H11Protocol):  # type: ignore[misc]
+    class GuardedH11Protocol(H11Protocol):
         _head_timer: Any = None
         _head_cycle: Any = None
         _refused = False
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if not table.admit(self):
                 self._refused = True  # answered with a JSON 503 once its request arrives

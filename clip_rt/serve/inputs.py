@@ -97,9 +97,9 @@ async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[floa
     """The next chunk, None at the end; 408 past *deadline*."""
     try:
         if deadline is None:
-            return await it.__anext__()  # type: ignore[no-any-return]
+            return await it.__anext__()
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        return await asyncio.wait_for(it.__anext__(), remaining)  # type: ignore[no-any-return]
+        return await asyncio.wait_for(it.__anext__(), remaining)
     except StopAsyncIteration:
         return None
     except asyncio.TimeoutError:

@@ -35,7 +35,7 @@ PAGE_HEADERS = {
 
 
 def _state(request: "Request") -> "ServiceState":
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 def page_html(state: "ServiceState") -> tuple[str, str]:
