@@ -93,7 +93,7 @@ def clip_rt_runtime(bundle: Path, which: str) -> Runtime:
     encoders = {
         e: {k: runtime[e][k] for k in ("backend", "precision") if k in runtime.get(e, {})} for e in ("image", "text")
     }
-    tokenizer = model._tokenizer()  # noqa: SLF001 - the ids encode_text feeds its graph, for the token check
+    tokenizer = model.tokenizer()  # the ids encode_text feeds its graph, for the token check
 
     def token_ids(prompts: Sequence[str]) -> list[list[int]]:
         batch = tokenizer.encode_batch(list(prompts))

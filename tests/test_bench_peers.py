@@ -121,7 +121,7 @@ def test_fastembed_tokenizer_cleans_as_clip_rt_does(tmp_path: Path) -> None:
     assert "!" not in files["special_tokens_map.json"].values()
     tok = Tokenizer.from_str(json.dumps(files["tokenizer.json"]))
     prompts = ["A  Photo of the   CAT ", "a photo of a dog ."]
-    ours = clip_rt.load(bundle, cache=False)._tokenizer().encode_batch(prompts)
+    ours = clip_rt.load(bundle, cache=False).tokenizer().encode_batch(prompts)
     for encoding, row, n in zip(tok.encode_batch(prompts), ours.ids, ours.lengths):
         assert [i for i, m in zip(encoding.ids, encoding.attention_mask) if m] == row[:n].tolist()
     with pytest.raises(ValueError, match="dynamic_sequence"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from clip_rt.cli import common, main
 from clip_rt.outputs.search_index import INDEX_FILE, MARKER_FILE, SearchIndex
-from test_cli_classify import FakeModel, install_fake, real_bundle  # noqa: F401, F811  (a fixture)
+from test_cli_classify import FakeModel, install_fake
 
 
 def invoke(args: list[str]):  # noqa: ANN201
@@ -132,7 +132,7 @@ def test_missing_model_hint(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "clip-rt export" in r.output
 
 
-def test_real_bundle_index_and_search(real_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_real_bundle_index_and_search(real_bundle: Path, tmp_path: Path) -> None:
     imgs = colour_dir(tmp_path / "imgs")
     idx = str(tmp_path / "idx")
     r = CliRunner().invoke(main, ["index", str(imgs), "-o", idx, "--model", str(real_bundle)])

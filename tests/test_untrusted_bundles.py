@@ -524,6 +524,9 @@ def test_a_tokenizer_that_panics_is_a_bundle_error(bundle: Path, tmp_path: Path)
                "retry-limit-in-match over); the bundle's tokenizer is broken or hostile")
     with pytest.raises(BundleError, match=re.escape(message)):
         model.encode_text(["a" * 40 + "!"])
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")  # an image to classify: the labels fail first
     r = CliRunner().invoke(main, ["classify", str(tmp_path), "-m", str(bundle), "-l", "cat," + "a" * 40 + "!"])
     assert one_error_line(r) == f"Error: {message}"
 
@@ -586,10 +589,10 @@ def test_prompt_cache_is_keyed_by_dynamic_sequence(tmp_path: Path) -> None:
     b = build_fake_bundle(tmp_path / "b", precisions=("fp32",))
     model = clip_rt.load(b)
     model.encode_text([WORDS])
-    before = model._prompt_fingerprint()
+    before = model._runtime.prompt_fingerprint()
     edit(b, _set("text.dynamic_sequence", False))  # the same files (its graph takes any length)
     after = clip_rt.load(b)
-    assert after._prompt_fingerprint() != before
+    assert after._runtime.prompt_fingerprint() != before
     assert after._runtime.prompt_cache().get_many([WORDS]) == {}  # nothing cached under the new settings yet
     np.testing.assert_array_equal(after.encode_text([WORDS]), clip_rt.load(b, cache=False).encode_text([WORDS]))
 
