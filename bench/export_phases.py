@@ -13,6 +13,7 @@ Each run is stored under ``runs[<label or arch>(-cli)]`` of results/export_phase
 machine (ISA, load average); other runs in the file are kept. The machine is shared: the CPU
 seconds say more than the wall time when the load average is above the core count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,21 @@ def _seconds(text: str) -> float:
 def margins(bundle: Path) -> dict[str, dict[str, float]]:
     """Per int8 graph: min cosine, the gate's bound and the margin between them (and against the
     default gate, where the export was given a looser one: the tiny test model)."""
-    from clip_rt.bundle.manifest import read_manifest
     from clip_rt_export.validate import tolerance_for
+
+    from clip_rt.bundle.manifest import read_manifest
 
     m = read_manifest(bundle)
     out = {}
     for encoder, fig in m.parity.get("int8", {}).items():
         bound = fig.tolerance.get("min_cosine")
-        out[encoder] = {"min_cosine": round(fig.min_cosine, 6), "gate": bound,
-                        "margin": round(fig.min_cosine - bound, 6) if bound is not None else None,
-                        "top1_agreement": fig.top1_agreement, "batch_max_abs_diff": fig.batch_max_abs_diff}
+        out[encoder] = {
+            "min_cosine": round(fig.min_cosine, 6),
+            "gate": bound,
+            "margin": round(fig.min_cosine - bound, 6) if bound is not None else None,
+            "top1_agreement": fig.top1_agreement,
+            "batch_max_abs_diff": fig.batch_max_abs_diff,
+        }
         default = tolerance_for("int8", encoder)["min_cosine"]
         if default != bound:
             out[encoder]["default_gate"] = default
@@ -69,8 +75,17 @@ def in_process(arch: str, model_config: Optional[Path], out: Path, min_cosine: O
 
     progress = ExportProgress(StreamDisplay(sys.stderr), measure_memory=True)
     cpu0, t0 = os.times(), time.perf_counter()
-    export_bundle(arch, pretrained="none", precisions=("int8",), seed=0, output=out, model_config=model_config,
-                  force=True, progress=progress, int8_min_cosine=min_cosine)
+    export_bundle(
+        arch,
+        pretrained="none",
+        precisions=("int8",),
+        seed=0,
+        output=out,
+        model_config=model_config,
+        force=True,
+        progress=progress,
+        int8_min_cosine=min_cosine,
+    )
     wall = time.perf_counter() - t0
     cpu1 = os.times()
     phases = [r.as_dict() for r in progress.records]
@@ -87,8 +102,20 @@ def in_process(arch: str, model_config: Optional[Path], out: Path, min_cosine: O
 
 def as_child(arch: str, model_config: Optional[Path], out: Path, min_cosine: Optional[float]) -> dict[str, Any]:
     exe = Path(sys.executable).with_name("clip-rt")
-    cmd = [str(exe) if exe.exists() else "clip-rt", "export", arch, "--pretrained", "none", "--seed", "0",
-           "--precision", "int8", "-o", str(out), "--force"]
+    cmd = [
+        str(exe) if exe.exists() else "clip-rt",
+        "export",
+        arch,
+        "--pretrained",
+        "none",
+        "--seed",
+        "0",
+        "--precision",
+        "int8",
+        "-o",
+        str(out),
+        "--force",
+    ]
     if model_config is not None:
         cmd += ["--model-config", str(model_config)]
     if min_cosine is not None:
@@ -128,7 +155,9 @@ def as_child(arch: str, model_config: Optional[Path], out: Path, min_cosine: Opt
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="ViT-B-32")
-    p.add_argument("--model-config", type=Path, default=None, help="an open_clip config JSON (tests/data/tiny-clip.json)")
+    p.add_argument(
+        "--model-config", type=Path, default=None, help="an open_clip config JSON (tests/data/tiny-clip.json)"
+    )
     p.add_argument("--int8-min-cosine", type=float, default=None, help="the export's gate override (the tiny model)")
     p.add_argument("--cli", action="store_true", help="run `clip-rt export` as a child process")
     p.add_argument("--label", default=None, help="key of this run in the results (default: the arch, -cli)")
@@ -151,9 +180,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     runs = dict(previous.get("runs", {}))
     runs[args.label or (args.arch + ("-cli" if args.cli else ""))] = run
-    payload = {"benchmark": RESULT, "command": " ".join([Path(sys.executable).name, "-m", "bench.export_phases",
-                                                         *(argv if argv is not None else sys.argv[1:])]),
-               "when": run["when"], "machine": machine_info(), "runs": runs}
+    payload = {
+        "benchmark": RESULT,
+        "command": " ".join(
+            [Path(sys.executable).name, "-m", "bench.export_phases", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "when": run["when"],
+        "machine": machine_info(),
+        "runs": runs,
+    }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     log(f"{args.arch}: {run['wall_s']} s wall, {run['cpu_s']} s CPU, peak {run['peak_rss_mib']} MiB -> {path}")

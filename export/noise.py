@@ -12,6 +12,7 @@ Filtered (each by its exact message or category, never a whole logger):
   went wrong).
 Real problems (errors, other warnings) still reach the user.
 """
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ one finished line per phase; ``StreamDisplay`` writes one plain line per phase
 hands whole lines to a callable (the API's ``log=``). Every phase's wall and CPU time is kept in
 ``records``; with ``measure_memory`` also its peak RSS (Linux), for bench/export_phases.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,17 +83,24 @@ class PhaseRecord:
     cpu_s: float
     count: Optional[int] = None
     unit: str = ""
+    rss_start_mib: Optional[float] = None  # at the start of the phase (measure_memory)
     rss_mib: Optional[float] = None  # at the end of the phase
     peak_mib: Optional[float] = None  # the highest RSS during the phase (measure_memory)
     marks: dict[str, float] = field(default_factory=dict)
     failed: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"phase": self.key, "title": self.title, "wall_s": round(self.wall_s, 2),
-                                  "cpu_s": round(self.cpu_s, 2)}
+        out: dict[str, object] = {
+            "phase": self.key,
+            "title": self.title,
+            "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.cpu_s, 2),
+        }
         if self.count is not None:
             out["count"] = self.count
             out["unit"] = self.unit
+        if self.rss_start_mib is not None:
+            out["rss_start_mib"] = round(self.rss_start_mib, 1)
         if self.rss_mib is not None:
             out["rss_end_mib"] = round(self.rss_mib, 1)
         if self.peak_mib is not None:
@@ -113,8 +121,11 @@ def _rss_mib() -> tuple[Optional[float], Optional[float]]:
     """(current RSS, peak RSS since the last reset) from /proc/self/status; (None, None) elsewhere."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
-            values = {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in f)
-                      if k in ("VmRSS", "VmHWM")}
+            values = {
+                k: int(v.split()[0]) / 1024
+                for k, _, v in (line.partition(":") for line in f)
+                if k in ("VmRSS", "VmHWM")
+            }
     except (OSError, ValueError):
         return None, None
     return values.get("VmRSS"), values.get("VmHWM")
@@ -145,15 +156,18 @@ class ExportProgress:
         self._current: Optional[Phase] = None
 
     @contextmanager
-    def phase(self, key: str, title: str, total: Optional[int] = None, unit: str = "",
-              live: bool = True) -> Iterator[PhaseHandle]:
+    def phase(
+        self, key: str, title: str, total: Optional[int] = None, unit: str = "", live: bool = True
+    ) -> Iterator[PhaseHandle]:
         """One phase; *key* names it in ``records`` (``export:image:fp32``), *title* is what users
         read; *total*: how many *unit* it counts (``handle.advance``); *live* False when other
         output may appear during it (no live line drawn over it)."""
         if self._current is not None:
             raise RuntimeError(f"phase {key!r} started inside phase {self._current.key!r}")
+        rss0 = None
         if self.measure_memory:
             _reset_peak()
+            rss0 = _rss_mib()[0]
         cpu0 = _cpu_seconds()
         phase = Phase(key, title, total, unit, live)
         self._current = phase
@@ -168,10 +182,21 @@ class ExportProgress:
             if self.display is not None:
                 self.display.finished(phase, failed)
             rss, peak = _rss_mib() if self.measure_memory else (None, None)
-            self.records.append(PhaseRecord(
-                key=key, title=title, wall_s=phase.elapsed, cpu_s=_cpu_seconds() - cpu0,
-                count=phase.done if total is not None else None, unit=unit, rss_mib=rss, peak_mib=peak,
-                marks=phase.marks(), failed=failed))
+            self.records.append(
+                PhaseRecord(
+                    key=key,
+                    title=title,
+                    wall_s=phase.elapsed,
+                    cpu_s=_cpu_seconds() - cpu0,
+                    count=phase.done if total is not None else None,
+                    unit=unit,
+                    rss_start_mib=rss0,
+                    rss_mib=rss,
+                    peak_mib=peak,
+                    marks=phase.marks(),
+                    failed=failed,
+                )
+            )
 
     def note(self, message: str) -> None:
         """A line of information (a parity figure) between or during phases."""
