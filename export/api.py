@@ -18,6 +18,7 @@ from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve
+from .memory import release_memory
 from .progress import ExportProgress, LineDisplay
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -173,10 +174,12 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
             calibrations = {"image": calibration.image_calibration(model),
                             "text": calibration.text_calibration(loaded.tokenizer, dynamic,
                                                                  short_prompts=pooling == "mean")}
+            # Reads each graph: done here, so that memory goes back with the model's, below.
+            methods = {encoder: convert.int8_method_for(encoder, src, int8_method) for encoder, src in fp32.items()}
     # Everything else works on the ONNX graphs and the references: the torch model (its weights
     # are the size of the fp32 graphs together) goes before the quantiser needs the memory.
     loaded.model = model = None
-    _release_memory()
+    release_memory()
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
         graph_entries[precision], parity[precision] = {}, {}
         for encoder, src in fp32.items():
@@ -184,7 +187,6 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
             big = bool(external[encoder])
             if precision == "int8":
                 cal = calibrations[encoder]
-                methods[encoder] = convert.int8_method_for(encoder, src, int8_method)
                 unit = cal.source.split(":")[0]
                 with progress.phase(f"quantise:{encoder}:int8",
                                     f"quantising the {encoder} graph (int8, {methods[encoder]})",
@@ -201,7 +203,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
                                 f"checking the {encoder} graph ({precision}) against torch{gate}"):
                 figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
                                               (overrides or {}).get(precision))
-            _release_memory()  # the check's and the quantiser's sessions, before the next graph's
+            release_memory()  # the check's and the quantiser's sessions, before the next graph's
             progress.note(
                 f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
                 f"min cosine {figure.min_cosine:.6f}, top-1 agreement {figure.top1_agreement:.3f}, "
@@ -283,22 +285,6 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
     )
     manifest.format_version = required_format_version(manifest)
     return manifest
-
-
-def _release_memory() -> None:
-    """Collect garbage and hand the C heap's free pages back to the system (glibc's malloc_trim;
-    a no-op elsewhere): what the torch model and finished onnxruntime sessions left in the heap
-    otherwise stays in the process's RSS, under the next phase's peak."""
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the allocator keeps what it keeps
-        pass
 
 
 def _hf_text_fields(loaded: LoadedModel, model: Any) -> dict[str, Any]:

@@ -175,7 +175,9 @@ def forget_exported_graph() -> None:
     except ImportError:  # another onnxscript layout: nothing known to clear
         return
     for obj in gc.get_objects():
-        if isinstance(obj, PatternMatcher):
+        # type(), not isinstance(): that would ask every object for __class__, and some answer
+        # with a deprecation warning (torch.distributed.reduce_op).
+        if issubclass(type(obj), PatternMatcher):
             for name in ("_graph", "_current_node", "_match", "_tracer"):
                 if hasattr(obj, name):
                     setattr(obj, name, None)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from clip_rt.errors import ExportError
 
+from .memory import release_memory
+
 if TYPE_CHECKING:
     from .progress import PhaseHandle
 
@@ -106,6 +108,7 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
         progress.status("calibrating")
     with tempfile.TemporaryDirectory(prefix=".nncf-weights-", dir=dst.parent) as tmp:
         model, weights_dir = _weights_outside(Path(src), Path(tmp))
+        release_memory()  # the weights just moved to the file, before onnxruntime maps its own copy
         names = kept_in_float(model, keep) + single_row_tables(model)
         advanced.backend_params = {BackendParameters.EXTERNAL_DATA_DIR: str(weights_dir)}
         try:
@@ -124,6 +127,7 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
         except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
             raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
         del model
+    release_memory()  # NNCF's graph with statistic outputs and its sessions
     if _uses_external_data(quantized):  # NNCF reads the weights back in; the graph must not point at tmp
         raise ExportError(f"nncf left {src.name}'s quantised graph pointing at external weights it did not read in")
     if progress is not None:
@@ -175,10 +179,12 @@ def _weights_outside(src: Path, folder: Path) -> tuple[Any, Path]:
     model = onnx.load(str(src), load_external_data=False)
     if _uses_external_data(model):
         return model, src.parent.absolute()
-    # Saving with external data moves every tensor's bytes to the file and out of *model*.
     onnx.save_model(model, str(folder / src.name), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=src.name + ".data", size_threshold=1024)
-    return model, folder.absolute()
+    # Read back rather than kept: protobuf frees the bytes the save moved out of *model* only
+    # with the whole message (they live in its arena).
+    del model
+    return onnx.load(str(folder / src.name), load_external_data=False), folder.absolute()
 
 
 def _import_nncf() -> Any:
