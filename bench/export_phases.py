@@ -1,7 +1,7 @@
 """Where an export's time and memory go, phase by phase, and what the whole command costs.
 
     python -m bench.export_phases [--arch ViT-B-32] [--model-config FILE.json] [--label NAME]
-    python -m bench.export_phases --cli [--arch ViT-B-32] [--label NAME]
+    python -m bench.export_phases --cli [--exe PATH/TO/clip-rt] [--arch ViT-B-32] [--label NAME]
 
 The first form runs ``export_bundle`` in this process (random weights, seed 0, int8) and
 records every phase's wall time, CPU time (user + sys) and peak RSS (the peak is reset at each
@@ -100,8 +100,15 @@ def in_process(arch: str, model_config: Optional[Path], out: Path, min_cosine: O
     }
 
 
-def as_child(arch: str, model_config: Optional[Path], out: Path, min_cosine: Optional[float]) -> dict[str, Any]:
-    exe = Path(sys.executable).with_name("clip-rt")
+def as_child(
+    arch: str, model_config: Optional[Path], out: Path, min_cosine: Optional[float], exe: Optional[Path] = None
+) -> dict[str, Any]:
+    """*exe*: the ``clip-rt`` to run (default: this environment's), e.g. another checkout's, for a
+    before/after pair measured the same way."""
+    if exe is None:
+        exe = Path(sys.executable).with_name("clip-rt")
+    elif not exe.is_file():
+        raise SystemExit(f"--exe {exe}: no such file")
     cmd = [
         str(exe) if exe.exists() else "clip-rt",
         "export",
@@ -160,13 +167,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     p.add_argument("--int8-min-cosine", type=float, default=None, help="the export's gate override (the tiny model)")
     p.add_argument("--cli", action="store_true", help="run `clip-rt export` as a child process")
+    p.add_argument(
+        "--exe", type=Path, default=None, help="with --cli: the clip-rt to run (default: this environment's)"
+    )
     p.add_argument("--label", default=None, help="key of this run in the results (default: the arch, -cli)")
     p.add_argument("--keep", action="store_true", help="keep the exported bundle in bench/work/")
     args = p.parse_args(argv)
 
     out = WORK_DIR / f"export-phases-{args.arch}"
     load_before = [round(x, 2) for x in os.getloadavg()]
-    run = (as_child if args.cli else in_process)(args.arch, args.model_config, out, args.int8_min_cosine)
+    if args.cli:
+        run = as_child(args.arch, args.model_config, out, args.int8_min_cosine, args.exe)
+        run["exe"] = str(args.exe) if args.exe else "this environment's clip-rt"
+    elif args.exe is not None:
+        raise SystemExit("--exe is for --cli runs")
+    else:
+        run = in_process(args.arch, args.model_config, out, args.int8_min_cosine)
     run["load_average_before"] = load_before
     run["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     run["arch"] = args.arch
