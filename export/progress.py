@@ -13,7 +13,6 @@ hands whole lines to a callable (the API's ``log=``). Every phase's wall and CPU
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import sys
 import threading
@@ -113,8 +112,7 @@ class PhaseRecord:
 
 
 def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return time.process_time()  # user + system, every thread of the process
 
 
 def _rss_mib() -> tuple[Optional[float], Optional[float]]:
