@@ -18,6 +18,8 @@ from clip_rt.bundle.store import models_dir
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve
+from .memory import release_memory
+from .progress import ExportProgress, LineDisplay
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -60,6 +62,7 @@ def export_bundle(
     include_fp32: bool = True,
     tokenizer: Optional[Path] = None,
     int8_method: Optional[str] = None,
+    progress: Optional[ExportProgress] = None,
 ) -> Path:
     """Export *model* to a bundle directory and return its path.
 
@@ -80,11 +83,15 @@ def export_bundle(
     Raises InputError for bad arguments, ExportError (ParityError)
     when the weights cannot be had or a graph disagrees with torch; nothing is written then.
     SIGINT/SIGTERM raise ExportInterrupted (a KeyboardInterrupt) after cleaning up.
+    *log*: called with a line when each phase starts and ends, and with each parity figure.
+    *progress*: an ``ExportProgress`` to report the phases to instead (the CLI's live display;
+    its ``records`` keep each phase's time); *log* is then not used.
     *include_fp32* False makes a slim bundle (for small devices): the fp32 graphs are still
     exported and checked against torch in the staging folder, as the source of the requested
     int8/fp16 graphs, then deleted; the bundle holds only *precisions*.
     """
-    say = log or (lambda _msg: None)
+    if progress is None:
+        progress = ExportProgress(LineDisplay(log) if log is not None else None)
     wanted = normalize_precisions(precisions, include_fp32)
     if calibration_method is not None:
         from .optimize import CALIBRATION_METHODS
@@ -105,21 +112,30 @@ def export_bundle(
             raise InputError(f"the int8 min cosine must be a number in (0, 1], got {int8_min_cosine!r}")
         if "int8" not in wanted:
             raise InputError("an int8 min cosine only applies to int8: add --precision int8")
+    with progress.phase("import", "importing torch and open_clip"):  # seconds before anything else can start
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
     arch, source = resolve(model, pretrained, model_config)
     target = Path(output).expanduser() if output is not None else default_output(arch, source)
     check_target(target.absolute(), force)  # before minutes of work, not after
-    with interrupt_handlers(), StagingDir(target, force) as stage:
-        loaded = load_model(arch, source, seed=seed, log=say, tokenizer=tokenizer)
+    weights = {"random": "random weights", "tag": f"weights {source.value}"}.get(source.kind, f"{source.value}")
+    from .noise import library_noise_filtered
+
+    with interrupt_handlers(), library_noise_filtered(), StagingDir(target, force) as stage:
+        # A download draws its own progress bars: no live line over them.
+        with progress.phase("load", f"loading {arch} ({weights})", live=source.kind != "tag"):
+            loaded = load_model(arch, source, seed=seed, log=progress.note, tokenizer=tokenizer)
         overrides = {"int8": {"min_cosine": float(int8_min_cosine)}} if int8_min_cosine is not None else {}
-        manifest = _build(loaded, wanted, stage.path, say, calibration_method, overrides, method)
-        manifest.name = target.name
-        manifest.files = stage.file_entries()
-        path = stage.commit(manifest)
-    say(f"wrote {path}")
+        manifest = _build(loaded, wanted, stage.path, progress, calibration_method, overrides, method)
+        with progress.phase("write", "writing the bundle (checksums, manifest)"):
+            manifest.name = target.name
+            manifest.files = stage.file_entries()
+            path = stage.commit(manifest)
+    progress.note(f"wrote {path}")
     return path
 
 
-def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable[[str], None],
+def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: ExportProgress,
            calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None,
            int8_method: Optional[str] = None) -> Manifest:
     from . import calibration, convert, graphs, validate
@@ -127,23 +143,26 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     model = loaded.model
     cfg = model.visual.preprocess_cfg
     size = _pair(cfg["size"])
-    refs = validate.torch_references(model, loaded.tokenizer)
+    with progress.phase("references", "running torch on the parity inputs"):
+        refs = validate.torch_references(model, loaded.tokenizer)
     context_length = int(refs.input_ids.shape[1])
     hf_fields = _hf_text_fields(loaded, model)
     dynamic = graphs.supports_dynamic_sequence(model, refs.pad_token_id, hf_fields.get("padding_side", "right"))
+    pooling = graphs.text_pooling(model)
+    logit_scale = float(model.logit_scale.exp().item())
+    logit_bias = None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item())
     notes = list(loaded.notes)
-    notes.append(
-        f"parity inputs: {refs.describe()}" + (f"; prompts also trimmed to {refs.longest_prompt} "
-                                               "tokens" if dynamic else "")
-    )
+    trimmed = f"; prompts also trimmed to {refs.longest_prompt} tokens" if dynamic else ""
+    notes.append(f"parity inputs: {refs.describe()}{trimmed}")
 
     fp32 = {"image": work / "image_fp32.onnx", "text": work / "text_fp32.onnx"}
     external: dict[str, list[str]] = {}
-    say(f"exporting the image graph ({size[0]}x{size[1]})")
-    external["image"] = _quiet(graphs.export_image_graph, model, size, fp32["image"])
-    say(f"exporting the text graph (context {context_length}, dynamic sequence: {dynamic})")
-    external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"],
-                              refs.input_ids[:2] if hf_fields else None)
+    with progress.phase("export:image:fp32", f"exporting the image graph (fp32, {size[0]}x{size[1]})"):
+        external["image"] = _quiet(graphs.export_image_graph, model, size, fp32["image"])
+    sequence = "dynamic sequence" if dynamic else "fixed sequence"
+    with progress.phase("export:text:fp32", f"exporting the text graph (fp32, context {context_length}, {sequence})"):
+        external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"],
+                                  refs.input_ids[:2] if hf_fields else None)
 
     graph_entries: dict[str, dict[str, GraphEntry]] = {}
     parity: dict[str, dict[str, ParityFigure]] = {}
@@ -151,9 +170,16 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
     calibrations = {}
     methods: dict[str, str] = {}  # encoder -> the int8 quantiser used
     if "int8" in precisions:
-        calibrations = {"image": calibration.image_calibration(model),
-                        "text": calibration.text_calibration(loaded.tokenizer, dynamic,
-                                                             short_prompts=graphs.text_pooling(model) == "mean")}
+        with progress.phase("calibration-inputs", "preparing the int8 calibration inputs"):
+            calibrations = {"image": calibration.image_calibration(model),
+                            "text": calibration.text_calibration(loaded.tokenizer, dynamic,
+                                                                 short_prompts=pooling == "mean")}
+            # Reads each graph: done here, so that memory goes back with the model's, below.
+            methods = {encoder: convert.int8_method_for(encoder, src, int8_method) for encoder, src in fp32.items()}
+    # Everything else works on the ONNX graphs and the references: the torch model (its weights
+    # are the size of the fp32 graphs together) goes before the quantiser needs the memory.
+    loaded.model = model = None
+    release_memory()
     for precision in ["fp32"] + [p for p in precisions if p != "fp32"]:
         graph_entries[precision], parity[precision] = {}, {}
         for encoder, src in fp32.items():
@@ -161,16 +187,24 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             big = bool(external[encoder])
             if precision == "int8":
                 cal = calibrations[encoder]
-                methods[encoder] = convert.int8_method_for(encoder, src, int8_method)
-                say(f"quantising the {encoder} graph to int8 ({methods[encoder]}, static; calibrating on "
-                    f"{len(cal.feeds)} {cal.source.split(':')[0]})")
-                record = convert.to_int8(src, path, encoder, cal, external_data=big,
-                                         calibration_method=calibration_method, method=methods[encoder])
+                unit = cal.source.split(":")[0]
+                with progress.phase(f"quantise:{encoder}:int8",
+                                    f"quantising the {encoder} graph (int8, {methods[encoder]})",
+                                    total=len(cal.feeds) if methods[encoder] == "nncf" else None,
+                                    unit=unit) as step:
+                    record = convert.to_int8(src, path, encoder, cal, external_data=big,
+                                             calibration_method=calibration_method, method=methods[encoder],
+                                             progress=step)
             elif precision == "fp16":
-                convert.to_fp16(src, path, external_data=big)
-            figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
-                                          (overrides or {}).get(precision))
-            say(
+                with progress.phase(f"convert:{encoder}:fp16", f"converting the {encoder} graph to fp16"):
+                    convert.to_fp16(src, path, external_data=big)
+            gate = " (the int8 gate)" if precision == "int8" else ""
+            with progress.phase(f"check:{encoder}:{precision}",
+                                f"checking the {encoder} graph ({precision}) against torch{gate}"):
+                figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
+                                              (overrides or {}).get(precision))
+            release_memory()  # the check's and the quantiser's sessions, before the next graph's
+            progress.note(
                 f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
                 f"min cosine {figure.min_cosine:.6f}, top-1 agreement {figure.top1_agreement:.3f}, "
                 f"alone vs batch {figure.batch_max_abs_diff:.1e} ({figure.samples} samples)"
@@ -213,7 +247,6 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         tokenizer = loaded.tokenizer
         text_fields = {"vocab_size": int(tokenizer.vocab_size), "sot_token_id": int(tokenizer.sot_token_id),
                        "eot_token_id": int(tokenizer.eot_token_id), "pad_token_id": 0}  # open_clip pads with zeros
-    logit_bias = None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.item())
     scoring = "softmax" if logit_bias is None else "sigmoid"
     if scoring == "sigmoid":
         notes.append("scoring: sigmoid (the model has a logit bias: SigLIP-style per-label probabilities "
@@ -224,7 +257,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
         pretrained=_manifest_pretrained(loaded.source),
         checkpoint_sha256=loaded.checkpoint_sha256,
         embed_dim=int(refs.image_embeds.shape[1]),
-        logit_scale=float(model.logit_scale.exp().item()),
+        logit_scale=logit_scale,
         logit_bias=logit_bias,
         image=ImageConfig(
             size=size,
@@ -238,7 +271,7 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, say: Callable
             context_length=context_length,
             tokenizer_file=TOKENIZER_FILE,
             dynamic_sequence=dynamic,
-            pooling=graphs.text_pooling(model),
+            pooling=pooling,
             **text_fields,
         ),
         graphs=graph_entries,

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from clip_rt.bundle.manifest import Calibration, Quantization
 from clip_rt.errors import InputError
+
+if TYPE_CHECKING:
+    from .progress import PhaseHandle
 
 INT8_METHODS = ("nncf", "onnxruntime")
 _INT8_METHOD_ALIASES = {"nncf": "nncf", "onnxruntime": "onnxruntime", "ort": "onnxruntime"}
@@ -76,15 +79,18 @@ FP16_NOTE = (
 
 
 def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data: bool = False,
-            calibration_method: Optional[str] = None, method: str = "nncf") -> Quantization:
+            calibration_method: Optional[str] = None, method: str = "nncf",
+            progress: Optional["PhaseHandle"] = None) -> Quantization:
     """The int8 graph of *encoder*, calibrated on *calibration* (a calibration.CalibrationData):
     *method* ``nncf`` (nncf_quant.NNCF_INT8 settings) or ``onnxruntime`` (the variant the
     benchmarks recommend, clip_rt_export.optimize.int8_settings). Returns its manifest record
-    (``batch_independent`` is set by the caller once the gate has measured it)."""
+    (``batch_independent`` is set by the caller once the gate has measured it). *progress*:
+    the export phase to count NNCF's calibration inputs on."""
     if method == "nncf":
         from .nncf_quant import quantize_nncf, settings_for
 
-        got = quantize_nncf(src, dst, calibration.feeds, settings_for(encoder), external_data=external_data)
+        got = quantize_nncf(src, dst, calibration.feeds, settings_for(encoder), external_data=external_data,
+                            progress=progress)
         return Quantization(
             kind="static", per_channel=True, weights="int8", activations=got["activations"], ops=got["ops"],
             calibration=Calibration(method="nncf", source=calibration.source, inputs=tuple(calibration.names),

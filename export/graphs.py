@@ -140,19 +140,45 @@ def _export(wrapper: Any, example: Any, input_name: str, output_name: str, dynam
     import torch
 
     external = parameter_bytes(wrapper) > EXTERNAL_DATA_THRESHOLD
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_shapes=dynamic_shapes,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=external,
-            verbose=False,
-        )
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=external,
+                verbose=False,
+            )
+    finally:
+        forget_exported_graph()
     if not external:
         return []
     return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+
+
+def forget_exported_graph() -> None:
+    """Drop what onnxscript keeps of the last graph it optimised. Its rewrite rules are module-
+    level objects shared by every export, and each rule's pattern matcher keeps the graph and
+    node it last looked at (``_graph``, ``_current_node``, ...); that graph still lists every
+    parameter of the exported module as an input, so the whole torch model (ViT-B-32: 577 MiB)
+    stayed alive after the export, whatever the caller freed. A matcher sets these afresh on its
+    next match, so clearing them changes nothing else; the attributes are private, so they are
+    only cleared where they exist."""
+    import gc
+
+    try:
+        from onnxscript.rewriter._matcher import PatternMatcher
+    except ImportError:  # another onnxscript layout: nothing known to clear
+        return
+    for obj in gc.get_objects():
+        # type(), not isinstance(): that would ask every object for __class__, and some answer
+        # with a deprecation warning (torch.distributed.reduce_op).
+        if issubclass(type(obj), PatternMatcher):
+            for name in ("_graph", "_current_node", "_match", "_tracer"):
+                if hasattr(obj, name):
+                    setattr(obj, name, None)

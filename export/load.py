@@ -289,7 +289,6 @@ def _load_model(arch: str, source: WeightsSource, seed: Optional[int], log: Call
         checkpoint = str(source.value)
     if seed is not None:
         torch.manual_seed(seed)
-    log(f"building {arch} ({'random weights' if checkpoint is None else checkpoint})")
     try:
         net = open_clip.create_model(arch, pretrained=checkpoint, **kwargs)
     except ImportError as exc:  # timm / transformers towers

@@ -14,10 +14,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from clip_rt.errors import ExportError
+
+from .memory import release_memory
+
+if TYPE_CHECKING:
+    from .progress import PhaseHandle
 
 # Measured on ViT-B/32 (random weights, seed 0) on an AMX host: bench/results/nncf_sweep.json
 # (accuracy of each setting, docs/export.md); bench/results/backends-x86-amx.json (speed).
@@ -28,11 +34,13 @@ from clip_rt.errors import ExportError
 # "attention": the activation x activation MatMuls (Q.K^T, softmax.V). activation_ranges:
 # "minmax" = the extremes over every calibration input (as onnxruntime's MinMax calibrator),
 # "mean_minmax" = NNCF's default, the mean of each input's extremes (clips unusual inputs).
+# calibration_batch: calibration inputs of one shape run through NNCF together, up to this many
+# (the ranges are the same as one by one; bench/results/export_phases.json for time and memory).
 NNCF_INT8: dict[str, dict[str, Any]] = {
     "image": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-              "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
+              "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax", "calibration_batch": 8},
     "text": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-             "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax"},
+             "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax", "calibration_batch": 32},
 }
 KEEP_FP32 = ("first", "last", "attention")
 ACTIVATION_RANGES = ("minmax", "mean_minmax")
@@ -44,18 +52,19 @@ def nncf_available() -> bool:
 
 
 def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: dict[str, Any],
-                  external_data: bool = False) -> dict[str, Any]:
+                  external_data: bool = False, progress: Optional["PhaseHandle"] = None) -> dict[str, Any]:
     """Quantise the fp32 graph *src* to *dst* with ``nncf.quantize`` on the calibration *feeds*
     (one feed dict per input; all of them are used). Returns what the graph holds:
     ``{"ops": weight-quantised op types, "activations": "uint8" | "int8" | "int8/uint8",
-    "parameters": the settings as text}``."""
+    "parameters": the settings as text}``. *progress* counts the inputs as NNCF takes them
+    and says when it moves on to quantising and to the graph rewrites."""
     if not nncf_available():
         raise ExportError("int8 method 'nncf' needs the nncf package: pip install 'clip-rt[export]' "
                           "(or export with --int8-method onnxruntime)")
     import logging
 
-    import nncf
-    import onnx
+    nncf = _import_nncf()
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.parameters import ModelType
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
@@ -72,40 +81,153 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
     ranges = settings.get("activation_ranges", "mean_minmax")
     if ranges not in ACTIVATION_RANGES:
         raise ExportError(f"nncf activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}, got {ranges!r}")
-    model = onnx.load(str(src))
-    names = kept_in_float(model, keep) + single_row_tables(model)
     advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
     if ranges == "minmax":
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
         advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     logging.getLogger("nncf").setLevel(logging.ERROR)  # "dataset smaller than subset" and progress noise
-    try:
-        # NNCF draws progress bars on stdout; a CLI's stdout is for its result (the bundle path).
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantized = nncf.quantize(
-                model, nncf.Dataset(feeds),
-                preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-                model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
-                subset_size=len(feeds),
-                fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
-                ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
-                if ignored or names else None,
-                advanced_parameters=advanced,
-            )
-    except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
-        raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
+    rows = int(settings.get("calibration_batch", 1))
+    if rows < 1:
+        raise ExportError(f"nncf calibration_batch must be at least 1, got {rows}")
+    batches = batched_feeds(feeds, rows)
+    drawn = 0
+
+    def counted(batch: dict[str, Any]) -> dict[str, Any]:
+        # NNCF takes the next batch once it has run the previous one; once it took the last,
+        # what follows is quantising (the last batch's own run is counted there).
+        nonlocal drawn
+        drawn += 1
+        if progress is not None:
+            progress.advance(len(next(iter(batch.values()))))
+            if drawn == len(batches):
+                progress.status("quantising")
+        return batch
+
+    if progress is not None:
+        progress.status("calibrating")
+    with tempfile.TemporaryDirectory(prefix=".nncf-weights-", dir=dst.parent) as tmp:
+        model, weights_dir = _weights_outside(Path(src), Path(tmp))
+        release_memory()  # the weights just moved to the file, before onnxruntime maps its own copy
+        names = kept_in_float(model, keep) + single_row_tables(model)
+        advanced.backend_params = {BackendParameters.EXTERNAL_DATA_DIR: str(weights_dir)}
+        try:
+            # NNCF draws progress bars on stdout; a CLI's stdout is for its result (the bundle path).
+            with contextlib.redirect_stdout(io.StringIO()), _nncf_telemetry_off():
+                quantized = nncf.quantize(
+                    model, nncf.Dataset(batches, counted),
+                    preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+                    model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
+                    subset_size=len(batches),
+                    fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
+                    ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
+                    if ignored or names else None,
+                    advanced_parameters=advanced,
+                )
+        except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
+            raise ExportError(f"nncf could not quantise {src.name}: {type(exc).__name__}: {exc}") from exc
+        del model
+    release_memory()  # NNCF's graph with statistic outputs and its sessions
+    if _uses_external_data(quantized):  # NNCF reads the weights back in; the graph must not point at tmp
+        raise ExportError(f"nncf left {src.name}'s quantised graph pointing at external weights it did not read in")
+    if progress is not None:
+        progress.status("checking its graph rewrites")
     rewrites = _save_with_rewrites(quantized, dst, feeds, external_data)
     described = describe_qdq(quantized)
     described["parameters"] = {
         "nncf": str(nncf.__version__), "preset": preset, "model_type": str(model_type or "none"),
         "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
         "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
-        "subset_size": str(len(feeds)), "ignored_types": ",".join(ignored) or "none",
+        "subset_size": str(len(feeds)), "calibration_batch": str(rows), "ignored_types": ",".join(ignored) or "none",
         "keep_fp32": ",".join(keep) or "none", "activation_ranges": ranges,
         "graph_rewrites": rewrites,
     }
     return described
+
+
+def batched_feeds(feeds: list[dict[str, Any]], rows: int) -> list[dict[str, Any]]:
+    """*feeds* (one input each) stacked into batches of up to *rows* inputs of the same shape
+    (prompts trimmed to their own length batch with prompts of that length), in the order of
+    each shape's first input. Every input is in exactly one batch, so NNCF's ranges, the
+    extremes over all inputs, are those of the inputs one by one; it runs far fewer, larger
+    calls (ViT-B-32 text: 412 prompts in 37 calls)."""
+    import numpy as np
+
+    if rows <= 1:
+        return list(feeds)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for feed in feeds:
+        key = tuple((name, value.shape[1:], value.dtype.str) for name, value in feed.items())
+        groups.setdefault(key, []).append(feed)
+    out = []
+    for members in groups.values():
+        for start in range(0, len(members), rows):
+            chunk = members[start:start + rows]
+            out.append({name: np.concatenate([f[name] for f in chunk]) for name in chunk[0]})
+    return out
+
+
+def _weights_outside(src: Path, folder: Path) -> tuple[Any, Path]:
+    """*src* as a graph whose weights stay in a file (the folder NNCF is told to read them from):
+    NNCF then copies, shape-infers and serialises only the graph structure (its graph with
+    statistic outputs, one per bias-corrected layer, ...) and onnxruntime reads the weights from
+    the file, instead of a copy of every weight per step (ViT-B-32 image: peak RSS of the
+    quantisation 3.8 GB -> 2.2 GB). A graph that already keeps its weights outside (over
+    protobuf's 2 GB) is used where it is."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    if _uses_external_data(model):
+        return model, src.parent.absolute()
+    onnx.save_model(model, str(folder / src.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=src.name + ".data", size_threshold=1024)
+    # Read back rather than kept: protobuf frees the bytes the save moved out of *model* only
+    # with the whole message (they live in its arena).
+    del model
+    return onnx.load(str(folder / src.name), load_external_data=False), folder.absolute()
+
+
+def _import_nncf() -> Any:
+    """``import nncf`` without its telemetry. With openvino-telemetry installed (openvino pulls it
+    in) and no opt-out on file, importing NNCF writes a client id and a usage counter under
+    ~/intel and nncf.quantize sends usage events to Google Analytics: not what an offline export
+    should do behind the user's back. NNCF falls back to a stub when openvino_telemetry cannot
+    be imported, so it is hidden while NNCF is first imported."""
+    import sys
+
+    if "nncf" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
+        try:
+            import nncf
+        finally:
+            del sys.modules["openvino_telemetry"]
+    import nncf
+
+    return nncf
+
+
+@contextlib.contextmanager
+def _nncf_telemetry_off() -> Iterator[None]:
+    """NNCF imported before the export (with its telemetry): its events switched off for the
+    call, with the stub NNCF itself uses when telemetry is unavailable."""
+    try:
+        from nncf.telemetry import decorator
+        from nncf.telemetry.wrapper import NNCFTelemetryStub
+    except ImportError:  # another NNCF layout: nothing to switch here
+        yield
+        return
+    previous = decorator.telemetry
+    decorator.telemetry = NNCFTelemetryStub()
+    try:
+        yield
+    finally:
+        decorator.telemetry = previous
+
+
+def _uses_external_data(model: Any) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in model.graph.initializer)
 
 
 def _save(model: Any, path: Path, external_data: bool) -> None:

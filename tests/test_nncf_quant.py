@@ -139,3 +139,40 @@ def test_single_row_tables_stay_float_so_openvino_compiles_the_graph(tmp_path: P
     compiled = core.compile_model(core.read_model(str(dst)), "CPU")
     got = compiled({"input_ids": feeds[0]["input_ids"]})[0]
     assert got.shape == (2, 7, 16)
+
+
+def test_calibration_batches_stack_inputs_of_one_shape() -> None:
+    rng = np.random.default_rng(2)
+    lengths = [7, 5, 7, 5, 3, 7, 7]
+    feeds = [{"input_ids": rng.integers(0, 50, (1, n)).astype(np.int64)} for n in lengths]
+    batches = nncf_quant.batched_feeds(feeds, 3)
+    assert [b["input_ids"].shape for b in batches] == [(3, 7), (1, 7), (2, 5), (1, 3)]
+    stacked = np.concatenate([b["input_ids"] for b in batches if b["input_ids"].shape[1] == 7])
+    assert np.array_equal(stacked, np.concatenate([f["input_ids"] for f in feeds if f["input_ids"].shape[1] == 7]))
+    assert nncf_quant.batched_feeds(feeds, 1) == feeds
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    q = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in q.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1}
+
+
+def test_batched_calibration_gives_the_ranges_of_inputs_one_by_one(tmp_path: Path) -> None:
+    """MinMax ranges are extremes over every input: stacking inputs of one shape into a batch
+    (nncf_quant.NNCF_INT8's calibration_batch) leaves every activation scale as it was."""
+    pytest.importorskip("nncf")
+    src = tmp_path / "text.onnx"
+    onnx.save(_embedding_model(), str(src))
+    rng = np.random.default_rng(3)
+    feeds = [{"input_ids": rng.integers(0, 50, (1, n)).astype(np.int64)} for n in (7, 5, 7, 3, 5, 7)]
+    scales = {}
+    for rows in (1, 4):
+        dst = tmp_path / f"int8_{rows}.onnx"
+        got = nncf_quant.quantize_nncf(src, dst, feeds, nncf_quant.settings_for("text", {"calibration_batch": rows}))
+        assert got["parameters"]["calibration_batch"] == str(rows) and got["parameters"]["subset_size"] == "6"
+        scales[rows] = _activation_scales(dst)
+    assert scales[1] and scales[1] == scales[4]
+    with pytest.raises(ExportError, match="calibration_batch must be at least 1"):
+        nncf_quant.quantize_nncf(src, tmp_path / "x.onnx", feeds, {"calibration_batch": 0})

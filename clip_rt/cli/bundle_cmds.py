@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -29,16 +28,6 @@ def _human_bytes(n: int) -> str:
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
-
-
-class _DropKnownNoise(logging.Filter):
-    """open_clip and onnxruntime.quantization log these on the root logger; the export's own
-    log already says the same thing (random weights) or does it (quantisation set-up)."""
-
-    NOISE = ("No pretrained weights loaded", "Please consider to run pre-processing before quantization")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.NOISE)
 
 
 @main.command("export")
@@ -95,9 +84,11 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             f"`clip-rt export` needs {' and '.join(missing)}: pip install 'clip-rt[export]'"
         )
     from clip_rt_export import ExportInterrupted, export_bundle
+    from clip_rt_export.progress import ExportProgress, display_for
 
-    noise = _DropKnownNoise()
-    logging.getLogger().addFilter(noise)
+    # Each phase on stderr: a live line with counts and time left on a terminal, one plain line
+    # per phase otherwise; --quiet: nothing but the path on stdout.
+    progress = ExportProgress(None if quiet else display_for(click.get_text_stream("stderr")))
     try:
         path = export_bundle(
             model,
@@ -107,7 +98,7 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
             model_config=model_config,
             seed=seed,
             force=force,
-            log=None if quiet else _err,
+            progress=progress,
             calibration_method=calibration_method,
             int8_method=int8_method,
             int8_min_cosine=int8_min_cosine,
@@ -119,8 +110,6 @@ def export_cmd(ctx: click.Context, model: str, pretrained: Optional[str], precis
     except ExportInterrupted as exc:
         _err(f"Aborted: {exc}")
         ctx.exit(exc.exit_code)
-    finally:
-        logging.getLogger().removeFilter(noise)
     click.echo(str(path))
 
 
