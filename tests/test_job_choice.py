@@ -55,13 +55,13 @@ def test_one_photo_takes_the_backend_that_finishes_first_and_says_why() -> None:
     assert (p.image.backend, p.text.backend) == ("onnxruntime", "onnxruntime")
     why = p.image.reason
     assert "one run of 1 image, 5 prompts" in why and "predicted" in why
-    assert "openvino int8 starts slower" in why and "faster from about" in why
+    assert "finishes one run" in why and "with openvino int8, which starts in" in why and "faster from about" in why
 
 
 def test_a_large_folder_pays_the_start_up_back() -> None:
     p = plan(short(200))
     assert p.image.backend == "openvino"
-    assert "fastest here for one run of 200 images" in p.image.reason
+    assert "fastest for one run of 200 images" in p.image.reason and "in steady work" in p.image.reason
 
 
 def test_the_crossover_is_where_the_predictions_meet() -> None:

@@ -148,6 +148,14 @@ def _best_per_backend(cands: Sequence[Any]) -> list[Any]:
     return list(seen.values())
 
 
+def _steady(cand: Any) -> str:
+    """The candidate's measured steady speed, as its table row gives it."""
+    row = cand.row
+    ratios = [f"{v:g}x {k[2:]}" for k, v in row.items() if k.startswith("x ") and isinstance(v, (int, float))]
+    extra = f", {ratios[0]}" if ratios else ""
+    return f"{row['items_per_s']:g} {row.get('unit', 'items/s')} in steady work{extra}"
+
+
 def _why(encoder: str, cand: Any, steady: Any, counts: Mapping[str, int], est: Estimate,
          steady_est: Optional[Estimate], startup: Mapping[str, Any], workload: Any, low_memory: bool) -> str:
     n = counts.get(encoder, 0)
@@ -155,25 +163,24 @@ def _why(encoder: str, cand: Any, steady: Any, counts: Mapping[str, int], est: E
     run = workload.describe() if workload is not None and workload.short else "this run"
     if n <= 0:
         return f"not used in {run}; " + cand.choice.reason
-    if cand.choice.backend == steady.choice.backend and cand.choice.precision == steady.choice.precision:
-        base = f"fastest here for {run}: about {est.seconds:.1f} s predicted"
-        if low_memory:
-            base = f"low-memory mode: holds the least memory ({est.hold_mb:.0f} MB predicted)"
-        return f"{base}; {cand.choice.reason}"
-    start_c, start_s = start_cost(startup, cand.choice), start_cost(startup, steady.choice)
-    rival = f"{steady.choice.backend} {steady.choice.precision}"
     if low_memory:
-        return (f"low-memory mode: {est.hold_mb:.0f} MB predicted, less than with {rival} "
-                f"(the fastest in steady work); {cand.choice.reason}")
-    text = (f"{run}: about {est.seconds:.1f} s predicted"
-            + (f", against {steady_est.seconds:.1f} s with {rival}" if steady_est is not None else ""))
+        rival = ("" if cand.choice.backend == steady.choice.backend
+                 else f", less than {steady.choice.backend} {steady.choice.precision} (the fastest in steady work)")
+        return f"low-memory mode: holds the least memory ({est.hold_mb:.0f} MB predicted{rival}); {_steady(cand)}"
+    if cand.choice.backend == steady.choice.backend and cand.choice.precision == steady.choice.precision:
+        return f"fastest for {run}: about {est.seconds:.1f} s predicted; {_steady(cand)}"
+    rival = f"{steady.choice.backend} {steady.choice.precision}"
+    text = f"finishes {run} first: about {est.seconds:.1f} s predicted"
+    if steady_est is not None:
+        text += f", against {steady_est.seconds:.1f} s with {rival}"
+    start_c, start_s = start_cost(startup, cand.choice), start_cost(startup, steady.choice)
     if start_c is not None and start_s is not None:
+        text += (f", which starts in {_total_start(start_s, steady, startup):.1f} s against "
+                 f"{_total_start(start_c, cand, startup):.1f} s")
         cross = crossover(cand, steady, start_c, start_s, encoder, startup)
-        text += (f"; {rival} starts slower ({_total_start(start_s, steady, startup):.1f} s against "
-                 f"{_total_start(start_c, cand, startup):.1f} s)")
         if cross is not None:
             text += f" and is faster from about {cross} {what}"
-    return f"{text}; measured: {cand.choice.reason}"
+    return f"{text}; {_steady(cand)}"
 
 
 def _total_start(start: StartCost, cand: Any, startup: Mapping[str, Any]) -> float:
