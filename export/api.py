@@ -226,17 +226,6 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
             notes.append(convert.nncf_note(by_nncf))
     if "fp16" in precisions:
         notes.append(convert.FP16_NOTE)
-    if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others
-        for entry in graph_entries.pop("fp32").values():
-            for name in (entry.file, *entry.external_data):
-                (work / name).unlink()
-        checked = parity.pop("fp32")
-        notes.append(
-            "slim bundle: the fp32 graphs were exported and checked against torch (max abs diff "
-            + ", ".join(f"{enc} {fig.max_abs_diff:.2e}" for enc, fig in checked.items())
-            + ") as the source of the other precisions, then left out"
-        )
-
     if hf_fields:
         from .text_tokenizer import write_hf_tokenizer
 
@@ -283,6 +272,21 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
         quantization=quantization,
         scoring=scoring,
     )
+    from .reference import write_parity_reference
+
+    # Before a slim bundle's fp32 graphs go: what a derived mode is checked against at runtime.
+    with progress.phase("parity-reference", "recording the fp32 embeddings of the sample inputs"):
+        manifest.parity_reference = write_parity_reference(work, manifest, fp32)
+    if "fp32" not in precisions:  # a slim bundle: fp32 was only the source of the others
+        for entry in graph_entries.pop("fp32").values():
+            for name in (entry.file, *entry.external_data):
+                (work / name).unlink()
+        checked = parity.pop("fp32")
+        notes.append(
+            "slim bundle: the fp32 graphs were exported and checked against torch (max abs diff "
+            + ", ".join(f"{enc} {fig.max_abs_diff:.2e}" for enc, fig in checked.items())
+            + ") as the source of the other precisions, then left out"
+        )
     manifest.format_version = required_format_version(manifest)
     return manifest
 

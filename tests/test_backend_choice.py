@@ -250,7 +250,7 @@ def test_int8_in_bf16_needs_an_fp32_graph_to_be_checked_against() -> None:
     slim = manifest(("int8",), scheme="static")
     c = choose_encoder("image", slim, AMX, installed=BOTH, table=INT8_BF16)
     assert (c.backend, c.precision, c.compute) == ("openvino", "int8", "f32")
-    assert any("no fp32 graph to check its parity against" in n for n in c.notes)
+    assert any("no fp32 graph or stored fp32 embeddings to check its parity against" in n for n in c.notes)
 
 
 def test_int8_asked_for_still_checks_its_bf16_mode_and_bf16_asked_for_means_the_fp32_graph() -> None:

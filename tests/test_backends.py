@@ -376,6 +376,71 @@ def test_int8_in_bf16_is_checked_against_fp32_with_the_int8_gate(tmp_path: Path,
     assert not again.plan.image.needs_evidence and again.plan.image.compute == ("bf16" if gate < 1 else "f32")
 
 
+def _with_stored_reference(b: Path, *, slim: bool) -> Path:
+    """*b* with the fp32 embeddings of the sample inputs stored as the export stores them (and,
+    *slim*, without its fp32 graphs)."""
+    import hashlib
+
+    from clip_rt.bundle.manifest import read_manifest
+    from clip_rt_export.reference import write_parity_reference
+
+    manifest = read_manifest(b)
+    stored = write_parity_reference(b, manifest, {e: b / manifest.graph("fp32", e).file for e in ("image", "text")})
+    data = json.loads((b / "manifest.json").read_text())
+    data["parity_reference"] = {"file": stored.file, "image": stored.image, "text": stored.text}
+    blob = (b / stored.file).read_bytes()
+    data["files"][stored.file] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    if slim:
+        for entry in data["graphs"].pop("fp32").values():
+            (b / entry["file"]).unlink()
+            del data["files"][entry["file"]]
+    (b / "manifest.json").write_text(json.dumps(data))
+    return b
+
+
+@needs_ov
+def test_a_slim_bundle_checks_int8_in_bf16_against_the_stored_fp32_embeddings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_home: Path) -> None:
+    """No fp32 graph to load: the export's stored embeddings are the reference, and the mode a
+    slim bundle could not take before is taken once they agree."""
+    import clip_rt.engine.backends.choose as choose
+
+    monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
+    b = _with_stored_reference(_int8_bundle(tmp_path / "b", 0.99), slim=True)
+    table = {"rows": [
+        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": "bf16",
+         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+    monkeypatch.setattr(choose, "load_table", lambda path=None: table)
+    m = clip_rt.load(b, cache=False)
+    assert (m.plan.image.precision, m.plan.image.compute, m.plan.image.needs_evidence) == ("int8", "bf16", True)
+    m.encode_image(np.random.default_rng(3).random((16, 16, 3)).astype(np.float32))
+    assert not m.plan.image.needs_evidence
+    (_, record), = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
+    assert record["passed"] and record["reference"] == "the fp32 embeddings stored at export"
+
+
+@needs_ov
+def test_a_stored_reference_of_the_wrong_shape_is_a_bundle_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import clip_rt.engine.backends.choose as choose
+
+    monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
+    b = _with_stored_reference(_int8_bundle(tmp_path / "b", 0.99), slim=False)
+    np.savez(b / "parity_reference.npz", image=np.zeros((3, 5), np.float32), text=np.zeros((3, 5), np.float32))
+    data = json.loads((b / "manifest.json").read_text())
+    blob = (b / "parity_reference.npz").read_bytes()
+    data["files"]["parity_reference.npz"] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (b / "manifest.json").write_text(json.dumps(data))
+    table = {"rows": [
+        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": "bf16",
+         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+    monkeypatch.setattr(choose, "load_table", lambda path=None: table)
+    with pytest.raises(BundleError, match=r"parity_reference.npz: .*image embeddings of float32 \(3, 5\), expected"):
+        clip_rt.load(b, cache=False).prepare(["image"])
+
+
 # -- CLI: info and outputs' metadata ---------------------------------------------------------------
 def test_info_shows_the_choice_for_an_injected_cpu(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_FLAGS, "aarch64: asimd asimddp i8mm")

@@ -62,6 +62,24 @@ def test_manifest_describes_the_bundle(tiny_bundle_dir: Path, tiny_checkpoint: P
     assert any(n.startswith("int8:") for n in m.notes) and any(n.startswith("fp16:") for n in m.notes)
 
 
+def test_the_stored_fp32_embeddings_are_the_runtime_fp32_graphs_on_the_sample_inputs(tiny_bundle_dir: Path) -> None:
+    """What the derived-mode check compares with: exactly what the bundle's fp32 graphs give the
+    runtime's own preparation of the export's sample inputs."""
+    import clip_rt
+    from clip_rt.bundle.manifest import read_manifest
+    from clip_rt.engine.backends.evidence import load_reference, sample_inputs
+
+    m = read_manifest(tiny_bundle_dir)
+    ref = m.parity_reference
+    assert ref is not None and ref.file in m.files
+    model = clip_rt.load(tiny_bundle_dir, precision="fp32", backend="onnxruntime", cache=False)
+    image = load_reference(tiny_bundle_dir / ref.file, "image", ref.image, m.embed_dim)
+    text = load_reference(tiny_bundle_dir / ref.file, "text", ref.text, m.embed_dim)
+    np.testing.assert_allclose(model.encode_pixels(sample_inputs(m, "image")), image, atol=1e-6)
+    ids = sample_inputs(m, "text", model.tokenizer())
+    np.testing.assert_allclose(model.session("text").run({"input_ids": ids})[0], text, atol=1e-6)
+
+
 def test_files_map_covers_every_file_with_checksums(tiny_bundle_dir: Path) -> None:
     m = read_manifest(tiny_bundle_dir)
     on_disk = {p.name for p in tiny_bundle_dir.iterdir()} - {"manifest.json"}
@@ -72,7 +90,7 @@ def test_files_map_covers_every_file_with_checksums(tiny_bundle_dir: Path) -> No
         assert entry.sha256 == sha256_file(path)
     verify_files(tiny_bundle_dir, m)
     graph_files = {g.file for encs in m.graphs.values() for g in encs.values()}
-    assert graph_files | {"tokenizer.json"} == on_disk
+    assert graph_files | {"tokenizer.json", "parity_reference.npz"} == on_disk
     assert not [p for p in tiny_bundle_dir.parent.iterdir() if p.name.startswith(".")]
 
 

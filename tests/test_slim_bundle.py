@@ -38,9 +38,12 @@ def slim_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path)
 def test_slim_bundle_holds_only_the_requested_precision(slim_bundle: Path, tiny_bundle_dir: Path) -> None:
     m = read_manifest(slim_bundle)
     assert m.precisions == ["int8"] and set(m.parity) == {"int8"}
-    assert sorted(p.name for p in slim_bundle.iterdir()) == ["image_int8.onnx", "manifest.json", "text_int8.onnx",
+    assert sorted(p.name for p in slim_bundle.iterdir()) == ["image_int8.onnx", "manifest.json",
+                                                             "parity_reference.npz", "text_int8.onnx",
                                                              "tokenizer.json"]
-    assert set(m.files) == {"image_int8.onnx", "text_int8.onnx", "tokenizer.json"}
+    assert set(m.files) == {"image_int8.onnx", "text_int8.onnx", "tokenizer.json", "parity_reference.npz"}
+    # The fp32 graphs' embeddings of the sample inputs stay, for the runtime's derived-mode check.
+    assert m.parity_reference is not None and m.parity_reference.file == "parity_reference.npz"
     verify_files(slim_bundle, m)
     assert all(fig.passed for figs in m.parity.values() for fig in figs.values())
     note = next(n for n in m.notes if n.startswith("slim bundle"))

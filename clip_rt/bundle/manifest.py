@@ -144,6 +144,19 @@ class Quantization:
     parameters: dict[str, str] = field(default_factory=dict, hash=False)
 
 
+@dataclass(frozen=True)
+class ParityReference:
+    """The fp32 graphs' embeddings of the export's sample inputs (``clip_rt_export.sample_inputs``:
+    procedural scenes and prompts, prepared as the runtime prepares its inputs), stored at export
+    in *file* (an ``.npz`` of float32 arrays ``image`` and ``text``, *image* and *text* rows) so
+    that a mode with no graph of its own (OpenVINO's bf16 compute) is checked against fp32
+    without loading the fp32 graphs; a slim bundle can then take such a mode too."""
+
+    file: str
+    image: int
+    text: int
+
+
 # What an int8 graph without a ``quantization`` record is: bundles written before the record
 # existed used onnxruntime's dynamic quantisation, whose per-batch activation scale couples
 # the inputs of a batch.
@@ -172,6 +185,8 @@ class Manifest:
     quantization: dict[str, dict[str, Quantization]] = field(default_factory=dict)
     # SCORINGS: how zero-shot scores are made (optional; older bundles are CLIP models: softmax)
     scoring: str = "softmax"
+    # The fp32 embeddings of the sample inputs (optional; bundles before it check against the fp32 graphs)
+    parity_reference: Optional[ParityReference] = None
 
     # -- identity -------------------------------------------------------------
     @property
@@ -260,6 +275,7 @@ MAX_IMAGE_SIDE = 4096  # pixels of the graph's input; an (N, 3, 4096, 4096) batc
 MAX_CONTEXT = 8192  # tokens
 MAX_VOCAB = 1 << 24
 MAX_FILE_BYTES = 1 << 40
+MAX_REFERENCE_ROWS = 4096  # sample inputs of the parity reference, per encoder
 
 
 def _check_token_ids(text: dict[str, Any], path: str) -> None:
@@ -279,6 +295,8 @@ def _check_token_ids(text: dict[str, Any], path: str) -> None:
 def _check_files_listed(m: dict[str, Any], path: str) -> None:
     """Every file the runtime opens has a checksum: graphs, their external data, the tokenizer."""
     named = [("text.tokenizer_file", m["text"].tokenizer_file)]
+    if m.get("parity_reference") is not None:
+        named.append(("parity_reference.file", m["parity_reference"].file))
     for precision, encoders in m["graphs"].items():
         for encoder, graph in encoders.items():
             named.append((f"graphs.{precision}.{encoder}.file", graph.file))
@@ -365,6 +383,11 @@ MANIFEST_SCHEMA = Obj({
     "notes": opt(ListOf(Str(10_000), max_len=1000), []),
     "quantization": opt(MapOf(_KEY, MapOf(_KEY, _QUANTIZATION, max_len=8), max_len=16), {}),
     "scoring": opt(Str(16, choices=SCORINGS), "softmax"),
+    "parity_reference": opt(Nullable(Obj({
+        "file": req(RelPath()),
+        "image": req(Int(1, MAX_REFERENCE_ROWS)),
+        "text": req(Int(1, MAX_REFERENCE_ROWS)),
+    }, build=ParityReference)), None),
 }, build=Manifest, checks=(_check_files_listed,))
 
 

@@ -163,7 +163,8 @@ def _check_backend(backend: Any, encoder: str, manifest: Manifest) -> None:
         feed = _probe_ids(text)
         what = f"token ids up to {top} (text.vocab_size {text.vocab_size})"
     try:
-        result = backend.run({want_in: feed})
+        probe = getattr(backend, "probe", backend.run)  # through what the job compiled (OpenVINO)
+        result = probe({want_in: feed})
     except RuntimeError as exc:  # OpenVINO reports shape and type errors as RuntimeError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{name}: the graph fails on {what} ({first}); it does not match its manifest") from None

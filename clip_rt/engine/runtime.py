@@ -140,14 +140,19 @@ class ModelRuntime:
 
     def _settle_evidence(self, choice: EncoderChoice, backend: Backend) -> Backend:
         """A derived mode (bf16 compute on the fp32 or int8 graph) chosen without being asked for
-        by name: compared with the fp32 graph on onnxruntime once (cached); if it fails, the
-        planner decides again without it."""
+        by name: compared once (cached) with the fp32 embeddings the export stored, or with the
+        fp32 graph on onnxruntime for an older bundle; if it fails, the planner decides again
+        without it."""
         from .runtime_info import derived_parity
 
-        fp32 = self.manifest.graph("fp32", choice.encoder)
-        self.check_files([fp32.file, *fp32.external_data])
+        stored = self.manifest.parity_reference
+        if stored is not None:  # the fp32 embeddings the export stored: no fp32 graph loaded
+            self.check_files([stored.file])
+        else:
+            fp32 = self.manifest.graph("fp32", choice.encoder)
+            self.check_files([fp32.file, *fp32.external_data])
         tokenizer = self.tokenizer() if choice.encoder == "text" else None
-        record = derived_parity(self.manifest, self.bundle_dir / fp32.file, choice, backend, self.cpu, tokenizer)
+        record = derived_parity(self.manifest, self.bundle_dir, choice, backend, self.cpu, tokenizer)
         note = (f"parity vs the fp32 graph: min cosine {record['min_cosine']:.6f} on {record['samples']} sample "
                 f"inputs (gate >= {record['gate']['min_cosine']}), {'cached' if record['cached'] else 'measured now'}")
         if record["passed"]:

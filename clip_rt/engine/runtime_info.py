@@ -92,12 +92,14 @@ def known_evidence(fingerprint: str, cpu: CpuIsa) -> dict[str, dict[str, bool]]:
     return out
 
 
-def derived_parity(manifest: Any, fp32_graph: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa,
+def derived_parity(manifest: Any, bundle_dir: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa,
                    tokenizer: Any = None) -> dict[str, Any]:
-    """The verdict for *choice* (cached, or measured now against the fp32 graph on onnxruntime).
-    The gate: the export's gate for the graph the mode runs (int8's own tolerance for the int8
-    graph in bf16: the same bar its graph passed against torch), else evidence.GATE."""
-    from .backends.evidence import check, evidence_key, sample_inputs
+    """The verdict for *choice* (cached, or measured now), against the fp32 embeddings the
+    export stored (``manifest.parity_reference``), or, in a bundle from before them, against
+    the fp32 graph on onnxruntime. The gate: the export's gate for the graph the mode runs
+    (int8's own tolerance for the int8 graph in bf16: the same bar its graph passed against
+    torch), else evidence.GATE. The caller has verified the files it names."""
+    from .backends.evidence import check, evidence_key, load_reference, sample_inputs
     from .backends.ort import OrtBackend
 
     name = "pixel_values" if choice.encoder == "image" else "input_ids"
@@ -109,15 +111,23 @@ def derived_parity(manifest: Any, fp32_graph: Path, choice: EncoderChoice, backe
         tolerance = getattr(figure, "tolerance", None) or {}
         if isinstance(tolerance.get("min_cosine"), (int, float)):
             gate = {"min_cosine": float(tolerance["min_cosine"])}
-    reference: list[Any] = []
+    probe = getattr(backend, "probe", backend.run)  # through what the job compiled
+    stored = manifest.parity_reference
+    if stored is not None:
+        rows = stored.image if choice.encoder == "image" else stored.text
+        expected = load_reference(bundle_dir / stored.file, choice.encoder, rows, manifest.embed_dim)
+        return check(key, lambda x: probe({name: x})[0], None,
+                     lambda: sample_inputs(manifest, choice.encoder, tokenizer), gate=gate, reference=expected,
+                     against="the fp32 embeddings stored at export")
+    session: list[Any] = []
 
     def run_reference(x: np.ndarray) -> np.ndarray:
-        if not reference:
-            reference.append(OrtBackend(fp32_graph, ["cpu"]))
-        return reference[0].run({name: x})[0]
+        if not session:
+            session.append(OrtBackend(bundle_dir / manifest.graph("fp32", choice.encoder).file, ["cpu"]))
+        return session[0].run({name: x})[0]
 
     try:
-        return check(key, lambda x: backend.run({name: x})[0], run_reference,
+        return check(key, lambda x: probe({name: x})[0], run_reference,
                      lambda: sample_inputs(manifest, choice.encoder, tokenizer), gate=gate)
     finally:
-        reference.clear()  # frees the fp32 session
+        session.clear()  # frees the fp32 session

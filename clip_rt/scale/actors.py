@@ -175,8 +175,11 @@ class ShippedBundle:
 
 
 def graph_files(manifest: Any, precision: str) -> list[str]:
+    """The image graph of *precision* and, where the bundle has them, the stored fp32 embeddings a
+    derived mode is checked against."""
     graph = manifest.graph(precision, "image")
-    return [graph.file, *graph.external_data]
+    stored = getattr(manifest, "parity_reference", None)
+    return [graph.file, *graph.external_data, *([stored.file] if stored is not None else [])]
 
 
 def derived_mode_possible(manifest: Any, precision: str) -> bool:
@@ -184,8 +187,8 @@ def derived_mode_possible(manifest: Any, precision: str) -> bool:
     derived mode (bf16 compute), which a node checks against the fp32 graph before using it."""
     from ..engine.backends.choose import int8_scheme, load_table
 
-    if precision == "fp32" or "fp32" not in manifest.graphs:
-        return False
+    if precision == "fp32" or "fp32" not in manifest.graphs or getattr(manifest, "parity_reference", None):
+        return False  # nothing to check, or checked against the stored embeddings shipped with the graph
     graph = f"int8-{int8_scheme(manifest, 'image')}" if precision == "int8" else precision
     return any(row.get("encoder") == "image" and row.get("compute") == "bf16" and row.get("graph") == graph
                for row in load_table().get("rows", []))
@@ -280,8 +283,8 @@ def fetch_reference(shipped: ShippedBundle, folder: Path, model: Any) -> None:
     checked against the fp32 graph, write that graph next to the shipped copy (fetched from the
     object store, once per node) so that the check can run, as it would on the full bundle."""
     choice = model.plan.image
-    if not choice.needs_evidence or choice.graph_precision == "fp32":
-        return  # no check, or a check against the graph that was shipped
+    if not choice.needs_evidence or choice.graph_precision == "fp32" or model.manifest.parity_reference is not None:
+        return  # no check, a check against the graph that was shipped, or against the stored embeddings
     from ..bundle.verify import verify_bundle_files
 
     names = graph_files(model.manifest, "fp32")

@@ -60,6 +60,11 @@ class Backend:
         stream's full batches, when it has one (this batch may be its smaller last one)."""
         return Pending(value=self.run(feeds))
 
+    def probe(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """One batch through whatever the backend has ready (the contract check's probe), so
+        that checking a graph compiles nothing the job would not use."""
+        return self.run(feeds)
+
     def describe(self) -> dict[str, Any]:
         """What runs: backend, version, graph file, precision settings, modes, threads."""
         return {"backend": self.name, "graph": self.path.name}

@@ -269,8 +269,9 @@ def encoder_candidates(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: S
         # A derived mode is checked against the fp32 graph unless it was asked for by name
         # (precision "bf16"); the int8 graph in bf16 is never asked for by name, so always.
         checked = derived and not (precision == "bf16" and gp == "fp32")
-        if checked and gp != "fp32" and "fp32" not in manifest.graphs:
-            skipped.append(f"{row['backend']} {mode}: the bundle has no fp32 graph to check its parity against")
+        if checked and gp != "fp32" and "fp32" not in manifest.graphs and getattr(manifest, "parity_reference", None) is None:
+            skipped.append(f"{row['backend']} {mode}: the bundle has no fp32 graph or stored fp32 embeddings to "
+                           "check its parity against")
             continue
         verdict = evidence.get(f"{row['backend']}:{mode}")
         if checked and verdict is False:
