@@ -24,10 +24,9 @@ HELD_OUT = 10
 
 
 def run(bundle: Path, precision: str | None, work: Path) -> dict[str, Any]:
-    from clip_rt_fixtures import labelled_sets
-
     import clip_rt
     from clip_rt import adapt
+    from clip_rt_fixtures import labelled_sets
 
     model = clip_rt.load(bundle, precision=precision, cache=False)
     kinds: dict[str, Callable[..., Path]] = {

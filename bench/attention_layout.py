@@ -11,6 +11,7 @@ results/attention_layout.json. Give it a graph as NNCF wrote it (a bundle export
 this rewrite, or any graph: the rewrite is applied to a copy; a graph already rewritten has
 nothing left to move and is refused).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,13 +62,17 @@ def _profile(core: Any, path: Path, kind: str) -> dict[str, Any]:
                 per_type[f"{p.node_type} {p.exec_type}"] += p.real_time.total_seconds() * 1000 / runs
     total = sum(per_type.values())
     transpose = sum(v for k, v in per_type.items() if k.startswith("Transpose "))
-    return {"total_ms": round(total, 2), "transpose_ms": round(transpose, 2),
-            "transpose_share": round(transpose / total, 3) if total else None,
-            "top_layers_ms": {k: round(v, 2) for k, v in per_type.most_common(6)}}
+    return {
+        "total_ms": round(total, 2),
+        "transpose_ms": round(transpose, 2),
+        "transpose_share": round(transpose / total, 3) if total else None,
+        "top_layers_ms": {k: round(v, 2) for k, v in per_type.most_common(6)},
+    }
 
 
-def _speed_fns(core: Any, paths: dict[str, Path], kind: str,
-               threads: int) -> tuple[dict[str, Callable[[], Any]], dict[str, int]]:
+def _speed_fns(
+    core: Any, paths: dict[str, Path], kind: str, threads: int
+) -> tuple[dict[str, Callable[[], Any]], dict[str, int]]:
     import onnxruntime as ort
     import openvino as ov
 
@@ -89,13 +94,14 @@ def _speed_fns(core: Any, paths: dict[str, Path], kind: str,
                     for _ in range(4):
                         q.start_async(f)
                     q.wait_all()
+
                 fns[name] = stream
             items[name] = 4 * batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        for batch in ((1, 8) if kind == "image" else (80,)):
+        for batch in (1, 8) if kind == "image" else (80,):
             feeds_ort = {input_name: _inputs(kind, batch)}
             name = f"onnxruntime batch {batch} [{tag}]"
             fns[name] = lambda s=session, f=feeds_ort: [s.run(None, f) for _ in range(4)]
@@ -119,14 +125,21 @@ def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> 
 
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
-        rewritten, moved = rewritten_copy(graph, move_key_transposes, Path(tmp),
-                                          "no attention key transpose to move (already rewritten, or not an NNCF "
-                                          "graph)")
+        rewritten, moved = rewritten_copy(
+            graph,
+            move_key_transposes,
+            Path(tmp),
+            "no attention key transpose to move (already rewritten, or not an NNCF graph)",
+        )
         paths = {"as NNCF wrote it": graph, "key transpose at its MatMul": rewritten}
-        result: dict[str, Any] = {"graph": str(graph), "key_transposes_moved": moved,
-                                  "openvino_max_abs_diff": _max_diff(core, paths, kind),
-                                  "profile_batch8_latency": {tag: _profile(core, p, kind) for tag, p in paths.items()}
-                                  if kind == "image" else None}
+        result: dict[str, Any] = {
+            "graph": str(graph),
+            "key_transposes_moved": moved,
+            "openvino_max_abs_diff": _max_diff(core, paths, kind),
+            "profile_batch8_latency": {tag: _profile(core, p, kind) for tag, p in paths.items()}
+            if kind == "image"
+            else None,
+        }
         fns, items = _speed_fns(core, paths, kind, threads)
         log(f"{kind}: {len(fns)} candidates x {rounds} rounds")
         timer = Timer(rounds, pause_s=pause)
@@ -134,8 +147,10 @@ def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> 
     speed: dict[str, Any] = {}
     for name, secs in timer.samples.items():
         rates = [items[name] / s for s in secs]
-        speed[name] = {"items_per_s_best": round(max(rates), 2),
-                       "items_per_s_median": round(statistics.median(rates), 2)}
+        speed[name] = {
+            "items_per_s_best": round(max(rates), 2),
+            "items_per_s_median": round(statistics.median(rates), 2),
+        }
     ratios: dict[str, Any] = {}
     for name in fns:
         if name.endswith("[as NNCF wrote it]"):
@@ -145,14 +160,18 @@ def compare(graph: Path, kind: str, rounds: int, threads: int, pause: float) -> 
             ratios[base.strip()] = {
                 "best": round(speed[new]["items_per_s_best"] / speed[name]["items_per_s_best"], 3),
                 "medians": round(speed[new]["items_per_s_median"] / speed[name]["items_per_s_median"], 3),
-                "median_of_round_ratios": round(statistics.median(per_round), 3)}
+                "median_of_round_ratios": round(statistics.median(per_round), 3),
+            }
     result.update({"speed": speed, "rewritten_vs_nncf": ratios})
     return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.attention_layout", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.attention_layout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("image", type=Path, help="an NNCF int8 image graph as NNCF wrote it")
     ap.add_argument("text", type=Path, nargs="?", help="an NNCF int8 text graph as NNCF wrote it")
     ap.add_argument("--rounds", type=int, default=12)
@@ -160,17 +179,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--pause", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
-    out: dict[str, Any] = {"benchmark": "attention_layout",
-                           "command": " ".join(["python", "-m", "bench.attention_layout", *sys.argv[1:]]),
-                           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                           "rounds": args.rounds, "threads": args.threads}
+    out: dict[str, Any] = {
+        "benchmark": "attention_layout",
+        "command": " ".join(["python", "-m", "bench.attention_layout", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "rounds": args.rounds,
+        "threads": args.threads,
+    }
     out["image"] = compare(args.image, "image", args.rounds, args.threads, args.pause)
     if args.text:
         out["text"] = compare(args.text, "text", args.rounds, args.threads, args.pause)
     for kind in ("image", "text"):
         for what, r in out.get(kind, {}).get("rewritten_vs_nncf", {}).items():
-            log(f"{kind} {what}: rewritten / NNCF's best {r['best']}x, medians {r['medians']}x, "
-                f"per-round median {r['median_of_round_ratios']}x")
+            log(
+                f"{kind} {what}: rewritten / NNCF's best {r['best']}x, medians {r['medians']}x, "
+                f"per-round median {r['median_of_round_ratios']}x"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "attention_layout.json"
     path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ host or AMX hidden from oneDNN: image >= 3x torch fp32 at batch 8 (OpenVINO rows
 onnxruntime ignores ``ONEDNN_MAX_CPU_ISA`` and still used AMX). Every int8 row shipped: min cosine
 >= 0.999 vs torch fp32 on real photos, alone vs batch <= 1e-5.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -42,8 +43,9 @@ def _counts(name: str, rows: str) -> bool:
     return True
 
 
-def _best(result: dict[str, Any], encoder: str, batch: str, as_vnni: bool,
-          rows: str = "any") -> Optional[tuple[str, float]]:
+def _best(
+    result: dict[str, Any], encoder: str, batch: str, as_vnni: bool, rows: str = "any"
+) -> Optional[tuple[str, float]]:
     block = result.get(encoder)
     if not block or batch not in block["speed"]:
         return None
@@ -60,8 +62,9 @@ def _best(result: dict[str, Any], encoder: str, batch: str, as_vnni: bool,
     return best
 
 
-def goals(result: dict[str, Any], image_macs: Optional[float] = None, ghz: Optional[float] = None,
-          cores: int = 2) -> list[dict[str, Any]]:
+def goals(
+    result: dict[str, Any], image_macs: Optional[float] = None, ghz: Optional[float] = None, cores: int = 2
+) -> list[dict[str, Any]]:
     """One line per goal: target, candidate, measured ratio, met, and (image) % of peak."""
     as_vnni = str(result.get("isa_class", "")).endswith("-as-vnni") or result.get("isa_class") == "x86-avx512-vnni"
     amx = result.get("isa_class") == "x86-amx"
@@ -76,8 +79,14 @@ def goals(result: dict[str, Any], image_macs: Optional[float] = None, ghz: Optio
         name, items = best
         ratio = round(items / speed[base]["items_per_s_best"], 3)
         how = "" if rows == "any" else f" ({rows})"
-        line = {"target": f"{encoder} batch {batch if encoder == 'image' else '80 prompts'} >= {goal:g}x {base}{how}",
-                "candidate": name, "items_per_s": items, "measured": ratio, "goal": goal, "met": ratio >= goal}
+        line = {
+            "target": f"{encoder} batch {batch if encoder == 'image' else '80 prompts'} >= {goal:g}x {base}{how}",
+            "candidate": name,
+            "items_per_s": items,
+            "measured": ratio,
+            "goal": goal,
+            "met": ratio >= goal,
+        }
         medians = (speed[name].get("items_per_s_median"), speed[base].get("items_per_s_median"))
         if all(medians):
             # Best samples decide (the issue's method); the medians' ratio says how steady that is
@@ -95,10 +104,17 @@ def goals(result: dict[str, Any], image_macs: Optional[float] = None, ghz: Optio
             if not r["graph"].startswith("int8-static") or (as_vnni and r["backend"] != "openvino"):
                 continue
             ok = r["min_cosine_vs_torch_fp32"] >= MIN_COSINE and r.get("alone_vs_batch8_max_abs", 0.0) <= BATCH_MAX_ABS
-            out.append({"target": f"{r['candidate']}: min cosine >= {MIN_COSINE:g} on real photos, alone vs batch "
-                                  f"<= {BATCH_MAX_ABS:g}",
-                        "candidate": r["candidate"], "measured": r["min_cosine_vs_torch_fp32"],
-                        "alone_vs_batch8_max_abs": r.get("alone_vs_batch8_max_abs"), "goal": MIN_COSINE, "met": ok})
+            out.append(
+                {
+                    "target": f"{r['candidate']}: min cosine >= {MIN_COSINE:g} on real photos, alone vs batch "
+                    f"<= {BATCH_MAX_ABS:g}",
+                    "candidate": r["candidate"],
+                    "measured": r["min_cosine_vs_torch_fp32"],
+                    "alone_vs_batch8_max_abs": r.get("alone_vs_batch8_max_abs"),
+                    "goal": MIN_COSINE,
+                    "met": ok,
+                }
+            )
     return out
 
 
@@ -107,6 +123,8 @@ def format_goals(lines: list[dict[str, Any]]) -> str:
     for g in lines:
         peak = f", {g['percent_of_peak']}% of {g['peak']['unit']} peak" if "percent_of_peak" in g else ""
         medians = f"; medians {g['measured_medians']:g}" if "measured_medians" in g else ""
-        rows.append(f"  {'met    ' if g['met'] else 'NOT MET'}  {g['target']}: {g['measured']:g} "
-                    f"({g['candidate']}{peak}{medians})")
+        rows.append(
+            f"  {'met    ' if g['met'] else 'NOT MET'}  {g['target']}: {g['measured']:g} "
+            f"({g['candidate']}{peak}{medians})"
+        )
     return "\n".join(["goals (issue 10):", *rows]) if rows else "goals (issue 10): none for this ISA class"

@@ -21,6 +21,7 @@ graph in f32 or bf16 compute (bf16 only for OpenVINO), no fp16 graph on the CPU.
 sources measured the same mode (CPU class, encoder, backend, graph, compute), the newer one's
 row is kept: a re-measurement of a mode replaces it.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,15 @@ def _portable_command(command: Optional[str]) -> Optional[str]:
 
 def _source(name: str, data: dict[str, Any], path: Path) -> dict[str, Any]:
     machine = data.get("machine", {})
-    return {"file": f"bench/results/{path.name}", "command": _portable_command(data.get("command")),
-            "when": data.get("when"),
-            "cpu": machine.get("cpu_model"), "isa": machine.get("isa"), "env": data.get("env", {}),
-            "note": data.get("note", "")}
+    return {
+        "file": f"bench/results/{path.name}",
+        "command": _portable_command(data.get("command")),
+        "when": data.get("when"),
+        "cpu": machine.get("cpu_model"),
+        "isa": machine.get("isa"),
+        "env": data.get("env", {}),
+        "note": data.get("note", ""),
+    }
 
 
 def _backends_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
@@ -76,13 +82,21 @@ def _backends_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
             latency = b8[name]["items_per_s_best"]
             throughput = b8.get(name + " [throughput]", {}).get("items_per_s_best", 0.0)
             speed, folders = (throughput, "throughput") if throughput > latency else (latency, "latency")
-            row = {"isa": isa, "encoder": encoder, "backend": p["backend"], "graph": p["graph"],
-                   "compute": p["compute"] if p["backend"] == "openvino" else "graph", "folders": folders,
-                   "score": round(speed / base, 3), "items_per_s": speed,
-                   "unit": "images/s, batch 8" if encoder == "image" else "prompts/s, 80 trimmed prompts",
-                   "x torch fp32" if encoder == "image" else "x open_clip fp32": round(speed / base, 3),
-                   "x torch bf16" if encoder == "image" else "x torch bf16 trimmed": round(speed / bf16, 3),
-                   "min_cosine_vs_torch_fp32": p["min_cosine_vs_torch_fp32"], "source": src}
+            row = {
+                "isa": isa,
+                "encoder": encoder,
+                "backend": p["backend"],
+                "graph": p["graph"],
+                "compute": p["compute"] if p["backend"] == "openvino" else "graph",
+                "folders": folders,
+                "score": round(speed / base, 3),
+                "items_per_s": speed,
+                "unit": "images/s, batch 8" if encoder == "image" else "prompts/s, 80 trimmed prompts",
+                "x torch fp32" if encoder == "image" else "x open_clip fp32": round(speed / base, 3),
+                "x torch bf16" if encoder == "image" else "x torch bf16 trimmed": round(speed / bf16, 3),
+                "min_cosine_vs_torch_fp32": p["min_cosine_vs_torch_fp32"],
+                "source": src,
+            }
             if name in b1:
                 row["batch1_images_per_s"] = b1[name]["items_per_s_best"]
             rows.append(row)
@@ -99,11 +113,13 @@ def _variants_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
     if not _vnni_host(data):
         return []
     sources["variants"] = _source("variants", data, path)
-    wanted = {("fp32", None): ("onnxruntime", "fp32", "graph"),
-              ("int8-dynamic", None): ("onnxruntime", "int8-dynamic", "graph"),
-              ("int8-static-minmax", None): ("onnxruntime", "int8-static", "graph"),
-              ("openvino fp32", "openvino"): ("openvino", "fp32", "f32"),
-              ("openvino int8-static-minmax (QDQ)", "openvino"): ("openvino", "int8-static", "f32")}
+    wanted = {
+        ("fp32", None): ("onnxruntime", "fp32", "graph"),
+        ("int8-dynamic", None): ("onnxruntime", "int8-dynamic", "graph"),
+        ("int8-static-minmax", None): ("onnxruntime", "int8-static", "graph"),
+        ("openvino fp32", "openvino"): ("openvino", "fp32", "f32"),
+        ("openvino int8-static-minmax (QDQ)", "openvino"): ("openvino", "int8-static", "f32"),
+    }
     rows = []
     for v in data["variants"]:
         session = v.get("session")
@@ -113,11 +129,22 @@ def _variants_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]]:
         if key not in wanted:
             continue
         backend, graph, compute = wanted[key]
-        rows.append({"isa": "x86-avx512-vnni", "encoder": "image", "backend": backend, "graph": graph,
-                     "compute": compute, "folders": "latency", "score": v["x_torch_fp32_best"],
-                     "items_per_s": v["best_images_per_s"], "unit": "images/s, batch 8",
-                     "x torch fp32": v["x_torch_fp32_best"], "min_cosine_vs_torch_fp32": v.get("min_cosine"),
-                     "source": "variants"})
+        rows.append(
+            {
+                "isa": "x86-avx512-vnni",
+                "encoder": "image",
+                "backend": backend,
+                "graph": graph,
+                "compute": compute,
+                "folders": "latency",
+                "score": v["x_torch_fp32_best"],
+                "items_per_s": v["best_images_per_s"],
+                "unit": "images/s, batch 8",
+                "x torch fp32": v["x_torch_fp32_best"],
+                "min_cosine_vs_torch_fp32": v.get("min_cosine"),
+                "source": "variants",
+            }
+        )
     return rows
 
 
@@ -131,10 +158,21 @@ def _text_speed_rows(path: Path, sources: dict[str, Any]) -> list[dict[str, Any]
     rows = []
     for name, graph in (("clip-rt fp32", "fp32"), ("clip-rt int8", "int8-dynamic")):
         speed = round(80 / s[name]["best_s"], 2)
-        rows.append({"isa": "x86-avx512-vnni", "encoder": "text", "backend": "onnxruntime", "graph": graph,
-                     "compute": "graph", "folders": "latency", "score": round(speed / base, 3), "items_per_s": speed,
-                     "unit": "prompts/s, 80 trimmed prompts (encode_text, tokenising included)",
-                     "x open_clip fp32": round(speed / base, 3), "source": "text_speed"})
+        rows.append(
+            {
+                "isa": "x86-avx512-vnni",
+                "encoder": "text",
+                "backend": "onnxruntime",
+                "graph": graph,
+                "compute": "graph",
+                "folders": "latency",
+                "score": round(speed / base, 3),
+                "items_per_s": speed,
+                "unit": "prompts/s, 80 trimmed prompts (encode_text, tokenising included)",
+                "x open_clip fp32": round(speed / base, 3),
+                "source": "text_speed",
+            }
+        )
     return rows
 
 
@@ -156,9 +194,11 @@ def build_table(results: Path) -> dict[str, Any]:
         isa, block = _startup(path, sources)
         startup[isa] = block
     return {
-        "about": ("Backend decision table of clip-rt's runtime (clip_rt/engine/backends/choose.py): measured rows, "
-                  "ranked per CPU class and encoder by 'score' (speed over the torch fp32 baseline of the same run). "
-                  "Generated by `python -m bench.backends --write-table` from the sources below; do not edit by hand."),
+        "about": (
+            "Backend decision table of clip-rt's runtime (clip_rt/engine/backends/choose.py): measured rows, "
+            "ranked per CPU class and encoder by 'score' (speed over the torch fp32 baseline of the same run). "
+            "Generated by `python -m bench.backends --write-table` from the sources below; do not edit by hand."
+        ),
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sources": sources,
         "rows": rows,
@@ -206,7 +246,12 @@ def _apply_text_queue(path: Path, rows: list[dict[str, Any]], sources: dict[str,
     at80 = data["sizes"]["80"]
     for row in rows:
         if (row["isa"], row["encoder"], row["backend"], row["graph"], row["compute"]) != (
-                isa, "text", cand["backend"], cand["graph"], cand["compute"]):
+            isa,
+            "text",
+            cand["backend"],
+            cand["graph"],
+            cand["compute"],
+        ):
             continue
         sources[path.stem] = _source(path.stem, data, path)
         row["queue_x_latency"] = at80["queue_x_latency_best"]

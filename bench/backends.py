@@ -12,6 +12,7 @@ Candidates are timed round-robin (common.Timer); tables use best samples (the ma
 shared). Parity is min cosine against torch fp32 on scikit-image's photos; int8 paths also
 record batch independence (an image alone vs in a batch of 8, max abs diff).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,6 @@ def _photos(manifest: Any) -> np.ndarray:
     from PIL import Image
 
     from clip_rt.inputs.preprocess import Preprocessor
-
     from clip_rt_fixtures.photos import PHOTOS
 
     pre = Preprocessor(manifest.image)
@@ -92,8 +92,10 @@ def _graphs(bundle: Path, args: argparse.Namespace, encoder: str) -> dict[str, P
 def _make_candidates(encoder: str, graphs: dict[str, Path], threads: int, ort_only: bool) -> list[_Candidate]:
     from clip_rt.engine.backends.ort import OrtBackend
 
-    cands = [_Candidate(f"onnxruntime {g}", "onnxruntime", g, "graph", OrtBackend(p, ["cpu"], intra_op_threads=threads))
-             for g, p in graphs.items()]
+    cands = [
+        _Candidate(f"onnxruntime {g}", "onnxruntime", g, "graph", OrtBackend(p, ["cpu"], intra_op_threads=threads))
+        for g, p in graphs.items()
+    ]
     if ort_only:
         return cands
     try:
@@ -146,12 +148,20 @@ def image(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     cands = _pick(_make_candidates("image", _graphs(args.bundle, args, "image"), args.threads, args.ort_only), args)
     rows: list[dict[str, Any]] = []
     for c in cands:
-        emb = np.concatenate([c.runner.run({"pixel_values": pixels[i:i + 8]})[0] for i in range(0, len(pixels), 8)])
+        emb = np.concatenate([c.runner.run({"pixel_values": pixels[i : i + 8]})[0] for i in range(0, len(pixels), 8)])
         alone = c.runner.run({"pixel_values": pixels[:1]})[0]
         batch8 = c.runner.run({"pixel_values": pixels[:8]})[0]
-        rows.append({"candidate": c.name, "backend": c.backend, "graph": c.graph, "compute": c.compute,
-                     "min_cosine_vs_torch_fp32": _cos(emb, ref), "samples": len(pixels),
-                     "alone_vs_batch8_max_abs": float(f"{np.abs(alone[0] - batch8[0]).max():.3g}")})
+        rows.append(
+            {
+                "candidate": c.name,
+                "backend": c.backend,
+                "graph": c.graph,
+                "compute": c.compute,
+                "min_cosine_vs_torch_fp32": _cos(emb, ref),
+                "samples": len(pixels),
+                "alone_vs_batch8_max_abs": float(f"{np.abs(alone[0] - batch8[0]).max():.3g}"),
+            }
+        )
     by_name = {r["candidate"]: r for r in rows}
     agreement = _batch_agreement(cands, pixels)
     speed: dict[str, Any] = {}
@@ -186,10 +196,10 @@ def _batch_agreement(cands: list[_Candidate], pixels: np.ndarray) -> dict[str, A
     x = pixels[:8]
     out: dict[str, Any] = {}
     for c in (c for c in cands if c.backend == "openvino"):
-        alone = np.concatenate([c.runner.run({"pixel_values": x[i:i + 1]})[0] for i in range(len(x))])
+        alone = np.concatenate([c.runner.run({"pixel_values": x[i : i + 1]})[0] for i in range(len(x))])
         diffs: dict[str, float] = {}
         for n in (2, 4, 8):
-            got = np.concatenate([c.runner.run({"pixel_values": x[i:i + n]})[0] for i in range(0, len(x), n)])
+            got = np.concatenate([c.runner.run({"pixel_values": x[i : i + n]})[0] for i in range(0, len(x), n)])
             diffs[f"batch {n}"] = float(f"{np.abs(got - alone).max():.3g}")
         out[c.name] = {"max_abs_vs_batch_1": diffs}
         log(f"batch agreement, {c.name}: {diffs}")
@@ -217,9 +227,12 @@ def _speeds(timer: Timer, items: int, per_call_batches: dict[str, int]) -> dict[
     out = {}
     for name, samples in timer.samples.items():
         n = items * per_call_batches.get(name, 1)
-        out[name] = {"best_s": round(min(samples), 5), "median_s": round(float(np.median(samples)), 5),
-                     "items_per_s_best": round(n / min(samples), 2),
-                     "items_per_s_median": round(n / float(np.median(samples)), 2)}
+        out[name] = {
+            "best_s": round(min(samples), 5),
+            "median_s": round(float(np.median(samples)), 5),
+            "items_per_s_best": round(n / min(samples), 2),
+            "items_per_s_median": round(n / float(np.median(samples)), 2),
+        }
     return out
 
 
@@ -241,8 +254,16 @@ def text(args: argparse.Namespace, tm: Any, manifest: Any) -> dict[str, Any]:
     rows = []
     for c in cands:
         emb = c.runner.run({"input_ids": ids})[0]
-        rows.append({"candidate": c.name, "backend": c.backend, "graph": c.graph, "compute": c.compute,
-                     "min_cosine_vs_torch_fp32": _cos(emb, ref), "samples": len(ids)})
+        rows.append(
+            {
+                "candidate": c.name,
+                "backend": c.backend,
+                "graph": c.graph,
+                "compute": c.compute,
+                "min_cosine_vs_torch_fp32": _cos(emb, ref),
+                "samples": len(ids),
+            }
+        )
     idt = torch.from_numpy(ids)
     fns: dict[str, Callable[[], Any]] = {
         "open_clip fp32 (context 77)": lambda: tm.model.encode_text(tm.tokenizer(prompts)),
@@ -290,8 +311,10 @@ def _text_shapes(args: argparse.Namespace, cands: list[_Candidate], ids: np.ndar
             res["reshape_compile_and_first_call_s"][str(n)] = round(time.perf_counter() - t0, 4)
         timer = Timer(args.rounds)
         xs = {n: np.resize(ids, (len(ids), n)).astype(np.int64) for n in lengths}
-        timer.run({f"dynamic L={n}": (lambda n=n: dyn(xs[n])) for n in lengths}
-                  | {f"reshaped L={n}": (lambda n=n: fixed[n](xs[n])) for n in lengths})
+        timer.run(
+            {f"dynamic L={n}": (lambda n=n: dyn(xs[n])) for n in lengths}
+            | {f"reshaped L={n}": (lambda n=n: fixed[n](xs[n])) for n in lengths}
+        )
         res["steady"] = _speeds(timer, len(ids), {})
         out[c.name] = res
     return out
@@ -342,7 +365,8 @@ def ort_options(args: argparse.Namespace, manifest: Any) -> dict[str, Any]:
 
                 pool = ThreadPoolExecutor(concurrent)
                 fns[f"{g}: {label}"] = lambda s=sess, p=pool, n=concurrent: list(
-                    p.map(lambda _: s.run(None, {"pixel_values": pixels}), range(n)))
+                    p.map(lambda _: s.run(None, {"pixel_values": pixels}), range(n))
+                )
             else:
                 fns[f"{g}: {label}"] = lambda s=sess: s.run(None, {"pixel_values": pixels})
     log(f"onnxruntime options: {len(fns)} candidates x {args.rounds} rounds")
@@ -375,15 +399,23 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
     tm = tm or load_torch("ViT-B-32", 0)
     label = _isa_label()
     result: dict[str, Any] = {
-        "benchmark": "backends", "isa_class": label,
+        "benchmark": "backends",
+        "isa_class": label,
         "command": " ".join(["python", "-m", "bench.backends", *sys.argv[1:]]),
         "env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA",) if k in os.environ},
-        "note": ("onnxruntime ignores ONEDNN_MAX_CPU_ISA (MLAS detects AMX itself): its rows here are AMX figures"
-                 if label.endswith("-as-vnni") else ""),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-        "bundle": str(args.bundle), "static_int8": {"image": args.static_image, "text": args.static_text},
+        "note": (
+            "onnxruntime ignores ONEDNN_MAX_CPU_ISA (MLAS detects AMX itself): its rows here are AMX figures"
+            if label.endswith("-as-vnni")
+            else ""
+        ),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "bundle": str(args.bundle),
+        "static_int8": {"image": args.static_image, "text": args.static_text},
         "nncf_int8": {"image": args.nncf_image, "text": args.nncf_text},
-        "threads": args.threads, "stream_batches": args.stream_batches, "pause_s": args.pause,
+        "threads": args.threads,
+        "stream_batches": args.stream_batches,
+        "pause_s": args.pause,
         "candidates": args.candidates or "all",
         "weights": f"{tm.arch} random (pretrained=None, seed {tm.seed})",
     }
@@ -410,14 +442,17 @@ def run(args: argparse.Namespace, tm: Any = None) -> Path:
 def run_ctx(ctx: Any) -> Path:
     """``python -m bench --only backends``: on the bench's own bundle (its int8 graphs, static
     where the export made them static), default settings, results beside the others."""
-    args = _parser().parse_args(["--bundle", str(ctx.bundle), "--out", str(ctx.out_dir)]
-                                + (["--rounds", "2", "--only", "image"] if ctx.quick else []))
+    args = _parser().parse_args(
+        ["--bundle", str(ctx.bundle), "--out", str(ctx.out_dir)]
+        + (["--rounds", "2", "--only", "image"] if ctx.quick else [])
+    )
     return run(args, ctx.torch_model)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bench.backends", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.backends", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, default=BUNDLE, help="a ViT-B-32 seed-0 bundle (fp32, int8)")
     ap.add_argument("--static-image", help="a static (QDQ) int8 image graph, when the bundle's int8 is dynamic")
     ap.add_argument("--static-text", help="a static (QDQ) int8 text graph")
@@ -428,13 +463,21 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--stream-batches", type=int, default=4, help="batches of 8 per throughput-queue sample")
-    ap.add_argument("--pause", type=float, default=0.05,
-                    help="untimed seconds before each sample (lets a spinning thread pool go idle)")
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.05,
+        help="untimed seconds before each sample (lets a spinning thread pool go idle)",
+    )
     ap.add_argument("--ort-only", action="store_true", help="skip OpenVINO")
-    ap.add_argument("--candidates", nargs="+", metavar="TEXT",
-                    help="only runtime candidates whose name contains one of these (e.g. 'openvino int8-static-nncf'); "
-                         "more rounds in the same time. Write such a run elsewhere (--out): --write-table reads every "
-                         "backends-*.json in the results folder")
+    ap.add_argument(
+        "--candidates",
+        nargs="+",
+        metavar="TEXT",
+        help="only runtime candidates whose name contains one of these (e.g. 'openvino int8-static-nncf'); "
+        "more rounds in the same time. Write such a run elsewhere (--out): --write-table reads every "
+        "backends-*.json in the results folder",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     ap.add_argument("--write-table", action="store_true", help="only rebuild the runtime's choices.json")
     return ap

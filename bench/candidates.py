@@ -8,6 +8,7 @@ OpenVINO candidates are added when ``import openvino`` works (``pip install open
 run the bundle's graphs through OpenVINO's own API (the runtime's OpenVINO backend is measured
 through ``clip_rt.load(...)`` once it exists, as the "clip-rt default" row).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,9 @@ def _unit_for(library: str, precision: str, lv: dict[str, str]) -> Optional[str]
 
 
 def image_candidates(ctx: Any, batch: int, x: np.ndarray, bf16_model: Any) -> dict[str, Candidate]:
-    import clip_rt
     import torch
+
+    import clip_rt
 
     from .models import session_options
 
@@ -78,17 +80,25 @@ def image_candidates(ctx: Any, batch: int, x: np.ndarray, bf16_model: Any) -> di
     }
     default = clip_rt.load(ctx.bundle, threads=2, cache=False)
     meta = runtime_meta(default)
-    out["clip-rt default"] = Candidate(lambda s=default.session("image"): s.run({"pixel_values": x}), meta["library"],
-                                       meta["precision"], _unit_for(meta["library"], meta["precision"], lv),
-                                       {"what": "clip_rt.load(bundle) defaults"},
-                                       embed=lambda px, s=default.session("image"): s.run({"pixel_values": px})[0])
+    out["clip-rt default"] = Candidate(
+        lambda s=default.session("image"): s.run({"pixel_values": x}),
+        meta["library"],
+        meta["precision"],
+        _unit_for(meta["library"], meta["precision"], lv),
+        {"what": "clip_rt.load(bundle) defaults"},
+        embed=lambda px, s=default.session("image"): s.run({"pixel_values": px})[0],
+    )
     for precision in ("int8", "fp32"):
-        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False,
-                             session_options=session_options(2))
+        model = clip_rt.load(
+            ctx.bundle, precision=precision, threads=2, cache=False, session_options=session_options(2)
+        )
         out[f"clip-rt {precision} (onnxruntime)"] = Candidate(
-            lambda s=model.session("image"): s.run({"pixel_values": x}), "onnxruntime", precision,
+            lambda s=model.session("image"): s.run({"pixel_values": x}),
+            "onnxruntime",
+            precision,
             _unit_for("onnxruntime", precision, lv),
-            embed=lambda px, s=model.session("image"): s.run({"pixel_values": px})[0])
+            embed=lambda px, s=model.session("image"): s.run({"pixel_values": px})[0],
+        )
     out.update(openvino_candidates(ctx.bundle, "image", {0: x}, batch, lv))
     return out
 
@@ -113,16 +123,19 @@ def openvino_candidates(bundle: Path, encoder: str, feed: dict, batch: int, lv: 
         config = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, **hint}
         compiled = core.compile_model(str(bundle / file), "CPU", config)
         request = compiled.create_infer_request()
-        out[f"openvino {precision}"] = Candidate(lambda r=request: r.infer(feed), "openvino", precision,
-                                                 _unit_for("openvino", precision, lv),
-                                                 {"config": {k: str(v) for k, v in config.items()},
-                                                  "graph": file},
-                                                 embed=lambda px, r=request: r.infer({0: px})[0].copy())
+        out[f"openvino {precision}"] = Candidate(
+            lambda r=request: r.infer(feed),
+            "openvino",
+            precision,
+            _unit_for("openvino", precision, lv),
+            {"config": {k: str(v) for k, v in config.items()}, "graph": file},
+            embed=lambda px, r=request: r.infer({0: px})[0].copy(),
+        )
         if batch >= 2 and encoder == "image":
             tconfig = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2, **hint}
             queue = ov.AsyncInferQueue(core.compile_model(str(bundle / file), "CPU", tconfig), 2)
             x = next(iter(feed.values()))
-            halves = [x[: len(x) // 2], x[len(x) // 2:]]
+            halves = [x[: len(x) // 2], x[len(x) // 2 :]]
 
             def throughput(q: Any = queue, parts: list = halves) -> None:
                 for part in parts:
@@ -130,8 +143,12 @@ def openvino_candidates(bundle: Path, encoder: str, feed: dict, batch: int, lv: 
                 q.wait_all()
 
             out[f"openvino {precision}, 2 streams"] = Candidate(
-                throughput, "openvino", precision, _unit_for("openvino", precision, lv),
-                {"config": {k: str(v) for k, v in tconfig.items()}, "graph": file})
+                throughput,
+                "openvino",
+                precision,
+                _unit_for("openvino", precision, lv),
+                {"config": {k: str(v) for k, v in tconfig.items()}, "graph": file},
+            )
     return out
 
 
@@ -153,36 +170,46 @@ def text_candidates(ctx: Any, prompts: list[str], bf16_model: Any) -> dict[str, 
         return ids[:, : int((ids.argmax(dim=1) + 1).max())]
 
     out = {
-        "open_clip encode_text (context 77, fp32)": Candidate(lambda: tm.model.encode_text(tm.tokenizer(prompts)),
-                                                              "torch", "fp32", _unit(lv["onednn_fp32"])),
-        "torch fp32, trimmed": Candidate(lambda: trimmed32(trim(tm.tokenizer(prompts))), "torch", "fp32",
-                                         _unit(lv["onednn_fp32"])),
-        "torch bf16, trimmed": Candidate(lambda: trimmed16(trim(tm.tokenizer(prompts))), "torch", "bf16",
-                                         _unit(lv["onednn_bf16"])),
+        "open_clip encode_text (context 77, fp32)": Candidate(
+            lambda: tm.model.encode_text(tm.tokenizer(prompts)), "torch", "fp32", _unit(lv["onednn_fp32"])
+        ),
+        "torch fp32, trimmed": Candidate(
+            lambda: trimmed32(trim(tm.tokenizer(prompts))), "torch", "fp32", _unit(lv["onednn_fp32"])
+        ),
+        "torch bf16, trimmed": Candidate(
+            lambda: trimmed16(trim(tm.tokenizer(prompts))), "torch", "bf16", _unit(lv["onednn_bf16"])
+        ),
     }
     default = clip_rt.load(ctx.bundle, threads=2, cache=False)
     meta = runtime_meta(default)
-    out["clip-rt default"] = Candidate(lambda: default.encode_text(prompts), meta["library"], meta["precision"],
-                                       _unit_for(meta["library"], meta["precision"], lv),
-                                       {"what": "clip_rt.load(bundle) defaults, uncached"})
+    out["clip-rt default"] = Candidate(
+        lambda: default.encode_text(prompts),
+        meta["library"],
+        meta["precision"],
+        _unit_for(meta["library"], meta["precision"], lv),
+        {"what": "clip_rt.load(bundle) defaults, uncached"},
+    )
     for precision in ("int8", "fp32"):
-        model = clip_rt.load(ctx.bundle, precision=precision, threads=2, cache=False,
-                             session_options=session_options(2))
-        out[f"clip-rt {precision} (onnxruntime)"] = Candidate(lambda m=model: m.encode_text(prompts), "onnxruntime",
-                                                              precision, _unit_for("onnxruntime", precision, lv))
+        model = clip_rt.load(
+            ctx.bundle, precision=precision, threads=2, cache=False, session_options=session_options(2)
+        )
+        out[f"clip-rt {precision} (onnxruntime)"] = Candidate(
+            lambda m=model: m.encode_text(prompts), "onnxruntime", precision, _unit_for("onnxruntime", precision, lv)
+        )
     ids = tm.tokenizer(prompts)
     feed = {0: trim(ids).numpy().astype(np.int64)}
     for name, cand in openvino_candidates(ctx.bundle, "text", feed, len(prompts), lv).items():
         # The tokeniser is not in these: add clip-rt's tokenisation cost by tokenising too.
         tok = default.tokenizer()  # the runtime's own tokeniser, as encode_text uses
-        cand.run = (lambda run=cand.run: (tok.encode_batch(prompts), run()))
+        cand.run = lambda run=cand.run: (tok.encode_batch(prompts), run())
         cand.notes["what"] = "the bundle's text graph on OpenVINO, clip-rt's tokeniser included"
         out[name] = cand
     return out
 
 
-def peak_fraction(items_per_s: float, unit: Optional[str], macs: Optional[float], ghz: Optional[float],
-                  cores: int) -> Optional[dict[str, Any]]:
+def peak_fraction(
+    items_per_s: float, unit: Optional[str], macs: Optional[float], ghz: Optional[float], cores: int
+) -> Optional[dict[str, Any]]:
     p = isa.peak(unit or "", cores, ghz, macs)
     if p is None:
         return None

@@ -1,4 +1,5 @@
 """Shared benchmark plumbing: machine facts, interleaved timing, result files."""
+
 from __future__ import annotations
 
 import json
@@ -95,13 +96,26 @@ def target(name: str, measured: Optional[float], goal: float, higher_is_better: 
     """One target row: measured value, goal, met?, and the gap when not met."""
     sense = ">=" if higher_is_better else "<="
     if measured is None:
-        return {"target": name, "goal": goal, "unit": unit, "sense": sense, "measured": None, "met": False,
-                "gap": "not measured"}
+        return {
+            "target": name,
+            "goal": goal,
+            "unit": unit,
+            "sense": sense,
+            "measured": None,
+            "met": False,
+            "gap": "not measured",
+        }
     met = measured >= goal if higher_is_better else measured <= goal
     gap = None if met or not measured else round(goal / measured if higher_is_better else measured / goal, 2)
-    return {"target": name, "goal": goal, "unit": unit, "sense": sense,
-            "measured": float(f"{measured:.4g}") if abs(measured) < 1e-3 else round(measured, 4), "met": met,
-            "gap_factor": gap}
+    return {
+        "target": name,
+        "goal": goal,
+        "unit": unit,
+        "sense": sense,
+        "measured": float(f"{measured:.4g}") if abs(measured) < 1e-3 else round(measured, 4),
+        "met": met,
+        "gap_factor": gap,
+    }
 
 
 def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
@@ -111,8 +125,13 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR
         exe = exe.relative_to(Path.cwd())
     else:
         exe = Path(exe.name)
-    payload = {"benchmark": name, "command": " ".join([str(exe), "-m", _module(), *map(_portable, sys.argv[1:])]),
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **payload}
+    payload = {
+        "benchmark": name,
+        "command": " ".join([str(exe), "-m", _module(), *map(_portable, sys.argv[1:])]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        **payload,
+    }
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
@@ -156,8 +175,12 @@ def run_arm64_guest(command: str, plan: dict[str, Any], *args: str) -> dict[str,
     plan_file = work / f"plan-{command}.json"
     plan_file.write_text(json.dumps(plan), encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(scripts), os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.run([sys.executable, "-m", "arm64check.guest", command, str(plan_file), *args], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "arm64check.guest", command, str(plan_file), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         raise SystemExit(f"arm64check.guest {command} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")

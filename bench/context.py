@@ -1,4 +1,5 @@
 """What every benchmark shares: the model, its bundle, the photos and the torch reference."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from clip_rt_fixtures.photos import make_jpegs
+
 from .common import RESULTS_DIR, WORK_DIR, log
 from .models import TorchModel, load_torch
-from clip_rt_fixtures.photos import make_jpegs
 from .reference import Reference, build
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -55,23 +57,34 @@ class BenchContext:
     def bundle(self) -> Path:
         """A bundle with all three precisions, exported once per arch and seed by the export stage."""
         if self._bundle is None:
+            from clip_rt.bundle.manifest import LEGACY_INT8, read_manifest
             from clip_rt.bundle.store import is_bundle
             from clip_rt_export import export_bundle
-
-            from clip_rt.bundle.manifest import LEGACY_INT8, read_manifest
 
             path = self.work_dir / f"bundle-{self.arch}-seed{self.seed}"
             # A bundle from before static int8 (no quantization record) is re-exported.
             stale = is_bundle(path) and read_manifest(path).quantization_of("int8", "image") in (None, LEGACY_INT8)
             if not is_bundle(path) or stale:
                 log(f"exporting bundle {path.name} ({', '.join(PRECISIONS)})")
-                export_bundle(self.arch, pretrained="none", precisions=PRECISIONS, output=path,
-                              model_config=self.model_config, seed=self.seed, log=log, force=stale,
-                              int8_min_cosine=self.int8_min_cosine)
+                export_bundle(
+                    self.arch,
+                    pretrained="none",
+                    precisions=PRECISIONS,
+                    output=path,
+                    model_config=self.model_config,
+                    seed=self.seed,
+                    log=log,
+                    force=stale,
+                    int8_min_cosine=self.int8_min_cosine,
+                )
             self._bundle = path
         return self._bundle
 
     def result_meta(self) -> dict[str, Any]:
-        return {"arch": self.arch, "seed": self.seed, "weights": "random (pretrained=None), seeded",
-                "quick": self.quick, "bundle": str(self.bundle)}
-
+        return {
+            "arch": self.arch,
+            "seed": self.seed,
+            "weights": "random (pretrained=None), seeded",
+            "quick": self.quick,
+            "bundle": str(self.bundle),
+        }

@@ -17,6 +17,7 @@ follows it.
 
     python -m bench.conv_int8 --arch RN50 --arch MobileCLIP-S1 --arch convnext_tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,12 @@ def _graph_facts(path: Path) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for n in graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"conv": len(convs), "grouped_conv": len(grouped), "matmul_gemm": ops.get("MatMul", 0) + ops.get("Gemm", 0),
-            "batchnorm": ops.get("BatchNormalization", 0)}
+    return {
+        "conv": len(convs),
+        "grouped_conv": len(grouped),
+        "matmul_gemm": ops.get("MatMul", 0) + ops.get("Gemm", 0),
+        "batchnorm": ops.get("BatchNormalization", 0),
+    }
 
 
 def measure_arch(arch: str, rounds: int, batch: int, work: Path) -> dict[str, Any]:
@@ -91,14 +96,20 @@ def measure_arch(arch: str, rounds: int, batch: int, work: Path) -> dict[str, An
         out = work / f"image_{name}.onnx"
         if not out.exists():
             log(f"{arch}: building {name}")
-            optimize_graph(prepped if spec["prep"] else fp32, out, kind="int8-static", calibration_inputs=cal.feeds,
-                           op_types=spec["op_types"], exclude=spec["exclude"])
+            optimize_graph(
+                prepped if spec["prep"] else fp32,
+                out,
+                kind="int8-static",
+                calibration_inputs=cal.feeds,
+                op_types=spec["op_types"],
+                exclude=spec["exclude"],
+            )
         paths[name] = out
     x = pixels.numpy()
     parity = {}
     sessions = {name: ort_session(p) for name, p in paths.items()}
     for name, sess in sessions.items():
-        got = np.concatenate([sess.run(None, {"pixel_values": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+        got = np.concatenate([sess.run(None, {"pixel_values": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
         cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         parity[name] = {"min_cosine": round(float(cos.min()), 6), "max_abs_diff": float(np.abs(got - want).max())}
     feed = {"pixel_values": np.ascontiguousarray(x[:batch])}
@@ -113,25 +124,32 @@ def measure_arch(arch: str, rounds: int, batch: int, work: Path) -> dict[str, An
             **parity[name],
             "bytes": paths[name].stat().st_size,
         }
-        log(f"{arch} {name}: {medians[name] * 1000:.0f} ms/batch of {batch}, x{medians['fp32'] / medians[name]:.2f} "
-            f"vs fp32, min cosine {parity[name]['min_cosine']:.5f}")
+        log(
+            f"{arch} {name}: {medians[name] * 1000:.0f} ms/batch of {batch}, x{medians['fp32'] / medians[name]:.2f} "
+            f"vs fp32, min cosine {parity[name]['min_cosine']:.5f}"
+        )
     return out
 
 
 def render(result: dict[str, Any]) -> str:
     """The markdown table of a conv_int8 result."""
     names = list(VARIANTS)
-    lines = ["| architecture | Conv (depthwise) / MatMul nodes | fp32 ms per 8 images | "
-             + " | ".join(f"{n}: speed-up, min cosine" for n in names) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    lines = [
+        "| architecture | Conv (depthwise) / MatMul nodes | fp32 ms per 8 images | "
+        + " | ".join(f"{n}: speed-up, min cosine" for n in names)
+        + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
     for arch, row in result["archs"].items():
         g = row["graph"]["fp32"]
         cells = []
         for n in names:
             v = row["variants"].get(n)
             cells.append("-" if v is None else f"{v['speedup_vs_fp32']:.2f}x, {v['min_cosine']:.5f}")
-        lines.append(f"| {arch} | {g['conv']} ({g['grouped_conv']}) / {g['matmul_gemm']} | "
-                     f"{row['variants']['fp32']['median_s'] * 1000:.0f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {arch} | {g['conv']} ({g['grouped_conv']}) / {g['matmul_gemm']} | "
+            f"{row['variants']['fp32']['median_s'] * 1000:.0f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -142,9 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
     archs = args.arch or ["RN50", "MobileCLIP-S1", "convnext_tiny"]
-    results: dict[str, Any] = {"command": "python -m bench.conv_int8 "
-                                          "" + " ".join(argv if argv is not None else sys.argv[1:]),
-                               "archs": {}}
+    results: dict[str, Any] = {
+        "command": "python -m bench.conv_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "archs": {},
+    }
     for arch in archs:
         results["archs"][arch] = measure_arch(arch, args.rounds, args.batch, WORK_DIR / "conv_int8" / arch)
     write_result("conv_int8", results)

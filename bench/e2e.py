@@ -1,15 +1,17 @@
 """End-to-end zero-shot classification of a folder of multi-megapixel JPEGs, decode included,
 against the origin's loop (open_clip, one image at a time, prompts re-encoded per image)."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import numpy as np
 
+from clip_rt_fixtures.photos import LABELS
+
 from .common import Timer, log, ratio, target, write_result
 from .context import BenchContext
 from .models import session_options
-from clip_rt_fixtures.photos import LABELS
 from .reference import SIMPLE
 
 
@@ -42,8 +44,9 @@ def _runtime(ctx: BenchContext, precision: str, draft: bool) -> Callable[[list],
 
     def classify(paths: list) -> list[str]:
         # A fresh model each call with no prompt cache: the text side is paid once per folder.
-        model = clip_rt.load(bundle, precision=precision, threads=2, cache=False, draft=draft,
-                             session_options=session_options(2))
+        model = clip_rt.load(
+            bundle, precision=precision, threads=2, cache=False, draft=draft, session_options=session_options(2)
+        )
         return [c.label for c in model.classify(paths, list(LABELS), SIMPLE, batch_size=8)]
 
     return classify
@@ -58,8 +61,10 @@ def draft_pixel_effect(ctx: BenchContext, paths: list) -> dict[str, float]:
     diffs = np.stack([np.abs(full(full.load(p)) - draft(draft.load(p))) for p in paths])
     std = np.array(cfg.std, dtype=np.float32).reshape(1, 3, 1, 1)
     in_8bit = diffs * std * 255.0  # normalised units back to 0-255 pixel levels
-    return {"max_abs_diff_levels": round(float(in_8bit.max()), 2),
-            "mean_abs_diff_levels": round(float(in_8bit.mean()), 3)}
+    return {
+        "max_abs_diff_levels": round(float(in_8bit.max()), 2),
+        "mean_abs_diff_levels": round(float(in_8bit.mean()), 3),
+    }
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -81,23 +86,34 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     rows = {}
     for name, secs in timer.samples.items():
         agree = float(np.mean([a == b for a, b in zip(labels[name], origin)]))
-        rows[name] = {"median_s": round(float(np.median(secs)), 3), "best_s": round(min(secs), 3),
-                      "images_per_s": round(len(paths) / float(np.median(secs)), 2),
-                      "top1_same_as_origin": round(agree, 4)}
+        rows[name] = {
+            "median_s": round(float(np.median(secs)), 3),
+            "best_s": round(min(secs), 3),
+            "images_per_s": round(len(paths) / float(np.median(secs)), 2),
+            "top1_same_as_origin": round(agree, 4),
+        }
     base = rows["origin loop (open_clip fp32)"]
     for row in rows.values():
         row["x_origin"] = ratio(row["images_per_s"], base["images_per_s"])
         row["x_origin_best"] = ratio(base["best_s"], row["best_s"])
     best = rows["clip-rt int8, draft"]
     targets = [
-        target("end-to-end clip-rt int8, draft vs origin loop (best samples)", best["x_origin_best"], 5.0,
-               unit="x"),
+        target("end-to-end clip-rt int8, draft vs origin loop (best samples)", best["x_origin_best"], 5.0, unit="x"),
         target("end-to-end top-1 same as origin (int8, draft)", best["top1_same_as_origin"], 0.99),
     ]
     draft = draft_pixel_effect(ctx, paths)
-    draft["top1_draft_vs_full_decode"] = round(float(np.mean(
-        [a == b for a, b in zip(labels["clip-rt int8, draft"], labels["clip-rt int8"])])), 4)
-    result = {**ctx.result_meta(), "images": len(paths), "megapixels": ctx.megapixels, "labels": len(LABELS),
-              "templates": "SIMPLE", "rows": rows, "draft_effect": draft, "targets": targets}
+    draft["top1_draft_vs_full_decode"] = round(
+        float(np.mean([a == b for a, b in zip(labels["clip-rt int8, draft"], labels["clip-rt int8"])])), 4
+    )
+    result = {
+        **ctx.result_meta(),
+        "images": len(paths),
+        "megapixels": ctx.megapixels,
+        "labels": len(LABELS),
+        "templates": "SIMPLE",
+        "rows": rows,
+        "draft_effect": draft,
+        "targets": targets,
+    }
     write_result("end_to_end", result, ctx.out_dir)
     return result

@@ -11,6 +11,7 @@ OpenVINO latency mode with 8), best samples, medians and the median of the per-r
 Writes results/embedding_gather.json. Give it a graph exported before this rewrite (a graph
 already rewritten has no lookup left to rewrite and is refused).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,11 @@ def _runner(backend: str, path: Path, threads: int) -> Callable[[np.ndarray], np
         return lambda x: session.run(None, {name: x})[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_NUM_THREADS": threads})
+    compiled = ov.Core().compile_model(
+        str(path),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
+    )
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})[0].copy()
 
@@ -73,14 +76,21 @@ def child(backend: str, path: Path, threads: int) -> dict[str, Any]:
     created = _status()
     run(_ids(3))
     called = _status()
-    return {"rss_mib_imported": start["VmRSS"], "rss_mib_session": created["VmRSS"],
-            "rss_mib_after_first_call": called["VmRSS"], "peak_mib": called["VmHWM"],
-            "first_call_adds_mib": round(called["VmRSS"] - created["VmRSS"], 1)}
+    return {
+        "rss_mib_imported": start["VmRSS"],
+        "rss_mib_session": created["VmRSS"],
+        "rss_mib_after_first_call": called["VmRSS"],
+        "peak_mib": called["VmHWM"],
+        "first_call_adds_mib": round(called["VmRSS"] - created["VmRSS"], 1),
+    }
 
 
 def _memory(backend: str, path: Path, threads: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "bench.embedding_gather", "--child", backend, str(path),
-                          "--threads", str(threads)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.embedding_gather", "--child", backend, str(path), "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise SystemExit(f"the {backend} memory child for {path} failed (exit {out.returncode}): {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,9 +100,12 @@ def compare(graph: Path, rounds: int, threads: int, backends: list[str]) -> dict
     from clip_rt_export.embedding_gather import gather_before_dequantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        rewritten, count = rewritten_copy(graph, gather_before_dequantize, Path(tmp),
-                                          "no int8 embedding lookup to rewrite (already rewritten, or not an NNCF "
-                                          "graph)")
+        rewritten, count = rewritten_copy(
+            graph,
+            gather_before_dequantize,
+            Path(tmp),
+            "no int8 embedding lookup to rewrite (already rewritten, or not an NNCF graph)",
+        )
         paths = {"as NNCF wrote it": graph, "int8 rows gathered first": rewritten}
         result: dict[str, Any] = {"graph": str(graph), "lookups_rewritten": count}
         for backend in backends:
@@ -101,8 +114,10 @@ def compare(graph: Path, rounds: int, threads: int, backends: list[str]) -> dict
             result[f"{backend}_max_abs_diff"] = float(np.abs(a - b).max())
             del runs
             result[f"{backend}_memory"] = {tag: _memory(backend, p, threads) for tag, p in paths.items()}
-            log(f"{graph.name} {backend}: max abs diff {result[f'{backend}_max_abs_diff']}, first call adds "
-                + ", ".join(f"{tag} {m['first_call_adds_mib']} MiB" for tag, m in result[f"{backend}_memory"].items()))
+            log(
+                f"{graph.name} {backend}: max abs diff {result[f'{backend}_max_abs_diff']}, first call adds "
+                + ", ".join(f"{tag} {m['first_call_adds_mib']} MiB" for tag, m in result[f"{backend}_memory"].items())
+            )
         fns: dict[str, Callable[[], Any]] = {}
         sizes = {"onnxruntime": (1, 8), "openvino": (8,)}
         for backend in backends:
@@ -113,25 +128,34 @@ def compare(graph: Path, rounds: int, threads: int, backends: list[str]) -> dict
         log(f"{graph.name}: {len(fns)} candidates x {rounds} rounds")
         timer = Timer(rounds, pause_s=0.05)
         timer.run(fns)
-    speed = {name: {"ms_best": round(min(s) * 1e3, 2), "ms_median": round(statistics.median(s) * 1e3, 2)}
-             for name, s in timer.samples.items()}
+    speed = {
+        name: {"ms_best": round(min(s) * 1e3, 2), "ms_median": round(statistics.median(s) * 1e3, 2)}
+        for name, s in timer.samples.items()
+    }
     ratios = {}
     for name in fns:
         if name.endswith("[as NNCF wrote it]"):
             base = name[: -len("[as NNCF wrote it]")]
             new = base + "[int8 rows gathered first]"
             per_round = [a / b for a, b in zip(timer.samples[name], timer.samples[new])]  # time old / time new
-            ratios[base.strip()] = {"best": round(min(timer.samples[name]) / min(timer.samples[new]), 3),
-                                    "median_of_round_ratios": round(statistics.median(per_round), 3)}
-            log(f"{graph.name} {base.strip()}: rewritten x NNCF's, best {ratios[base.strip()]['best']}x, "
-                f"per round {ratios[base.strip()]['median_of_round_ratios']}x")
+            ratios[base.strip()] = {
+                "best": round(min(timer.samples[name]) / min(timer.samples[new]), 3),
+                "median_of_round_ratios": round(statistics.median(per_round), 3),
+            }
+            log(
+                f"{graph.name} {base.strip()}: rewritten x NNCF's, best {ratios[base.strip()]['best']}x, "
+                f"per round {ratios[base.strip()]['median_of_round_ratios']}x"
+            )
     result.update({"speed": speed, "speed_rewritten_vs_nncf": ratios})
     return result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.embedding_gather", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.embedding_gather",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("graphs", type=Path, nargs="*", help="NNCF int8 text graphs as NNCF wrote them")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -149,10 +173,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     missing = [str(g) for g in args.graphs if not g.is_file()]
     if missing:
         ap.error(f"no such graph file: {', '.join(missing)}")
-    out: dict[str, Any] = {"benchmark": "embedding_gather",
-                           "command": " ".join(["python", "-m", "bench.embedding_gather", *sys.argv[1:]]),
-                           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                           "rounds": args.rounds, "threads": args.threads}
+    out: dict[str, Any] = {
+        "benchmark": "embedding_gather",
+        "command": " ".join(["python", "-m", "bench.embedding_gather", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "rounds": args.rounds,
+        "threads": args.threads,
+    }
     out["graphs"] = {str(g): compare(g, args.rounds, args.threads, args.backends) for g in args.graphs}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "embedding_gather.json"

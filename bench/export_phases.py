@@ -44,9 +44,8 @@ def _seconds(text: str) -> float:
 def margins(bundle: Path) -> dict[str, dict[str, float]]:
     """Per int8 graph: min cosine, the gate's bound and the margin between them (and against the
     default gate, where the export was given a looser one: the tiny test model)."""
-    from clip_rt_export.validate import tolerance_for
-
     from clip_rt.bundle.manifest import read_manifest
+    from clip_rt_export.validate import tolerance_for
 
     m = read_manifest(bundle)
     out = {}

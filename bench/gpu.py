@@ -16,6 +16,7 @@ random weights from ``--seed`` (what ``clip-rt export --pretrained none --seed N
 Without CUDA it stops with an error; ``--dry-run`` runs the same code on the CPU provider in
 fp32 with small batches (a smoke test of the harness, not a measurement: no targets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ class GpuBenchError(RuntimeError):
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bundle", type=Path, required=True, help="bundle directory (fp32 + fp16 graphs)")
     ap.add_argument("--checkpoint", type=Path, help="open_clip checkpoint the bundle was exported from")
     ap.add_argument("--seed", type=int, default=0, help="random-weights seed when no --checkpoint (default 0)")
@@ -79,7 +81,8 @@ def check_cuda() -> list[str]:
         raise GpuBenchError(
             f"CUDA is not available: onnxruntime {onnxruntime.__version__} has {', '.join(available)}. "
             "Run this on a GPU machine with onnxruntime-gpu installed (docs/gpu.md), or pass --dry-run "
-            "for a CPU smoke run of the harness.")
+            "for a CPU smoke run of the harness."
+        )
     return available
 
 
@@ -94,8 +97,13 @@ def device_name(dry_run: bool, device_id: int) -> str:
     except ImportError:
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", f"--id={device_id}"],
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", f"--id={device_id}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return out.stdout.strip() or "unknown GPU"
     except (OSError, subprocess.SubprocessError):
         return "unknown GPU"
@@ -108,6 +116,7 @@ def slug(name: str) -> str:
 def torch_models(args: argparse.Namespace, arch: str, on_gpu: bool) -> tuple[Any, Any, Any]:
     """(fp32 model, baseline model, torch device): the open_clip model the bundle came from."""
     import torch
+
     from clip_rt_export.load import load_model, resolve
 
     pretrained = str(args.checkpoint) if args.checkpoint else "none"
@@ -136,21 +145,30 @@ def torch_reference(model: Any, device: Any, pixels: np.ndarray) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(pixels), 64):
-            out.append(torch_encode(model, torch.from_numpy(pixels[start:start + 64]).to(device)).float().cpu().numpy())
+            out.append(
+                torch_encode(model, torch.from_numpy(pixels[start : start + 64]).to(device)).float().cpu().numpy()
+            )
     return np.concatenate(out)
 
 
-def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict, pixels: np.ndarray,
-                   on_gpu: bool, device_id: int, work_dir: Path,
-                   skipped: dict[str, str]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+def ort_candidates(
+    graphs: dict[str, Path],
+    providers: list[str],
+    options: dict,
+    pixels: np.ndarray,
+    on_gpu: bool,
+    device_id: int,
+    work_dir: Path,
+    skipped: dict[str, str],
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """For each graph: plain run, IO binding with host / device input, and the fixed-shape
     runner on a fixed-batch copy (CUDA graphs on the GPU). A candidate whose
     session fails to come up or to run is left out, its error recorded in *skipped*: one
     failing variant must not cost the others their figures on a lent machine."""
     import onnxruntime
 
-    from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
     from clip_rt.bundle.manifest import IMAGE_INPUT
+    from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
     from clip_rt.engine.session import OrtSession
     from clip_rt_export.gpu_optimize import fix_batch
 
@@ -166,10 +184,12 @@ def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict,
     def plain(label: str, path: Path) -> dict[str, Callable[[], Any]]:
         sess = OrtSession(path, providers, options=options, intra_op_threads=threads)
         keep[label] = sess
-        return {label: lambda: sess.run({IMAGE_INPUT: pixels})[0],
-                # Outputs stay on the device while timed; the host copy is for parity only.
-                f"{label}-iob-hostin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: pixels}, out_device)),
-                f"{label}-iob-devin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: dev_input}, out_device))}
+        return {
+            label: lambda: sess.run({IMAGE_INPUT: pixels})[0],
+            # Outputs stay on the device while timed; the host copy is for parity only.
+            f"{label}-iob-hostin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: pixels}, out_device)),
+            f"{label}-iob-devin": _keep_on_device(lambda: sess.run_binding({IMAGE_INPUT: dev_input}, out_device)),
+        }
 
     def fixed(label: str, path: Path) -> dict[str, Callable[[], Any]]:
         static = fix_batch(path, Path(work_dir) / f"{path.stem}-b{batch}.onnx", batch)
@@ -199,8 +219,11 @@ def ort_candidates(graphs: dict[str, Path], providers: list[str], options: dict,
 def _ort_errors() -> tuple[type, ...]:
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    return tuple(getattr(state, n) for n in ("Fail", "RuntimeException", "InvalidArgument", "NotImplemented",
-                                             "InvalidGraph", "EPFail") if hasattr(state, n))
+    return tuple(
+        getattr(state, n)
+        for n in ("Fail", "RuntimeException", "InvalidArgument", "NotImplemented", "InvalidGraph", "EPFail")
+        if hasattr(state, n)
+    )
 
 
 class _keep_on_device:
@@ -229,9 +252,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = read_manifest(bundle)
     precision = "fp16" if on_gpu else "fp32"  # the CPU provider cannot run every fp16 node (export/convert.py)
     if precision not in manifest.precisions:
-        raise GpuBenchError(f"bundle {bundle.name} has no {precision} graphs (it has "
-                            f"{', '.join(manifest.precisions)}); "
-                            f"export with --precision fp32 --precision fp16")
+        raise GpuBenchError(
+            f"bundle {bundle.name} has no {precision} graphs (it has "
+            f"{', '.join(manifest.precisions)}); "
+            f"export with --precision fp32 --precision fp16"
+        )
     ep = [f"cuda:{args.device_id}"] if on_gpu else ["cpu"]
     options = {"cuda": {"cudnn_conv_algo_search": "EXHAUSTIVE"}} if on_gpu else {}
     h, w = manifest.image.size
@@ -240,14 +265,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Normalised pixels: noise of the scale preprocessing gives (roughly unit variance).
     all_pixels = rng.standard_normal((biggest, 3, h, w), dtype=np.float32)
 
-    result: dict[str, Any] = {"benchmark": "gpu", "dry_run": args.dry_run,
-                              "device": device_name(args.dry_run, args.device_id),
-                              "command": " ".join([Path(sys.executable).name, "-m", "bench.gpu", *sys.argv[1:]]),
-                              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "machine": machine_info(), "bundle": bundle.name,
-                              "architecture": manifest.architecture, "precision": precision,
-                              "inputs": f"seeded standard-normal pixel_values (seed {args.seed})",
-                              "ort_available_providers": available, "skipped": {}, "rows": []}
+    result: dict[str, Any] = {
+        "benchmark": "gpu",
+        "dry_run": args.dry_run,
+        "device": device_name(args.dry_run, args.device_id),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.gpu", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "bundle": bundle.name,
+        "architecture": manifest.architecture,
+        "precision": precision,
+        "inputs": f"seeded standard-normal pixel_values (seed {args.seed})",
+        "ort_available_providers": available,
+        "skipped": {},
+        "rows": [],
+    }
     graphs = {f"ort-{precision}": bundle / manifest.graph(precision, "image").file}
     fused_path = Path(args.work_dir) / f"{bundle.name}-image-fused-{precision}.onnx"
 
@@ -259,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         result["machine"]["versions"]["torch_cuda"] = str(torch.version.cuda)
         fp32, base, tdevice = torch_models(args, manifest.architecture, on_gpu)
-        ref = torch_reference(fp32, tdevice, all_pixels[:max(min(biggest, 512), 1)])
+        ref = torch_reference(fp32, tdevice, all_pixels[: max(min(biggest, 512), 1)])
         del fp32
 
     if args.no_fused:
@@ -271,14 +303,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         heads, width = _vision_heads_width(base)
         log(f"fusing {manifest.graph('fp32', 'image').file} (heads {heads}, width {width}) -> {fused_path.name}")
-        result["fused_ops"] = fuse_for_gpu(bundle / manifest.graph("fp32", "image").file, fused_path,
-                                           num_heads=heads, hidden_size=width, fp16=on_gpu)
+        result["fused_ops"] = fuse_for_gpu(
+            bundle / manifest.graph("fp32", "image").file, fused_path, num_heads=heads, hidden_size=width, fp16=on_gpu
+        )
         graphs[f"ort-fused-{precision}"] = fused_path
 
     for batch in args.batch_sizes:
         pixels = np.ascontiguousarray(all_pixels[:batch])
-        cands, keep = ort_candidates(graphs, ep, options, pixels, on_gpu, args.device_id, args.work_dir,
-                                     result["skipped"])
+        cands, keep = ort_candidates(
+            graphs, ep, options, pixels, on_gpu, args.device_id, args.work_dir, result["skipped"]
+        )
         timed: dict[str, Callable[[], Any]] = dict(cands)
         if base is not None:
             timed.update(_torch_candidates(base, tdevice, pixels, on_gpu))
@@ -288,10 +322,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timer.run(timed, warmup=3)
         for name, seconds in timer.medians().items():
             emb = _host_output(timed[name])
-            row = {"candidate": name, "batch": batch, "median_s": round(seconds, 6),
-                   "best_s": round(min(timer.samples[name]), 6), "images_per_s": round(batch / seconds, 1),
-                   "latency_ms": round(seconds * 1000, 3), "rounds": rounds,
-                   "input": "device" if name.endswith("devin") else "host"}
+            row = {
+                "candidate": name,
+                "batch": batch,
+                "median_s": round(seconds, 6),
+                "best_s": round(min(timer.samples[name]), 6),
+                "images_per_s": round(batch / seconds, 1),
+                "latency_ms": round(seconds * 1000, 3),
+                "rounds": rounds,
+                "input": "device" if name.endswith("devin") else "host",
+            }
             if ref is not None and emb is not None:
                 cosine = _min_cosine(emb[:PARITY_ROWS], ref[:batch][:PARITY_ROWS])
                 row["min_cosine_vs_torch_fp32"] = round(float(cosine), 6)
@@ -323,11 +363,11 @@ def _torch_candidates(model: Any, device: Any, pixels: np.ndarray, on_gpu: bool)
                 out = torch_encode(model, x_fn())
             sync()
             return out
+
         return call
 
     label = "torch-fp16-eager" if on_gpu else "torch-fp32-eager-cpu"
-    return {label: eager(lambda: x_dev),
-            f"{label}-hostin": eager(lambda: x_host.to(device=device, dtype=dtype))}
+    return {label: eager(lambda: x_dev), f"{label}-hostin": eager(lambda: x_host.to(device=device, dtype=dtype))}
 
 
 def _host_output(fn: Any) -> Optional[np.ndarray]:
@@ -349,22 +389,38 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 6's targets, each from rows of this run: ORT candidates vs torch with the input
     in the same place (device vs device); the best ORT candidate must also meet the cosine."""
+
     def best(batch: int, prefix: str, input_on: Optional[str] = None) -> Optional[dict[str, Any]]:
-        rs = [r for r in rows if r["batch"] == batch and r["candidate"].startswith(prefix)
-              and (input_on is None or r["input"] == input_on)]
+        rs = [
+            r
+            for r in rows
+            if r["batch"] == batch
+            and r["candidate"].startswith(prefix)
+            and (input_on is None or r["input"] == input_on)
+        ]
         return min(rs, key=lambda r: r["median_s"]) if rs else None
 
     ort512 = best(512, "ort-", "device") or best(512, "ort-")
     torch512 = best(512, "torch-fp16-eager", "device")
     ort1 = best(1, "ort-")
     speedup = ort512["images_per_s"] / torch512["images_per_s"] if ort512 and torch512 else None
-    out = [target("throughput batch 512, best ORT / torch fp16 eager (device input)", speedup, TARGET_SPEEDUP_512),
-           target("latency batch 1, best ORT", ort1["latency_ms"] if ort1 else None, TARGET_LATENCY_MS,
-                  higher_is_better=False, unit="ms")]
+    out = [
+        target("throughput batch 512, best ORT / torch fp16 eager (device input)", speedup, TARGET_SPEEDUP_512),
+        target(
+            "latency batch 1, best ORT",
+            ort1["latency_ms"] if ort1 else None,
+            TARGET_LATENCY_MS,
+            higher_is_better=False,
+            unit="ms",
+        ),
+    ]
     for r in (ort512, ort1):
         if r is not None:
-            row = target(f"cosine vs torch fp32, {r['candidate']} batch {r['batch']}",
-                         r.get("min_cosine_vs_torch_fp32"), TARGET_COSINE)
+            row = target(
+                f"cosine vs torch fp32, {r['candidate']} batch {r['batch']}",
+                r.get("min_cosine_vs_torch_fp32"),
+                TARGET_COSINE,
+            )
             out.append(row)
     for row, r in zip(out, (ort512, ort1)):
         row["candidate"] = r["candidate"] if r else None

@@ -10,6 +10,7 @@ It downloads what pip resolves (several GB for ``[export]``: PyPI's torch for Li
 the CUDA libraries, on a CPU-only machine too) into ``--work-dir``'s pip cache, so a second run
 is quick; delete the work folder afterwards to get the space back.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .common import BENCH_DIR, RESULTS_DIR, WORK_DIR, log
 
@@ -102,35 +104,56 @@ def measure(target: str, wheel: Path, work: Path, env: dict[str, str]) -> dict[s
     subprocess.run([str(venv_python(venv)), "-m", "pip", "install", "-q", spec], check=True, env=env)
     install_s = time.perf_counter() - t0
     total = tree_bytes(site) - empty
-    dists = json.loads(subprocess.run([str(venv_python(venv)), "-c", _SIZES_SCRIPT, str(site)], check=True,
-                                      capture_output=True, text=True).stdout)
+    dists = json.loads(
+        subprocess.run(
+            [str(venv_python(venv)), "-c", _SIZES_SCRIPT, str(site)], check=True, capture_output=True, text=True
+        ).stdout
+    )
     for name in ("pip", "setuptools"):  # the empty venv's own
         dists.pop(name, None)
     largest = sorted(dists.items(), key=lambda kv: -kv[1]["bytes"])[:LARGEST]
     cuda = sum(d["bytes"] for n, d in dists.items() if n.lower().startswith(CUDA_PREFIXES))
     shutil.rmtree(venv)
-    return {"spec": "clip-rt" if target == RUNTIME else f"clip-rt[{target}]",
-            "installed_mb": round(total / 1e6, 1),
-            "cuda_libraries_mb": round(cuda / 1e6, 1),
-            "distributions": len(dists),
-            "largest": [{"name": n, "version": d["version"], "mb": round(d["bytes"] / 1e6, 1)} for n, d in largest],
-            "distributions_mb": {n: round(d["bytes"] / 1e6, 1) for n, d in sorted(dists.items())},
-            "versions": {n: d["version"] for n, d in dists.items()
-                         if n.lower() in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "ray", "numpy")},
-            "install_s": round(install_s, 1)}
+    return {
+        "spec": "clip-rt" if target == RUNTIME else f"clip-rt[{target}]",
+        "installed_mb": round(total / 1e6, 1),
+        "cuda_libraries_mb": round(cuda / 1e6, 1),
+        "distributions": len(dists),
+        "largest": [{"name": n, "version": d["version"], "mb": round(d["bytes"] / 1e6, 1)} for n, d in largest],
+        "distributions_mb": {n: round(d["bytes"] / 1e6, 1) for n, d in sorted(dists.items())},
+        "versions": {
+            n: d["version"]
+            for n, d in dists.items()
+            if n.lower() in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "ray", "numpy")
+        },
+        "install_s": round(install_s, 1),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.install_sizes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--extras", nargs="*", default=None, metavar="EXTRA",
-                    help="extras to measure (default: every one in pyproject.toml); the runtime alone always")
-    ap.add_argument("--work-dir", type=Path, default=WORK_DIR / "install_sizes",
-                    help="venvs (removed after each measurement), the wheel and the pip cache")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.install_sizes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--extras",
+        nargs="*",
+        default=None,
+        metavar="EXTRA",
+        help="extras to measure (default: every one in pyproject.toml); the runtime alone always",
+    )
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK_DIR / "install_sizes",
+        help="venvs (removed after each measurement), the wheel and the pip cache",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
-    ap.add_argument("--merge", action="store_true",
-                    help="keep the other extras of an earlier install_sizes.json in --out (the runtime is measured "
-                         "again: every extra's added size is over this run's runtime figure)")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other extras of an earlier install_sizes.json in --out (the runtime is measured "
+        "again: every extra's added size is over this run's runtime figure)",
+    )
     args = ap.parse_args(argv)
     known = extras_of(ROOT / "pyproject.toml")
     extras = known if args.extras is None else args.extras
@@ -155,13 +178,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for target, r in results.items():
         r["added_to_runtime_mb"] = round(r["installed_mb"] - runtime_mb, 1) if target != RUNTIME else 0.0
     given = list(argv) if argv is not None else sys.argv[1:]
-    result = {"benchmark": "install_sizes", "command": " ".join(["python", "-m", "bench.install_sizes", *given]),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"platform": platform.platform(), "system": platform.system(),
-                          "arch": platform.machine(), "python": platform.python_version()},
-              "what": "site-packages of a fresh venv after `pip install` of the wheel with each extra (file "
-                      "bytes, 1 MB = 1e6 bytes, the empty venv's pip subtracted)",
-              "installs": results}
+    result = {
+        "benchmark": "install_sizes",
+        "command": " ".join(["python", "-m", "bench.install_sizes", *given]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "platform": platform.platform(),
+            "system": platform.system(),
+            "arch": platform.machine(),
+            "python": platform.python_version(),
+        },
+        "what": "site-packages of a fresh venv after `pip install` of the wheel with each extra (file "
+        "bytes, 1 MB = 1e6 bytes, the empty venv's pip subtracted)",
+        "installs": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "install_sizes.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -16,14 +16,21 @@ Peak throughput = cores x clock x multiply-accumulates per cycle per core / MACs
 | AVX-512 fp32 | 32 | 16-lane FMA, 2 ports |
 | AVX2 fp32 | 16 | 8-lane FMA, 2 ports |
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-MACS_PER_CYCLE = {"amx_int8": 1024, "amx_bf16": 512, "avx512_vnni_int8": 128, "avx512_fp32": 32,
-                  "avx2_int8": 32, "avx2_fp32": 16}
+MACS_PER_CYCLE = {
+    "amx_int8": 1024,
+    "amx_bf16": 512,
+    "avx512_vnni_int8": 128,
+    "avx512_fp32": 32,
+    "avx2_int8": 32,
+    "avx2_fp32": 16,
+}
 HIDE_AMX = {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}
 
 
@@ -81,8 +88,13 @@ def isa_levels(flags: set[str], env: Optional[dict[str, str]] = None) -> dict[st
         return "avx512_bf16" if "avx512_bf16" in flags and amx_ok else "emulated"
 
     fp32 = "avx512_fp32" if avx512 else ("avx2_fp32" if "avx2" in flags else "none")
-    return {"onednn_int8": int8(not hidden), "onednn_bf16": bf16(not hidden), "onednn_fp32": fp32,
-            "onnxruntime_int8": int8(True), "onnxruntime_fp32": fp32}
+    return {
+        "onednn_int8": int8(not hidden),
+        "onednn_bf16": bf16(not hidden),
+        "onednn_fp32": fp32,
+        "onnxruntime_int8": int8(True),
+        "onnxruntime_fp32": fp32,
+    }
 
 
 def summary(env: Optional[dict[str, str]] = None, cpuinfo: Optional[str] = None) -> dict[str, Any]:
@@ -90,10 +102,14 @@ def summary(env: Optional[dict[str, str]] = None, cpuinfo: Optional[str] = None)
     env = dict(os.environ) if env is None else env
     ghz, source = clock_ghz(cpuinfo)
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-    return {"flags": [f for f in wanted if f in flags], "levels": isa_levels(flags, env),
-            "onednn_max_cpu_isa": env.get("ONEDNN_MAX_CPU_ISA"), "clock_ghz": ghz, "clock_source": source,
-            "host": "AMX" if {"amx_tile", "amx_int8"} <= flags else ("AVX-512 VNNI" if "avx512_vnni" in flags
-                                                                      else "other")}
+    return {
+        "flags": [f for f in wanted if f in flags],
+        "levels": isa_levels(flags, env),
+        "onednn_max_cpu_isa": env.get("ONEDNN_MAX_CPU_ISA"),
+        "clock_ghz": ghz,
+        "clock_source": source,
+        "host": "AMX" if {"amx_tile", "amx_int8"} <= flags else ("AVX-512 VNNI" if "avx512_vnni" in flags else "other"),
+    }
 
 
 def peak(unit: str, cores: int, ghz: Optional[float], macs_per_item: Optional[float]) -> Optional[dict[str, Any]]:
@@ -102,9 +118,12 @@ def peak(unit: str, cores: int, ghz: Optional[float], macs_per_item: Optional[fl
     if per_cycle is None or not ghz or not macs_per_item:
         return None
     per_s = cores * ghz * 1e9 * per_cycle
-    return {"unit": unit, "items_per_s": round(per_s / macs_per_item, 1),
-            "derivation": f"{cores} cores x {ghz:g} GHz x {per_cycle} MAC/cycle ({unit}) = {per_s / 1e12:.3g} T MAC/s; "
-                          f"/ {macs_per_item / 1e9:.3g} G MAC per item"}
+    return {
+        "unit": unit,
+        "items_per_s": round(per_s / macs_per_item, 1),
+        "derivation": f"{cores} cores x {ghz:g} GHz x {per_cycle} MAC/cycle ({unit}) = {per_s / 1e12:.3g} T MAC/s; "
+        f"/ {macs_per_item / 1e9:.3g} G MAC per item",
+    }
 
 
 def vit_image_macs(model: Any) -> Optional[float]:

@@ -16,6 +16,7 @@ The result (``results/jobs-<isa class>.json``) says, per size, how the default c
 fastest backend forced by hand: ``default_vs_fastest`` (wall-time ratio of medians; the goal is
 at most 1.10) and its peak RSS against the caps (one photo 350 MB, 200 photos 600 MB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def _folder(size: int) -> Path:
     return folder
 
 
-def run_once(bundle: Path, folder: Path, backend: str, tag: str, home: str, extra_env: dict[str, str]) -> dict[str, Any]:
+def run_once(
+    bundle: Path, folder: Path, backend: str, tag: str, home: str, extra_env: dict[str, str]
+) -> dict[str, Any]:
     """One fresh `clip-rt classify` process: wall seconds, peak RSS (MB), what ran."""
     out_dir = tempfile.mkdtemp(prefix="clip-rt-job-")
     out = os.path.join(out_dir, "run.jsonl")
@@ -66,12 +69,17 @@ def run_once(bundle: Path, folder: Path, backend: str, tag: str, home: str, extr
         raise RuntimeError(f"classify ({backend}) failed: {err.strip()[-600:]}")
     with open(out + ".clip-rt.json", encoding="utf-8") as f:
         runtime = json.load(f).get("runtime", {})
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "image": runtime.get("image", {}).get("backend"), "text": runtime.get("text", {}).get("backend")}
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "image": runtime.get("image", {}).get("backend"),
+        "text": runtime.get("text", {}).get("backend"),
+    }
 
 
-def measure(bundle: Path, sizes: list[int], backends: list[str], rounds: int,
-            extra_env: dict[str, str]) -> dict[str, Any]:
+def measure(
+    bundle: Path, sizes: list[int], backends: list[str], rounds: int, extra_env: dict[str, str]
+) -> dict[str, Any]:
     home = tempfile.mkdtemp(prefix="clip-rt-jobs-home-")
     cases = [(n, b) for n in sizes for b in backends]
     folders = {n: _folder(n) for n in sizes}
@@ -79,16 +87,23 @@ def measure(bundle: Path, sizes: list[int], backends: list[str], rounds: int,
         run_once(bundle, folders[n], b, "warm-up", home, extra_env)
     samples: dict[tuple[int, str], list[dict[str, Any]]] = {c: [] for c in cases}
     for r in range(rounds):
-        order = cases[r % len(cases):] + cases[:r % len(cases)]
+        order = cases[r % len(cases) :] + cases[: r % len(cases)]
         for n, b in order:
             samples[(n, b)].append(run_once(bundle, folders[n], b, f"r{r}-{b}-{n}", home, extra_env))
         log(f"round {r + 1}/{rounds}: " + ", ".join(f"{n}/{b} {samples[(n, b)][-1]['wall_s']:.2f} s" for n, b in cases))
     rows = []
     for (n, b), got in samples.items():
-        rows.append({"images": n, "backend": b, "wall_s_median": round(statistics.median(s["wall_s"] for s in got), 3),
-                     "wall_s_best": round(min(s["wall_s"] for s in got), 3),
-                     "peak_rss_mb_median": round(statistics.median(s["peak_rss_mb"] for s in got), 1),
-                     "ran": {"image": got[-1]["image"], "text": got[-1]["text"]}, "rounds": len(got)})
+        rows.append(
+            {
+                "images": n,
+                "backend": b,
+                "wall_s_median": round(statistics.median(s["wall_s"] for s in got), 3),
+                "wall_s_best": round(min(s["wall_s"] for s in got), 3),
+                "peak_rss_mb_median": round(statistics.median(s["peak_rss_mb"] for s in got), 1),
+                "ran": {"image": got[-1]["image"], "text": got[-1]["text"]},
+                "rounds": len(got),
+            }
+        )
     return {"rows": rows, "summary": summarise(rows)}
 
 
@@ -103,9 +118,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         fastest = min(forced, key=lambda r: r["wall_s_median"])
         ratio = default["wall_s_median"] / fastest["wall_s_median"]
-        entry = {"images": n, "default_ran": default["ran"], "fastest_forced": fastest["backend"],
-                 "default_vs_fastest": round(ratio, 3), "goal": GOAL_RATIO, "met": ratio <= GOAL_RATIO,
-                 "default_peak_rss_mb": default["peak_rss_mb_median"]}
+        entry = {
+            "images": n,
+            "default_ran": default["ran"],
+            "fastest_forced": fastest["backend"],
+            "default_vs_fastest": round(ratio, 3),
+            "goal": GOAL_RATIO,
+            "met": ratio <= GOAL_RATIO,
+            "default_peak_rss_mb": default["peak_rss_mb_median"],
+        }
         cap = RSS_CAPS_MB.get(n)
         if cap is not None:
             entry.update({"rss_cap_mb": cap, "rss_met": default["peak_rss_mb_median"] <= cap})
@@ -128,15 +149,23 @@ def main(argv: list[str] | None = None) -> None:
 
     env = {k: v for k, v in os.environ.items() if k == "ONEDNN_MAX_CPU_ISA"}
     isa = detect_cpu().isa_class
-    label = f"{isa}-as-vnni" if env.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX512_CORE_VNNI" and isa == "x86-amx" else isa
+    label = (
+        f"{isa}-as-vnni"
+        if env.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX512_CORE_VNNI" and isa == "x86-amx"
+        else isa
+    )
     result = measure(args.bundle, args.sizes, args.backends, args.rounds, env)
     name = f"jobs-{label}" + (f"-{args.tag}" if args.tag else "")
-    path = write_result(name, {"isa_class": label, "bundle": args.bundle.name, "labels": len(LABELS), **result}, args.out)
+    path = write_result(
+        name, {"isa_class": label, "bundle": args.bundle.name, "labels": len(LABELS), **result}, args.out
+    )
     log(f"wrote {path}")
     for s in result["summary"]:
-        log(f"{s['images']:>4} images: default ({s['default_ran']['image']}) {s['default_vs_fastest']:.2f}x the fastest "
-            f"forced ({s['fastest_forced']}); peak {s['default_peak_rss_mb']:.0f} MB"
-            + (f" (cap {s['rss_cap_mb']})" if "rss_cap_mb" in s else ""))
+        log(
+            f"{s['images']:>4} images: default ({s['default_ran']['image']}) {s['default_vs_fastest']:.2f}x "
+            f"the fastest forced ({s['fastest_forced']}); peak {s['default_peak_rss_mb']:.0f} MB"
+            + (f" (cap {s['rss_cap_mb']})" if "rss_cap_mb" in s else "")
+        )
 
 
 if __name__ == "__main__":

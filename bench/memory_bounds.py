@@ -17,6 +17,7 @@ last stderr line, in ``bench/results/memory_bounds.json``:
 To measure another checkout (e.g. the code before a change), run this file with
 ``PYTHONPATH=<that checkout>``: the children import ``clip_rt`` from the same path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,14 +41,19 @@ def measured(args: list[str], limit_mb: int, env: dict[str, str]) -> dict[str, A
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit,
-                            env={**os.environ, **env})
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit, env={**os.environ, **env}
+    )
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     lines = [line for line in err.splitlines() if line.strip()]
-    return {"exit": os.waitstatus_to_exitcode(status), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "wall_s": round(time.perf_counter() - start, 2), "last_stderr_line": lines[-1][:300] if lines else "",
-            "memory_error": "MemoryError" in err or "ArrayMemoryError" in err}
+    return {
+        "exit": os.waitstatus_to_exitcode(status),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "wall_s": round(time.perf_counter() - start, 2),
+        "last_stderr_line": lines[-1][:300] if lines else "",
+        "memory_error": "MemoryError" in err or "ArrayMemoryError" in err,
+    }
 
 
 def float_tiffs(folder: Path) -> Path:
@@ -102,8 +108,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-    results: dict[str, Any] = {"python_path": os.environ.get("PYTHONPATH", ""), "limit_mb": args.limit_mb,
-                               "cases": {}}
+    results: dict[str, Any] = {"python_path": os.environ.get("PYTHONPATH", ""), "limit_mb": args.limit_mb, "cases": {}}
     with tempfile.TemporaryDirectory(prefix="clip-rt-memory-") as tmp:
         work = Path(tmp)
         fake = build_fake_bundle(work / "fake-clip", precisions=("fp32",))
@@ -112,28 +117,48 @@ def main(argv: Optional[list[str]] = None) -> None:
         cases = results["cases"]
         if "float_tiffs" in want:
             folder = float_tiffs(Path(tempfile.mkdtemp(dir=work)))
-            cases["float_tiffs"] = measured([sys.executable, "-c", CLI, "classify", str(folder), "-m", str(fake),
-                                             "-l", "cat,dog", "-o", str(work / "run.jsonl")], args.limit_mb, env)
+            cases["float_tiffs"] = measured(
+                [
+                    sys.executable,
+                    "-c",
+                    CLI,
+                    "classify",
+                    str(folder),
+                    "-m",
+                    str(fake),
+                    "-l",
+                    "cat,dog",
+                    "-o",
+                    str(work / "run.jsonl"),
+                ],
+                args.limit_mb,
+                env,
+            )
         if "video_12000" in want:
             video = mjpeg_video(work / "v12000.mkv", 12000, 10)
-            cases["video_12000"] = measured([sys.executable, "-c", CLI, "video", str(video), "-m", str(fake),
-                                             "-l", "cat,dog"], args.limit_mb, env)
+            cases["video_12000"] = measured(
+                [sys.executable, "-c", CLI, "video", str(video), "-m", str(fake), "-l", "cat,dog"], args.limit_mb, env
+            )
             video.unlink()
         if "video_9000" in want:
             video = mjpeg_video(work / "v9000.mkv", 9000, 10)
             for name, extra in (("video_9000", []), ("video_9000_draft", ["--draft"])):
-                cases[name] = measured([sys.executable, "-c", CLI, "video", str(video), "-m", str(fake),
-                                        "-l", "cat,dog", *extra], args.limit_mb, env)
+                cases[name] = measured(
+                    [sys.executable, "-c", CLI, "video", str(video), "-m", str(fake), "-l", "cat,dog", *extra],
+                    args.limit_mb,
+                    env,
+                )
         if "text_50mb" in want:
             bundle = str(args.bundle or fake)
-            code = ("import time, warnings, clip_rt; warnings.simplefilter('ignore')\n"
-                    f"m = clip_rt.load({bundle!r}, precision='fp32')\n"
-                    "text = 'a photo of a red cat on the sofa . ' * 1_450_000\n"  # 50.75 MB
-                    "t = time.perf_counter(); m.encode_text([text]); a = time.perf_counter() - t\n"
-                    "t = time.perf_counter(); m.encode_text([text]); b = time.perf_counter() - t\n"
-                    "import sys; print(f'uncached {a:.2f} s, cached {b:.3f} s', file=sys.stderr)")
-            cases["text_50mb"] = {"bundle": bundle,
-                                  **measured([sys.executable, "-c", code], args.limit_mb, env)}
+            code = (
+                "import time, warnings, clip_rt; warnings.simplefilter('ignore')\n"
+                f"m = clip_rt.load({bundle!r}, precision='fp32')\n"
+                "text = 'a photo of a red cat on the sofa . ' * 1_450_000\n"  # 50.75 MB
+                "t = time.perf_counter(); m.encode_text([text]); a = time.perf_counter() - t\n"
+                "t = time.perf_counter(); m.encode_text([text]); b = time.perf_counter() - t\n"
+                "import sys; print(f'uncached {a:.2f} s, cached {b:.3f} s', file=sys.stderr)"
+            )
+            cases["text_50mb"] = {"bundle": bundle, **measured([sys.executable, "-c", code], args.limit_mb, env)}
         if "labels_50k" in want:
             cases["labels_50k"] = labels_50k(work)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ through /proc/self/clear_refs). Not timed; run it on an idle machine or under th
 with an empty $CLIP_RT_HOME (a warm prompt cache skips the tokenizer and the text session).
 docs/devices.md#memory has the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import sys
 from typing import Any
 
 
-def _status() -> "tuple[float, float]":
+def _status() -> tuple[float, float]:
     values = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -42,7 +43,7 @@ class Phases:
         return max(r["peak_mib"] for r in self.rows)
 
 
-def main(argv: "list[str] | None" = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundle")
     p.add_argument("image")
@@ -54,13 +55,17 @@ def main(argv: "list[str] | None" = None) -> int:
     ph.mark("start (python)")
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
+
     ph.mark("import numpy, PIL")
     import onnxruntime  # noqa: F401
+
     ph.mark("import onnxruntime")
     import tokenizers  # noqa: F401
+
     ph.mark("import tokenizers")
     import clip_rt.cli  # noqa: F401
     from clip_rt.model import load
+
     ph.mark("import clip_rt (cli, model)")
     model = load(args.bundle, low_memory=args.low_memory)  # the CLI's low-memory mode, as `--low-memory`
     ph.mark("load (manifest, CPU plan)")
@@ -81,8 +86,14 @@ def main(argv: "list[str] | None" = None) -> int:
     ph.mark("decode + image run")
     result = classifier.classify_embeddings(items[0].embedding[None, :])[0]
     ph.mark("scores")
-    out = {"bundle": args.bundle, "image": args.image, "low_memory": args.low_memory, "label": result.label,
-           "peak_mib": ph.peak_mib, "phases": ph.rows}
+    out = {
+        "bundle": args.bundle,
+        "image": args.image,
+        "low_memory": args.low_memory,
+        "label": result.label,
+        "peak_mib": ph.peak_mib,
+        "phases": ph.rows,
+    }
     if args.json:
         print(json.dumps(out))
     else:

@@ -9,6 +9,7 @@ figures are the check's ``one_image_lowmem`` and ``one_image_repeat`` runs witho
 interpreter's venv. Writes results/memory_repeat.json (``--out`` elsewhere); RSS does not depend
 on the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,35 @@ def measure(image: Path, bundle: Path, work: Path) -> dict[str, Any]:
     home = work / "home"
     out: dict[str, Any] = {}
     for what in RUNS:
-        args = ["classify", str(image.resolve()), "--labels", "cat,dog,car", "--model", str(bundle.resolve()),
-                "-o", str(work / f"{what}.jsonl"), "--low-memory", "--backend", "onnxruntime"]
+        args = [
+            "classify",
+            str(image.resolve()),
+            "--labels",
+            "cat,dog,car",
+            "--model",
+            str(bundle.resolve()),
+            "-o",
+            str(work / f"{what}.jsonl"),
+            "--low-memory",
+            "--backend",
+            "onnxruntime",
+        ]
         out[what] = run_arm64_guest("classify", plan, str(home), *args)
         if out[what].get("exit"):
-            raise SystemExit(f"{bundle}: the {what} classify failed (exit {out[what]['exit']}): "
-                             f"{out[what].get('stderr', '')}")
-        log(f"{bundle} {what}: " + json.dumps({k: out[what].get(k) for k in
-                                                     ("exit", "peak_rss_mb", "opened", "process_wall_s")}))
+            raise SystemExit(
+                f"{bundle}: the {what} classify failed (exit {out[what]['exit']}): {out[what].get('stderr', '')}"
+            )
+        log(
+            f"{bundle} {what}: "
+            + json.dumps({k: out[what].get(k) for k in ("exit", "peak_rss_mb", "opened", "process_wall_s")})
+        )
     return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.memory_repeat", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.memory_repeat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("image", type=Path, help="the photo to classify")
     ap.add_argument("bundles", type=Path, nargs="+", help="bundles (slim int8 ones, as a device has)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -52,10 +68,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     missing = [str(b) for b in args.bundles if not (b / "manifest.json").is_file()]
     if missing:
         ap.error(f"not a bundle (no manifest.json): {', '.join(missing)}")
-    result: dict[str, Any] = {"benchmark": "memory_repeat",
-                              "command": " ".join(["python", "-m", "bench.memory_repeat", *sys.argv[1:]]),
-                              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                              "image": str(args.image), "bundles": {}}
+    result: dict[str, Any] = {
+        "benchmark": "memory_repeat",
+        "command": " ".join(["python", "-m", "bench.memory_repeat", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "image": str(args.image),
+        "bundles": {},
+    }
     for bundle in args.bundles:
         with tempfile.TemporaryDirectory(prefix="clip-rt-memory-") as tmp:
             result["bundles"][str(bundle)] = measure(args.image, bundle, Path(tmp))

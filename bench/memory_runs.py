@@ -9,6 +9,7 @@ without building a root file system or running qemu: run it in a runtime-only ve
 as on a device: ``pip install clip_rt-*.whl``) to measure what a device's classify holds. Writes
 results/memory_runs.json (``--out`` elsewhere); RSS does not depend on the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,22 +24,34 @@ from .common import RESULTS_DIR, log, machine_info, run_arm64_guest
 
 
 def measure(bundles: list[Path], image: Path, folder: Path, work: Path) -> dict[str, Any]:
-    plan = {"venv": str(Path(sys.executable).parent.parent), "out": str(work),
-            "models": [{"name": b.name, "slim": str(b.resolve())} for b in bundles],
-            "classify": {"labels": "cat,dog,car", "one_image": str(image.resolve()), "folder": str(folder.resolve()),
-                         "lowmem": True}}
+    plan = {
+        "venv": str(Path(sys.executable).parent.parent),
+        "out": str(work),
+        "models": [{"name": b.name, "slim": str(b.resolve())} for b in bundles],
+        "classify": {
+            "labels": "cat,dog,car",
+            "one_image": str(image.resolve()),
+            "folder": str(folder.resolve()),
+            "lowmem": True,
+        },
+    }
     res = run_arm64_guest("memory", plan)
     if not res.get("ok", True):
         raise SystemExit(f"a classify run failed: {res.get('error')}")
     keep = ("exit", "peak_rss_mb", "opened", "process_wall_s", "args")
-    return {"imports": res["imports"],
-            "bundles": {name: {what: {k: run.get(k) for k in keep} for what, run in runs.items()}
-                        for name, runs in res["models"].items()}}
+    return {
+        "imports": res["imports"],
+        "bundles": {
+            name: {what: {k: run.get(k) for k in keep} for what, run in runs.items()}
+            for name, runs in res["models"].items()
+        },
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.memory_runs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.memory_runs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("bundles", type=Path, nargs="+", help="bundles (slim int8 ones, as a device has)")
     ap.add_argument("--image", type=Path, required=True, help="the photo of the one-image runs")
     ap.add_argument("--folder", type=Path, required=True, help="the folder of the folder runs")
@@ -57,13 +70,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"bundles are recorded by folder name, and these repeat one: {', '.join(map(str, args.bundles))}")
     import importlib.util
 
-    result: dict[str, Any] = {"benchmark": "memory_runs",
-                              "command": " ".join(["python", "-m", "bench.memory_runs", *sys.argv[1:]]),
-                              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                              "python": sys.executable,
-                              "openvino_installed": importlib.util.find_spec("openvino") is not None,
-                              "image": str(args.image), "folder": str(args.folder),
-                              "images_in_folder": sum(1 for p in args.folder.iterdir() if p.is_file())}
+    result: dict[str, Any] = {
+        "benchmark": "memory_runs",
+        "command": " ".join(["python", "-m", "bench.memory_runs", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "python": sys.executable,
+        "openvino_installed": importlib.util.find_spec("openvino") is not None,
+        "image": str(args.image),
+        "folder": str(args.folder),
+        "images_in_folder": sum(1 for p in args.folder.iterdir() if p.is_file()),
+    }
     with tempfile.TemporaryDirectory(prefix="clip-rt-memory-") as tmp:
         result.update(measure(args.bundles, args.image, args.folder, Path(tmp)))
     for name, runs in result["bundles"].items():

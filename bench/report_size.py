@@ -9,6 +9,7 @@ the thumbnails compress as photos do, not as flat test colours. The records are 
 classes and scores): the page's size depends on the images and their number, not on a model.
 Writes bench/results/report_size.json (sizes are exact; no timings: the host is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,6 @@ def measure(images: int, megapixels: float, work: Path, seed: int = 0) -> dict[s
     from clip_rt.outputs import thumbnails
     from clip_rt.outputs.records import Record
     from clip_rt.outputs.report import write_report
-
     from clip_rt_fixtures.photos import PHOTOS, make_jpegs
 
     photos = make_jpegs(work / f"report-photos-{megapixels:g}mp", images, megapixels=megapixels, seed=seed)
@@ -58,8 +58,16 @@ def measure(images: int, megapixels: float, work: Path, seed: int = 0) -> dict[s
 
             with Image.open(f) as im:
                 w, h = im.size
-        records.append(Record(str(p), labels[top], round(float(scores[top]), 6),
-                              {lab: round(float(s), 6) for lab, s in zip(labels, scores)}, w, h))
+        records.append(
+            Record(
+                str(p),
+                labels[top],
+                round(float(scores[top]), 6),
+                {lab: round(float(s), 6) for lab, s in zip(labels, scores)},
+                w,
+                h,
+            )
+        )
     rep = work / f"report-{images}"
     shutil.rmtree(rep, ignore_errors=True)
     write_report(records, str(rep), labels)

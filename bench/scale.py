@@ -10,6 +10,7 @@
 Each section is merged into scale.json, so they can be run one at a time (all under
 ``flock /work/locks/heavy`` on the shared machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ RESULT = RESULTS_DIR / "scale.json"
 
 def merge_section(name: str, payload: dict[str, Any], path: Path = RESULT) -> Path:
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"benchmark": "scale"}
-    payload = {"command": " ".join(["python", "-m", "bench.scale", *sys.argv[1:]]),
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(), **payload}
+    payload = {
+        "command": " ".join(["python", "-m", "bench.scale", *sys.argv[1:]]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        **payload,
+    }
     data[name] = payload
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -41,23 +46,26 @@ def run_ann(args: argparse.Namespace) -> None:
     stats = scale_ann.make_dataset(work, args.n)
     log(f"data set ready: {stats}")
     results = scale_ann.run_all(work, args.n, args.keys, args.threads)
-    merge_section(f"ann_{args.n}", {"dataset": stats, "generator": scale_ann.__doc__.split("\n\n")[1],
-                                    "candidates": results})
+    merge_section(
+        f"ann_{args.n}", {"dataset": stats, "generator": scale_ann.__doc__.split("\n\n")[1], "candidates": results}
+    )
     (work / "base.f32").unlink(missing_ok=True)  # 2 GB: regenerated (deterministically) when needed
 
 
 def run_crossover(args: argparse.Namespace) -> None:
     from . import scale_crossover
 
-    merge_section("crossover", scale_crossover.run(args.work_dir / "crossover", args.sizes,
-                                                   exact_only=tuple(args.exact_only)))
+    merge_section(
+        "crossover", scale_crossover.run(args.work_dir / "crossover", args.sizes, exact_only=tuple(args.exact_only))
+    )
 
 
 def run_ray(args: argparse.Namespace) -> None:
     from . import scale_ray
 
-    merge_section("ray", scale_ray.run(args.work_dir / "ray", bundle=args.bundle, images=args.images,
-                                       actors=args.actors))
+    merge_section(
+        "ray", scale_ray.run(args.work_dir / "ray", bundle=args.bundle, images=args.images, actors=args.actors)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--threads", type=int, default=2)
     c = sub.add_parser("crossover", help="exact vs ANN search time as the collection grows")
     c.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000])
-    c.add_argument("--exact-only", type=int, nargs="*", default=[1_000_000],
-                   help="sizes measured for exact search only (the ANN side at 1M: the `ann` section)")
+    c.add_argument(
+        "--exact-only",
+        type=int,
+        nargs="*",
+        default=[1_000_000],
+        help="sizes measured for exact search only (the ANN side at 1M: the `ann` section)",
+    )
     r = sub.add_parser("ray", help="clip-rt ray embed (1 and 2 actors) against clip-rt index")
     r.add_argument("--bundle", default="/work/bundles/ViT-B-32-random")
     r.add_argument("--images", type=int, default=96)

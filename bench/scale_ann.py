@@ -20,6 +20,7 @@ Each candidate runs in its own subprocess (``python -m bench.scale_ann one ...``
 peak RSS is its own; the base vectors are read in 100k-row chunks with plain reads (no
 mmap), so the RSS is the index's plus one chunk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,7 +58,7 @@ class _Generator:
         self.basis *= np.sqrt(dim / float(np.sum((1.0 + np.arange(dim)) ** -1.0)))  # unit mean variance
         self.cone = _unit(rng.standard_normal(dim)).astype(np.float32) * CONE
         self.gap = _unit(rng.standard_normal(dim)).astype(np.float32)
-        self.centres = (self.cone[None, :] + CENTRE_SPREAD * self._shaped(rng, CLUSTERS) / np.sqrt(dim))
+        self.centres = self.cone[None, :] + CENTRE_SPREAD * self._shaped(rng, CLUSTERS) / np.sqrt(dim)
         weights = 1.0 / (np.arange(CLUSTERS) + 10.0)
         self.p = weights / weights.sum()
 
@@ -110,13 +112,21 @@ def make_dataset(work: Path, n: int, seed: int = 0) -> dict[str, Any]:
     first = next(read_chunks(work / "base.f32", n, 20_000))
     pairs = np.einsum("ij,ij->i", first[:10_000], first[10_000:20_000])
     stats = {
-        "n": n, "dim": DIM, "seed": seed, "clusters": CLUSTERS, "generate_s": round(gen_s, 1),
+        "n": n,
+        "dim": DIM,
+        "seed": seed,
+        "clusters": CLUSTERS,
+        "generate_s": round(gen_s, 1),
         "exact_ground_truth_s": round(gt_s, 1),
         "mean_cosine_random_pairs": round(float(pairs.mean()), 3),
-        "image_queries": {"mean_top1_cosine": round(float(gts["image"][1][:, 0].mean()), 3),
-                          "mean_top10_cosine": round(float(gts["image"][1][:, -1].mean()), 3)},
-        "text_queries": {"mean_top1_cosine": round(float(gts["text"][1][:, 0].mean()), 3),
-                         "mean_top10_cosine": round(float(gts["text"][1][:, -1].mean()), 3)},
+        "image_queries": {
+            "mean_top1_cosine": round(float(gts["image"][1][:, 0].mean()), 3),
+            "mean_top10_cosine": round(float(gts["image"][1][:, -1].mean()), 3),
+        },
+        "text_queries": {
+            "mean_top1_cosine": round(float(gts["text"][1][:, 0].mean()), 3),
+            "mean_top10_cosine": round(float(gts["text"][1][:, -1].mean()), 3),
+        },
     }
     stats_path.write_text(json.dumps(stats, indent=2) + "\n")
     return stats
@@ -284,8 +294,12 @@ class Usearch(Candidate):
 
 
 CANDIDATES: dict[str, Callable[[], Candidate]] = {
-    "faiss-hnsw": FaissHNSW, "faiss-ivf": FaissIVF, "hnswlib": Hnswlib,
-    "usearch-f32": lambda: Usearch("f32"), "usearch-f16": lambda: Usearch("f16"), "usearch-i8": lambda: Usearch("i8"),
+    "faiss-hnsw": FaissHNSW,
+    "faiss-ivf": FaissIVF,
+    "hnswlib": Hnswlib,
+    "usearch-f32": lambda: Usearch("f32"),
+    "usearch-f16": lambda: Usearch("f16"),
+    "usearch-i8": lambda: Usearch("i8"),
 }
 
 
@@ -318,7 +332,7 @@ def run_one(key: str, work: Path, n: int, threads: int) -> dict[str, Any]:
             times, found = [], []
             for i in range(len(q)):
                 t = time.perf_counter()
-                ids = cand.search(q[i:i + 1], K, param)
+                ids = cand.search(q[i : i + 1], K, param)
                 times.append(time.perf_counter() - t)
                 found.append(np.asarray(ids).reshape(-1)[:K])
             row[f"recall10_{qname}"] = round(recall_at_k(np.array(found), gt), 4)
@@ -326,18 +340,43 @@ def run_one(key: str, work: Path, n: int, threads: int) -> dict[str, Any]:
             row[f"latency_ms_p95_{qname}"] = round(float(np.percentile(times, 95)) * 1e3, 3)
         rows.append(row)
     path.unlink()
-    return {"candidate": cand.name, "key": key, "n": n, "build_threads": threads, "build_s": round(build_s, 1),
-            "rss_before_build_mb": round(rss0), "rss_after_build_mb": round(rss_built),
-            "peak_rss_build_mb": round(peak_build), "index_file_mb": round(size_mb), "open_s": round(open_s, 3),
-            "search": rows}
+    return {
+        "candidate": cand.name,
+        "key": key,
+        "n": n,
+        "build_threads": threads,
+        "build_s": round(build_s, 1),
+        "rss_before_build_mb": round(rss0),
+        "rss_after_build_mb": round(rss_built),
+        "peak_rss_build_mb": round(peak_build),
+        "index_file_mb": round(size_mb),
+        "open_s": round(open_s, 3),
+        "search": rows,
+    }
 
 
 def run_all(work: Path, n: int, keys: list[str], threads: int, timeout_s: int = 3600) -> list[dict[str, Any]]:
     out = []
     for key in keys:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "bench.scale_ann", "one", key, "--work", str(work), "--n", str(n),
-                               "--threads", str(threads)], capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.scale_ann",
+                "one",
+                key,
+                "--work",
+                str(work),
+                "--n",
+                str(n),
+                "--threads",
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if proc.returncode != 0:
             out.append({"key": key, "error": proc.stderr[-2000:]})
         else:

@@ -7,6 +7,7 @@ cost a ``clip-rt search`` process pays to get the vectors (``np.load`` of the .n
 cache); the ANN index's build time, open time (memory-mapped ``faiss.read_index``), per-query
 time and recall@10 against exact, for image-like and text-like queries.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -60,8 +61,13 @@ def run(work: Path, sizes: list[int], n_queries: int = 200, exact_only: tuple[in
         open_s = time.perf_counter() - t0
         faiss.omp_set_num_threads(1)
         params = faiss.SearchParametersIVF(nprobe=spec.nprobe)
-        row: dict[str, Any] = {"n": n, "npy_load_s": round(load_s, 3), "ann_build_s": round(build_s, 1),
-                               "ann_open_s": round(open_s, 3), "ann_file_mb": round(path.stat().st_size / 2**20)}
+        row: dict[str, Any] = {
+            "n": n,
+            "npy_load_s": round(load_s, 3),
+            "ann_build_s": round(build_s, 1),
+            "ann_open_s": round(open_s, 3),
+            "ann_file_mb": round(path.stat().st_size / 2**20),
+        }
         for name, q in queries.items():
             exact_ms, truth = _median_ms(lambda v: ann.exact_search(vecs, v, 10)[1], q)
             ann_ms, found = _median_ms(lambda v: index.search(v.reshape(1, -1), 10, params=params)[1][0], q)
@@ -82,6 +88,14 @@ def run(work: Path, sizes: list[int], n_queries: int = 200, exact_only: tuple[in
             row[f"exact_ms_{name}"], _ = _median_ms(lambda v: ann.exact_search(vecs, v, 10)[1], q)
         rows.append(row)
         print(row, flush=True)
-    return {"spec": {"nprobe": spec.nprobe, "rows_per_list": spec.rows_per_list, "max_train": spec.max_train,
-                     "factories": {n: spec.factory(n) for n in sizes}}, "queries_per_set": n_queries, "rows": rows,
-            "method": __doc__.strip()}
+    return {
+        "spec": {
+            "nprobe": spec.nprobe,
+            "rows_per_list": spec.rows_per_list,
+            "max_train": spec.max_train,
+            "factories": {n: spec.factory(n) for n in sizes},
+        },
+        "queries_per_set": n_queries,
+        "rows": rows,
+        "method": __doc__.strip(),
+    }

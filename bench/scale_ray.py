@@ -1,5 +1,6 @@
 """``clip-rt ray embed`` on a local Ray (1 and 2 actors) against ``clip-rt index``, same folder,
 same run; Ray's own cost (start-up, memory per actor); shared path vs shipped bundle."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ class _RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "_RssSampler":
+    def __enter__(self) -> _RssSampler:
         self._thread.start()
         return self
 
@@ -68,8 +69,12 @@ def _cli_index(bundle: str, photos: Path, out: Path, env: dict[str, str]) -> flo
     shutil.rmtree(out, ignore_errors=True)
     exe = Path(sys.executable).with_name("clip-rt")
     t0 = time.perf_counter()
-    subprocess.run([str(exe), "index", str(photos), "-o", str(out), "-m", bundle, "--precision", "fp32"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [str(exe), "index", str(photos), "-o", str(out), "-m", bundle, "--precision", "fp32"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -98,17 +103,25 @@ def run(work: Path, *, bundle: str, images: int, actors: list[int]) -> dict[str,
     runs = []
     try:
         for ship in (False, True):
-            for a in (actors if not ship else [1]):
+            for a in actors if not ship else [1]:
                 out = work / f"out-{a}-{int(ship)}"
                 shutil.rmtree(out, ignore_errors=True)
                 with _RssSampler() as rss:
                     t0 = time.perf_counter()
-                    res = crt_ray.run_job([str(work / "photos")], out, bundle, precision="fp32", actors=a,
-                                          part_rows=64, ship_bundle=ship)
+                    res = crt_ray.run_job(
+                        [str(work / "photos")], out, bundle, precision="fp32", actors=a, part_rows=64, ship_bundle=ship
+                    )
                     wall = time.perf_counter() - t0
-                runs.append({"actors": a, "ship_bundle": ship, "wall_s": round(wall, 2),
-                             "images_per_s": round(n / wall, 2), "rows": res["rows"],
-                             "rss_peak_mb": {k: round(v) for k, v in rss.peak.items()}})
+                runs.append(
+                    {
+                        "actors": a,
+                        "ship_bundle": ship,
+                        "wall_s": round(wall, 2),
+                        "images_per_s": round(n / wall, 2),
+                        "rows": res["rows"],
+                        "rss_peak_mb": {k: round(v) for k, v in rss.peak.items()},
+                    }
+                )
                 log(f"ray actors={a} ship={ship}: {wall:.1f} s")
     finally:
         crt_ray.shutdown()

@@ -12,6 +12,7 @@ throughput is kept and the latencies of all its requests give p50/p99.
 Bounded: fixed request counts, a timeout per request, loopback only, servers stopped (SIGTERM)
 at the end. Writes bench/results/serve.json (serve_fp32.json, serve_int8.json, ... for an explicit --precision).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ def photo_jpeg(size: tuple[int, int] = (640, 480)) -> bytes:
     return buf.getvalue()
 
 
-def load(port: int, clients: int, requests: int, body: bytes, timeout: float,
-         reference: Any = None) -> dict[str, Any]:
+def load(port: int, clients: int, requests: int, body: bytes, timeout: float, reference: Any = None) -> dict[str, Any]:
     """*clients* threads send *requests* in all; throughput and latency percentiles, and the
     largest difference of any answer from *reference* (every request sends the same photo)."""
     import numpy as np
@@ -106,12 +106,19 @@ def load(port: int, clients: int, requests: int, body: bytes, timeout: float,
     def pct(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
 
-    return {"clients": clients, "requests": requests, "ok": len(lat), "errors": len(errors),
-            "error_samples": errors[:3], "seconds": round(wall, 3),
-            "throughput_rps": round(len(lat) / wall, 2) if wall else None,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "mean_ms": round(statistics.mean(lat) * 1000, 1) if lat else None,
-            "max_abs_diff_vs_in_process": max(diffs) if diffs else None}
+    return {
+        "clients": clients,
+        "requests": requests,
+        "ok": len(lat),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "seconds": round(wall, 3),
+        "throughput_rps": round(len(lat) / wall, 2) if wall else None,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.mean(lat) * 1000, 1) if lat else None,
+        "max_abs_diff_vs_in_process": max(diffs) if diffs else None,
+    }
 
 
 def batch_stats(port: int) -> dict[str, float]:
@@ -132,29 +139,43 @@ def markdown(payload: dict[str, Any]) -> str:
     rows = ["| clients | mode | requests/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
     for r in payload["results"]:
         mode = "dynamic batching" if r["mode"] == "batching" else "one request at a time"
-        rows.append(f"| {r['clients']} | {mode} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                    f"{r['errors']} |")
+        rows.append(
+            f"| {r['clients']} | {mode} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
     ratios = ", ".join(f"{c} clients {v}x" for c, v in payload["batching_speedup"].items())
     m = payload["machine"]
     return "\n".join(rows) + (
         f"\n\nThroughput from batching: {ratios}; mean image batch {payload['mean_image_batch']}. "
-        + (f"Image encoder: {payload['runtime']['image']}; batching server: {payload['runtime']['image_streams']} "
-           f"image stream(s). " if payload.get("runtime") else "")
+        + (
+            f"Image encoder: {payload['runtime']['image']}; batching server: {payload['runtime']['image_streams']} "
+            f"image stream(s). "
+            if payload.get("runtime")
+            else ""
+        )
         + f"{payload['precision']}, {m.get('cpu_model', '?')}, {m.get('cpu_count')} CPUs, ISA "
         f"{' '.join(m.get('isa', []))}, load average {m.get('load_average_1_5_15min')} at the end; "
-        f"`{payload['command']}` ({payload['when']}).")
+        f"`{payload['command']}` ({payload['when']})."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", default=os.environ.get("CLIP_RT_BENCH_BUNDLE", DEFAULT_BUNDLE),
-                    help="bundle directory (default: %(default)s; export one with "
-                         "`clip-rt export ViT-B-32 --pretrained none --seed 0 -o DIR`)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "fp16"],
-                    help="auto: what the runtime chooses on this CPU (the default a user gets)")
+    ap.add_argument(
+        "--bundle",
+        default=os.environ.get("CLIP_RT_BENCH_BUNDLE", DEFAULT_BUNDLE),
+        help="bundle directory (default: %(default)s; export one with "
+        "`clip-rt export ViT-B-32 --pretrained none --seed 0 -o DIR`)",
+    )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "int8", "fp16"],
+        help="auto: what the runtime chooses on this CPU (the default a user gets)",
+    )
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--requests-per-client", type=int, default=6,
-                    help="requests per client and configuration (at least 24 in all)")
+    ap.add_argument(
+        "--requests-per-client", type=int, default=6, help="requests per client and configuration (at least 24 in all)"
+    )
     ap.add_argument("--max-batch-size", type=int, default=8, help="batching-on server's --max-batch-size")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -179,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     runtime = {"image": model.plan.image.summary(), "image_streams": model.image_streams}
     model.close()
     spec = args.bundle if chosen is None else f"{args.bundle}@{chosen}"
-    body = json.dumps({"input": [{"image": base64.b64encode(photo).decode()}],
-                       "encoding_format": "base64"}).encode()
-    modes = {"batching": ["--max-batch-size", str(args.max_batch_size)],
-             "one_at_a_time": ["--max-batch-size", "1", "--image-streams", "1"]}
+    body = json.dumps({"input": [{"image": base64.b64encode(photo).decode()}], "encoding_format": "base64"}).encode()
+    modes = {
+        "batching": ["--max-batch-size", str(args.max_batch_size)],
+        "one_at_a_time": ["--max-batch-size", "1", "--image-streams", "1"],
+    }
     home = Path(tempfile.mkdtemp(prefix="clip-rt-bench-serve-"))
-    servers = {mode: Server([spec, *extra, "--max-queue", "256"], home / mode)
-               for mode, extra in modes.items()}
+    servers = {mode: Server([spec, *extra, "--max-queue", "256"], home / mode) for mode, extra in modes.items()}
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     started = time.perf_counter()
     try:
@@ -200,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                     res = load(s.port, clients, n, body, args.timeout, reference)
                     res["round"] = rnd
                     runs.setdefault((mode, clients), []).append(res)
-                    log(f"round {rnd} {mode:>14} {clients:>2} clients: {res['throughput_rps']} req/s, "
-                        f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, {res['errors']} errors")
+                    log(
+                        f"round {rnd} {mode:>14} {clients:>2} clients: {res['throughput_rps']} req/s, "
+                        f"p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, {res['errors']} errors"
+                    )
         stats = {mode: batch_stats(s.port) for mode, s in servers.items()}
         alone = load(servers["batching"].port, 1, 1, body, args.timeout, reference)["max_abs_diff_vs_in_process"]
     finally:
@@ -213,26 +236,42 @@ def main(argv: list[str] | None = None) -> int:
         best = max(results, key=lambda r: r["throughput_rps"] or 0)
         table.append({"mode": mode, **best, "rounds": [r["throughput_rps"] for r in results]})
     by = {(r["mode"], r["clients"]): r for r in table}
-    ratios = {c: round(by[("batching", c)]["throughput_rps"] / by[("one_at_a_time", c)]["throughput_rps"], 3)
-              for c in CLIENTS if by[("one_at_a_time", c)]["throughput_rps"]}
-    mean_batch = {mode: round(s.get("clip_rt_batch_size_sum", 0) / s["clip_rt_batch_size_count"], 2)
-                  for mode, s in stats.items() if s.get("clip_rt_batch_size_count")}
+    ratios = {
+        c: round(by[("batching", c)]["throughput_rps"] / by[("one_at_a_time", c)]["throughput_rps"], 3)
+        for c in CLIENTS
+        if by[("one_at_a_time", c)]["throughput_rps"]
+    }
+    mean_batch = {
+        mode: round(s.get("clip_rt_batch_size_sum", 0) / s["clip_rt_batch_size_count"], 2)
+        for mode, s in stats.items()
+        if s.get("clip_rt_batch_size_count")
+    }
     given = " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     command = f"flock /work/locks/heavy python -m bench.serve {given}"
     payload = {
-        "benchmark": "serve", "command": command.strip(), "machine": machine_info(),
-        "bundle": str(args.bundle), "precision": args.precision, "runtime": runtime, "photo": "skimage astronaut "
-                                                                                              "640x480 JPEG q90",
+        "benchmark": "serve",
+        "command": command.strip(),
+        "machine": machine_info(),
+        "bundle": str(args.bundle),
+        "precision": args.precision,
+        "runtime": runtime,
+        "photo": "skimage astronaut 640x480 JPEG q90",
         "request": "POST /v1/embeddings, one image (base64), encoding_format base64",
-        "modes": {m: " ".join(x) for m, x in modes.items()}, "rounds": args.rounds,
+        "modes": {m: " ".join(x) for m, x in modes.items()},
+        "rounds": args.rounds,
         "results": sorted(table, key=lambda r: (r["clients"], r["mode"])),
         "batching_speedup": ratios,
-        "parity": {"one_request_alone_max_abs_diff": alone,
-                   "note": "0 = bit for bit; answers computed in batches > 1 are in "
-                           "results[].max_abs_diff_vs_in_process"},
-        "mean_image_batch": mean_batch, "server_exit_codes": codes,
-        "targets": [target("serve throughput, 32 clients x 1 image, batching on / one at a time",
-                           ratios.get(32), GOAL, unit="x")],
+        "parity": {
+            "one_request_alone_max_abs_diff": alone,
+            "note": "0 = bit for bit; answers computed in batches > 1 are in results[].max_abs_diff_vs_in_process",
+        },
+        "mean_image_batch": mean_batch,
+        "server_exit_codes": codes,
+        "targets": [
+            target(
+                "serve throughput, 32 clients x 1 image, batching on / one at a time", ratios.get(32), GOAL, unit="x"
+            )
+        ],
         "seconds": round(time.perf_counter() - started, 1),
     }
     path = write_result("serve" if args.precision == "auto" else f"serve_{args.precision}", payload, args.out)

@@ -4,6 +4,7 @@ torch fp32 and bf16, with the ISA each candidate ran on and its % of that ISA's 
 Candidates run round-robin in one process (see common.Timer); figures are medians, with the
 best sample kept too because the machine is shared.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -19,10 +20,16 @@ CLASS_NAME = "golden retriever"
 
 
 def _summary(timer: Timer, items: int) -> dict[str, dict[str, float]]:
-    return {name: {"median_s": round(float(np.median(s)), 5), "best_s": round(min(s), 5),
-                   "items_per_s": round(items / float(np.median(s)), 2),
-                   "best_items_per_s": round(items / min(s), 2), "rounds": len(s)}
-            for name, s in timer.samples.items()}
+    return {
+        name: {
+            "median_s": round(float(np.median(s)), 5),
+            "best_s": round(min(s), 5),
+            "items_per_s": round(items / float(np.median(s)), 2),
+            "best_items_per_s": round(items / min(s), 2),
+            "rounds": len(s),
+        }
+        for name, s in timer.samples.items()
+    }
 
 
 def _annotate(rows: dict[str, dict], cands: dict[str, Candidate], macs: Optional[float], host: dict) -> None:
@@ -79,8 +86,14 @@ def image(ctx: BenchContext) -> dict[str, Any]:
                 row.update(_accuracy(cands[row_name].embed, ctx))
         out[str(batch)] = rows
     targets = image_targets(out, host)
-    result = {**ctx.result_meta(), "unit": "images/s", "host": host, "macs_per_image": macs, "batches": out,
-              "targets": targets}
+    result = {
+        **ctx.result_meta(),
+        "unit": "images/s",
+        "host": host,
+        "macs_per_image": macs,
+        "batches": out,
+        "targets": targets,
+    }
     write_result("image_speed" + ctx.result_suffix, result, ctx.out_dir)
     return result
 
@@ -90,13 +103,15 @@ def _accuracy(embed: Any, ctx: BenchContext) -> dict[str, Any]:
     same graph can round differently on another library (OpenVINO runs float parts in bf16
     on AMX hosts by default)."""
     ref = ctx.reference
-    got = np.concatenate([embed(ref.pixels[i:i + 8]) for i in range(0, len(ref.pixels), 8)])
+    got = np.concatenate([embed(ref.pixels[i : i + 8]) for i in range(0, len(ref.pixels), 8)])
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     cos = np.sum(unit(got.astype(np.float64)) * unit(ref.image_embeds.astype(np.float64)), axis=-1)
     x = ref.pixels[:8]
-    alone = np.concatenate([embed(x[i:i + 1]) for i in range(len(x))])
-    return {"min_cosine": round(float(cos.min()), 6),
-            "batch_max_abs_diff": float(f"{np.abs(embed(x) - alone).max():.3g}")}
+    alone = np.concatenate([embed(x[i : i + 1]) for i in range(len(x))])
+    return {
+        "min_cosine": round(float(cos.min()), 6),
+        "batch_max_abs_diff": float(f"{np.abs(embed(x) - alone).max():.3g}"),
+    }
 
 
 def image_targets(out: dict[str, Any], host: dict[str, Any]) -> list[dict]:
@@ -105,12 +120,24 @@ def image_targets(out: dict[str, Any], host: dict[str, Any]) -> list[dict]:
     amx_visible = host["levels"]["onednn_int8"] == "amx_int8"
     if amx_visible:
         return [
-            target("[AMX host] image clip-rt default vs torch bf16, batch 8", _x(b8, "clip-rt default", "torch bf16"),
-                   2.0, unit="x"),
-            target("[AMX host] image clip-rt default vs torch fp32, batch 8", _x(b8, "clip-rt default", "torch fp32"),
-                   6.0, unit="x"),
-            target("[AMX host] image clip-rt default vs torch bf16, batch 1", _x(b1, "clip-rt default", "torch bf16"),
-                   3.0, unit="x"),
+            target(
+                "[AMX host] image clip-rt default vs torch bf16, batch 8",
+                _x(b8, "clip-rt default", "torch bf16"),
+                2.0,
+                unit="x",
+            ),
+            target(
+                "[AMX host] image clip-rt default vs torch fp32, batch 8",
+                _x(b8, "clip-rt default", "torch fp32"),
+                6.0,
+                unit="x",
+            ),
+            target(
+                "[AMX host] image clip-rt default vs torch bf16, batch 1",
+                _x(b1, "clip-rt default", "torch bf16"),
+                3.0,
+                unit="x",
+            ),
         ]
     # VNNI host, or AMX hidden from oneDNN: onnxruntime still sees AMX under
     # ONEDNN_MAX_CPU_ISA, so an onnxruntime figure here is not a VNNI figure.
@@ -119,24 +146,35 @@ def image_targets(out: dict[str, Any], host: dict[str, Any]) -> list[dict]:
     if host.get("onednn_max_cpu_isa") and host["host"] == "AMX" and default_lib == "onnxruntime":
         ov = [k for k in b8 if k.startswith("openvino int8")]
         best = max(ov, key=lambda k: b8[k]["best_items_per_s"]) if ov else None
-        row = target(f"{label} image {best or 'openvino int8'} vs torch fp32, batch 8 (onnxruntime ignores "
-                     "ONEDNN_MAX_CPU_ISA: its rows still use AMX)", _x(b8, best, "torch fp32") if best else None,
-                     3.0, unit="x")
+        row = target(
+            f"{label} image {best or 'openvino int8'} vs torch fp32, batch 8 (onnxruntime ignores "
+            "ONEDNN_MAX_CPU_ISA: its rows still use AMX)",
+            _x(b8, best, "torch fp32") if best else None,
+            3.0,
+            unit="x",
+        )
         return [row]
-    return [target(f"{label} image clip-rt default vs torch fp32, batch 8", _x(b8, "clip-rt default", "torch fp32"),
-                   3.0, unit="x")]
+    return [
+        target(
+            f"{label} image clip-rt default vs torch fp32, batch 8",
+            _x(b8, "clip-rt default", "torch fp32"),
+            3.0,
+            unit="x",
+        )
+    ]
 
 
 def class_names(ctx: BenchContext, n: int) -> list[str]:
     """*n* real words from the CLIP BPE vocabulary (no class list ships offline)."""
     enc = ctx.torch_model.tokenizer.encoder  # type: ignore[attr-defined]
     words = [t[:-4] for t in enc if t.endswith("</w>") and t[:-4].isalpha() and len(t) >= 8]
-    return words[1000:1000 + n]
+    return words[1000 : 1000 + n]
 
 
 def text(ctx: BenchContext) -> dict[str, Any]:
-    import clip_rt
     import torch
+
+    import clip_rt
 
     torch.set_num_threads(2)
     tm = ctx.torch_model
@@ -167,12 +205,24 @@ def text(ctx: BenchContext) -> dict[str, Any]:
         out[name] = {"trimmed_tokens": tokens, "rows": rows}
     t80 = out["80 ImageNet templates"]["rows"]
     targets = [
-        target("text clip-rt default (uncached) vs torch bf16 on trimmed prompts, 80 prompts",
-               _x(t80, "clip-rt default", "torch bf16, trimmed"), 1.5, unit="x"),
-        target("text clip-rt default (uncached) vs open_clip encode_text, 80 prompts",
-               _x(t80, "clip-rt default", "open_clip encode_text (context 77, fp32)"), 25.0, unit="x"),
-        target("text clip-rt default (cached) vs open_clip encode_text, 80 prompts",
-               _x(t80, "clip-rt default, cached", "open_clip encode_text (context 77, fp32)"), 25.0, unit="x"),
+        target(
+            "text clip-rt default (uncached) vs torch bf16 on trimmed prompts, 80 prompts",
+            _x(t80, "clip-rt default", "torch bf16, trimmed"),
+            1.5,
+            unit="x",
+        ),
+        target(
+            "text clip-rt default (uncached) vs open_clip encode_text, 80 prompts",
+            _x(t80, "clip-rt default", "open_clip encode_text (context 77, fp32)"),
+            25.0,
+            unit="x",
+        ),
+        target(
+            "text clip-rt default (cached) vs open_clip encode_text, 80 prompts",
+            _x(t80, "clip-rt default, cached", "open_clip encode_text (context 77, fp32)"),
+            25.0,
+            unit="x",
+        ),
     ]
     result = {**ctx.result_meta(), "unit": "prompts/s", "host": host, "sets": out, "targets": targets}
     write_result("text_speed" + ctx.result_suffix, result, ctx.out_dir)

@@ -1,4 +1,5 @@
 """Cold start (fresh process: import, load, first result) and peak RSS, int8 bundle."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clip_rt_fixtures.photos import LABELS
+
 from .common import log, target, write_result
 from .context import BenchContext
-from clip_rt_fixtures.photos import LABELS
 
 _CHILD = r"""
 import json, sys, time
@@ -56,12 +58,18 @@ print(json.dumps({"import_load_s": 0.0, "in_process_s": t_end - t0, "first_label
 """ % (",".join(LABELS),)
 
 
-def _child(bundle: Path, precision: str, paths: list[Path], home: str, batch: int = 32,
-           script: str = _CHILD) -> dict[str, Any]:
+def _child(
+    bundle: Path, precision: str, paths: list[Path], home: str, batch: int = 32, script: str = _CHILD
+) -> dict[str, Any]:
     env = dict(os.environ, CLIP_RT_HOME=home, PYTHONDONTWRITEBYTECODE="1")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script, str(bundle), precision, str(batch), *map(str, paths)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(bundle), precision, str(batch), *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"cold-start child failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -87,29 +95,57 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         for batch in (32, 8):
             with tempfile.TemporaryDirectory(prefix="clip-rt-bench-home-") as home:
                 log(f"peak RSS {label}: classify of {len(photos)} JPEGs, batch {batch}")
-                folder[f"{label}, batch {batch}"] = {"images": len(photos), "batch_size": batch,
-                                                     **_child(bundle, "int8", photos, home, batch)}
+                folder[f"{label}, batch {batch}"] = {
+                    "images": len(photos),
+                    "batch_size": batch,
+                    **_child(bundle, "int8", photos, home, batch),
+                }
         with tempfile.TemporaryDirectory(prefix="clip-rt-bench-home-") as home:
             log(f"peak RSS {label}: clip-rt classify of {len(photos)} JPEGs, batch 8")
             folder[f"{label}, clip-rt classify, batch 8"] = {
-                "images": len(photos), "batch_size": 8, **_child(bundle, "int8", photos, home, 8, _CLI_CHILD)}
+                "images": len(photos),
+                "batch_size": 8,
+                **_child(bundle, "int8", photos, home, 8, _CLI_CHILD),
+            }
 
     def med(rs: list[dict[str, Any]], key: str) -> float:
         vals = sorted(r[key] for r in rs)
         return vals[len(vals) // 2]
 
-    summary = {name: {k: med(rs, k) for k in ("process_wall_s", "in_process_s", "import_load_s", "maxrss_mb")}
-               for name, rs in rows.items()}
+    summary = {
+        name: {k: med(rs, k) for k in ("process_wall_s", "in_process_s", "import_load_s", "maxrss_mb")}
+        for name, rs in rows.items()
+    }
     first = summary["int8: first run (empty CLIP_RT_HOME)"]
     targets = [
-        target("cold start, one image, int8 (fresh process, empty home)", first["process_wall_s"], 2.0,
-               higher_is_better=False, unit="s"),
-        target("peak RSS, int8, `clip-rt classify` of a folder, batch 8 (default)",
-               folder["int8, clip-rt classify, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
-        target("peak RSS, int8, API classify() of a folder, batch 8 (default)",
-               folder["int8, batch 8"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
-        target("peak RSS, int8, API classify() of a folder, batch 32",
-               folder["int8, batch 32"]["maxrss_mb"], 400.0, higher_is_better=False, unit="MB"),
+        target(
+            "cold start, one image, int8 (fresh process, empty home)",
+            first["process_wall_s"],
+            2.0,
+            higher_is_better=False,
+            unit="s",
+        ),
+        target(
+            "peak RSS, int8, `clip-rt classify` of a folder, batch 8 (default)",
+            folder["int8, clip-rt classify, batch 8"]["maxrss_mb"],
+            400.0,
+            higher_is_better=False,
+            unit="MB",
+        ),
+        target(
+            "peak RSS, int8, API classify() of a folder, batch 8 (default)",
+            folder["int8, batch 8"]["maxrss_mb"],
+            400.0,
+            higher_is_better=False,
+            unit="MB",
+        ),
+        target(
+            "peak RSS, int8, API classify() of a folder, batch 32",
+            folder["int8, batch 32"]["maxrss_mb"],
+            400.0,
+            higher_is_better=False,
+            unit="MB",
+        ),
     ]
     result = {**ctx.result_meta(), "runs": rows, "median": summary, "folder": folder, "targets": targets}
     write_result("startup", result, ctx.out_dir)

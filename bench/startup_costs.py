@@ -16,6 +16,7 @@ not used: a machine pays it once.
 Writes ``results/startup-<isa class>.json``; ``python -m bench.backends --write-table`` folds it
 into the decision table's ``startup`` section.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,13 @@ print(json.dumps({"import_s": import_s, "open_s": open_s, "first_s": first_s, "s
 
 def _child(bundle: Path, backend: str, precision: str, encoder: str, home: str, tag: str) -> dict[str, Any]:
     env = {**os.environ, "CLIP_RT_HOME": home}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), backend, precision, encoder, tag],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(bundle), backend, precision, encoder, tag],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{backend} {precision} {encoder}: child failed: {out.stderr.strip()[-800:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -106,7 +112,7 @@ def measure(bundle: Path, rounds: int, only: list[tuple[str, str]]) -> dict[str,
         log(f"cold {b} {p} {e}: {cold[f'{b} {p} {e}']}")
     samples: dict[str, list[dict[str, Any]]] = {f"{b} {p} {e}": [] for b, p, e in cases}
     for r in range(rounds):
-        order = cases[r % len(cases):] + cases[:r % len(cases)]  # rotating order
+        order = cases[r % len(cases) :] + cases[: r % len(cases)]  # rotating order
         for b, p, e in order:
             samples[f"{b} {p} {e}"].append(_child(bundle, b, p, e, warm_home, f"round{r}"))
         log(f"round {r + 1}/{rounds} done")
@@ -118,13 +124,24 @@ def measure(bundle: Path, rounds: int, only: list[tuple[str, str]]) -> dict[str,
         def med(name: str, values: list[float] | None = None) -> float:
             return round(statistics.median(values if values is not None else [s[name] for s in got]), 4)
 
-        rows.append({"backend": b, "precision": p, "encoder": e, "mode": got[0]["mode"], "compute": got[0]["compute"],
-                     "import_s": med("import_s"), "open_s": med("open_s"), "first_call_s": med("", first_extra),
-                     "steady_call_s": med("steady_s"), "hold_mb": round(statistics.median(s["hold_mb"] for s in got), 1),
-                     "best": {"open_s": round(min(s["open_s"] for s in got), 4),
-                              "first_call_s": round(min(first_extra), 4)},
-                     "cold_open_s": round(cold[key]["open_s"], 4), "cold_first_s": round(cold[key]["first_s"], 4),
-                     "rounds": len(got)})
+        rows.append(
+            {
+                "backend": b,
+                "precision": p,
+                "encoder": e,
+                "mode": got[0]["mode"],
+                "compute": got[0]["compute"],
+                "import_s": med("import_s"),
+                "open_s": med("open_s"),
+                "first_call_s": med("", first_extra),
+                "steady_call_s": med("steady_s"),
+                "hold_mb": round(statistics.median(s["hold_mb"] for s in got), 1),
+                "best": {"open_s": round(min(s["open_s"] for s in got), 4), "first_call_s": round(min(first_extra), 4)},
+                "cold_open_s": round(cold[key]["open_s"], 4),
+                "cold_first_s": round(cold[key]["first_s"], 4),
+                "rounds": len(got),
+            }
+        )
     return {"rows": rows}
 
 
@@ -145,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result(f"startup-{isa}", {"isa_class": isa, "bundle": args.bundle.name, **result}, args.out)
     log(f"wrote {path}")
     for row in result["rows"]:
-        log(f"{row['backend']:>12} {row['mode']:<10} {row['encoder']:<5} import {row['import_s']:.2f} s, "
+        log(
+            f"{row['backend']:>12} {row['mode']:<10} {row['encoder']:<5} import {row['import_s']:.2f} s, "
             f"open {row['open_s']:.2f} s, first call +{row['first_call_s']:.2f} s, hold {row['hold_mb']:.0f} MB "
-            f"(cold open {row['cold_open_s']:.2f} s)")
+            f"(cold open {row['cold_open_s']:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ The run goes through the real runtime in a subprocess (the installed ``clip-rt``
 Memory is "flat" when RSS at the end minus RSS after the first 1000 records is small: that
 difference is ``rss_growth_mb``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,8 +102,8 @@ def make_bundle(kind: str, work: Path) -> tuple[Path, str]:
 
         return build_fake_bundle(work / "fake-clip"), "fake (clip_rt_fixtures.fake_bundle: pool + matmul graphs)"
     if kind == "tiny":
-        import torch  # noqa: F401 - fail early with a clear ImportError
         import open_clip
+        import torch  # noqa: F401 - fail early with a clear ImportError
 
         from clip_rt_export import export_bundle
         from clip_rt_export.load import resolve
@@ -112,8 +113,9 @@ def make_bundle(kind: str, work: Path) -> tuple[Path, str]:
         torch.manual_seed(0)
         ckpt = work / "tiny.pt"
         torch.save(open_clip.create_model("tiny-clip", pretrained=None).state_dict(), ckpt)
-        out = export_bundle("tiny-clip", pretrained=str(ckpt), precisions=("fp32",), output=work / "tiny-clip",
-                            model_config=config)
+        out = export_bundle(
+            "tiny-clip", pretrained=str(ckpt), precisions=("fp32",), output=work / "tiny-clip", model_config=config
+        )
         return Path(out), "tiny (tests/data/tiny-clip.json exported by clip_rt_export, random weights, fp32)"
     path = Path(kind)
     return path, f"bundle directory {path}"
@@ -156,14 +158,33 @@ def clip_rt_command() -> str:
     return found
 
 
-def run_stream(images: Path, bundle: Path, out: Path, *, labels: str = LABELS, batch_size: int = 32,
-               threads: Optional[int] = None, sample_every: float = 2.0,
-               env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def run_stream(
+    images: Path,
+    bundle: Path,
+    out: Path,
+    *,
+    labels: str = LABELS,
+    batch_size: int = 32,
+    threads: Optional[int] = None,
+    sample_every: float = 2.0,
+    env: Optional[dict[str, str]] = None,
+) -> dict[str, Any]:
     """Run classify in a subprocess, sampling its RSS; returns the measurements."""
     import psutil
 
-    cmd = [clip_rt_command(), "classify", str(images), "-m", str(bundle), "-l", labels,
-           "-o", str(out), "--batch-size", str(batch_size)]
+    cmd = [
+        clip_rt_command(),
+        "classify",
+        str(images),
+        "-m",
+        str(bundle),
+        "-l",
+        labels,
+        "-o",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     counter = LineCounter(out)
@@ -223,16 +244,31 @@ def _thin(samples: list[tuple[float, float, int]], keep: int) -> list[list[float
     return [list(samples[round(i * step)]) for i in range(keep)]
 
 
-def run_parallel(folders: list[Path], bundle: Path, work: Path, labels: list[str], *, batch_size: int,
-                 threads: Optional[int], env: dict[str, str]) -> dict[str, Any]:
+def run_parallel(
+    folders: list[Path],
+    bundle: Path,
+    work: Path,
+    labels: list[str],
+    *,
+    batch_size: int,
+    threads: Optional[int],
+    env: dict[str, str],
+) -> dict[str, Any]:
     """One classify process per folder, all at once, sharing one CLIP_RT_HOME (store + prompt cache)."""
     import threading
 
     results: list[Optional[dict[str, Any]]] = [None] * len(folders)
 
     def one(i: int) -> None:
-        results[i] = run_stream(folders[i], bundle, work / f"out{i}.jsonl", labels=labels[i],
-                                batch_size=batch_size, threads=threads, env=env)
+        results[i] = run_stream(
+            folders[i],
+            bundle,
+            work / f"out{i}.jsonl",
+            labels=labels[i],
+            batch_size=batch_size,
+            threads=threads,
+            env=env,
+        )
 
     t0 = time.perf_counter()
     workers = [threading.Thread(target=one, args=(i,)) for i in range(len(folders))]
@@ -248,11 +284,17 @@ def run_parallel(folders: list[Path], bundle: Path, work: Path, labels: list[str
     records = sum(r["records_written"] for r in done)
     for r in done:
         r["samples"] = _thin(r["samples"], 40)
-    return {"processes": len(folders), "wall_s": round(wall, 2), "records_written": records,
-            "errors": sum(r["errors"] for r in done), "exit_codes": [r["exit_code"] for r in done],
-            "images_per_s": round(records / wall, 1), "rss_growth_mb_max": max(r["rss_growth_mb"] or 0 for r in done),
-            "cache": {**check_cache(Path(env["CLIP_RT_HOME"])), "expected_texts": len(expected)},
-            "per_process": done}
+    return {
+        "processes": len(folders),
+        "wall_s": round(wall, 2),
+        "records_written": records,
+        "errors": sum(r["errors"] for r in done),
+        "exit_codes": [r["exit_code"] for r in done],
+        "images_per_s": round(records / wall, 1),
+        "rss_growth_mb_max": max(r["rss_growth_mb"] or 0 for r in done),
+        "cache": {**check_cache(Path(env["CLIP_RT_HOME"])), "expected_texts": len(expected)},
+        "per_process": done,
+    }
 
 
 def check_cache(home: Path) -> dict[str, Any]:
@@ -271,18 +313,29 @@ def check_cache(home: Path) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.stream_100k", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="images to classify (in all)")
-    ap.add_argument("--bundle", default=None, help="tiny | fake | a bundle directory (default: tiny when torch "
-                                                   "and open_clip are installed, else fake)")
+    ap.add_argument(
+        "--bundle",
+        default=None,
+        help="tiny | fake | a bundle directory (default: tiny when torch and open_clip are installed, else fake)",
+    )
     ap.add_argument("--broken-every", type=int, default=1000, help="every K-th file is a truncated JPEG (0: none)")
     ap.add_argument("--labels", default=LABELS, help="comma-separated labels (more labels: bigger records)")
-    ap.add_argument("--processes", type=int, default=1,
-                    help="P > 1: split the images into P folders and run P classify processes at once, "
-                         "sharing one store and prompt cache (each adds a label of its own)")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="P > 1: split the images into P folders and run P classify processes at once, "
+        "sharing one store and prompt cache (each adds a label of its own)",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
-    ap.add_argument("--out", type=Path, default=None,
-                    help=f"default: {DEFAULT_OUT} (with --processes P: stream_Pproc.json beside it)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"default: {DEFAULT_OUT} (with --processes P: stream_Pproc.json beside it)",
+    )
     args = ap.parse_args(argv)
     out_path = args.out or (DEFAULT_OUT if args.processes == 1 else RESULTS_DIR / f"stream_{args.processes}proc.json")
 
@@ -300,30 +353,61 @@ def main(argv: Optional[list[str]] = None) -> int:
             parts = [make_images(f, share, broken_every=args.broken_every, seed=i) for i, f in enumerate(folders)]
             counts = {k: sum(p[k] for p in parts) for k in parts[0]}
         gen_s = time.perf_counter() - t0
-        print(f"{counts['images']} images generated in {gen_s:.1f} s; classifying with the {kind} bundle "
-              f"in {args.processes} process(es)...", flush=True)
+        print(
+            f"{counts['images']} images generated in {gen_s:.1f} s; classifying with the {kind} bundle "
+            f"in {args.processes} process(es)...",
+            flush=True,
+        )
         if args.processes == 1:
-            result = run_stream(work / "images", bundle, work / "out.jsonl", labels=args.labels,
-                                batch_size=args.batch_size, threads=args.threads, env=env)
+            result = run_stream(
+                work / "images",
+                bundle,
+                work / "out.jsonl",
+                labels=args.labels,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                env=env,
+            )
         else:
             labels = [f"{args.labels},extra{i}" for i in range(args.processes)]
-            result = run_parallel(folders, bundle, work, labels, batch_size=args.batch_size, threads=args.threads,
-                                  env=env)
+            result = run_parallel(
+                folders, bundle, work, labels, batch_size=args.batch_size, threads=args.threads, env=env
+            )
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     from .common import machine_info
 
-    report = {"benchmark": "stream_100k", "n": counts["images"], "bundle": described, **counts,
-              "generate_s": round(gen_s, 2), **result,
-              "rss_growth_definition": f"rss_end_mb - rss_after_1000_mb (first sample with >= "
-                                       f"{BASELINE_RECORDS} records on disk)",
-              "rerun": "python -m bench.stream_100k " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine_info()}
+    report = {
+        "benchmark": "stream_100k",
+        "n": counts["images"],
+        "bundle": described,
+        **counts,
+        "generate_s": round(gen_s, 2),
+        **result,
+        "rss_growth_definition": f"rss_end_mb - rss_after_1000_mb (first sample with >= "
+        f"{BASELINE_RECORDS} records on disk)",
+        "rerun": "python -m bench.stream_100k " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    keys = ("n", "records_written", "errors", "exit_code", "exit_codes", "wall_s", "images_per_s", "rss_start_mb",
-            "rss_after_1000_mb", "rss_end_mb", "rss_max_mb", "rss_growth_mb", "rss_growth_mb_max", "cache")
+    keys = (
+        "n",
+        "records_written",
+        "errors",
+        "exit_code",
+        "exit_codes",
+        "wall_s",
+        "images_per_s",
+        "rss_start_mb",
+        "rss_after_1000_mb",
+        "rss_end_mb",
+        "rss_max_mb",
+        "rss_growth_mb",
+        "rss_growth_mb_max",
+        "cache",
+    )
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
     print(f"written to {out_path}")
     return 0

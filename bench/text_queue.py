@@ -11,6 +11,7 @@ measured here runs prompt batches through the queue when the queue was faster at
 its best sample, and the median of the per-round ratios by at least MIN_GAIN (sizes too small to
 queue make the same calls both ways: an A/A control of the run's noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ import numpy as np
 
 from .common import RESULTS_DIR, Timer, log, write_result
 
-CLASS_NAMES = ("golden retriever", "tabby cat", "red double-decker bus", "espresso", "mountain bike",
-               "lighthouse", "grand piano", "sunflower")
+CLASS_NAMES = (
+    "golden retriever",
+    "tabby cat",
+    "red double-decker bus",
+    "espresso",
+    "mountain bike",
+    "lighthouse",
+    "grand piano",
+    "sunflower",
+)
 DECIDING_SIZE = 80  # the backend bench's text figure: 80 prompts
 # The per-round median must clear the noise, not just 1.0: at 4-8 prompts, where both ways make
 # the same calls, per-round medians reached 0.95-1.40 in a fixed round order (12 rounds of
@@ -53,8 +62,7 @@ def measure(model: Any, sizes: list[int], rounds: int, pause: float) -> dict[str
         tokens = tokenizer.encode_batch(_prompts(n))
 
         def run(queued: bool, tokens: Any = tokens) -> np.ndarray:
-            return encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic,
-                                     queued=queued)
+            return encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic, queued=queued)
 
         diff = float(np.abs(run(True) - run(False)).max())
         timer = Timer(rounds, pause_s=pause)
@@ -101,8 +109,11 @@ def _queue_cost(model: Any, session: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     encode_token_rows(session, tokens.ids, tokens.lengths, batch_size=64, dynamic=dynamic, queued=True)
     first = time.perf_counter() - t0
-    return {"first_queued_call_s": round(first, 2), "rss_added_mib": round(_rss_mib() - before, 1),
-            "note": "the first queued call compiles the throughput model (or loads it from the cache)"}
+    return {
+        "first_queued_call_s": round(first, 2),
+        "rss_added_mib": round(_rss_mib() - before, 1),
+        "note": "the first queued call compiles the throughput model (or loads it from the cache)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,17 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "-m", "bench.text_queue", *(argv if argv is not None else sys.argv[1:])]),
         "env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA",) if k in os.environ},
         "isa_class": label,
-        "candidate": {"backend": choice.backend, "graph": graph, "compute": choice.compute,
-                      "precision": choice.precision},
+        "candidate": {
+            "backend": choice.backend,
+            "graph": graph,
+            "compute": choice.compute,
+            "precision": choice.precision,
+        },
         "session": session.describe(),
         "queue_depth": session.queue_depth,
         "queue_cost": cost,
         "rounds": args.rounds,
         "sizes": sizes,
-        "queue_faster": (deciding["queue_x_latency_best"] > 1.0
-                         and deciding["queue_x_latency_per_round_median"] >= MIN_GAIN),
-        "rule": (f"queued where, at {DECIDING_SIZE} prompts, the queue's best sample beats latency's and the "
-                 f"median of the per-round ratios is >= {MIN_GAIN}"),
+        "queue_faster": (
+            deciding["queue_x_latency_best"] > 1.0 and deciding["queue_x_latency_per_round_median"] >= MIN_GAIN
+        ),
+        "rule": (
+            f"queued where, at {DECIDING_SIZE} prompts, the queue's best sample beats latency's and the "
+            f"median of the per-round ratios is >= {MIN_GAIN}"
+        ),
     }
     path = write_result(f"text_queue-{label}", payload, args.out)
     print(path)

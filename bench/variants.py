@@ -5,6 +5,7 @@ shared machine's noise hits all alike; figures are medians. Parity is against to
 real photos: embedding cosine and zero-shot top-1 agreement (text side fixed to torch fp32,
 so only the image graph varies). Writes ``results/variants.json``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,6 +56,7 @@ def build_variant(name: str, fp32: Path, out_dir: Path, calibration: list, heads
 
 def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
     import torch
+
     from clip_rt.bundle.manifest import read_manifest
     from clip_rt_export.calibration import image_calibration
 
@@ -77,10 +79,15 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         path = build_variant(name, fp32, out_dir, calibration, tm.vision_heads_width)
         sess = ort_session(path)
         emb = sess.run(None, {"pixel_values": ref.pixels})[0]
-        alone = np.concatenate([sess.run(None, {"pixel_values": x[i:i + 1]})[0] for i in range(len(x))])
+        alone = np.concatenate([sess.run(None, {"pixel_values": x[i : i + 1]})[0] for i in range(len(x))])
         batch_diff = float(f"{np.abs(sess.run(None, {'pixel_values': x})[0] - alone).max():.3g}")
-        rows[name] = {"graph": name, "bytes": path.stat().st_size, "ops": _notable_ops(path), **ref.image_parity(emb),
-                      "batch_max_abs_diff": batch_diff}
+        rows[name] = {
+            "graph": name,
+            "bytes": path.stat().st_size,
+            "ops": _notable_ops(path),
+            **ref.image_parity(emb),
+            "batch_max_abs_diff": batch_diff,
+        }
         candidates[name] = lambda s=sess: s.run(None, {"pixel_values": x})
     # Session settings on the recommended graph.
     rec = build_variant("int8-dynamic", fp32, out_dir, calibration, tm.vision_heads_width)
@@ -111,15 +118,34 @@ def run(ctx: BenchContext, batch: int = 8) -> dict[str, Any]:
         row["x_torch_bf16"] = ratio(row["images_per_s"], bf16["images_per_s"])
         row["x_torch_fp32_best"] = ratio(row["best_images_per_s"], base["best_images_per_s"])
     calibration = "export/calibration.py image_calibration (the export's set; the photos here are held out)"
-    result = {**ctx.result_meta(), "batch": batch, "rounds": rounds, "calibration": calibration,
-              "parity_inputs": f"{len(ref.pixels)} photos", "variants": list(rows.values())}
+    result = {
+        **ctx.result_meta(),
+        "batch": batch,
+        "rounds": rounds,
+        "calibration": calibration,
+        "parity_inputs": f"{len(ref.pixels)} photos",
+        "variants": list(rows.values()),
+    }
     write_result("variants", result, ctx.out_dir)
     return result
 
 
-_NOTABLE = ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "Attention",
-            "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasGelu", "Gelu", "Erf",
-            "Transpose", "Reshape")
+_NOTABLE = (
+    "MatMul",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Attention",
+    "MultiHeadAttention",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "Gelu",
+    "Erf",
+    "Transpose",
+    "Reshape",
+)
 
 
 def _notable_ops(path: Path) -> dict[str, int]:
@@ -145,9 +171,13 @@ def _add_openvino(rows: dict, candidates: dict, fp32: Path, qdq: Path, ref: Any,
         if not path.exists():
             continue
         req = core.compile_model(str(path), "CPU", config).create_infer_request()
-        emb = np.concatenate([req.infer({0: ref.pixels[i:i + 8]})[0] for i in range(0, len(ref.pixels), 8)])
-        rows[name] = {"graph": name, "bytes": path.stat().st_size, "session": {"openvino": ov.__version__, **config},
-                      **ref.image_parity(emb)}
+        emb = np.concatenate([req.infer({0: ref.pixels[i : i + 8]})[0] for i in range(0, len(ref.pixels), 8)])
+        rows[name] = {
+            "graph": name,
+            "bytes": path.stat().st_size,
+            "session": {"openvino": ov.__version__, **config},
+            **ref.image_parity(emb),
+        }
         candidates[name] = lambda r=req: r.infer({0: x})
 
 

@@ -6,6 +6,7 @@
 
 Importing this package is cheap: onnxruntime is imported when a model is loaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,6 @@ from .errors import (
     OutputError,
     ProviderError,
 )
-
 from .version import __version__
 
 __all__ = [

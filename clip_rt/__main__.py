@@ -1,4 +1,5 @@
 """``python -m clip_rt``: the ``clip-rt`` command line."""
+
 from .cli import main
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Errors raised by clip-rt. Every one says what was expected and what was given."""
+
 from __future__ import annotations
 
 

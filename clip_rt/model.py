@@ -7,12 +7,14 @@ encoder, so text-only use never reads the image graph), and the choice of backen
 to the :class:`~clip_rt.engine.planner.Planner`. Both are configured by one
 :class:`~clip_rt.options.RuntimeOptions`.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -27,9 +29,9 @@ from .engine.runtime import ModelRuntime
 from .engine.text_batches import encode_token_rows
 from .errors import InputError, ModelNotFoundError
 from .inputs.discover import expand_folders
+from .inputs.sources import as_image_list, check_batch_size, is_single_source
 from .inputs.texts import check_utf8
 from .options import DEFAULT_IMAGE_BATCH, RuntimeOptions, Workload
-from .inputs.sources import as_image_list, check_batch_size, is_single_source
 from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage, classified
 from .zeroshot import (
     Classification,
@@ -44,8 +46,8 @@ from .zeroshot import (
 
 if TYPE_CHECKING:
     from .adapt.head import HeadArg
-    from .inputs.tokenizer import TextTokenizer
     from .inputs.preprocess import Preprocessor
+    from .inputs.tokenizer import TextTokenizer
 
 __all__ = ["ClipModel", "load", "default_precision", "RuntimeOptions", "Workload", "DEFAULT_IMAGE_BATCH"]
 
@@ -53,7 +55,7 @@ DEFAULT_TEXT_BATCH = 64
 
 
 def load(
-    name_or_path: Union[str, "os.PathLike[str]", None] = None,
+    name_or_path: Union[str, os.PathLike[str], None] = None,
     *,
     providers: Union[str, Sequence[str], None] = None,
     precision: Optional[str] = None,
@@ -70,7 +72,7 @@ def load(
     low_memory: bool = False,
     workload: Optional[Workload] = None,
     options: Optional[RuntimeOptions] = None,
-) -> "ClipModel":
+) -> ClipModel:
     """Load a bundle by store name, alias (``ViT-B/32``) or directory; None: the configured
     default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
     ``ViT-B-32-openai``; see :mod:`clip_rt.settings`).
@@ -90,7 +92,8 @@ def load(
     known size (``Workload(images=1, prompts=5, lifetime="short")``) gets the backend that
     finishes it first, start-up included; by default the model is planned for long-lived use
     (steady speed decides).
-    *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded). *verify*: check the sha256 of the files used.
+    *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded).
+    *verify*: check the sha256 of the files used.
     *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
     (docs/gpu.md).
     *low_memory*: the lowest peak memory with the same results, for small devices: onnxruntime
@@ -101,11 +104,28 @@ def load(
     *options*: all of the above as one :class:`~clip_rt.options.RuntimeOptions` (the front ends
     build one); keyword arguments given beside it override its fields.
     """
-    asked = {k: v for k, v in dict(
-        providers=providers, precision=precision, threads=threads, session_options=session_options,
-        provider_options=provider_options, backend=backend, workload=workload).items() if v is not None}
-    flags = dict(cache=cache, verify=verify, exif_transpose=exif_transpose, strict=strict, draft=draft,
-                 allow_fallback=allow_fallback, low_memory=low_memory)
+    asked = {
+        k: v
+        for k, v in dict(
+            providers=providers,
+            precision=precision,
+            threads=threads,
+            session_options=session_options,
+            provider_options=provider_options,
+            backend=backend,
+            workload=workload,
+        ).items()
+        if v is not None
+    }
+    flags = dict(
+        cache=cache,
+        verify=verify,
+        exif_transpose=exif_transpose,
+        strict=strict,
+        draft=draft,
+        allow_fallback=allow_fallback,
+        low_memory=low_memory,
+    )
     defaults = RuntimeOptions()
     asked.update({k: v for k, v in flags.items() if v != getattr(defaults, k)})
     opts = (options or defaults).replace(**asked) if asked else (options or defaults)
@@ -179,8 +199,11 @@ class ClipModel:
         once its session exists), the workload it was planned for. Recorded in outputs' metadata."""
         from .engine.runtime_info import runtime_dict
 
-        return {**runtime_dict(self.plan, self._runtime.live()), "low_memory": self.options.low_memory,
-                "workload": self.options.workload.describe()}
+        return {
+            **runtime_dict(self.plan, self._runtime.live()),
+            "low_memory": self.options.low_memory,
+            "workload": self.options.workload.describe(),
+        }
 
     def describe(self) -> str:
         """:attr:`runtime` as readable lines (what ``clip-rt info`` prints)."""
@@ -215,22 +238,24 @@ class ClipModel:
         """Release the prompt cache's database connection (sessions are freed with the model)."""
         self._runtime.close()
 
-    def tokenizer(self) -> "TextTokenizer":
+    def tokenizer(self) -> TextTokenizer:
         """The bundle's tokenizer (loaded on first use), as :meth:`encode_text` uses it."""
         return self._runtime.tokenizer()
 
     @property
-    def preprocessor(self) -> "Preprocessor":
+    def preprocessor(self) -> Preprocessor:
         """The image preprocessing :meth:`encode_image` uses (this model's EXIF, draft, strict settings)."""
         return self._runtime.preprocessor()
 
     # -- text ---------------------------------------------------------------------
     def encode_text(self, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
-        if not isinstance(texts, str) and (isinstance(texts, (bytes, bytearray, Mapping))
-                                           or not isinstance(texts, Iterable)):
-            raise InputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}: "
-                             f"{texts!r:.80}")
+        if not isinstance(texts, str) and (
+            isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable)
+        ):
+            raise InputError(
+                f"texts must be a string or a sequence of strings, got {type(texts).__name__}: {texts!r:.80}"
+            )
         items = [texts] if isinstance(texts, str) else list(texts)
         check_batch_size(batch_size)
         for i, t in enumerate(items):
@@ -256,9 +281,15 @@ class ClipModel:
         if message:
             warnings.warn(message, UserWarning, stacklevel=3)  # one warning per call
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
-        encode_token_rows(self.session("text"), tokens.ids, tokens.lengths, batch_size=batch_size,
-                          dynamic=self.manifest.text.dynamic_sequence,
-                          queued=self.plan.text.folders == "throughput", out=out)
+        encode_token_rows(
+            self.session("text"),
+            tokens.ids,
+            tokens.lengths,
+            batch_size=batch_size,
+            dynamic=self.manifest.text.dynamic_sequence,
+            queued=self.plan.text.folders == "throughput",
+            out=out,
+        )
         return {t: out[i] for i, t in enumerate(texts)}
 
     # -- images -------------------------------------------------------------------
@@ -288,7 +319,9 @@ class ClipModel:
         if output not in ("numpy", "ortvalue"):
             raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
         if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
-            raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
+            raise InputError(
+                f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}"
+            )
         session = self.session("image")
         if output == "numpy" and isinstance(pixel_values, np.ndarray):
             if queued:
@@ -296,8 +329,10 @@ class ClipModel:
             return session.run({IMAGE_INPUT: pixel_values})[0]
         run_binding = getattr(session, "run_binding", None)
         if run_binding is None:
-            raise InputError(f"OrtValue input or output needs the onnxruntime backend; the image encoder runs on "
-                             f"{session.name} (load with backend='onnxruntime')")
+            raise InputError(
+                f"OrtValue input or output needs the onnxruntime backend; the image encoder runs on "
+                f"{session.name} (load with backend='onnxruntime')"
+            )
         if output == "numpy":
             return run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
         return run_binding({IMAGE_INPUT: pixel_values})[0]
@@ -312,8 +347,9 @@ class ClipModel:
             raise decoded.error
         return PreprocessedImage(decoded.pixels, decoded.width, decoded.height, decoded.notes)  # type: ignore[arg-type]
 
-    def iter_images(self, sources: Iterable[Any], batch_size: Optional[int] = None, *,
-                    workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
+    def iter_images(
+        self, sources: Iterable[Any], batch_size: Optional[int] = None, *, workers: Optional[int] = None
+    ) -> Iterator[ImageEmbedding]:
         """Embeddings in input order, one per source; an unreadable image yields an item with
         ``error`` set and the stream goes on. *sources* may be a generator: at most about
         ``2 * batch_size`` images are decoded ahead, in *workers* threads, while the previous
@@ -325,8 +361,9 @@ class ClipModel:
         # With the model's EXIF and draft settings, inside the process-wide decode memory budget.
         return decode_image(self._runtime.preprocessor(), index, source)
 
-    def _iter(self, sources: Iterable[Any], batch_size: Optional[int], *, raise_errors: bool,
-              workers: Optional[int] = None) -> Iterator[ImageEmbedding]:
+    def _iter(
+        self, sources: Iterable[Any], batch_size: Optional[int], *, raise_errors: bool, workers: Optional[int] = None
+    ) -> Iterator[ImageEmbedding]:
         if batch_size is None:
             batch_size = self.image_batch_size
         check_batch_size(batch_size)
@@ -334,8 +371,15 @@ class ClipModel:
             workers = self.options.decode_workers
         session = self.session("image")  # fail before reading any image
         self._runtime.preprocessor()
-        return image_stream(iter(sources), session, self._decode, batch_size, raise_errors=raise_errors,
-                            workers=workers, queued=self.plan.image.folders == "throughput")
+        return image_stream(
+            iter(sources),
+            session,
+            self._decode,
+            batch_size,
+            raise_errors=raise_errors,
+            workers=workers,
+            queued=self.plan.image.folders == "throughput",
+        )
 
     @property
     def low_memory(self) -> bool:
@@ -352,7 +396,7 @@ class ClipModel:
         """Whether images may be decoded at reduced scale (``load(draft=True)``, CLI ``--draft``)."""
         return self.options.draft
 
-    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (width, height) a *width* x *height* image may be decoded or converted at
         in draft mode: twice what the resize step makes of it (docs/images.md)."""
         return self._runtime.preprocessor().draft_size(width, height)
@@ -374,16 +418,25 @@ class ClipModel:
         probs = scores_from_logits(logits, self.scoring)
         return probs[0] if single else probs
 
-    def classifier(self, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE) -> ZeroShotClassifier:
+    def classifier(
+        self, labels: LabelsArg, templates: Union[str, Sequence[str]] = _templates.SIMPLE
+    ) -> ZeroShotClassifier:
         """A classifier with the class embeddings computed once (prompt ensembles, cached)."""
         parsed = parse_labels(labels)
         temps = check_templates(templates)
         embs = class_embeddings(parsed, temps, self.encode_text)
         return ZeroShotClassifier(parsed, embs, self.logit_scale, self.logit_bias, temps, scoring=self.scoring)
 
-    def classify(self, images: Any, labels: Optional[LabelsArg] = None,
-                 templates: Union[str, Sequence[str], None] = None, top_k: int = 5,
-                 batch_size: Optional[int] = None, *, head: Optional["HeadArg"] = None) -> list[Classification]:
+    def classify(
+        self,
+        images: Any,
+        labels: Optional[LabelsArg] = None,
+        templates: Union[str, Sequence[str], None] = None,
+        top_k: int = 5,
+        batch_size: Optional[int] = None,
+        *,
+        head: Optional[HeadArg] = None,
+    ) -> list[Classification]:
         """One :class:`Classification` per image; raises on the first unreadable image. A folder
         path stands for the images under it (as in the CLI). :meth:`iter_classify` instead
         reports a bad image on its own item and goes on. *templates*: default
@@ -402,10 +455,17 @@ class ClipModel:
         sources = list(expand_folders(as_image_list(images)))
         return clf.classify_embeddings(self.encode_image(sources, batch_size=batch_size), top_k=top_k)
 
-    def iter_classify(self, images: Any, labels: Optional[LabelsArg] = None,
-                      templates: Union[str, Sequence[str], None] = None, top_k: int = 5,
-                      batch_size: Optional[int] = None, *, workers: Optional[int] = None,
-                      head: Optional["HeadArg"] = None) -> Iterator[ClassifiedImage]:
+    def iter_classify(
+        self,
+        images: Any,
+        labels: Optional[LabelsArg] = None,
+        templates: Union[str, Sequence[str], None] = None,
+        top_k: int = 5,
+        batch_size: Optional[int] = None,
+        *,
+        workers: Optional[int] = None,
+        head: Optional[HeadArg] = None,
+    ) -> Iterator[ClassifiedImage]:
         """Classify images the way `clip-rt classify` does: one :class:`ClassifiedImage` per image,
         in input order, carrying its source (the path, for files); a folder path stands for the
         images under it (recursive, sorted; a folder that cannot be listed is a failed item). An
@@ -416,8 +476,9 @@ class ClipModel:
         sources = expand_folders([images] if is_single_source(images) else images)
         return classified(self._iter(sources, batch_size, raise_errors=False, workers=workers), clf, top_k)
 
-    def _classifier_for(self, labels: Optional[LabelsArg], templates: Union[str, Sequence[str], None],
-                        head: Optional["HeadArg"]) -> EmbeddingClassifier:
+    def _classifier_for(
+        self, labels: Optional[LabelsArg], templates: Union[str, Sequence[str], None], head: Optional[HeadArg]
+    ) -> EmbeddingClassifier:
         if head is not None:  # the head's labels and zero-shot part (clip_rt/adapt): no text encoder
             from .adapt.head import head_for_model
 
@@ -431,4 +492,3 @@ class ClipModel:
         if self.options.cache:
             self.release("text")
         return clf
-

@@ -8,12 +8,14 @@ uses: a one-photo command pays a backend's start-up, a server or a long folder d
 (``engine/backends/choose.py``). Validation happens here, so every front end gets the same
 errors for the same bad value.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from .errors import InputError
 
@@ -59,8 +61,11 @@ class Workload:
     def describe(self) -> str:
         if not self.short:
             return "a long-lived process"
-        parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in ((self.images, "image"), (self.prompts, "prompt"))
-                 if n is not None]
+        parts = [
+            f"{n} {what}{'' if n == 1 else 's'}"
+            for n, what in ((self.images, "image"), (self.prompts, "prompt"))
+            if n is not None
+        ]
         return f"one run of {', '.join(parts)}" if parts else "one run"
 
 
@@ -104,7 +109,7 @@ class RuntimeOptions:
         for name in ("low_memory", "draft", "exif_transpose", "strict", "verify", "allow_fallback"):
             set_(self, name, bool(getattr(self, name)))
 
-    def replace(self, **changes: Any) -> "RuntimeOptions":
+    def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -1,10 +1,12 @@
 """What the API returns per image: an embedding or a classification (or why there is none), and
 one preprocessed image for callers that batch themselves."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -49,7 +51,10 @@ class ImageEmbedding(_SourceItem):
             "index": self.index,
             "source": os.fspath(src) if isinstance(src, (str, os.PathLike)) else f"<{type(src).__name__}>",
             "embedding": None if self.embedding is None else self.embedding.tolist(),
-            "width": self.width, "height": self.height, "error": self.error, "notes": list(self.notes),
+            "width": self.width,
+            "height": self.height,
+            "error": self.error,
+            "notes": list(self.notes),
         }
 
 
@@ -81,9 +86,14 @@ class ClassifiedImage(_SourceItem):
         return {
             "index": self.index,
             "path": self.path if self.path is not None else f"<{type(self.source).__name__}>",
-            "label": res.label if res else None, "score": res.score if res else None,
-            "scores": dict(res.scores) if res else {}, "width": self.width, "height": self.height,
-            "error": self.error, "top_k": [[n, p] for n, p in res.top_k] if res else [], "notes": list(self.notes),
+            "label": res.label if res else None,
+            "score": res.score if res else None,
+            "scores": dict(res.scores) if res else {},
+            "width": self.width,
+            "height": self.height,
+            "error": self.error,
+            "top_k": [[n, p] for n, p in res.top_k] if res else [],
+            "notes": list(self.notes),
         }
 
 
@@ -105,6 +115,12 @@ def classified(items: Iterator[ImageEmbedding], classifier: Any, top_k: int) -> 
         result = None
         if item.embedding is not None and item.error is None:
             result = classifier.classify_embeddings(item.embedding[None, :], top_k=top_k)[0]
-        yield ClassifiedImage(index=item.index, source=item.source, result=result, width=item.width,
-                              height=item.height, error=item.error or (None if result else "no embedding"),
-                              notes=item.notes)
+        yield ClassifiedImage(
+            index=item.index,
+            source=item.source,
+            result=result,
+            width=item.width,
+            height=item.height,
+            error=item.error or (None if result else "no embedding"),
+            notes=item.notes,
+        )

@@ -5,6 +5,7 @@ Precedence, first found wins: an explicit ``--model`` / ``load(name)``, then the
 then the built-in default. The config file is TOML (``tomllib`` on Python 3.11+, the ``tomli``
 backport, a dependency on 3.9/3.10, before that) and is read only when a default is needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,12 @@ def read_config(path: Optional[Path] = None) -> dict[str, Any]:
 
     path = config_path() if path is None else Path(path)
     try:  # a regular file of at most 1 MB (a FIFO or a device there would hang or fill memory)
-        raw = read_limited(path, what=f"the clip-rt config file {path}", limit=CONFIG_MAX_BYTES,
-                           hint="a config file holds a few settings")
+        raw = read_limited(
+            path,
+            what=f"the clip-rt config file {path}",
+            limit=CONFIG_MAX_BYTES,
+            hint="a config file holds a few settings",
+        )
     except FileNotFoundError:
         return {}
     if sys.version_info >= (3, 11):
@@ -60,17 +65,19 @@ def read_config(path: Optional[Path] = None) -> dict[str, Any]:
     try:
         data = tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc}); expected TOML such as: model = \"ViT-B-32-openai\"") from exc
+        raise InputError(f'{path}: not UTF-8 text ({exc}); expected TOML such as: model = "ViT-B-32-openai"') from exc
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path}: not valid TOML ({exc}); expected lines such as: model = "
-                         "\"ViT-B-32-openai\"") from exc
+        raise InputError(f'{path}: not valid TOML ({exc}); expected lines such as: model = "ViT-B-32-openai"') from exc
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
-        warnings.warn(f"{path}: unknown setting(s) {', '.join(unknown)} ignored; known: {', '.join(CONFIG_KEYS)}",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: unknown setting(s) {', '.join(unknown)} ignored; known: {', '.join(CONFIG_KEYS)}",
+            UserWarning,
+            stacklevel=2,
+        )
     model = data.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise InputError(f"{path}: `model` must be a non-empty string such as \"ViT-B-32-openai\", got {model!r}")
+        raise InputError(f'{path}: `model` must be a non-empty string such as "ViT-B-32-openai", got {model!r}')
     return {k: v for k, v in data.items() if k in CONFIG_KEYS}
 
 

@@ -1,12 +1,9 @@
 """Prompt template sets for zero-shot classification. ``{}`` is replaced by the label."""
+
 from __future__ import annotations
 
 # The origin workflow's three templates.
-SIMPLE: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a photo of the {}.",
-)
+SIMPLE: tuple[str, ...] = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.")
 
 # The 80 ImageNet prompt templates from the CLIP paper (Radford et al., 2021).
 IMAGENET: tuple[str, ...] = (

@@ -10,10 +10,12 @@ bundle's ``scoring`` (SCORINGS):
   label's own probability ``sigmoid(logit_scale * cos + logit_bias)``, independent of the
   other labels (they need not sum to 1; every label may score low), as open_clip computes it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -49,8 +51,12 @@ class Classification:
     top_k: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "score": self.score, "scores": dict(self.scores),
-                "top_k": [[name, score] for name, score in self.top_k]}
+        return {
+            "label": self.label,
+            "score": self.score,
+            "scores": dict(self.scores),
+            "top_k": [[name, score] for name, score in self.top_k],
+        }
 
 
 def _prompts(name: str, value: Union[None, str, Sequence[str]]) -> tuple[str, ...]:
@@ -77,8 +83,9 @@ def parse_labels(labels: LabelsArg) -> list[Label]:
         try:
             items = list(labels)
         except TypeError:
-            raise InputError("labels must be a list of names, Labels or a mapping, got "
-                             f"{type(labels).__name__}") from None
+            raise InputError(
+                f"labels must be a list of names, Labels or a mapping, got {type(labels).__name__}"
+            ) from None
         for item in items:
             if isinstance(item, Label):
                 parsed.append(Label(_name(item.name), _prompts(item.name, item.prompts)))
@@ -152,13 +159,15 @@ def scores_from_logits(logits: np.ndarray, scoring: str = "softmax") -> np.ndarr
 def describe_scoring(scoring: str) -> str:
     """One line for people: what the scores are."""
     if scoring == "sigmoid":
-        return ("sigmoid per label: sigmoid(logit_scale * cos + logit_bias), independent probabilities "
-                "(need not sum to 1)")
+        return (
+            "sigmoid per label: sigmoid(logit_scale * cos + logit_bias), independent probabilities (need not sum to 1)"
+        )
     return "softmax over the labels: logit_scale * cos, probabilities summing to 1"
 
 
-def class_embeddings(labels: Sequence[Label], templates: Sequence[str],
-                     encode_text: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+def class_embeddings(
+    labels: Sequence[Label], templates: Sequence[str], encode_text: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
     """(C, D): per class, the renormalised mean of its normalised prompt embeddings. All
     prompts go through *encode_text* in one call (it batches and caches)."""
     per_label = [lab.texts(templates) for lab in labels]
@@ -169,7 +178,7 @@ def class_embeddings(labels: Sequence[Label], templates: Sequence[str],
     out = np.empty((len(labels), embs.shape[1]), dtype=np.float32)
     start = 0
     for i, texts in enumerate(per_label):
-        out[i] = embs[start:start + len(texts)].mean(axis=0)
+        out[i] = embs[start : start + len(texts)].mean(axis=0)
         start += len(texts)
     return normalize(out)
 
@@ -177,8 +186,15 @@ def class_embeddings(labels: Sequence[Label], templates: Sequence[str],
 class ZeroShotClassifier:
     """Precomputed class embeddings; classifies image embeddings."""
 
-    def __init__(self, labels: Sequence[Label], embeddings: np.ndarray, logit_scale: float,
-                 logit_bias: Optional[float] = None, templates: Sequence[str] = (), scoring: str = "softmax") -> None:
+    def __init__(
+        self,
+        labels: Sequence[Label],
+        embeddings: np.ndarray,
+        logit_scale: float,
+        logit_bias: Optional[float] = None,
+        templates: Sequence[str] = (),
+        scoring: str = "softmax",
+    ) -> None:
         if embeddings.shape[0] != len(labels):
             raise ValueError(f"{embeddings.shape[0]} class embeddings for {len(labels)} labels")
         self.labels = list(labels)

@@ -1,20 +1,30 @@
 """``export_bundle``: open_clip model -> checked ONNX graphs + tokenizer + manifest, atomically."""
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
 import platform
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from clip_rt.bundle.catalogue import store_name
-from clip_rt.errors import ExportError, InputError
-from clip_rt.bundle.manifest import (PRECISIONS, GraphEntry, ImageConfig, Manifest, ParityFigure, Quantization,
-                                    TextConfig, required_format_version)
+from clip_rt.bundle.manifest import (
+    PRECISIONS,
+    GraphEntry,
+    ImageConfig,
+    Manifest,
+    ParityFigure,
+    Quantization,
+    TextConfig,
+    required_format_version,
+)
 from clip_rt.bundle.store import models_dir
+from clip_rt.errors import ExportError, InputError
 
 from .bundle import StagingDir, check_target, interrupt_handlers
 from .load import LoadedModel, WeightsSource, load_model, resolve
@@ -97,8 +107,9 @@ def export_bundle(
         from .optimize import CALIBRATION_METHODS
 
         if calibration_method not in CALIBRATION_METHODS:
-            raise InputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                             f"got {calibration_method!r}")
+            raise InputError(
+                f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration_method!r}"
+            )
         if "int8" not in wanted:
             raise InputError("a calibration method only applies to int8: add --precision int8")
     if int8_method is not None and "int8" not in wanted:
@@ -107,8 +118,11 @@ def export_bundle(
 
     method = resolve_int8_method(int8_method, calibration_method)
     if int8_min_cosine is not None:
-        if isinstance(int8_min_cosine, bool) or not isinstance(int8_min_cosine, (int, float)) \
-                or not 0.0 < float(int8_min_cosine) <= 1.0:
+        if (
+            isinstance(int8_min_cosine, bool)
+            or not isinstance(int8_min_cosine, (int, float))
+            or not 0.0 < float(int8_min_cosine) <= 1.0
+        ):
             raise InputError(f"the int8 min cosine must be a number in (0, 1], got {int8_min_cosine!r}")
         if "int8" not in wanted:
             raise InputError("an int8 min cosine only applies to int8: add --precision int8")
@@ -135,9 +149,15 @@ def export_bundle(
     return path
 
 
-def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: ExportProgress,
-           calibration_method: Optional[str] = None, overrides: Optional[dict[str, dict[str, float]]] = None,
-           int8_method: Optional[str] = None) -> Manifest:
+def _build(
+    loaded: LoadedModel,
+    precisions: list[str],
+    work: Path,
+    progress: ExportProgress,
+    calibration_method: Optional[str] = None,
+    overrides: Optional[dict[str, dict[str, float]]] = None,
+    int8_method: Optional[str] = None,
+) -> Manifest:
     from . import calibration, convert, graphs, validate
 
     model = loaded.model
@@ -161,8 +181,14 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
         external["image"] = _quiet(graphs.export_image_graph, model, size, fp32["image"])
     sequence = "dynamic sequence" if dynamic else "fixed sequence"
     with progress.phase("export:text:fp32", f"exporting the text graph (fp32, context {context_length}, {sequence})"):
-        external["text"] = _quiet(graphs.export_text_graph, model, context_length, dynamic, fp32["text"],
-                                  refs.input_ids[:2] if hf_fields else None)
+        external["text"] = _quiet(
+            graphs.export_text_graph,
+            model,
+            context_length,
+            dynamic,
+            fp32["text"],
+            refs.input_ids[:2] if hf_fields else None,
+        )
 
     graph_entries: dict[str, dict[str, GraphEntry]] = {}
     parity: dict[str, dict[str, ParityFigure]] = {}
@@ -171,9 +197,10 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
     methods: dict[str, str] = {}  # encoder -> the int8 quantiser used
     if "int8" in precisions:
         with progress.phase("calibration-inputs", "preparing the int8 calibration inputs"):
-            calibrations = {"image": calibration.image_calibration(model),
-                            "text": calibration.text_calibration(loaded.tokenizer, dynamic,
-                                                                 short_prompts=pooling == "mean")}
+            calibrations = {
+                "image": calibration.image_calibration(model),
+                "text": calibration.text_calibration(loaded.tokenizer, dynamic, short_prompts=pooling == "mean"),
+            }
             # Reads each graph: done here, so that memory goes back with the model's, below.
             methods = {encoder: convert.int8_method_for(encoder, src, int8_method) for encoder, src in fp32.items()}
     # Everything else works on the ONNX graphs and the references: the torch model (its weights
@@ -188,21 +215,32 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
             if precision == "int8":
                 cal = calibrations[encoder]
                 unit = cal.source.split(":")[0]
-                with progress.phase(f"quantise:{encoder}:int8",
-                                    f"quantising the {encoder} graph (int8, {methods[encoder]})",
-                                    total=len(cal.feeds) if methods[encoder] == "nncf" else None,
-                                    unit=unit) as step:
-                    record = convert.to_int8(src, path, encoder, cal, external_data=big,
-                                             calibration_method=calibration_method, method=methods[encoder],
-                                             progress=step)
+                with progress.phase(
+                    f"quantise:{encoder}:int8",
+                    f"quantising the {encoder} graph (int8, {methods[encoder]})",
+                    total=len(cal.feeds) if methods[encoder] == "nncf" else None,
+                    unit=unit,
+                ) as step:
+                    record = convert.to_int8(
+                        src,
+                        path,
+                        encoder,
+                        cal,
+                        external_data=big,
+                        calibration_method=calibration_method,
+                        method=methods[encoder],
+                        progress=step,
+                    )
             elif precision == "fp16":
                 with progress.phase(f"convert:{encoder}:fp16", f"converting the {encoder} graph to fp16"):
                     convert.to_fp16(src, path, external_data=big)
             gate = " (the int8 gate)" if precision == "int8" else ""
-            with progress.phase(f"check:{encoder}:{precision}",
-                                f"checking the {encoder} graph ({precision}) against torch{gate}"):
-                figure = validate.check_graph(precision, encoder, path, refs, dynamic and encoder == "text",
-                                              (overrides or {}).get(precision))
+            with progress.phase(
+                f"check:{encoder}:{precision}", f"checking the {encoder} graph ({precision}) against torch{gate}"
+            ):
+                figure = validate.check_graph(
+                    precision, encoder, path, refs, dynamic and encoder == "text", (overrides or {}).get(precision)
+                )
             release_memory()  # the check's and the quantiser's sessions, before the next graph's
             progress.note(
                 f"parity {precision} {encoder}: max abs diff {figure.max_abs_diff:.2e}, "
@@ -234,12 +272,18 @@ def _build(loaded: LoadedModel, precisions: list[str], work: Path, progress: Exp
     else:
         _write_tokenizer(work / TOKENIZER_FILE, context_length)
         tokenizer = loaded.tokenizer
-        text_fields = {"vocab_size": int(tokenizer.vocab_size), "sot_token_id": int(tokenizer.sot_token_id),
-                       "eot_token_id": int(tokenizer.eot_token_id), "pad_token_id": 0}  # open_clip pads with zeros
+        text_fields = {
+            "vocab_size": int(tokenizer.vocab_size),
+            "sot_token_id": int(tokenizer.sot_token_id),
+            "eot_token_id": int(tokenizer.eot_token_id),
+            "pad_token_id": 0,
+        }  # open_clip pads with zeros
     scoring = "softmax" if logit_bias is None else "sigmoid"
     if scoring == "sigmoid":
-        notes.append("scoring: sigmoid (the model has a logit bias: SigLIP-style per-label probabilities "
-                     "sigmoid(logit_scale * cos + logit_bias), not a softmax over the labels)")
+        notes.append(
+            "scoring: sigmoid (the model has a logit bias: SigLIP-style per-label probabilities "
+            "sigmoid(logit_scale * cos + logit_bias), not a softmax over the labels)"
+        )
     manifest = Manifest(
         name="",  # set by the caller, which knows the target
         architecture=loaded.architecture,
@@ -335,9 +379,7 @@ def _write_tokenizer(path: Path, context_length: int) -> None:
     try:
         from .tokenizer_build import write_tokenizer
     except ImportError as exc:
-        raise ExportError(
-            f"cannot write {path.name}: clip_rt_export.tokenizer_build is not available ({exc})"
-        ) from exc
+        raise ExportError(f"cannot write {path.name}: clip_rt_export.tokenizer_build is not available ({exc})") from exc
     write_tokenizer(path, context_length)
 
 

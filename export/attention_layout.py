@@ -14,6 +14,7 @@ below gives
 which computes the same numbers (checked bit for bit by the caller) and which OpenVINO folds
 into the MatMul. Only onnx and numpy are needed here.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -90,8 +91,9 @@ def move_key_transposes(model: Any) -> int:
         mul.input[0] = flat.input[0]  # the key as it was before flattening the heads
         moved = dq.output[0] + "_key_t"
         swap = list(range(rank - 2)) + [rank - 1, rank - 2]
-        insert_after[dq.name] = helper.make_node("Transpose", [dq.output[0]], [moved],
-                                                 name=transpose.name + "_at_matmul", perm=swap)
+        insert_after[dq.name] = helper.make_node(
+            "Transpose", [dq.output[0]], [moved], name=transpose.name + "_at_matmul", perm=swap
+        )
         matmul.input[1] = moved
         removed.update({flat.name, transpose.name, back.name})
         stale.update({mul.output[0], q.output[0], dq.output[0]})

@@ -5,20 +5,22 @@ SIGINT/SIGTERM while staging remove the staging folder and leave no trace. Durin
 swap (``--force``: old bundle aside, new one in, old one deleted) they are held back until the
 swap is done; should the swap still fail half-way, the old bundle is put back.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Iterator, Optional
+from typing import Optional
 
-from clip_rt.errors import ExportError
 from clip_rt.bundle.manifest import FileEntry, Manifest, sha256_file
 from clip_rt.bundle.store import MANIFEST_NAME
+from clip_rt.errors import ExportError
 
 
 class ExportInterrupted(KeyboardInterrupt):
@@ -28,8 +30,11 @@ class ExportInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, written: Optional[Path] = None) -> None:
         self.signum = signum
         name = signal.Signals(signum).name
-        super().__init__(f"export interrupted by {name}; nothing was written" if written is None else
-                         f"export interrupted by {name} just after the bundle was written to {written}")
+        super().__init__(
+            f"export interrupted by {name}; nothing was written"
+            if written is None
+            else f"export interrupted by {name} just after the bundle was written to {written}"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -110,7 +115,7 @@ class StagingDir:
         self.committed = False
         self._aside: Optional[Path] = None  # the previous bundle while the swap is under way
 
-    def __enter__(self) -> "StagingDir":
+    def __enter__(self) -> StagingDir:
         check_target(self.target, self.force)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # left by an earlier process with our pid that was killed hard
@@ -119,10 +124,7 @@ class StagingDir:
         return self
 
     def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
         if self.committed:
             return
@@ -130,8 +132,10 @@ class StagingDir:
             try:
                 os.replace(self._aside, self.target)  # the swap did not finish: put the old bundle back
             except OSError as err:
-                raise ExportError(f"the export failed while replacing {self.target}, and the previous bundle "
-                                  f"could not be put back ({err}); it is in {self._aside}") from err
+                raise ExportError(
+                    f"the export failed while replacing {self.target}, and the previous bundle "
+                    f"could not be put back ({err}); it is in {self._aside}"
+                ) from err
         shutil.rmtree(self.path, ignore_errors=True)
 
     def file_entries(self) -> dict[str, FileEntry]:

@@ -10,6 +10,7 @@ The split: the photos in ``HELD_OUT_PHOTOS`` (the ones the benchmarks classify, 
 calibrated on; ``CALIBRATION_PHOTOS`` are other samples (textures, documents, microscopy,
 faces, a silhouette), plus random crops of them and some generated scenes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,12 +23,32 @@ from .sample_inputs import scene
 
 # The gate's photos: varied real scenes (people, animals, objects, space, medical, grey-level).
 HELD_OUT_PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field", "retina",
-    "immunohistochemistry", "camera", "colorwheel", "coins", "clock",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "stereo_motorcycle",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "camera",
+    "colorwheel",
+    "coins",
+    "clock",
 )
 # Never in HELD_OUT_PHOTOS. ``lfw_subset`` is 200 25x25 faces; a few are used.
 CALIBRATION_PHOTOS = (
-    "brick", "grass", "gravel", "moon", "page", "text", "cell", "logo", "horse", "microaneurysms", "lfw_subset",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "page",
+    "text",
+    "cell",
+    "logo",
+    "horse",
+    "microaneurysms",
+    "lfw_subset",
 )
 _FACES = 6
 _CROPS_PER_PHOTO = 3
@@ -37,9 +58,26 @@ _SCENE_SIZES = ((320, 240), (256, 256), (240, 320), (400, 300))
 
 # Text: ImageNet templates on class names that are not among the held-out labels.
 CALIBRATION_CLASSES = (
-    "tench", "goldfish", "great white shark", "hammerhead", "stingray", "rooster", "ostrich", "goldfinch",
-    "house finch", "indigo bunting", "magpie", "chickadee", "bullfrog", "loggerhead turtle", "banded gecko",
-    "green lizard", "tricycle", "lawn mower", "grand piano", "espresso machine",
+    "tench",
+    "goldfish",
+    "great white shark",
+    "hammerhead",
+    "stingray",
+    "rooster",
+    "ostrich",
+    "goldfinch",
+    "house finch",
+    "indigo bunting",
+    "magpie",
+    "chickadee",
+    "bullfrog",
+    "loggerhead turtle",
+    "banded gecko",
+    "green lizard",
+    "tricycle",
+    "lawn mower",
+    "grand piano",
+    "espresso machine",
 )
 _TEMPLATE_STEP = 4  # every 4th of the 80 ImageNet templates: 20 templates x 20 classes
 # Long captions: activations at late token positions need calibrating too (template prompts
@@ -73,8 +111,26 @@ CALIBRATION_CAPTIONS = (
 # Zero-shot labels for the gate's top-1 agreement (and held-out prompts): the held-out photos'
 # subjects plus distractors.
 HELD_OUT_LABELS = (
-    "astronaut", "coffee mug", "cat", "rocket", "motorcycle", "galaxy", "eye", "microscope slide", "camera",
-    "color wheel", "coin", "clock", "dog", "car", "airplane", "tree", "building", "pizza", "book", "bicycle",
+    "astronaut",
+    "coffee mug",
+    "cat",
+    "rocket",
+    "motorcycle",
+    "galaxy",
+    "eye",
+    "microscope slide",
+    "camera",
+    "color wheel",
+    "coin",
+    "clock",
+    "dog",
+    "car",
+    "airplane",
+    "tree",
+    "building",
+    "pizza",
+    "book",
+    "bicycle",
 )
 LABEL_TEMPLATE = "a photo of a {}."
 
@@ -197,8 +253,12 @@ def image_calibration(model: Any) -> CalibrationData:  # an open_clip model
     return CalibrationData(feeds, cal.source, cal.names)
 
 
-def text_calibration(tokenizer: Any, dynamic_sequence: bool, trim: bool = True,  # open_clip's tokenizer
-                     short_prompts: bool = False) -> CalibrationData:
+def text_calibration(
+    tokenizer: Any,
+    dynamic_sequence: bool,
+    trim: bool = True,  # open_clip's tokenizer
+    short_prompts: bool = False,
+) -> CalibrationData:
     """The calibration prompts, each trimmed to its own length when the graph allows it and
     *trim*: the scales then come from real tokens only (padding after EOT influences nothing in
     a causal tower pooled at EOT, so clipping it is harmless). The histogram calibrations need
@@ -214,9 +274,13 @@ def text_calibration(tokenizer: Any, dynamic_sequence: bool, trim: bool = True, 
     prompts = calibration_prompts() + (list(CALIBRATION_CLASSES) if short_prompts else [])
     ids = tokenizer(prompts).numpy().astype(np.int64)
     lengths = lengths_of(ids, pad_id_of(tokenizer))
-    feeds = [{TEXT_INPUT: ids[i:i + 1, : max(2, int(n))] if dynamic_sequence and trim else ids[i:i + 1]}
-             for i, n in enumerate(lengths)]
-    source = (f"prompts: every {_TEMPLATE_STEP}th of the 80 ImageNet templates x {len(CALIBRATION_CLASSES)} class "
-              f"names, and {len(CALIBRATION_CAPTIONS)} long captions (calibration.CALIBRATION_CAPTIONS)"
-              + (", and the class names alone" if short_prompts else ""))
+    feeds = [
+        {TEXT_INPUT: ids[i : i + 1, : max(2, int(n))] if dynamic_sequence and trim else ids[i : i + 1]}
+        for i, n in enumerate(lengths)
+    ]
+    source = (
+        f"prompts: every {_TEMPLATE_STEP}th of the 80 ImageNet templates x {len(CALIBRATION_CLASSES)} class "
+        f"names, and {len(CALIBRATION_CAPTIONS)} long captions (calibration.CALIBRATION_CAPTIONS)"
+        + (", and the class names alone" if short_prompts else "")
+    )
     return CalibrationData(feeds, source, list(CALIBRATION_CLASSES))

@@ -5,6 +5,7 @@ Architectures and their pretrained tags come from open_clip; ``unsupported`` hol
 :func:`clip_rt_export.support.unsupported_reason` gives for each architecture the export refuses;
 the OpenAI aliases are kept as they are (they are not open_clip's). ``--check`` writes nothing and
 exits 1 when the file differs from what it would write."""
+
 from __future__ import annotations
 
 import argparse

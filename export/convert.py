@@ -1,4 +1,5 @@
 """Derive the int8 (NNCF, or onnxruntime.quantization) and fp16 graphs from an fp32 graph."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +26,11 @@ def resolve_int8_method(method: Optional[str], calibration_method: Optional[str]
         raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)} (or ort), got {method!r}")
     resolved = _INT8_METHOD_ALIASES[key]
     if resolved == "nncf" and calibration_method is not None:
-        raise InputError(f"calibration method {calibration_method!r} is an onnxruntime.quantization calibrator; "
-                         "with --int8-method nncf leave it out (NNCF estimates the ranges itself), or use "
-                         "--int8-method onnxruntime")
+        raise InputError(
+            f"calibration method {calibration_method!r} is an onnxruntime.quantization calibrator; "
+            "with --int8-method nncf leave it out (NNCF estimates the ranges itself), or use "
+            "--int8-method onnxruntime"
+        )
     return resolved
 
 
@@ -50,23 +53,33 @@ def int8_note(calibration_method: Optional[str] = None, settings: Optional[dict[
         f"{encoder} {cfg['kind']} (per_channel={cfg.get('per_channel')}, reduce_range={cfg.get('reduce_range')}, "
         f"calibration={calibration_method or cfg.get('calibration_method')}, ops={'/'.join(cfg.get('op_types', ()))}"
         + (f", {cfg['exclude']} convolutions kept float" if cfg.get("exclude") else "")
-        + (", BatchNorm folded first" if cfg.get("prepare") else "") + ")"
+        + (", BatchNorm folded first" if cfg.get("prepare") else "")
+        + ")"
         for encoder, cfg in (settings or RECOMMENDED_INT8).items()
     ]
-    return ("int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_static QDQ, uint8 activations with "
-            "calibrated scales, int8 weights; the token-embedding Gather weight-only): " + "; ".join(parts)
-            + "; calibration inputs and batch independence in `quantization`")
+    return (
+        "int8: clip_rt_export.optimize RECOMMENDED_INT8 (onnxruntime quantize_static QDQ, uint8 activations with "
+        "calibrated scales, int8 weights; the token-embedding Gather weight-only): "
+        + "; ".join(parts)
+        + "; calibration inputs and batch independence in `quantization`"
+    )
 
 
 def nncf_note(encoders: tuple[str, ...] = ("image", "text")) -> str:
     """NNCF's graphs, for *encoders*."""
     from .nncf_quant import NNCF_INT8
 
-    parts = [f"{encoder} " + ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in cfg.items())
-             for encoder, cfg in NNCF_INT8.items() if encoder in encoders]
-    return ("int8: nncf.quantize (ONNX backend, QDQ graph: symmetric per-channel int8 weights, activation "
-            "scales calibrated on every calibration input; clip_rt_export.nncf_quant.NNCF_INT8): "
-            + "; ".join(parts) + "; calibration inputs, settings and batch independence in `quantization`")
+    parts = [
+        f"{encoder} " + ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in cfg.items())
+        for encoder, cfg in NNCF_INT8.items()
+        if encoder in encoders
+    ]
+    return (
+        "int8: nncf.quantize (ONNX backend, QDQ graph: symmetric per-channel int8 weights, activation "
+        "scales calibrated on every calibration input; clip_rt_export.nncf_quant.NNCF_INT8): "
+        + "; ".join(parts)
+        + "; calibration inputs, settings and batch independence in `quantization`"
+    )
 
 
 # ORT 1.32's CPU graph optimiser (level ALL) crashes on fp16 LayerNormalization nodes, and
@@ -78,9 +91,16 @@ FP16_NOTE = (
 )
 
 
-def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data: bool = False,
-            calibration_method: Optional[str] = None, method: str = "nncf",
-            progress: Optional["PhaseHandle"] = None) -> Quantization:
+def to_int8(
+    src: Path,
+    dst: Path,
+    encoder: str,
+    calibration: Any,
+    external_data: bool = False,
+    calibration_method: Optional[str] = None,
+    method: str = "nncf",
+    progress: Optional[PhaseHandle] = None,
+) -> Quantization:
     """The int8 graph of *encoder*, calibrated on *calibration* (a calibration.CalibrationData):
     *method* ``nncf`` (nncf_quant.NNCF_INT8 settings) or ``onnxruntime`` (the variant the
     benchmarks recommend, clip_rt_export.optimize.int8_settings). Returns its manifest record
@@ -89,13 +109,24 @@ def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data:
     if method == "nncf":
         from .nncf_quant import quantize_nncf, settings_for
 
-        got = quantize_nncf(src, dst, calibration.feeds, settings_for(encoder), external_data=external_data,
-                            progress=progress)
+        got = quantize_nncf(
+            src, dst, calibration.feeds, settings_for(encoder), external_data=external_data, progress=progress
+        )
         return Quantization(
-            kind="static", per_channel=True, weights="int8", activations=got["activations"], ops=got["ops"],
-            calibration=Calibration(method="nncf", source=calibration.source, inputs=tuple(calibration.names),
-                                    samples=len(calibration.feeds)),
-            batch_independent=False, method="nncf", parameters=got["parameters"],
+            kind="static",
+            per_channel=True,
+            weights="int8",
+            activations=got["activations"],
+            ops=got["ops"],
+            calibration=Calibration(
+                method="nncf",
+                source=calibration.source,
+                inputs=tuple(calibration.names),
+                samples=len(calibration.feeds),
+            ),
+            batch_independent=False,
+            method="nncf",
+            parameters=got["parameters"],
         )
     if method != "onnxruntime":
         raise InputError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
@@ -106,19 +137,32 @@ def to_int8(src: Path, dst: Path, encoder: str, calibration: Any, external_data:
     static = kind.startswith("int8-static")
     if calibration_method is not None:
         if calibration_method not in CALIBRATION_METHODS:
-            raise InputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                             f"got {calibration_method!r}")
+            raise InputError(
+                f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration_method!r}"
+            )
         settings["calibration_method"] = calibration_method
-    optimize_graph(src, dst, kind=kind, external_data=external_data,
-                   calibration_inputs=calibration.feeds if static else None, **settings)
+    optimize_graph(
+        src,
+        dst,
+        kind=kind,
+        external_data=external_data,
+        calibration_inputs=calibration.feeds if static else None,
+        **settings,
+    )
     return Quantization(
         kind="static" if static else "dynamic",
         per_channel=bool(settings.get("per_channel", True)),
         weights="int8",
         activations="uint8",
         ops=tuple(settings.get("op_types", ())),
-        calibration=Calibration(method=str(settings["calibration_method"]), source=calibration.source,
-                                inputs=tuple(calibration.names), samples=len(calibration.feeds)) if static else None,
+        calibration=Calibration(
+            method=str(settings["calibration_method"]),
+            source=calibration.source,
+            inputs=tuple(calibration.names),
+            samples=len(calibration.feeds),
+        )
+        if static
+        else None,
         batch_independent=False,
         method="onnxruntime",
         parameters={k: (",".join(v) if isinstance(v, (tuple, list)) else str(v)) for k, v in settings.items()}

@@ -17,6 +17,7 @@ is element-wise, so gathering first computes the same numbers:
 
 The caller checks bit for bit that the outputs are unchanged. Only onnx and numpy are needed.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -83,8 +84,9 @@ def gather_before_dequantize(model: Any) -> int:
             # Per tensor, or one scale per column: the same DequantizeLinear on the gathered rows;
             # a column axis counted from the end is the same axis after the lookup.
             attrs: dict[str, Any] = {} if per_tensor else {"axis": axis - rank}
-            nodes.append(helper.make_node("DequantizeLinear", [rows, *dq.input[1:]], [out],
-                                          name=base + "_dequantize", **attrs))
+            nodes.append(
+                helper.make_node("DequantizeLinear", [rows, *dq.input[1:]], [out], name=base + "_dequantize", **attrs)
+            )
         else:
             # One scale per row: the rows' scales (and zero points) are looked up with the rows;
             # q - zp is exact in float, so (q - zp) * scale rounds once, as DequantizeLinear does.
@@ -92,8 +94,9 @@ def gather_before_dequantize(model: Any) -> int:
             new_inits.append(numpy_helper.from_array(np.arange(-(rank - 1), 0, dtype=np.int64), trailing))
             scales = f"{out}_row_scales"
             nodes += [
-                helper.make_node("Gather", [dq.input[1], gather.input[1]], [scales + "_flat"],
-                                 name=base + "_scales", axis=0),
+                helper.make_node(
+                    "Gather", [dq.input[1], gather.input[1]], [scales + "_flat"], name=base + "_scales", axis=0
+                ),
                 helper.make_node("Unsqueeze", [scales + "_flat", trailing], [scales], name=base + "_scales_unsqueeze"),
                 helper.make_node("Cast", [rows], [rows + "_float"], name=base + "_cast", to=TensorProto.FLOAT),
             ]
@@ -101,12 +104,15 @@ def gather_before_dequantize(model: Any) -> int:
             if zero is not None and np.any(numpy_helper.to_array(zero)):
                 zeros = f"{out}_row_zero_points"
                 nodes += [
-                    helper.make_node("Gather", [dq.input[2], gather.input[1]], [zeros + "_flat"],
-                                     name=base + "_zero_points", axis=0),
-                    helper.make_node("Unsqueeze", [zeros + "_flat", trailing], [zeros + "_int"],
-                                     name=base + "_zero_points_unsqueeze"),
-                    helper.make_node("Cast", [zeros + "_int"], [zeros], name=base + "_zero_points_cast",
-                                     to=TensorProto.FLOAT),
+                    helper.make_node(
+                        "Gather", [dq.input[2], gather.input[1]], [zeros + "_flat"], name=base + "_zero_points", axis=0
+                    ),
+                    helper.make_node(
+                        "Unsqueeze", [zeros + "_flat", trailing], [zeros + "_int"], name=base + "_zero_points_unsqueeze"
+                    ),
+                    helper.make_node(
+                        "Cast", [zeros + "_int"], [zeros], name=base + "_zero_points_cast", to=TensorProto.FLOAT
+                    ),
                     helper.make_node("Sub", [values, zeros], [rows + "_centred"], name=base + "_centre"),
                 ]
                 values = rows + "_centred"

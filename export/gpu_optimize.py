@@ -11,12 +11,14 @@ against the unfused graph on machines without a GPU (tests/test_gpu_path.py).
 
 Only onnx / onnxruntime are needed (no torch). ``export/optimize.py`` holds the CPU variants.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Union
 
 from clip_rt.errors import InputError
 
@@ -57,20 +59,21 @@ def fuse_for_gpu(
     # opt_level=0: only the transformer-pattern fusions, no onnxruntime session (which with
     # use_gpu would need a GPU here); the CUDA provider applies its own graph rewrites at load.
     with _reduce_l2_shape_inference():
-        model = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                               opt_level=0, use_gpu=True)
+        model = optimize_model(
+            str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=True
+        )
         stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
         if num_heads > 0:
             fused = fuse_open_clip_attention(model, num_heads)
             if fused:
                 stats["Attention"] = fused
         if fp16:
-            model.convert_float_to_float16(keep_io_types=True,
-                                           op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32_ops))
+            model.convert_float_to_float16(
+                keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(keep_fp32_ops)
+            )
     dst.parent.mkdir(parents=True, exist_ok=True)
     model.save_model_to_file(str(dst))
     return stats
-
 
 
 # Nodes between the in-projection and q @ k^T / attn @ v in the open_clip export
@@ -108,14 +111,36 @@ def fuse_open_clip_attention(model: Any, num_heads: int, op: str = "Attention") 
             nodes = [
                 helper.make_node("MatMul", [x, w_qkv], [qkv], name=f"{name}_qkv_proj"),
                 helper.make_node("Split", [qkv], [q, k, v], name=f"{name}_split", axis=-1, num_outputs=3),
-                helper.make_node("MultiHeadAttention", [q, k, v, b_qkv], [attn_out], name=name,
-                                 domain="com.microsoft", num_heads=num_heads, scale=scale),
+                helper.make_node(
+                    "MultiHeadAttention",
+                    [q, k, v, b_qkv],
+                    [attn_out],
+                    name=name,
+                    domain="com.microsoft",
+                    num_heads=num_heads,
+                    scale=scale,
+                ),
             ]
         else:
-            nodes = [helper.make_node("Attention", [x, w_qkv, b_qkv], [attn_out], name=name, domain="com.microsoft",
-                                      num_heads=num_heads, scale=scale)]
-        nodes.append(helper.make_node("MatMul", [attn_out, f"{name}_out_proj_weight_t"], [proj_out if out_bias else y],
-                                      name=f"{name}_out_proj"))
+            nodes = [
+                helper.make_node(
+                    "Attention",
+                    [x, w_qkv, b_qkv],
+                    [attn_out],
+                    name=name,
+                    domain="com.microsoft",
+                    num_heads=num_heads,
+                    scale=scale,
+                )
+            ]
+        nodes.append(
+            helper.make_node(
+                "MatMul",
+                [attn_out, f"{name}_out_proj_weight_t"],
+                [proj_out if out_bias else y],
+                name=f"{name}_out_proj",
+            )
+        )
         if out_bias:
             nodes.append(helper.make_node("Add", [proj_out, out_bias], [y], name=f"{name}_out_bias"))
         model.remove_node(last)
@@ -159,8 +184,9 @@ def _match_attention(model: Any, softmax: Any) -> Any:
     (add_q, idx_q, sq), (add_k, idx_k, sk), (add_v, idx_v, sv) = paths
     if not (add_q is add_k is add_v) or (idx_q, idx_k, idx_v) != (0, 1, 2) or sv != 1.0:
         return None
-    matmul_name, bias_name = (add_q.input[0], add_q.input[1]) if init(add_q.input[1]) is not None else (
-        add_q.input[1], add_q.input[0])
+    matmul_name, bias_name = (
+        (add_q.input[0], add_q.input[1]) if init(add_q.input[1]) is not None else (add_q.input[1], add_q.input[0])
+    )
     in_mm, bias = producer.get(matmul_name), const(bias_name)
     if in_mm is None or in_mm.op_type != "MatMul" or bias is None or const(in_mm.input[1]) is None:
         return None

@@ -1,4 +1,5 @@
 """Torch wrappers that fix the graph contract, and their ONNX export (torch.onnx dynamo exporter)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -113,8 +114,9 @@ def export_image_graph(model: Any, image_size: tuple[int, int], path: Path) -> l
     return _export(wrapper, example, IMAGE_INPUT, IMAGE_OUTPUT, {IMAGE_INPUT: {0: batch}}, path)
 
 
-def export_text_graph(model: Any, context_length: int, dynamic_sequence: bool, path: Path,
-                      example_ids: Optional[Any] = None) -> list[str]:
+def export_text_graph(
+    model: Any, context_length: int, dynamic_sequence: bool, path: Path, example_ids: Optional[Any] = None
+) -> list[str]:
     """*example_ids*: (2+, context_length) real token ids to trace with (default: CLIP BPE's
     SOT, a few tokens, EOT, padding)."""
     import torch
@@ -135,8 +137,9 @@ def export_text_graph(model: Any, context_length: int, dynamic_sequence: bool, p
     return _export(wrapper, example, TEXT_INPUT, TEXT_OUTPUT, {TEXT_INPUT: shapes}, path)
 
 
-def _export(wrapper: Any, example: Any, input_name: str, output_name: str, dynamic_shapes: dict[str, Any],
-            path: Path) -> list[str]:
+def _export(
+    wrapper: Any, example: Any, input_name: str, output_name: str, dynamic_shapes: dict[str, Any], path: Path
+) -> list[str]:
     import torch
 
     external = parameter_bytes(wrapper) > EXTERNAL_DATA_THRESHOLD

@@ -1,4 +1,5 @@
 """Resolve MODEL / --pretrained to an open_clip model with its weights, failing fast offline."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 from clip_rt.bundle.catalogue import RANDOM_TAG, canonical_name, close_matches, load_catalogue, resolve_alias, sanitize
-from clip_rt.errors import ExportError, InputError
 from clip_rt.bundle.manifest import sha256_file
+from clip_rt.errors import ExportError, InputError
 
 NONE_TAG = "none"
 # How long the reachability probe may take before a tag download is declared impossible.
@@ -165,7 +166,6 @@ def fetch_tag_weights(arch: str, tag: str, log: Callable[[str], None]) -> str:
 def _hub_cached_file(hub: str) -> Optional[str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
-
     from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
     # The same files, in the same order, as open_clip.download_pretrained_from_hf tries.
@@ -226,8 +226,9 @@ def check_tokenizer_supported(arch: str) -> None:
     model_cfg = open_clip.get_model_config(arch)
     reason = unsupported_reason(arch, model_cfg)
     if reason:
-        raise ExportError(f"{arch} is not supported yet: {reason} (`clip-rt models --available` lists what "
-                          f"clip-rt exports)")
+        raise ExportError(
+            f"{arch} is not supported yet: {reason} (`clip-rt models --available` lists what clip-rt exports)"
+        )
     tokenizer_need(model_cfg or {}, arch)
 
 
@@ -269,8 +270,9 @@ def load_model(
     return loaded
 
 
-def _load_model(arch: str, source: WeightsSource, seed: Optional[int], log: Callable[[str], None],
-                overrides: dict[str, Any]) -> LoadedModel:
+def _load_model(
+    arch: str, source: WeightsSource, seed: Optional[int], log: Callable[[str], None], overrides: dict[str, Any]
+) -> LoadedModel:
     import open_clip
     import torch
 
@@ -330,4 +332,3 @@ def _check_tokenizer(arch: str, tokenizer: Any) -> None:
             f"{arch}: its tokenizer cleans text differently from CLIP's default (lower-casing), "
             f"which is not supported yet"
         )
-

@@ -9,14 +9,16 @@ The bundle keeps ONNX only: the runtime reads the graph with onnxruntime or Open
 ``NNCF_INT8[encoder]`` holds the settings the export uses; ``quantize_nncf`` applies them and
 returns the manifest's description of the graph. Only onnx/nncf/numpy are needed here.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import io
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from clip_rt.errors import ExportError
 
@@ -37,10 +39,26 @@ if TYPE_CHECKING:
 # calibration_batch: calibration inputs of one shape run through NNCF together, up to this many
 # (the ranges are the same as one by one; bench/results/export_phases.json for time and memory).
 NNCF_INT8: dict[str, dict[str, Any]] = {
-    "image": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-              "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax", "calibration_batch": 8},
-    "text": {"preset": "performance", "model_type": "transformer", "smooth_quant": -1.0, "fast_bias_correction": True,
-             "ignored_types": (), "keep_fp32": (), "activation_ranges": "minmax", "calibration_batch": 32},
+    "image": {
+        "preset": "performance",
+        "model_type": "transformer",
+        "smooth_quant": -1.0,
+        "fast_bias_correction": True,
+        "ignored_types": (),
+        "keep_fp32": (),
+        "activation_ranges": "minmax",
+        "calibration_batch": 8,
+    },
+    "text": {
+        "preset": "performance",
+        "model_type": "transformer",
+        "smooth_quant": -1.0,
+        "fast_bias_correction": True,
+        "ignored_types": (),
+        "keep_fp32": (),
+        "activation_ranges": "minmax",
+        "calibration_batch": 32,
+    },
 }
 KEEP_FP32 = ("first", "last", "attention")
 ACTIVATION_RANGES = ("minmax", "mean_minmax")
@@ -51,16 +69,24 @@ def nncf_available() -> bool:
     return importlib.util.find_spec("nncf") is not None
 
 
-def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: dict[str, Any],
-                  external_data: bool = False, progress: Optional["PhaseHandle"] = None) -> dict[str, Any]:
+def quantize_nncf(
+    src: Path,
+    dst: Path,
+    feeds: list[dict[str, Any]],
+    settings: dict[str, Any],
+    external_data: bool = False,
+    progress: Optional[PhaseHandle] = None,
+) -> dict[str, Any]:
     """Quantise the fp32 graph *src* to *dst* with ``nncf.quantize`` on the calibration *feeds*
     (one feed dict per input; all of them are used). Returns what the graph holds:
     ``{"ops": weight-quantised op types, "activations": "uint8" | "int8" | "int8/uint8",
     "parameters": the settings as text}``. *progress* counts the inputs as NNCF takes them
     and says when it moves on to quantising and to the graph rewrites."""
     if not nncf_available():
-        raise ExportError("int8 method 'nncf' needs the nncf package: pip install 'clip-rt[export]' "
-                          "(or export with --int8-method onnxruntime)")
+        raise ExportError(
+            "int8 method 'nncf' needs the nncf package: pip install 'clip-rt[export]' "
+            "(or export with --int8-method onnxruntime)"
+        )
     import logging
 
     nncf = _import_nncf()
@@ -115,13 +141,15 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
             # NNCF draws progress bars on stdout; a CLI's stdout is for its result (the bundle path).
             with contextlib.redirect_stdout(io.StringIO()), _nncf_telemetry_off():
                 quantized = nncf.quantize(
-                    model, nncf.Dataset(batches, counted),
+                    model,
+                    nncf.Dataset(batches, counted),
                     preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
                     model_type=ModelType.TRANSFORMER if model_type == "transformer" else None,
                     subset_size=len(batches),
                     fast_bias_correction=bool(settings.get("fast_bias_correction", True)),
                     ignored_scope=nncf.IgnoredScope(names=names, types=list(ignored), validate=False)
-                    if ignored or names else None,
+                    if ignored or names
+                    else None,
                     advanced_parameters=advanced,
                 )
         except Exception as exc:  # noqa: BLE001 - nncf raises many kinds; the export must say which step failed
@@ -135,11 +163,16 @@ def quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, Any]], settings: d
     rewrites = _save_with_rewrites(quantized, dst, feeds, external_data)
     described = describe_qdq(quantized)
     described["parameters"] = {
-        "nncf": str(nncf.__version__), "preset": preset, "model_type": str(model_type or "none"),
+        "nncf": str(nncf.__version__),
+        "preset": preset,
+        "model_type": str(model_type or "none"),
         "smooth_quant_matmul_alpha": f"{alpha:g}" + (" (off)" if alpha < 0 else ""),
         "fast_bias_correction": str(bool(settings.get("fast_bias_correction", True))).lower(),
-        "subset_size": str(len(feeds)), "calibration_batch": str(rows), "ignored_types": ",".join(ignored) or "none",
-        "keep_fp32": ",".join(keep) or "none", "activation_ranges": ranges,
+        "subset_size": str(len(feeds)),
+        "calibration_batch": str(rows),
+        "ignored_types": ",".join(ignored) or "none",
+        "keep_fp32": ",".join(keep) or "none",
+        "activation_ranges": ranges,
         "graph_rewrites": rewrites,
     }
     return described
@@ -155,14 +188,14 @@ def batched_feeds(feeds: list[dict[str, Any]], rows: int) -> list[dict[str, Any]
 
     if rows <= 1:
         return list(feeds)
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for feed in feeds:
         key = tuple((name, value.shape[1:], value.dtype.str) for name, value in feed.items())
         groups.setdefault(key, []).append(feed)
     out = []
     for members in groups.values():
         for start in range(0, len(members), rows):
-            chunk = members[start:start + rows]
+            chunk = members[start : start + rows]
             out.append({name: np.concatenate([f[name] for f in chunk]) for name in chunk[0]})
     return out
 
@@ -179,8 +212,14 @@ def _weights_outside(src: Path, folder: Path) -> tuple[Any, Path]:
     model = onnx.load(str(src), load_external_data=False)
     if _uses_external_data(model):
         return model, src.parent.absolute()
-    onnx.save_model(model, str(folder / src.name), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=src.name + ".data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(folder / src.name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=src.name + ".data",
+        size_threshold=1024,
+    )
     # Read back rather than kept: protobuf frees the bytes the save moved out of *model* only
     # with the whole message (they live in its arena).
     del model
@@ -290,8 +329,12 @@ def kept_in_float(model: Any, keep: tuple[str, ...]) -> list[str]:
 
     def constant(name: str) -> bool:  # an initializer, maybe transposed/reshaped/cast first
         node = producer.get(name)
-        return name in inits or (node is not None and node.op_type in ("Transpose", "Reshape", "Cast")
-                                 and bool(node.input) and node.input[0] in inits)
+        return name in inits or (
+            node is not None
+            and node.op_type in ("Transpose", "Reshape", "Cast")
+            and bool(node.input)
+            and node.input[0] in inits
+        )
 
     matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     weighted = [n for n in matmuls if any(constant(i) for i in n.input[:2])]
@@ -313,8 +356,11 @@ def single_row_tables(model: Any) -> list[str]:
     of the table's Convert), so a RoBERTa bundle's NNCF int8 text graph failed to load on the
     backend clip-rt picks for int8. One row of floats saves nothing to quantise anyway."""
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "Gather" and n.name and n.input and inits.get(n.input[0], [0])[:1] == [1]]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Gather" and n.name and n.input and inits.get(n.input[0], [0])[:1] == [1]
+    ]
 
 
 def describe_qdq(model: Any) -> dict[str, Any]:

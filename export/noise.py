@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # logger name -> message prefixes dropped from it ("" is the root logger)
 DROPPED_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
@@ -57,7 +57,7 @@ def library_noise_filtered() -> Iterator[None]:
 
 def _ignore_tracer_warnings() -> None:
     try:
-        from torch.jit import TracerWarning
+        from torch.jit import TracerWarning  # type: ignore[attr-defined]
     except ImportError:  # no torch: nothing to filter (the export then stops with its own message)
         return
     warnings.filterwarnings("ignore", category=TracerWarning)

@@ -7,6 +7,7 @@ export stage calls ``optimize_graph(src, dst, calibration_inputs=..., **RECOMMEN
 
 Only onnx / onnxruntime are needed (no torch), so the benchmarks can call this too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,10 +45,20 @@ TEXT_QUANT_OPS = ("MatMul", "Gemm", "Gather")
 # (measurements in docs/benchmarks/history.md). Static: calibrated activation scales, so
 # an input's embedding does not depend on the rest of its batch.
 RECOMMENDED_INT8: dict[str, dict[str, Any]] = {
-    "image": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
-              "op_types": _QUANT_OPS},
-    "text": {"kind": "int8-static", "per_channel": True, "reduce_range": False, "calibration_method": "minmax",
-             "op_types": TEXT_QUANT_OPS},
+    "image": {
+        "kind": "int8-static",
+        "per_channel": True,
+        "reduce_range": False,
+        "calibration_method": "minmax",
+        "op_types": _QUANT_OPS,
+    },
+    "text": {
+        "kind": "int8-static",
+        "per_channel": True,
+        "reduce_range": False,
+        "calibration_method": "minmax",
+        "op_types": TEXT_QUANT_OPS,
+    },
 }
 # Convolutional image towers (RN50, ConvNeXt, MobileCLIP's FastViT): their time is in Conv, which
 # the settings above leave in float. A graph whose Conv nodes are more than CONV_TOWER_SHARE of
@@ -56,9 +67,15 @@ RECOMMENDED_INT8: dict[str, dict[str, Any]] = {
 # depthwise convolutions kept in float. Measured per family in bench/results/conv_int8.json
 # (docs/models.md).
 CONV_TOWER_SHARE = 0.2
-CONV_INT8: dict[str, Any] = {"kind": "int8-static", "per_channel": True, "reduce_range": False,
-                             "calibration_method": "minmax", "op_types": ("Conv", "MatMul", "Gemm"),
-                             "exclude": "depthwise", "prepare": True}
+CONV_INT8: dict[str, Any] = {
+    "kind": "int8-static",
+    "per_channel": True,
+    "reduce_range": False,
+    "calibration_method": "minmax",
+    "op_types": ("Conv", "MatMul", "Gemm"),
+    "exclude": "depthwise",
+    "prepare": True,
+}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -68,6 +85,8 @@ def int8_settings(encoder: str, fp32_path: Optional[Path] = None) -> dict[str, A
     if encoder == "image" and fp32_path is not None and conv_share(Path(fp32_path)) > CONV_TOWER_SHARE:
         return dict(CONV_INT8)
     return dict(RECOMMENDED_INT8[encoder])
+
+
 # Ops quantised with a fixed scale per weight tensor and no activation scale at all (the
 # token-embedding Gather): weight-only, so static and dynamic graphs treat them alike.
 _WEIGHT_ONLY_OPS = ("Gather",)
@@ -126,8 +145,14 @@ def optimize_graph(
                 mha = kind.endswith("mha")
                 if mha and num_heads <= 0:
                     raise InputError(f"graph variant {kind!r} needs num_heads (the tower's attention heads)")
-                stage = _fuse(src, Path(tmp) / "fused.onnx", num_heads, hidden_size, external_data,
-                              mha_heads=num_heads if mha else 0)
+                stage = _fuse(
+                    src,
+                    Path(tmp) / "fused.onnx",
+                    num_heads,
+                    hidden_size,
+                    external_data,
+                    mha_heads=num_heads if mha else 0,
+                )
                 if kind in ("fused", "fused-mha"):
                     os.replace(stage, dst)
                     return dst
@@ -138,8 +163,17 @@ def optimize_graph(
                 activation_ops = [op for op in op_types if op not in _WEIGHT_ONLY_OPS]
                 weight_only = [op for op in op_types if op in _WEIGHT_ONLY_OPS]
                 static_dst = Path(tmp) / "static.onnx" if weight_only else dst
-                _quantize_static(stage, static_dst, calibration_inputs, per_channel, reduce_range, calibration_method,
-                                 activation_ops, external_data, excluded_nodes(stage, exclude))
+                _quantize_static(
+                    stage,
+                    static_dst,
+                    calibration_inputs,
+                    per_channel,
+                    reduce_range,
+                    calibration_method,
+                    activation_ops,
+                    external_data,
+                    excluded_nodes(stage, exclude),
+                )
                 if weight_only:
                     quantize_gather_rows(static_dst, dst, external_data)
             else:
@@ -163,8 +197,11 @@ def excluded_nodes(path: Path, exclude: str) -> list[str]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type == "Conv"
-            and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1
+    ]
 
 
 def prepare_for_conv_int8(src: Path, dst: Path, external_data: bool = False) -> Path:
@@ -174,9 +211,15 @@ def prepare_for_conv_int8(src: Path, dst: Path, external_data: bool = False) -> 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst), skip_optimization=False, skip_onnx_shape=False,
-                          skip_symbolic_shape=True, save_as_external_data=external_data,
-                          external_data_location=Path(dst).name + ".data" if external_data else None)
+        quant_pre_process(
+            str(src),
+            str(dst),
+            skip_optimization=False,
+            skip_onnx_shape=False,
+            skip_symbolic_shape=True,
+            save_as_external_data=external_data,
+            external_data_location=Path(dst).name + ".data" if external_data else None,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         raise ExportError(f"pre-processing {src} for int8 convolutions failed: {exc}") from exc
     return Path(dst)
@@ -218,8 +261,12 @@ def quantize_gather_rows(src: Path, dst: Path, external_data: bool = False) -> i
             scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
             scale[scale == 0] = 1.0
             q = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
-            graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8_rows"),
-                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_row_scale")])
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(q, f"{name}_int8_rows"),
+                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_row_scale"),
+                ]
+            )
             replaced.add(name)
         out, tag = node.output[0], node.name or f"gather_{done}"
         nodes += [
@@ -261,8 +308,9 @@ def _fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, external_data:
     return dst
 
 
-def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, reduce_range: bool, op_types: Sequence[str],
-                      external_data: bool) -> None:
+def _quantize_dynamic(
+    src: Path, dst: Path, per_channel: bool, reduce_range: bool, op_types: Sequence[str], external_data: bool
+) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(

@@ -17,9 +17,10 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, TextIO
+from typing import Callable, Optional, Protocol, TextIO
 
 
 def format_seconds(seconds: float) -> str:

@@ -5,6 +5,7 @@ procedurally drawn scenes: sky/ground gradients, 1/f ("pink") noise textures, sh
 edges, stripes and blur, at several sizes and aspect ratios so the preprocessing's resize and
 crop are exercised too.
 """
+
 from __future__ import annotations
 
 from typing import Any

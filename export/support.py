@@ -2,9 +2,11 @@
 config alone, used by the export (before any work) and by ``catalogue_build``, which writes the
 verdicts into ``models/catalogue.json`` for ``clip-rt models --available`` (a torch-free runtime
 cannot ask open_clip)."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 
 def unsupported_reason(arch: str, model_cfg: Optional[Mapping[str, Any]]) -> Optional[str]:

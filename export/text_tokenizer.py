@@ -10,6 +10,7 @@ open_clip's), and writes the bundle's ``tokenizer.json`` from the tokenizer tran
 actually built (transformers 5 rebuilds some pipelines from its own class definitions, so the
 file passed in is not necessarily what runs).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ from clip_rt.errors import ExportError, InputError
 
 # Files of a Hugging Face tokenizer folder that AutoTokenizer may read.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
 )
 
 
@@ -64,15 +73,18 @@ def tokenizer_need(model_cfg: dict[str, Any], arch: str) -> TokenizerNeed:
     name = str(text_cfg.get("hf_tokenizer_name") or "")
     if not name and "siglip" in arch.lower():
         # open_clip would fetch a SentencePiece model from the network (SigLipTokenizer).
-        raise ExportError(f"{arch}: its config names no hf_tokenizer_name, so open_clip would download a SigLIP "
-                          "SentencePiece vocabulary; add text_cfg.hf_tokenizer_name to the config and pass the "
-                          "tokenizer with --tokenizer PATH")
+        raise ExportError(
+            f"{arch}: its config names no hf_tokenizer_name, so open_clip would download a SigLIP "
+            "SentencePiece vocabulary; add text_cfg.hf_tokenizer_name to the config and pass the "
+            "tokenizer with --tokenizer PATH"
+        )
     mode = text_cfg.get("tokenizer_mode")
     if mode:
         raise ExportError(f"{arch}: open_clip's tokenizer_mode {mode!r} is not supported by clip-rt yet")
     ctx = text_cfg.get("context_length")
-    return TokenizerNeed(name, dict(text_cfg.get("tokenizer_kwargs", {}) or {}), mode,
-                         None if ctx is None else int(ctx))
+    return TokenizerNeed(
+        name, dict(text_cfg.get("tokenizer_kwargs", {}) or {}), mode, None if ctx is None else int(ctx)
+    )
 
 
 def _default_tokenizer_config(hf_name: str) -> Optional[dict[str, Any]]:
@@ -93,8 +105,9 @@ def missing_tokenizer_message(arch: str, need: TokenizerNeed, why: str) -> str:
     )
 
 
-def stage_tokenizer(arch: str, need: TokenizerNeed, tokenizer: Optional[Path], workdir: Path,
-                    model_cfg: dict[str, Any]) -> Path:
+def stage_tokenizer(
+    arch: str, need: TokenizerNeed, tokenizer: Optional[Path], workdir: Path, model_cfg: dict[str, Any]
+) -> Path:
     """A folder open_clip can build the model's tokenizer from offline (``local-dir:`` schema):
     the tokenizer files plus an ``open_clip_config.json`` holding *model_cfg*. From *tokenizer*
     (a tokenizer.json or a folder), else the Hugging Face cache; raises ExportError saying what
@@ -110,8 +123,10 @@ def stage_tokenizer(arch: str, need: TokenizerNeed, tokenizer: Optional[Path], w
         elif src.is_dir():
             found = [n for n in TOKENIZER_FILES if (src / n).is_file()]
             if not found:
-                raise InputError(f"--tokenizer {tokenizer}: the folder has none of the tokenizer files "
-                                 f"({', '.join(TOKENIZER_FILES[:3])}, ...)")
+                raise InputError(
+                    f"--tokenizer {tokenizer}: the folder has none of the tokenizer files "
+                    f"({', '.join(TOKENIZER_FILES[:3])}, ...)"
+                )
             for name in found:
                 shutil.copyfile(src / name, folder / name)
         else:
@@ -119,16 +134,21 @@ def stage_tokenizer(arch: str, need: TokenizerNeed, tokenizer: Optional[Path], w
     else:
         cached = _hub_cached_tokenizer(need.hf_name)
         if cached is None:
-            raise ExportError(missing_tokenizer_message(
-                arch, need, "it is not in the local Hugging Face cache (the export does not download tokenizers)"))
+            raise ExportError(
+                missing_tokenizer_message(
+                    arch, need, "it is not in the local Hugging Face cache (the export does not download tokenizers)"
+                )
+            )
         for name in TOKENIZER_FILES:
             if (cached / name).is_file():
                 shutil.copyfile(cached / name, folder / name)
     if not (folder / "tokenizer_config.json").is_file():
         default = _default_tokenizer_config(need.hf_name)
         if default is None:
-            raise InputError(f"--tokenizer {tokenizer}: {need.hf_name!r} needs its tokenizer_config.json (the "
-                             "special tokens); pass the tokenizer folder instead of the tokenizer.json file")
+            raise InputError(
+                f"--tokenizer {tokenizer}: {need.hf_name!r} needs its tokenizer_config.json (the "
+                "special tokens); pass the tokenizer folder instead of the tokenizer.json file"
+            )
         (folder / "tokenizer_config.json").write_text(json.dumps(default), encoding="utf-8")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}), encoding="utf-8")
     return folder
@@ -157,11 +177,14 @@ def build_open_clip_tokenizer(arch: str, need: TokenizerNeed, folder: Path) -> A
     try:
         return open_clip.get_tokenizer(f"local-dir:{folder}")
     except ImportError as exc:
-        raise ExportError(f"{arch}: its Hugging Face tokenizer needs transformers ({exc}); "
-                          "pip install 'clip-rt[export]'") from exc
+        raise ExportError(
+            f"{arch}: its Hugging Face tokenizer needs transformers ({exc}); pip install 'clip-rt[export]'"
+        ) from exc
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ExportError(f"{arch}: transformers could not build the {need.kind} tokenizer from "
-                          f"{folder} ({type(exc).__name__}: {exc})") from exc
+        raise ExportError(
+            f"{arch}: transformers could not build the {need.kind} tokenizer from "
+            f"{folder} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def write_hf_tokenizer(tokenizer: Any, path: Path) -> None:
@@ -180,11 +203,15 @@ def hf_text_fields(tokenizer: Any, vocab_rows: int) -> dict[str, Any]:
     hf = tokenizer.tokenizer
     top = max(hf.backend_tokenizer.get_vocab(with_added_tokens=True).values())
     if top >= vocab_rows:
-        raise ExportError(f"the tokenizer has ids up to {top} but the model's text tower embeds only {vocab_rows} "
-                          "tokens: is it the tokenizer this model was trained with?")
+        raise ExportError(
+            f"the tokenizer has ids up to {top} but the model's text tower embeds only {vocab_rows} "
+            "tokens: is it the tokenizer this model was trained with?"
+        )
     if hf.pad_token_id is None:
-        raise ExportError("the tokenizer has no padding token, so open_clip cannot pad its ids; pass a tokenizer "
-                          "folder whose tokenizer_config.json names pad_token")
+        raise ExportError(
+            "the tokenizer has no padding token, so open_clip cannot pad its ids; pass a tokenizer "
+            "folder whose tokenizer_config.json names pad_token"
+        )
     from open_clip.tokenizer import get_clean_fn
 
     from clip_rt.bundle.manifest import CLEAN_FUNCTIONS

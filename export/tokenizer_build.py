@@ -13,6 +13,7 @@ Unicode database, and different case-folding of classes). ``\\p{L}`` differs bet
 recently assigned codepoints, so the classes are evaluated here with open_clip's
 own compiled pattern semantics and written as explicit ranges.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -69,14 +70,7 @@ def split_pattern() -> str:
 
     # An IGNORECASE literal matches more than itself, e.g. 's' also matches 'S' and U+017F.
     contractions = ["'" + "".join(members(regex.escape(ch)) for ch in word) for word in CONTRACTIONS]
-    return "|".join(
-        contractions
-        + [
-            members(r"[\p{L}]") + "+",
-            members(r"[\p{N}]"),
-            members(r"[^\s\p{L}\p{N}]") + "+",
-        ]
-    )
+    return "|".join(contractions + [members(r"[\p{L}]") + "+", members(r"[\p{N}]"), members(r"[^\s\p{L}\p{N}]") + "+"])
 
 
 def _open_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -107,13 +101,7 @@ def build_tokenizer_json(context_length: int) -> str:
     from tokenizers.models import BPE
 
     vocab, merges = _open_clip_vocab()
-    model = BPE(
-        vocab=vocab,
-        merges=merges,
-        continuing_subword_prefix="",
-        end_of_word_suffix="</w>",
-        fuse_unk=False,
-    )
+    model = BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False)
     tok = Tokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -1,4 +1,5 @@
 """The parity check: every exported graph against the torch model, before a bundle is accepted."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,8 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from clip_rt.errors import ParityError
 from clip_rt.bundle.manifest import IMAGE_INPUT, TEXT_INPUT, ParityFigure
+from clip_rt.errors import ParityError
 
 from .sample_inputs import lengths_of, pad_id_of
 
@@ -25,9 +26,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
 # Per (precision, encoder) refinements of TOLERANCES. Text int8: every prompt is one of a few
 # hundred class prompts whose ensemble is averaged, and the measured static (and dynamic) int8
 # text towers of ViT-B-32 land at 0.998-0.999 (docs/export.md); the image bound is the project's accuracy goal.
-ENCODER_TOLERANCES: dict[tuple[str, str], dict[str, float]] = {
-    ("int8", "text"): {"min_cosine": 0.998},
-}
+ENCODER_TOLERANCES: dict[tuple[str, str], dict[str, float]] = {("int8", "text"): {"min_cosine": 0.998}}
 BATCH_ROWS = 8  # inputs encoded alone and together for the batch-independence figure
 
 
@@ -60,12 +59,14 @@ class References:
 
     @property
     def class_embeds(self) -> np.ndarray:
-        return self.text_embeds[len(self.text_embeds) - self.labels:]
+        return self.text_embeds[len(self.text_embeds) - self.labels :]
 
     def describe(self) -> str:
-        return (f"{len(self.pixel_values)} images ({len(self.pixel_values) - self.photos} generated scenes, "
-                f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot "
-                "labels)")
+        return (
+            f"{len(self.pixel_values)} images ({len(self.pixel_values) - self.photos} generated scenes, "
+            f"{self.photos} held-out photos and crops), {len(self.input_ids)} prompts ({self.labels} zero-shot "
+            "labels)"
+        )
 
 
 def torch_references(model: Any, tokenizer: Any) -> References:
@@ -147,7 +148,7 @@ def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) 
         rows = np.linspace(0, len(got) - 1, min(BATCH_ROWS, len(got))).round().astype(int)
         batch = refs.pixel_values[rows]
         together = session.run(None, {IMAGE_INPUT: batch})[0]
-        alone_rows = [session.run(None, {IMAGE_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))]
+        alone_rows = [session.run(None, {IMAGE_INPUT: batch[i : i + 1]})[0] for i in range(len(batch))]
         batch_diff = float(np.max(np.abs(together - np.concatenate(alone_rows))))
         return Measured(diff, cosine, len(got), float(top1.mean()), batch_diff)
     ids = refs.input_ids
@@ -161,23 +162,29 @@ def measure(encoder: str, path: Path, refs: References, dynamic_sequence: bool) 
         diff, cosine = max(diff, diff2), min(cosine, cosine2)
         outputs.append(trimmed)
     want = _top1(refs.image_embeds, refs.class_embeds)
-    top1 = min(float(np.mean(_top1(refs.image_embeds, out[len(out) - refs.labels:]) == want)) for out in outputs)
+    top1 = min(float(np.mean(_top1(refs.image_embeds, out[len(out) - refs.labels :]) == want)) for out in outputs)
     # A prompt alone (trimmed to its own length, as the runtime does) vs among prompts of other lengths.
     rows = np.linspace(0, len(ids) - 1, min(BATCH_ROWS, len(ids))).round().astype(int)
     batch = ids[rows]
     lengths = lengths_of(batch, refs.pad_token_id)
     if dynamic_sequence:
         together = session.run(None, {TEXT_INPUT: batch[:, : int(lengths.max())]})[0]
-        alone = [session.run(None, {TEXT_INPUT: batch[i:i + 1, : max(2, int(n))]})[0] for i, n in enumerate(lengths)]
+        alone = [session.run(None, {TEXT_INPUT: batch[i : i + 1, : max(2, int(n))]})[0] for i, n in enumerate(lengths)]
     else:
         together = session.run(None, {TEXT_INPUT: batch})[0]
-        alone = [session.run(None, {TEXT_INPUT: batch[i:i + 1]})[0] for i in range(len(batch))]
+        alone = [session.run(None, {TEXT_INPUT: batch[i : i + 1]})[0] for i in range(len(batch))]
     batch_diff = float(np.max(np.abs(together - np.concatenate(alone))))
     return Measured(diff, cosine, sum(len(o) for o in outputs), top1, batch_diff)
 
 
-def check_graph(precision: str, encoder: str, path: Path, refs: References, dynamic_sequence: bool,
-                overrides: Optional[dict[str, float]] = None) -> ParityFigure:
+def check_graph(
+    precision: str,
+    encoder: str,
+    path: Path,
+    refs: References,
+    dynamic_sequence: bool,
+    overrides: Optional[dict[str, float]] = None,
+) -> ParityFigure:
     """The graph's ParityFigure; raises ParityError when it misses its precision's tolerance
     (TOLERANCES, with *overrides* on top: an explicit, recorded choice of the exporter)."""
     tolerance = dict(tolerance_for(precision, encoder), **(overrides or {}))
@@ -188,13 +195,21 @@ def check_graph(precision: str, encoder: str, path: Path, refs: References, dyna
     if "min_cosine" in tolerance and not m.min_cosine >= tolerance["min_cosine"]:
         failures.append(f"min cosine {m.min_cosine:.6f} < tolerance {tolerance['min_cosine']:g}")
     if "batch_max_abs_diff" in tolerance and not m.batch_max_abs_diff <= tolerance["batch_max_abs_diff"]:
-        failures.append(f"not batch-independent: alone vs in a batch of {BATCH_ROWS} differ by "
-                        f"{m.batch_max_abs_diff:.3g} > tolerance {tolerance['batch_max_abs_diff']:g}")
+        failures.append(
+            f"not batch-independent: alone vs in a batch of {BATCH_ROWS} differ by "
+            f"{m.batch_max_abs_diff:.3g} > tolerance {tolerance['batch_max_abs_diff']:g}"
+        )
     if failures:
         raise ParityError(
             f"{precision} {encoder} graph disagrees with torch on the held-out parity inputs "
             f"({m.rows} samples): {'; '.join(failures)}. Nothing was written."
         )
-    return ParityFigure(max_abs_diff=m.max_abs_diff, min_cosine=m.min_cosine, samples=m.rows, tolerance=tolerance,
-                        passed=True, top1_agreement=round(m.top1_agreement, 4),
-                        batch_max_abs_diff=m.batch_max_abs_diff)
+    return ParityFigure(
+        max_abs_diff=m.max_abs_diff,
+        min_cosine=m.min_cosine,
+        samples=m.rows,
+        tolerance=tolerance,
+        passed=True,
+        top1_agreement=round(m.top1_agreement, 4),
+        batch_max_abs_diff=m.batch_max_abs_diff,
+    )

@@ -3,6 +3,7 @@
 ``make_corpus(dir)`` returns ``{name: Case}``; ``Case.reason`` is the text the ImageLoadError
 must contain, or None when the file must load and preprocess (the awkward-but-valid cases).
 """
+
 from __future__ import annotations
 
 import io
@@ -80,8 +81,9 @@ def make_corpus(root: Path) -> dict[str, Case]:
     png = encode(img, "PNG")
     cases: dict[str, Case] = {}
 
-    def put(name: str, data: bytes, reason: Optional[str], note: Optional[str] = None,
-            mode: Optional[str] = None) -> None:
+    def put(
+        name: str, data: bytes, reason: Optional[str], note: Optional[str] = None, mode: Optional[str] = None
+    ) -> None:
         (root / name).write_bytes(data)
         cases[name] = Case(root / name, reason, note, mode)
 
@@ -108,7 +110,7 @@ def make_corpus(root: Path) -> dict[str, Case]:
     cmyk = img.convert("CMYK")
     put("cmyk.jpg", encode(cmyk, "JPEG", quality=95), None, mode="CMYK")
     put("ycck.jpg", ycck_jpeg(cmyk), None, mode="CMYK")
-    gray16 = (np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    gray16 = np.asarray(img.convert("L")).astype(np.uint16) * 257
     put("gray16.png", encode(Image.fromarray(gray16), "PNG"), None, mode="I;16")
     put("gray16.tif", encode(Image.fromarray(gray16), "TIFF"), None, mode="I;16")
     put("int32.tif", encode(Image.fromarray(gray16.astype(np.int32) * 16), "TIFF"), None, mode="I")

@@ -1,4 +1,5 @@
 """Shared test set-up. Every test gets its own clip-rt home, so nothing touches ~/.cache."""
+
 from __future__ import annotations
 
 import os

@@ -20,6 +20,7 @@ Each is trained on the same deterministic text (templates, class names, several 
 including Chinese), so every id is far below the real vocabulary sizes (250002, 32000,
 256000, 30522, 50265, 256206) and the real architectures can embed them.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,30 @@ from clip_rt.templates import IMAGENET
 
 LABELS = Path(__file__).resolve().parent / "data" / "tokenizer_labels.txt"
 MULTILINGUAL = [
-    "一只猫的照片", "一只狗的照片", "一辆汽车的照片", "一架飞机的照片", "猫", "狗", "汽车", "飞机", "宇航员", "咖啡杯",
-    "火箭", "摩托车", "这是一张照片", "猫の写真", "고양이 사진", "صورة قطة", "фотография кошки", "une photo d'un chat",
-    "ein Foto einer Katze", "una foto de un gato", "Ελλάδα", "รูปแมว", "तस्वीर एक बिल्ली की", "Việt Nam",
+    "一只猫的照片",
+    "一只狗的照片",
+    "一辆汽车的照片",
+    "一架飞机的照片",
+    "猫",
+    "狗",
+    "汽车",
+    "飞机",
+    "宇航员",
+    "咖啡杯",
+    "火箭",
+    "摩托车",
+    "这是一张照片",
+    "猫の写真",
+    "고양이 사진",
+    "صورة قطة",
+    "фотография кошки",
+    "une photo d'un chat",
+    "ein Foto einer Katze",
+    "una foto de un gato",
+    "Ελλάδα",
+    "รูปแมว",
+    "तस्वीर एक बिल्ली की",
+    "Việt Nam",
 ]
 
 
@@ -48,8 +70,9 @@ def _train_unigram(specials: list[str], vocab_size: int):  # noqa: ANN202
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator(training_text(), trainer)
     return tok
 
@@ -63,66 +86,123 @@ def build(kind: str, folder: Path) -> Path:
         tok = _train_unigram(["<s>", "<pad>", "</s>", "<unk>"], 3000)
         tok.add_special_tokens(["<mask>"])
         tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-        config = {"tokenizer_class": "XLMRobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                  "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                  "mask_token": "<mask>", "model_max_length": 512}
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+        )
+        config = {
+            "tokenizer_class": "XLMRobertaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+            "model_max_length": 512,
+        }
     elif kind == "t5":
         tok = _train_unigram(["<pad>", "</s>", "<unk>"], 3000)
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-        config = {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>",
-                  "extra_ids": 0, "legacy": False, "model_max_length": 64}
+        config = {
+            "tokenizer_class": "T5Tokenizer",
+            "eos_token": "</s>",
+            "pad_token": "</s>",
+            "unk_token": "<unk>",
+            "extra_ids": 0,
+            "legacy": False,
+            "model_max_length": 64,
+        }
     elif kind == "gemma":
         tok = Tokenizer(models.BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>"))
         tok.normalizer = normalizers.Replace(" ", "\u2581")
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
         byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=3000,
-                                      special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", *byte_tokens],
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=3000, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", *byte_tokens], show_progress=False
+        )
         tok.train_from_iterator(training_text(), trainer)
-        config = {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-                  "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": True, "padding_side": "right",
-                  "model_max_length": 64}
+        config = {
+            "tokenizer_class": "GemmaTokenizer",
+            "bos_token": "<bos>",
+            "eos_token": "<eos>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+            "add_bos_token": False,
+            "add_eos_token": True,
+            "padding_side": "right",
+            "model_max_length": 64,
+        }
     elif kind == "bert":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=3000,
-                                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-                                            show_progress=False)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=3000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+        )
         tok.train_from_iterator(training_text(), trainer)
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-        config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "unk_token": "[UNK]", "sep_token": "[SEP]",
-                  "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]", "model_max_length": 512}
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": True,
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "model_max_length": 512,
+        }
     elif kind == "roberta":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=3000,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tok.train_from_iterator(training_text(), trainer)
         tok.add_special_tokens(["<mask>"])
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
-        config = {"tokenizer_class": "RobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
-                  "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>",
-                  "add_prefix_space": False, "model_max_length": 512}
+        config = {
+            "tokenizer_class": "RobertaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+            "add_prefix_space": False,
+            "model_max_length": 512,
+        }
     elif kind == "nllb":
         tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-        trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False
+        )
         tok.train_from_iterator(training_text(), trainer)
         tok.add_special_tokens(["eng_Latn", "<mask>"])
         tok.post_processor = processors.TemplateProcessing(
-            single="eng_Latn $A </s>", special_tokens=[("eng_Latn", tok.token_to_id("eng_Latn")), ("</s>", 2)])
-        config = {"tokenizer_class": "NllbTokenizer", "src_lang": "eng_Latn", "bos_token": "<s>", "eos_token": "</s>",
-                  "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                  "mask_token": "<mask>", "model_max_length": 1024}
+            single="eng_Latn $A </s>", special_tokens=[("eng_Latn", tok.token_to_id("eng_Latn")), ("</s>", 2)]
+        )
+        config = {
+            "tokenizer_class": "NllbTokenizer",
+            "src_lang": "eng_Latn",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+            "model_max_length": 1024,
+        }
     else:
         raise ValueError(kind)
     tok.save(str(folder / "tokenizer.json"))

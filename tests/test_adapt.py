@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
-from clip_rt_fixtures.labelled_sets import FOUR, generated_set, photo_set  # noqa: E402
-
 import clip_rt  # noqa: E402
 from clip_rt import adapt  # noqa: E402
 from clip_rt.adapt.head import Head, HeadError  # noqa: E402
 from clip_rt.cli import main  # noqa: E402
 from clip_rt.errors import InputError  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.labelled_sets import FOUR, generated_set, photo_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")

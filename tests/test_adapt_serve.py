@@ -3,8 +3,9 @@ a free loopback port, stopped by the fixture), and the heads refused before the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner

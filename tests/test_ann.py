@@ -1,5 +1,6 @@
 """ANN search (clip_rt.outputs.ann) over an index and a Parquet output: recall against exact
 search, the on-disk format and its version, staleness, damage, and `clip-rt search --method`."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_cli_classify import FakeModel, install_fake
-
 from clip_rt.cli import main
 from clip_rt.outputs import ann
 from clip_rt.outputs.collection import open_collection
 from clip_rt.outputs.search_index import Entry, SearchIndex
+from test_cli_classify import FakeModel, install_fake
 
 faiss = pytest.importorskip("faiss", reason="the [ann] extra (faiss-cpu) is not installed")
 
@@ -29,10 +29,19 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 40) -> np.ndarray
 
 
 def write_index(folder: Path, vectors: np.ndarray, *, fingerprint: str = "f" * 32, generation: int = 0) -> Path:
-    entries = [Entry(path=f"img{i:06d}.jpg", size=100 + i, mtime_ns=i, width=32, height=24)
-               for i in range(len(vectors))]
-    idx = SearchIndex(root=str(folder / "photos"), model="fake-bundle", fingerprint=fingerprint, precision="fp32",
-                      embed_dim=vectors.shape[1], entries=entries, embeddings=vectors, generation=generation)
+    entries = [
+        Entry(path=f"img{i:06d}.jpg", size=100 + i, mtime_ns=i, width=32, height=24) for i in range(len(vectors))
+    ]
+    idx = SearchIndex(
+        root=str(folder / "photos"),
+        model="fake-bundle",
+        fingerprint=fingerprint,
+        precision="fp32",
+        embed_dim=vectors.shape[1],
+        entries=entries,
+        embeddings=vectors,
+        generation=generation,
+    )
     idx.save(str(folder / "idx"))
     return folder / "idx"
 
@@ -72,7 +81,7 @@ def test_format_is_documented_versioned_and_rebuilt_when_stale(tmp_path: Path) -
     assert (folder / "ann" / meta["file"]).stat().st_size == meta["bytes"]
 
     messages.clear()  # current: opened, not rebuilt
-    (hit, _), = [ann.search(open_collection(str(folder)), base[5], 1, mode="ann", on_message=messages.append)]
+    ((hit, _),) = [ann.search(open_collection(str(folder)), base[5], 1, mode="ann", on_message=messages.append)]
     assert messages == [] and hit[0][1].endswith("img000005.jpg")
 
     meta["format"] = ann.ANN_FORMAT + 1  # written by a newer clip-rt
@@ -116,8 +125,7 @@ def test_damaged_ann_index_is_reported_and_rebuilt(tmp_path: Path, damage: str) 
     ann.open_ann(str(folder / "ann"), open_collection(str(folder)))  # sound again
 
 
-def test_auto_mode_threshold_and_missing_faiss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               hide_module) -> None:  # noqa: ANN001
+def test_auto_mode_threshold_and_missing_faiss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hide_module) -> None:  # noqa: ANN001
     base = clustered(500, 16)
     folder = write_index(tmp_path, base)
     monkeypatch.setattr(ann, "EXACT_BELOW", 1000)
@@ -144,8 +152,9 @@ def test_cli_search_methods_on_index_and_parquet(tmp_path: Path, monkeypatch: py
     folder = write_index(tmp_path, base)
 
     def run(target: Path, method: str) -> list[dict]:
-        r = CliRunner().invoke(main, ["search", str(target), "green", "-k", "5", "--format", "json",
-                                      "--method", method])
+        r = CliRunner().invoke(
+            main, ["search", str(target), "green", "-k", "5", "--format", "json", "--method", method]
+        )
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)
 
@@ -155,17 +164,39 @@ def test_cli_search_methods_on_index_and_parquet(tmp_path: Path, monkeypatch: py
 
     # The same vectors as a `clip-rt ray` output (two parts, and a failed row without embedding).
     out = tmp_path / "out"
-    ident = {"format": parts.JOB_FORMAT, "kind": "embed", "model": "fake-bundle", "fingerprint": "f" * 32,
-             "precision": "fp32", "embed_dim": 8, "bundle_dir": None}
+    ident = {
+        "format": parts.JOB_FORMAT,
+        "kind": "embed",
+        "model": "fake-bundle",
+        "fingerprint": "f" * 32,
+        "precision": "fp32",
+        "embed_dim": 8,
+        "bundle_dir": None,
+    }
     parts.prepare_output(str(out), ident)
     schema = parts.schema(ident)
     for lo, hi in ((0, 1500), (1500, 3000)):
-        rows = {"path": [f"/data/img{i:06d}.jpg" for i in range(lo, hi)], "width": [32] * (hi - lo),
-                "height": [24] * (hi - lo), "embedding": list(base[lo:hi]), "error": [None] * (hi - lo)}
+        rows = {
+            "path": [f"/data/img{i:06d}.jpg" for i in range(lo, hi)],
+            "width": [32] * (hi - lo),
+            "height": [24] * (hi - lo),
+            "embedding": list(base[lo:hi]),
+            "error": [None] * (hi - lo),
+        }
         parts.write_part(str(out), pa.Table.from_pydict(rows, schema=schema))
-    parts.write_part(str(out), pa.Table.from_pydict(
-        {"path": ["/data/broken.jpg"], "width": [None], "height": [None], "embedding": [None],
-         "error": ["/data/broken.jpg: not an image"]}, schema=schema))
+    parts.write_part(
+        str(out),
+        pa.Table.from_pydict(
+            {
+                "path": ["/data/broken.jpg"],
+                "width": [None],
+                "height": [None],
+                "embedding": [None],
+                "error": ["/data/broken.jpg: not an image"],
+            },
+            schema=schema,
+        ),
+    )
     assert open_collection(str(out)).count == 3000
     pexact, papprox = run(out, "exact"), run(out, "ann")
     assert [h["path"] for h in pexact] == ["/data/" + Path(h["path"]).name for h in exact]
@@ -186,7 +217,9 @@ def test_exact_search_ties_and_small_k() -> None:
 def test_cli_and_modules_import_no_optional_extra() -> None:
     import subprocess
 
-    code = ("import sys, clip_rt.cli, clip_rt.outputs.ann, clip_rt.outputs.collection, clip_rt.scale.parts, "
-            "clip_rt.scale.ray; print([m for m in ('ray', 'pyarrow', 'faiss', 'torch') if m in sys.modules])")
+    code = (
+        "import sys, clip_rt.cli, clip_rt.outputs.ann, clip_rt.outputs.collection, clip_rt.scale.parts, "
+        "clip_rt.scale.ray; print([m for m in ('ray', 'pyarrow', 'faiss', 'torch') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

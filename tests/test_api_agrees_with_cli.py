@@ -1,6 +1,7 @@
 """The Python API and the CLI agree: iter_classify (folders, bad files, per-item errors),
 classify() on folders, allow_fallback on an onnxruntime without CUDA, `python -m clip_rt`,
 dir(clip_rt), and --skip-errors for classify and index."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from clip_rt.engine import session as session_mod
 from clip_rt.engine.session import CPU, CUDA, OrtSession, resolve_providers
 from clip_rt.errors import ImageLoadError, InputError, ProviderError
 from clip_rt.model import ClassifiedImage
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,8 @@ def test_iter_classify_takes_a_folder_like_the_cli(bundle: Path, tmp_path: Path)
 
 
 def test_iter_classify_mixes_sources_streams_and_reports_unlisted_folders(
-        bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = photos(tmp_path / "photos")
     real_scandir = os.scandir
 
@@ -102,8 +103,14 @@ def test_iter_classify_mixes_sources_streams_and_reports_unlisted_folders(
     items = list(model.iter_classify(sources(), ["red", "green"], batch_size=2))
     assert items[0].source is pil and items[0].path is None and items[0].ok
     assert items[0].to_dict()["path"] == "<Image>"
-    assert [os.path.basename(it.path) for it in items[1:]] == ["a_red.png", "b_notes.jpg", "c_blue.jpg",
-                                                               "e_empty.png", "sub", "missing.jpg"]
+    assert [os.path.basename(it.path) for it in items[1:]] == [
+        "a_red.png",
+        "b_notes.jpg",
+        "c_blue.jpg",
+        "e_empty.png",
+        "sub",
+        "missing.jpg",
+    ]
     unlisted = items[5]
     assert unlisted.error == f"{folder / 'sub'}: cannot list folder: Permission denied" and unlisted.result is None
     assert "no such file" in items[6].error
@@ -144,8 +151,13 @@ def test_resolve_providers_with_fallback_leaves_out_what_the_build_lacks() -> No
 
 def test_ort_session_falls_back_when_the_build_has_no_cuda(bundle: Path) -> None:
     with pytest.warns(RuntimeWarning, match="not available in this onnxruntime build"):
-        sess = OrtSession(bundle / "text_fp32.onnx", ["cuda:1"], allow_fallback=True, available_providers=CPU_ONLY,
-                          options={"cuda": {"gpu_mem_limit": 1 << 30}})
+        sess = OrtSession(
+            bundle / "text_fp32.onnx",
+            ["cuda:1"],
+            allow_fallback=True,
+            available_providers=CPU_ONLY,
+            options={"cuda": {"gpu_mem_limit": 1 << 30}},
+        )
     assert sess.fell_back and sess.providers == [CPU]
     with pytest.raises(ProviderError, match="not available"):
         OrtSession(bundle / "text_fp32.onnx", ["cuda"], available_providers=CPU_ONLY)
@@ -157,8 +169,13 @@ def test_load_with_allow_fallback_runs_on_the_cpu_without_cuda(bundle: Path, mon
         clip_rt.load(bundle, providers=["cuda"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = clip_rt.load(bundle, providers=["cuda"], allow_fallback=True, cache=False,
-                             provider_options={"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}})
+        model = clip_rt.load(
+            bundle,
+            providers=["cuda"],
+            allow_fallback=True,
+            cache=False,
+            provider_options={"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}},
+        )
         assert model.precision == "fp32"  # the CPU's default, not CUDA's fp16
         emb = model.encode_text(["a photo of a cat"])
         model.encode_image([Image.new("RGB", (16, 16))])
@@ -172,8 +189,9 @@ def test_load_with_allow_fallback_runs_on_the_cpu_without_cuda(bundle: Path, mon
         assert clip_rt.load(bundle, providers="cuda", allow_fallback=True, precision="fp16").precision == "fp16"
 
 
-def test_automatic_providers_on_a_cpu_build_need_no_fallback(bundle: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             recwarn: pytest.WarningsRecorder) -> None:
+def test_automatic_providers_on_a_cpu_build_need_no_fallback(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder
+) -> None:
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(CPU_ONLY))
     monkeypatch.setattr(session_mod, "_ort_available", lambda: list(CPU_ONLY))
     model = clip_rt.load(bundle, cache=False)
@@ -185,12 +203,14 @@ def test_automatic_providers_on_a_cpu_build_need_no_fallback(bundle: Path, monke
 # -- python -m clip_rt, dir(clip_rt) ----------------------------------------------------------------
 def test_python_dash_m_clip_rt(clip_home: Path) -> None:
     env = {**os.environ, "CLIP_RT_HOME": str(clip_home)}
-    done = subprocess.run([sys.executable, "-m", "clip_rt", "--help"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_rt", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Usage: clip-rt ") and "classify" in done.stdout and "export" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "clip_rt", "classify"], capture_output=True, text=True, env=env,
-                         timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "clip_rt", "classify"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert bad.returncode == 2 and "Usage: clip-rt classify" in bad.stderr
 
 
@@ -222,10 +242,17 @@ def test_skip_errors_exits_0_and_still_reports(command: str, bundle: Path, tmp_p
 
 def test_index_skip_errors_then_search_chain(bundle: Path, tmp_path: Path) -> None:
     folder = photos(tmp_path / "photos")
-    script = (f"{sys.executable} -m clip_rt index {folder} -o {tmp_path / 'idx'} -m {bundle} --skip-errors && "
-              f"{sys.executable} -m clip_rt search {tmp_path / 'idx'} 'a red square' -k 1 --format json")
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CLIP_RT_HOME": str(tmp_path / "home")})
+    script = (
+        f"{sys.executable} -m clip_rt index {folder} -o {tmp_path / 'idx'} -m {bundle} --skip-errors && "
+        f"{sys.executable} -m clip_rt search {tmp_path / 'idx'} 'a red square' -k 1 --format json"
+    )
+    done = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CLIP_RT_HOME": str(tmp_path / "home")},
+    )
     assert done.returncode == 0, done.stderr
     hits = json.loads(done.stdout)
     assert len(hits) == 1 and hits[0]["rank"] == 1

@@ -1,5 +1,6 @@
 """scripts/arm64-check's pieces, on x86 and without qemu: argument parsing, the fake cpuinfo and
 HWCAP decoding, the guest's mount script, the comparison logic, budgets and the summary line."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,12 @@ def test_defaults_and_cache_location(tmp_path: Path, monkeypatch: pytest.MonkeyP
     args = cli.parse_args([])
     assert args.cache == tmp_path / "xdg" / "clip-rt-arm64"
     assert (args.cpu, args.model, args.small_models, args.images, args.tests) == (
-        "neoverse-n1", "ViT-B-32", ["MobileCLIP2-S0", "ViT-S-32-alt"], 200, True)
+        "neoverse-n1",
+        "ViT-B-32",
+        ["MobileCLIP2-S0", "ViT-S-32-alt"],
+        200,
+        True,
+    )
     monkeypatch.setenv("CLIP_RT_ARM64_CACHE", str(tmp_path / "explicit"))
     assert cli.parse_args([]).cache == tmp_path / "explicit"
     assert cli.parse_args(["--cache", str(tmp_path / "c")]).cache == tmp_path / "c"
@@ -34,14 +40,17 @@ def test_default_cache_is_not_a_temp_folder() -> None:
     assert cli.default_cache_dir({"CLIP_RT_ARM64_CACHE": "/y", "XDG_CACHE_HOME": "/x"}) == Path("/y")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--cpu", "max"], "invalid choice"),  # qemu's default CPU corrupts int8 results: never offered
-    (["--images", "0"], "positive integer"),
-    (["--images", "many"], "positive integer"),
-    (["--small-model", "ViT-B-32"], "must differ"),
-    (["--small-model", "RN50", "--small-model", "RN50"], "given twice: RN50"),
-    (["--small-model", "none", "--small-model", "RN50"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--cpu", "max"], "invalid choice"),  # qemu's default CPU corrupts int8 results: never offered
+        (["--images", "0"], "positive integer"),
+        (["--images", "many"], "positive integer"),
+        (["--small-model", "ViT-B-32"], "must differ"),
+        (["--small-model", "RN50", "--small-model", "RN50"], "given twice: RN50"),
+        (["--small-model", "none", "--small-model", "RN50"], "cannot be combined"),
+    ],
+)
 def test_bad_arguments_are_usage_errors(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(argv)
@@ -52,14 +61,17 @@ def test_bad_arguments_are_usage_errors(argv: list[str], needle: str, capsys: py
 def test_small_models_none_or_chosen() -> None:
     assert cli.parse_args(["--small-model", "none", "--no-tests"]).small_models == []
     assert cli.parse_args(["--small-model", "RN50", "--small-model", "MobileCLIP-S1"]).small_models == [
-        "RN50", "MobileCLIP-S1"]
+        "RN50",
+        "MobileCLIP-S1",
+    ]
 
 
 def test_script_help_runs_without_root() -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "arm64-check"), "--help"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "arm64-check"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "--strict-budgets" in out.stdout
 
 
@@ -91,8 +103,10 @@ def test_fake_cpuinfo_has_one_block_per_cpu_in_linux_format() -> None:
 
 
 def test_parse_features_of_a_real_graviton_cpuinfo() -> None:
-    real = ("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
-            "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\n")
+    real = (
+        "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+        "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\n"
+    )
     assert cpuinfo.parse_features(real)[:3] == ["fp", "asimd", "evtstrm"]
     assert cpuinfo.parse_features("flags\t: fpu vme\n") == []
 
@@ -118,7 +132,11 @@ def test_feature_mismatch() -> None:
 def test_missing_packages() -> None:
     assert host.missing_packages(lambda cmd: "/usr/bin/" + cmd) == []
     assert host.missing_packages(lambda cmd: None if cmd != "unshare" else "/usr/bin/unshare") == [
-        "arch-test", "binfmt-support", "mmdebstrap", "qemu-user-static"]
+        "arch-test",
+        "binfmt-support",
+        "mmdebstrap",
+        "qemu-user-static",
+    ]
 
 
 def test_binfmt_state_parsing() -> None:
@@ -130,10 +148,13 @@ def test_binfmt_state_parsing() -> None:
 
 
 def test_guest_command_mounts_privately_and_never_runs_without_qemu_cpu(tmp_path: Path) -> None:
-    g = emulator.Guest(root=tmp_path / "root dir", qemu_cpu="neoverse-n1", cpuinfo_file=tmp_path / "cpuinfo",
-                       ca_bundle=tmp_path / "ca.crt",
-                       binds=[emulator.Bind(tmp_path / "run", "/check", writable=True),
-                              emulator.Bind(tmp_path / "b", "/bundles")])
+    g = emulator.Guest(
+        root=tmp_path / "root dir",
+        qemu_cpu="neoverse-n1",
+        cpuinfo_file=tmp_path / "cpuinfo",
+        ca_bundle=tmp_path / "ca.crt",
+        binds=[emulator.Bind(tmp_path / "run", "/check", writable=True), emulator.Bind(tmp_path / "b", "/bundles")],
+    )
     argv = g.argv(["python3", "-c", "print('hi there')"], env={"PYTHONPATH": "/check/scripts"}, cwd="/check")
     assert argv[:6] == ["unshare", "--mount", "--propagation", "private", "--fork", "--"]
     script = argv[-1]
@@ -145,8 +166,9 @@ def test_guest_command_mounts_privately_and_never_runs_without_qemu_cpu(tmp_path
     assert shlex.quote("print('hi there')") in script
     assert g.host_env({"A": "1"}) == {"A": "1", "QEMU_CPU": "neoverse-n1"}
     with pytest.raises(ValueError, match="absolute"):
-        emulator.Guest(root=tmp_path, qemu_cpu="x", cpuinfo_file=tmp_path,
-                       binds=[emulator.Bind(tmp_path, "check")]).setup_script()
+        emulator.Guest(
+            root=tmp_path, qemu_cpu="x", cpuinfo_file=tmp_path, binds=[emulator.Bind(tmp_path, "check")]
+        ).setup_script()
 
 
 def test_guest_command_runs_and_quotes_arguments(tmp_path: Path) -> None:
@@ -155,7 +177,7 @@ def test_guest_command_runs_and_quotes_arguments(tmp_path: Path) -> None:
 
     g = emulator.Guest(root=tmp_path, qemu_cpu="neoverse-n1", cpuinfo_file=tmp_path / "c")
     script = g.argv(["sh", "-c", 'printf "%s|" "$QEMU_CPU" "$PWD" "$0" "$1"', "a b", "$HOME"], cwd=str(tmp_path))[-1]
-    tail = script.split("\nexec chroot \"$R\" ", 1)[1]
+    tail = script.split('\nexec chroot "$R" ', 1)[1]
     out = subprocess.run(["sh", "-c", tail], capture_output=True, text=True, timeout=30)
     assert out.stdout == f"neoverse-n1|{tmp_path}|a b|$HOME|", out.stderr
 
@@ -178,16 +200,24 @@ def test_du_bytes_counts_hard_links_once(tmp_path: Path) -> None:
 
 
 def test_junit_counts() -> None:
-    xml = ('<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10">'
-           '<testcase classname="tests.test_a" name="test_x"><failure message="boom"/></testcase>'
-           '<testcase classname="tests.test_a" name="test_y"/></testsuite></testsuites>')
+    xml = (
+        '<testsuites><testsuite name="pytest" errors="1" failures="2" skipped="3" tests="10">'
+        '<testcase classname="tests.test_a" name="test_x"><failure message="boom"/></testcase>'
+        '<testcase classname="tests.test_a" name="test_y"/></testsuite></testsuites>'
+    )
     assert guest.junit_counts(xml) == {"tests": 10, "failed": 2, "errors": 1, "skipped": 3, "passed": 4}
     assert guest.failed_test_ids(xml) == ["tests.test_a::test_x"]
 
 
 def test_constraints_pin_what_aarch64_chose() -> None:
-    freeze = ["clip-rt @ file:///check/wheel/clip_rt-0.1.0-py3-none-any.whl", "numpy==2.4.6",
-              "onnxruntime==1.32.0", "pip==23.0.1", "setuptools==66.1.1", "typing_extensions==4.16.0"]
+    freeze = [
+        "clip-rt @ file:///check/wheel/clip_rt-0.1.0-py3-none-any.whl",
+        "numpy==2.4.6",
+        "onnxruntime==1.32.0",
+        "pip==23.0.1",
+        "setuptools==66.1.1",
+        "typing_extensions==4.16.0",
+    ]
     assert cli.constraints_from_freeze(freeze) == "numpy==2.4.6\nonnxruntime==1.32.0\ntyping_extensions==4.16.0\n"
 
 
@@ -253,8 +283,10 @@ def test_peak_sampler_never_started_samples_once() -> None:
 def _python_wrapper(venv: Path) -> None:
     """A stand-in venv: bin/python runs this interpreter (clip_rt importable), bin/clip-rt its CLI."""
     (venv / "bin").mkdir(parents=True)
-    for name, cmd in (("python", f'exec {shlex.quote(sys.executable)} "$@"'),
-                      ("clip-rt", f'exec {shlex.quote(sys.executable)} -m clip_rt "$@"')):
+    for name, cmd in (
+        ("python", f'exec {shlex.quote(sys.executable)} "$@"'),
+        ("clip-rt", f'exec {shlex.quote(sys.executable)} -m clip_rt "$@"'),
+    ):
         f = venv / "bin" / name
         f.write_text(f"#!/bin/sh\n{cmd}\n")
         f.chmod(0o755)
@@ -274,10 +306,12 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
         Image.new("RGB", (40 + i, 30), (60 * i, 90, 30)).save(folder / f"{i}.png")
     _python_wrapper(tmp_path / "venv")
     monkeypatch.setenv("PYTHONPATH", str(REPO / "scripts"))
-    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
-            "models": [{"name": "fake", "full": str(bundle), "slim": str(bundle)}],
-            "classify": {"labels": "cat,dog", "one_image": str(folder / "0.png"), "folder": str(folder),
-                         "lowmem": True}}
+    plan = {
+        "venv": str(tmp_path / "venv"),
+        "out": str(tmp_path / "out"),
+        "models": [{"name": "fake", "full": str(bundle), "slim": str(bundle)}],
+        "classify": {"labels": "cat,dog", "one_image": str(folder / "0.png"), "folder": str(folder), "lowmem": True},
+    }
     res = guest.Runner(plan).memory()
     assert res.get("ok", True), res.get("error")
     for child in (*res["trivial_python"], res["imports"]):
@@ -301,8 +335,13 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
     for what in ("one_image", "one_image_lowmem", "one_image_repeat", "folder", "folder_lowmem"):
         # natively the guest is the whole process: the estimate is VmHWM
         assert entry[what]["estimate_mib"] == entry[what]["raw_mib"] == entry[what]["x86_mib"]
-        assert agreement["fake"][what] == {"images": 1 if what.startswith("one_image") else 3, "errors": 0,
-                                           "top1_agreement": 1.0, "max_score_diff": 0.0, "passed": True}
+        assert agreement["fake"][what] == {
+            "images": 1 if what.startswith("one_image") else 3,
+            "errors": 0,
+            "top1_agreement": 1.0,
+            "max_score_diff": 0.0,
+            "passed": True,
+        }
     assert entry["folder"]["images"] == 3 and entry["folder"]["command"].startswith("clip-rt classify ")
     verdicts = {v.name: v for v in summary.budgets({"memory": mem})}
     assert set(verdicts) == {"rss fake", "rss fake 1 img --low-memory", "rss fake 1 img repeat", "rss fake lowmem"}
@@ -311,13 +350,21 @@ def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_lowmem_run_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[list[str]] = []
-    monkeypatch.setattr(guest.Runner, "child", lambda self, script, args, home=None: ran.append(args) or
-                        {"exit": 0, "peak_rss_mb": 1.0})
-    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
-            "models": [{"name": "m", "full": "F", "slim": "S"}],
-            "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
-    assert set(guest.Runner(plan).memory()["models"]["m"]) == {"one_image", "one_image_lowmem", "one_image_repeat",
-                                                              "folder"}
+    monkeypatch.setattr(
+        guest.Runner, "child", lambda self, script, args, home=None: ran.append(args) or {"exit": 0, "peak_rss_mb": 1.0}
+    )
+    plan = {
+        "venv": str(tmp_path / "venv"),
+        "out": str(tmp_path / "out"),
+        "models": [{"name": "m", "full": "F", "slim": "S"}],
+        "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"},
+    }
+    assert set(guest.Runner(plan).memory()["models"]["m"]) == {
+        "one_image",
+        "one_image_lowmem",
+        "one_image_repeat",
+        "folder",
+    }
     assert not any("--draft" in a for a in ran)  # --low-memory alone changes no result: always measured
     plan["classify"]["lowmem"] = True
     assert "folder_lowmem" in guest.Runner(plan).memory()["models"]["m"]
@@ -334,9 +381,12 @@ def test_memory_step_keeps_each_run_as_it_ends(tmp_path: Path, monkeypatch: pyte
         return {"exit": 0, "peak_rss_mb": float(len(calls))}
 
     monkeypatch.setattr(guest.Runner, "child", child)
-    plan = {"venv": str(tmp_path / "venv"), "out": str(tmp_path / "out"),
-            "models": [{"name": "m", "full": "F", "slim": "S"}],
-            "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"}}
+    plan = {
+        "venv": str(tmp_path / "venv"),
+        "out": str(tmp_path / "out"),
+        "models": [{"name": "m", "full": "F", "slim": "S"}],
+        "classify": {"labels": "a,b", "one_image": "one.jpg", "folder": "dir"},
+    }
     with pytest.raises(KeyboardInterrupt):
         guest.Runner(plan).memory()
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["steps"]["memory"]
@@ -395,12 +445,14 @@ def test_exports_hold_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     lock_file = tmp_path / "heavy"
     # a stand-in exporter: writes the manifest where -o points, and records whether the lock was held
-    fake = ("import sys, pathlib, fcntl\n"
-            "out = pathlib.Path(sys.argv[sys.argv.index('-o') + 1]); out.mkdir(parents=True)\n"
-            "f = open(sys.argv[1], 'a+b')\n"
-            "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); state = 'free'\n"
-            "except BlockingIOError:\n    state = 'held'\n"
-            "(out / 'manifest.json').write_text('{\"files\": {}}'); (out / 'lock').write_text(state)\n")
+    fake = (
+        "import sys, pathlib, fcntl\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('-o') + 1]); out.mkdir(parents=True)\n"
+        "f = open(sys.argv[1], 'a+b')\n"
+        "try:\n    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); state = 'free'\n"
+        "except BlockingIOError:\n    state = 'held'\n"
+        "(out / 'manifest.json').write_text('{\"files\": {}}'); (out / 'lock').write_text(state)\n"
+    )
     monkeypatch.setattr(bundles, "CLI", [sys.executable, "-c", fake, str(lock_file)])
     whats: list[str] = []
 
@@ -435,12 +487,19 @@ def _unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
 
 
 def _side(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"names": np.array(["a.jpg", "b.png"]), "pixels": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
-            "token_ids": np.arange(14).reshape(2, 7), "image_fp32": _unit(rng, 2), "text_fp32": _unit(rng, 3)}
+    return {
+        "names": np.array(["a.jpg", "b.png"]),
+        "pixels": rng.standard_normal((2, 3, 4, 4)).astype(np.float32),
+        "token_ids": np.arange(14).reshape(2, 7),
+        "image_fp32": _unit(rng, 2),
+        "text_fp32": _unit(rng, 3),
+    }
 
 
-PARITY = {enc: {"max_abs_diff": 0.003, "min_cosine": 0.9998, "samples": 8, "tolerance": {"min_cosine": 0.99},
-                "passed": True} for enc in ("image", "text")}
+PARITY = {
+    enc: {"max_abs_diff": 0.003, "min_cosine": 0.9998, "samples": 8, "tolerance": {"min_cosine": 0.99}, "passed": True}
+    for enc in ("image", "text")
+}
 
 
 def test_identical_sides_pass() -> None:
@@ -538,25 +597,51 @@ def test_compare_records(tmp_path: Path) -> None:
 # -- budgets and the summary line ------------------------------------------------------------------
 def _report(**over: object) -> dict:
     r = {
-        "cpu": "neoverse-n1", "qemu": "7.2.19", "failures": [],
+        "cpu": "neoverse-n1",
+        "qemu": "7.2.19",
+        "failures": [],
         "tests": {"ok": True, "passed": 180, "failed": 0, "errors": 0, "skipped": 4},
-        "parity": {"ViT-B-32": {"passed": True, "checks": {
-            "pixels": {"max_abs_diff": 0.0, "passed": True},
-            "image_fp32": {"max_abs_diff": 1.5e-7, "passed": True},
-            "text_fp32": {"max_abs_diff": 1.1e-7, "passed": True},
-            "image_int8": {"vs_fp32": {"min_cosine": 0.99985},
-                           "gate": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5}, "batch_max_abs_diff": 0.0,
-                           "vs_x86_same_precision": {"max_abs_diff": 2.4e-3}, "passed": True},
-            "text_int8": {"vs_fp32": {"min_cosine": 0.9991}, "gate": {"min_cosine": 0.998},
-                          "vs_x86_same_precision": {"max_abs_diff": 1.1e-3}, "passed": True}}}},
+        "parity": {
+            "ViT-B-32": {
+                "passed": True,
+                "checks": {
+                    "pixels": {"max_abs_diff": 0.0, "passed": True},
+                    "image_fp32": {"max_abs_diff": 1.5e-7, "passed": True},
+                    "text_fp32": {"max_abs_diff": 1.1e-7, "passed": True},
+                    "image_int8": {
+                        "vs_fp32": {"min_cosine": 0.99985},
+                        "gate": {"min_cosine": 0.999, "batch_max_abs_diff": 1e-5},
+                        "batch_max_abs_diff": 0.0,
+                        "vs_x86_same_precision": {"max_abs_diff": 2.4e-3},
+                        "passed": True,
+                    },
+                    "text_int8": {
+                        "vs_fp32": {"min_cosine": 0.9991},
+                        "gate": {"min_cosine": 0.998},
+                        "vs_x86_same_precision": {"max_abs_diff": 1.1e-3},
+                        "passed": True,
+                    },
+                },
+            }
+        },
         "install": {"aarch64_mib": 231.4, "x86_mib": 236.0},
-        "memory": {"qemu_overhead_mib": 24.0, "models": {
-            "ViT-B-32": {"role": "main", "one_image": {"raw_mib": 400, "estimate_mib": 290, "x86_mib": 280},
-                         "folder": {"raw_mib": 461, "estimate_mib": 351, "x86_mib": 330, "images": 200},
-                         "folder_lowmem": {"raw_mib": 380, "estimate_mib": 270, "x86_mib": 250, "images": 200}},
-            "ViT-S-32-alt": {"role": "small", "one_image": {"raw_mib": 230, "estimate_mib": 120},
-                             "one_image_lowmem": {"raw_mib": 220, "estimate_mib": 145, "x86_mib": 146},
-                             "folder": {"raw_mib": 250, "estimate_mib": 140, "images": 200}}}},
+        "memory": {
+            "qemu_overhead_mib": 24.0,
+            "models": {
+                "ViT-B-32": {
+                    "role": "main",
+                    "one_image": {"raw_mib": 400, "estimate_mib": 290, "x86_mib": 280},
+                    "folder": {"raw_mib": 461, "estimate_mib": 351, "x86_mib": 330, "images": 200},
+                    "folder_lowmem": {"raw_mib": 380, "estimate_mib": 270, "x86_mib": 250, "images": 200},
+                },
+                "ViT-S-32-alt": {
+                    "role": "small",
+                    "one_image": {"raw_mib": 230, "estimate_mib": 120},
+                    "one_image_lowmem": {"raw_mib": 220, "estimate_mib": 145, "x86_mib": 146},
+                    "folder": {"raw_mib": 250, "estimate_mib": 140, "images": 200},
+                },
+            },
+        },
         "classify": {"ViT-B-32": {"one_image": {"passed": True}, "folder": {"passed": True}}},
         "bundles": {"ViT-B-32": {"slim_mib": 154.2}, "ViT-S-32-alt": {"slim_mib": 48.3}},
         "hwcap": {"ok": True, "detail": "..."},
@@ -586,8 +671,12 @@ def test_device_estimate() -> None:
     run = {"peak_rss_mb": 500.0, "sampled_total_peak_mb": 490.0, "sampled_guest_peak_mb": 380.0}
     assert summary.device_estimate_mib(run) == 390.0
     # natively the guest is the whole process: VmHWM
-    assert summary.device_estimate_mib({"peak_rss_mb": 300.0, "sampled_total_peak_mb": 280.0,
-                                        "sampled_guest_peak_mb": 280.0}) == 300.0
+    assert (
+        summary.device_estimate_mib(
+            {"peak_rss_mb": 300.0, "sampled_total_peak_mb": 280.0, "sampled_guest_peak_mb": 280.0}
+        )
+        == 300.0
+    )
     assert summary.device_estimate_mib({"peak_rss_mb": 120.0}) == 120.0
     assert summary.estimate_device_mib(500.0, 24.0) == 476.0
 
@@ -596,26 +685,36 @@ def test_summary_line_is_one_line_with_the_figures() -> None:
     line = summary.summary_line(_report())
     assert "\n" not in line
     assert line.startswith("arm64-check PASS (neoverse-n1 under qemu 7.2.19)")
-    for needle in ("tests 180 passed, 0 failed, 4 skipped", "fp32 1.5e-07<=1e-05",
-                   "int8 image cos 0.99985>=0.999 batch 0e+00<=1e-05 (vs x86 int8 2.4e-03)",
-                   "int8 text cos 0.99910>=0.998 (vs x86 int8 1.1e-03)", "install 243 MB <= 250 met (x86 247 MB)",
-                   "RSS ViT-B-32 int8 1/200 img 304/368 MB est. (x86 294/346, qemu total 419/483) NOT met <= 300; "
-                   "folder --low-memory: 283 (x86 262) met",
-                   "RSS ViT-S-32-alt int8 1/200 img 126/147 MB est.",
-                   "; 1 img --low-memory: 152 (x86 153) NOT met",
-                   "int8 bundles ViT-B-32 162, ViT-S-32-alt 51 MB"):
+    for needle in (
+        "tests 180 passed, 0 failed, 4 skipped",
+        "fp32 1.5e-07<=1e-05",
+        "int8 image cos 0.99985>=0.999 batch 0e+00<=1e-05 (vs x86 int8 2.4e-03)",
+        "int8 text cos 0.99910>=0.998 (vs x86 int8 1.1e-03)",
+        "install 243 MB <= 250 met (x86 247 MB)",
+        "RSS ViT-B-32 int8 1/200 img 304/368 MB est. (x86 294/346, qemu total 419/483) NOT met <= 300; "
+        "folder --low-memory: 283 (x86 262) met",
+        "RSS ViT-S-32-alt int8 1/200 img 126/147 MB est.",
+        "; 1 img --low-memory: 152 (x86 153) NOT met",
+        "int8 bundles ViT-B-32 162, ViT-S-32-alt 51 MB",
+    ):
         assert needle in line, needle
     # a missed budget fails only when asked to
     assert summary.summary_line(_report(), strict_budgets=True).startswith("arm64-check FAIL")
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"tests": {"ok": False, "passed": 1, "failed": 2, "errors": 0, "skipped": 0}}, "tests: 2 failed"),
-    ({"hwcap": {"ok": False, "detail": "qemu advertises sme"}}, "hwcap: qemu advertises sme"),
-    ({"cpu_choice": {"ok": False, "detail": "picked x86"}}, "cpu_choice: picked x86"),
-    ({"failures": ["aarch64 install: pip failed"]}, "aarch64 install: pip failed"),
-    ({"classify": {"ViT-B-32": {"folder": {"passed": False, "error": "exit 1"}}}}, "classify ViT-B-32 folder: exit 1"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"tests": {"ok": False, "passed": 1, "failed": 2, "errors": 0, "skipped": 0}}, "tests: 2 failed"),
+        ({"hwcap": {"ok": False, "detail": "qemu advertises sme"}}, "hwcap: qemu advertises sme"),
+        ({"cpu_choice": {"ok": False, "detail": "picked x86"}}, "cpu_choice: picked x86"),
+        ({"failures": ["aarch64 install: pip failed"]}, "aarch64 install: pip failed"),
+        (
+            {"classify": {"ViT-B-32": {"folder": {"passed": False, "error": "exit 1"}}}},
+            "classify ViT-B-32 folder: exit 1",
+        ),
+    ],
+)
 def test_summary_line_fails_on_correctness(change: dict, needle: str) -> None:
     line = summary.summary_line(_report(**change))
     assert line.startswith("arm64-check FAIL") and needle in line
@@ -630,8 +729,10 @@ def test_cpu_choice_verdict() -> None:
     info = {"exit": 0, "runtime": {"cpu": isa, "image": ort, "text": ort}}
     good = cli.cpu_choice_verdict(api, n1, info)
     assert good["ok"], good
-    assert good["detail"] == ("arm64-dotprod (asimd asimddp) from /proc/cpuinfo: image onnxruntime int8, "
-                              "text onnxruntime int8 (API and clip-rt info agree)")
+    assert good["detail"] == (
+        "arm64-dotprod (asimd asimddp) from /proc/cpuinfo: image onnxruntime int8, "
+        "text onnxruntime int8 (API and clip-rt info agree)"
+    )
     # clip-rt info must have run, and agree
     assert "was not run" in cli.cpu_choice_verdict(api, n1)["detail"]
     assert "exit 1: boom" in cli.cpu_choice_verdict(api, n1, {"exit": 1, "stderr": "boom"})["detail"]
@@ -640,8 +741,9 @@ def test_cpu_choice_verdict() -> None:
     assert not bad["ok"] and "image: the API plans onnxruntime int8, clip-rt info onnxruntime fp32" in bad["detail"]
     # the wrong class, injected flags, another backend, no plan
     ov = {"backend": "openvino", "precision": "int8"}
-    bad = cli.cpu_choice_verdict({"available": True, "isa": dict(isa, **{"class": "generic"}),
-                                  "plan": {"image": ov, "text": ort}}, n1, info)
+    bad = cli.cpu_choice_verdict(
+        {"available": True, "isa": dict(isa, **{"class": "generic"}), "plan": {"image": ov, "text": ort}}, n1, info
+    )
     assert not bad["ok"] and "API: detected aarch64 generic, expected aarch64 arm64-dotprod" in bad["detail"]
     assert "API: image: openvino chosen" in bad["detail"]
     injected = dict(isa, source="CLIP_RT_CPU_FLAGS")
@@ -670,8 +772,13 @@ def test_guest_test_subset_exists_and_is_torch_free() -> None:
 def test_stale_exports_are_the_same_model_by_other_export_code(tmp_path: Path) -> None:
     from arm64check import bundles
 
-    names = ["ViT-S-32-seed0-aaaaaaaaaaaa", "ViT-S-32-seed0-bbbbbbbbbbbb", "ViT-S-32-alt-seed0-aaaaaaaaaaaa",
-             "ViT-S-32-seed1-aaaaaaaaaaaa", "ViT-S-32-seed0-cccccccccccc-x"]
+    names = [
+        "ViT-S-32-seed0-aaaaaaaaaaaa",
+        "ViT-S-32-seed0-bbbbbbbbbbbb",
+        "ViT-S-32-alt-seed0-aaaaaaaaaaaa",
+        "ViT-S-32-seed1-aaaaaaaaaaaa",
+        "ViT-S-32-seed0-cccccccccccc-x",
+    ]
     for n in names:
         (tmp_path / "bundles" / n).mkdir(parents=True)
     current = tmp_path / "bundles" / "ViT-S-32-seed0-bbbbbbbbbbbb"
@@ -708,8 +815,9 @@ def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, mode in enumerate(("RGB", "L", "RGBA")):
-        Image.new(mode, (20 + i, 17), 40 * (i + 1) if mode == "L" else (40 * i, 90, 30, 255)[:len(mode)]).save(
-            photos / f"{i}.png")
+        Image.new(mode, (20 + i, 17), 40 * (i + 1) if mode == "L" else (40 * i, 90, 30, 255)[: len(mode)]).save(
+            photos / f"{i}.png"
+        )
     probe = guest.probe_here(str(bundle))
     assert probe["machine"] and probe["onnxruntime"] and "CPUExecutionProvider" in probe["providers"]
     choice = probe["cpu_choice"]

@@ -1,5 +1,6 @@
 """clip_rt_export.attention_layout: the key transpose of a QDQ attention moves next to its
 MatMul, exactly, and a chain it cannot prove safe is left alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,10 +33,20 @@ def _attention(per_channel_scale: bool = False, extra_consumer: bool = False, bi
         helper.make_node("Transpose", ["k_flat"], ["k_t"], name="key_t", perm=[0, 2, 1]),
         helper.make_node("Reshape", ["k_t", "back_shape"], ["k_back"], name="back"),
         helper.make_node("Mul", ["k_back", "s"], ["k_scaled"], name="scale"),
-        helper.make_node("QuantizeLinear", ["k_scaled", "k_scale", "k_zero"], ["k_q"], name="q",
-                         **({"axis": 3} if per_channel_scale else {})),
-        helper.make_node("DequantizeLinear", ["k_q", "k_scale", "k_zero"], ["k_dq"], name="dq",
-                         **({"axis": 3} if per_channel_scale else {})),
+        helper.make_node(
+            "QuantizeLinear",
+            ["k_scaled", "k_scale", "k_zero"],
+            ["k_q"],
+            name="q",
+            **({"axis": 3} if per_channel_scale else {}),
+        ),
+        helper.make_node(
+            "DequantizeLinear",
+            ["k_q", "k_scale", "k_zero"],
+            ["k_dq"],
+            name="dq",
+            **({"axis": 3} if per_channel_scale else {}),
+        ),
         helper.make_node("MatMul", ["q_in", "k_dq"], ["scores"], name="scores"),
     ]
     outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", HEADS, LEN, LEN])]
@@ -47,18 +58,29 @@ def _attention(per_channel_scale: bool = False, extra_consumer: bool = False, bi
         nodes.append(helper.make_node("MatMul", ["q_in", "w"], ["extra"], name="extra"))
         outputs.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
     four_d = ["b", HEADS, LEN, DIM]
-    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("q_in", TensorProto.FLOAT, four_d),
-                                              helper.make_tensor_value_info("k", TensorProto.FLOAT, four_d)],
-                              outputs, inits,
-                              value_info=[helper.make_tensor_value_info("k_dq", TensorProto.FLOAT,
-                                                                        ["b", HEADS, DIM, LEN])])
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [
+            helper.make_tensor_value_info("q_in", TensorProto.FLOAT, four_d),
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, four_d),
+        ],
+        outputs,
+        inits,
+        value_info=[helper.make_tensor_value_info("k_dq", TensorProto.FLOAT, ["b", HEADS, DIM, LEN])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _feeds() -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    return [{"q_in": rng.normal(size=(3, HEADS, LEN, DIM)).astype(np.float32),
-             "k": rng.normal(size=(3, HEADS, LEN, DIM)).astype(np.float32)} for _ in range(2)]
+    return [
+        {
+            "q_in": rng.normal(size=(3, HEADS, LEN, DIM)).astype(np.float32),
+            "k": rng.normal(size=(3, HEADS, LEN, DIM)).astype(np.float32),
+        }
+        for _ in range(2)
+    ]
 
 
 def test_key_transpose_moves_to_the_matmul_and_nothing_changes(tmp_path: Path) -> None:
@@ -94,8 +116,9 @@ def test_a_difference_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("external_data", [False, True])
-def test_export_keeps_nncf_graph_when_the_rewrite_is_not_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               external_data: bool) -> None:
+def test_export_keeps_nncf_graph_when_the_rewrite_is_not_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external_data: bool
+) -> None:
     from clip_rt_export import attention_layout, nncf_quant
 
     dst = tmp_path / "image_int8.onnx"

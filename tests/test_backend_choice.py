@@ -1,5 +1,6 @@
 """The per-CPU choice of backend, precision and mode (clip_rt.engine.backends.choose), every
 branch by injected CPU flags, installed backends and a small table; and the shipped table."""
+
 from __future__ import annotations
 
 import json
@@ -28,29 +29,45 @@ ORT = ("onnxruntime",)
 
 
 def row(isa: str, encoder: str, backend: str, graph: str, compute: str, score: float, folders: str = "latency") -> dict:
-    return {"isa": isa, "encoder": encoder, "backend": backend, "graph": graph, "compute": compute,
-            "folders": folders, "score": score, "items_per_s": score * 30, "unit": "images/s", "x torch fp32": score,
-            "source": "test"}
+    return {
+        "isa": isa,
+        "encoder": encoder,
+        "backend": backend,
+        "graph": graph,
+        "compute": compute,
+        "folders": folders,
+        "score": score,
+        "items_per_s": score * 30,
+        "unit": "images/s",
+        "x torch fp32": score,
+        "source": "test",
+    }
 
 
-TABLE = {"rows": [
-    row("x86-amx", "image", "openvino", "int8-static", "f32", 5.5, "throughput"),
-    row("x86-amx", "image", "openvino", "fp32", "bf16", 4.5, "throughput"),
-    row("x86-amx", "image", "onnxruntime", "int8-static", "graph", 2.6),
-    row("x86-amx", "image", "onnxruntime", "int8-dynamic", "graph", 2.5),
-    row("x86-amx", "image", "openvino", "fp32", "f32", 1.1),
-    row("x86-amx", "image", "onnxruntime", "fp32", "graph", 0.9),
-    row("x86-amx", "text", "openvino", "fp32", "bf16", 30.0),
-    row("x86-amx", "text", "onnxruntime", "int8-dynamic", "graph", 16.0),
-    row("x86-amx", "text", "onnxruntime", "fp32", "graph", 8.0),
-    row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 2.45),
-    row("x86-avx512-vnni", "image", "onnxruntime", "int8-dynamic", "graph", 1.99),
-    row("x86-avx512-vnni", "image", "onnxruntime", "fp32", "graph", 0.92),
-]}
+TABLE = {
+    "rows": [
+        row("x86-amx", "image", "openvino", "int8-static", "f32", 5.5, "throughput"),
+        row("x86-amx", "image", "openvino", "fp32", "bf16", 4.5, "throughput"),
+        row("x86-amx", "image", "onnxruntime", "int8-static", "graph", 2.6),
+        row("x86-amx", "image", "onnxruntime", "int8-dynamic", "graph", 2.5),
+        row("x86-amx", "image", "openvino", "fp32", "f32", 1.1),
+        row("x86-amx", "image", "onnxruntime", "fp32", "graph", 0.9),
+        row("x86-amx", "text", "openvino", "fp32", "bf16", 30.0),
+        row("x86-amx", "text", "onnxruntime", "int8-dynamic", "graph", 16.0),
+        row("x86-amx", "text", "onnxruntime", "fp32", "graph", 8.0),
+        row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 2.45),
+        row("x86-avx512-vnni", "image", "onnxruntime", "int8-dynamic", "graph", 1.99),
+        row("x86-avx512-vnni", "image", "onnxruntime", "fp32", "graph", 0.92),
+    ]
+}
 
 
-def manifest(precisions: tuple[str, ...] = ("fp32", "int8"), *, passed: Optional[dict[str, bool]] = None,
-             scheme: Optional[str] = None) -> Any:
+def manifest(
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+    *,
+    passed: Optional[dict[str, bool]] = None,
+    scheme: Optional[str] = None,
+) -> Any:
     """A stand-in with what the chooser reads: graphs, parity verdicts, the int8 scheme."""
     passed = dict.fromkeys(precisions, True) if passed is None else passed
     graphs = {p: {e: GraphEntry(f"{e}_{p}.onnx") for e in ("image", "text")} for p in precisions}
@@ -68,8 +85,13 @@ def pick(encoder: str, m: Any, cpu: Any = AMX, installed: tuple[str, ...] = BOTH
 # -- automatic choice ---------------------------------------------------------------------
 def test_amx_static_int8_bundle_runs_openvino_int8_throughput() -> None:
     c = pick("image", manifest(scheme="static"))
-    assert (c.backend, c.precision, c.graph_precision, c.compute, c.folders) == \
-        ("openvino", "int8", "int8", "f32", "throughput")
+    assert (c.backend, c.precision, c.graph_precision, c.compute, c.folders) == (
+        "openvino",
+        "int8",
+        "int8",
+        "f32",
+        "throughput",
+    )
     assert not c.needs_evidence and not c.explicit and "x86-amx" in c.reason and c.source == "test"
 
 
@@ -109,8 +131,12 @@ def test_bf16_rows_need_native_bf16() -> None:
     no_bf16_amx = parse_flags("x86_64: amx_int8 amx_bf16 avx512f avx512_vnni")  # class AMX, native bf16 yes
     assert no_bf16_amx.native_bf16
     # A table that lists bf16 for a class whose CPU lacks it (VNNI) never picks it.
-    table = {"rows": [row("x86-avx512-vnni", "text", "openvino", "fp32", "bf16", 9.0),
-                      row("x86-avx512-vnni", "text", "onnxruntime", "int8-dynamic", "graph", 2.0)]}
+    table = {
+        "rows": [
+            row("x86-avx512-vnni", "text", "openvino", "fp32", "bf16", 9.0),
+            row("x86-avx512-vnni", "text", "onnxruntime", "int8-dynamic", "graph", 2.0),
+        ]
+    }
     c = choose_encoder("text", manifest(), VNNI, installed=BOTH, table=table)
     assert c.precision == "int8" and c.backend == "onnxruntime"
 
@@ -232,8 +258,13 @@ INT8_BF16 = {"rows": [row("x86-amx", "image", "openvino", "int8-static", "bf16",
 def test_int8_in_bf16_is_a_default_only_with_evidence_against_fp32() -> None:
     m = manifest(scheme="static")
     c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16)
-    assert (c.backend, c.precision, c.graph_precision, c.compute, c.folders) == \
-        ("openvino", "int8", "int8", "bf16", "throughput")
+    assert (c.backend, c.precision, c.graph_precision, c.compute, c.folders) == (
+        "openvino",
+        "int8",
+        "int8",
+        "bf16",
+        "throughput",
+    )
     assert c.needs_evidence and c.mode_label == "int8+bf16"
     assert "bf16 compute" in c.summary()
     ok = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, evidence={"openvino:int8+bf16": True})
@@ -257,8 +288,9 @@ def test_int8_asked_for_still_checks_its_bf16_mode_and_bf16_asked_for_means_the_
     m = manifest(scheme="static")
     c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="int8")
     assert (c.precision, c.compute, c.needs_evidence, c.explicit) == ("int8", "bf16", True, True)
-    c = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="int8",
-                       evidence={"openvino:int8+bf16": False})
+    c = choose_encoder(
+        "image", m, AMX, installed=BOTH, table=INT8_BF16, precision="int8", evidence={"openvino:int8+bf16": False}
+    )
     assert (c.precision, c.compute) == ("int8", "f32")
     b = choose_encoder("image", m, AMX, installed=BOTH, table=INT8_BF16, precision="bf16")
     assert (b.precision, b.graph_precision, b.compute, b.needs_evidence) == ("bf16", "fp32", "bf16", False)
@@ -266,8 +298,12 @@ def test_int8_asked_for_still_checks_its_bf16_mode_and_bf16_asked_for_means_the_
 
 def test_int8_in_bf16_needs_native_bf16_and_keeps_its_own_prompt_cache() -> None:
     no_bf16 = parse_flags("x86_64: amx_tile amx_int8 avx512_vnni avx512f avx2")
-    table = {"rows": [row(no_bf16.isa_class, "text", "openvino", "int8-static", "bf16", 9.0),
-                      row(no_bf16.isa_class, "text", "openvino", "int8-static", "f32", 8.0)]}
+    table = {
+        "rows": [
+            row(no_bf16.isa_class, "text", "openvino", "int8-static", "bf16", 9.0),
+            row(no_bf16.isa_class, "text", "openvino", "int8-static", "f32", 8.0),
+        ]
+    }
     c = choose_encoder("text", manifest(scheme="static"), no_bf16, installed=BOTH, table=table)
     assert c.compute == "f32" and not no_bf16.native_bf16
     m = manifest(scheme="static")

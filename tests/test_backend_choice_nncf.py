@@ -2,6 +2,7 @@
 ``quantization.int8.<encoder>.method == "nncf"``) is matched only by rows measured on NNCF graphs
 (``int8-static-nncf``), an onnxruntime.quantization graph only by ``int8-static`` rows, so a
 backend is never sent to a graph on the strength of another graph's speed. CPU flags injected."""
+
 from __future__ import annotations
 
 import json
@@ -10,21 +11,22 @@ from typing import Any, Optional
 
 from clip_rt.bundle.manifest import Calibration, Quantization, read_manifest
 from clip_rt.engine.backends.choose import INT8_SCHEMES, TABLE_PATH, choose_encoder, int8_scheme
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 from test_backend_choice import AMX, BOTH, ORT, VNNI, manifest, row
 
-NNCF_TABLE = {"rows": [
-    row("x86-amx", "image", "openvino", "int8-static-nncf", "f32", 6.6, "throughput"),
-    row("x86-amx", "image", "openvino", "int8-static", "f32", 5.5, "throughput"),
-    row("x86-amx", "image", "openvino", "fp32", "bf16", 4.5, "throughput"),
-    row("x86-amx", "image", "onnxruntime", "int8-static", "graph", 2.6),
-    row("x86-amx", "image", "onnxruntime", "fp32", "graph", 0.9),
-    row("x86-amx", "image", "onnxruntime", "int8-static-nncf", "graph", 0.5),  # int8 activations: slow there
-    row("x86-avx512-vnni", "image", "openvino", "int8-static-nncf", "f32", 3.1, "throughput"),
-    row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 3.0),
-    row("x86-avx512-vnni", "image", "onnxruntime", "fp32", "graph", 0.92),
-]}
+NNCF_TABLE = {
+    "rows": [
+        row("x86-amx", "image", "openvino", "int8-static-nncf", "f32", 6.6, "throughput"),
+        row("x86-amx", "image", "openvino", "int8-static", "f32", 5.5, "throughput"),
+        row("x86-amx", "image", "openvino", "fp32", "bf16", 4.5, "throughput"),
+        row("x86-amx", "image", "onnxruntime", "int8-static", "graph", 2.6),
+        row("x86-amx", "image", "onnxruntime", "fp32", "graph", 0.9),
+        row("x86-amx", "image", "onnxruntime", "int8-static-nncf", "graph", 0.5),  # int8 activations: slow there
+        row("x86-avx512-vnni", "image", "openvino", "int8-static-nncf", "f32", 3.1, "throughput"),
+        row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 3.0),
+        row("x86-avx512-vnni", "image", "onnxruntime", "fp32", "graph", 0.92),
+    ]
+}
 
 
 def quantised(method: Optional[str], kind: str = "static") -> Any:
@@ -60,8 +62,9 @@ def test_nncf_bundle_without_openvino_never_takes_the_onnxruntime_graphs_row() -
     # measured 0.5x, under its fp32 (0.9x): fp32 wins, and the note says what would be faster.
     c = pick(quantised("nncf"), installed=ORT)
     assert (c.backend, c.precision) == ("onnxruntime", "fp32")
-    assert any("int8 (static) measured" in n and "x faster here" in n and "--int8-method onnxruntime" in n
-               for n in c.notes)
+    assert any(
+        "int8 (static) measured" in n and "x faster here" in n and "--int8-method onnxruntime" in n for n in c.notes
+    )
 
 
 def test_nncf_bundle_int8_asked_on_onnxruntime_uses_the_nncf_row() -> None:
@@ -102,9 +105,16 @@ def test_dynamic_bundle_takes_no_static_row() -> None:
 def test_record_method_round_trips_and_is_validated(tmp_path: Any) -> None:
     bundle = build_fake_bundle(tmp_path / "b")
     m = read_manifest(bundle)
-    record = Quantization(kind="static", per_channel=True, activations="int8", ops=("Gemm", "MatMul"),
-                          calibration=Calibration("nncf", "photos", ("brick",), 1), batch_independent=True,
-                          method="nncf", parameters={"preset": "mixed", "smooth_quant_matmul_alpha": "-1 (off)"})
+    record = Quantization(
+        kind="static",
+        per_channel=True,
+        activations="int8",
+        ops=("Gemm", "MatMul"),
+        calibration=Calibration("nncf", "photos", ("brick",), 1),
+        batch_independent=True,
+        method="nncf",
+        parameters={"preset": "mixed", "smooth_quant_matmul_alpha": "-1 (off)"},
+    )
     m.quantization = {"int8": {"image": record}}
     m.write(bundle)
     again = read_manifest(bundle)
@@ -125,4 +135,4 @@ def test_shipped_table_graph_names_are_known_schemes() -> None:
     table = json.loads(TABLE_PATH.read_text())
     for r in table["rows"]:
         g = r["graph"]
-        assert g in ("fp32", "fp16") or g[len("int8-"):] in INT8_SCHEMES, g
+        assert g in ("fp32", "fp16") or g[len("int8-") :] in INT8_SCHEMES, g

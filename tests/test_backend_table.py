@@ -1,4 +1,5 @@
 """bench.backend_table: result files -> the runtime's decision table, NNCF graphs as their own rows."""
+
 from __future__ import annotations
 
 import json
@@ -16,28 +17,49 @@ def _speed(**items_per_s: float) -> dict:
 
 
 def _result(env: dict, label: str) -> dict:
-    cands = [("onnxruntime fp32", "onnxruntime", "fp32", "graph", 1.0),
-             ("onnxruntime int8-static-nncf", "onnxruntime", "int8-static-nncf", "graph", 0.9996),
-             ("openvino int8-static-nncf f32", "openvino", "int8-static-nncf", "f32", 0.9995),
-             ("openvino int8-static f32", "openvino", "int8-static", "f32", 0.9996),
-             ("openvino int8-static-nncf bf16", "openvino", "int8-static-nncf", "bf16", 0.9995)]
-    rows = [{"candidate": n, "backend": b, "graph": g, "compute": c, "min_cosine_vs_torch_fp32": cos}
-            for n, b, g, c, cos in cands]
-    b8 = {"torch fp32": 30.0, "torch bf16": 100.0, "onnxruntime fp32": 27.0, "onnxruntime int8-static-nncf": 15.0,
-          "openvino int8-static-nncf f32": 150.0, "openvino int8-static-nncf f32 [throughput]": 210.0,
-          "openvino int8-static f32": 130.0, "openvino int8-static-nncf bf16": 999.0}
-    b1 = {"torch fp32": 15.0, "torch bf16": 35.0, "openvino int8-static-nncf f32": 110.0,
-          "openvino int8-static-nncf f32 [dynamic-batch model]": 500.0,  # a comparison row: never counts
-          "openvino int8-static-nncf f32 [throughput, 1-image requests]": 140.0}
-    return {"isa_class": label, "command": "python -m bench.backends --nncf-image x", "env": env, "when": "t",
-            "machine": {"cpu_model": "cpu", "isa": ["amx_int8"]},
-            "image": {"rows": rows, "speed": {"8": _speed(**b8), "1": _speed(**b1)}}}
+    cands = [
+        ("onnxruntime fp32", "onnxruntime", "fp32", "graph", 1.0),
+        ("onnxruntime int8-static-nncf", "onnxruntime", "int8-static-nncf", "graph", 0.9996),
+        ("openvino int8-static-nncf f32", "openvino", "int8-static-nncf", "f32", 0.9995),
+        ("openvino int8-static f32", "openvino", "int8-static", "f32", 0.9996),
+        ("openvino int8-static-nncf bf16", "openvino", "int8-static-nncf", "bf16", 0.9995),
+    ]
+    rows = [
+        {"candidate": n, "backend": b, "graph": g, "compute": c, "min_cosine_vs_torch_fp32": cos}
+        for n, b, g, c, cos in cands
+    ]
+    b8 = {
+        "torch fp32": 30.0,
+        "torch bf16": 100.0,
+        "onnxruntime fp32": 27.0,
+        "onnxruntime int8-static-nncf": 15.0,
+        "openvino int8-static-nncf f32": 150.0,
+        "openvino int8-static-nncf f32 [throughput]": 210.0,
+        "openvino int8-static f32": 130.0,
+        "openvino int8-static-nncf bf16": 999.0,
+    }
+    b1 = {
+        "torch fp32": 15.0,
+        "torch bf16": 35.0,
+        "openvino int8-static-nncf f32": 110.0,
+        "openvino int8-static-nncf f32 [dynamic-batch model]": 500.0,  # a comparison row: never counts
+        "openvino int8-static-nncf f32 [throughput, 1-image requests]": 140.0,
+    }
+    return {
+        "isa_class": label,
+        "command": "python -m bench.backends --nncf-image x",
+        "env": env,
+        "when": "t",
+        "machine": {"cpu_model": "cpu", "isa": ["amx_int8"]},
+        "image": {"rows": rows, "speed": {"8": _speed(**b8), "1": _speed(**b1)}},
+    }
 
 
 def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
     (tmp_path / "backends-x86-amx-nncf.json").write_text(json.dumps(_result({}, "x86-amx")))
     (tmp_path / "backends-x86-amx-as-vnni-nncf.json").write_text(
-        json.dumps(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni")))
+        json.dumps(_result({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-amx-as-vnni"))
+    )
     table = build_table(tmp_path)
     amx = [r for r in table["rows"] if r["isa"] == "x86-amx"]
     by = {(r["backend"], r["graph"], r["compute"]): r for r in amx}
@@ -57,8 +79,9 @@ def test_nncf_rows_are_kept_apart_and_drive_the_choice(tmp_path: Path) -> None:
     nncf.quantization_of = lambda p, e: type("Q", (), {"kind": "static", "method": "nncf"})() if p == "int8" else None
     c = choose_encoder("image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table)
     assert (c.backend, c.precision, c.compute, c.needs_evidence) == ("openvino", "int8", "bf16", True)
-    c = choose_encoder("image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table,
-                       evidence={"openvino:int8+bf16": False})  # its parity check failed: the next row
+    c = choose_encoder(
+        "image", nncf, AMX, installed=("onnxruntime", "openvino"), table=table, evidence={"openvino:int8+bf16": False}
+    )  # its parity check failed: the next row
     assert (c.backend, c.precision, c.compute, c.folders) == ("openvino", "int8", "f32", "throughput")
     ort = choose_encoder("image", nncf, AMX, installed=("onnxruntime",), table=table)
     assert (ort.backend, ort.precision) == ("onnxruntime", "fp32")  # 0.9x fp32 beats 0.5x on the NNCF graph
@@ -79,8 +102,10 @@ def test_goals_report_met_and_unmet_with_peak() -> None:
     b1 = by["image batch 1 >= 3x torch bf16 (one call at a time)"]
     assert (b1["candidate"], b1["measured"], b1["met"]) == ("openvino int8-static-nncf f32", round(110 / 35, 3), True)
     queued = by["image batch 1 >= 3x torch bf16 (single-image requests in flight)"]
-    assert (queued["candidate"], queued["measured"]) == ("openvino int8-static-nncf f32 [throughput, 1-image requests]",
-                                                         round(140 / 35, 3))
+    assert (queued["candidate"], queued["measured"]) == (
+        "openvino int8-static-nncf f32 [throughput, 1-image requests]",
+        round(140 / 35, 3),
+    )
     cos = [g for g in lines if g["target"].startswith("onnxruntime int8-static-nncf:")]
     assert cos and cos[0]["met"] is False
     text = format_goals(lines)
@@ -91,14 +116,38 @@ def test_goals_report_met_and_unmet_with_peak() -> None:
 
 
 def _text_result(label: str) -> dict:
-    rows = [{"candidate": "openvino int8-static-nncf f32", "backend": "openvino", "graph": "int8-static-nncf",
-             "compute": "f32", "min_cosine_vs_torch_fp32": 0.9987},
-            {"candidate": "onnxruntime fp32", "backend": "onnxruntime", "graph": "fp32", "compute": "graph",
-             "min_cosine_vs_torch_fp32": 1.0}]
-    speed = _speed(**{"open_clip fp32 (context 77)": 40.0, "torch bf16 trimmed": 600.0,
-                      "openvino int8-static-nncf f32": 800.0, "onnxruntime fp32": 200.0})
-    return {"isa_class": label, "command": "c", "env": {}, "when": "t", "machine": {"cpu_model": "cpu"},
-            "text": {"rows": rows, "speed": {"80": speed}}}
+    rows = [
+        {
+            "candidate": "openvino int8-static-nncf f32",
+            "backend": "openvino",
+            "graph": "int8-static-nncf",
+            "compute": "f32",
+            "min_cosine_vs_torch_fp32": 0.9987,
+        },
+        {
+            "candidate": "onnxruntime fp32",
+            "backend": "onnxruntime",
+            "graph": "fp32",
+            "compute": "graph",
+            "min_cosine_vs_torch_fp32": 1.0,
+        },
+    ]
+    speed = _speed(
+        **{
+            "open_clip fp32 (context 77)": 40.0,
+            "torch bf16 trimmed": 600.0,
+            "openvino int8-static-nncf f32": 800.0,
+            "onnxruntime fp32": 200.0,
+        }
+    )
+    return {
+        "isa_class": label,
+        "command": "c",
+        "env": {},
+        "when": "t",
+        "machine": {"cpu_model": "cpu"},
+        "text": {"rows": rows, "speed": {"80": speed}},
+    }
 
 
 def test_text_queue_result_marks_its_row_queued(tmp_path: Path) -> None:
@@ -106,11 +155,20 @@ def test_text_queue_result_marks_its_row_queued(tmp_path: Path) -> None:
     plain = {(r["backend"], r["graph"]): r for r in build_table(tmp_path)["rows"]}
     assert plain[("openvino", "int8-static-nncf")]["folders"] == "latency"
     for faster, want in ((True, "throughput"), (False, "latency")):
-        queue = {"isa_class": "x86-amx", "command": "python -m bench.text_queue --bundle b", "when": "t",
-                 "machine": {"cpu_model": "cpu"}, "queue_faster": faster,
-                 "candidate": {"backend": "openvino", "graph": "int8-static-nncf", "compute": "f32"},
-                 "sizes": {"80": {"queue_x_latency_best": 1.6 if faster else 0.9,
-                                  "queue_x_latency_per_round_median": 1.5 if faster else 0.95}}}
+        queue = {
+            "isa_class": "x86-amx",
+            "command": "python -m bench.text_queue --bundle b",
+            "when": "t",
+            "machine": {"cpu_model": "cpu"},
+            "queue_faster": faster,
+            "candidate": {"backend": "openvino", "graph": "int8-static-nncf", "compute": "f32"},
+            "sizes": {
+                "80": {
+                    "queue_x_latency_best": 1.6 if faster else 0.9,
+                    "queue_x_latency_per_round_median": 1.5 if faster else 0.95,
+                }
+            },
+        }
         (tmp_path / "text_queue-x86-amx.json").write_text(json.dumps(queue))
         table = build_table(tmp_path)
         by = {(r["backend"], r["graph"]): r for r in table["rows"]}

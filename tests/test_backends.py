@@ -2,6 +2,7 @@
 throughput queue, batch independence, and the model/CLI surfaces that say what ran.
 
 OpenVINO tests skip (with the reason) where the ``[openvino]`` extra is not installed."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from clip_rt.engine.backends.choose import EncoderChoice
 from clip_rt.engine.backends.ort import OrtBackend
 from clip_rt.engine.cpu import ENV_FLAGS
 from clip_rt.errors import BundleError, InputError, ProviderError
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 try:
@@ -85,7 +85,7 @@ def test_openvino_matches_onnxruntime_fp32_alone_batched_and_queued(bundle: Path
     x = pixels(8)
     want = ort_b.run({"pixel_values": x})[0]
     batched = ov_b.run({"pixel_values": x})[0]
-    alone = np.concatenate([ov_b.run({"pixel_values": x[i:i + 1]})[0] for i in range(8)])
+    alone = np.concatenate([ov_b.run({"pixel_values": x[i : i + 1]})[0] for i in range(8)])
     queued = np.concatenate(drain(ov_b, [x[:3], x[3:5], x[5:]]))
     for got in (batched, alone, queued):
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -102,7 +102,7 @@ def test_openvino_runs_one_dynamic_batch_model_per_mode_and_items_agree_at_every
     want = ort_b.run({"pixel_values": x})[0]
     ov_b = ov_backend(bundle / "image_fp32.onnx", streams=2)
     assert list(ov_b._compiled) == ["latency"]  # the one compile at creation: what single calls use
-    alone = np.concatenate([ov_b.run({"pixel_values": x[i:i + 1]})[0] for i in range(7)])
+    alone = np.concatenate([ov_b.run({"pixel_values": x[i : i + 1]})[0] for i in range(7)])
     three = ov_b.run({"pixel_values": x[:3]})[0]
     many = ov_b.run({"pixel_values": np.concatenate([x, x])})[0]
     assert list(ov_b._compiled) == ["latency"] and three.shape[0] == 3 and many.shape[0] == 14
@@ -113,7 +113,7 @@ def test_openvino_runs_one_dynamic_batch_model_per_mode_and_items_agree_at_every
     served = ov_b.submit({"pixel_values": x[:5]}).result()[0]  # no stream size: its own size
     np.testing.assert_allclose(alone, want, atol=1e-5)
     for got in (three, np.concatenate(streamed), served, many[:7], many[7:]):  # every size agrees with alone
-        np.testing.assert_array_equal(got, alone[:len(got)])
+        np.testing.assert_array_equal(got, alone[: len(got)])
     d = ov_b.describe()
     assert d["shapes"] == "dynamic batch" and d["throughput"]["streams"] == 2 and d["folders"].startswith("throughput")
     text = ov_backend(bundle / "text_fp32.onnx")
@@ -137,8 +137,9 @@ def test_openvino_text_keeps_the_dynamic_sequence(bundle: Path) -> None:
     ov_b = ov_backend(bundle / "text_fp32.onnx")
     ids = np.array([[62, 3, 4, 63, 0, 0], [62, 5, 63, 0, 0, 0]], dtype=np.int64)
     for length in (6, 4, 3, 4):  # shapes change call to call, and come back
-        np.testing.assert_allclose(ov_b.run({"input_ids": ids[:, :length]})[0],
-                                   ort_b.run({"input_ids": ids[:, :length]})[0], atol=1e-5)
+        np.testing.assert_allclose(
+            ov_b.run({"input_ids": ids[:, :length]})[0], ort_b.run({"input_ids": ids[:, :length]})[0], atol=1e-5
+        )
 
 
 @needs_ov
@@ -256,8 +257,13 @@ def test_default_precision_on_the_cpu_is_gated_int8(tmp_path: Path, monkeypatch:
     assert clip_rt.load(b).precision == "fp32"  # no parity records
     m = read_manifest(b)
     for passed, want in ((False, "fp32"), (True, "int8")):
-        m.parity = {p: {e: ParityFigure(0.001, 0.9999, 8, {"min_cosine": 0.99}, passed or p == "fp32")
-                        for e in ("image", "text")} for p in ("fp32", "int8")}
+        m.parity = {
+            p: {
+                e: ParityFigure(0.001, 0.9999, 8, {"min_cosine": 0.99}, passed or p == "fp32")
+                for e in ("image", "text")
+            }
+            for p in ("fp32", "int8")
+        }
         m.write(b)
         model = clip_rt.load(b)
         assert model.precision == want and model.plan.image.backend == "onnxruntime"
@@ -274,8 +280,21 @@ def test_text_goes_through_the_queue_where_the_plan_says(bundle: Path, monkeypat
     prompts = [f"a photo of a thing number {i}" + " big" * (i % 5) for i in range(40)]
     got = {}
     for folders in ("latency", "throughput"):
-        table = {"rows": [{"isa": "x86-amx", "encoder": "text", "backend": "openvino", "graph": "fp32",
-                           "compute": "f32", "folders": folders, "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+        table = {
+            "rows": [
+                {
+                    "isa": "x86-amx",
+                    "encoder": "text",
+                    "backend": "openvino",
+                    "graph": "fp32",
+                    "compute": "f32",
+                    "folders": folders,
+                    "score": 9.0,
+                    "items_per_s": 1.0,
+                    "source": "t",
+                }
+            ]
+        }
         monkeypatch.setattr(choose, "load_table", lambda path=None, table=table: table)
         m = clip_rt.load(bundle, precision="fp32", cache=False)
         assert m.plan.text.backend == "openvino" and m.plan.text.folders == folders
@@ -283,8 +302,9 @@ def test_text_goes_through_the_queue_where_the_plan_says(bundle: Path, monkeypat
         calls: list[str] = []
         for name in ("run", "submit"):
             original = getattr(session, name)
-            monkeypatch.setattr(session, name,
-                                lambda *a, _n=name, _o=original, _c=calls, **k: (_c.append(_n), _o(*a, **k))[1])
+            monkeypatch.setattr(
+                session, name, lambda *a, _n=name, _o=original, _c=calls, **k: (_c.append(_n), _o(*a, **k))[1]
+            )
         got[folders] = m.encode_text(prompts)
         streams = session.queue_depth
         assert streams > 1 or (os.cpu_count() or 1) < 2  # OpenVINO's THROUGHPUT: a stream per core or two
@@ -295,14 +315,28 @@ def test_text_goes_through_the_queue_where_the_plan_says(bundle: Path, monkeypat
 
 # -- evidence for derived modes -----------------------------------------------------------------
 @needs_ov
-def test_bf16_default_is_checked_against_fp32_once(bundle: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  clip_home: Path) -> None:
+def test_bf16_default_is_checked_against_fp32_once(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, clip_home: Path
+) -> None:
     import clip_rt.engine.backends.choose as choose
 
     monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
-    table = {"rows": [
-        {"isa": "x86-amx", "encoder": e, "backend": "openvino", "graph": "fp32", "compute": "bf16",
-         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"} for e in ("image", "text")]}
+    table = {
+        "rows": [
+            {
+                "isa": "x86-amx",
+                "encoder": e,
+                "backend": "openvino",
+                "graph": "fp32",
+                "compute": "bf16",
+                "folders": "latency",
+                "score": 9.0,
+                "items_per_s": 1.0,
+                "source": "t",
+            }
+            for e in ("image", "text")
+        ]
+    }
     monkeypatch.setattr(choose, "load_table", lambda path=None: table)
     m = clip_rt.load(bundle, cache=False)
     assert m.plan.text.needs_evidence
@@ -311,7 +345,7 @@ def test_bf16_default_is_checked_against_fp32_once(bundle: Path, monkeypatch: py
     assert text["precision"] == "bf16" and not text["needs_evidence"]
     assert any("parity vs the fp32 graph" in n and "measured now" in n for n in text["notes"])
     cache = json.loads((clip_home / "cache" / "derived_parity.json").read_text())
-    (key, record), = cache.items()
+    ((key, record),) = cache.items()
     assert ":text:openvino-" in key and record["passed"] and record["min_cosine"] >= 0.999
     again = clip_rt.load(bundle, cache=False)
     assert not again.plan.text.needs_evidence  # the verdict is read at load
@@ -323,9 +357,21 @@ def test_failed_bf16_evidence_chooses_again(bundle: Path, monkeypatch: pytest.Mo
     import clip_rt.engine.backends.evidence as evidence
 
     monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
-    table = {"rows": [
-        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "fp32", "compute": "bf16",
-         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+    table = {
+        "rows": [
+            {
+                "isa": "x86-amx",
+                "encoder": "image",
+                "backend": "openvino",
+                "graph": "fp32",
+                "compute": "bf16",
+                "folders": "latency",
+                "score": 9.0,
+                "items_per_s": 1.0,
+                "source": "t",
+            }
+        ]
+    }
     monkeypatch.setattr(choose, "load_table", lambda path=None: table)
     monkeypatch.setitem(evidence.GATE, "min_cosine", 1.5)  # nothing can pass
     m = clip_rt.load(bundle, cache=False)
@@ -338,24 +384,47 @@ def _int8_bundle(path: Path, int8_gate: float) -> Path:
     """A bundle with fp32 and (stand-in) int8 graphs whose int8 export gate is *int8_gate*."""
     b = build_fake_bundle(path, precisions=("fp32", "int8"))
     data = json.loads((b / "manifest.json").read_text())
-    data["parity"] = {"int8": {e: {"max_abs_diff": 0.01, "min_cosine": 0.9995, "samples": 8,
-                                   "tolerance": {"min_cosine": int8_gate}, "passed": True} for e in ("image", "text")}}
+    data["parity"] = {
+        "int8": {
+            e: {
+                "max_abs_diff": 0.01,
+                "min_cosine": 0.9995,
+                "samples": 8,
+                "tolerance": {"min_cosine": int8_gate},
+                "passed": True,
+            }
+            for e in ("image", "text")
+        }
+    }
     (b / "manifest.json").write_text(json.dumps(data))
     return b
 
 
 @needs_ov
 @pytest.mark.parametrize("gate", [0.99, 1.5])
-def test_int8_in_bf16_is_checked_against_fp32_with_the_int8_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  clip_home: Path, gate: float) -> None:
+def test_int8_in_bf16_is_checked_against_fp32_with_the_int8_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_home: Path, gate: float
+) -> None:
     import clip_rt.engine.backends.choose as choose
 
     monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
     b = _int8_bundle(tmp_path / "b", gate)
-    table = {"rows": [
-        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": c,
-         "folders": "latency", "score": score, "items_per_s": 1.0, "source": "t"}
-        for c, score in (("bf16", 9.0), ("f32", 8.0))]}
+    table = {
+        "rows": [
+            {
+                "isa": "x86-amx",
+                "encoder": "image",
+                "backend": "openvino",
+                "graph": "int8-dynamic",
+                "compute": c,
+                "folders": "latency",
+                "score": score,
+                "items_per_s": 1.0,
+                "source": "t",
+            }
+            for c, score in (("bf16", 9.0), ("f32", 8.0))
+        ]
+    }
     monkeypatch.setattr(choose, "load_table", lambda path=None: table)
     m = clip_rt.load(b, cache=False)
     assert (m.plan.image.precision, m.plan.image.compute, m.plan.image.needs_evidence) == ("int8", "bf16", True)
@@ -369,7 +438,7 @@ def test_int8_in_bf16_is_checked_against_fp32_with_the_int8_gate(tmp_path: Path,
         image = m.runtime["image"]
         assert (image["precision"], image["compute"], image["needs_evidence"]) == ("int8", "bf16", False)
         assert any("parity vs the fp32 graph" in n and "gate >= 0.99" in n for n in image["notes"])
-    (key, record), = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
+    ((key, record),) = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
     assert ":image:openvino-" in key and ":int8+bf16:" in key and record["gate"] == {"min_cosine": gate}
     assert record["passed"] is (gate < 1) and record["reference"] == "onnxruntime fp32 graph"
     again = clip_rt.load(b, cache=False)  # the verdict is read at load
@@ -400,28 +469,42 @@ def _with_stored_reference(b: Path, *, slim: bool) -> Path:
 
 @needs_ov
 def test_a_slim_bundle_checks_int8_in_bf16_against_the_stored_fp32_embeddings(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_home: Path) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_home: Path
+) -> None:
     """No fp32 graph to load: the export's stored embeddings are the reference, and the mode a
     slim bundle could not take before is taken once they agree."""
     import clip_rt.engine.backends.choose as choose
 
     monkeypatch.setenv(ENV_FLAGS, AMX_FLAGS)
     b = _with_stored_reference(_int8_bundle(tmp_path / "b", 0.99), slim=True)
-    table = {"rows": [
-        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": "bf16",
-         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+    table = {
+        "rows": [
+            {
+                "isa": "x86-amx",
+                "encoder": "image",
+                "backend": "openvino",
+                "graph": "int8-dynamic",
+                "compute": "bf16",
+                "folders": "latency",
+                "score": 9.0,
+                "items_per_s": 1.0,
+                "source": "t",
+            }
+        ]
+    }
     monkeypatch.setattr(choose, "load_table", lambda path=None: table)
     m = clip_rt.load(b, cache=False)
     assert (m.plan.image.precision, m.plan.image.compute, m.plan.image.needs_evidence) == ("int8", "bf16", True)
     m.encode_image(np.random.default_rng(3).random((16, 16, 3)).astype(np.float32))
     assert not m.plan.image.needs_evidence
-    (_, record), = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
+    ((_, record),) = json.loads((clip_home / "cache" / "derived_parity.json").read_text()).items()
     assert record["passed"] and record["reference"] == "the fp32 embeddings stored at export"
 
 
 @needs_ov
 def test_a_stored_reference_of_the_wrong_shape_is_a_bundle_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import hashlib
 
     import clip_rt.engine.backends.choose as choose
@@ -433,9 +516,21 @@ def test_a_stored_reference_of_the_wrong_shape_is_a_bundle_error(
     blob = (b / "parity_reference.npz").read_bytes()
     data["files"]["parity_reference.npz"] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
     (b / "manifest.json").write_text(json.dumps(data))
-    table = {"rows": [
-        {"isa": "x86-amx", "encoder": "image", "backend": "openvino", "graph": "int8-dynamic", "compute": "bf16",
-         "folders": "latency", "score": 9.0, "items_per_s": 1.0, "source": "t"}]}
+    table = {
+        "rows": [
+            {
+                "isa": "x86-amx",
+                "encoder": "image",
+                "backend": "openvino",
+                "graph": "int8-dynamic",
+                "compute": "bf16",
+                "folders": "latency",
+                "score": 9.0,
+                "items_per_s": 1.0,
+                "source": "t",
+            }
+        ]
+    }
     monkeypatch.setattr(choose, "load_table", lambda path=None: table)
     with pytest.raises(BundleError, match=r"parity_reference.npz: .*image embeddings of float32 \(3, 5\), expected"):
         clip_rt.load(b, cache=False).prepare(["image"])
@@ -472,8 +567,25 @@ def test_outputs_record_what_ran(bundle: Path, tmp_path: Path) -> None:
         Image.fromarray((np.random.default_rng(i).random((20, 20, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "run.jsonl"
     report = tmp_path / "report"
-    res = CliRunner().invoke(main, ["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out),
-                                    "--backend", "onnxruntime", "--report", str(report), "--contact-sheet", "0"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(folder),
+            "-l",
+            "cat,dog",
+            "-m",
+            str(bundle),
+            "-o",
+            str(out),
+            "--backend",
+            "onnxruntime",
+            "--report",
+            str(report),
+            "--contact-sheet",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((report / "summary.json").read_text())
     assert summary["run"]["runtime"]["text"]["backend"] == "onnxruntime"
@@ -482,8 +594,23 @@ def test_outputs_record_what_ran(bundle: Path, tmp_path: Path) -> None:
     side = json.loads(Path(sidecar_path(str(out))).read_text())
     assert side["runtime"]["image"]["backend"] == "onnxruntime" and side["runtime"]["cpu"]
     other = ["--backend", "openvino"] if HAVE_OV else []
-    res = CliRunner().invoke(main, ["classify", str(folder), "-l", "cat,dog", "-m", str(bundle), "-o", str(out),
-                                    "--resume", "--precision", "fp32", *other])
+    res = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(folder),
+            "-l",
+            "cat,dog",
+            "-m",
+            str(bundle),
+            "-o",
+            str(out),
+            "--resume",
+            "--precision",
+            "fp32",
+            *other,
+        ],
+    )
     assert res.exit_code == 0, res.output  # the runtime record is not part of the run's identity
     idx = tmp_path / "idx"
     res = CliRunner().invoke(main, ["index", str(folder), "-o", str(idx), "-m", str(bundle)])
@@ -520,7 +647,8 @@ def test_ctrl_c_after_an_openvino_model_was_released_is_a_keyboard_interrupt(bun
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n"
         "    sys.exit(0)\n"
-        "sys.exit(3)\n")
+        "sys.exit(3)\n"
+    )
     env = {**__import__("os").environ, "CLIP_RT_HOME": str(tmp_path / "home")}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and "interrupted" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -1,6 +1,7 @@
 """Backends on a real architecture (the tiny open_clip ViT exported by the export stage) and
 real photos: OpenVINO agrees with onnxruntime, and static int8 embeddings do not depend on the
 other images in the batch, on every int8 path (onnxruntime, OpenVINO latency and queue)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,17 +37,24 @@ def static_int8(tiny_bundle_dir: Path, photos: np.ndarray, tmp_path_factory: pyt
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter({"pixel_values": photos[i:i + 1]} for i in range(len(photos)))
+            self.it = iter({"pixel_values": photos[i : i + 1]} for i in range(len(photos)))
 
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
     m = read_manifest(tiny_bundle_dir)
     out = tmp_path_factory.mktemp("static") / "image_int8_static.onnx"
-    quantize_static(str(tiny_bundle_dir / m.graph("fp32", "image").file), str(out), Reader(),
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    extra_options={"MatMulConstBOnly": True})
+    quantize_static(
+        str(tiny_bundle_dir / m.graph("fp32", "image").file),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
     return out
 
 
@@ -87,17 +95,18 @@ def test_openvino_text_equals_onnxruntime_at_every_length(tiny_bundle_dir: Path)
 def test_static_int8_is_batch_independent(static_int8: Path, photos: np.ndarray, path_kind: str) -> None:
     backend = OrtBackend(static_int8, ["cpu"]) if path_kind == "onnxruntime" else _ov(static_int8)
     if path_kind == "openvino queue":
-        alone = _queued(backend, [photos[i:i + 1] for i in range(len(photos))])
+        alone = _queued(backend, [photos[i : i + 1] for i in range(len(photos))])
         batched = _queued(backend, [photos])
     else:
-        alone = np.concatenate([backend.run({"pixel_values": photos[i:i + 1]})[0] for i in range(len(photos))])
+        alone = np.concatenate([backend.run({"pixel_values": photos[i : i + 1]})[0] for i in range(len(photos))])
         batched = backend.run({"pixel_values": photos})[0]  # type: ignore[attr-defined]
     assert len(photos) == 8
     assert float(np.abs(alone - batched).max()) <= 1e-5
 
 
-def test_static_int8_agrees_across_backends_and_with_fp32(tiny_bundle_dir: Path, static_int8: Path,
-                                                          photos: np.ndarray) -> None:
+def test_static_int8_agrees_across_backends_and_with_fp32(
+    tiny_bundle_dir: Path, static_int8: Path, photos: np.ndarray
+) -> None:
     fp32 = OrtBackend(tiny_bundle_dir / read_manifest(tiny_bundle_dir).graph("fp32", "image").file, ["cpu"])
     want = fp32.run({"pixel_values": photos})[0]
     on_ort = OrtBackend(static_int8, ["cpu"]).run({"pixel_values": photos})[0]

@@ -1,4 +1,5 @@
 """Loading: every broken file gives ImageLoadError with its reason; awkward files are handled."""
+
 from __future__ import annotations
 
 import io
@@ -12,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from badfiles import Case, encode, make_corpus, photo
+from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs.images import LoadedImage, array_to_pil, open_image
-from clip_rt.bundle.manifest import ImageConfig
 from clip_rt.inputs.preprocess import Preprocessor
-
-from badfiles import Case, encode, make_corpus, photo
 
 # bomb_warning.png: PIL warns (100 Mpx is under 2x its limit) before open_image refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -31,11 +31,35 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 
 
 CORPUS_NAMES = [
-    "empty.jpg", "truncated.jpg", "truncated.png", "page.jpg", "notes.png", "drawing.jpg", "noise.jpg",
-    "bomb.png", "bomb_warning.png", "dangling.jpg", "missing.jpg", "folder.jpg",
-    "cmyk.jpg", "ycck.jpg", "gray16.png", "gray16.tif", "int32.tif", "float.tif", "palette_transparent.png",
-    "la.png", "rgba.png", "bilevel.png", "one_pixel.png", "wide.png", "tall.png", "animated.gif",
-    "animated.webp", "rotated.jpg", "caf\\xe9.jpg",
+    "empty.jpg",
+    "truncated.jpg",
+    "truncated.png",
+    "page.jpg",
+    "notes.png",
+    "drawing.jpg",
+    "noise.jpg",
+    "bomb.png",
+    "bomb_warning.png",
+    "dangling.jpg",
+    "missing.jpg",
+    "folder.jpg",
+    "cmyk.jpg",
+    "ycck.jpg",
+    "gray16.png",
+    "gray16.tif",
+    "int32.tif",
+    "float.tif",
+    "palette_transparent.png",
+    "la.png",
+    "rgba.png",
+    "bilevel.png",
+    "one_pixel.png",
+    "wide.png",
+    "tall.png",
+    "animated.gif",
+    "animated.webp",
+    "rotated.jpg",
+    "caf\\xe9.jpg",
 ]  # "unreadable.jpg" has its own test: root reads anything
 
 
@@ -123,8 +147,16 @@ def test_mixed_batch_keeps_every_good_image(corpus: dict[str, Case]) -> None:
 def test_no_file_handles_leak(corpus: dict[str, Case]) -> None:
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process()
-    names = ("truncated.jpg", "page.jpg", "animated.gif", "animated.webp", "gray16.tif", "rgba.png", "empty.jpg",
-             "bomb.png")
+    names = (
+        "truncated.jpg",
+        "page.jpg",
+        "animated.gif",
+        "animated.webp",
+        "gray16.tif",
+        "rgba.png",
+        "empty.jpg",
+        "bomb.png",
+    )
     paths = [corpus[n].path for n in names]
     for p in paths:  # warm up lazy imports of PIL plugins
         try:
@@ -249,7 +281,7 @@ def flipped_variants(data: bytes, count: int, seed: int) -> list[bytes]:
     return out
 
 
-def raw_pillow_error(data: bytes) -> "type[BaseException] | None":
+def raw_pillow_error(data: bytes) -> type[BaseException] | None:
     """What plain Pillow raises for *data* when opened and read the way open_image does."""
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -353,12 +385,12 @@ def test_iter_images_goes_on_after_a_damaged_tiff(fake_model, tmp_path: Path) ->
     items = list(fake_model.iter_images([good[0], str(damaged), good[1]], batch_size=2))
     assert [it.ok for it in items] == [True, False, True]
     assert items[1].embedding is None and "damaged.tif" in (items[1].error or "")
-    np.testing.assert_allclose(np.stack([items[0].embedding, items[2].embedding]),
-                               fake_model.encode_image(good), atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([items[0].embedding, items[2].embedding]), fake_model.encode_image(good), atol=1e-6
+    )
 
 
-def test_iter_images_goes_on_after_an_unexpected_decoder_exception(
-        fake_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_iter_images_goes_on_after_an_unexpected_decoder_exception(fake_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     pre = fake_model.preprocessor
     real_convert = pre.convert
 
@@ -370,5 +402,6 @@ def test_iter_images_goes_on_after_an_unexpected_decoder_exception(
     monkeypatch.setattr(pre, "convert", convert_or_explode)
     items = list(fake_model.iter_images([photo(), "explodes.png", photo()], batch_size=1))
     assert [it.ok for it in items] == [True, False, True]
-    assert items[1].error == ("explodes.png: unexpected error while reading the image "
-                              "(ZeroDivisionError: division by zero)")
+    assert items[1].error == (
+        "explodes.png: unexpected error while reading the image (ZeroDivisionError: division by zero)"
+    )

@@ -1,4 +1,5 @@
 """bench/isa.py: the ISA each library sees (flags injected), peaks and MAC counts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,12 @@ ICX = {"avx2", "avx512f", "avx512_vnni"}
 
 def test_amx_host_levels_and_hiding_amx_from_onednn_only() -> None:
     assert isa.isa_levels(SPR, env={}) == {
-        "onednn_int8": "amx_int8", "onednn_bf16": "amx_bf16", "onednn_fp32": "avx512_fp32",
-        "onnxruntime_int8": "amx_int8", "onnxruntime_fp32": "avx512_fp32"}
+        "onednn_int8": "amx_int8",
+        "onednn_bf16": "amx_bf16",
+        "onednn_fp32": "avx512_fp32",
+        "onnxruntime_int8": "amx_int8",
+        "onnxruntime_fp32": "avx512_fp32",
+    }
     hidden = isa.isa_levels(SPR, env=dict(isa.HIDE_AMX))
     assert hidden["onednn_int8"] == "avx512_vnni_int8" and hidden["onednn_bf16"] == "emulated"
     assert hidden["onnxruntime_int8"] == "amx_int8"  # MLAS reads CPUID itself
@@ -42,10 +47,12 @@ def test_peak_derivation_matches_the_issue_figures() -> None:
     # Issue 10: ViT-B/32 4.41 G MAC, 2 cores: AMX int8 ~1200 img/s, AMX bf16 ~600, VNNI ~150, fp32 ~38
     # (at 2.6 GHz).
     macs = 4.41e9
-    got = {u: isa.peak(u, 2, 2.6, macs)["items_per_s"] for u in ("amx_int8", "amx_bf16", "avx512_vnni_int8",
-                                                               "avx512_fp32")}
-    assert got == pytest.approx({"amx_int8": 1207.5, "amx_bf16": 603.7, "avx512_vnni_int8": 150.9,
-                                 "avx512_fp32": 37.7}, abs=0.2)
+    got = {
+        u: isa.peak(u, 2, 2.6, macs)["items_per_s"] for u in ("amx_int8", "amx_bf16", "avx512_vnni_int8", "avx512_fp32")
+    }
+    assert got == pytest.approx(
+        {"amx_int8": 1207.5, "amx_bf16": 603.7, "avx512_vnni_int8": 150.9, "avx512_fp32": 37.7}, abs=0.2
+    )
     assert "2 cores x 2.6 GHz x 1024 MAC/cycle" in isa.peak("amx_int8", 2, 2.6, macs)["derivation"]
     assert isa.peak("emulated", 2, 2.6, macs) is None and isa.peak("amx_int8", 2, None, macs) is None
 
@@ -54,5 +61,6 @@ def test_vit_b32_is_4_41_g_mac_per_image() -> None:
     open_clip = pytest.importorskip("open_clip")
     model = open_clip.create_model("ViT-B-32", pretrained=None)
     assert isa.vit_image_macs(model) == pytest.approx(4.41e9, rel=0.001)
-    assert isa.text_macs(model, 13) == pytest.approx(13 * 12 * 12 * 512 * 512 + 2 * 13 * 13 * 512 * 12 + 512 * 512,
-                                                     rel=1e-6)
+    assert isa.text_macs(model, 13) == pytest.approx(
+        13 * 12 * 12 * 512 * 512 + 2 * 13 * 13 * 512 * 12 + 512 * 512, rel=1e-6
+    )

@@ -1,4 +1,5 @@
 """bench.memory_repeat: the check's one-image classify child, natively, first run and repeat."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import pytest
 from PIL import Image
 
 from bench import memory_repeat
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -30,8 +30,10 @@ def test_first_run_opens_both_sessions_and_the_repeat_only_the_image_one(tmp_pat
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "photo.jpg"
     Image.new("RGB", (8, 8)).save(image)
-    for argv, said in (([str(tmp_path / "none.jpg"), str(tmp_path)], "no such image file"),
-                       ([str(image), str(tmp_path)], "not a bundle (no manifest.json)")):
+    for argv, said in (
+        ([str(tmp_path / "none.jpg"), str(tmp_path)], "no such image file"),
+        ([str(image), str(tmp_path)], "not a bundle (no manifest.json)"),
+    ):
         with pytest.raises(SystemExit) as exc:
             memory_repeat.main(argv)
         assert exc.value.code == 2 and said in capsys.readouterr().err

@@ -14,7 +14,6 @@ from PIL import Image
 
 from bench import peer_models, peers
 from clip_rt.bundle.manifest import ImageConfig, TextConfig, read_manifest
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]

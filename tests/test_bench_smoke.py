@@ -1,4 +1,5 @@
 """Smoke test of the benchmark harness (`python -m bench`) on a tiny random-weights model."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,26 @@ def results(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> 
     the same weights (seed 0, all three precisions), where bench.context looks for its own."""
     root = tmp_path_factory.mktemp("bench")
     shutil.copytree(tiny_bundle_dir, root / "work" / "bundle-tiny-clip-seed0")
-    cmd = [sys.executable, "-m", "bench", "--quick", "--arch", "tiny-clip", "--model-config", str(TINY_CONFIG),
-           "--photos", "3", "--megapixels", "0.3", "--work-dir", str(root / "work"), "--out", str(root / "results"),
-           "--int8-min-cosine", "0.995"]  # the tiny model's int8 (see conftest.tiny_bundle_dir)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--arch",
+        "tiny-clip",
+        "--model-config",
+        str(TINY_CONFIG),
+        "--photos",
+        "3",
+        "--megapixels",
+        "0.3",
+        "--work-dir",
+        str(root / "work"),
+        "--out",
+        str(root / "results"),
+        "--int8-min-cosine",
+        "0.995",
+    ]  # the tiny model's int8 (see conftest.tiny_bundle_dir)
     subprocess.run(cmd, cwd=REPO, check=True, timeout=900)
     return root / "results"
 
@@ -50,8 +68,9 @@ def test_every_benchmark_writes_figures(results: Path) -> None:
     text = got["text_speed"]["sets"]["80 ImageNet templates"]["rows"]
     # The cached path reads memory only: it must beat re-encoding by a wide margin.
     assert text["clip-rt default, cached"]["median_s"] < text["clip-rt default"]["median_s"]
-    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed",
-            "clip-rt int8 (onnxruntime)"} <= set(text)
+    assert {"open_clip encode_text (context 77, fp32)", "torch bf16, trimmed", "clip-rt int8 (onnxruntime)"} <= set(
+        text
+    )
     rows = got["end_to_end"]["rows"]
     assert rows["clip-rt fp32"]["top1_same_as_origin"] == 1.0  # same weights, same pixels: same labels
     assert got["startup"]["folder"]["int8, batch 8"]["maxrss_mb"] > 0
@@ -109,6 +128,7 @@ def test_readme_block_is_rendered_and_replaced(results: Path, tmp_path: Path) ->
 def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
+
     from clip_rt.errors import InputError
     from clip_rt_export.optimize import optimize_graph
 
@@ -132,13 +152,29 @@ def test_optimize_graph_kinds_agree_with_fp32(results: Path, tmp_path: Path) -> 
 def test_hide_amx_reruns_the_speed_benchmarks_with_onednn_limited(results: Path) -> None:
     """``--hide-amx``: image speed again in a child process under ONEDNN_MAX_CPU_ISA, in its own file."""
     work = results.parent / "work"
-    argv = ["--quick", "--arch", "tiny-clip", "--model-config", str(TINY_CONFIG), "--photos", "3",
-            "--work-dir", str(work), "--out", str(results), "--only", "image", "--hide-amx"]
+    argv = [
+        "--quick",
+        "--arch",
+        "tiny-clip",
+        "--model-config",
+        str(TINY_CONFIG),
+        "--photos",
+        "3",
+        "--work-dir",
+        str(work),
+        "--out",
+        str(results),
+        "--only",
+        "image",
+        "--hide-amx",
+    ]
     args = bench_main.build_parser().parse_args(argv)
     bench_main.rerun_amx_hidden(argv, args)
     hidden = load_results(results)["image_speed_amx_hidden"]
     assert hidden["machine"]["onednn_max_cpu_isa"] == "AVX512_CORE_VNNI"
     assert hidden["host"]["levels"]["onednn_int8"] != "amx_int8"  # hidden from torch/OpenVINO ...
-    assert hidden["host"]["levels"]["onnxruntime_int8"] == load_results(results)["image_speed"]["host"]["levels"][
-        "onnxruntime_int8"]  # ... not from onnxruntime
+    assert (
+        hidden["host"]["levels"]["onnxruntime_int8"]
+        == load_results(results)["image_speed"]["host"]["levels"]["onnxruntime_int8"]
+    )  # ... not from onnxruntime
     assert hidden["targets"] and all("VNNI" in t["target"] for t in hidden["targets"])

@@ -1,4 +1,5 @@
 """`clip-rt export`, `clip-rt info`, `clip-rt models` through click's test runner."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_rt.cli import main
 from clip_rt.bundle.manifest import read_manifest
+from clip_rt.cli import main
 
 TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"
 
@@ -78,12 +79,14 @@ def test_models_lists_the_store_and_survives_a_broken_bundle(tiny_bundle_dir: Pa
     result = run("models")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert any(line.startswith(tiny_bundle_dir.name) and "fp32,fp16,int8" in line and "checkpoint" in line
-               for line in lines)
+    assert any(
+        line.startswith(tiny_bundle_dir.name) and "fp32,fp16,int8" in line and "checkpoint" in line for line in lines
+    )
     assert "broken-bundle" not in result.stdout  # listed: the good bundles; warned: each broken one
     assert result.stderr.splitlines() == [
         f"warning: skipped a broken bundle: {broken / 'manifest.json'}: not valid JSON "
-        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"]
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
+    ]
     assert "half-written" not in result.output
     listed = run("models", "--json")
     assert [r["name"] for r in json.loads(listed.stdout)] == [tiny_bundle_dir.name]

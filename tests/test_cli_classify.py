@@ -4,6 +4,7 @@ Most tests inject a small fake model (colour embeddings: a red image is "red") t
 `clip_rt.cli.common.load_model`, so they test the command, not the network. The end-to-end
 test at the bottom uses the real tiny bundle when tests/conftest.py provides one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,7 @@ WORDS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
 # -- a fake model with the ClipModel interface -------------------------------------------
 class FakeClassifier:
-    def __init__(self, model: "FakeModel", labels: Any, templates: tuple[str, ...]) -> None:
+    def __init__(self, model: FakeModel, labels: Any, templates: tuple[str, ...]) -> None:
         # A list of names, or {name: own prompts | None} like ClipModel.classifier.
         own = labels if isinstance(labels, dict) else dict.fromkeys(labels)
         self.labels = list(own)
@@ -48,10 +49,14 @@ class FakeClassifier:
         out = []
         for row in p:
             order = np.argsort(-row, kind="stable")
-            out.append(SimpleNamespace(
-                label=self.labels[order[0]], score=float(row[order[0]]),
-                scores={lab: float(s) for lab, s in zip(self.labels, row)},
-                top_k=[(self.labels[i], float(row[i])) for i in order[:top_k]]))
+            out.append(
+                SimpleNamespace(
+                    label=self.labels[order[0]],
+                    score=float(row[order[0]]),
+                    scores={lab: float(s) for lab, s in zip(self.labels, row)},
+                    top_k=[(self.labels[i], float(row[i])) for i in order[:top_k]],
+                )
+            )
         return out
 
 
@@ -77,11 +82,25 @@ class FakeModel:
             try:
                 with Image.open(src) as im:
                     im.load()
-                    yield SimpleNamespace(index=i, source=src, embedding=self._embed(im), width=im.width,
-                                          height=im.height, error=None, notes=[])
+                    yield SimpleNamespace(
+                        index=i,
+                        source=src,
+                        embedding=self._embed(im),
+                        width=im.width,
+                        height=im.height,
+                        error=None,
+                        notes=[],
+                    )
             except (OSError, ValueError) as exc:
-                yield SimpleNamespace(index=i, source=src, embedding=None, width=None, height=None,
-                                      error=f"cannot read image: {exc}", notes=[])
+                yield SimpleNamespace(
+                    index=i,
+                    source=src,
+                    embedding=None,
+                    width=None,
+                    height=None,
+                    error=f"cannot read image: {exc}",
+                    notes=[],
+                )
 
     def encode_image(self, images: list[Any]) -> np.ndarray:
         out = []
@@ -94,8 +113,14 @@ class FakeModel:
         return np.stack(out)
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        rgb = {"red": (1, -.5, -.5), "green": (-.5, 1, -.5), "blue": (-.5, -.5, 1), "yellow": (.5, .5, -1),
-               "cyan": (-1, .5, .5), "magenta": (.5, -1, .5)}
+        rgb = {
+            "red": (1, -0.5, -0.5),
+            "green": (-0.5, 1, -0.5),
+            "blue": (-0.5, -0.5, 1),
+            "yellow": (0.5, 0.5, -1),
+            "cyan": (-1, 0.5, 0.5),
+            "magenta": (0.5, -1, 0.5),
+        }
         out = []
         for t in texts:
             v = np.zeros(8)
@@ -148,8 +173,12 @@ def run_cli_with_fake(delay: float) -> None:
 
 def make_images(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"a_red.png": ((220, 20, 30), (64, 48)), "b_green.JPG": ((20, 200, 40), (40, 40)),
-            "c_blue.jpeg": ((10, 30, 230), (96, 54)), "sub/d_red.webp": ((200, 10, 10), (30, 45))}
+    spec = {
+        "a_red.png": ((220, 20, 30), (64, 48)),
+        "b_green.JPG": ((20, 200, 40), (40, 40)),
+        "c_blue.jpeg": ((10, 30, 230), (96, 54)),
+        "sub/d_red.webp": ((200, 10, 10), (30, 45)),
+    }
     paths = {}
     for name, (colour, size) in spec.items():
         p = folder / name
@@ -200,8 +229,9 @@ def test_csv_header_bom_and_label_columns(tmp_path: Path, monkeypatch: pytest.Mo
     install_fake(monkeypatch)
     imgs = make_images(tmp_path / "imgs")
     out = tmp_path / "r.csv"
-    r = invoke(["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "-l", "red,blue,猫",
-                "-o", str(out), "--csv-bom"])
+    r = invoke(
+        ["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "-l", "red,blue,猫", "-o", str(out), "--csv-bom"]
+    )
     assert r.exit_code == 0, r.output
     raw = out.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
@@ -323,8 +353,19 @@ def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path: Path, monkeypat
         Image.new("RGB", (16 + i, 16), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(folder / f"{i:03d}.png")
     out = tmp_path / "run.jsonl"
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t; t.run_cli_with_fake(0.08)"
-    cmd = [sys.executable, "-c", code, "classify", str(folder), "-l", "red,green,blue", "-o", str(out),
-           "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "classify",
+        str(folder),
+        "-l",
+        "red,green,blue",
+        "-o",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 6):
@@ -365,8 +406,9 @@ def test_end_to_end_with_real_bundle(real_bundle: Path, tmp_path: Path) -> None:
 
 # -- review fixes: path spellings on resume, unlistable folders, CSV header, .json label keys --
 @pytest.mark.parametrize("spelling", ["dot", "absolute"])
-def test_resume_matches_other_spellings_of_the_same_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         spelling: str) -> None:
+def test_resume_matches_other_spellings_of_the_same_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
     install_fake(monkeypatch)
     make_images(tmp_path / "photos")
     if sys.platform == "linux":  # a non-UTF-8 name (surrogate-escaped str) must match too
@@ -390,7 +432,8 @@ def test_resume_matches_other_spellings_of_the_same_paths(tmp_path: Path, monkey
     recs = [json.loads(line) for line in Path("r.jsonl").read_text().splitlines()]
     assert len(recs) == n
     assert [os.path.basename(x["path"]) for x in recs] == [
-        os.path.basename(json.loads(line)["path"]) for line in full.decode().splitlines()]
+        os.path.basename(json.loads(line)["path"]) for line in full.decode().splitlines()
+    ]
     assert all(x["path"].startswith(other + os.sep) for x in recs[2:])
 
 
@@ -401,7 +444,11 @@ def test_discover_dedupes_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     found = discover(["photos", "./photos/a_red.png", str(tmp_path / "photos" / "sub")])
     assert [os.path.relpath(p) for p in found] == [
-        "photos/a_red.png", "photos/b_green.JPG", "photos/c_blue.jpeg", "photos/sub/d_red.webp"]
+        "photos/a_red.png",
+        "photos/b_green.JPG",
+        "photos/c_blue.jpeg",
+        "photos/sub/d_red.webp",
+    ]
 
 
 def fail_listing(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
@@ -425,8 +472,15 @@ def test_unlistable_subfolder_is_a_failed_record(tmp_path: Path, monkeypatch: py
     r = invoke(args)
     assert r.exit_code == 1, r.output
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert recs[0] == {"path": str(tmp_path / "imgs" / "sub"), "label": None, "score": None, "scores": {},
-                       "width": None, "height": None, "error": "cannot list folder: Permission denied"}
+    assert recs[0] == {
+        "path": str(tmp_path / "imgs" / "sub"),
+        "label": None,
+        "score": None,
+        "scores": {},
+        "width": None,
+        "height": None,
+        "error": "cannot list folder: Permission denied",
+    }
     assert [os.path.basename(x["path"]) for x in recs[1:]] == ["a_red.png", "b_green.JPG", "c_blue.jpeg"]
     assert "4 processed, 1 failed" in r.stderr
     assert f"failed: {tmp_path / 'imgs' / 'sub'}: cannot list folder: Permission denied" in r.stderr
@@ -488,8 +542,9 @@ def test_json_labels_keys_are_stripped(tmp_path: Path, monkeypatch: pytest.Monke
     spec = tmp_path / "labels.json"
     spec.write_text(json.dumps({" red": None, "blue ": ["something blue"]}))
     out = tmp_path / "r.csv"
-    r = invoke(["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "--labels-file", str(spec),
-                "-o", str(out)])
+    r = invoke(
+        ["classify", str(imgs["a_red.png"]), str(imgs["c_blue.jpeg"]), "--labels-file", str(spec), "-o", str(out)]
+    )
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0])[-2:] == ["score_red", "score_blue"]
@@ -497,13 +552,17 @@ def test_json_labels_keys_are_stripped(tmp_path: Path, monkeypatch: pytest.Monke
     assert all(row["score_red"] and row["score_blue"] for row in rows)
 
 
-@pytest.mark.parametrize("text, named", [
-    ('{"  ": null, "red": null}', "'  '"),
-    ('{" red": null, "red": ["a red thing"]}', "' red' and 'red'"),
-    ('{"red": null, "red": ["a red thing"]}', "'red'"),
-])
-def test_json_labels_blank_or_colliding_keys_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
-                                                    named: str) -> None:
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('{"  ": null, "red": null}', "'  '"),
+        ('{" red": null, "red": ["a red thing"]}', "' red' and 'red'"),
+        ('{"red": null, "red": ["a red thing"]}', "'red'"),
+    ],
+)
+def test_json_labels_blank_or_colliding_keys_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, named: str
+) -> None:
     install_fake(monkeypatch)
     imgs = make_images(tmp_path / "imgs")
     spec = tmp_path / "labels.json"
@@ -513,8 +572,9 @@ def test_json_labels_blank_or_colliding_keys_exit_2(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("content", [[], ["notes.txt", "sub/data.csv"]])
-def test_a_folder_without_images_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              content: list[str]) -> None:
+def test_a_folder_without_images_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: list[str]
+) -> None:
     loaded: list[str] = []
     monkeypatch.setattr(common, "load_model", lambda *a, **k: loaded.append("model") or FakeModel())
     folder = tmp_path / "photos"
@@ -525,8 +585,10 @@ def test_a_folder_without_images_is_an_error(tmp_path: Path, monkeypatch: pytest
     out = tmp_path / "run.jsonl"
     r = invoke(["classify", str(folder), "-l", "cat,dog", "-o", str(out)])
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == [f"Error: no images found under {str(folder)!r} (looked for .bmp, "
-                                             ".gif, .jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"]
+    assert r.stderr.strip().splitlines() == [
+        f"Error: no images found under {str(folder)!r} (looked for .bmp, "
+        ".gif, .jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"
+    ]
     assert not loaded and not out.exists()  # said before the model loads or the output is made
     r = invoke(["classify", "-", "-l", "cat,dog"], input=b"")
     assert r.exit_code == 1 and "no images found under standard input" in r.stderr

@@ -1,4 +1,5 @@
 """`clip-rt index` / `clip-rt search`: incremental updates, deletions, model refusal, queries."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def invoke(args: list[str]):  # noqa: ANN201
 
 def colour_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, colour in {"red.png": (230, 10, 10), "green.png": (10, 220, 10), "blue.png": (10, 10, 230),
-                         "sub/yellow.jpg": (220, 220, 10)}.items():
+    for name, colour in {
+        "red.png": (230, 10, 10),
+        "green.png": (10, 220, 10),
+        "blue.png": (10, 10, 230),
+        "sub/yellow.jpg": (220, 220, 10),
+    }.items():
         (folder / name).parent.mkdir(exist_ok=True)
         Image.new("RGB", (32, 24), colour).save(folder / name)
     return folder
@@ -171,10 +176,28 @@ def _npy_header_claiming(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
     return buf.getvalue() + b"\0" * 64
 
 
-@pytest.mark.parametrize("damage", ["json_missing_key", "json_list", "entry_keys", "npy_missing", "npy_garbage",
-                                    "npy_empty", "json_folder", "npy_folder", "entries_dict", "entry_size_str",
-                                    "entry_path_int", "embed_dim_str", "root_int", "npy_huge_header", "npy_nan",
-                                    "npy_int", "npy_object"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "json_missing_key",
+        "json_list",
+        "entry_keys",
+        "npy_missing",
+        "npy_garbage",
+        "npy_empty",
+        "json_folder",
+        "npy_folder",
+        "entries_dict",
+        "entry_size_str",
+        "entry_path_int",
+        "embed_dim_str",
+        "root_int",
+        "npy_huge_header",
+        "npy_nan",
+        "npy_int",
+        "npy_object",
+    ],
+)
 def test_damaged_index_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     install_fake(monkeypatch)
     imgs = colour_dir(tmp_path / "imgs")
@@ -263,11 +286,17 @@ def test_full_disk_during_an_update_keeps_the_index(tmp_path: Path, monkeypatch:
     for i in range(30):
         Image.new("RGB", (8, 8), (i, 2 * i, 3)).save(imgs / f"n{i}.png")
     tests = Path(__file__).resolve().parent
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); "
-            f"sys.path.insert(0, {str(tests)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)")
-    p = subprocess.run([sys.executable, "-c", code, "index", str(imgs), "-o", str(idx)], capture_output=True,
-                       timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); "
+        f"sys.path.insert(0, {str(tests)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, "index", str(imgs), "-o", str(idx)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     err = p.stderr.decode()
     assert p.returncode == 1 and err.startswith("Error: cannot write index") and "File too large" in err, err
     assert len(err.strip().splitlines()) == 1
@@ -307,7 +336,7 @@ class RendezvousFake(FakeModel):
     """Waits (up to 1 s) inside the update for the other update to get there too: without a
     lock both read the same generation; with it the second waits for the first to finish."""
 
-    def __init__(self, here: "threading.Event", other: "threading.Event") -> None:
+    def __init__(self, here: threading.Event, other: threading.Event) -> None:
         super().__init__()
         self.here, self.other = here, other
 
@@ -334,8 +363,10 @@ def test_overlapping_updates_are_serialised(tmp_path: Path) -> None:
         except BaseException as exc:  # noqa: BLE001  (reported by the assert below)
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(RendezvousFake(a, b),)),
-               threading.Thread(target=run, args=(RendezvousFake(b, a),))]
+    threads = [
+        threading.Thread(target=run, args=(RendezvousFake(a, b),)),
+        threading.Thread(target=run, args=(RendezvousFake(b, a),)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -391,8 +422,10 @@ def test_empty_folder_is_an_error_and_leaves_the_index(tmp_path: Path, monkeypat
     (imgs / "readme.txt").write_text("no images here")
     r = invoke(["index", str(imgs), "-o", str(idx)])
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == [f"Error: no images found under {str(imgs)!r} (looked for .bmp, .gif, "
-                                             ".jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"]
+    assert r.stderr.strip().splitlines() == [
+        f"Error: no images found under {str(imgs)!r} (looked for .bmp, .gif, "
+        ".jpeg, .jpg, .png, .tif, .tiff, .webp files, subfolders included)"
+    ]
     assert {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file()} == before
 
 
@@ -403,10 +436,12 @@ def test_search_shows_paths_relative_to_the_current_folder(tmp_path: Path, monke
     assert invoke(["index", "imgs", "-o", "idx"]).exit_code == 0
     r = invoke(["search", "idx", "a blue square", "--format", "json"])
     assert sorted(h["path"] for h in json.loads(r.stdout)) == sorted(
-        ["imgs/red.png", "imgs/green.png", "imgs/blue.png", os.path.join("imgs", "sub", "yellow.jpg")])
+        ["imgs/red.png", "imgs/green.png", "imgs/blue.png", os.path.join("imgs", "sub", "yellow.jpg")]
+    )
     classified = invoke(["classify", "imgs", "-l", "red,blue", "--format", "json"])
     assert sorted(rec["path"] for rec in json.loads(classified.stdout)) == sorted(
-        h["path"] for h in json.loads(r.stdout))  # the same paths as `classify` shows
+        h["path"] for h in json.loads(r.stdout)
+    )  # the same paths as `classify` shows
     table = invoke(["search", "idx", "a blue square"]).stdout.splitlines()[1:]
     assert sorted(line.split()[-1] for line in table) == sorted(h["path"] for h in json.loads(r.stdout))
     # Outside the current folder: absolute, as stored.

@@ -1,5 +1,6 @@
 """--labels as CJK users type them: full-width and ideographic commas separate labels; a run
 with a single label (always 100 %) is warned about."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from clip_rt.cli import main
-
 from test_cli_classify import install_fake, make_images
 
 
 @pytest.mark.parametrize("spec", ["猫，犬,鳥", "猫、犬、鳥", "猫, 犬 ，鳥"])
-def test_full_width_and_ideographic_commas_split_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        spec: str) -> None:
+def test_full_width_and_ideographic_commas_split_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
     install_fake(monkeypatch)
     imgs = make_images(tmp_path / "imgs")
     out = tmp_path / "r.jsonl"

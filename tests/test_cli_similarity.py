@@ -1,4 +1,5 @@
 """`clip-rt similarity IMAGE TEXT...`: probabilities, JSON, --plot, errors."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,18 @@ def test_errors(red_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_real_bundle(real_bundle: Path, red_image: Path) -> None:
-    r = CliRunner().invoke(main, ["similarity", str(red_image), "a red car", "a photo of a dog", "--format", "json",
-                                  "--model", str(real_bundle)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "similarity",
+            str(red_image),
+            "a red car",
+            "a photo of a dog",
+            "--format",
+            "json",
+            "--model",
+            str(real_bundle),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert sum(json.loads(r.stdout)["probabilities"].values()) == pytest.approx(1, abs=1e-5)

@@ -1,4 +1,5 @@
 """`clip-rt video`: frame sampling with PyAV on a generated video, segments, overall label."""
+
 from __future__ import annotations
 
 import json
@@ -58,12 +59,18 @@ def test_segments_and_overall() -> None:
 
 def test_video_command_segments(colour_video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_fake(monkeypatch)
-    r = CliRunner().invoke(main, ["video", str(colour_video), "-l", "red,green,blue", "--every", "0.5",
-                                  "--format", "json"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        ["video", str(colour_video), "-l", "red,green,blue", "--every", "0.5", "--format", "json"],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert [(s["start"], s["end"], s["label"], s["frames"]) for s in out["segments"]] == [
-        (0.0, 2.0, "red", 4), (2.0, 3.5, "blue", 3), (3.5, 4.5, "green", 2)]
+        (0.0, 2.0, "red", 4),
+        (2.0, 3.5, "blue", 3),
+        (3.5, 4.5, "green", 2),
+    ]
     assert out["overall"]["label"] == "red" and len(out["frames"]) == 9
     assert abs(sum(out["overall"]["scores"].values()) - 1) < 1e-4
     table = CliRunner().invoke(main, ["video", str(colour_video), "-l", "red,green,blue", "--frames"])
@@ -90,8 +97,9 @@ def test_missing_pyav_names_the_extra(tmp_path: Path, hide_module: Any) -> None:
 
 
 def test_real_bundle_video(real_bundle: Path, colour_video: Path) -> None:
-    r = CliRunner().invoke(main, ["video", str(colour_video), "-l", "cat,dog,car", "--model", str(real_bundle),
-                                  "--format", "json"])
+    r = CliRunner().invoke(
+        main, ["video", str(colour_video), "-l", "cat,dog,car", "--model", str(real_bundle), "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert len(out["frames"]) == 5 and sum(s["frames"] for s in out["segments"]) == 5
@@ -104,8 +112,11 @@ def test_json_labels_file_with_spaced_keys(colour_video: Path, tmp_path: Path, m
     install_fake(monkeypatch)
     spec = tmp_path / "labels.json"
     spec.write_text(json.dumps({" red": None, "green ": None, "blue": ["something blue"]}))
-    r = CliRunner().invoke(main, ["video", str(colour_video), "--labels-file", str(spec), "--every", "1",
-                                  "--format", "json"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        ["video", str(colour_video), "--labels-file", str(spec), "--every", "1", "--format", "json"],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert set(out["overall"]["scores"]) == {"red", "green", "blue"}

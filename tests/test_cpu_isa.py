@@ -1,4 +1,5 @@
 """CPU/ISA detection (clip_rt.engine.cpu) on real-looking /proc/cpuinfo files of each kind."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,14 +12,23 @@ from clip_rt.errors import InputError
 DATA = Path(__file__).parent / "data" / "cpuinfo"
 
 
-@pytest.mark.parametrize("name, arch, isa_class, bf16, model", [
-    ("x86_amx_sapphire_rapids.txt", "x86_64", "x86-amx", True, "Intel(R) Xeon(R) Platinum 8488C"),
-    ("x86_vnni_cascade_lake.txt", "x86_64", "x86-avx512-vnni", False, "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz"),
-    ("x86_avx2_epyc_rome.txt", "x86_64", "x86-avx2", False, "AMD EPYC 7R32"),
-    ("arm64_neoverse_n1.txt", "aarch64", "arm64-dotprod", False, "ARM part 0xd0c"),
-    ("arm64_neoverse_v1_i8mm.txt", "aarch64", "arm64-i8mm", True, "ARM part 0xd40"),
-    ("arm64_cortex_a53.txt", "aarch64", "generic", False, "ARM part 0xd03"),
-])
+@pytest.mark.parametrize(
+    "name, arch, isa_class, bf16, model",
+    [
+        ("x86_amx_sapphire_rapids.txt", "x86_64", "x86-amx", True, "Intel(R) Xeon(R) Platinum 8488C"),
+        (
+            "x86_vnni_cascade_lake.txt",
+            "x86_64",
+            "x86-avx512-vnni",
+            False,
+            "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz",
+        ),
+        ("x86_avx2_epyc_rome.txt", "x86_64", "x86-avx2", False, "AMD EPYC 7R32"),
+        ("arm64_neoverse_n1.txt", "aarch64", "arm64-dotprod", False, "ARM part 0xd0c"),
+        ("arm64_neoverse_v1_i8mm.txt", "aarch64", "arm64-i8mm", True, "ARM part 0xd40"),
+        ("arm64_cortex_a53.txt", "aarch64", "generic", False, "ARM part 0xd03"),
+    ],
+)
 def test_cpuinfo_samples(name: str, arch: str, isa_class: str, bf16: bool, model: str) -> None:
     isa = parse_cpuinfo((DATA / name).read_text())
     assert (isa.arch, isa.isa_class, isa.native_bf16, isa.model) == (arch, isa_class, bf16, model)
@@ -28,8 +38,17 @@ def test_cpuinfo_samples(name: str, arch: str, isa_class: str, bf16: bool, model
 
 def test_feature_lists_keep_only_what_matters() -> None:
     amx = parse_cpuinfo((DATA / "x86_amx_sapphire_rapids.txt").read_text())
-    assert amx.features == ("amx_tile", "amx_int8", "amx_bf16", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni",
-                            "avx2", "fma")
+    assert amx.features == (
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx512f",
+        "avx_vnni",
+        "avx2",
+        "fma",
+    )
     v1 = parse_cpuinfo((DATA / "arm64_neoverse_v1_i8mm.txt").read_text())
     assert v1.features == ("asimd", "asimddp", "i8mm", "bf16", "sve", "svei8mm", "svebf16")
 
@@ -42,16 +61,19 @@ def test_amx_without_bf16_tiles_is_not_the_amx_class() -> None:
     assert parse_flags("avx512f avx512_vnni avx512_bf16").native_bf16  # Cooper Lake / Zen 4
 
 
-@pytest.mark.parametrize("spec, arch, isa_class", [
-    ("x86_64: amx_int8 amx_bf16 avx512f avx512_vnni", "x86_64", "x86-amx"),
-    ("avx2,fma", "x86_64", "x86-avx2"),
-    ("amd64: avx2", "x86_64", "x86-avx2"),
-    ("aarch64: asimd asimddp i8mm", "aarch64", "arm64-i8mm"),
-    ("arm64: asimd asimddp", "aarch64", "arm64-dotprod"),
-    ("asimd asimddp", "aarch64", "arm64-dotprod"),  # ARM-only flags imply aarch64
-    ("", "x86_64", "generic"),
-    ("riscv64: v", "riscv64", "generic"),
-])
+@pytest.mark.parametrize(
+    "spec, arch, isa_class",
+    [
+        ("x86_64: amx_int8 amx_bf16 avx512f avx512_vnni", "x86_64", "x86-amx"),
+        ("avx2,fma", "x86_64", "x86-avx2"),
+        ("amd64: avx2", "x86_64", "x86-avx2"),
+        ("aarch64: asimd asimddp i8mm", "aarch64", "arm64-i8mm"),
+        ("arm64: asimd asimddp", "aarch64", "arm64-dotprod"),
+        ("asimd asimddp", "aarch64", "arm64-dotprod"),  # ARM-only flags imply aarch64
+        ("", "x86_64", "generic"),
+        ("riscv64: v", "riscv64", "generic"),
+    ],
+)
 def test_parse_flags(spec: str, arch: str, isa_class: str) -> None:
     isa = parse_flags(spec)
     assert (isa.arch, isa.isa_class) == (arch, isa_class)

@@ -1,5 +1,6 @@
 """clip_rt_export.embedding_gather: an int8 embedding lookup gathers its rows before
 dequantising them, with bit-identical outputs, and a lookup it cannot prove safe is left alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,14 @@ from clip_rt_export.embedding_gather import gather_before_dequantize  # noqa: E4
 VOCAB, DIM = 50, 6
 
 
-def _lookup(scales: str = "row", zero_points: bool = True, dq_axis: int | None = None, gather_axis: int = 0,
-            second_reader: bool = False, computed_table: bool = False) -> onnx.ModelProto:
+def _lookup(
+    scales: str = "row",
+    zero_points: bool = True,
+    dq_axis: int | None = None,
+    gather_axis: int = 0,
+    second_reader: bool = False,
+    computed_table: bool = False,
+) -> onnx.ModelProto:
     """ids [b, len] -> DequantizeLinear(int8 table) -> Gather -> Add(position), as NNCF writes a
     token embedding (one scale per row, ``axis=0``); *scales* "tensor" or "column" for the others."""
     rng = np.random.default_rng(0)
@@ -26,8 +33,11 @@ def _lookup(scales: str = "row", zero_points: bool = True, dq_axis: int | None =
     scale = rng.uniform(0.001, 0.05, size=shape).astype(np.float32)
     zero = (rng.integers(-3, 4, size=shape) if zero_points else np.zeros(shape)).astype(np.int8)
     axis = {"row": 0, "column": 1, "tensor": None}[scales] if dq_axis is None else dq_axis
-    inits = [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(zero, "zero"),
-             numpy_helper.from_array(rng.normal(size=(DIM,)).astype(np.float32), "position")]
+    inits = [
+        numpy_helper.from_array(scale, "scale"),
+        numpy_helper.from_array(zero, "zero"),
+        numpy_helper.from_array(rng.normal(size=(DIM,)).astype(np.float32), "position"),
+    ]
     nodes = []
     if computed_table:  # the table comes out of another node, not straight from an initializer
         inits.append(numpy_helper.from_array(table, "table_src"))
@@ -35,8 +45,13 @@ def _lookup(scales: str = "row", zero_points: bool = True, dq_axis: int | None =
     else:
         inits.append(numpy_helper.from_array(table, "table"))
     nodes += [
-        helper.make_node("DequantizeLinear", ["table", "scale", "zero"], ["table_f"], name="dq",
-                         **({} if axis is None else {"axis": axis})),
+        helper.make_node(
+            "DequantizeLinear",
+            ["table", "scale", "zero"],
+            ["table_f"],
+            name="dq",
+            **({} if axis is None else {"axis": axis}),
+        ),
         helper.make_node("Gather", ["table_f", "ids"], ["rows"], name="embedding", axis=gather_axis),
         helper.make_node("Add", ["rows", "position"], ["out"], name="add"),
     ]
@@ -44,8 +59,9 @@ def _lookup(scales: str = "row", zero_points: bool = True, dq_axis: int | None =
     if second_reader:
         nodes.append(helper.make_node("ReduceSum", ["table_f"], ["total"], name="also", keepdims=0))
         outputs.append(helper.make_tensor_value_info("total", TensorProto.FLOAT, []))
-    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "n"])],
-                              outputs, inits)
+    graph = helper.make_graph(
+        nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "n"])], outputs, inits
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -107,9 +123,11 @@ def test_openvino_gives_the_same_numbers(tmp_path: Path) -> None:
 def test_the_bench_refuses_what_it_cannot_measure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench import embedding_gather
 
-    for argv, said in (([], "give at least one NNCF int8 text graph"),
-                       ([str(tmp_path / "none.onnx")], "no such graph file"),
-                       (["x.onnx", "--rounds", "0"], "--rounds and --threads must be at least 1")):
+    for argv, said in (
+        ([], "give at least one NNCF int8 text graph"),
+        ([str(tmp_path / "none.onnx")], "no such graph file"),
+        (["x.onnx", "--rounds", "0"], "--rounds and --threads must be at least 1"),
+    ):
         with pytest.raises(SystemExit) as exc:
             embedding_gather.main(argv)
         assert exc.value.code == 2 and said in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The export stage: bundles, parity checks, atomic writes, offline behaviour."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_rt.errors import ExportError, InputError, ParityError
 from clip_rt.bundle.manifest import read_manifest, sha256_file, verify_files
+from clip_rt.errors import ExportError, InputError, ParityError
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 ort = pytest.importorskip("onnxruntime")
 
-from clip_rt_export import export_bundle, normalize_precisions  # noqa: E402
-from clip_rt_export import convert, load, validate  # noqa: E402
+from clip_rt_export import convert, export_bundle, load, normalize_precisions, validate  # noqa: E402  # noqa: E402
 
 TINY_CONFIG = Path(__file__).resolve().parent / "data" / "tiny-clip.json"  # as in conftest.py
 TINY_ARCH = "tiny-clip"
@@ -230,9 +230,27 @@ def test_tag_weights_in_the_hub_cache_are_used_offline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    cmd = [sys.executable, "-c", "from clip_rt.cli import main; main()", "export", TINY_ARCH,
-           "--model-config", str(TINY_CONFIG), "--pretrained", "none", "--seed", "0", "-o", str(out),
-           "--precision", "fp32", "--precision", "fp16", "--precision", "int8"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from clip_rt.cli import main; main()",
+        "export",
+        TINY_ARCH,
+        "--model-config",
+        str(TINY_CONFIG),
+        "--pretrained",
+        "none",
+        "--seed",
+        "0",
+        "-o",
+        str(out),
+        "--precision",
+        "fp32",
+        "--precision",
+        "fp16",
+        "--precision",
+        "int8",
+    ]
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         staging = tmp_path / f".bundle.tmp-{proc.pid}"
@@ -248,8 +266,9 @@ def test_sigint_mid_export_leaves_nothing(tmp_path: Path) -> None:
         assert _leftovers(tmp_path) == []
 
 
-def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bundle_dir: Path,
-                                                        tiny_checkpoint: Path) -> None:
+def test_existing_target_needs_force_and_force_replaces(
+    tmp_path: Path, tiny_bundle_dir: Path, tiny_checkpoint: Path
+) -> None:
     target = tmp_path / "b"
     shutil.copytree(tiny_bundle_dir, target)
     with pytest.raises(ExportError, match="already exists .*--force"):
@@ -263,8 +282,12 @@ def test_existing_target_needs_force_and_force_replaces(tmp_path: Path, tiny_bun
     export_bundle(TINY_ARCH, str(tiny_checkpoint), output=target, model_config=TINY_CONFIG, force=True)
     m = read_manifest(target)
     assert m.precisions == ["fp32"]
-    assert sorted(p.name for p in target.iterdir()) == ["image_fp32.onnx", "manifest.json", "text_fp32.onnx",
-                                                        "tokenizer.json"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "image_fp32.onnx",
+        "manifest.json",
+        "text_fp32.onnx",
+        "tokenizer.json",
+    ]
     assert _leftovers(tmp_path) == ["b", "not-a-bundle"]
 
 
@@ -273,8 +296,15 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch: pytest.Monk
     from clip_rt_export import graphs
 
     monkeypatch.setattr(graphs, "EXTERNAL_DATA_THRESHOLD", 0)  # treat the tiny model as a > 2 GB one
-    bundle = export_bundle(TINY_ARCH, "none", precisions=("fp32", "fp16", "int8"), output=tmp_path / "big",
-                           model_config=TINY_CONFIG, seed=0, int8_min_cosine=0.995)  # tiny model: see conftest
+    bundle = export_bundle(
+        TINY_ARCH,
+        "none",
+        precisions=("fp32", "fp16", "int8"),
+        output=tmp_path / "big",
+        model_config=TINY_CONFIG,
+        seed=0,
+        int8_min_cosine=0.995,
+    )  # tiny model: see conftest
     m = read_manifest(bundle)
     verify_files(bundle, m)
     for precision in m.precisions:
@@ -324,8 +354,11 @@ def test_default_output_is_the_store(tiny_checkpoint: Path, clip_home: Path) -> 
 def test_hf_tokenizer_models_need_their_tokenizer(tmp_path: Path) -> None:
     """Offline, without --tokenizer and with nothing in the Hugging Face cache: a fast, clear
     error naming the tokenizer and how to pass it; nothing written."""
-    for name, kind in (("ViT-B-16-SigLIP", "T5 SentencePiece"), ("ViT-B-16-SigLIP2", "Gemma SentencePiece"),
-                       ("xlm-roberta-base-ViT-B-32", "Hugging Face xlm-roberta-base")):
+    for name, kind in (
+        ("ViT-B-16-SigLIP", "T5 SentencePiece"),
+        ("ViT-B-16-SigLIP2", "Gemma SentencePiece"),
+        ("xlm-roberta-base-ViT-B-32", "Hugging Face xlm-roberta-base"),
+    ):
         t0 = time.monotonic()
         with pytest.raises(ExportError, match=f"needs the {kind}.*--tokenizer DIR"):
             export_bundle(name, "none", output=tmp_path / name)
@@ -420,8 +453,9 @@ def _old_bundle_and_stage(tmp_path: Path):  # noqa: ANN202
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, "ExportInterrupted", OSError])
-def test_interrupted_force_swap_puts_the_old_bundle_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        interrupt: object) -> None:
+def test_interrupted_force_swap_puts_the_old_bundle_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: object
+) -> None:
     from clip_rt_export.bundle import ExportInterrupted
 
     exc_type = ExportInterrupted if interrupt == "ExportInterrupted" else interrupt
@@ -486,5 +520,7 @@ def test_bundle_files_get_the_mode_of_a_plain_file(tmp_path: Path) -> None:
             stage.commit(manifest)
     finally:
         os.umask(old_umask)
-    assert {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()} == {"graph.onnx.data": 0o644,
-                                                                             "manifest.json": 0o644}
+    assert {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()} == {
+        "graph.onnx.data": 0o644,
+        "manifest.json": 0o644,
+    }

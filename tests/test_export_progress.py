@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+
 from clip_rt_export.noise import library_noise_filtered
 from clip_rt_export.progress import (
     ExportProgress,
@@ -156,9 +157,9 @@ def test_tracer_warnings_are_hidden_only_during_the_export() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with library_noise_filtered():
-            warnings.warn("traced a branch", torch.jit.TracerWarning)
-            warnings.warn("a real one", UserWarning)
-        warnings.warn("traced after", torch.jit.TracerWarning)
+            warnings.warn("traced a branch", torch.jit.TracerWarning, stacklevel=1)
+            warnings.warn("a real one", UserWarning, stacklevel=1)
+        warnings.warn("traced after", torch.jit.TracerWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a real one", "traced after"]
 
 

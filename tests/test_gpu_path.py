@@ -1,6 +1,7 @@
 """The CUDA path (issue 6) on a machine without a GPU: provider selection with patched
 availability, IO binding and fixed-shape runs on the CPU provider, the GPU graph fusion
 checked against the unfused graph, and the GPU benchmark's refusal and CPU dry run."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,11 @@ import onnxruntime
 import pytest
 
 import clip_rt
-from clip_rt.engine import session as session_mod
-from clip_rt.errors import InputError, ProviderError
-from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
 from clip_rt.bundle.manifest import IMAGE_INPUT
+from clip_rt.engine import session as session_mod
+from clip_rt.engine.gpu import FixedShapeRunner, cuda_options
 from clip_rt.engine.session import CPU, CUDA, OrtSession
-
+from clip_rt.errors import InputError, ProviderError
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,20 +82,26 @@ def test_cuda_device_index_and_provider_options_reach_onnxruntime(bundle: Path, 
     model = clip_rt.load(bundle, providers=["cuda:1"], provider_options=opts)
     sess = model.session("image")
     assert cuda_machine[-1].providers_asked == [
-        (CUDA, {"device_id": 1, "enable_cuda_graph": "1", "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+        (CUDA, {"device_id": 1, "enable_cuda_graph": "1", "cudnn_conv_algo_search": "HEURISTIC"}),
+        CPU,
+    ]
     assert sess.device == ("cuda", 1)
 
 
 def test_cuda_listed_but_session_comes_up_on_cpu_is_an_error(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(WITH_CUDA))
-    monkeypatch.setattr(session_mod, "_default_factory",
-                        lambda path, so, providers: PretendCuda(path, so, providers, [CPU]))
+    monkeypatch.setattr(
+        session_mod, "_default_factory", lambda path, so, providers: PretendCuda(path, so, providers, [CPU])
+    )
     model = clip_rt.load(bundle, providers=["cuda"])
-    with pytest.raises(ProviderError,
-                       match="CUDAExecutionProvider did not come up.*fell back to: CPUExecutionProvider"):
+    with pytest.raises(
+        ProviderError, match="CUDAExecutionProvider did not come up.*fell back to: CPUExecutionProvider"
+    ):
         model.session("image")
-    with pytest.warns(RuntimeWarning, match="did not come up"), \
-            pytest.warns(RuntimeWarning, match="using the fp32 graphs instead of fp16"):
+    with (
+        pytest.warns(RuntimeWarning, match="did not come up"),
+        pytest.warns(RuntimeWarning, match="using the fp32 graphs instead of fp16"),
+    ):
         sess = clip_rt.load(bundle, providers=["cuda"], allow_fallback=True).session("image")
     assert sess.fell_back and sess.device == ("cpu", 0) and sess.path.name == "image_fp32.onnx"
 
@@ -117,7 +123,8 @@ def cuda_that_falls_back(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.mark.filterwarnings("ignore:.*did not come up:RuntimeWarning")
 def test_automatic_cuda_falling_back_to_cpu_uses_fp32_before_caching(
-        bundle: Path, cuda_that_falls_back: list, pixels: np.ndarray) -> None:
+    bundle: Path, cuda_that_falls_back: list, pixels: np.ndarray
+) -> None:
     prompts = ["a photo of a cat", "a red car"]
     on_cpu = clip_rt.load(bundle, providers=["cpu"], cache=False)
     model = clip_rt.load(bundle)  # cache on: its key holds the precision
@@ -262,6 +269,7 @@ def test_attention_fusion_leaves_other_graphs_alone(bundle: Path, tmp_path: Path
     stats = fuse_for_gpu(bundle / "image_fp32.onnx", tmp_path / "x.onnx", num_heads=2, fp16=False)
     assert "Attention" not in stats  # no attention block in the fake graph: nothing replaced
     x = np.random.default_rng(2).standard_normal((2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+
     def run(p: Path) -> np.ndarray:
         return onnxruntime.InferenceSession(str(p), providers=[CPU]).run(None, {IMAGE_INPUT: x})[0]
 
@@ -280,14 +288,39 @@ def test_gpu_bench_refuses_without_cuda(bundle: Path, tmp_path: Path, capsys: py
 
 def test_gpu_bench_dry_run_without_torch(bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--bundle", str(bundle), "--dry-run", "--no-torch", "--batch-sizes", "1", "4",
-                           "--rounds", "2", "--work-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert (
+        bench_gpu.main(
+            [
+                "--bundle",
+                str(bundle),
+                "--dry-run",
+                "--no-torch",
+                "--batch-sizes",
+                "1",
+                "4",
+                "--rounds",
+                "2",
+                "--work-dir",
+                str(tmp_path),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["dry_run"] and result["device"].startswith("cpu (dry run)") and result["targets"] is None
     names = {(r["candidate"], r["batch"]) for r in result["rows"]}
     for batch in (1, 4):
-        for name in ("ort-fp32", "ort-fp32-iob-hostin", "ort-fp32-iob-devin", "ort-fp32-fixedshape",
-                     "ort-fused-fp32", "ort-fused-fp32-iob-devin", "ort-fused-fp32-fixedshape"):
+        for name in (
+            "ort-fp32",
+            "ort-fp32-iob-hostin",
+            "ort-fp32-iob-devin",
+            "ort-fp32-fixedshape",
+            "ort-fused-fp32",
+            "ort-fused-fp32-iob-devin",
+            "ort-fused-fp32-fixedshape",
+        ):
             assert (name, batch) in names
     assert all(r["median_s"] > 0 for r in result["rows"])
     assert result["skipped"] == {"torch": "--no-torch"}  # every ORT variant came up and ran
@@ -297,10 +330,29 @@ def test_gpu_bench_dry_run_without_torch(bundle: Path, tmp_path: Path) -> None:
 def test_gpu_bench_dry_run_with_torch(tiny_bundle_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("open_clip")
     out = tmp_path / "gpu.json"
-    assert bench_gpu.main(["--bundle", str(tiny_bundle_dir), "--checkpoint", str(tiny_checkpoint),
-                           "--model-config", str(REPO / "tests" / "data" / "tiny-clip.json"), "--dry-run",
-                           "--batch-sizes", "1", "3", "--rounds", "2", "--work-dir", str(tmp_path),
-                           "--out", str(out)]) == 0
+    assert (
+        bench_gpu.main(
+            [
+                "--bundle",
+                str(tiny_bundle_dir),
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--model-config",
+                str(REPO / "tests" / "data" / "tiny-clip.json"),
+                "--dry-run",
+                "--batch-sizes",
+                "1",
+                "3",
+                "--rounds",
+                "2",
+                "--work-dir",
+                str(tmp_path),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert {r["candidate"] for r in rows} >= {"torch-fp32-eager-cpu", "ort-fp32-iob-devin", "ort-fused-fp32-fixedshape"}
     for r in rows:  # same weights on both sides: fp32 ORT and fp32 torch agree
@@ -314,7 +366,6 @@ def test_fix_batch_pins_the_batch_axis(bundle: Path, tmp_path: Path, pixels: np.
     sess = onnxruntime.InferenceSession(str(fixed), providers=[CPU])
     assert sess.get_inputs()[0].shape[0] == len(pixels) and sess.get_outputs()[0].shape[0] == len(pixels)
     dynamic = onnxruntime.InferenceSession(str(bundle / "image_fp32.onnx"), providers=[CPU])
-    np.testing.assert_array_equal(sess.run(None, {IMAGE_INPUT: pixels})[0],
-                                  dynamic.run(None, {IMAGE_INPUT: pixels})[0])
+    np.testing.assert_array_equal(sess.run(None, {IMAGE_INPUT: pixels})[0], dynamic.run(None, {IMAGE_INPUT: pixels})[0])
     with pytest.raises(InputError, match="batch must be a positive integer"):
         fix_batch(bundle / "image_fp32.onnx", tmp_path / "b0.onnx", batch=0)

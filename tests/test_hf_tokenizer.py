@@ -6,6 +6,7 @@ RoBERTa, SentencePiece-style BPE with a language-code prefix for NLLB), loaded b
 exactly as the export loads a user's ``--tokenizer`` (``clip_rt_export.text_tokenizer``), with
 the real architectures' open_clip configs (cleaning, context length, strip_sep_token).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hf_tokenizers
 from clip_rt.bundle.manifest import TextConfig, read_manifest
 from clip_rt.errors import BundleError, ExportError, InputError
 from clip_rt.inputs.hf_tokenizer import LONG_TEXT, HfTokenizer, clean_text
-
-import hf_tokenizers
 from tokenizer_corpus import corpus
 
 open_clip = pytest.importorskip("open_clip")
@@ -73,8 +73,10 @@ def test_agreement_with_open_clip_on_the_corpus(pairs: dict[str, Pair], texts: l
     want = pair.open_clip(texts).numpy()
     got = pair.clip_rt.encode_batch(texts)
     bad = np.flatnonzero((want != got.ids).any(axis=1))
-    print(f"\n{kind}: {len(texts) - len(bad)} / {len(texts)} identical rows "
-          f"(clean={pair.config.clean}, context {pair.config.context_length}, pad {pair.config.pad_token_id})")
+    print(
+        f"\n{kind}: {len(texts) - len(bad)} / {len(texts)} identical rows "
+        f"(clean={pair.config.clean}, context {pair.config.context_length}, pad {pair.config.pad_token_id})"
+    )
     assert len(bad) == 0, [(texts[i][:60], want[i][:10].tolist(), got.ids[i][:10].tolist()) for i in bad[:3]]
     # lengths: up to the last non-padding id, which the dynamic-sequence path relies on
     after = np.arange(got.ids.shape[1])[None, :] >= got.lengths[:, None]
@@ -155,9 +157,8 @@ def test_cut_is_disabled_where_a_token_could_span_a_space() -> None:
 
 
 def test_cleaning_matches_open_clip(texts: list[str]) -> None:
-    from open_clip.tokenizer import get_clean_fn
-
     import ftfy
+    from open_clip.tokenizer import get_clean_fn
 
     sample = texts[::7]
     for clean in ("whitespace", "lower", "canonicalize"):
@@ -179,8 +180,11 @@ def test_missing_tokenizer_says_which_and_how(tmp_path: Path) -> None:
     arch = "ViT-B-16-SigLIP"
     cfg = open_clip.get_model_config(arch)
     need = text_tokenizer.tokenizer_need(cfg, arch)
-    with pytest.raises(ExportError, match=r"needs the T5 SentencePiece \(SigLIP\) tokenizer 'timm/ViT-B-16-SigLIP'.*"
-                                          r"--tokenizer DIR"):
+    with pytest.raises(
+        ExportError,
+        match=r"needs the T5 SentencePiece \(SigLIP\) tokenizer 'timm/ViT-B-16-SigLIP'.*"
+        r"--tokenizer DIR",
+    ):
         text_tokenizer.stage_tokenizer(arch, need, None, tmp_path, cfg)
     with pytest.raises(InputError, match="no such file or folder"):
         text_tokenizer.stage_tokenizer(arch, need, tmp_path / "nope", tmp_path, cfg)
@@ -225,7 +229,9 @@ def test_manifest_text_fields_round_trip(tmp_path: Path, pairs: dict[str, Pair])
 
 
 def test_runtime_import_stays_light() -> None:
-    code = ("import sys, clip_rt.inputs.hf_tokenizer; "
-            "print(sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules))")
+    code = (
+        "import sys, clip_rt.inputs.hf_tokenizer; "
+        "print(sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -26,7 +26,6 @@ from PIL import Image
 import clip_rt
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, InputError, OutputError
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +46,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def cli(args: list[str], env: "dict[str, str] | None" = None) -> Any:
+def cli(args: list[str], env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, args, env=env)
 
 
@@ -56,7 +55,7 @@ def run_cli(
     *,
     stdin: Any = None,
     stdout: Any = subprocess.PIPE,
-    env: "dict[str, str] | None" = None,
+    env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess:
     """The real `clip-rt` in a subprocess (real stdin/stdout descriptors)."""

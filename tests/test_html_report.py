@@ -12,9 +12,10 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -22,15 +23,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from badfiles import encode, exif_rotated_jpeg, photo  # noqa: E402
+from browser_util import artifacts_dir, images_loaded, launch, watch  # noqa: E402
 from clip_rt.cli import main
 from clip_rt.errors import InputError, OutputError
 from clip_rt.outputs import html_report, thumbnails
 from clip_rt.outputs.html_page import csp_hash
 from clip_rt.outputs.records import Record
 from clip_rt.outputs.report import write_report
-
-from badfiles import encode, exif_rotated_jpeg, photo  # noqa: E402
-from browser_util import artifacts_dir, images_loaded, launch, watch  # noqa: E402
 from test_cli_classify import install_fake  # noqa: E402
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.png"

@@ -1,4 +1,5 @@
 """Static (calibrated) int8 at export: what is recorded, batch independence, the gate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,8 +47,10 @@ def test_int8_graphs_are_static_and_recorded(tiny_bundle_dir: Path) -> None:
         assert fig.top1_agreement is not None and 0.0 <= fig.top1_agreement <= 1.0
     # the token embedding's lookup gathers int8 rows (embedding_gather.py): no dequantised copy
     # of the whole table per call; the image tower has no lookup to rewrite
-    assert "embedding lookups gather int8 rows before dequantising (1x; outputs bit-identical" in \
-        m.quantization["int8"]["text"].parameters["graph_rewrites"]
+    assert (
+        "embedding lookups gather int8 rows before dequantising (1x; outputs bit-identical"
+        in m.quantization["int8"]["text"].parameters["graph_rewrites"]
+    )
     assert "embedding" not in m.quantization["int8"]["image"].parameters["graph_rewrites"]
     text_graph = onnx.load(str(tiny_bundle_dir / m.graph("int8", "text").file)).graph
     producer = {o: n for n in text_graph.node for o in n.output}
@@ -85,7 +88,7 @@ def test_embeddings_do_not_depend_on_the_batch(tiny_bundle_dir: Path) -> None:
     pixels = rng.standard_normal((6, 3, 64, 64)).astype(np.float32)
     image = _session(tiny_bundle_dir / read_manifest(tiny_bundle_dir).graph("int8", "image").file)
     together = image.run(None, {"pixel_values": pixels})[0]
-    alone = np.concatenate([image.run(None, {"pixel_values": pixels[i:i + 1]})[0] for i in range(6)])
+    alone = np.concatenate([image.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(6)])
     assert np.abs(together - alone).max() <= 1e-5
     # Text through the runtime, which trims each batch to its longest prompt.
     model = clip_rt.load(tiny_bundle_dir, precision="int8", cache=False)
@@ -98,13 +101,23 @@ def test_embeddings_do_not_depend_on_the_batch(tiny_bundle_dir: Path) -> None:
 @pytest.mark.slow
 def test_dynamic_int8_would_fail_the_batch_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate catches a batch-dependent graph: dynamic int8 (per-batch activation scale)."""
-    monkeypatch.setitem(optimize.RECOMMENDED_INT8, "image",
-                        {"kind": "int8-dynamic", "per_channel": True, "op_types": ("MatMul", "Gemm")})
+    monkeypatch.setitem(
+        optimize.RECOMMENDED_INT8,
+        "image",
+        {"kind": "int8-dynamic", "per_channel": True, "op_types": ("MatMul", "Gemm")},
+    )
     monkeypatch.setitem(validate.TOLERANCES, "int8", {"min_cosine": 0.9, "batch_max_abs_diff": 1e-5})
     out = tmp_path / "tiny"
     with pytest.raises(ParityError, match=r"int8 image graph .*not batch-independent.*tolerance 1e-05"):
-        export_bundle(TINY_ARCH, "none", precisions=("int8",), output=out, model_config=TINY_CONFIG, seed=0,
-                      int8_method="onnxruntime")
+        export_bundle(
+            TINY_ARCH,
+            "none",
+            precisions=("int8",),
+            output=out,
+            model_config=TINY_CONFIG,
+            seed=0,
+            int8_method="onnxruntime",
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -127,11 +140,18 @@ def test_bad_calibration_fails_the_gate_and_writes_nothing(tmp_path: Path, monke
 
 def test_calibration_method_is_checked_and_recorded(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="calibration method must be one of minmax, percentile, entropy"):
-        export_bundle(TINY_ARCH, "none", precisions=("int8",), output=tmp_path / "a", model_config=TINY_CONFIG,
-                      calibration_method="median")
+        export_bundle(
+            TINY_ARCH,
+            "none",
+            precisions=("int8",),
+            output=tmp_path / "a",
+            model_config=TINY_CONFIG,
+            calibration_method="median",
+        )
     with pytest.raises(InputError, match="only applies to int8"):
-        export_bundle(TINY_ARCH, "none", output=tmp_path / "b", model_config=TINY_CONFIG,
-                      calibration_method="percentile")
+        export_bundle(
+            TINY_ARCH, "none", output=tmp_path / "b", model_config=TINY_CONFIG, calibration_method="percentile"
+        )
 
 
 def test_int8_method_is_checked() -> None:
@@ -155,8 +175,17 @@ def test_int8_method_needs_int8(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_onnxruntime_method_is_recorded(tmp_path: Path) -> None:
     """--int8-method onnxruntime: onnxruntime.quantization's QDQ graph (uint8 activations), recorded as such."""
-    out = export_bundle(TINY_ARCH, "none", precisions=("int8",), output=tmp_path / "o", model_config=TINY_CONFIG,
-                        seed=0, int8_method="onnxruntime", int8_min_cosine=0.995, include_fp32=False)
+    out = export_bundle(
+        TINY_ARCH,
+        "none",
+        precisions=("int8",),
+        output=tmp_path / "o",
+        model_config=TINY_CONFIG,
+        seed=0,
+        int8_method="onnxruntime",
+        int8_min_cosine=0.995,
+        include_fp32=False,
+    )
     m = read_manifest(out)
     for encoder in ("image", "text"):
         q = m.quantization["int8"][encoder]
@@ -191,8 +220,18 @@ def test_cli_int8_method_conflicts_are_usage_errors(tmp_path: Path) -> None:
 
     from clip_rt.cli import main
 
-    args = ["export", TINY_ARCH, "--model-config", str(TINY_CONFIG), "--pretrained", "none", "--precision", "int8",
-            "-o", str(tmp_path / "x")]
+    args = [
+        "export",
+        TINY_ARCH,
+        "--model-config",
+        str(TINY_CONFIG),
+        "--pretrained",
+        "none",
+        "--precision",
+        "int8",
+        "-o",
+        str(tmp_path / "x"),
+    ]
     result = CliRunner().invoke(main, [*args, "--int8-method", "nncf", "--calibration-method", "entropy"])
     assert result.exit_code == 2 and "onnxruntime.quantization calibrator" in result.output
     result = CliRunner().invoke(main, [*args, "--int8-method", "tflite"])
@@ -208,9 +247,27 @@ def test_cli_int8_export_prints_only_the_path(tmp_path: Path) -> None:
     from clip_rt.cli import main
 
     out = tmp_path / "q"
-    result = CliRunner().invoke(main, ["export", TINY_ARCH, "--model-config", str(TINY_CONFIG), "--pretrained", "none",
-                                       "--seed", "0", "--precision", "int8", "--no-fp32", "--int8-min-cosine", "0.995",
-                                       "-o", str(out), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            TINY_ARCH,
+            "--model-config",
+            str(TINY_CONFIG),
+            "--pretrained",
+            "none",
+            "--seed",
+            "0",
+            "--precision",
+            "int8",
+            "--no-fp32",
+            "--int8-min-cosine",
+            "0.995",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     assert read_manifest(out).quantization["int8"]["image"].method == "nncf"

@@ -1,6 +1,7 @@
 """The choice for the job a user runs (clip_rt.engine.backends.costs): a short run of a known size
 is planned by its predicted time, start-up included; long-lived work by steady speed; low-memory
 mode by the memory a backend holds. Injected tables and CPU flags; no backend runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,24 +15,37 @@ from clip_rt.engine.backends.choose import plan_runtime
 from clip_rt.engine.backends.costs import choose_for_job, crossover, estimate
 from clip_rt.errors import InputError
 from clip_rt.options import RuntimeOptions, Workload
-
 from test_backend_choice import BOTH, VNNI, manifest, row
 
 # On this CPU class: OpenVINO int8 runs 80 images/s (batch 8) and 25/s alone, onnxruntime 20 and 8,
 # but OpenVINO takes 1.6 s more to start (its import, compile from cache, first-shape planning).
-IMAGE_OV = {**row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 3.0, "throughput"),
-            "items_per_s": 80.0, "batch1_images_per_s": 25.0}
-IMAGE_ORT = {**row("x86-avx512-vnni", "image", "onnxruntime", "int8-static", "graph", 1.0),
-             "items_per_s": 20.0, "batch1_images_per_s": 8.0}
+IMAGE_OV = {
+    **row("x86-avx512-vnni", "image", "openvino", "int8-static", "f32", 3.0, "throughput"),
+    "items_per_s": 80.0,
+    "batch1_images_per_s": 25.0,
+}
+IMAGE_ORT = {
+    **row("x86-avx512-vnni", "image", "onnxruntime", "int8-static", "graph", 1.0),
+    "items_per_s": 20.0,
+    "batch1_images_per_s": 8.0,
+}
 TEXT_OV = {**row("x86-avx512-vnni", "text", "openvino", "int8-static", "f32", 20.0), "items_per_s": 600.0}
 TEXT_ORT = {**row("x86-avx512-vnni", "text", "onnxruntime", "int8-static", "graph", 10.0), "items_per_s": 300.0}
-STARTUP = {"x86-avx512-vnni": {
-    "source": "startup-test",
-    "openvino": {"import_s": 0.4, "image int8": {"open_s": 0.6, "first_call_s": 0.6, "hold_mb": 250.0},
-                 "text int8": {"open_s": 0.4, "first_call_s": 0.2, "hold_mb": 150.0}},
-    "onnxruntime": {"import_s": 0.0, "image int8": {"open_s": 0.4, "first_call_s": 0.05, "hold_mb": 120.0},
-                    "text int8": {"open_s": 0.3, "first_call_s": 0.02, "hold_mb": 90.0}},
-}}
+STARTUP = {
+    "x86-avx512-vnni": {
+        "source": "startup-test",
+        "openvino": {
+            "import_s": 0.4,
+            "image int8": {"open_s": 0.6, "first_call_s": 0.6, "hold_mb": 250.0},
+            "text int8": {"open_s": 0.4, "first_call_s": 0.2, "hold_mb": 150.0},
+        },
+        "onnxruntime": {
+            "import_s": 0.0,
+            "image int8": {"open_s": 0.4, "first_call_s": 0.05, "hold_mb": 120.0},
+            "text int8": {"open_s": 0.3, "first_call_s": 0.02, "hold_mb": 90.0},
+        },
+    }
+}
 TABLE = {"rows": [IMAGE_OV, IMAGE_ORT, TEXT_OV, TEXT_ORT], "startup": STARTUP}
 M = manifest(scheme="static")
 
@@ -77,6 +91,7 @@ def test_the_crossover_is_where_the_predictions_meet() -> None:
     ov, ort = found["image"]
     n = crossover(ort, ov, start_cost(costs, ort.choice), start_cost(costs, ov.choice), "image", costs)
     assert n is not None
+
     def seconds(cand: Any, count: int) -> float:
         est = estimate({"image": cand}, {"image": count}, costs)
         assert est is not None
@@ -155,12 +170,32 @@ def test_workload_and_options_validate_their_input() -> None:
 def test_the_table_builder_folds_start_up_results(tmp_path: Path) -> None:
     from bench.backend_table import build_table
 
-    result = {"isa_class": "x86-avx512-vnni", "command": "python -m bench.startup_costs --bundle /home/dev/b",
-              "when": "2026-12-08T00:00:00Z", "machine": {"cpu_model": "test", "isa": ["avx512_vnni"]},
-              "rows": [{"backend": "openvino", "encoder": "image", "mode": "int8", "import_s": 0.4, "open_s": 0.5,
-                        "first_call_s": 0.6, "hold_mb": 200.0},
-                       {"backend": "onnxruntime", "encoder": "image", "mode": "int8", "import_s": 0.0, "open_s": 0.3,
-                        "first_call_s": 0.05, "hold_mb": 110.0}]}
+    result = {
+        "isa_class": "x86-avx512-vnni",
+        "command": "python -m bench.startup_costs --bundle /home/dev/b",
+        "when": "2026-12-08T00:00:00Z",
+        "machine": {"cpu_model": "test", "isa": ["avx512_vnni"]},
+        "rows": [
+            {
+                "backend": "openvino",
+                "encoder": "image",
+                "mode": "int8",
+                "import_s": 0.4,
+                "open_s": 0.5,
+                "first_call_s": 0.6,
+                "hold_mb": 200.0,
+            },
+            {
+                "backend": "onnxruntime",
+                "encoder": "image",
+                "mode": "int8",
+                "import_s": 0.0,
+                "open_s": 0.3,
+                "first_call_s": 0.05,
+                "hold_mb": 110.0,
+            },
+        ],
+    }
     (tmp_path / "startup-x86-avx512-vnni.json").write_text(json.dumps(result))
     table = build_table(tmp_path)
     block = table["startup"]["x86-avx512-vnni"]

@@ -6,6 +6,7 @@ fake bundle, RSS sampled with psutil. 40 labels make each record about 2 KB in m
 command that keeps every record (as classify did before: ~10 MB over 4,000 images here) fails
 the growth bound, while the streaming path stays well under it.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,8 @@ def test_streaming_classify_keeps_memory_flat(tmp_path: Path, clip_home: Path) -
     assert result["rss_after_1000_mb"] is not None and samples[-1][2] >= N // 2, samples[-3:]
     growth = result["rss_growth_mb"]
     assert UNDER_QEMU_USER or growth < GROWTH_LIMIT_MB < 50, (
-        f"RSS grew {growth} MB between record {BASELINE_RECORDS} and the end: something keeps per-image state")
+        f"RSS grew {growth} MB between record {BASELINE_RECORDS} and the end: something keeps per-image state"
+    )
     assert result["rss_max_mb"] - result["rss_after_1000_mb"] < 50
 
     bad = [json.loads(line) for line in out.read_text().splitlines() if '"error": null' not in line]

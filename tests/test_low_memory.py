@@ -2,6 +2,7 @@
 where the process may use at most 2 GiB) and the tokenizer freed with the text session. The
 peak-RSS figures themselves are measured by scripts/arm64-check and docs/devices.md, not here
 (no timed or memory-measuring tests)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ from PIL import Image
 import clip_rt
 from clip_rt.cli import main
 from clip_rt.engine import memory
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -67,14 +67,18 @@ def images(tmp_path: Path) -> Path:
 
 
 def _classify(bundle: Path, images: Path, out: Path, home: Path, *extra: str) -> list[dict]:
-    result = CliRunner().invoke(main, ["classify", str(images), "--labels", "red,green,blue", "--model", str(bundle),
-                                       "-o", str(out), *extra], env={"CLIP_RT_HOME": str(home)})
+    result = CliRunner().invoke(
+        main,
+        ["classify", str(images), "--labels", "red,green,blue", "--model", str(bundle), "-o", str(out), *extra],
+        env={"CLIP_RT_HOME": str(home)},
+    )
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_cli_low_memory_applies_the_setting_and_changes_no_result(bundle: Path, images: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_low_memory_applies_the_setting_and_changes_no_result(
+    bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
     monkeypatch.setattr(memory, "use_low_memory_allocator", lambda: calls.append(1) or True)
     plain = _classify(bundle, images, tmp_path / "a.jsonl", tmp_path / "home-a")
@@ -84,11 +88,15 @@ def test_cli_low_memory_applies_the_setting_and_changes_no_result(bundle: Path, 
     assert [(r["path"], r["label"], r["score"]) for r in low] == [(r["path"], r["label"], r["score"]) for r in plain]
 
 
-def test_cli_low_memory_says_so_where_it_cannot_apply(bundle: Path, images: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_low_memory_says_so_where_it_cannot_apply(
+    bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(memory, "use_low_memory_allocator", lambda: False)
-    result = CliRunner().invoke(main, ["classify", str(images), "--labels", "red,green", "--model", str(bundle),
-                                       "--low-memory"], env={"CLIP_RT_HOME": str(tmp_path / "home")})
+    result = CliRunner().invoke(
+        main,
+        ["classify", str(images), "--labels", "red,green", "--model", str(bundle), "--low-memory"],
+        env={"CLIP_RT_HOME": str(tmp_path / "home")},
+    )
     assert result.exit_code == 0, result.output
     assert "low-memory mode: this C library has no glibc mallopt" in result.output
 
@@ -100,8 +108,9 @@ def test_model_commands_offer_low_memory(command: str) -> None:
     assert "--low-memory" in result.output
 
 
-def test_releasing_text_frees_the_tokenizer_and_text_works_again(bundle: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_releasing_text_frees_the_tokenizer_and_text_works_again(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
     model = clip_rt.load(bundle, cache="memory")
     first = model.encode_text(["a photo of red"])
@@ -110,13 +119,15 @@ def test_releasing_text_frees_the_tokenizer_and_text_works_again(bundle: Path, t
     assert not model._runtime.tokenizer_loaded and "text" not in model.open_encoders
     again = clip_rt.load(bundle, cache=False).encode_text(["a photo of red"])  # tokenizer loaded anew
     np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(model.encode_text(["a photo of green"]),
-                                  clip_rt.load(bundle, cache=False).encode_text(["a photo of green"]))
+    np.testing.assert_array_equal(
+        model.encode_text(["a photo of green"]), clip_rt.load(bundle, cache=False).encode_text(["a photo of green"])
+    )
     assert model._runtime.tokenizer_loaded
 
 
-def test_releasing_the_image_session_keeps_the_tokenizer(bundle: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_releasing_the_image_session_keeps_the_tokenizer(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
     model = clip_rt.load(bundle, cache=False)
     model.encode_text(["x"])
@@ -132,9 +143,24 @@ def test_memory_phases_script_runs(bundle: Path, images: Path, tmp_path: Path, e
     import subprocess
 
     repo = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "bench.memory_phases", str(bundle), str(images / "r.png"),
-                           "--labels", "red,green,blue", "--json", *extra], cwd=repo, capture_output=True, text=True,
-                          env={**os.environ, "CLIP_RT_HOME": str(tmp_path / "home")}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.memory_phases",
+            str(bundle),
+            str(images / "r.png"),
+            "--labels",
+            "red,green,blue",
+            "--json",
+            *extra,
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CLIP_RT_HOME": str(tmp_path / "home")},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["label"] in ("red", "green", "blue") and out["low_memory"] == bool(extra)
@@ -144,10 +170,10 @@ def test_memory_phases_script_runs(bundle: Path, images: Path, tmp_path: Path, e
 
 
 # -- low-memory mode: the memory limit, the automatic choice, what it changes ------------------
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
-def _limit_files(tmp_path: Path, mem_total_kib: "int | None", cgroup: "str | None") -> tuple[str, list[str]]:
+def _limit_files(tmp_path: Path, mem_total_kib: int | None, cgroup: str | None) -> tuple[str, list[str]]:
     meminfo = tmp_path / "meminfo"
     if mem_total_kib is not None:
         meminfo.write_text(f"MemTotal:       {mem_total_kib} kB\nMemFree:        1000 kB\n")
@@ -157,15 +183,19 @@ def _limit_files(tmp_path: Path, mem_total_kib: "int | None", cgroup: "str | Non
     return str(meminfo), [str(cg), str(tmp_path / "absent")]
 
 
-@pytest.mark.parametrize("mem_total_kib, cgroup, expected, source", [
-    (8 * 1024 * 1024, None, 8 * GIB, "MemTotal"),  # no cgroup file: the RAM
-    (8 * 1024 * 1024, "max", 8 * GIB, "MemTotal"),  # cgroup v2 without a limit
-    (8 * 1024 * 1024, str(512 * 1024 ** 2), 512 * 1024 ** 2, "memory.max"),  # a container's --memory
-    (1024 * 1024, str(9223372036854771712), GIB, "MemTotal"),  # cgroup v1's "no limit"
-    (None, str(GIB), GIB, "memory.max"),
-])
-def test_memory_limit_is_the_smaller_of_ram_and_cgroup(tmp_path: Path, mem_total_kib: "int | None",
-                                                       cgroup: "str | None", expected: int, source: str) -> None:
+@pytest.mark.parametrize(
+    "mem_total_kib, cgroup, expected, source",
+    [
+        (8 * 1024 * 1024, None, 8 * GIB, "MemTotal"),  # no cgroup file: the RAM
+        (8 * 1024 * 1024, "max", 8 * GIB, "MemTotal"),  # cgroup v2 without a limit
+        (8 * 1024 * 1024, str(512 * 1024**2), 512 * 1024**2, "memory.max"),  # a container's --memory
+        (1024 * 1024, str(9223372036854771712), GIB, "MemTotal"),  # cgroup v1's "no limit"
+        (None, str(GIB), GIB, "memory.max"),
+    ],
+)
+def test_memory_limit_is_the_smaller_of_ram_and_cgroup(
+    tmp_path: Path, mem_total_kib: int | None, cgroup: str | None, expected: int, source: str
+) -> None:
     meminfo, cgroups = _limit_files(tmp_path, mem_total_kib, cgroup)
     limit = memory.memory_limit(meminfo, cgroups)
     assert limit is not None and limit.bytes == expected and source in limit.source
@@ -190,15 +220,19 @@ def test_memory_mode_choice() -> None:
 def test_low_memory_session_options_merge() -> None:
     assert memory.low_memory_session_options(None) == {"enable_cpu_mem_arena": False, "enable_mem_pattern": False}
     assert memory.low_memory_session_options({"enable_mem_pattern": True, "log_severity_level": 3}) == {
-        "enable_cpu_mem_arena": False, "enable_mem_pattern": True, "log_severity_level": 3}  # the caller's win
+        "enable_cpu_mem_arena": False,
+        "enable_mem_pattern": True,
+        "log_severity_level": 3,
+    }  # the caller's win
     import onnxruntime
 
     with pytest.raises(clip_rt.InputError, match="session_options must be a dict"):
         memory.low_memory_session_options(onnxruntime.SessionOptions())
 
 
-def test_load_low_memory_sessions_batches_and_same_embeddings(bundle: Path, images: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_low_memory_sessions_batches_and_same_embeddings(
+    bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
     files = sorted(str(p) for p in images.iterdir())
     normal = clip_rt.load(bundle, cache=False, backend="onnxruntime")
@@ -213,8 +247,9 @@ def test_load_low_memory_sessions_batches_and_same_embeddings(bundle: Path, imag
     assert low.runtime["low_memory"] is True and normal.runtime["low_memory"] is False
 
 
-def test_low_memory_image_methods_default_to_one_image_and_one_decoder(bundle: Path, images: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_low_memory_image_methods_default_to_one_image_and_one_decoder(
+    bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import clip_rt.model as model_mod
 
     monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / "home"))
@@ -252,16 +287,26 @@ class _Spy:
         monkeypatch.setattr(clip_rt.ClipModel, "iter_images", iter_images)
 
 
-@pytest.mark.parametrize("limit_gib, extra, expected", [
-    (1, [], (True, 1)),  # a 1 GB board: on by itself
-    (1, ["--no-low-memory"], (False, 8)),
-    (16, [], (False, 8)),
-    (16, ["--low-memory"], (True, 1)),
-    (16, ["--low-memory", "--batch-size", "4"], (True, 4)),  # an explicit batch size wins
-    (1, ["--batch-size", "3"], (True, 3)),
-])
-def test_cli_low_memory_mode(bundle: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             limit_gib: int, extra: list, expected: tuple) -> None:
+@pytest.mark.parametrize(
+    "limit_gib, extra, expected",
+    [
+        (1, [], (True, 1)),  # a 1 GB board: on by itself
+        (1, ["--no-low-memory"], (False, 8)),
+        (16, [], (False, 8)),
+        (16, ["--low-memory"], (True, 1)),
+        (16, ["--low-memory", "--batch-size", "4"], (True, 4)),  # an explicit batch size wins
+        (1, ["--batch-size", "3"], (True, 3)),
+    ],
+)
+def test_cli_low_memory_mode(
+    bundle: Path,
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    limit_gib: int,
+    extra: list,
+    expected: tuple,
+) -> None:
     monkeypatch.setattr(memory, "memory_limit", lambda: memory.MemoryLimit(limit_gib * GIB, "test"))
     monkeypatch.setattr(memory, "use_low_memory_allocator", lambda: True)
     spy = _Spy(monkeypatch)
@@ -273,8 +318,9 @@ def test_cli_low_memory_mode(bundle: Path, images: Path, tmp_path: Path, monkeyp
 
 
 @pytest.mark.parametrize("limit_gib, low", [(1, True), (16, False)])
-def test_info_says_whether_low_memory_mode_is_on(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 limit_gib: int, low: bool) -> None:
+def test_info_says_whether_low_memory_mode_is_on(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit_gib: int, low: bool
+) -> None:
     monkeypatch.setattr(memory, "memory_limit", lambda: memory.MemoryLimit(limit_gib * GIB, "/test/memory.max"))
     env = {"CLIP_RT_HOME": str(tmp_path / "home")}
     text = CliRunner().invoke(main, ["info", str(bundle)], env=env)

@@ -1,4 +1,5 @@
 """The manifest's quantisation record and new parity figures: round trip, and old bundles."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,17 @@ import pytest
 
 from clip_rt.bundle.manifest import LEGACY_INT8, Calibration, Quantization, read_manifest
 from clip_rt.errors import BundleError
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 STATIC = Quantization(
-    kind="static", per_channel=True, weights="int8", activations="uint8", ops=("MatMul", "Gemm"),
-    calibration=Calibration(method="minmax", source="photos", inputs=("brick", "grass crop 1", "scene 2000"),
-                            samples=3),
+    kind="static",
+    per_channel=True,
+    weights="int8",
+    activations="uint8",
+    ops=("MatMul", "Gemm"),
+    calibration=Calibration(
+        method="minmax", source="photos", inputs=("brick", "grass crop 1", "scene 2000"), samples=3
+    ),
     batch_independent=True,
 )
 
@@ -40,8 +45,15 @@ def test_quantization_and_parity_fields_round_trip(tmp_path: Path) -> None:
 def test_parity_figures_keep_top1_and_batch_figures(tmp_path: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "b")
     data = _manifest_json(bundle)
-    fig = {"max_abs_diff": 1e-3, "min_cosine": 0.9995, "samples": 32, "tolerance": {"min_cosine": 0.999},
-           "passed": True, "top1_agreement": 0.96875, "batch_max_abs_diff": 0.0}
+    fig = {
+        "max_abs_diff": 1e-3,
+        "min_cosine": 0.9995,
+        "samples": 32,
+        "tolerance": {"min_cosine": 0.999},
+        "passed": True,
+        "top1_agreement": 0.96875,
+        "batch_max_abs_diff": 0.0,
+    }
     data["parity"] = {"fp32": {"image": fig}}
     (bundle / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     got = read_manifest(bundle).parity["fp32"]["image"]
@@ -55,8 +67,17 @@ def test_old_bundles_without_the_fields_still_load(tmp_path: Path) -> None:
     data = _manifest_json(bundle)
     data.pop("quantization", None)
     data["graphs"]["int8"] = data["graphs"]["fp16"]  # any graph files: only the record matters here
-    data["parity"] = {"fp32": {"image": {"max_abs_diff": 1e-7, "min_cosine": 1.0, "samples": 8,
-                                         "tolerance": {"max_abs_diff": 1e-4}, "passed": True}}}
+    data["parity"] = {
+        "fp32": {
+            "image": {
+                "max_abs_diff": 1e-7,
+                "min_cosine": 1.0,
+                "samples": 8,
+                "tolerance": {"max_abs_diff": 1e-4},
+                "passed": True,
+            }
+        }
+    }
     (bundle / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     m = read_manifest(bundle)
     assert m.quantization == {}

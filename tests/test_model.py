@@ -1,4 +1,5 @@
 """clip_rt.load / ClipModel on the fake bundle (fast), and against open_clip (torch, slow)."""
+
 from __future__ import annotations
 
 import os
@@ -14,18 +15,25 @@ import numpy as np
 import pytest
 
 import clip_rt
-from clip_rt.bundle import manifest as manifest_mod
 from clip_rt import model as model_mod
-from clip_rt.engine import runtime as runtime_mod
-from clip_rt.errors import BundleError, ChecksumError, ImageLoadError, InputError, ProviderError
-from clip_rt.engine.session import CPU, CUDA
+from clip_rt.bundle import manifest as manifest_mod
 from clip_rt.bundle.store import models_dir
+from clip_rt.engine import runtime as runtime_mod
+from clip_rt.engine.session import CPU, CUDA
+from clip_rt.errors import BundleError, ChecksumError, ImageLoadError, InputError, ProviderError
 from clip_rt.zeroshot import softmax
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-PROMPTS = ["a photo of a cat.", "dog", "a blurry photo of the big red car .", "", "a b c d e f g h",
-           "sketch", "two dogs", "a photo of a cat."]
+PROMPTS = [
+    "a photo of a cat.",
+    "dog",
+    "a blurry photo of the big red car .",
+    "",
+    "a b c d e f g h",
+    "sketch",
+    "two dogs",
+    "a photo of a cat.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def static_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_fake_bundle(tmp_path_factory.mktemp("static") / "fake-static", precisions=("fp32",),
-                             dynamic_sequence=False, logit_bias=-3.0)
+    return build_fake_bundle(
+        tmp_path_factory.mktemp("static") / "fake-static", precisions=("fp32",), dynamic_sequence=False, logit_bias=-3.0
+    )
 
 
 @pytest.fixture
@@ -349,15 +358,23 @@ def test_load_and_inference_do_not_import_torch_or_onnx(bundle: Path, clip_home:
     print("ok")
     """
     env = dict(os.environ, CLIP_RT_HOME=str(clip_home))
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 # -- against open_clip in PyTorch (the export engineer's session fixtures) -------------------
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "camera")  # camera: greyscale
-PARITY_TEXTS = ["a photo of an astronaut.", "a cup of coffee", "a photo of a cat.", "a rocket on the launch pad",
-                "", "Ünïcödé & <b>html</b>   spaces!", "a " + "very " * 100 + "long prompt"]
+PARITY_TEXTS = [
+    "a photo of an astronaut.",
+    "a cup of coffee",
+    "a photo of a cat.",
+    "a rocket on the launch pad",
+    "",
+    "Ünïcödé & <b>html</b>   spaces!",
+    "a " + "very " * 100 + "long prompt",
+]
 
 
 @pytest.fixture(scope="module")
@@ -444,8 +461,9 @@ def test_onnxruntime_telemetry_is_off_unless_asked_for(bundle: Path, clip_home: 
         env = dict(base, CLIP_RT_HOME=str(clip_home), XDG_CACHE_HOME=str(cache))
         if setting is not None:
             env["ORT_DISABLE_TELEMETRY"] = setting
-        out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         seen[setting] = (out.stdout.strip(), (cache / "Microsoft").exists())
     assert seen[None] == ("1", False)  # opted out: nothing written
@@ -454,5 +472,8 @@ def test_onnxruntime_telemetry_is_off_unless_asked_for(bundle: Path, clip_home: 
     # its version: on one CI host 1.32 wrote none. The opt-out is pinned by the variable onnxruntime
     # reads (asserted above); the file check only adds evidence where onnxruntime does write.
     if not seen["0"][1]:
-        warnings.warn("onnxruntime wrote no telemetry device id even with telemetry on: on this host the "
-                      "'nothing written' check shows only that the variable is set", stacklevel=1)
+        warnings.warn(
+            "onnxruntime wrote no telemetry device id even with telemetry on: on this host the "
+            "'nothing written' check shows only that the variable is set",
+            stacklevel=1,
+        )

@@ -8,6 +8,7 @@ test_export.py. Tokenizers: the small ones of tests/hf_tokenizers.py, shaped lik
 Each family is exported once per module (fp32 at the smallest architecture of the family;
 about one to three minutes each on 2 cores): ``pytest -m slow tests/test_model_families.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,14 @@ from clip_rt_export.load import WeightsSource, load_model
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_right")
-TEXTS = ["a photo of a cat", "an astronaut", "Café au lait, s'il vous plaît!", "a red rocket on a launch pad",
-         "一只猫的照片", ""]
+TEXTS = [
+    "a photo of a cat",
+    "an astronaut",
+    "Café au lait, s'il vous plaît!",
+    "a red rocket on a launch pad",
+    "一只猫的照片",
+    "",
+]
 LABELS = ["cat", "astronaut", "coffee", "rocket", "motorcycle"]
 
 
@@ -46,8 +53,11 @@ def _photos(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name in PHOTOS:
-        data = getattr(skimage.data, name.replace("_right", ""))() if name != "motorcycle_right" else \
-            skimage.data.stereo_motorcycle()[1]
+        data = (
+            getattr(skimage.data, name.replace("_right", ""))()
+            if name != "motorcycle_right"
+            else skimage.data.stereo_motorcycle()[1]
+        )
         path = folder / f"{name}.jpg"
         Image.fromarray(data).save(path, quality=95)
         out.append(path)
@@ -57,12 +67,25 @@ def _photos(folder: Path) -> list[Path]:
 class Family:
     """One exported architecture and the open_clip model it came from (same seed)."""
 
-    def __init__(self, root: Path, arch: str, tokenizer_kind: str | None, precisions: tuple[str, ...] = ("fp32",),
-                 int8_min_cosine: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        arch: str,
+        tokenizer_kind: str | None,
+        precisions: tuple[str, ...] = ("fp32",),
+        int8_min_cosine: float | None = None,
+    ) -> None:
         self.arch = arch
         self.tokenizer = hf_tokenizers.build(tokenizer_kind, root / "tokenizer") if tokenizer_kind else None
-        self.bundle = export_bundle(arch, "none", precisions=precisions, output=root / arch, seed=0,
-                                    tokenizer=self.tokenizer, int8_min_cosine=int8_min_cosine)
+        self.bundle = export_bundle(
+            arch,
+            "none",
+            precisions=precisions,
+            output=root / arch,
+            seed=0,
+            tokenizer=self.tokenizer,
+            int8_min_cosine=int8_min_cosine,
+        )
         self.photos = _photos(root / "photos")
 
     def reference(self) -> Any:
@@ -74,9 +97,15 @@ class Family:
 
         ref = self.reference()
         cfg = ref.model.visual.preprocess_cfg
-        transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
-                                              resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"],
-                                              fill_color=cfg["fill_color"])
+        transform = open_clip.image_transform(
+            cfg["size"],
+            is_train=False,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            resize_mode=cfg["resize_mode"],
+            interpolation=cfg["interpolation"],
+            fill_color=cfg["fill_color"],
+        )
         pixels = torch.stack([transform(Image.open(p).convert("RGB")) for p in self.photos])
         with torch.no_grad():
             img = ref.model.encode_image(pixels, normalize=True).numpy()
@@ -101,14 +130,17 @@ def _check_sigmoid_zero_shot(family: Family) -> None:
     prompts = [f"a photo of a {label}." for label in LABELS]
     img, txt, ref = family.torch_embeddings(prompts)
     with torch.no_grad():
-        want = torch.sigmoid(torch.from_numpy(img) @ torch.from_numpy(txt).T * ref.logit_scale.exp()
-                             + ref.logit_bias).numpy()
+        want = torch.sigmoid(
+            torch.from_numpy(img) @ torch.from_numpy(txt).T * ref.logit_scale.exp() + ref.logit_bias
+        ).numpy()
     model = clip_rt.load(family.bundle, cache=False)
     assert model.scoring == "sigmoid" and model.logit_bias == pytest.approx(float(ref.logit_bias.detach()))
     results = model.classify(family.photos, labels=LABELS, templates=["a photo of a {}."])
     got = np.array([[r.scores[label] for label in LABELS] for r in results])
-    print(f"\n{family.arch} sigmoid zero-shot vs open_clip: max abs diff {np.abs(got - want).max():.2e}, "
-          f"max relative {np.max(np.abs(got - want) / want):.2e}")
+    print(
+        f"\n{family.arch} sigmoid zero-shot vs open_clip: max abs diff {np.abs(got - want).max():.2e}, "
+        f"max relative {np.max(np.abs(got - want) / want):.2e}"
+    )
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-7)
     sim = model.similarity(family.photos[0], prompts)
     np.testing.assert_allclose(sim, want[0], rtol=1e-3, atol=1e-7)
@@ -170,8 +202,23 @@ def test_chinese_labels_classify_report_end_to_end(xlmr: Family, tmp_path: Path)
     labels = ["猫", "宇航员", "咖啡", "火箭", "摩托车"]
     template = "一张{}的照片"
     report, out = tmp_path / "report", tmp_path / "results.csv"
-    r = CliRunner().invoke(main, ["classify", *map(str, xlmr.photos), "--labels", ",".join(labels), "--template",
-                                  template, "--model", str(xlmr.bundle), "--report", str(report), "-o", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            *map(str, xlmr.photos),
+            "--labels",
+            ",".join(labels),
+            "--template",
+            template,
+            "--model",
+            str(xlmr.bundle),
+            "--report",
+            str(report),
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     with open(report / "results.csv", encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))

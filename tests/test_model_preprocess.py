@@ -1,4 +1,5 @@
 """ClipModel.preprocess: one image as encode_image prepares it, for callers that batch themselves."""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """`clip-rt models --available`: the measured family table (models/families.json) and each
 architecture's family. Torch-free."""
+
 from __future__ import annotations
 
 import json

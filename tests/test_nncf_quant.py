@@ -1,5 +1,6 @@
 """clip_rt_export.nncf_quant: which nodes stay float, what a QDQ graph is described as, and the
 errors (nncf missing, bad settings). The full quantisation runs in test_int8_static (tiny model)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,9 +29,12 @@ def _model() -> onnx.ModelProto:
         helper.make_node("MatMul", ["s", "w2t"], ["y"], name="out_proj"),  # weight through a Transpose
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [_init("cw", (4, 3, 2, 2)), _init("shape", (2,), np.int64), _init("w1", (4, 4)), _init("w2", (4, 4))])
+        [_init("cw", (4, 3, 2, 2)), _init("shape", (2,), np.int64), _init("w1", (4, 4)), _init("w2", (4, 4))],
+    )
     return helper.make_model(graph)
 
 
@@ -53,12 +57,25 @@ def test_describe_qdq_reads_weight_ops_and_activation_types() -> None:
         helper.make_node("DequantizeLinear", ["eq", "ws"], ["ed"]),
         helper.make_node("Gather", ["ed", "ids"], ["z"]),
     ]
-    arrays = {"s": np.array(0.1, np.float32), "zp_u8": np.array(0, np.uint8), "zp_s8": np.array(0, np.int8),
-              "wq": np.zeros((2, 2), np.int8), "ws": np.zeros((2,), np.float32), "eq": np.zeros((5, 2), np.int8)}
+    arrays = {
+        "s": np.array(0.1, np.float32),
+        "zp_u8": np.array(0, np.uint8),
+        "zp_s8": np.array(0, np.int8),
+        "wq": np.zeros((2, 2), np.int8),
+        "ws": np.zeros((2,), np.float32),
+        "eq": np.zeros((5, 2), np.int8),
+    }
     inits = [numpy_helper.from_array(value, name) for name, value in arrays.items()]
-    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
-                                           helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
-                              [helper.make_tensor_value_info("yq", TensorProto.INT8, None)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "q",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("yq", TensorProto.INT8, None)],
+        inits,
+    )
     got = nncf_quant.describe_qdq(helper.make_model(graph))
     assert got == {"ops": ("Gather", "MatMul"), "activations": "int8/uint8"}
     with pytest.raises(ExportError, match="no weight quantised"):
@@ -77,8 +94,9 @@ def test_bad_settings_and_missing_nncf_are_export_errors(tmp_path: Path, hide_mo
         with pytest.raises(ExportError, match="activation_ranges must be one of minmax, mean_minmax"):
             nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, {"activation_ranges": "entropy"})
     monkeypatch.setattr(nncf_quant, "nncf_available", lambda: False)
-    with pytest.raises(ExportError,
-                       match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"):
+    with pytest.raises(
+        ExportError, match=r"needs the nncf package: pip install 'clip-rt\[export\]'.*--int8-method onnxruntime"
+    ):
         nncf_quant.quantize_nncf(src, tmp_path / "o.onnx", feeds, nncf_quant.settings_for("image"))
     assert not (tmp_path / "o.onnx").exists()
 
@@ -113,12 +131,19 @@ def _embedding_model() -> onnx.ModelProto:
         helper.make_node("Add", ["we", "te"], ["e"], name="add"),
         helper.make_node("MatMul", ["e", "w"], ["y"], name="proj"),
     ]
-    inits = [numpy_helper.from_array(rng.normal(size=(50, 16)).astype(np.float32), "word"),
-             numpy_helper.from_array(rng.normal(size=(1, 16)).astype(np.float32), "token_type"),
-             numpy_helper.from_array(np.zeros((1, 1), np.int64), "zeros"),
-             numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w")]
-    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "l", 16])], inits)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(50, 16)).astype(np.float32), "word"),
+        numpy_helper.from_array(rng.normal(size=(1, 16)).astype(np.float32), "token_type"),
+        numpy_helper.from_array(np.zeros((1, 1), np.int64), "zeros"),
+        numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "emb",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["n", "l"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "l", 16])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -155,8 +180,11 @@ def test_calibration_batches_stack_inputs_of_one_shape() -> None:
 def _activation_scales(path: Path) -> dict[str, float]:
     q = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    return {n.input[0]: float(inits[n.input[1]]) for n in q.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in q.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].size == 1
+    }
 
 
 def test_batched_calibration_gives_the_ranges_of_inputs_one_by_one(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Output files: CSV quoting and formula neutralising, escaped display paths, outputs that a
 failed run never destroys (full disk, read-only folder, a folder where the sidecar goes,
 /dev/null, a FIFO), and one run at a time per output."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -46,7 +48,8 @@ def colour_folder(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         Image.new("RGB", (16 + i % 5, 16), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)).save(
-            folder / f"{i:03d}.png")
+            folder / f"{i:03d}.png"
+        )
     return folder
 
 
@@ -73,7 +76,7 @@ def strict_rows(text: str) -> list[list[str]]:
             value = "".join(cell)
         else:
             j = i
-            while j < n and text[j] not in ',\r\n':
+            while j < n and text[j] not in ",\r\n":
                 if text[j] == '"':
                     raise ValueError(f"quote inside an unquoted cell at {j}")
                 j += 1
@@ -93,21 +96,37 @@ def strict_rows(text: str) -> list[list[str]]:
     return rows
 
 
-NASTY = ["a\rb.png", "c\r\nd.png", "e\nf.png", 'g"h,i.png', "=cmd|' -C calc'!A0.png", "+1.png", "-2.png",
-         "@SUM(A1).png", "\tj.png", "'k.png", "''l.png", "plain.png"]
+NASTY = [
+    "a\rb.png",
+    "c\r\nd.png",
+    "e\nf.png",
+    'g"h,i.png',
+    "=cmd|' -C calc'!A0.png",
+    "+1.png",
+    "-2.png",
+    "@SUM(A1).png",
+    "\tj.png",
+    "'k.png",
+    "''l.png",
+    "plain.png",
+]
 
 
 def test_csv_cells_round_trip_through_python_and_a_strict_reader() -> None:
-    recs = [Record(p, f"lab{i}\r", 0.5, {"x": 0.5}, 1, 2, None if i % 3 else f"{p}: broken\r")
-            for i, p in enumerate(NASTY)]
+    recs = [
+        Record(p, f"lab{i}\r", 0.5, {"x": 0.5}, 1, 2, None if i % 3 else f"{p}: broken\r") for i, p in enumerate(NASTY)
+    ]
     buf = io.StringIO()
     RecordWriter("csv", buf, ["x"]).write_batch(recs)
     text = buf.getvalue()
     for rows in (list(csv.reader(io.StringIO(text, newline=""), strict=True)), strict_rows(text)):
         assert len(rows) == 1 + len(recs)
         for rec, row in zip(recs, rows[1:]):
-            assert [unneutralise(row[0]), unneutralise(row[1]), unneutralise(row[5])] == \
-                   [rec.path, rec.label, rec.error or ""]
+            assert [unneutralise(row[0]), unneutralise(row[1]), unneutralise(row[5])] == [
+                rec.path,
+                rec.label,
+                rec.error or "",
+            ]
             assert not row[0].startswith(("=", "+", "-", "@", "\t", "\r"))  # no formula for a spreadsheet
 
 
@@ -144,7 +163,7 @@ def test_nasty_names_resume_without_redoing_work(tmp_path: Path, monkeypatch: py
     assert len(rows) == 1 + len(NASTY)
     assert rows[0][-2:] == ["score_=cmd|x", "score_@green"]
     assert sorted(os.path.basename(unneutralise(row[0])) for row in rows[1:]) == sorted(NASTY)
-    assert {row[0][len(str(folder)) + 1:][:1] for row in rows[1:]} <= set("acegk+-@'\tp=")  # full path first
+    assert {row[0][len(str(folder)) + 1 :][:1] for row in rows[1:]} <= set("acegk+-@'\tp=")  # full path first
     r = invoke(args + ["--resume"])
     assert r.exit_code == 0, r.output
     assert f"{len(NASTY)} processed, 0 failed, {len(NASTY)} already done" in r.stderr
@@ -188,8 +207,9 @@ def test_table_aligns_by_display_width(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 # -- outputs that must survive --------------------------------------------------------------
-def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl",
-              n: int = 6) -> tuple[Path, Path, bytes]:
+def first_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.jsonl", n: int = 6
+) -> tuple[Path, Path, bytes]:
     install_fake(monkeypatch)
     folder = colour_folder(tmp_path / "imgs", n)
     out = tmp_path / name
@@ -198,8 +218,9 @@ def first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "r.js
     return folder, out, out.read_bytes()
 
 
-def test_sidecar_path_that_is_a_folder_is_refused_before_truncating(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sidecar_path_that_is_a_folder_is_refused_before_truncating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, out, before = first_run(tmp_path, monkeypatch)
     side = Path(str(out) + ".clip-rt.json")
     side.unlink()
@@ -248,8 +269,13 @@ def test_fifo_output_streams_with_no_sidecar(tmp_path: Path, monkeypatch: pytest
 @contextlib.contextmanager
 def small_tmpfs(where: Path, size: str = "256k") -> Iterator[Path]:
     where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); the ulimit -f test covers it")
     try:
         yield where
@@ -260,6 +286,7 @@ def small_tmpfs(where: Path, size: str = "256k") -> Iterator[Path]:
 def read_only_folder(tmp_path: Path, contents: dict[str, bytes]) -> contextlib.AbstractContextManager[Path]:
     """A folder holding *contents* in which no file can be created: by permissions when not
     root, else a tmpfs remounted read-only (root ignores permissions)."""
+
     @contextlib.contextmanager
     def make() -> Iterator[Path]:
         if os.geteuid() != 0:
@@ -283,8 +310,9 @@ def read_only_folder(tmp_path: Path, contents: dict[str, bytes]) -> contextlib.A
     return make()
 
 
-def test_read_only_folder_is_one_error_line_and_the_output_survives(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_folder_is_one_error_line_and_the_output_survives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, out, before = first_run(tmp_path, monkeypatch)
     side = Path(str(out) + ".clip-rt.json").read_bytes()
     with read_only_folder(tmp_path, {"r.jsonl": before, "r.jsonl.clip-rt.json": side}) as ro:
@@ -301,34 +329,39 @@ def test_read_only_folder_is_one_error_line_and_the_output_survives(tmp_path: Pa
 def gated_cmd(args: list[str], gate: Path, after: int) -> list[str]:
     """The CLI with the fake model in a subprocess that stops before image *after* until the
     file *gate* exists (at most 60 s): the run is surely half-way while the test acts."""
-    code = (f"import os, sys, time; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t\n"
-            "real = t.FakeModel.iter_images\n"
-            "def gated(self, sources, batch_size=32):\n"
-            "    for i, item in enumerate(real(self, sources, batch_size)):\n"
-            f"        if i == {after}:\n"
-            "            end = time.time() + 60\n"
-            f"            while not os.path.exists({str(gate)!r}) and time.time() < end:\n"
-            "                time.sleep(0.02)\n"
-            "        yield item\n"
-            "t.FakeModel.iter_images = gated\n"
-            "t.run_cli_with_fake(0)\n")
+    code = (
+        f"import os, sys, time; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t\n"
+        "real = t.FakeModel.iter_images\n"
+        "def gated(self, sources, batch_size=32):\n"
+        "    for i, item in enumerate(real(self, sources, batch_size)):\n"
+        f"        if i == {after}:\n"
+        "            end = time.time() + 60\n"
+        f"            while not os.path.exists({str(gate)!r}) and time.time() < end:\n"
+        "                time.sleep(0.02)\n"
+        "        yield item\n"
+        "t.FakeModel.iter_images = gated\n"
+        "t.run_cli_with_fake(0)\n"
+    )
     return [sys.executable, "-c", code, *args]
 
 
 def wait_for_lines(path: Path, n: int, also: Path | None = None) -> None:
     """Until *path* has *n* lines (and *also* exists), at most 60 s."""
     deadline = time.time() + 60
-    while time.time() < deadline and not ((also is None or also.exists()) and path.exists()
-                                          and path.read_bytes().count(b"\n") >= n):
+    while time.time() < deadline and not (
+        (also is None or also.exists()) and path.exists() and path.read_bytes().count(b"\n") >= n
+    ):
         time.sleep(0.02)
 
 
 def limited_run(args: list[str], limit: int) -> subprocess.CompletedProcess[bytes]:
     """The CLI with the fake model in a process whose files cannot grow past *limit* bytes
     (``ulimit -f``; SIGXFSZ ignored, so a write past it fails with EFBIG as on a full disk)."""
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.path.insert(0, {str(TESTS)!r}); "
-            "import test_cli_classify as t; t.run_cli_with_fake(0)")
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.path.insert(0, {str(TESTS)!r}); "
+        "import test_cli_classify as t; t.run_cli_with_fake(0)"
+    )
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120, env=env)
 
@@ -338,8 +371,9 @@ def test_full_disk_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest
     folder, out, before = first_run(tmp_path, monkeypatch, name=f"r.{fmt}", n=30)
     side = Path(str(out) + ".clip-rt.json")
     side_before = side.read_bytes()
-    p = limited_run(["classify", str(folder), "-l", "red,green,cyan", "-o", str(out), "--batch-size", "2"],
-                    limit=len(before) // 3)
+    p = limited_run(
+        ["classify", str(folder), "-l", "red,green,cyan", "-o", str(out), "--batch-size", "2"], limit=len(before) // 3
+    )
     assert p.returncode == 1, p.stderr
     err = p.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: cannot write") and "File too large" in err[0], err
@@ -347,8 +381,9 @@ def test_full_disk_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest
     assert sorted(os.listdir(tmp_path)) == sorted(["imgs", out.name, side.name])  # no lock file left
 
 
-def test_full_disk_on_a_new_output_keeps_whole_records_to_resume(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_on_a_new_output_keeps_whole_records_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     install_fake(monkeypatch)
     folder = colour_folder(tmp_path / "imgs", 30)
     ref = tmp_path / "ref.jsonl"
@@ -388,8 +423,9 @@ def test_killed_replacing_run_keeps_the_earlier_output_aside(tmp_path: Path, mon
     earlier output as .<name>.previous until it ends; a completed run removes it."""
     folder, out, before = first_run(tmp_path, monkeypatch, n=40)
     args = ["classify", str(folder), "-l", "red,green,cyan", "-o", str(out), "--batch-size", "2"]
-    proc = subprocess.Popen(gated_cmd(args, tmp_path / "never", after=8), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        gated_cmd(args, tmp_path / "never", after=8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     previous = tmp_path / ".r.jsonl.previous"
     wait_for_lines(out, 8, also=previous)
     os.kill(proc.pid, signal.SIGKILL)
@@ -423,8 +459,9 @@ def test_no_lock_file_is_left_beside_the_output(tmp_path: Path, monkeypatch: pyt
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["imgs", out.name, f"{out.name}.clip-rt.json"])
 
 
-def test_lock_file_removed_under_a_waiting_opener_is_not_locked_twice(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lock_file_removed_under_a_waiting_opener_is_not_locked_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A run that opened the lock file just before its holder removed it must not take a lock on
     # the removed file while a third run locks a new one: it checks the name and retries.
     out = str(tmp_path / "r.jsonl")
@@ -486,12 +523,15 @@ def test_stdout_on_a_full_device_is_one_error_line(tmp_path: Path) -> None:
     folder = colour_folder(tmp_path / "imgs", 2)
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)"
     with open("/dev/full", "wb") as full:
-        p = subprocess.run([sys.executable, "-c", code, "classify", str(folder), "-l", "red,green"],
-                           stdout=full, stderr=subprocess.PIPE, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-c", code, "classify", str(folder), "-l", "red,green"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
     err = p.stderr.decode()
     assert p.returncode == 1 and err.startswith("Error: cannot write to standard output: No space left"), err
     assert "Traceback" not in err
-
 
 
 @pytest.mark.parametrize("name", ["r.jsonl", "r.json"])

@@ -1,5 +1,6 @@
 """A plain (non-editable) install gets every package and data file: the wheel, built from a
 copy of the sources, holds every module under clip_rt/, export/ and models/ and their data."""
+
 from __future__ import annotations
 
 import shutil
@@ -40,14 +41,26 @@ def test_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
     for folder in ("clip_rt", "export", "models"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next(out.glob("clip_rt-*.whl"))
     names = {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
     missing = _expected() - names
     assert not missing, f"not in the wheel: {sorted(missing)}"
-    assert {"clip_rt/engine/backends/choices.json", "clip_rt_models/catalogue.json", "clip_rt_models/families.json",
-            "clip_rt_export/hf_text.json", "clip_rt/py.typed"} <= names
-    entry_points = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
-                                                    if n.endswith("entry_points.txt"))).decode()
+    assert {
+        "clip_rt/engine/backends/choices.json",
+        "clip_rt_models/catalogue.json",
+        "clip_rt_models/families.json",
+        "clip_rt_export/hf_text.json",
+        "clip_rt/py.typed",
+    } <= names
+    entry_points = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt")))
+        .decode()
+    )
     assert "clip-rt = clip_rt.cli:main" in entry_points

@@ -1,9 +1,11 @@
 """clip_rt.engine.pipeline.image_stream: which calls reach the backend. A stream of several
 batches goes through the throughput queue at the stream's batch size; a stream that is one
 batch in all is one latency call at its own size."""
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -44,8 +46,9 @@ def _decode(index: int, source: int) -> Decoded:
 
 def _run(sources: Any, batch_size: int = 8, queued: bool = True) -> tuple[list[Any], list[tuple[Any, ...]]]:
     backend = RecordingBackend()
-    items = list(image_stream(iter(sources), backend, _decode, batch_size, raise_errors=False, workers=2,
-                              queued=queued))
+    items = list(
+        image_stream(iter(sources), backend, _decode, batch_size, raise_errors=False, workers=2, queued=queued)
+    )
     return items, backend.calls
 
 
@@ -62,10 +65,9 @@ def test_one_batch_in_all_is_one_latency_call_at_its_own_size(n: int) -> None:
         assert [float(it.embedding[0]) for it in items] == [float(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("n, want", [
-    (9, [("submit", 8, 8), ("submit", 1, 8)]),
-    (20, [("submit", 8, 8), ("submit", 8, 8), ("submit", 4, 8)]),
-])
+@pytest.mark.parametrize(
+    "n, want", [(9, [("submit", 8, 8), ("submit", 1, 8)]), (20, [("submit", 8, 8), ("submit", 8, 8), ("submit", 4, 8)])]
+)
 def test_several_batches_stream_through_the_queue(n: int, want: list[tuple[Any, ...]]) -> None:
     items, calls = _run(range(n))
     assert calls == want

@@ -1,5 +1,6 @@
 """A continued run (`classify --resume`, `index` on an existing index) takes the precision of the
 output it continues when --precision is not given; an explicit different one is refused."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from PIL import Image
 from clip_rt.cli import common, main
 from clip_rt.errors import BundleError
 from clip_rt.outputs.search_index import INDEX_FILE
-
 from test_cli_classify import FakeModel
 
 
@@ -41,8 +41,9 @@ def images(folder: Path, n: int = 3) -> Path:
 def test_resume_follows_the_outputs_precision(bundle: Path, tmp_path: Path) -> None:
     imgs = images(tmp_path / "imgs")
     out = tmp_path / "run.jsonl"
-    first = invoke(["classify", str(imgs / "img0.png"), "-l", "a,b", "-m", str(bundle), "--precision", "fp16",
-                    "-o", str(out)])
+    first = invoke(
+        ["classify", str(imgs / "img0.png"), "-l", "a,b", "-m", str(bundle), "--precision", "fp16", "-o", str(out)]
+    )
     assert first.exit_code == 0, first.output
     resumed = invoke(["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -50,13 +51,15 @@ def test_resume_follows_the_outputs_precision(bundle: Path, tmp_path: Path) -> N
     assert json.loads((tmp_path / "run.jsonl.clip-rt.json").read_text())["precision"] == "fp16"
     assert len(out.read_text().splitlines()) == 3
 
-    other = invoke(["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out), "--resume",
-                    "--precision", "fp32"])
+    other = invoke(
+        ["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out), "--resume", "--precision", "fp32"]
+    )
     assert other.exit_code == 1
     assert "holds fp16 results and this run asks for --precision fp32" in other.output
     assert "leave --precision out" in other.output
-    same = invoke(["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out), "--resume",
-                   "--precision", "fp16"])
+    same = invoke(
+        ["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out), "--resume", "--precision", "fp16"]
+    )
     assert same.exit_code == 0 and "3 already done" in same.stderr
     # Without --resume the output starts over, in the default precision.
     fresh = invoke(["classify", str(imgs), "-l", "a,b", "-m", str(bundle), "-o", str(out)])
@@ -90,7 +93,8 @@ class PrecisionFake(FakeModel):
 
 
 def test_a_bundle_without_the_recorded_precision_is_reported_as_another_model(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     imgs = images(tmp_path / "imgs")
     out = tmp_path / "run.jsonl"
     asked: list[Any] = []

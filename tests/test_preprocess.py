@@ -2,6 +2,7 @@
 
 ``pytest tests/test_preprocess.py -s -k parity`` prints the max abs diff per case.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,25 +18,36 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from clip_rt.errors import ImageLoadError, InputError
-from clip_rt.bundle.manifest import ImageConfig
-from clip_rt.inputs.preprocess import HIGH_BIT_MODES, Preprocessor, keep_ratio_size, shortest_edge_size
-
 from badfiles import encode, exif_rotated_jpeg
+from clip_rt.bundle.manifest import ImageConfig
+from clip_rt.errors import ImageLoadError, InputError
+from clip_rt.inputs.preprocess import HIGH_BIT_MODES, Preprocessor, keep_ratio_size, shortest_edge_size
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIGS = {
     "ViT-B-32": ImageConfig(size=(224, 224), mean=OPENAI_MEAN, std=OPENAI_STD),
-    "longest": ImageConfig(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="longest",
-                           fill_color=127),
-    "squash-bilinear": ImageConfig(size=(256, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear",
-                                   resize_mode="squash"),
+    "longest": ImageConfig(
+        size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize_mode="longest", fill_color=127
+    ),
+    "squash-bilinear": ImageConfig(
+        size=(256, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear", resize_mode="squash"
+    ),
     "nonsquare-shortest": ImageConfig(size=(192, 256), mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bilinear"),
     "nonsquare-longest": ImageConfig(size=(256, 192), mean=OPENAI_MEAN, std=OPENAI_STD, resize_mode="longest"),
 }
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina",
-          "immunohistochemistry", "camera", "logo"]
+PHOTOS = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle_left",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "camera",
+    "logo",
+]
 PARITY_TOLERANCE = 1e-6
 _REPORT: dict[str, float] = {}
 
@@ -52,8 +64,13 @@ def open_clip_transform(cfg: ImageConfig) -> Callable[[Image.Image], np.ndarray]
     open_clip = pytest.importorskip("open_clip")
     size = cfg.size[0] if cfg.size[0] == cfg.size[1] else cfg.size
     t = open_clip.image_transform(
-        size, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode=cfg.resize_mode,
-        interpolation=cfg.interpolation, fill_color=cfg.fill_color,
+        size,
+        is_train=False,
+        mean=cfg.mean,
+        std=cfg.std,
+        resize_mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+        fill_color=cfg.fill_color,
     )
     return lambda img: t(img).numpy()
 
@@ -281,8 +298,11 @@ def test_batch_is_contiguous_and_equals_single_calls() -> None:
 
 def test_bad_configs_are_input_errors() -> None:
     for bad in (
-        dict(size=(0, 224)), dict(resize_mode="crop"), dict(interpolation="nearest"),
-        dict(mean=(0.5, 0.5)), dict(std=(0.5, 0.0, 0.5)),
+        dict(size=(0, 224)),
+        dict(resize_mode="crop"),
+        dict(interpolation="nearest"),
+        dict(mean=(0.5, 0.5)),
+        dict(std=(0.5, 0.0, 0.5)),
     ):
         fields = dict(size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)
         fields.update(bad)
@@ -307,11 +327,16 @@ def make_image(w: int, h: int, mode: str, seed: int) -> Image.Image:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    w=st.integers(1, 300), h=st.integers(1, 300), mode=st.sampled_from(MODES),
-    config=st.sampled_from(list(CONFIGS)), strict=st.booleans(), seed=st.integers(0, 2**16),
+    w=st.integers(1, 300),
+    h=st.integers(1, 300),
+    mode=st.sampled_from(MODES),
+    config=st.sampled_from(list(CONFIGS)),
+    strict=st.booleans(),
+    seed=st.integers(0, 2**16),
 )
-def test_any_size_and_mode_gives_finite_float32(w: int, h: int, mode: str, config: str, strict: bool,
-                                                 seed: int) -> None:
+def test_any_size_and_mode_gives_finite_float32(
+    w: int, h: int, mode: str, config: str, strict: bool, seed: int
+) -> None:
     cfg = CONFIGS[config]
     x = Preprocessor(cfg, strict=strict)(make_image(w, h, mode, seed))
     assert x.shape == (3, *cfg.size) and x.dtype == np.float32 and np.isfinite(x).all()
@@ -320,9 +345,11 @@ def test_any_size_and_mode_gives_finite_float32(w: int, h: int, mode: str, confi
 @pytest.mark.torch
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    w=st.integers(1, 300), h=st.integers(1, 300),
+    w=st.integers(1, 300),
+    h=st.integers(1, 300),
     mode=st.sampled_from([m for m in MODES if m not in ("I", "F", "I;16")]),
-    config=st.sampled_from(list(CONFIGS)), seed=st.integers(0, 2**16),
+    config=st.sampled_from(list(CONFIGS)),
+    seed=st.integers(0, 2**16),
 )
 def test_any_size_matches_open_clip(w: int, h: int, mode: str, config: str, seed: int) -> None:
     cfg = CONFIGS[config]
@@ -332,8 +359,10 @@ def test_any_size_matches_open_clip(w: int, h: int, mode: str, config: str, seed
 
 
 def test_importing_images_and_preprocess_does_not_import_torch() -> None:
-    code = ("import sys, clip_rt.inputs.images, clip_rt.inputs.preprocess; "
-            "print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    code = (
+        "import sys, clip_rt.inputs.images, clip_rt.inputs.preprocess; "
+        "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

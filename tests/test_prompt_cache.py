@@ -1,4 +1,5 @@
 """The persistent prompt cache: concurrency, corruption, crashes, the in-memory layer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_rt.bundle.store import cache_dir
 from clip_rt.engine import prompt_cache as pc
 from clip_rt.engine.prompt_cache import PromptCache
-from clip_rt.bundle.store import cache_dir
 
 DIM = 16
 

@@ -1,5 +1,6 @@
 """README.md and docs/ for users: generated tables current with bench/results, no lab notes,
 and the README's test command the one .ci/run runs."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,14 @@ from bench import readme
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pages a user reads; the history page is the one place for dated runs.
-USER_PAGES = [ROOT / "README.md", *[p for p in sorted((ROOT / "docs").rglob("*.md"))
-                                    if p.relative_to(ROOT / "docs").as_posix() != "benchmarks/history.md"]]
+USER_PAGES = [
+    ROOT / "README.md",
+    *[
+        p
+        for p in sorted((ROOT / "docs").rglob("*.md"))
+        if p.relative_to(ROOT / "docs").as_posix() != "benchmarks/history.md"
+    ],
+]
 LAB_NOTES = {
     "a date": re.compile(r"\b20\d\d-\d\d-\d\d\b"),
     "a time of day": re.compile(r"\b\d\d:\d\d UTC\b"),
@@ -30,7 +37,7 @@ def test_generated_sections_are_current() -> None:
 def test_readme_is_short_and_has_its_tables() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text) <= 12_000, f"README.md has {len(text)} characters (at most 12,000)"
-    for section in ("peers", "install-sizes"):
+    for section in ("peers", "jobs", "goals", "install-extras"):
         assert f"<!-- generated: {section} -->" in text
 
 
@@ -71,8 +78,9 @@ def test_check_finds_a_stale_page_and_writing_fixes_it(tmp_path: Path, capsys: p
     assert readme.main(["--check", "--root", str(root)]) == 0
 
 
-def test_unknown_or_unclosed_sections_and_missing_results_fail(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_or_unclosed_sections_and_missing_results_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _tree(tmp_path)
     (root / "docs" / "page.md").write_text("<!-- generated: nonsense -->\n<!-- end generated -->\n")
     assert readme.main(["--check", "--root", str(root)]) == 1
@@ -96,10 +104,14 @@ def test_every_section_renders_from_the_results() -> None:
 
 
 def test_public_command_hides_machine_paths() -> None:
-    assert readme.public_command("flock /work/locks/heavy python3 -m bench.serve --bundle /work/b/x --rounds 3") == \
-        "python -m bench.serve --bundle PATH --rounds 3"
-    assert readme.public_command("python -m bench.models_table --bundle ViT (CLIP)=/w/s/ViT-B-32") == \
-        "python -m bench.models_table --bundle ViT (CLIP)=PATH"
+    assert (
+        readme.public_command("flock /work/locks/heavy python3 -m bench.serve --bundle /work/b/x --rounds 3")
+        == "python -m bench.serve --bundle PATH --rounds 3"
+    )
+    assert (
+        readme.public_command("python -m bench.models_table --bundle ViT (CLIP)=/w/s/ViT-B-32")
+        == "python -m bench.models_table --bundle ViT (CLIP)=PATH"
+    )
 
 
 def _slug(heading: str) -> str:

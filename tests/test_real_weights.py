@@ -5,6 +5,7 @@ checkpoint from ``../shared/models`` (see its PROVENANCE.md) and skips, saying w
 there is none. The photos are real and their content is known: scikit-image's cat, astronaut,
 coffee cup and rocket.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,11 @@ def _vitb32_checkpoint() -> Path | None:
     root = SHARED / "models"
     if not root.is_dir():
         return None
-    found = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES
-                   and "vit-b-32" in str(p).lower().replace("_", "-").replace("/", "-"))
+    found = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in WEIGHT_SUFFIXES and "vit-b-32" in str(p).lower().replace("_", "-").replace("/", "-")
+    )
     return found[0] if found else None
 
 
@@ -37,9 +41,10 @@ def test_real_weights_zero_shot_matches_open_clip_and_the_photos(tmp_path: Path)
     ckpt = _vitb32_checkpoint()
     if ckpt is None:
         pytest.skip(f"no ViT-B-32 checkpoint under {SHARED / 'models'}: real weights are not available here")
+    from PIL import Image
+
     import clip_rt
     from clip_rt_export import export_bundle
-    from PIL import Image
 
     # OpenAI's weights were trained with QuickGELU; open_clip names that variant explicitly.
     arch = "ViT-B-32-quickgelu" if "openai" in str(ckpt).lower() else "ViT-B-32"

@@ -5,6 +5,7 @@ the real runtime. Subprocess runs go through ``runner.py`` (written per test), w
 real ``clip-rt`` CLI, optionally after waiting for a start file (so that concurrent processes
 really overlap) and with a per-image decode delay (so that a signal lands mid-run).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,9 @@ import clip_rt
 from clip_rt import templates as builtin_templates
 from clip_rt.cli import main
 from clip_rt.errors import BundleError, ChecksumError, InputError, ModelNotFoundError
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
-RUNNER = '''
+RUNNER = """
 import os, signal, sys, time
 # Ctrl-C as in a terminal, even when the test runner was started with SIGINT ignored (a
 # background job): an ignored SIGINT is inherited and Python would keep ignoring it.
@@ -52,7 +52,7 @@ if start:
 from clip_rt.cli import main
 sys.argv[0] = "clip-rt"
 main()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +106,17 @@ def one_image() -> np.ndarray:
 
 
 # -- 1. bad text and arguments: API -------------------------------------------------------------
-@pytest.mark.parametrize("labels, templates, error", [
-    ([], builtin_templates.SIMPLE, "no labels given: expected at least one class label"),
-    (["cat", "dog", "cat"], builtin_templates.SIMPLE, "duplicate labels: 'cat'"),
-    (["cat", "  "], builtin_templates.SIMPLE, "blank label '  '"),
-    (["cat", 3], builtin_templates.SIMPLE, "a label must be a string, got int: 3"),
-    (["cat", "dog"], ["a photo of a cat"], "template 'a photo of a cat' has no {} placeholder for the label"),
-    (["cat", "dog"], [], "no prompt templates given"),
-])
+@pytest.mark.parametrize(
+    "labels, templates, error",
+    [
+        ([], builtin_templates.SIMPLE, "no labels given: expected at least one class label"),
+        (["cat", "dog", "cat"], builtin_templates.SIMPLE, "duplicate labels: 'cat'"),
+        (["cat", "  "], builtin_templates.SIMPLE, "blank label '  '"),
+        (["cat", 3], builtin_templates.SIMPLE, "a label must be a string, got int: 3"),
+        (["cat", "dog"], ["a photo of a cat"], "template 'a photo of a cat' has no {} placeholder for the label"),
+        (["cat", "dog"], [], "no prompt templates given"),
+    ],
+)
 def test_api_bad_labels_and_templates(bundle: Path, labels: Any, templates: Any, error: str) -> None:
     model = clip_rt.load(bundle)
     with pytest.raises(InputError, match=re.escape(error)):
@@ -149,8 +152,8 @@ def test_api_over_long_prompts_are_truncated_like_open_clip_and_warned_once(bund
     long_text = " ".join(words)
     with pytest.warns(UserWarning, match="truncated"):
         got = model.encode_text(long_text)
-    np.testing.assert_allclose(got, model.encode_text(" ".join(words[:ctx - 2])), atol=1e-6)
-    assert not np.allclose(got, model.encode_text(" ".join(words[:ctx - 3])), atol=1e-3)
+    np.testing.assert_allclose(got, model.encode_text(" ".join(words[: ctx - 2])), atol=1e-6)
+    assert not np.allclose(got, model.encode_text(" ".join(words[: ctx - 3])), atol=1e-3)
 
 
 def test_api_unknown_model_says_how_to_export() -> None:
@@ -176,25 +179,52 @@ def _edit_manifest(bundle: Path, change: Any) -> None:
 
 
 DAMAGE = {
-    "flipped byte in the image graph": (lambda b: _flip_byte(b / "image_fp32.onnx"), ChecksumError,
-                                        r"image_fp32\.onnx: sha256 [0-9a-f]{16}\.\.\. does not match the manifest's"),
-    "flipped byte in the text graph": (lambda b: _flip_byte(b / "text_fp32.onnx"), ChecksumError,
-                                       r"text_fp32\.onnx: sha256 .* re-export it"),
-    "flipped byte in the tokenizer": (lambda b: _flip_byte(b / "tokenizer.json"), ChecksumError,
-                                      r"tokenizer\.json: sha256"),
-    "truncated image graph": (lambda b: (b / "image_fp32.onnx").write_bytes(b"\x08\x07"), ChecksumError,
-                              r"image_fp32\.onnx: size 2 bytes does not match the manifest's \d+"),
-    "missing text graph": (lambda b: (b / "text_fp32.onnx").unlink(), BundleError,
-                           r"text_fp32\.onnx is missing \(listed in the manifest\)"),
-    "missing manifest": (lambda b: (b / "manifest.json").unlink(), ModelNotFoundError,
-                         r"is a directory but not a clip-rt bundle: expected manifest\.json inside it"),
-    "newer format_version": (lambda b: _edit_manifest(b, lambda d: d.update(format_version=99)), BundleError,
-                             r"bundle format version 99 is newer than this clip-rt reads \(up to 2\); "
-                             r"upgrade clip-rt or re-export the model"),
-    "manifest not JSON": (lambda b: (b / "manifest.json").write_text('{"format_version": 1,'), BundleError,
-                          r"manifest\.json: not valid JSON"),
-    "manifest without graphs": (lambda b: _edit_manifest(b, lambda d: d.pop("graphs")), BundleError,
-                                r"malformed manifest: graphs: required field is missing"),
+    "flipped byte in the image graph": (
+        lambda b: _flip_byte(b / "image_fp32.onnx"),
+        ChecksumError,
+        r"image_fp32\.onnx: sha256 [0-9a-f]{16}\.\.\. does not match the manifest's",
+    ),
+    "flipped byte in the text graph": (
+        lambda b: _flip_byte(b / "text_fp32.onnx"),
+        ChecksumError,
+        r"text_fp32\.onnx: sha256 .* re-export it",
+    ),
+    "flipped byte in the tokenizer": (
+        lambda b: _flip_byte(b / "tokenizer.json"),
+        ChecksumError,
+        r"tokenizer\.json: sha256",
+    ),
+    "truncated image graph": (
+        lambda b: (b / "image_fp32.onnx").write_bytes(b"\x08\x07"),
+        ChecksumError,
+        r"image_fp32\.onnx: size 2 bytes does not match the manifest's \d+",
+    ),
+    "missing text graph": (
+        lambda b: (b / "text_fp32.onnx").unlink(),
+        BundleError,
+        r"text_fp32\.onnx is missing \(listed in the manifest\)",
+    ),
+    "missing manifest": (
+        lambda b: (b / "manifest.json").unlink(),
+        ModelNotFoundError,
+        r"is a directory but not a clip-rt bundle: expected manifest\.json inside it",
+    ),
+    "newer format_version": (
+        lambda b: _edit_manifest(b, lambda d: d.update(format_version=99)),
+        BundleError,
+        r"bundle format version 99 is newer than this clip-rt reads \(up to 2\); "
+        r"upgrade clip-rt or re-export the model",
+    ),
+    "manifest not JSON": (
+        lambda b: (b / "manifest.json").write_text('{"format_version": 1,'),
+        BundleError,
+        r"manifest\.json: not valid JSON",
+    ),
+    "manifest without graphs": (
+        lambda b: _edit_manifest(b, lambda d: d.pop("graphs")),
+        BundleError,
+        r"malformed manifest: graphs: required field is missing",
+    ),
 }
 
 
@@ -220,8 +250,9 @@ def test_damaged_bundle_cli_exit_1_one_line(bundle_copy: Path, tmp_path: Path, c
     assert not out.exists() or out.read_text() == ""  # no records from a broken model
 
 
-def test_damaged_image_graph_leaves_an_existing_output_untouched(bundle: Path, bundle_copy: Path,
-                                                                 tmp_path: Path) -> None:
+def test_damaged_image_graph_leaves_an_existing_output_untouched(
+    bundle: Path, bundle_copy: Path, tmp_path: Path
+) -> None:
     """The image graph is opened before -o is truncated: a rerun without --resume against a
     damaged bundle must not wipe the records of the earlier run."""
     folder = make_folder(tmp_path / "imgs", 3, seed=1)
@@ -246,15 +277,18 @@ def test_damage_to_an_encoder_not_needed_is_found_when_it_is(bundle_copy: Path) 
 
 
 # -- 1. bad text and arguments: CLI -------------------------------------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["-l", ","], "no labels given: expected at least one non-empty label"),
-    (["-l", ""], "no labels given: expected at least one non-empty label"),
-    (["-l", "cat,dog,cat"], "duplicate labels: cat"),
-    (["-l", "cat,dog", "--template", "a photo"], "template 'a photo' has no {} placeholder for the label"),
-    (["-l", "cat,dog", "--template", "a {}", "--templates", "simple"], "give --template or --templates, not both"),
-    (["-l", "cat,dog", "--top-k", "3"], "--top-k 3 is more than the 2 labels given"),
-    (["-l", "cat,dog", "--batch-size", "0"], "Invalid value for '--batch-size'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-l", ","], "no labels given: expected at least one non-empty label"),
+        (["-l", ""], "no labels given: expected at least one non-empty label"),
+        (["-l", "cat,dog,cat"], "duplicate labels: cat"),
+        (["-l", "cat,dog", "--template", "a photo"], "template 'a photo' has no {} placeholder for the label"),
+        (["-l", "cat,dog", "--template", "a {}", "--templates", "simple"], "give --template or --templates, not both"),
+        (["-l", "cat,dog", "--top-k", "3"], "--top-k 3 is more than the 2 labels given"),
+        (["-l", "cat,dog", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    ],
+)
 def test_cli_bad_labels_and_templates_exit_2(bundle: Path, tmp_path: Path, args: list[str], message: str) -> None:
     folder = make_folder(tmp_path / "imgs", 2, seed=0)
     r = cli(["classify", str(folder), "-m", str(bundle), *args])
@@ -278,8 +312,20 @@ def test_cli_over_long_prompts_are_reported_on_one_line(bundle: Path, tmp_path: 
     folder = make_folder(tmp_path / "imgs", 3, seed=0)
     long_labels = ["red green blue " * 8, "cat dog bird " * 8, "car"]
     out = tmp_path / "run.jsonl"
-    r = cli(["classify", str(folder), "-m", str(bundle), "-l", ",".join(long_labels), "--templates", "imagenet",
-             "-o", str(out)])
+    r = cli(
+        [
+            "classify",
+            str(folder),
+            "-m",
+            str(bundle),
+            "-l",
+            ",".join(long_labels),
+            "--templates",
+            "imagenet",
+            "-o",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     mentions = [line for line in r.stderr.splitlines() if "truncated" in line]
     assert len(mentions) == 1, r.stderr  # 160 truncated prompts, one line
@@ -314,14 +360,19 @@ def test_exported_bundle_truncates_like_open_clip(tiny_bundle_dir: Path) -> None
 
 # -- 2. interrupted classify --------------------------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_mid_run_then_resume_gives_the_uninterrupted_result(bundle: Path, tmp_path: Path,
-                                                                    runner_py: Path, signum: int) -> None:
+def test_signal_mid_run_then_resume_gives_the_uninterrupted_result(
+    bundle: Path, tmp_path: Path, runner_py: Path, signum: int
+) -> None:
     folder = make_folder(tmp_path / "imgs", 60, seed=3)
     out, ref = tmp_path / "run.jsonl", tmp_path / "ref.jsonl"
     args = ["classify", str(folder), "-l", "cat,dog,bird", "-m", str(bundle), "--batch-size", "2"]
     env = {**os.environ, "DECODE_DELAY": "0.1"}
-    proc = subprocess.Popen([sys.executable, str(runner_py), *args, "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(runner_py), *args, "-o", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 10):
         time.sleep(0.02)
@@ -341,19 +392,21 @@ def test_signal_mid_run_then_resume_gives_the_uninterrupted_result(bundle: Path,
     partial = [json.loads(line) for line in data.splitlines()]
     assert 10 <= len(partial) < 60, "the signal should have landed half-way"
 
-    resumed = subprocess.run([sys.executable, str(runner_py), *args, "-o", str(out), "--resume"],
-                             capture_output=True, timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, str(runner_py), *args, "-o", str(out), "--resume"], capture_output=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"60 processed, 0 failed, {len(partial)} already done" in resumed.stderr.decode()
     assert cli([*args, "-o", str(ref)]).exit_code == 0
     got = jsonl(out)
-    assert got[:len(partial)] == partial  # what was on disk was kept as it was
+    assert got[: len(partial)] == partial  # what was on disk was kept as it was
     assert_same_records(got, jsonl(ref))  # no loss, no duplicate, same results
 
 
 # -- 3. concurrent processes sharing one store and prompt cache ---------------------------------
-def test_four_processes_share_the_store_and_prompt_cache(bundle: Path, tmp_path: Path, runner_py: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_four_processes_share_the_store_and_prompt_cache(
+    bundle: Path, tmp_path: Path, runner_py: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     shutil.copytree(bundle, home / "models" / "fake-clip")
     common = ["cat", "dog", "bird", "car"]
@@ -363,8 +416,20 @@ def test_four_processes_share_the_store_and_prompt_cache(bundle: Path, tmp_path:
     env = {**os.environ, "CLIP_RT_HOME": str(home), "START_FILE": str(start)}
     procs = []
     for i in range(4):
-        cmd = [sys.executable, str(runner_py), "classify", str(folders[i]), "-m", "fake-clip",
-               "-l", ",".join(labels[i]), "--templates", "imagenet", "-o", str(tmp_path / f"out{i}.jsonl")]
+        cmd = [
+            sys.executable,
+            str(runner_py),
+            "classify",
+            str(folders[i]),
+            "-m",
+            "fake-clip",
+            "-l",
+            ",".join(labels[i]),
+            "--templates",
+            "imagenet",
+            "-o",
+            str(tmp_path / f"out{i}.jsonl"),
+        ]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     time.sleep(1.0)  # let every process import and reach the start line
     start.touch()
@@ -394,7 +459,19 @@ def test_four_processes_share_the_store_and_prompt_cache(bundle: Path, tmp_path:
     for i in range(4):
         monkeypatch.setenv("CLIP_RT_HOME", str(tmp_path / f"solo-home{i}"))
         solo = tmp_path / f"solo{i}.jsonl"
-        r = cli(["classify", str(folders[i]), "-m", str(bundle), "-l", ",".join(labels[i]),
-                 "--templates", "imagenet", "-o", str(solo)])
+        r = cli(
+            [
+                "classify",
+                str(folders[i]),
+                "-m",
+                str(bundle),
+                "-l",
+                ",".join(labels[i]),
+                "--templates",
+                "imagenet",
+                "-o",
+                str(solo),
+            ]
+        )
         assert r.exit_code == 0, r.output
         assert_same_records(jsonl(tmp_path / f"out{i}.jsonl"), jsonl(solo))

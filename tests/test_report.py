@@ -1,4 +1,5 @@
 """`classify --report`: summary figures, aspect-ratio types, charts, missing matplotlib."""
+
 from __future__ import annotations
 
 import csv
@@ -20,14 +21,31 @@ from clip_rt.outputs.records import Record
 from clip_rt.outputs.report import ASPECT_TOLERANCE, aspect_type, orientation, summarise, write_report
 from test_cli_classify import install_fake
 
-CHARTS = ["class_distribution.png", "class_mean_score.png", "aspect_types.png", "aspect_ratio_hist.png",
-          "image_size_hist.png", "contact_sheet.png"]
+CHARTS = [
+    "class_distribution.png",
+    "class_mean_score.png",
+    "aspect_types.png",
+    "aspect_ratio_hist.png",
+    "image_size_hist.png",
+    "contact_sheet.png",
+]
 
 
-@pytest.mark.parametrize("w,h,kind", [
-    (100, 100, "1:1"), (640, 480, "4:3"), (480, 640, "4:3"), (1920, 1080, "16:9"), (1080, 1920, "16:9"),
-    (600, 400, "3:2"), (1000, 1015, "1:1"), (1000, 1030, "other"), (500, 371, "4:3"), (1000, 200, "other"),
-])
+@pytest.mark.parametrize(
+    "w,h,kind",
+    [
+        (100, 100, "1:1"),
+        (640, 480, "4:3"),
+        (480, 640, "4:3"),
+        (1920, 1080, "16:9"),
+        (1080, 1920, "16:9"),
+        (600, 400, "3:2"),
+        (1000, 1015, "1:1"),
+        (1000, 1030, "other"),
+        (500, 371, "4:3"),
+        (1000, 200, "other"),
+    ],
+)
 def test_aspect_types(w: int, h: int, kind: str) -> None:
     assert aspect_type(w, h) == kind
 
@@ -73,8 +91,20 @@ def test_classify_report_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     install_fake(monkeypatch)
     _images(tmp_path / "imgs")
     rep = tmp_path / "rep"
-    r = CliRunner().invoke(main, ["classify", str(tmp_path / "imgs"), "-l", "red,绿色 green,青い blue",
-                                  "--report", str(rep), "-o", str(tmp_path / "r.jsonl")], catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(tmp_path / "imgs"),
+            "-l",
+            "red,绿色 green,青い blue",
+            "--report",
+            str(rep),
+            "-o",
+            str(tmp_path / "r.jsonl"),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 1  # the broken file
     summary = json.loads((rep / "summary.json").read_text(encoding="utf-8"))
     assert summary["images"] == 13 and summary["failed"] == 1
@@ -97,8 +127,7 @@ def test_report_without_contact_sheet(tmp_path: Path) -> None:
     assert "contact_sheet.png" not in s["charts"] and not (tmp_path / "r" / "contact_sheet.png").exists()
 
 
-def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             hide_module: Any) -> None:
+def test_missing_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hide_module: Any) -> None:
     hide_module("matplotlib")
     with pytest.raises(ClipRtError, match=r"pip install 'clip-rt\[report\]'"):
         write_report([Record("x.png", "a", 1.0, {"a": 1.0}, 10, 10)], str(tmp_path / "r"), ["a"])
@@ -118,8 +147,17 @@ def test_many_classes_chart_stays_readable(tmp_path: Path) -> None:
 
 
 # -- one aspect-ratio definition ------------------------------------------------------------
-@pytest.mark.parametrize("w,h,kind", [(1000, 1015, "square"), (1015, 1000, "square"), (100, 100, "square"),
-                                      (1000, 1030, "portrait"), (640, 480, "landscape"), (480, 640, "portrait")])
+@pytest.mark.parametrize(
+    "w,h,kind",
+    [
+        (1000, 1015, "square"),
+        (1015, 1000, "square"),
+        (100, 100, "square"),
+        (1000, 1030, "portrait"),
+        (640, 480, "landscape"),
+        (480, 640, "portrait"),
+    ],
+)
 def test_square_is_the_1_1_type(w: int, h: int, kind: str) -> None:
     assert orientation(w, h) == kind
     assert (aspect_type(w, h) == "1:1") == (kind == "square")
@@ -173,10 +211,12 @@ def test_contact_sheet_survives_fifo_and_header_bomb(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_with_size(100000, 100000))
-    recs = [Record(str(good), "a", 0.9, {"a": 0.9, "b": 0.1}, 40, 30),
-            Record(str(fifo), "a", 0.8, {"a": 0.8, "b": 0.2}, 40, 30),  # was an image when classified
-            Record(str(bomb), "b", 0.7, {"a": 0.3, "b": 0.7}, 40, 30),
-            Record(str(tmp_path / "failed.jpg"), error="not an image")]
+    recs = [
+        Record(str(good), "a", 0.9, {"a": 0.9, "b": 0.1}, 40, 30),
+        Record(str(fifo), "a", 0.8, {"a": 0.8, "b": 0.2}, 40, 30),  # was an image when classified
+        Record(str(bomb), "b", 0.7, {"a": 0.3, "b": 0.7}, 40, 30),
+        Record(str(tmp_path / "failed.jpg"), error="not an image"),
+    ]
     s = _run_with_timeout(lambda: write_report(recs, str(tmp_path / "rep"), ["a", "b"]), [fifo])
     assert "contact_sheet.png" in s["charts"]
 
@@ -191,9 +231,12 @@ def test_report_with_fifo_and_bomb_through_the_cli(real_bundle: Path, tmp_path: 
     os.mkfifo(imgs / "pipe.jpg")
     (imgs / "bomb.png").write_bytes(png_with_size(100000, 100000))
     rep = tmp_path / "rep"
-    r = _run_with_timeout(lambda: CliRunner().invoke(main, ["classify", str(imgs), "-l", "cat,dog", "-m",
-                                                            str(real_bundle), "--report", str(rep)]),
-                          [imgs / "pipe.jpg"])
+    r = _run_with_timeout(
+        lambda: CliRunner().invoke(
+            main, ["classify", str(imgs), "-l", "cat,dog", "-m", str(real_bundle), "--report", str(rep)]
+        ),
+        [imgs / "pipe.jpg"],
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output  # 2 failed inputs
     summary = json.loads((rep / "summary.json").read_text())
     assert summary["failed"] == 2 and "contact_sheet.png" in summary["charts"]
@@ -206,11 +249,13 @@ def test_dollar_signs_in_labels_and_names_are_literal(tmp_path: Path, monkeypatc
     imgs.mkdir()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(imgs / "$\\nope$.png")
     Image.new("RGB", (40, 30), (30, 30, 200)).save(imgs / "a_$x^$.png")
-    r = CliRunner().invoke(main, ["classify", str(imgs), "-l", "red $\\nope$,blue $x^{$", "--report",
-                                  str(tmp_path / "rep")])
+    r = CliRunner().invoke(
+        main, ["classify", str(imgs), "-l", "red $\\nope$,blue $x^{$", "--report", str(tmp_path / "rep")]
+    )
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
-    r = CliRunner().invoke(main, ["similarity", str(imgs / "$\\nope$.png"), "$\\nope$", "a $red^ box",
-                                  "--plot", str(tmp_path / "$p$.png")])
+    r = CliRunner().invoke(
+        main, ["similarity", str(imgs / "$\\nope$.png"), "$\\nope$", "a $red^ box", "--plot", str(tmp_path / "$p$.png")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "$p$.png").stat().st_size > 1000
 
@@ -224,24 +269,35 @@ def test_report_has_pixel_histograms_and_statistics(tmp_path: Path, monkeypatch:
     summary = json.loads((rep / "summary.json").read_text())
     assert "image_size_hist.png" in summary["charts"]
     widths = [64, 48, 40, 96, 60, 70] * 2
-    assert summary["pixels"]["width"] == {"min": 40, "mean": pytest.approx(np.mean(widths)),
-                                          "median": pytest.approx(np.median(widths)), "max": 96}
+    assert summary["pixels"]["width"] == {
+        "min": 40,
+        "mean": pytest.approx(np.mean(widths)),
+        "median": pytest.approx(np.median(widths)),
+        "max": 96,
+    }
     assert summary["pixels"]["height"]["max"] == 64 and summary["pixels"]["images"] == 12
 
 
-@pytest.mark.parametrize("labels, flag, bom", [
-    ("red,green", [], False), ("赤 red,緑 green", [], True), ("red,green", ["--csv-bom"], True),
-    ("赤 red,緑 green", ["--no-csv-bom"], False),
-])
-def test_report_csv_bom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labels: str, flag: list[str],
-                        bom: bool) -> None:
+@pytest.mark.parametrize(
+    "labels, flag, bom",
+    [
+        ("red,green", [], False),
+        ("赤 red,緑 green", [], True),
+        ("red,green", ["--csv-bom"], True),
+        ("赤 red,緑 green", ["--no-csv-bom"], False),
+    ],
+)
+def test_report_csv_bom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labels: str, flag: list[str], bom: bool
+) -> None:
     install_fake(monkeypatch)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(imgs / "a.png")
     out = tmp_path / "r.csv"
-    r = CliRunner().invoke(main, ["classify", str(imgs), "-l", labels, "--report", str(tmp_path / "rep"),
-                                  "-o", str(out), *flag])
+    r = CliRunner().invoke(
+        main, ["classify", str(imgs), "-l", labels, "--report", str(tmp_path / "rep"), "-o", str(out), *flag]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "results.csv").read_bytes().startswith(b"\xef\xbb\xbf") == bom
     assert out.read_bytes().startswith(b"\xef\xbb\xbf") == ("--csv-bom" in flag)  # -o: BOM only when asked
@@ -254,8 +310,9 @@ def test_report_file_that_is_a_folder_fails_before_inference(tmp_path: Path, mon
     rep = tmp_path / "rep"
     (rep / "summary.json").mkdir(parents=True)
     out = tmp_path / "r.jsonl"
-    r = CliRunner().invoke(main, ["classify", str(tmp_path / "imgs"), "-l", "red,green", "--report", str(rep),
-                                  "-o", str(out)])
+    r = CliRunner().invoke(
+        main, ["classify", str(tmp_path / "imgs"), "-l", "red,green", "--report", str(rep), "-o", str(out)]
+    )
     assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "summary.json" in lines[0], r.stderr
@@ -269,18 +326,23 @@ def test_report_on_a_full_disk_keeps_the_previous_report(tmp_path: Path) -> None
     _images(tmp_path / "imgs")
     rep = tmp_path / "rep"
     tests = Path(__file__).resolve().parent
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "limit = int(sys.argv.pop(1)); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-            f"sys.path.insert(0, {str(tests)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)")
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "limit = int(sys.argv.pop(1)); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+        f"sys.path.insert(0, {str(tests)!r}); import test_cli_classify as t; t.run_cli_with_fake(0)"
+    )
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     args = ["classify", str(tmp_path / "imgs"), "-l", "red,green,blue", "--report", str(rep)]
-    first = subprocess.run([sys.executable, "-c", code, str(1 << 30), *args], capture_output=True, env=env,
-                           timeout=120)
+    first = subprocess.run([sys.executable, "-c", code, str(1 << 30), *args], capture_output=True, env=env, timeout=120)
     assert first.returncode == 1, first.stderr  # the broken file
     before = _tree(rep)
     assert "thumbnails/0.jpg" in before and "report.html" in before
-    p = subprocess.run([sys.executable, "-c", code, "20000", *args[:-3], "-l", "red,cyan,blue", "--report",
-                        str(rep)], capture_output=True, env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code, "20000", *args[:-3], "-l", "red,cyan,blue", "--report", str(rep)],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     err = p.stderr.decode()
     assert p.returncode == 1 and "Error: cannot write the report" in err and "File too large" in err, err
     assert "Traceback" not in err
@@ -385,22 +447,35 @@ def test_write_report_api_takes_classify_results(tmp_path: Path) -> None:
     for i, size in enumerate([(64, 48), (30, 30)]):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", size, (9, 9, 9)).save(paths[-1])
-    results = [Classification("cat", 0.8, {"cat": 0.8, "dog": 0.2}),
-               Classification("dog", 0.6, {"cat": 0.4, "dog": 0.6})]
+    results = [
+        Classification("cat", 0.8, {"cat": 0.8, "dog": 0.2}),
+        Classification("dog", 0.6, {"cat": 0.4, "dog": 0.6}),
+    ]
     s = clip_rt.write_report(results, tmp_path / "rep", paths=paths, contact_sheet=2)
     assert {k: v["count"] for k, v in s["classes"].items()} == {"cat": 1, "dog": 1}
     assert s["pixels"]["width"]["max"] == 64 and s["aspect_ratio"]["types"]["4:3"] == 1
     rows = list(csv.reader((tmp_path / "rep" / "results.csv").open(encoding="utf-8")))
     assert rows[1][0] == str(paths[0]) and rows[0][-2:] == ["score_cat", "score_dog"]
-    jsonl = [{"path": str(paths[0]), "label": "cat", "score": 1.0, "scores": {"cat": 1.0}, "width": 64, "height": 48,
-              "error": None}]
+    jsonl = [
+        {
+            "path": str(paths[0]),
+            "label": "cat",
+            "score": 1.0,
+            "scores": {"cat": 1.0},
+            "width": 64,
+            "height": 48,
+            "error": None,
+        }
+    ]
     assert clip_rt.write_report(jsonl, tmp_path / "rep2")["classified"] == 1
     with pytest.raises(clip_rt.InputError, match="2 results but 1 paths"):
         clip_rt.write_report(results, tmp_path / "rep3", paths=paths[:1])
     # Lazy: importing clip_rt imports neither matplotlib nor the report module.
     code = "import sys, clip_rt; print('matplotlib' in sys.modules, 'clip_rt.outputs.report' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == \
-           ["False", "False"]
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == [
+        "False",
+        "False",
+    ]
 
 
 # -- CJK fonts installed after matplotlib built its font cache ----------------------------------
@@ -417,10 +492,12 @@ def test_cjk_font_installed_after_the_font_cache(tmp_path: Path) -> None:
         pytest.skip("no CJK font installed (Debian: apt-get install fonts-noto-cjk; .ci/run installs it)")
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
     # 1. A font cache that predates every system font: only matplotlib's own fonts in it.
-    stale = ("import glob, json, matplotlib, matplotlib.font_manager as fm; "
-             "path = glob.glob(matplotlib.get_cachedir() + '/fontlist-*.json')[0]; "
-             "d = json.load(open(path)); d['ttflist'] = [e for e in d['ttflist'] if 'mpl-data' in e['fname']]; "
-             "json.dump(d, open(path, 'w'))")
+    stale = (
+        "import glob, json, matplotlib, matplotlib.font_manager as fm; "
+        "path = glob.glob(matplotlib.get_cachedir() + '/fontlist-*.json')[0]; "
+        "d = json.load(open(path)); d['ttflist'] = [e for e in d['ttflist'] if 'mpl-data' in e['fname']]; "
+        "json.dump(d, open(path, 'w'))"
+    )
     subprocess.run([sys.executable, "-c", stale], env=env, check=True, timeout=120)
     # 2. A report with CJK labels, in a fresh process reading that cache.
     script = tmp_path / "rep.py"
@@ -437,7 +514,8 @@ def test_cjk_font_installed_after_the_font_cache(tmp_path: Path) -> None:
         "    warnings.simplefilter('always')\n"
         "    s = clip_rt.write_report([Record(img, '猫', 0.9, {'猫': 0.9, '狗': 0.1}, 20, 20)],\n"
         f"                             {str(tmp_path / 'rep')!r}, ['猫', '狗'])\n"
-        "print(json.dumps({'stale': stale, 'fonts': s['fonts'], 'warnings': [str(w.message) for w in caught]}))\n")
+        "print(json.dumps({'stale': stale, 'fonts': s['fonts'], 'warnings': [str(w.message) for w in caught]}))\n"
+    )
     p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
 """The per-image items of the API: both kinds name their input the same two ways."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,10 @@ from clip_rt.results import ClassifiedImage, ImageEmbedding
 
 
 def test_both_item_kinds_have_source_and_path() -> None:
-    for make in (lambda src: ImageEmbedding(0, src, np.zeros(2, np.float32)),
-                 lambda src: ClassifiedImage(0, src, None)):
+    for make in (
+        lambda src: ImageEmbedding(0, src, np.zeros(2, np.float32)),
+        lambda src: ClassifiedImage(0, src, None),
+    ):
         item = make(Path("photos") / "a.jpg")
         assert item.source == Path("photos/a.jpg") and item.path == "photos/a.jpg" and item.ok
         assert make("b.png").path == "b.png"
@@ -22,5 +25,12 @@ def test_both_item_kinds_have_source_and_path() -> None:
 
 def test_to_dict_keys_are_unchanged() -> None:
     assert set(ImageEmbedding(1, "a.jpg", None, error="bad").to_dict()) == {
-        "index", "source", "embedding", "width", "height", "error", "notes"}
+        "index",
+        "source",
+        "embedding",
+        "width",
+        "height",
+        "error",
+        "notes",
+    }
     assert ClassifiedImage(1, "a.jpg", None, error="bad").to_dict()["path"] == "a.jpg"

@@ -26,8 +26,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pytest
@@ -430,7 +431,7 @@ def workers(cluster: LocalCluster) -> Iterator[Callable[..., Any]]:
             cluster.remove(name)
 
 
-def driver(args: list[str], home: Path, ledger: Optional[Path] = None) -> "subprocess.Popen[str]":
+def driver(args: list[str], home: Path, ledger: Optional[Path] = None) -> subprocess.Popen[str]:
     """The CLI as its own process (a driver of the cluster), in a session of its own. With a
     *ledger*: through bench.ray_cluster's LEDGER_DRIVER, which records the rows each node computes."""
     env = {**os.environ, "CLIP_RT_HOME": str(home)}
@@ -445,7 +446,7 @@ def driver(args: list[str], home: Path, ledger: Optional[Path] = None) -> "subpr
     )
 
 
-def finish(proc: "subprocess.Popen[str]", timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:
+def finish(proc: subprocess.Popen[str], timeout: float = JOB_TIMEOUT_S) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -477,7 +478,7 @@ def job_args(photos: Path, out: Path, bundle: Path, cluster: LocalCluster, *extr
     ]
 
 
-def wait_for(condition: Callable[[], bool], proc: "subprocess.Popen[str]", what: str, timeout: float = 240) -> None:
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

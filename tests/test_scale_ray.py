@@ -1,6 +1,7 @@
 """Ray Data jobs (`clip-rt ray embed|classify`, clip_rt.scale): a real local Ray (2 CPUs, on
 127.0.0.1, stopped by the fixture), results against the single-machine CLI, resume after a
 killed driver, damaged parts. Skipped, with the reason, only where the [ray] extra is missing."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,6 @@ from clip_rt.cli import main
 from clip_rt.inputs.discover import path_key
 from clip_rt.scale import parts
 from clip_rt.scale import ray as crt_ray
-
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,9 @@ def test_embed_equals_cli_index_and_reports_bad_files(ray_cluster: str, bundle: 
     cli_by_path = {path_key(os.path.join(meta["root"], e["path"])): (cli[i], e) for i, e in enumerate(meta["entries"])}
 
     out = tmp_path / "out"
-    r = invoke(["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "4",
-                "--address", ray_cluster])
+    r = invoke(
+        ["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "4", "--address", ray_cluster]
+    )
     assert r.exit_code == 1, r.output
     assert "17 images in" in r.stderr and "3 failed" in r.stderr
     assert "notes.jpg: not an image" in r.stderr
@@ -132,8 +133,22 @@ def test_classify_equals_cli_classify(ray_cluster: str, bundle: Path, tmp_path: 
     cli = {path_key(d["path"]): d for d in map(json.loads, jsonl.read_text().splitlines())}
 
     out = tmp_path / "out"
-    r = invoke(["ray", "classify", str(imgs), "-o", str(out), *args, "--actors", "2", "--part-rows", "5",
-                "--address", ray_cluster])
+    r = invoke(
+        [
+            "ray",
+            "classify",
+            str(imgs),
+            "-o",
+            str(out),
+            *args,
+            "--actors",
+            "2",
+            "--part-rows",
+            "5",
+            "--address",
+            ray_cluster,
+        ]
+    )
     assert r.exit_code == 1, r.output
     rows = rows_by_path(out)
     assert set(rows) == set(cli)
@@ -151,8 +166,9 @@ def test_classify_equals_cli_classify(ray_cluster: str, bundle: Path, tmp_path: 
     # A rerun does nothing new; other labels are refused before any work.
     r = invoke(["ray", "classify", str(imgs), "-o", str(out), *args, "--address", ray_cluster])
     assert "(0 new, 12 already done)" in r.stderr, r.output
-    r = invoke(["ray", "classify", str(imgs), "-o", str(out), "-l", "cat,dog", "-m", str(bundle),
-                "--address", ray_cluster])
+    r = invoke(
+        ["ray", "classify", str(imgs), "-o", str(out), "-l", "cat,dog", "-m", str(bundle), "--address", ray_cluster]
+    )
     assert r.exit_code == 1 and "written by a different run" in r.stderr and "labels" in r.stderr
 
 
@@ -194,14 +210,17 @@ KILLED_DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str, bundle: Path,
-                                                               tmp_path: Path) -> None:
+def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos", n=40)
     out = tmp_path / "out"
     script = tmp_path / "driver.py"
     script.write_text(KILLED_DRIVER)
-    proc = subprocess.Popen([sys.executable, str(script), ray_cluster, str(imgs), str(out), str(bundle)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), ray_cluster, str(imgs), str(out), str(bundle)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -220,8 +239,9 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str,
     # What a kill mid-write leaves: a temporary part. It must never count as done.
     (out / ".part-0000.parquet.tmp-dead").write_bytes(b"PAR1 half a file")
 
-    r = invoke(["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3",
-                "--address", ray_cluster])
+    r = invoke(
+        ["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3", "--address", ray_cluster]
+    )
     assert r.exit_code == 1, r.output  # the 3 broken files
     rows = rows_by_path(out)  # asserts no duplicates
     expected = {path_key(str(p)) for p in imgs.rglob("*") if p.is_file()}
@@ -234,14 +254,19 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster: str,
 def test_damaged_part_is_moved_aside_and_redone(ray_cluster: str, bundle: Path, tmp_path: Path) -> None:
     imgs = photo_dir(tmp_path / "photos", n=6)
     out = tmp_path / "out"
-    assert invoke(["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3",
-                   "--address", ray_cluster]).exit_code == 1
+    assert (
+        invoke(
+            ["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3", "--address", ray_cluster]
+        ).exit_code
+        == 1
+    )
     victim = parts.finished_parts(str(out))[0]
     victim.write_bytes(victim.read_bytes()[:100])  # a final-named file that is not whole
     with pytest.raises(Exception, match="not a readable Parquet part"):
         parts.read_table(str(out))
-    r = invoke(["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3",
-                "--address", ray_cluster])
+    r = invoke(
+        ["ray", "embed", str(imgs), "-o", str(out), "-m", str(bundle), "--part-rows", "3", "--address", ray_cluster]
+    )
     assert "moved aside" in r.stderr and r.exit_code == 1
     assert set(rows_by_path(out)) == {path_key(str(p)) for p in imgs.rglob("*") if p.is_file()}
     assert (out / (victim.name + parts.DAMAGED_SUFFIX)).exists()

@@ -1,6 +1,7 @@
 """Sigmoid scoring (SigLIP-style bundles): per-label probabilities, and every front end says
 which kind of score it shows. Torch-free (the fake bundle); open_clip's own formula is
 checked against real exports in tests/test_model_families.py."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import clip_rt
 from clip_rt.bundle.manifest import FORMAT_VERSION, read_manifest
 from clip_rt.cli import main
 from clip_rt.zeroshot import Label, ZeroShotClassifier, scores_from_logits, sigmoid, softmax
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 SCALE, BIAS = 10.0, -3.0
@@ -23,8 +23,9 @@ SCALE, BIAS = 10.0, -3.0
 
 @pytest.fixture()
 def sigmoid_bundle(tmp_path: Path) -> Path:
-    return build_fake_bundle(tmp_path / "fake-siglip", name="fake-siglip", logit_scale=SCALE, logit_bias=BIAS,
-                             scoring="sigmoid")
+    return build_fake_bundle(
+        tmp_path / "fake-siglip", name="fake-siglip", logit_scale=SCALE, logit_bias=BIAS, scoring="sigmoid"
+    )
 
 
 @pytest.fixture()
@@ -91,16 +92,18 @@ def test_api_similarity_and_classify_use_sigmoid(sigmoid_bundle: Path, photo: Pa
 
 def test_cli_says_which_scores_it_shows(sigmoid_bundle: Path, photo: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(main, ["similarity", str(photo), "cat", "dog", "--model", str(sigmoid_bundle),
-                             "--format", "json"])
+    r = runner.invoke(
+        main, ["similarity", str(photo), "cat", "dog", "--model", str(sigmoid_bundle), "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["scoring"] == "sigmoid"
     r = runner.invoke(main, ["similarity", str(photo), "cat", "dog", "--model", str(sigmoid_bundle)])
     assert "scores: sigmoid per label" in r.stderr
     results = tmp_path / "out.jsonl"
-    r = runner.invoke(main, ["classify", str(photo), "-l", "cat,dog", "--model", str(sigmoid_bundle),
-                             "-o", str(results)])
+    r = runner.invoke(
+        main, ["classify", str(photo), "-l", "cat,dog", "--model", str(sigmoid_bundle), "-o", str(results)]
+    )
     assert r.exit_code == 0, r.output
     assert "scores: sigmoid per label" in r.stderr
     from clip_rt.outputs.record_output import sidecar_path
@@ -111,8 +114,21 @@ def test_cli_says_which_scores_it_shows(sigmoid_bundle: Path, photo: Path, tmp_p
 def test_report_summary_names_the_scoring(sigmoid_bundle: Path, photo: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     report = tmp_path / "report"
-    r = CliRunner().invoke(main, ["classify", str(photo), "-l", "cat,dog", "--model", str(sigmoid_bundle),
-                                  "--report", str(report), "-o", str(tmp_path / "r.csv")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "classify",
+            str(photo),
+            "-l",
+            "cat,dog",
+            "--model",
+            str(sigmoid_bundle),
+            "--report",
+            str(report),
+            "-o",
+            str(tmp_path / "r.csv"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["run"]["scoring"] == "sigmoid"

@@ -4,12 +4,14 @@ Every endpoint, parity with the in-process API (bit for bit, fp32), the OpenAI c
 files under --allow-dir only, search against a `clip-rt index` folder, and the metrics.
 Bad requests: test_serve_errors.py; batching, overload, API key, SIGTERM: test_serve_ops.py.
 """
+
 from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,12 +43,33 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         from clip_rt.outputs.search_index import update_index
 
         update_index(str(index_dir), str(photos), clip_rt.load(bundle, cache=False))
-    server = Server([str(bundle), "--allow-dir", str(photos), "--index", f"photos={index_dir}",
-                     "--max-body-bytes", "1MiB", "--max-image-pixels", "250000", "--max-items", "16",
-                     "--max-wait-ms", "2"], root / "home-server")
+    server = Server(
+        [
+            str(bundle),
+            "--allow-dir",
+            str(photos),
+            "--index",
+            f"photos={index_dir}",
+            "--max-body-bytes",
+            "1MiB",
+            "--max-image-pixels",
+            "250000",
+            "--max-items",
+            "16",
+            "--max-wait-ms",
+            "2",
+        ],
+        root / "home-server",
+    )
     with server:
-        yield {"bundle": bundle, "photos": photos, "outside": outside, "index": index_dir, "server": server,
-               "root": root}
+        yield {
+            "bundle": bundle,
+            "photos": photos,
+            "outside": outside,
+            "index": index_dir,
+            "server": server,
+            "root": root,
+        }
 
 
 @pytest.fixture
@@ -101,8 +124,15 @@ def test_text_embeddings_equal_the_api_bit_for_bit(env: dict[str, Any], model: A
 
 def test_image_embeddings_mixed_with_text(env: dict[str, Any], model: Any) -> None:
     img1, img2 = png_bytes(seed=1, size=(50, 40)), png_bytes(seed=2, size=(30, 60), fmt="JPEG")
-    body = {"input": [data_url(img1), "a photo of a cat", {"image": b64(img2)}, {"text": "data:not an image"},
-                      {"image": data_url(img2, "image/jpeg")}]}
+    body = {
+        "input": [
+            data_url(img1),
+            "a photo of a cat",
+            {"image": b64(img2)},
+            {"text": "data:not an image"},
+            {"image": data_url(img2, "image/jpeg")},
+        ]
+    }
     status, _, out = post(env, "/v1/embeddings", body)
     assert status == 200, out
     got = [vec(d) for d in out["data"]]
@@ -152,8 +182,9 @@ def test_classify_equals_the_api(env: dict[str, Any], model: Any) -> None:
     spec = {"feline": ["a photo of a cat", "a cat"], "car": None}
     want = model.classify(imgs[:1], labels=spec, templates=clip_rt.templates.IMAGENET, top_k=1)[0]
     for _ in range(2):
-        status, _, out = post(env, "/classify", {"images": [b64(imgs[0])], "labels": spec, "templates": "imagenet",
-                                                 "top_k": 1})
+        status, _, out = post(
+            env, "/classify", {"images": [b64(imgs[0])], "labels": spec, "templates": "imagenet", "top_k": 1}
+        )
         assert status == 200 and out["results"][0]["scores"] == want.scores
 
 
@@ -216,8 +247,12 @@ def test_paths_inside_allow_dir(env: dict[str, Any], model: Any) -> None:
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink", "proc"])
 def test_paths_outside_allow_dir_are_refused(env: dict[str, Any], how: str) -> None:
-    path = {"absolute": str(env["outside"] / "secret.png"), "dotdot": "../outside/secret.png",
-            "symlink": str(env["photos"] / "link.png"), "proc": "/proc/self/environ"}[how]
+    path = {
+        "absolute": str(env["outside"] / "secret.png"),
+        "dotdot": "../outside/secret.png",
+        "symlink": str(env["photos"] / "link.png"),
+        "proc": "/proc/self/environ",
+    }[how]
     status, _, out = post(env, "/v1/embeddings", {"input": [{"path": path}]})
     assert status == 403, out
     assert out["error"]["type"] == "forbidden_path" and "outside the folder" in out["error"]["message"]
@@ -233,7 +268,7 @@ def test_metrics_text(env: dict[str, Any]) -> None:
     assert metric(text, "clip_rt_requests_total", endpoint="/v1/embeddings", code="400") >= 1
     assert metric(text, "clip_rt_errors_total", kind="invalid_request") >= 1
     assert metric(text, "clip_rt_items_total", model="fake-clip", encoder="text") >= 1
-    assert "clip_rt_queue_depth{model=\"fake-clip\",encoder=\"image\"} 0" in text
+    assert 'clip_rt_queue_depth{model="fake-clip",encoder="image"} 0' in text
     assert metric(text, "clip_rt_batch_size_count", model="fake-clip", encoder="text") >= 1
     assert metric(text, "clip_rt_request_duration_seconds_bucket", endpoint="/v1/embeddings", le="+Inf") >= 2
     assert "# TYPE clip_rt_request_duration_seconds histogram" in text

@@ -21,11 +21,11 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from click.testing import CliRunner  # noqa: E402
-from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
 from PIL import Image  # noqa: E402
-from clip_rt_fixtures.server import Server, call, data_url, png_bytes  # noqa: E402
 
 from clip_rt.cli import main  # noqa: E402
+from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
+from clip_rt_fixtures.server import Server, call, data_url, png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """`clip-rt serve` operations: batching under concurrency, overload (503 + Retry-After), the API
 key, SIGTERM with requests in flight, a model that fails to load, and the command line."""
+
 from __future__ import annotations
 
 import base64
@@ -72,8 +73,9 @@ def test_concurrent_requests_are_batched(bundle: Path, tmp_path: Path) -> None:
     images = [png_bytes(seed=i, size=(30 + i, 20 + i)) for i in range(16)]
     model = clip_rt.load(bundle, cache=False)
     with Server([str(bundle), "--max-batch-size", "8", "--max-wait-ms", "200"], tmp_path / "home") as server:
-        results = in_threads([lambda b=b: call(server, "POST", "/v1/embeddings", {"input": [data_url(b)]})
-                              for b in images])
+        results = in_threads(
+            [lambda b=b: call(server, "POST", "/v1/embeddings", {"input": [data_url(b)]}) for b in images]
+        )
         text = call(server, "GET", "/metrics")[2]
         assert server.stop() == 0
     for (status, _, out), img in zip(results, images):
@@ -91,8 +93,12 @@ def test_concurrent_requests_are_batched(bundle: Path, tmp_path: Path) -> None:
 
 def test_batch_size_one_disables_batching(bundle: Path, tmp_path: Path) -> None:
     with Server([str(bundle), "--max-batch-size", "1", "--max-wait-ms", "50"], tmp_path / "home") as server:
-        in_threads([lambda i=i: call(server, "POST", "/v1/embeddings", {"input": [data_url(png_bytes(seed=i))]})
-                    for i in range(6)])
+        in_threads(
+            [
+                lambda i=i: call(server, "POST", "/v1/embeddings", {"input": [data_url(png_bytes(seed=i))]})
+                for i in range(6)
+            ]
+        )
         text = call(server, "GET", "/metrics")[2]
     assert metric(text, "clip_rt_batch_size_count", model="fake-clip", encoder="image") == 6
 
@@ -101,8 +107,20 @@ def test_batch_size_one_disables_batching(bundle: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tight(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small queue, two requests at a time, and batches that wait 4 s to fill."""
-    args = [str(bundle), "--max-queue", "4", "--max-items", "4", "--max-concurrency", "2",
-            "--max-batch-size", "64", "--max-wait-ms", "4000", "--wait-when-idle"]
+    args = [
+        str(bundle),
+        "--max-queue",
+        "4",
+        "--max-items",
+        "4",
+        "--max-concurrency",
+        "2",
+        "--max-batch-size",
+        "64",
+        "--max-wait-ms",
+        "4000",
+        "--wait-when-idle",
+    ]
     with Server(args, tmp_path_factory.mktemp("home")) as server:
         yield server
 
@@ -124,8 +142,10 @@ def test_full_queue_gives_503_with_retry_after(tight: Server) -> None:
 
 
 def test_too_many_concurrent_requests_give_503(tight: Server) -> None:
-    held = [threading.Thread(target=call, args=(tight, "POST", "/v1/embeddings", {"input": [data_url(png_bytes())]}))
-            for _ in range(2)]
+    held = [
+        threading.Thread(target=call, args=(tight, "POST", "/v1/embeddings", {"input": [data_url(png_bytes())]}))
+        for _ in range(2)
+    ]
     for t in held:
         t.start()
     wait_for_metric(tight, "clip_rt_requests_in_flight", 2)
@@ -182,8 +202,10 @@ def test_sigterm_finishes_requests_in_flight(bundle: Path, tmp_path: Path) -> No
         wait_for_metric(server, "clip_rt_queue_depth", 2, model="fake-clip", encoder="text")
         slow_body = json.dumps({"input": "a slow cat"}).encode()
         slow = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(slow_body) + slow_body[:5])
+        slow.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(slow_body) + slow_body[:5]
+        )
         wait_for_metric(server, "clip_rt_requests_in_flight", 9)
         assert server.proc is not None
         sent = time.monotonic()
@@ -256,9 +278,11 @@ def test_cli_errors(bundle: Path, tmp_path: Path, hide_module: Any) -> None:
 
 
 def test_importing_clip_rt_does_not_import_the_server_stack() -> None:
-    code = ("import sys, clip_rt, clip_rt.cli, clip_rt.serve; "
-            "bad = [m for m in ('starlette', 'uvicorn', 'onnxruntime') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, clip_rt, clip_rt.cli, clip_rt.serve; "
+        "bad = [m for m in ('starlette', 'uvicorn', 'onnxruntime') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -23,7 +24,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 import clip_rt  # noqa: E402
-
 from browser_util import artifacts_dir, images_loaded, launch, watch  # noqa: E402
 from clip_rt_fixtures.fake_bundle import build_fake_bundle  # noqa: E402
 from clip_rt_fixtures.server import Server, call, png_bytes  # noqa: E402

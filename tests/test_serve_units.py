@@ -1,5 +1,6 @@
 """The serve package's parts without a server: the batcher, the metrics text, the settings,
 request parsing. (They need neither starlette nor uvicorn.)"""
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,9 @@ def test_batcher_groups_concurrent_inputs() -> None:
 
 def test_batcher_does_not_wait_longer_than_max_wait() -> None:
     async def main() -> float:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: xs, max_batch_size=64, max_wait_s=0.05,
-                                                     max_queue=10)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", lambda xs: xs, max_batch_size=64, max_wait_s=0.05, max_queue=10
+        )
         b.start()
         loop = asyncio.get_running_loop()
         decoding = b.reserve(1)  # another request's input, admitted and still being decoded
@@ -62,10 +64,12 @@ def test_batcher_does_not_wait_longer_than_max_wait() -> None:
 
 def test_batcher_runs_a_lone_request_at_once() -> None:
     """Nothing running and no other input on its way: no batching window to wait out."""
+
     async def main() -> tuple[float, list[int]]:
         sizes: list[int] = []
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: sizes.append(len(xs)) or xs,
-                                                     max_batch_size=64, max_wait_s=30.0, max_queue=10)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", lambda xs: sizes.append(len(xs)) or xs, max_batch_size=64, max_wait_s=30.0, max_queue=10
+        )
         b.start()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -80,8 +84,9 @@ def test_batcher_runs_a_lone_request_at_once() -> None:
 
 def test_batcher_wait_when_idle_waits_out_the_window() -> None:
     async def main() -> float:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: xs, max_batch_size=64, max_wait_s=0.3,
-                                                     max_queue=10, wait_when_idle=True)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", lambda xs: xs, max_batch_size=64, max_wait_s=0.3, max_queue=10, wait_when_idle=True
+        )
         b.start()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -106,8 +111,9 @@ def test_batcher_waits_for_more_while_a_batch_runs() -> None:
         return items
 
     async def main() -> list[list[int]]:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=3, max_wait_s=30.0, max_queue=10,
-                                                     concurrency=2)  # a free slot: only the rule makes it wait
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", work, max_batch_size=3, max_wait_s=30.0, max_queue=10, concurrency=2
+        )  # a free slot: only the rule makes it wait
         b.start()
         first = asyncio.ensure_future(b.submit([0], b.reserve(1)))
         while not sizes:  # the lone first input ran at once
@@ -127,8 +133,9 @@ def test_batcher_waits_for_more_while_a_batch_runs() -> None:
 
 def test_batcher_refuses_past_max_queue() -> None:
     async def main() -> None:
-        b: DynamicBatcher[int, int] = DynamicBatcher("img", lambda xs: xs, max_batch_size=2, max_wait_s=0.01,
-                                                     max_queue=3)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "img", lambda xs: xs, max_batch_size=2, max_wait_s=0.01, max_queue=3
+        )
         b.start()
         room = b.reserve(3)
         with pytest.raises(ApiError) as err:
@@ -160,8 +167,7 @@ def test_batcher_error_reaches_every_request_and_the_loop_goes_on() -> None:
     async def main() -> None:
         b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=8, max_wait_s=0.05, max_queue=10)
         b.start()
-        results = await asyncio.gather(b.submit([1], b.reserve(1)), b.submit([2], b.reserve(1)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(b.submit([1], b.reserve(1)), b.submit([2], b.reserve(1)), return_exceptions=True)
         assert all(isinstance(r, ApiError) and r.status == 500 and "boom" in r.message for r in results)
         assert await b.submit([3], b.reserve(1)) == [3]
         await b.close()
@@ -171,8 +177,9 @@ def test_batcher_error_reaches_every_request_and_the_loop_goes_on() -> None:
 
 def test_batcher_close_finishes_what_is_queued() -> None:
     async def main() -> list[Any]:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", lambda xs: [x + 1 for x in xs], max_batch_size=2,
-                                                     max_wait_s=10.0, max_queue=10)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", lambda xs: [x + 1 for x in xs], max_batch_size=2, max_wait_s=10.0, max_queue=10
+        )
         b.start()
         pending = [asyncio.ensure_future(b.submit([i], b.reserve(1))) for i in range(5)]
         await asyncio.sleep(0.01)
@@ -201,8 +208,9 @@ def test_batcher_runs_up_to_concurrency_batches_at_once_each_answer_its_own() ->
                 active[0] -= 1
 
     async def main() -> list[list[int]]:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=2, max_wait_s=0.05, max_queue=100,
-                                                     concurrency=2)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", work, max_batch_size=2, max_wait_s=0.05, max_queue=100, concurrency=2
+        )
         b.start()
         out = await asyncio.gather(*(b.submit([i], b.reserve(1)) for i in range(9)))
         await b.close()
@@ -220,8 +228,9 @@ def test_batcher_close_waits_for_batches_still_running() -> None:
         return items
 
     async def main() -> list[Any]:
-        b: DynamicBatcher[int, int] = DynamicBatcher("t", work, max_batch_size=1, max_wait_s=0.0, max_queue=10,
-                                                     concurrency=3)
+        b: DynamicBatcher[int, int] = DynamicBatcher(
+            "t", work, max_batch_size=1, max_wait_s=0.0, max_queue=10, concurrency=3
+        )
         b.start()
         pending = [asyncio.ensure_future(b.submit([i], b.reserve(1))) for i in range(3)]
         await asyncio.sleep(0.05)

@@ -1,4 +1,5 @@
 """Provider selection and verification (clip_rt.engine.session), GPU paths simulated on the CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +9,8 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from clip_rt.errors import InputError, ProviderError
 from clip_rt.engine.session import CPU, CUDA, OrtSession, build_session_options, resolve_providers
-
+from clip_rt.errors import InputError, ProviderError
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CPU_ONLY = ["AzureExecutionProvider", CPU]
@@ -29,7 +29,7 @@ class FakeInferenceSession:
         self.active = active
         self.calls: list[tuple[str, object, list]] = []
 
-    def __call__(self, path: str, so: object, providers: list) -> "FakeInferenceSession":
+    def __call__(self, path: str, so: object, providers: list) -> FakeInferenceSession:
         self.calls.append((path, so, providers))
         return self
 
@@ -96,8 +96,13 @@ def test_cuda_requested_session_came_up_on_cpu_raises(bundle: Path) -> None:
 def test_allow_fallback_warns_and_reports(bundle: Path) -> None:
     fake = FakeInferenceSession(active=[CPU])
     with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider"):
-        sess = OrtSession(bundle / "text_fp32.onnx", ["cuda:1"], allow_fallback=True,
-                          available_providers=WITH_CUDA, session_factory=fake)
+        sess = OrtSession(
+            bundle / "text_fp32.onnx",
+            ["cuda:1"],
+            allow_fallback=True,
+            available_providers=WITH_CUDA,
+            session_factory=fake,
+        )
     assert sess.fell_back and sess.providers == [CPU]
     assert sess.run({"input_ids": np.zeros((2, 3), np.int64)})[0].shape == (2, 4)
 
@@ -111,8 +116,13 @@ def test_automatic_selection_may_fall_back_with_a_warning(bundle: Path) -> None:
 
 def test_cuda_that_comes_up_is_accepted(bundle: Path, recwarn: pytest.WarningsRecorder) -> None:
     fake = FakeInferenceSession(active=[CUDA, CPU])
-    sess = OrtSession(bundle / "text_fp32.onnx", ["cuda"], options={"cuda": {"gpu_mem_limit": 1 << 30}},
-                      available_providers=WITH_CUDA, session_factory=fake)
+    sess = OrtSession(
+        bundle / "text_fp32.onnx",
+        ["cuda"],
+        options={"cuda": {"gpu_mem_limit": 1 << 30}},
+        available_providers=WITH_CUDA,
+        session_factory=fake,
+    )
     assert not sess.fell_back and sess.providers == [CUDA, CPU]
     assert fake.calls[0][2] == [(CUDA, {"gpu_mem_limit": 1 << 30}), CPU]
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
@@ -120,8 +130,13 @@ def test_cuda_that_comes_up_is_accepted(bundle: Path, recwarn: pytest.WarningsRe
 
 def test_options_for_a_provider_not_requested_is_an_error(bundle: Path) -> None:
     with pytest.raises(InputError, match="not among the requested"):
-        OrtSession(bundle / "text_fp32.onnx", ["cpu"], options={"cuda": {}}, available_providers=WITH_CUDA,
-                   session_factory=FakeInferenceSession([CPU]))
+        OrtSession(
+            bundle / "text_fp32.onnx",
+            ["cpu"],
+            options={"cuda": {}},
+            available_providers=WITH_CUDA,
+            session_factory=FakeInferenceSession([CPU]),
+        )
 
 
 def test_monkeypatched_onnxruntime_reporting_cpu_only(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,8 +158,15 @@ def test_real_cpu_session_runs_and_reports(bundle: Path) -> None:
 
 def test_session_options_built_as_documented(bundle: Path) -> None:
     fake = FakeInferenceSession([CPU])
-    OrtSession(bundle / "text_fp32.onnx", ["cpu"], intra_op_threads=3, inter_op_threads=2,
-               session_options={"enable_mem_pattern": False}, available_providers=CPU_ONLY, session_factory=fake)
+    OrtSession(
+        bundle / "text_fp32.onnx",
+        ["cpu"],
+        intra_op_threads=3,
+        inter_op_threads=2,
+        session_options={"enable_mem_pattern": False},
+        available_providers=CPU_ONLY,
+        session_factory=fake,
+    )
     so = fake.calls[0][1]
     assert so.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.optimized_model_filepath == ""
@@ -160,8 +182,15 @@ def test_session_options_object_is_used_as_given() -> None:
     assert so.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
 
 
-@pytest.mark.parametrize("kwargs", [{"session_options": {"no_such_field": 1}}, {"session_options": 3},
-                                    {"intra_op_threads": -1}, {"inter_op_threads": "2"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"session_options": {"no_such_field": 1}},
+        {"session_options": 3},
+        {"intra_op_threads": -1},
+        {"inter_op_threads": "2"},
+    ],
+)
 def test_bad_session_options(kwargs) -> None:
     with pytest.raises(InputError):
         build_session_options(**kwargs)

@@ -1,5 +1,6 @@
 """The default model (flag > CLIP_RT_MODEL > $CLIP_RT_HOME/config.toml > built-in), shown by
 `clip-rt info`; "did you mean" for model names; `models --available` marks what export refuses."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ from clip_rt.bundle.store import resolve_bundle
 from clip_rt.cli import main
 from clip_rt.errors import InputError, ModelNotFoundError
 from clip_rt.settings import BUILTIN_MODEL, MODEL_ENV, default_model, read_config
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 
@@ -69,8 +69,9 @@ def test_builtin_default_when_nothing_is_set(clip_home: Path) -> None:
     assert f"default model {BUILTIN_MODEL} (from built-in default): no bundle named" in result.output
 
 
-def test_flag_beats_env_beats_config_beats_builtin(store: Path, clip_home: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flag_beats_env_beats_config_beats_builtin(
+    store: Path, clip_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(clip_home, '# my default\nmodel = "alpha"\n')
     assert default_model().describe() == f"alpha (from {config})"
     info = run("info")
@@ -95,8 +96,7 @@ def test_flag_beats_env_beats_config_beats_builtin(store: Path, clip_home: Path,
     assert default_model().value == "alpha"
 
 
-def test_a_missing_default_says_where_it_was_set(store: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_default_says_where_it_was_set(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MODEL_ENV, "delta")
     img = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(img)
@@ -116,7 +116,7 @@ def test_a_missing_default_says_where_it_was_set(store: Path, tmp_path: Path,
         (b"model = '\xff'\n", "not UTF-8"),
     ],
 )
-def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: "str | bytes", needle: str) -> None:
+def test_a_bad_config_file_is_a_clear_error(clip_home: Path, text: str | bytes, needle: str) -> None:
     path = clip_home / "config.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InputError, match=needle) as err:
@@ -161,14 +161,17 @@ def test_did_you_mean_instead_of_an_export_hint_from_the_typo(store: Path, tmp_p
     assert "Did you mean: ViT-B-32-random (not exported yet: `clip-rt export ViT-B-32 --pretrained none`)" in msg
     assert "randon`" not in msg and "--pretrained randon" not in msg
 
-    for name, command in (("ViT-B-32-openai", "ViT-B-32 --pretrained openai"),
-                          ("RN50-random", "RN50 --pretrained none"),
-                          ("ViT-B/32", "ViT-B-32 --pretrained openai"),
-                          ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k")):
+    for name, command in (
+        ("ViT-B-32-openai", "ViT-B-32 --pretrained openai"),
+        ("RN50-random", "RN50 --pretrained none"),
+        ("ViT-B/32", "ViT-B-32 --pretrained openai"),
+        ("ViT-B-32-laion2b_s34b_b79k", "ViT-B-32 --pretrained laion2b_s34b_b79k"),
+    ):
         with pytest.raises(ModelNotFoundError, match=f"Export it first, e.g. `clip-rt export {command}`"):
             resolve_bundle(name)
-    with pytest.raises(ModelNotFoundError,
-                       match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"Export it first, e\.g\. `clip-rt export ViT-B-16-SigLIP --pretrained webli`"
+    ):
         resolve_bundle("ViT-B-16-SigLIP-webli")
     real = catalogue.load_catalogue()
     with pytest.MonkeyPatch.context() as mp:
@@ -198,8 +201,9 @@ def test_models_available_lists_what_export_accepts_with_families() -> None:
     # Hugging Face tokenizers (SigLIP, XLM-R, ...) are exported since issue 15.
     assert "ViT-B-16-SigLIP" in data["architectures"] and "webli" in data["architectures"]["ViT-B-16-SigLIP"]
     assert data["family_of"]["ViT-B-16-SigLIP"] == "SigLIP"
-    assert data["unsupported"] == {a: {"reason": r, "tags": catalogue.architectures().get(a, [])}
-                                   for a, r in catalogue.unsupported().items()}
+    assert data["unsupported"] == {
+        a: {"reason": r, "tags": catalogue.architectures().get(a, [])} for a, r in catalogue.unsupported().items()
+    }
     assert set(data["architectures"]).isdisjoint(data["unsupported"])
     assert set(data["architectures"]) | set(data["unsupported"]) == set(catalogue.architectures())
 
@@ -210,8 +214,10 @@ def test_models_available_shows_refused_architectures_apart(monkeypatch: pytest.
     monkeypatch.setattr(catalogue, "load_catalogue", lambda: fake)
     data = json.loads(run("models", "--available", "--json").output)
     assert "ViT-B-16-SigLIP" not in data["architectures"] and "ViT-B-32" in data["architectures"]
-    assert data["unsupported"]["ViT-B-16-SigLIP"] == {"reason": "open_clip tokenizer_mode 'x'",
-                                                      "tags": real["architectures"]["ViT-B-16-SigLIP"]}
+    assert data["unsupported"]["ViT-B-16-SigLIP"] == {
+        "reason": "open_clip tokenizer_mode 'x'",
+        "tags": real["architectures"]["ViT-B-16-SigLIP"],
+    }
     text = run("models", "--available").output
     supported, refused = text.split("not supported yet")
     assert not any(line.split()[:1] == ["ViT-B-16-SigLIP"] for line in supported.splitlines())
@@ -219,16 +225,19 @@ def test_models_available_shows_refused_architectures_apart(monkeypatch: pytest.
     assert any(line.split()[:1] == ["ViT-B-16-SigLIP"] and "tokenizer_mode" in line for line in refused.splitlines())
 
 
-@pytest.mark.parametrize("arch, cfg, reason", [
-    ("ViT-B-32", {"text_cfg": {}}, None),
-    ("ViT-B-16-SigLIP", {"text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}}, None),
-    ("xlm-roberta-base-ViT-B-32", {"text_cfg": {"hf_tokenizer_name": "xlm-roberta-base"}}, None),
-    ("ViT-B-16-SigLIP-custom", {"text_cfg": {}}, "SigLIP config without hf_tokenizer_name"),
-    ("X", {"text_cfg": {"hf_tokenizer_name": "t", "tokenizer_mode": "clips"}}, "tokenizer_mode 'clips'"),
-    ("X", {"text_cfg": {"tokenizer_kwargs": {"reduction_mask": "random"}}}, "reduction mask"),
-    ("X", {"text_cfg": {"tokenizer_kwargs": {"clean": "whitespace"}}}, "'whitespace' text cleaning"),
-    ("X", None, "no model config"),
-])
+@pytest.mark.parametrize(
+    "arch, cfg, reason",
+    [
+        ("ViT-B-32", {"text_cfg": {}}, None),
+        ("ViT-B-16-SigLIP", {"text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}}, None),
+        ("xlm-roberta-base-ViT-B-32", {"text_cfg": {"hf_tokenizer_name": "xlm-roberta-base"}}, None),
+        ("ViT-B-16-SigLIP-custom", {"text_cfg": {}}, "SigLIP config without hf_tokenizer_name"),
+        ("X", {"text_cfg": {"hf_tokenizer_name": "t", "tokenizer_mode": "clips"}}, "tokenizer_mode 'clips'"),
+        ("X", {"text_cfg": {"tokenizer_kwargs": {"reduction_mask": "random"}}}, "reduction mask"),
+        ("X", {"text_cfg": {"tokenizer_kwargs": {"clean": "whitespace"}}}, "'whitespace' text cleaning"),
+        ("X", None, "no model config"),
+    ],
+)
 def test_the_export_rule_refuses_only_what_clip_rt_cannot_reproduce(arch: str, cfg: object, reason: object) -> None:
     from clip_rt_export.support import unsupported_reason
 
@@ -244,8 +253,9 @@ def test_the_catalogue_marks_agree_with_the_export_check() -> None:
     if open_clip.__version__ != catalogue.load_catalogue()["open_clip_version"]:
         pytest.skip("open_clip differs from the catalogue's snapshot")
     # A fresh process: other tests register configs (tiny-clip, ...) with this one's open_clip.
-    done = subprocess.run([sys.executable, "-m", "clip_rt_export.catalogue_build", "--check"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_rt_export.catalogue_build", "--check"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr  # else: python -m clip_rt_export.catalogue_build
     assert "up to date" in done.stdout
     refused = catalogue.unsupported()

@@ -1,5 +1,6 @@
 """Slim bundles (`clip-rt export ... --precision int8 --no-fp32`): a real export of the tiny
 architecture, then info --verify, load and classify with no --precision."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,19 @@ def run(*args: str):  # noqa: ANN201
 def slim_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     """The tiny architecture from the same checkpoint as ``tiny_bundle_dir``, int8 only, through the CLI."""
     out = tmp_path_factory.mktemp("slim") / "tiny-slim"
-    result = run("export", "tiny-clip", "--model-config", str(TINY_CONFIG), "--pretrained", str(tiny_checkpoint),
-                 "--precision", "int8", "--no-fp32", "-o", str(out))
+    result = run(
+        "export",
+        "tiny-clip",
+        "--model-config",
+        str(TINY_CONFIG),
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--precision",
+        "int8",
+        "--no-fp32",
+        "-o",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     assert "parity fp32 image" in result.stderr  # fp32 was still checked against torch
@@ -38,9 +50,13 @@ def slim_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path)
 def test_slim_bundle_holds_only_the_requested_precision(slim_bundle: Path, tiny_bundle_dir: Path) -> None:
     m = read_manifest(slim_bundle)
     assert m.precisions == ["int8"] and set(m.parity) == {"int8"}
-    assert sorted(p.name for p in slim_bundle.iterdir()) == ["image_int8.onnx", "manifest.json",
-                                                             "parity_reference.npz", "text_int8.onnx",
-                                                             "tokenizer.json"]
+    assert sorted(p.name for p in slim_bundle.iterdir()) == [
+        "image_int8.onnx",
+        "manifest.json",
+        "parity_reference.npz",
+        "text_int8.onnx",
+        "tokenizer.json",
+    ]
     assert set(m.files) == {"image_int8.onnx", "text_int8.onnx", "tokenizer.json", "parity_reference.npz"}
     # The fp32 graphs' embeddings of the sample inputs stay, for the runtime's derived-mode check.
     assert m.parity_reference is not None and m.parity_reference.file == "parity_reference.npz"
@@ -52,17 +68,18 @@ def test_slim_bundle_holds_only_the_requested_precision(slim_bundle: Path, tiny_
     # The same int8 graphs as a full export from the same weights: slim is the full bundle minus fp32.
     full = read_manifest(tiny_bundle_dir)
     for encoder in ("image", "text"):
-        assert m.parity["int8"][encoder].min_cosine == pytest.approx(full.parity["int8"][encoder].min_cosine,
-                                                                      abs=1e-6)
+        assert m.parity["int8"][encoder].min_cosine == pytest.approx(full.parity["int8"][encoder].min_cosine, abs=1e-6)
     size = sum(e.bytes for e in m.files.values())
     assert size < sum(e.bytes for e in full.files.values()) - sum(
-        full.files[g.file].bytes for g in full.graphs["fp32"].values())
+        full.files[g.file].bytes for g in full.graphs["fp32"].values()
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.torch
-def test_slim_bundle_verifies_loads_and_classifies_without_precision(slim_bundle: Path, tiny_bundle_dir: Path,
-                                                                     tmp_path: Path) -> None:
+def test_slim_bundle_verifies_loads_and_classifies_without_precision(
+    slim_bundle: Path, tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
     import clip_rt
 
     info = run("info", str(slim_bundle), "--verify")
@@ -92,10 +109,7 @@ def test_slim_bundle_verifies_loads_and_classifies_without_precision(slim_bundle
 
 @pytest.mark.parametrize(
     "args, needle",
-    [
-        (["--no-fp32"], "needs another precision"),
-        (["--precision", "fp32", "--no-fp32"], "fp32 was also asked for"),
-    ],
+    [(["--no-fp32"], "needs another precision"), (["--precision", "fp32", "--no-fp32"], "fp32 was also asked for")],
 )
 def test_no_fp32_without_another_precision_is_a_usage_error(args: list[str], needle: str, tmp_path: Path) -> None:
     result = run("export", "ViT-B-32", "--pretrained", "none", "-o", str(tmp_path / "b"), *args)

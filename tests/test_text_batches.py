@@ -2,6 +2,7 @@
 and trimmed per batch; where the plan queues text and the call fills every stream with at least
 MIN_QUEUED_ROWS prompts, the batches go through the throughput queue, otherwise each is one
 latency call; either way every row gets its own embedding, in input order."""
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -3,6 +3,7 @@
 The parity tests build the tokenizer JSON from open_clip's vocab (skipped without open_clip).
 Run with ``-s`` to see the agreement figures (``pytest tests/test_tokenizer.py -s -k agreement``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clip_rt.errors import BundleError, InputError
 from clip_rt.bundle.manifest import TextConfig
+from clip_rt.errors import BundleError, InputError
 from clip_rt.inputs.tokenizer import ClipTokenizer, TokenBatch, fix_text_lite
 from tokenizer_corpus import corpus
 
@@ -310,7 +311,7 @@ def test_falls_back_to_lite_cleaning_when_ftfy_is_missing(tiny_json):
         f"t = ClipTokenizer.from_file({str(tiny_json)!r}, TextConfig(6, 7, sot_token_id=5, eot_token_id=6))\n"
         "print(t.uses_ftfy, t.clean('\\uff21 \\u201cCat\\u201d &amp;amp; \\ufb01'))"
     )
-    assert uses == "False a \"cat\" & fi"
+    assert uses == 'False a "cat" & fi'
     with pytest.raises(InputError, match="ftfy is not installed"):
         _run_in_process_without_ftfy(tiny_json)
 
@@ -330,8 +331,27 @@ def _run_in_process_without_ftfy(tiny_json: Path) -> None:
 # -- long texts are cut before cleaning and tokenising (issue 11) ---------------------------------
 # The cut must keep exactly the tokens open_clip keeps: each long text is compared with tokenising
 # the whole text (the path every text took before) and, for a sample, with open_clip itself.
-_JOINERS = [" ", "\n", "\r\n", "\t", "", "&amp;", " &#32", "&#x3c;", "\u00a0", "\u0301", "\u03a3 ", "<", "\x0c",
-            "   ", "<end_of_text>", "\u2028", "\x1b[31m", "Ã©", "ﬁ"]
+_JOINERS = [
+    " ",
+    "\n",
+    "\r\n",
+    "\t",
+    "",
+    "&amp;",
+    " &#32",
+    "&#x3c;",
+    "\u00a0",
+    "\u0301",
+    "\u03a3 ",
+    "<",
+    "\x0c",
+    "   ",
+    "<end_of_text>",
+    "\u2028",
+    "\x1b[31m",
+    "Ã©",
+    "ﬁ",
+]
 
 
 def _long_texts(items: list[str], count: int, seed: int) -> list[str]:
@@ -368,7 +388,7 @@ def test_long_texts_cut_before_tokenising_keep_exactly_the_same_tokens(tokenizer
     for i, text in enumerate(texts):
         whole = _whole(tok, text)
         kept = whole[:75]
-        assert batch.ids[i, 1:1 + len(kept)].tolist() == kept, i
+        assert batch.ids[i, 1 : 1 + len(kept)].tolist() == kept, i
         assert bool(batch.truncated[i]) == (len(whole) > 75)
         assert batch.token_counts[i] <= len(whole) + 2  # a lower bound once cut
 
@@ -393,7 +413,7 @@ def test_long_lines_cut_at_ftfy_segment_boundaries(tokenizer_json, corpus_items,
     batch = tok.encode_batch(texts)
     for i, text in enumerate(texts):
         whole = _whole(tok, text)
-        assert batch.ids[i, 1:1 + min(75, len(whole))].tolist() == whole[:75], i
+        assert batch.ids[i, 1 : 1 + min(75, len(whole))].tolist() == whole[:75], i
 
 
 def test_a_long_text_is_cut_cheaply(tiny_json):
@@ -407,6 +427,9 @@ def test_a_long_text_is_cut_cheaply(tiny_json):
 
 def test_a_huge_run_without_spaces_is_an_input_error(tiny_json):
     tok = ClipTokenizer.from_file(tiny_json, TextConfig(6, vocab_size=7, sot_token_id=5, eot_token_id=6))
-    with pytest.raises(InputError, match=r"text #1 \(5000000 characters\) has a run of over 100000 characters "
-                                         "without a space or line break"):
+    with pytest.raises(
+        InputError,
+        match=r"text #1 \(5000000 characters\) has a run of over 100000 characters "
+        "without a space or line break",
+    ):
         tok.encode_batch(["a b", "a" * 5_000_000])

@@ -4,6 +4,7 @@ through the CLI (CliRunner, one ``Error:`` line, exit 1) and the API (a named Bu
 A hostile bundle's author writes matching checksums, so every case here re-hashes the files it
 changes (``rehash``): what is tested is what the runtime does with the content, not the checksum.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ from clip_rt.errors import BundleError, ChecksumError
 from clip_rt_fixtures.fake_bundle import VOCAB_SIZE, build_fake_bundle, image_graph, text_graph
 
 CLI = "import sys; sys.argv[0] = 'clip-rt'; from clip_rt.cli import main; main()"
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -86,7 +88,7 @@ def one_error_line(result: Any) -> str:
 
 
 # -- malformed manifests -------------------------------------------------------------------------
-def _set(path: "str | tuple[str, ...]", value: Any) -> Callable[[dict[str, Any]], None]:
+def _set(path: str | tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
     def change(data: dict[str, Any]) -> None:
         *parents, last = path.split(".") if isinstance(path, str) else path
         node = data
@@ -102,69 +104,113 @@ MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "graphs is a number": (_set("graphs", 3), "graphs: expected an object, got 3"),
     "graphs is null": (_set("graphs", None), "graphs: expected an object, got null"),
     "graphs entry is a list": (_set("graphs.fp32", ["image_fp32.onnx"]), "graphs.fp32: expected an object"),
-    "graph file is a number": (_set("graphs.fp32.image.file", 5),
-                               "graphs.fp32.image.file: expected a relative file name inside the bundle"),
+    "graph file is a number": (
+        _set("graphs.fp32.image.file", 5),
+        "graphs.fp32.image.file: expected a relative file name inside the bundle",
+    ),
     "files is a list": (_set("files", ["a"]), "files: expected an object, got a list of 1 item(s)"),
     "files is null": (_set("files", None), "files: expected an object, got null"),
-    "file size negative": (_set(("files", "tokenizer.json"), {"sha256": "0" * 64, "bytes": -1}),
-                           "files['tokenizer.json'].bytes: expected an integer from 0 to"),
-    "sha256 not hex": (_set(("files", "tokenizer.json"), {"sha256": "xyz", "bytes": 1}),
-                       "files['tokenizer.json'].sha256: expected 64 lower-case hex digits"),
+    "file size negative": (
+        _set(("files", "tokenizer.json"), {"sha256": "0" * 64, "bytes": -1}),
+        "files['tokenizer.json'].bytes: expected an integer from 0 to",
+    ),
+    "sha256 not hex": (
+        _set(("files", "tokenizer.json"), {"sha256": "xyz", "bytes": 1}),
+        "files['tokenizer.json'].sha256: expected 64 lower-case hex digits",
+    ),
     "parity is a list": (_set("parity", []), "parity: expected an object, got a list"),
     "parity is a number": (_set("parity", 7), "parity: expected an object, got 7"),
-    "context_length a string": (_set("text.context_length", "16"),
-                                "text.context_length: expected an integer from 2 to 8192, got '16' (a string)"),
-    "context_length a float": (_set("text.context_length", 16.0),
-                               "text.context_length: expected an integer from 2 to 8192, got 16.0"),
-    "context_length 1e12": (_set("text.context_length", 1e12),
-                            "text.context_length: expected an integer from 2 to 8192, got 1000000000000.0"),
-    "context_length 10**12": (_set("text.context_length", 10**12),
-                              "text.context_length: expected an integer from 2 to 8192, got 1000000000000"),
-    "context_length true": (_set("text.context_length", True),
-                            "text.context_length: expected an integer from 2 to 8192, got true"),
+    "context_length a string": (
+        _set("text.context_length", "16"),
+        "text.context_length: expected an integer from 2 to 8192, got '16' (a string)",
+    ),
+    "context_length a float": (
+        _set("text.context_length", 16.0),
+        "text.context_length: expected an integer from 2 to 8192, got 16.0",
+    ),
+    "context_length 1e12": (
+        _set("text.context_length", 1e12),
+        "text.context_length: expected an integer from 2 to 8192, got 1000000000000.0",
+    ),
+    "context_length 10**12": (
+        _set("text.context_length", 10**12),
+        "text.context_length: expected an integer from 2 to 8192, got 1000000000000",
+    ),
+    "context_length true": (
+        _set("text.context_length", True),
+        "text.context_length: expected an integer from 2 to 8192, got true",
+    ),
     "token id a string": (_set("text.eot_token_id", "63"), "text.eot_token_id: expected an integer"),
-    "token id 10**30": (_set("text.sot_token_id", 10**30),
-                        "text.sot_token_id: expected an integer from 0 to 16777216, got 1" + "0" * 30),
-    "token id beyond vocab": (_set("text.pad_token_id", VOCAB_SIZE),
-                              f"text.pad_token_id: {VOCAB_SIZE} is not below text.vocab_size ({VOCAB_SIZE})"),
+    "token id 10**30": (
+        _set("text.sot_token_id", 10**30),
+        "text.sot_token_id: expected an integer from 0 to 16777216, got 1" + "0" * 30,
+    ),
+    "token id beyond vocab": (
+        _set("text.pad_token_id", VOCAB_SIZE),
+        f"text.pad_token_id: {VOCAB_SIZE} is not below text.vocab_size ({VOCAB_SIZE})",
+    ),
     "vocab_size 0": (_set("text.vocab_size", 0), "text.vocab_size: expected an integer from 2 to"),
     "dynamic_sequence 1": (_set("text.dynamic_sequence", 1), "text.dynamic_sequence: expected true or false, got 1"),
     "embed_dim 0": (_set("embed_dim", 0), "embed_dim: expected an integer from 1 to 65536, got 0"),
     "embed_dim 1e12": (_set("embed_dim", 1e12), "embed_dim: expected an integer from 1 to 65536, got 1000000000000.0"),
-    "image.size huge": (_set("image.size", [100000, 100000]),
-                        "image.size[0]: expected an integer from 1 to 4096, got 100000"),
+    "image.size huge": (
+        _set("image.size", [100000, 100000]),
+        "image.size[0]: expected an integer from 1 to 4096, got 100000",
+    ),
     "image.size one value": (_set("image.size", [16]), "image.size: expected a list of 2 item(s), got 1"),
     "std zero": (_set("image.std", [0.2, 0, 0.2]), "image.std[1]: expected a finite number above 0 to 1000, got 0"),
-    "resize_mode unknown": (_set("image.resize_mode", "fancy"),
-                            "image.resize_mode: expected one of shortest, longest, squash, got 'fancy' (a string)"),
+    "resize_mode unknown": (
+        _set("image.resize_mode", "fancy"),
+        "image.resize_mode: expected one of shortest, longest, squash, got 'fancy' (a string)",
+    ),
     "format_version true": (_set("format_version", True), "format_version: expected an integer from 1 to 2, got true"),
     "format_version 0": (_set("format_version", 0), "format_version: expected an integer from 1 to 2, got 0"),
     "format_version negative": (_set("format_version", -3), "format_version: expected an integer from 1 to 2, got -3"),
     "format_version missing": (lambda d: d.pop("format_version"), "format_version: required field is missing"),
-    "name with a terminal escape": (_set("name", "\x1b[31mred"),
-                                    "name: expected a string, got '\\x1b[31mred' (a string)"),
-    "graph not in files": (lambda d: d["files"].pop("text_fp32.onnx"),
-                           "graphs.fp32.text.file: 'text_fp32.onnx' is not listed in files"),
-    "no known precision": (_set("graphs", {"bf16": {"image": {"file": "image_fp32.onnx"}}}),
-                           "graphs: no graphs of a precision this clip-rt runs (fp32, fp16, int8); found bf16"),
+    "name with a terminal escape": (
+        _set("name", "\x1b[31mred"),
+        "name: expected a string, got '\\x1b[31mred' (a string)",
+    ),
+    "graph not in files": (
+        lambda d: d["files"].pop("text_fp32.onnx"),
+        "graphs.fp32.text.file: 'text_fp32.onnx' is not listed in files",
+    ),
+    "no known precision": (
+        _set("graphs", {"bf16": {"image": {"file": "image_fp32.onnx"}}}),
+        "graphs: no graphs of a precision this clip-rt runs (fp32, fp16, int8); found bf16",
+    ),
 }
 # Raw manifest texts that json.loads turns into NaN / infinity, or cannot load at all.
 RAW: dict[str, tuple[Callable[[str], str], str]] = {
-    "NaN logit_scale": (lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": NaN', t),
-                        "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got nan"),
-    "Infinity logit_scale": (lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": Infinity', t),
-                             "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got inf"),
-    "1e999 logit_scale": (lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": 1e999', t),
-                          "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got inf"),
-    "NaN logit_bias": (lambda t: re.sub(r'"logit_bias": [^,]+', '"logit_bias": NaN', t),
-                       "malformed manifest: logit_bias: expected a finite number from -1e+06 to 1e+06, got nan"),
-    "deeply nested": (lambda t: t.rstrip()[:-1] + ', "notes": ' + "[" * 200_000 + "]" * 200_000 + "}",
-                      "manifest.json: not valid JSON (nested too deeply)"),
-    "5000-digit integer": (lambda t: re.sub(r'"embed_dim": \d+', '"embed_dim": ' + "9" * 5000, t),
-                           "manifest.json: not valid JSON (Exceeds the limit (4300 digits)"),
+    "NaN logit_scale": (
+        lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": NaN', t),
+        "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got nan",
+    ),
+    "Infinity logit_scale": (
+        lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": Infinity', t),
+        "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got inf",
+    ),
+    "1e999 logit_scale": (
+        lambda t: re.sub(r'"logit_scale": [^,]+', '"logit_scale": 1e999', t),
+        "malformed manifest: logit_scale: expected a finite number above 0 to 1e+06, got inf",
+    ),
+    "NaN logit_bias": (
+        lambda t: re.sub(r'"logit_bias": [^,]+', '"logit_bias": NaN', t),
+        "malformed manifest: logit_bias: expected a finite number from -1e+06 to 1e+06, got nan",
+    ),
+    "deeply nested": (
+        lambda t: t.rstrip()[:-1] + ', "notes": ' + "[" * 200_000 + "]" * 200_000 + "}",
+        "manifest.json: not valid JSON (nested too deeply)",
+    ),
+    "5000-digit integer": (
+        lambda t: re.sub(r'"embed_dim": \d+', '"embed_dim": ' + "9" * 5000, t),
+        "manifest.json: not valid JSON (Exceeds the limit (4300 digits)",
+    ),
     "a list": (lambda t: "[1, 2]", "manifest.json: expected a JSON object, got a list of 2 item(s)"),
-    "over 16 MB": (lambda t: t.rstrip()[:-1] + ', "notes": ["' + "x" * (17 << 20) + '"]}',
-                   "bytes; a manifest is at most 16777216 bytes"),
+    "over 16 MB": (
+        lambda t: t.rstrip()[:-1] + ', "notes": ["' + "x" * (17 << 20) + '"]}',
+        "bytes; a manifest is at most 16777216 bytes",
+    ),
 }
 
 
@@ -195,6 +241,7 @@ def test_unparsable_or_non_finite_manifest(bundle: Path, tmp_path: Path, case: s
 
 def test_unknown_keys_are_ignored_and_defaults_filled(bundle: Path) -> None:
     """An optional field a newer clip-rt adds (same format_version) must not break this one."""
+
     def change(d: dict[str, Any]) -> None:
         d["future_field"] = {"anything": [1, 2]}
         d["text"]["new_text_setting"] = True
@@ -227,16 +274,20 @@ def test_models_lists_good_bundles_and_warns_once_per_broken_one(pristine: Path,
 
 
 # -- confinement -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value", [
-    ("text.tokenizer_file", "../../../../etc/hostname"),
-    ("text.tokenizer_file", "/etc/hostname"),
-    ("graphs.fp32.image.file", "../outside.onnx"),
-    ("graphs.fp32.image.file", "sub/../../outside.onnx"),
-    ("graphs.fp32.image.file", "./image_fp32.onnx"),
-    ("graphs.fp32.image.external_data", ["../weights.bin"]),
-])
-def test_paths_that_leave_the_bundle_are_refused_before_anything_is_read(bundle: Path, tmp_path: Path,
-                                                                         field: str, value: Any) -> None:
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("text.tokenizer_file", "../../../../etc/hostname"),
+        ("text.tokenizer_file", "/etc/hostname"),
+        ("graphs.fp32.image.file", "../outside.onnx"),
+        ("graphs.fp32.image.file", "sub/../../outside.onnx"),
+        ("graphs.fp32.image.file", "./image_fp32.onnx"),
+        ("graphs.fp32.image.external_data", ["../weights.bin"]),
+    ],
+)
+def test_paths_that_leave_the_bundle_are_refused_before_anything_is_read(
+    bundle: Path, tmp_path: Path, field: str, value: Any
+) -> None:
     edit(bundle, _set(field, value))
     with pytest.raises(BundleError, match=re.escape(f"malformed manifest: {field}")):
         clip_rt.load(bundle)
@@ -288,16 +339,24 @@ def test_symlinks_inside_the_bundle_and_a_linked_bundle_are_fine(bundle: Path, t
 def _with_external_data(bundle: Path, location: str = "weights.bin") -> None:
     """Re-save the image graph with its weights in a companion file beside it."""
     model = onnx.load(str(bundle / "image_fp32.onnx"))
-    onnx.save_model(model, str(bundle / "image_fp32.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save_model(
+        model,
+        str(bundle / "image_fp32.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
 
 
 def test_an_unlisted_external_data_file_is_refused(bundle: Path, tmp_path: Path) -> None:
     """Today an unlisted weights.bin beside a graph was loaded without any checksum."""
     _with_external_data(bundle)
     rehash(bundle, "image_fp32.onnx")  # the graph is listed and matches; weights.bin is not listed
-    message = (f"{bundle / 'image_fp32.onnx'}: refers to external data 'weights.bin', which the manifest does "
-               "not list for this graph (listed: none); refusing to load weights that have no checksum")
+    message = (
+        f"{bundle / 'image_fp32.onnx'}: refers to external data 'weights.bin', which the manifest does "
+        "not list for this graph (listed: none); refusing to load weights that have no checksum"
+    )
     with pytest.raises(BundleError, match=re.escape(message)):
         list(clip_rt.load(bundle).iter_images([image()]))
     with pytest.raises(BundleError, match=re.escape(message)):  # also without checksum verification
@@ -337,8 +396,10 @@ def _crafted_external(bundle: Path, location: str, offset: int = 0) -> None:
 def test_external_data_the_graph_names_must_be_the_listed_file(bundle: Path, tmp_path: Path, location: str) -> None:
     _crafted_external(bundle, location)
     line = one_error_line(classify_cli(bundle, tmp_path))
-    assert f"refers to external data {location!r}, which the manifest does not list for this graph " \
-           "(listed: weights.bin)" in line
+    assert (
+        f"refers to external data {location!r}, which the manifest does not list for this graph "
+        "(listed: weights.bin)" in line
+    )
 
 
 def test_external_data_onnxruntime_refuses_is_a_bundle_error(bundle: Path, tmp_path: Path) -> None:
@@ -442,8 +503,10 @@ def test_permission_denied_is_a_bundle_error(bundle: Path, tmp_path: Path, clip_
 # -- the graph disagrees with its manifest -----------------------------------------------------------
 def test_image_size_disagreeing_with_the_manifest(bundle: Path, tmp_path: Path) -> None:
     _replace_graph(bundle, "image_fp32.onnx", image_graph("fp32", 32, 8, 0))  # the manifest says 16x16
-    message = (f"{bundle / 'image_fp32.onnx'}: input 'pixel_values' has shape ['batch', 3, 32, 32]; the manifest's "
-               "image height is 16 (image.size [16, 16])")
+    message = (
+        f"{bundle / 'image_fp32.onnx'}: input 'pixel_values' has shape ['batch', 3, 32, 32]; the manifest's "
+        "image height is 16 (image.size [16, 16])"
+    )
     with pytest.raises(BundleError, match=re.escape(message)):
         clip_rt.load(bundle).encode_image([image()])
     assert one_error_line(classify_cli(bundle, tmp_path)) == f"Error: {message}"
@@ -454,8 +517,9 @@ def test_image_graph_with_open_size_that_fails_at_the_manifest_size(bundle: Path
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     _replace_graph(bundle, "image_fp32.onnx", model)
-    with pytest.raises(BundleError,
-                       match=r"image_fp32\.onnx: the graph fails on a 1x3x16x16 input \(image\.size \[16, 16\]\) "):
+    with pytest.raises(
+        BundleError, match=r"image_fp32\.onnx: the graph fails on a 1x3x16x16 input \(image\.size \[16, 16\]\) "
+    ):
         clip_rt.load(bundle).encode_image([image()])
 
 
@@ -464,8 +528,10 @@ def test_vocabulary_smaller_than_the_manifest_says(bundle: Path, tmp_path: Path)
     table = next(t for t in model.graph.initializer if t.name == "token_embedding")
     table.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(table)[:32], "token_embedding"))
     _replace_graph(bundle, "text_fp32.onnx", model)
-    message = (f"{bundle / 'text_fp32.onnx'}: the graph fails on token ids up to {VOCAB_SIZE - 1} "
-               f"(text.vocab_size {VOCAB_SIZE}) (Gather: indices element out of data bounds")
+    message = (
+        f"{bundle / 'text_fp32.onnx'}: the graph fails on token ids up to {VOCAB_SIZE - 1} "
+        f"(text.vocab_size {VOCAB_SIZE}) (Gather: indices element out of data bounds"
+    )
     with pytest.raises(BundleError, match=re.escape(message)):
         clip_rt.load(bundle, cache=False).encode_text(["a cat"])
     assert one_error_line(classify_cli(bundle, tmp_path)).startswith(f"Error: {message}")
@@ -477,17 +543,27 @@ def test_output_that_is_not_float(bundle: Path, tmp_path: Path) -> None:
     model.graph.node.append(helper.make_node("Cast", ["embeds_f32"], ["image_embeds"], to=TensorProto.DOUBLE))
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("image_embeds", TensorProto.DOUBLE, ["batch", 8]))
     _replace_graph(bundle, "image_fp32.onnx", model)
-    message = (f"{bundle / 'image_fp32.onnx'}: output 'image_embeds' is tensor(double), the bundle format needs "
-               "tensor(float) (float32 embeddings)")
+    message = (
+        f"{bundle / 'image_fp32.onnx'}: output 'image_embeds' is tensor(double), the bundle format needs "
+        "tensor(float) (float32 embeddings)"
+    )
     assert one_error_line(classify_cli(bundle, tmp_path)) == f"Error: {message}"
 
 
-@pytest.mark.parametrize("change, message", [
-    (_set("embed_dim", 16), "output 'text_embeds' has 8 values per row, the manifest's embed_dim is 16"),
-    (_set("text.context_length", 20), "input 'input_ids' takes 16 tokens, the manifest's text.context_length is 20"),
-    (_set("text.dynamic_sequence", True),
-     "the manifest says text.dynamic_sequence, but input 'input_ids' has a fixed length of 16 tokens"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("embed_dim", 16), "output 'text_embeds' has 8 values per row, the manifest's embed_dim is 16"),
+        (
+            _set("text.context_length", 20),
+            "input 'input_ids' takes 16 tokens, the manifest's text.context_length is 20",
+        ),
+        (
+            _set("text.dynamic_sequence", True),
+            "the manifest says text.dynamic_sequence, but input 'input_ids' has a fixed length of 16 tokens",
+        ),
+    ],
+)
 def test_manifest_settings_the_graphs_disagree_with(tmp_path: Path, change: Any, message: str) -> None:
     b = build_fake_bundle(tmp_path / "static", precisions=("fp32",), dynamic_sequence=False)
     edit(b, change)
@@ -520,8 +596,10 @@ def test_a_tokenizer_that_panics_is_a_bundle_error(bundle: Path, tmp_path: Path)
     _catastrophic_tokenizer(bundle)
     model = clip_rt.load(bundle, cache=False)
     assert model.encode_text(["a cat"]).shape == (1, 8)  # harmless text still works
-    message = (f"{bundle / 'tokenizer.json'}: the tokenizers library panicked on a text (Onig: Regex search error: "
-               "retry-limit-in-match over); the bundle's tokenizer is broken or hostile")
+    message = (
+        f"{bundle / 'tokenizer.json'}: the tokenizers library panicked on a text (Onig: Regex search error: "
+        "retry-limit-in-match over); the bundle's tokenizer is broken or hostile"
+    )
     with pytest.raises(BundleError, match=re.escape(message)):
         model.encode_text(["a" * 40 + "!"])
     from PIL import Image
@@ -537,13 +615,29 @@ def test_a_tokenizer_panic_prints_one_line_on_the_real_stderr(bundle: Path, tmp_
     from PIL import Image
 
     Image.fromarray(image()).save(tmp_path / "a.png")
-    r = subprocess.run([sys.executable, "-c", CLI,
-                        "classify", str(tmp_path / "a.png"), "-m", str(bundle), "-l", "cat," + "a" * 40 + "!"],
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "CLIP_RT_HOME": str(clip_home)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "classify",
+            str(tmp_path / "a.png"),
+            "-m",
+            str(bundle),
+            "-l",
+            "cat," + "a" * 40 + "!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CLIP_RT_HOME": str(clip_home)},
+    )
     assert r.returncode == 1
-    assert r.stderr.splitlines() == [f"Error: {bundle / 'tokenizer.json'}: the tokenizers library panicked on a text "
-                                     "(Onig: Regex search error: retry-limit-in-match over); the bundle's tokenizer "
-                                     "is broken or hostile"], r.stderr
+    assert r.stderr.splitlines() == [
+        f"Error: {bundle / 'tokenizer.json'}: the tokenizers library panicked on a text "
+        "(Onig: Regex search error: retry-limit-in-match over); the bundle's tokenizer "
+        "is broken or hostile"
+    ], r.stderr
 
 
 def test_token_ids_beyond_the_vocabulary_are_a_bundle_error(bundle: Path, tmp_path: Path) -> None:
@@ -559,13 +653,27 @@ def test_token_ids_beyond_the_vocabulary_are_a_bundle_error(bundle: Path, tmp_pa
 
 def test_an_added_token_shifting_the_special_ids_is_a_bundle_error(bundle: Path) -> None:
     data = json.loads((bundle / "tokenizer.json").read_text())
-    data["added_tokens"].append({"id": 5000, "content": "<evil>", "single_word": False, "lstrip": False,
-                                 "rstrip": False, "normalized": True, "special": False})
+    data["added_tokens"].append(
+        {
+            "id": 5000,
+            "content": "<evil>",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": True,
+            "special": False,
+        }
+    )
     data["model"]["vocab"].pop("<unused40>")  # keep 64 tokens in all
     (bundle / "tokenizer.json").write_text(json.dumps(data))
     rehash(bundle, "tokenizer.json")
-    with pytest.raises(BundleError, match=re.escape(f"{bundle / 'tokenizer.json'}: manifest text.eot_token_id=63 is "
-                                                    "'<evil>' in the tokenizer, expected '<end_of_text>'")):
+    with pytest.raises(
+        BundleError,
+        match=re.escape(
+            f"{bundle / 'tokenizer.json'}: manifest text.eot_token_id=63 is "
+            "'<evil>' in the tokenizer, expected '<end_of_text>'"
+        ),
+    ):
         clip_rt.load(bundle, cache=False).encode_text(["a dog"])
 
 
@@ -631,9 +739,13 @@ def test_one_line_on_the_real_stderr(bundle: Path, tmp_path: Path, clip_home: Pa
     from PIL import Image
 
     Image.fromarray(image()).save(tmp_path / "a.png")
-    r = subprocess.run([sys.executable, "-c", CLI,
-                        "classify", str(tmp_path / "a.png"), "-m", str(bundle), "-l", "cat,dog"],
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "CLIP_RT_HOME": str(clip_home)})
+    r = subprocess.run(
+        [sys.executable, "-c", CLI, "classify", str(tmp_path / "a.png"), "-m", str(bundle), "-l", "cat,dog"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CLIP_RT_HOME": str(clip_home)},
+    )
     assert r.returncode == 1
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "onnxruntime_src" not in lines[0], r.stderr

@@ -4,6 +4,7 @@ text, high-bit-depth images under one decode memory budget, video frames over th
 Memory is measured on a child process: its peak RSS from ``os.wait4`` (exact, per child), under
 an address-space limit (``ulimit -v``) so that a regression fails instead of taking the machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,6 @@ from clip_rt.errors import ImageLoadError, InputError
 from clip_rt.inputs import budget as budget_mod
 from clip_rt.inputs import video
 from clip_rt.inputs.preprocess import _finite_extrema
-
 from clip_rt_fixtures.fake_bundle import build_fake_bundle
 
 CLI = "import sys; sys.argv[0] = 'clip-rt'; from clip_rt.cli import main; main()"
@@ -58,21 +58,27 @@ _MEASURED = (
 )
 
 
-def run_measured(args: list[Any], *, limit_mb: int, env: Optional[dict[str, str]] = None,
-                 timeout: float = 300) -> tuple[int, str, str, float]:
+def run_measured(
+    args: list[Any], *, limit_mb: int, env: Optional[dict[str, str]] = None, timeout: float = 300
+) -> tuple[int, str, str, float]:
     """Run ``[python, "-c", code, *argv]`` under an address-space limit; (exit code, stdout,
     stderr, peak RSS MB of the child's own address space)."""
     if len(args) < 3 or args[1] != "-c":
         raise ValueError(f"run_measured runs python -c CODE ...; got {args[:2]}")
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
 
     fd, peak_file = tempfile.mkstemp(prefix="clip-rt-peak-")
     os.close(fd)
     try:
-        proc = subprocess.Popen([args[0], "-c", _MEASURED, *args[2:]], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, preexec_fn=limit,
-                                env={**os.environ, **(env or {}), "CLIP_RT_TEST_PEAK": peak_file})
+        proc = subprocess.Popen(
+            [args[0], "-c", _MEASURED, *args[2:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=limit,
+            env={**os.environ, **(env or {}), "CLIP_RT_TEST_PEAK": peak_file},
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -107,12 +113,13 @@ def small_image(path: Path, colour: tuple[int, int, int] = (200, 30, 20)) -> Pat
 def test_50_mb_of_text_is_cut_before_tokenising(bundle: Path, clip_home: Path) -> None:
     """Before: the whole text was cleaned, tokenised and stored as a cache key (50 MB of text:
     7.2 GB RSS, 66 s). Now only its start is used, and the cache key is a hash."""
-    code = (f"import clip_rt, warnings; warnings.simplefilter('ignore')\n"
-            f"m = clip_rt.load({str(bundle)!r})\n"
-            "text = 'a photo of a red cat . ' * 2_200_000\n"  # 50.6 MB
-            "print(m.encode_text([text]).shape, m.encode_text([text[:200]]).shape)")
-    rc, out, err, peak = run_measured([sys.executable, "-c", code], limit_mb=3000,
-                                      env={"CLIP_RT_HOME": str(clip_home)})
+    code = (
+        f"import clip_rt, warnings; warnings.simplefilter('ignore')\n"
+        f"m = clip_rt.load({str(bundle)!r})\n"
+        "text = 'a photo of a red cat . ' * 2_200_000\n"  # 50.6 MB
+        "print(m.encode_text([text]).shape, m.encode_text([text[:200]]).shape)"
+    )
+    rc, out, err, peak = run_measured([sys.executable, "-c", code], limit_mb=3000, env={"CLIP_RT_HOME": str(clip_home)})
     assert rc == 0, err
     assert out.strip() == "(1, 8) (1, 8)"
     assert peak < 400, f"peak RSS {peak:.0f} MB"
@@ -179,13 +186,22 @@ def test_50k_labels_from_a_file(tmp_path: Path) -> None:
 LATIN1 = os.fsdecode(b"caf\xe9")  # a command-line argument that was not UTF-8 (surrogateescape)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-l", f"{LATIN1},dog"], "Error: label 'caf\\xe9' is not valid UTF-8: b'\\xe9' at byte 3; expected UTF-8 text"),
-    (["-l", "cat,dog", "--template", f"a {LATIN1} {{}}"],
-     "Error: template 'a caf\\xe9 {}' is not valid UTF-8: b'\\xe9' at byte 5; expected UTF-8 text"),
-])
-def test_non_utf8_labels_and_templates_on_the_command_line(bundle: Path, tmp_path: Path, args: list[str],
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["-l", f"{LATIN1},dog"],
+            "Error: label 'caf\\xe9' is not valid UTF-8: b'\\xe9' at byte 3; expected UTF-8 text",
+        ),
+        (
+            ["-l", "cat,dog", "--template", f"a {LATIN1} {{}}"],
+            "Error: template 'a caf\\xe9 {}' is not valid UTF-8: b'\\xe9' at byte 5; expected UTF-8 text",
+        ),
+    ],
+)
+def test_non_utf8_labels_and_templates_on_the_command_line(
+    bundle: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     """Before: a traceback from SQLite (UnicodeEncodeError binding the prompt)."""
     img = small_image(tmp_path / "a.png")
     assert one_error_line(cli("classify", str(img), "-m", str(bundle), *args)) == message
@@ -197,11 +213,21 @@ def test_non_utf8_similarity_text(bundle: Path, tmp_path: Path) -> None:
     assert line == "Error: text #1 'a caf\\xe9' is not valid UTF-8: b'\\xe9' at byte 5; expected UTF-8 text"
 
 
-@pytest.mark.parametrize("name, content, line", [
-    ("labels.txt", b"cat\ndog\ncaf\xe9 au lait\n", "line 3 'caf\\xe9 au lait' is not valid UTF-8: b'\\xe9' at byte 3"),
-    ("labels.json", b'{"cat": null,\n "caf\xe9": null}',
-     "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5"),
-])
+@pytest.mark.parametrize(
+    "name, content, line",
+    [
+        (
+            "labels.txt",
+            b"cat\ndog\ncaf\xe9 au lait\n",
+            "line 3 'caf\\xe9 au lait' is not valid UTF-8: b'\\xe9' at byte 3",
+        ),
+        (
+            "labels.json",
+            b'{"cat": null,\n "caf\xe9": null}',
+            "line 2 ' \"caf\\xe9\": null}' is not valid UTF-8: b'\\xe9' at byte 5",
+        ),
+    ],
+)
 def test_non_utf8_labels_file(bundle: Path, tmp_path: Path, name: str, content: bytes, line: str) -> None:
     labels = tmp_path / name
     labels.write_bytes(content)
@@ -212,11 +238,16 @@ def test_non_utf8_labels_file(bundle: Path, tmp_path: Path, name: str, content: 
 
 def test_non_utf8_argv_in_a_real_process(bundle: Path, tmp_path: Path, clip_home: Path) -> None:
     img = small_image(tmp_path / "a.png")
-    r = subprocess.run([sys.executable, "-c", CLI, "classify", str(img), "-m", str(bundle), "-l", b"caf\xe9,dog"],
-                       capture_output=True, timeout=120, env={**os.environ, "CLIP_RT_HOME": str(clip_home)})
+    r = subprocess.run(
+        [sys.executable, "-c", CLI, "classify", str(img), "-m", str(bundle), "-l", b"caf\xe9,dog"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "CLIP_RT_HOME": str(clip_home)},
+    )
     assert r.returncode == 1
     assert r.stderr.decode().splitlines() == [
-        "Error: label 'caf\\xe9' is not valid UTF-8: b'\\xe9' at byte 3; expected UTF-8 text"]
+        "Error: label 'caf\\xe9' is not valid UTF-8: b'\\xe9' at byte 3; expected UTF-8 text"
+    ]
 
 
 def test_non_utf8_text_in_the_api(bundle: Path) -> None:
@@ -262,15 +293,16 @@ def float_tiffs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_float_tiffs_decode_within_one_budget(bundle: Path, float_tiffs: Path, tmp_path: Path,
-                                              clip_home: Path) -> None:
+def test_float_tiffs_decode_within_one_budget(bundle: Path, float_tiffs: Path, tmp_path: Path, clip_home: Path) -> None:
     """Before: 1.2 GB per file, 2.1 GB with 2 decode threads, 4.2 GB with 4; under `ulimit -v 3 GB`
     the run died with MemoryError. Now the decode threads share one budget and the high-bit path
     copies nothing: peak RSS 414 MB on this machine."""
     out = tmp_path / "run.jsonl"
-    rc, _, err, peak = run_measured([sys.executable, "-c", CLI, "classify", str(float_tiffs), "-m", str(bundle),
-                                     "-l", "cat,dog", "-o", str(out)], limit_mb=3000,
-                                    env={"CLIP_RT_HOME": str(clip_home)})
+    rc, _, err, peak = run_measured(
+        [sys.executable, "-c", CLI, "classify", str(float_tiffs), "-m", str(bundle), "-l", "cat,dog", "-o", str(out)],
+        limit_mb=3000,
+        env={"CLIP_RT_HOME": str(clip_home)},
+    )
     assert rc == 0, err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 7 and all(r["error"] is None for r in records)
@@ -287,8 +319,9 @@ def decode_budget_mb() -> Any:
     budget.set_limit(saved)
 
 
-def test_an_image_over_the_budget_is_recorded_and_resume_moves_past_it(bundle: Path, tmp_path: Path,
-                                                                       decode_budget_mb: Any) -> None:
+def test_an_image_over_the_budget_is_recorded_and_resume_moves_past_it(
+    bundle: Path, tmp_path: Path, decode_budget_mb: Any
+) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("F", (3000, 3000), 0.5).save(folder / "big.tif")  # 2 x 36 MB to decode and preprocess
@@ -301,14 +334,16 @@ def test_an_image_over_the_budget_is_recorded_and_resume_moves_past_it(bundle: P
     assert records["small.png"]["error"] is None
     assert records["big.tif"]["error"] == (
         f"{folder / 'big.tif'}: a 3000x3000 F image needs about 69 MB to decode and preprocess, more than the "
-        "decode memory budget of 50 MB (CLIP_RT_DECODE_MEMORY_MB, or clip_rt.inputs.budget.set_decode_memory)")
+        "decode memory budget of 50 MB (CLIP_RT_DECODE_MEMORY_MB, or clip_rt.inputs.budget.set_decode_memory)"
+    )
     again = cli("classify", str(folder), "-m", str(bundle), "-l", "cat,dog", "-o", str(out), "--resume")
     assert "2 processed, 1 failed, 2 already done" in again.stderr and again.exit_code == 1
     assert len(out.read_text().splitlines()) == 2  # nothing retried, nothing duplicated
 
 
-def test_running_out_of_memory_on_one_file_is_that_files_record(bundle: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_running_out_of_memory_on_one_file_is_that_files_record(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A MemoryError while decoding used to end the run, and `--resume` died on the same file again."""
     from PIL import ImageFile
 
@@ -361,12 +396,15 @@ def test_decode_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert budget_mod._from_env() == 256 << 20
 
 
-@pytest.mark.parametrize("values", [
-    [[0.2, 0.9], [0.5, 0.1]],
-    [[np.nan, 0.9], [0.5, 0.1]],  # Pillow's getextrema gives NaN when the first pixel is NaN
-    [[1.0, np.inf], [-np.inf, 7.0]],
-    [[np.nan, np.nan]],
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [[0.2, 0.9], [0.5, 0.1]],
+        [[np.nan, 0.9], [0.5, 0.1]],  # Pillow's getextrema gives NaN when the first pixel is NaN
+        [[1.0, np.inf], [-np.inf, 7.0]],
+        [[np.nan, np.nan]],
+    ],
+)
 def test_high_bit_extrema_without_copies_equal_the_numpy_ones(values: list[list[float]]) -> None:
     arr = np.array(values, np.float32)
     img = Image.fromarray(arr, "F")
@@ -397,16 +435,21 @@ def _mjpeg_video(path: Path, width: int, height: int, frames: int) -> Path:
     return path
 
 
-def test_video_frames_over_the_image_pixel_limit_are_refused_before_decoding(bundle: Path, tmp_path: Path,
-                                                                             clip_home: Path) -> None:
+def test_video_frames_over_the_image_pixel_limit_are_refused_before_decoding(
+    bundle: Path, tmp_path: Path, clip_home: Path
+) -> None:
     """Before: a 10-frame 12000x12000 MKV reached 6.3 GB RSS (under `ulimit -v 3 GB`: MemoryError)."""
     path = _mjpeg_video(tmp_path / "huge.mkv", 12000, 12000, 10)
-    rc, _, err, peak = run_measured([sys.executable, "-c", CLI, "video", str(path), "-m", str(bundle), "-l", "cat,dog"],
-                                    limit_mb=3000, env={"CLIP_RT_HOME": str(clip_home)})
+    rc, _, err, peak = run_measured(
+        [sys.executable, "-c", CLI, "video", str(path), "-m", str(bundle), "-l", "cat,dog"],
+        limit_mb=3000,
+        env={"CLIP_RT_HOME": str(clip_home)},
+    )
     assert rc == 1
     assert err.splitlines() == [
         f"Error: video {str(path)!r}: frames of 12000x12000 = 144000000 pixels are over the limit of 89478485 that "
-        "images have too (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)"]
+        "images have too (PIL.Image.MAX_IMAGE_PIXELS; raise it only for files you trust)"
+    ]
     assert peak < 300, f"peak RSS {peak:.0f} MB"
 
 
@@ -446,8 +489,23 @@ def test_video_draft_gives_the_same_labels_with_less_memory(bundle: Path, tmp_pa
     peaks = {}
     for flag in ("", "--draft"):
         rc, out, err, peaks[flag] = run_measured(
-            [sys.executable, "-c", CLI, "video", str(path), "-m", str(bundle), "-l", "cat,dog", "--format", "json",
-             *([flag] if flag else [])], limit_mb=3000, env={"CLIP_RT_HOME": str(clip_home)})
+            [
+                sys.executable,
+                "-c",
+                CLI,
+                "video",
+                str(path),
+                "-m",
+                str(bundle),
+                "-l",
+                "cat,dog",
+                "--format",
+                "json",
+                *([flag] if flag else []),
+            ],
+            limit_mb=3000,
+            env={"CLIP_RT_HOME": str(clip_home)},
+        )
         assert rc == 0, err
     assert peaks["--draft"] < peaks[""] / 2, peaks
 

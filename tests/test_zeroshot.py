@@ -1,4 +1,5 @@
 """Zero-shot maths against a hand-written reference, and label/template validation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,6 +34,7 @@ def fake_encode_text(texts: list[str]) -> np.ndarray:
 
 def reference_probs(image: list[float], labels: list[str], templates: list[str], scale: float) -> list[float]:
     """CLIP's recipe written out longhand in pure Python."""
+
     def unit(v: list[float]) -> list[float]:
         n = math.sqrt(sum(x * x for x in v))
         return [x / n for x in v]
@@ -108,7 +110,10 @@ def test_label_forms() -> None:
     assert parse_labels(["cat", " dog "]) == [Label("cat"), Label("dog")]
     assert parse_labels("cat") == [Label("cat")]
     assert parse_labels({"cat": ["a kitty", "a cat"], "dog": None, "bird": "a bird in flight"}) == [
-        Label("cat", ("a kitty", "a cat")), Label("dog"), Label("bird", ("a bird in flight",))]
+        Label("cat", ("a kitty", "a cat")),
+        Label("dog"),
+        Label("bird", ("a bird in flight",)),
+    ]
     assert parse_labels([Label("cat", ("meow",)), "dog"]) == [Label("cat", ("meow",)), Label("dog")]
 
 

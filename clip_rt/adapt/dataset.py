@@ -23,13 +23,14 @@ import csv
 import io
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 
-from ..errors import InputError
 from ..display import display_path
+from ..errors import InputError
 from ..inputs.discover import is_image_name, path_key, walk_images
 from ..inputs.texts import check_utf8, decode_utf8
 
@@ -65,7 +66,7 @@ class LabelledSet:
         return np.array([where[item.label] for item in self.items], dtype=np.int64)
 
 
-def read_labelled_set(source: Union[str, "os.PathLike[str]"]) -> LabelledSet:
+def read_labelled_set(source: Union[str, os.PathLike[str]]) -> LabelledSet:
     """The labelled set at *source*: a folder of class folders, or a ``.csv`` file."""
     path = os.fspath(source)
     if os.path.isdir(path):

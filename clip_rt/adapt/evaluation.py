@@ -4,14 +4,15 @@ scored on the same embeddings, so their figures compare image for image."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import templates as _templates
-from ..errors import InputError
 from ..display import display_path, display_width, pad, printable
+from ..errors import InputError
 from ..zeroshot import check_templates
 from .embed import EmbeddedSet, SetArg, as_labelled_set, embed_set
 from .head import Head, HeadArg, as_head, head_for_model

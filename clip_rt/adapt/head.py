@@ -33,8 +33,8 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..bundle import schema as s
-from ..errors import InputError
 from ..display import display_path
+from ..errors import InputError
 from ..inputs.texts import check_utf8
 from ..zeroshot import Classification, classifications, parse_labels
 from .metrics import Comparison, mcnemar_p
@@ -254,7 +254,7 @@ class Head:
         """Identifies this head (sha256 of its file, first 32 hex digits): recorded with outputs."""
         return hashlib.sha256(self.to_bytes()).hexdigest()[:32]
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> str:
+    def save(self, path: Union[str, os.PathLike[str]]) -> str:
         """Write the head to *path*, whole or not at all (an existing file is replaced only once
         the new one is complete). Returns the path."""
         from ..outputs.files import atomic_file
@@ -265,7 +265,7 @@ class Head:
         return target
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Head":
+    def load(cls, path: Union[str, os.PathLike[str]]) -> Head:
         """Read and check a head file (see the module doc); :class:`HeadError` if it is not one."""
         target = os.fspath(path)
         shown = display_path(target)
@@ -290,7 +290,7 @@ class Head:
         return cls.from_bytes(data, shown)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "head") -> "Head":
+    def from_bytes(cls, data: bytes, source: str = "head") -> Head:
         if len(data) > MAX_FILE_BYTES:
             raise HeadError(f"{source}: {len(data)} bytes; a head file is at most {MAX_FILE_BYTES} bytes")
         if not data.startswith(MAGIC):

@@ -10,8 +10,9 @@ within chance, which is the honest answer for a handful of labelled photos.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -126,8 +127,9 @@ def score(name: str, labels: Sequence[str], probabilities: np.ndarray, truth: np
     np.add.at(confusion, (truth, predicted), 1)
     correct = predicted == truth
     confidence = probs[np.arange(len(truth)), predicted]
-    return Scores(name, list(labels), float(correct.mean()), k, float(in_top_k.mean()), confusion, correct, predicted,
-                  confidence)
+    return Scores(
+        name, list(labels), float(correct.mean()), k, float(in_top_k.mean()), confusion, correct, predicted, confidence
+    )
 
 
 # -- comparing two classifiers on the same images -------------------------------------------------

@@ -20,8 +20,9 @@ Everything is deterministic given the seed (which only shuffles the folds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class Scaling:
     scale: float
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Scaling":
+    def fit(cls, x: np.ndarray) -> Scaling:
         mean = x.mean(axis=0)
         rms = float(np.sqrt(np.mean((x - mean) ** 2)))
         return cls(mean, rms if rms > 1e-12 else 1.0)
@@ -218,7 +219,7 @@ def cross_validate(
 ) -> CrossValidation:
     """*x* (N, D) embeddings, *y* (N,) classes, *zero_shot* (N, C) zero-shot probabilities."""
     fold = stratified_folds(y, folds, seed)
-    grid = sorted(set(float(c) for c in c_grid))
+    grid = sorted({float(c) for c in c_grid})
     oof = {c: np.zeros((len(y), n_classes)) for c in grid}
     for f in range(folds):
         train, held = fold != f, fold == f
@@ -231,7 +232,7 @@ def cross_validate(
     candidates = []
     best_for: dict[tuple[float, float], np.ndarray] = {}
     for c in grid:
-        for w in sorted(set(float(b) for b in blend_grid)):
+        for w in sorted({float(b) for b in blend_grid}):
             probs = (1.0 - w) * zero_shot + w * oof[c]
             pred = np.argmax(probs, axis=1)
             candidates.append(Candidate(c, w, float(np.mean(pred == y)), _log_loss(probs, y)))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import OutputError
 from ..display import display_path
+from ..errors import OutputError
 from ..outputs import charts
 from ..outputs.files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from ..outputs.records import dumps_json
@@ -33,7 +34,7 @@ def confusion_file(run: str) -> str:
     return "confusion_" + re.sub(r"[^A-Za-z0-9_-]+", "_", run) + ".png"
 
 
-def prepare_eval_report(folder: Union[str, "os.PathLike[str]"]) -> None:
+def prepare_eval_report(folder: Union[str, os.PathLike[str]]) -> None:
     """Check, before the images are embedded, that the report can be written: matplotlib is
     installed, the folder can be created and written, no report file is a folder."""
     charts.require_matplotlib()
@@ -49,7 +50,7 @@ def prepare_eval_report(folder: Union[str, "os.PathLike[str]"]) -> None:
         check_regular_or_absent(os.path.join(target, name), "report file")
 
 
-def write_eval_report(evaluation: Evaluation, folder: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
+def write_eval_report(evaluation: Evaluation, folder: Union[str, os.PathLike[str]]) -> dict[str, Any]:
     """Write the report of *evaluation* into *folder*; returns the summary (also in
     summary.json). :class:`~clip_rt.errors.OutputError` when the folder cannot be written (its
     previous files are then kept)."""
@@ -96,9 +97,14 @@ def _html(evaluation: Evaluation, folder: str, staged: StagedFiles, summary: dic
 
     run = evaluation.primary
     e = evaluation.embedded
-    records = [Record(path=path, label=evaluation.labels[int(run.predicted[i])],
-                      score=None if run.confidence is None else round(float(run.confidence[i]), 6))
-               for i, path in enumerate(e.paths)]
+    records = [
+        Record(
+            path=path,
+            label=evaluation.labels[int(run.predicted[i])],
+            score=None if run.confidence is None else round(float(run.confidence[i]), 6),
+        )
+        for i, path in enumerate(e.paths)
+    ]
     records += [Record(path=path, error=why) for path, why in e.failed]
     truths: list[Optional[str]] = [evaluation.labels[int(t)] for t in e.truth] + [None] * len(e.failed)
     matrices = [Matrix(f"Confusion: {r.name}", r.labels, r.labels, r.confusion.tolist()) for r in evaluation.runs]
@@ -107,8 +113,17 @@ def _html(evaluation: Evaluation, folder: str, staged: StagedFiles, summary: dic
 
     page = summarise(records, evaluation.labels, {**evaluation.model, "labels": evaluation.labels})
     page["notes"] = [evaluation.advice(), *summary.get("notes", [])]  # what the numbers mean for the choice
-    write_html_report(folder, records, page, charts_shown, labels=evaluation.labels, truths=truths,
-                      matrices=matrices, title=f"Evaluation of {run.name}", staged=staged)
+    write_html_report(
+        folder,
+        records,
+        page,
+        charts_shown,
+        labels=evaluation.labels,
+        truths=truths,
+        matrices=matrices,
+        title=f"Evaluation of {run.name}",
+        staged=staged,
+    )
 
 
 def _shown_classes(evaluation: Evaluation) -> list[str]:

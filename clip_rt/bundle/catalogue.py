@@ -1,4 +1,5 @@
 """Known model names and OpenAI aliases, read from the packaged ``models/catalogue.json``."""
+
 from __future__ import annotations
 
 import difflib

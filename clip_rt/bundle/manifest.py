@@ -1,4 +1,5 @@
 """The bundle manifest: the one file the runtime reads to know a bundle (format in docs/bundle-format.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,20 @@ from typing import Any, Optional
 
 from ..errors import BundleError, ChecksumError
 from .schema import (
-    Bool, Float, Int, ListOf, MapOf, Nullable, Obj, RelPath, SchemaError, Str, describe, opt, req, validate,
+    Bool,
+    Float,
+    Int,
+    ListOf,
+    MapOf,
+    Nullable,
+    Obj,
+    RelPath,
+    SchemaError,
+    Str,
+    describe,
+    opt,
+    req,
+    validate,
 )
 from .store import MANIFEST_NAME
 
@@ -211,9 +225,7 @@ class Manifest:
 
     def graph(self, precision: str, encoder: str) -> GraphEntry:
         if precision not in self.graphs:
-            raise BundleError(
-                f"bundle {self.name!r} has no {precision!r} graphs; it has: {', '.join(self.precisions)}"
-            )
+            raise BundleError(f"bundle {self.name!r} has no {precision!r} graphs; it has: {', '.join(self.precisions)}")
         try:
             return self.graphs[precision][encoder]
         except KeyError:
@@ -241,7 +253,7 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: Any, source: str = "manifest") -> Manifest:
         """Validate *d* against :data:`MANIFEST_SCHEMA` (all of it, once) and build the manifest."""
         version = d.get("format_version") if isinstance(d, dict) else None
         if type(version) is int and version > FORMAT_VERSION:  # a newer layout: say so, not "malformed"
@@ -255,7 +267,7 @@ class Manifest:
             raise BundleError(f"{source}: malformed manifest: {exc}") from None
 
 
-def required_format_version(manifest: "Manifest") -> int:
+def required_format_version(manifest: Manifest) -> int:
     """The lowest format version whose readers use *manifest* correctly: 2 when it needs a
     Hugging Face tokenizer or sigmoid scoring (a version-1 reader would tokenise with CLIP BPE
     or score with a softmax, without an error), else 1."""
@@ -300,96 +312,166 @@ def _check_files_listed(m: dict[str, Any], path: str) -> None:
     for precision, encoders in m["graphs"].items():
         for encoder, graph in encoders.items():
             named.append((f"graphs.{precision}.{encoder}.file", graph.file))
-            named += [(f"graphs.{precision}.{encoder}.external_data[{i}]", name)
-                      for i, name in enumerate(graph.external_data)]
+            named += [
+                (f"graphs.{precision}.{encoder}.external_data[{i}]", name) for i, name in enumerate(graph.external_data)
+            ]
     for where, name in named:
         if name not in m["files"]:
-            raise SchemaError(where, f"{name!r} is not listed in files (every file a bundle uses needs "
-                                     "its size and sha256 there)")
+            raise SchemaError(
+                where, f"{name!r} is not listed in files (every file a bundle uses needs its size and sha256 there)"
+            )
     if not any(p in m["graphs"] for p in PRECISIONS):
-        raise SchemaError("graphs", f"no graphs of a precision this clip-rt runs ({', '.join(PRECISIONS)}); "
-                                    f"found {', '.join(m['graphs']) or 'none'}")
+        raise SchemaError(
+            "graphs",
+            f"no graphs of a precision this clip-rt runs ({', '.join(PRECISIONS)}); "
+            f"found {', '.join(m['graphs']) or 'none'}",
+        )
 
 
-_QUANTIZATION = Obj({
-    "kind": req(Str(32, choices=("static", "dynamic"))),
-    "per_channel": opt(Nullable(Bool())),
-    "weights": opt(Str(32, min_len=1, pattern=_TEXT), "int8"),
-    "activations": opt(Str(32, min_len=1, pattern=_TEXT), "uint8"),
-    "ops": opt(ListOf(Str(64, min_len=1, pattern=_TEXT), max_len=256, as_tuple=True), ()),
-    "calibration": opt(Nullable(Obj({
-        "method": req(Str(32, min_len=1, pattern=_TEXT)),
-        "source": req(Str(1000, min_len=1, pattern=_TEXT)),
-        "inputs": opt(ListOf(Str(1000, pattern=_TEXT), max_len=100_000, as_tuple=True), ()),
-        "samples": req(Int(0, 10**9)),
-    }, build=Calibration))),
-    "batch_independent": opt(Bool(), False),
-    "method": opt(Str(32, choices=QUANTIZERS), "onnxruntime"),
-    "parameters": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(1000, pattern=_TEXT), max_len=64), {}),
-}, build=Quantization)
+_QUANTIZATION = Obj(
+    {
+        "kind": req(Str(32, choices=("static", "dynamic"))),
+        "per_channel": opt(Nullable(Bool())),
+        "weights": opt(Str(32, min_len=1, pattern=_TEXT), "int8"),
+        "activations": opt(Str(32, min_len=1, pattern=_TEXT), "uint8"),
+        "ops": opt(ListOf(Str(64, min_len=1, pattern=_TEXT), max_len=256, as_tuple=True), ()),
+        "calibration": opt(
+            Nullable(
+                Obj(
+                    {
+                        "method": req(Str(32, min_len=1, pattern=_TEXT)),
+                        "source": req(Str(1000, min_len=1, pattern=_TEXT)),
+                        "inputs": opt(ListOf(Str(1000, pattern=_TEXT), max_len=100_000, as_tuple=True), ()),
+                        "samples": req(Int(0, 10**9)),
+                    },
+                    build=Calibration,
+                )
+            )
+        ),
+        "batch_independent": opt(Bool(), False),
+        "method": opt(Str(32, choices=QUANTIZERS), "onnxruntime"),
+        "parameters": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(1000, pattern=_TEXT), max_len=64), {}),
+    },
+    build=Quantization,
+)
 
-MANIFEST_SCHEMA = Obj({
-    "format_version": req(Int(1, FORMAT_VERSION)),
-    "name": req(Str(200, min_len=1, pattern=_TEXT)),
-    "architecture": req(Str(200, min_len=1, pattern=_TEXT)),
-    "pretrained": opt(Nullable(Str(1000, pattern=_TEXT))),
-    "checkpoint_sha256": opt(Nullable(_SHA256)),
-    "embed_dim": req(Int(1, 65536)),
-    "logit_scale": req(Float(0.0, 1e6, lo_open=True)),
-    "logit_bias": opt(Nullable(Float(-1e6, 1e6))),
-    "image": req(Obj({
-        "size": req(ListOf(Int(1, MAX_IMAGE_SIDE), max_len=2, min_len=2, as_tuple=True)),
-        "mean": req(ListOf(Float(-1e3, 1e3), max_len=3, min_len=3, as_tuple=True)),
-        "std": req(ListOf(Float(0.0, 1e3, lo_open=True), max_len=3, min_len=3, as_tuple=True)),
-        "interpolation": opt(Str(16, choices=INTERPOLATIONS), "bicubic"),
-        "resize_mode": opt(Str(16, choices=RESIZE_MODES), "shortest"),
-        "fill_color": opt(Int(0, 255), 0),
-    }, build=ImageConfig)),
-    "text": req(Obj({
-        "context_length": req(Int(2, MAX_CONTEXT)),
-        "vocab_size": req(Int(2, MAX_VOCAB)),
-        "tokenizer_file": opt(RelPath(), "tokenizer.json"),
-        "sot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49406),
-        "eot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49407),
-        "pad_token_id": opt(Int(0, MAX_VOCAB), 0),
-        "dynamic_sequence": opt(Bool(), False),
-        "tokenizer_kind": opt(Str(16, choices=TOKENIZER_KINDS), "clip_bpe"),
-        "clean": opt(Str(16, choices=CLEAN_FUNCTIONS), "lower"),
-        "padding_side": opt(Str(8, choices=("right", "left")), "right"),
-        "truncation_side": opt(Str(8, choices=("right", "left")), "right"),
-        "strip_sep_token": opt(Bool(), False),
-        "sep_token_id": opt(Nullable(Int(0, MAX_VOCAB))),
-        "pooling": opt(Nullable(Str(32, min_len=1, pattern=_TEXT))),
-    }, build=TextConfig, checks=(_check_token_ids,))),
-    "graphs": req(MapOf(_KEY, MapOf(_KEY, Obj({
-        "file": req(RelPath()),
-        "external_data": opt(ListOf(RelPath(), max_len=4096, as_tuple=True), ()),
-    }, build=GraphEntry), max_len=8, min_len=1), max_len=16, min_len=1)),
-    "files": req(MapOf(RelPath(), Obj({
-        "sha256": req(_SHA256),
-        "bytes": req(Int(0, MAX_FILE_BYTES)),
-    }, build=FileEntry), max_len=4096, min_len=1)),
-    "parity": opt(MapOf(_KEY, MapOf(_KEY, Obj({
-        "max_abs_diff": req(Float(0.0, 1e6)),
-        "min_cosine": req(Float(-1.01, 1.01)),
-        "samples": req(Int(0, 10**9)),
-        "tolerance": req(MapOf(Str(64, min_len=1, pattern=_TEXT), Float(-1e6, 1e6), max_len=16)),
-        "passed": req(Bool()),
-        "top1_agreement": opt(Nullable(Float(0.0, 1.0))),
-        "batch_max_abs_diff": opt(Nullable(Float(0.0, 1e6))),
-    }, build=ParityFigure), max_len=8), max_len=16), {}),
-    "versions": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(200, pattern=_TEXT), max_len=64), {}),
-    "created": opt(Str(64, pattern=_TEXT), ""),
-    "notes": opt(ListOf(Str(10_000), max_len=1000), []),
-    "quantization": opt(MapOf(_KEY, MapOf(_KEY, _QUANTIZATION, max_len=8), max_len=16), {}),
-    "scoring": opt(Str(16, choices=SCORINGS), "softmax"),
-    "parity_reference": opt(Nullable(Obj({
-        "file": req(RelPath()),
-        "image": req(Int(1, MAX_REFERENCE_ROWS)),
-        "text": req(Int(1, MAX_REFERENCE_ROWS)),
-    }, build=ParityReference)), None),
-}, build=Manifest, checks=(_check_files_listed,))
-
+MANIFEST_SCHEMA = Obj(
+    {
+        "format_version": req(Int(1, FORMAT_VERSION)),
+        "name": req(Str(200, min_len=1, pattern=_TEXT)),
+        "architecture": req(Str(200, min_len=1, pattern=_TEXT)),
+        "pretrained": opt(Nullable(Str(1000, pattern=_TEXT))),
+        "checkpoint_sha256": opt(Nullable(_SHA256)),
+        "embed_dim": req(Int(1, 65536)),
+        "logit_scale": req(Float(0.0, 1e6, lo_open=True)),
+        "logit_bias": opt(Nullable(Float(-1e6, 1e6))),
+        "image": req(
+            Obj(
+                {
+                    "size": req(ListOf(Int(1, MAX_IMAGE_SIDE), max_len=2, min_len=2, as_tuple=True)),
+                    "mean": req(ListOf(Float(-1e3, 1e3), max_len=3, min_len=3, as_tuple=True)),
+                    "std": req(ListOf(Float(0.0, 1e3, lo_open=True), max_len=3, min_len=3, as_tuple=True)),
+                    "interpolation": opt(Str(16, choices=INTERPOLATIONS), "bicubic"),
+                    "resize_mode": opt(Str(16, choices=RESIZE_MODES), "shortest"),
+                    "fill_color": opt(Int(0, 255), 0),
+                },
+                build=ImageConfig,
+            )
+        ),
+        "text": req(
+            Obj(
+                {
+                    "context_length": req(Int(2, MAX_CONTEXT)),
+                    "vocab_size": req(Int(2, MAX_VOCAB)),
+                    "tokenizer_file": opt(RelPath(), "tokenizer.json"),
+                    "sot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49406),
+                    "eot_token_id": opt(Nullable(Int(0, MAX_VOCAB)), 49407),
+                    "pad_token_id": opt(Int(0, MAX_VOCAB), 0),
+                    "dynamic_sequence": opt(Bool(), False),
+                    "tokenizer_kind": opt(Str(16, choices=TOKENIZER_KINDS), "clip_bpe"),
+                    "clean": opt(Str(16, choices=CLEAN_FUNCTIONS), "lower"),
+                    "padding_side": opt(Str(8, choices=("right", "left")), "right"),
+                    "truncation_side": opt(Str(8, choices=("right", "left")), "right"),
+                    "strip_sep_token": opt(Bool(), False),
+                    "sep_token_id": opt(Nullable(Int(0, MAX_VOCAB))),
+                    "pooling": opt(Nullable(Str(32, min_len=1, pattern=_TEXT))),
+                },
+                build=TextConfig,
+                checks=(_check_token_ids,),
+            )
+        ),
+        "graphs": req(
+            MapOf(
+                _KEY,
+                MapOf(
+                    _KEY,
+                    Obj(
+                        {
+                            "file": req(RelPath()),
+                            "external_data": opt(ListOf(RelPath(), max_len=4096, as_tuple=True), ()),
+                        },
+                        build=GraphEntry,
+                    ),
+                    max_len=8,
+                    min_len=1,
+                ),
+                max_len=16,
+                min_len=1,
+            )
+        ),
+        "files": req(
+            MapOf(
+                RelPath(),
+                Obj({"sha256": req(_SHA256), "bytes": req(Int(0, MAX_FILE_BYTES))}, build=FileEntry),
+                max_len=4096,
+                min_len=1,
+            )
+        ),
+        "parity": opt(
+            MapOf(
+                _KEY,
+                MapOf(
+                    _KEY,
+                    Obj(
+                        {
+                            "max_abs_diff": req(Float(0.0, 1e6)),
+                            "min_cosine": req(Float(-1.01, 1.01)),
+                            "samples": req(Int(0, 10**9)),
+                            "tolerance": req(MapOf(Str(64, min_len=1, pattern=_TEXT), Float(-1e6, 1e6), max_len=16)),
+                            "passed": req(Bool()),
+                            "top1_agreement": opt(Nullable(Float(0.0, 1.0))),
+                            "batch_max_abs_diff": opt(Nullable(Float(0.0, 1e6))),
+                        },
+                        build=ParityFigure,
+                    ),
+                    max_len=8,
+                ),
+                max_len=16,
+            ),
+            {},
+        ),
+        "versions": opt(MapOf(Str(64, min_len=1, pattern=_TEXT), Str(200, pattern=_TEXT), max_len=64), {}),
+        "created": opt(Str(64, pattern=_TEXT), ""),
+        "notes": opt(ListOf(Str(10_000), max_len=1000), []),
+        "quantization": opt(MapOf(_KEY, MapOf(_KEY, _QUANTIZATION, max_len=8), max_len=16), {}),
+        "scoring": opt(Str(16, choices=SCORINGS), "softmax"),
+        "parity_reference": opt(
+            Nullable(
+                Obj(
+                    {
+                        "file": req(RelPath()),
+                        "image": req(Int(1, MAX_REFERENCE_ROWS)),
+                        "text": req(Int(1, MAX_REFERENCE_ROWS)),
+                    },
+                    build=ParityReference,
+                )
+            ),
+            None,
+        ),
+    },
+    build=Manifest,
+    checks=(_check_files_listed,),
+)
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
@@ -403,8 +485,10 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):  # a device or FIFO would be read forever (or block)
-            raise BundleError(f"{path}: the manifest is a {file_kind(st.st_mode)}; expected a regular file "
-                              "(a JSON file written by `clip-rt export`)")
+            raise BundleError(
+                f"{path}: the manifest is a {file_kind(st.st_mode)}; expected a regular file "
+                "(a JSON file written by `clip-rt export`)"
+            )
         if st.st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path}: {st.st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
         raw = path.read_bytes()
@@ -436,12 +520,14 @@ def check_confined(bundle_dir: Path, name: str) -> Path:
     root = os.path.realpath(bundle_dir)
     target = os.path.realpath(os.path.join(root, name))
     if target == root or os.path.commonpath([root, target]) != root:
-        raise BundleError(f"{Path(bundle_dir) / name}: resolves to {display(target)}, outside the bundle "
-                          f"directory {display(root)}; a bundle may only use its own files")
+        raise BundleError(
+            f"{Path(bundle_dir) / name}: resolves to {display(target)}, outside the bundle "
+            f"directory {display(root)}; a bundle may only use its own files"
+        )
     return Path(target)
 
 
-def display(path: "str | Path") -> str:
+def display(path: str | Path) -> str:
     """A path for a message: undecodable bytes and control characters escaped."""
     text = os.fsencode(path).decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -11,11 +11,13 @@ runtime can refuse the graph before ONNX Runtime opens anything.
 The walk reads only the message structure (tags and lengths) through ``mmap``: weight bytes
 are skipped, not read, so a 350 MB graph costs a few milliseconds.
 """
+
 from __future__ import annotations
 
 import mmap
 import os
-from typing import Iterator, Union
+from collections.abc import Iterator
+from typing import Union
 
 # Field numbers from onnx.proto3. Only the paths that can lead to a TensorProto are followed.
 _MODEL_GRAPH, _MODEL_TRAINING, _MODEL_FUNCTIONS = 7, 20, 25
@@ -151,7 +153,7 @@ def scan(buf: Buffer) -> list[str]:
     return out
 
 
-def external_data_locations(path: "str | os.PathLike[str]") -> list[str]:
+def external_data_locations(path: str | os.PathLike[str]) -> list[str]:
     """The distinct ``location`` strings of the graph file at *path* (GraphFormatError if its
     protobuf structure is broken, OSError if it cannot be read)."""
     with open(path, "rb") as f:

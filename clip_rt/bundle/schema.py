@@ -12,13 +12,15 @@ Unknown keys are ignored: an optional field added by a newer clip-rt (same
 ``format_version``) must not stop an older one from loading the bundle. Changes an older
 runtime must not ignore bump ``format_version`` instead.
 """
+
 from __future__ import annotations
 
 import math
 import posixpath
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional
 
 _MISSING = object()
 _SHOWN = 60  # characters of a bad value shown in a message
@@ -94,8 +96,11 @@ class Float(Spec):
             except OverflowError:  # an integer too large for a float
                 ok = False
             else:
-                ok = math.isfinite(number) and (self.lo < number if self.lo_open else self.lo <= number) \
+                ok = (
+                    math.isfinite(number)
+                    and (self.lo < number if self.lo_open else self.lo <= number)
                     and number <= self.hi
+                )
         if not ok:
             low = f"above {self.lo:g}" if self.lo_open else f"from {self.lo:g}"
             raise SchemaError(path, f"expected a finite number {low} to {self.hi:g}, got {describe(value)}")
@@ -124,7 +129,7 @@ class Str(Spec):
         if self.choices is not None and value not in self.choices:
             raise SchemaError(path, f"expected one of {', '.join(self.choices)}, got {describe(value)}")
         if not self.min_len <= len(value) <= self.max_len:
-            size = (f"{self.max_len}" if self.min_len == self.max_len else f"{self.min_len} to {self.max_len}")
+            size = f"{self.max_len}" if self.min_len == self.max_len else f"{self.min_len} to {self.max_len}"
             raise SchemaError(path, f"expected {self.what} ({size} characters), got {len(value)} characters")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise SchemaError(path, f"expected {self.what}, got {describe(value)}")
@@ -188,8 +193,7 @@ class MapOf(Spec):
         if not isinstance(value, dict):
             raise SchemaError(path, f"expected an object, got {describe(value)}")
         if not self.min_len <= len(value) <= self.max_len:
-            raise SchemaError(path, f"expected an object with {self.min_len} to {self.max_len} keys, "
-                                    f"got {len(value)}")
+            raise SchemaError(path, f"expected an object with {self.min_len} to {self.max_len} keys, got {len(value)}")
         out = {}
         for k, v in value.items():
             self.key.check(k, _join(path, str(k)) + " (key)")
@@ -237,8 +241,11 @@ class Obj(Spec):
                 raise SchemaError(where, "required field is missing")
             else:
                 default = spec.default
-                out[name] = list(default) if isinstance(default, list) else (
-                    dict(default) if isinstance(default, dict) else default)
+                out[name] = (
+                    list(default)
+                    if isinstance(default, list)
+                    else (dict(default) if isinstance(default, dict) else default)
+                )
         for rule in self.checks:
             rule(out, path)
         return self.build(**out) if self.build is not None else out

@@ -1,4 +1,5 @@
 """Where bundles and caches live on disk: ``$CLIP_RT_HOME`` (default ``~/.cache/clip-rt``)."""
+
 from __future__ import annotations
 
 import os
@@ -88,17 +89,25 @@ def _not_found(raw: str, alias: str | None) -> str:
         return f"{where}. {arch} cannot be exported yet: {unsupported()[arch]}."
     command = export_command(alias or raw)
     if command:
-        return (f"{where}. Export it first, e.g. `clip-rt export {command}` "
-                f"(needs `pip install 'clip-rt[export]'`), or pass a bundle directory.")
+        return (
+            f"{where}. Export it first, e.g. `clip-rt export {command}` "
+            f"(needs `pip install 'clip-rt[export]'`), or pass a bundle directory."
+        )
     in_store = close_matches(raw, bundles)
-    known = [n for n in close_matches(raw, bundles + list(load_catalogue()["aliases"]) + catalogue_store_names())
-             if n not in in_store]
+    known = [
+        n
+        for n in close_matches(raw, bundles + list(load_catalogue()["aliases"]) + catalogue_store_names())
+        if n not in in_store
+    ]
     if in_store or known:
         hints = [f"{n} (in the store)" for n in in_store] + [
-            f"{n} (not exported yet: `clip-rt export {export_command(n) or n}`)" for n in known]
+            f"{n} (not exported yet: `clip-rt export {export_command(n) or n}`)" for n in known
+        ]
         return f"{where}. Did you mean: {'; '.join(hints[:3])}?"
-    return (f"{where}. `clip-rt models` lists the bundles in the store, `clip-rt models --available` the models "
-            f"`clip-rt export` can make; or pass a bundle directory.")
+    return (
+        f"{where}. `clip-rt models` lists the bundles in the store, `clip-rt models --available` the models "
+        f"`clip-rt export` can make; or pass a bundle directory."
+    )
 
 
 def export_command(name: str) -> str | None:

@@ -14,13 +14,15 @@ every stat field alone (bit rot on the disk, a raw write to the block device): `
 detect damage and partial copies, not a bundle made hostile on purpose (its author writes
 matching checksums); that is what the schema, confinement and session checks are for.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import store
 from .manifest import Manifest, verify_files
@@ -52,8 +54,11 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest, names: Sequence[st
             st = path.stat()
         except OSError:
             st = None
-        key = ([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry.sha256]
-               if st is not None and entry is not None else None)
+        key = (
+            [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry.sha256]
+            if st is not None and entry is not None
+            else None
+        )
         if key is not None and memo.get(str(path)) == key:
             continue
         verify_files(bundle_dir, manifest, [name])  # raises BundleError / ChecksumError

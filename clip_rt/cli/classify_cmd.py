@@ -1,28 +1,27 @@
 """`clip-rt classify`: zero-shot classification of many images, streamed records, resume, report."""
+
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Optional, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import click
 import numpy as np
 
-from ..errors import OutputError
 from ..display import display_path, printable
+from ..errors import OutputError
 from ..inputs.discover import discover, no_images_found, path_key
 from ..outputs import records as rec_mod
 from ..outputs.files import stdout_sink
 from ..outputs.record_output import RecordOutput, recorded_precision
 from ..outputs.records import Record, RecordWriter
-from .group import main
-from .heads import classifier_for, head_identity, head_option, labels_and_templates, read_head
 from .common import (
+    ModelArgs,
     check_precision_follows,
     echo_err,
     label_options,
-    ModelArgs,
     model_identity,
     model_options,
     progress_bar,
@@ -31,6 +30,8 @@ from .common import (
     skip_errors_option,
     warn_if_single_label,
 )
+from .group import main
+from .heads import classifier_for, head_identity, head_option, labels_and_templates, read_head
 
 if TYPE_CHECKING:
     from ..results import ImageEmbedding
@@ -42,28 +43,67 @@ Item = TypeVar("Item")
 @main.command("classify")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @label_options
-@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Also list the K best labels (table; `top_k` key in JSON/JSONL).")
-@click.option("--format", "fmt", type=click.Choice(rec_mod.FORMATS), default=None,
-              help="Output format; default: from -o's extension, else table.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write records here instead of stdout.")
+@click.option(
+    "--top-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Also list the K best labels (table; `top_k` key in JSON/JSONL).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(rec_mod.FORMATS),
+    default=None,
+    help="Output format; default: from -o's extension, else table.",
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write records here instead of stdout."
+)
 @click.option("--resume", is_flag=True, help="Skip inputs already recorded in -o (CSV or JSONL) and append the rest.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-              help="Also write results.csv, summary.json, charts and report.html (a page with thumbnails) to this "
-                   "folder (needs clip-rt[report]).")
-@click.option("--contact-sheet", "contact_n", type=click.IntRange(min=0), default=24, show_default=True,
-              help="Images in the report's contact sheet.")
-@click.option("--csv-bom/--no-csv-bom", default=None,
-              help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
-                   "report's results.csv, a BOM when a label is not ASCII.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write results.csv, summary.json, charts and report.html (a page with thumbnails) to this "
+    "folder (needs clip-rt[report]).",
+)
+@click.option(
+    "--contact-sheet",
+    "contact_n",
+    type=click.IntRange(min=0),
+    default=24,
+    show_default=True,
+    help="Images in the report's contact sheet.",
+)
+@click.option(
+    "--csv-bom/--no-csv-bom",
+    default=None,
+    help="Start CSV output with a UTF-8 BOM (for spreadsheet programs). Default: no BOM in -o; in the "
+    "report's results.csv, a BOM when a label is not ASCII.",
+)
 @skip_errors_option
 @head_option
 @model_options()
-def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file: Optional[str],
-                 template_list: tuple[str, ...], template_set: Optional[str], top_k: int, fmt: Optional[str],
-                 output: Optional[str], resume: bool, report_dir: Optional[str], contact_n: int,
-                 csv_bom: Optional[bool], skip_errors: bool, head_path: Optional[str], model: ModelArgs) -> None:
+def classify_cmd(
+    paths: tuple[str, ...],
+    labels_csv: Optional[str],
+    labels_file: Optional[str],
+    template_list: tuple[str, ...],
+    template_set: Optional[str],
+    top_k: int,
+    fmt: Optional[str],
+    output: Optional[str],
+    resume: bool,
+    report_dir: Optional[str],
+    contact_n: int,
+    csv_bom: Optional[bool],
+    skip_errors: bool,
+    head_path: Optional[str],
+    model: ModelArgs,
+) -> None:
     """Classify images among LABELS (or with a fitted --head). PATHS: image files, folders
     (searched recursively), or `-` to read paths from stdin, one per line (at most 256 MB;
     $CLIP_RT_MAX_PATH_LIST_MB raises it).
@@ -99,8 +139,12 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
 
     # A resumed run continues in the precision its output was written with (as `search` does).
     recorded = recorded_precision(output) if resume and output and os.path.exists(output) else None
-    check_precision_follows(model.options.precision, recorded, f"--resume output {display_path(output or '')!r}",
-                            "start a new output (another -o, or without --resume)")
+    check_precision_follows(
+        model.options.precision,
+        recorded,
+        f"--resume output {display_path(output or '')!r}",
+        "start a new output (another -o, or without --resume)",
+    )
     batch_size = model.batch_size
     prompts = 0 if head else _prompt_count(label_spec, templates)  # a head brings its class embeddings
     clip = model.load(workload=short_run(images=len(inputs), prompts=prompts), follow_precision=recorded)
@@ -136,8 +180,9 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
     todo = [p for p in inputs if path_key(p) not in done_keys]
     # A folder that could not be listed gets a failed record (first, as it is known before any
     # inference), so the run exits 1 instead of silently classifying less.
-    unlisted = [Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items()
-                if key not in done_keys]
+    unlisted = [
+        Record(path=folder, error=reason) for key, (folder, reason) in unlisted_folders.items() if key not in done_keys
+    ]
 
     # Every new record is kept only for --report; otherwise only the failed ones, so that
     # memory stays flat over millions of images.
@@ -180,8 +225,15 @@ def classify_cmd(paths: tuple[str, ...], labels_csv: Optional[str], labels_file:
         from ..outputs.report import write_report
 
         with progress_bar(len(everything), "thumbnails") as bar:
-            summary = write_report(everything, report_dir, labels, identity={**described, "scoring": scoring},
-                                   contact_sheet=contact_n, bom=csv_bom, progress=bar.update)
+            summary = write_report(
+                everything,
+                report_dir,
+                labels,
+                identity={**described, "scoring": scoring},
+                contact_sheet=contact_n,
+                bom=csv_bom,
+                progress=bar.update,
+            )
         fonts = ", ".join(summary["fonts"]["families"])
         echo_err(f"report written to {display_path(report_dir)} (chart fonts: {fonts})")
     if failed and not skip_errors:
@@ -195,8 +247,9 @@ def _prompt_count(labels: Any, templates: Sequence[str]) -> int:
     return len(labels) * len(templates)
 
 
-def _refuse_inputs_as_outputs(inputs: Sequence[str], labels_file: Optional[str], output: Optional[str],
-                              report_dir: Optional[str], *, stdin: bool) -> None:
+def _refuse_inputs_as_outputs(
+    inputs: Sequence[str], labels_file: Optional[str], output: Optional[str], report_dir: Optional[str], *, stdin: bool
+) -> None:
     """Before anything is opened for writing: no output (-o, its description, a report file,
     or standard output when the records go there) is one of the files this run reads."""
     from ..outputs.files import refuse_inputs_as_outputs
@@ -209,8 +262,9 @@ def _refuse_inputs_as_outputs(inputs: Sequence[str], labels_file: Optional[str],
         from ..outputs.report import REPORT_FILES
 
         outputs += [(os.path.join(report_dir, name), "report file") for name in REPORT_FILES]
-    refuse_inputs_as_outputs(outputs, [*inputs, *([labels_file] if labels_file else [])], stdin=stdin,
-                             stdout=output is None)
+    refuse_inputs_as_outputs(
+        outputs, [*inputs, *([labels_file] if labels_file else [])], stdin=stdin, stdout=output is None
+    )
 
 
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
@@ -235,13 +289,15 @@ def _classify_batch(classifier: EmbeddingClassifier, items: Sequence[ImageEmbedd
             out.append(Record(path=path, width=it.width, height=it.height, error=it.error or "no embedding"))
             continue
         c = next(results)
-        out.append(Record(
-            path=path,
-            label=c.label,
-            score=round(float(c.score), 6),
-            scores={k: round(float(v), 6) for k, v in c.scores.items()},
-            width=it.width,
-            height=it.height,
-            top_k=[(lab, round(float(s), 6)) for lab, s in c.top_k],
-        ))
+        out.append(
+            Record(
+                path=path,
+                label=c.label,
+                score=round(float(c.score), 6),
+                scores={k: round(float(v), 6) for k, v in c.scores.items()},
+                width=it.width,
+                height=it.height,
+                top_k=[(lab, round(float(s), 6)) for lab, s in c.top_k],
+            )
+        )
     return out

@@ -1,4 +1,5 @@
 """Options and helpers shared by the inference commands (classify, similarity, index, search, video)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,9 @@ import re
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import click
 
@@ -38,8 +40,10 @@ def load_model(name_or_path: str, options: RuntimeOptions) -> Any:
     return load(bundle, options=options)
 
 
-MODEL_DEFAULT_HELP = ("Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
-                      "(`clip-rt info` shows which).")
+MODEL_DEFAULT_HELP = (
+    "Default: $CLIP_RT_MODEL, else `model` in $CLIP_RT_HOME/config.toml, else ViT-B-32-openai "
+    "(`clip-rt info` shows which)."
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,13 @@ class ModelArgs:
     options: RuntimeOptions
     batch_size: int = 8
 
-    def load(self, *, workload: Optional[Workload] = None, follow_precision: Optional[str] = None,
-             default: Optional[str] = None) -> Any:
+    def load(
+        self,
+        *,
+        workload: Optional[Workload] = None,
+        follow_precision: Optional[str] = None,
+        default: Optional[str] = None,
+    ) -> Any:
         """The model, planned for *workload* (a command is a short-lived run). *follow_precision*:
         the precision of the output or index this run continues, used when --precision is not
         given (an explicit one the caller checks). *default*: the bundle when --model is absent
@@ -67,8 +76,9 @@ class ModelArgs:
             try:
                 return _load_following(setting.value, options, follow_precision)
             except ModelNotFoundError as exc:
-                raise ModelNotFoundError(f"default model {setting.value!r} (from {setting.source}; --model picks "
-                                         f"another): {exc}") from exc
+                raise ModelNotFoundError(
+                    f"default model {setting.value!r} (from {setting.source}; --model picks another): {exc}"
+                ) from exc
         return _load_following(name, options, follow_precision)
 
 
@@ -86,43 +96,82 @@ def model_options(model_default_help: str = MODEL_DEFAULT_HELP, batch_size: bool
         def command(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
             backend = kwargs.pop("backend")
-            options = RuntimeOptions(providers=kwargs.pop("provider"), precision=kwargs.pop("precision"),
-                                     threads=kwargs.pop("threads"), backend=None if backend == "auto" else backend,
-                                     draft=kwargs.pop("draft", False), low_memory=low_memory_mode(ctx))
+            options = RuntimeOptions(
+                providers=kwargs.pop("provider"),
+                precision=kwargs.pop("precision"),
+                threads=kwargs.pop("threads"),
+                backend=None if backend == "auto" else backend,
+                draft=kwargs.pop("draft", False),
+                low_memory=low_memory_mode(ctx),
+            )
             size = kwargs.pop("batch_size", None)
             kwargs["model"] = ModelArgs(kwargs.pop("model_name"), options, size or options.image_batch_size)
             return f(*args, **kwargs)
 
         opts = [
-            click.option("--model", "-m", "model_name", default=None, metavar="NAME|DIR",
-                         help="Bundle name in the store, alias, or bundle directory. " + model_default_help),
-            click.option("--provider", default=None, metavar="NAME",
-                         help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available."),
-            click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
-                         help="Precision (bf16: the fp32 graph computed in bf16 by OpenVINO); default: per "
-                              "encoder, the fastest measured on this CPU whose export parity passed "
-                              "(`clip-rt info MODEL` shows it)."),
-            click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
-                         help="Inference backend for the CPU; default (auto): chosen per CPU, encoder and run "
-                              "size from measurements (a few images: the one that starts fastest). openvino "
-                              "needs clip-rt[openvino]."),
-            click.option("--threads", type=click.IntRange(min=1), default=None,
-                         help="Intra-op threads for ONNX Runtime."),
-            click.option("--low-memory/--no-low-memory", default=None, expose_value=False, is_eager=True,
-                         callback=_low_memory_option,
-                         help="Low-memory mode: the lowest peak memory with the same results, slower per "
-                              "image (images one at a time, sessions without their arena, large buffers "
-                              "returned when freed). Default: on where this process may use at most 2 GiB "
-                              "(`clip-rt info` says; docs/devices.md)."),
+            click.option(
+                "--model",
+                "-m",
+                "model_name",
+                default=None,
+                metavar="NAME|DIR",
+                help="Bundle name in the store, alias, or bundle directory. " + model_default_help,
+            ),
+            click.option(
+                "--provider",
+                default=None,
+                metavar="NAME",
+                help="ONNX Runtime execution provider (cpu, cuda, ...); default: the best available.",
+            ),
+            click.option(
+                "--precision",
+                type=click.Choice(["fp32", "fp16", "int8", "bf16"]),
+                default=None,
+                help="Precision (bf16: the fp32 graph computed in bf16 by OpenVINO); default: per "
+                "encoder, the fastest measured on this CPU whose export parity passed "
+                "(`clip-rt info MODEL` shows it).",
+            ),
+            click.option(
+                "--backend",
+                type=click.Choice(["auto", "onnxruntime", "openvino"]),
+                default=None,
+                help="Inference backend for the CPU; default (auto): chosen per CPU, encoder and run "
+                "size from measurements (a few images: the one that starts fastest). openvino "
+                "needs clip-rt[openvino].",
+            ),
+            click.option(
+                "--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for ONNX Runtime."
+            ),
+            click.option(
+                "--low-memory/--no-low-memory",
+                default=None,
+                expose_value=False,
+                is_eager=True,
+                callback=_low_memory_option,
+                help="Low-memory mode: the lowest peak memory with the same results, slower per "
+                "image (images one at a time, sessions without their arena, large buffers "
+                "returned when freed). Default: on where this process may use at most 2 GiB "
+                "(`clip-rt info` says; docs/devices.md).",
+            ),
         ]
         if batch_size:
-            opts.append(click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                                     help="Images per inference batch (default 8, which suits a CPU; 1 in "
-                                          "low-memory mode; use more on a GPU)."))
-            opts.append(click.option(
-                "--draft", is_flag=True,
-                help="Decode JPEGs at reduced scale (DCT scaling) before resizing: several times faster on "
-                     "multi-megapixel photos; pixels differ slightly from open_clip's (docs/images.md)."))
+            opts.append(
+                click.option(
+                    "--batch-size",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    help="Images per inference batch (default 8, which suits a CPU; 1 in "
+                    "low-memory mode; use more on a GPU).",
+                )
+            )
+            opts.append(
+                click.option(
+                    "--draft",
+                    is_flag=True,
+                    help="Decode JPEGs at reduced scale (DCT scaling) before resizing: several times faster on "
+                    "multi-megapixel photos; pixels differ slightly from open_clip's (docs/images.md).",
+                )
+            )
         for opt in reversed(opts):
             command = opt(command)
         return command  # type: ignore[return-value]
@@ -138,8 +187,10 @@ def _low_memory_option(ctx: click.Context, _param: click.Parameter, value: Optio
     mode = memory.choose_memory_mode(value, memory.memory_limit() if value is None else None)
     ctx.meta[LOW_MEMORY_KEY] = mode
     if mode.low and not memory.use_low_memory_allocator():
-        echo_err("low-memory mode: this C library has no glibc mallopt; large buffers stay in the process "
-                 "(the rest of the mode applies)")
+        echo_err(
+            "low-memory mode: this C library has no glibc mallopt; large buffers stay in the process "
+            "(the rest of the mode applies)"
+        )
 
 
 def low_memory_mode(ctx: Optional[click.Context] = None) -> bool:
@@ -165,39 +216,58 @@ def check_precision_follows(precision: Optional[str], recorded: Optional[str], w
     """Refuse an explicit --precision that differs from the one *what* (an output, an index)
     holds; *restart* says how to start over instead."""
     if precision is not None and recorded is not None and precision != recorded:
-        raise InputError(f"{what} holds {recorded} results and this run asks for --precision {precision}: "
-                         f"leave --precision out (a continued run follows the {recorded} it finds), or {restart}")
+        raise InputError(
+            f"{what} holds {recorded} results and this run asks for --precision {precision}: "
+            f"leave --precision out (a continued run follows the {recorded} it finds), or {restart}"
+        )
 
 
 def skip_errors_option(f: F) -> F:
     """``--skip-errors``: the same flag, with the same meaning, for classify and index."""
     return click.option(
-        "--skip-errors", is_flag=True,
+        "--skip-errors",
+        is_flag=True,
         help="Exit 0 even when some files could not be read (they are still listed on stderr and, for "
-             "classify, recorded with their error), so `index ... && search ...` chains go on. "
-             "Default: exit 1.")(f)
+        "classify, recorded with their error), so `index ... && search ...` chains go on. "
+        "Default: exit 1.",
+    )(f)
 
 
 def label_options(f: F) -> F:
     """``--labels a,b,c | --labels-file F`` and template choice."""
     opts = [
-        click.option("--labels", "-l", "labels_csv", default=None, metavar="A,B,...",
-                     help="Comma-separated class labels."),
-        click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="One label per line (blank lines and # comments ignored), or a .json "
-                          'object {"label": ["own prompt", ...] or null}. A regular file or a pipe, at most '
-                          "16 MB ($CLIP_RT_MAX_LABELS_MB raises it)."),
-        click.option("--template", "template_list", multiple=True, metavar="TEXT",
-                     help='Prompt template with {} for the label, e.g. "a photo of a {}." (repeatable).'),
-        click.option("--templates", "template_set", type=click.Choice(["simple", "imagenet"]), default=None,
-                     help="Built-in template set (default: simple)."),
+        click.option(
+            "--labels", "-l", "labels_csv", default=None, metavar="A,B,...", help="Comma-separated class labels."
+        ),
+        click.option(
+            "--labels-file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="One label per line (blank lines and # comments ignored), or a .json "
+            'object {"label": ["own prompt", ...] or null}. A regular file or a pipe, at most '
+            "16 MB ($CLIP_RT_MAX_LABELS_MB raises it).",
+        ),
+        click.option(
+            "--template",
+            "template_list",
+            multiple=True,
+            metavar="TEXT",
+            help='Prompt template with {} for the label, e.g. "a photo of a {}." (repeatable).',
+        ),
+        click.option(
+            "--templates",
+            "template_set",
+            type=click.Choice(["simple", "imagenet"]),
+            default=None,
+            help="Built-in template set (default: simple).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> "list[str] | dict[str, Any]":
+def parse_labels(labels_csv: Optional[str], labels_file: Optional[str]) -> list[str] | dict[str, Any]:
     """Label names, or for a ``.json`` labels file a mapping ``{name: [own prompts] | null}``
     (a label with its own prompts is not put through the templates)."""
     if (labels_csv is None) == (labels_file is None):  # `-l ""` is given-but-empty: "no labels" below
@@ -230,8 +300,9 @@ def _read_labels_file(path: str) -> bytes:
     from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
 
     try:
-        return read_limited(path, what=f"--labels-file {path!r}", limit=labels_limit(), hint=env_hint(LABELS_ENV),
-                            pipes=True)
+        return read_limited(
+            path, what=f"--labels-file {path!r}", limit=labels_limit(), hint=env_hint(LABELS_ENV), pipes=True
+        )
     except FileNotFoundError:
         raise InputError(f"--labels-file {path!r}: no such file") from None
 
@@ -239,8 +310,11 @@ def _read_labels_file(path: str) -> bytes:
 def warn_if_single_label(labels: Sequence[str]) -> None:
     """Softmax over one label is always 100 %: say so, once (it is allowed, e.g. to get scores)."""
     if len(labels) == 1:
-        warnings.warn(f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
-                      "separated by commas (, ， 、)", stacklevel=2)
+        warnings.warn(
+            f"only one label ({labels[0]!r}): every image scores 100% for it; give two or more, "
+            "separated by commas (, ， 、)",
+            stacklevel=2,
+        )
 
 
 def _labels_json(path: str) -> dict[str, Any]:
@@ -265,22 +339,24 @@ def _labels_json(path: str) -> dict[str, Any]:
         return v is None or (isinstance(v, list) and bool(v) and all(isinstance(p, str) and p.strip() for p in v))
 
     if not (isinstance(data, dict) and data and all(good_prompts(v) for v in data.values())):
-        raise click.UsageError(f"--labels-file {path!r}: expected a JSON object "
-                               '{"label": ["own prompt", ...] or null, ...} with at least one label')
+        raise click.UsageError(
+            f"--labels-file {path!r}: expected a JSON object "
+            '{"label": ["own prompt", ...] or null, ...} with at least one label'
+        )
     # Label names are stripped (as --labels and text files are), so " cat" is the label "cat"
     # everywhere: the CSV column, the scores keys, the video's per-label means.
     blank = [k for k in data if not k.strip()]
     if blank:
-        raise click.UsageError(f"--labels-file {path!r}: blank label name(s) {', '.join(map(repr, blank))}; "
-                               "expected a class name")
+        raise click.UsageError(
+            f"--labels-file {path!r}: blank label name(s) {', '.join(map(repr, blank))}; expected a class name"
+        )
     by_name: dict[str, list[str]] = {}
     for k in data:
         by_name.setdefault(k.strip(), []).append(k)
     clashes = [keys for keys in by_name.values() if len(keys) > 1]
     if clashes:
         detail = "; ".join(" and ".join(map(repr, keys)) for keys in clashes)
-        raise click.UsageError(f"--labels-file {path!r}: labels that are the same once spaces are "
-                               f"stripped: {detail}")
+        raise click.UsageError(f"--labels-file {path!r}: labels that are the same once spaces are stripped: {detail}")
     return {k.strip(): v for k, v in data.items()}
 
 
@@ -309,7 +385,7 @@ def progress_bar(length: int, label: str) -> Any:
 
 
 class _NullBar:
-    def __enter__(self) -> "_NullBar":
+    def __enter__(self) -> _NullBar:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -347,6 +423,7 @@ def check_not_dir(path: str, option: str) -> None:
 def warnings_as_lines() -> Iterator[None]:
     """Python warnings (truncated prompts, provider fallback, cache trouble) as one
     ``warning: ...`` line on stderr, not the default file:line plus a line of clip-rt's source."""
+
     def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         echo_err(f"warning: {message}")
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import click
 
-from ..errors import InputError
 from ..display import display_path, printable
+from ..errors import InputError
 from ..outputs.records import dumps_json, error_reason
+from .common import ModelArgs, echo_err, model_options, progress_bar, short_run, skip_errors_option
 from .group import main
-from .common import echo_err, ModelArgs, model_options, short_run, progress_bar, skip_errors_option
 from .heads import read_head
 
 SET_HELP = (

@@ -8,9 +8,9 @@ from typing import Optional
 import click
 
 from ..display import display_path
-from .group import main
-from .common import echo_err, ModelArgs, model_options, short_run, progress_bar, resolve_templates, skip_errors_option
+from .common import ModelArgs, echo_err, model_options, progress_bar, resolve_templates, short_run, skip_errors_option
 from .eval_cmd import report_failed
+from .group import main
 
 
 @main.command("fit", short_help="Fit a few-shot head on labelled images (use it with --head).")

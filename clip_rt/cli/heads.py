@@ -30,7 +30,7 @@ def head_option(f: F) -> F:
     )(f)
 
 
-def read_head(head_path: Optional[str]) -> "Optional[Head]":
+def read_head(head_path: Optional[str]) -> Optional[Head]:
     """The :class:`~clip_rt.adapt.head.Head` at *head_path* (HeadError, exit 1, if it is not a
     sound head file), or None."""
     if head_path is None:
@@ -41,7 +41,7 @@ def read_head(head_path: Optional[str]) -> "Optional[Head]":
 
 
 def labels_and_templates(
-    head: "Optional[Head]",
+    head: Optional[Head],
     labels_csv: Optional[str],
     labels_file: Optional[str],
     template_list: tuple[str, ...],
@@ -67,8 +67,8 @@ def labels_and_templates(
 
 
 def classifier_for(
-    model: Any, head: "Optional[Head]", label_spec: Any, templates: tuple[str, ...]
-) -> "EmbeddingClassifier":
+    model: Any, head: Optional[Head], label_spec: Any, templates: tuple[str, ...]
+) -> EmbeddingClassifier:
     """The run's classifier: the head checked against *model* (another bundle: HeadError), or
     a zero-shot classifier of *label_spec* x *templates*."""
     if head is not None:
@@ -78,7 +78,7 @@ def classifier_for(
     return model.classifier(label_spec, templates)
 
 
-def head_identity(head: "Optional[Head]") -> dict[str, Optional[str]]:
+def head_identity(head: Optional[Head]) -> dict[str, Optional[str]]:
     """What an output records about the head: its digest, or null without one (an output
     written before heads existed has no such key, which reads as null: it resumes as before,
     and a head's output cannot be resumed without its head, nor the other way round)."""

@@ -1,4 +1,5 @@
 """`clip-rt index DIR -o INDEX` and `clip-rt search INDEX "text" | --image Q`."""
+
 from __future__ import annotations
 
 import sys
@@ -6,27 +7,32 @@ from typing import Optional
 
 import click
 
-from ..display import display_path, printable
-from ..display import relative_to_cwd
+from ..display import display_path, printable, relative_to_cwd
 from ..inputs.discover import no_images_found, walk_images
 from ..outputs.records import dumps_json, error_reason
 from ..outputs.search_index import check_model, default_model, recorded_precision, update_index
-from .group import main
 from .common import (
+    ModelArgs,
     check_precision_follows,
     echo_err,
-    ModelArgs,
     model_options,
     progress_bar,
     short_run,
     skip_errors_option,
 )
+from .group import main
 
 
 @main.command("index")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--output", "-o", "index_dir", required=True, type=click.Path(dir_okay=True, file_okay=False),
-              help="Index folder (created, or updated in place).")
+@click.option(
+    "--output",
+    "-o",
+    "index_dir",
+    required=True,
+    type=click.Path(dir_okay=True, file_okay=False),
+    help="Index folder (created, or updated in place).",
+)
 @click.option("--rebuild", is_flag=True, help="Start over: ignore what the index holds (also allows another model).")
 @skip_errors_option
 @model_options()
@@ -43,17 +49,21 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
         raise no_images_found([folder])
     # Re-indexing continues in the index's precision (as `search` does); --rebuild starts over.
     recorded = None if rebuild else recorded_precision(index_dir)
-    check_precision_follows(model.options.precision, recorded, f"index {display_path(index_dir)!r}",
-                            "rebuild it with --rebuild")
+    check_precision_follows(
+        model.options.precision, recorded, f"index {display_path(index_dir)!r}", "rebuild it with --rebuild"
+    )
     total = len(walk_images(folder))
     clip = model.load(workload=short_run(images=total), follow_precision=recorded)
     clip.prepare(("image",))  # a damaged or mismatched bundle fails here, before the index is touched
     with progress_bar(total, "indexing") as bar:
-        index, stats = update_index(index_dir, folder, clip, batch_size=model.batch_size, rebuild=rebuild,
-                                    on_progress=bar.update)
+        index, stats = update_index(
+            index_dir, folder, clip, batch_size=model.batch_size, rebuild=rebuild, on_progress=bar.update
+        )
     kept = f", {stats.unlisted} kept from folders that could not be listed" if stats.unlisted else ""
-    echo_err(f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
-             f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed")
+    echo_err(
+        f"{len(index.entries)} images indexed ({stats.added} new, {stats.changed} changed, "
+        f"{stats.removed} removed, {stats.unchanged} unchanged{kept}), {len(stats.failed)} failed"
+    )
     for path, reason in stats.failed[:10]:
         echo_err(f"  failed: {display_path(relative_to_cwd(path))}: {printable(error_reason(path, reason))}")
     if len(stats.failed) > 10:
@@ -65,17 +75,35 @@ def index_cmd(folder: str, index_dir: str, rebuild: bool, skip_errors: bool, mod
 @main.command("search")
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False))
 @click.argument("text", required=False)
-@click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Search with an image instead of a text.")
+@click.option(
+    "--image",
+    "image_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Search with an image instead of a text.",
+)
 @click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--method", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True,
-              help="exact: compare with every embedding; ann: approximate index (faiss HNSW, built on first "
-                   "use and kept beside the embeddings); auto: ann from 50,000 embeddings on.")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "exact", "ann"]),
+    default="auto",
+    show_default=True,
+    help="exact: compare with every embedding; ann: approximate index (faiss HNSW, built on first "
+    "use and kept beside the embeddings); auto: ann from 50,000 embeddings on.",
+)
 @click.option("--rebuild-ann", is_flag=True, help="Rebuild the approximate index even if it is current.")
 @model_options(model_default_help="Default: the bundle that made the embeddings.", batch_size=False)
-def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], top_k: int, fmt: str, method: str,
-               rebuild_ann: bool, model: ModelArgs) -> None:
+def search_cmd(
+    index_dir: str,
+    text: Optional[str],
+    image_path: Optional[str],
+    top_k: int,
+    fmt: str,
+    method: str,
+    rebuild_ann: bool,
+    model: ModelArgs,
+) -> None:
     """Rank the images in INDEX (a `clip-rt index` folder or a `clip-rt ray` output) by cosine
     similarity to TEXT (or to --image). Paths are shown relative to the current folder where they
     lie under it, else absolute. The model defaults to the one that made the embeddings; another
@@ -86,8 +114,11 @@ def search_cmd(index_dir: str, text: Optional[str], image_path: Optional[str], t
     if bool(text) == bool(image_path):
         raise click.UsageError("give a query TEXT or --image FILE (one of them)")
     collection = open_collection(index_dir)
-    clip = model.load(workload=short_run(images=0 if text else 1, prompts=1 if text else 0),
-                      follow_precision=collection.precision, default=default_model(collection))
+    clip = model.load(
+        workload=short_run(images=0 if text else 1, prompts=1 if text else 0),
+        follow_precision=collection.precision,
+        default=default_model(collection),
+    )
     check_model(collection, clip, index_dir)
     query = clip.encode_text([text])[0] if text else clip.encode_image([image_path])[0]
     hits, _how = ann.search(collection, query, top_k, mode=method, rebuild=rebuild_ann, on_message=echo_err)

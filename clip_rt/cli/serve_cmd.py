@@ -1,4 +1,5 @@
 """`clip-rt serve MODEL...`: the HTTP service (docs/serve.md). Needs the [serve] extra."""
+
 from __future__ import annotations
 
 import os
@@ -41,85 +42,244 @@ def _api_key(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 
 @main.command("serve")
 @click.argument("models", nargs=-1, metavar="[MODEL[@PRECISION]]...")
-@click.option("--host", default=_DEFAULTS.host, show_default=True,
-              help="Address to listen on. Loopback by default; anything else warns unless --api-key is set.")
-@click.option("--port", type=click.IntRange(0, 65535), default=_DEFAULTS.port, show_default=True,
-              help="Port (0: any free port, printed at start).")
+@click.option(
+    "--host",
+    default=_DEFAULTS.host,
+    show_default=True,
+    help="Address to listen on. Loopback by default; anything else warns unless --api-key is set.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=_DEFAULTS.port,
+    show_default=True,
+    help="Port (0: any free port, printed at start).",
+)
 @click.option("--provider", default=None, metavar="NAME", help="ONNX Runtime execution provider (cpu, cuda, ...).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Graph precision of models given without @PRECISION; default: the bundle's best.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino"]), default=None,
-              help="Inference backend for the CPU; default (auto): the fastest measured in steady work on this CPU.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Graph precision of models given without @PRECISION; default: the bundle's best.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    default=None,
+    help="Inference backend for the CPU; default (auto): the fastest measured in steady work on this CPU.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per session.")
 @click.option("--draft", is_flag=True, help="Decode JPEGs at reduced scale before resizing (docs/images.md).")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_batch_size, show_default=True,
-              help="Most images per inference batch (1 = no batching).")
-@click.option("--max-text-batch-size", type=click.IntRange(min=1), default=_DEFAULTS.max_text_batch_size,
-              show_default=True, help="Most texts per text-encoder batch.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=_DEFAULTS.max_wait_ms, show_default=True,
-              help="Longest an input waits for its batch to fill (while another batch runs or more inputs are "
-                   "on their way; a lone request runs at once).")
-@click.option("--wait-when-idle", is_flag=True,
-              help="Wait out --max-wait-ms even when nothing runs and nothing else is coming: fuller batches, "
-                   "slower lone requests.")
-@click.option("--image-streams", type=click.IntRange(min=1), default=None,
-              help="Image batches encoded at once. Default: the backend's throughput streams where the CPU plan "
-                   "runs batches in throughput mode (OpenVINO), else 1. 1 with --max-batch-size 1 = one request "
-                   "at a time.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=_DEFAULTS.max_queue, show_default=True,
-              help="Inputs admitted per encoder (decoding or waiting) before requests get 503 + Retry-After.")
-@click.option("--max-concurrency", type=click.IntRange(min=1), default=_DEFAULTS.max_concurrency, show_default=True,
-              help="Requests handled at once before more get 503 + Retry-After.")
-@click.option("--max-body-bytes", default="32MiB", show_default=True, callback=_size,
-              help="Largest request body (413 beyond; checked while reading), also the largest --allow-dir file.")
-@click.option("--max-items", type=click.IntRange(min=1), default=_DEFAULTS.max_items, show_default=True,
-              help="Most inputs per request (embeddings inputs, classify images, similarity texts).")
-@click.option("--max-text-chars", type=click.IntRange(min=1), default=_DEFAULTS.max_text_chars, show_default=True,
-              help="Longest text, in characters.")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_batch_size,
+    show_default=True,
+    help="Most images per inference batch (1 = no batching).",
+)
+@click.option(
+    "--max-text-batch-size",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_text_batch_size,
+    show_default=True,
+    help="Most texts per text-encoder batch.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.max_wait_ms,
+    show_default=True,
+    help="Longest an input waits for its batch to fill (while another batch runs or more inputs are "
+    "on their way; a lone request runs at once).",
+)
+@click.option(
+    "--wait-when-idle",
+    is_flag=True,
+    help="Wait out --max-wait-ms even when nothing runs and nothing else is coming: fuller batches, "
+    "slower lone requests.",
+)
+@click.option(
+    "--image-streams",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Image batches encoded at once. Default: the backend's throughput streams where the CPU plan "
+    "runs batches in throughput mode (OpenVINO), else 1. 1 with --max-batch-size 1 = one request "
+    "at a time.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_queue,
+    show_default=True,
+    help="Inputs admitted per encoder (decoding or waiting) before requests get 503 + Retry-After.",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_concurrency,
+    show_default=True,
+    help="Requests handled at once before more get 503 + Retry-After.",
+)
+@click.option(
+    "--max-body-bytes",
+    default="32MiB",
+    show_default=True,
+    callback=_size,
+    help="Largest request body (413 beyond; checked while reading), also the largest --allow-dir file.",
+)
+@click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_items,
+    show_default=True,
+    help="Most inputs per request (embeddings inputs, classify images, similarity texts).",
+)
+@click.option(
+    "--max-text-chars",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_text_chars,
+    show_default=True,
+    help="Longest text, in characters.",
+)
 @click.option("--max-labels", type=click.IntRange(min=1), default=_DEFAULTS.max_labels, show_default=True)
-@click.option("--max-label-chars", type=click.IntRange(min=1), default=_DEFAULTS.max_label_chars, show_default=True,
-              help="Longest class label, in characters (its prompts follow --max-text-chars).")
-@click.option("--max-prompts", type=click.IntRange(min=1), default=_DEFAULTS.max_prompts, show_default=True,
-              help="Most labels x templates prompts per classify request.")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
-              help="Largest image in pixels (default: PIL's limit, as the CLI).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=_DEFAULTS.max_connections, show_default=True,
-              help="Open connections at once. When full, idle ones are closed to make room; a new connection is "
-                   "refused (503) only when every open one is in a request.")
-@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.header_timeout,
-              show_default=True, help="Seconds a connection has to send a request head (from connecting, or from "
-                                      "its previous response); closed (or 408) after.")
-@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.body_timeout,
-              show_default=True, help="Seconds a request has to send its whole body (408 after).")
-@click.option("--max-body-memory", default=None, callback=_size, metavar="SIZE",
-              help="Request-body bytes held at once over all requests (503 + Retry-After beyond); default 4 x "
-                   "--max-body-bytes.")
-@click.option("--allow-dir", "allow_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder whose files requests may name as {\"path\": ...} (repeatable). Without it, none.")
-@click.option("--index", "indexes", multiple=True, metavar="[NAME=]DIR",
-              help="A `clip-rt index` folder for POST /search and the search page at / (repeatable).")
-@click.option("--head", "heads", multiple=True, metavar="[NAME=]FILE",
-              help="A head fitted by `clip-rt fit` on a served model, for POST /classify {\"head\": NAME} "
-                   "(repeatable; docs/adapt.md).")
-@click.option("--api-key", default=None, envvar=API_KEY_ENV, show_envvar=True, callback=_api_key,
-              help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz, /readyz and the search "
-                   "page at / (which asks for the key). A blank key (also an empty $CLIP_RT_API_KEY) is refused.")
-@click.option("--decode-workers", type=click.IntRange(min=1), default=_DEFAULTS.decode_workers, show_default=True,
-              help="Threads decoding images.")
-@click.option("--graceful-timeout", type=click.FloatRange(min=0), default=_DEFAULTS.graceful_timeout,
-              show_default=True, help="Seconds to finish accepted requests after SIGTERM.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
+@click.option(
+    "--max-label-chars",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_label_chars,
+    show_default=True,
+    help="Longest class label, in characters (its prompts follow --max-text-chars).",
+)
+@click.option(
+    "--max-prompts",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_prompts,
+    show_default=True,
+    help="Most labels x templates prompts per classify request.",
+)
+@click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Largest image in pixels (default: PIL's limit, as the CLI).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.max_connections,
+    show_default=True,
+    help="Open connections at once. When full, idle ones are closed to make room; a new connection is "
+    "refused (503) only when every open one is in a request.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.header_timeout,
+    show_default=True,
+    help="Seconds a connection has to send a request head (from connecting, or from "
+    "its previous response); closed (or 408) after.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.body_timeout,
+    show_default=True,
+    help="Seconds a request has to send its whole body (408 after).",
+)
+@click.option(
+    "--max-body-memory",
+    default=None,
+    callback=_size,
+    metavar="SIZE",
+    help="Request-body bytes held at once over all requests (503 + Retry-After beyond); default 4 x --max-body-bytes.",
+)
+@click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help='Folder whose files requests may name as {"path": ...} (repeatable). Without it, none.',
+)
+@click.option(
+    "--index",
+    "indexes",
+    multiple=True,
+    metavar="[NAME=]DIR",
+    help="A `clip-rt index` folder for POST /search and the search page at / (repeatable).",
+)
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    metavar="[NAME=]FILE",
+    help='A head fitted by `clip-rt fit` on a served model, for POST /classify {"head": NAME} '
+    "(repeatable; docs/adapt.md).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    envvar=API_KEY_ENV,
+    show_envvar=True,
+    callback=_api_key,
+    help="Require 'Authorization: Bearer KEY' on every endpoint but /healthz, /readyz and the search "
+    "page at / (which asks for the key). A blank key (also an empty $CLIP_RT_API_KEY) is refused.",
+)
+@click.option(
+    "--decode-workers",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.decode_workers,
+    show_default=True,
+    help="Threads decoding images.",
+)
+@click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.graceful_timeout,
+    show_default=True,
+    help="Seconds to finish accepted requests after SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
 @click.option("--access-log", is_flag=True, help="Log every request.")
-def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[str], precision: Optional[str],
-              backend: Optional[str], threads: Optional[int], draft: bool, max_batch_size: int,
-              max_text_batch_size: int, max_wait_ms: float,
-              wait_when_idle: bool, image_streams: Optional[int], max_queue: int, max_concurrency: int,
-              max_body_bytes: int, max_items: int, max_text_chars: int, max_labels: int, max_label_chars: int,
-              max_prompts: int, max_image_pixels: Optional[int], max_connections: int, header_timeout: float,
-              body_timeout: float, max_body_memory: Optional[int], allow_dirs: tuple[str, ...],
-              indexes: tuple[str, ...], heads: tuple[str, ...], api_key: Optional[str], decode_workers: int,
-              graceful_timeout: float, log_level: str, access_log: bool) -> None:
+def serve_cmd(
+    models: tuple[str, ...],
+    host: str,
+    port: int,
+    provider: Optional[str],
+    precision: Optional[str],
+    backend: Optional[str],
+    threads: Optional[int],
+    draft: bool,
+    max_batch_size: int,
+    max_text_batch_size: int,
+    max_wait_ms: float,
+    wait_when_idle: bool,
+    image_streams: Optional[int],
+    max_queue: int,
+    max_concurrency: int,
+    max_body_bytes: int,
+    max_items: int,
+    max_text_chars: int,
+    max_labels: int,
+    max_label_chars: int,
+    max_prompts: int,
+    max_image_pixels: Optional[int],
+    max_connections: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_body_memory: Optional[int],
+    allow_dirs: tuple[str, ...],
+    indexes: tuple[str, ...],
+    heads: tuple[str, ...],
+    api_key: Optional[str],
+    decode_workers: int,
+    graceful_timeout: float,
+    log_level: str,
+    access_log: bool,
+) -> None:
     """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
     /classify (zero-shot, or with a --head), /similarity, /search; GET /healthz, /readyz,
     /metrics, /v1/models; a search page at / for the --index folders.
@@ -132,29 +292,60 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, provider: Optional[
     if max_items > max_queue:
         raise click.UsageError(f"--max-items {max_items} is more than --max-queue {max_queue}")
     config = ServeConfig(
-        host=host, port=port, models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
-        provider=provider, precision=precision, threads=threads, draft=draft, max_batch_size=max_batch_size,
-        max_text_batch_size=max_text_batch_size, max_wait_ms=max_wait_ms, wait_when_idle=wait_when_idle,
-        image_streams=image_streams, max_queue=max_queue,
-        max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, max_items=max_items,
-        max_text_chars=max_text_chars, max_labels=max_labels, max_label_chars=max_label_chars, max_prompts=max_prompts,
-        max_image_pixels=max_image_pixels, max_connections=max_connections, header_timeout=header_timeout,
-        body_timeout=body_timeout, max_body_memory=max_body_memory, api_key=api_key, allow_dirs=allow_dirs,
-        indexes=tuple(parse_index(i) for i in indexes), heads=tuple(parse_head(h) for h in heads),
+        host=host,
+        port=port,
+        models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
+        provider=provider,
+        precision=precision,
+        threads=threads,
+        draft=draft,
+        max_batch_size=max_batch_size,
+        max_text_batch_size=max_text_batch_size,
+        max_wait_ms=max_wait_ms,
+        wait_when_idle=wait_when_idle,
+        image_streams=image_streams,
+        max_queue=max_queue,
+        max_concurrency=max_concurrency,
+        max_body_bytes=max_body_bytes,
+        max_items=max_items,
+        max_text_chars=max_text_chars,
+        max_labels=max_labels,
+        max_label_chars=max_label_chars,
+        max_prompts=max_prompts,
+        max_image_pixels=max_image_pixels,
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_body_memory=max_body_memory,
+        api_key=api_key,
+        allow_dirs=allow_dirs,
+        indexes=tuple(parse_index(i) for i in indexes),
+        heads=tuple(parse_head(h) for h in heads),
         decode_workers=decode_workers,
-        graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)
+        graceful_timeout=graceful_timeout,
+        log_level=log_level,
+        access_log=access_log,
+    )
     if not is_loopback(host) and not config.api_key:
-        echo_err(f"warning: listening on {host} without an API key: anyone who can reach this address can use "
-                 f"the service (set --api-key or {API_KEY_ENV})")
+        echo_err(
+            f"warning: listening on {host} without an API key: anyone who can reach this address can use "
+            f"the service (set --api-key or {API_KEY_ENV})"
+        )
     # A server is long-lived: its start-up is paid once, so steady speed chooses the backend.
-    options = RuntimeOptions(providers=(provider,) if provider else None, threads=threads, draft=draft,
-                             backend=None if backend == "auto" else backend, workload=Workload(lifetime="long"))
+    options = RuntimeOptions(
+        providers=(provider,) if provider else None,
+        threads=threads,
+        draft=draft,
+        backend=None if backend == "auto" else backend,
+        workload=Workload(lifetime="long"),
+    )
 
     def load(source: str, model_precision: Optional[str]) -> ClipModel:
         return load_model(source, options.replace(precision=model_precision))
 
     state = build_state(config, load)
     names = ", ".join(state.models)
-    code = serve(state, announce=lambda url: echo_err(
-        f"clip-rt serve: {names} on {url} (ready when GET /readyz answers 200)"))
+    code = serve(
+        state, announce=lambda url: echo_err(f"clip-rt serve: {names} on {url} (ready when GET /readyz answers 200)")
+    )
     sys.exit(code)

@@ -1,5 +1,6 @@
 """`clip-rt similarity IMAGE TEXT...`: probabilities of one image against texts (softmax over the
 texts for CLIP models, a sigmoid per text for SigLIP models: the bundle's scoring)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,13 @@ from .group import main
 @main.command("similarity")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("texts", nargs=-1, required=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG: the image beside a bar chart of the probabilities (needs clip-rt[report]).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a PNG: the image beside a bar chart of the probabilities (needs clip-rt[report]).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @model_options(batch_size=False)
 def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str], fmt: str, model: ModelArgs) -> None:
@@ -39,8 +45,15 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
     clip = model.load(workload=short_run(images=1, prompts=len(texts)))
     probs = [float(p) for p in clip.similarity(image, list(texts))]
     if fmt == "json":
-        click.echo(dumps_json({"image": image, "scoring": clip.scoring,
-                               "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)}}))
+        click.echo(
+            dumps_json(
+                {
+                    "image": image,
+                    "scoring": clip.scoring,
+                    "probabilities": {t: round(p, 6) for t, p in zip(texts, probs)},
+                }
+            )
+        )
     else:
         from ..zeroshot import describe_scoring
 
@@ -52,7 +65,12 @@ def similarity_cmd(image: str, texts: tuple[str, ...], plot_path: Optional[str],
         from ..outputs.charts import plot_similarity
         from ..outputs.fonts import choose_fonts
 
-        plot_similarity(image, list(texts), probs, plot_path, title=display_path(image)
-                        + (" (sigmoid per text)" if clip.scoring == "sigmoid" else ""))
+        plot_similarity(
+            image,
+            list(texts),
+            probs,
+            plot_path,
+            title=display_path(image) + (" (sigmoid per text)" if clip.scoring == "sigmoid" else ""),
+        )
         fonts = ", ".join(choose_fonts(list(texts) + [display_path(image)]).families)
         echo_err(f"plot written to {display_path(plot_path)} (chart fonts: {fonts})")

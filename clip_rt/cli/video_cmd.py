@@ -1,4 +1,5 @@
 """`clip-rt video VIDEO --labels ...`: classify frames sampled every N seconds, report segments."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,29 +11,37 @@ from ..display import display_path, display_width, pad, printable
 from ..options import Workload
 from ..outputs.files import refuse_inputs_as_outputs
 from ..outputs.records import dumps_json
+from .common import ModelArgs, echo_err, label_options, model_options, warn_if_single_label
 from .group import main
-from .common import (
-    echo_err,
-    label_options,
-    ModelArgs,
-    model_options,
-    warn_if_single_label,
-)
 from .heads import classifier_for, head_option, labels_and_templates, read_head
 
 
 @main.command("video")
 @click.argument("video_path", metavar="VIDEO", type=click.Path(exists=True, dir_okay=False))
 @label_options
-@click.option("--every", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Seconds between sampled frames.")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds between sampled frames.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--frames", "show_frames", is_flag=True, help="Also list every sampled frame (table format).")
 @head_option
 @model_options()
-def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[str], template_list: tuple[str, ...],
-              template_set: Optional[str], every: float, fmt: str, show_frames: bool, head_path: Optional[str],
-              model: ModelArgs) -> None:
+def video_cmd(
+    video_path: str,
+    labels_csv: Optional[str],
+    labels_file: Optional[str],
+    template_list: tuple[str, ...],
+    template_set: Optional[str],
+    every: float,
+    fmt: str,
+    show_frames: bool,
+    head_path: Optional[str],
+    model: ModelArgs,
+) -> None:
     """Classify frames of VIDEO sampled every --every seconds (needs clip-rt[video]). Prints the
     labelled segments (consecutive frames with the same top label: start, end, label, mean
     score) and the overall label (highest mean probability over all sampled frames)."""
@@ -71,8 +80,9 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     from PIL import Image
 
     # Frames get the images' pixel limit; with --draft they are scaled down while converted.
-    frames = video.sample_frames(video_path, every, max_pixels=Image.MAX_IMAGE_PIXELS,
-                                 shrink=clip.draft_size if clip.draft else None)
+    frames = video.sample_frames(
+        video_path, every, max_pixels=Image.MAX_IMAGE_PIXELS, shrink=clip.draft_size if clip.draft else None
+    )
     for frame in frames:
         batch.append((frame.time, clip.preprocess(frame.image).pixels))
         if len(batch) >= batch_size:
@@ -86,15 +96,35 @@ def video_cmd(video_path: str, labels_csv: Optional[str], labels_file: Optional[
     segs = video.segments(times, tops, top_scores, duration)
     label, score, mean_probs = video.overall(np.stack(probs), labels)
     if fmt == "json":
-        click.echo(dumps_json({
-            "video": video_path, "every": every, "duration": duration,
-            "overall": {"label": label, "score": round(score, 6),
-                        "scores": {k: round(v, 6) for k, v in mean_probs.items()}},
-            "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "label": s.label,
-                          "mean_score": round(s.mean_score, 6), "frames": s.frames} for s in segs],
-            "frames": [{"time": round(t, 3), "label": lab, "score": round(sc, 6)}
-                       for t, lab, sc in zip(times, tops, top_scores)],
-        }, indent=2))
+        click.echo(
+            dumps_json(
+                {
+                    "video": video_path,
+                    "every": every,
+                    "duration": duration,
+                    "overall": {
+                        "label": label,
+                        "score": round(score, 6),
+                        "scores": {k: round(v, 6) for k, v in mean_probs.items()},
+                    },
+                    "segments": [
+                        {
+                            "start": round(s.start, 3),
+                            "end": round(s.end, 3),
+                            "label": s.label,
+                            "mean_score": round(s.mean_score, 6),
+                            "frames": s.frames,
+                        }
+                        for s in segs
+                    ],
+                    "frames": [
+                        {"time": round(t, 3), "label": lab, "score": round(sc, 6)}
+                        for t, lab, sc in zip(times, tops, top_scores)
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         shown = {lab: printable(lab) for lab in labels}
         width = max(display_width(x) for x in list(shown.values()) + ["label"])  # CJK: 2 columns

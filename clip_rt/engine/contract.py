@@ -10,16 +10,25 @@ manifest fails with the file named, before any input is read or any output file 
   with a smaller vocabulary fails here, not on the first rare word. The image graph is run once
   only when its input or output size is not fixed in the graph.
 """
+
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..bundle.manifest import (
-    IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUT, TEXT_OUTPUT, GraphEntry, Manifest, check_confined, display,
+    IMAGE_INPUT,
+    IMAGE_OUTPUT,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    GraphEntry,
+    Manifest,
+    check_confined,
+    display,
 )
 from ..bundle.onnx_refs import GraphFormatError, external_data_locations
 from ..errors import BundleError
@@ -61,25 +70,33 @@ def check_session(session: Any, encoder: str, manifest: Manifest) -> None:
         return
     ort = session.inference_session
     name = session.path
-    want_in, want_out, in_type = ((IMAGE_INPUT, IMAGE_OUTPUT, "tensor(float)") if encoder == "image"
-                                  else (TEXT_INPUT, TEXT_OUTPUT, "tensor(int64)"))
+    want_in, want_out, in_type = (
+        (IMAGE_INPUT, IMAGE_OUTPUT, "tensor(float)")
+        if encoder == "image"
+        else (TEXT_INPUT, TEXT_OUTPUT, "tensor(int64)")
+    )
     inputs, outputs = list(ort.get_inputs()), list(ort.get_outputs())
     if [i.name for i in inputs] != [want_in] or want_out not in [o.name for o in outputs]:
-        raise BundleError(f"{name}: expected input {want_in!r} and output {want_out!r}, found inputs "
-                          f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}")
+        raise BundleError(
+            f"{name}: expected input {want_in!r} and output {want_out!r}, found inputs "
+            f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}"
+        )
     inp = inputs[0]
     out = next(o for o in outputs if o.name == want_out)
     if inp.type != in_type:
         raise BundleError(f"{name}: input {want_in!r} is {inp.type}, the bundle format needs {in_type}")
     if out.type != "tensor(float)":
-        raise BundleError(f"{name}: output {want_out!r} is {out.type}, the bundle format needs tensor(float) "
-                          "(float32 embeddings)")
+        raise BundleError(
+            f"{name}: output {want_out!r} is {out.type}, the bundle format needs tensor(float) (float32 embeddings)"
+        )
     in_dims, out_dims = _dims(inp), _dims(out)
     _check_rank(name, want_in, in_dims, 4 if encoder == "image" else 2)
     _check_rank(name, want_out, out_dims, 2)
     if isinstance(out_dims[1], int) and out_dims[1] != manifest.embed_dim:
-        raise BundleError(f"{name}: output {want_out!r} has {out_dims[1]} values per row, the manifest's "
-                          f"embed_dim is {manifest.embed_dim}")
+        raise BundleError(
+            f"{name}: output {want_out!r} has {out_dims[1]} values per row, the manifest's "
+            f"embed_dim is {manifest.embed_dim}"
+        )
     if encoder == "image":
         _check_image(session, in_dims, out_dims, manifest)
     else:
@@ -95,12 +112,19 @@ def _check_image(session: OrtSession, dims: list[Any], out_dims: list[Any], mani
     height, width = manifest.image.size
     for axis, want, what in ((1, 3, "channels"), (2, height, "height"), (3, width, "width")):
         if isinstance(dims[axis], int) and dims[axis] != want:
-            raise BundleError(f"{session.path}: input {IMAGE_INPUT!r} has shape {dims}; the manifest's image "
-                              f"{what} is {want} (image.size {list(manifest.image.size)})")
+            raise BundleError(
+                f"{session.path}: input {IMAGE_INPUT!r} has shape {dims}; the manifest's image "
+                f"{what} is {want} (image.size {list(manifest.image.size)})"
+            )
     if all(isinstance(d, int) for d in (dims[2], dims[3], out_dims[1])):
         return  # everything the manifest says is fixed in the graph: nothing left to try
-    _probe(session, IMAGE_INPUT, np.zeros((1, 3, height, width), np.float32), manifest,
-           f"a 1x3x{height}x{width} input (image.size {list(manifest.image.size)})")
+    _probe(
+        session,
+        IMAGE_INPUT,
+        np.zeros((1, 3, height, width), np.float32),
+        manifest,
+        f"a 1x3x{height}x{width} input (image.size {list(manifest.image.size)})",
+    )
 
 
 def _check_text(session: OrtSession, dims: list[Any], manifest: Manifest) -> None:
@@ -108,13 +132,19 @@ def _check_text(session: OrtSession, dims: list[Any], manifest: Manifest) -> Non
     length = dims[1]
     if isinstance(length, int):
         if length != text.context_length:
-            raise BundleError(f"{session.path}: input {TEXT_INPUT!r} takes {length} tokens, the manifest's "
-                              f"text.context_length is {text.context_length}")
+            raise BundleError(
+                f"{session.path}: input {TEXT_INPUT!r} takes {length} tokens, the manifest's "
+                f"text.context_length is {text.context_length}"
+            )
         if text.dynamic_sequence:
-            raise BundleError(f"{session.path}: the manifest says text.dynamic_sequence, but input "
-                              f"{TEXT_INPUT!r} has a fixed length of {length} tokens")
+            raise BundleError(
+                f"{session.path}: the manifest says text.dynamic_sequence, but input "
+                f"{TEXT_INPUT!r} has a fixed length of {length} tokens"
+            )
     top = text.vocab_size - 1
-    _probe(session, TEXT_INPUT, _probe_ids(text), manifest, f"token ids up to {top} (text.vocab_size {text.vocab_size})")
+    _probe(
+        session, TEXT_INPUT, _probe_ids(text), manifest, f"token ids up to {top} (text.vocab_size {text.vocab_size})"
+    )
 
 
 def _probe_ids(text: Any) -> np.ndarray:
@@ -136,13 +166,15 @@ def _probe(session: OrtSession, input_name: str, feed: np.ndarray, manifest: Man
     try:
         result = session.inference_session.run(None, {input_name: feed}, quiet)
     except ort_graph_errors() as exc:
-        raise BundleError(f"{session.path}: the graph fails on {what} ({ort_reason(exc)}); it does not match "
-                          "its manifest") from None
-    out = np.asarray(result[session.output_names.index(
-        IMAGE_OUTPUT if input_name == IMAGE_INPUT else TEXT_OUTPUT)])
+        raise BundleError(
+            f"{session.path}: the graph fails on {what} ({ort_reason(exc)}); it does not match its manifest"
+        ) from None
+    out = np.asarray(result[session.output_names.index(IMAGE_OUTPUT if input_name == IMAGE_INPUT else TEXT_OUTPUT)])
     if out.shape != (1, manifest.embed_dim) or out.dtype != np.float32:
-        raise BundleError(f"{session.path}: on {what} the graph gave {out.dtype} {tuple(out.shape)}, expected "
-                          f"float32 (1, {manifest.embed_dim}) (embed_dim)")
+        raise BundleError(
+            f"{session.path}: on {what} the graph gave {out.dtype} {tuple(out.shape)}, expected "
+            f"float32 (1, {manifest.embed_dim}) (embed_dim)"
+        )
 
 
 def _check_backend(backend: Any, encoder: str, manifest: Manifest) -> None:
@@ -151,8 +183,10 @@ def _check_backend(backend: Any, encoder: str, manifest: Manifest) -> None:
     want_in, want_out = (IMAGE_INPUT, IMAGE_OUTPUT) if encoder == "image" else (TEXT_INPUT, TEXT_OUTPUT)
     name = backend.path
     if list(backend.input_names) != [want_in] or want_out not in backend.output_names:
-        raise BundleError(f"{name}: expected input {want_in!r} and output {want_out!r}, found inputs "
-                          f"{list(backend.input_names)} and outputs {list(backend.output_names)}")
+        raise BundleError(
+            f"{name}: expected input {want_in!r} and output {want_out!r}, found inputs "
+            f"{list(backend.input_names)} and outputs {list(backend.output_names)}"
+        )
     if encoder == "image":
         height, width = manifest.image.size
         feed = np.zeros((1, 3, height, width), np.float32)
@@ -170,5 +204,7 @@ def _check_backend(backend: Any, encoder: str, manifest: Manifest) -> None:
         raise BundleError(f"{name}: the graph fails on {what} ({first}); it does not match its manifest") from None
     out = np.asarray(result[list(backend.output_names).index(want_out)])
     if out.shape != (1, manifest.embed_dim) or out.dtype != np.float32:
-        raise BundleError(f"{name}: on {what} the graph gave {out.dtype} {tuple(out.shape)}, expected "
-                          f"float32 (1, {manifest.embed_dim}) (embed_dim)")
+        raise BundleError(
+            f"{name}: on {what} the graph gave {out.dtype} {tuple(out.shape)}, expected "
+            f"float32 (1, {manifest.embed_dim}) (embed_dim)"
+        )

@@ -10,13 +10,15 @@ Nothing is read at import time. The flags come from, in order: the *flags* argum
 ``aarch64: asimddp i8mm``) or just the flags (x86_64 assumed unless an ARM-only flag such as
 ``asimd`` is among them); commas work as separators too.
 """
+
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import Optional, Union
 
 from ..errors import InputError
 
@@ -73,8 +75,14 @@ class CpuIsa:
         return self.arch == "aarch64" and "bf16" in self.flags
 
     def to_dict(self) -> dict[str, object]:
-        return {"class": self.isa_class, "arch": self.arch, "features": list(self.features),
-                "native_bf16": self.native_bf16, "model": self.model, "source": self.source}
+        return {
+            "class": self.isa_class,
+            "arch": self.arch,
+            "features": list(self.features),
+            "native_bf16": self.native_bf16,
+            "model": self.model,
+            "source": self.source,
+        }
 
     def __str__(self) -> str:
         feats = ", ".join(self.features) or "no SIMD flags that matter"
@@ -131,8 +139,12 @@ def parse_flags(spec: Union[str, Iterable[str]], source: str = "argument") -> Cp
     return CpuIsa(arch=_norm_arch(arch), flags=flags, source=source)
 
 
-def detect_cpu(flags: Union[str, Iterable[str], None] = None, *, environ: Optional[Mapping[str, str]] = None,
-               cpuinfo: Optional[Path] = None) -> CpuIsa:
+def detect_cpu(
+    flags: Union[str, Iterable[str], None] = None,
+    *,
+    environ: Optional[Mapping[str, str]] = None,
+    cpuinfo: Optional[Path] = None,
+) -> CpuIsa:
     """This CPU (or the one *flags* / ``CLIP_RT_CPU_FLAGS`` describes)."""
     if flags is not None:
         return parse_flags(flags)

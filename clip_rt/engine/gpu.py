@@ -6,9 +6,11 @@ every input and output at the same device address on every run, so the graph is 
 buffers bound once: :class:`FixedShapeRunner`. The runner works on any session (on the CPU it is
 plain IO binding), which is how it is tested on machines without a GPU.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -18,12 +20,17 @@ from .session import OrtSession
 # cudnn_conv_algo_search: onnxruntime's default (EXHAUSTIVE) benchmarks every conv algorithm
 # for each new input shape; HEURISTIC skips that first-run cost at a possible small loss.
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32}
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
-def cuda_options(*, cuda_graph: bool = False, conv_algo_search: Optional[str] = None,
-                 device_id: Optional[int] = None) -> dict[str, dict[str, str]]:
+def cuda_options(
+    *, cuda_graph: bool = False, conv_algo_search: Optional[str] = None, device_id: Optional[int] = None
+) -> dict[str, dict[str, str]]:
     """Provider options for ``clip_rt.load(provider_options=...)`` / ``OrtSession(options=...)``.
 
     *cuda_graph*: capture CUDA graphs; the session must then be run through
@@ -34,8 +41,7 @@ def cuda_options(*, cuda_graph: bool = False, conv_algo_search: Optional[str] = 
         opts["enable_cuda_graph"] = "1"
     if conv_algo_search is not None:
         if conv_algo_search.upper() not in CONV_ALGO_SEARCH:
-            raise InputError(f"conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, "
-                             f"got {conv_algo_search!r}")
+            raise InputError(f"conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCH)}, got {conv_algo_search!r}")
         opts["cudnn_conv_algo_search"] = conv_algo_search.upper()
     if device_id is not None:
         if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
@@ -56,8 +62,9 @@ class FixedShapeRunner:
         import onnxruntime
 
         if len(session.input_names) != 1:
-            raise InputError(f"{session.path.name}: FixedShapeRunner needs a one-input graph, "
-                             f"got inputs {session.input_names}")
+            raise InputError(
+                f"{session.path.name}: FixedShapeRunner needs a one-input graph, got inputs {session.input_names}"
+            )
         self.shape = tuple(int(d) for d in shape)
         if not self.shape or any(d < 1 for d in self.shape):
             raise InputError(f"shape must be positive dimensions, got {tuple(shape)!r}")
@@ -66,30 +73,34 @@ class FixedShapeRunner:
         meta_in = ort.get_inputs()[0]
         self.dtype = _np_type(meta_in.type, meta_in.name)
         self._check_shape(meta_in.shape, self.shape, meta_in.name)
-        self.input = onnxruntime.OrtValue.ortvalue_from_shape_and_type(list(self.shape), self.dtype,
-                                                                        device_type, device_id)
+        self.input = onnxruntime.OrtValue.ortvalue_from_shape_and_type(
+            list(self.shape), self.dtype, device_type, device_id
+        )
         self.outputs = []
         self._binding = ort.io_binding()
         self._binding.bind_ortvalue_input(meta_in.name, self.input)
         for meta in ort.get_outputs():
             out_shape = self._output_shape(meta.shape, meta.name)
-            value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(out_shape, _np_type(meta.type, meta.name),
-                                                                      device_type, device_id)
+            value = onnxruntime.OrtValue.ortvalue_from_shape_and_type(
+                out_shape, _np_type(meta.type, meta.name), device_type, device_id
+            )
             self._binding.bind_ortvalue_output(meta.name, value)
             self.outputs.append(value)
         self._session = ort
 
     def _check_shape(self, declared: Sequence[Any], shape: tuple[int, ...], name: str) -> None:
-        fixed_ok = len(declared) == len(shape) and all(not isinstance(d, int) or d == s
-                                                       for d, s in zip(declared, shape))
+        fixed_ok = len(declared) == len(shape) and all(
+            not isinstance(d, int) or d == s for d, s in zip(declared, shape)
+        )
         if not fixed_ok:
             raise InputError(f"input {name!r} has shape {list(declared)}; cannot run it at {list(shape)}")
 
     def _output_shape(self, declared: Sequence[Any], name: str) -> list[int]:
         # The contract's outputs are (N, D): the batch axis follows the input's, the rest is fixed.
         if not declared or any(not isinstance(d, int) for d in declared[1:]):
-            raise InputError(f"output {name!r} has shape {list(declared)}: only the batch axis may be dynamic "
-                             "for a fixed-shape run")
+            raise InputError(
+                f"output {name!r} has shape {list(declared)}: only the batch axis may be dynamic for a fixed-shape run"
+            )
         return [self.shape[0], *(int(d) for d in declared[1:])]
 
     def run(self, batch: np.ndarray) -> list[Any]:

@@ -21,20 +21,22 @@ The CLI turns it on by itself where the memory this process may use is at most
 :data:`AUTO_LOW_MEMORY_AT` (a 1 or 2 GB board, or a container limited to that):
 :func:`choose_memory_mode`, shown by ``clip-rt info``. Figures: docs/devices.md.
 """
+
 from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 LOW_MEMORY_MMAP_THRESHOLD = 128 * 1024
 LOW_MEMORY_SESSION_OPTIONS = {"enable_cpu_mem_arena": False, "enable_mem_pattern": False}
 LOW_MEMORY_IMAGE_BATCH = 1
 LOW_MEMORY_DECODE_WORKERS = 1
-AUTO_LOW_MEMORY_AT = 2 * 1024 ** 3  # bytes of memory this process may use, at most
+AUTO_LOW_MEMORY_AT = 2 * 1024**3  # bytes of memory this process may use, at most
 
 MEMINFO = "/proc/meminfo"
 # cgroup v2, then v1: the limit of the group this process runs in (a container's --memory)
@@ -101,7 +103,7 @@ class MemoryMode:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 1024 ** 3:.1f} GiB"
+    return f"{n / 1024**3:.1f} GiB"
 
 
 def choose_memory_mode(asked: Optional[bool], limit: Optional[MemoryLimit]) -> MemoryMode:
@@ -113,10 +115,15 @@ def choose_memory_mode(asked: Optional[bool], limit: Optional[MemoryLimit]) -> M
         return MemoryMode(False, "automatic: this system does not say how much memory it has")
     where = f"{_gib(limit.bytes)} ({limit.source})"
     if limit.bytes <= AUTO_LOW_MEMORY_AT:
-        return MemoryMode(True, f"automatic: this process may use {where}, at most {_gib(AUTO_LOW_MEMORY_AT)}; "
-                                "--no-low-memory turns it off")
-    return MemoryMode(False, f"automatic: this process may use {where}, more than {_gib(AUTO_LOW_MEMORY_AT)}; "
-                             "--low-memory turns it on")
+        return MemoryMode(
+            True,
+            f"automatic: this process may use {where}, at most {_gib(AUTO_LOW_MEMORY_AT)}; "
+            "--no-low-memory turns it off",
+        )
+    return MemoryMode(
+        False,
+        f"automatic: this process may use {where}, more than {_gib(AUTO_LOW_MEMORY_AT)}; --low-memory turns it on",
+    )
 
 
 def low_memory_session_options(session_options: Any) -> Any:
@@ -128,6 +135,8 @@ def low_memory_session_options(session_options: Any) -> Any:
         return dict(LOW_MEMORY_SESSION_OPTIONS)
     if isinstance(session_options, dict):
         return {**LOW_MEMORY_SESSION_OPTIONS, **session_options}
-    raise InputError("low_memory=True sets onnxruntime SessionOptions fields itself, so session_options must be a "
-                     f"dict of fields (yours win), got {type(session_options).__name__}; or pass low_memory=False "
-                     f"and set {', '.join(f'{k}={v}' for k, v in LOW_MEMORY_SESSION_OPTIONS.items())} on yours")
+    raise InputError(
+        "low_memory=True sets onnxruntime SessionOptions fields itself, so session_options must be a "
+        f"dict of fields (yours win), got {type(session_options).__name__}; or pass low_memory=False "
+        f"and set {', '.join(f'{k}={v}' for k, v in LOW_MEMORY_SESSION_OPTIONS.items())} on yours"
+    )

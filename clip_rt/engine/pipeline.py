@@ -1,12 +1,14 @@
 """The image stream behind ``ClipModel.iter_images``: decode ahead on threads, batch, run
 (latency calls or the backend's throughput queue), and hand results back in input order, one
 item per source, a bad source being that item's error only."""
+
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -44,13 +46,21 @@ def decode(preprocessor: Any, index: int, source: Any) -> Decoded:
         # A small error record: no traceback, whose frames could hold a partly decoded image
         # while this item waits in the look-ahead.
         return Decoded(index, source, None, None, None, without_frames(exc), [])
-    except Exception as exc:  # a decoder quirk no one listed: still this item's error, not the stream's
+    except Exception as exc:  # noqa: BLE001 - a decoder quirk no one listed: this item's error, not the stream's
         return Decoded(index, source, None, None, None, without_frames(unexpected_load_error(source, exc)), [])
     return Decoded(index, source, done.pixels, done.width, done.height, None, done.notes)
 
 
-def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[[int, Any], Decoded],
-                 batch_size: int, *, raise_errors: bool, workers: int, queued: bool) -> Iterator[ImageEmbedding]:
+def image_stream(
+    sources: Iterator[Any],
+    session: Backend,
+    decode_one: Callable[[int, Any], Decoded],
+    batch_size: int,
+    *,
+    raise_errors: bool,
+    workers: int,
+    queued: bool,
+) -> Iterator[ImageEmbedding]:
     """Embeddings in input order: sources decoded ahead (``2 * batch_size``) on *workers*
     threads while earlier batches run; with *queued*, batches go through the backend's
     throughput queue, up to its queue_depth in flight, collected in order (same embeddings as
@@ -104,13 +114,14 @@ def image_stream(sources: Iterator[Any], session: Backend, decode_one: Callable[
                         pass
 
 
-def _submit(session: Backend, batch: list[Decoded], queued: bool,
-            batch_size: int) -> tuple[list[Decoded], Optional[Pending]]:
+def _submit(
+    session: Backend, batch: list[Decoded], queued: bool, batch_size: int
+) -> tuple[list[Decoded], Optional[Pending]]:
     """One batch into the backend: its throughput queue (*queued*) or a single latency call."""
-    good = [d for d in batch if d.pixels is not None]
-    if not good:
+    pixels = [d.pixels for d in batch if d.pixels is not None]
+    if not pixels:
         return batch, None
-    feeds = {IMAGE_INPUT: np.stack([d.pixels for d in good])}
+    feeds = {IMAGE_INPUT: np.stack(pixels)}
     return batch, session.submit(feeds, batch=batch_size) if queued else Pending(value=session.run(feeds))
 
 
@@ -121,5 +132,12 @@ def _collect(batch: list[Decoded], job: Optional[Pending]) -> Iterator[ImageEmbe
         emb = None
         if d.pixels is not None:
             emb, row = embs[row], row + 1  # type: ignore[index]
-        yield ImageEmbedding(index=d.index, source=d.source, embedding=emb, width=d.width, height=d.height,
-                             error=None if d.error is None else str(d.error), notes=d.notes)
+        yield ImageEmbedding(
+            index=d.index,
+            source=d.source,
+            embedding=emb,
+            width=d.width,
+            height=d.height,
+            error=None if d.error is None else str(d.error),
+            notes=d.notes,
+        )

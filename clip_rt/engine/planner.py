@@ -7,6 +7,7 @@ the first execution provider, and the parity verdicts of derived modes known so 
 changes (CUDA came up on the CPU; a derived mode failed its parity check), the planner records
 it and decides again. Nothing else chooses a precision.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,9 @@ from .cpu import CpuIsa
 class Planner:
     """Decides, and re-decides when told what changed."""
 
-    def __init__(self, manifest: Manifest, cpu: CpuIsa, options: RuntimeOptions, *,
-                 accelerator: Optional[str] = None) -> None:
+    def __init__(
+        self, manifest: Manifest, cpu: CpuIsa, options: RuntimeOptions, *, accelerator: Optional[str] = None
+    ) -> None:
         if not manifest.precisions:
             raise BundleError(f"bundle {manifest.name!r} lists no graphs")
         self.manifest = manifest
@@ -50,9 +52,16 @@ class Planner:
 
     def _decide(self, backend: Optional[str] = None) -> RuntimePlan:
         o = self.options
-        return plan_runtime(self.manifest, self.cpu, accelerator=self._accelerator, backend=backend or o.backend,
-                            precision=o.precision, evidence=self._evidence, workload=o.workload,
-                            low_memory=o.low_memory)
+        return plan_runtime(
+            self.manifest,
+            self.cpu,
+            accelerator=self._accelerator,
+            backend=backend or o.backend,
+            precision=o.precision,
+            evidence=self._evidence,
+            workload=o.workload,
+            low_memory=o.low_memory,
+        )
 
     # -- facts that change --------------------------------------------------------------------
     def passed(self, choice: EncoderChoice, note: str) -> EncoderChoice:
@@ -85,6 +94,11 @@ def default_precision(manifest: Manifest, first_provider: str) -> str:
     if not manifest.precisions:
         raise BundleError(f"bundle {manifest.name!r} lists no graphs")
     accelerator = None if first_provider == CPU else first_provider
-    return choose_encoder("image", manifest, CpuIsa("generic", frozenset()), installed=("onnxruntime",),
-                          accelerator=accelerator, table={"rows": []}).precision
-
+    return choose_encoder(
+        "image",
+        manifest,
+        CpuIsa("generic", frozenset()),
+        installed=("onnxruntime",),
+        accelerator=accelerator,
+        table={"rows": []},
+    ).precision

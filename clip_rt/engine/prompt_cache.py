@@ -18,6 +18,7 @@ rows per bundle and precision (``CLIP_RT_PROMPT_CACHE_MAX_ROWS``, default 200,00
 once). The count is read once per process and followed from its own inserts, so several
 processes writing at once may pass it by what they add meanwhile.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,13 +28,15 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
 from ..bundle import store
 
+_T = TypeVar("_T")
 CACHE_FILE = "prompts.sqlite"
 BUSY_TIMEOUT_MS = 10_000
 _SQL_VARS = 500  # per IN (...) query; far below SQLite's limit
@@ -64,8 +67,11 @@ def max_rows_from_env() -> int:
     if not raw:
         return DEFAULT_MAX_ROWS
     if not raw.isdigit():
-        warnings.warn(f"{MAX_ROWS_ENV} must be a whole number of rows, got {raw!r}; using {DEFAULT_MAX_ROWS}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{MAX_ROWS_ENV} must be a whole number of rows, got {raw!r}; using {DEFAULT_MAX_ROWS}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return DEFAULT_MAX_ROWS
     return int(raw)
 
@@ -165,7 +171,8 @@ class PromptCache:
                     self._memory.move_to_end(key)
                     found[text] = vec
             if missing and self.persistent:
-                from_disk = self._with_db(lambda conn: self._select(conn, list(dict.fromkeys(missing))), default={})
+                empty: dict[str, np.ndarray] = {}
+                from_disk = self._with_db(lambda conn: self._select(conn, list(dict.fromkeys(missing))), default=empty)
                 for key, vec in from_disk.items():
                     self._remember(key, vec)
                 found.update((text, from_disk[key]) for text, key in keys.items() if key in from_disk)
@@ -192,7 +199,7 @@ class PromptCache:
             self._conn = None
             self._rows = None  # counted again on the next write (the file may be replaced meanwhile)
 
-    def __enter__(self) -> "PromptCache":
+    def __enter__(self) -> PromptCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -210,7 +217,7 @@ class PromptCache:
     def _select(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(keys), _SQL_VARS):
-            chunk = keys[start:start + _SQL_VARS]
+            chunk = keys[start : start + _SQL_VARS]
             marks = ",".join("?" * len(chunk))
             cur = conn.execute(
                 f"SELECT text, dim, embedding FROM text_embeddings "
@@ -220,22 +227,29 @@ class PromptCache:
             for text, dim, blob in cur:
                 # A row whose size disagrees with its dim (or the model's), or of the wrong types
                 # (SQLite does not enforce column types), is treated as a miss.
-                if not isinstance(blob, bytes) or type(dim) is not int or len(blob) != 4 * dim \
-                        or (self.dim is not None and dim != self.dim):
+                if (
+                    not isinstance(blob, bytes)
+                    or type(dim) is not int
+                    or len(blob) != 4 * dim
+                    or (self.dim is not None and dim != self.dim)
+                ):
                     continue
                 vec = np.frombuffer(blob, dtype=np.float32)
                 out[text] = vec
         return out
 
-    def _insert(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str, int, bytes]]) -> None:
         # BEGIN IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so the
         # transaction never has to be retried half-way; it only lasts for the inserts.
         conn.execute("BEGIN IMMEDIATE")
         try:
             if self._rows is None:
-                self._rows = int(conn.execute(
-                    "SELECT COUNT(*) FROM text_embeddings WHERE fingerprint = ? AND precision = ?",
-                    (self.fingerprint, self.precision)).fetchone()[0])
+                self._rows = int(
+                    conn.execute(
+                        "SELECT COUNT(*) FROM text_embeddings WHERE fingerprint = ? AND precision = ?",
+                        (self.fingerprint, self.precision),
+                    ).fetchone()[0]
+                )
             room = max(0, self.max_rows - self._rows)
             dropped = len(rows) > room
             before = conn.total_changes
@@ -246,8 +260,11 @@ class PromptCache:
             )
             self._rows += conn.total_changes - before
             if dropped:
-                _warn_once(self.path, f"prompt cache {self.path} is full for this model ({self._rows} texts, its "
-                                      f"limit is {MAX_ROWS_ENV}={self.max_rows}); new texts are kept in memory only")
+                _warn_once(
+                    self.path,
+                    f"prompt cache {self.path} is full for this model ({self._rows} texts, its "
+                    f"limit is {MAX_ROWS_ENV}={self.max_rows}); new texts are kept in memory only",
+                )
         except BaseException:
             if conn.in_transaction:
                 try:
@@ -267,8 +284,9 @@ class PromptCache:
             self._inode = os.stat(self.path).st_ino
         except FileNotFoundError:
             self._inode = None
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             version = _check_not_newer(conn)  # before WAL mode, which rewrites the file header
@@ -281,7 +299,7 @@ class PromptCache:
         self._conn, self._conn_pid = conn, os.getpid()
         return conn
 
-    def _with_db(self, op, *, default, write: bool = False):  # type: ignore[no-untyped-def]
+    def _with_db(self, op: Callable[[sqlite3.Connection], _T], *, default: _T, write: bool = False) -> _T:
         """Run *op* on the connection; on corruption rebuild once, on an unwritable store
         degrade (read-only, then memory-only) with a warning, never raise."""
         for attempt in (1, 2):
@@ -307,8 +325,11 @@ class PromptCache:
                     return default
                 if write and kind in _UNWRITABLE:
                     self.writable = False
-                    _warn_once(self.path, f"prompt cache {self.path} is not writable ({exc}); "
-                                          "new text embeddings are kept in memory only")
+                    _warn_once(
+                        self.path,
+                        f"prompt cache {self.path} is not writable ({exc}); "
+                        "new text embeddings are kept in memory only",
+                    )
                     return default
                 # Corrupt again after a rebuild, unusable, or an error nobody foresaw: the
                 # cache must never break inference, so stop using the file.
@@ -338,8 +359,11 @@ class PromptCache:
                 os.replace(src, Path(str(aside) + suffix))
             except FileNotFoundError:
                 pass  # another process moved it already, or there was no WAL
-        warnings.warn(f"prompt cache {self.path} {what}; moved it to {aside.name} and "
-                      "started a new one", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"prompt cache {self.path} {what}; moved it to {aside.name} and started a new one",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _check_not_newer(conn: sqlite3.Connection) -> int:
@@ -347,8 +371,10 @@ def _check_not_newer(conn: sqlite3.Connection) -> int:
     that this one changes nothing in it."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
-        raise _SchemaMismatch(f"has schema version {version}, this clip-rt uses {SCHEMA_VERSION} "
-                              "(written by a newer clip-rt?)", newer=True)
+        raise _SchemaMismatch(
+            f"has schema version {version}, this clip-rt uses {SCHEMA_VERSION} (written by a newer clip-rt?)",
+            newer=True,
+        )
     return version
 
 
@@ -359,8 +385,11 @@ def _open_schema(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(_SCHEMA)
     columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(text_embeddings)"))
     if version not in (0, SCHEMA_VERSION) or sorted(columns) != sorted(_COLUMNS):
-        raise _SchemaMismatch(f"schema version {version} with columns {', '.join(columns) or 'none'} "
-                              f"(expected version {SCHEMA_VERSION} with {', '.join(_COLUMNS)})", newer=False)
+        raise _SchemaMismatch(
+            f"schema version {version} with columns {', '.join(columns) or 'none'} "
+            f"(expected version {SCHEMA_VERSION} with {', '.join(_COLUMNS)})",
+            newer=False,
+        )
     if version == 0:
         try:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -7,6 +7,7 @@ graph checked against its manifest; then it is kept until released. The tokenize
 preprocessor and the prompt cache live here too. :class:`clip_rt.model.ClipModel` is the thin
 public facade over it; the decisions themselves are the :class:`~clip_rt.engine.planner.Planner`'s.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,15 @@ from .contract import check_external_data, check_session
 from .cpu import CpuIsa, detect_cpu
 from .memory import low_memory_session_options, use_low_memory_allocator
 from .planner import Planner
-from .session import CPU, CUDA, available_providers, provider_name, resolve_providers, unavailable_providers
-from .session import without_options_for
+from .session import (
+    CPU,
+    CUDA,
+    available_providers,
+    provider_name,
+    resolve_providers,
+    unavailable_providers,
+    without_options_for,
+)
 
 if TYPE_CHECKING:
     from ..inputs.preprocess import Preprocessor
@@ -41,8 +49,9 @@ FOLDER_BATCH = 8  # a workload of more images than this runs as a folder stream
 class ModelRuntime:
     """Sessions, tokenizer, preprocessor and prompt cache of one loaded bundle. Thread-safe."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions,
-                 cpu: Optional[CpuIsa] = None) -> None:
+    def __init__(
+        self, bundle_dir: Path, manifest: Manifest, options: RuntimeOptions, cpu: Optional[CpuIsa] = None
+    ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self.options = options
@@ -126,10 +135,18 @@ class ModelRuntime:
         self.check_files([graph.file, *graph.external_data])
         check_external_data(self.bundle_dir, graph)  # before the backend opens anything it names
         o = self.options
-        return open_backend(choice, self.bundle_dir / graph.file, native_bf16=self.cpu.native_bf16,
-                            providers=self._requested, threads=o.threads, session_options=self._session_options,
-                            allow_fallback=o.allow_fallback, provider_options=self._provider_options,
-                            cache_dir=cache_dir() / "openvino", first=self._first_mode(choice))
+        return open_backend(
+            choice,
+            self.bundle_dir / graph.file,
+            native_bf16=self.cpu.native_bf16,
+            providers=self._requested,
+            threads=o.threads,
+            session_options=self._session_options,
+            allow_fallback=o.allow_fallback,
+            provider_options=self._provider_options,
+            cache_dir=cache_dir() / "openvino",
+            first=self._first_mode(choice),
+        )
 
     def _first_mode(self, choice: EncoderChoice) -> str:
         """The mode a backend with several compiles first: the throughput queue for a run that
@@ -153,13 +170,19 @@ class ModelRuntime:
             self.check_files([fp32.file, *fp32.external_data])
         tokenizer = self.tokenizer() if choice.encoder == "text" else None
         record = derived_parity(self.manifest, self.bundle_dir, choice, backend, self.cpu, tokenizer)
-        note = (f"parity vs the fp32 graph: min cosine {record['min_cosine']:.6f} on {record['samples']} sample "
-                f"inputs (gate >= {record['gate']['min_cosine']}), {'cached' if record['cached'] else 'measured now'}")
+        note = (
+            f"parity vs the fp32 graph: min cosine {record['min_cosine']:.6f} on {record['samples']} sample "
+            f"inputs (gate >= {record['gate']['min_cosine']}), {'cached' if record['cached'] else 'measured now'}"
+        )
         if record["passed"]:
             self.planner.passed(choice, note)
             return backend
-        warnings.warn(f"{self.manifest.name}: {choice.backend} {choice.mode_label} for the {choice.encoder} encoder "
-                      f"failed its {note}; choosing again without it", RuntimeWarning, stacklevel=5)
+        warnings.warn(
+            f"{self.manifest.name}: {choice.backend} {choice.mode_label} for the {choice.encoder} encoder "
+            f"failed its {note}; choosing again without it",
+            RuntimeWarning,
+            stacklevel=5,
+        )
         backend.close()
         self.planner.failed(choice)
         return self._open(choice.encoder)
@@ -171,8 +194,12 @@ class ModelRuntime:
         self.planner.on_cpu()
         if self.plan.precision == before:
             return sess
-        warnings.warn(f"{self.manifest.name}: using the {self.plan.precision} graphs instead of {before} "
-                      "(the default for CUDA) since the session runs on the CPU", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"{self.manifest.name}: using the {self.plan.precision} graphs instead of {before} "
+            "(the default for CUDA) since the session runs on the CPU",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         sess.close()
         return self._open(encoder)
 
@@ -219,17 +246,18 @@ class ModelRuntime:
     def tokenizer_loaded(self) -> bool:
         return self._tokenizer is not None
 
-    def preprocessor(self) -> "Preprocessor":
+    def preprocessor(self) -> Preprocessor:
         with self._lock:
             if self._preprocessor is None:
                 from ..inputs.preprocess import Preprocessor
 
                 o = self.options
-                self._preprocessor = Preprocessor(self.manifest.image, exif_transpose=o.exif_transpose,
-                                                  strict=o.strict, draft=o.draft)
+                self._preprocessor = Preprocessor(
+                    self.manifest.image, exif_transpose=o.exif_transpose, strict=o.strict, draft=o.draft
+                )
             return self._preprocessor
 
-    def prompt_cache(self) -> "Optional[PromptCache]":
+    def prompt_cache(self) -> Optional[PromptCache]:
         mode = self.options.cache
         if not mode:
             return None
@@ -239,8 +267,12 @@ class ModelRuntime:
             if self._cache is None:
                 from .prompt_cache import PromptCache
 
-                self._cache = PromptCache(self.prompt_fingerprint(), self.plan.text.cache_key,
-                                          dim=self.manifest.embed_dim, persistent=mode is True)
+                self._cache = PromptCache(
+                    self.prompt_fingerprint(),
+                    self.plan.text.cache_key,
+                    dim=self.manifest.embed_dim,
+                    persistent=mode is True,
+                )
             return self._cache
 
     def prompt_fingerprint(self) -> str:

@@ -1,5 +1,6 @@
 """What a model runs, as data and as lines (``ClipModel.runtime``, ``clip-rt info``, outputs'
 metadata), and the parity evidence behind derived modes (see ``backends/evidence.py``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,7 @@ def _version(dist: str) -> Optional[str]:
 def runtime_dict(plan: RuntimePlan, live: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """The plan as JSON-ready data; *live*: ``describe()`` of the backends already created."""
     live = live or {}
-    out: dict[str, Any] = {"cpu": plan.cpu.to_dict(), "installed_backends": list(plan.installed),
-                           "table": plan.table}
+    out: dict[str, Any] = {"cpu": plan.cpu.to_dict(), "installed_backends": list(plan.installed), "table": plan.table}
     from .backends.choose import load_table
 
     sources = load_table().get("sources", {})
@@ -41,8 +41,10 @@ def summary(runtime: dict[str, Any]) -> dict[str, Any]:
     """The short form outputs record: CPU class, per encoder backend/precision/compute/mode and
     why (one line), the workload it was planned for, and low-memory mode where it was on."""
     keys = ("backend", "precision", "graph_precision", "compute", "folders")
-    out = {"cpu": runtime["cpu"]["class"],
-           **{enc: {**{k: runtime[enc][k] for k in keys}, "why": runtime[enc]["reason"]} for enc in ("image", "text")}}
+    out = {
+        "cpu": runtime["cpu"]["class"],
+        **{enc: {**{k: runtime[enc][k] for k in keys}, "why": runtime[enc]["reason"]} for enc in ("image", "text")},
+    }
     if runtime.get("workload"):
         out["planned_for"] = runtime["workload"]
     if runtime.get("low_memory"):
@@ -52,14 +54,18 @@ def summary(runtime: dict[str, Any]) -> dict[str, Any]:
 
 def describe_lines(runtime: dict[str, Any]) -> list[str]:
     cpu = runtime["cpu"]
-    lines = [f"cpu:           {cpu['class']} ({cpu['arch']}: {', '.join(cpu['features']) or 'no flags that matter'}; "
-             f"from {cpu['source']})",
-             f"backends:      {', '.join(runtime['installed_backends']) or 'none'} installed"]
+    lines = [
+        f"cpu:           {cpu['class']} ({cpu['arch']}: {', '.join(cpu['features']) or 'no flags that matter'}; "
+        f"from {cpu['source']})",
+        f"backends:      {', '.join(runtime['installed_backends']) or 'none'} installed",
+    ]
     for enc in ("image", "text"):
         c = runtime[enc]
         compute = f", {c['compute']} compute" if c["compute"] == "bf16" else ""
-        lines.append(f"{enc + ':':<15}{c['backend']} {c['precision']} ({c['graph_precision']} graph{compute}); "
-                     f"{modes(enc, c['folders'])}")
+        lines.append(
+            f"{enc + ':':<15}{c['backend']} {c['precision']} ({c['graph_precision']} graph{compute}); "
+            f"{modes(enc, c['folders'])}"
+        )
         lines.append(f"{'':<15}why: {c['reason']}")
         if c.get("needs_evidence"):
             lines.append(f"{'':<15}parity vs fp32: checked on first use (then cached)")
@@ -67,8 +73,11 @@ def describe_lines(runtime: dict[str, Any]) -> list[str]:
             lines.append(f"{'':<15}- {note}")
         if c.get("source"):
             src = runtime.get("sources", {}).get(c["source"], {})
-            where = f"{src.get('file', c['source'])} (`{src['command']}`, {src.get('when', '?')})" if src.get("command") \
+            where = (
+                f"{src.get('file', c['source'])} (`{src['command']}`, {src.get('when', '?')})"
+                if src.get("command")
                 else c["source"]
+            )
             lines.append(f"{'':<15}measured: {where}")
     return lines
 
@@ -92,8 +101,9 @@ def known_evidence(fingerprint: str, cpu: CpuIsa) -> dict[str, dict[str, bool]]:
     return out
 
 
-def derived_parity(manifest: Any, bundle_dir: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa,
-                   tokenizer: Any = None) -> dict[str, Any]:
+def derived_parity(
+    manifest: Any, bundle_dir: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa, tokenizer: Any = None
+) -> dict[str, Any]:
     """The verdict for *choice* (cached, or measured now), against the fp32 embeddings the
     export stored (``manifest.parity_reference``), or, in a bundle from before them, against
     the fp32 graph on onnxruntime. The gate: the export's gate for the graph the mode runs
@@ -116,9 +126,15 @@ def derived_parity(manifest: Any, bundle_dir: Path, choice: EncoderChoice, backe
     if stored is not None:
         rows = stored.image if choice.encoder == "image" else stored.text
         expected = load_reference(bundle_dir / stored.file, choice.encoder, rows, manifest.embed_dim)
-        return check(key, lambda x: probe({name: x})[0], None,
-                     lambda: sample_inputs(manifest, choice.encoder, tokenizer), gate=gate, reference=expected,
-                     against="the fp32 embeddings stored at export")
+        return check(
+            key,
+            lambda x: probe({name: x})[0],
+            None,
+            lambda: sample_inputs(manifest, choice.encoder, tokenizer),
+            gate=gate,
+            reference=expected,
+            against="the fp32 embeddings stored at export",
+        )
     session: list[Any] = []
 
     def run_reference(x: np.ndarray) -> np.ndarray:
@@ -127,7 +143,12 @@ def derived_parity(manifest: Any, bundle_dir: Path, choice: EncoderChoice, backe
         return session[0].run({name: x})[0]
 
     try:
-        return check(key, lambda x: probe({name: x})[0], run_reference,
-                     lambda: sample_inputs(manifest, choice.encoder, tokenizer), gate=gate)
+        return check(
+            key,
+            lambda x: probe({name: x})[0],
+            run_reference,
+            lambda: sample_inputs(manifest, choice.encoder, tokenizer),
+            gate=gate,
+        )
     finally:
         session.clear()  # frees the fp32 session

@@ -8,13 +8,15 @@ the session is created raises :class:`ProviderError`, unless the caller opts in 
 onnxruntime is imported inside functions, so importing this module stays cheap; tests inject
 ``available_providers`` and ``session_factory`` to exercise the GPU paths on a CPU machine.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -38,8 +40,13 @@ PROVIDER_ALIASES: dict[str, str] = {
     "migraphx": "MIGraphXExecutionProvider",
 }
 # Providers whose ``name:N`` suffix is a device index (the option is called device_id in all).
-_DEVICE_ID_PROVIDERS = {CUDA, "TensorrtExecutionProvider", "DmlExecutionProvider", "ROCMExecutionProvider",
-                        "MIGraphXExecutionProvider"}
+_DEVICE_ID_PROVIDERS = {
+    CUDA,
+    "TensorrtExecutionProvider",
+    "DmlExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+}
 
 ProviderEntry = Union[str, tuple[str, dict[str, Any]]]
 
@@ -69,8 +76,10 @@ def _parse_one(spec: str, available: Sequence[str]) -> ProviderEntry:
         name = base  # a real provider name this build lacks: reported as unavailable below
     if name is None:
         known = ", ".join(sorted(PROVIDER_ALIASES))
-        raise InputError(f"unknown execution provider {spec!r}; expected one of {known}, "
-                         f"a full onnxruntime name, or NAME:DEVICE_ID (e.g. cuda:1)")
+        raise InputError(
+            f"unknown execution provider {spec!r}; expected one of {known}, "
+            f"a full onnxruntime name, or NAME:DEVICE_ID (e.g. cuda:1)"
+        )
     if not device:
         return name if name == CPU else (name, {})
     if name not in _DEVICE_ID_PROVIDERS:
@@ -80,8 +89,9 @@ def _parse_one(spec: str, available: Sequence[str]) -> ProviderEntry:
     return (name, {"device_id": int(device)})
 
 
-def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str], *,
-                      allow_fallback: bool = False) -> list[ProviderEntry]:
+def resolve_providers(
+    requested: Optional[Sequence[str]], available: Sequence[str], *, allow_fallback: bool = False
+) -> list[ProviderEntry]:
     """Map user names (``cpu``, ``cuda``, ``cuda:1``, ``openvino``, full onnxruntime names) to
     onnxruntime provider entries, in priority order, with the CPU provider last.
 
@@ -105,9 +115,11 @@ def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[st
         name = provider_name(entry)
         if name not in available:
             hint = " (install onnxruntime-gpu instead of onnxruntime for CUDA)" if name == CUDA else ""
-            raise ProviderError(f"execution provider {spec!r} ({name}) is not available in this onnxruntime "
-                                f"build; available: {', '.join(available) or 'none'}{hint}; pass "
-                                f"allow_fallback=True to run on the CPU instead")
+            raise ProviderError(
+                f"execution provider {spec!r} ({name}) is not available in this onnxruntime "
+                f"build; available: {', '.join(available) or 'none'}{hint}; pass "
+                f"allow_fallback=True to run on the CPU instead"
+            )
         if name in (provider_name(e) for e in entries):
             raise InputError(f"execution provider {name} is listed twice in {list(requested)!r}")
         entries.append(entry)
@@ -129,8 +141,9 @@ def unavailable_providers(requested: Sequence[str], available: Sequence[str]) ->
     return missing
 
 
-def without_options_for(options: Optional[Mapping[str, Mapping[str, Any]]], dropped: Sequence[str],
-                        available: Sequence[str]) -> Optional[dict[str, Mapping[str, Any]]]:
+def without_options_for(
+    options: Optional[Mapping[str, Mapping[str, Any]]], dropped: Sequence[str], available: Sequence[str]
+) -> Optional[dict[str, Mapping[str, Any]]]:
     """*options* (keyed by provider, short or full name) less those of the *dropped* providers."""
     if not options or not dropped:
         return dict(options) if options else options  # type: ignore[return-value]
@@ -139,14 +152,14 @@ def without_options_for(options: Optional[Mapping[str, Mapping[str, Any]]], drop
 
 
 def _fallback_message(missing: Sequence[str], available: Sequence[str]) -> str:
-    return (f"execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
-            f"(available: {', '.join(available) or 'none'}); running without them (allow_fallback=True)")
+    return (
+        f"execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
+        f"(available: {', '.join(available) or 'none'}); running without them (allow_fallback=True)"
+    )
 
 
 def build_session_options(
-    intra_op_threads: Optional[int] = None,
-    inter_op_threads: Optional[int] = None,
-    session_options: Any = None,
+    intra_op_threads: Optional[int] = None, inter_op_threads: Optional[int] = None, session_options: Any = None
 ) -> Any:
     """An ``onnxruntime.SessionOptions``: *session_options* may be one (used as is) or a mapping
     of SessionOptions attribute names to values (e.g. ``{"enable_mem_pattern": False}``)."""
@@ -168,8 +181,10 @@ def build_session_options(
     elif isinstance(session_options, onnxruntime.SessionOptions):
         so = session_options
     else:
-        raise InputError("session_options must be an onnxruntime.SessionOptions or a dict of its "
-                         f"fields, got {type(session_options).__name__}")
+        raise InputError(
+            "session_options must be an onnxruntime.SessionOptions or a dict of its "
+            f"fields, got {type(session_options).__name__}"
+        )
     for label, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise InputError(f"{label} must be a non-negative integer (0 = onnxruntime default), got {value!r}")
@@ -186,8 +201,18 @@ def ort_graph_errors() -> tuple[type[BaseException], ...]:
     refused, a kernel that cannot be built. EPFail (a provider that failed) is not among them."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
-    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
-             "NotImplemented", "RuntimeException", "ModelLoaded", "NotFound")
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "InvalidProtobuf",
+        "InvalidGraph",
+        "NotImplemented",
+        "RuntimeException",
+        "ModelLoaded",
+        "NotFound",
+    )
     return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
 
 
@@ -197,7 +222,7 @@ def ort_reason(exc: BaseException, limit: int = 400) -> str:
     text = re.sub(r"^Load model from .*? failed:", "", text)
     loc = re.match(r"\S+\.(?:h|hpp|cc|cpp):\d+ ", text)
     if loc:  # "file.cc:46 void ns::Func(args...) message": drop through the signature's ")"
-        rest, depth, cut = text[loc.end():], 0, 0
+        rest, depth, cut = text[loc.end() :], 0, 0
         for i, ch in enumerate(rest):
             depth += ch == "("
             if ch == ")":
@@ -207,8 +232,9 @@ def ort_reason(exc: BaseException, limit: int = 400) -> str:
                     break
         text = rest[cut:].strip() if cut else rest
     text = re.sub(r"(?:[\w-]+/)*[\w-]+\.(?:h|hpp|cc|cpp):\d+ (?:\w+ )?", "", text)  # "file.cc:2201 Function "
-    text = re.sub(r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ",
-                  r"\1: ", text)
+    text = re.sub(
+        r"Non-zero status code returned while running (\w+) node\. Name:'[^']*' Status Message: ", r"\1: ", text
+    )
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -220,11 +246,14 @@ def _default_factory(path: str, so: Any, providers: list[ProviderEntry]) -> Any:
     try:
         return onnxruntime.InferenceSession(path, sess_options=so, providers=providers)
     except EPFail as exc:  # the machine's provider, not the file
-        raise ProviderError(f"{path}: an execution provider failed while creating the session "
-                            f"({ort_reason(exc)})") from exc
+        raise ProviderError(
+            f"{path}: an execution provider failed while creating the session ({ort_reason(exc)})"
+        ) from exc
     except ort_graph_errors() as exc:  # the file: named, one line, no traceback
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({ort_reason(exc)}); "
-                          "the bundle is damaged, hostile, or needs a newer onnxruntime") from exc
+        raise BundleError(
+            f"{path}: onnxruntime cannot load this graph ({ort_reason(exc)}); "
+            "the bundle is damaged, hostile, or needs a newer onnxruntime"
+        ) from exc
 
 
 class OrtSession:
@@ -264,9 +293,11 @@ class OrtSession:
         if missing and not providers:
             allow_fallback = True
         if missing:
-            msg = (f"{self.path.name}: requested execution provider(s) {', '.join(missing)} did not come up "
-                   f"(onnxruntime fell back to: {', '.join(self.providers)}); check the GPU driver and "
-                   "CUDA/cuDNN libraries onnxruntime needs")
+            msg = (
+                f"{self.path.name}: requested execution provider(s) {', '.join(missing)} did not come up "
+                f"(onnxruntime fell back to: {', '.join(self.providers)}); check the GPU driver and "
+                "CUDA/cuDNN libraries onnxruntime needs"
+            )
             if not allow_fallback:
                 raise ProviderError(msg + ", or allow the fallback explicitly")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -311,8 +342,10 @@ class OrtSession:
             elif hasattr(value, "device_name") and hasattr(value, "data_ptr"):  # an OrtValue
                 binding.bind_ortvalue_input(name, value)
             else:
-                raise InputError(f"{self.path.name}: feed {name!r} must be a numpy array or an onnxruntime "
-                                 f"OrtValue, got {type(value).__name__}")
+                raise InputError(
+                    f"{self.path.name}: feed {name!r} must be a numpy array or an onnxruntime "
+                    f"OrtValue, got {type(value).__name__}"
+                )
         for name in self.output_names:
             binding.bind_output(name, device_type, device_id)
         self._session.run_with_iobinding(binding)
@@ -326,22 +359,27 @@ class OrtSession:
         if base not in ("cpu", "cuda") or (index and not index.isdigit()) or (base == "cpu" and index):
             raise InputError(f"output_device must be 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
         if base == "cuda" and own_type != "cuda":
-            raise ProviderError(f"{self.path.name}: outputs on {spec!r} need a CUDA session; this one runs on "
-                                f"{', '.join(self.providers)}")
+            raise ProviderError(
+                f"{self.path.name}: outputs on {spec!r} need a CUDA session; this one runs on "
+                f"{', '.join(self.providers)}"
+            )
         return base, int(index) if index else (own_id if base == "cuda" else 0)
 
     def __repr__(self) -> str:
         return f"OrtSession({self.path.name!r}, providers={self.providers})"
 
 
-def _merge_options(entries: list[ProviderEntry], options: Mapping[str, Mapping[str, Any]],
-                   available: Sequence[str]) -> list[ProviderEntry]:
+def _merge_options(
+    entries: list[ProviderEntry], options: Mapping[str, Mapping[str, Any]], available: Sequence[str]
+) -> list[ProviderEntry]:
     extra: dict[str, dict[str, Any]] = {}
     for key, opts in options.items():
         name = provider_name(_parse_one(key, available))
         if name not in (provider_name(e) for e in entries):
-            raise InputError(f"options given for provider {key!r}, which is not among the requested "
-                             f"providers {[provider_name(e) for e in entries]}")
+            raise InputError(
+                f"options given for provider {key!r}, which is not among the requested "
+                f"providers {[provider_name(e) for e in entries]}"
+            )
         extra[name] = dict(opts)
     if not extra:
         return entries

@@ -9,6 +9,7 @@ an A/A control; the decision table's text rows say ``folders: throughput`` only 
 because it also costs a second compiled model. The embeddings are the same either way. A call
 with few prompts gains nothing from splitting (a stream has one thread): one latency call.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -33,7 +34,7 @@ def text_batches(lengths: np.ndarray, batch_size: int, *, dynamic: bool, streams
     size = batch_size
     if streams > 1:
         size = min(batch_size, max(MIN_QUEUED_ROWS, -(-n // streams)))
-    return [order[start:start + size] for start in range(0, n, size)]
+    return [order[start : start + size] for start in range(0, n, size)]
 
 
 def queue_pays(rows: int, streams: int) -> bool:
@@ -41,8 +42,16 @@ def queue_pays(rows: int, streams: int) -> bool:
     return streams > 1 and rows >= streams * MIN_QUEUED_ROWS
 
 
-def encode_token_rows(session: Backend, ids: np.ndarray, lengths: np.ndarray, *, batch_size: int, dynamic: bool,
-                      queued: bool, out: Optional[np.ndarray] = None) -> np.ndarray:
+def encode_token_rows(
+    session: Backend,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    batch_size: int,
+    dynamic: bool,
+    queued: bool,
+    out: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """The text graph's first output for every row of *ids* (N, context), in row order.
     *queued*: batches go through the backend's throughput queue, up to its depth in flight,
     when :func:`queue_pays`; else each batch is one latency call."""
@@ -58,7 +67,7 @@ def encode_token_rows(session: Backend, ids: np.ndarray, lengths: np.ndarray, *,
         for rows in batches:
             chunk = ids[rows]
             if dynamic:
-                chunk = np.ascontiguousarray(chunk[:, :int(lengths[rows].max())])
+                chunk = np.ascontiguousarray(chunk[:, : int(lengths[rows].max())])
             feeds = {TEXT_INPUT: chunk}
             if streams > 1:
                 in_flight.append((rows, session.submit(feeds)))

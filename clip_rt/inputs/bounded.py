@@ -88,7 +88,7 @@ def env_hint(env: str) -> str:
 
 
 def read_limited(
-    path: "str | os.PathLike[str]",
+    path: str | os.PathLike[str],
     *,
     what: str,
     limit: int,
@@ -207,7 +207,7 @@ _STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _STRUCTURE = (b"[", b"{", b",")
 
 
-def json_shape_problem(data: "bytes | bytearray", *, max_depth: int, max_items: int) -> "Optional[tuple[str, str]]":
+def json_shape_problem(data: bytes | bytearray, *, max_depth: int, max_items: int) -> Optional[tuple[str, str]]:
     """Why JSON *data* is too big in structure to parse, or None: ``("values", why)`` for more
     than *max_items* values (strings, containers and the items in them, counted by their quotes
     and commas), ``("depth", why)`` for nesting deeper than *max_depth*.

@@ -10,6 +10,7 @@ whole budget fails on its own (its record says so) and the run goes on.
 The budget is ``CLIP_RT_DECODE_MEMORY_MB`` (default 1024 MB: room for the largest image Pillow
 opens, 89.5 megapixels at 4 bytes, with its copy), or :func:`set_decode_memory`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,8 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 from ..errors import InputError, load_error
 
@@ -26,8 +28,18 @@ DEFAULT_MB = 1024
 COPIES = 2  # the decoded image and one full-size copy made while preprocessing it
 TRIM_BYTES = 64 << 20  # after a reservation this large, freed memory is handed back to the system
 # Bytes per pixel as Pillow stores each mode (RGB and LA take 4: Pillow pads them to 32 bits).
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "BGR;15": 2,
-                    "BGR;16": 2, "BGR;24": 3}
+_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+    "BGR;15": 2,
+    "BGR;16": 2,
+    "BGR;24": 3,
+}
 
 
 def decoded_bytes(width: int, height: int, mode: str) -> int:
@@ -61,9 +73,12 @@ class DecodeBudget:
         """Hold *nbytes* for the block, waiting while other threads hold too much. An image that
         needs more than the whole budget is that image's ImageLoadError."""
         if nbytes > self._limit:
-            raise load_error(label, f"{what} needs about {_mb(nbytes)} to decode and preprocess, more than "
-                                    f"the decode memory budget of {_mb(self._limit)} ({ENV}, or "
-                                    "clip_rt.inputs.budget.set_decode_memory)")
+            raise load_error(
+                label,
+                f"{what} needs about {_mb(nbytes)} to decode and preprocess, more than "
+                f"the decode memory budget of {_mb(self._limit)} ({ENV}, or "
+                "clip_rt.inputs.budget.set_decode_memory)",
+            )
         with self._cond:
             while self._used + nbytes > self._limit:
                 self._cond.wait()

@@ -4,6 +4,7 @@ Paths are ``str`` as the OS gives them: on POSIX, bytes that are not UTF-8 are k
 surrogates (``os.fsdecode``'s surrogateescape), so ``open(path)`` still works and the
 writers in ``records.py`` can write the original name back.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,7 @@ def walk_images(folder: str, errors: Optional[list[tuple[str, str]]] = None) -> 
     cannot be listed (permissions, I/O error) is appended to *errors* as ``(folder, reason)``
     instead of vanishing silently; the rest of the tree is still walked.
     """
+
     def on_error(exc: OSError) -> None:
         if errors is not None:
             errors.append(listing_error(exc))
@@ -69,8 +71,12 @@ def read_path_list(stream: IO[bytes], limit: Optional[int] = None) -> list[str]:
     a longer or endless stream is an InputError that says how to raise the limit."""
     from .bounded import PATH_LIST_ENV, env_hint, path_list_limit, read_lines_limited
 
-    lines = read_lines_limited(stream, what="the path list on standard input",
-                               limit=path_list_limit() if limit is None else limit, hint=env_hint(PATH_LIST_ENV))
+    lines = read_lines_limited(
+        stream,
+        what="the path list on standard input",
+        limit=path_list_limit() if limit is None else limit,
+        hint=env_hint(PATH_LIST_ENV),
+    )
     out = []
     for raw in lines:
         raw = raw.rstrip(b"\r")
@@ -79,8 +85,9 @@ def read_path_list(stream: IO[bytes], limit: Optional[int] = None) -> list[str]:
     return out
 
 
-def discover(args: Iterable[str], stdin: Optional[IO[bytes]] = None,
-             errors: Optional[list[tuple[str, str]]] = None) -> list[str]:
+def discover(
+    args: Iterable[str], stdin: Optional[IO[bytes]] = None, errors: Optional[list[tuple[str, str]]] = None
+) -> list[str]:
     """Expand PATH arguments: a file is taken as given (whatever its extension, and even if it
     does not exist, so that it gets an error record instead of vanishing or stopping the run),
     a folder is walked, ``-`` reads paths from *stdin*. Duplicates (by :func:`path_key`, so

@@ -12,6 +12,7 @@ and the special tokens fit), pad to the context length (``padding="max_length"``
 Texts longer than LONG_TEXT characters are cut before cleaning and tokenising, where the cut
 provably changes none of the ids the context keeps (see :meth:`HfTokenizer._long_ids`).
 """
+
 from __future__ import annotations
 
 import html
@@ -70,8 +71,13 @@ def _after_basic_clean(text: str, clean: str) -> str:
 class HfTokenizer:
     """Tokenises text exactly as open_clip's ``HFTokenizer`` with the bundle's tokenizer."""
 
-    def __init__(self, hf_tokenizer: Tokenizer, text_config: TextConfig, use_ftfy: Optional[bool] = None,
-                 source: str = "tokenizer") -> None:
+    def __init__(
+        self,
+        hf_tokenizer: Tokenizer,
+        text_config: TextConfig,
+        use_ftfy: Optional[bool] = None,
+        source: str = "tokenizer",
+    ) -> None:
         self._tok = hf_tokenizer
         self.source = source
         self.config = text_config
@@ -87,37 +93,42 @@ class HfTokenizer:
             self._max_segment = ftfy.TextFixerConfig().max_decode_length
         self._added = int(self._tok.num_special_tokens_to_add(False))
         if self.context_length <= self._added:
-            raise BundleError(f"{source}: text.context_length {self.context_length} leaves no room for text "
-                              f"next to the tokenizer's {self._added} special token(s)")
+            raise BundleError(
+                f"{source}: text.context_length {self.context_length} leaves no room for text "
+                f"next to the tokenizer's {self._added} special token(s)"
+            )
         if text_config.dynamic_sequence and text_config.padding_side != "right":
-            raise BundleError(f"{source}: text.dynamic_sequence needs right padding, the manifest says "
-                              f"{text_config.padding_side!r}")
+            raise BundleError(
+                f"{source}: text.dynamic_sequence needs right padding, the manifest says {text_config.padding_side!r}"
+            )
         if text_config.strip_sep_token and text_config.sep_token_id is None:
             raise BundleError(f"{source}: text.strip_sep_token is set but text.sep_token_id is not")
         self._check_vocab()
         self._cut_safe = text_config.truncation_side == "right" and _cut_is_safe(self._tok)
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "HfTokenizer":
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> HfTokenizer:
         path = Path(path)
         try:
             st = os.stat(path)
         except FileNotFoundError:
             raise BundleError(f"{path}: tokenizer file is missing") from None
-        return cls(_load_hf_tokenizer(str(path), st.st_mtime_ns, st.st_size), text_config, use_ftfy,
-                   source=str(path))
+        return cls(_load_hf_tokenizer(str(path), st.st_mtime_ns, st.st_size), text_config, use_ftfy, source=str(path))
 
     def _check_vocab(self) -> None:
         vocab = self._tok.get_vocab(with_added_tokens=True)
         top = max(vocab.values()) if vocab else -1
         if top >= self.config.vocab_size:
-            raise BundleError(f"{self.source}: the tokenizer has ids up to {top}, beyond the manifest's "
-                              f"text.vocab_size of {self.config.vocab_size}")
+            raise BundleError(
+                f"{self.source}: the tokenizer has ids up to {top}, beyond the manifest's "
+                f"text.vocab_size of {self.config.vocab_size}"
+            )
         for name in ("pad_token_id", "sep_token_id"):
             value = getattr(self.config, name)
             if value is not None and not 0 <= value < self.config.vocab_size:
-                raise BundleError(f"{self.source}: text.{name}={value} is outside the vocabulary "
-                                  f"(0..{self.config.vocab_size - 1})")
+                raise BundleError(
+                    f"{self.source}: text.{name}={value} is outside the vocabulary (0..{self.config.vocab_size - 1})"
+                )
 
     # -- public API -----------------------------------------------------------------------------
     def clean(self, text: str) -> str:
@@ -140,11 +151,12 @@ class HfTokenizer:
             if self.config.padding_side == "right":
                 ids[i, : len(row)] = row
             else:
-                ids[i, length - len(row):] = row
+                ids[i, length - len(row) :] = row
         if self.config.strip_sep_token:
             ids[ids == self.config.sep_token_id] = 0
-        return TokenBatch(ids=ids, lengths=lengths, truncated=counts > length, token_counts=counts,
-                          cut=np.array(cut, dtype=bool))
+        return TokenBatch(
+            ids=ids, lengths=lengths, truncated=counts > length, token_counts=counts, cut=np.array(cut, dtype=bool)
+        )
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Ids each text needs with its special tokens, before truncation (a lower bound for a
@@ -178,8 +190,10 @@ class HfTokenizer:
                 if not is_rust_panic(exc):
                     raise
                 capture.panicked = True
-                raise BundleError(f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
-                                  "bundle's tokenizer is broken or hostile") from None
+                raise BundleError(
+                    f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
+                    "bundle's tokenizer is broken or hostile"
+                ) from None
 
     def _contents_unchecked(self, texts: list[str]) -> tuple[list[Encoding], list[bool]]:
         cut = [False] * len(texts)
@@ -217,9 +231,11 @@ class HfTokenizer:
             fixed = text[:end] if plain else self._fix_text(text[:end])
             at = _cut_point(fixed, target)
             if (max(map(len, _CUT_RE.split(fixed[:at]))) if at else len(fixed)) > MAX_WORD:
-                raise InputError(f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
-                                 "characters without a space or line break; expected text (only the first "
-                                 f"{keep} tokens of a text are used)")
+                raise InputError(
+                    f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
+                    "characters without a space or line break; expected text (only the first "
+                    f"{keep} tokens of a text are used)"
+                )
             if at > 0:
                 part = fixed[:at] if plain else html.unescape(html.unescape(fixed[:at]))
                 cleaned = _after_basic_clean(part.strip(), self.config.clean)
@@ -255,6 +271,8 @@ def open_tokenizer(path: Path, text_config: TextConfig, use_ftfy: Optional[bool]
     from .tokenizer import ClipTokenizer
 
     if text_config.clean != "lower":
-        raise BundleError(f"{path}: text.clean {text_config.clean!r} with the CLIP BPE tokenizer; clip-rt's CLIP "
-                          "tokenizer cleans as open_clip's default ('lower') only")
+        raise BundleError(
+            f"{path}: text.clean {text_config.clean!r} with the CLIP BPE tokenizer; clip-rt's CLIP "
+            "tokenizer cleans as open_clip's default ('lower') only"
+        )
     return ClipTokenizer.from_file(path, text_config, use_ftfy)

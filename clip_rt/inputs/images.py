@@ -5,6 +5,7 @@ now, with the file's name, rather than later inside preprocessing. File handles 
 before returning. Nothing is converted: the image keeps the mode it was stored in, because
 open_clip resizes in that mode (see preprocess.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterator, Optional, Union, TypeVar
+from typing import IO, Any, Callable, Optional, TypeVar, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,8 +43,20 @@ _PATH_MAX = 4096
 # "Missing dimensions" from a TIFF whose IFD is damaged, ZeroDivisionError on zero-sized
 # tiles or resolutions, OverflowError on absurd sizes, AttributeError on a tag of the wrong
 # type ...). MemoryError is deliberately absent: it is the process's problem, not the file's.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
-                  TypeError, ZeroDivisionError, OverflowError, AttributeError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    AttributeError,
+)
 
 
 @dataclass
@@ -91,8 +105,13 @@ def unexpected_load_error(source: object, exc: Exception) -> ImageLoadError:
     return err
 
 
-def opened(source: ImageSource, *, exif_transpose: bool = True, draft: Optional[DraftRule] = None,
-           budget: Optional[DecodeBudget] = None) -> "contextlib.AbstractContextManager[LoadedImage]":
+def opened(
+    source: ImageSource,
+    *,
+    exif_transpose: bool = True,
+    draft: Optional[DraftRule] = None,
+    budget: Optional[DecodeBudget] = None,
+) -> contextlib.AbstractContextManager[LoadedImage]:
     """:func:`open_image` with the memory its decoding takes reserved from *budget* (default: the
     process-wide one, clip_rt.inputs.budget) until the ``with`` block ends: use the image inside
     the block. A file whose decoding does not fit the budget fails with its name."""
@@ -100,9 +119,11 @@ def opened(source: ImageSource, *, exif_transpose: bool = True, draft: Optional[
 
 
 @contextlib.contextmanager
-def _opened(source: ImageSource, exif_transpose: bool, draft: Optional[DraftRule],
-            budget: DecodeBudget) -> Iterator[LoadedImage]:
+def _opened(
+    source: ImageSource, exif_transpose: bool, draft: Optional[DraftRule], budget: DecodeBudget
+) -> Iterator[LoadedImage]:
     with contextlib.ExitStack() as held:
+
         def reserve(img: Image.Image, label: str) -> None:
             what = f"a {img.size[0]}x{img.size[1]} {img.mode} image"
             held.enter_context(budget.reserve(decoded_bytes(img.size[0], img.size[1], img.mode), label, what))
@@ -166,8 +187,9 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
     """
     shape = "x".join(str(n) for n in arr.shape)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise InputError("expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape "
-                         f"({shape})")
+        raise InputError(
+            f"expected a numpy image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape ({shape})"
+        )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"expected a numpy image with at least 1x1 pixels; got shape ({shape})")
     if arr.dtype == np.uint8:
@@ -180,8 +202,9 @@ def array_to_pil(arr: np.ndarray) -> Image.Image:
             raise InputError(f"expected a float numpy image with values in [0, 1]; got values in [{lo:g}, {hi:g}]")
         pixels = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
     else:
-        raise InputError("expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype "
-                         f"{arr.dtype}")
+        raise InputError(
+            f"expected a numpy image of dtype uint8, or float with values in [0, 1]; got dtype {arr.dtype}"
+        )
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     mode = "L" if pixels.ndim == 2 else {3: "RGB", 4: "RGBA"}[pixels.shape[2]]
@@ -195,8 +218,12 @@ def _looks_like_path(data: bytes) -> bool:
     return len(data) <= _PATH_MAX and b"\0" not in data and b"\n" not in data and len(data) > 0
 
 
-def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool, draft: Optional[DraftRule],
-               reserve: _Reserve = None) -> LoadedImage:
+def _open_path(
+    path: Union[str, bytes, os.PathLike[Any]],
+    exif_transpose: bool,
+    draft: Optional[DraftRule],
+    reserve: _Reserve = None,
+) -> LoadedImage:
     label = loader_label(path)
     try:
         info = os.stat(path)
@@ -222,8 +249,9 @@ def _open_path(path: Union[str, bytes, "os.PathLike[Any]"], exif_transpose: bool
         raise load_error(label, "permission denied (cannot read the file)") from None
 
 
-def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule],
-                      reserve: _Reserve = None) -> LoadedImage:
+def _open_file_object(
+    fp: IO[bytes], exif_transpose: bool, draft: Optional[DraftRule], reserve: _Reserve = None
+) -> LoadedImage:
     name = getattr(fp, "name", None)
     label = loader_label(name) if isinstance(name, (str, bytes)) else "<file object>"
     seekable = getattr(fp, "seekable", None)
@@ -240,8 +268,9 @@ def _open_file_object(fp: IO[bytes], exif_transpose: bool, draft: Optional[Draft
     return _decode(fp, label, exif_transpose, draft, reserve)
 
 
-def _decode(fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[DraftRule],
-            reserve: _Reserve = None) -> LoadedImage:
+def _decode(
+    fp: IO[bytes], label: str, exif_transpose: bool, draft: Optional[DraftRule], reserve: _Reserve = None
+) -> LoadedImage:
     """Identify, optionally draft, and fully decode; the caller closes *fp*.
 
     A failure is raised from outside the ``except`` clause that caught it, after the image is
@@ -306,6 +335,7 @@ def release_image(img: Image.Image) -> None:
 
 _E = TypeVar("_E", bound=BaseException)
 
+
 def without_frames(exc: _E) -> _E:
     """*exc* with no traceback in it or in the exceptions it chains to (``__cause__``,
     ``__context__``): the frames a traceback keeps alive may hold a decoded image or encoded
@@ -322,8 +352,10 @@ def without_frames(exc: _E) -> _E:
     return exc
 
 
-OUT_OF_MEMORY = ("out of memory while decoding or preprocessing it (MemoryError); lower the decode memory budget "
-                 "(CLIP_RT_DECODE_MEMORY_MB) or the batch size, or give the process more memory")
+OUT_OF_MEMORY = (
+    "out of memory while decoding or preprocessing it (MemoryError); lower the decode memory budget "
+    "(CLIP_RT_DECODE_MEMORY_MB) or the batch size, or give the process more memory"
+)
 
 
 def out_of_memory(label: str) -> ImageLoadError:
@@ -350,7 +382,7 @@ def _finish(
     notes: list[str],
     fmt: Optional[str],
     exif_transpose: bool,
-    full_size: "Optional[tuple[int, int]]" = None,
+    full_size: Optional[tuple[int, int]] = None,
 ) -> LoadedImage:
     full_w, full_h = full_size or img.size  # full_size: the header's size when draft reduced it
     if exif_transpose:

@@ -9,6 +9,7 @@ table computed with torch's float32 operations, so the output is bit-identical.
 Where open_clip is plainly broken the default (``strict=False``) departs from it; see
 ``docs/images.md`` for what changes and by how much. ``strict=True`` reproduces open_clip.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,11 @@ from .images import (
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 # open_clip accepts bicubic, bilinear and 'random' (bicubic at inference); no nearest.
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "random": Image.Resampling.BICUBIC}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "random": Image.Resampling.BICUBIC,
+}
 # Modes whose convert('RGB') clips at 255: 16-bit, 32-bit integer and float images.
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Above this many pixels the full resize that CenterCrop then mostly discards (extreme aspect
@@ -67,8 +71,9 @@ class PreprocessedBatch:
 class Preprocessor:
     """Image -> normalised float32 ``(3, H, W)``, as open_clip's transform for *cfg*."""
 
-    def __init__(self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False,
-                 draft: bool = False) -> None:
+    def __init__(
+        self, cfg: ImageConfig, *, exif_transpose: bool = True, strict: bool = False, draft: bool = False
+    ) -> None:
         _check_config(cfg)
         self.cfg = cfg
         self.exif_transpose = exif_transpose
@@ -85,13 +90,13 @@ class Preprocessor:
             return source
         return open_image(source, exif_transpose=self.exif_transpose, draft=self._draft_rule if self.draft else None)
 
-    def __call__(self, image: "ImageSource | LoadedImage") -> np.ndarray:
+    def __call__(self, image: ImageSource | LoadedImage) -> np.ndarray:
         """One image -> float32 ``(3, H, W)``."""
         out = np.empty((3, self.height, self.width), dtype=np.float32)
         self._convert_into(image, out)
         return out
 
-    def convert(self, image: "ImageSource | LoadedImage") -> Converted:
+    def convert(self, image: ImageSource | LoadedImage) -> Converted:
         """One image -> :class:`Converted`: the pixels, its size and notes. Decoding a file holds
         memory from the process-wide decode budget (clip_rt.inputs.budget) until it is
         preprocessed; running out of memory on a file is that file's ImageLoadError."""
@@ -99,7 +104,7 @@ class Preprocessor:
         width, height, notes = self._convert_into(image, out)
         return Converted(out, width, height, notes)
 
-    def _convert_into(self, image: "ImageSource | LoadedImage", out: np.ndarray) -> "tuple[int, int, list[str]]":
+    def _convert_into(self, image: ImageSource | LoadedImage, out: np.ndarray) -> tuple[int, int, list[str]]:
         if isinstance(image, LoadedImage):  # already decoded by the caller: nothing to reserve
             self._into(image, out)
             return image.width, image.height, list(image.notes)
@@ -116,7 +121,7 @@ class Preprocessor:
         # buffers its frames hold) is gone by now.
         raise out_of_memory(source_label(image))
 
-    def batch(self, images: Iterable["ImageSource | LoadedImage"]) -> np.ndarray:
+    def batch(self, images: Iterable[ImageSource | LoadedImage]) -> np.ndarray:
         """Images -> contiguous float32 ``(N, 3, H, W)``.
 
         Every image is attempted; if any fails, one ImageLoadError lists all failures. Use
@@ -129,7 +134,7 @@ class Preprocessor:
             raise ImageLoadError(f"{len(result.failures)} of {total} images failed:\n" + "\n".join(lines))
         return result.pixels
 
-    def try_batch(self, images: Iterable["ImageSource | LoadedImage"]) -> PreprocessedBatch:
+    def try_batch(self, images: Iterable[ImageSource | LoadedImage]) -> PreprocessedBatch:
         """Like :meth:`batch`, but a bad image is reported and skipped, never fatal to the rest."""
         items = list(images)
         out = np.empty((len(items), 3, self.height, self.width), dtype=np.float32)
@@ -151,7 +156,7 @@ class Preprocessor:
         pixels = out[: len(indices)] if len(indices) < len(items) else out
         return PreprocessedBatch(np.ascontiguousarray(pixels), indices, failures, notes)
 
-    def to_rgb(self, image: "ImageSource | LoadedImage") -> Image.Image:
+    def to_rgb(self, image: ImageSource | LoadedImage) -> Image.Image:
         """The (H, W) RGB PIL image that ToTensor would see (for inspection and tests)."""
         loaded = self.load(image)
         return self._geometry(loaded.image, loaded.source)
@@ -197,20 +202,22 @@ class Preprocessor:
         except (ValueError, OSError) as exc:  # PIL cannot resize/convert this mode
             raise load_error(source, f"cannot preprocess a {img.mode} image ({type(exc).__name__}: {exc})") from exc
 
-    def _keep_ratio(self, h: int, w: int, *, longest: bool, source: str) -> "tuple[int, int]":
+    def _keep_ratio(self, h: int, w: int, *, longest: bool, source: str) -> tuple[int, int]:
         size = keep_ratio_size(h, w, (self.height, self.width), longest=longest)
         if min(size) < 1:
             if self.strict:  # open_clip's resize fails the same way (PIL: height and width must be > 0)
-                raise load_error(source, f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess "
-                                         "it (strict=True)")
+                raise load_error(
+                    source,
+                    f"{w}x{h} resizes to {size[1]}x{size[0]} pixels; open_clip cannot preprocess it (strict=True)",
+                )
             size = (max(size[0], 1), max(size[1], 1))
         return size
 
-    def draft_size(self, width: int, height: int) -> "tuple[int, int]":
+    def draft_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest (width, height) draft decoding may reduce a *width* x *height* image to."""
         return self._draft_rule(width, height)
 
-    def _draft_rule(self, w: int, h: int) -> "tuple[int, int]":
+    def _draft_rule(self, w: int, h: int) -> tuple[int, int]:
         """Decode no smaller than twice what the resize step will produce."""
         th, tw = self.height, self.width
         if self.cfg.resize_mode == "squash":
@@ -227,7 +234,7 @@ class Preprocessor:
 # -- torchvision / open_clip geometry, same integer arithmetic ---------------------------------
 
 
-def shortest_edge_size(h: int, w: int, size: int) -> "tuple[int, int]":
+def shortest_edge_size(h: int, w: int, size: int) -> tuple[int, int]:
     """torchvision ``Resize(size)`` output (h, w): ``_compute_resized_output_size``, no max_size."""
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)  # truncation, as torchvision
@@ -235,7 +242,7 @@ def shortest_edge_size(h: int, w: int, size: int) -> "tuple[int, int]":
     return new_h, new_w
 
 
-def keep_ratio_size(h: int, w: int, target: Sequence[int], *, longest: bool) -> "tuple[int, int]":
+def keep_ratio_size(h: int, w: int, target: Sequence[int], *, longest: bool) -> tuple[int, int]:
     """open_clip ``ResizeKeepRatio.get_params`` (no random scale/aspect): Python round()."""
     target_h, target_w = target
     ratio_h = h / target_h
@@ -266,10 +273,10 @@ def center_crop_or_pad(img: Image.Image, size: Sequence[int], fill: int = 0) -> 
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-def _pad(img: Image.Image, ltrb: "tuple[int, int, int, int]", fill: int) -> Image.Image:
+def _pad(img: Image.Image, ltrb: tuple[int, int, int, int], fill: int) -> Image.Image:
     """torchvision ``F_pil.pad`` in constant mode (fill per band; palette kept for P)."""
     bands = len(img.getbands())
-    value: "int | float | tuple[int | float, ...]" = fill
+    value: int | float | tuple[int | float, ...] = fill
     if bands > 1:
         value = (fill,) * bands
     if img.mode != "F":
@@ -291,8 +298,9 @@ def _resize(img: Image.Image, size: tuple[int, int], resample: Image.Resampling)
     return img.resize((size[1], size[0]), resample)
 
 
-def _resize_cropped(img: Image.Image, size: tuple[int, int], crop: tuple[int, int],
-                    resample: Image.Resampling) -> Image.Image:
+def _resize_cropped(
+    img: Image.Image, size: tuple[int, int], crop: tuple[int, int], resample: Image.Resampling
+) -> Image.Image:
     """The centre crop of ``img.resize(size)`` without making the whole resized image.
 
     Two explicit single-axis passes, horizontal first as PIL's own resize orders them when
@@ -309,8 +317,9 @@ def _resize_cropped(img: Image.Image, size: tuple[int, int], crop: tuple[int, in
     return work.convert(img.mode) if premultiplied else work
 
 
-def _resize_axis(img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *,
-                 horizontal: bool) -> Image.Image:
+def _resize_axis(
+    img: Image.Image, full: int, start: int, count: int, resample: Image.Resampling, *, horizontal: bool
+) -> Image.Image:
     """Output pixels [start, start + count) of resizing one axis of *img* to *full* pixels."""
     length = img.width if horizontal else img.height
     if full == length and start == 0 and count == length:
@@ -360,7 +369,7 @@ def _high_bit_mapping(img: Image.Image) -> Optional[Callable[[Image.Image], Imag
     return to_8bit
 
 
-def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> "tuple[float, float]":
+def _finite_extrema(img: Image.Image, rows_per_strip: int = 0) -> tuple[float, float]:
     """Smallest and largest finite pixel value, without copying the image: Pillow's own
     getextrema when it gives finite values (it does unless the image holds NaN or infinity),
     else strip by strip (a few MB at a time). (0, 0) when no value is finite."""
@@ -402,7 +411,7 @@ def _check_config(cfg: ImageConfig) -> None:
         raise InputError(f"std must not contain 0; got {cfg.std!r}")
 
 
-def preprocess(cfg: ImageConfig, images: Iterable["ImageSource | LoadedImage"], **options: bool) -> np.ndarray:
+def preprocess(cfg: ImageConfig, images: Iterable[ImageSource | LoadedImage], **options: bool) -> np.ndarray:
     """Shorthand: ``Preprocessor(cfg, **options).batch(images)``."""
     return Preprocessor(cfg, **options).batch(images)
 

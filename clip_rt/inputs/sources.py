@@ -1,4 +1,5 @@
 """What the API's image methods take: one image or a collection of them, and their batch size."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ A command-line argument or a file name that is not UTF-8 reaches Python as a ``s
 surrogates (``surrogateescape``); SQLite, the tokenizer and JSON cannot take those. They are
 refused here with the offending bytes shown, instead of failing deep inside the prompt cache.
 """
+
 from __future__ import annotations
 
 from ..errors import InputError
@@ -14,7 +15,7 @@ def utf8_problem(raw: bytes) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"{raw[exc.start:exc.end]!r} at byte {exc.start}"
+        return f"{raw[exc.start : exc.end]!r} at byte {exc.start}"
     return "no undecodable bytes"
 
 
@@ -34,8 +35,7 @@ def check_utf8(text: str, what: str) -> str:
             raw = text.encode("utf-8", "surrogateescape")  # the bytes a command line or file name had
         except UnicodeEncodeError:
             raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate made in Python
-        raise InputError(f"{what} {shown(raw)} is not valid UTF-8: {utf8_problem(raw)}; "
-                         "expected UTF-8 text") from None
+        raise InputError(f"{what} {shown(raw)} is not valid UTF-8: {utf8_problem(raw)}; expected UTF-8 text") from None
     return text
 
 
@@ -49,10 +49,12 @@ def decode_utf8(raw: bytes, source: str) -> str:
     except UnicodeDecodeError as exc:
         start = raw.rfind(b"\n", 0, exc.start) + 1
         end = raw.find(b"\n", exc.start)
-        line = raw[start:end if end >= 0 else len(raw)].rstrip(b"\r")
+        line = raw[start : end if end >= 0 else len(raw)].rstrip(b"\r")
         number = raw.count(b"\n", 0, start) + 1
-        raise InputError(f"{source}: line {number} {shown(line)} is not valid UTF-8: {utf8_problem(line)}; "
-                         "expected a UTF-8 text file") from None
+        raise InputError(
+            f"{source}: line {number} {shown(line)} is not valid UTF-8: {utf8_problem(line)}; "
+            "expected a UTF-8 text file"
+        ) from None
 
 
 def decode_utf8_lines(raw: bytes, source: str) -> list[str]:

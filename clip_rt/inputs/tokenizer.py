@@ -10,6 +10,7 @@ and zero-pad.
 ftfy is optional: when it is not importable, ``fix_text_lite`` reproduces every step of
 ``ftfy.fix_text``'s default configuration except mojibake repair (``fix_encoding``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,7 +90,7 @@ def _tables() -> tuple[dict[str, str], dict[int, Any], dict[int, Any], dict[int,
     return entities, c1, width, controls
 
 
-def _unescape_entity(match: "re.Match[str]") -> str:
+def _unescape_entity(match: re.Match[str]) -> str:
     text = match.group(0)
     entities = _tables()[0]
     if text in entities:
@@ -287,7 +288,7 @@ class _Fd2Capture:
         self._saved = -1
         self._tmp: Any = None
 
-    def __enter__(self) -> "_Fd2Capture":
+    def __enter__(self) -> _Fd2Capture:
         _FD2_LOCK.acquire()
         try:
             sys.stderr.flush()
@@ -354,8 +355,13 @@ def forget_loaded_tokenizers() -> None:
 class ClipTokenizer:
     """Tokenises text exactly as open_clip's ``SimpleTokenizer`` (``clean='lower'``)."""
 
-    def __init__(self, hf_tokenizer: Tokenizer, text_config: TextConfig, use_ftfy: Optional[bool] = None,
-                 source: str = "tokenizer") -> None:
+    def __init__(
+        self,
+        hf_tokenizer: Tokenizer,
+        text_config: TextConfig,
+        use_ftfy: Optional[bool] = None,
+        source: str = "tokenizer",
+    ) -> None:
         if text_config.context_length < 2:
             raise BundleError(
                 f"text.context_length must be >= 2 (room for SOT and EOT), got {text_config.context_length}"
@@ -364,8 +370,10 @@ class ClipTokenizer:
         self.source = source  # the file, for messages
         self.config = text_config
         if text_config.sot_token_id is None or text_config.eot_token_id is None:  # the manifest's check, for others
-            raise BundleError(f"{source}: the CLIP tokenizer needs text.sot_token_id and text.eot_token_id, got "
-                              f"{text_config.sot_token_id} and {text_config.eot_token_id}")
+            raise BundleError(
+                f"{source}: the CLIP tokenizer needs text.sot_token_id and text.eot_token_id, got "
+                f"{text_config.sot_token_id} and {text_config.eot_token_id}"
+            )
         self.context_length = text_config.context_length
         self.sot_token_id: int = text_config.sot_token_id
         self.eot_token_id: int = text_config.eot_token_id
@@ -379,7 +387,7 @@ class ClipTokenizer:
         self._check_vocab()
 
     @classmethod
-    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> "ClipTokenizer":
+    def from_file(cls, path: Path, text_config: TextConfig, use_ftfy: Optional[bool] = None) -> ClipTokenizer:
         """Load a bundle's tokenizer.json; *use_ftfy* None means "if importable"."""
         path = Path(path)
         try:
@@ -399,16 +407,19 @@ class ClipTokenizer:
         # which the session check sizes from text.vocab_size.
         token, top = max(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
         if top >= self.config.vocab_size:
-            raise BundleError(f"{self.source}: token {token[:40]!r} has id {top}, beyond the manifest's "
-                              f"text.vocab_size of {self.config.vocab_size} (ids 0..{self.config.vocab_size - 1})")
+            raise BundleError(
+                f"{self.source}: token {token[:40]!r} has id {top}, beyond the manifest's "
+                f"text.vocab_size of {self.config.vocab_size} (ids 0..{self.config.vocab_size - 1})"
+            )
         for name, token_id, expected in (
             ("sot_token_id", self.sot_token_id, SOT_TOKEN),
             ("eot_token_id", self.eot_token_id, EOT_TOKEN),
         ):
             got = self._tok.id_to_token(token_id)
             if got != expected:
-                raise BundleError(f"{self.source}: manifest text.{name}={token_id} is {got!r} in the tokenizer, "
-                                  f"expected {expected!r}")
+                raise BundleError(
+                    f"{self.source}: manifest text.{name}={token_id} is {got!r} in the tokenizer, expected {expected!r}"
+                )
 
     # -- public API -----------------------------------------------------------------------------
     def clean(self, text: str) -> str:
@@ -426,7 +437,10 @@ class ClipTokenizer:
             ids[i, 1 : 1 + len(kept)] = kept
             ids[i, 1 + len(kept)] = self.eot_token_id
         return TokenBatch(
-            ids=ids, lengths=np.minimum(counts, length), truncated=counts > length, token_counts=counts,
+            ids=ids,
+            lengths=np.minimum(counts, length),
+            truncated=counts > length,
+            token_counts=counts,
             cut=np.array(cut, dtype=bool),
         )
 
@@ -467,8 +481,10 @@ class ClipTokenizer:
                 if not is_rust_panic(exc):
                     raise
                 capture.panicked = True
-                raise BundleError(f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
-                                  "bundle's tokenizer is broken or hostile") from None
+                raise BundleError(
+                    f"{self.source}: the tokenizers library panicked on a text ({exc}); the "
+                    "bundle's tokenizer is broken or hostile"
+                ) from None
 
     def _token_lists_unchecked(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         short = [i for i, t in enumerate(texts) if len(t) <= LONG_TEXT]
@@ -493,9 +509,11 @@ class ClipTokenizer:
             fixed = text[:end] if plain else self._fix_text(text[:end])
             at = _cut_point(fixed, target)
             if (max(map(len, _CUT_RE.split(fixed[:at]))) if at else len(fixed)) > MAX_WORD:
-                raise InputError(f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
-                                 "characters without a space or line break; expected text (only the first "
-                                 f"{self.context_length - 2} tokens of a text are used)")
+                raise InputError(
+                    f"text #{index} ({len(text)} characters) has a run of over {MAX_WORD} "
+                    "characters without a space or line break; expected text (only the first "
+                    f"{self.context_length - 2} tokens of a text are used)"
+                )
             if at > 0:
                 part = fixed[:at] if plain else html.unescape(html.unescape(fixed[:at]))
                 row = self._rows([" ".join(part.split()).lower()])[0]

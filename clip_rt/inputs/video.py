@@ -1,4 +1,5 @@
 """Video frame sampling (PyAV: the [video] extra) and labelled segments for `clip-rt video`."""
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ BIG_FRAME_PIXELS = 16_000_000
 Shrink = Callable[[int, int], "tuple[int, int]"]
 
 
-def sample_frames(path: str, every: float, *, max_pixels: Optional[int] = None,
-                  shrink: Optional[Shrink] = None) -> Iterator[Frame]:
+def sample_frames(
+    path: str, every: float, *, max_pixels: Optional[int] = None, shrink: Optional[Shrink] = None
+) -> Iterator[Frame]:
     """Decoded frames about *every* seconds apart: the first frame at or after 0, every, 2*every...
 
     Frames are decoded in order (no seeking): exact on any codec, at the cost of decoding
@@ -90,9 +92,11 @@ def sample_frames(path: str, every: float, *, max_pixels: Optional[int] = None,
 
 def _check_pixels(path: str, width: int, height: int, max_pixels: Optional[int]) -> None:
     if max_pixels is not None and width * height > max_pixels:
-        raise InputError(f"video {display_path(path)!r}: frames of {width}x{height} = {width * height} pixels are "
-                         f"over the limit of {max_pixels} that images have too (PIL.Image.MAX_IMAGE_PIXELS; "
-                         "raise it only for files you trust)")
+        raise InputError(
+            f"video {display_path(path)!r}: frames of {width}x{height} = {width * height} pixels are "
+            f"over the limit of {max_pixels} that images have too (PIL.Image.MAX_IMAGE_PIXELS; "
+            "raise it only for files you trust)"
+        )
 
 
 def to_image(frame: VideoFrame, shrink: Optional[Shrink] = None) -> Image.Image:
@@ -106,8 +110,11 @@ def to_image(frame: VideoFrame, shrink: Optional[Shrink] = None) -> Image.Image:
         want_w, want_h = shrink(frame.width, frame.height)
         scale = max(want_w / frame.width, want_h / frame.height)
         if scale < 1.0:
-            options = {"width": max(1, math.ceil(frame.width * scale)),
-                       "height": max(1, math.ceil(frame.height * scale)), "interpolation": "AREA"}
+            options = {
+                "width": max(1, math.ceil(frame.width * scale)),
+                "height": max(1, math.ceil(frame.height * scale)),
+                "interpolation": "AREA",
+            }
     rgb = frame.reformat(format="rgb24", **options)
     plane = rgb.planes[0]
     # Pillow copies an RGB buffer into its own 4-byte pixels, reading rows line_size apart.
@@ -150,8 +157,15 @@ def segments(times: Sequence[float], labels: Sequence[str], scores: Sequence[flo
         while j + 1 < len(labels) and labels[j + 1] == labels[i]:
             j += 1
         end = times[j + 1] if j + 1 < len(times) else max(end_time, times[j])
-        out.append(Segment(start=float(times[i]), end=float(end), label=labels[i],
-                           mean_score=float(np.mean(scores[i:j + 1])), frames=j - i + 1))
+        out.append(
+            Segment(
+                start=float(times[i]),
+                end=float(end),
+                label=labels[i],
+                mean_score=float(np.mean(scores[i : j + 1])),
+                frames=j - i + 1,
+            )
+        )
         i = j + 1
     return out
 

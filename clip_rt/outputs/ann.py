@@ -22,6 +22,7 @@ the signature (stale: rebuilt), the file's size, that faiss reads it, its count 
 dimension, that its lists add up to the count, and that stored vectors are unit-length and
 find themselves; a damaged index is rebuilt with a warning (it is derived data).
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,9 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise AnnUnavailable(f"approximate search needs faiss, which is not installed ({exc}): "
-                             "pip install 'clip-rt[ann]'") from None
+        raise AnnUnavailable(
+            f"approximate search needs faiss, which is not installed ({exc}): pip install 'clip-rt[ann]'"
+        ) from None
     return faiss
 
 
@@ -109,9 +111,16 @@ def exact_search(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
     return scores[order], order
 
 
-def search(collection: Collection, query: np.ndarray, k: int, *, mode: str = "auto", rebuild: bool = False,
-           spec: AnnSpec = DEFAULT_SPEC, on_message: Callable[[str], None] = lambda m: None
-           ) -> tuple[list[tuple[float, str]], str]:
+def search(
+    collection: Collection,
+    query: np.ndarray,
+    k: int,
+    *,
+    mode: str = "auto",
+    rebuild: bool = False,
+    spec: AnnSpec = DEFAULT_SPEC,
+    on_message: Callable[[str], None] = lambda m: None,
+) -> tuple[list[tuple[float, str]], str]:
     """The *k* nearest rows of *collection* to *query*: ``([(cosine, path)], how)`` where *how*
     is ``"exact"`` or ``"ann"``. *mode*: ``auto`` (ANN from :data:`EXACT_BELOW` rows on, when
     faiss is installed; otherwise exact, with a message), ``exact``, ``ann``."""
@@ -147,14 +156,18 @@ class AnnIndex:
         faiss = _faiss()
         k = min(k, self.index.ntotal)
         params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.meta["params"]["nprobe"]))
-        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k,
-                                        params=params)
+        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
 
-def ensure_ann(collection: Collection, spec: AnnSpec = DEFAULT_SPEC, *, rebuild: bool = False,
-               on_message: Callable[[str], None] = lambda m: None) -> AnnIndex:
+def ensure_ann(
+    collection: Collection,
+    spec: AnnSpec = DEFAULT_SPEC,
+    *,
+    rebuild: bool = False,
+    on_message: Callable[[str], None] = lambda m: None,
+) -> AnnIndex:
     """The collection's ANN index: opened if it is current and sound, else (re)built."""
     folder = collection.ann_dir
     os.makedirs(folder, exist_ok=True)
@@ -169,8 +182,9 @@ def ensure_ann(collection: Collection, spec: AnnSpec = DEFAULT_SPEC, *, rebuild:
             found = _try_open(folder, collection)
             if isinstance(found, AnnIndex):
                 return found
-        on_message(f"building the ANN index over {collection.count} embeddings (once; stored in "
-                   f"{display_path(folder)})")
+        on_message(
+            f"building the ANN index over {collection.count} embeddings (once; stored in {display_path(folder)})"
+        )
         return build(folder, collection, spec)
 
 
@@ -264,8 +278,10 @@ def build(folder: str, collection: Collection, spec: AnnSpec = DEFAULT_SPEC) -> 
     t0 = time.perf_counter()
     index = build_index(collection.iter_vectors, collection.count, collection.embed_dim, spec)
     if index.ntotal != collection.count:
-        raise InputError(f"{display_path(collection.folder)!r} gave {index.ntotal} vectors, its description "
-                         f"says {collection.count}; it changed while the ANN index was built: search again")
+        raise InputError(
+            f"{display_path(collection.folder)!r} gave {index.ntotal} vectors, its description "
+            f"says {collection.count}; it changed while the ANN index was built: search again"
+        )
     faiss = _faiss()
     name = f"vectors-{collection.signature[:16]}.faiss"
     tmp = os.path.join(folder, f".{name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}.tmp")
@@ -275,12 +291,24 @@ def build(folder: str, collection: Collection, spec: AnnSpec = DEFAULT_SPEC) -> 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    meta = {"format": ANN_FORMAT, "backend": "faiss", "backend_version": getattr(faiss, "__version__", None),
-            "factory": spec.factory(collection.count), "metric": "inner_product",
-            "params": {"nlist": spec.nlist(collection.count), "nprobe": spec.nprobe,
-                       "train_rows": spec.train_rows(collection.count)},
-            "count": int(index.ntotal), "dim": int(index.d), "signature": collection.signature, "file": name,
-            "bytes": os.path.getsize(os.path.join(folder, name)), "build_s": round(time.perf_counter() - t0, 2)}
+    meta = {
+        "format": ANN_FORMAT,
+        "backend": "faiss",
+        "backend_version": getattr(faiss, "__version__", None),
+        "factory": spec.factory(collection.count),
+        "metric": "inner_product",
+        "params": {
+            "nlist": spec.nlist(collection.count),
+            "nprobe": spec.nprobe,
+            "train_rows": spec.train_rows(collection.count),
+        },
+        "count": int(index.ntotal),
+        "dim": int(index.d),
+        "signature": collection.signature,
+        "file": name,
+        "bytes": os.path.getsize(os.path.join(folder, name)),
+        "build_s": round(time.perf_counter() - t0, 2),
+    }
     meta_tmp = os.path.join(folder, f".{ANN_FILE}.{uuid.uuid4().hex}.tmp")
     with open(meta_tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(meta, indent=1) + "\n")
@@ -294,8 +322,9 @@ def build(folder: str, collection: Collection, spec: AnnSpec = DEFAULT_SPEC) -> 
     return AnnIndex(index, meta)
 
 
-def build_index(chunks: Callable[[], Iterator[np.ndarray]], count: int, dim: int,
-                spec: AnnSpec = DEFAULT_SPEC, seed: int = 0) -> Any:
+def build_index(
+    chunks: Callable[[], Iterator[np.ndarray]], count: int, dim: int, spec: AnnSpec = DEFAULT_SPEC, seed: int = 0
+) -> Any:
     """A trained, filled faiss IVF-Flat index; *chunks()* yields the vectors in row order (it is
     called twice: once to sample the training rows, once to add everything)."""
     faiss = _faiss()

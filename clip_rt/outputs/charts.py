@@ -6,6 +6,7 @@ settings). User text (labels, file names) is drawn literally: mathtext is off
 (``text.parse_math``), so ``$x$`` in a file name is three characters, not a formula, and
 control characters are shown escaped. Fonts are chosen per text by ``fonts.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,7 @@ def require_matplotlib() -> ModuleType:
         import matplotlib
         import matplotlib.figure  # noqa: F401
     except ImportError:
-        raise ClipRtError(
-            "charts need matplotlib, which is not installed: pip install 'clip-rt[report]'"
-        ) from None
+        raise ClipRtError("charts need matplotlib, which is not installed: pip install 'clip-rt[report]'") from None
     return matplotlib
 
 
@@ -71,7 +70,7 @@ def shorten(text: str, width: int) -> str:
 
 def shorten_left(text: str, width: int) -> str:
     """For paths: the end (the file name) is what tells them apart."""
-    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
 def percent(value: float) -> str:
@@ -104,9 +103,17 @@ def _percent_ticks(axis: Axis) -> None:
     axis.set_major_formatter(PercentFormatter(1.0))
 
 
-def bar_chart(path: Union[str, Path], names: Sequence[str], values: Sequence[float], *, title: str, xlabel: str,
-              percent_axis: bool = False, counts: bool = False,
-              texts: Optional[Sequence[Optional[str]]] = None) -> Path:
+def bar_chart(
+    path: Union[str, Path],
+    names: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    xlabel: str,
+    percent_axis: bool = False,
+    counts: bool = False,
+    texts: Optional[Sequence[Optional[str]]] = None,
+) -> Path:
     """Horizontal bars, first name on top, each value written at the end of its bar (or
     ``texts[i]`` when given and not None). Percentages: the axis runs from 0 to a little past
     the largest value and never past 100 %. Counts: integer ticks."""
@@ -143,11 +150,22 @@ def pie_chart(path: Union[str, Path], names: Sequence[str], counts: Sequence[int
     ax = fig.subplots()
     if keep:
         total = sum(c for _, c in keep)
-        wedges, *_ = ax.pie([c for _, c in keep], startangle=90, counterclock=False, pctdistance=0.7,
-                            autopct=lambda pct: f"{pct:.0f}%" if pct >= 5 else "",
-                            wedgeprops={"edgecolor": "white"}, textprops={"color": "white", "fontsize": 10})
-        ax.legend(wedges, [f"{label_text(n)}: {c} ({c / total:.0%})" for n, c in keep],
-                  loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        wedges, *_ = ax.pie(
+            [c for _, c in keep],
+            startangle=90,
+            counterclock=False,
+            pctdistance=0.7,
+            autopct=lambda pct: f"{pct:.0f}%" if pct >= 5 else "",
+            wedgeprops={"edgecolor": "white"},
+            textprops={"color": "white", "fontsize": 10},
+        )
+        ax.legend(
+            wedges,
+            [f"{label_text(n)}: {c} ({c / total:.0%})" for n, c in keep],
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
         ax.set_aspect("equal")
     else:
         ax.text(0.5, 0.5, "no images", ha="center", va="center")
@@ -208,8 +226,9 @@ def thumbnail(source: ImageSource, size: int) -> Optional[Image.Image]:
         return None
 
 
-def contact_sheet(path: Union[str, Path], items: Sequence[tuple[str, str]], *, columns: int = 6,
-                  thumb: int = 160) -> Path:
+def contact_sheet(
+    path: Union[str, Path], items: Sequence[tuple[str, str]], *, columns: int = 6, thumb: int = 160
+) -> Path:
     """A grid of (image path, caption) thumbnails; an image that cannot be read (any more)
     shows as a grey tile marked "unreadable"."""
     n = max(1, len(items))
@@ -231,8 +250,9 @@ def contact_sheet(path: Union[str, Path], items: Sequence[tuple[str, str]], *, c
     return _save(fig, path)
 
 
-def image_with_bars(path: Union[str, Path], image: Image.Image, names: Sequence[str], probs: Sequence[float], *,
-                    title: str = "") -> Path:
+def image_with_bars(
+    path: Union[str, Path], image: Image.Image, names: Sequence[str], probs: Sequence[float], *, title: str = ""
+) -> Path:
     """The image on the left, its text probabilities as labelled bars on the right; the
     percentage axis runs from 0 to 100 %."""
     fig = _figure(11, max(3.5, 0.45 * len(names) + 1.5))
@@ -255,8 +275,14 @@ def image_with_bars(path: Union[str, Path], image: Image.Image, names: Sequence[
     return _save(fig, path)
 
 
-def plot_similarity(image: ImageSource, texts: Sequence[str], probabilities: Sequence[float], path: Union[str, Path], *,
-                    title: Optional[str] = None) -> Path:
+def plot_similarity(
+    image: ImageSource,
+    texts: Sequence[str],
+    probabilities: Sequence[float],
+    path: Union[str, Path],
+    *,
+    title: Optional[str] = None,
+) -> Path:
     """Write a PNG to *path*: *image* beside a bar chart of the *probabilities* of *texts*
     (e.g. from :meth:`ClipModel.similarity`). *image* is a path or anything
     :func:`clip_rt.inputs.images.open_image` takes; the title defaults to its file name.
@@ -293,6 +319,9 @@ def warn_missing_glyphs(texts: Iterable[str], what: str) -> FontChoice:
     choice = choose_fonts(list(texts))
     if choice.missing:
         shown = ", ".join(repr(c) for c in choice.missing[:8]) + (" ..." if len(choice.missing) > 8 else "")
-        warnings.warn(f"no installed font has {len(choice.missing)} character(s) of {what} ({shown}): they show "
-                      f"as boxes in the charts; install a font that has them ({INSTALL_HINT})", stacklevel=3)
+        warnings.warn(
+            f"no installed font has {len(choice.missing)} character(s) of {what} ({shown}): they show "
+            f"as boxes in the charts; install a font that has them ({INSTALL_HINT})",
+            stacklevel=3,
+        )
     return choice

@@ -5,18 +5,20 @@ A collection gives its rows' embeddings (float32, L2-normalised), their paths, t
 made them, and a *signature* that changes whenever the embeddings do (an ANN index built from
 them records it, and is rebuilt when it no longer matches).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InputError
 from ..display import display_path
+from ..errors import InputError
 
 
 @dataclass
@@ -97,11 +99,28 @@ def open_collection(folder: str) -> Collection:
     index = SearchIndex.load(folder)  # not an index either: its error says so
     emb_file = os.path.join(folder, f"embeddings-{index.generation}.npy")
     st = os.stat(emb_file) if os.path.exists(emb_file) else None
-    sig = _digest([index.generation, index.fingerprint, index.precision, len(index.entries),
-                   st.st_size if st else None, st.st_mtime_ns if st else None])
-    return Collection(folder=folder, kind="index", model=index.model, fingerprint=index.fingerprint,
-                      precision=index.precision, embed_dim=index.embed_dim, count=len(index.entries),
-                      signature=sig, bundle_dir=index.bundle_dir, _index=index)
+    sig = _digest(
+        [
+            index.generation,
+            index.fingerprint,
+            index.precision,
+            len(index.entries),
+            st.st_size if st else None,
+            st.st_mtime_ns if st else None,
+        ]
+    )
+    return Collection(
+        folder=folder,
+        kind="index",
+        model=index.model,
+        fingerprint=index.fingerprint,
+        precision=index.precision,
+        embed_dim=index.embed_dim,
+        count=len(index.entries),
+        signature=sig,
+        bundle_dir=index.bundle_dir,
+        _index=index,
+    )
 
 
 def _parquet(folder: str) -> Collection:
@@ -117,15 +136,23 @@ def _parquet(folder: str) -> Collection:
             meta = pq.read_metadata(f)
             count += meta.num_rows
         except Exception as exc:  # noqa: BLE001 - any pyarrow failure: a damaged part
-            raise InputError(f"{display_path(str(f))}: not a readable Parquet part ({exc}); rerun the job to "
-                             "redo it") from None
+            raise InputError(
+                f"{display_path(str(f))}: not a readable Parquet part ({exc}); rerun the job to redo it"
+            ) from None
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     # Rows without an embedding (failed images, error set) are not searchable: count them out.
     failed = parts.summarize(folder, limit=0).failed if files else 0
-    return Collection(folder=folder, kind="parquet", model=job["model"], fingerprint=job["fingerprint"],
-                      precision=job["precision"], embed_dim=int(job["embed_dim"]), count=count - failed,
-                      signature=_digest([job["fingerprint"], job["precision"], stats]),
-                      bundle_dir=job.get("bundle_dir"))
+    return Collection(
+        folder=folder,
+        kind="parquet",
+        model=job["model"],
+        fingerprint=job["fingerprint"],
+        precision=job["precision"],
+        embed_dim=int(job["embed_dim"]),
+        count=count - failed,
+        signature=_digest([job["fingerprint"], job["precision"], stats]),
+        bundle_dir=job.get("bundle_dir"),
+    )
 
 
 def _digest(parts_: list[Any]) -> str:

@@ -18,6 +18,7 @@
 Every ``OSError`` of writing becomes one :class:`~clip_rt.errors.OutputError` naming the file
 and the reason (``No space left on device``, ``Permission denied`` ...).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,14 @@ def output_error(path: str, exc: OSError, what: str = "") -> OutputError:
 
 
 def file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISSOCK, "socket")):
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -96,8 +102,10 @@ def check_regular_or_absent(path: str, what: str) -> None:
     except OSError as exc:
         raise output_error(path, exc, what) from None
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-        raise OutputError(f"cannot write {what} {display_path(path)!r}: it is a {file_kind(st.st_mode)}, "
-                          "expected a file (or nothing) there")
+        raise OutputError(
+            f"cannot write {what} {display_path(path)!r}: it is a {file_kind(st.st_mode)}, "
+            "expected a file (or nothing) there"
+        )
 
 
 def temp_name(path: str) -> str:
@@ -157,8 +165,15 @@ def _sync_and_replace(tmp: str, path: str) -> None:
 
 
 @contextmanager
-def atomic_file(path: str, mode: str = "w", what: str = "", *, encoding: Optional[str] = "utf-8",
-                errors: Optional[str] = None, newline: Optional[str] = None) -> Iterator[IO[Any]]:
+def atomic_file(
+    path: str,
+    mode: str = "w",
+    what: str = "",
+    *,
+    encoding: Optional[str] = "utf-8",
+    errors: Optional[str] = None,
+    newline: Optional[str] = None,
+) -> Iterator[IO[Any]]:
     """``with atomic_file(path) as f:`` writes *path* whole or not at all. A special file
     (``/dev/null``, a FIFO) is opened and written directly; a symbolic link is written through."""
     path = through_link(path)
@@ -261,8 +276,9 @@ class StagedFiles:
                     if old is not None:
                         os.rename(old, final)
             self.discard()
-            raise OutputError(f"cannot write {self.what + ' ' if self.what else ''}in "
-                              f"{display_path(self.folder)!r}: {reason(exc)}") from None
+            raise OutputError(
+                f"cannot write {self.what + ' ' if self.what else ''}in {display_path(self.folder)!r}: {reason(exc)}"
+            ) from None
         for _, _, old in moved:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
@@ -277,7 +293,7 @@ class StagedFiles:
         self._staged = []
         self._folders = []
 
-    def __enter__(self) -> "StagedFiles":
+    def __enter__(self) -> StagedFiles:
         return self
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
@@ -295,11 +311,15 @@ def check_owned_folder(path: str, marker: str, what: str) -> None:
         raise output_error(path, exc, what) from None
     if not stat.S_ISDIR(st.st_mode):
         kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else file_kind(st.st_mode)
-        raise OutputError(f"cannot write {what} {display_path(path)!r}: it is a {kind}; expected a folder "
-                          "made by clip-rt, or nothing, there")
+        raise OutputError(
+            f"cannot write {what} {display_path(path)!r}: it is a {kind}; expected a folder "
+            "made by clip-rt, or nothing, there"
+        )
     if not os.path.isfile(os.path.join(path, marker)):
-        raise OutputError(f"cannot write {what} {display_path(path)!r}: that folder was not made by clip-rt (it "
-                          f"has no {marker} file) and would be replaced; move it away or choose another folder")
+        raise OutputError(
+            f"cannot write {what} {display_path(path)!r}: that folder was not made by clip-rt (it "
+            f"has no {marker} file) and would be replaced; move it away or choose another folder"
+        )
 
 
 def remove_dead_temp_folders(path: str, marker: str) -> None:
@@ -314,8 +334,12 @@ def remove_dead_temp_folders(path: str, marker: str) -> None:
     for name in names:
         m = ours.fullmatch(name)
         full = os.path.join(folder, name)
-        if m and not _alive(int(m.group(1))) and os.path.isfile(os.path.join(full, marker)) \
-                and not os.path.islink(full):
+        if (
+            m
+            and not _alive(int(m.group(1)))
+            and os.path.isfile(os.path.join(full, marker))
+            and not os.path.islink(full)
+        ):
             shutil.rmtree(full, ignore_errors=True)
 
 
@@ -340,8 +364,16 @@ class RecordSink:
     whole batch, so a later ``--resume`` finds no torn record.
     """
 
-    def __init__(self, raw: BinaryIO, label: str, *, owned: bool = True, truncatable: bool = False,
-                 offset: int = 0, what: str = "output") -> None:
+    def __init__(
+        self,
+        raw: BinaryIO,
+        label: str,
+        *,
+        owned: bool = True,
+        truncatable: bool = False,
+        offset: int = 0,
+        what: str = "output",
+    ) -> None:
         self.raw, self.label, self.owned, self.truncatable, self.what = raw, label, owned, truncatable, what
         self.good = offset  # bytes of the file known to be whole
         self._pending: list[str] = []
@@ -358,7 +390,7 @@ class RecordSink:
             view = memoryview(data)
             while view:
                 n = self.raw.write(view)
-                view = view[n if n is not None else 0:]
+                view = view[n if n is not None else 0 :]
             self.raw.flush()
         except BrokenPipeError:
             if not self.owned:  # stdout piped into `head`: the reader's choice, not our error
@@ -454,7 +486,7 @@ class OutputLock:
         self.lock_path = os.path.join(folder, f".{base}{LOCK_SUFFIX}")
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         try:
             import fcntl
         except ImportError:  # Windows: no flock; concurrent runs are not detected there
@@ -467,14 +499,18 @@ class OutputLock:
                 holder = _read_pid(fd)
                 os.close(fd)
                 who = f" (process {holder})" if holder else ""
-                raise InputError(f"{display_path(self.path)!r} is being written by another clip-rt run{who}; "
-                                 "wait for it to end, or write to another file") from None
+                raise InputError(
+                    f"{display_path(self.path)!r} is being written by another clip-rt run{who}; "
+                    "wait for it to end, or write to another file"
+                ) from None
             if self._still_named(fd):
                 break
             os.close(fd)  # the run that held it removed the file meanwhile: lock the current one
         else:
-            raise OutputError(f"cannot lock {self.what} {display_path(self.path)!r}: its lock file "
-                              f"{display_path(self.lock_path)!r} kept being replaced; try again")
+            raise OutputError(
+                f"cannot lock {self.what} {display_path(self.path)!r}: its lock file "
+                f"{display_path(self.lock_path)!r} kept being replaced; try again"
+            )
         try:  # whose lock it is, for the message above (best effort)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
@@ -488,8 +524,10 @@ class OutputLock:
             return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             folder = os.path.dirname(self.lock_path) or "."
-            raise OutputError(f"cannot write {self.what} {display_path(self.path)!r}: cannot create files in "
-                              f"{display_path(folder)!r} ({reason(exc)})") from None
+            raise OutputError(
+                f"cannot write {self.what} {display_path(self.path)!r}: cannot create files in "
+                f"{display_path(folder)!r} ({reason(exc)})"
+            ) from None
 
     def _still_named(self, fd: int) -> bool:
         """Whether :attr:`lock_path` is still the file open as *fd*."""
@@ -511,7 +549,7 @@ class OutputLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -527,7 +565,7 @@ def _read_pid(fd: int) -> str:
 
 
 # -- outputs that are inputs ---------------------------------------------------------------
-def _file_id(path: str) -> "Optional[tuple[int, int]]":
+def _file_id(path: str) -> Optional[tuple[int, int]]:
     try:
         st = os.stat(path)
     except (OSError, ValueError):  # missing, unreadable, a NUL in the name: not a file it could be
@@ -543,8 +581,9 @@ def _same_place(a: str, b: str) -> bool:
     return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
-def refuse_inputs_as_outputs(outputs: "list[tuple[str, str]]", inputs: "Iterable[str]" = (), *,
-                             stdin: bool = False, stdout: bool = False) -> None:
+def refuse_inputs_as_outputs(
+    outputs: list[tuple[str, str]], inputs: Iterable[str] = (), *, stdin: bool = False, stdout: bool = False
+) -> None:
     """Refuse, before anything is opened for writing, an output that is one of the inputs.
 
     *outputs*: ``(path, what)`` of every file the command may write (``what`` names it in the
@@ -557,10 +596,12 @@ def refuse_inputs_as_outputs(outputs: "list[tuple[str, str]]", inputs: "Iterable
     Costs one ``stat`` per input, and only when an output already exists.
     """
     for i, (a, what_a) in enumerate(outputs):
-        for b, what_b in outputs[i + 1:]:
+        for b, what_b in outputs[i + 1 :]:
             if _same_place(a, b):
-                raise OutputError(f"the {what_a} {display_path(a)!r} and the {what_b} {display_path(b)!r} are "
-                                  "the same file; give them different paths")
+                raise OutputError(
+                    f"the {what_a} {display_path(a)!r} and the {what_b} {display_path(b)!r} are "
+                    "the same file; give them different paths"
+                )
     targets: dict[tuple[int, int], tuple[str, str]] = {}
     for path, what in outputs:
         try:
@@ -577,8 +618,10 @@ def refuse_inputs_as_outputs(outputs: "list[tuple[str, str]]", inputs: "Iterable
         in_st = _fd_stat(0)
         hit = targets.get((in_st.st_dev, in_st.st_ino)) if in_st is not None else None
         if hit is not None:
-            raise OutputError(f"cannot write {hit[1]} {hit[0]!r}: it is the path list this command reads on "
-                              "standard input; write to another file")
+            raise OutputError(
+                f"cannot write {hit[1]} {hit[0]!r}: it is the path list this command reads on "
+                "standard input; write to another file"
+            )
     for path in inputs:
         fid = _file_id(path)
         if fid is None:
@@ -586,11 +629,15 @@ def refuse_inputs_as_outputs(outputs: "list[tuple[str, str]]", inputs: "Iterable
         hit = targets.get(fid)
         if hit is not None:
             same = "" if display_path(path) == hit[0] else " (the same file, through a link)"
-            raise OutputError(f"cannot write {hit[1]} {hit[0]!r}: it is the input {display_path(path)!r}{same}; "
-                              "nothing was written: choose another output path")
+            raise OutputError(
+                f"cannot write {hit[1]} {hit[0]!r}: it is the input {display_path(path)!r}{same}; "
+                "nothing was written: choose another output path"
+            )
         if fid == out_id:
-            raise OutputError(f"standard output is the input {display_path(path)!r}: writing there would "
-                              "change the file being read; redirect the output to another file")
+            raise OutputError(
+                f"standard output is the input {display_path(path)!r}: writing there would "
+                "change the file being read; redirect the output to another file"
+            )
 
 
 def _fd_stat(fd: int) -> Optional[os.stat_result]:

@@ -15,11 +15,13 @@ families are chosen here from what the text needs:
 
 :class:`FontChoice` says which fonts were used, and which characters no font has.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 BASE_FAMILY = "DejaVu Sans"
 # Tried in this order for the characters DejaVu Sans lacks. Debian: fonts-noto-cjk,
@@ -60,8 +62,11 @@ class FontChoice:
         return ", ".join([BASE_FAMILY] + extra)
 
     def to_json(self) -> dict[str, object]:
-        return {"families": [BASE_FAMILY] + [n for n, _ in self.used],
-                "files": [p for _, p in self.used], "missing_characters": self.missing}
+        return {
+            "families": [BASE_FAMILY] + [n for n, _ in self.used],
+            "files": [p for _, p in self.used],
+            "missing_characters": self.missing,
+        }
 
 
 def needed_characters(texts: Iterable[str]) -> set[int]:
@@ -79,8 +84,12 @@ def choose_fonts(texts: Iterable[str]) -> FontChoice:
         _register_system_fonts()
     if missing:
         used, missing = _cover(needed, search_all=True)
-    return FontChoice(families=[BASE_FAMILY] + [name for name, _ in used], used=used,
-                      missing="".join(sorted(chr(c) for c in missing)), rescanned=rescanned)
+    return FontChoice(
+        families=[BASE_FAMILY] + [name for name, _ in used],
+        used=used,
+        missing="".join(sorted(chr(c) for c in missing)),
+        rescanned=rescanned,
+    )
 
 
 def _cover(needed: set[int], *, search_all: bool) -> tuple[list[tuple[str, str]], set[int]]:
@@ -92,8 +101,9 @@ def _cover(needed: set[int], *, search_all: bool) -> tuple[list[tuple[str, str]]
     tried = {base}
     candidates = [(name, _family_file(name)) for name in FALLBACK_FAMILIES]
     if search_all:  # any font matplotlib now knows, regular faces first
-        entries = sorted(font_manager.fontManager.ttflist,
-                         key=lambda e: (e.style != "normal", abs(_weight(e.weight) - 400), e.name))
+        entries = sorted(
+            font_manager.fontManager.ttflist, key=lambda e: (e.style != "normal", abs(_weight(e.weight) - 400), e.name)
+        )
         candidates += [(e.name, e.fname) for e in entries]
     for name, path in candidates:
         if not left:

@@ -13,8 +13,9 @@ import base64
 import hashlib
 import html
 import re
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from .records import dumps_json
 

@@ -17,12 +17,13 @@ filters.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import quote
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 from . import thumbnails as thumbs
 from .files import StagedFiles, check_owned_folder, check_regular_or_absent, reason
 from .html_page import asset, csp_hash, esc, fill, script_json
@@ -76,7 +77,7 @@ def check_html_report(folder: str) -> None:
 
 
 def write_html_report(
-    folder: Union[str, "os.PathLike[str]"],
+    folder: Union[str, os.PathLike[str]],
     records: Sequence[Record],
     summary: Mapping[str, Any],
     charts: Sequence[Chart] = (),

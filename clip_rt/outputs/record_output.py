@@ -13,6 +13,7 @@
   refused, never interleaved.
 - A device or FIFO (``-o /dev/null``) is written as it is, with no sidecar and no resume.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,10 +21,11 @@ import io
 import json
 import os
 import shutil
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 from .files import (
     OutputLock,
     RecordSink,
@@ -59,8 +61,12 @@ def _read_sidecar(side: str) -> bytes:
     four times the labels-file limit (it holds the labels and templates) plus 1 MB."""
     from ..inputs.bounded import LABELS_ENV, env_hint, labels_limit, read_limited
 
-    return read_limited(side, what=f"run description {display_path(side)!r}", limit=4 * labels_limit() + (1 << 20),
-                        hint=env_hint(LABELS_ENV))
+    return read_limited(
+        side,
+        what=f"run description {display_path(side)!r}",
+        limit=4 * labels_limit() + (1 << 20),
+        hint=env_hint(LABELS_ENV),
+    )
 
 
 def recorded_precision(output: str) -> Optional[str]:
@@ -100,15 +106,15 @@ def check_sidecar(output: str, identity: dict[str, Any]) -> None:
 class RecordOutput:
     """``-o FILE`` of one classify run. Use::
 
-        out = RecordOutput(path, fmt, resume=resume)
-        out.prepare(identity, labels)      # checks, lock, resume; nothing truncated yet
-        sink = out.open()                  # the stream for RecordWriter
-        try:
-            ...write batches...; out.commit()
-        except OutputError as exc:
-            raise out.fail(exc, written=n)  # puts the previous output back where there was one
-        finally:
-            out.release()
+    out = RecordOutput(path, fmt, resume=resume)
+    out.prepare(identity, labels)      # checks, lock, resume; nothing truncated yet
+    sink = out.open()                  # the stream for RecordWriter
+    try:
+        ...write batches...; out.commit()
+    except OutputError as exc:
+        raise out.fail(exc, written=n)  # puts the previous output back where there was one
+    finally:
+        out.release()
     """
 
     def __init__(self, path: str, fmt: str, *, resume: bool = False) -> None:
@@ -129,16 +135,19 @@ class RecordOutput:
         self._previous = os.path.join(folder, f".{base}{PREVIOUS_SUFFIX}")
 
     # -- before anything is written ----------------------------------------------------
-    def prepare(self, identity: dict[str, Any], labels: Sequence[str],
-                described: Optional[dict[str, Any]] = None) -> None:
+    def prepare(
+        self, identity: dict[str, Any], labels: Sequence[str], described: Optional[dict[str, Any]] = None
+    ) -> None:
         """*identity*: what a ``--resume`` must match; *described*: what the run description
         records (identity plus, e.g., which backend ran, which a resume may change)."""
         self._identity = described if described is not None else identity
         st = check_target(self.path)
         if is_special(st):
             if self.resume:
-                raise InputError(f"cannot resume {display_path(self.path)!r}: it is a "
-                                 f"{file_kind(st.st_mode)}, not a file that holds earlier records")  # type: ignore[union-attr]
+                kind = file_kind(st.st_mode)  # type: ignore[union-attr]  # is_special: st is a stat
+                raise InputError(
+                    f"cannot resume {display_path(self.path)!r}: it is a {kind}, not a file that holds earlier records"
+                )
             self.special = True
             return
         self._lock = OutputLock(self.path).acquire()  # also proves files can be made in the folder
@@ -241,14 +250,17 @@ class RecordOutput:
                 if os.path.exists(sidecar_path(self._previous)):
                     os.replace(sidecar_path(self._previous), sidecar_path(self.path))
             except OSError as undo:
-                return OutputError(f"{exc}; the earlier output could not be put back ({undo.strerror or undo}): "
-                                   f"it is in {display_path(self._previous)!r}")
+                return OutputError(
+                    f"{exc}; the earlier output could not be put back ({undo.strerror or undo}): "
+                    f"it is in {display_path(self._previous)!r}"
+                )
             self._kept = False
             return OutputError(f"{exc}; the earlier {where!r} was put back")
         total = written + len(self.done)
         if total:
-            return OutputError(f"{exc}; the {total} record(s) written before it are in {where!r}: "
-                               "make room and continue with --resume")
+            return OutputError(
+                f"{exc}; the {total} record(s) written before it are in {where!r}: make room and continue with --resume"
+            )
         if self._created:  # nothing in it, and no description: leave nothing behind
             _unlink(self.path)
             _unlink(sidecar_path(self.path))
@@ -315,9 +327,11 @@ def resume_jsonl(path: str) -> list[Record]:
             continue
         problem = _record_problem(line)
         if problem:
-            raise InputError(f"cannot resume {display_path(path)!r}: line {lineno} is not a clip-rt record "
-                             f"({problem}); expected one JSON object per line as classify writes them, with a "
-                             "\"path\" string; run without --resume to start over")
+            raise InputError(
+                f"cannot resume {display_path(path)!r}: line {lineno} is not a clip-rt record "
+                f"({problem}); expected one JSON object per line as classify writes them, with a "
+                '"path" string; run without --resume to start over'
+            )
         records.append(Record.from_json(json.loads(line)))
     _truncate(path, keep)
     return records
@@ -331,10 +345,11 @@ def _record_problem(line: str) -> str:
         return f"not valid JSON: {exc}"
     if not isinstance(data, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-            type(data), "null")
+            type(data), "null"
+        )
         return f"it is {kind}, not an object"
     if not isinstance(data.get("path"), str):
-        return "it has no \"path\" string"
+        return 'it has no "path" string'
     for key, expected, what in (("scores", dict, "an object"), ("top_k", list, "an array")):
         if data.get(key) is not None and not isinstance(data[key], expected):
             return f"its {key!r} is not {what}"
@@ -351,7 +366,7 @@ def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:
     bom = "\ufeff" if text.startswith("\ufeff") else ""
     header = csv_header(labels)
     header_line = csv_line(header)
-    body = text[len(bom):]
+    body = text[len(bom) :]
     if body and "\n" not in body and header_line.startswith(body):
         # Killed while the header was written (or just before its newline): complete it, so
         # the appended rows do not run on from it and nothing is padded.
@@ -366,12 +381,12 @@ def resume_csv(path: str, labels: Sequence[str]) -> list[Record]:
             _truncate(path, "")
             return []
         if first != header:
-            raise InputError(
-                f"cannot resume {display_path(path)!r}: its header {first!r} is not this run's {header!r}"
-            )
+            raise InputError(f"cannot resume {display_path(path)!r}: its header {first!r} is not this run's {header!r}")
         if not text.startswith(header_line, len(kept)):  # same names, other quoting or line ending
-            raise InputError(f"cannot resume {display_path(path)!r}: its header line is not as clip-rt "
-                             "writes it (edited and saved by another program?); run without --resume")
+            raise InputError(
+                f"cannot resume {display_path(path)!r}: its header line is not as clip-rt "
+                "writes it (edited and saved by another program?); run without --resume"
+            )
         kept += header_line
         for row in rows:
             line = csv_line(row)

@@ -15,6 +15,7 @@ as a formula (starting with ``= + - @``, a tab or a CR) get a ``'`` in front, an
 cell that starts with ``'``, so that :func:`unneutralise` gives back the exact text (resume
 matches paths through it).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,7 @@ class Record:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Record":
+    def from_json(cls, d: dict[str, Any]) -> Record:
         return cls(
             path=d["path"],
             label=d.get("label"),
@@ -81,7 +82,7 @@ def error_reason(path: str, error: str) -> str:
     table and the summary already show it)."""
     for prefix in (path, loader_label(path), display_path(path)):
         if error.startswith(prefix + ": "):
-            return error[len(prefix) + 2:]
+            return error[len(prefix) + 2 :]
     return error
 
 
@@ -161,8 +162,16 @@ class TextSink(Protocol):
 class RecordWriter:
     """Writes records in one format to a text stream; ``write_batch`` flushes."""
 
-    def __init__(self, fmt: str, stream: TextSink, labels: Sequence[str], *, top_k: int = 1,
-                 write_header: bool = True, bom: bool = False) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        stream: TextSink,
+        labels: Sequence[str],
+        *,
+        top_k: int = 1,
+        write_header: bool = True,
+        bom: bool = False,
+    ) -> None:
         if fmt not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
         self.fmt, self.stream, self.labels, self.top_k = fmt, stream, list(labels), top_k

@@ -12,6 +12,7 @@ All files (and the thumbnails folder) are written to temporary names first and r
 together at the end: a report that fails (full disk ...) leaves the folder's previous files
 as they were.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,13 +21,14 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from ..errors import InputError, OutputError
 from ..display import display_path
+from ..errors import InputError, OutputError
 from . import charts, html_report
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT
@@ -35,17 +37,38 @@ from .records import Record, RecordWriter, dumps_json
 ASPECT_TYPES: tuple[tuple[str, float], ...] = (("1:1", 1.0), ("4:3", 4 / 3), ("3:2", 1.5), ("16:9", 16 / 9))
 ASPECT_TOLERANCE = 0.02
 MAX_BARS = 40  # classes drawn in the per-class charts (summary.json has them all)
-CHARTS = ("class_distribution.png", "class_mean_score.png", "aspect_types.png", "aspect_ratio_hist.png",
-          "image_size_hist.png", "contact_sheet.png")
+CHARTS = (
+    "class_distribution.png",
+    "class_mean_score.png",
+    "aspect_types.png",
+    "aspect_ratio_hist.png",
+    "image_size_hist.png",
+    "contact_sheet.png",
+)
 REPORT_FILES = ("results.csv", "summary.json", html_report.REPORT_HTML) + CHARTS
 CHART_TITLES = {
-    "class_distribution.png": "Images per class", "class_mean_score.png": "Mean top-1 score per class",
-    "aspect_types.png": "Aspect-ratio types", "aspect_ratio_hist.png": "Width / height ratio",
-    "image_size_hist.png": "Image size in pixels", "contact_sheet.png": "Contact sheet",
+    "class_distribution.png": "Images per class",
+    "class_mean_score.png": "Mean top-1 score per class",
+    "aspect_types.png": "Aspect-ratio types",
+    "aspect_ratio_hist.png": "Width / height ratio",
+    "image_size_hist.png": "Image size in pixels",
+    "contact_sheet.png": "Contact sheet",
 }
 # What reading an image header can raise (see inputs/images.py for why the list is this wide).
-_HEADER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError,
-                  TypeError, ZeroDivisionError, OverflowError, AttributeError)
+_HEADER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    AttributeError,
+)
 
 
 def aspect_type(width: int, height: int) -> str:
@@ -75,8 +98,9 @@ def _stats(values: Sequence[float]) -> dict[str, Optional[float]]:
     return {"min": lo, "mean": float(arr.mean()), "median": float(np.median(arr)), "max": hi}
 
 
-def summarise(records: Sequence[Record], labels: Sequence[str],
-              identity: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def summarise(
+    records: Sequence[Record], labels: Sequence[str], identity: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
     ok = [r for r in records if r.ok]
     per_class: dict[str, dict[str, Any]] = {}
     for lab in labels:
@@ -105,8 +129,8 @@ def summarise(records: Sequence[Record], labels: Sequence[str],
             "types": types,
             "tolerance": ASPECT_TOLERANCE,
             "rule": "ratio = long side / short side, matched to each type within the relative tolerance "
-                    "(portrait counts as its landscape type); square = the 1:1 type, else landscape "
-                    "(width > height) or portrait",
+            "(portrait counts as its landscape type); square = the 1:1 type, else landscape "
+            "(width > height) or portrait",
             "width_over_height": _stats([w / h for w, h in sized]),
             **orient,
         },
@@ -114,8 +138,9 @@ def summarise(records: Sequence[Record], labels: Sequence[str],
 
 
 # -- any results in, records out ---------------------------------------------------------
-def as_records(results: Iterable[object], paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None,
-               ) -> list[Record]:
+def as_records(
+    results: Iterable[object], paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None
+) -> list[Record]:
     """:class:`Record` objects from *results*: records, JSON records (dicts, as in a JSONL
     output), or result objects with ``label``/``score``/``scores`` (``Classification`` from
     :meth:`ClipModel.classify`, with *paths* giving their images in the same order; objects
@@ -133,13 +158,20 @@ def as_records(results: Iterable[object], paths: Optional[Sequence[Union[str, os
             rec = Record.from_json({"path": given, **item} if given is not None else item)
         elif hasattr(item, "scores"):
             path = given or getattr(item, "path", None) or getattr(item, "source", None)
-            rec = Record(path=os.fspath(path) if isinstance(path, (str, os.PathLike)) else f"<image {i}>",
-                         label=getattr(item, "label", None), score=getattr(item, "score", None),
-                         scores=dict(getattr(item, "scores", None) or {}), width=getattr(item, "width", None),
-                         height=getattr(item, "height", None), error=getattr(item, "error", None))
+            rec = Record(
+                path=os.fspath(path) if isinstance(path, (str, os.PathLike)) else f"<image {i}>",
+                label=getattr(item, "label", None),
+                score=getattr(item, "score", None),
+                scores=dict(getattr(item, "scores", None) or {}),
+                width=getattr(item, "width", None),
+                height=getattr(item, "height", None),
+                error=getattr(item, "error", None),
+            )
         else:
-            raise InputError(f"result {i}: expected a Record, a JSON record (dict) or a classification result "
-                             f"with label/score/scores; got {type(item).__name__}")
+            raise InputError(
+                f"result {i}: expected a Record, a JSON record (dict) or a classification result "
+                f"with label/score/scores; got {type(item).__name__}"
+            )
         if given is not None and rec.path != given:
             rec = dataclasses.replace(rec, path=given)
         if rec.ok and (rec.width is None or rec.height is None):
@@ -200,11 +232,18 @@ def prepare_report(folder: Union[str, Path], html: bool = True) -> None:
         html_report.check_html_report(folder)
 
 
-def write_report(results: Iterable[object], folder: Union[str, Path], labels: Optional[Sequence[str]] = None, *,
-                 paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None,
-                 identity: Optional[dict[str, Any]] = None, contact_sheet: int = 24,
-                 bom: Optional[bool] = None, html: bool = True,
-                 progress: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+def write_report(
+    results: Iterable[object],
+    folder: Union[str, Path],
+    labels: Optional[Sequence[str]] = None,
+    *,
+    paths: Optional[Sequence[Union[str, os.PathLike[str]]]] = None,
+    identity: Optional[dict[str, Any]] = None,
+    contact_sheet: int = 24,
+    bom: Optional[bool] = None,
+    html: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+) -> dict[str, Any]:
     """Write the batch report into *folder*: ``results.csv``, ``summary.json``, the charts and
     (*html*, the default) ``report.html`` with a ``thumbnails/`` folder beside it.
 
@@ -225,8 +264,9 @@ def write_report(results: Iterable[object], folder: Union[str, Path], labels: Op
 
     # A report file that is one of the reported images (a contact sheet classified as a photo
     # on the next run) is refused, not replaced.
-    refuse_inputs_as_outputs([(os.path.join(folder, name), "report file") for name in REPORT_FILES],
-                             [r.path for r in records])
+    refuse_inputs_as_outputs(
+        [(os.path.join(folder, name), "report file") for name in REPORT_FILES], [r.path for r in records]
+    )
     prepare_report(folder, html)
     summary = summarise(records, labels, identity)
     shown, note = _shown_classes(labels, summary["classes"])
@@ -237,15 +277,26 @@ def write_report(results: Iterable[object], folder: Union[str, Path], labels: Op
     try:
         _write_files(folder, summary, records, labels, shown, note, sheet, texts, choice, bom, html, progress)
     except OSError as exc:  # full disk, I/O error: the staged files are gone, the old ones kept
-        raise OutputError(f"cannot write the report in {display_path(folder)!r}: {reason(exc)}; "
-                          "the files it held before were kept") from None
+        raise OutputError(
+            f"cannot write the report in {display_path(folder)!r}: {reason(exc)}; the files it held before were kept"
+        ) from None
     return summary
 
 
-def _write_files(folder: str, summary: dict[str, Any], records: Sequence[Record], labels: Sequence[str],
-                 shown: list[str], note: str, sheet: list[tuple[str, str]], texts: list[str],
-                 choice: Any, bom: Optional[bool], html: bool,
-                 progress: Optional[Callable[[int], None]]) -> None:
+def _write_files(
+    folder: str,
+    summary: dict[str, Any],
+    records: Sequence[Record],
+    labels: Sequence[str],
+    shown: list[str],
+    note: str,
+    sheet: list[tuple[str, str]],
+    texts: list[str],
+    choice: Any,
+    bom: Optional[bool],
+    html: bool,
+    progress: Optional[Callable[[int], None]],
+) -> None:
     with StagedFiles(folder, "report") as staged:
         with open(staged.path("results.csv"), "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             writer = RecordWriter("csv", f, labels, bom=wants_bom(labels) if bom is None else bom)
@@ -255,12 +306,14 @@ def _write_files(folder: str, summary: dict[str, Any], records: Sequence[Record]
         summary["charts"] = made
         summary["fonts"] = choice.to_json()
         if choice.missing:
-            summary["notes"] = [f"no installed font has these characters, so they show as boxes: "
-                                f"{choice.missing} ({INSTALL_HINT})"]
+            summary["notes"] = [
+                f"no installed font has these characters, so they show as boxes: {choice.missing} ({INSTALL_HINT})"
+            ]
         if html:
             shown_charts = [html_report.Chart(name, CHART_TITLES[name]) for name in made if name != "contact_sheet.png"]
-            html_report.write_html_report(folder, records, summary, shown_charts, labels=labels, staged=staged,
-                                          progress=progress)
+            html_report.write_html_report(
+                folder, records, summary, shown_charts, labels=labels, staged=staged, progress=progress
+            )
             summary["html"] = html_report.REPORT_HTML
         with open(staged.path("summary.json"), "w", encoding="utf-8") as f:
             f.write(dumps_json(summary, indent=2) + "\n")
@@ -279,25 +332,54 @@ def _shown_classes(labels: Sequence[str], classes: dict[str, Any]) -> tuple[list
     return shown, f", the {len(shown)} largest of {len(labels)} classes{note}"
 
 
-def _charts(staged: StagedFiles, summary: dict[str, Any], shown: list[str], note: str,
-            sheet: list[tuple[str, str]], records: Sequence[Record], texts: list[str]) -> list[str]:
+def _charts(
+    staged: StagedFiles,
+    summary: dict[str, Any],
+    shown: list[str],
+    note: str,
+    sheet: list[tuple[str, str]],
+    records: Sequence[Record],
+    texts: list[str],
+) -> list[str]:
     classes = summary["classes"]
     aspect = summary["aspect_ratio"]
     sized = [(r.width, r.height) for r in records if r.width and r.height]
     with charts.chart_style(texts):
-        charts.bar_chart(staged.path("class_distribution.png"), shown, [classes[lab]["count"] for lab in shown],
-                         title=f"Images per class ({summary['classified']} classified{note})", xlabel="images",
-                         counts=True)
-        charts.bar_chart(staged.path("class_mean_score.png"), shown,
-                         [classes[lab]["mean_score"] or 0.0 for lab in shown],
-                         title=f"Mean top-1 score per class{note}", xlabel="mean score", percent_axis=True,
-                         texts=[None if classes[lab]["count"] else "no images" for lab in shown])
-        charts.pie_chart(staged.path("aspect_types.png"), list(aspect["types"]), list(aspect["types"].values()),
-                         title=f"Aspect-ratio types (long/short side, ±{ASPECT_TOLERANCE:.0%})")
-        charts.histogram(staged.path("aspect_ratio_hist.png"), [w / h for w, h in sized],
-                         title="Width / height ratio", xlabel="width / height (< 1: portrait)")
-        charts.size_histograms(staged.path("image_size_hist.png"), [int(w) for w, _ in sized],
-                               [int(h) for _, h in sized], title=f"Image size in pixels ({len(sized)} images)")
+        charts.bar_chart(
+            staged.path("class_distribution.png"),
+            shown,
+            [classes[lab]["count"] for lab in shown],
+            title=f"Images per class ({summary['classified']} classified{note})",
+            xlabel="images",
+            counts=True,
+        )
+        charts.bar_chart(
+            staged.path("class_mean_score.png"),
+            shown,
+            [classes[lab]["mean_score"] or 0.0 for lab in shown],
+            title=f"Mean top-1 score per class{note}",
+            xlabel="mean score",
+            percent_axis=True,
+            texts=[None if classes[lab]["count"] else "no images" for lab in shown],
+        )
+        charts.pie_chart(
+            staged.path("aspect_types.png"),
+            list(aspect["types"]),
+            list(aspect["types"].values()),
+            title=f"Aspect-ratio types (long/short side, ±{ASPECT_TOLERANCE:.0%})",
+        )
+        charts.histogram(
+            staged.path("aspect_ratio_hist.png"),
+            [w / h for w, h in sized],
+            title="Width / height ratio",
+            xlabel="width / height (< 1: portrait)",
+        )
+        charts.size_histograms(
+            staged.path("image_size_hist.png"),
+            [int(w) for w, _ in sized],
+            [int(h) for _, h in sized],
+            title=f"Image size in pixels ({len(sized)} images)",
+        )
         made = list(CHARTS[:5])
         if sheet:
             charts.contact_sheet(staged.path("contact_sheet.png"), sheet)

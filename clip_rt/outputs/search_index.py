@@ -16,6 +16,7 @@ Updates write a new embeddings file, then replace ``index.json`` atomically, the
 old embeddings file: a crash at any point leaves a consistent index. A file is re-embedded
 when its size or mtime_ns changed (no content hashing: cheap on large folders).
 """
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,7 @@ class IndexModel(Protocol):
     @property
     def precision(self) -> str: ...
 
-    def iter_images(self, sources: Iterable[Any], /, batch_size: Optional[int] = None) -> Iterator[ImageEmbedding]:
-        ...
+    def iter_images(self, sources: Iterable[Any], /, batch_size: Optional[int] = None) -> Iterator[ImageEmbedding]: ...
 
 
 @dataclass
@@ -119,7 +119,7 @@ class SearchIndex:
 
     # -- storage ---------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str) -> "SearchIndex":
+    def load(cls, folder: str) -> SearchIndex:
         """Read the index in *folder*. A damaged index (a member that is not a file, values of
         the wrong type, an embeddings file whose header disagrees with the entries, NaN or
         infinite embeddings) is an :class:`InputError` that says how to rebuild it, never a
@@ -141,9 +141,18 @@ class SearchIndex:
                 emb = _load_embeddings(folder, meta, shape)
             except FileNotFoundError:
                 raise _damaged(folder, f"its embeddings file {meta['embeddings']!r} is missing") from None
-        return cls(root=fields["root"], model=fields["model"], fingerprint=fields["fingerprint"],
-                   precision=fields["precision"], embed_dim=fields["embed_dim"], entries=entries, embeddings=emb,
-                   generation=fields["generation"], bundle_dir=fields["bundle_dir"], runtime=fields["runtime"])
+        return cls(
+            root=fields["root"],
+            model=fields["model"],
+            fingerprint=fields["fingerprint"],
+            precision=fields["precision"],
+            embed_dim=fields["embed_dim"],
+            entries=entries,
+            embeddings=emb,
+            generation=fields["generation"],
+            bundle_dir=fields["bundle_dir"],
+            runtime=fields["runtime"],
+        )
 
     def save(self, folder: str) -> None:
         """Write the next generation: embeddings file, then ``index.json`` (atomic replace), then
@@ -161,9 +170,16 @@ class SearchIndex:
         emb_tmp = os.path.join(folder, f".{emb_name}{suffix}")
         tmp = os.path.join(folder, f".{INDEX_FILE}{suffix}")
         meta = {
-            "format": INDEX_FORMAT, "model": self.model, "fingerprint": self.fingerprint,
-            "precision": self.precision, "embed_dim": self.embed_dim, "root": self.root,
-            "bundle_dir": self.bundle_dir, "runtime": self.runtime, "generation": generation, "embeddings": emb_name,
+            "format": INDEX_FORMAT,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "precision": self.precision,
+            "embed_dim": self.embed_dim,
+            "root": self.root,
+            "bundle_dir": self.bundle_dir,
+            "runtime": self.runtime,
+            "generation": generation,
+            "embeddings": emb_name,
             "count": len(self.entries),
             "entries": [asdict(e) for e in self.entries],
         }
@@ -182,8 +198,10 @@ class SearchIndex:
             for path in (emb_tmp, tmp, os.path.join(folder, emb_name)):
                 if os.path.exists(path) and path != old:
                     _remove(path)
-            raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}; "
-                              "the index is as it was before this update") from None
+            raise OutputError(
+                f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}; "
+                "the index is as it was before this update"
+            ) from None
         self.generation = generation
         if os.path.exists(old):
             _remove(old)
@@ -239,8 +257,15 @@ def recorded_precision(folder: str) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def update_index(folder: str, root: str, model: IndexModel, *, batch_size: int = 32, rebuild: bool = False,
-                 on_progress: Optional[Callable[[int], None]] = None) -> tuple[SearchIndex, UpdateStats]:
+def update_index(
+    folder: str,
+    root: str,
+    model: IndexModel,
+    *,
+    batch_size: int = 32,
+    rebuild: bool = False,
+    on_progress: Optional[Callable[[int], None]] = None,
+) -> tuple[SearchIndex, UpdateStats]:
     """Create or refresh the index in *folder* for the images under *root*: embeds only new or
     changed files, drops deleted ones. Unreadable images are left out and listed in the stats.
     Holds :func:`index_lock` throughout, so overlapping updates run one after the other.
@@ -251,8 +276,15 @@ def update_index(folder: str, root: str, model: IndexModel, *, batch_size: int =
         return _update_locked(folder, root, model, batch_size=batch_size, rebuild=rebuild, on_progress=on_progress)
 
 
-def _update_locked(folder: str, root: str, model: IndexModel, *, batch_size: int, rebuild: bool,
-                   on_progress: Optional[Callable[[int], None]]) -> tuple[SearchIndex, UpdateStats]:
+def _update_locked(
+    folder: str,
+    root: str,
+    model: IndexModel,
+    *,
+    batch_size: int,
+    rebuild: bool,
+    on_progress: Optional[Callable[[int], None]],
+) -> tuple[SearchIndex, UpdateStats]:
     root_abs = os.path.abspath(root)
     old: Optional[SearchIndex] = None
     meta_path = os.path.join(folder, INDEX_FILE)
@@ -260,14 +292,18 @@ def _update_locked(folder: str, root: str, model: IndexModel, *, batch_size: int
         try:  # a damaged index whose index.json became a folder: an empty one can go
             os.rmdir(meta_path)
         except OSError:
-            raise OutputError(f"cannot rebuild index {display_path(folder)!r}: its {INDEX_FILE} is a folder with "
-                              "files in it; move it away first") from None
+            raise OutputError(
+                f"cannot rebuild index {display_path(folder)!r}: its {INDEX_FILE} is a folder with "
+                "files in it; move it away first"
+            ) from None
     if not rebuild and os.path.exists(os.path.join(folder, INDEX_FILE)):
         old = SearchIndex.load(folder)
         check_model(old, model, folder)
         if os.path.abspath(old.root) != root_abs:
-            raise InputError(f"index {display_path(folder)!r} is for folder {display_path(old.root)!r}, "
-                             f"not {display_path(root_abs)!r}; use another -o or --rebuild")
+            raise InputError(
+                f"index {display_path(folder)!r} is for folder {display_path(old.root)!r}, "
+                f"not {display_path(root_abs)!r}; use another -o or --rebuild"
+            )
     stats = UpdateStats()
     known = {e.path: (i, e) for i, e in enumerate(old.entries)} if old else {}
     current: list[tuple[str, os.stat_result]] = []
@@ -308,8 +344,10 @@ def _update_locked(folder: str, root: str, model: IndexModel, *, batch_size: int
             stats.changed -= 1 if rel in known else 0
         else:
             st = by_rel[rel]
-            keep[rel] = (Entry(rel, st.st_size, st.st_mtime_ns, item.width, item.height),
-                         np.asarray(item.embedding, dtype=np.float32))
+            keep[rel] = (
+                Entry(rel, st.st_size, st.st_mtime_ns, item.width, item.height),
+                np.asarray(item.embedding, dtype=np.float32),
+            )
             stats.added += 0 if rel in known else 1
         if on_progress:
             on_progress(1)
@@ -318,13 +356,24 @@ def _update_locked(folder: str, root: str, model: IndexModel, *, batch_size: int
     if preserved:  # sorted like the folder walk (inputs.walk_images)
         order.sort(key=lambda rel: os.fsencode(os.path.join(root_abs, rel)))
     rows = [keep[rel] for rel in order if rel in keep]
-    dim = int(model.manifest.embed_dim) if hasattr(model.manifest, "embed_dim") else (
-        rows[0][1].shape[0] if rows else (old.embed_dim if old else 0))
+    dim = (
+        int(model.manifest.embed_dim)
+        if hasattr(model.manifest, "embed_dim")
+        else (rows[0][1].shape[0] if rows else (old.embed_dim if old else 0))
+    )
     emb = np.stack([r[1] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    index = SearchIndex(root=root_abs, model=model.manifest.name, fingerprint=model.manifest.fingerprint,
-                        precision=model.precision, embed_dim=dim, entries=[r[0] for r in rows], embeddings=emb,
-                        generation=old.generation if old else _existing_generation(folder),
-                        bundle_dir=_bundle_dir(model), runtime=_runtime(model))
+    index = SearchIndex(
+        root=root_abs,
+        model=model.manifest.name,
+        fingerprint=model.manifest.fingerprint,
+        precision=model.precision,
+        embed_dim=dim,
+        entries=[r[0] for r in rows],
+        embeddings=emb,
+        generation=old.generation if old else _existing_generation(folder),
+        bundle_dir=_bundle_dir(model),
+        runtime=_runtime(model),
+    )
     index.save(folder)
     return index, stats
 
@@ -352,8 +401,10 @@ def claim_index_folder(folder: str) -> None:
         raise OutputError(f"cannot write index {display_path(folder)!r}: {exc.strerror or exc}") from None
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
-            raise OutputError(f"cannot write index {display_path(folder)!r}: its {MARKER_FILE} is not a file; "
-                              "expected the marker clip-rt writes in an index folder")
+            raise OutputError(
+                f"cannot write index {display_path(folder)!r}: its {MARKER_FILE} is not a file; "
+                "expected the marker clip-rt writes in an index folder"
+            )
         return
     try:
         names = os.listdir(folder)
@@ -362,10 +413,12 @@ def claim_index_folder(folder: str) -> None:
     if names and not _is_unmarked_index(folder, names):
         foreign = sorted(n for n in names if not _index_member(n)) or sorted(names)
         shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputError(f"{display_path(folder)!r} is not a clip-rt index: it holds {shown}, and no "
-                          f"{MARKER_FILE} marker. `clip-rt index -o` writes and deletes files in its folder, so it "
-                          "only uses a new or empty folder or an index it made; choose another -o (an index "
-                          "made by an older clip-rt that is damaged: delete it and index again)")
+        raise OutputError(
+            f"{display_path(folder)!r} is not a clip-rt index: it holds {shown}, and no "
+            f"{MARKER_FILE} marker. `clip-rt index -o` writes and deletes files in its folder, so it "
+            "only uses a new or empty folder or an index it made; choose another -o (an index "
+            "made by an older clip-rt that is damaged: delete it and index again)"
+        )
     try:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     except FileExistsError:
@@ -378,9 +431,11 @@ def claim_index_folder(folder: str) -> None:
 
 def _index_member(name: str) -> bool:
     """Whether *name* is one clip-rt writes in an index folder."""
-    return (name in (INDEX_FILE, LOCK_FILE, MARKER_FILE, ANN_DIR)
-            or (name.startswith("embeddings-") and name.endswith(".npy"))
-            or (name.startswith((f".{INDEX_FILE}.", ".embeddings-")) and name.endswith(".tmp")))
+    return (
+        name in (INDEX_FILE, LOCK_FILE, MARKER_FILE, ANN_DIR)
+        or (name.startswith("embeddings-") and name.endswith(".npy"))
+        or (name.startswith((f".{INDEX_FILE}.", ".embeddings-")) and name.endswith(".tmp"))
+    )
 
 
 def _is_unmarked_index(folder: str, names: list[str]) -> bool:
@@ -445,9 +500,13 @@ def _read_index_json(folder: str) -> bytes:
     meta_path = os.path.join(folder, INDEX_FILE)
     if os.path.isdir(meta_path):
         raise IsADirectoryError(meta_path)
-    return read_limited(meta_path, what=INDEX_FILE, limit=MAX_INDEX_JSON_BYTES,
-                        hint="an index that large belongs in a `clip-rt ray` Parquet output",
-                        error=lambda message: _damaged(folder, message))
+    return read_limited(
+        meta_path,
+        what=INDEX_FILE,
+        limit=MAX_INDEX_JSON_BYTES,
+        hint="an index that large belongs in a `clip-rt ray` Parquet output",
+        error=lambda message: _damaged(folder, message),
+    )
 
 
 def _read_meta(folder: str) -> dict[str, Any]:
@@ -455,8 +514,10 @@ def _read_meta(folder: str) -> dict[str, Any]:
     try:
         meta = json.loads(_read_index_json(folder).decode("utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
-                         "(make one with `clip-rt index DIR -o INDEX`)") from None
+        raise InputError(
+            f"{display_path(folder)!r} is not a clip-rt index: no {INDEX_FILE} in it "
+            "(make one with `clip-rt index DIR -o INDEX`)"
+        ) from None
     except IsADirectoryError:
         raise _damaged(folder, f"{INDEX_FILE} is a folder, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -466,8 +527,10 @@ def _read_meta(folder: str) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise _damaged(folder, f"{INDEX_FILE} holds a {type(meta).__name__}, expected a JSON object")
     if meta.get("format") != INDEX_FORMAT:
-        raise InputError(f"{display_path(meta_path)!r}: index format {meta.get('format')!r}, "
-                         f"this clip-rt reads {INDEX_FORMAT}; {REBUILD_HINT}")
+        raise InputError(
+            f"{display_path(meta_path)!r}: index format {meta.get('format')!r}, "
+            f"this clip-rt reads {INDEX_FORMAT}; {REBUILD_HINT}"
+        )
     return meta
 
 
@@ -477,6 +540,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_meta(folder: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The fields of index.json with their types checked (JSON can hold anything)."""
+
     def need(key: str, ok: Callable[[Any], bool], expected: str) -> Any:
         if key not in meta:
             raise _damaged(folder, f"{INDEX_FILE} has no {key!r} field")
@@ -489,8 +553,9 @@ def _check_meta(folder: str, meta: dict[str, Any]) -> dict[str, Any]:
         "model": need("model", lambda v: isinstance(v, str), "a bundle name"),
         "fingerprint": need("fingerprint", lambda v: isinstance(v, str), "a fingerprint string"),
         "precision": need("precision", lambda v: isinstance(v, str), "a precision name"),
-        "embed_dim": need("embed_dim", lambda v: _is_int(v) and 0 < v <= MAX_EMBED_DIM,
-                          f"an embedding size from 1 to {MAX_EMBED_DIM}"),
+        "embed_dim": need(
+            "embed_dim", lambda v: _is_int(v) and 0 < v <= MAX_EMBED_DIM, f"an embedding size from 1 to {MAX_EMBED_DIM}"
+        ),
         "generation": meta.get("generation", 0),
         "bundle_dir": meta.get("bundle_dir"),
         "runtime": meta.get("runtime"),  # what ran (informational; any JSON object)
@@ -504,11 +569,20 @@ def _check_meta(folder: str, meta: dict[str, Any]) -> dict[str, Any]:
     raw = need("entries", lambda v: isinstance(v, list), "a list of entries")
     entries = []
     for i, e in enumerate(raw):
-        if not (isinstance(e, dict) and set(e) == ENTRY_KEYS and isinstance(e["path"], str) and e["path"]
-                and _is_int(e["size"]) and _is_int(e["mtime_ns"])
-                and all(e[k] is None or (_is_int(e[k]) and e[k] > 0) for k in ("width", "height"))):
-            raise _damaged(folder, f"{INDEX_FILE}: entry {i} is {_short(e)}, expected "
-                                   "{path: str, size: int, mtime_ns: int, width: int, height: int}")
+        if not (
+            isinstance(e, dict)
+            and set(e) == ENTRY_KEYS
+            and isinstance(e["path"], str)
+            and e["path"]
+            and _is_int(e["size"])
+            and _is_int(e["mtime_ns"])
+            and all(e[k] is None or (_is_int(e[k]) and e[k] > 0) for k in ("width", "height"))
+        ):
+            raise _damaged(
+                folder,
+                f"{INDEX_FILE}: entry {i} is {_short(e)}, expected "
+                "{path: str, size: int, mtime_ns: int, width: int, height: int}",
+            )
         entries.append(Entry(**e))
     fields["entries"] = entries
     return fields
@@ -538,8 +612,11 @@ def _load_embeddings(folder: str, meta: dict[str, Any], shape: tuple[int, int]) 
         raise InputError(f"cannot read {display_path(os.path.join(folder, name))!r}: {exc.strerror or exc}") from None
     if not isinstance(mapped, np.ndarray) or mapped.dtype.kind != "f" or mapped.shape != shape:
         what = f"{getattr(mapped, 'dtype', type(mapped).__name__)} {getattr(mapped, 'shape', '')}"
-        raise _damaged(folder, f"{name} holds {what}; the index needs float embeddings of shape {shape} "
-                               f"({shape[0]} entries of size {shape[1]})")
+        raise _damaged(
+            folder,
+            f"{name} holds {what}; the index needs float embeddings of shape {shape} "
+            f"({shape[0]} entries of size {shape[1]})",
+        )
     emb = np.array(mapped, dtype=np.float32)  # a copy in memory; the mapping is dropped
     del mapped
     if not np.isfinite(emb).all():

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Optional
 
 from ..errors import ImageLoadError, InputError
 
@@ -34,7 +35,7 @@ class Thumbnail:
 
 
 def thumbnail_jpeg(
-    source: "str | os.PathLike[str]", size: int = THUMBNAIL_SIZE, quality: int = JPEG_QUALITY
+    source: str | os.PathLike[str], size: int = THUMBNAIL_SIZE, quality: int = JPEG_QUALITY
 ) -> tuple[bytes, int, int]:
     """JPEG bytes of *source* scaled to at most *size* pixels on its longest side, with its
     width and height. Raises :class:`ImageLoadError` (with the file's name) for an image that

@@ -7,6 +7,7 @@ embedding equals the one ``clip-rt index`` computes for the same file. A bad ima
 with ``error`` set; the batch goes on. Ray is imported only inside functions (object refs, the
 node's id): pyarrow and the runtime do the work.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,17 @@ class ImageRows:
     :class:`NodeError` naming the node, which fails the job with that one line (the finished
     parts are kept for the rerun)."""
 
-    def __init__(self, bundle: Union[str, "ShippedBundle"], identity: dict[str, Any], options: RuntimeOptions, *,
-                 batch_size: int = 8, classifier: Optional[EmbeddingClassifier] = None,
-                 decode_workers: Optional[int] = None,
-                 node_columns: bool = False) -> None:
+    def __init__(
+        self,
+        bundle: Union[str, ShippedBundle],
+        identity: dict[str, Any],
+        options: RuntimeOptions,
+        *,
+        batch_size: int = 8,
+        classifier: Optional[EmbeddingClassifier] = None,
+        decode_workers: Optional[int] = None,
+        node_columns: bool = False,
+    ) -> None:
         """*options*: how the model runs, built once by the driver (the precision is the job's).
         *node_columns*: add ``_node_ip`` and ``_node_id`` to every row (the sink counts and drops them)."""
         self.identity = identity
@@ -67,14 +75,16 @@ class ImageRows:
 
             self.failure = node_error("the model could not be loaded on this node", exc)
 
-    def _load(self, bundle: Union[str, "ShippedBundle"], options: RuntimeOptions) -> Any:
+    def _load(self, bundle: Union[str, ShippedBundle], options: RuntimeOptions) -> Any:
         identity = self.identity
         bundle_dir = bundle if isinstance(bundle, str) else materialise(bundle)
         model = load(bundle_dir, options=options.replace(precision=identity["precision"], cache=False))
         if model.manifest.fingerprint != identity["fingerprint"]:
-            raise BundleError(f"{bundle_dir}: bundle fingerprint {model.manifest.fingerprint[:12]}... on this "
-                              f"node, the driver has {identity['fingerprint'][:12]}...: every node must see the "
-                              "same bundle")
+            raise BundleError(
+                f"{bundle_dir}: bundle fingerprint {model.manifest.fingerprint[:12]}... on this "
+                f"node, the driver has {identity['fingerprint'][:12]}...: every node must see the "
+                "same bundle"
+            )
         if not isinstance(bundle, str):
             fetch_reference(bundle, Path(bundle_dir), model)
         model.session("image")  # a damaged graph fails here, not on each batch
@@ -140,8 +150,11 @@ class ImageRows:
         best = probs.argmax(axis=1)  # the first of equal scores, as the CLI's stable sort
         labels = [classifier.names[j] if good else None for j, good in zip(best, ok)]
         scores = [float(probs[i, j]) if good else None for i, (j, good) in enumerate(zip(best, ok))]
-        return {"label": pa.array(labels, pa.string()), "score": pa.array(scores, pa.float32()),
-                "scores": _fixed_list(probs, ok)}
+        return {
+            "label": pa.array(labels, pa.string()),
+            "score": pa.array(scores, pa.float32()),
+            "scores": _fixed_list(probs, ok),
+        }
 
 
 def _fixed_list(values: np.ndarray, valid: np.ndarray) -> Any:
@@ -154,7 +167,7 @@ def _fixed_list(values: np.ndarray, valid: np.ndarray) -> Any:
 def _name_error(error: str, path: str, from_bytes: bool) -> str:
     """The loader names an in-memory image ``<bytes>``; the record names its path instead."""
     if from_bytes and error.startswith(BYTES_SOURCE + ":"):
-        return path + error[len(BYTES_SOURCE):]
+        return path + error[len(BYTES_SOURCE) :]
     return error
 
 
@@ -190,8 +203,10 @@ def derived_mode_possible(manifest: Any, precision: str) -> bool:
     if precision == "fp32" or "fp32" not in manifest.graphs or getattr(manifest, "parity_reference", None):
         return False  # nothing to check, or checked against the stored embeddings shipped with the graph
     graph = f"int8-{int8_scheme(manifest, 'image')}" if precision == "int8" else precision
-    return any(row.get("encoder") == "image" and row.get("compute") == "bf16" and row.get("graph") == graph
-               for row in load_table().get("rows", []))
+    return any(
+        row.get("encoder") == "image" and row.get("compute") == "bf16" and row.get("graph") == graph
+        for row in load_table().get("rows", [])
+    )
 
 
 def ship_bundle(bundle_dir: str, precision: str, put: Callable[[Any], Any]) -> ShippedBundle:
@@ -208,8 +223,13 @@ def ship_bundle(bundle_dir: str, precision: str, put: Callable[[Any], Any]) -> S
         return put({name: (folder / name).read_bytes() for name in names})
 
     reference = files(graph_files(manifest, "fp32")) if derived_mode_possible(manifest, precision) else None
-    return ShippedBundle(manifest.fingerprint, precision, (folder / MANIFEST_NAME).read_bytes(),
-                         files(graph_files(manifest, precision)), reference)
+    return ShippedBundle(
+        manifest.fingerprint,
+        precision,
+        (folder / MANIFEST_NAME).read_bytes(),
+        files(graph_files(manifest, precision)),
+        reference,
+    )
 
 
 def _get(ref: Any) -> Any:
@@ -241,8 +261,11 @@ def materialise(shipped: ShippedBundle) -> str:
             return str(target)
         except ClipRtError as exc:
             damaged = True
-            warnings.warn(f"the shipped bundle's copy on this node is damaged ({exc}); writing it again",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"the shipped bundle's copy on this node is damaged ({exc}); writing it again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     files = {MANIFEST_NAME: shipped.manifest, **_get(shipped.graph)}
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
     try:
@@ -252,8 +275,10 @@ def materialise(shipped: ShippedBundle) -> str:
             (tmp / name).write_bytes(data)
         _put_folder(tmp, target, replace=damaged)
     except OSError as exc:  # this node's home is not writable (full disk, read-only, not a folder)
-        raise BundleError(f"cannot write the shipped bundle to {target.parent} ({exc.strerror or exc}): "
-                          "CLIP_RT_HOME must be a writable folder on every node") from exc
+        raise BundleError(
+            f"cannot write the shipped bundle to {target.parent} ({exc.strerror or exc}): "
+            "CLIP_RT_HOME must be a writable folder on every node"
+        ) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
@@ -293,13 +318,16 @@ def fetch_reference(shipped: ShippedBundle, folder: Path, model: Any) -> None:
             verify_bundle_files(folder, model.manifest, names)
             return
         except ClipRtError as exc:
-            warnings.warn(f"the fp32 image graph on this node is damaged ({exc}); writing it again",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"the fp32 image graph on this node is damaged ({exc}); writing it again", RuntimeWarning, stacklevel=2
+            )
     if shipped.reference is None:
-        raise BundleError(f"{choice.backend} {choice.mode_label} was chosen for the image encoder on this node, and "
-                          "must first be checked against the fp32 image graph, which the driver did not ship "
-                          "(its clip-rt expects no derived mode here: run the same clip-rt version on every node, "
-                          "or give the bundle as a path every node reads)")
+        raise BundleError(
+            f"{choice.backend} {choice.mode_label} was chosen for the image encoder on this node, and "
+            "must first be checked against the fp32 image graph, which the driver did not ship "
+            "(its clip-rt expects no derived mode here: run the same clip-rt version on every node, "
+            "or give the bundle as a path every node reads)"
+        )
     for name, data in _get(shipped.reference).items():
         path = folder / name
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")

@@ -17,6 +17,7 @@ An output folder holds:
 Resume granularity: a finished part. A rerun reads the ``path`` column of every finished part
 and skips those inputs (failed ones included: their record, with its ``error``, is written).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,12 +25,13 @@ import json
 import os
 import uuid
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
-from ..errors import InputError
 from ..display import display_path
+from ..errors import InputError
 
 JOB_FILE = "_clip-rt-job.json"
 JOB_FORMAT = 1
@@ -73,13 +75,26 @@ def schema(identity: dict[str, Any]) -> Any:
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(identity).encode()})
 
 
-def identity(kind: str, manifest: Any, precision: str, labels: Optional[Sequence[str]] = None,
-             label_spec: Any = None, templates: Sequence[str] = (), bundle_dir: Optional[str] = None) -> dict[str, Any]:
+def identity(
+    kind: str,
+    manifest: Any,
+    precision: str,
+    labels: Optional[Sequence[str]] = None,
+    label_spec: Any = None,
+    templates: Sequence[str] = (),
+    bundle_dir: Optional[str] = None,
+) -> dict[str, Any]:
     """The job description; ``bundle_dir`` (where the driver loaded the model: search's default
     model) is recorded but a rerun from another directory with the same fingerprint is fine."""
-    ident: dict[str, Any] = {"format": JOB_FORMAT, "kind": kind, "model": manifest.name,
-                             "fingerprint": manifest.fingerprint, "precision": precision,
-                             "embed_dim": int(manifest.embed_dim), "bundle_dir": bundle_dir}
+    ident: dict[str, Any] = {
+        "format": JOB_FORMAT,
+        "kind": kind,
+        "model": manifest.name,
+        "fingerprint": manifest.fingerprint,
+        "precision": precision,
+        "embed_dim": int(manifest.embed_dim),
+        "bundle_dir": bundle_dir,
+    }
     if kind == "classify":
         ident.update({"labels": list(labels or []), "label_spec": label_spec, "templates": list(templates)})
         scoring = getattr(manifest, "scoring", "softmax")
@@ -105,22 +120,31 @@ def prepare_output(out: str, ident: dict[str, Any], *, overwrite: bool = False) 
     # moved aside or read as results.
     other = [n for n in names if not n.startswith(f".{JOB_FILE}{TMP_MARK}")]
     if job.is_symlink() or (job.exists() and not job.is_file()):
-        raise InputError(f"output {display_path(out)!r}: its {JOB_FILE} is not a regular file; expected the job "
-                         "description clip-rt writes (use an empty or new folder)")
+        raise InputError(
+            f"output {display_path(out)!r}: its {JOB_FILE} is not a regular file; expected the job "
+            "description clip-rt writes (use an empty or new folder)"
+        )
     if other and not job.exists():
-        raise InputError(f"output {display_path(out)!r} already holds files and is not a clip-rt job (no {JOB_FILE} "
-                         f"in it: {', '.join(repr(n) for n in sorted(other)[:3])}{'...' if len(other) > 3 else ''}); "
-                         "use an empty or new folder")
+        raise InputError(
+            f"output {display_path(out)!r} already holds files and is not a clip-rt job (no {JOB_FILE} "
+            f"in it: {', '.join(repr(n) for n in sorted(other)[:3])}{'...' if len(other) > 3 else ''}); "
+            "use an empty or new folder"
+        )
     if job.exists() and not overwrite:
         stored = read_job(out)
         diffs = [k for k in ident if k not in ("label_spec", "bundle_dir") and stored.get(k) != ident[k]]
-        if (stored.get("label_spec") != ident.get("label_spec") and "labels" not in diffs
-                and ident["kind"] == "classify"):
+        if (
+            stored.get("label_spec") != ident.get("label_spec")
+            and "labels" not in diffs
+            and ident["kind"] == "classify"
+        ):
             diffs.append("label_spec")
         if diffs:
             detail = "; ".join(f"{k}: output has {stored.get(k)!r}, this run has {ident.get(k)!r}" for k in diffs)
-            raise InputError(f"cannot resume {display_path(out)!r}: it was written by a different run ({detail}); "
-                             "use --overwrite to start over, or another output folder")
+            raise InputError(
+                f"cannot resume {display_path(out)!r}: it was written by a different run ({detail}); "
+                "use --overwrite to start over, or another output folder"
+            )
     if overwrite:
         for p in ours:
             if p.is_file() or p.is_symlink():  # a folder of that name is not something we wrote
@@ -141,8 +165,11 @@ def read_job(out: str) -> dict[str, Any]:
 
     path = Path(out) / JOB_FILE
     try:  # a regular file; it holds the labels and templates, so it follows the labels-file limit
-        data = json.loads(read_limited(path, what=display_path(str(path)), limit=4 * labels_limit() + (1 << 20),
-                                       hint=env_hint(LABELS_ENV)).decode("utf-8"))
+        data = json.loads(
+            read_limited(
+                path, what=display_path(str(path)), limit=4 * labels_limit() + (1 << 20), hint=env_hint(LABELS_ENV)
+            ).decode("utf-8")
+        )
     except FileNotFoundError:
         raise InputError(f"{display_path(out)!r} is not a clip-rt Ray output: no {JOB_FILE} in it") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -226,8 +253,12 @@ def done_paths(out: str) -> set[str]:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...: all mean "damaged"
             aside = part.with_name(part.name + DAMAGED_SUFFIX)
             os.replace(part, aside)
-            warnings.warn(f"{display_path(str(part))}: not a readable Parquet file ({exc}); moved aside to "
-                          f"{aside.name}, its images will be done again", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{display_path(str(part))}: not a readable Parquet file ({exc}); moved aside to "
+                f"{aside.name}, its images will be done again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
         done.update(col.to_pylist())
     return done
@@ -301,8 +332,10 @@ def read_table(out: str, columns: Optional[Sequence[str]] = None) -> Any:
         try:
             tables.append(pq.read_table(part, columns=list(columns) if columns else None))
         except Exception as exc:  # noqa: BLE001 - any pyarrow failure means the part is damaged
-            raise InputError(f"{display_path(str(part))}: not a readable Parquet part ({exc}); rerun the job "
-                             "to redo it (the damaged part is moved aside)") from None
+            raise InputError(
+                f"{display_path(str(part))}: not a readable Parquet part ({exc}); rerun the job "
+                "to redo it (the damaged part is moved aside)"
+            ) from None
     if not tables:
         ident = read_job(out)
         return schema(ident).empty_table() if columns is None else schema(ident).empty_table().select(list(columns))

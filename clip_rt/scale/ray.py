@@ -21,17 +21,19 @@ The bundle reaches the workers as a path by default (the same directory on every
 machine itself, a shared filesystem, or a container image); ``ship_bundle=True`` sends the
 image graph through Ray's object store instead, once per node (docs/scale.md compares them).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .. import templates as _templates
-from ..errors import ClipRtError, InputError
 from ..display import display_path
+from ..errors import ClipRtError, InputError
 from ..inputs.discover import IMAGE_EXTENSIONS, discover, no_images_found, path_key
 from ..options import RuntimeOptions
 from . import parts
@@ -59,14 +61,20 @@ def _ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayUnavailable(f"this needs Ray Data, which is not installed ({exc}): "
-                             "pip install 'clip-rt[ray]'") from None
+        raise RayUnavailable(
+            f"this needs Ray Data, which is not installed ({exc}): pip install 'clip-rt[ray]'"
+        ) from None
     return ray
 
 
 # -- the cluster ---------------------------------------------------------------------------
-def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
-         object_store_mb: int = DEFAULT_OBJECT_STORE_MB, quiet: bool = True) -> bool:
+def init(
+    address: Optional[str] = None,
+    *,
+    num_cpus: Optional[int] = None,
+    object_store_mb: int = DEFAULT_OBJECT_STORE_MB,
+    quiet: bool = True,
+) -> bool:
     """Connect to Ray. *address*: a cluster (``"auto"``, ``"10.0.0.5:6379"``,
     ``"ray://head:10001"``; default ``$RAY_ADDRESS``); none starts a local Ray on this machine, bound to 127.0.0.1, with
     *num_cpus* (default: all cores) and an object store of *object_store_mb*. Already
@@ -80,21 +88,26 @@ def init(address: Optional[str] = None, *, num_cpus: Optional[int] = None,
     ray = _ray()
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"configure_logging": not quiet, "log_to_driver": not quiet,
-                              "include_dashboard": False}
+    kwargs: dict[str, Any] = {"configure_logging": not quiet, "log_to_driver": not quiet, "include_dashboard": False}
     if address is None:
         import ray._private.ray_constants as constants  # in case ray was imported before the variable was set
 
         constants.ENABLE_RAY_CLUSTER = False
         # address="local": a new Ray of its own, even where another local cluster is running
         # (Ray would otherwise join that one, and refuse num_cpus for it).
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                 object_store_memory=object_store_mb * 2**20, **kwargs)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            object_store_memory=object_store_mb * 2**20,
+            **kwargs,
+        )
         host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
             ray.shutdown()
-            raise ClipRtError(f"the local Ray came up on {host}, not on 127.0.0.1; refusing to run a cluster "
-                              "reachable from the network (start one yourself and pass its address)")
+            raise ClipRtError(
+                f"the local Ray came up on {host}, not on 127.0.0.1; refusing to run a cluster "
+                "reachable from the network (start one yourself and pass its address)"
+            )
         _started_here = True
     else:
         ray.init(address=address, **kwargs)
@@ -140,8 +153,9 @@ def _is_uri(p: str) -> bool:
     return "://" in p
 
 
-def input_dataset(source: Source, *, skip: Optional[set[str]] = None,
-                  walk_errors: Optional[list[tuple[str, str]]] = None) -> Any:
+def input_dataset(
+    source: Source, *, skip: Optional[set[str]] = None, walk_errors: Optional[list[tuple[str, str]]] = None
+) -> Any:
     """A Dataset of ``path`` plus ``fs_path`` or ``bytes`` for *source*; rows whose path is in
     *skip* are left out. Local paths: discovered on the driver like ``clip-rt classify`` does
     (folders walked, missing files kept so they get an error row), made absolute."""
@@ -155,9 +169,12 @@ def input_dataset(source: Source, *, skip: Optional[set[str]] = None,
     rows = local_rows(source, skip=skip, walk_errors=walk_errors) if not _uris(source) else None
     if rows is None:
         exts = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-        ds = ray.data.read_binary_files(_uris(source), include_paths=True,
-                                        file_extensions=exts + [e.upper() for e in exts],
-                                        ray_remote_args={"num_cpus": 0})
+        ds = ray.data.read_binary_files(
+            _uris(source),
+            include_paths=True,
+            file_extensions=exts + [e.upper() for e in exts],
+            ray_remote_args={"num_cpus": 0},
+        )
         return input_dataset(ds, skip=skip)
     if not rows:
         raise InputError("no images to process: every input is already done, or none was found")
@@ -191,8 +208,9 @@ def _uris(source: Source) -> list[str]:
     return uris
 
 
-def local_rows(source: Source, *, skip: Optional[set[str]] = None,
-               walk_errors: Optional[list[tuple[str, str]]] = None) -> list[dict[str, Any]]:
+def local_rows(
+    source: Source, *, skip: Optional[set[str]] = None, walk_errors: Optional[list[tuple[str, str]]] = None
+) -> list[dict[str, Any]]:
     """Input rows for local paths: discovered as ``clip-rt classify`` does, made absolute
     (workers do not share the driver's working directory), minus those in *skip*."""
     rows = []
@@ -211,7 +229,7 @@ def local_rows(source: Source, *, skip: Optional[set[str]] = None,
 
 
 # -- the model -----------------------------------------------------------------------------
-def _bundle(model: Union[str, "os.PathLike[str]"], precision: Optional[str]) -> tuple[str, Any, str]:
+def _bundle(model: Union[str, os.PathLike[str]], precision: Optional[str]) -> tuple[str, Any, str]:
     from ..bundle.manifest import read_manifest
     from ..bundle.store import resolve_bundle
     from ..engine.session import CPU
@@ -221,15 +239,29 @@ def _bundle(model: Union[str, "os.PathLike[str]"], precision: Optional[str]) -> 
     manifest = read_manifest(bundle_dir)
     precision = (precision or default_precision(manifest, CPU)).lower()
     if precision not in manifest.precisions:
-        raise InputError(f"bundle {manifest.name!r} has no {precision!r} graphs; it has: "
-                         f"{', '.join(manifest.precisions)}")
+        raise InputError(
+            f"bundle {manifest.name!r} has no {precision!r} graphs; it has: {', '.join(manifest.precisions)}"
+        )
     return str(Path(bundle_dir).resolve()), manifest, precision
 
 
-def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any, actors: Optional[int],
-         cpus_per_actor: float, batch_size: int, draft: bool, providers: Any, ship_bundle: bool,
-         ray_remote_args: Optional[dict[str, Any]], map_rows: int = 256, spare_cpu: bool = False,
-         node_columns: bool = False) -> Any:
+def _map(
+    ds: Any,
+    bundle_dir: str,
+    identity: dict[str, Any],
+    *,
+    classifier: Any,
+    actors: Optional[int],
+    cpus_per_actor: float,
+    batch_size: int,
+    draft: bool,
+    providers: Any,
+    ship_bundle: bool,
+    ray_remote_args: Optional[dict[str, Any]],
+    map_rows: int = 256,
+    spare_cpu: bool = False,
+    node_columns: bool = False,
+) -> Any:
     from .actors import ImageRows
     from .actors import ship_bundle as ship
 
@@ -244,34 +276,69 @@ def _map(ds: Any, bundle_dir: str, identity: dict[str, Any], *, classifier: Any,
         actors = max(1, int(cpus // max(cpus_per_actor, 1e-9)))
     threads = max(1, int(cpus_per_actor))
     return ds.map_batches(
-        ImageRows, batch_size=map_rows, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        ImageRows,
+        batch_size=map_rows,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor,
         # Actors are long-lived (a whole job each): steady speed chooses their backend.
-        fn_constructor_kwargs={"bundle": bundle, "identity": identity,
-                               "options": RuntimeOptions(threads=threads, draft=draft, providers=providers),
-                               "batch_size": batch_size, "classifier": classifier, "decode_workers": threads + 1,
-                               "node_columns": node_columns},
-        **(ray_remote_args or {}))
+        fn_constructor_kwargs={
+            "bundle": bundle,
+            "identity": identity,
+            "options": RuntimeOptions(threads=threads, draft=draft, providers=providers),
+            "batch_size": batch_size,
+            "classifier": classifier,
+            "decode_workers": threads + 1,
+            "node_columns": node_columns,
+        },
+        **(ray_remote_args or {}),
+    )
 
 
-def embed_images(source: Source, model: Union[str, "os.PathLike[str]"], *, precision: Optional[str] = None,
-                 actors: Optional[int] = None, cpus_per_actor: float = 1, batch_size: int = 8, draft: bool = False,
-                 providers: Union[str, Sequence[str], None] = None, ship_bundle: bool = False,
-                 ray_remote_args: Optional[dict[str, Any]] = None) -> Dataset:
+def embed_images(
+    source: Source,
+    model: Union[str, os.PathLike[str]],
+    *,
+    precision: Optional[str] = None,
+    actors: Optional[int] = None,
+    cpus_per_actor: float = 1,
+    batch_size: int = 8,
+    draft: bool = False,
+    providers: Union[str, Sequence[str], None] = None,
+    ship_bundle: bool = False,
+    ray_remote_args: Optional[dict[str, Any]] = None,
+) -> Dataset:
     """A lazy ``ray.data.Dataset`` of image embeddings (columns above). *actors*: how many
     model copies (default: the cluster's CPUs / *cpus_per_actor*); each runs ONNX Runtime
     with ``int(cpus_per_actor)`` threads. *ray_remote_args*: passed to ``map_batches``
     (e.g. ``{"num_gpus": 1}`` with ``providers=["cuda"]``)."""
     bundle_dir, manifest, precision = _bundle(model, precision)
     ident = parts.identity("embed", manifest, precision, bundle_dir=bundle_dir)
-    return _map(input_dataset(source), bundle_dir, ident, classifier=None, actors=actors,
-                cpus_per_actor=cpus_per_actor, batch_size=batch_size, draft=draft, providers=providers,
-                ship_bundle=ship_bundle, ray_remote_args=ray_remote_args, spare_cpu=_is_dataset(source))
+    return _map(
+        input_dataset(source),
+        bundle_dir,
+        ident,
+        classifier=None,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        batch_size=batch_size,
+        draft=draft,
+        providers=providers,
+        ship_bundle=ship_bundle,
+        ray_remote_args=ray_remote_args,
+        spare_cpu=_is_dataset(source),
+    )
 
 
-def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], labels: Optional[LabelsArg] = None,
-                    templates: Union[str, Sequence[str]] = _templates.SIMPLE, *, head: "Optional[HeadArg]" = None,
-                    **options: Any) -> Dataset:
+def classify_images(
+    source: Source,
+    model: Union[str, os.PathLike[str]],
+    labels: Optional[LabelsArg] = None,
+    templates: Union[str, Sequence[str]] = _templates.SIMPLE,
+    *,
+    head: Optional[HeadArg] = None,
+    **options: Any,
+) -> Dataset:
     """Like :func:`embed_images`, plus ``label``, ``score`` and ``scores`` (softmax over
     *labels*, or each label's sigmoid for SigLIP bundles: the bundle's ``scoring``, as
     ``clip-rt classify``). The class embeddings are computed once, on the driver. *head*: a
@@ -279,21 +346,40 @@ def classify_images(source: Source, model: Union[str, "os.PathLike[str]"], label
     and its softmax probabilities as scores."""
     bundle_dir, manifest, precision = _bundle(model, options.pop("precision", None))
     classifier, ident = _classifier(bundle_dir, manifest, precision, labels, templates, head)
-    return _map(input_dataset(source), bundle_dir, ident, classifier=classifier, spare_cpu=_is_dataset(source),
-                **_map_options(options))
+    return _map(
+        input_dataset(source),
+        bundle_dir,
+        ident,
+        classifier=classifier,
+        spare_cpu=_is_dataset(source),
+        **_map_options(options),
+    )
 
 
 def _map_options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"actors": None, "cpus_per_actor": 1, "batch_size": 8, "draft": False, "providers": None,
-               "ship_bundle": False, "ray_remote_args": None}
+    allowed = {
+        "actors": None,
+        "cpus_per_actor": 1,
+        "batch_size": 8,
+        "draft": False,
+        "providers": None,
+        "ship_bundle": False,
+        "ray_remote_args": None,
+    }
     unknown = set(options) - set(allowed)
     if unknown:
         raise TypeError(f"unexpected option(s): {', '.join(sorted(unknown))}")
     return {k: options.get(k, v) for k, v in allowed.items()}
 
 
-def _classifier(bundle_dir: str, manifest: Manifest, precision: str, labels: Optional[LabelsArg],
-                templates: Union[str, Sequence[str]], head: "Optional[HeadArg]" = None) -> tuple[Any, dict[str, Any]]:
+def _classifier(
+    bundle_dir: str,
+    manifest: Manifest,
+    precision: str,
+    labels: Optional[LabelsArg],
+    templates: Union[str, Sequence[str]],
+    head: Optional[HeadArg] = None,
+) -> tuple[Any, dict[str, Any]]:
     from ..model import load
     from ..zeroshot import check_templates, parse_labels
 
@@ -307,13 +393,20 @@ def _classifier(bundle_dir: str, manifest: Manifest, precision: str, labels: Opt
     model.close()
     parsed = parse_labels(labels)
     spec = {lab.name: (list(lab.prompts) if lab.prompts else None) for lab in parsed}
-    ident = parts.identity("classify", manifest, precision, labels=classifier.names, label_spec=spec,
-                           templates=list(check_templates(templates)), bundle_dir=bundle_dir)
+    ident = parts.identity(
+        "classify",
+        manifest,
+        precision,
+        labels=classifier.names,
+        label_spec=spec,
+        templates=list(check_templates(templates)),
+        bundle_dir=bundle_dir,
+    )
     ident["head"] = None  # a head's output is not resumed without it (absent in older jobs: the same)
     return classifier, ident
 
 
-def check_head(head: "HeadArg", model: Union[str, "os.PathLike[str]"]) -> None:
+def check_head(head: HeadArg, model: Union[str, os.PathLike[str]]) -> None:
     """Refuse a head fitted on another bundle than *model*, from its manifest alone: the CLI
     calls this before it starts Ray (the precision is compared, with a warning, by the job)."""
     from ..adapt.head import as_head, check_compatible
@@ -325,8 +418,9 @@ def check_head(head: "HeadArg", model: Union[str, "os.PathLike[str]"]) -> None:
     check_compatible(found, fingerprint=manifest.fingerprint, precision=found.model.precision, bundle=manifest.name)
 
 
-def _head_classifier(manifest: Any, precision: str, labels: Any, head: "HeadArg",
-                     bundle_dir: str) -> tuple["Head", dict[str, Any]]:
+def _head_classifier(
+    manifest: Any, precision: str, labels: Any, head: HeadArg, bundle_dir: str
+) -> tuple[Head, dict[str, Any]]:
     """A head checked against the bundle on the driver (another bundle: refused before Ray
     runs anything); the actors apply it like a zero-shot classifier (names, probabilities)."""
     import warnings
@@ -338,19 +432,33 @@ def _head_classifier(manifest: Any, precision: str, labels: Any, head: "HeadArg"
     message = check_compatible(found, fingerprint=manifest.fingerprint, precision=precision, bundle=manifest.name)
     if message:
         warnings.warn(message, UserWarning, stacklevel=4)
-    ident = parts.identity("classify", manifest, precision, labels=found.names,
-                           label_spec=dict.fromkeys(found.names), templates=list(found.templates),
-                           bundle_dir=bundle_dir)
+    ident = parts.identity(
+        "classify",
+        manifest,
+        precision,
+        labels=found.names,
+        label_spec=dict.fromkeys(found.names),
+        templates=list(found.templates),
+        bundle_dir=bundle_dir,
+    )
     ident.pop("scoring", None)  # a head's scores are its softmax, whatever the bundle's scoring
     ident["head"] = found.digest
     return found, ident
 
 
 # -- the resumable job ------------------------------------------------------------------------
-def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union[str, "os.PathLike[str]"], *,
-            labels: Any = None, templates: Union[str, Sequence[str]] = _templates.SIMPLE,
-            part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False, head: "Optional[HeadArg]" = None,
-            **options: Any) -> dict[str, Any]:
+def run_job(
+    source: Source,
+    output: Union[str, os.PathLike[str]],
+    model: Union[str, os.PathLike[str]],
+    *,
+    labels: Any = None,
+    templates: Union[str, Sequence[str]] = _templates.SIMPLE,
+    part_rows: int = DEFAULT_PART_ROWS,
+    overwrite: bool = False,
+    head: Optional[HeadArg] = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Embed (or, with *labels* or a fitted *head*, classify) *source* into Parquet parts in *output*. A rerun
     skips every input already in a finished part (see :mod:`clip_rt.scale.parts`); per-image
     errors are rows with ``error`` set, never a failed job. Returns counts: ``new`` rows written
@@ -383,17 +491,32 @@ def run_job(source: Source, output: Union[str, "os.PathLike[str]"], model: Union
     if ds is not None:
         from .sink import PartsDatasink
 
-        ds = _map(ds, bundle_dir, ident, classifier=classifier, map_rows=min(_MAP_ROWS, part_rows),
-                  spare_cpu=_is_dataset(source), node_columns=True, **_map_options(options))
+        ds = _map(
+            ds,
+            bundle_dir,
+            ident,
+            classifier=classifier,
+            map_rows=min(_MAP_ROWS, part_rows),
+            spare_cpu=_is_dataset(source),
+            node_columns=True,
+            **_map_options(options),
+        )
         sink = PartsDatasink(out, part_rows)
         _write(ds, sink)
         new += sum(w["rows"] for w in sink.written)
         for w in sink.written:
             parts.add_nodes(nodes, w.get("nodes") or {})
     summary = parts.summarize(out)
-    return {"output": out, "new": new, "done_before": len(done),
-            "rows": summary.rows, "failed": summary.failed, "failed_examples": summary.failed_examples,
-            "parts": summary.parts, "nodes": nodes}
+    return {
+        "output": out,
+        "new": new,
+        "done_before": len(done),
+        "rows": summary.rows,
+        "failed": summary.failed,
+        "failed_examples": summary.failed_examples,
+        "parts": summary.parts,
+        "nodes": nodes,
+    }
 
 
 def _write(ds: Any, sink: Any) -> None:

@@ -1,14 +1,16 @@
 """A Ray Data sink that writes finished parts (imports Ray: load only through clip_rt.scale.ray)."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import pyarrow as pa
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
-from ..errors import OutputError
 from ..display import display_path
+from ..errors import OutputError
 from . import parts
 
 
@@ -41,15 +43,22 @@ class PartsDatasink(Datasink[Optional[dict[str, Any]]]):
         table = pa.concat_tables(tables)
         nodes: dict[str, dict[str, Any]] = {}
         if parts.NODE_ID in table.column_names:  # who computed these rows: into the part's footer
-            nodes = parts.count_nodes(table.column(parts.NODE_IP).to_pylist(), table.column(parts.NODE_ID).to_pylist(),
-                                      table.column("error").to_pylist())
+            nodes = parts.count_nodes(
+                table.column(parts.NODE_IP).to_pylist(),
+                table.column(parts.NODE_ID).to_pylist(),
+                table.column("error").to_pylist(),
+            )
             table = table.drop_columns([parts.NODE_IP, parts.NODE_ID])
         try:
             name = parts.write_part(self.out, table, nodes)
         except OSError as exc:  # full disk, no permission: one line on the driver, not Ray's traceback
             raise OutputError(f"{display_path(self.out)}: cannot write a part ({exc.strerror or exc})") from exc
-        return {"part": name, "rows": table.num_rows, "failed": table.num_rows - table.column("error").null_count,
-                "nodes": nodes}
+        return {
+            "part": name,
+            "rows": table.num_rows,
+            "failed": table.num_rows - table.column("error").null_count,
+            "nodes": nodes,
+        }
 
     def on_write_complete(self, write_result: Any) -> None:
         self.written = [r for r in write_result.write_returns if r]

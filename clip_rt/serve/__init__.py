@@ -6,6 +6,7 @@ API key, limits, lifespan), ``metrics`` (Prometheus text), ``server`` (uvicorn, 
 Importing this package imports neither starlette nor uvicorn; ``app`` and ``server`` do when
 they build the service.
 """
+
 from __future__ import annotations
 
 from .config import ModelSpec, ServeConfig

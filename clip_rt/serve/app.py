@@ -1,5 +1,6 @@
 """The ASGI application: routes, the guard (API key, concurrency limit, metrics), JSON errors,
 and the lifespan (batchers started, models warmed up in the background, batchers drained)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,8 @@ import contextlib
 import hmac
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Optional
+from collections.abc import AsyncIterator
+from typing import Any, Callable, Optional
 
 from .errors import ApiError
 from .routes import AUTHORISED, BODY_ACCOUNT, ROUTES, ServiceState
@@ -53,9 +55,12 @@ def create_app(state: ServiceState, on_fatal: Optional[Callable[[str], None]] = 
     async def http_error(request: Any, exc: Exception) -> Any:
         status = getattr(exc, "status_code", 500)
         if status == 404:
-            err = ApiError("not_found", f"no endpoint {request.method} {request.url.path}; see GET /v1/models, "
-                           "POST /v1/embeddings, /classify, /similarity, /search, GET /healthz, /readyz, /metrics, "
-                           "/ (the search page)")
+            err = ApiError(
+                "not_found",
+                f"no endpoint {request.method} {request.url.path}; see GET /v1/models, "
+                "POST /v1/embeddings, /classify, /similarity, /search, GET /healthz, /readyz, /metrics, "
+                "/ (the search page)",
+            )
         elif status == 405:
             err = ApiError("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
         else:
@@ -67,8 +72,11 @@ def create_app(state: ServiceState, on_fatal: Optional[Callable[[str], None]] = 
         return error_response(state, ApiError("internal", f"internal error: {type(exc).__name__}: {exc}"))
 
     routes = [Route(path, handler, methods=methods) for path, handler, methods in ROUTES]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        ApiError: api_error, HTTPException: http_error, Exception: unexpected})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected},
+    )
     app.state.service = state
     return Guard(app, state)
 
@@ -112,8 +120,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        endpoint = path if path in KNOWN_PATHS else ("/v1/models/{model}" if path.startswith("/v1/models/")
-                                                     else "other")
+        endpoint = (
+            path if path in KNOWN_PATHS else ("/v1/models/{model}" if path.startswith("/v1/models/") else "other")
+        )
         metrics = self.state.metrics
         start = time.perf_counter()
         status = [500]
@@ -149,11 +158,17 @@ class Guard:
 
     def _check(self, scope: dict[str, Any], path: str, limited: bool) -> Optional[ApiError]:
         if self._key is not None and path not in OPEN_PATHS and not self._authorised(scope):
-            return ApiError("unauthorized", "missing or wrong API key: send 'Authorization: Bearer KEY' "
-                            "(or 'X-API-Key: KEY')", headers={"WWW-Authenticate": "Bearer"})
+            return ApiError(
+                "unauthorized",
+                "missing or wrong API key: send 'Authorization: Bearer KEY' (or 'X-API-Key: KEY')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if limited and self.active >= self.state.config.max_concurrency:
-            return ApiError("overloaded", f"the service is handling {self.active} requests, its limit "
-                            f"(--max-concurrency); retry shortly", headers={"Retry-After": "1"})
+            return ApiError(
+                "overloaded",
+                f"the service is handling {self.active} requests, its limit (--max-concurrency); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         return None
 
     def _authorised(self, scope: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ next one gathers. Up to
 1 for onnxruntime), and a batch is formed only when a slot is free, so batches stay as full as
 the traffic allows. The event loop never runs inference or waits on it synchronously.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,10 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from .errors import ApiError
 
@@ -32,14 +34,14 @@ log = logging.getLogger("clip_rt.serve")
 @dataclass
 class _Item(Generic[T]):
     payload: T
-    future: "asyncio.Future[Any]"
+    future: asyncio.Future[Any]
     enqueued: float
 
 
 class Reservation:
     """Room for *n* inputs in a batcher's queue; :meth:`release` returns what was not submitted."""
 
-    def __init__(self, batcher: "DynamicBatcher[Any, Any]", n: int) -> None:
+    def __init__(self, batcher: DynamicBatcher[Any, Any], n: int) -> None:
         self._batcher, self.remaining = batcher, n
 
     def take(self, n: int) -> None:
@@ -52,7 +54,7 @@ class Reservation:
             self._batcher._unreserve(self.remaining)
             self.remaining = 0
 
-    def __enter__(self) -> "Reservation":
+    def __enter__(self) -> Reservation:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,10 +66,19 @@ class DynamicBatcher(Generic[T, R]):
     most *max_batch_size* payloads, waiting at most *max_wait_s* for a batch to fill (not at all
     when nothing runs and no other input is on its way, unless *wait_when_idle*)."""
 
-    def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]], *, max_batch_size: int, max_wait_s: float,
-                 max_queue: int, on_batch: Optional[Callable[[int, float], None]] = None,
-                 on_depth: Optional[Callable[[int], None]] = None, concurrency: int = 1,
-                 wait_when_idle: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Optional[Callable[[int, float], None]] = None,
+        on_depth: Optional[Callable[[int], None]] = None,
+        concurrency: int = 1,
+        wait_when_idle: bool = False,
+    ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
         self.name = name
@@ -121,13 +132,17 @@ class DynamicBatcher(Generic[T, R]):
     # -- admission --------------------------------------------------------------------------------
     def reserve(self, n: int) -> Reservation:
         if self._closing:
-            raise ApiError("not_ready", "the service is shutting down; retry on another instance",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                "not_ready", "the service is shutting down; retry on another instance", headers={"Retry-After": "1"}
+            )
         if self._admitted + n > self.max_queue:
             retry = self.retry_after()
-            raise ApiError("overloaded", f"the {self.name} queue is full ({self._admitted} of {self.max_queue} "
-                           f"inputs waiting; this request brings {n}); retry in about {retry} s",
-                           headers={"Retry-After": str(retry)})
+            raise ApiError(
+                "overloaded",
+                f"the {self.name} queue is full ({self._admitted} of {self.max_queue} "
+                f"inputs waiting; this request brings {n}); retry in about {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
         self._admitted += n
         self._report_depth()
         return Reservation(self, n)
@@ -174,8 +189,11 @@ class DynamicBatcher(Generic[T, R]):
                 deadline = self._pending[0].enqueued + self.max_wait_s
                 # Wait for more only while the batch is not full and more is expected; on
                 # shutdown, run what is there.
-                while (len(self._pending) < self.max_batch_size and not (self._closing or self._draining)
-                       and not self._idle_and_nothing_on_the_way()):
+                while (
+                    len(self._pending) < self.max_batch_size
+                    and not (self._closing or self._draining)
+                    and not self._idle_and_nothing_on_the_way()
+                ):
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -200,7 +218,7 @@ class DynamicBatcher(Generic[T, R]):
         turns this off (every batch waits to fill)."""
         return not self.wait_when_idle and not self._running and self._admitted == len(self._pending)
 
-    def _batch_done(self, task: "asyncio.Task[None]") -> None:
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         assert self._slots is not None and self._wakeup is not None
         self._slots.release()
@@ -214,8 +232,11 @@ class DynamicBatcher(Generic[T, R]):
                 raise RuntimeError(f"{self.name}: {len(results)} results for a batch of {len(batch)}")
         except Exception as exc:  # every request of the batch gets the error; the loop goes on
             log.exception("%s: a batch of %d failed", self.name, len(batch))
-            error = exc if isinstance(exc, ApiError) else ApiError(
-                "internal", f"inference failed on a batch of {len(batch)}: {type(exc).__name__}: {exc}")
+            error = (
+                exc
+                if isinstance(exc, ApiError)
+                else ApiError("internal", f"inference failed on a batch of {len(batch)}: {type(exc).__name__}: {exc}")
+            )
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(error)

@@ -3,6 +3,7 @@
 Nothing here imports the ASGI stack, so ``clip-rt serve --help`` and config errors work
 without the ``[serve]`` extra.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -15,8 +16,22 @@ from ..errors import InputError
 
 API_KEY_ENV = "CLIP_RT_API_KEY"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+}
 
 
 @dataclass(frozen=True)
@@ -27,13 +42,15 @@ class ModelSpec:
     precision: Optional[str] = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         # A directory whose name contains '@' is taken as given.
         if "@" in text and not os.path.exists(text):
             name, _, precision = text.rpartition("@")
             if precision.lower() not in ("fp32", "fp16", "int8") or not name:
-                raise InputError(f"model {text!r}: expected NAME or NAME@PRECISION with PRECISION one of "
-                                 f"fp32, fp16, int8; got precision {precision!r}")
+                raise InputError(
+                    f"model {text!r}: expected NAME or NAME@PRECISION with PRECISION one of "
+                    f"fp32, fp16, int8; got precision {precision!r}"
+                )
             return cls(name, precision.lower())
         return cls(text)
 
@@ -85,16 +102,29 @@ class ServeConfig:
     access_log: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_text_batch_size", "max_queue", "max_concurrency", "max_body_bytes",
-                     "max_items", "max_text_chars", "max_labels", "max_label_chars", "max_prompts", "max_top_k",
-                     "decode_workers", "max_connections"):
+        for name in (
+            "max_batch_size",
+            "max_text_batch_size",
+            "max_queue",
+            "max_concurrency",
+            "max_body_bytes",
+            "max_items",
+            "max_text_chars",
+            "max_labels",
+            "max_label_chars",
+            "max_prompts",
+            "max_top_k",
+            "decode_workers",
+            "max_connections",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
-        if self.image_streams is not None and (isinstance(self.image_streams, bool)
-                                               or not isinstance(self.image_streams, int) or self.image_streams < 1):
+        if self.image_streams is not None and (
+            isinstance(self.image_streams, bool) or not isinstance(self.image_streams, int) or self.image_streams < 1
+        ):
             raise InputError(f"image_streams must be a positive integer, got {self.image_streams!r}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
@@ -103,16 +133,22 @@ class ServeConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_body_memory is not None and self.max_body_memory < self.max_body_bytes:
-            raise InputError(f"max_body_memory ({self.max_body_memory}) must be at least max_body_bytes "
-                             f"({self.max_body_bytes}): a body of the largest size could never be read")
+            raise InputError(
+                f"max_body_memory ({self.max_body_memory}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size could never be read"
+            )
         if self.max_items > self.max_queue:
-            raise InputError(f"max_items ({self.max_items}) must not exceed max_queue ({self.max_queue}): "
-                             "a request of max_items images could never be queued")
+            raise InputError(
+                f"max_items ({self.max_items}) must not exceed max_queue ({self.max_queue}): "
+                "a request of max_items images could never be queued"
+            )
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise InputError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.api_key is not None and not self.api_key.strip():
-            raise InputError(f"the API key is empty (--api-key or ${API_KEY_ENV} set to a blank value): give a "
-                             f"non-empty key, or leave both unset to serve without one")
+            raise InputError(
+                f"the API key is empty (--api-key or ${API_KEY_ENV} set to a blank value): give a "
+                f"non-empty key, or leave both unset to serve without one"
+            )
         names = [n for n, _ in self.indexes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

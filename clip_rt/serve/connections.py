@@ -51,7 +51,7 @@ class ConnectionTable:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._open: "OrderedDict[Any, None]" = OrderedDict()
+        self._open: OrderedDict[Any, None] = OrderedDict()
         self.evicted = 0  # idle connections closed to make room
         self.refused = 0  # connections refused because every open one was in a request
 

@@ -1,5 +1,6 @@
 """HTTP errors as JSON: ``{"error": {"message", "type", "code", "param"}}`` (the OpenAI error
 shape, so the OpenAI client shows the message), one exception class for all of them."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -27,8 +28,15 @@ KINDS = {
 class ApiError(Exception):
     """An error response. *message* says what was expected and what was given."""
 
-    def __init__(self, kind: str, message: str, *, param: Optional[str] = None,
-                 headers: Optional[dict[str, str]] = None, details: Optional[list[dict[str, Any]]] = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        param: Optional[str] = None,
+        headers: Optional[dict[str, str]] = None,
+        details: Optional[list[dict[str, Any]]] = None,
+    ) -> None:
         super().__init__(message)
         if kind not in KINDS:
             raise ValueError(f"unknown error kind {kind!r}")
@@ -53,8 +61,15 @@ def bad_request(message: str, param: Optional[str] = None) -> ApiError:
 def describe(value: Any) -> str:
     """A short, safe description of a JSON value for an error message: its type, and the value
     itself when short."""
-    kind = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     if isinstance(value, (dict, list)):
         return f"{kind} of {len(value)} item(s)"
     text = repr(value)

@@ -3,6 +3,7 @@
 Every failure is an :class:`ApiError` whose message says what was expected and what was
 given, naming the field (``param``) as a JSON path such as ``input[3]``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, Optional
 
 from .errors import ApiError, bad_request, describe
 
@@ -33,7 +35,7 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
 
-    def account(self) -> "BodyAccount":
+    def account(self) -> BodyAccount:
         return BodyAccount(self)
 
 
@@ -46,8 +48,12 @@ class BodyAccount:
     def take(self, n: int) -> None:
         budget = self.budget
         if budget.used + n > budget.limit:
-            raise ApiError("overloaded", f"the service holds {budget.used} bytes of request bodies, its limit "
-                           f"(--max-body-memory {budget.limit}); retry shortly", headers={"Retry-After": "1"})
+            raise ApiError(
+                "overloaded",
+                f"the service holds {budget.used} bytes of request bodies, its limit "
+                f"(--max-body-memory {budget.limit}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         budget.used += n
         self.held += n
 
@@ -56,8 +62,14 @@ class BodyAccount:
         self.held = 0
 
 
-async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], limit: int, *,
-                    timeout: Optional[float] = None, account: Optional[BodyAccount] = None) -> bytearray:
+async def read_body(
+    headers: dict[str, str],
+    chunks: AsyncIterator[bytes],
+    limit: int,
+    *,
+    timeout: Optional[float] = None,
+    account: Optional[BodyAccount] = None,
+) -> bytearray:
     """The whole body, refused with 413 as soon as it is known to pass *limit* bytes: from
     ``Content-Length`` before reading anything, else while the chunks arrive. With *timeout*,
     the whole body must arrive within that many seconds (408 otherwise: a client that sends a
@@ -92,8 +104,7 @@ async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], limit
         body += chunk
 
 
-async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[float],
-                      received: int) -> Optional[bytes]:
+async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[float], received: int) -> Optional[bytes]:
     """The next chunk, None at the end; 408 past *deadline*."""
     try:
         if deadline is None:
@@ -103,12 +114,15 @@ async def _next_chunk(it: Any, deadline: Optional[float], timeout: Optional[floa
     except StopAsyncIteration:
         return None
     except asyncio.TimeoutError:
-        raise ApiError("request_timeout", f"the request body did not arrive within {timeout:g} s "
-                       f"(--body-timeout; {received} bytes came)") from None
+        raise ApiError(
+            "request_timeout",
+            f"the request body did not arrive within {timeout:g} s (--body-timeout; {received} bytes came)",
+        ) from None
 
 
-async def _read_sized(chunks: AsyncIterator[bytes], size: int, deadline: Optional[float],
-                      timeout: Optional[float]) -> bytearray:
+async def _read_sized(
+    chunks: AsyncIterator[bytes], size: int, deadline: Optional[float], timeout: Optional[float]
+) -> bytearray:
     """A body of a known *size* (its budget already taken), read into one buffer of that size."""
     body = bytearray(size)
     view = memoryview(body)
@@ -121,7 +135,7 @@ async def _read_sized(chunks: AsyncIterator[bytes], size: int, deadline: Optiona
                 break
             if pos + len(chunk) > size:  # the HTTP layer stops this; never write past the buffer
                 raise bad_request(f"the request body is longer than its Content-Length ({size} bytes)")
-            view[pos:pos + len(chunk)] = chunk
+            view[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
     finally:
         view.release()  # a buffer with a view on it could not be emptied after decoding
@@ -132,8 +146,11 @@ async def _read_sized(chunks: AsyncIterator[bytes], size: int, deadline: Optiona
 
 def too_large(size: int, limit: int, partial: bool = False) -> ApiError:
     got = f"more than {limit} bytes (stopped reading at {size})" if partial else f"{size} bytes"
-    return ApiError("payload_too_large", f"request body too large: the limit is {limit} bytes "
-                    f"(--max-body-bytes), got {got}; send fewer or smaller images per request")
+    return ApiError(
+        "payload_too_large",
+        f"request body too large: the limit is {limit} bytes "
+        f"(--max-body-bytes), got {got}; send fewer or smaller images per request",
+    )
 
 
 def check_content_type(value: Optional[str]) -> None:
@@ -147,7 +164,7 @@ def check_content_type(value: Optional[str]) -> None:
     raise ApiError("unsupported_media_type", f"expected Content-Type: application/json, got {value!r}{hint}")
 
 
-def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: int = 100_000) -> Any:
+def parse_json(body: bytes | bytearray, *, max_depth: int = 32, max_values: int = 100_000) -> Any:
     """UTF-8 JSON (no NaN/Infinity). The body must be an object. Its structure is checked on
     the raw bytes first (:func:`clip_rt.inputs.bounded.json_shape_problem`): more than
     *max_values* values is a 413, nesting deeper than *max_depth* a 400, so that what
@@ -160,16 +177,21 @@ def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: in
     problem = json_shape_problem(body, max_depth=max_depth, max_items=max_values)
     if problem is not None:
         what, why = problem
-        raise ApiError("invalid_json" if what == "depth" else "payload_too_large",
-                       f"request body refused before parsing: {why}; no request this service answers needs that "
-                       "many (the limit follows --max-items, --max-labels and --max-prompts)")
+        raise ApiError(
+            "invalid_json" if what == "depth" else "payload_too_large",
+            f"request body refused before parsing: {why}; no request this service answers needs that "
+            "many (the limit follows --max-items, --max-labels and --max-prompts)",
+        )
     bom = 3 if body[:3] == b"\xef\xbb\xbf" else 0  # tolerated, and dropped while decoding (no copy)
     try:
         text = body.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as exc:
         at = exc.start + bom
-        raise ApiError("invalid_json", f"request body is not valid UTF-8: byte 0x{body[at]:02x} at "
-                       f"position {at} ({exc.reason}); JSON must be UTF-8") from None
+        raise ApiError(
+            "invalid_json",
+            f"request body is not valid UTF-8: byte 0x{body[at]:02x} at "
+            f"position {at} ({exc.reason}); JSON must be UTF-8",
+        ) from None
     if isinstance(body, bytearray):
         body.clear()  # the text is what is parsed: the raw bytes go now (peak: text + parsed, not 3 copies)
 
@@ -189,8 +211,9 @@ def parse_json(body: "bytes | bytearray", *, max_depth: int = 32, max_values: in
 def check_fields(body: dict[str, Any], allowed: Sequence[str]) -> None:
     unknown = [k for k in body if k not in allowed]
     if unknown:
-        raise bad_request(f"unknown field(s) {', '.join(map(repr, unknown))}; expected only "
-                          f"{', '.join(allowed)}", param=unknown[0])
+        raise bad_request(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; expected only {', '.join(allowed)}", param=unknown[0]
+        )
 
 
 def required(body: dict[str, Any], name: str) -> Any:
@@ -223,13 +246,18 @@ def text_value(value: Any, param: str, max_chars: int) -> str:
     if not value.strip():
         raise bad_request(f"{param} is empty: expected a non-empty text", param=param)
     if len(value) > max_chars:
-        raise bad_request(f"{param} has {len(value)} characters; the limit is {max_chars} (--max-text-chars; "
-                          "CLIP reads only the first 77 tokens anyway)", param=param)
+        raise bad_request(
+            f"{param} has {len(value)} characters; the limit is {max_chars} (--max-text-chars; "
+            "CLIP reads only the first 77 tokens anyway)",
+            param=param,
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate escape such as "\ud800"
-        raise bad_request(f"{param} is not valid Unicode: unpaired surrogate {value[exc.start]!r} at character "
-                          f"{exc.start}", param=param) from None
+        raise bad_request(
+            f"{param} is not valid Unicode: unpaired surrogate {value[exc.start]!r} at character {exc.start}",
+            param=param,
+        ) from None
     return value
 
 
@@ -240,8 +268,9 @@ def item_list(value: Any, param: str, max_items: int, what: str) -> list[Any]:
     if not value:
         raise bad_request(f"{param} is empty: expected at least one of {what}", param=param)
     if len(value) > max_items:
-        raise bad_request(f"{param} has {len(value)} items; the limit is {max_items} per request (--max-items)",
-                          param=param)
+        raise bad_request(
+            f"{param} has {len(value)} items; the limit is {max_items} per request (--max-items)", param=param
+        )
     return value
 
 
@@ -275,23 +304,32 @@ def image_ref(value: Any, param: str) -> ImageRef:
             if not isinstance(path, str) or not path:
                 raise bad_request(f"{param}.path must be a non-empty string, got {describe(path)}", param=param)
             return ImageRef(param, path=path)
-        raise bad_request(f"{param} must be an image: a base64 string, a data URL, {{\"image\": base64}} or "
-                          f"{{\"path\": file}}; got an object with keys {sorted(keys)}", param=param)
+        raise bad_request(
+            f'{param} must be an image: a base64 string, a data URL, {{"image": base64}} or '
+            f'{{"path": file}}; got an object with keys {sorted(keys)}',
+            param=param,
+        )
     if not isinstance(value, str):
-        raise bad_request(f"{param} must be an image as a base64 string or data URL, got {describe(value)}",
-                          param=param)
+        raise bad_request(
+            f"{param} must be an image as a base64 string or data URL, got {describe(value)}", param=param
+        )
     if not value:
         raise bad_request(f"{param} is empty: expected base64 image data", param=param)
     lowered = value[:16].lower()
     if lowered.startswith(("http://", "https://", "file:", "ftp://")):
-        raise bad_request(f"{param} is a URL ({value[:40]!r}); this service never fetches URLs: send the image "
-                          "as base64 or a data URL", param=param)
+        raise bad_request(
+            f"{param} is a URL ({value[:40]!r}); this service never fetches URLs: send the image "
+            "as base64 or a data URL",
+            param=param,
+        )
     if lowered.startswith("data:"):
         m = _DATA_URL.match(value[:256])
         if not m or not m.group("b64"):
-            raise bad_request(f"{param}: expected a base64 data URL such as 'data:image/png;base64,...', got "
-                              f"{value[:40]!r}", param=param)
-        return ImageRef(param, data=value[m.end():])
+            raise bad_request(
+                f"{param}: expected a base64 data URL such as 'data:image/png;base64,...', got {value[:40]!r}",
+                param=param,
+            )
+        return ImageRef(param, data=value[m.end() :])
     return ImageRef(param, data=value)
 
 
@@ -308,8 +346,11 @@ def decode_base64(ref: ImageRef) -> bytes:
             else:
                 data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ApiError("invalid_image", f"{ref.param}: not valid base64 ({exc}); expected the image file's "
-                           "bytes in base64, or a data URL", param=ref.param) from None
+            raise ApiError(
+                "invalid_image",
+                f"{ref.param}: not valid base64 ({exc}); expected the image file's bytes in base64, or a data URL",
+                param=ref.param,
+            ) from None
     if not data:
         raise ApiError("invalid_image", f"{ref.param}: the base64 data decodes to 0 bytes", param=ref.param)
     return data
@@ -321,23 +362,31 @@ def read_allowed_file(ref: ImageRef, allowed: Sequence[str], max_bytes: int) -> 
     assert ref.path is not None  # only called for path references
     param = ref.param
     if not allowed:
-        raise ApiError("forbidden_path", f"{param}: this service reads no files named in requests (start it "
-                       "with --allow-dir DIR to allow one folder); send the image as base64 instead", param=param)
+        raise ApiError(
+            "forbidden_path",
+            f"{param}: this service reads no files named in requests (start it "
+            "with --allow-dir DIR to allow one folder); send the image as base64 instead",
+            param=param,
+        )
     if "\0" in ref.path:
         raise bad_request(f"{param}.path contains a NUL character", param=param)
     candidate = ref.path if os.path.isabs(ref.path) else os.path.join(allowed[0], ref.path)
     real = os.path.realpath(candidate)
     if not _inside(real, allowed):
-        raise ApiError("forbidden_path", f"{param}: {ref.path!r} is outside the folder(s) this service may read "
-                       "(--allow-dir)", param=param)
+        raise ApiError(
+            "forbidden_path",
+            f"{param}: {ref.path!r} is outside the folder(s) this service may read (--allow-dir)",
+            param=param,
+        )
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
         raise ApiError("invalid_image", f"{param}: no such file {ref.path!r}", param=param) from None
     except OSError as exc:
-        raise ApiError("invalid_image", f"{param}: cannot open {ref.path!r}: {exc.strerror or exc}",
-                       param=param) from None
+        raise ApiError(
+            "invalid_image", f"{param}: cannot open {ref.path!r}: {exc.strerror or exc}", param=param
+        ) from None
     # The descriptor is closed on every path out (a folder opens fine, then os.fdopen refuses it
     # without closing it: one leaked descriptor per such request, until none were left).
     try:
@@ -358,17 +407,24 @@ def _read_checked(fd: int, ref: ImageRef, allowed: Sequence[str], max_bytes: int
     # What was opened, not what the name pointed to a moment earlier (a swapped symlink).
     opened = _fd_path(fd)
     if opened is not None and not _inside(opened, allowed):
-        raise ApiError("forbidden_path", f"{param}: {ref.path!r} is outside the folder(s) this service may "
-                       "read (--allow-dir)", param=param)
+        raise ApiError(
+            "forbidden_path",
+            f"{param}: {ref.path!r} is outside the folder(s) this service may read (--allow-dir)",
+            param=param,
+        )
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         from ..inputs.bounded import file_kind
 
-        raise ApiError("invalid_image", f"{param}: {ref.path!r} is a {file_kind(info.st_mode)}, not an image file",
-                       param=param)
+        raise ApiError(
+            "invalid_image", f"{param}: {ref.path!r} is a {file_kind(info.st_mode)}, not an image file", param=param
+        )
     if info.st_size > max_bytes:
-        raise ApiError("payload_too_large", f"{param}: {ref.path!r} has {info.st_size} bytes; the limit is "
-                       f"{max_bytes} (--max-body-bytes)", param=param)
+        raise ApiError(
+            "payload_too_large",
+            f"{param}: {ref.path!r} has {info.st_size} bytes; the limit is {max_bytes} (--max-body-bytes)",
+            param=param,
+        )
     os.set_blocking(fd, True)
     parts: list[bytes] = []
     size = 0
@@ -376,8 +432,9 @@ def _read_checked(fd: int, ref: ImageRef, allowed: Sequence[str], max_bytes: int
         try:
             block = os.read(fd, min(1 << 20, max_bytes + 1 - size))
         except OSError as exc:  # an I/O error on the disk: this image's error, not the service's
-            raise ApiError("invalid_image", f"{param}: cannot read {ref.path!r}: {exc.strerror or exc}",
-                           param=param) from None
+            raise ApiError(
+                "invalid_image", f"{param}: cannot read {ref.path!r}: {exc.strerror or exc}", param=param
+            ) from None
         if not block:
             break
         parts.append(block)

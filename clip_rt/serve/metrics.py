@@ -4,11 +4,13 @@ Four counters, two gauges and three histograms do not justify a dependency; the 
 small and stable. Every update takes one lock: they are a few per request or batch, and some
 happen on worker threads.
 """
+
 from __future__ import annotations
 
 import math
 import threading
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,8 +87,9 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, label_names: Sequence[str], lock: threading.Lock,
-                 buckets: Iterable[float]) -> None:
+    def __init__(
+        self, name: str, help_text: str, label_names: Sequence[str], lock: threading.Lock, buckets: Iterable[float]
+    ) -> None:
         super().__init__(name, help_text, label_names, lock)
         self.buckets = tuple(sorted(buckets))
         self._data: dict[Labels, tuple[list[int], list[float]]] = {}  # counts per bucket (+Inf last), [sum]
@@ -134,25 +137,46 @@ class Metrics:
     def __init__(self) -> None:
         lock = threading.Lock()
         self._lock = lock
-        self.requests = Counter("clip_rt_requests_total", "HTTP requests answered, by endpoint and status code.",
-                                ("endpoint", "code"), lock)
-        self.errors = Counter("clip_rt_errors_total", "Error responses by kind (the error.type field).",
-                              ("kind",), lock)
+        self.requests = Counter(
+            "clip_rt_requests_total", "HTTP requests answered, by endpoint and status code.", ("endpoint", "code"), lock
+        )
+        self.errors = Counter(
+            "clip_rt_errors_total", "Error responses by kind (the error.type field).", ("kind",), lock
+        )
         self.items = Counter("clip_rt_items_total", "Inputs encoded, by model and encoder.", ("model", "encoder"), lock)
-        self.queue_depth = Gauge("clip_rt_queue_depth", "Inputs admitted and not yet in a batch (decoding or "
-                                 "waiting), by model and encoder.", ("model", "encoder"), lock)
+        self.queue_depth = Gauge(
+            "clip_rt_queue_depth",
+            "Inputs admitted and not yet in a batch (decoding or waiting), by model and encoder.",
+            ("model", "encoder"),
+            lock,
+        )
         self.in_flight = Gauge("clip_rt_requests_in_flight", "Requests being handled.", (), lock)
-        self.batch_size = Histogram("clip_rt_batch_size", "Inputs per inference batch.", ("model", "encoder"), lock,
-                                    BATCH_BUCKETS)
-        self.batch_seconds = Histogram("clip_rt_batch_duration_seconds", "Inference time per batch.",
-                                       ("model", "encoder"), lock, LATENCY_BUCKETS)
-        self.latency = Histogram("clip_rt_request_duration_seconds", "Time from request to response, by endpoint.",
-                                 ("endpoint",), lock, LATENCY_BUCKETS)
+        self.batch_size = Histogram(
+            "clip_rt_batch_size", "Inputs per inference batch.", ("model", "encoder"), lock, BATCH_BUCKETS
+        )
+        self.batch_seconds = Histogram(
+            "clip_rt_batch_duration_seconds", "Inference time per batch.", ("model", "encoder"), lock, LATENCY_BUCKETS
+        )
+        self.latency = Histogram(
+            "clip_rt_request_duration_seconds",
+            "Time from request to response, by endpoint.",
+            ("endpoint",),
+            lock,
+            LATENCY_BUCKETS,
+        )
         self.in_flight.set(0)
 
     def render(self) -> str:
         out: list[str] = []
-        for metric in (self.requests, self.errors, self.items, self.queue_depth, self.in_flight, self.batch_size,
-                       self.batch_seconds, self.latency):
+        for metric in (
+            self.requests,
+            self.errors,
+            self.items,
+            self.queue_depth,
+            self.in_flight,
+            self.batch_size,
+            self.batch_seconds,
+            self.latency,
+        ):
             out.extend(metric.render())
         return "\n".join(out) + "\n"

@@ -34,11 +34,11 @@ PAGE_HEADERS = {
 }
 
 
-def _state(request: "Request") -> "ServiceState":
+def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def page_html(state: "ServiceState") -> tuple[str, str]:
+def page_html(state: ServiceState) -> tuple[str, str]:
     """(the page, the Content-Security-Policy header to send with it)."""
     from ..version import __version__
 
@@ -64,14 +64,14 @@ def page_html(state: "ServiceState") -> tuple[str, str]:
     return page, csp + "; frame-ancestors 'none'"  # the header's policy: frame-ancestors works only there
 
 
-async def search_page(request: "Request") -> "Response":
+async def search_page(request: Request) -> Response:
     from starlette.responses import HTMLResponse
 
     page, csp = page_html(_state(request))
     return HTMLResponse(page, headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
 
 
-async def thumbnail(request: "Request") -> "Response":
+async def thumbnail(request: Request) -> Response:
     """A JPEG of one indexed image, at most 160 pixels on its longest side."""
     from starlette.responses import Response
 

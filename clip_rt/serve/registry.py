@@ -4,6 +4,7 @@ Loading is split in two: :func:`load_models` (fast: finds the bundles and reads 
 manifests, so a missing model fails the command at once) and :meth:`ServedModel.warm_up`
 (creates the ONNX Runtime sessions; the service is *ready* once every model has done it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,13 +73,27 @@ class ServedModel:
         streams = config.image_streams or model.image_streams
         self._queued = streams > 1
         self.image: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
-            f"{model_id}/image", self._encode_pixels, max_batch_size=config.max_batch_size, max_wait_s=wait,
-            max_queue=config.max_queue, on_batch=on_batch, on_depth=on_depth, concurrency=streams,
-            wait_when_idle=config.wait_when_idle)
+            f"{model_id}/image",
+            self._encode_pixels,
+            max_batch_size=config.max_batch_size,
+            max_wait_s=wait,
+            max_queue=config.max_queue,
+            on_batch=on_batch,
+            on_depth=on_depth,
+            concurrency=streams,
+            wait_when_idle=config.wait_when_idle,
+        )
         on_batch, on_depth = observer("text")
         self.text: DynamicBatcher[str, np.ndarray] = DynamicBatcher(
-            f"{model_id}/text", self._encode_texts, max_batch_size=config.max_text_batch_size, max_wait_s=wait,
-            max_queue=config.text_queue, on_batch=on_batch, on_depth=on_depth, wait_when_idle=config.wait_when_idle)
+            f"{model_id}/text",
+            self._encode_texts,
+            max_batch_size=config.max_text_batch_size,
+            max_wait_s=wait,
+            max_queue=config.text_queue,
+            on_batch=on_batch,
+            on_depth=on_depth,
+            wait_when_idle=config.wait_when_idle,
+        )
 
     # -- inference (on the batchers' threads) ---------------------------------------------------
     def _encode_pixels(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
@@ -126,14 +141,16 @@ class ServedModel:
             rows = await self.text.submit(list(texts), room)
         return np.stack(rows) if rows else np.zeros((0, self.model.embed_dim), np.float32)
 
-    async def embed_images(self, refs: Sequence[ImageRef], pool: Executor,
-                           allowed: Sequence[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    async def embed_images(
+        self, refs: Sequence[ImageRef], pool: Executor, allowed: Sequence[str]
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Embeddings and (width, height) of each image. Room in the queue is reserved before
         decoding (decoding is where the memory goes); every undecodable image is reported."""
         with self.image.reserve(len(refs)) as room:
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(
-                *(loop.run_in_executor(pool, self._decode, ref, allowed) for ref in refs), return_exceptions=True)
+                *(loop.run_in_executor(pool, self._decode, ref, allowed) for ref in refs), return_exceptions=True
+            )
             failures = [(ref, d) for ref, d in zip(refs, decoded) if isinstance(d, BaseException)]
             if failures:
                 raise _image_errors(failures)
@@ -171,13 +188,22 @@ class ServedModel:
         # Counted before any prompt is made: 1000 labels x 4000 templates would be 4 million strings.
         count = sum(len(lab.prompts) if lab.prompts else len(temps) for lab in parsed)
         if count > self.config.max_prompts:
-            raise ApiError("invalid_request", f"{len(parsed)} labels x templates make {count} prompts; the "
-                           f"limit is {self.config.max_prompts} per request (--max-prompts)", param="labels")
+            raise ApiError(
+                "invalid_request",
+                f"{len(parsed)} labels x templates make {count} prompts; the "
+                f"limit is {self.config.max_prompts} per request (--max-prompts)",
+                param="labels",
+            )
         prompts = [t for lab in parsed for t in lab.texts(temps)]
         embeddings = await self.embed_texts(prompts)
-        built = ZeroShotClassifier(parsed, class_embeddings(parsed, temps, lambda _: embeddings),
-                                   self.model.logit_scale, self.model.logit_bias, temps,
-                                   scoring=self.model.scoring)
+        built = ZeroShotClassifier(
+            parsed,
+            class_embeddings(parsed, temps, lambda _: embeddings),
+            self.model.logit_scale,
+            self.model.logit_bias,
+            temps,
+            scoring=self.model.scoring,
+        )
         self._keep_classifier(key, built, size=4 * len(key) + int(built.embeddings.nbytes) + 1024)
         return built
 
@@ -194,10 +220,21 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         m = self.model.manifest
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "clip-rt",
-                "bundle": m.name, "architecture": m.architecture, "precision": self.model.precision,
-                "providers": self.model.providers, "embed_dim": m.embed_dim, "image_size": list(m.image.size),
-                "context_length": m.text.context_length, "fingerprint": m.fingerprint, "scoring": m.scoring}
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "clip-rt",
+            "bundle": m.name,
+            "architecture": m.architecture,
+            "precision": self.model.precision,
+            "providers": self.model.providers,
+            "embed_dim": m.embed_dim,
+            "image_size": list(m.image.size),
+            "context_length": m.text.context_length,
+            "fingerprint": m.fingerprint,
+            "scoring": m.scoring,
+        }
 
 
 def _image_errors(failures: list[tuple[ImageRef, BaseException]]) -> ApiError:
@@ -219,7 +256,7 @@ class ServedIndex:
         self.name, self.folder, self.index, self.model_id = name, folder, index, model_id
         self._stamp = self._meta_stamp()
         # (generation, row) -> JPEG, least recently used first; touched only on the event loop.
-        self._thumbnails: "OrderedDict[tuple[int, int], bytes]" = OrderedDict()
+        self._thumbnails: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._thumbnail_bytes = 0
 
     def _meta_stamp(self) -> Optional[tuple[int, int]]:
@@ -263,8 +300,11 @@ class ServedIndex:
         root = os.path.normpath(os.path.abspath(index.root))
         path = os.path.normpath(os.path.join(root, entry.path))
         if os.path.isabs(entry.path) or os.path.commonpath([root, path]) != root:
-            raise ApiError("not_found", f"index {self.name!r} row {row}: its path {entry.path!r} is not inside the "
-                           "index's root folder; no thumbnail is served for it")
+            raise ApiError(
+                "not_found",
+                f"index {self.name!r} row {row}: its path {entry.path!r} is not inside the "
+                "index's root folder; no thumbnail is served for it",
+            )
         return path
 
     def thumbnail(self, index: Any, row: int) -> bytes:
@@ -295,8 +335,9 @@ class ServedIndex:
             self._thumbnail_bytes -= len(dropped)
 
 
-def load_models(config: ServeConfig, metrics: Metrics,
-                load: Callable[[str, Optional[str]], ClipModel]) -> OrderedDict[str, ServedModel]:
+def load_models(
+    config: ServeConfig, metrics: Metrics, load: Callable[[str, Optional[str]], ClipModel]
+) -> OrderedDict[str, ServedModel]:
     """The served models, in the order given. *load(source, precision)* returns a ClipModel."""
     served: OrderedDict[str, ServedModel] = OrderedDict()
     for spec in config.models:
@@ -311,54 +352,71 @@ def load_models(config: ServeConfig, metrics: Metrics,
 class ServedHead:
     """A fitted head (``clip-rt fit``) for /classify, bound to the served model it was fitted on."""
 
-    def __init__(self, name: str, path: str, head: "Head", model_id: str) -> None:
+    def __init__(self, name: str, path: str, head: Head, model_id: str) -> None:
         self.name, self.path, self.head, self.model_id = name, path, head, model_id
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_id, "labels": list(self.head.labels),
-                "blend": self.head.blend, "digest": self.head.digest}
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "labels": list(self.head.labels),
+            "blend": self.head.blend,
+            "digest": self.head.digest,
+        }
 
 
-def load_heads(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedHead]":
+def load_heads(config: ServeConfig, models: OrderedDict[str, ServedModel]) -> OrderedDict[str, ServedHead]:
     """Each --head, read and checked now (a damaged file or one fitted on no served bundle fails
     the command before it binds a port), paired with the served model of its bundle (the one at
     the head's own image precision when several are served)."""
     from ..adapt.head import Head, check_compatible, image_precision
 
-    out: "OrderedDict[str, ServedHead]" = OrderedDict()
+    out: OrderedDict[str, ServedHead] = OrderedDict()
     for name, path in config.heads:
         head = Head.load(path)
         same = [m for m in models.values() if m.model.manifest.fingerprint == head.model.fingerprint]
         if not same:
             served = ", ".join(f"{m.id} ({m.model.manifest.fingerprint[:12]}...)" for m in models.values())
-            raise InputError(f"head {name!r} ({path}) was fitted on bundle {head.model.name!r} (fingerprint "
-                             f"{head.model.fingerprint[:12]}...); none of the served models is that bundle: {served}. "
-                             "Serve that bundle too, or fit the head on a served one")
+            raise InputError(
+                f"head {name!r} ({path}) was fitted on bundle {head.model.name!r} (fingerprint "
+                f"{head.model.fingerprint[:12]}...); none of the served models is that bundle: {served}. "
+                "Serve that bundle too, or fit the head on a served one"
+            )
         exact = [m for m in same if image_precision(m.model, settle=False) == head.model.precision]
         chosen = (exact or same)[0]
-        message = check_compatible(head, fingerprint=chosen.model.manifest.fingerprint,
-                                   precision=image_precision(chosen.model, settle=False), bundle=chosen.id)
+        message = check_compatible(
+            head,
+            fingerprint=chosen.model.manifest.fingerprint,
+            precision=image_precision(chosen.model, settle=False),
+            bundle=chosen.id,
+        )
         if message:  # before the server starts: the CLI shows it as a `warning:` line
             warnings.warn(f"head {name!r}: {message}", UserWarning, stacklevel=2)
         out[name] = ServedHead(name, path, head, chosen.id)
     return out
 
 
-def load_indexes(config: ServeConfig, models: "OrderedDict[str, ServedModel]") -> "OrderedDict[str, ServedIndex]":
+def load_indexes(config: ServeConfig, models: OrderedDict[str, ServedModel]) -> OrderedDict[str, ServedIndex]:
     """Each --index, paired with the served model that built it (same weights and precision)."""
     from ..outputs.search_index import SearchIndex
 
-    out: "OrderedDict[str, ServedIndex]" = OrderedDict()
+    out: OrderedDict[str, ServedIndex] = OrderedDict()
     for name, folder in config.indexes:
         index = SearchIndex.load(folder)
-        match = [m for m in models.values()
-                 if (m.model.manifest.fingerprint, m.model.precision) == (index.fingerprint, index.precision)]
+        match = [
+            m
+            for m in models.values()
+            if (m.model.manifest.fingerprint, m.model.precision) == (index.fingerprint, index.precision)
+        ]
         if not match:
-            served = ", ".join(f"{m.id} ({m.model.precision}, {m.model.manifest.fingerprint[:12]}...)"
-                               for m in models.values())
-            raise InputError(f"index {name!r} ({folder}) was built with bundle {index.model!r} at {index.precision} "
-                             f"(fingerprint {index.fingerprint[:12]}...); none of the served models matches: "
-                             f"{served}. Serve that bundle too (e.g. `clip-rt serve {index.bundle_dir or index.model}`"
-                             f"{'@' + index.precision if index.precision else ''} ...)")
+            served = ", ".join(
+                f"{m.id} ({m.model.precision}, {m.model.manifest.fingerprint[:12]}...)" for m in models.values()
+            )
+            raise InputError(
+                f"index {name!r} ({folder}) was built with bundle {index.model!r} at {index.precision} "
+                f"(fingerprint {index.fingerprint[:12]}...); none of the served models matches: "
+                f"{served}. Serve that bundle too (e.g. `clip-rt serve {index.bundle_dir or index.model}`"
+                f"{'@' + index.precision if index.precision else ''} ...)"
+            )
         out[name] = ServedIndex(name, folder, index, match[0].id)
     return out

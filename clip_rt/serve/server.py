@@ -1,4 +1,5 @@
 """Running the service under uvicorn: binding, graceful SIGTERM, exit status."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,10 @@ def require_stack() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise ClipRtError(f"clip-rt serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                          "not installed: pip install 'clip-rt[serve]'")
+        raise ClipRtError(
+            f"clip-rt serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            "not installed: pip install 'clip-rt[serve]'"
+        )
 
 
 def build_state(config: ServeConfig, load: Callable[[str, Optional[str]], ClipModel]) -> ServiceState:
@@ -54,8 +57,9 @@ def build_state(config: ServeConfig, load: Callable[[str, Optional[str]], ClipMo
     indexes = load_indexes(config, models)
     heads = load_heads(config, models)
     pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="clip-rt-decode")
-    return ServiceState(config=config, models=models, indexes=indexes, metrics=metrics, allowed=tuple(allowed),
-                        pool=pool, heads=heads)
+    return ServiceState(
+        config=config, models=models, indexes=indexes, metrics=metrics, allowed=tuple(allowed), pool=pool, heads=heads
+    )
 
 
 class _Server:
@@ -101,10 +105,18 @@ def make_server(state: ServiceState, *, sock: Any = None) -> tuple[Any, Any]:
     table = ConnectionTable(fit_to_fd_limit(cfg.max_connections))
     state.connections = table
     uv_config = uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=cfg.access_log, lifespan="on",
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        access_log=cfg.access_log,
+        lifespan="on",
         timeout_graceful_shutdown=cfg.graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine
-        server_header=False, limit_concurrency=None,
-        loop="asyncio", http=protocol_class(table, cfg.header_timeout))
+        server_header=False,
+        limit_concurrency=None,
+        loop="asyncio",
+        http=protocol_class(table, cfg.header_timeout),
+    )
 
     def on_stop() -> None:  # in the signal handler: hand over to the event loop
         loop = state.loop
@@ -124,8 +136,9 @@ def bind(host: str, port: int) -> socket.socket:
     checks for IPPROTO_TCP), which cost 40 ms per request on kept-alive connections (delayed
     ACK), measured on this machine."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         try:

@@ -10,6 +10,7 @@ They are cached under a key made from the export code (``export/``), the manifes
 model/seed, so a change to the export (say, static int8) re-exports and an unchanged checkout
 does not.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,15 @@ def stale_exports(cache: Path, current: Path, model: str, seed: int) -> list[Pat
     folder = cache / "bundles"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and p != current and p.name.startswith(prefix)
-                  and len(p.name) == len(current.name) and "-" not in p.name[len(prefix):])
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p != current
+        and p.name.startswith(prefix)
+        and len(p.name) == len(current.name)
+        and "-" not in p.name[len(prefix) :]
+    )
 
 
 def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
@@ -66,9 +73,14 @@ def export_args(model: str, seed: int, kind: str, out: Path) -> list[str]:
     return args
 
 
-def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable[[str], None],
-                   hold: Callable[[str], AbstractContextManager] = lambda what: contextlib.nullcontext(),
-                   ) -> dict[str, Path]:
+def ensure_bundles(
+    cache: Path,
+    repo: Path,
+    model: str,
+    seed: int,
+    log: Callable[[str], None],
+    hold: Callable[[str], AbstractContextManager] = lambda what: contextlib.nullcontext(),
+) -> dict[str, Path]:
     """Each missing export runs inside ``hold(what)`` (the shared heavy lock, see lock.py)."""
     dirs = bundle_dirs(cache, repo, model, seed)
     for old in stale_exports(cache, dirs["full"].parent, model, seed):
@@ -83,8 +95,9 @@ def ensure_bundles(cache: Path, repo: Path, model: str, seed: int, log: Callable
         out.parent.mkdir(parents=True, exist_ok=True)
         log(f"bundle: exporting {model} {kind} (clip-rt {' '.join(export_args(model, seed, kind, out))})")
         with hold(f"export {model} {kind}"):
-            proc = subprocess.run([*CLI, *export_args(model, seed, kind, out), "--quiet"], capture_output=True,
-                                  text=True)
+            proc = subprocess.run(
+                [*CLI, *export_args(model, seed, kind, out), "--quiet"], capture_output=True, text=True
+            )
         if proc.returncode:
             raise RuntimeError(f"export of {model} ({kind}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return dirs

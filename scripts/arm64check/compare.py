@@ -14,11 +14,13 @@ What each comparison proves and its bound:
   encoded alone vs in a batch, on aarch64). The drift from x86's int8 output is reported beside
   it, with the figure the export measured against torch for scale.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -75,8 +77,9 @@ def batch_diff(arrays: Mapping[str, np.ndarray], key: str) -> Optional[float]:
     return max_abs(arrays[key][: len(alone)], alone)
 
 
-def compare_embeddings(x86: Mapping[str, np.ndarray], arm: Mapping[str, np.ndarray],
-                       manifest_parity: Mapping[str, Any]) -> dict[str, Any]:
+def compare_embeddings(
+    x86: Mapping[str, np.ndarray], arm: Mapping[str, np.ndarray], manifest_parity: Mapping[str, Any]
+) -> dict[str, Any]:
     """Figures and verdicts for one model. *x86*/*arm*: the arrays ``guest.embed_here`` saved;
     *manifest_parity*: the bundle manifest's ``parity`` section (JSON form)."""
     out: dict[str, Any] = {"checks": {}}
@@ -88,8 +91,9 @@ def compare_embeddings(x86: Mapping[str, np.ndarray], arm: Mapping[str, np.ndarr
     same = x86["token_ids"].shape == arm["token_ids"].shape and bool(np.array_equal(x86["token_ids"], arm["token_ids"]))
     checks["token_ids"] = {"identical": same, "passed": same}
     # image_<precision> and text_<precision>; image_<precision>_alone (batch rows) is not a precision
-    precisions = sorted({k.split("_", 1)[1] for k in x86 if k.startswith(("image_", "text_"))
-                         and not k.endswith("_alone")})
+    precisions = sorted(
+        {k.split("_", 1)[1] for k in x86 if k.startswith(("image_", "text_")) and not k.endswith("_alone")}
+    )
     if "fp32" not in precisions:
         raise ValueError("the comparison needs the fp32 graphs (a full bundle, not a slim one)")
     for precision in precisions:
@@ -100,8 +104,12 @@ def compare_embeddings(x86: Mapping[str, np.ndarray], arm: Mapping[str, np.ndarr
                 continue
             if precision == "fp32":
                 d = max_abs(x86[key], arm[key])
-                checks[key] = {"max_abs_diff": d, "min_cosine": min_cosine(x86[key], arm[key]),
-                               "bound": FP32_BOUND, "passed": d <= FP32_BOUND}
+                checks[key] = {
+                    "max_abs_diff": d,
+                    "min_cosine": min_cosine(x86[key], arm[key]),
+                    "bound": FP32_BOUND,
+                    "passed": d <= FP32_BOUND,
+                }
                 continue
             ref = x86[f"{encoder}_fp32"]
             fig = manifest_parity.get(precision, {}).get(encoder)
@@ -112,11 +120,14 @@ def compare_embeddings(x86: Mapping[str, np.ndarray], arm: Mapping[str, np.ndarr
             d_ref, c_ref = max_abs(ref, arm[key]), min_cosine(ref, arm[key])
             b_arm = batch_diff(arm, key)
             checks[key] = {
-                "batch_max_abs_diff": b_arm, "x86_batch_max_abs_diff": batch_diff(x86, key),
+                "batch_max_abs_diff": b_arm,
+                "x86_batch_max_abs_diff": batch_diff(x86, key),
                 "vs_fp32": {"max_abs_diff": d_ref, "min_cosine": c_ref},
                 "x86_vs_fp32": {"max_abs_diff": max_abs(ref, x86[key]), "min_cosine": min_cosine(ref, x86[key])},
-                "vs_x86_same_precision": {"max_abs_diff": max_abs(x86[key], arm[key]),
-                                          "min_cosine": min_cosine(x86[key], arm[key])},
+                "vs_x86_same_precision": {
+                    "max_abs_diff": max_abs(x86[key], arm[key]),
+                    "min_cosine": min_cosine(x86[key], arm[key]),
+                },
                 "export_measured": {"max_abs_diff": fig["max_abs_diff"], "min_cosine": fig["min_cosine"]},
                 "gate": dict(tol),
                 "passed": passes(tol, d_ref, c_ref, b_arm),
@@ -151,7 +162,13 @@ def compare_records(x86: Mapping[str, Mapping[str, Any]], arm: Mapping[str, Mapp
     errors = [name for name in x86 if x86[name].get("error") or arm[name].get("error")]
     common = [n for n in x86 if n not in errors]
     same = sum(1 for n in common if x86[n]["label"] == arm[n]["label"])
-    diff = max((abs(x86[n]["scores"][lab] - arm[n]["scores"][lab]) for n in common for lab in x86[n]["scores"]),
-               default=0.0)
-    return {"images": len(x86), "errors": len(errors), "top1_agreement": same / len(common) if common else 0.0,
-            "max_score_diff": diff, "passed": not errors and len(common) > 0}
+    diff = max(
+        (abs(x86[n]["scores"][lab] - arm[n]["scores"][lab]) for n in common for lab in x86[n]["scores"]), default=0.0
+    )
+    return {
+        "images": len(x86),
+        "errors": len(errors),
+        "top1_agreement": same / len(common) if common else 0.0,
+        "max_score_diff": diff,
+        "passed": not errors and len(common) > 0,
+    }

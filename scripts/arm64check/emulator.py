@@ -21,6 +21,7 @@ only to the bind-mounted work folder and tmpfs), and:
 default (``max``) advertises SME and gives wrong int8 results with onnxruntime: the check
 never runs without an explicit model.
 """
+
 from __future__ import annotations
 
 import shlex

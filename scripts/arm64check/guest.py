@@ -20,6 +20,7 @@ Under qemu-user the peak RSS read here is the host's figure for the qemu process
 memory plus qemu's own (its translated-code cache grows with the code that runs). The host
 subtracts a baseline; see docs/devices.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,11 +82,13 @@ print(json.dumps(dict(PeakSampler().stop(), exit=0)))
 # with the same labels again: its prompt cache holds the labels' embeddings, so the text tower
 # is never loaded. (name, input, extra arguments, whose home it runs in)
 LOW_MEMORY = ("--low-memory",)
-CLASSIFY_RUNS = (("one_image", "one_image", (), "one_image"),
-                 ("one_image_lowmem", "one_image", LOW_MEMORY, "one_image_lowmem"),
-                 ("one_image_repeat", "one_image", LOW_MEMORY, "one_image_lowmem"),
-                 ("folder", "folder", (), "folder"),
-                 ("folder_lowmem", "folder", LOW_MEMORY, "folder_lowmem"))
+CLASSIFY_RUNS = (
+    ("one_image", "one_image", (), "one_image"),
+    ("one_image_lowmem", "one_image", LOW_MEMORY, "one_image_lowmem"),
+    ("one_image_repeat", "one_image", LOW_MEMORY, "one_image_lowmem"),
+    ("folder", "folder", (), "folder"),
+    ("folder_lowmem", "folder", LOW_MEMORY, "folder_lowmem"),
+)
 
 
 # -- helpers shared with the host side --------------------------------------------------------------
@@ -133,8 +136,9 @@ def _say(msg: str) -> None:
     print(f"[{platform.machine()}] {msg}", flush=True)
 
 
-def _run(cmd: list[str], *, timeout: float, env: Optional[dict[str, str]] = None,
-         log: Optional[Path] = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], *, timeout: float, env: Optional[dict[str, str]] = None, log: Optional[Path] = None
+) -> subprocess.CompletedProcess:
     if log is None:
         return subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
     with open(log, "ab") as f:
@@ -209,14 +213,21 @@ class Runner:
         site = next((self.venv / "lib").glob("python3*/site-packages"))
         per_pkg = sorted(((du_bytes(d), d.name) for d in site.iterdir() if d.is_dir()), reverse=True)[:12]
         freeze = _run([self.py, "-m", "pip", "freeze", "--all"], timeout=600, env=self.env()).stdout.splitlines()
-        return {"venv_bytes_before": before, "venv_bytes_after": after, "install_bytes": after - before,
-                "pip_seconds": round(seconds, 1), "freeze": freeze,
-                "largest": [{"name": n, "bytes": b} for b, n in per_pkg]}
+        return {
+            "venv_bytes_before": before,
+            "venv_bytes_after": after,
+            "install_bytes": after - before,
+            "pip_seconds": round(seconds, 1),
+            "freeze": freeze,
+            "largest": [{"name": n, "bytes": b} for b, n in per_pkg],
+        }
 
     # 2 ------------------------------------------------------------------------------------------
     def probe(self) -> dict[str, Any]:
-        code = ("import json, sys; sys.path.insert(0, %r); from arm64check.guest import probe_here; "
-                "print(json.dumps(probe_here(sys.argv[1])))") % str(Path(__file__).resolve().parent.parent)
+        code = (
+            "import json, sys; sys.path.insert(0, %r); from arm64check.guest import probe_here; "
+            "print(json.dumps(probe_here(sys.argv[1])))"
+        ) % str(Path(__file__).resolve().parent.parent)
         bundle = self.plan["models"][0]["slim"]  # the device's bundle: what clip-rt's CPU plan is made for
         env = self.env(CLIP_RT_HOME=str(self.out / "home-probe"))
         proc = _run([self.py, "-c", code, bundle], timeout=1800, env=env)
@@ -239,11 +250,23 @@ class Runner:
         here = str(Path(__file__).resolve().parent.parent)
         for m in self.plan["models"]:
             npz = self.out / f"embed-{m['name']}.npz"
-            code = ("import json, sys; sys.path.insert(0, %r); from arm64check.guest import embed_here; "
-                    "print(json.dumps(embed_here(*sys.argv[1:])))") % here
-            proc = _run([self.py, "-c", code, m["full"], self.plan["compare"]["images"],
-                         json.dumps(self.plan["compare"]["texts"]), str(npz)],
-                        timeout=7200, env=self.env(CLIP_RT_HOME=str(self.out / "home-embed")))
+            code = (
+                "import json, sys; sys.path.insert(0, %r); from arm64check.guest import embed_here; "
+                "print(json.dumps(embed_here(*sys.argv[1:])))"
+            ) % here
+            proc = _run(
+                [
+                    self.py,
+                    "-c",
+                    code,
+                    m["full"],
+                    self.plan["compare"]["images"],
+                    json.dumps(self.plan["compare"]["texts"]),
+                    str(npz),
+                ],
+                timeout=7200,
+                env=self.env(CLIP_RT_HOME=str(self.out / "home-embed")),
+            )
             if proc.returncode:
                 raise RuntimeError(f"{m['name']}: embedding failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
             figures[m["name"]] = dict(_last_json(proc.stdout), npz=str(npz))
@@ -305,19 +328,37 @@ class Runner:
     # 5 ------------------------------------------------------------------------------------------
     def tests(self) -> dict[str, Any]:
         t = self.plan["tests"]
-        proc = _run([self.py, "-m", "pip", "install", *PIP_QUIET, "--only-binary", ":all:", *t["deps"]],
-                    timeout=3600, env=self.env(), log=self.log)
+        proc = _run(
+            [self.py, "-m", "pip", "install", *PIP_QUIET, "--only-binary", ":all:", *t["deps"]],
+            timeout=3600,
+            env=self.env(),
+            log=self.log,
+        )
         if proc.returncode:
             raise RuntimeError(f"pip install of the test deps failed (exit {proc.returncode}); see {self.log}")
         junit = self.out / "junit.xml"
-        cmd = [self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", t["marker"],
-               f"--junitxml={junit}", *t["files"]]
+        cmd = [
+            self.py,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            t["marker"],
+            f"--junitxml={junit}",
+            *t["files"],
+        ]
         t0 = time.monotonic()
         with open(self.out / "pytest.log", "wb") as f:
-            proc = subprocess.run(cmd, cwd=t["dir"], env=self.env(), stdout=f, stderr=subprocess.STDOUT,
-                                  timeout=t.get("timeout_s", 7200))
-        res: dict[str, Any] = {"exit": proc.returncode, "pytest_seconds": round(time.monotonic() - t0, 1),
-                               "log": str(self.out / "pytest.log")}
+            proc = subprocess.run(
+                cmd, cwd=t["dir"], env=self.env(), stdout=f, stderr=subprocess.STDOUT, timeout=t.get("timeout_s", 7200)
+            )
+        res: dict[str, Any] = {
+            "exit": proc.returncode,
+            "pytest_seconds": round(time.monotonic() - t0, 1),
+            "log": str(self.out / "pytest.log"),
+        }
         if junit.exists():
             xml_text = junit.read_text()
             res.update(junit_counts(xml_text))
@@ -342,9 +383,9 @@ class Runner:
 
 # -- run inside the venv (numpy, clip_rt importable) -----------------------------------------------
 def probe_here(bundle: Optional[str] = None) -> dict[str, Any]:
-    import clip_rt
     import onnxruntime
 
+    import clip_rt
     from arm64check import cpuinfo
 
     info: dict[str, Any] = {
@@ -401,7 +442,8 @@ def embed_here(bundle: str, images_dir: str, texts_json: str, npz_path: str) -> 
     arrays: dict[str, Any] = {
         "pixels": Preprocessor(manifest.image).batch(paths),
         "token_ids": ClipTokenizer.from_file(Path(bundle) / manifest.text.tokenizer_file, manifest.text)
-        .encode_batch(texts).ids,
+        .encode_batch(texts)
+        .ids,
     }
     for precision in manifest.precisions:
         model = clip_rt.load(bundle, precision=precision, cache=False, providers=["cpu"])

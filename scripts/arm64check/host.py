@@ -6,6 +6,7 @@ Installed packages stay (they are installs, like pip's). The binfmt_misc file sy
 unmounted again if this script mounted it; on this kernel (6.x, binfmt_misc per mount) that
 also drops the qemu-aarch64 registration, which the next run makes again (a fraction of a second).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,15 +44,20 @@ def install_packages(packages: list[str], log: Log) -> None:
     if not packages:
         return
     if os.geteuid() != 0:
-        raise HostError(f"missing {' '.join(packages)}; install them (apt-get install {' '.join(packages)}) or run as "
-                        "root")
+        raise HostError(
+            f"missing {' '.join(packages)}; install them (apt-get install {' '.join(packages)}) or run as root"
+        )
     if shutil.which("apt-get") is None:
         raise HostError(f"missing {' '.join(packages)} and no apt-get to install them with")
     log(f"host: apt-get install {' '.join(packages)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def binfmt_mounted(mounts_text: Optional[str] = None) -> bool:
@@ -80,7 +86,7 @@ class Binfmt:
         self.log = log
         self.mounted_here = False
 
-    def __enter__(self) -> "Binfmt":
+    def __enter__(self) -> Binfmt:
         if not binfmt_mounted():
             subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)], check=True)
             self.mounted_here = True

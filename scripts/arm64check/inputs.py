@@ -5,6 +5,7 @@
 - ``folder``: the README's "folder of photos": N multi-megapixel JPEGs, as bench/ makes them
   (6 MP, crops and mirrors of the samples: clip_rt_fixtures.photos), for the folder's peak RSS.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,16 @@ TEXTS = [
     "an astronaut in a white suit",
     "a rocket on the launch pad at night",
     "",
-    "ÜNÏCÔDÉ, emoji \U0001F600 and <b>html</b> &amp; entities",
+    "ÜNÏCÔDÉ, emoji \U0001f600 and <b>html</b> &amp; entities",
     "a very long prompt " + "that keeps going " * 30,  # truncated at the context length
 ]
 
 
 def _make_jpegs(folder: Path, count: int, megapixels: float, seed: int) -> None:
     try:
-        from clip_rt_fixtures.photos import make_jpegs
         import skimage.data  # noqa: F401 - the samples the photos are made from
+
+        from clip_rt_fixtures.photos import make_jpegs
     except ImportError as exc:
         raise RuntimeError(f"making the test photos needs clip-rt with the [test] extra (scikit-image): {exc}") from exc
     make_jpegs(folder, count, megapixels=megapixels, seed=seed)

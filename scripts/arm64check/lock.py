@@ -7,13 +7,15 @@ with their work. The guest takes the same lock: FILE is bound into the emulated 
 qemu-user passes ``flock`` through to the host kernel. Stdlib only (the guest runs it with the
 system Python, before any venv exists).
 """
+
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ It is written to ``rootfs.tmp-<pid>`` and renamed when complete, so an interrupt
 leaves a half-made root file system that a later run would trust; ``stamp.json`` inside records
 what it was built from, and a different recipe (suite, packages, mirrors) rebuilds it.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,11 +72,17 @@ def ensure_rootfs(root: Path, recipe: Recipe, log: Callable[[str], None], rebuil
     log(f"rootfs: building Debian {recipe.suite} arm64 ({', '.join(recipe.packages)}) in {tmp} (a few minutes)")
     started = time.monotonic()
     cmd = [
-        "mmdebstrap", "--arch=arm64", f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
+        "mmdebstrap",
+        "--arch=arm64",
+        f"--variant={recipe.variant}",
+        f"--include={','.join(recipe.packages)}",
         # no docs/man pages/locales: the guest only runs python
-        "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
-        recipe.suite, str(tmp), *recipe.mirrors,
+        recipe.suite,
+        str(tmp),
+        *recipe.mirrors,
     ]
     try:
         subprocess.run(cmd, check=True)
@@ -98,4 +105,3 @@ def ensure_rootfs(root: Path, recipe: Recipe, log: Callable[[str], None], rebuil
         raise
     log(f"rootfs: built in {time.monotonic() - started:.0f} s, {du_bytes(root) / 2**20:.0f} MiB")
     return root
-

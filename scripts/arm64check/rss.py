@@ -20,6 +20,7 @@ was missed.
 
 stdlib only: imported by the measured child processes on both sides.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -131,5 +132,9 @@ class PeakSampler(threading.Thread):
         if self.ident is not None:  # started: Thread.join() raises on a thread never started
             self.join()
         self.sample()  # the end state too
-        return {"peak_rss_mb": vm_hwm_mb(), "sampled_total_peak_mb": self.total_peak_mb,
-                "sampled_guest_peak_mb": self.guest_peak_mb, "samples": self.samples}
+        return {
+            "peak_rss_mb": vm_hwm_mb(),
+            "sampled_total_peak_mb": self.total_peak_mb,
+            "sampled_guest_peak_mb": self.guest_peak_mb,
+            "samples": self.samples,
+        }

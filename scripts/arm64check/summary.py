@@ -15,6 +15,7 @@ Peak RSS under qemu-user is the qemu process's: the guest program's memory plus 
   trivial program's;
 - ``raw``: VmHWM under qemu; and the x86 figure of the same command, natively.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -132,8 +133,10 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
     if t is None:
         parts.append("tests skipped")
     else:
-        parts.append(f"tests {t.get('passed', 0)} passed, {t.get('failed', 0) + t.get('errors', 0)} failed, "
-                     f"{t.get('skipped', 0)} skipped")
+        parts.append(
+            f"tests {t.get('passed', 0)} passed, {t.get('failed', 0) + t.get('errors', 0)} failed, "
+            f"{t.get('skipped', 0)} skipped"
+        )
     for name, p in report.get("parity", {}).items():
         c = p.get("checks", {})
         bits = []
@@ -162,16 +165,19 @@ def summary_line(report: dict[str, Any], strict_budgets: bool = False) -> str:
     for name, m in mem.get("models", {}).items():
         one, folder, low = m.get("one_image", {}), m.get("folder", {}), m.get("folder_lowmem")
         v = next((v for v in verdicts if v.name == f"rss {name}"), None)
-        text = (f"RSS {name} int8 1/{folder.get('images', '?')} img {_fmt(mb(one.get('estimate_mib')))}/"
-                f"{_fmt(mb(folder.get('estimate_mib')))} MB est. (x86 {_fmt(mb(one.get('x86_mib')))}/"
-                f"{_fmt(mb(folder.get('x86_mib')))}, qemu total {_fmt(mb(one.get('raw_mib')))}/"
-                f"{_fmt(mb(folder.get('raw_mib')))})")
+        text = (
+            f"RSS {name} int8 1/{folder.get('images', '?')} img {_fmt(mb(one.get('estimate_mib')))}/"
+            f"{_fmt(mb(folder.get('estimate_mib')))} MB est. (x86 {_fmt(mb(one.get('x86_mib')))}/"
+            f"{_fmt(mb(folder.get('x86_mib')))}, qemu total {_fmt(mb(one.get('raw_mib')))}/"
+            f"{_fmt(mb(folder.get('raw_mib')))})"
+        )
         if v:
             text += f" {'met' if v.met else 'NOT met'} <= {v.budget:.0f}"
-        for label, entry, verdict_name in (("1 img --low-memory", m.get("one_image_lowmem"), "1 img --low-memory"),
-                                           ("the same again (labels cached)", m.get("one_image_repeat"),
-                                            "1 img repeat"),
-                                           ("folder --low-memory", low, "lowmem")):
+        for label, entry, verdict_name in (
+            ("1 img --low-memory", m.get("one_image_lowmem"), "1 img --low-memory"),
+            ("the same again (labels cached)", m.get("one_image_repeat"), "1 img repeat"),
+            ("folder --low-memory", low, "lowmem"),
+        ):
             if not entry:
                 continue
             verdict = next((v for v in verdicts if v.name == f"rss {name} {verdict_name}"), None)

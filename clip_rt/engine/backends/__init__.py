@@ -8,10 +8,12 @@
 
 Nothing here imports onnxruntime or openvino at import time.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from .base import Backend, Pending
 from .choose import (
@@ -24,23 +26,56 @@ from .choose import (
     plan_runtime,
 )
 
-__all__ = ["BACKENDS", "Backend", "EncoderChoice", "Pending", "RuntimePlan", "installed_backends",
-           "normalise_backend", "open_backend", "parse_precision", "plan_runtime"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "EncoderChoice",
+    "Pending",
+    "RuntimePlan",
+    "installed_backends",
+    "normalise_backend",
+    "open_backend",
+    "parse_precision",
+    "plan_runtime",
+]
 
 
-def open_backend(choice: EncoderChoice, path: Path, *, native_bf16: bool, providers: Optional[Sequence[str]] = None,
-                 threads: Optional[int] = None, session_options: Any = None, allow_fallback: bool = False,
-                 provider_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                 streams: Optional[int] = None, cache_dir: Optional[Path] = None, first: str = "latency") -> Backend:
+def open_backend(
+    choice: EncoderChoice,
+    path: Path,
+    *,
+    native_bf16: bool,
+    providers: Optional[Sequence[str]] = None,
+    threads: Optional[int] = None,
+    session_options: Any = None,
+    allow_fallback: bool = False,
+    provider_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    streams: Optional[int] = None,
+    cache_dir: Optional[Path] = None,
+    first: str = "latency",
+) -> Backend:
     """The backend *choice* names, on the graph at *path*. *first*: the mode a backend with
     several (OpenVINO: latency, throughput) compiles at creation; the other on first use."""
     if choice.backend == "openvino":
         from .openvino import OpenVinoBackend
 
         compute = "bf16" if choice.compute == "bf16" else "f32"
-        return OpenVinoBackend(path, compute=compute, threads=threads, streams=streams, native_bf16=native_bf16,
-                               cache_dir=cache_dir, first=first)
+        return OpenVinoBackend(
+            path,
+            compute=compute,
+            threads=threads,
+            streams=streams,
+            native_bf16=native_bf16,
+            cache_dir=cache_dir,
+            first=first,
+        )
     from .ort import OrtBackend
 
-    return OrtBackend(path, providers, intra_op_threads=threads, session_options=session_options,
-                      allow_fallback=allow_fallback, options=provider_options)
+    return OrtBackend(
+        path,
+        providers,
+        intra_op_threads=threads,
+        session_options=session_options,
+        allow_fallback=allow_fallback,
+        options=provider_options,
+    )

@@ -8,10 +8,12 @@ Callers keep at most ``queue_depth`` submissions outstanding and collect them in
 stream of batches of one size (a folder) passes that size as ``submit(feeds, batch=N)`` and
 keeps ``stream_depth(N)`` outstanding, so a backend may run the whole stream at that size.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -19,8 +21,9 @@ import numpy as np
 class Pending:
     """One submitted batch; ``result()`` waits for it (once) and returns the outputs."""
 
-    def __init__(self, wait: Optional[Callable[[], list[np.ndarray]]] = None,
-                 value: Optional[list[np.ndarray]] = None) -> None:
+    def __init__(
+        self, wait: Optional[Callable[[], list[np.ndarray]]] = None, value: Optional[list[np.ndarray]] = None
+    ) -> None:
         self._wait = wait
         self._value = value
 

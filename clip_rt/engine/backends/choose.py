@@ -21,14 +21,16 @@ that passed its gate, int8 before fp32 (int8 measured 2.1x fp32 on AVX-512 VNNI,
 bench/results/variants.json). A CUDA (or other accelerator) provider always runs onnxruntime:
 fp16 first where the bundle has it, as before.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from ...errors import BundleError, InputError, ProviderError
 from ..cpu import CpuIsa
@@ -86,7 +88,8 @@ class EncoderChoice:
 
     def summary(self) -> str:
         compute = "" if self.compute in ("graph", "f32") else f", {self.compute} compute"
-        return f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); {modes(self.encoder, self.folders)}"
+        calls = modes(self.encoder, self.folders)
+        return f"{self.backend} {self.precision} ({self.graph_precision} graph{compute}); {calls}"
 
 
 def modes(encoder: str, folders: str) -> str:
@@ -94,8 +97,7 @@ def modes(encoder: str, folders: str) -> str:
     text in latency mode unless *folders* is throughput, where a call with enough prompts is
     split across the throughput queue's streams (engine/text_batches.py)."""
     if encoder == "text":
-        return ("few prompts: latency; many prompts: throughput queue" if folders == "throughput"
-                else "prompts: latency")
+        return "few prompts: latency; many prompts: throughput queue" if folders == "throughput" else "prompts: latency"
     return f"single calls: latency; folders: {folders}"
 
 
@@ -110,8 +112,10 @@ class RuntimePlan:
     def encoder(self, name: str) -> EncoderChoice:
         return self.image if name == "image" else self.text
 
-    def with_encoder(self, choice: EncoderChoice) -> "RuntimePlan":
-        return replace(self, **{choice.encoder: choice})
+    def with_encoder(self, choice: EncoderChoice) -> RuntimePlan:
+        if choice.encoder == "image":
+            return replace(self, image=choice)
+        return replace(self, text=choice)
 
     @property
     def precision(self) -> str:
@@ -147,8 +151,9 @@ def parse_precision(precision: Optional[str]) -> dict[str, Optional[str]]:
         raise InputError(f"precision must be a string such as 'fp32', got {type(precision).__name__}")
     parts = [p.strip().lower() for p in precision.split("/")]
     if len(parts) not in (1, 2) or not all(parts):
-        raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}, or IMAGE/TEXT "
-                         "such as int8/bf16")
+        raise InputError(
+            f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}, or IMAGE/TEXT such as int8/bf16"
+        )
     for p in parts:
         if p not in PRECISIONS:
             raise InputError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")
@@ -221,16 +226,25 @@ class Candidate:
     row: dict[str, Any]
 
 
-def encoder_candidates(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
-                       backend: Optional[str] = None, precision: Optional[str] = None,
-                       table: Optional[dict[str, Any]] = None, evidence: Optional[dict[str, bool]] = None,
-                       ) -> tuple[list[Candidate], list[str], bool]:
+def encoder_candidates(
+    encoder: str,
+    manifest: Any,
+    cpu: CpuIsa,
+    *,
+    installed: Sequence[str],
+    backend: Optional[str] = None,
+    precision: Optional[str] = None,
+    table: Optional[dict[str, Any]] = None,
+    evidence: Optional[dict[str, bool]] = None,
+) -> tuple[list[Candidate], list[str], bool]:
     """Every measured row that may run *encoder* on this CPU (fastest first in steady state),
     the rows passed over and why, and whether anything was measured on this CPU class. Each
     candidate's notes are the rows ranked above it that were passed over."""
     if precision == "bf16" and not cpu.native_bf16:
-        raise ProviderError(f"precision 'bf16' needs a CPU with bf16 arithmetic (AMX-BF16, AVX512-BF16); "
-                            f"this one is {cpu}, where it runs emulated (measured 0.04x)")
+        raise ProviderError(
+            f"precision 'bf16' needs a CPU with bf16 arithmetic (AMX-BF16, AVX512-BF16); "
+            f"this one is {cpu}, where it runs emulated (measured 0.04x)"
+        )
     if precision == "bf16" and backend == "onnxruntime":
         raise InputError("precision 'bf16' (the fp32 graph computed in bf16) runs on the openvino backend only")
     explicit = backend is not None or precision is not None
@@ -255,7 +269,13 @@ def encoder_candidates(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: S
             continue
         scheme = int8_scheme(manifest, encoder) if gp == "int8" else ""
         if gp == "int8" and row["graph"] != f"int8-{scheme}":
-            if precision is None and backend is None and other_scheme is None and not found and row["graph"] in _REEXPORT:
+            if (
+                precision is None
+                and backend is None
+                and other_scheme is None
+                and not found
+                and row["graph"] in _REEXPORT
+            ):
                 other_scheme = (row, scheme)  # the fastest other scheme only, and only if it beats what runs
             continue  # measured on another int8 scheme: its speed says nothing about this graph
         if precision is None and not _qualifies(manifest, gp, encoder):
@@ -269,41 +289,71 @@ def encoder_candidates(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: S
         # A derived mode is checked against the fp32 graph unless it was asked for by name
         # (precision "bf16"); the int8 graph in bf16 is never asked for by name, so always.
         checked = derived and not (precision == "bf16" and gp == "fp32")
-        if checked and gp != "fp32" and "fp32" not in manifest.graphs and getattr(manifest, "parity_reference", None) is None:
-            skipped.append(f"{row['backend']} {mode}: the bundle has no fp32 graph or stored fp32 embeddings to "
-                           "check its parity against")
+        if (
+            checked
+            and gp != "fp32"
+            and "fp32" not in manifest.graphs
+            and getattr(manifest, "parity_reference", None) is None
+        ):
+            skipped.append(
+                f"{row['backend']} {mode}: the bundle has no fp32 graph or stored fp32 embeddings to "
+                "check its parity against"
+            )
             continue
         verdict = evidence.get(f"{row['backend']}:{mode}")
         if checked and verdict is False:
             skipped.append(f"{row['backend']} {mode}: failed its parity check against fp32")
             continue
-        why = (f"fastest measured on {cpu.isa_class} for {encoder} "
-               f"({row['items_per_s']:g} {row.get('unit', 'items/s')}{_ratio_text(row)})")
+        why = (
+            f"fastest measured on {cpu.isa_class} for {encoder} "
+            f"({row['items_per_s']:g} {row.get('unit', 'items/s')}{_ratio_text(row)})"
+        )
         if row.get("queue_source") and row.get("folders") == "throughput":
-            why += (f"; many prompts through the throughput queue: {row['queue_x_latency']:g}x latency calls "
-                    f"({row['queue_source']})")
+            why += (
+                f"; many prompts through the throughput queue: {row['queue_x_latency']:g}x latency calls "
+                f"({row['queue_source']})"
+            )
         if explicit:
             why = f"asked for ({_asked(backend, precision)}); " + why
-        choice = EncoderChoice(encoder, row["backend"], name, gp, compute if row["backend"] == "openvino" else "graph",
-                               row.get("folders", "latency"), why, row.get("source"),
-                               needs_evidence=checked and verdict is None,
-                               explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
+        choice = EncoderChoice(
+            encoder,
+            row["backend"],
+            name,
+            gp,
+            compute if row["backend"] == "openvino" else "graph",
+            row.get("folders", "latency"),
+            why,
+            row.get("source"),
+            needs_evidence=checked and verdict is None,
+            explicit=explicit,
+            notes=tuple(dict.fromkeys(skipped)),
+        )
         found.append(Candidate(choice, row))
     if found and other_scheme is not None:
         row, scheme = other_scheme
         gain = float(row["score"]) / float(found[0].row["score"])
         if gain >= REEXPORT_GAIN:  # worth a re-export only if clearly beyond run-to-run noise
-            note = (f"{row['backend']} int8 ({row['graph'][5:]}) measured {gain:.2f}x faster here; the bundle's "
-                    f"int8 {encoder} graph is {scheme} ({_REEXPORT[row['graph']]})")
+            note = (
+                f"{row['backend']} int8 ({row['graph'][5:]}) measured {gain:.2f}x faster here; the bundle's "
+                f"int8 {encoder} graph is {scheme} ({_REEXPORT[row['graph']]})"
+            )
             first = found[0]
             found[0] = Candidate(replace(first.choice, notes=(*first.choice.notes, note)), first.row)
     return found, skipped, bool(rows)
 
 
-def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Sequence[str],
-                   accelerator: Optional[str] = None, backend: Optional[str] = None,
-                   precision: Optional[str] = None, table: Optional[dict[str, Any]] = None,
-                   evidence: Optional[dict[str, bool]] = None) -> EncoderChoice:
+def choose_encoder(
+    encoder: str,
+    manifest: Any,
+    cpu: CpuIsa,
+    *,
+    installed: Sequence[str],
+    accelerator: Optional[str] = None,
+    backend: Optional[str] = None,
+    precision: Optional[str] = None,
+    table: Optional[dict[str, Any]] = None,
+    evidence: Optional[dict[str, bool]] = None,
+) -> EncoderChoice:
     """One encoder's choice for steady work (the fastest qualifying row). *accelerator*: the
     first onnxruntime provider when it is not the CPU (CUDA...). *evidence*: derived-mode
     verdicts already known, keyed ``backend:precision`` (True passed, False failed); a derived
@@ -312,27 +362,48 @@ def choose_encoder(encoder: str, manifest: Any, cpu: CpuIsa, *, installed: Seque
     backend, precision = _checked_ask(manifest, installed, backend, precision)
     if accelerator is not None:
         return _accelerator_choice(encoder, manifest, accelerator, backend, precision)
-    found, skipped, measured = encoder_candidates(encoder, manifest, cpu, installed=installed, backend=backend,
-                                                  precision=precision, table=table, evidence=evidence)
+    found, skipped, measured = encoder_candidates(
+        encoder,
+        manifest,
+        cpu,
+        installed=installed,
+        backend=backend,
+        precision=precision,
+        table=table,
+        evidence=evidence,
+    )
     if found:
         return found[0].choice
-    return _fallback(encoder, manifest, cpu, backend, precision, installed, skipped, measured,
-                     backend is not None or precision is not None)
+    return _fallback(
+        encoder,
+        manifest,
+        cpu,
+        backend,
+        precision,
+        installed,
+        skipped,
+        measured,
+        backend is not None or precision is not None,
+    )
 
 
-def _checked_ask(manifest: Any, installed: Sequence[str], backend: Optional[str],
-                 precision: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+def _checked_ask(
+    manifest: Any, installed: Sequence[str], backend: Optional[str], precision: Optional[str]
+) -> tuple[Optional[str], Optional[str]]:
     backend = normalise_backend(backend)
     if precision is not None and precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if backend is not None and backend not in installed:
-        raise ProviderError(f"backend {backend!r} is not installed: pip install 'clip-rt[{backend}]' "
-                            f"(installed: {', '.join(installed) or 'none'})")
+        raise ProviderError(
+            f"backend {backend!r} is not installed: pip install 'clip-rt[{backend}]' "
+            f"(installed: {', '.join(installed) or 'none'})"
+        )
     if precision is not None:
         graph = "fp32" if precision == "bf16" else precision
         if graph not in manifest.graphs:
-            raise BundleError(f"bundle {manifest.name!r} has no {graph!r} graphs; it has: "
-                              f"{', '.join(manifest.precisions)}")
+            raise BundleError(
+                f"bundle {manifest.name!r} has no {graph!r} graphs; it has: {', '.join(manifest.precisions)}"
+            )
     return backend, precision
 
 
@@ -349,11 +420,22 @@ def _ratio_text(row: dict[str, Any]) -> str:
 
 
 def _asked(backend: Optional[str], precision: Optional[str]) -> str:
-    return ", ".join(x for x in (f"backend {backend}" if backend else "", f"precision {precision}" if precision else "") if x)
+    return ", ".join(
+        x for x in (f"backend {backend}" if backend else "", f"precision {precision}" if precision else "") if x
+    )
 
 
-def _fallback(encoder: str, manifest: Any, cpu: CpuIsa, backend: Optional[str], precision: Optional[str],
-              installed: Sequence[str], skipped: list[str], measured: bool, explicit: bool) -> EncoderChoice:
+def _fallback(
+    encoder: str,
+    manifest: Any,
+    cpu: CpuIsa,
+    backend: Optional[str],
+    precision: Optional[str],
+    installed: Sequence[str],
+    skipped: list[str],
+    measured: bool,
+    explicit: bool,
+) -> EncoderChoice:
     """No measured row fits: onnxruntime (or the backend asked for) with the best gated precision."""
     chosen_backend = backend or "onnxruntime"
     if precision is not None:
@@ -367,23 +449,35 @@ def _fallback(encoder: str, manifest: Any, cpu: CpuIsa, backend: Optional[str], 
         chosen_backend = "openvino"
     if chosen_backend not in installed:
         raise ProviderError(f"backend {chosen_backend!r} is not installed: pip install 'clip-rt[{chosen_backend}]'")
-    where = (f"no measured row on {cpu.isa_class} fits" if measured
-             else f"nothing measured on {cpu.isa_class}")
-    why = f"{where}; {chosen_backend} with " + (f"precision {name} as asked" if precision else
-                                                f"the fastest precision that passed its parity gate ({name})")
+    where = f"no measured row on {cpu.isa_class} fits" if measured else f"nothing measured on {cpu.isa_class}"
+    why = f"{where}; {chosen_backend} with " + (
+        f"precision {name} as asked" if precision else f"the fastest precision that passed its parity gate ({name})"
+    )
     if explicit:
         why = f"asked for ({_asked(backend, precision)}); {why}"
     compute = "bf16" if name == "bf16" else ("f32" if chosen_backend == "openvino" else "graph")
-    return EncoderChoice(encoder, chosen_backend, name, gp, compute,
-                         "throughput" if chosen_backend == "openvino" else "latency", why, None,
-                         explicit=explicit, notes=tuple(dict.fromkeys(skipped)))
+    return EncoderChoice(
+        encoder,
+        chosen_backend,
+        name,
+        gp,
+        compute,
+        "throughput" if chosen_backend == "openvino" else "latency",
+        why,
+        None,
+        explicit=explicit,
+        notes=tuple(dict.fromkeys(skipped)),
+    )
 
 
-def _accelerator_choice(encoder: str, manifest: Any, accelerator: str, backend: Optional[str],
-                        precision: Optional[str]) -> EncoderChoice:
+def _accelerator_choice(
+    encoder: str, manifest: Any, accelerator: str, backend: Optional[str], precision: Optional[str]
+) -> EncoderChoice:
     if backend not in (None, "onnxruntime"):
-        raise InputError(f"backend {backend!r} runs on the CPU; the {accelerator} provider runs through onnxruntime "
-                         "(drop --backend, or ask for the cpu provider)")
+        raise InputError(
+            f"backend {backend!r} runs on the CPU; the {accelerator} provider runs through onnxruntime "
+            "(drop --backend, or ask for the cpu provider)"
+        )
     if precision == "bf16":
         raise InputError(f"precision 'bf16' is a CPU mode (OpenVINO); with {accelerator} use fp16 or fp32")
     have = manifest.precisions
@@ -397,11 +491,19 @@ def _accelerator_choice(encoder: str, manifest: Any, accelerator: str, backend: 
     return EncoderChoice(encoder, "onnxruntime", name, name, "graph", "latency", why, explicit=precision is not None)
 
 
-def plan_runtime(manifest: Any, cpu: CpuIsa, *, installed: Optional[Iterable[str]] = None,
-                 accelerator: Optional[str] = None, backend: Optional[str] = None, precision: Optional[str] = None,
-                 table: Optional[dict[str, Any]] = None,
-                 evidence: Optional[dict[str, dict[str, bool]]] = None,
-                 workload: Any = None, low_memory: bool = False) -> RuntimePlan:
+def plan_runtime(
+    manifest: Any,
+    cpu: CpuIsa,
+    *,
+    installed: Optional[Iterable[str]] = None,
+    accelerator: Optional[str] = None,
+    backend: Optional[str] = None,
+    precision: Optional[str] = None,
+    table: Optional[dict[str, Any]] = None,
+    evidence: Optional[dict[str, dict[str, bool]]] = None,
+    workload: Any = None,
+    low_memory: bool = False,
+) -> RuntimePlan:
     """Both encoders' choices. *precision* may be ``IMAGE/TEXT``. *evidence*: per encoder, as
     for :func:`choose_encoder`. *workload* (:class:`clip_rt.options.Workload`): a short-lived
     run of a known size is planned by the time the whole run is predicted to take, start-up
@@ -412,21 +514,48 @@ def plan_runtime(manifest: Any, cpu: CpuIsa, *, installed: Optional[Iterable[str
     evidence = evidence or {}
     table = table if table is not None else load_table()
     if accelerator is not None:
-        choices = {enc: choose_encoder(enc, manifest, cpu, installed=inst, accelerator=accelerator, backend=backend,
-                                       precision=wanted[enc], table=table, evidence=evidence.get(enc))
-                   for enc in ENCODERS}
+        choices = {
+            enc: choose_encoder(
+                enc,
+                manifest,
+                cpu,
+                installed=inst,
+                accelerator=accelerator,
+                backend=backend,
+                precision=wanted[enc],
+                table=table,
+                evidence=evidence.get(enc),
+            )
+            for enc in ENCODERS
+        }
         return RuntimePlan(cpu=cpu, image=choices["image"], text=choices["text"], installed=inst)
     found: dict[str, list[Candidate]] = {}
     fallback: dict[str, EncoderChoice] = {}
     for enc in ENCODERS:
         asked_backend, asked_precision = _checked_ask(manifest, inst, backend, wanted[enc])
-        cands, skipped, measured = encoder_candidates(enc, manifest, cpu, installed=inst, backend=asked_backend,
-                                                      precision=asked_precision, table=table,
-                                                      evidence=evidence.get(enc))
+        cands, skipped, measured = encoder_candidates(
+            enc,
+            manifest,
+            cpu,
+            installed=inst,
+            backend=asked_backend,
+            precision=asked_precision,
+            table=table,
+            evidence=evidence.get(enc),
+        )
         found[enc] = cands
         if not cands:
-            fallback[enc] = _fallback(enc, manifest, cpu, asked_backend, asked_precision, inst, skipped, measured,
-                                      asked_backend is not None or asked_precision is not None)
+            fallback[enc] = _fallback(
+                enc,
+                manifest,
+                cpu,
+                asked_backend,
+                asked_precision,
+                inst,
+                skipped,
+                measured,
+                asked_backend is not None or asked_precision is not None,
+            )
     choices = {enc: found[enc][0].choice for enc in ENCODERS if found[enc]}
     choices.update(fallback)
     if not fallback and (low_memory or (workload is not None and workload.short)):

@@ -18,11 +18,13 @@ Where two predictions are within :data:`TIE` of each other the one that holds le
 in low-memory mode memory decides first. Nothing measured for this CPU class: None (the
 caller keeps the steady-speed choice).
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 TIE = 0.05  # predictions this close are a tie, decided by memory
 FOLDER_BATCH = 8  # the image rows' speed is measured at batch 8 (a folder's batches)
@@ -87,8 +89,14 @@ def estimate(pair: Mapping[str, Any], counts: Mapping[str, int], startup: Mappin
     return Estimate(sum(parts.values()), hold, parts)
 
 
-def choose_for_job(found: Mapping[str, Sequence[Any]], table: Mapping[str, Any], isa_class: str, workload: Any,
-                   *, low_memory: bool = False) -> Optional[dict[str, Any]]:
+def choose_for_job(
+    found: Mapping[str, Sequence[Any]],
+    table: Mapping[str, Any],
+    isa_class: str,
+    workload: Any,
+    *,
+    low_memory: bool = False,
+) -> Optional[dict[str, Any]]:
     """Per encoder, the EncoderChoice for this run, its reason saying why in one line; None when
     this CPU class has no start-up figures or the run's size is not known (steady speed then
     decides). *found*: per encoder, the candidates of ``choose.encoder_candidates`` (fastest
@@ -137,8 +145,10 @@ def _counts(workload: Any, low_memory: bool) -> Optional[dict[str, int]]:
     if images is None and prompts is None:
         return None
     # An unknown count in a short run: as large as a folder, so that speed weighs as it should.
-    return {"image": FOLDER_BATCH * 25 if images is None else images,
-            "text": FOLDER_BATCH * 10 if prompts is None else prompts}
+    return {
+        "image": FOLDER_BATCH * 25 if images is None else images,
+        "text": FOLDER_BATCH * 10 if prompts is None else prompts,
+    }
 
 
 def _best_per_backend(cands: Sequence[Any]) -> list[Any]:
@@ -156,16 +166,28 @@ def _steady(cand: Any) -> str:
     return f"{row['items_per_s']:g} {row.get('unit', 'items/s')} in steady work{extra}"
 
 
-def _why(encoder: str, cand: Any, steady: Any, counts: Mapping[str, int], est: Estimate,
-         steady_est: Optional[Estimate], startup: Mapping[str, Any], workload: Any, low_memory: bool) -> str:
+def _why(
+    encoder: str,
+    cand: Any,
+    steady: Any,
+    counts: Mapping[str, int],
+    est: Estimate,
+    steady_est: Optional[Estimate],
+    startup: Mapping[str, Any],
+    workload: Any,
+    low_memory: bool,
+) -> str:
     n = counts.get(encoder, 0)
     what = "images" if encoder == "image" else "prompts"
     run = workload.describe() if workload is not None and workload.short else "this run"
     if n <= 0:
         return f"not used in {run}; " + cand.choice.reason
     if low_memory:
-        rival = ("" if cand.choice.backend == steady.choice.backend
-                 else f", less than {steady.choice.backend} {steady.choice.precision} (the fastest in steady work)")
+        rival = (
+            ""
+            if cand.choice.backend == steady.choice.backend
+            else f", less than {steady.choice.backend} {steady.choice.precision} (the fastest in steady work)"
+        )
         return f"low-memory mode: holds the least memory ({est.hold_mb:.0f} MB predicted{rival}); {_steady(cand)}"
     if cand.choice.backend == steady.choice.backend and cand.choice.precision == steady.choice.precision:
         return f"fastest for {run}: about {est.seconds:.1f} s predicted; {_steady(cand)}"
@@ -175,8 +197,10 @@ def _why(encoder: str, cand: Any, steady: Any, counts: Mapping[str, int], est: E
         text += f", against {steady_est.seconds:.1f} s with {rival}"
     start_c, start_s = start_cost(startup, cand.choice), start_cost(startup, steady.choice)
     if start_c is not None and start_s is not None:
-        text += (f", which starts in {_total_start(start_s, steady, startup):.1f} s against "
-                 f"{_total_start(start_c, cand, startup):.1f} s")
+        text += (
+            f", which starts in {_total_start(start_s, steady, startup):.1f} s against "
+            f"{_total_start(start_c, cand, startup):.1f} s"
+        )
         cross = crossover(cand, steady, start_c, start_s, encoder, startup)
         if cross is not None:
             text += f" and is faster from about {cross} {what}"
@@ -188,8 +212,9 @@ def _total_start(start: StartCost, cand: Any, startup: Mapping[str, Any]) -> flo
     return imported + start.open_s + start.first_call_s
 
 
-def crossover(cheap: Any, fast: Any, start_cheap: StartCost, start_fast: StartCost, encoder: str,
-              startup: Mapping[str, Any]) -> Optional[int]:
+def crossover(
+    cheap: Any, fast: Any, start_cheap: StartCost, start_fast: StartCost, encoder: str, startup: Mapping[str, Any]
+) -> Optional[int]:
     """The item count from which *fast* (more start-up, less per item) wins, or None if never."""
     extra = _total_start(start_fast, fast, startup) - _total_start(start_cheap, cheap, startup)
     per_cheap = 1.0 / items_per_s(cheap.row, encoder, FOLDER_BATCH)

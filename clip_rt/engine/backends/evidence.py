@@ -11,6 +11,7 @@ are cached in ``$CLIP_RT_HOME/cache/derived_parity.json``, keyed by bundle finge
 backend and its version, mode (``bf16``, ``int8+bf16``) and CPU class, so it runs once per
 bundle and machine kind.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,7 @@ def sample_inputs(manifest: Any, encoder: str, tokenizer: Any = None) -> np.ndar
     tokens = tokenizer.encode_batch(list(PROMPTS))
     ids = tokens.ids
     if manifest.text.dynamic_sequence:
-        ids = np.ascontiguousarray(ids[:, :int(tokens.lengths.max())])
+        ids = np.ascontiguousarray(ids[:, : int(tokens.lengths.max())])
     return ids
 
 
@@ -102,8 +103,9 @@ def load_reference(path: Path, encoder: str, rows: int, dim: int) -> np.ndarray:
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(f"{encoder}.npy")
             if info.file_size > want + 4096:  # the array plus its .npy header
-                raise BundleError(f"{path}: {encoder}.npy holds {info.file_size} bytes, more than {rows} x {dim} "
-                                  "float32 embeddings")
+                raise BundleError(
+                    f"{path}: {encoder}.npy holds {info.file_size} bytes, more than {rows} x {dim} float32 embeddings"
+                )
         with np.load(path, allow_pickle=False) as data:
             array = np.asarray(data[encoder])
     except BundleError:
@@ -111,14 +113,23 @@ def load_reference(path: Path, encoder: str, rows: int, dim: int) -> np.ndarray:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{path}: not a parity reference of {encoder} embeddings ({exc})") from None
     if array.dtype != np.float32 or array.shape != (rows, dim):
-        raise BundleError(f"{path}: {encoder} embeddings of {array.dtype} {array.shape}, expected float32 ({rows}, {dim})")
+        raise BundleError(
+            f"{path}: {encoder} embeddings of {array.dtype} {array.shape}, expected float32 ({rows}, {dim})"
+        )
     return array
 
 
-def check(key: str, run_candidate: Callable[[np.ndarray], np.ndarray],
-          run_reference: Optional[Callable[[np.ndarray], np.ndarray]], make_inputs: Callable[[], np.ndarray], *,
-          cache: Optional[Path] = None, gate: Optional[dict[str, float]] = None,
-          reference: Optional[np.ndarray] = None, against: str = "onnxruntime fp32 graph") -> dict[str, Any]:
+def check(
+    key: str,
+    run_candidate: Callable[[np.ndarray], np.ndarray],
+    run_reference: Optional[Callable[[np.ndarray], np.ndarray]],
+    make_inputs: Callable[[], np.ndarray],
+    *,
+    cache: Optional[Path] = None,
+    gate: Optional[dict[str, float]] = None,
+    reference: Optional[np.ndarray] = None,
+    against: str = "onnxruntime fp32 graph",
+) -> dict[str, Any]:
     """The cached verdict for *key*, or a new one measured on ``make_inputs()`` (batches of 8),
     against *gate* (default :data:`GATE`): the candidate's embeddings compared with *reference*
     (stored fp32 embeddings of the same inputs) or with ``run_reference``'s."""
@@ -127,21 +138,29 @@ def check(key: str, run_candidate: Callable[[np.ndarray], np.ndarray],
     if isinstance(known, dict) and isinstance(known.get("passed"), bool):
         return {**known, "cached": True}
     inputs = make_inputs()
-    cand = np.concatenate([run_candidate(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+    cand = np.concatenate([run_candidate(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
     if reference is not None:
         if len(reference) != len(inputs):
             from ...errors import BundleError
 
-            raise BundleError(f"the stored fp32 embeddings have {len(reference)} rows for {len(inputs)} sample "
-                              "inputs: the bundle was exported by another clip-rt; export it again")
+            raise BundleError(
+                f"the stored fp32 embeddings have {len(reference)} rows for {len(inputs)} sample "
+                "inputs: the bundle was exported by another clip-rt; export it again"
+            )
         ref = reference
     else:
         if run_reference is None:
             raise ValueError("check() needs run_reference or reference")
-        ref = np.concatenate([run_reference(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
+        ref = np.concatenate([run_reference(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
     fig = compare(cand, ref)
-    record = {**fig, "samples": int(len(inputs)), "gate": gate, "passed": fig["min_cosine"] >= gate["min_cosine"],
-              "reference": against, "inputs": "export sample inputs (clip_rt_export.sample_inputs)",
-              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {
+        **fig,
+        "samples": int(len(inputs)),
+        "gate": gate,
+        "passed": fig["min_cosine"] >= gate["min_cosine"],
+        "reference": against,
+        "inputs": "export sample inputs (clip_rt_export.sample_inputs)",
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _write_cache(key, record, cache)
     return {**record, "cached": False}

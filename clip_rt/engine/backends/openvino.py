@@ -22,12 +22,14 @@ size costs one planning pass on its first call (0.3-1 s on 2 cores), so a folder
 batch is padded to the stream's size (``submit(batch=N)``) instead; a server warms its sizes
 up before it reports ready.
 """
+
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -42,8 +44,9 @@ def import_openvino() -> Any:
     try:
         import openvino
     except ImportError as exc:
-        raise ProviderError("backend 'openvino' is not installed: pip install 'clip-rt[openvino]' "
-                            f"(the openvino package; {exc})") from None
+        raise ProviderError(
+            f"backend 'openvino' is not installed: pip install 'clip-rt[openvino]' (the openvino package; {exc})"
+        ) from None
     return openvino
 
 
@@ -71,9 +74,18 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     plans_per_shape = True
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"], *, compute: str = "f32", threads: Optional[int] = None,
-                 streams: Optional[int] = None, native_bf16: bool = True, cache_dir: Optional[Path] = None,
-                 first: str = "latency", core: Any = None) -> None:
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        compute: str = "f32",
+        threads: Optional[int] = None,
+        streams: Optional[int] = None,
+        native_bf16: bool = True,
+        cache_dir: Optional[Path] = None,
+        first: str = "latency",
+        core: Any = None,
+    ) -> None:
         """*compute*: ``f32`` or ``bf16`` (the inference precision hint). *threads*: inference
         threads (default: OpenVINO's, all cores). *streams*: throughput streams (default:
         OpenVINO's choice for THROUGHPUT). *native_bf16*: whether this CPU does bf16 in hardware;
@@ -85,8 +97,10 @@ class OpenVinoBackend(Backend):
         if compute not in COMPUTE_HINTS:
             raise InputError(f"openvino compute precision must be one of {', '.join(COMPUTE_HINTS)}, got {compute!r}")
         if compute == "bf16" and not native_bf16:
-            raise ProviderError("the bf16 inference precision needs a CPU with bf16 arithmetic (AMX-BF16 or "
-                                "AVX512-BF16; ARM64 BF16); this one emulates it, measured 25x slower than f32")
+            raise ProviderError(
+                "the bf16 inference precision needs a CPU with bf16 arithmetic (AMX-BF16 or "
+                "AVX512-BF16; ARM64 BF16); this one emulates it, measured 25x slower than f32"
+            )
         if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
             raise InputError(f"streams must be a positive integer, got {streams!r}")
         if first not in MODES:
@@ -108,8 +122,10 @@ class OpenVinoBackend(Backend):
 
     # -- compilation ----------------------------------------------------------------
     def _config(self, mode: str) -> dict[str, Any]:
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": COMPUTE_HINTS[self.compute],
-                                  "PERFORMANCE_HINT": "LATENCY" if mode == "latency" else "THROUGHPUT"}
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": COMPUTE_HINTS[self.compute],
+            "PERFORMANCE_HINT": "LATENCY" if mode == "latency" else "THROUGHPUT",
+        }
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         if self._cache_dir is not None:  # per compile: the Core is shared by every model
@@ -121,8 +137,10 @@ class OpenVinoBackend(Backend):
     def _graph_error(self, exc: BaseException) -> BundleError:
         if not self.path.is_file():
             return BundleError(f"{self.path}: no such graph file")
-        return BundleError(f"{self.path}: OpenVINO cannot compile this graph ({_first_line(exc)}); "
-                           "re-export the bundle or use backend='onnxruntime'")
+        return BundleError(
+            f"{self.path}: OpenVINO cannot compile this graph ({_first_line(exc)}); "
+            "re-export the bundle or use backend='onnxruntime'"
+        )
 
     def _compile(self, mode: str) -> Any:
         with self._lock:
@@ -198,16 +216,27 @@ class OpenVinoBackend(Backend):
         return Pending(wait=wait)
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backend": self.name, "version": self._ov.__version__, "graph": self.path.name,
-                               "compute": self.compute, "calls": "latency", "shapes": "dynamic batch"}
+        out: dict[str, Any] = {
+            "backend": self.name,
+            "version": self._ov.__version__,
+            "graph": self.path.name,
+            "compute": self.compute,
+            "calls": "latency",
+            "shapes": "dynamic batch",
+        }
         with self._lock:
             compiled = dict(self._compiled)
         for mode, model in compiled.items():
-            out[mode] = {"streams": int(model.get_property("NUM_STREAMS")),
-                         "threads": int(model.get_property("INFERENCE_NUM_THREADS")),
-                         "inference_precision": _type_name(str(model.get_property("INFERENCE_PRECISION_HINT")))}
-        out["folders"] = (f"throughput, {out['throughput']['streams']} streams" if "throughput" in out
-                          else "throughput (compiled on first folder)")
+            out[mode] = {
+                "streams": int(model.get_property("NUM_STREAMS")),
+                "threads": int(model.get_property("INFERENCE_NUM_THREADS")),
+                "inference_precision": _type_name(str(model.get_property("INFERENCE_PRECISION_HINT"))),
+            }
+        out["folders"] = (
+            f"throughput, {out['throughput']['streams']} streams"
+            if "throughput" in out
+            else "throughput (compiled on first folder)"
+        )
         return out
 
     def close(self) -> None:
@@ -230,7 +259,7 @@ def _batch_only_varies(inputs: Mapping[str, np.ndarray]) -> bool:
 
 def _padded(value: np.ndarray, rows: int) -> np.ndarray:
     out = np.zeros((rows, *value.shape[1:]), dtype=value.dtype)
-    out[:len(value)] = value
+    out[: len(value)] = value
     return out
 
 

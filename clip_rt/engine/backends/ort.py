@@ -5,6 +5,7 @@ onnxruntime has no async queue here: one session runs each batch on all its intr
 which measured as fast as splitting the cores between concurrent runs on 2 cores
 (bench/results/backends.json), so ``submit`` runs at once and folders use the same mode.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,6 +24,12 @@ class OrtBackend(OrtSession, Backend):
 
         so = self._session.get_session_options() if hasattr(self._session, "get_session_options") else None
         threads = getattr(so, "intra_op_num_threads", None)
-        return {"backend": self.name, "version": onnxruntime.__version__, "graph": self.path.name,
-                "providers": list(self.providers), "calls": "latency", "folders": "latency (one session, all threads)",
-                "threads": threads or "default"}
+        return {
+            "backend": self.name,
+            "version": onnxruntime.__version__,
+            "graph": self.path.name,
+            "providers": list(self.providers),
+            "calls": "latency",
+            "folders": "latency (one session, all threads)",
+            "threads": threads or "default",
+        }
