@@ -77,47 +77,20 @@ def load(
     default model (``$CLIP_RT_MODEL``, else ``model`` in ``$CLIP_RT_HOME/config.toml``, else
     ``ViT-B-32-openai``; see :mod:`clip_rt.settings`).
 
-    *providers*: ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``, ``"cuda,cpu"``...; default CUDA
-    when available, else CPU.
-    A named provider that is missing or does not come up raises ProviderError unless
-    *allow_fallback*. *backend*: ``onnxruntime`` | ``openvino`` | None (chosen per CPU, encoder
-    and workload, docs/runtime.md); a backend that is not installed raises ProviderError.
-    *precision*: ``fp32`` | ``fp16`` | ``int8`` | ``bf16`` (the fp32 graph computed in bf16 by
-    OpenVINO), or ``IMAGE/TEXT`` such as ``int8/bf16``; default: per encoder, the fastest
-    precision measured on this CPU among the bundle's graphs whose export parity passed (fp16
-    when CUDA comes first and the bundle has it); when CUDA then falls back to the CPU (automatic
-    choice, or *allow_fallback*), the CPU's onnxruntime default is used instead, before any
-    embedding is computed. ``model.runtime`` says what was chosen and why.
-    *workload*: what this process will do (:class:`clip_rt.options.Workload`); a short run of a
-    known size (``Workload(images=1, prompts=5, lifetime="short")``) gets the backend that
-    finishes it first, start-up included; by default the model is planned for long-lived use
-    (steady speed decides).
-    *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded).
-    *verify*: check the sha256 of the files used.
-    *provider_options*: per provider, e.g. ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}``
-    (docs/gpu.md).
-    *low_memory*: the lowest peak memory with the same results, for small devices: onnxruntime
-    sessions without their arena, images one at a time with one decoding thread (the default
-    *batch_size* of the image methods becomes 1), glibc's large buffers returned when freed
-    (process-wide: :func:`clip_rt.engine.memory.use_low_memory_allocator`), and the backend that
-    holds the least memory. Slower per image.
-    *options*: all of the above as one :class:`~clip_rt.options.RuntimeOptions` (the front ends
-    build one); keyword arguments given beside it override its fields.
+    The keyword arguments are the fields of :class:`~clip_rt.options.RuntimeOptions`, which
+    documents each (providers, backend, precision, threads, workload, low memory, caching,
+    decoding); *options* gives them as one object, and keywords given beside it override its
+    fields. ``model.runtime`` says what was chosen and why.
     """
-    asked = {
-        k: v
-        for k, v in dict(
-            providers=providers,
-            precision=precision,
-            threads=threads,
-            session_options=session_options,
-            provider_options=provider_options,
-            backend=backend,
-            workload=workload,
-        ).items()
-        if v is not None
-    }
-    flags = dict(
+    opts = RuntimeOptions.merged(
+        options,
+        providers=providers,
+        precision=precision,
+        threads=threads,
+        session_options=session_options,
+        provider_options=provider_options,
+        backend=backend,
+        workload=workload,
         cache=cache,
         verify=verify,
         exif_transpose=exif_transpose,
@@ -126,9 +99,6 @@ def load(
         allow_fallback=allow_fallback,
         low_memory=low_memory,
     )
-    defaults = RuntimeOptions()
-    asked.update({k: v for k, v in flags.items() if v != getattr(defaults, k)})
-    opts = (options or defaults).replace(**asked) if asked else (options or defaults)
     if name_or_path is None:
         from .settings import default_model
 

@@ -74,7 +74,32 @@ LONG_LIVED = Workload()
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How a model runs (see :func:`clip_rt.load` for each field's meaning)."""
+    """How a model runs (``clip_rt.load(**fields)``, or ``load(options=...)``).
+
+    *providers*: onnxruntime execution providers, ``["cuda", "cpu"]``, ``["cuda:1"]``, ``"cpu"``,
+    ``"cuda,cpu"``...; default CUDA when available, else the CPU. A named provider that is
+    missing or does not come up raises ProviderError unless *allow_fallback*.
+    *backend*: ``onnxruntime`` | ``openvino`` | None (chosen per CPU, encoder and workload,
+    docs/runtime.md); a backend that is not installed raises ProviderError.
+    *precision*: ``fp32`` | ``fp16`` | ``int8`` | ``bf16`` (the fp32 graph computed in bf16 by
+    OpenVINO), or ``IMAGE/TEXT`` such as ``int8/bf16``; default: per encoder, the fastest
+    precision measured on this CPU among the bundle's graphs whose export parity passed (fp16
+    when CUDA comes first and the bundle has it; when CUDA then falls back to the CPU, the CPU's
+    choice instead, before any embedding is computed).
+    *threads*: intra-op threads (default: the backend's, all cores).
+    *workload*: what this process will do (:class:`Workload`); a short run of a known size gets
+    the backend that finishes it first, start-up included; by default a model is planned for
+    long-lived use (steady speed decides).
+    *low_memory*: the lowest peak memory with the same results, for small devices: onnxruntime
+    sessions without their arena, images one at a time with one decoding thread, glibc's large
+    buffers returned when freed (process-wide), and the backend that holds the least memory.
+    *draft*: JPEGs decoded at reduced scale before resizing (docs/images.md). *exif_transpose*,
+    *strict*: preprocessing settings (docs/images.md).
+    *cache*: True (SQLite + memory), ``"memory"``, or False (every prompt is encoded).
+    *verify*: check the sha256 of the files used. *provider_options*: per provider, e.g.
+    ``{"cuda": {"cudnn_conv_algo_search": "HEURISTIC"}}`` (docs/gpu.md). *session_options*: an
+    ``onnxruntime.SessionOptions`` to start from.
+    """
 
     backend: Optional[str] = None
     precision: Optional[str] = None
@@ -111,6 +136,15 @@ class RuntimeOptions:
 
     def replace(self, **changes: Any) -> RuntimeOptions:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def merged(cls, base: Optional[RuntimeOptions] = None, **fields: Any) -> RuntimeOptions:
+        """*base* (default: the defaults) with the *fields* that differ from the defaults put
+        over it: ``load()``'s keyword arguments over its ``options=``."""
+        defaults = cls()
+        changes = {k: v for k, v in fields.items() if v is not None and v != getattr(defaults, k)}
+        start = base if base is not None else defaults
+        return start.replace(**changes) if changes else start
 
     @property
     def image_batch_size(self) -> int:

@@ -28,7 +28,7 @@ def test_info_prints_the_manifest_figures(tiny_bundle_dir: Path) -> None:
     assert "architecture:  tiny-clip" in out
     assert f"fingerprint:   {m.fingerprint}" in out
     assert "context 77" in out and "dynamic sequence yes" in out
-    assert "checksums:     ok (7 files)" in out
+    assert "checksums:     ok (8 files)" in out
     for precision in ("fp32", "fp16", "int8"):
         for encoder in ("image", "text"):
             fig = m.parity[precision][encoder]

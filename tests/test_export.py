@@ -285,6 +285,7 @@ def test_existing_target_needs_force_and_force_replaces(
     assert sorted(p.name for p in target.iterdir()) == [
         "image_fp32.onnx",
         "manifest.json",
+        "parity_reference.npz",
         "text_fp32.onnx",
         "tokenizer.json",
     ]

@@ -1,5 +1,5 @@
 """A plain (non-editable) install gets every package and data file: the wheel, built from a
-copy of the sources, holds every module under clip_rt/, export/ and models/ and their data."""
+copy of the sources, holds every module under clip_rt/, export/, models/ and fixtures/ and their data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where each package's files live in the source tree.
-PACKAGES = {"clip_rt": ROOT / "clip_rt", "clip_rt_export": ROOT / "export", "clip_rt_models": ROOT / "models"}
+PACKAGES = {
+    "clip_rt": ROOT / "clip_rt",
+    "clip_rt_export": ROOT / "export",
+    "clip_rt_models": ROOT / "models",
+    "clip_rt_fixtures": ROOT / "fixtures",
+}
 
 
 def _expected() -> set[str]:
@@ -38,8 +43,8 @@ def test_wheel_holds_every_package_and_data_file(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for folder in ("clip_rt", "export", "models"):
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in PACKAGES.values():
+        shutil.copytree(folder, src / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "wheel"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],

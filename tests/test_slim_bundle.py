@@ -85,7 +85,7 @@ def test_slim_bundle_verifies_loads_and_classifies_without_precision(
     info = run("info", str(slim_bundle), "--verify")
     assert info.exit_code == 0, info.output
     assert "precisions:    int8 (slim bundle: no fp32 graphs" in info.output
-    assert "checksums:     ok (3 files)" in info.output
+    assert "checksums:     ok (4 files)" in info.output
     assert json.loads(run("info", str(slim_bundle), "--json").output)["slim"] is True
     assert json.loads(run("info", str(tiny_bundle_dir), "--json").output)["slim"] is False
 
