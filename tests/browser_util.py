@@ -131,12 +131,13 @@ def watch(browser: Any, **context: Any) -> Watched:
 
 
 ALL_IMAGES_LOADED = (
-    "(sel => {{ const imgs = Array.from(document.querySelectorAll(sel)); "
-    "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length; }})"
-    "({sel!r})"
+    "((sel, least) => {{ const imgs = Array.from(document.querySelectorAll(sel)); "
+    "return imgs.length >= least && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.length; }})"
+    "({sel!r}, {least})"
 )
 
 
-def images_loaded(selector: str) -> str:
-    """A script whose value is the number of images matching *selector* once all have loaded."""
-    return ALL_IMAGES_LOADED.format(sel=selector)
+def images_loaded(selector: str, least: int = 1) -> str:
+    """A script whose value is the number of images matching *selector* once there are at least
+    *least* and all have loaded (a page that adds images as they arrive is not done at the first)."""
+    return ALL_IMAGES_LOADED.format(sel=selector, least=least)

@@ -389,7 +389,7 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     page.goto((rep / "report.html").as_uri())
     w.until("document.body.dataset.ready", what="the page's script")
     # every classified image in the gallery (all classes open: few of them), loaded
-    loaded = w.until(images_loaded("#gallery-groups img"), what="the gallery's thumbnails")
+    loaded = w.until(images_loaded("#gallery-groups img", n - 1), what="the gallery's thumbnails")
     assert loaded == n - 1
     tiles = page.locator("#gallery-groups figure.tile")
     assert tiles.count() == n
@@ -400,7 +400,7 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     for name, label in want.items():  # each image under its class
         group = page.locator("#gallery-groups details.group", has=page.get_by_text(name, exact=True))
         assert group.get_attribute("data-group") == label, name
-    assert w.until(images_loaded("#charts img"), what="the charts") == 5
+    assert w.until(images_loaded("#charts img", 5), what="the charts") == 5
     # the table: one row per image, sorting, filtering
     rows = page.locator("#table-body tr")
     assert rows.count() == n
@@ -431,7 +431,7 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     page.select_option("#table-status", "failed")
     w.until("document.querySelectorAll('#table-body tr').length === 1")
     page.select_option("#table-status", "")
-    assert w.until(images_loaded("#table-body img"), what="the table's thumbnails") == n - 1
+    assert w.until(images_loaded("#table-body img", n - 1), what="the table's thumbnails") == n - 1
     # least confident first, on request
     page.select_option("#gallery-order", "asc")
     red = page.locator('#gallery-groups details[data-group="red"] .score').all_text_contents()

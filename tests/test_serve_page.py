@@ -206,7 +206,7 @@ def test_search_page_in_the_browser(browser: Any, shots: Path, env: dict[str, An
     w.until("document.querySelectorAll('#results figure').length === 7", what="the results")
     assert shown(w) == [h["path"].rsplit("/", 1)[-1] for h in want["results"]]
     assert page.locator("#results .score").all_text_contents() == [f"{h['score']:.3f}" for h in want["results"]]
-    assert w.until(images_loaded("#results img"), what="the thumbnails") == 6  # all but the deleted file
+    assert w.until(images_loaded("#results img", 6), what="the thumbnails") == 6  # all but the deleted file
     assert page.evaluate("Array.from(document.querySelectorAll('#results img')).every(i => i.src.startsWith('blob:'))")
     gone = page.locator("#results figure", has=page.get_by_text("gone.png", exact=True))
     assert gone.locator(".placeholder").text_content() == "no preview"
@@ -222,7 +222,7 @@ def test_search_page_in_the_browser(browser: Any, shots: Path, env: dict[str, An
     )
     assert shown(w)[0] == "p2.png" and page.locator("#results .score").first.text_content() == "1.000"
     assert page.locator("#example-preview").is_visible()
-    w.until(images_loaded("#results img"), what="the thumbnails of the image search")
+    w.until(images_loaded("#results img", 6), what="the thumbnails of the image search")
     w.shot(shots, "search-image.png")
     assert w.dialogs == [] and page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
     origin = env["server"].url
