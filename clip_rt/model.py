@@ -11,26 +11,25 @@ to the :class:`~clip_rt.engine.planner.Planner`. Both are configured by one
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from . import templates as _templates
-from .bundle.manifest import IMAGE_INPUT, Manifest, read_manifest
+from .bundle.manifest import Manifest, read_manifest
 from .bundle.store import resolve_bundle
 from .engine.backends import Backend, RuntimePlan
-from .engine.pipeline import Decoded, image_stream
+from .engine.pipeline import Decoded, check_pixels, image_stream, run_pixels
 from .engine.pipeline import decode as decode_image
 from .engine.planner import default_precision
 from .engine.runtime import ModelRuntime
-from .engine.text_batches import encode_token_rows
+from .engine.text_batches import encode_texts
 from .errors import InputError, ModelNotFoundError
 from .inputs.discover import expand_folders
 from .inputs.sources import as_image_list, check_batch_size, is_single_source
-from .inputs.texts import check_utf8
+from .inputs.texts import as_text_list
 from .options import DEFAULT_IMAGE_BATCH, RuntimeOptions, Workload
 from .results import ClassifiedImage, ImageEmbedding, PreprocessedImage, classified
 from .zeroshot import (
@@ -220,47 +219,11 @@ class ClipModel:
     # -- text ---------------------------------------------------------------------
     def encode_text(self, texts: Union[str, Sequence[str]], batch_size: int = DEFAULT_TEXT_BATCH) -> np.ndarray:
         """(N, D) float32 L2-normalised embeddings; repeated prompts come from the cache."""
-        if not isinstance(texts, str) and (
-            isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable)
-        ):
-            raise InputError(
-                f"texts must be a string or a sequence of strings, got {type(texts).__name__}: {texts!r:.80}"
-            )
-        items = [texts] if isinstance(texts, str) else list(texts)
+        items = as_text_list(texts)
         check_batch_size(batch_size)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
-            check_utf8(t, f"text #{i}")
         if not items:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        unique = list(dict.fromkeys(items))
-        cache = self._runtime.prompt_cache()
-        found = cache.get_many(unique) if cache is not None else {}
-        missing = [t for t in unique if t not in found]
-        if missing:
-            new = self._encode_uncached(missing, batch_size)
-            if cache is not None:
-                cache.put_many(new)
-            found.update(new)
-        return np.stack([found[t] for t in items]).astype(np.float32, copy=False)
-
-    def _encode_uncached(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
-        tokens = self._runtime.tokenizer().encode_batch(texts)
-        message = tokens.truncation_message(texts)
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=3)  # one warning per call
-        out = np.empty((len(texts), self.embed_dim), dtype=np.float32)
-        encode_token_rows(
-            self.session("text"),
-            tokens.ids,
-            tokens.lengths,
-            batch_size=batch_size,
-            dynamic=self.manifest.text.dynamic_sequence,
-            queued=self.plan.text.folders == "throughput",
-            out=out,
-        )
-        return {t: out[i] for i, t in enumerate(texts)}
+        return encode_texts(self._runtime, items, batch_size)
 
     # -- images -------------------------------------------------------------------
     def encode_image(self, images: Any, batch_size: Optional[int] = None) -> np.ndarray:
@@ -286,26 +249,8 @@ class ClipModel:
         ``onnxruntime.OrtValue`` left on the session's device (IO binding, no host round trip).
         *queued*: through the backend's throughput queue (thread-safe; callers running up to
         :attr:`image_streams` batches at once get the streams' throughput; same embeddings)."""
-        if output not in ("numpy", "ortvalue"):
-            raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
-        if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
-            raise InputError(
-                f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}"
-            )
-        session = self.session("image")
-        if output == "numpy" and isinstance(pixel_values, np.ndarray):
-            if queued:
-                return session.submit({IMAGE_INPUT: pixel_values}).result()[0]
-            return session.run({IMAGE_INPUT: pixel_values})[0]
-        run_binding = getattr(session, "run_binding", None)
-        if run_binding is None:
-            raise InputError(
-                f"OrtValue input or output needs the onnxruntime backend; the image encoder runs on "
-                f"{session.name} (load with backend='onnxruntime')"
-            )
-        if output == "numpy":
-            return run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
-        return run_binding({IMAGE_INPUT: pixel_values})[0]
+        check_pixels(pixel_values, output)  # before the session exists: a bad call opens nothing
+        return run_pixels(self.session("image"), pixel_values, output, queued=queued)
 
     def preprocess(self, source: Any) -> PreprocessedImage:
         """Decode and preprocess one image exactly as :meth:`encode_image` does (this model's EXIF,

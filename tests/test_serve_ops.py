@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable
 
@@ -275,6 +276,55 @@ def test_cli_errors(bundle: Path, tmp_path: Path, hide_module: Any) -> None:
     hide_module("starlette")
     res = runner.invoke(main, ["serve", str(bundle)])
     assert res.exit_code == 1 and "pip install 'clip-rt[serve]'" in res.output
+
+
+def test_every_serve_flag_reaches_the_config(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clip_rt.serve.server as server_mod
+    from clip_rt.serve.config import ServeConfig
+
+    seen: list[ServeConfig] = []
+
+    def build_state(config: ServeConfig, load: Any) -> Any:
+        seen.append(config)
+        return types.SimpleNamespace(models={})
+
+    monkeypatch.setattr(server_mod, "build_state", build_state)
+    monkeypatch.setattr(server_mod, "serve", lambda state, announce=None: 0)
+    flags = {
+        "--host": "127.0.0.2", "--port": "0", "--provider": "cpu", "--precision": "fp32", "--threads": "3",
+        "--max-batch-size": "5", "--max-text-batch-size": "7", "--max-wait-ms": "2.5", "--image-streams": "2",
+        "--max-queue": "90", "--max-concurrency": "11", "--max-body-bytes": "1MiB", "--max-items": "9",
+        "--max-text-chars": "99", "--max-labels": "12", "--max-label-chars": "13", "--max-prompts": "14",
+        "--max-image-pixels": "1000000", "--max-connections": "15", "--header-timeout": "3",
+        "--body-timeout": "4", "--max-body-memory": "2MiB", "--allow-dir": str(tmp_path),
+        "--head": f"h={tmp_path / 'h.npz'}", "--api-key": "k", "--decode-workers": "2",
+        "--graceful-timeout": "6", "--log-level": "debug",
+    }  # fmt: skip
+    args = [x for pair in flags.items() for x in pair]
+    res = CliRunner().invoke(main, ["serve", f"{bundle}@fp32", *args, "--draft", "--wait-when-idle", "--access-log"])
+    assert res.exit_code == 0, res.output
+    (config,) = seen
+    assert (config.host, config.port, config.provider, config.precision, config.threads) == (
+        "127.0.0.2",
+        0,
+        "cpu",
+        "fp32",
+        3,
+    )
+    assert config.draft and config.wait_when_idle and config.access_log
+    assert (config.max_batch_size, config.max_text_batch_size, config.max_wait_ms, config.image_streams) == (
+        5,
+        7,
+        2.5,
+        2,
+    )
+    assert (config.max_queue, config.max_concurrency, config.max_items) == (90, 11, 9)
+    assert (config.max_body_bytes, config.max_body_memory, config.max_image_pixels) == (2**20, 2**21, 10**6)
+    assert (config.max_text_chars, config.max_labels, config.max_label_chars, config.max_prompts) == (99, 12, 13, 14)
+    assert (config.max_connections, config.header_timeout, config.body_timeout) == (15, 3.0, 4.0)
+    assert config.allow_dirs == (str(tmp_path),) and config.heads == (("h", str(tmp_path / "h.npz")),)
+    assert (config.api_key, config.decode_workers, config.graceful_timeout, config.log_level) == ("k", 2, 6.0, "debug")
+    assert [m.precision for m in config.models] == ["fp32"]
 
 
 def test_importing_clip_rt_does_not_import_the_server_stack() -> None:

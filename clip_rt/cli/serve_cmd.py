@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import click
 
@@ -38,6 +40,31 @@ def _api_key(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
     if value is None and API_KEY_ENV in os.environ:
         return os.environ[API_KEY_ENV]
     return value
+
+
+def _as_config(command: Callable[[ServeConfig, Optional[str]], None]) -> Callable[..., None]:
+    """The flags as one ServeConfig (each flag sets the field of its name; the MODEL arguments,
+    --index and --head parsed), given to the command with --backend."""
+    names = {f.name for f in dataclasses.fields(ServeConfig)}
+
+    @functools.wraps(command, updated=())
+    def from_flags(
+        models: tuple[str, ...], indexes: tuple[str, ...], heads: tuple[str, ...], backend: Optional[str], **flags: Any
+    ) -> None:
+        unknown = set(flags) - names
+        if unknown:  # a flag added without its ServeConfig field
+            raise TypeError(f"serve flags without a ServeConfig field: {sorted(unknown)}")
+        if flags["max_items"] > flags["max_queue"]:
+            raise click.UsageError(f"--max-items {flags['max_items']} is more than --max-queue {flags['max_queue']}")
+        config = ServeConfig(
+            models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
+            indexes=tuple(parse_index(i) for i in indexes),
+            heads=tuple(parse_head(h) for h in heads),
+            **flags,
+        )
+        command(config, backend)
+
+    return from_flags
 
 
 @main.command("serve")
@@ -244,42 +271,8 @@ def _api_key(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
     show_default=True,
 )
 @click.option("--access-log", is_flag=True, help="Log every request.")
-def serve_cmd(
-    models: tuple[str, ...],
-    host: str,
-    port: int,
-    provider: Optional[str],
-    precision: Optional[str],
-    backend: Optional[str],
-    threads: Optional[int],
-    draft: bool,
-    max_batch_size: int,
-    max_text_batch_size: int,
-    max_wait_ms: float,
-    wait_when_idle: bool,
-    image_streams: Optional[int],
-    max_queue: int,
-    max_concurrency: int,
-    max_body_bytes: int,
-    max_items: int,
-    max_text_chars: int,
-    max_labels: int,
-    max_label_chars: int,
-    max_prompts: int,
-    max_image_pixels: Optional[int],
-    max_connections: int,
-    header_timeout: float,
-    body_timeout: float,
-    max_body_memory: Optional[int],
-    allow_dirs: tuple[str, ...],
-    indexes: tuple[str, ...],
-    heads: tuple[str, ...],
-    api_key: Optional[str],
-    decode_workers: int,
-    graceful_timeout: float,
-    log_level: str,
-    access_log: bool,
-) -> None:
+@_as_config
+def serve_cmd(config: ServeConfig, backend: Optional[str]) -> None:
     """Serve MODELs over HTTP with dynamic batching: POST /v1/embeddings (OpenAI-compatible),
     /classify (zero-shot, or with a --head), /similarity, /search; GET /healthz, /readyz,
     /metrics, /v1/models; a search page at / for the --index folders.
@@ -289,53 +282,16 @@ def serve_cmd(
     from ..serve.server import build_state, require_stack, serve
 
     require_stack()
-    if max_items > max_queue:
-        raise click.UsageError(f"--max-items {max_items} is more than --max-queue {max_queue}")
-    config = ServeConfig(
-        host=host,
-        port=port,
-        models=tuple(ModelSpec.parse(m) for m in (models or (default_model().value,))),
-        provider=provider,
-        precision=precision,
-        threads=threads,
-        draft=draft,
-        max_batch_size=max_batch_size,
-        max_text_batch_size=max_text_batch_size,
-        max_wait_ms=max_wait_ms,
-        wait_when_idle=wait_when_idle,
-        image_streams=image_streams,
-        max_queue=max_queue,
-        max_concurrency=max_concurrency,
-        max_body_bytes=max_body_bytes,
-        max_items=max_items,
-        max_text_chars=max_text_chars,
-        max_labels=max_labels,
-        max_label_chars=max_label_chars,
-        max_prompts=max_prompts,
-        max_image_pixels=max_image_pixels,
-        max_connections=max_connections,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-        max_body_memory=max_body_memory,
-        api_key=api_key,
-        allow_dirs=allow_dirs,
-        indexes=tuple(parse_index(i) for i in indexes),
-        heads=tuple(parse_head(h) for h in heads),
-        decode_workers=decode_workers,
-        graceful_timeout=graceful_timeout,
-        log_level=log_level,
-        access_log=access_log,
-    )
-    if not is_loopback(host) and not config.api_key:
+    if not is_loopback(config.host) and not config.api_key:
         echo_err(
-            f"warning: listening on {host} without an API key: anyone who can reach this address can use "
+            f"warning: listening on {config.host} without an API key: anyone who can reach this address can use "
             f"the service (set --api-key or {API_KEY_ENV})"
         )
     # A server is long-lived: its start-up is paid once, so steady speed chooses the backend.
     options = RuntimeOptions(
-        providers=(provider,) if provider else None,
-        threads=threads,
-        draft=draft,
+        providers=(config.provider,) if config.provider else None,
+        threads=config.threads,
+        draft=config.draft,
         backend=None if backend == "auto" else backend,
         workload=Workload(lifetime="long"),
     )

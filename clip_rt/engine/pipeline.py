@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ..errors import ClipRtError, InputError
 from ..inputs.discover import UnlistedFolder
 from ..results import ImageEmbedding
 from .backends import Backend, Pending
+
+if TYPE_CHECKING:
+    from ..inputs.preprocess import Preprocessor
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Decoded:
     notes: list[str]
 
 
-def decode(preprocessor: Any, index: int, source: Any) -> Decoded:
+def decode(preprocessor: Preprocessor, index: int, source: Any) -> Decoded:
     """Decode and preprocess one source with *preprocessor* (the model's EXIF, draft and memory
     budget settings); any failure is this item's error, never the stream's."""
     if isinstance(source, UnlistedFolder):  # from expand_folders: the folder is this item's error
@@ -141,3 +144,30 @@ def _collect(batch: list[Decoded], job: Optional[Pending]) -> Iterator[ImageEmbe
             error=None if d.error is None else str(d.error),
             notes=d.notes,
         )
+
+
+def check_pixels(pixel_values: Any, output: str) -> None:
+    """InputError unless *output* is a known kind and a numpy *pixel_values* is (N, 3, H, W) float32."""
+    if output not in ("numpy", "ortvalue"):
+        raise InputError(f"output must be 'numpy' or 'ortvalue', got {output!r}")
+    if isinstance(pixel_values, np.ndarray) and (pixel_values.ndim != 4 or pixel_values.dtype != np.float32):
+        raise InputError(f"pixel_values must be float32 (N, 3, H, W), got {pixel_values.dtype} {pixel_values.shape}")
+
+
+def run_pixels(session: Backend, pixel_values: Any, output: str, *, queued: bool) -> Any:
+    """What ``ClipModel.encode_pixels`` returns for one checked batch (:func:`check_pixels`):
+    numpy in and out through the session (or its throughput queue); an OrtValue on either side
+    through onnxruntime's IO binding."""
+    if output == "numpy" and isinstance(pixel_values, np.ndarray):
+        if queued:
+            return session.submit({IMAGE_INPUT: pixel_values}).result()[0]
+        return session.run({IMAGE_INPUT: pixel_values})[0]
+    run_binding = getattr(session, "run_binding", None)
+    if run_binding is None:
+        raise InputError(
+            f"OrtValue input or output needs the onnxruntime backend; the image encoder runs on "
+            f"{session.name} (load with backend='onnxruntime')"
+        )
+    if output == "numpy":
+        return run_binding({IMAGE_INPUT: pixel_values}, "cpu")[0].numpy()
+    return run_binding({IMAGE_INPUT: pixel_values})[0]

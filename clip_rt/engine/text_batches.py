@@ -1,4 +1,5 @@
-"""Token rows through a text backend: sorted by length, cut into batches, each trimmed to its
+"""Texts through the prompt cache and the text backend (:func:`encode_texts`); token rows through
+a text backend: sorted by length, cut into batches, each trimmed to its
 longest row, run as latency calls or, where the plan says so, through the backend's throughput
 queue (several batches in flight, each on its own stream).
 
@@ -12,13 +13,17 @@ with few prompts gains nothing from splitting (a stream has one thread): one lat
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..bundle.manifest import TEXT_INPUT
 from .backends import Backend, Pending
+
+if TYPE_CHECKING:
+    from .runtime import ModelRuntime
 
 # A queued batch holds at least this many prompts; a call that cannot give every stream that
 # many runs as latency calls (bench.text_queue measures where the queue starts to pay).
@@ -91,3 +96,33 @@ def encode_token_rows(
     for rows, emb in results:
         out[rows] = emb
     return out
+
+
+def encode_texts(runtime: ModelRuntime, texts: list[str], batch_size: int) -> np.ndarray:
+    """(N, D) embeddings of *texts* (already checked): each distinct text once, those the prompt
+    cache holds from it, the others through the text backend (then stored). A text longer than
+    the context warns once per call, at the caller of ``ClipModel.encode_text``."""
+    unique = list(dict.fromkeys(texts))
+    cache = runtime.prompt_cache()
+    found = cache.get_many(unique) if cache is not None else {}
+    missing = [t for t in unique if t not in found]
+    if missing:
+        tokens = runtime.tokenizer().encode_batch(missing)
+        message = tokens.truncation_message(missing)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=3)
+        out = np.empty((len(missing), runtime.manifest.embed_dim), dtype=np.float32)
+        encode_token_rows(
+            runtime.session("text"),
+            tokens.ids,
+            tokens.lengths,
+            batch_size=batch_size,
+            dynamic=runtime.manifest.text.dynamic_sequence,
+            queued=runtime.plan.text.folders == "throughput",
+            out=out,
+        )
+        new = {t: out[i] for i, t in enumerate(missing)}
+        if cache is not None:
+            cache.put_many(new)
+        found.update(new)
+    return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)

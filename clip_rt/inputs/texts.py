@@ -7,6 +7,9 @@ refused here with the offending bytes shown, instead of failing deep inside the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from ..errors import InputError
 
 
@@ -60,3 +63,18 @@ def decode_utf8(raw: bytes, source: str) -> str:
 def decode_utf8_lines(raw: bytes, source: str) -> list[str]:
     """:func:`decode_utf8`, split into lines."""
     return decode_utf8(raw, source).splitlines()
+
+
+def as_text_list(texts: Any) -> list[str]:
+    """*texts* (one string or an iterable of strings) as a list, each checked to be UTF-8; an
+    InputError names what was given otherwise."""
+    if not isinstance(texts, str) and (
+        isinstance(texts, (bytes, bytearray, Mapping)) or not isinstance(texts, Iterable)
+    ):
+        raise InputError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}: {texts!r:.80}")
+    items = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise InputError(f"texts must be strings, got {type(t).__name__}: {t!r:.80}")
+        check_utf8(t, f"text #{i}")
+    return items
