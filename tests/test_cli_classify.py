@@ -346,6 +346,7 @@ def test_resume_drops_torn_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "already done" in r.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -430,6 +430,7 @@ def peak_mb(bundle: Path, folder: Path, mode: str) -> tuple[int, int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc")
+@pytest.mark.slow
 def test_truncated_huge_images_peak_no_higher_than_valid_ones(bundle: Path, tmp_path: Path) -> None:
     """12 PNGs of 4000x4000 (64 MB each once decoded), cut at 60 %: before, each failure's
     traceback kept its half-decoded frame alive after its budget was released, and the

@@ -443,6 +443,7 @@ def test_report_in_the_browser(browser: Any, shots: Path, tmp_path: Path, monkey
     assert any(u.endswith("/thumbnails/0.jpg") for u in w.requests)
 
 
+@pytest.mark.slow
 def test_report_of_10000_images_pages(
     browser: Any, shots: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

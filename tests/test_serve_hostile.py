@@ -129,6 +129,7 @@ def test_bad_requests_leak_no_file_descriptor(bundle: Path, tmp_path: Path) -> N
 
 
 # -- connections -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_idle_connections_do_not_starve_requests(bundle: Path, tmp_path: Path) -> None:
     """150 idle TCP connections (no API key needed to open them) made every request a plain-text
     503 while they stayed open; now requests go on, idle connections are closed to make room
@@ -170,6 +171,7 @@ def test_default_limits_serve_beside_150_idle_connections(bundle: Path, tmp_path
                 s.close()
 
 
+@pytest.mark.slow
 def test_slow_heads_and_bodies_time_out_with_json(bundle: Path, tmp_path: Path) -> None:
     with Server([str(bundle), "--header-timeout", "1", "--body-timeout", "1.5"], tmp_path / "home") as server:
         start = time.monotonic()
@@ -201,6 +203,7 @@ def test_slow_heads_and_bodies_time_out_with_json(bundle: Path, tmp_path: Path) 
         assert call(server, "POST", "/v1/embeddings", {"input": "a cat"})[0] == 200
 
 
+@pytest.mark.slow
 def test_refusals_uvicorn_would_give_in_plain_text_are_json(bundle: Path, tmp_path: Path) -> None:
     with Server([str(bundle), "--max-connections", "2", "--body-timeout", "4"], tmp_path / "home") as server:
         raw = raw_exchange(server, b"GARBAGE\r\n\r\n")
@@ -256,6 +259,7 @@ def test_json_structure_is_checked_before_parsing(bundle: Path, tmp_path: Path) 
         assert call(server, "POST", "/v1/embeddings", big_text)[0] == 200
 
 
+@pytest.mark.slow
 def test_request_bodies_share_a_memory_budget(bundle: Path, tmp_path: Path) -> None:
     with Server(
         [str(bundle), "--max-body-bytes", "1MiB", "--max-body-memory", "1MiB", "--body-timeout", "5"], tmp_path / "home"
@@ -284,6 +288,7 @@ def test_request_bodies_share_a_memory_budget(bundle: Path, tmp_path: Path) -> N
 
 # -- decoding -----------------------------------------------------------------------------------------
 @pytest.mark.skipif(not PROC, reason="peak RSS is read from /proc")
+@pytest.mark.slow
 def test_truncated_images_in_a_request_free_their_pixels(bundle: Path, tmp_path: Path) -> None:
     """8 truncated 4000x4000 PNGs in one request kept every half-decoded frame until the
     request ended (8 x 64 MB); now each is freed before its decode budget is given back."""

@@ -126,6 +126,7 @@ def tight(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield server
 
 
+@pytest.mark.slow
 def test_full_queue_gives_503_with_retry_after(tight: Server) -> None:
     body = {"input": [data_url(png_bytes(seed=i)) for i in range(4)]}
     holder: list[Any] = []
@@ -142,6 +143,7 @@ def test_full_queue_gives_503_with_retry_after(tight: Server) -> None:
     assert metric(call(tight, "GET", "/metrics")[2], "clip_rt_errors_total", kind="overloaded") >= 1
 
 
+@pytest.mark.slow
 def test_too_many_concurrent_requests_give_503(tight: Server) -> None:
     held = [
         threading.Thread(target=call, args=(tight, "POST", "/v1/embeddings", {"input": [data_url(png_bytes())]}))

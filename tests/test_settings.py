@@ -245,6 +245,7 @@ def test_the_export_rule_refuses_only_what_clip_rt_cannot_reproduce(arch: str, c
     assert got is None if reason is None else (got is not None and str(reason) in got)
 
 
+@pytest.mark.slow
 def test_the_catalogue_marks_agree_with_the_export_check() -> None:
     open_clip = pytest.importorskip("open_clip")
     from clip_rt.errors import ExportError

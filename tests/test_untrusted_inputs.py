@@ -293,6 +293,7 @@ def float_tiffs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_float_tiffs_decode_within_one_budget(bundle: Path, float_tiffs: Path, tmp_path: Path, clip_home: Path) -> None:
     """Before: 1.2 GB per file, 2.1 GB with 2 decode threads, 4.2 GB with 4; under `ulimit -v 3 GB`
     the run died with MemoryError. Now the decode threads share one budget and the high-bit path
