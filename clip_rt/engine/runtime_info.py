@@ -4,12 +4,17 @@ metadata), and the parity evidence behind derived modes (see ``backends/evidence
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from .backends.choose import EncoderChoice, RuntimePlan, installed_backends, modes
 from .cpu import CpuIsa
+
+if TYPE_CHECKING:
+    from ..bundle.manifest import Manifest
+    from ..inputs.tokenizer import TextTokenizer
+    from .backends import Backend
 
 
 def _version(dist: str) -> Optional[str]:
@@ -102,7 +107,12 @@ def known_evidence(fingerprint: str, cpu: CpuIsa) -> dict[str, dict[str, bool]]:
 
 
 def derived_parity(
-    manifest: Any, bundle_dir: Path, choice: EncoderChoice, backend: Any, cpu: CpuIsa, tokenizer: Any = None
+    manifest: Manifest,
+    bundle_dir: Path,
+    choice: EncoderChoice,
+    backend: Backend,
+    cpu: CpuIsa,
+    tokenizer: Optional[TextTokenizer] = None,
 ) -> dict[str, Any]:
     """The verdict for *choice* (cached, or measured now), against the fp32 embeddings the
     export stored (``manifest.parity_reference``), or, in a bundle from before them, against

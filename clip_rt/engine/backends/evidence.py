@@ -19,9 +19,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ...bundle.manifest import Manifest
+    from ...inputs.tokenizer import TextTokenizer
 
 GATE = {"min_cosine": 0.999}
 CACHE_NAME = "derived_parity.json"
@@ -66,7 +70,7 @@ def _write_cache(key: str, record: dict[str, Any], path: Optional[Path] = None) 
             pass
 
 
-def sample_inputs(manifest: Any, encoder: str, tokenizer: Any = None) -> np.ndarray:
+def sample_inputs(manifest: Manifest, encoder: str, tokenizer: Optional[TextTokenizer] = None) -> np.ndarray:
     """The export's sample inputs for *encoder*, prepared as the runtime prepares its inputs:
     preprocessed scenes (image), or token ids cut to the longest prompt when the text graph
     takes a dynamic sequence (text; needs the bundle's *tokenizer*)."""
@@ -77,6 +81,8 @@ def sample_inputs(manifest: Any, encoder: str, tokenizer: Any = None) -> np.ndar
 
         pre = Preprocessor(manifest.image)
         return np.stack([pre(img) for img in sample_images()]).astype(np.float32)
+    if tokenizer is None:  # a caller's mistake, not the user's
+        raise ValueError("the text encoder's sample inputs need the bundle's tokenizer")
     tokens = tokenizer.encode_batch(list(PROMPTS))
     ids = tokens.ids
     if manifest.text.dynamic_sequence:
