@@ -78,8 +78,8 @@ def load(
 
     The keyword arguments are the fields of :class:`~clip_rt.options.RuntimeOptions`, which
     documents each (providers, backend, precision, threads, workload, low memory, caching,
-    decoding); *options* gives them as one object, and keywords given beside it override its
-    fields. ``model.runtime`` says what was chosen and why.
+    decoding); *options* gives them as one object, and a keyword set beside it to other than
+    its default overrides that field. ``model.runtime`` says what was chosen and why.
     """
     opts = RuntimeOptions.merged(
         options,
