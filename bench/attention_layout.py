@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .common import RESULTS_DIR, Timer, log, machine_info, rewritten_copy
+from .common import RESULTS_DIR, Timer, command_line, log, machine_info, rewritten_copy
 
 
 def _inputs(kind: str, batch: int) -> np.ndarray:
@@ -181,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     out: dict[str, Any] = {
         "benchmark": "attention_layout",
-        "command": " ".join(["python", "-m", "bench.attention_layout", *sys.argv[1:]]),
+        "command": command_line("bench.attention_layout", argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "rounds": args.rounds,

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -135,6 +136,13 @@ def write_result(name: str, payload: dict[str, Any], out_dir: Path = RESULTS_DIR
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def command_line(module: str, argv: Optional[Sequence[str]]) -> str:
+    """How to run this again: ``python -m MODULE ARGS``, with the arguments given to ``main``
+    (else this process's), paths as their last component (see :func:`_portable`)."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["python", "-m", module, *map(_portable, args)])
 
 
 def _module() -> str:

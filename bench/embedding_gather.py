@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .common import RESULTS_DIR, Timer, log, machine_info, rewritten_copy
+from .common import RESULTS_DIR, Timer, command_line, log, machine_info, rewritten_copy
 
 VOCAB = 49408
 CONTEXT = 77
@@ -175,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"no such graph file: {', '.join(missing)}")
     out: dict[str, Any] = {
         "benchmark": "embedding_gather",
-        "command": " ".join(["python", "-m", "bench.embedding_gather", *sys.argv[1:]]),
+        "command": command_line("bench.embedding_gather", argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "rounds": args.rounds,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import RESULTS_DIR, log, machine_info, run_arm64_guest
+from .common import RESULTS_DIR, command_line, log, machine_info, run_arm64_guest
 
 RUNS = ("one_image_lowmem", "one_image_repeat")
 
@@ -70,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"not a bundle (no manifest.json): {', '.join(missing)}")
     result: dict[str, Any] = {
         "benchmark": "memory_repeat",
-        "command": " ".join(["python", "-m", "bench.memory_repeat", *sys.argv[1:]]),
+        "command": command_line("bench.memory_repeat", argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "image": str(args.image),

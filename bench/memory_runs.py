@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .common import RESULTS_DIR, log, machine_info, run_arm64_guest
+from .common import RESULTS_DIR, command_line, log, machine_info, run_arm64_guest
 
 
 def measure(bundles: list[Path], image: Path, folder: Path, work: Path) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     result: dict[str, Any] = {
         "benchmark": "memory_runs",
-        "command": " ".join(["python", "-m", "bench.memory_runs", *sys.argv[1:]]),
+        "command": command_line("bench.memory_runs", argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "python": sys.executable,

@@ -218,10 +218,14 @@ def run_stream(
             paths.add(rec["path"])
     base = next((s for s in samples if s[2] >= BASELINE_RECORDS), samples[-1] if samples else None)
     rss_values = [s[1] for s in samples]
+    stderr = err_path.read_bytes().decode("utf-8", "replace")
+    # The command's own count ("N processed, M failed"), which its failure lines may push out of the tail.
+    summary = next((line for line in reversed(stderr.splitlines()) if " processed, " in line), None)
     return {
         "command": " ".join(cmd),
         "exit_code": proc.returncode,
-        "stderr_tail": err_path.read_bytes().decode("utf-8", "replace")[-2000:],
+        "summary": summary,
+        "stderr_tail": stderr[-2000:],
         "records_written": records,
         "distinct_paths": len(paths),
         "errors": errors,

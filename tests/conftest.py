@@ -24,10 +24,41 @@ SHARED = REPO.parent / "shared"
 EXPORTING_FIXTURES = frozenset({"tiny_checkpoint", "tiny_bundle_dir", "vitb32_checkpoint", "vitb32_bundle_dir"})
 
 
+# Under pytest-xdist (README: `pytest -q -n 2 --dist loadgroup`) each group runs on one worker,
+# so a module's fixtures are built once: a test's group is its file, but every test of the
+# ViT-B-32 export shares one group (built once, not once per worker), and the Ray tests share
+# one (one Ray cluster on the machine at a time); each model family of test_model_families.py
+# (one export each) is a group of its own. The longest groups go first, so that the workers
+# finish together rather than one of them starting a long export last.
+VITB32_FIXTURES = frozenset({"vitb32_checkpoint", "vitb32_bundle_dir", "vitb32"})
+FAMILY_FIXTURES = ("mobileclip", "siglip", "siglip2", "xlmr")  # test_model_families.py's exports
+RAY_FILES = frozenset({"test_scale_ray.py", "test_scale_cluster.py", "test_adapt_ray.py"})
+LONGEST_GROUPS = ("mobileclip", "ray", "test_export.py", "siglip", "xlmr", "siglip2", "vitb32-export")
+
+
+def _group(item: pytest.Item) -> str:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if VITB32_FIXTURES & fixtures:
+        return "vitb32-export"
+    if item.path.name == "test_model_families.py":
+        return next((name for name in FAMILY_FIXTURES if name in fixtures), item.path.name)
+    return "ray" if item.path.name in RAY_FILES else item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {group: i for i, group in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order otherwise
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist otherwise orders the groups by their number of tests, not by their length.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.fixture

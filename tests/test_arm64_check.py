@@ -800,9 +800,9 @@ def test_ci_runs_the_check_only_when_asked() -> None:
     assert not any("qemu" in line or "CI_ARM64" in line for i, line in code if not start <= i <= end)
     readme = (REPO / "README.md").read_text()
     extras = "export,test,report,video,serve,ray,ann,openvino,docs"
-    assert f'pip install -e ".[{extras}]" && pytest -q && mkdocs build --strict' in readme
+    assert f'pip install -e ".[{extras}]" && pytest -q -n 2 --dist loadgroup && mkdocs build --strict' in readme
     assert f'python3 -m pip install -q -e ".[{extras}]"' in lines
-    assert "python3 -m pytest -q" in lines and "CI_ARM64=1 .ci/run" in readme
+    assert "python3 -m pytest -q -n 2 --dist loadgroup" in lines and "CI_ARM64=1 .ci/run" in readme
 
 
 def test_guest_probe_and_embeddings_natively(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def test_first_run_opens_both_sessions_and_the_repeat_only_the_image_one(tmp_pat
     assert runs["one_image_lowmem"]["opened"] == ["text", "image"]
     assert runs["one_image_repeat"]["opened"] == ["image"]  # labels from the prompt cache
     assert all(r["exit"] == 0 and r["peak_rss_mb"] > 10 for r in runs.values())
-    assert result["command"].startswith("python -m bench.memory_repeat ")
+    assert result["command"] == "python -m bench.memory_repeat photo.jpg b --out out"  # main's own arguments
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,7 +38,7 @@ def test_every_run_of_the_check_natively(tmp_path: Path) -> None:
     assert runs["one_image_repeat"]["opened"] == ["image"]  # labels from the prompt cache
     assert runs["folder_lowmem"]["args"][-1] == "--low-memory" and "--low-memory" not in runs["folder"]["args"]
     assert result["images_in_folder"] == 3 and result["imports"]["exit"] == 0
-    assert result["command"].startswith("python -m bench.memory_runs ")
+    assert result["command"] == "python -m bench.memory_runs fake --image 0.jpg --folder photos --out out"
 
 
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
