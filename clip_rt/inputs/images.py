@@ -43,7 +43,7 @@ _PATH_MAX = 4096
 # "Missing dimensions" from a TIFF whose IFD is damaged, ZeroDivisionError on zero-sized
 # tiles or resolutions, OverflowError on absurd sizes, AttributeError on a tag of the wrong
 # type ...). MemoryError is deliberately absent: it is the process's problem, not the file's.
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     OSError,
     SyntaxError,
     ValueError,
@@ -156,7 +156,7 @@ def open_image(
         label = _pil_label(source)
         try:
             source.load()
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise load_error(label, f"cannot decode the image data ({_describe(exc)})") from exc
         return _finish(source, label, [], None, exif_transpose)
     if isinstance(source, np.ndarray):
@@ -286,7 +286,7 @@ def _decode(
     except UnidentifiedImageError:
         fp.seek(start)
         failure = _sniff(fp.read(512))
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         failure = f"corrupt image header ({_describe(exc)})"
     if failure is not None:
         raise load_error(label, failure)
@@ -311,7 +311,7 @@ def _decode(
             img = img.copy()  # detach the frame from the (about to be closed) file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         failure = _too_large(exc)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         failure = f"truncated or corrupt {fmt or 'image'} data ({_describe(exc)})"
     except MemoryError:
         failure = OUT_OF_MEMORY
@@ -398,7 +398,7 @@ def _finish(
 def _orientation(img: Image.Image, notes: Optional[list[str]] = None) -> int:
     try:
         value = img.getexif().get(EXIF_ORIENTATION, 1)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         if notes is not None:
             notes.append("EXIF data unreadable: orientation not applied")
         return 1

@@ -19,8 +19,6 @@ import dataclasses
 import json
 import os
 import stat
-import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -29,6 +27,7 @@ import numpy as np
 
 from ..display import display_path
 from ..errors import InputError, OutputError
+from ..inputs.images import DECODE_ERRORS
 from . import charts, html_report
 from .files import StagedFiles, check_regular_or_absent, output_error, probe_folder, reason
 from .fonts import INSTALL_HINT
@@ -54,21 +53,6 @@ CHART_TITLES = {
     "image_size_hist.png": "Image size in pixels",
     "contact_sheet.png": "Contact sheet",
 }
-# What reading an image header can raise (see inputs/images.py for why the list is this wide).
-_HEADER_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    IndexError,
-    KeyError,
-    TypeError,
-    ZeroDivisionError,
-    OverflowError,
-    AttributeError,
-)
 
 
 def aspect_type(width: int, height: int) -> str:
@@ -193,7 +177,9 @@ def image_size(path: str) -> Optional[tuple[int, int]]:
         with Image.open(path) as im:
             w, h = im.size
             orientation_tag = im.getexif().get(0x0112, 1)
-    except (Image.DecompressionBombError,) + _HEADER_ERRORS:  # the size is then unknown, nothing more
+    except (
+        Image.DecompressionBombError,
+    ) + DECODE_ERRORS:  # what reading a header can raise too  # the size is then unknown, nothing more
         return None
     return (h, w) if orientation_tag in (5, 6, 7, 8) else (w, h)
 
