@@ -107,6 +107,12 @@ class CpuModel:
     isa_class: str  # what clip_rt.engine.cpu must call it (its backend table is keyed by this)
 
 
+# What qemu 7.2 advertises for both of its ARMv8.2 cores with the int8 dot product (asimddp).
+ARMV82_DOTPROD_FEATURES = (
+    "fp", "asimd", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp", "cpuid",
+    "asimdrdm", "lrcpc", "dcpop", "asimddp",
+)  # fmt: skip
+
 # Features: what `hwcap_names()` printed inside the guest under each QEMU_CPU (qemu 7.2,
 # Debian bookworm), checked again by every run of the script.
 CPU_MODELS: dict[str, CpuModel] = {
@@ -119,23 +125,7 @@ CPU_MODELS: dict[str, CpuModel] = {
             0xD0C,
             0x3,
             1,
-            (
-                "fp",
-                "asimd",
-                "aes",
-                "pmull",
-                "sha1",
-                "sha2",
-                "crc32",
-                "atomics",
-                "fphp",
-                "asimdhp",
-                "cpuid",
-                "asimdrdm",
-                "lrcpc",
-                "dcpop",
-                "asimddp",
-            ),
+            ARMV82_DOTPROD_FEATURES,
             "arm64-dotprod",
         ),
         CpuModel(
@@ -145,23 +135,7 @@ CPU_MODELS: dict[str, CpuModel] = {
             0xD0B,
             0x4,
             1,
-            (
-                "fp",
-                "asimd",
-                "aes",
-                "pmull",
-                "sha1",
-                "sha2",
-                "crc32",
-                "atomics",
-                "fphp",
-                "asimdhp",
-                "cpuid",
-                "asimdrdm",
-                "lrcpc",
-                "dcpop",
-                "asimddp",
-            ),
+            ARMV82_DOTPROD_FEATURES,
             "arm64-dotprod",
         ),
         CpuModel(
